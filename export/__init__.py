@@ -1,0 +1,1 @@
+"""heron.export: torch -> ONNX / Core ML artifacts (needs `pip install heron[export]`)."""

@@ -1,0 +1,1 @@
+"""heron.models: torch training code (needs `pip install heron[train]`)."""

@@ -1,0 +1,1 @@
+"""Speech data engine: TTS voices, vocabulary, pairs, augmentation, streams (numpy; no torch)."""

@@ -1,0 +1,1 @@
+"""heron.runtime: what runs on a device (numpy + onnxruntime only; never torch)."""

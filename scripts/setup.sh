@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for heron: apt packages (the ones it can get), a venv, pinned pip
+# install. Idempotent: a second run only checks stamps and returns in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${HERON_VENV:-.venv}
+PY=${PYTHON:-python3}
+STAMP_DIR=$VENV/.heron-stamps
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# --- apt: TTS engines, sox, PortAudio, PulseAudio (virtual microphone) -------------------------
+APT_MAIN="espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libsndfile1 libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins"
+APT_NONFREE="mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils"
+need_apt=()
+for p in $APT_MAIN $APT_NONFREE; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # mbrola and pico live in Debian's contrib/non-free components; add them once, in a file of our own.
+    if [ -f /etc/apt/sources.list.d/debian.sources ] && ! grep -rqs "non-free" /etc/apt/sources.list.d/ /etc/apt/sources.list; then
+      codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$codename" > /etc/apt/sources.list.d/heron-nonfree.sources
+    fi
+    say "apt-get install ${need_apt[*]}"
+    apt-get update -qq >/dev/null 2>&1 || say "apt-get update failed; trying with the lists we have"
+    for p in "${need_apt[@]}"; do
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 \
+        || say "skipped apt package $p (not installable here); heron works without it, with fewer TTS voices or no microphone"
+    done
+  else
+    say "not root or no apt-get: skipping system packages (${need_apt[*]}); run 'heron doctor' to see what is missing"
+  fi
+fi
+
+# --- venv + pip --------------------------------------------------------------------------------
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
+mkdir -p "$STAMP_DIR"
+want=$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
+  say "pip install -e .[dev] (pinned by scripts/constraints.txt)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+  echo "$want" > "$STAMP_DIR/pip"
+fi
+say "ready: $VENV"
