@@ -127,8 +127,8 @@ class EspeakEngine(Engine):
     def synth(self, voice: Voice, text: str) -> np.ndarray:
         wpm = int(round(175 * voice.rate))
         cmd = [self.binary, "-v", voice.name, "-s", str(wpm), "-p", str(voice.pitch), "-g", str(voice.word_gap),
-               "--stdout", text]
-        return _decode_wav(_run(cmd))
+               "--stdout"]
+        return _decode_wav(_run(cmd, input_text=text))  # stdin: text starting with "-" is not an option
 
 
 class MbrolaEngine(EspeakEngine):
@@ -164,9 +164,11 @@ class FliteEngine(Engine):
 
     def synth(self, voice: Voice, text: str) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "out.wav")
+            path, txt = os.path.join(d, "out.wav"), os.path.join(d, "in.txt")
+            with open(txt, "w") as f:
+                f.write(text)  # from a file: text starting with "-" is not an option
             _run([self.binary, "-voice", voice.name, "--setf", f"duration_stretch={1.0 / voice.rate:.3f}",
-                  "-t", text, "-o", path])
+                  "-f", txt, "-o", path])
             return _read_wav_file(path)
 
 

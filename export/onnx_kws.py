@@ -1,0 +1,115 @@
+"""Export the streaming KWS encoder to ONNX and write a self-describing bundle.
+
+The exported graph is one chunk step: `audio_chunk` (1, chunk_samples) plus the state pairs
+`cached_*` -> `new_cached_*` (as in icefall's streaming export), returning per-frame phoneme
+log-probs, frame embeddings and gate probabilities. Feature extraction is inside the graph.
+
+A bundle is a folder with the model files and `manifest.json`: format version, sample rate, chunk
+size, feature settings, state names and shapes, thresholds, the sha256 of every file, the heron
+version. The runtime reads everything it needs from the manifest; it hard-codes none of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from heron.models.conformer import GatedConformer
+
+BUNDLE_FORMAT = "heron-kws-bundle/1"
+
+
+class _ChunkStep(nn.Module):
+    """Export-only wrapper: positional tensors in, positional tensors out (skip=False: a pure graph)."""
+
+    def __init__(self, model: GatedConformer, state_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.state_names = state_names
+
+    def forward(self, audio_chunk, *state):
+        st = dict(zip(self.state_names, state))
+        log_probs, emb, gates, new = self.model.forward_chunk(audio_chunk, st, skip=False)
+        return (log_probs, emb, gates, *[new[n] for n in self.state_names])
+
+
+def export_encoder_onnx(model: GatedConformer, path: str | Path) -> dict:
+    """Write the chunk-step ONNX file; returns the manifest fragment describing its inputs/outputs."""
+    model = model.eval()
+    state = model.init_state(1)
+    names = list(state)
+    wrapper = _ChunkStep(model, names).eval()
+    chunk = torch.zeros(1, model.config.chunk_samples)
+    in_names = ["audio_chunk"] + names
+    out_names = ["log_probs", "embeddings", "gate_probs"] + [f"new_{n}" for n in names]
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (chunk, *state.values()), str(path), input_names=in_names,
+                          output_names=out_names, dynamo=True, external_data=False, verbose=False)
+    return {
+        "inputs": {"audio_chunk": [1, model.config.chunk_samples],
+                   **{n: list(t.shape) for n, t in state.items()}},
+        "outputs": out_names,
+        "state_pairs": {n: f"new_{n}" for n in names},
+    }
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    """Dynamic int8 weights for the encoder; the front end's DFT and mel matmuls stay fp32
+    (8-bit spectra would cost accuracy and save only ~0.6 MB)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src)).graph
+    keep_fp32 = [n.name for n in graph.node if any(i.startswith("model.frontend.") for i in n.input)]
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
+
+
+def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
+                 extra_files: dict[str, Path] | None = None, model_meta: dict | None = None) -> Path:
+    """Export the encoder (fp32 and optionally int8) and write manifest.json with checksums."""
+    from heron import __version__
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    io = export_encoder_onnx(model, out / "encoder.onnx")
+    files = {"encoder": "encoder.onnx"}
+    if int8:
+        quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+        files["encoder_int8"] = "encoder.int8.onnx"
+    for key, src in (extra_files or {}).items():
+        dst = out / Path(src).name
+        if Path(src).resolve() != dst.resolve():
+            dst.write_bytes(Path(src).read_bytes())
+        files[key] = dst.name
+    c = model.config
+    fe = model.frontend.config
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "heron_version": __version__,
+        "sample_rate": 16000,
+        "chunk_samples": c.chunk_samples,
+        "frame_seconds": c.stack * 0.01,
+        "frames_per_chunk": c.chunk_frames,
+        "features": {"type": "log-mel (in graph)", "n_fft": 400, "hop": 160, "n_mels": fe.n_mels,
+                     "f_min": fe.f_min, "f_max": fe.f_max, "window": "hann"},
+        "phonemes": {"blank": 0, "classes": "1 + index in heron.runtime.phonemes.PHONEMES"},
+        "gates": {"names": ["ffn1", "attn", "conv", "ffn2"], "layers": c.n_layers},
+        "encoder": io,
+        "calibration": calibration,
+        "model": model_meta or {},
+        "files": {k: {"path": v, "sha256": sha256_file(out / v), "bytes": (out / v).stat().st_size}
+                  for k, v in files.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out

@@ -1,0 +1,87 @@
+"""Log-mel front end in plain torch, streaming-exact and exportable.
+
+The STFT is a matmul with a windowed DFT basis (no torch.stft), so the same graph exports to ONNX
+and Core ML and a numpy port is a few lines. Frames are not centred: streaming keeps the last
+`N_FFT - HOP` samples as state, whole-utterance processing left-pads that many zeros, and both see
+the same frames.
+
+VTLP (vocal-tract length perturbation) for training warps the mel filterbank's frequency axis.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms window
+HOP = 160  # 10 ms hop
+CONTEXT = N_FFT - HOP  # samples of the previous chunk each new chunk needs
+N_BINS = N_FFT // 2 + 1
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    n_mels: int = 40
+    f_min: float = 20.0
+    f_max: float = 7600.0
+    log_floor: float = 1e-6
+
+
+def _hz_to_mel(f):
+    return 2595.0 * math.log10(1.0 + f / 700.0)
+
+
+def mel_filterbank(n_mels: int, f_min: float, f_max: float, warp: float = 1.0) -> torch.Tensor:
+    """(N_BINS, n_mels) HTK triangular filters; warp != 1 scales the frequency axis (VTLP)."""
+    mel_pts = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    hz_pts = 700.0 * (10 ** (mel_pts / 2595.0) - 1.0)
+    freqs = torch.linspace(0, SAMPLE_RATE / 2, N_BINS, dtype=torch.float64) * warp
+    lo, ce, hi = hz_pts[:-2], hz_pts[1:-1], hz_pts[2:]
+    up = (freqs[:, None] - lo[None]) / (ce - lo)[None]
+    down = (hi[None] - freqs[:, None]) / (hi - ce)[None]
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+def dft_basis() -> torch.Tensor:
+    """(N_FFT, 2 * N_BINS): Hann-windowed cos and -sin columns."""
+    n = torch.arange(N_FFT, dtype=torch.float64)
+    k = torch.arange(N_BINS, dtype=torch.float64)
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / N_FFT)  # periodic Hann
+    ang = 2 * math.pi * n[:, None] * k[None] / N_FFT
+    return torch.cat([window[:, None] * torch.cos(ang), -window[:, None] * torch.sin(ang)], dim=1).float()
+
+
+class LogMel(nn.Module):
+    """waveform (B, S) -> normalized log-mel (B, F, n_mels); S = F * HOP after CONTEXT samples of history."""
+
+    def __init__(self, config: FrontendConfig = FrontendConfig()):
+        super().__init__()
+        self.config = config
+        self.register_buffer("basis", dft_basis(), persistent=False)
+        self.register_buffer("mel", mel_filterbank(config.n_mels, config.f_min, config.f_max), persistent=False)
+        # feature normalization, estimated from training audio (saved with the model)
+        self.register_buffer("mean", torch.zeros(config.n_mels))
+        self.register_buffer("std", torch.ones(config.n_mels))
+
+    def frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, CONTEXT + F*HOP) -> (B, F, N_FFT) without torch.unfold (exports everywhere)."""
+        n_frames = (wav.shape[1] - CONTEXT) // HOP
+        # frame f = wav[f*HOP : f*HOP + N_FFT] = blocks f, f+1, f+2 of HOP samples, trimmed to N_FFT;
+        # the tail pad only feeds the trimmed part
+        wav = torch.nn.functional.pad(wav[:, : CONTEXT + n_frames * HOP], (0, 3 * HOP - N_FFT))
+        blocks = wav.reshape(wav.shape[0], n_frames + 2, HOP)
+        stacked = torch.cat([blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:]], dim=2)  # (B, F, 3*HOP)
+        return stacked[:, :, :N_FFT]
+
+    def forward(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        spec = self.frames(wav) @ self.basis  # (B, F, 2*N_BINS)
+        power = spec[..., :N_BINS] ** 2 + spec[..., N_BINS:] ** 2
+        feats = torch.log(power @ (self.mel if mel is None else mel) + self.config.log_floor)
+        return (feats - self.mean) / self.std
+
+    def pad_history(self, wav: torch.Tensor) -> torch.Tensor:
+        """Whole-utterance input: prepend the zero history a fresh stream starts with."""
+        return torch.nn.functional.pad(wav, (CONTEXT, 0))

@@ -1,0 +1,221 @@
+"""Training data for the keyword-spotting encoder: TTS utterances with phoneme targets, augmented.
+
+A pool of (text, voice) utterances is synthesized once (cached on disk by the data engine), then a
+background process draws batches from it: augmentation (speed, room, channel, noise, gain) and crop
+to a whole number of chunks. Noise-only clips (empty targets) teach the gates to close on
+non-speech. All of it is deterministic from the seed.
+
+Training noise is synthetic (colours, hum, tones, bursts, babble): the real recordings in
+../shared/data/real_speech/noise are kept for evaluation so that false-accept figures stay honest.
+User data (LibriPhrase-style CSV or a LibriSpeech-layout folder) can replace or join the TTS pool.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from heron.runtime.phonemes import pronounce
+
+from .data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
+from .data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
+from .data.vocab import corpus_sentences, vocabulary
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    targets: tuple[int, ...]  # CTC classes (phoneme id + 1)
+    audio: np.ndarray  # int16
+
+
+def text_targets(text: str) -> tuple[int, ...]:
+    return tuple(i + 1 for i in pronounce(text, max_words=None, max_phonemes=None).ids())
+
+
+def training_texts(n: int, seed: int) -> list[str]:
+    """A mix of keyword-like phrases (1-4 words) and sentence pieces (3-8 words)."""
+    rng = np.random.default_rng(seed)
+    phrases = [p.text for p in vocabulary()]
+    sentences = [s for s in corpus_sentences() if 3 <= len(s.split())]
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            out.append(phrases[int(rng.integers(len(phrases)))])
+        else:
+            words = sentences[int(rng.integers(len(sentences)))].split()
+            k = int(rng.integers(3, 9))
+            i = int(rng.integers(0, max(1, len(words) - k + 1)))
+            out.append(" ".join(words[i:i + k]))
+    # only what is spoken: symbols like "-" or "/" are read out differently by each engine
+    cleaned = [" ".join(re.findall(r"[a-z]+(?:'[a-z]+)?", t)) for t in out]
+    return [t if t else "hello" for t in cleaned]
+
+
+def build_tts_pool(n: int, seed: int = 0, split: str = "train", hold_out_fraction: float = 0.15,
+                   engines: list[str] | None = None) -> list[Utterance]:
+    reg = VoiceRegistry(engines=engines, hold_out_fraction=hold_out_fraction)
+    texts = training_texts(n, seed)
+    voices = reg.sample(n, split=split, seed=seed + 1, distinct=False)
+    audio = synthesize_many(list(zip(voices, texts)), desc=f"tts pool ({split})")
+    pool = []
+    for t, a in zip(texts, audio):
+        try:
+            pool.append(Utterance(t, text_targets(t), np.round(a * 32767).astype(np.int16)))
+        except ValueError:
+            continue
+    return pool
+
+
+def load_user_pool(path: str | Path) -> list[Utterance]:
+    """Real data: a CSV with columns audio,text (LibriPhrase-style) or a LibriSpeech-layout folder
+    (*.trans.txt next to the flac/wav files)."""
+    import soundfile as sf
+
+    from .data.tts import resample
+
+    path = Path(path)
+    rows: list[tuple[Path, str]] = []
+    if path.is_file() and path.suffix == ".csv":
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if "audio" not in r or "text" not in r:
+                    raise ValueError(f"{path}: CSV needs columns 'audio' and 'text'")
+                rows.append(((path.parent / r["audio"]).resolve(), r["text"]))
+    elif path.is_dir():
+        for trans in sorted(path.rglob("*.trans.txt")):
+            for line in trans.read_text().splitlines():
+                uid, _, text = line.partition(" ")
+                for ext in (".flac", ".wav"):
+                    if (trans.parent / (uid + ext)).exists():
+                        rows.append((trans.parent / (uid + ext), text))
+                        break
+    else:
+        raise ValueError(f"{path}: expected a CSV (audio,text) or a LibriSpeech-layout folder")
+    if not rows:
+        raise ValueError(f"{path}: no utterances found")
+    pool = []
+    for audio_path, text in rows:
+        a, sr = sf.read(str(audio_path), dtype="float32", always_2d=True)
+        a = resample(a.mean(axis=1), sr, SAMPLE_RATE)
+        pool.append(Utterance(text, text_targets(text), np.round(np.clip(a, -1, 1) * 32767).astype(np.int16)))
+    return pool
+
+
+class TrainNoise(NoiseBank):
+    """Synthetic background noises for training: colours, mains hum, tone chords, bursts, babble."""
+
+    def sample(self, n, rng, babble_clips=None):
+        kind = int(rng.integers(6 if babble_clips else 5))
+        t = np.arange(n) / SAMPLE_RATE
+        if kind == 0:
+            x = colored_noise(n, ("white", "pink", "brown")[int(rng.integers(3))], rng)
+        elif kind == 1:  # hum: mains fundamental + harmonics + a little noise
+            f0 = float(rng.choice([50.0, 60.0]))
+            x = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.3)) / h for h in range(1, 8))
+            x = x + 0.1 * colored_noise(n, "pink", rng)
+        elif kind == 2:  # music-like: a few sustained tones that change every so often
+            x = np.zeros(n)
+            seg = int(rng.uniform(0.2, 1.0) * SAMPLE_RATE)
+            for s in range(0, n, seg):
+                e = min(n, s + seg)
+                for f in 110 * 2 ** (rng.integers(0, 36, size=3) / 12):
+                    x[s:e] += np.sin(2 * np.pi * f * t[s:e]) * np.exp(-3 * (t[s:e] - t[s]))
+        elif kind == 3:  # bursts: amplitude-modulated noise (traffic, dishes, keyboard)
+            env = np.repeat(rng.random(n // 800 + 1) ** 4, 800)[:n]
+            x = colored_noise(n, "white", rng) * env
+        elif kind == 4:
+            x = colored_noise(n, "brown", rng) + 0.3 * colored_noise(n, "white", rng)
+        else:
+            from .data.augment import babble
+
+            x = babble(babble_clips, n, rng, talkers=int(rng.integers(3, 8)))
+        x = np.asarray(x, np.float32)
+        return (x / rms(x)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    batch_size: int = 32
+    max_seconds: float = 3.2  # crop/pad to a whole number of chunks up to this
+    chunk_samples: int = 5120
+    noise_only_fraction: float = 0.08
+    seed: int = 0
+
+
+def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator):
+    """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,)."""
+    max_len = int(cfg.max_seconds * SAMPLE_RATE) // cfg.chunk_samples * cfg.chunk_samples
+    wavs, lens, targets, tlens = [], [], [], []
+    for _ in range(cfg.batch_size):
+        if rng.random() < cfg.noise_only_fraction:
+            n = int(rng.integers(cfg.chunk_samples, max_len + 1))
+            x = augmenter.noise.sample(n, rng, augmenter.babble_clips) * float(10 ** rng.uniform(-3, -0.7))
+            x = np.clip(x, -1, 1).astype(np.float32)
+            tgt: tuple[int, ...] = ()
+        else:
+            u = pool[int(rng.integers(len(pool)))]
+            x = augmenter(u.audio.astype(np.float32) / 32767.0, rng)
+            tgt = u.targets
+            if len(x) > max_len:  # too long after padding/speed: drop the utterance's ends evenly
+                cut = len(x) - max_len
+                a = cut // 2
+                x = x[a:a + max_len]
+        wavs.append(x)
+        lens.append(len(x))
+        targets.extend(tgt)
+        tlens.append(len(tgt))
+    S = max(lens)
+    S = -(-S // cfg.chunk_samples) * cfg.chunk_samples
+    out = np.zeros((len(wavs), S), np.float32)
+    for i, x in enumerate(wavs):
+        out[i, : len(x)] = x
+    return out, np.asarray(lens), np.asarray(targets, np.int64), np.asarray(tlens)
+
+
+def _worker(pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    babble_src = [u.audio.astype(np.float32) / 32767.0 for u in pool[:200]]
+    augmenter = Augmenter(aug_cfg, TrainNoise(None), babble_src)
+    step = start_step + worker_id
+    while True:
+        rng = np.random.default_rng([cfg.seed, step])  # batch k is the same whoever makes it
+        queue.put((step, make_batch(pool, cfg, augmenter, rng)))
+        step += 1 if worker_id < 0 else _WORKERS
+
+
+_WORKERS = 1
+
+
+class BatchStream:
+    """Batches made by background processes, in step order, deterministic from (seed, step)."""
+
+    def __init__(self, pool, cfg: BatchConfig, aug_cfg: AugmentConfig = AugmentConfig(), workers: int = 1,
+                 start_step: int = 0):
+        global _WORKERS
+        _WORKERS = workers
+        ctx = mp.get_context("fork")
+        self.queue = ctx.Queue(maxsize=8)
+        self.procs = [ctx.Process(target=_worker, args=(pool, cfg, aug_cfg, self.queue, i, start_step), daemon=True)
+                      for i in range(workers)]
+        for p in self.procs:
+            p.start()
+        self.pending: dict[int, tuple] = {}
+        self.next_step = start_step
+
+    def __next__(self):
+        while self.next_step not in self.pending:
+            step, batch = self.queue.get(timeout=600)
+            self.pending[step] = batch
+        batch = self.pending.pop(self.next_step)
+        self.next_step += 1
+        return batch
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()

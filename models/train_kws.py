@@ -1,0 +1,258 @@
+"""Train the gated streaming conformer (phoneme CTC + gate compute penalty) on TTS speech.
+
+`heron train kws --preset default --out runs/kws` trains, checkpoints (safetensors) every
+`ckpt_every` steps and resumes from the last checkpoint in `--out` when restarted. Everything is
+deterministic from the seed (the batch of step k depends only on (seed, k)).
+Training-time augmentation on features: VTLP (warped mel filterbank per utterance) and SpecAugment.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .conformer import PRESETS, ConformerConfig, GatedConformer, gate_cost_weights
+from .frontend import mel_filterbank
+from .kws_data import BatchConfig, BatchStream, build_tts_pool, load_user_pool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ConformerConfig = field(default_factory=lambda: PRESETS["base"])
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 300
+    weight_decay: float = 0.01
+    gate_penalty: float = 0.05  # weight of the expected-compute term
+    gate_warmup: int = 1500  # steps before the penalty starts (learn phonemes first)
+    pool_size: int = 16000  # TTS utterances synthesized for training
+    max_seconds: float = 3.2
+    vtlp: tuple[float, float] = (0.88, 1.12)
+    spec_time_masks: int = 2
+    spec_time_width: int = 10  # feature frames
+    spec_freq_masks: int = 2
+    spec_freq_width: int = 6  # mel bins
+    seed: int = 0
+    threads: int = 2
+    ckpt_every: int = 250
+    log_every: int = 25
+    user_data: str = ""  # optional real data (CSV audio,text or LibriSpeech folder) mixed into the pool
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+
+
+TRAIN_PRESETS = {
+    "smoke": TrainConfig(model=PRESETS["tiny"], steps=20, batch_size=4, pool_size=40, warmup=5, gate_warmup=10,
+                         ckpt_every=10, log_every=5),
+    "small": TrainConfig(model=PRESETS["small"], steps=3000, pool_size=8000),
+    "default": TrainConfig(),
+}
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def spec_augment(feats: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    B, T, M = feats.shape
+    out = feats.clone()
+    for b in range(B):
+        for _ in range(cfg.spec_time_masks):
+            w = int(torch.randint(0, cfg.spec_time_width + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, T - w), (1,), generator=gen))
+            out[b, t0:t0 + w] = 0.0
+        for _ in range(cfg.spec_freq_masks):
+            w = int(torch.randint(0, cfg.spec_freq_width + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, max(1, M - w), (1,), generator=gen))
+            out[b, :, f0:f0 + w] = 0.0
+    return out
+
+
+class Featurizer:
+    """Log-mels with a per-utterance VTLP warp (training only)."""
+
+    def __init__(self, model: GatedConformer, cfg: TrainConfig):
+        self.fe = model.frontend
+        c = self.fe.config
+        self.warps = torch.linspace(cfg.vtlp[0], cfg.vtlp[1], 9)
+        self.banks = torch.stack([mel_filterbank(c.n_mels, c.f_min, c.f_max, float(w)) for w in self.warps])
+
+    def __call__(self, wav: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        x = self.fe.pad_history(wav)
+        spec = self.fe.frames(x) @ self.fe.basis
+        n = spec.shape[-1] // 2
+        power = spec[..., :n] ** 2 + spec[..., n:] ** 2
+        if gen is None:
+            mel = self.fe.mel.expand(wav.shape[0], -1, -1)
+        else:
+            idx = torch.randint(0, len(self.warps), (wav.shape[0],), generator=gen)
+            mel = self.banks[idx]
+        feats = torch.log(torch.bmm(power, mel) + self.fe.config.log_floor)
+        return (feats - self.fe.mean) / self.fe.std
+
+
+def save_checkpoint(path: Path, model: GatedConformer, opt: torch.optim.Optimizer | None, step: int,
+                    cfg: TrainConfig, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if opt is not None:
+        index = {id(p): i for i, p in enumerate(model.parameters())}
+        for param, st in opt.state.items():
+            i = index[id(param)]
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"opt.{i}.{k}"] = v.detach().contiguous().reshape(v.shape)
+    meta = {"step": step, "train_config": _jsonable(asdict(cfg)), "model_config": asdict(model.config),
+            "format": "heron-kws-encoder/1", **(extra or {})}
+    tmp = path / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"heron": json.dumps(meta)})
+    os.replace(tmp, path / "model.safetensors")
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=list))
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint folder or .safetensors file -> (tensors, meta). Safetensors only: nothing is unpickled."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    f = p / "model.safetensors" if p.is_dir() else p
+    if not f.exists():
+        raise FileNotFoundError(f"no checkpoint at {f}")
+    try:
+        with safe_open(str(f), "pt") as sf:
+            meta = json.loads((sf.metadata() or {})["heron"])
+            tensors = {k: sf.get_tensor(k) for k in sf.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{f} is not a valid heron checkpoint: {e}") from e
+    return tensors, meta
+
+
+def load_encoder(path: str | Path) -> tuple[GatedConformer, dict]:
+    """Checkpoint -> (model in eval mode, meta)."""
+    tensors, meta = read_checkpoint(path)
+    model = GatedConformer(ConformerConfig(**meta["model_config"]))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model.eval(), meta
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, model: GatedConformer, tensors: dict[str, torch.Tensor]) -> None:
+    params = list(model.parameters())
+    for i, param in enumerate(params):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if st:
+            opt.state[param] = st
+
+
+def estimate_normalization(model: GatedConformer, stream: BatchStream, batches: int = 4) -> None:
+    fe = model.frontend
+    feats = []
+    with torch.no_grad():
+        for _ in range(batches):
+            wav, *_ = next(stream)
+            x = fe.pad_history(torch.from_numpy(wav))
+            spec = fe.frames(x) @ fe.basis
+            n = spec.shape[-1] // 2
+            feats.append(torch.log((spec[..., :n] ** 2 + spec[..., n:] ** 2) @ fe.mel + fe.config.log_floor)
+                         .reshape(-1, fe.config.n_mels))
+    allf = torch.cat(feats)
+    fe.mean.copy_(allf.mean(0))
+    fe.std.copy_(allf.std(0).clamp_min(1e-3))
+
+
+def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = GatedConformer(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start = 0
+    if (out / "model.safetensors").exists():
+        tensors, meta = read_checkpoint(out)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_optimizer(opt, model, tensors)
+        start = int(meta["step"])
+        print(f"resuming from step {start}")
+    if start >= cfg.steps:
+        return out
+    pool = build_tts_pool(cfg.pool_size, seed=cfg.seed)
+    if cfg.user_data:
+        pool += load_user_pool(cfg.user_data)
+    bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
+                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed)
+    stream = BatchStream(pool, bcfg, start_step=start)
+    if start == 0:
+        norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991))
+        estimate_normalization(model, norm_stream)
+        norm_stream.close()
+    feat = Featurizer(model, cfg)
+    costs = gate_cost_weights(cfg.model)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000003 + start)
+    log = open(out / "train_log.jsonl", "a")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train kws", unit="step", disable=None)
+    t_start = time.time()
+    model.train()
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            wav, n_samples, targets, tlens = next(stream)
+            wav_t = torch.from_numpy(wav)
+            feats = spec_augment(feat(wav_t, gen), cfg, gen)
+            emb, probs = model.encode_features(feats)
+            log_probs = F.log_softmax(model.head(emb), dim=-1)  # (B, T, 40)
+            frame = cfg.model.stack * 160
+            in_lens = torch.from_numpy(np.ceil(n_samples / frame).astype(np.int64)).clamp(max=log_probs.shape[1])
+            ctc = F.ctc_loss(log_probs.transpose(0, 1), torch.from_numpy(targets), in_lens, torch.from_numpy(tlens),
+                             blank=0, reduction="sum", zero_infinity=True) / max(1, int(in_lens.sum()))
+            compute = (probs * costs).sum(-1).mean()  # expected share of module compute that runs
+            lam = cfg.gate_penalty if (cfg.model.gated and step >= cfg.gate_warmup) else 0.0
+            loss = ctc + lam * compute
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(ctc=f"{ctc.item():.3f}", on=f"{(probs > 0.5).float().mean().item():.2f}")
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                rec = {"step": step, "loss": round(loss.item(), 4), "ctc": round(ctc.item(), 4),
+                       "gates_open": round((probs > 0.5).float().mean().item(), 3), "lr": _lr(cfg, step),
+                       "elapsed_s": round(time.time() - t_start, 1)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            done = step + 1
+            timed_out = cfg.max_minutes and (time.time() - t_start) > cfg.max_minutes * 60
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or timed_out:
+                save_checkpoint(out, model, opt, done, cfg)
+            if timed_out:
+                print(f"stopping at step {done}: --max-minutes {cfg.max_minutes} reached")
+                break
+    finally:
+        stream.close()
+        log.close()
+        if bar is not None:
+            bar.close()
+    return out
+

@@ -1,0 +1,64 @@
+"""Loading a heron model bundle: manifest.json + files, every file's sha256 verified before use."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPPORTED_FORMATS = ("heron-kws-bundle/1",)
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "kws"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict
+
+    def path(self, key: str) -> Path:
+        try:
+            return self.root / self.manifest["files"][key]["path"]
+        except KeyError:
+            raise BundleError(f"bundle {self.root} has no file {key!r}; it has {sorted(self.manifest['files'])}") from None
+
+    def has(self, key: str) -> bool:
+        return key in self.manifest.get("files", {})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_bundle(root: str | Path | None = None) -> Bundle:
+    """Read and verify a bundle folder (default: the one shipped with heron)."""
+    root = Path(root) if root is not None else DEFAULT_BUNDLE
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"no manifest.json in {root}: not a heron bundle (export one with `heron export`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") not in SUPPORTED_FORMATS:
+        raise BundleError(f"{mpath}: unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r};"
+                          f" this heron reads {SUPPORTED_FORMATS}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{mpath} lists no files")
+    for key, info in files.items():
+        p = root / info["path"]
+        if Path(info["path"]).is_absolute() or ".." in Path(info["path"]).parts:
+            raise BundleError(f"{mpath}: file {key} points outside the bundle ({info['path']})")
+        if not p.is_file():
+            raise BundleError(f"bundle {root} is incomplete: {info['path']} is missing")
+        if _sha256(p) != info["sha256"]:
+            raise BundleError(f"bundle {root}: {info['path']} does not match its sha256 (corrupt or tampered)")
+    return Bundle(root, manifest)

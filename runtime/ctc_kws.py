@@ -1,0 +1,79 @@
+"""Phoneme-posterior keyword matching (numpy): the keyword's CTC path against a free phoneme loop.
+
+For a keyword with phoneme classes y_1..y_N, a Viterbi pass over the encoder's per-frame phoneme
+log-probabilities finds, for every end frame, the best alignment of the whole keyword that may
+start at any earlier frame (a subsequence match of the stream). Each frame on that path contributes
+its log-likelihood ratio against the best class at that frame (the "filler"), so a frame costs
+nothing when the keyword's phoneme is what the encoder hears and a lot when another phoneme is.
+The path total divided by N is the per-phoneme mismatch; exp() of it maps to (0, 1], comparable
+across keywords of different lengths.
+
+Streaming is exact: the Viterbi vector is the state, carried from chunk to chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLANK = 0
+_NEG = -1e9
+
+
+@dataclass
+class CTCMatchState:
+    score: np.ndarray  # (S,) best path LLR ending in each state (states: y1, b, y2, b, ..., yN)
+    start: np.ndarray  # (S,) start frame of that path
+    frame: int  # frames consumed so far
+
+
+class CTCKeywordMatcher:
+    """Matches one keyword (CTC class ids, blank = 0) against frames of phoneme log-probabilities."""
+
+    def __init__(self, classes: list[int] | tuple[int, ...]):
+        if not classes:
+            raise ValueError("keyword has no phonemes")
+        if any(c == BLANK for c in classes):
+            raise ValueError("keyword classes must not contain the blank")
+        y = np.asarray(classes, np.int64)
+        self.n = len(y)
+        # states: label y1, blank, label y2, blank, ..., label yN  (no leading blank: starts are free)
+        labels = np.full(2 * self.n - 1, BLANK, np.int64)
+        labels[0::2] = y
+        self.labels = labels
+        # a label state may be entered from two states back (skipping the blank) unless it repeats
+        self.skip_ok = np.zeros(len(labels), bool)
+        for s in range(2, len(labels), 2):
+            self.skip_ok[s] = labels[s] != labels[s - 2]
+
+    def init_state(self) -> CTCMatchState:
+        S = len(self.labels)
+        return CTCMatchState(np.full(S, _NEG), np.zeros(S, np.int64), 0)
+
+    def step(self, log_probs: np.ndarray, state: CTCMatchState) -> tuple[np.ndarray, np.ndarray, CTCMatchState]:
+        """log_probs: (T, classes) -> (per-frame score in (0, 1], path start frame, new state).
+
+        The score at frame t is for a keyword whose last phoneme is at frame t.
+        """
+        lp = np.asarray(log_probs, np.float64)
+        llr = lp - lp.max(axis=1, keepdims=True)  # (T, classes), <= 0
+        score, start = state.score.copy(), state.start.copy()
+        T = lp.shape[0]
+        out_score = np.empty(T)
+        out_start = np.empty(T, np.int64)
+        for t in range(T):
+            f = state.frame + t
+            stay = score
+            prev = np.concatenate([[0.0], score[:-1]])  # state 0 may (re)start at this frame with 0
+            prev_start = np.concatenate([[f], start[:-1]])
+            prev2 = np.where(self.skip_ok, np.concatenate([[_NEG, _NEG], score[:-2]]), _NEG)
+            prev2_start = np.concatenate([[f, f], start[:-2]])
+            cand = np.stack([stay, prev, prev2])  # (3, S)
+            which = cand.argmax(axis=0)
+            best = cand[which, np.arange(len(score))]
+            start = np.where(which == 0, start, np.where(which == 1, prev_start, prev2_start))
+            score = best + llr[t, self.labels]
+            out_score[t] = score[-1]
+            out_start[t] = start[-1]
+        new_state = CTCMatchState(score, start, state.frame + T)
+        return np.exp(np.maximum(out_score, -50.0 * self.n) / self.n), out_start, new_state

@@ -1,0 +1,272 @@
+"""Always-on keyword spotting on numpy + onnxruntime.
+
+    spotter = KeywordSpotter.load()              # the shipped bundle
+    spotter.enroll("hey heron")                  # G2P + matcher: milliseconds, no recordings
+    stream = spotter.stream()
+    for det in stream.accept(pcm):               # any chunk size, int16 or float32, 16 kHz mono
+        print(det.keyword, det.score, det.start_s, det.end_s)
+
+One loaded spotter serves many independent streams; each stream owns its encoder state and
+per-keyword matcher state. Audio is buffered internally, so detections do not depend on how the
+caller slices the audio.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .ctc_kws import CTCKeywordMatcher, CTCMatchState
+from .phonemes import Pronunciation, pronounce
+
+MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
+
+
+@dataclass(frozen=True)
+class Detection:
+    keyword: str
+    score: float  # calibrated confidence in [0, 1]
+    start_s: float  # keyword start, seconds from the stream's start (or last reset)
+    end_s: float
+
+
+@dataclass
+class Keyword:
+    name: str
+    pronunciation: Pronunciation
+    threshold: float
+    matcher: CTCKeywordMatcher = field(repr=False)
+
+
+def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict) -> np.ndarray:
+    """Per-phoneme path likelihood ratio in (0, 1] -> confidence in [0, 1] (logistic, from the manifest).
+
+    The slope/offset and the length term were fitted on held-out TTS voices so that one threshold
+    means the same for short and long keywords.
+    """
+    z = np.log(np.maximum(raw, 1e-30))
+    a, b, c = cal.get("slope", 1.0), cal.get("offset", 0.0), cal.get("per_phoneme", 0.0)
+    return 1.0 / (1.0 + np.exp(-(a * z + b + c * n_phonemes)))
+
+
+class KeywordSpotter:
+    """A loaded model bundle plus the enrolled keywords."""
+
+    def __init__(self, bundle: Bundle, int8: bool = False, threads: int = 1, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        m = bundle.manifest
+        self.sample_rate = int(m["sample_rate"])
+        self.chunk_samples = int(m["chunk_samples"])
+        self.frame_seconds = float(m["frame_seconds"])
+        self.calibration = dict(m.get("calibration", {}))
+        key = "encoder_int8" if int8 else "encoder"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(bundle.path(key)), opts,
+                                            providers=providers or ["CPUExecutionProvider"])
+        enc = m["encoder"]
+        self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
+        self.state_pairs = dict(enc["state_pairs"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.keywords: dict[str, Keyword] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1) -> "KeywordSpotter":
+        """Load a bundle folder (default: the one shipped with heron); checksums are verified."""
+        return cls(load_bundle(bundle), int8=int8, threads=threads)
+
+    # --- keywords ---------------------------------------------------------------------------------
+    def enroll(self, text: str, sensitivity: float = 0.5, name: str | None = None) -> Keyword:
+        """Enroll a keyword from text. sensitivity in [0, 1]: higher fires more easily.
+
+        Raises ValueError for empty, unpronounceable or too-long text, or a name already enrolled.
+        """
+        if not 0.0 <= sensitivity <= 1.0:
+            raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity}")
+        pron = pronounce(text)
+        name = name or " ".join(pron.words)
+        if name in self.keywords:
+            raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
+        classes = [i + 1 for i in pron.ids()]
+        base = float(self.calibration.get("threshold", 0.5))
+        # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
+        threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.01, 0.99))
+        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes))
+        self.keywords[name] = kw
+        return kw
+
+    def unenroll(self, name: str) -> None:
+        if name not in self.keywords:
+            raise KeyError(f"keyword {name!r} is not enrolled; enrolled: {sorted(self.keywords)}")
+        del self.keywords[name]
+
+    def stream(self, sample_rate: int | None = None, refractory_s: float = 1.0, smoothing_frames: int = 1) -> "Stream":
+        """A new independent stream. Audio at another sample rate is resampled (soxr)."""
+        return Stream(self, sample_rate or self.sample_rate, refractory_s, smoothing_frames)
+
+    # --- encoder ------------------------------------------------------------------------------------
+    def init_state(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
+
+    def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
+        """(chunk_samples,) float32 -> (log_probs (C, classes), gate_probs (layers, 4), new state)."""
+        feeds = {"audio_chunk": chunk.reshape(1, -1).astype(np.float32), **state}
+        outs = dict(zip(self.output_names, self.session.run(None, feeds)))
+        new = {n: outs[self.state_pairs[n]] for n in state}
+        return outs["log_probs"][0], outs["gate_probs"][0], new
+
+    def log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole clip -> (per-frame phoneme log-probs (T, classes), gate probs (chunks, layers, 4)).
+
+        For evaluation: encode once, then match any number of keywords with `match_log_probs`.
+        """
+        n = self.chunk_samples
+        audio = np.concatenate([np.asarray(audio, np.float32), np.zeros((-len(audio)) % n, np.float32)])
+        state = self.init_state()
+        lps, gates = [], []
+        for i in range(0, len(audio), n):
+            lp, g, state = self.run_chunk(audio[i:i + n], state)
+            lps.append(lp)
+            gates.append(g)
+        return np.concatenate(lps), np.stack(gates)
+
+    def match_log_probs(self, text_or_classes, log_probs: np.ndarray) -> tuple[float, float, float]:
+        """Best (confidence, start_s, end_s) of a keyword (text or CTC classes) over encoded frames."""
+        if isinstance(text_or_classes, str):
+            classes = [i + 1 for i in pronounce(text_or_classes).ids()]
+        else:
+            classes = list(text_or_classes)
+        m = CTCKeywordMatcher(classes)
+        raw, starts, _ = m.step(log_probs, m.init_state())
+        conf = _calibrate(raw, m.n, self.calibration)
+        i = int(np.argmax(conf))
+        return float(conf[i]), float(starts[i] * self.frame_seconds), float((i + 1) * self.frame_seconds)
+
+    def score_file(self, audio: np.ndarray, keyword: str) -> tuple[float, float | None, float | None]:
+        """Best (score, start_s, end_s) of one keyword over a whole clip (16 kHz mono float32)."""
+        st = self.stream()
+        st.track_best = True
+        st.accept(audio)
+        st.flush()
+        best = st.best[keyword]
+        return best
+
+
+class Stream:
+    """One audio stream: buffers samples, runs the encoder chunk by chunk, matches every keyword."""
+
+    def __init__(self, spotter: KeywordSpotter, sample_rate: int, refractory_s: float, smoothing_frames: int):
+        if refractory_s < 0 or smoothing_frames < 1:
+            raise ValueError("refractory_s must be >= 0 and smoothing_frames >= 1")
+        self.spotter = spotter
+        self.sample_rate = int(sample_rate)
+        self.refractory_s = refractory_s
+        self.smoothing_frames = smoothing_frames
+        self._resampler = None
+        if self.sample_rate != spotter.sample_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.sample_rate, spotter.sample_rate, 1, dtype="float32")
+        self.track_best = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio and matcher state (as if the stream were new)."""
+        self._buf = np.zeros(0, np.float32)
+        self._enc = self.spotter.init_state()
+        self._match: dict[str, CTCMatchState] = {}
+        self._frames = 0
+        self._recent: dict[str, list[float]] = {}
+        self._last_fire: dict[str, float] = {}
+        self._above: dict[str, bool] = {}
+        self.best: dict[str, tuple[float, float | None, float | None]] = {}
+        self.gate_log: list[np.ndarray] = []
+
+    @staticmethod
+    def _to_float(pcm) -> np.ndarray:
+        a = np.asarray(pcm)
+        if a.ndim == 2:
+            if a.shape[1] != 1:
+                raise ValueError(f"expected mono audio, got {a.shape[1]} channels (shape {a.shape})")
+            a = a[:, 0]
+        elif a.ndim != 1:
+            raise ValueError(f"expected a 1-D array of samples, got shape {a.shape}")
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / 32768.0
+        if a.dtype.kind in "iu":
+            raise ValueError(f"integer audio must be int16, got {a.dtype}")
+        if a.dtype.kind != "f":
+            raise ValueError(f"audio must be int16 or float, got {a.dtype}")
+        a = a.astype(np.float32)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("audio contains NaN or infinite samples; the chunk was not consumed")
+        if a.size and float(np.max(np.abs(a))) > 1.0 + 1e-6:
+            raise ValueError("float audio must be in [-1, 1] (got a peak of "
+                             f"{float(np.max(np.abs(a))):.3g}); pass int16 for integer PCM")
+        return a
+
+    def accept(self, pcm) -> list[Detection]:
+        """Feed samples; returns the detections completed by them. A bad chunk raises ValueError and
+        leaves the stream as it was."""
+        a = self._to_float(pcm)
+        if a.size > MAX_CHUNK_SECONDS * self.sample_rate:
+            raise ValueError(f"chunk of {a.size / self.sample_rate:.0f} s is longer than {MAX_CHUNK_SECONDS:.0f} s")
+        if self._resampler is not None:
+            a = self._resampler.resample_chunk(a)
+        self._buf = np.concatenate([self._buf, a])
+        return self._drain()
+
+    def flush(self) -> list[Detection]:
+        """Pad the buffered tail with silence to a whole chunk and process it (end of a file)."""
+        if self._buf.size == 0:
+            return []
+        n = self.spotter.chunk_samples
+        self._buf = np.concatenate([self._buf, np.zeros((-self._buf.size) % n, np.float32)])
+        return self._drain()
+
+    def _drain(self) -> list[Detection]:
+        sp = self.spotter
+        n = sp.chunk_samples
+        out: list[Detection] = []
+        while self._buf.size >= n:
+            chunk, self._buf = self._buf[:n], self._buf[n:]
+            log_probs, gates, self._enc = sp.run_chunk(chunk, self._enc)
+            self.gate_log.append(gates)
+            out.extend(self._match_frames(log_probs))
+            self._frames += log_probs.shape[0]
+        return out
+
+    def _match_frames(self, log_probs: np.ndarray) -> list[Detection]:
+        sp = self.spotter
+        fs = sp.frame_seconds
+        dets: list[Detection] = []
+        for name, kw in list(sp.keywords.items()):
+            state = self._match.get(name) or kw.matcher.init_state()
+            raw, starts, self._match[name] = kw.matcher.step(log_probs, state)
+            conf = _calibrate(raw, kw.matcher.n, sp.calibration)
+            if self.smoothing_frames > 1:
+                hist = self._recent.setdefault(name, [])
+                sm = np.empty_like(conf)
+                for i, v in enumerate(conf):
+                    hist.append(float(v))
+                    del hist[:-self.smoothing_frames]
+                    sm[i] = np.mean(hist)
+                conf = sm
+            for i, v in enumerate(conf):
+                t_end = (self._frames + i + 1) * fs
+                if self.track_best and (name not in self.best or v > self.best[name][0]):
+                    self.best[name] = (float(v), float(starts[i] * fs), float(t_end))
+                above = v >= kw.threshold
+                if above and not self._above.get(name, False):
+                    if t_end - self._last_fire.get(name, -np.inf) >= self.refractory_s:
+                        dets.append(Detection(name, float(v), float(starts[i] * fs), float(t_end)))
+                        self._last_fire[name] = t_end
+                self._above[name] = above
+        return dets

@@ -1,0 +1,46 @@
+"""`heron export`: torch checkpoint -> self-describing mobile bundles (needs `pip install heron[export]`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "kws-base"
+
+
+def _export(args) -> int:
+    try:
+        from heron.export.onnx_kws import write_bundle
+        from heron.models.train_kws import load_encoder
+    except ImportError as e:
+        raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
+    if args.target not in ("onnx",):
+        raise ValueError(f"target {args.target!r} is not available yet; supported: onnx")
+    model, meta = load_encoder(args.checkpoint)
+    out = Path(args.out)
+    cal_path = Path(args.checkpoint) / "calibration.json"
+    calibration = json.loads(cal_path.read_text()) if cal_path.exists() and not args.recalibrate else None
+    card = {k: meta.get(k) for k in ("step", "format")}
+    write_bundle(model, out, calibration=calibration or {}, model_meta=card)
+    if calibration is None:
+        from heron.models.calibrate_kws import fit_calibration
+        from heron.runtime.spotter import KeywordSpotter
+
+        calibration = fit_calibration(KeywordSpotter.load(out), n_anchors=args.calibration_anchors)
+        if Path(args.checkpoint).is_dir():
+            cal_path.write_text(json.dumps(calibration, indent=1))
+        write_bundle(model, out, calibration=calibration, model_meta=card)
+    man = json.loads((out / "manifest.json").read_text())
+    for k, f in man["files"].items():
+        print(f"{out / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
+    print(f"calibration: {man['calibration']}")
+    return 0
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("export", help="export models to mobile bundles (ONNX fp32 + int8)", formatter_class=formatter)
+    p.add_argument("--target", default="onnx", help="onnx (coreml: not yet)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="encoder checkpoint folder or .safetensors")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
+    p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
+    p.set_defaults(func=_export)

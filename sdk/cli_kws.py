@@ -1,0 +1,111 @@
+"""`heron kws ...`: keyword spotting from the command line.
+
+`heron kws score --keyword TEXT FILE...` is a stable interface (outside graders use it): one JSON
+object per file on stdout, {"file", "score", "start_s", "end_s"}; a file that cannot be scored gets
+{"file", "score": null, "error"} and the others still score.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _read_wav(path: str, sample_rate: int):
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
+        raise ValueError(f"cannot read audio: {e}") from None
+    if info.samplerate != sample_rate:
+        raise ValueError(f"expected {sample_rate} Hz mono audio, got {info.samplerate} Hz")
+    if info.channels != 1:
+        raise ValueError(f"expected mono audio, got {info.channels} channels")
+    audio, _ = sf.read(path, dtype="float32", always_2d=False)
+    if audio.size == 0:
+        raise ValueError("file has no samples")
+    if not np.all(np.isfinite(audio)):
+        raise ValueError("audio contains NaN or infinite samples")
+    return np.clip(audio, -1.0, 1.0)
+
+
+def _score(args) -> int:
+    from heron.runtime.spotter import KeywordSpotter
+
+    spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads)
+    kw = spotter.enroll(args.keyword)
+    failed = 0
+    for path in args.files:
+        try:
+            audio = _read_wav(path, spotter.sample_rate)
+            score, start, end = spotter.score_file(audio, kw.name)
+            rec = {"file": path, "score": round(score, 6), "start_s": None if start is None else round(start, 3),
+                   "end_s": None if end is None else round(end, 3)}
+            if args.strict_times and score < kw.threshold:
+                rec["start_s"] = rec["end_s"] = None
+        except ValueError as e:
+            failed += 1
+            rec = {"file": path, "score": None, "start_s": None, "end_s": None, "error": str(e)}
+            print(f"heron kws score: {path}: {e}", file=sys.stderr)
+        print(json.dumps(rec), flush=True)
+    return 0 if failed < len(args.files) else 1
+
+
+def _enroll(args) -> int:
+    import time
+
+    from heron.runtime.phonemes import pronounce
+
+    t0 = time.perf_counter()
+    pron = pronounce(args.text)
+    dt = (time.perf_counter() - t0) * 1000
+    print(f"keyword:   {args.text!r} -> words {list(pron.words)}")
+    print(f"phonemes:  {' '.join(pron.with_boundaries())}  ({len(pron.phonemes)} phonemes, G2P {dt:.1f} ms)")
+    if len(pron.phonemes) < 6:
+        print("warning:   fewer than 6 phonemes: short keywords fire more often on other speech; "
+              "consider a longer phrase")
+    return 0
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("kws", help="keyword spotting: score files", formatter_class=formatter)
+    ksub = p.add_subparsers(dest="kws_verb", metavar="KWS_VERB", required=True)
+    q = ksub.add_parser("score", help="score wav files for a keyword given as text (JSON lines)",
+                        formatter_class=formatter)
+    q.add_argument("--keyword", required=True, help="keyword text, e.g. 'hey heron'")
+    q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    q.add_argument("--int8", action="store_true", help="use the int8 encoder")
+    q.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    q.add_argument("--strict-times", action="store_true", help="null times when the score is below threshold")
+    q.add_argument("files", nargs="+", help="16 kHz mono wav files")
+    q.set_defaults(func=_score)
+    q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
+    q.add_argument("text", help="keyword text")
+    q.set_defaults(func=_enroll)
+    register_eval(sub, formatter)
+
+
+def _eval(args) -> int:
+    import json as _json
+
+    from heron.models.eval_kws import run_eval
+
+    res = run_eval(args.model, args.sets.split(","), args.json, int8=args.int8, anchors=args.anchors,
+                   stream_minutes=args.stream_minutes)
+    print(_json.dumps(res, indent=1))
+    return 0
+
+
+def register_eval(sub, formatter) -> None:
+    p = sub.add_parser("eval", help="evaluate models", formatter_class=formatter)
+    esub = p.add_subparsers(dest="eval_verb", metavar="MODEL", required=True)
+    q = esub.add_parser("kws", help="AUC/EER on held-out TTS voices and real speech; FRR at FA/h on a stream",
+                        formatter_class=formatter)
+    q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    q.add_argument("--sets", default="tts,real,stream", help="comma-separated: tts, real, stream")
+    q.add_argument("--anchors", type=int, default=300, help="anchor phrases for the TTS pairs")
+    q.add_argument("--stream-minutes", type=float, default=10.0, help="length of the evaluation stream")
+    q.add_argument("--int8", action="store_true", help="evaluate the int8 encoder")
+    q.add_argument("--json", default=None, help="also write the results here")
+    q.set_defaults(func=_eval)

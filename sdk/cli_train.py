@@ -1,0 +1,42 @@
+"""`heron train kws`: train the keyword-spotting encoder (needs `pip install heron[train]`)."""
+from __future__ import annotations
+
+
+def _kws(args) -> int:
+    from dataclasses import replace
+
+    try:
+        from heron.models.train_kws import TRAIN_PRESETS, train
+    except ImportError as e:
+        raise ImportError(f"training needs torch: pip install 'heron[train]' ({e})") from e
+    if args.preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose from {sorted(TRAIN_PRESETS)}")
+    cfg = TRAIN_PRESETS[args.preset]
+    over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threads", args.threads),
+                              ("pool_size", args.pool_size), ("batch_size", args.batch_size),
+                              ("max_minutes", args.max_minutes), ("user_data", args.user_data)) if v is not None}
+    if args.no_gates:
+        over["model"] = replace(cfg.model, gated=False)
+    cfg = replace(cfg, **over)
+    out = train(cfg, args.out, progress=not args.no_progress)
+    print(f"checkpoint: {out}/model.safetensors (log: {out}/train_log.jsonl)")
+    return 0
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("train", help="train models", formatter_class=formatter)
+    tsub = p.add_subparsers(dest="train_verb", metavar="MODEL", required=True)
+    q = tsub.add_parser("kws", help="keyword-spotting encoder (gated streaming conformer, phoneme CTC)",
+                        formatter_class=formatter)
+    q.add_argument("--preset", default="default", help="smoke | small | default")
+    q.add_argument("--out", required=True, help="run folder (checkpoints, logs); training resumes from it")
+    q.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    q.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    q.add_argument("--threads", type=int, default=None, help="torch threads")
+    q.add_argument("--pool-size", type=int, default=None, help="TTS utterances to synthesize")
+    q.add_argument("--batch-size", type=int, default=None, help="utterances per step")
+    q.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long")
+    q.add_argument("--user-data", default=None, help="real data: CSV (audio,text) or LibriSpeech-layout folder")
+    q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_kws)

@@ -1,0 +1,97 @@
+"""Encoder behaviour: streaming == whole utterance (gates open, closed, really skipped), training smoke."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from heron.models.conformer import PRESETS, GatedConformer, gate_cost_weights  # noqa: E402
+
+
+def _model(seed=0, random_gates=True):
+    torch.manual_seed(seed)
+    m = GatedConformer(PRESETS["tiny"]).eval()
+    if random_gates:  # make some gates close so skipping is exercised
+        for b in m.blocks:
+            torch.nn.init.normal_(b.gate.weight, std=0.5)
+            torch.nn.init.normal_(b.gate.bias, std=1.0)
+    return m
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_streaming_equals_whole_utterance(skip):
+    m = _model()
+    c = m.config
+    n_chunks = 9  # longer than the attention's left context
+    wav = torch.randn(1, c.chunk_samples * n_chunks) * 0.1
+    with torch.no_grad():
+        lp, emb, probs = m(wav)
+        st = m.init_state(1)
+        outs, embs, gates = [], [], []
+        for i in range(n_chunks):
+            l, e, g, st = m.forward_chunk(wav[:, i * c.chunk_samples:(i + 1) * c.chunk_samples], st, skip=skip)
+            outs.append(l), embs.append(e), gates.append(g)
+    assert (probs < 0.5).any() and (probs > 0.5).any(), "test needs both open and closed gates"
+    assert torch.allclose(torch.cat(outs, 1), lp, atol=1e-5)
+    assert torch.allclose(torch.cat(embs, 1), emb, atol=1e-5)
+    assert torch.allclose(torch.stack(gates, 2), probs, atol=1e-6)
+
+
+def test_partial_chunk_is_padded_and_wrong_chunk_rejected():
+    m = _model()
+    c = m.config
+    with torch.no_grad():
+        lp, _, _ = m(torch.randn(2, c.chunk_samples + 100))
+    assert lp.shape[:2] == (2, 2 * c.chunk_frames)
+    with pytest.raises(ValueError, match="samples"):
+        m.forward_chunk(torch.zeros(1, c.chunk_samples - 1), m.init_state(1))
+
+
+def test_closed_gates_leave_the_residual_unchanged():
+    m = _model(random_gates=False)
+    for b in m.blocks:
+        torch.nn.init.constant_(b.gate.bias, -10.0)  # every gate closed
+    with torch.no_grad():
+        x = torch.randn(1, m.config.chunk_frames * 2, m.config.d_model)
+        y, _ = m.blocks[0](x, m.chunk_mask(x.shape[1]))
+    assert torch.allclose(y, m.blocks[0].norm(x), atol=1e-6)
+
+
+def test_gate_gradients_flow_through_straight_through_estimator():
+    m = _model(random_gates=False)
+    m.train()
+    lp, _, probs = m(torch.randn(2, m.config.chunk_samples * 2) * 0.1)
+    (lp.mean() + (probs * gate_cost_weights(m.config)).sum()).backward()
+    assert m.blocks[0].gate.weight.grad is not None and m.blocks[0].gate.weight.grad.abs().sum() > 0
+
+
+def test_presets_fit_the_parameter_budget():
+    n = sum(p.numel() for p in GatedConformer(PRESETS["base"]).parameters())
+    assert n <= 2_000_000
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_training_smoke_resumes_and_writes_safetensors(tmp_path):
+    from dataclasses import replace
+
+    from heron.models.train_kws import TRAIN_PRESETS, load_encoder, read_checkpoint, train
+
+    cfg = replace(TRAIN_PRESETS["smoke"], steps=6, ckpt_every=3, pool_size=12, batch_size=2)
+    train(cfg, tmp_path, progress=False)
+    tensors, meta = read_checkpoint(tmp_path)
+    assert meta["step"] == 6 and any(k.startswith("opt.") for k in tensors)
+    train(replace(cfg, steps=9), tmp_path, progress=False)
+    model, meta = load_encoder(tmp_path)
+    assert meta["step"] == 9
+    assert (tmp_path / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert lines and "ctc" in lines[0]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    from heron.models.train_kws import load_encoder
+
+    (tmp_path / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a valid heron checkpoint"):
+        load_encoder(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_encoder(tmp_path / "missing")

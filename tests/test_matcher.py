@@ -1,0 +1,56 @@
+"""CTC keyword matcher: exact matches, mismatches, subsequence starts, streaming equality."""
+import numpy as np
+import pytest
+
+from heron.runtime.ctc_kws import CTCKeywordMatcher
+
+
+def _posteriors(seq, n_classes=40, low=-8.0):
+    lp = np.full((len(seq), n_classes), low)
+    for t, c in enumerate(seq):
+        lp[t, c] = -0.01
+    return lp
+
+
+def test_exact_keyword_scores_one_and_finds_its_start():
+    lp = _posteriors([0, 0, 5, 5, 0, 7, 0, 9, 0, 3, 0])
+    m = CTCKeywordMatcher([5, 7, 9])
+    score, start, _ = m.step(lp, m.init_state())
+    t = int(np.argmax(score))
+    assert t == 7 and score[t] == pytest.approx(1.0, abs=1e-3) and start[t] == 2
+
+
+def test_one_wrong_phoneme_costs_its_likelihood_ratio():
+    lp = _posteriors([0, 5, 0, 7, 0, 9, 0])
+    good = CTCKeywordMatcher([5, 7, 9]).step(lp, CTCKeywordMatcher([5, 7, 9]).init_state())[0].max()
+    m = CTCKeywordMatcher([5, 8, 9])
+    bad = m.step(lp, m.init_state())[0].max()
+    assert bad < 0.1 * good
+    assert bad == pytest.approx(np.exp(-(8.0 - 0.01) / 3), rel=0.05)
+
+
+def test_repeated_phoneme_needs_a_blank_between():
+    m = CTCKeywordMatcher([5, 5])
+    with_blank = m.step(_posteriors([0, 5, 0, 5, 0]), m.init_state())[0].max()
+    without = m.step(_posteriors([0, 5, 5, 0, 0]), m.init_state())[0].max()
+    assert with_blank > 0.99 and without < 0.1
+
+
+def test_streaming_equals_whole():
+    rng = np.random.default_rng(0)
+    lp = np.log(rng.dirichlet(np.ones(40) * 0.3, size=50))
+    m = CTCKeywordMatcher([3, 9, 12, 4])
+    whole, wstart, _ = m.step(lp, m.init_state())
+    st = m.init_state()
+    parts, starts = [], []
+    for a, b in [(0, 7), (7, 8), (8, 31), (31, 50)]:
+        s, st_, st = m.step(lp[a:b], st)
+        parts.append(s), starts.append(st_)
+    assert np.allclose(np.concatenate(parts), whole) and np.array_equal(np.concatenate(starts), wstart)
+
+
+def test_bad_keywords():
+    with pytest.raises(ValueError):
+        CTCKeywordMatcher([])
+    with pytest.raises(ValueError):
+        CTCKeywordMatcher([0, 3])
