@@ -76,8 +76,10 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
 
 
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
-                 extra_files: dict[str, Path] | None = None, model_meta: dict | None = None) -> Path:
-    """Export the encoder (fp32 and optionally int8) and write manifest.json with checksums."""
+                 extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
+                 verifier=None) -> Path:
+    """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
+    second stage; write manifest.json with checksums."""
     from heron import __version__
 
     out = Path(out)
@@ -87,6 +89,11 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
     if int8:
         quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
         files["encoder_int8"] = "encoder.int8.onnx"
+    if verifier is not None:
+        text_enc, matcher = verifier
+        export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
+        export_matcher_onnx(matcher, out / "matcher.onnx")
+        files["text_encoder"], files["matcher"] = "text_encoder.onnx", "matcher.onnx"
     for key, src in (extra_files or {}).items():
         dst = out / Path(src).name
         if Path(src).resolve() != dst.resolve():
@@ -107,9 +114,48 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "gates": {"names": ["ffn1", "attn", "conv", "ffn2"], "layers": c.n_layers},
         "encoder": io,
         "calibration": calibration,
+        **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
+                         "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
         "model": model_meta or {},
         "files": {k: {"path": v, "sha256": sha256_file(out / v), "bytes": (out / v).stat().st_size}
                   for k, v in files.items()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
+
+
+def export_text_encoder_onnx(text_enc, path: str | Path) -> None:
+    """phoneme ids (1, N) int64 -> text embeddings (1, N, D); N is dynamic (1..max_phonemes)."""
+    ids = torch.ones(1, 7, dtype=torch.int64)
+    n = torch.export.Dim("n_phonemes", min=1, max=text_enc.config.max_phonemes)
+    with torch.no_grad():
+        torch.onnx.export(text_enc.eval(), (ids,), str(path), input_names=["phoneme_ids"],
+                          output_names=["text_embeddings"], dynamic_shapes={"ids": {1: n}},
+                          dynamo=True, external_data=False, verbose=False)
+
+
+class _MatcherStep(nn.Module):
+    def __init__(self, matcher):
+        super().__init__()
+        self.matcher = matcher
+
+    def forward(self, audio, text):
+        # one window and one keyword: every frame and phoneme is real, so the masks are all true
+        am = torch.ones(audio.shape[:2], dtype=torch.bool)
+        tm = torch.ones(text.shape[:2], dtype=torch.bool)
+        utt, sub = self.matcher(audio, am, text, tm)
+        return torch.sigmoid(utt), torch.sigmoid(sub)
+
+
+def export_matcher_onnx(matcher, path: str | Path) -> None:
+    """audio window (1, T, Da) + text embeddings (1, N, Dt) -> (match prob (1,), subsequence probs (1, N))."""
+    c = matcher.config
+    audio = torch.zeros(1, 20, c.d_audio)
+    text = torch.zeros(1, 7, c.d_text)
+    t = torch.export.Dim("frames", min=2, max=c.max_frames)
+    n = torch.export.Dim("n_phonemes", min=1, max=c.max_phonemes)
+    with torch.no_grad():
+        torch.onnx.export(_MatcherStep(matcher.eval()), (audio, text), str(path),
+                          input_names=["audio_window", "text_embeddings"], output_names=["match_prob", "subsequence_probs"],
+                          dynamic_shapes={"audio": {1: t}, "text": {1: n}}, dynamo=True, external_data=False,
+                          verbose=False)

@@ -21,28 +21,38 @@ from .eval_kws import _parse_voice
 
 
 def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
-    """-> (z, N, label) arrays over calibration pairs."""
+    """-> (z, N, verifier probability or NaN, label) arrays over calibration pairs, at the first
+    stage's best frame."""
     reg = VoiceRegistry()
     voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
     pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
     audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc="calibration")
     rng = np.random.default_rng(seed)
     noise = NoiseBank(None)
-    z, n, y = [], [], []
+    z, n, v, y = [], [], [], []
     for p, a in zip(pairs, audio):
         a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
         a = add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
-        lp, _ = spotter.log_probs(a)
+        lp, emb, _ = spotter.encode(a)
         try:
             classes = [i + 1 for i in pronounce(p.anchor).ids()]
         except ValueError:
             continue
         m = CTCKeywordMatcher(classes)
-        raw, _, _ = m.step(lp, m.init_state())
-        z.append(float(np.log(max(raw.max(), 1e-30))))
+        raw, starts, _ = m.step(lp, m.init_state())
+        i = int(np.argmax(raw))
+        z.append(float(np.log(max(raw[i], 1e-30))))
         n.append(m.n)
+        if spotter.verifier_session is not None:
+            from heron.runtime.spotter import Keyword
+
+            te = spotter.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
+            kw = Keyword("_", None, 0.5, m, te)  # type: ignore[arg-type]
+            v.append(spotter.verify(kw, emb[max(0, int(starts[i]) - spotter.verifier_margin): i + 1]))
+        else:
+            v.append(np.nan)
         y.append(p.label)
-    return np.asarray(z), np.asarray(n, float), np.asarray(y, float)
+    return np.asarray(z), np.asarray(n, float), np.asarray(v, float), np.asarray(y, float)
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
@@ -60,8 +70,22 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50
 
 
 def fit_calibration(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99) -> dict:
-    z, n, y = raw_features(spotter, n_anchors, seed)
+    """Logistic fusion coefficients (and, with a verifier, the first-stage floor below which the
+    verifier is not consulted: it keeps 99.5% of the calibration positives)."""
+    z, n, v, y = raw_features(spotter, n_anchors, seed)
     z = np.maximum(z, -50.0)
-    w = fit_logistic(np.stack([z, n, np.ones_like(z)], axis=1), y)
-    return {"slope": float(w[0]), "per_phoneme": float(w[1]), "offset": float(w[2]), "threshold": 0.5,
-            "fitted_on": f"{len(y)} held-out-voice TTS pairs (seed {seed})"}
+    cols = [z, n]
+    if not np.isnan(v).any():
+        p = np.clip(v, 1e-6, 1 - 1e-6)
+        cols.append(np.log(p / (1 - p)))
+    w = fit_logistic(np.stack(cols + [np.ones_like(z)], axis=1), y)
+    cal = {"slope": float(w[0]), "per_phoneme": float(w[1]), "offset": float(w[-1]), "threshold": 0.5,
+           "fitted_on": f"{len(y)} held-out-voice TTS pairs (seed {seed})"}
+    if len(cols) == 3:
+        if w[2] <= 0:  # a verifier that does not help is switched off rather than inverted
+            w = np.concatenate([fit_logistic(np.stack([z, n, np.ones_like(z)], axis=1), y)[:2], [0.0],
+                                fit_logistic(np.stack([z, n, np.ones_like(z)], axis=1), y)[2:]])
+        cal["slope"], cal["per_phoneme"], cal["offset"] = float(w[0]), float(w[1]), float(w[-1])
+        cal["verifier"] = float(w[2])
+        cal["min_first_stage"] = float(np.exp(np.quantile(z[y == 1], 0.005)))
+    return cal

@@ -137,6 +137,7 @@ class GatedConformerBlock(nn.Module):
         self.ffn1, self.attn, self.conv, self.ffn2 = FeedForward(c), ChunkedAttention(c), CausalConv(c), FeedForward(c)
         self.norm = nn.LayerNorm(c.d_model)
         self.gate = nn.Linear(c.d_model, len(GATE_NAMES))
+        self.force_open = False
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, c.gate_init_bias)
 
@@ -147,8 +148,10 @@ class GatedConformerBlock(nn.Module):
         return torch.sigmoid(self.gate(pooled))
 
     def gates(self, x):
-        """(probabilities, 0/1 gates with straight-through gradient); all ones when ungated."""
-        if not self.c.gated:
+        """(probabilities, 0/1 gates with straight-through gradient); all ones when ungated or while
+        `force_open` (training warm-up: modules learn before gates may close them, since a closed
+        module gets no gradient)."""
+        if not self.c.gated or self.force_open:
             ones = x.new_ones(x.shape[0], x.shape[1] // self.c.chunk_frames, len(GATE_NAMES))
             return ones, ones
         p = self.gate_probs(x)
@@ -285,6 +288,10 @@ class GatedConformer(nn.Module):
             new[f"cached_valid_{i}"], new[f"cached_conv_{i}"] = valid, hist
             probs.append(p[:, 0])
         return F.log_softmax(self.head(x), dim=-1), x, torch.stack(probs, dim=1), new
+
+    def force_gates_open(self, flag: bool) -> None:
+        for blk in self.blocks:
+            blk.force_open = flag
 
     def config_dict(self) -> dict:
         return asdict(self.config)

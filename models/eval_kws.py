@@ -53,9 +53,9 @@ def eval_tts_pairs(spotter: KeywordSpotter, n_anchors: int = 300, seed: int = 12
     for p, a in zip(pairs, audio):
         a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
         a = add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
-        lp, _ = spotter.log_probs(a)
+        lp, emb, _ = spotter.encode(a)
         try:
-            s, _, _ = spotter.match_log_probs(p.anchor, lp)
+            s, _, _ = spotter.match_encoded(p.anchor, lp, emb)
         except ValueError:
             continue
         scores[p.kind].append(s)
@@ -90,7 +90,7 @@ def eval_real_pairs(spotter: KeywordSpotter, root: Path = REAL_SPEECH, seed: int
     for r in rows:
         audio, sr = sf.read(str(root / r["file"]), dtype="float32")
         audio = np.concatenate([np.zeros(4000, np.float32), audio, np.zeros(4000, np.float32)])  # FSDD is tight
-        lp, _ = spotter.log_probs(audio)
+        lp, emb, _ = spotter.encode(audio)
         words = r["transcript"].split()
         utt_ph = pronounce(r["transcript"], max_words=None, max_phonemes=None).phonemes
         spans = [(i, n) for n in range(1, 5) for i in range(len(words) - n + 1)]
@@ -115,8 +115,8 @@ def eval_real_pairs(spotter: KeywordSpotter, root: Path = REAL_SPEECH, seed: int
                         best, best_d = cand, d
             if best is None:
                 continue
-            pos.append(spotter.match_log_probs(text, lp)[0])
-            neg.append(spotter.match_log_probs(best.text, lp)[0])
+            pos.append(spotter.match_encoded(text, lp, emb)[0])
+            neg.append(spotter.match_encoded(best.text, lp, emb)[0])
             used += 1
             if used >= per_utt:
                 break
@@ -140,14 +140,24 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
                      VoiceRegistry(), NoiseBank(noise_dir if noise_dir.is_dir() else None))
     audio, _ = sf.read(str(wav), dtype="float32")
     labels = [(x.start_s, x.end_s) for x in read_labels(lab)]
-    lp, gates = spotter.log_probs(audio)
-    from heron.runtime.ctc_kws import CTCKeywordMatcher
-    from heron.runtime.spotter import _calibrate
+    sp_kw = spotter.enroll(keyword, name="__eval__")
+    st = spotter.stream()
+    conf_track: list[np.ndarray] = []
+    orig = spotter.keyword_confidence
 
-    classes = [i + 1 for i in pronounce(keyword).ids()]
-    m = CTCKeywordMatcher(classes)
-    raw, _, _ = m.step(lp, m.init_state())
-    conf = _calibrate(raw, m.n, spotter.calibration)
+    def record(kw, raw, starts, emb, first, frame0):  # the stream's own per-frame confidences
+        c = orig(kw, raw, starts, emb, first, frame0)
+        conf_track.append(c)
+        return c
+
+    spotter.keyword_confidence = record
+    try:
+        st.accept(audio)
+        st.flush()
+    finally:
+        spotter.keyword_confidence = orig
+        spotter.unenroll(sp_kw.name)
+    conf = np.concatenate(conf_track)
     times = (np.arange(len(conf)) + 1) * spotter.frame_seconds
     curve = metrics.det_curve(times, conf, labels, len(audio) / 16000.0,
                               thresholds=np.unique(np.quantile(conf, np.linspace(0.9, 1.0, 400))))

@@ -29,7 +29,7 @@ class TrainConfig:
     steps: int = 6000
     batch_size: int = 32
     lr: float = 2e-3
-    warmup: int = 300
+    warmup: int = 500
     weight_decay: float = 0.01
     gate_penalty: float = 0.05  # weight of the expected-compute term
     gate_warmup: int = 1500  # steps before the penalty starts (learn phonemes first)
@@ -147,7 +147,7 @@ def load_encoder(path: str | Path) -> tuple[GatedConformer, dict]:
     """Checkpoint -> (model in eval mode, meta)."""
     tensors, meta = read_checkpoint(path)
     model = GatedConformer(ConformerConfig(**meta["model_config"]))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("model.")})
     return model.eval(), meta
 
 
@@ -216,6 +216,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     try:
         for step in range(start, cfg.steps):
             wav, n_samples, targets, tlens = next(stream)
+            model.force_gates_open(step < cfg.gate_warmup)
             wav_t = torch.from_numpy(wav)
             feats = spec_augment(feat(wav_t, gen), cfg, gen)
             emb, probs = model.encode_features(feats)
@@ -256,3 +257,19 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
             bar.close()
     return out
 
+
+
+def release(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Strip optimizer state and store weights in `dtype` (fp16 halves the size; loading casts back
+    to fp32). The result is what ships in models/weights/."""
+    from safetensors.torch import save_file
+
+    tensors, meta = read_checkpoint(src)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+               for k, v in tensors.items() if k.startswith("model.")}
+    meta = {**meta, "released_from": str(src), "dtype": str(dtype).replace("torch.", "")}
+    save_file(weights, str(dst / "model.safetensors"), metadata={"heron": json.dumps(meta)})
+    (dst / "meta.json").write_text(json.dumps(meta, indent=1))
+    return dst

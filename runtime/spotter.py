@@ -39,17 +39,23 @@ class Keyword:
     pronunciation: Pronunciation
     threshold: float
     matcher: CTCKeywordMatcher = field(repr=False)
+    text_embeddings: np.ndarray | None = field(default=None, repr=False)  # (N, D) for the verifier
 
 
-def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict) -> np.ndarray:
-    """Per-phoneme path likelihood ratio in (0, 1] -> confidence in [0, 1] (logistic, from the manifest).
+def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.ndarray | None = None) -> np.ndarray:
+    """First-stage score (per-phoneme path likelihood ratio in (0, 1]) and, when the bundle has one,
+    the verifier's match probability -> confidence in [0, 1] (logistic, coefficients from the manifest).
 
-    The slope/offset and the length term were fitted on held-out TTS voices so that one threshold
-    means the same for short and long keywords.
+    The coefficients were fitted on held-out TTS voices so that one threshold means the same for short
+    and long keywords.
     """
     z = np.log(np.maximum(raw, 1e-30))
     a, b, c = cal.get("slope", 1.0), cal.get("offset", 0.0), cal.get("per_phoneme", 0.0)
-    return 1.0 / (1.0 + np.exp(-(a * z + b + c * n_phonemes)))
+    logit = a * z + b + c * n_phonemes
+    if verifier_prob is not None:
+        p = np.clip(verifier_prob, 1e-6, 1 - 1e-6)
+        logit = logit + cal.get("verifier", 0.0) * np.log(p / (1 - p))
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 class KeywordSpotter:
@@ -74,6 +80,16 @@ class KeywordSpotter:
         self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
         self.state_pairs = dict(enc["state_pairs"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.text_session = self.verifier_session = None
+        if bundle.has("text_encoder") and bundle.has("matcher"):
+            self.text_session = ort.InferenceSession(str(bundle.path("text_encoder")), opts,
+                                                     providers=providers or ["CPUExecutionProvider"])
+            self.verifier_session = ort.InferenceSession(str(bundle.path("matcher")), opts,
+                                                         providers=providers or ["CPUExecutionProvider"])
+            v = m["verifier"]
+            self.verifier_max_frames = int(v["max_frames"])
+            self.verifier_margin = int(v["margin_frames"])
+            self.verifier_min_raw = float(v["min_first_stage"])  # below this the first stage rejects alone
         self.keywords: dict[str, Keyword] = {}
         self._lock = threading.Lock()
 
@@ -98,7 +114,10 @@ class KeywordSpotter:
         base = float(self.calibration.get("threshold", 0.5))
         # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
         threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.01, 0.99))
-        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes))
+        text_emb = None
+        if self.text_session is not None:
+            text_emb = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
+        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes), text_emb)
         self.keywords[name] = kw
         return kw
 
@@ -116,38 +135,74 @@ class KeywordSpotter:
         return {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
-        """(chunk_samples,) float32 -> (log_probs (C, classes), gate_probs (layers, 4), new state)."""
+        """(chunk_samples,) float32 -> (log_probs (C, classes), embeddings (C, D), gate_probs (layers, 4),
+        new state)."""
         feeds = {"audio_chunk": chunk.reshape(1, -1).astype(np.float32), **state}
         outs = dict(zip(self.output_names, self.session.run(None, feeds)))
         new = {n: outs[self.state_pairs[n]] for n in state}
-        return outs["log_probs"][0], outs["gate_probs"][0], new
+        return outs["log_probs"][0], outs["embeddings"][0], outs["gate_probs"][0], new
 
-    def log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whole clip -> (per-frame phoneme log-probs (T, classes), gate probs (chunks, layers, 4)).
+    def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Whole clip -> (log-probs (T, classes), embeddings (T, D), gate probs (chunks, layers, 4)).
 
-        For evaluation: encode once, then match any number of keywords with `match_log_probs`.
+        For evaluation: encode once, then match any number of keywords with `match_encoded`.
         """
         n = self.chunk_samples
         audio = np.concatenate([np.asarray(audio, np.float32), np.zeros((-len(audio)) % n, np.float32)])
         state = self.init_state()
-        lps, gates = [], []
+        lps, embs, gates = [], [], []
         for i in range(0, len(audio), n):
-            lp, g, state = self.run_chunk(audio[i:i + n], state)
-            lps.append(lp)
-            gates.append(g)
-        return np.concatenate(lps), np.stack(gates)
+            lp, emb, g, state = self.run_chunk(audio[i:i + n], state)
+            lps.append(lp), embs.append(emb), gates.append(g)
+        return np.concatenate(lps), np.concatenate(embs), np.stack(gates)
 
-    def match_log_probs(self, text_or_classes, log_probs: np.ndarray) -> tuple[float, float, float]:
+    def log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lp, _, gates = self.encode(audio)
+        return lp, gates
+
+    def verify(self, kw: Keyword, emb_window: np.ndarray) -> float:
+        """Second stage: probability that the keyword is spoken in this embedding window."""
+        w = emb_window[-self.verifier_max_frames:]
+        if len(w) < 2:
+            w = np.concatenate([np.zeros((2 - len(w), w.shape[1]), np.float32), w])
+        p, _ = self.verifier_session.run(None, {"audio_window": w[None].astype(np.float32),
+                                                "text_embeddings": kw.text_embeddings[None]})
+        return float(p[0])
+
+    def keyword_confidence(self, kw: Keyword, raw: np.ndarray, starts: np.ndarray, emb: np.ndarray | None,
+                           emb_first_frame: int, frame0: int) -> np.ndarray:
+        """Per-frame confidence for frames frame0.. (raw, starts from the CTC matcher); `emb` holds
+        embeddings from absolute frame `emb_first_frame` on (None: first stage only)."""
+        if self.verifier_session is None or kw.text_embeddings is None or emb is None:
+            return _calibrate(raw, kw.matcher.n, self.calibration)
+        probs = np.full(len(raw), 1e-6)
+        candidates = np.flatnonzero(raw >= self.verifier_min_raw)
+        for i in candidates:
+            end = frame0 + i + 1 - emb_first_frame
+            start = max(0, int(starts[i]) - self.verifier_margin - emb_first_frame)
+            if end > 0:
+                probs[i] = self.verify(kw, emb[start:end])
+        # frames the first stage rejects keep p = 1e-6: tiny confidences, still ordered by the first stage
+        return _calibrate(raw, kw.matcher.n, self.calibration, probs)
+
+    def match_encoded(self, text_or_classes, log_probs: np.ndarray, emb: np.ndarray | None = None
+                      ) -> tuple[float, float, float]:
         """Best (confidence, start_s, end_s) of a keyword (text or CTC classes) over encoded frames."""
         if isinstance(text_or_classes, str):
             classes = [i + 1 for i in pronounce(text_or_classes).ids()]
         else:
             classes = list(text_or_classes)
         m = CTCKeywordMatcher(classes)
+        kw = Keyword("_", None, 0.5, m, None)  # type: ignore[arg-type]
+        if self.text_session is not None:
+            kw.text_embeddings = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
         raw, starts, _ = m.step(log_probs, m.init_state())
-        conf = _calibrate(raw, m.n, self.calibration)
+        conf = self.keyword_confidence(kw, raw, starts, emb, 0, 0)
         i = int(np.argmax(conf))
         return float(conf[i]), float(starts[i] * self.frame_seconds), float((i + 1) * self.frame_seconds)
+
+    def match_log_probs(self, text_or_classes, log_probs: np.ndarray) -> tuple[float, float, float]:
+        return self.match_encoded(text_or_classes, log_probs, None)
 
     def score_file(self, audio: np.ndarray, keyword: str) -> tuple[float, float | None, float | None]:
         """Best (score, start_s, end_s) of one keyword over a whole clip (16 kHz mono float32)."""
@@ -180,6 +235,8 @@ class Stream:
     def reset(self) -> None:
         """Forget all audio and matcher state (as if the stream were new)."""
         self._buf = np.zeros(0, np.float32)
+        self._emb: np.ndarray | None = None  # recent encoder embeddings, for the verifier
+        self._emb_first = 0  # absolute frame index of self._emb[0]
         self._enc = self.spotter.init_state()
         self._match: dict[str, CTCMatchState] = {}
         self._frames = 0
@@ -237,8 +294,13 @@ class Stream:
         out: list[Detection] = []
         while self._buf.size >= n:
             chunk, self._buf = self._buf[:n], self._buf[n:]
-            log_probs, gates, self._enc = sp.run_chunk(chunk, self._enc)
+            log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
             self.gate_log.append(gates)
+            if sp.verifier_session is not None:
+                keep = sp.verifier_max_frames + sp.verifier_margin + len(emb)
+                self._emb = emb if self._emb is None else np.concatenate([self._emb, emb])
+                drop = max(0, len(self._emb) - keep)
+                self._emb, self._emb_first = self._emb[drop:], self._emb_first + drop
             out.extend(self._match_frames(log_probs))
             self._frames += log_probs.shape[0]
         return out
@@ -250,7 +312,7 @@ class Stream:
         for name, kw in list(sp.keywords.items()):
             state = self._match.get(name) or kw.matcher.init_state()
             raw, starts, self._match[name] = kw.matcher.step(log_probs, state)
-            conf = _calibrate(raw, kw.matcher.n, sp.calibration)
+            conf = sp.keyword_confidence(kw, raw, starts, self._emb, self._emb_first, self._frames)
             if self.smoothing_frames > 1:
                 hist = self._recent.setdefault(name, [])
                 sm = np.empty_like(conf)

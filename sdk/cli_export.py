@@ -16,19 +16,25 @@ def _export(args) -> int:
     if args.target not in ("onnx",):
         raise ValueError(f"target {args.target!r} is not available yet; supported: onnx")
     model, meta = load_encoder(args.checkpoint)
+    verifier = None
+    if args.matcher:
+        from heron.models.train_matcher import load_matcher
+
+        te, mt, _, _, _ = load_matcher(args.matcher)
+        verifier = (te, mt)
     out = Path(args.out)
-    cal_path = Path(args.checkpoint) / "calibration.json"
+    cal_path = Path(args.matcher or args.checkpoint) / "calibration.json"
     calibration = json.loads(cal_path.read_text()) if cal_path.exists() and not args.recalibrate else None
     card = {k: meta.get(k) for k in ("step", "format")}
-    write_bundle(model, out, calibration=calibration or {}, model_meta=card)
+    write_bundle(model, out, calibration=calibration or {}, model_meta=card, verifier=verifier)
     if calibration is None:
         from heron.models.calibrate_kws import fit_calibration
         from heron.runtime.spotter import KeywordSpotter
 
         calibration = fit_calibration(KeywordSpotter.load(out), n_anchors=args.calibration_anchors)
-        if Path(args.checkpoint).is_dir():
+        if cal_path.parent.is_dir():
             cal_path.write_text(json.dumps(calibration, indent=1))
-        write_bundle(model, out, calibration=calibration, model_meta=card)
+        write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier)
     man = json.loads((out / "manifest.json").read_text())
     for k, f in man["files"].items():
         print(f"{out / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
@@ -41,6 +47,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--target", default="onnx", help="onnx (coreml: not yet)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="encoder checkpoint folder or .safetensors")
     p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--matcher", default=None, help="second-stage folder (text encoder + SLiCK verifier) to include")
     p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
     p.set_defaults(func=_export)

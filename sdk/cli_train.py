@@ -23,6 +23,30 @@ def _kws(args) -> int:
     return 0
 
 
+def _matcher(args) -> int:
+    import json
+    from dataclasses import replace
+
+    from heron.models.ablate_matcher import run
+    from heron.models.train_matcher import MatcherTrainConfig
+
+    cfg = MatcherTrainConfig()
+    cfg = replace(cfg, **{k: v for k, v in (("anchors", args.anchors), ("steps", args.steps), ("seed", args.seed))
+                          if v is not None})
+    res = run(args.encoder, args.out, cfg, eval_anchors=args.eval_anchors)
+    print(json.dumps(res, indent=1))
+    print(f"matcher: {args.out}/matcher.safetensors; ablations: {args.out}/ablations.json")
+    return 0
+
+
+def _release(args) -> int:
+    from heron.models.train_kws import release
+
+    out = release(args.checkpoint, args.out)
+    print(f"released {args.checkpoint} -> {out}/model.safetensors (fp16 weights, no optimizer state)")
+    return 0
+
+
 def register(sub, formatter) -> None:
     p = sub.add_parser("train", help="train models", formatter_class=formatter)
     tsub = p.add_subparsers(dest="train_verb", metavar="MODEL", required=True)
@@ -40,3 +64,17 @@ def register(sub, formatter) -> None:
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_kws)
+    q = tsub.add_parser("matcher", help="text encoder + SLiCK matcher on a frozen encoder, with ablations",
+                        formatter_class=formatter)
+    q.add_argument("--encoder", required=True, help="encoder checkpoint folder")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--anchors", type=int, default=None, help="training anchor phrases (x4 pairs)")
+    q.add_argument("--steps", type=int, default=None, help="training steps per variant")
+    q.add_argument("--eval-anchors", type=int, default=400, help="held-out-voice anchor phrases for the ablations")
+    q.add_argument("--seed", type=int, default=None, help="seed")
+    q.set_defaults(func=_matcher)
+    q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
+                        formatter_class=formatter)
+    q.add_argument("checkpoint", help="training run folder")
+    q.add_argument("--out", required=True, help="release folder")
+    q.set_defaults(func=_release)

@@ -34,6 +34,23 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_verified(tiny, tmp_path_factory):
+    """The tiny encoder plus a random second stage (text encoder + SLiCK verifier)."""
+    from heron.export.onnx_kws import write_bundle
+    from heron.models.matcher import MatcherConfig, SLiCKMatcher
+    from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+
+    model, _ = tiny
+    d = model.config.d_model
+    torch.manual_seed(1)
+    te = AudioCompliantTextEncoder(TextEncoderConfig(d_audio=d, d_model=32), table=torch.randn(39, d)).eval()
+    mt = SLiCKMatcher(MatcherConfig(d_audio=d, d_text=32, d_model=32)).eval()
+    out = tmp_path_factory.mktemp("bundle_v")
+    write_bundle(model, out, calibration={**CAL, "verifier": 1.0, "min_first_stage": 0.0}, verifier=(te, mt))
+    return out
+
+
+@pytest.fixture(scope="session")
 def clip():
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 3) / 16000
@@ -83,7 +100,7 @@ def test_onnx_matches_torch_chunk_by_chunk(tiny, clip):
     worst = 0.0
     with torch.no_grad():
         for i in range(0, len(audio), n):
-            lp, _, st_np = sp.run_chunk(audio[i:i + n], st_np)
+            lp, _, _, st_np = sp.run_chunk(audio[i:i + n], st_np)
             ref, _, _, st_t = model.forward_chunk(torch.from_numpy(audio[None, i:i + n]), st_t)
             worst = max(worst, float(np.abs(lp - ref[0].numpy()).max()))
     assert worst <= 1e-4
@@ -125,6 +142,15 @@ def test_same_detections_whatever_the_chunk_size(tiny, clip):
     # int16 input gives the same detections as the equivalent float input
     pcm = np.round(clip * 32767).astype(np.int16)
     assert [d.keyword for d in _run(sp.stream(), pcm, [4000])] == [d.keyword for d in ref]
+
+
+def test_verifier_cascade_is_chunk_size_invariant(tiny_verified, clip):
+    sp = _spotter_with_detection(tiny_verified, clip)
+    assert sp.verifier_session is not None and sp.keywords["hey heron"].text_embeddings is not None
+    ref = _run(sp.stream(), clip, [len(clip)])
+    assert ref
+    for sizes in ([1000, 3], [5120], [7777, 13]):
+        assert _run(sp.stream(), clip, sizes) == ref
 
 
 def test_bad_input_raises_and_stream_stays_usable(tiny, clip):
