@@ -10,7 +10,6 @@ version. The runtime reads everything it needs from the manifest; it hard-codes 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from heron.models.conformer import GatedConformer
+from heron.runtime.bundle import sha256_path
 
 BUNDLE_FORMAT = "heron-kws-bundle/1"
 
@@ -56,12 +56,8 @@ def export_encoder_onnx(model: GatedConformer, path: str | Path) -> dict:
     }
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
@@ -77,18 +73,29 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
 
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
-                 verifier=None) -> Path:
+                 verifier=None, target: str = "onnx") -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage; write manifest.json with checksums."""
     from heron import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    io = export_encoder_onnx(model, out / "encoder.onnx")
-    files = {"encoder": "encoder.onnx"}
-    if int8:
-        quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
-        files["encoder_int8"] = "encoder.int8.onnx"
+    if target == "coreml":
+        from .coreml_kws import export_encoder_coreml, validate_mlpackage
+
+        meta = {"heron_version": __version__, "chunk_samples": model.config.chunk_samples, "sample_rate": 16000}
+        io = export_encoder_coreml(model, out / "encoder.mlpackage", meta)
+        validate_mlpackage(out / "encoder.mlpackage", io)
+        files = {"encoder": "encoder.mlpackage"}
+        verifier = None  # the second stage ships in the ONNX bundle only (for now)
+    elif target == "onnx":
+        io = export_encoder_onnx(model, out / "encoder.onnx")
+        files = {"encoder": "encoder.onnx"}
+        if int8:
+            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+            files["encoder_int8"] = "encoder.int8.onnx"
+    else:
+        raise ValueError(f"unknown target {target!r}; use onnx or coreml")
     if verifier is not None:
         text_enc, matcher = verifier
         export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
@@ -103,6 +110,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
     fe = model.frontend.config
     manifest = {
         "format": BUNDLE_FORMAT,
+        "target": target,
         "heron_version": __version__,
         "sample_rate": 16000,
         "chunk_samples": c.chunk_samples,
@@ -117,7 +125,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
         "model": model_meta or {},
-        "files": {k: {"path": v, "sha256": sha256_file(out / v), "bytes": (out / v).stat().st_size}
+        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": _size(out / v)}
                   for k, v in files.items()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -235,7 +235,9 @@ class GatedConformer(nn.Module):
     def stack_frames(self, feats):
         B, Fr, M = feats.shape
         T = Fr // self.config.stack
-        return feats[:, : T * self.config.stack].reshape(B, T, M * self.config.stack)
+        if Fr != T * self.config.stack:  # (an identity slice exports as `alias`, which Core ML lacks)
+            feats = feats[:, : T * self.config.stack]
+        return feats.reshape(B, T, M * self.config.stack)
 
     def encode_features(self, feats):
         """(B, F, n_mels) normalized log-mels, F a multiple of stack * chunk_frames."""

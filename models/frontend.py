@@ -71,7 +71,9 @@ class LogMel(nn.Module):
         n_frames = (wav.shape[1] - CONTEXT) // HOP
         # frame f = wav[f*HOP : f*HOP + N_FFT] = blocks f, f+1, f+2 of HOP samples, trimmed to N_FFT;
         # the tail pad only feeds the trimmed part
-        wav = torch.nn.functional.pad(wav[:, : CONTEXT + n_frames * HOP], (0, 3 * HOP - N_FFT))
+        if wav.shape[1] != CONTEXT + n_frames * HOP:  # (an identity slice exports as `alias`, which Core ML lacks)
+            wav = wav[:, : CONTEXT + n_frames * HOP]
+        wav = torch.nn.functional.pad(wav, (0, 3 * HOP - N_FFT))
         blocks = wav.reshape(wav.shape[0], n_frames + 2, HOP)
         stacked = torch.cat([blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:]], dim=2)  # (B, F, 3*HOP)
         return stacked[:, :, :N_FFT]

@@ -29,7 +29,14 @@ class Bundle:
         return key in self.manifest.get("files", {})
 
 
-def _sha256(path: Path) -> str:
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file; for a folder (a Core ML .mlpackage), of its sorted (relative path, file hash) list."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_path(f)}\n".encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -57,8 +64,8 @@ def load_bundle(root: str | Path | None = None) -> Bundle:
         p = root / info["path"]
         if Path(info["path"]).is_absolute() or ".." in Path(info["path"]).parts:
             raise BundleError(f"{mpath}: file {key} points outside the bundle ({info['path']})")
-        if not p.is_file():
+        if not p.exists():
             raise BundleError(f"bundle {root} is incomplete: {info['path']} is missing")
-        if _sha256(p) != info["sha256"]:
+        if sha256_path(p) != info["sha256"]:
             raise BundleError(f"bundle {root}: {info['path']} does not match its sha256 (corrupt or tampered)")
     return Bundle(root, manifest)

@@ -66,6 +66,9 @@ class KeywordSpotter:
 
         self.bundle = bundle
         m = bundle.manifest
+        if m.get("target", "onnx") != "onnx":
+            raise ValueError(f"bundle {bundle.root} targets {m.get('target')!r}; this runtime runs ONNX bundles "
+                             "(Core ML bundles run on Apple devices through Core ML)")
         self.sample_rate = int(m["sample_rate"])
         self.chunk_samples = int(m["chunk_samples"])
         self.frame_seconds = float(m["frame_seconds"])

@@ -13,8 +13,8 @@ def _export(args) -> int:
         from heron.models.train_kws import load_encoder
     except ImportError as e:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
-    if args.target not in ("onnx",):
-        raise ValueError(f"target {args.target!r} is not available yet; supported: onnx")
+    if args.target not in ("onnx", "coreml", "all"):
+        raise ValueError(f"unknown target {args.target!r}; use onnx, coreml or all")
     model, meta = load_encoder(args.checkpoint)
     verifier = None
     if args.matcher:
@@ -22,7 +22,8 @@ def _export(args) -> int:
 
         te, mt, _, _, _ = load_matcher(args.matcher)
         verifier = (te, mt)
-    out = Path(args.out)
+    base = Path(args.out)
+    out = base / "onnx" if args.target == "all" else base
     cal_path = Path(args.matcher or args.checkpoint) / "calibration.json"
     calibration = json.loads(cal_path.read_text()) if cal_path.exists() and not args.recalibrate else None
     card = {k: meta.get(k) for k in ("step", "format")}
@@ -35,16 +36,27 @@ def _export(args) -> int:
         if cal_path.parent.is_dir():
             cal_path.write_text(json.dumps(calibration, indent=1))
         write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier)
-    man = json.loads((out / "manifest.json").read_text())
-    for k, f in man["files"].items():
-        print(f"{out / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
+    outs = [out]
+    if args.target in ("coreml", "all"):
+        cm = base / "coreml" if args.target == "all" else base
+        write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml")
+        outs = [cm] if args.target == "coreml" else [out, cm]
+        if args.target == "coreml":  # the ONNX files were only needed for calibration
+            for f in ("encoder.onnx", "encoder.int8.onnx", "text_encoder.onnx", "matcher.onnx"):
+                (cm / f).unlink(missing_ok=True)
+    for o in outs:
+        man = json.loads((o / "manifest.json").read_text())
+        for k, f in man["files"].items():
+            print(f"{o / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
     print(f"calibration: {man['calibration']}")
+    if args.target in ("coreml", "all"):
+        print("Core ML: validated on this machine by loading the spec (names, shapes); predictions need macOS")
     return 0
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser("export", help="export models to mobile bundles (ONNX fp32 + int8)", formatter_class=formatter)
-    p.add_argument("--target", default="onnx", help="onnx (coreml: not yet)")
+    p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="encoder checkpoint folder or .safetensors")
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--matcher", default=None, help="second-stage folder (text encoder + SLiCK verifier) to include")

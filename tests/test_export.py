@@ -1,0 +1,27 @@
+"""Core ML export: converts on Linux, validated through its spec; bundle checksums cover .mlpackage folders."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("coremltools")
+
+
+def test_coreml_bundle_spec_and_checksums(tmp_path):
+    from heron.export.onnx_kws import write_bundle
+    from heron.models.conformer import PRESETS, GatedConformer
+    from heron.runtime.bundle import BundleError, load_bundle
+    from heron.runtime.spotter import KeywordSpotter
+
+    model = GatedConformer(PRESETS["tiny"]).eval()
+    out = write_bundle(model, tmp_path / "coreml", calibration={}, target="coreml")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["target"] == "coreml" and man["files"]["encoder"]["path"] == "encoder.mlpackage"
+    assert set(man["encoder"]["outputs"][:3]) == {"log_probs", "embeddings", "gate_probs"}
+    load_bundle(out)  # checksums of the package folder verify
+    with pytest.raises(ValueError, match="coreml"):
+        KeywordSpotter(load_bundle(out))
+    weights = next((out / "encoder.mlpackage").rglob("weight.bin"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(out)
