@@ -13,26 +13,14 @@ from heron.runtime.ctc_kws import CTCKeywordMatcher
 from heron.runtime.phonemes import pronounce
 from heron.runtime.spotter import KeywordSpotter
 
-from .data.augment import NoiseBank, add_noise, pad_silence
-from .data.pairs import make_pairs
-from .data.tts import VoiceRegistry, synthesize_many
-from .data.vocab import vocabulary
-from .eval_kws import _parse_voice
+from .eval_kws import heldout_pair_clips
 
 
 def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
     """-> (z, N, verifier probability or NaN, label) arrays over calibration pairs, at the first
     stage's best frame."""
-    reg = VoiceRegistry()
-    voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
-    pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
-    audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc="calibration")
-    rng = np.random.default_rng(seed)
-    noise = NoiseBank(None)
     z, n, v, y = [], [], [], []
-    for p, a in zip(pairs, audio):
-        a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
-        a = add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
+    for p, a in heldout_pair_clips(n_anchors, seed, "calibration"):
         lp, emb, _ = spotter.encode(a)
         try:
             classes = [i + 1 for i in pronounce(p.anchor).ids()]

@@ -42,17 +42,23 @@ def _auc_eer(pos, neg) -> dict:
             "n_neg": len(neg)}
 
 
-def eval_tts_pairs(spotter: KeywordSpotter, n_anchors: int = 300, seed: int = 1234) -> dict:
+def heldout_pair_clips(n_anchors: int, seed: int, desc: str = "pairs"):
+    """LibriPhrase-style pairs (no "contains") spoken by held-out voices, padded with 0.2-0.6 s of
+    near-silence and mixed with synthetic noise at 15-35 dB SNR: yields (pair, audio)."""
     reg = VoiceRegistry()
     voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
     pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
-    audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc="eval tts")
+    audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc=desc)
     rng = np.random.default_rng(seed)
     noise = NoiseBank(None)
-    scores: dict[str, list[float]] = {"positive": [], "easy": [], "hard": []}
     for p, a in zip(pairs, audio):
         a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
-        a = add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
+        yield p, add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
+
+
+def eval_tts_pairs(spotter: KeywordSpotter, n_anchors: int = 300, seed: int = 1234) -> dict:
+    scores: dict[str, list[float]] = {"positive": [], "easy": [], "hard": []}
+    for p, a in heldout_pair_clips(n_anchors, seed, "eval tts"):
         lp, emb, _ = spotter.encode(a)
         try:
             s, _, _ = spotter.match_encoded(p.anchor, lp, emb)

@@ -13,7 +13,7 @@ Pipeline (`heron train matcher --encoder runs/kws-base --out runs/matcher`):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ from .data.vocab import vocabulary
 from .kws_data import TrainNoise
 from .matcher import MatcherConfig, SLiCKMatcher, prefix_labels
 from .text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
-from .train_kws import load_encoder
 
 WINDOW_MARGIN = 2  # frames kept before/after the first-stage match
 

@@ -7,8 +7,6 @@ import soundfile as sf
 
 from conftest import needs_espeak
 
-import pytest
-
 
 def heron(*args, check=True):
     p = subprocess.run([sys.executable, "-m", "heron", *args], capture_output=True, text=True)

@@ -1,5 +1,4 @@
 """Encoder behaviour: streaming == whole utterance (gates open, closed, really skipped), training smoke."""
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
