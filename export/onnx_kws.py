@@ -122,6 +122,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "gates": {"names": ["ffn1", "attn", "conv", "ffn2"], "layers": c.n_layers},
         "encoder": io,
         "calibration": calibration,
+        "matcher": {"gap_penalty": 0.1, "frames_base": 10, "frames_per_phoneme": 8},
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
         "model": model_meta or {},

@@ -26,7 +26,7 @@ def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
             classes = [i + 1 for i in pronounce(p.anchor).ids()]
         except ValueError:
             continue
-        m = CTCKeywordMatcher(classes)
+        m = CTCKeywordMatcher(classes, **spotter.matcher_options)
         raw, starts, _ = m.step(lp, m.init_state())
         i = int(np.argmax(raw))
         z.append(float(np.log(max(raw[i], 1e-30))))

@@ -33,7 +33,7 @@ from .kws_data import TrainNoise
 from .matcher import MatcherConfig, SLiCKMatcher, prefix_labels
 from .text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
 
-WINDOW_MARGIN = 2  # frames kept before/after the first-stage match
+WINDOW_MARGIN = 2  # frames kept before the first-stage match (the runtime's margin_frames)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def ctc_window(log_probs: np.ndarray, ids: list[int], max_frames: int) -> tuple[
     raw, starts, _ = m.step(log_probs, m.init_state())
     t = int(np.argmax(raw))
     s = max(0, int(starts[t]) - WINDOW_MARGIN)
-    e = min(len(raw), t + 1 + WINDOW_MARGIN)
+    e = t + 1  # the runtime verifies as soon as the last phoneme is heard: no frames after it
     s = max(s, e - max_frames)
     return s, e, float(raw[t])
 

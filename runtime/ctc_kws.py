@@ -8,6 +8,11 @@ nothing when the keyword's phoneme is what the encoder hears and a lot when anot
 The path total divided by N is the per-phoneme mismatch; exp() of it maps to (0, 1], comparable
 across keywords of different lengths.
 
+Keywords are bounded in length (SLiCK's premise), so a path may not last longer than
+`max_frames` (default: 10 + 8 frames per phoneme, 2.6 s for 7 phonemes at 40 ms frames), and each
+blank frame *inside* the keyword costs `gap_penalty` nats: without these, a path can collect a
+keyword's phonemes one by one from sporadic frames spread over many seconds of noise.
+
 Streaming is exact: the Viterbi vector is the state, carried from chunk to chunk.
 """
 from __future__ import annotations
@@ -30,7 +35,8 @@ class CTCMatchState:
 class CTCKeywordMatcher:
     """Matches one keyword (CTC class ids, blank = 0) against frames of phoneme log-probabilities."""
 
-    def __init__(self, classes: list[int] | tuple[int, ...]):
+    def __init__(self, classes: list[int] | tuple[int, ...], max_frames: int | None = None,
+                 gap_penalty: float = 0.1, frames_base: int = 10, frames_per_phoneme: int = 8):
         if not classes:
             raise ValueError("keyword has no phonemes")
         if any(c == BLANK for c in classes):
@@ -45,6 +51,9 @@ class CTCKeywordMatcher:
         self.skip_ok = np.zeros(len(labels), bool)
         for s in range(2, len(labels), 2):
             self.skip_ok[s] = labels[s] != labels[s - 2]
+        self.max_frames = max_frames or frames_base + frames_per_phoneme * self.n
+        # per-frame cost of each state: blanks between phonemes pay the gap penalty
+        self.state_cost = np.where(labels == BLANK, gap_penalty, 0.0)
 
     def init_state(self) -> CTCMatchState:
         S = len(self.labels)
@@ -72,7 +81,8 @@ class CTCKeywordMatcher:
             which = cand.argmax(axis=0)
             best = cand[which, np.arange(len(score))]
             start = np.where(which == 0, start, np.where(which == 1, prev_start, prev2_start))
-            score = best + llr[t, self.labels]
+            score = best + llr[t, self.labels] - self.state_cost
+            score[f - start >= self.max_frames] = _NEG  # too long to be one keyword
             out_score[t] = score[-1]
             out_start[t] = start[-1]
         new_state = CTCMatchState(score, start, state.frame + T)

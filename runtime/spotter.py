@@ -73,6 +73,7 @@ class KeywordSpotter:
         self.chunk_samples = int(m["chunk_samples"])
         self.frame_seconds = float(m["frame_seconds"])
         self.calibration = dict(m.get("calibration", {}))
+        self.matcher_options = dict(m.get("matcher", {}))  # gap_penalty, frames_base, frames_per_phoneme
         key = "encoder_int8" if int8 else "encoder"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -120,7 +121,7 @@ class KeywordSpotter:
         text_emb = None
         if self.text_session is not None:
             text_emb = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
-        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes), text_emb)
+        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes, **self.matcher_options), text_emb)
         self.keywords[name] = kw
         return kw
 
@@ -195,7 +196,7 @@ class KeywordSpotter:
             classes = [i + 1 for i in pronounce(text_or_classes).ids()]
         else:
             classes = list(text_or_classes)
-        m = CTCKeywordMatcher(classes)
+        m = CTCKeywordMatcher(classes, **self.matcher_options)
         kw = Keyword("_", None, 0.5, m, None)  # type: ignore[arg-type]
         if self.text_session is not None:
             kw.text_embeddings = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]

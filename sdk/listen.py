@@ -1,0 +1,134 @@
+"""Live listening: stream a wav file (optionally in real time) or a microphone through the spotter.
+
+Used by `heron listen` and demos/mic_stream.py. The microphone needs `pip install heron[mic]` and an
+input device (`heron doctor` lists them).
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import time
+
+import numpy as np
+
+from heron.runtime.spotter import Detection, KeywordSpotter
+
+BLOCK_SECONDS = 0.1
+
+
+def level_meter(block: np.ndarray, width: int = 30) -> str:
+    """A text bar for the block's level (dBFS, -60..0)."""
+    rms = float(np.sqrt(np.mean(np.square(block.astype(np.float64))) + 1e-12))
+    db = max(-60.0, 20 * np.log10(rms))
+    n = int((db + 60) / 60 * width)
+    return f"[{'#' * n}{'.' * (width - n)}] {db:6.1f} dBFS"
+
+
+def listen_file(spotter: KeywordSpotter, path: str, realtime: bool = False, on_block=None) -> list[Detection]:
+    import soundfile as sf
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    if audio.shape[1] != 1:
+        raise ValueError(f"{path}: expected mono audio, got {audio.shape[1]} channels")
+    stream = spotter.stream(sample_rate=sr)
+    hop = int(sr * BLOCK_SECONDS)
+    found: list[Detection] = []
+    t0 = time.perf_counter()
+    for i in range(0, audio.shape[0], hop):
+        block = audio[i:i + hop, 0]
+        dets = stream.accept(block)
+        found += dets
+        if on_block:
+            on_block(block, dets)
+        if realtime:
+            time.sleep(max(0.0, (i + hop) / sr - (time.perf_counter() - t0)))
+    dets = stream.flush()
+    found += dets
+    if on_block and dets:
+        on_block(np.zeros(0, np.float32), dets)
+    return found
+
+
+def input_devices() -> list[dict]:
+    try:
+        import sounddevice as sd
+    except ImportError as e:
+        raise ImportError("the microphone needs sounddevice: pip install 'heron[mic]'") from e
+    except OSError as e:  # PortAudio library missing
+        raise RuntimeError(f"PortAudio is not available ({e}); apt-get install libportaudio2") from e
+    return [d for d in sd.query_devices() if d["max_input_channels"] > 0]
+
+
+def listen_mic(spotter: KeywordSpotter, device=None, seconds: float | None = None, on_block=None) -> list[Detection]:
+    """Capture 16 kHz mono from the default (or given) input device until Ctrl-C or `seconds`."""
+    import sounddevice as sd
+
+    if not input_devices():
+        raise RuntimeError("no audio input device found (no microphone or sound card). On a headless "
+                           "machine a PulseAudio null sink works as a virtual microphone; see the README.")
+    q: queue.Queue = queue.Queue()
+
+    def callback(indata, frames, t, status):
+        if status:
+            print(f"audio: {status}", file=sys.stderr)
+        q.put(indata[:, 0].copy())
+
+    stream = spotter.stream()
+    found: list[Detection] = []
+    t_end = None if seconds is None else time.monotonic() + seconds
+    with sd.InputStream(samplerate=spotter.sample_rate, channels=1, dtype="float32", device=device,
+                        blocksize=int(spotter.sample_rate * BLOCK_SECONDS), callback=callback):
+        try:
+            while t_end is None or time.monotonic() < t_end:
+                try:
+                    block = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                dets = stream.accept(block)
+                found += dets
+                if on_block:
+                    on_block(block, dets)
+        except KeyboardInterrupt:
+            pass
+    return found
+
+
+def _run(args) -> int:
+    spotter = KeywordSpotter.load(args.model, int8=args.int8)
+    for text in args.keyword:
+        kw = spotter.enroll(text, sensitivity=args.sensitivity)
+        print(f"listening for {kw.name!r} ({' '.join(kw.pronunciation.phonemes)}), threshold {kw.threshold:.2f}",
+              file=sys.stderr)
+    tty = sys.stderr.isatty()
+
+    def show(block, dets):
+        if tty and args.meter and block.size:
+            print("\r" + level_meter(block), end="", file=sys.stderr, flush=True)
+        for d in dets:
+            if tty and args.meter:
+                print(file=sys.stderr)
+            print(f"{d.keyword}\t{d.start_s:.2f}\t{d.end_s:.2f}\t{d.score:.3f}", flush=True)
+
+    if args.mic:
+        listen_mic(spotter, device=args.device, seconds=args.seconds, on_block=show)
+    else:
+        listen_file(spotter, args.file, realtime=args.realtime, on_block=show)
+    return 0
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("listen", help="spot keywords live in a wav file or the microphone",
+                       formatter_class=formatter)
+    p.add_argument("--keyword", action="append", required=True, help="keyword text (repeatable)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="wav file to stream")
+    src.add_argument("--mic", action="store_true", help="use the microphone")
+    p.add_argument("--device", default=None, help="input device name or index (default: system default)")
+    p.add_argument("--seconds", type=float, default=None, help="stop the microphone after this long")
+    p.add_argument("--realtime", action="store_true", help="stream the file at real-time speed")
+    p.add_argument("--sensitivity", type=float, default=0.5, help="0 (strict) .. 1 (loose)")
+    p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    p.add_argument("--int8", action="store_true", help="use the int8 encoder")
+    p.add_argument("--meter", action=__import__("argparse").BooleanOptionalAction, default=True,
+                   help="show an input level meter on a terminal")
+    p.set_defaults(func=_run)

@@ -1,0 +1,82 @@
+"""Live listening end to end: a wav streamed from file, and the microphone path through a PulseAudio
+null sink used as a virtual microphone (skips where pulseaudio is not installed)."""
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from heron.runtime.bundle import DEFAULT_BUNDLE
+
+from conftest import needs_espeak
+
+needs_model = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(), reason="no shipped bundle")
+
+
+@pytest.fixture(scope="module")
+def keyword_wav(tmp_path_factory):
+    """'hey heron' by a held-out TTS voice between stretches of silence and other speech."""
+    from heron.models.data.tts import VoiceRegistry, synthesize
+
+    v1, v2 = VoiceRegistry().sample(2, split="heldout", seed=11)
+    gap = np.zeros(8000, np.float32)
+    audio = np.concatenate([gap, synthesize(v1, "the weather is nice today"), gap,
+                            synthesize(v2, "hey heron"), gap, gap])
+    path = tmp_path_factory.mktemp("listen") / "kw.wav"
+    sf.write(path, audio, 16000, subtype="PCM_16")
+    return path
+
+
+@needs_espeak
+@needs_model
+def test_listen_file_detects_keyword(keyword_wav):
+    p = subprocess.run([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--file", str(keyword_wav),
+                        "--no-meter"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    assert any(r[0] == "hey heron" for r in rows), p.stdout + p.stderr
+
+
+@needs_espeak
+@needs_model
+@pytest.mark.skipif(shutil.which("pulseaudio") is None or shutil.which("paplay") is None,
+                    reason="pulseaudio not installed (apt-get install pulseaudio pulseaudio-utils)")
+def test_microphone_through_virtual_sink(keyword_wav):
+    pytest.importorskip("sounddevice")
+    subprocess.run(["pulseaudio", "--kill"], capture_output=True)
+    start = subprocess.run(["pulseaudio", "-n", "--daemonize=yes", "--exit-idle-time=-1",
+                            "-L", "module-null-sink sink_name=heron_test rate=16000 channels=1",
+                            "-L", "module-native-protocol-unix"], capture_output=True, text=True)
+    if start.returncode != 0:
+        pytest.skip(f"pulseaudio did not start: {start.stderr.strip()[-200:]}")
+    try:
+        subprocess.run(["pactl", "set-default-source", "heron_test.monitor"], check=True, capture_output=True)
+        listener = subprocess.Popen([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--mic",
+                                     "--seconds", "8", "--no-meter"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        time.sleep(3.0)  # the listener loads the model and opens the stream first
+        subprocess.run(["paplay", "-d", "heron_test", str(keyword_wav)], check=True, timeout=30)
+        out, err = listener.communicate(timeout=60)
+        assert listener.returncode == 0, err
+        assert "hey heron" in out, out + err
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], capture_output=True)
+
+
+def test_mic_without_device_is_a_clear_error(monkeypatch):
+    sd = pytest.importorskip("sounddevice")
+    from heron import listen
+
+    monkeypatch.setattr(sd, "query_devices", lambda: [])
+    with pytest.raises(RuntimeError, match="no audio input device"):
+        listen.listen_mic(object(), seconds=0.1)  # type: ignore[arg-type]
+
+
+def test_level_meter_bounds():
+    from heron.listen import level_meter
+
+    assert "-60.0" in level_meter(np.zeros(100, np.float32))
+    assert "0.0 dBFS" in level_meter(np.ones(100, np.float32))
