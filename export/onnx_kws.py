@@ -73,7 +73,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
 
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
-                 verifier=None, target: str = "onnx") -> Path:
+                 verifier=None, target: str = "onnx", modular: bool = True) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage; write manifest.json with checksums."""
     from heron import __version__
@@ -94,6 +94,9 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         if int8:
             quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
             files["encoder_int8"] = "encoder.int8.onnx"
+        if modular:  # per-module graphs: the runtime skips closed gates for real
+            for key, name in export_encoder_modular(model, out / "modular").items():
+                files[f"mod.{key}"] = f"modular/{name}"
     else:
         raise ValueError(f"unknown target {target!r}; use onnx or coreml")
     if verifier is not None:
@@ -168,3 +171,102 @@ def export_matcher_onnx(matcher, path: str | Path) -> None:
                           input_names=["audio_window", "text_embeddings"], output_names=["match_prob", "subsequence_probs"],
                           dynamic_shapes={"audio": {1: t}, "text": {1: n}}, dynamo=True, external_data=False,
                           verbose=False)
+
+
+# --- modular export: one small graph per module, so the runtime can really skip closed gates -------
+
+class _Frontend(nn.Module):
+    def __init__(self, model: GatedConformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio_chunk, cached_audio):
+        from heron.models.frontend import CONTEXT
+
+        audio = torch.cat([cached_audio, audio_chunk], dim=1)
+        x = self.model.inp(self.model.stack_frames(self.model.frontend(audio)))
+        return x, audio[:, audio.shape[1] - CONTEXT:]
+
+
+class _Gate(nn.Module):
+    def __init__(self, blk):
+        super().__init__()
+        self.blk = blk
+
+    def forward(self, x):
+        return torch.sigmoid(self.blk.gate(x.mean(dim=1)))  # (1, 4)
+
+
+class _Residual(nn.Module):
+    def __init__(self, fn, scale: float):
+        super().__init__()
+        self.fn, self.scale = fn, scale
+
+    def forward(self, x):
+        return x + self.scale * self.fn(x)
+
+
+class _Attn(nn.Module):
+    def __init__(self, blk):
+        super().__init__()
+        self.attn = blk.attn
+
+    def forward(self, x, k_cache, v_cache, key_valid):
+        q, k, v = self.attn.project(x)
+        C, L = x.shape[1], k_cache.shape[2]
+        k_all, v_all = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+        valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :C])], dim=1)
+        y = x + self.attn.attend(q, k_all, v_all, valid[:, None, None, :] > 0.5)
+        return y, k_all[:, :, C:C + L], v_all[:, :, C:C + L], valid[:, C:C + L]
+
+
+class _Conv(nn.Module):
+    def __init__(self, blk):
+        super().__init__()
+        self.conv = blk.conv
+
+    def forward(self, x, hist):
+        y, new_hist = self.conv.post(self.conv.pre(x), hist)
+        return x + y, new_hist
+
+
+class _Head(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.head
+
+    def forward(self, x):
+        return torch.log_softmax(self.head(x), dim=-1)
+
+
+def export_encoder_modular(model: GatedConformer, folder: str | Path) -> dict:
+    """Write frontend.onnx, layer{i}_{gate,ffn1,attn,conv,ffn2,norm}.onnx and head.onnx; return the
+    manifest fragment (file names). The numpy orchestrator (runtime/modular.py) runs them and skips
+    the modules whose gate is closed, keeping the caches exactly as the monolithic graph does."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    c = model.config
+    st = model.init_state(1)
+    x = torch.zeros(1, c.chunk_frames, c.d_model)
+
+    def save(mod, args, name, ins, outs):
+        with torch.no_grad():
+            torch.onnx.export(mod.eval(), args, str(folder / name), input_names=ins, output_names=outs,
+                              dynamo=True, external_data=False, verbose=False)
+        return name
+
+    files = {"frontend": save(_Frontend(model), (torch.zeros(1, c.chunk_samples), st["cached_audio"]),
+                              "frontend.onnx", ["audio_chunk", "cached_audio"], ["x", "new_cached_audio"])}
+    for i, blk in enumerate(model.blocks):
+        files[f"layer{i}_gate"] = save(_Gate(blk), (x,), f"layer{i}_gate.onnx", ["x"], ["gate_probs"])
+        files[f"layer{i}_ffn1"] = save(_Residual(blk.ffn1, 0.5), (x,), f"layer{i}_ffn1.onnx", ["x"], ["y"])
+        files[f"layer{i}_attn"] = save(_Attn(blk), (x, st[f"cached_key_{i}"], st[f"cached_value_{i}"],
+                                                    st[f"cached_valid_{i}"]), f"layer{i}_attn.onnx",
+                                       ["x", "k_cache", "v_cache", "key_valid"], ["y", "new_k", "new_v", "new_valid"])
+        files[f"layer{i}_conv"] = save(_Conv(blk), (x, st[f"cached_conv_{i}"]), f"layer{i}_conv.onnx",
+                                       ["x", "hist"], ["y", "new_hist"])
+        files[f"layer{i}_ffn2"] = save(_Residual(blk.ffn2, 0.5), (x,), f"layer{i}_ffn2.onnx", ["x"], ["y"])
+        files[f"layer{i}_norm"] = save(blk.norm, (x,), f"layer{i}_norm.onnx", ["x"], ["y"])
+    files["head"] = save(_Head(model), (x,), "head.onnx", ["x"], ["log_probs"])
+    return files

@@ -138,7 +138,8 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
     from .data.vocab import corpus_sentences
 
     workdir = workdir or Path("runs/eval_stream")
-    wav, lab = workdir / f"stream_{seed}.wav", workdir / f"labels_{seed}.csv"
+    tag = f"{keyword.replace(' ', '_')}_{minutes:g}min_seed{seed}"
+    wav, lab = workdir / f"stream_{tag}.wav", workdir / f"labels_{tag}.csv"
     if not wav.exists():
         sentences = [s for s in corpus_sentences() if 3 <= len(s.split()) <= 20][:20000]
         noise_dir = noise_dir or (REAL_SPEECH / "noise")
@@ -148,32 +149,28 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
     labels = [(x.start_s, x.end_s) for x in read_labels(lab)]
     sp_kw = spotter.enroll(keyword, name="__eval__")
     st = spotter.stream()
-    conf_track: list[np.ndarray] = []
-    orig = spotter.keyword_confidence
-
-    def record(kw, raw, starts, emb, first, frame0):  # the stream's own per-frame confidences
-        c = orig(kw, raw, starts, emb, first, frame0)
-        conf_track.append(c)
-        return c
-
-    spotter.keyword_confidence = record
+    st.record_scores = True  # the stream's own per-frame confidences
     try:
         st.accept(audio)
         st.flush()
     finally:
-        spotter.keyword_confidence = orig
         spotter.unenroll(sp_kw.name)
-    conf = np.concatenate(conf_track)
-    times = (np.arange(len(conf)) + 1) * spotter.frame_seconds
+    conf = np.concatenate(st.score_log[sp_kw.name])
+    # a live stream emits a detection when the chunk holding the frame is complete: time it then
+    fpc = int(spotter.bundle.manifest["frames_per_chunk"])
+    times = (np.arange(len(conf)) // fpc + 1) * fpc * spotter.frame_seconds
     curve = metrics.det_curve(times, conf, labels, len(audio) / 16000.0,
                               thresholds=np.unique(np.quantile(conf, np.linspace(0.9, 1.0, 400))))
     out = {"minutes": minutes, "keywords": len(labels)}
-    for fah in (0.5, 1.0):
+    for fah in (0.1, 0.5, 1.0):
         try:
             r = metrics.frr_at_fa_per_hour(curve, fah)
             out[f"frr_at_{fah}fah"] = round(100 * r.frr, 1)
+            out[f"threshold_at_{fah}fah"] = round(r.threshold, 5)
             if r.latencies_s:
-                out[f"latency_median_s_at_{fah}fah"] = round(float(np.median(r.latencies_s)), 3)
+                # latency = time the event is emitted (end of its chunk) - keyword end (from the labels)
+                out[f"latency_s_at_{fah}fah"] = {"median": round(float(np.median(r.latencies_s)), 3),
+                                                 "p95": round(float(np.percentile(r.latencies_s, 95)), 3)}
         except ValueError:
             out[f"frr_at_{fah}fah"] = None
     out["_curve"] = curve

@@ -61,7 +61,8 @@ def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.nd
 class KeywordSpotter:
     """A loaded model bundle plus the enrolled keywords."""
 
-    def __init__(self, bundle: Bundle, int8: bool = False, threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, bundle: Bundle, int8: bool = False, threads: int = 1, providers: list[str] | None = None,
+                 skip_gates: bool = True):
         import onnxruntime as ort
 
         self.bundle = bundle
@@ -84,6 +85,14 @@ class KeywordSpotter:
         self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
         self.state_pairs = dict(enc["state_pairs"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.modular = None
+        mod_keys = [k for k in m["files"] if k.startswith("mod.")]
+        if skip_gates and not int8 and mod_keys:  # closed gates skip their modules (fp32 graphs)
+            from .modular import ModularEncoder
+
+            sessions = {k[4:]: ort.InferenceSession(str(bundle.path(k)), opts,
+                                                    providers=providers or ["CPUExecutionProvider"]) for k in mod_keys}
+            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]))
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
             self.text_session = ort.InferenceSession(str(bundle.path("text_encoder")), opts,
@@ -98,9 +107,13 @@ class KeywordSpotter:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1) -> "KeywordSpotter":
-        """Load a bundle folder (default: the one shipped with heron); checksums are verified."""
-        return cls(load_bundle(bundle), int8=int8, threads=threads)
+    def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1,
+             skip_gates: bool = True) -> "KeywordSpotter":
+        """Load a bundle folder (default: the one shipped with heron); checksums are verified.
+
+        skip_gates: run the encoder module by module so closed gates skip work (fp32, when the bundle
+        has the modular graphs); False runs the single-graph encoder (same outputs)."""
+        return cls(load_bundle(bundle), int8=int8, threads=threads, skip_gates=skip_gates)
 
     # --- keywords ---------------------------------------------------------------------------------
     def enroll(self, text: str, sensitivity: float = 0.5, name: str | None = None) -> Keyword:
@@ -141,6 +154,8 @@ class KeywordSpotter:
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
         """(chunk_samples,) float32 -> (log_probs (C, classes), embeddings (C, D), gate_probs (layers, 4),
         new state)."""
+        if self.modular is not None:
+            return self.modular.run_chunk(chunk, state)
         feeds = {"audio_chunk": chunk.reshape(1, -1).astype(np.float32), **state}
         outs = dict(zip(self.output_names, self.session.run(None, feeds)))
         new = {n: outs[self.state_pairs[n]] for n in state}
@@ -233,7 +248,8 @@ class Stream:
             import soxr
 
             self._resampler = soxr.ResampleStream(self.sample_rate, spotter.sample_rate, 1, dtype="float32")
-        self.track_best = False
+        self.track_best = False  # keep the best (score, start, end) per keyword (whole-file scoring)
+        self.record_scores = False  # keep every frame's confidence per keyword (evaluation)
         self.reset()
 
     def reset(self) -> None:
@@ -248,6 +264,7 @@ class Stream:
         self._last_fire: dict[str, float] = {}
         self._above: dict[str, bool] = {}
         self.best: dict[str, tuple[float, float | None, float | None]] = {}
+        self.score_log: dict[str, list[np.ndarray]] = {}
         self.gate_log: list[np.ndarray] = []
 
     @staticmethod
@@ -317,6 +334,8 @@ class Stream:
             state = self._match.get(name) or kw.matcher.init_state()
             raw, starts, self._match[name] = kw.matcher.step(log_probs, state)
             conf = sp.keyword_confidence(kw, raw, starts, self._emb, self._emb_first, self._frames)
+            if self.record_scores:
+                self.score_log.setdefault(name, []).append(conf)
             if self.smoothing_frames > 1:
                 hist = self._recent.setdefault(name, [])
                 sm = np.empty_like(conf)

@@ -61,8 +61,6 @@ def register(sub, formatter) -> None:
     q = bsub.add_parser("kws", help="spotter speed (RTF, 1 thread), enrollment, gate skipping, bundle size",
                         formatter_class=formatter)
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
-    q.add_argument("--model-checkpoint", default=_os.path.join(here, "models", "weights", "kws-base"),
-                   help="torch checkpoint for the gate-skipping timing")
     q.add_argument("--real-speech", default=_os.path.join(here, "..", "shared", "data", "real_speech"),
                    help="folder with sentences/, keywords/ and noise/ wavs")
     q.add_argument("--seconds", type=int, default=120, help="seconds of speech and of noise to time")
@@ -86,29 +84,46 @@ def _kws(args) -> int:
         raise FileNotFoundError(f"benchmark audio not found under {shared} (pass --real-speech)")
     speech = np.concatenate([sf.read(f, dtype="float32")[0] for f in speech_files])[: 16000 * args.seconds]
     noise = np.concatenate([sf.read(f, dtype="float32")[0] for f in noise_files])[: 16000 * args.seconds]
-    res = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": 1}
-    for int8 in (False, True):
-        sp = KeywordSpotter.load(args.model, int8=int8, threads=1)
-        tag = "int8" if int8 else "fp32"
+    res = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": 1,
+           "audio_s": {"speech": round(len(speech) / 16000, 1), "noise": round(len(noise) / 16000, 1)}}
+
+    def rtf(fn, audio) -> float:
         t0 = time.perf_counter()
-        sp.log_probs(speech)
-        res[f"rtf_encoder_{tag}"] = round((time.perf_counter() - t0) / (len(speech) / 16000), 4)
-        for n_kw in (1, 10):
-            sp.keywords.clear()
-            words = ["hey heron", "view glass", "snowboy", "okay computer", "lights on", "lights off",
-                     "stop music", "next track", "call mom", "volume up"][:n_kw]
-            for w in words:
-                sp.enroll(w)
+        fn(audio)
+        return round((time.perf_counter() - t0) / (len(audio) / 16000), 5)
+
+    variants = {"single_graph_fp32": dict(skip_gates=False), "single_graph_int8": dict(int8=True),
+                "modular_fp32_skipping": dict(skip_gates=True)}
+    for name, kw in variants.items():
+        sp = KeywordSpotter.load(args.model, threads=1, **kw)
+        if name == "modular_fp32_skipping" and sp.modular is None:
+            continue
+        res[f"rtf_encoder_{name}"] = {k: rtf(sp.encode, a) for k, a in (("speech", speech), ("noise", noise))}
+        if sp.modular is not None:
+            sp.modular.executed[:] = 0
+            sp.modular.possible = 0
+            sp.encode(speech)
+            res["modules_skipped_speech"] = dict(zip(("ffn1", "attn", "conv", "ffn2"),
+                                                     np.round(sp.modular.skipped_fraction, 3).tolist()))
+            sp.modular.executed[:] = 0
+            sp.modular.possible = 0
+            sp.encode(noise)
+            res["modules_skipped_noise"] = dict(zip(("ffn1", "attn", "conv", "ffn2"),
+                                                    np.round(sp.modular.skipped_fraction, 3).tolist()))
+    sp = KeywordSpotter.load(args.model, threads=1)  # the default configuration
+    words = ["hey heron", "view glass", "snowboy", "okay computer", "lights on", "lights off",
+             "stop music", "next track", "call mom", "volume up"]
+    for n_kw in (1, 10):
+        sp.keywords.clear()
+        for w in words[:n_kw]:
+            sp.enroll(w)
+
+        def run(audio):
             st = sp.stream()
-            t0 = time.perf_counter()
-            for i in range(0, len(speech), 1600):
-                st.accept(speech[i:i + 1600])
-            res[f"rtf_spotter_{n_kw}kw_{tag}"] = round((time.perf_counter() - t0) / (len(speech) / 16000), 4)
-        if not int8:
-            g_speech = np.stack(sp.stream().spotter.log_probs(speech)[1]) < 0.5
-            g_noise = np.stack(sp.log_probs(noise)[1]) < 0.5
-            res["gates_skipped_speech"] = round(float(g_speech.mean()), 3)
-            res["gates_skipped_noise"] = round(float(g_noise.mean()), 3)
+            for i in range(0, len(audio), 1600):
+                st.accept(audio[i:i + 1600])
+
+        res[f"rtf_spotter_{n_kw}kw"] = {k: rtf(run, a) for k, a in (("speech", speech), ("noise", noise))}
     sp = KeywordSpotter.load(args.model)
     sp.enroll("warm up")  # loads the dictionary and g2p model once
     times = []
@@ -121,30 +136,7 @@ def _kws(args) -> int:
     res["enroll_ms_max"] = round(float(np.max(times)), 2)
     man = sp.bundle.manifest
     res["bundle_mb"] = {k: round(v["bytes"] / 1e6, 2) for k, v in man["files"].items()}
-    res.update(_torch_skip_timing(args.model_checkpoint, speech, noise))
     print(json.dumps(res, indent=1))
     return 0
 
 
-def _torch_skip_timing(checkpoint: str, speech, noise) -> dict:
-    """Wall time per second of audio with gates really skipping modules (torch, batch 1, 1 thread)."""
-    try:
-        import torch
-
-        from heron.models.train_kws import load_encoder
-    except ImportError:
-        return {"torch_skip_timing": "needs heron[train]"}
-    torch.set_num_threads(1)
-    model, _ = load_encoder(checkpoint)
-    out = {}
-    for name, audio in (("speech", speech), ("noise", noise)):
-        for skip in (False, True):
-            st = model.init_state(1)
-            n = model.config.chunk_samples
-            x = torch.from_numpy(audio[: len(audio) // n * n]).view(1, -1)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                for i in range(0, x.shape[1], n):
-                    _, _, _, st = model.forward_chunk(x[:, i:i + n], st, skip=skip)
-            out[f"torch_rtf_{name}_{'skip' if skip else 'noskip'}"] = round((time.perf_counter() - t0) / (x.shape[1] / 16000), 4)
-    return out

@@ -27,12 +27,16 @@ def _export(args) -> int:
     cal_path = Path(args.matcher or args.checkpoint) / "calibration.json"
     calibration = json.loads(cal_path.read_text()) if cal_path.exists() and not args.recalibrate else None
     card = {k: meta.get(k) for k in ("step", "format")}
+    if calibration is not None and args.threshold is not None:
+        calibration = {**calibration, "threshold": args.threshold}
     write_bundle(model, out, calibration=calibration or {}, model_meta=card, verifier=verifier)
     if calibration is None:
         from heron.models.calibrate_kws import fit_calibration
         from heron.runtime.spotter import KeywordSpotter
 
         calibration = fit_calibration(KeywordSpotter.load(out), n_anchors=args.calibration_anchors)
+        if args.threshold is not None:
+            calibration["threshold"] = args.threshold
         if cal_path.parent.is_dir():
             cal_path.write_text(json.dumps(calibration, indent=1))
         write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier)
@@ -61,5 +65,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--matcher", default=None, help="second-stage folder (text encoder + SLiCK verifier) to include")
     p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="default detection threshold (sensitivity 0.5) stored in the bundle; default: keep/0.5")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
     p.set_defaults(func=_export)

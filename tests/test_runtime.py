@@ -106,6 +106,19 @@ def test_onnx_matches_torch_chunk_by_chunk(tiny, clip):
     assert worst <= 1e-4
 
 
+def test_modular_encoder_skips_closed_gates_with_identical_outputs(tiny, clip):
+    _, path = tiny
+    mono = KeywordSpotter.load(path, skip_gates=False)
+    mod = KeywordSpotter.load(path)
+    assert mono.modular is None and mod.modular is not None
+    lp_a, emb_a, g_a = mono.encode(clip)
+    lp_b, emb_b, g_b = mod.encode(clip)
+    assert np.abs(lp_a - lp_b).max() < 1e-4 and np.abs(emb_a - emb_b).max() < 1e-4
+    skipped = mod.modular.skipped_fraction
+    assert (skipped > 0).any(), "the random gates close some modules"
+    assert np.allclose(skipped, (g_b < 0.5).mean(axis=(0, 1)))
+
+
 def test_int8_encoder_loads_and_stays_close(tiny, clip):
     _, path = tiny
     lp32, _ = KeywordSpotter.load(path).log_probs(clip)
