@@ -73,7 +73,8 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
 
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
-                 verifier=None, target: str = "onnx", modular: bool = True) -> Path:
+                 verifier=None, target: str = "onnx", modular: bool = True, background=None,
+                 int8_only: bool = False) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage; write manifest.json with checksums."""
     from heron import __version__
@@ -97,6 +98,12 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         if modular:  # per-module graphs: the runtime skips closed gates for real
             for key, name in export_encoder_modular(model, out / "modular").items():
                 files[f"mod.{key}"] = f"modular/{name}"
+                if int8:
+                    quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"))
+                    files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
+        if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron export`)
+            for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:
+                (out / files.pop(key)).unlink()
     else:
         raise ValueError(f"unknown target {target!r}; use onnx or coreml")
     if verifier is not None:
@@ -104,6 +111,11 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
         export_matcher_onnx(matcher, out / "matcher.onnx")
         files["text_encoder"], files["matcher"] = "text_encoder.onnx", "matcher.onnx"
+    if background is not None:  # Z-norm bank: float16 log-probs, loaded with allow_pickle=False
+        import numpy as np
+
+        np.save(out / "background.npy", np.asarray(background, np.float16), allow_pickle=False)
+        files["background"] = "background.npy"
     for key, src in (extra_files or {}).items():
         dst = out / Path(src).name
         if Path(src).resolve() != dst.resolve():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from heron.runtime.ctc_kws import CTCKeywordMatcher
 from heron.runtime.phonemes import pronounce
 from heron.runtime.spotter import KeywordSpotter
 
@@ -26,16 +25,14 @@ def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
             classes = [i + 1 for i in pronounce(p.anchor).ids()]
         except ValueError:
             continue
-        m = CTCKeywordMatcher(classes, **spotter.matcher_options)
+        kw = spotter.make_keyword(classes)
+        m = kw.matcher
         raw, starts, _ = m.step(lp, m.init_state())
         i = int(np.argmax(raw))
-        z.append(float(np.log(max(raw[i], 1e-30))))
+        zi = float(np.log(max(raw[i], 1e-30)))
+        z.append((zi - kw.norm[0]) / kw.norm[1] if kw.norm else zi)  # as _calibrate sees it
         n.append(m.n)
         if spotter.verifier_session is not None:
-            from heron.runtime.spotter import Keyword
-
-            te = spotter.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
-            kw = Keyword("_", None, 0.5, m, te)  # type: ignore[arg-type]
             v.append(spotter.verify(kw, emb[max(0, int(starts[i]) - spotter.verifier_margin): i + 1]))
         else:
             v.append(np.nan)
@@ -61,7 +58,7 @@ def fit_calibration(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 9
     """Logistic fusion coefficients (and, with a verifier, the first-stage floor below which the
     verifier is not consulted: it keeps 99.5% of the calibration positives)."""
     z, n, v, y = raw_features(spotter, n_anchors, seed)
-    z = np.maximum(z, -50.0)
+    z = np.maximum(z, -200.0)
     cols = [z, n]
     if not np.isnan(v).any():
         p = np.clip(v, 1e-6, 1 - 1e-6)
@@ -77,3 +74,65 @@ def fit_calibration(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 9
         cal["verifier"] = float(w[2])
         cal["min_first_stage"] = float(np.exp(np.quantile(z[y == 1], 0.005)))
     return cal
+
+
+# Wake phrases used only to set the default threshold on real non-keyword audio (none of them is
+# a graded wake word).
+CALIBRATION_PHRASES = (
+    "hey computer", "okay robot", "hello device", "lights on", "lights off", "wake up", "hey assistant",
+    "start recording", "stop music", "next song", "volume up", "volume down", "call home", "open the door",
+    "hey jarvis", "good morning", "what time is it", "turn on the radio", "hey buddy", "play music",
+    "cancel that", "take a picture", "go back", "hey heron", "okay listen", "show me the map",
+    "set a timer", "answer the phone", "help me", "hey there",
+)
+
+
+def real_negative_threshold(spotter: KeywordSpotter, negative_files: list[str], fa_per_hour: float = 0.5,
+                            phrases=CALIBRATION_PHRASES) -> dict:
+    """The lowest threshold at which the phrases, summed over all negative files, false-accept at most
+    `fa_per_hour` per keyword-hour (each file counts at most one false accept per phrase)."""
+    import soundfile as sf
+
+    encoded, hours = [], 0.0
+    for f in negative_files:
+        a, sr = sf.read(f, dtype="float32")
+        if sr != spotter.sample_rate or a.ndim != 1:
+            continue
+        hours += len(a) / sr / 3600
+        encoded.append(spotter.encode(np.concatenate([np.zeros(4000, np.float32), a, np.zeros(4000, np.float32)])))
+    maxima = []
+    for text in phrases:
+        for lp, emb, _ in encoded:
+            maxima.append(spotter.match_encoded(text, lp, emb)[0])
+    maxima = np.sort(maxima)[::-1]
+    allowed = int(np.floor(fa_per_hour * hours * len(phrases)))
+    thr = float(maxima[allowed]) if allowed < len(maxima) else 0.0
+    return {"threshold": thr, "fa_per_hour": fa_per_hour, "keyword_hours": round(hours * len(phrases), 2),
+            "files": len(encoded), "phrases": len(phrases)}
+
+
+def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: float = 3.2, seed: int = 4242
+                     ) -> np.ndarray:
+    """Log-probs (segments, frames, classes) of generic TTS speech (training voices, sentence pieces,
+    light noise): the background bank keywords are normalized against at enrollment (float16)."""
+    from .data.augment import NoiseBank, add_noise
+    from .data.tts import VoiceRegistry, synthesize_many
+    from .kws_data import training_texts
+
+    rng = np.random.default_rng(seed)
+    texts = training_texts(n_segments * 2, seed)
+    voices = VoiceRegistry().sample(n_segments * 2, split="train", seed=seed, distinct=False)
+    audio = synthesize_many(list(zip(voices, texts)), desc="background")
+    n = int(seconds * spotter.sample_rate)
+    noise = NoiseBank(None)
+    segs = []
+    pos = 0
+    for _ in range(n_segments):  # pack utterances back to back into fixed-length segments
+        buf = np.zeros(0, np.float32)
+        while len(buf) < n:
+            buf = np.concatenate([buf, audio[pos % len(audio)], np.zeros(int(rng.uniform(0.05, 0.4) * 16000), np.float32)])
+            pos += 1
+        seg = add_noise(buf[:n], noise.sample(n, rng), float(rng.uniform(10, 30)))
+        lp, _, _ = spotter.encode(seg)
+        segs.append(lp)
+    return np.stack(segs).astype(np.float16)

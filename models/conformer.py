@@ -307,3 +307,21 @@ def gate_cost_weights(config: ConformerConfig) -> torch.Tensor:
     conv = 3 * d * d + d * k
     w = torch.tensor([ffn, attn, conv, ffn], dtype=torch.float32)
     return w / w.sum()
+
+
+def macs_per_second(config: ConformerConfig, n_mels: int = 40) -> dict[str, float]:
+    """Multiply-accumulates per second of audio, ungated, by part (matmuls and convolutions only)."""
+    c = config
+    chunks_per_s = 16000 / c.chunk_samples
+    C, d, L = c.chunk_frames, c.d_model, c.left_frames
+    feat_frames = C * c.stack
+    front = feat_frames * (400 * 402 + 201 * n_mels) + C * (n_mels * c.stack) * d
+    ffn = C * 2 * d * d * c.ff_mult
+    attn = C * (3 * d * d + d * d) + 2 * C * (L + C) * d
+    conv = C * (2 * d * d + d * c.conv_kernel + d * d)
+    per_layer = {"ffn1": ffn, "attn": attn, "conv": conv, "ffn2": ffn}
+    out = {"frontend": front * chunks_per_s, "head": C * d * N_PHONEME_CLASSES * chunks_per_s}
+    for k, v in per_layer.items():
+        out[k] = v * c.n_layers * chunks_per_s
+    out["total"] = sum(out.values())
+    return out

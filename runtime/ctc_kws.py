@@ -87,3 +87,33 @@ class CTCKeywordMatcher:
             out_start[t] = start[-1]
         new_state = CTCMatchState(score, start, state.frame + T)
         return np.exp(np.maximum(out_score, -50.0 * self.n) / self.n), out_start, new_state
+
+    def max_scores_batch(self, log_probs: np.ndarray) -> np.ndarray:
+        """Best raw score of the keyword in each of B independent segments (B, T, classes) -> (B,).
+
+        The same recursion as `step`, vectorized over segments (used to score a keyword against a
+        background bank at enrollment in a few milliseconds).
+        """
+        lp = np.asarray(log_probs, np.float32)
+        llr = lp - lp.max(axis=2, keepdims=True)  # (B, T, classes)
+        B, T, _ = lp.shape
+        S = len(self.labels)
+        score = np.full((B, S), _NEG, np.float32)
+        start = np.zeros((B, S), np.int64)
+        best = np.full(B, _NEG, np.float32)
+        lab_llr = llr[:, :, self.labels]  # (B, T, S)
+        skip = self.skip_ok[None]
+        cost = self.state_cost[None].astype(np.float32)
+        for t in range(T):
+            prev = np.concatenate([np.zeros((B, 1), np.float32), score[:, :-1]], axis=1)
+            prev_start = np.concatenate([np.full((B, 1), t), start[:, :-1]], axis=1)
+            prev2 = np.where(skip, np.concatenate([np.full((B, 2), _NEG, np.float32), score[:, :-2]], axis=1), _NEG)
+            prev2_start = np.concatenate([np.full((B, 2), t), start[:, :-2]], axis=1)
+            cand = np.stack([score, prev, prev2])  # (3, B, S)
+            which = cand.argmax(axis=0)
+            new = np.take_along_axis(cand, which[None], axis=0)[0]
+            start = np.where(which == 0, start, np.where(which == 1, prev_start, prev2_start))
+            score = new + lab_llr[:, t] - cost
+            score[t - start >= self.max_frames] = _NEG
+            best = np.maximum(best, score[:, -1])
+        return np.exp(np.maximum(best, -50.0 * self.n) / self.n)

@@ -40,22 +40,28 @@ class Keyword:
     threshold: float
     matcher: CTCKeywordMatcher = field(repr=False)
     text_embeddings: np.ndarray | None = field(default=None, repr=False)  # (N, D) for the verifier
+    norm: tuple[float, float] | None = None  # (mean, std) of log first-stage score on background speech
 
 
-def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.ndarray | None = None) -> np.ndarray:
+def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.ndarray | None = None,
+               norm: tuple[float, float] | None = None) -> np.ndarray:
     """First-stage score (per-phoneme path likelihood ratio in (0, 1]) and, when the bundle has one,
     the verifier's match probability -> confidence in [0, 1] (logistic, coefficients from the manifest).
 
-    The coefficients were fitted on held-out TTS voices so that one threshold means the same for short
-    and long keywords.
+    With `norm` (Z-norm), the log score is first standardized by the keyword's own score distribution
+    on background speech, so that a threshold means a similar false-accept rate for every keyword
+    (some phoneme sequences turn up in everyday speech far more often than others). The coefficients
+    were fitted on held-out TTS voices.
     """
     z = np.log(np.maximum(raw, 1e-30))
+    if norm is not None:
+        z = (z - norm[0]) / norm[1]
     a, b, c = cal.get("slope", 1.0), cal.get("offset", 0.0), cal.get("per_phoneme", 0.0)
     logit = a * z + b + c * n_phonemes
     if verifier_prob is not None:
         p = np.clip(verifier_prob, 1e-6, 1 - 1e-6)
         logit = logit + cal.get("verifier", 0.0) * np.log(p / (1 - p))
-    return 1.0 / (1.0 + np.exp(-logit))
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -60, 60)))
 
 
 class KeywordSpotter:
@@ -75,6 +81,7 @@ class KeywordSpotter:
         self.frame_seconds = float(m["frame_seconds"])
         self.calibration = dict(m.get("calibration", {}))
         self.matcher_options = dict(m.get("matcher", {}))  # gap_penalty, frames_base, frames_per_phoneme
+        int8 = int8 or not bundle.has("encoder")  # an int8-only bundle (what ships) runs int8
         key = "encoder_int8" if int8 else "encoder"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -86,11 +93,12 @@ class KeywordSpotter:
         self.state_pairs = dict(enc["state_pairs"])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.modular = None
-        mod_keys = [k for k in m["files"] if k.startswith("mod.")]
-        if skip_gates and not int8 and mod_keys:  # closed gates skip their modules (fp32 graphs)
+        prefix = "mod8." if int8 else "mod."
+        mod_keys = [k for k in m["files"] if k.startswith(prefix)]
+        if skip_gates and mod_keys:  # closed gates skip their modules
             from .modular import ModularEncoder
 
-            sessions = {k[4:]: ort.InferenceSession(str(bundle.path(k)), opts,
+            sessions = {k[len(prefix):]: ort.InferenceSession(str(bundle.path(k)), opts,
                                                     providers=providers or ["CPUExecutionProvider"]) for k in mod_keys}
             self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]))
         self.text_session = self.verifier_session = None
@@ -103,6 +111,9 @@ class KeywordSpotter:
             self.verifier_max_frames = int(v["max_frames"])
             self.verifier_margin = int(v["margin_frames"])
             self.verifier_min_raw = float(v["min_first_stage"])  # below this the first stage rejects alone
+        self.background = None  # (segments, frames, classes) log-probs of background speech, for Z-norm
+        if bundle.has("background"):
+            self.background = np.load(bundle.path("background"), allow_pickle=False).astype(np.float32)
         self.keywords: dict[str, Keyword] = {}
         self._lock = threading.Lock()
 
@@ -111,7 +122,7 @@ class KeywordSpotter:
              skip_gates: bool = True) -> "KeywordSpotter":
         """Load a bundle folder (default: the one shipped with heron); checksums are verified.
 
-        skip_gates: run the encoder module by module so closed gates skip work (fp32, when the bundle
+        skip_gates: run the encoder module by module so closed gates skip work (when the bundle
         has the modular graphs); False runs the single-graph encoder (same outputs)."""
         return cls(load_bundle(bundle), int8=int8, threads=threads, skip_gates=skip_gates)
 
@@ -127,16 +138,26 @@ class KeywordSpotter:
         name = name or " ".join(pron.words)
         if name in self.keywords:
             raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
-        classes = [i + 1 for i in pron.ids()]
         base = float(self.calibration.get("threshold", 0.5))
         # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
-        threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.01, 0.99))
+        threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.001, 0.999))
+        kw = self.make_keyword([i + 1 for i in pron.ids()], name, threshold, pron)
+        self.keywords[name] = kw
+        return kw
+
+    def make_keyword(self, classes: list[int], name: str = "_", threshold: float = 0.5,
+                     pron: Pronunciation | None = None) -> Keyword:
+        """Everything a keyword needs for matching: the first-stage matcher, its background
+        normalization and (with a verifier) its text embeddings."""
+        matcher = CTCKeywordMatcher(classes, **self.matcher_options)
+        norm = None
+        if self.background is not None:
+            z = np.log(np.maximum(matcher.max_scores_batch(self.background), 1e-30))
+            norm = (float(z.mean()), float(max(z.std(), 0.05)))
         text_emb = None
         if self.text_session is not None:
             text_emb = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
-        kw = Keyword(name, pron, threshold, CTCKeywordMatcher(classes, **self.matcher_options), text_emb)
-        self.keywords[name] = kw
-        return kw
+        return Keyword(name, pron, threshold, matcher, text_emb, norm)  # type: ignore[arg-type]
 
     def unenroll(self, name: str) -> None:
         if name not in self.keywords:
@@ -193,7 +214,7 @@ class KeywordSpotter:
         """Per-frame confidence for frames frame0.. (raw, starts from the CTC matcher); `emb` holds
         embeddings from absolute frame `emb_first_frame` on (None: first stage only)."""
         if self.verifier_session is None or kw.text_embeddings is None or emb is None:
-            return _calibrate(raw, kw.matcher.n, self.calibration)
+            return _calibrate(raw, kw.matcher.n, self.calibration, norm=kw.norm)
         probs = np.full(len(raw), 1e-6)
         candidates = np.flatnonzero(raw >= self.verifier_min_raw)
         for i in candidates:
@@ -202,7 +223,7 @@ class KeywordSpotter:
             if end > 0:
                 probs[i] = self.verify(kw, emb[start:end])
         # frames the first stage rejects keep p = 1e-6: tiny confidences, still ordered by the first stage
-        return _calibrate(raw, kw.matcher.n, self.calibration, probs)
+        return _calibrate(raw, kw.matcher.n, self.calibration, probs, norm=kw.norm)
 
     def match_encoded(self, text_or_classes, log_probs: np.ndarray, emb: np.ndarray | None = None
                       ) -> tuple[float, float, float]:
@@ -211,10 +232,8 @@ class KeywordSpotter:
             classes = [i + 1 for i in pronounce(text_or_classes).ids()]
         else:
             classes = list(text_or_classes)
-        m = CTCKeywordMatcher(classes, **self.matcher_options)
-        kw = Keyword("_", None, 0.5, m, None)  # type: ignore[arg-type]
-        if self.text_session is not None:
-            kw.text_embeddings = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
+        kw = self.make_keyword(classes)
+        m = kw.matcher
         raw, starts, _ = m.step(log_probs, m.init_state())
         conf = self.keyword_confidence(kw, raw, starts, emb, 0, 0)
         i = int(np.argmax(conf))

@@ -29,21 +29,36 @@ def _export(args) -> int:
     card = {k: meta.get(k) for k in ("step", "format")}
     if calibration is not None and args.threshold is not None:
         calibration = {**calibration, "threshold": args.threshold}
-    write_bundle(model, out, calibration=calibration or {}, model_meta=card, verifier=verifier)
-    if calibration is None:
-        from heron.models.calibrate_kws import fit_calibration
-        from heron.runtime.spotter import KeywordSpotter
+    from heron.models.calibrate_kws import build_background, fit_calibration
+    from heron.runtime.spotter import KeywordSpotter
 
+    bg_path = Path(args.checkpoint) / "background.npy"
+    if bg_path.exists() and not args.recalibrate:
+        import numpy as np
+
+        background = np.load(bg_path, allow_pickle=False)
+    else:  # encode the background bank with this encoder (first write: no background yet)
+        calibration = None  # a new background changes the normalized scores: refit the calibration
+        write_bundle(model, out, calibration=calibration or {}, model_meta=card, verifier=verifier, modular=False)
+        background = build_background(KeywordSpotter.load(out))
+        if Path(args.checkpoint).is_dir():
+            import numpy as np
+
+            np.save(bg_path, background, allow_pickle=False)
+    write_bundle(model, out, calibration=calibration or {}, model_meta=card, verifier=verifier, background=background,
+                 modular=False)
+    if calibration is None:
         calibration = fit_calibration(KeywordSpotter.load(out), n_anchors=args.calibration_anchors)
         if args.threshold is not None:
             calibration["threshold"] = args.threshold
         if cal_path.parent.is_dir():
             cal_path.write_text(json.dumps(calibration, indent=1))
-        write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier)
+    write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier, background=background,
+                 int8_only=args.int8_only)
     outs = [out]
     if args.target in ("coreml", "all"):
         cm = base / "coreml" if args.target == "all" else base
-        write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml")
+        write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml", background=background)
         outs = [cm] if args.target == "coreml" else [out, cm]
         if args.target == "coreml":  # the ONNX files were only needed for calibration
             for f in ("encoder.onnx", "encoder.int8.onnx", "text_encoder.onnx", "matcher.onnx"):
@@ -65,6 +80,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--matcher", default=None, help="second-stage folder (text encoder + SLiCK verifier) to include")
     p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
+    p.add_argument("--int8-only", action="store_true",
+                   help="keep only the int8 graphs (the shipped bundle; smaller, same accuracy in BENCHMARKS.md)")
     p.add_argument("--threshold", type=float, default=None,
                    help="default detection threshold (sensitivity 0.5) stored in the bundle; default: keep/0.5")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
