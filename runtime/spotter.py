@@ -369,8 +369,12 @@ class Stream:
                     self.best[name] = (float(v), float(starts[i] * fs), float(t_end))
                 above = v >= kw.threshold
                 if above and not self._above.get(name, False):
-                    if t_end - self._last_fire.get(name, -np.inf) >= self.refractory_s:
-                        dets.append(Detection(name, float(v), float(starts[i] * fs), float(t_end)))
+                    t_start = float(starts[i] * fs)
+                    last_end = self._last_fire.get(name, -np.inf)
+                    # one event per spoken keyword: wait out the refractory period, and never fire
+                    # again on a path that starts inside the previous detection
+                    if t_end - last_end >= self.refractory_s and t_start >= last_end:
+                        dets.append(Detection(name, float(v), t_start, float(t_end)))
                         self._last_fire[name] = t_end
                 self._above[name] = above
         return dets

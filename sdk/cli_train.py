@@ -14,7 +14,8 @@ def _kws(args) -> int:
     cfg = TRAIN_PRESETS[args.preset]
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threads", args.threads),
                               ("pool_size", args.pool_size), ("batch_size", args.batch_size),
-                              ("max_minutes", args.max_minutes), ("user_data", args.user_data)) if v is not None}
+                              ("max_minutes", args.max_minutes), ("user_data", args.user_data),
+                              ("gate_warmup", args.gate_warmup)) if v is not None}
     if args.no_gates:
         over["model"] = replace(cfg.model, gated=False)
     cfg = replace(cfg, **over)
@@ -62,6 +63,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long")
     q.add_argument("--user-data", default=None, help="real data: CSV (audio,text) or LibriSpeech-layout folder")
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")
+    q.add_argument("--gate-warmup", type=int, default=None, help="steps with gates forced open before they train")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_kws)
     q = tsub.add_parser("matcher", help="text encoder + SLiCK matcher on a frozen encoder, with ablations",

@@ -18,26 +18,31 @@ needs_model = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists()
 
 @pytest.fixture(scope="module")
 def keyword_wav(tmp_path_factory):
-    """'hey heron' by a held-out TTS voice between stretches of silence and other speech."""
+    """'hey heron' by a held-out TTS voice between stretches of silence and other speech:
+    (path, (keyword start s, keyword end s))."""
     from heron.models.data.tts import VoiceRegistry, synthesize
 
     v1, v2 = VoiceRegistry().sample(2, split="heldout", seed=11)
     gap = np.zeros(8000, np.float32)
-    audio = np.concatenate([gap, synthesize(v1, "the weather is nice today"), gap,
-                            synthesize(v2, "hey heron"), gap, gap])
+    before, kw = synthesize(v1, "the weather is nice today"), synthesize(v2, "hey heron")
+    audio = np.concatenate([gap, before, gap, kw, gap, gap])
     path = tmp_path_factory.mktemp("listen") / "kw.wav"
     sf.write(path, audio, 16000, subtype="PCM_16")
-    return path
+    start = (2 * len(gap) + len(before)) / 16000
+    return path, (start, start + len(kw) / 16000)
 
 
 @needs_espeak
 @needs_model
 def test_listen_file_detects_keyword(keyword_wav):
-    p = subprocess.run([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--file", str(keyword_wav),
+    path, (a, b) = keyword_wav
+    p = subprocess.run([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--file", str(path),
                         "--no-meter"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = [line.split("\t") for line in p.stdout.splitlines()]
-    assert any(r[0] == "hey heron" for r in rows), p.stdout + p.stderr
+    # one spoken keyword -> exactly one event, inside the keyword's span (padding included)
+    assert [r[0] for r in rows] == ["hey heron"], p.stdout + p.stderr
+    assert a - 0.1 <= float(rows[0][1]) < float(rows[0][2]) <= b + 0.4
 
 
 @needs_espeak
@@ -58,7 +63,7 @@ def test_microphone_through_virtual_sink(keyword_wav):
                                      "--seconds", "8", "--no-meter"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
         time.sleep(3.0)  # the listener loads the model and opens the stream first
-        subprocess.run(["paplay", "-d", "heron_test", str(keyword_wav)], check=True, timeout=30)
+        subprocess.run(["paplay", "-d", "heron_test", str(keyword_wav[0])], check=True, timeout=30)
         out, err = listener.communicate(timeout=60)
         assert listener.returncode == 0, err
         assert "hey heron" in out, out + err
