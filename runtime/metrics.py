@@ -126,8 +126,8 @@ def plot_det(curves: dict[str, list[StreamResult]], path: str, title: str = "DET
         raise ImportError("the DET plot needs matplotlib: pip install 'heron[train]'") from e
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for name, curve in curves.items():
-        pts = sorted((r.fa_per_hour, 100 * r.frr) for r in curve)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
+        pts = [(r.fa_per_hour, 100 * r.frr) for r in sorted(curve, key=lambda r: -r.threshold)]
+        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", marker=".", label=name)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("false accepts per hour")
     ax.set_ylabel("false reject rate (%)")

@@ -269,6 +269,7 @@ class Stream:
             self._resampler = soxr.ResampleStream(self.sample_rate, spotter.sample_rate, 1, dtype="float32")
         self.track_best = False  # keep the best (score, start, end) per keyword (whole-file scoring)
         self.record_scores = False  # keep every frame's confidence per keyword (evaluation)
+        self.record_gates = False  # keep every chunk's gate probabilities (analysis); off: memory stays flat
         self.reset()
 
     def reset(self) -> None:
@@ -335,7 +336,8 @@ class Stream:
         while self._buf.size >= n:
             chunk, self._buf = self._buf[:n], self._buf[n:]
             log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
-            self.gate_log.append(gates)
+            if self.record_gates:
+                self.gate_log.append(gates)
             if sp.verifier_session is not None:
                 keep = sp.verifier_max_frames + sp.verifier_margin + len(emb)
                 self._emb = emb if self._emb is None else np.concatenate([self._emb, emb])

@@ -64,6 +64,8 @@ def register(sub, formatter) -> None:
     q.add_argument("--real-speech", default=_os.path.join(here, "..", "shared", "data", "real_speech"),
                    help="folder with sentences/, keywords/ and noise/ wavs")
     q.add_argument("--seconds", type=int, default=120, help="seconds of speech and of noise to time")
+    q.add_argument("--long-stream", default=None,
+                   help="also stream this long wav (e.g. from `heron data stream --minutes 60`) and log memory")
     q.set_defaults(func=_kws)
 
 
@@ -136,7 +138,39 @@ def _kws(args) -> int:
     res["enroll_ms_max"] = round(float(np.max(times)), 2)
     man = sp.bundle.manifest
     res["bundle_mb"] = {k: round(v["bytes"] / 1e6, 2) for k, v in man["files"].items()}
+    if args.long_stream:
+        res["long_stream"] = _long_stream(args.model, args.long_stream)
     print(json.dumps(res, indent=1))
     return 0
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _long_stream(model, path: str) -> dict:
+    """Stream a long wav in 100 ms pieces through one stream; resident memory every 10 minutes."""
+    import soundfile as sf
+
+    from heron.runtime.spotter import KeywordSpotter
+
+    sp = KeywordSpotter.load(model, threads=1)
+    sp.enroll("hey heron")
+    st = sp.stream()
+    rss, done, dets = [], 0, 0
+    t0 = time.perf_counter()
+    for block in sf.blocks(path, blocksize=1600, dtype="float32"):
+        dets += len(st.accept(block))
+        done += len(block)
+        if done % (16000 * 600) < 1600:
+            rss.append(round(_rss_mb(), 1))
+    secs = done / 16000
+    return {"audio_minutes": round(secs / 60, 1), "rtf": round((time.perf_counter() - t0) / secs, 5),
+            "rss_mb_every_10_min": rss, "detections": dets}
+
 
 

@@ -68,6 +68,12 @@ def _export(args) -> int:
         for k, f in man["files"].items():
             print(f"{o / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
     print(f"calibration: {man['calibration']}")
+    if args.zip:
+        import shutil
+
+        for o in outs:
+            archive = shutil.make_archive(str(o), "zip", root_dir=o)
+            print(f"zipped {archive}")
     if args.target in ("coreml", "all"):
         print("Core ML: validated on this machine by loading the spec (names, shapes); predictions need macOS")
     return 0
@@ -82,6 +88,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
     p.add_argument("--int8-only", action="store_true",
                    help="keep only the int8 graphs (the shipped bundle; smaller, same accuracy in BENCHMARKS.md)")
+    p.add_argument("--zip", action="store_true", help="also write each bundle folder as a .zip next to it")
     p.add_argument("--threshold", type=float, default=None,
                    help="default detection threshold (sensitivity 0.5) stored in the bundle; default: keep/0.5")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")

@@ -59,12 +59,31 @@ def _enroll(args) -> int:
 
     t0 = time.perf_counter()
     pron = pronounce(args.text)
+    cold = (time.perf_counter() - t0) * 1000  # loads the dictionary (and g2p model) once per process
+    from heron.runtime.phonemes import word_to_phonemes
+
+    word_to_phonemes.cache_clear()  # time a fresh lookup, not the word cache: what a new keyword costs
+    t0 = time.perf_counter()
+    pronounce(args.text)
     dt = (time.perf_counter() - t0) * 1000
     print(f"keyword:   {args.text!r} -> words {list(pron.words)}")
-    print(f"phonemes:  {' '.join(pron.with_boundaries())}  ({len(pron.phonemes)} phonemes, G2P {dt:.1f} ms)")
+    print(f"phonemes:  {' '.join(pron.with_boundaries())}  ({len(pron.phonemes)} phonemes, G2P {dt:.1f} ms; "
+          f"first call {cold:.0f} ms loads the dictionary)")
     if len(pron.phonemes) < 6:
         print("warning:   fewer than 6 phonemes: short keywords fire more often on other speech; "
               "consider a longer phrase")
+    try:  # the closest common words and phrases: what the keyword is most easily confused with
+        from heron.models.data.vocab import vocabulary
+        from heron.runtime.phonemes import levenshtein
+
+        ph = pron.phonemes
+        near = sorted((levenshtein(ph, p.phonemes), -p.count, p.text) for p in vocabulary()[:20000]
+                      if abs(len(p.phonemes) - len(ph)) <= 2 and p.phonemes != ph)[: args.confusables]
+        print("closest:   " + ", ".join(f"{t!r} ({d} phoneme edit{'s' if d > 1 else ''})" for d, _, t in near))
+        if near and near[0][0] <= 1:
+            print("warning:   a common phrase is one phoneme away: expect false accepts on it")
+    except ImportError:
+        pass  # the vocabulary comes with the data engine; the keyword works without this report
     return 0
 
 
@@ -82,6 +101,7 @@ def register(sub, formatter) -> None:
     q.set_defaults(func=_score)
     q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
     q.add_argument("text", help="keyword text")
+    q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list")
     q.set_defaults(func=_enroll)
     register_eval(sub, formatter)
 

@@ -181,6 +181,12 @@ def test_bad_input_raises_and_stream_stays_usable(tiny, clip):
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         st.accept(np.full(10, 3.0, np.float32))
     assert _run(st, clip, [4000]) == ref  # nothing above was consumed
+    st.reset()
+    quiet = sp.stream()
+    assert quiet.accept(np.zeros(16000 * 600, np.int16)) == []  # a 10-minute chunk in one call
+    assert quiet._frames == 600 * 25  # all of it was processed (40 ms frames)
+    # nothing grows with the length of an always-on stream
+    assert len(quiet._buf) < sp.chunk_samples and quiet.gate_log == [] and quiet.score_log == {}
 
 
 def test_reset_really_resets_and_streams_are_independent(tiny, clip):
