@@ -180,7 +180,7 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
 def run_eval(bundle: str | None, sets: list[str], out_json: str | None = None, int8: bool = False,
              anchors: int = 300, stream_minutes: float = 10.0) -> dict:
     spotter = KeywordSpotter.load(bundle, int8=int8)
-    res: dict = {"bundle": str(spotter.bundle.root), "int8": int8, "date": time.strftime("%Y-%m-%d")}
+    res: dict = {"bundle": str(spotter.bundle.root), "int8": spotter.int8, "date": time.strftime("%Y-%m-%d")}
     if "tts" in sets:
         res["tts_heldout"] = eval_tts_pairs(spotter, n_anchors=anchors)
     if "real" in sets:

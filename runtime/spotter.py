@@ -82,6 +82,7 @@ class KeywordSpotter:
         self.calibration = dict(m.get("calibration", {}))
         self.matcher_options = dict(m.get("matcher", {}))  # gap_penalty, frames_base, frames_per_phoneme
         int8 = int8 or not bundle.has("encoder")  # an int8-only bundle (what ships) runs int8
+        self.int8 = int8
         key = "encoder_int8" if int8 else "encoder"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -94,12 +94,14 @@ def _kws(args) -> int:
         fn(audio)
         return round((time.perf_counter() - t0) / (len(audio) / 16000), 5)
 
-    variants = {"single_graph_fp32": dict(skip_gates=False), "single_graph_int8": dict(int8=True),
-                "modular_fp32_skipping": dict(skip_gates=True)}
-    for name, kw in variants.items():
+    seen = set()
+    for kw in (dict(skip_gates=False), dict(skip_gates=False, int8=True), dict(skip_gates=True),
+               dict(skip_gates=True, int8=True)):
         sp = KeywordSpotter.load(args.model, threads=1, **kw)
-        if name == "modular_fp32_skipping" and sp.modular is None:
+        name = f"{'modular_skipping' if sp.modular else 'single_graph'}_{'int8' if sp.int8 else 'fp32'}"
+        if name in seen:  # e.g. an int8-only bundle: fp32 requests fall back to int8
             continue
+        seen.add(name)
         res[f"rtf_encoder_{name}"] = {k: rtf(sp.encode, a) for k, a in (("speech", speech), ("noise", noise))}
         if sp.modular is not None:
             sp.modular.executed[:] = 0
