@@ -100,15 +100,17 @@ def real_negative_threshold(spotter: KeywordSpotter, negative_files: list[str], 
             continue
         hours += len(a) / sr / 3600
         encoded.append(spotter.encode(np.concatenate([np.zeros(4000, np.float32), a, np.zeros(4000, np.float32)])))
-    maxima = []
-    for text in phrases:
-        for lp, emb, _ in encoded:
-            maxima.append(spotter.match_encoded(text, lp, emb)[0])
-    maxima = np.sort(maxima)[::-1]
+    per_phrase = np.array([[spotter.match_encoded(text, lp, emb)[0] for lp, emb, _ in encoded] for text in phrases])
+    maxima = np.sort(per_phrase.ravel())[::-1]
     allowed = int(np.floor(fa_per_hour * hours * len(phrases)))
     thr = float(maxima[allowed]) if allowed < len(maxima) else 0.0
+    worst = per_phrase.max(axis=1)  # each phrase's highest score on non-keyword audio
     return {"threshold": thr, "fa_per_hour": fa_per_hour, "keyword_hours": round(hours * len(phrases), 2),
-            "files": len(encoded), "phrases": len(phrases)}
+            "files": len(encoded), "phrases": len(phrases),
+            "max_negative_score_per_phrase": {"min": round(float(worst.min()), 4),
+                                              "median": round(float(np.median(worst)), 4),
+                                              "max": round(float(worst.max()), 4)},
+            "false_accepts_at_default_threshold": int((per_phrase >= spotter.calibration.get("threshold", 0.5)).sum())}
 
 
 def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: float = 3.2, seed: int = 4242

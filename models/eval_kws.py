@@ -185,6 +185,13 @@ def run_eval(bundle: str | None, sets: list[str], out_json: str | None = None, i
         res["tts_heldout"] = eval_tts_pairs(spotter, n_anchors=anchors)
     if "real" in sets:
         res["real_pairs"] = eval_real_pairs(spotter)
+    if "negatives" in sets:  # the default threshold on real non-keyword audio, over 30 other phrases
+        import glob
+
+        from .calibrate_kws import real_negative_threshold
+
+        files = sorted(f for d in ("sentences", "words", "noise") for f in glob.glob(str(REAL_SPEECH / d / "*.wav")))
+        res["real_negatives"] = real_negative_threshold(spotter, files, 0.5) if files else {"skipped": "no real speech"}
     if "stream" in sets:
         st = eval_stream(spotter, minutes=stream_minutes)
         curve = st.pop("_curve")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 SUPPORTED_FORMATS = ("heron-kws-bundle/1",)
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "kws"
+BUNDLE_ENV = "HERON_BUNDLE"  # names another default bundle (e.g. to grade a new model with unchanged tools)
 
 
 class BundleError(ValueError):
@@ -45,8 +46,10 @@ def sha256_path(path: str | Path) -> str:
 
 
 def load_bundle(root: str | Path | None = None) -> Bundle:
-    """Read and verify a bundle folder (default: the one shipped with heron)."""
-    root = Path(root) if root is not None else DEFAULT_BUNDLE
+    """Read and verify a bundle folder (default: $HERON_BUNDLE, else the one shipped with heron)."""
+    import os
+
+    root = Path(root) if root is not None else Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
     mpath = root / "manifest.json"
     if not mpath.is_file():
         raise BundleError(f"no manifest.json in {root}: not a heron bundle (export one with `heron export`)")

@@ -123,7 +123,7 @@ def register_eval(sub, formatter) -> None:
     q = esub.add_parser("kws", help="AUC/EER on held-out TTS voices and real speech; FRR at FA/h on a stream",
                         formatter_class=formatter)
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
-    q.add_argument("--sets", default="tts,real,stream", help="comma-separated: tts, real, stream")
+    q.add_argument("--sets", default="tts,real,stream", help="comma-separated: tts, real, stream, negatives")
     q.add_argument("--anchors", type=int, default=300, help="anchor phrases for the TTS pairs")
     q.add_argument("--stream-minutes", type=float, default=10.0, help="length of the evaluation stream")
     q.add_argument("--int8", action="store_true", help="evaluate the int8 encoder")

@@ -250,3 +250,12 @@ def test_kws_score_cli(tiny, clip, tmp_path):
     assert rows[1]["score"] is None and "16000 Hz" in rows[1]["error"]
     assert rows[2]["score"] is None and "mono" in rows[2]["error"]
     assert rows[3]["score"] is None
+
+
+def test_heron_bundle_env_selects_the_default(tiny, monkeypatch):
+    _, path = tiny
+    monkeypatch.setenv("HERON_BUNDLE", str(path))
+    assert load_bundle().root == path
+    monkeypatch.setenv("HERON_BUNDLE", str(path / "missing"))
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle()
