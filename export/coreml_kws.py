@@ -59,3 +59,53 @@ def validate_mlpackage(path: str | Path, expected: dict) -> None:
         raise ValueError(f"{path}: inputs {ins} != expected {expected['inputs']}")
     if outs != expected["outputs"]:
         raise ValueError(f"{path}: outputs {outs} != expected {expected['outputs']}")
+
+
+def _convert_named(program, inputs, out_names: list[str], path, description: str):
+    import coremltools as ct
+
+    mlmodel = ct.convert(program, inputs=inputs, minimum_deployment_target=ct.target.iOS17,
+                         compute_units=ct.ComputeUnit.ALL, convert_to="mlprogram")
+    spec = mlmodel.get_spec()
+    for old, new in zip([o.name for o in spec.description.output], out_names):
+        if old != new:
+            ct.utils.rename_feature(spec, old, new)
+    mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir)
+    mlmodel.short_description = description
+    mlmodel.save(str(path))
+
+
+def export_text_encoder_coreml(text_enc, path: str | Path) -> None:
+    """phoneme_ids (1, N) int32, N in 1..max_phonemes -> text_embeddings (1, N, D)."""
+    import coremltools as ct
+    import numpy as np
+
+    n_max = text_enc.config.max_phonemes
+    n = torch.export.Dim("n_phonemes", min=1, max=n_max)
+    program = torch.export.export(text_enc.eval(), (torch.ones(1, 7, dtype=torch.int64),),
+                                  dynamic_shapes={"ids": {1: n}}).run_decompositions({})
+    inputs = [ct.TensorType(name="phoneme_ids", shape=(1, ct.RangeDim(1, n_max, default=7)), dtype=np.int32)]
+    _convert_named(program, inputs, ["text_embeddings"], path, "heron audio-compliant text encoder (enrollment)")
+
+
+def export_matcher_coreml(matcher, path: str | Path) -> None:
+    """audio_window (1, T, Da), text_embeddings (1, N, Dt) -> match_prob (1,), subsequence_probs (1, N)."""
+    import coremltools as ct
+
+    from .onnx_kws import _MatcherStep
+
+    c = matcher.config
+    T = torch.export.Dim("frames", min=2, max=c.max_frames)
+    N = torch.export.Dim("n_phonemes", min=1, max=c.max_phonemes)
+    example = (torch.zeros(1, 20, c.d_audio), torch.zeros(1, 7, c.d_text))
+    program = torch.export.export(_MatcherStep(matcher.eval()), example,
+                                  dynamic_shapes={"audio": {1: T}, "text": {1: N}}).run_decompositions({})
+    inputs = [ct.TensorType(name="audio_window", shape=(1, ct.RangeDim(2, c.max_frames, default=20), c.d_audio)),
+              ct.TensorType(name="text_embeddings", shape=(1, ct.RangeDim(1, c.max_phonemes, default=7), c.d_text))]
+    _convert_named(program, inputs, ["match_prob", "subsequence_probs"], path, "heron SLiCK keyword verifier")
+
+
+def output_names(path: str | Path) -> list[str]:
+    import coremltools as ct
+
+    return [o.name for o in ct.utils.load_spec(str(path)).description.output]

@@ -88,7 +88,14 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         io = export_encoder_coreml(model, out / "encoder.mlpackage", meta)
         validate_mlpackage(out / "encoder.mlpackage", io)
         files = {"encoder": "encoder.mlpackage"}
-        verifier = None  # the second stage ships in the ONNX bundle only (for now)
+        if verifier is not None:
+            from .coreml_kws import export_matcher_coreml, export_text_encoder_coreml, output_names
+
+            export_text_encoder_coreml(verifier[0], out / "text_encoder.mlpackage")
+            export_matcher_coreml(verifier[1], out / "matcher.mlpackage")
+            if output_names(out / "matcher.mlpackage") != ["match_prob", "subsequence_probs"]:
+                raise ValueError("matcher.mlpackage outputs do not match the ONNX interface")
+            files["text_encoder"], files["matcher"] = "text_encoder.mlpackage", "matcher.mlpackage"
     elif target == "onnx":
         io = export_encoder_onnx(model, out / "encoder.onnx")
         files = {"encoder": "encoder.onnx"}
@@ -106,7 +113,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
                 (out / files.pop(key)).unlink()
     else:
         raise ValueError(f"unknown target {target!r}; use onnx or coreml")
-    if verifier is not None:
+    if verifier is not None and target == "onnx":
         text_enc, matcher = verifier
         export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
         export_matcher_onnx(matcher, out / "matcher.onnx")

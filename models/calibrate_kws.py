@@ -16,9 +16,9 @@ from .eval_kws import heldout_pair_clips
 
 
 def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
-    """-> (z, N, verifier probability or NaN, label) arrays over calibration pairs, at the first
-    stage's best frame."""
-    z, n, v, y = [], [], [], []
+    """-> (z as _calibrate sees it (Z-normed when the bundle has a background bank), N, verifier
+    probability or NaN, label, raw log score) arrays over calibration pairs, at the first stage's best frame."""
+    z, n, v, y, zraw = [], [], [], [], []
     for p, a in heldout_pair_clips(n_anchors, seed, "calibration"):
         lp, emb, _ = spotter.encode(a)
         try:
@@ -30,6 +30,7 @@ def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
         raw, starts, _ = m.step(lp, m.init_state())
         i = int(np.argmax(raw))
         zi = float(np.log(max(raw[i], 1e-30)))
+        zraw.append(zi)
         z.append((zi - kw.norm[0]) / kw.norm[1] if kw.norm else zi)  # as _calibrate sees it
         n.append(m.n)
         if spotter.verifier_session is not None:
@@ -37,7 +38,7 @@ def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
         else:
             v.append(np.nan)
         y.append(p.label)
-    return np.asarray(z), np.asarray(n, float), np.asarray(v, float), np.asarray(y, float)
+    return np.asarray(z), np.asarray(n, float), np.asarray(v, float), np.asarray(y, float), np.asarray(zraw)
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
@@ -57,7 +58,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50
 def fit_calibration(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99) -> dict:
     """Logistic fusion coefficients (and, with a verifier, the first-stage floor below which the
     verifier is not consulted: it keeps 99.5% of the calibration positives)."""
-    z, n, v, y = raw_features(spotter, n_anchors, seed)
+    z, n, v, y, zraw = raw_features(spotter, n_anchors, seed)
     z = np.maximum(z, -200.0)
     cols = [z, n]
     if not np.isnan(v).any():
@@ -72,7 +73,8 @@ def fit_calibration(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 9
                                 fit_logistic(np.stack([z, n, np.ones_like(z)], axis=1), y)[2:]])
         cal["slope"], cal["per_phoneme"], cal["offset"] = float(w[0]), float(w[1]), float(w[-1])
         cal["verifier"] = float(w[2])
-        cal["min_first_stage"] = float(np.exp(np.quantile(z[y == 1], 0.005)))
+        # a floor on the raw first-stage score (what the runtime compares), not the normalized one
+        cal["min_first_stage"] = float(np.exp(np.quantile(zraw[y == 1], 0.005)))
     return cal
 
 

@@ -58,7 +58,8 @@ def _export(args) -> int:
     outs = [out]
     if args.target in ("coreml", "all"):
         cm = base / "coreml" if args.target == "all" else base
-        write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml", background=background)
+        write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml", background=background,
+                     verifier=verifier)
         outs = [cm] if args.target == "coreml" else [out, cm]
         if args.target == "coreml":  # the ONNX files were only needed for calibration
             for f in ("encoder.onnx", "encoder.int8.onnx", "text_encoder.onnx", "matcher.onnx"):

@@ -25,3 +25,23 @@ def test_coreml_bundle_spec_and_checksums(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(out)
+
+
+def test_coreml_bundle_with_second_stage(tmp_path):
+    from heron.export.coreml_kws import output_names
+    from heron.export.onnx_kws import write_bundle
+    from heron.models.conformer import PRESETS, GatedConformer
+    from heron.models.matcher import MatcherConfig, SLiCKMatcher
+    from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+    from heron.runtime.bundle import load_bundle
+
+    model = GatedConformer(PRESETS["tiny"]).eval()
+    d = model.config.d_model
+    te = AudioCompliantTextEncoder(TextEncoderConfig(d_audio=d, d_model=32), table=torch.randn(39, d)).eval()
+    mt = SLiCKMatcher(MatcherConfig(d_audio=d, d_text=32, d_model=32)).eval()
+    out = write_bundle(model, tmp_path / "cm", calibration={}, target="coreml", verifier=(te, mt))
+    man = json.loads((out / "manifest.json").read_text())
+    assert {"encoder", "text_encoder", "matcher"} <= set(man["files"])
+    assert output_names(out / "text_encoder.mlpackage") == ["text_embeddings"]
+    assert output_names(out / "matcher.mlpackage") == ["match_prob", "subsequence_probs"]
+    load_bundle(out)
