@@ -178,7 +178,7 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
     return out, np.asarray(lens), np.asarray(targets, np.int64), np.asarray(tlens)
 
 
-def _worker(pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int):
+def _worker(pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int, n_workers: int):
     os.environ["OMP_NUM_THREADS"] = "1"
     babble_src = [u.audio.astype(np.float32) / 32767.0 for u in pool[:200]]
     augmenter = Augmenter(aug_cfg, TrainNoise(None), babble_src)
@@ -186,10 +186,7 @@ def _worker(pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: in
     while True:
         rng = np.random.default_rng([cfg.seed, step])  # batch k is the same whoever makes it
         queue.put((step, make_batch(pool, cfg, augmenter, rng)))
-        step += 1 if worker_id < 0 else _WORKERS
-
-
-_WORKERS = 1
+        step += n_workers  # worker i makes steps i, i + n, i + 2n, ...
 
 
 class BatchStream:
@@ -197,11 +194,9 @@ class BatchStream:
 
     def __init__(self, pool, cfg: BatchConfig, aug_cfg: AugmentConfig = AugmentConfig(), workers: int = 1,
                  start_step: int = 0):
-        global _WORKERS
-        _WORKERS = workers
         ctx = mp.get_context("fork")
         self.queue = ctx.Queue(maxsize=8)
-        self.procs = [ctx.Process(target=_worker, args=(pool, cfg, aug_cfg, self.queue, i, start_step), daemon=True)
+        self.procs = [ctx.Process(target=_worker, args=(pool, cfg, aug_cfg, self.queue, i, start_step, workers), daemon=True)
                       for i in range(workers)]
         for p in self.procs:
             p.start()

@@ -12,7 +12,6 @@ caller slices the audio.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,7 +115,6 @@ class KeywordSpotter:
         if bundle.has("background"):
             self.background = np.load(bundle.path("background"), allow_pickle=False).astype(np.float32)
         self.keywords: dict[str, Keyword] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1,
@@ -240,17 +238,13 @@ class KeywordSpotter:
         i = int(np.argmax(conf))
         return float(conf[i]), float(starts[i] * self.frame_seconds), float((i + 1) * self.frame_seconds)
 
-    def match_log_probs(self, text_or_classes, log_probs: np.ndarray) -> tuple[float, float, float]:
-        return self.match_encoded(text_or_classes, log_probs, None)
-
     def score_file(self, audio: np.ndarray, keyword: str) -> tuple[float, float | None, float | None]:
         """Best (score, start_s, end_s) of one keyword over a whole clip (16 kHz mono float32)."""
         st = self.stream()
         st.track_best = True
         st.accept(audio)
         st.flush()
-        best = st.best[keyword]
-        return best
+        return st.best[keyword]
 
 
 class Stream:

@@ -45,3 +45,30 @@ def test_coreml_bundle_with_second_stage(tmp_path):
     assert output_names(out / "text_encoder.mlpackage") == ["text_embeddings"]
     assert output_names(out / "matcher.mlpackage") == ["match_prob", "subsequence_probs"]
     load_bundle(out)
+
+
+def test_second_stage_onnx_matches_torch(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from heron.export.onnx_kws import export_matcher_onnx, export_text_encoder_onnx
+    from heron.models.matcher import MatcherConfig, SLiCKMatcher
+    from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+
+    torch.manual_seed(0)
+    te = AudioCompliantTextEncoder(TextEncoderConfig(d_audio=48, d_model=32), table=torch.randn(39, 48)).eval()
+    mt = SLiCKMatcher(MatcherConfig(d_audio=48, d_text=32, d_model=32)).eval()
+    export_text_encoder_onnx(te, tmp_path / "te.onnx")
+    export_matcher_onnx(mt, tmp_path / "m.onnx")
+    s_te, s_m = ort.InferenceSession(str(tmp_path / "te.onnx")), ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for n_ph, n_fr in ((3, 10), (12, 64)):  # dynamic lengths
+        ids = torch.randint(1, 40, (1, n_ph))
+        audio = torch.randn(1, n_fr, 48)
+        with torch.no_grad():
+            text = te(ids)
+            utt, sub = mt(audio, torch.ones(1, n_fr, dtype=torch.bool), text, torch.ones(1, n_ph, dtype=torch.bool))
+        text_o = s_te.run(None, {"phoneme_ids": ids.numpy()})[0]
+        p, sp = s_m.run(None, {"audio_window": audio.numpy(), "text_embeddings": text_o})
+        assert np.abs(text_o - text.numpy()).max() <= 1e-4
+        assert abs(float(p[0]) - float(torch.sigmoid(utt)[0])) <= 1e-4
+        assert np.abs(sp - torch.sigmoid(sub).numpy()).max() <= 1e-4
