@@ -74,7 +74,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
                  verifier=None, target: str = "onnx", modular: bool = True, background=None,
-                 int8_only: bool = False) -> Path:
+                 int8_only: bool = False, phoneme_table=None) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage; write manifest.json with checksums."""
     from heron import __version__
@@ -118,6 +118,11 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
         export_matcher_onnx(matcher, out / "matcher.onnx")
         files["text_encoder"], files["matcher"] = "text_encoder.onnx", "matcher.onnx"
+    if phoneme_table is not None:  # representative phoneme vectors (39, D): DSP word timestamps
+        import numpy as np
+
+        np.save(out / "phoneme_table.npy", np.asarray(phoneme_table, np.float32), allow_pickle=False)
+        files["phoneme_table"] = "phoneme_table.npy"
     if background is not None:  # Z-norm bank: float16 log-probs, loaded with allow_pickle=False
         import numpy as np
 

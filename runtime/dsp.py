@@ -11,18 +11,24 @@ import numpy as np
 
 
 def dsp_partition(audio: np.ndarray, words: np.ndarray, max_seg: int | None = None, min_seg: int = 1,
-                  cover: bool = True) -> tuple[float, list[tuple[int, int]]]:
+                  cover: bool = True, voiced: np.ndarray | None = None) -> tuple[float, list[tuple[int, int]]]:
     """audio: (T, D), words: (W, D) -> (mean cosine over words, [(start, end_exclusive)] per word).
 
     cover=True partitions the whole window (the paper's setting: the window is the keyword's span);
     cover=False lets leading and trailing frames stay unassigned (a keyword inside a longer window).
+    voiced: optional (T,) bool; segment means use only these frames (pauses carry no word), each
+    segment must hold one, and each word's span is trimmed to its first..last voiced frame.
     """
     T, W = audio.shape[0], words.shape[0]
     if W == 0 or T < W * min_seg:
         return -1.0, []
     L = max_seg or T
     wv = words / (np.linalg.norm(words, axis=1, keepdims=True) + 1e-8)
-    csum = np.concatenate([np.zeros((1, audio.shape[1])), np.cumsum(audio, axis=0)])  # (T+1, D)
+    v = np.ones(T) if voiced is None else np.asarray(voiced, float)
+    if v.sum() < W:
+        return -1.0, []
+    csum = np.concatenate([np.zeros((1, audio.shape[1])), np.cumsum(audio * v[:, None], axis=0)])  # (T+1, D)
+    ccount = np.concatenate([[0.0], np.cumsum(v)])  # voiced frames before each index
     neg = -1e9
     # best[w, e]: best total for words 0..w-1 with word w-1 ending at frame e (exclusive)
     best = np.full((W + 1, T + 1), neg)
@@ -37,9 +43,10 @@ def dsp_partition(audio: np.ndarray, words: np.ndarray, max_seg: int | None = No
             if s_hi < s_lo:
                 continue
             starts = np.arange(s_lo, s_hi + 1)
-            seg = (csum[e] - csum[starts]) / (e - starts)[:, None]  # (S, D) segment means
+            count = ccount[e] - ccount[starts]
+            seg = (csum[e] - csum[starts]) / np.maximum(count, 1)[:, None]  # (S, D) segment means
             seg /= np.linalg.norm(seg, axis=1, keepdims=True) + 1e-8
-            tot = best[w - 1, starts] + seg @ wv[w - 1]
+            tot = best[w - 1, starts] + np.where(count > 0, seg @ wv[w - 1], neg)
             k = int(np.argmax(tot))
             best[w, e], back[w, e] = tot[k], starts[k]
     e = T if cover else int(np.argmax(best[W]))
@@ -49,6 +56,7 @@ def dsp_partition(audio: np.ndarray, words: np.ndarray, max_seg: int | None = No
     segs = []
     for w in range(W, 0, -1):
         s = int(back[w, e])
-        segs.append((s, e))
+        idx = np.flatnonzero(v[s:e] > 0)  # trim to the voiced part: a word ends where its sound ends
+        segs.append((s + int(idx[0]), s + int(idx[-1]) + 1) if voiced is not None and idx.size else (s, e))
         e = s
     return total / W, segs[::-1]

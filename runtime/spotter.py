@@ -19,9 +19,16 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .ctc_kws import CTCKeywordMatcher, CTCMatchState
-from .phonemes import Pronunciation, pronounce
+from .phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
+
+
+@dataclass(frozen=True)
+class WordTime:
+    word: str
+    start_s: float
+    end_s: float
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Detection:
     score: float  # calibrated confidence in [0, 1]
     start_s: float  # keyword start, seconds from the stream's start (or last reset)
     end_s: float
+    words: tuple[WordTime, ...] = ()  # per-word times (DSP), when the bundle has a phoneme table
 
 
 @dataclass
@@ -80,6 +88,9 @@ class KeywordSpotter:
         self.frame_seconds = float(m["frame_seconds"])
         self.calibration = dict(m.get("calibration", {}))
         self.matcher_options = dict(m.get("matcher", {}))  # gap_penalty, frames_base, frames_per_phoneme
+        # the longest a keyword path may last (frames): how much embedding history streams keep
+        self.max_keyword_frames = (int(self.matcher_options.get("frames_base", 10))
+                                   + int(self.matcher_options.get("frames_per_phoneme", 8)) * MAX_KEYWORD_PHONEMES)
         int8 = int8 or not bundle.has("encoder")  # an int8-only bundle (what ships) runs int8
         self.int8 = int8
         key = "encoder_int8" if int8 else "encoder"
@@ -111,6 +122,9 @@ class KeywordSpotter:
             self.verifier_max_frames = int(v["max_frames"])
             self.verifier_margin = int(v["margin_frames"])
             self.verifier_min_raw = float(v["min_first_stage"])  # below this the first stage rejects alone
+        self.phoneme_table = None  # (39, D) representative phoneme vectors: DSP word partition
+        if bundle.has("phoneme_table"):
+            self.phoneme_table = np.load(bundle.path("phoneme_table"), allow_pickle=False).astype(np.float32)
         self.background = None  # (segments, frames, classes) log-probs of background speech, for Z-norm
         if bundle.has("background"):
             self.background = np.load(bundle.path("background"), allow_pickle=False).astype(np.float32)
@@ -224,6 +238,26 @@ class KeywordSpotter:
         # frames the first stage rejects keep p = 1e-6: tiny confidences, still ordered by the first stage
         return _calibrate(raw, kw.matcher.n, self.calibration, probs, norm=kw.norm)
 
+    def word_times(self, kw: Keyword, emb_window: np.ndarray, start_frame: int,
+                   voiced: np.ndarray | None = None) -> tuple[WordTime, ...]:
+        """Split a detection's embedding window into the keyword's words (DSP over representative
+        phoneme vectors, over the frames where a phoneme is heard); seconds from the stream start."""
+        if self.phoneme_table is None or kw.pronunciation is None or len(emb_window) < len(kw.pronunciation.words):
+            return ()
+        from .dsp import dsp_partition
+
+        vecs, i = [], 0
+        ids = [c - 1 for c in kw.matcher.labels[0::2]]
+        for w in kw.pronunciation.word_phonemes:
+            vecs.append(self.phoneme_table[ids[i:i + len(w)]].mean(axis=0))
+            i += len(w)
+        _, segs = dsp_partition(emb_window, np.stack(vecs), voiced=voiced)
+        if not segs:
+            return ()
+        fs = self.frame_seconds
+        return tuple(WordTime(word, (start_frame + a) * fs, (start_frame + b) * fs)
+                     for word, (a, b) in zip(kw.pronunciation.words, segs))
+
     def match_encoded(self, text_or_classes, log_probs: np.ndarray, emb: np.ndarray | None = None
                       ) -> tuple[float, float, float]:
         """Best (confidence, start_s, end_s) of a keyword (text or CTC classes) over encoded frames."""
@@ -270,7 +304,8 @@ class Stream:
     def reset(self) -> None:
         """Forget all audio and matcher state (as if the stream were new)."""
         self._buf = np.zeros(0, np.float32)
-        self._emb: np.ndarray | None = None  # recent encoder embeddings, for the verifier
+        self._emb: np.ndarray | None = None  # recent encoder embeddings (verifier, word times)
+        self._voiced: np.ndarray | None = None  # per recent frame: is a phoneme heard (not blank)
         self._emb_first = 0  # absolute frame index of self._emb[0]
         self._enc = self.spotter.init_state()
         self._match: dict[str, CTCMatchState] = {}
@@ -333,11 +368,14 @@ class Stream:
             log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
             if self.record_gates:
                 self.gate_log.append(gates)
-            if sp.verifier_session is not None:
-                keep = sp.verifier_max_frames + sp.verifier_margin + len(emb)
+            if sp.verifier_session is not None or sp.phoneme_table is not None:
+                keep = sp.max_keyword_frames + 2 + len(emb)  # the longest keyword window + margin
+                voiced = log_probs.argmax(axis=1) != 0  # frames where a phoneme (not blank) is heard
                 self._emb = emb if self._emb is None else np.concatenate([self._emb, emb])
+                self._voiced = voiced if self._voiced is None else np.concatenate([self._voiced, voiced])
                 drop = max(0, len(self._emb) - keep)
                 self._emb, self._emb_first = self._emb[drop:], self._emb_first + drop
+                self._voiced = self._voiced[drop:]
             out.extend(self._match_frames(log_probs))
             self._frames += log_probs.shape[0]
         return out
@@ -371,7 +409,12 @@ class Stream:
                     # one event per spoken keyword: wait out the refractory period, and never fire
                     # again on a path that starts inside the previous detection
                     if t_end - last_end >= self.refractory_s and t_start >= last_end:
-                        dets.append(Detection(name, float(v), t_start, float(t_end)))
+                        words = ()
+                        if self._emb is not None:
+                            a = max(0, int(starts[i]) - self._emb_first)
+                            b = self._frames + i + 1 - self._emb_first
+                            words = sp.word_times(kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b])
+                        dets.append(Detection(name, float(v), t_start, float(t_end), words))
                         self._last_fire[name] = t_end
                 self._above[name] = above
         return dets

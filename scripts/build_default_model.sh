@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 H=.venv/bin/heron
 $H train kws --preset default --out runs/kws-base --steps 7000 --no-progress      # encoder, seed 0 (51 min)
 $H train release runs/kws-base --out models/weights/kws-base                      # fp16 weights, no optimizer
+# Representative phoneme vectors (CTC forced alignment) for DSP word times: `heron train matcher`
+# writes them into runs/matcher/matcher.safetensors; copy them next to the weights:
+$H train matcher --encoder models/weights/kws-base --out runs/matcher
+.venv/bin/python -c "from heron.models.train_matcher import load_matcher; import numpy as np; \
+np.save('models/weights/kws-base/phoneme_table.npy', load_matcher('runs/matcher')[2], allow_pickle=False)"
 # Z-norm background bank + logistic calibration on held-out TTS voices; default threshold 0.35 was
 # chosen with models/calibrate_kws.py:real_negative_threshold on ../shared real non-keyword audio.
 $H export --checkpoint models/weights/kws-base --out runtime/assets/kws --threshold 0.35 --int8-only --recalibrate
-# Optional second stage + ablations (not in the shipped bundle: it did not beat the first stage)
-# $H train matcher --encoder models/weights/kws-base --out runs/matcher
+# The trained second stage itself (verifier) is not shipped: it did not beat the first stage (BENCHMARKS.md);
+# `heron export --matcher runs/matcher` adds it to a bundle.

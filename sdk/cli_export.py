@@ -53,8 +53,14 @@ def _export(args) -> int:
             calibration["threshold"] = args.threshold
         if cal_path.parent.is_dir():
             cal_path.write_text(json.dumps(calibration, indent=1))
+    table_path = Path(args.checkpoint) / "phoneme_table.npy"  # from `heron train matcher` (CTC forced alignment)
+    table = None
+    if table_path.exists():
+        import numpy as np
+
+        table = np.load(table_path, allow_pickle=False)
     write_bundle(model, out, calibration=calibration, model_meta=card, verifier=verifier, background=background,
-                 int8_only=args.int8_only)
+                 int8_only=args.int8_only, phoneme_table=table)
     outs = [out]
     if args.target in ("coreml", "all"):
         cm = base / "coreml" if args.target == "all" else base

@@ -85,3 +85,25 @@ def test_level_meter_bounds():
 
     assert "-60.0" in level_meter(np.zeros(100, np.float32))
     assert "0.0 dBFS" in level_meter(np.ones(100, np.float32))
+
+
+@needs_espeak
+@needs_model
+def test_word_times_split_at_the_pause():
+    import heron
+    from heron.models.data.tts import VoiceRegistry, synthesize
+
+    v = VoiceRegistry().sample(1, split="heldout", seed=5)[0]
+    lead, gap = np.zeros(16000, np.float32), np.zeros(6400, np.float32)
+    w1, w2 = synthesize(v, "hey"), synthesize(v, "heron")
+    audio = np.concatenate([lead, w1, gap, w2, lead])
+    pause = ((len(lead) + len(w1)) / 16000, (len(lead) + len(w1) + len(gap)) / 16000)
+    sp = heron.KeywordSpotter.load()
+    sp.enroll("hey heron")
+    dets = sp.stream().accept(audio)
+    assert len(dets) == 1 and [w.word for w in dets[0].words] == ["hey", "heron"]
+    hey, heron = dets[0].words
+    # "hey" ends before the pause is over and "heron" starts after it began (w1 carries the engine's
+    # trailing silence, so the real pause starts before pause[0]); CTC spikes make times +-1-2 frames
+    assert hey.start_s < hey.end_s <= pause[1] and pause[0] <= heron.start_s < heron.end_s, (dets, pause)
+    assert heron.start_s - hey.end_s >= 0.3  # the 0.4 s pause lies between the words

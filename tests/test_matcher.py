@@ -72,3 +72,28 @@ def test_bad_keywords():
         CTCKeywordMatcher([])
     with pytest.raises(ValueError):
         CTCKeywordMatcher([0, 3])
+
+
+def test_dsp_partition_finds_word_boundaries():
+    from heron.runtime.dsp import dsp_partition
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 16))
+    audio = np.concatenate([np.repeat(w[0:1], 5, 0), np.repeat(w[1:2], 3, 0), np.repeat(w[2:3], 6, 0)])
+    audio = audio + 0.1 * rng.standard_normal(audio.shape)
+    score, segs = dsp_partition(audio, w)
+    assert segs == [(0, 5), (5, 8), (8, 14)] and score > 0.95
+    assert dsp_partition(audio, w[::-1])[0] < 0.5  # words in the wrong order fit badly
+
+
+def test_dsp_ignores_unvoiced_frames_and_trims_words():
+    from heron.runtime.dsp import dsp_partition
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((2, 8))
+    pause = rng.standard_normal((4, 8))  # silence frames that look like nothing in particular
+    audio = np.concatenate([np.repeat(w[0:1], 3, 0), pause, np.repeat(w[1:2], 3, 0)])
+    voiced = np.array([1, 1, 1, 0, 0, 0, 0, 1, 1, 1], bool)
+    _, segs = dsp_partition(audio, w, voiced=voiced)
+    assert segs == [(0, 3), (7, 10)]
+    assert dsp_partition(audio, w, voiced=np.zeros(10, bool)) == (-1.0, [])
