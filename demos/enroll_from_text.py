@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     kw = spotter.enroll(args.keyword, sensitivity=args.sensitivity)
     print(f"enrolled {kw.name!r}: {' '.join(kw.pronunciation.with_boundaries())} "
-          f"({(time.perf_counter() - t0) * 1000:.0f} ms, threshold {kw.threshold:.2f})")
+          f"({(time.perf_counter() - t0) * 1000:.0f} ms incl. loading the dictionary once, "
+          f"threshold {kw.threshold:.2f})")
     truth = None
     path = args.wav
     if path is None:
@@ -63,7 +64,9 @@ def main(argv=None) -> int:
     for i in range(0, len(audio), hop):
         for det in stream.accept(audio[i:i + hop]):
             found.append(det)
-            print(f"  detected {det.keyword!r} at {det.start_s:.2f}-{det.end_s:.2f} s (score {det.score:.2f})")
+            words = ", ".join(f"{w.word} {w.start_s:.2f}-{w.end_s:.2f}" for w in det.words)
+            print(f"  detected {det.keyword!r} at {det.start_s:.2f}-{det.end_s:.2f} s (score {det.score:.2f})"
+                  + (f"  words: {words}" if words else ""))
     found += stream.flush()
     best = spotter.score_file(audio.astype(np.float32) / 32768.0, kw.name) if sr == 16000 else None
     if best:
