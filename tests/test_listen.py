@@ -60,9 +60,17 @@ def test_microphone_through_virtual_sink(keyword_wav):
     try:
         subprocess.run(["pactl", "set-default-source", "heron_test.monitor"], check=True, capture_output=True)
         listener = subprocess.Popen([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--mic",
-                                     "--seconds", "8", "--no-meter"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     "--seconds", "6", "--no-meter"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
-        time.sleep(3.0)  # the listener loads the model and opens the stream first
+        # play only once the listener has loaded the model and opened the microphone
+        seen = []
+        while not any("listening for" in line for line in seen) and len(seen) < 50:
+            line = listener.stderr.readline()  # "listening for 'hey heron' ..." comes before capture starts
+            if not line:
+                break
+            seen.append(line)
+        assert any("listening for" in line for line in seen), "".join(seen)
+        time.sleep(1.0)  # opening the input stream takes about 0.4 s
         subprocess.run(["paplay", "-d", "heron_test", str(keyword_wav[0])], check=True, timeout=30)
         out, err = listener.communicate(timeout=60)
         assert listener.returncode == 0, err
