@@ -31,11 +31,6 @@ from .data.vocab import vocabulary
 REAL_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_speech"
 
 
-def _parse_voice(vid: str) -> Voice:
-    eng, name, r, p, g = vid.split("/")
-    return Voice(eng, name, float(r[1:]), int(p[1:]), int(g[1:]))
-
-
 def _auc_eer(pos, neg) -> dict:
     e, _ = metrics.eer(pos, neg)
     return {"auc": round(100 * metrics.auc(pos, neg), 2), "eer": round(100 * e, 2), "n_pos": len(pos),
@@ -48,7 +43,7 @@ def heldout_pair_clips(n_anchors: int, seed: int, desc: str = "pairs"):
     reg = VoiceRegistry()
     voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
     pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
-    audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc=desc)
+    audio = synthesize_many([(Voice.from_id(p.voice), p.audio_text) for p in pairs], desc=desc)
     rng = np.random.default_rng(seed)
     noise = NoiseBank(None)
     for p, a in zip(pairs, audio):

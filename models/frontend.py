@@ -78,11 +78,15 @@ class LogMel(nn.Module):
         stacked = torch.cat([blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:]], dim=2)  # (B, F, 3*HOP)
         return stacked[:, :, :N_FFT]
 
-    def forward(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+    def log_mel(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        """Un-normalized log-mels. mel: a (N_BINS, n_mels) filterbank, or (B, N_BINS, n_mels) for one
+        per utterance (VTLP in training); default: the model's own."""
         spec = self.frames(wav) @ self.basis  # (B, F, 2*N_BINS)
         power = spec[..., :N_BINS] ** 2 + spec[..., N_BINS:] ** 2
-        feats = torch.log(power @ (self.mel if mel is None else mel) + self.config.log_floor)
-        return (feats - self.mean) / self.std
+        return torch.log(power @ (self.mel if mel is None else mel) + self.config.log_floor)
+
+    def forward(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.log_mel(wav, mel) - self.mean) / self.std
 
     def pad_history(self, wav: torch.Tensor) -> torch.Tensor:
         """Whole-utterance input: prepend the zero history a fresh stream starts with."""

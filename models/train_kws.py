@@ -88,17 +88,8 @@ class Featurizer:
         self.banks = torch.stack([mel_filterbank(c.n_mels, c.f_min, c.f_max, float(w)) for w in self.warps])
 
     def __call__(self, wav: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        x = self.fe.pad_history(wav)
-        spec = self.fe.frames(x) @ self.fe.basis
-        n = spec.shape[-1] // 2
-        power = spec[..., :n] ** 2 + spec[..., n:] ** 2
-        if gen is None:
-            mel = self.fe.mel.expand(wav.shape[0], -1, -1)
-        else:
-            idx = torch.randint(0, len(self.warps), (wav.shape[0],), generator=gen)
-            mel = self.banks[idx]
-        feats = torch.log(torch.bmm(power, mel) + self.fe.config.log_floor)
-        return (feats - self.fe.mean) / self.fe.std
+        mel = None if gen is None else self.banks[torch.randint(0, len(self.warps), (wav.shape[0],), generator=gen)]
+        return self.fe(self.fe.pad_history(wav), mel)
 
 
 def save_checkpoint(path: Path, model: GatedConformer, opt: torch.optim.Optimizer | None, step: int,
@@ -165,11 +156,7 @@ def estimate_normalization(model: GatedConformer, stream: BatchStream, batches: 
     with torch.no_grad():
         for _ in range(batches):
             wav, *_ = next(stream)
-            x = fe.pad_history(torch.from_numpy(wav))
-            spec = fe.frames(x) @ fe.basis
-            n = spec.shape[-1] // 2
-            feats.append(torch.log((spec[..., :n] ** 2 + spec[..., n:] ** 2) @ fe.mel + fe.config.log_floor)
-                         .reshape(-1, fe.config.n_mels))
+            feats.append(fe.log_mel(fe.pad_history(torch.from_numpy(wav))).reshape(-1, fe.config.n_mels))
     allf = torch.cat(feats)
     fe.mean.copy_(allf.mean(0))
     fe.std.copy_(allf.std(0).clamp_min(1e-3))

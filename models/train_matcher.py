@@ -27,7 +27,7 @@ from .align import PhonemeTable, forced_align
 from .confusable import confusable, confusion_from_alignments
 from .data.augment import AugmentConfig, Augmenter
 from .data.pairs import make_pairs
-from .data.tts import VoiceRegistry, synthesize_many
+from .data.tts import Voice, VoiceRegistry, synthesize_many
 from .data.vocab import vocabulary
 from .kws_data import TrainNoise
 from .matcher import MatcherConfig, SLiCKMatcher, prefix_labels
@@ -107,9 +107,7 @@ def build_examples(encoder, cfg: MatcherTrainConfig, split: str = "train", seed:
     reg = VoiceRegistry()
     voices = [v.id for v in reg.sample(max(64, cfg.anchors), split=split, seed=seed)]
     pairs = make_pairs(vocabulary(), cfg.anchors, seed=seed, voices=voices)
-    from .eval_kws import _parse_voice
-
-    audio = synthesize_many([(_parse_voice(p.voice), p.audio_text) for p in pairs], desc="matcher pairs")
+    audio = synthesize_many([(Voice.from_id(p.voice), p.audio_text) for p in pairs], desc="matcher pairs")
     aug = Augmenter(AugmentConfig(p_noise=0.7, snr_range_db=(5.0, 30.0)), TrainNoise(None),
                     [a for a in audio[:100]])
     clips = [aug(a, np.random.default_rng([seed, i])) for i, a in enumerate(audio)]

@@ -209,10 +209,6 @@ class KeywordSpotter:
             lps.append(lp), embs.append(emb), gates.append(g)
         return np.concatenate(lps), np.concatenate(embs), np.stack(gates)
 
-    def log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lp, _, gates = self.encode(audio)
-        return lp, gates
-
     def verify(self, kw: Keyword, emb_window: np.ndarray) -> float:
         """Second stage: probability that the keyword is spoken in this embedding window."""
         w = emb_window[-self.verifier_max_frames:]

@@ -77,11 +77,7 @@ def _pairs(args) -> int:
         import soundfile as sf
         from heron.models.data.tts import SAMPLE_RATE, Voice, synthesize_many
 
-        def parse(vid: str) -> Voice:
-            eng, name, r, p, g = vid.split("/")
-            return Voice(eng, name, float(r[1:]), int(p[1:]), int(g[1:]))
-
-        audio = synthesize_many([(parse(p.voice), p.audio_text) for p in pairs], desc="pairs")
+        audio = synthesize_many([(Voice.from_id(p.voice), p.audio_text) for p in pairs], desc="pairs")
         d = Path(args.synth)
         d.mkdir(parents=True, exist_ok=True)
         for i, a in enumerate(audio):

@@ -56,6 +56,15 @@ class Voice:
     def id(self) -> str:
         return f"{self.base_id}/r{self.rate:.2f}/p{self.pitch}/g{self.word_gap}"
 
+    @classmethod
+    def from_id(cls, vid: str) -> "Voice":
+        """Inverse of `id` ("espeak/en-us+f3/r1.00/p50/g0" -> Voice)."""
+        try:
+            eng, name, r, p, g = vid.split("/")
+            return cls(eng, name, float(r[1:]), int(p[1:]), int(g[1:]))
+        except ValueError:
+            raise ValueError(f"not a voice id: {vid!r} (expected engine/name/rR/pP/gG)") from None
+
 
 def _run(cmd: list[str], *, input_text: str | None = None, timeout: float = 60.0) -> bytes:
     p = subprocess.run(cmd, input=input_text.encode() if input_text is not None else None,
