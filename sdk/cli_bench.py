@@ -68,6 +68,42 @@ def register(sub, formatter) -> None:
                    help="also stream this long wav (e.g. from `heron data stream --minutes 60`) and log memory")
     q.set_defaults(func=_kws)
 
+    q = bsub.add_parser("lm", help="LM decoding: plain vs draft / MTP / Mirror speculative decoding "
+                                   "(acceptance, beta, c, predicted vs measured speedup, latency)",
+                        formatter_class=formatter)
+    q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--mtp", default=None, help="MTP adapter (default: the shipped one)")
+    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror"])
+    q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
+    q.add_argument("--new-tokens", type=int, default=48)
+    q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
+    q.add_argument("--gamma", type=int, default=4)
+    q.add_argument("--kappa", type=int, default=2)
+    q.add_argument("--exit-layer", type=int, default=2)
+    q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
+    q.add_argument("--json", default="runs/bench/lm.json", help="where to write the full report")
+    q.set_defaults(func=_lm)
+
+
+def _lm(args) -> int:
+    import json
+    from pathlib import Path
+
+    from heron.cli_lm import DEFAULT_LM, _torch_import
+    _torch_import()
+    from heron.models.lm import bench
+
+    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
+                           kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
+                           target_device=args.target_device)
+    report = bench.run(args.model or DEFAULT_LM, o, draft=args.draft, mtp=args.mtp)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    print(bench.markdown(report))
+    print(f"\nmachine: {report['machine']}; date {report['date']}; full report: {args.json}")
+    return 0
+
 
 def _kws(args) -> int:
     """Runtime speed (1 thread), enrollment latency, gate skipping on speech vs noise, bundle size."""

@@ -7,7 +7,31 @@ from pathlib import Path
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "kws-base"
 
 
+def _export_lm(args) -> int:
+    try:
+        from heron.export.onnx_lm import export_bundle
+    except ImportError as e:
+        raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
+    base = Path(args.out)
+    outs = []
+    if args.target in ("onnx", "all"):
+        out = base / "onnx" if args.target == "all" else base
+        export_bundle(args.lm, out, k=args.k, int8=True)
+        outs.append(out)
+    if args.target in ("coreml", "all"):
+        from heron.export.coreml_lm import export_coreml_bundle
+        out = base / "coreml" if args.target == "all" else base
+        export_coreml_bundle(args.lm, out, k=args.k)
+        outs.append(out)
+    for o in outs:
+        for f in sorted(o.iterdir()):
+            print(f"{f}  {f.stat().st_size / 1e6 if f.is_file() else 0:.2f} MB")
+    return 0
+
+
 def _export(args) -> int:
+    if args.lm:
+        return _export_lm(args)
     try:
         from heron.export.onnx_kws import write_bundle
         from heron.models.train_kws import load_encoder
@@ -99,4 +123,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="default detection threshold (sensitivity 0.5) stored in the bundle; default: keep/0.5")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
+    p.add_argument("--lm", default=None, help="export this LM checkpoint instead of the keyword spotter "
+                                              "(ONNX with KV-cache state + int8; Core ML)")
+    p.add_argument("--k", type=int, default=None, help="LM: active experts baked into the export (default: the model's)")
     p.set_defaults(func=_export)

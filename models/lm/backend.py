@@ -1,0 +1,91 @@
+"""The torch backend (cpu, cuda, mps) of the runtime's LM backend interface (heron.runtime.lm.LMBackend),
+plus the split target Mirror-SD needs: `prefix` runs the layers below the early exit and returns its
+candidates' logits, `suffix` finishes the same block.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from heron.models.lm.model import KVCache, Routing, Transformer
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--target-device cuda: no CUDA GPU is visible to torch here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--target-device mps: Metal is not available here")
+    return device
+
+
+class TorchLM:
+    def __init__(self, model: Transformer, device: str = "cpu", threads: int | None = None, k: int | None = None,
+                 max_len: int | None = None):
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        if threads:
+            torch.set_num_threads(threads)
+        self.route = Routing(k=model.resolve_k(k) if k is not None else None)
+        self.vocab_size = model.cfg.vocab_size
+        self.max_len = max_len or model.cfg.max_seq_len
+        self.cache = KVCache(model.cfg, batch=1, max_len=self.max_len, device=self.device)
+        self.name = f"torch[{self.device}]"
+        self._pending = None
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def _tokens(self, tokens: Sequence[int]) -> torch.Tensor:
+        if len(tokens) == 0:
+            raise ValueError("empty token block")
+        if self.length + len(tokens) > self.max_len:
+            raise ValueError(f"{self.length + len(tokens)} positions exceed the context of {self.max_len}")
+        return torch.tensor([list(tokens)], device=self.device)
+
+    @torch.no_grad()
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        out = self.model(self._tokens(tokens), self.cache, self.route).logits[0]
+        return out.float().cpu().numpy()
+
+    @torch.no_grad()
+    def prefix(self, tokens: Sequence[int], exit_layer: int) -> np.ndarray:
+        """Run layers [0, exit_layer) on the block; -> early-exit logits (T, V). Call `suffix()` next."""
+        if not 1 <= exit_layer < self.model.cfg.n_layers:
+            raise ValueError(f"--exit-layer must be in [1, {self.model.cfg.n_layers - 1}], got {exit_layer}")
+        x = self._tokens(tokens)
+        out = self.model(x, self.cache, self.route, hidden_layers=(exit_layer - 1,), stop_at=exit_layer)
+        h = out.hidden[exit_layer - 1]
+        self._pending = (x, exit_layer, h)
+        return self.model.head(h)[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def suffix(self) -> np.ndarray:
+        """Finish the block started by `prefix`: layers [exit_layer, n) and the head -> logits (T, V)."""
+        if self._pending is None:
+            raise RuntimeError("suffix() without a prefix() call")
+        x, layer, h = self._pending
+        self._pending = None
+        return self.model(x, self.cache, self.route, resume=(layer, h)).logits[0].float().cpu().numpy()
+
+    def trim(self, n: int) -> None:
+        self.cache.trim(n)
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def snapshot(self):
+        return self.cache.length  # positions beyond it are rewritten, never read: a length is enough for rewinds
+
+    def restore(self, state) -> None:
+        if state > self.cache.length:
+            raise ValueError("a torch cache can only be rewound, not moved forward")
+        self.cache.length = state

@@ -1,0 +1,209 @@
+"""`heron bench lm`: speed and acceptance of every decoding method on held-out prompts.
+
+All methods get the same thread budget: plain decoding and MTP run the target with `threads` torch
+threads; draft and Mirror speculative decoding give the target threads - 1 and the draft (onnxruntime)
+one thread of its own. Greedy decoding, so every method's output is also checked against plain
+decoding token for token (lossless), and the run fails loudly if one differs.
+
+Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
+bonus/correction token not counted) and tokens per target forward (counted), per-position acceptance,
+beta (cost of verifying a block of gamma + 1 tokens relative to one decoding step), c (one draft step
+relative to one target step), and the measured speedup against the predicted one from
+"what to measure": E = (1 - a^(g+1)) / (1 - a); serial E / (beta + g c); overlapped E / max(beta, g c).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heron.models.lm import checkpoint, corpus
+from heron.models.lm.backend import TorchLM
+from heron.models.lm.decoders import DecoderOptions, load_draft, make_decoder
+from heron.models.lm.model import KVCache, Transformer, preset
+from heron.runtime import speculative as sp
+
+
+@dataclass
+class BenchOptions:
+    prompts: int = 12
+    prompt_tokens: int = 32
+    new_tokens: int = 48
+    threads: int = 2
+    gamma: int = 4
+    kappa: int = 2
+    exit_layer: int = 2
+    methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror")
+    target_device: str = "cpu"
+    decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
+
+
+def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:
+    docs = [d for d in corpus.stdlib_documents() if d.held_out]
+    out = []
+    for d in docs:
+        ids = tok.encode(d.text)
+        if len(ids) >= length:
+            out.append(ids[:length])
+        if len(out) == n:
+            break
+    return out
+
+
+def _time_call(fn, reps: int = 20) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def step_costs(model: Transformer, draft, gamma: int, context: int, threads: int) -> dict:
+    """Seconds of one target decoding step, one target verify of gamma + 1 tokens, one draft step."""
+    torch.set_num_threads(threads)
+    t = TorchLM(model)
+    ctx = list(range(1, context + 1))
+
+    def target_step(n):
+        def f():
+            t.reset()
+            t.cache.length = context  # positions' contents do not matter for timing
+            t.forward(ctx[:n])
+        return f
+    t.forward(ctx)
+    one, block = _time_call(target_step(1)), _time_call(target_step(gamma + 1))
+    out = {"target_step_s": one, "verify_s": block, "beta": block / one}
+    if draft is not None:
+        draft.reset()
+        draft.forward(ctx)
+        base = draft.snapshot()
+
+        def d():
+            draft.restore(base)
+            draft.forward([5])
+        out["draft_step_s"] = _time_call(d)
+        out["c"] = out["draft_step_s"] / one
+    return out
+
+
+def run_method(decode, prompts, opts: sp.DecodeOptions, method: str) -> tuple[dict, list[list[int]]]:
+    outs, lat, stats_all = [], [], []
+    t_total, n_total = 0.0, 0
+    for p in prompts:
+        st = sp.DecodeStats(method=method)
+        t0 = time.perf_counter()
+        ids = [t.id for t in decode(p, opts, st)]
+        dt = time.perf_counter() - t0
+        t_total += dt
+        n_total += len(ids)
+        times = [t0] + st.token_times
+        lat += list(np.diff(times))
+        outs.append(ids)
+        stats_all.append(st)
+    row = {"method": method, "tokens_per_s": n_total / t_total,
+           "p50_token_ms": 1e3 * float(np.percentile(lat, 50)), "p95_token_ms": 1e3 * float(np.percentile(lat, 95))}
+    acc = [a for s in stats_all for a in s.accepted]
+    if acc:
+        tries = np.sum([np.pad(s.position_tries, (0, 16))[:16] for s in stats_all], 0)
+        hits = np.sum([np.pad(s.position_hits, (0, 16))[:16] for s in stats_all], 0)
+        per_pos = [round(float(h / t), 3) for h, t in zip(hits, tries) if t > 0]
+        alpha = float(hits.sum() / max(1, tries.sum()))
+        row.update({"accepted_per_round": float(np.mean(acc)),
+                    "tokens_per_target_forward": n_total / max(1, sum(s.target_calls for s in stats_all)),
+                    "per_position_acceptance": per_pos, "alpha": alpha})
+    if method == "mirror":
+        hits_b = sum(s.branch_hits for s in stats_all)
+        miss_b = sum(s.branch_misses for s in stats_all)
+        row["branch_reuse_rate"] = hits_b / max(1, hits_b + miss_b)
+    fb = [s.fallback for s in stats_all if s.fallback]
+    if fb:
+        row["fallbacks"] = fb
+    return row, outs
+
+
+def predicted(alpha: float, gamma: int, beta: float, c: float) -> dict:
+    E = (1 - alpha ** (gamma + 1)) / (1 - alpha) if alpha < 1 else gamma + 1
+    return {"E": E, "serial": E / (beta + gamma * c), "overlapped": E / max(beta, gamma * c)}
+
+
+def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
+    """tokens/s of plain KV-cached decoding, 1 thread, batch 1 (random weights: speed does not depend on them)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = Transformer(preset(preset_name)).eval()
+    cache = KVCache(m.cfg, 1)
+    with torch.no_grad():
+        m(torch.arange(1, context + 1)[None], cache)
+        tok = torch.tensor([[7]])
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            tok = m(tok, cache).logits[:, -1:].argmax(-1)
+        dt = time.perf_counter() - t0
+    return {"preset": preset_name, "params_m": m.num_params() / 1e6, "active_params_m": m.num_params(active=True) / 1e6,
+            "tokens_per_s": tokens / dt, "threads": 1, "batch": 1}
+
+
+def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None = None, log=print) -> dict:
+    model, tok, meta = checkpoint.load(target_dir)
+    prompts = held_out_prompts(tok, o.prompts, o.prompt_tokens)
+    opts = sp.DecodeOptions(max_new_tokens=o.new_tokens, temperature=0.0)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads max",
+              "date": time.strftime("%Y-%m-%d"), "target": str(target_dir), "options": o.__dict__, "rows": []}
+    dopts = DecoderOptions(gamma=o.gamma, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp,
+                           target_device=o.target_device)
+    ref = None
+    for method in ("none",) + tuple(m for m in o.methods if m != "none"):
+        threads = o.threads if method in ("none", "mtp") else max(1, o.threads - 1)
+        dopts.method, dopts.target_threads = method, threads
+        decode = make_decoder(model, dopts)
+        row, outs = run_method(decode, prompts, opts, method)
+        row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
+        if ref is None:
+            ref = outs
+        row["lossless"] = outs == ref
+        if not row["lossless"]:
+            raise RuntimeError(f"{method}: output differs from plain decoding (lossless check failed)")
+        report["rows"].append(row)
+        log(f"{method}: {row['tokens_per_s']:.1f} tok/s")
+    d = load_draft(DecoderOptions(draft=draft))
+    costs = step_costs(model, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
+    report["costs"] = costs
+    base = report["rows"][0]["tokens_per_s"]
+    vanilla = next((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), None)
+    for r in report["rows"]:
+        r["speedup_vs_plain"] = r["tokens_per_s"] / base
+        if vanilla:
+            r["speedup_vs_draft_sd"] = r["tokens_per_s"] / vanilla
+        if "alpha" in r and r["method"] in ("draft", "mirror"):
+            pred = predicted(r["alpha"], o.gamma, costs["beta"], costs["c"])
+            r["predicted_speedup"] = pred["serial"] if r["method"] == "draft" else pred["overlapped"]
+            r["E"] = pred["E"]
+    report["decode_speed"] = decode_speed(o.decode_preset)
+    return report
+
+
+def markdown(report: dict) -> str:
+    cols = ["method", "target_threads", "draft_threads", "tokens_per_s", "speedup_vs_plain", "speedup_vs_draft_sd",
+            "predicted_speedup", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
+            "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
+
+    def f(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+        if isinstance(v, list):
+            return " ".join(f"{x:.2f}" for x in v)
+        return str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in report["rows"]]
+    c = report["costs"]
+    lines.append(f"\nbeta (verify {report['options']['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; "
+                 f"c (draft step / target step) = {c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
+    ds = report["decode_speed"]
+    lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "
+                 f"{ds['active_params_m']:.1f} M active), 1 thread, batch 1: {ds['tokens_per_s']:.1f} tokens/s")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Load Hugging Face-format checkpoints (config.json + *.safetensors) of the Mixtral, OLMoE and
+Qwen2-MoE families into heron's Transformer, so dial-k, Roster of Experts and speculative decoding
+run on real architectures. Nothing is downloaded: point it at a local folder.
+
+Both on-disk layouts are read: per-expert tensors (`experts.3.w1.weight`, `experts.3.gate_proj.weight`)
+and the fused layout of newer transformers releases (`experts.gate_up_proj`, `experts.down_proj`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from heron.models.lm.model import LMConfig, MoE, Transformer
+
+FAMILIES = ("mixtral", "olmoe", "qwen2_moe")
+
+
+def _rope_theta(c: dict) -> float:
+    rp = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    if rp.get("rope_type", rp.get("type", "default")) not in ("default", None):
+        raise ValueError(f"RoPE scaling {rp.get('rope_type', rp.get('type'))!r} is not supported")
+    return float(rp.get("rope_theta", c.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(c: dict) -> LMConfig:
+    family = c.get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"unsupported model_type {family!r}; heron loads {', '.join(FAMILIES)}")
+    if c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {c['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    if c.get("clip_qkv") is not None:
+        raise ValueError("OLMoE clip_qkv is not supported")
+    if c.get("use_sliding_window") or (family == "mixtral" and c.get("sliding_window")):
+        raise ValueError("sliding-window attention is not supported")
+    n_layers = c["num_hidden_layers"]
+    common = dict(vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=n_layers,
+                  n_heads=c["num_attention_heads"], n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+                  head_dim=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
+                  rope_theta=_rope_theta(c), norm_eps=c.get("rms_norm_eps", 1e-6),
+                  max_seq_len=c.get("max_position_embeddings", 2048),
+                  tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+                  top_k=c["num_experts_per_tok"])
+    if family == "mixtral":
+        return LMConfig(**common, n_experts=c["num_local_experts"], expert_dim=c["intermediate_size"],
+                        ffn_dim=c["intermediate_size"], norm_topk_prob=True)
+    if family == "olmoe":
+        if c.get("attention_bias"):
+            raise ValueError("OLMoE with attention_bias is not supported")
+        return LMConfig(**common, n_experts=c["num_experts"], expert_dim=c["intermediate_size"],
+                        ffn_dim=c["intermediate_size"], norm_topk_prob=bool(c.get("norm_topk_prob", False)),
+                        qk_norm=True)
+    step = c.get("decoder_sparse_step", 1)
+    dense = tuple(i for i in range(n_layers) if i in c.get("mlp_only_layers", []) or (i + 1) % step)
+    return LMConfig(**common, n_experts=c["num_experts"], expert_dim=c["moe_intermediate_size"],
+                    ffn_dim=c["intermediate_size"], norm_topk_prob=bool(c.get("norm_topk_prob", False)),
+                    shared_expert_dim=c.get("shared_expert_intermediate_size", 0),
+                    shared_expert_gate=bool(c.get("shared_expert_intermediate_size", 0)),
+                    qkv_bias=bool(c.get("qkv_bias", True)), dense_layers=dense)
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            out.update(load_file(str(f)))
+        except Exception as e:  # safetensors raises its own error type on corrupt headers
+            raise ValueError(f"{f} is not a readable safetensors file: {e}") from e
+    return out
+
+
+def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
+    """A heron Transformer with the weights of the HF checkpoint in `folder` (eval mode)."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    hc = json.loads(cfg_path.read_text())
+    cfg = config_from_hf(hc)
+    src = _read_tensors(folder)
+    model = Transformer(cfg)
+    expert_names = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2")}.get(
+        hc["model_type"], ("mlp", "gate_proj", "up_proj", "down_proj"))
+    state = {"embed.weight": src.pop("model.embed_tokens.weight"), "norm.weight": src.pop("model.norm.weight")}
+    if not cfg.tie_embeddings:
+        state["lm_head.weight"] = src.pop("lm_head.weight")
+    else:
+        src.pop("lm_head.weight", None)
+    for i, blk in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        state[f"layers.{i}.attn_norm.weight"] = src.pop(p + "input_layernorm.weight")
+        state[f"layers.{i}.ffn_norm.weight"] = src.pop(p + "post_attention_layernorm.weight")
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
+            for kind in ("weight", "bias"):
+                key = f"{p}self_attn.{name}.{kind}"
+                if key in src:
+                    state[f"layers.{i}.attn.{name}.{kind}"] = src.pop(key)
+        if isinstance(blk.ffn, MoE):
+            state.update(_moe_state(src, p, i, cfg, *expert_names))
+        else:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                state[f"layers.{i}.ffn.{name}.weight"] = src.pop(f"{p}mlp.{name}.weight")
+    leftover = [k for k in src if "rotary_emb" not in k]
+    if leftover:
+        raise ValueError(f"checkpoint tensors heron does not know how to place: {leftover[:5]}")
+    try:
+        missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint does not match its config: {str(e).splitlines()[1:3]}") from e
+    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(dtype).eval()
+
+
+def _moe_state(src, p, i, cfg, block, gate, up, down) -> dict[str, torch.Tensor]:
+    out = {}
+    m = f"{p}{block}."
+    out[f"layers.{i}.ffn.router.weight"] = src.pop(m + "gate.weight")
+    if m + "experts.gate_up_proj" in src:  # fused layout: (E, 2F, D) and (E, D, F)
+        gu = src.pop(m + "experts.gate_up_proj")
+        out[f"layers.{i}.ffn.w_gate"], out[f"layers.{i}.ffn.w_up"] = gu.chunk(2, dim=1)
+        out[f"layers.{i}.ffn.w_down"] = src.pop(m + "experts.down_proj")
+    else:
+        E = cfg.n_experts
+        out[f"layers.{i}.ffn.w_gate"] = torch.stack([src.pop(f"{m}experts.{e}.{gate}.weight") for e in range(E)])
+        out[f"layers.{i}.ffn.w_up"] = torch.stack([src.pop(f"{m}experts.{e}.{up}.weight") for e in range(E)])
+        out[f"layers.{i}.ffn.w_down"] = torch.stack([src.pop(f"{m}experts.{e}.{down}.weight") for e in range(E)])
+    if cfg.shared_expert_dim:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[f"layers.{i}.ffn.shared.{name}.weight"] = src.pop(f"{m}shared_expert.{name}.weight")
+        if cfg.shared_expert_gate:
+            out[f"layers.{i}.ffn.shared_gate.weight"] = src.pop(f"{m}shared_expert_gate.weight")
+    return out

@@ -1,0 +1,471 @@
+"""Lossless decoding strategies over LM backends (heron.runtime.lm): plain autoregressive decoding,
+classic draft-model speculative decoding, and Mirror speculative decoding (draft and target in parallel
+on different devices). numpy only; the backends do the compute.
+
+Acceptance (Leviathan et al. / Chen et al.), at each draft position i with target p_i and draft q_i:
+  accept draft token d with probability min(1, p_i(d) / q_i(d));
+  on the first rejection, emit a token from norm(max(p_i - q_i, 0)) and end the round;
+  if every draft token is accepted, emit a bonus token from p_gamma.
+Greedy decoding is the special case of one-hot p and q, so greedy output equals plain decoding.
+
+Every backend keeps a cache that is a prefix of the sequence plus, possibly, rejected tokens; `_sync`
+trims those and feeds what it is missing, so the strategies never track cache offsets by hand.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from heron.runtime.lm import Token
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0        # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    eot_id: int | None = None       # stop after this token (None: never)
+    draft_timeout_s: float = 5.0    # a draft call slower than this counts as a stalled draft
+
+
+@dataclass
+class DecodeStats:
+    method: str = "plain"
+    target_calls: int = 0
+    draft_calls: int = 0
+    rounds: int = 0
+    accepted: list[int] = field(default_factory=list)      # draft tokens accepted per round
+    position_tries: list[int] = field(default_factory=list)  # per draft position: times it was verified
+    position_hits: list[int] = field(default_factory=list)   # ... and accepted
+    target_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    branch_hits: int = 0
+    branch_misses: int = 0
+    branches_built: int = 0
+    fallback: str | None = None    # why decoding continued on the target alone
+    token_times: list[float] = field(default_factory=list)   # wall time at which each token was emitted
+    generated: int = 0
+
+    def record_position(self, i: int, accepted: bool) -> None:
+        while len(self.position_tries) <= i:
+            self.position_tries.append(0)
+            self.position_hits.append(0)
+        self.position_tries[i] += 1
+        self.position_hits[i] += int(accepted)
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        return self.generated / max(1, self.target_calls)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean accepted draft tokens per round (the bonus/correction token not counted)."""
+        return float(np.mean(self.accepted)) if self.accepted else 0.0
+
+    @property
+    def reuse_rate(self) -> float:
+        n = self.branch_hits + self.branch_misses
+        return self.branch_hits / n if n else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# distributions
+
+
+def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        out = np.zeros_like(logits)
+        np.put_along_axis(out, logits.argmax(-1)[..., None], 1.0, axis=-1)
+        return out
+    z = logits / temperature
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(-p, axis=-1)
+        sp = np.take_along_axis(p, order, -1)
+        keep = np.cumsum(sp, -1) - sp < top_p
+        mask = np.zeros_like(p, dtype=bool)
+        np.put_along_axis(mask, order, keep, axis=-1)
+        p = np.where(mask, p, 0.0)
+        p /= p.sum(-1, keepdims=True)
+    return p
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    if p.max() == 1.0:
+        return int(p.argmax())
+    return int(rng.choice(len(p), p=p))
+
+
+def verify(p: np.ndarray, q: np.ndarray, draft: Sequence[int], rng: np.random.Generator,
+           stats: DecodeStats | None = None) -> tuple[int, int]:
+    """Rejection sampling of `draft` (gamma tokens) against target p (gamma+1, V) and draft q (gamma, V).
+    -> (number accepted, the correction or bonus token)."""
+    for i, d in enumerate(draft):
+        ok = rng.random() < min(1.0, p[i, d] / max(q[i, d], 1e-30)) if q[i, d] > 0 else False
+        if p[i].max() == 1.0 and q[i].max() == 1.0:  # greedy: exact comparison, no randomness
+            ok = p[i, d] == 1.0
+        if stats is not None:
+            stats.record_position(i, ok)
+        if not ok:
+            residual = np.maximum(p[i] - q[i], 0.0)
+            total = residual.sum()
+            return i, draw(residual / total if total > 0 else p[i], rng)
+    return len(draft), draw(p[len(draft)], rng)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+class CachedBackend:
+    """What a backend's cache holds (token ids), so it can be synced to the sequence."""
+
+    def __init__(self, backend):
+        self.b, self.ids = backend, []
+
+    def sync(self, seq: list[int], upto: int) -> list[int]:
+        """Trim tokens that disagree with seq[:upto]; -> the tokens of seq[:upto] still to feed."""
+        n = 0
+        for a, b in zip(self.ids, seq[:upto]):
+            if a != b:
+                break
+            n += 1
+        if len(self.ids) > n:
+            self.b.trim(len(self.ids) - n)
+            del self.ids[n:]
+        return seq[n:upto]
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        out = self.b.forward(tokens)
+        self.ids.extend(tokens)
+        return out
+
+
+class Emitter:
+    def __init__(self, seq, opts: DecodeOptions, stats: DecodeStats, detok: Callable | None):
+        self.seq, self.opts, self.stats, self.detok = seq, opts, stats, detok
+        self.start_len, self.done = len(seq), False
+
+    def emit(self, tok: int, from_draft: bool) -> Token:
+        self.seq.append(tok)
+        self.stats.generated += 1
+        self.stats.token_times.append(time.perf_counter())
+        n_new = len(self.seq) - self.start_len
+        if n_new >= self.opts.max_new_tokens or tok == self.opts.eot_id:
+            self.done = True
+        return Token(tok, self.detok(tok) if self.detok else "", len(self.seq) - 1, from_draft)
+
+
+def check_prompt(prompt: Sequence[int], max_len: int, opts: DecodeOptions) -> None:
+    if not prompt:
+        raise ValueError("empty prompt: give at least one token")
+    if len(prompt) >= max_len:
+        raise ValueError(f"the prompt is {len(prompt)} tokens; the context is {max_len}")
+    if opts.max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+
+
+def _room(seq, max_len, gamma) -> int:
+    """How many draft tokens still fit: the round may emit gamma + 1 tokens and the sequence must stay
+    within the context (the same end as plain decoding)."""
+    return max(0, min(gamma, max_len - len(seq) - 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# plain decoding
+
+
+def plain(target, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), stats: DecodeStats | None = None,
+          detok: Callable | None = None) -> Iterator[Token]:
+    check_prompt(prompt, target.max_len, opts)
+    stats = stats if stats is not None else DecodeStats()
+    stats.method = stats.method or "plain"
+    rng = np.random.default_rng(opts.seed)
+    tc = CachedBackend(target)
+    target.reset()
+    yield from _plain_loop(tc, list(prompt), opts, stats, rng, Emitter(list(prompt), opts, stats, detok))
+
+
+def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterator[Token]:
+    em.seq = seq
+    while not em.done and len(seq) < tc.b.max_len:
+        feed = tc.sync(seq, len(seq))
+        t0 = time.perf_counter()
+        logits = tc.forward(feed)[-1]
+        stats.target_time_s += time.perf_counter() - t0
+        stats.target_calls += 1
+        yield em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
+
+
+# ------------------------------------------------------------------------------------------------
+# draft-model speculative decoding
+
+
+class _DraftRunner:
+    """Runs draft calls on a worker thread with a timeout; after a failure or a stall the draft is
+    abandoned for the rest of the generation and decoding continues on the target alone."""
+
+    def __init__(self, timeout_s: float):
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="heron-draft")
+        self.timeout_s = timeout_s
+        self.failed: str | None = None
+
+    def submit(self, fn, *args) -> cf.Future:
+        return self.pool.submit(fn, *args)
+
+    def result(self, fut: cf.Future, timeout: float | None = None):
+        try:
+            return fut.result(timeout=self.timeout_s if timeout is None else timeout)
+        except cf.TimeoutError:
+            self.failed = f"draft stalled (no answer in {self.timeout_s:.1f} s)"
+        except Exception as e:  # any backend error: the target alone finishes the job
+            self.failed = f"draft failed: {type(e).__name__}: {e}"
+        return None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOptions, rng) -> tuple[list[int], np.ndarray]:
+    """gamma draft tokens continuing seq, and the draft distributions they were drawn from."""
+    feed = dc.sync(seq, len(seq))
+    toks, qs = [], []
+    for _ in range(gamma):
+        q = probs(dc.forward(feed)[-1], opts.temperature, opts.top_p)
+        t = draw(q, rng)
+        toks.append(t)
+        qs.append(q)
+        feed = [t]
+    return toks, np.stack(qs)
+
+
+def speculative(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), gamma: int = 4,
+                stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
+    """Classic draft-model speculative decoding: the draft proposes gamma tokens, the target verifies
+    them in one forward pass, rejected tokens are rolled back from both caches."""
+    check_prompt(prompt, target.max_len, opts)
+    if gamma < 1:
+        raise ValueError(f"--gamma must be >= 1, got {gamma}")
+    if draft.vocab_size != target.vocab_size:
+        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
+    stats = stats if stats is not None else DecodeStats(method="draft")
+    rng, draft_rng = np.random.default_rng(opts.seed), np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    target.reset()
+    draft.reset()
+    tc, dc = CachedBackend(target), CachedBackend(draft)
+    seq = list(prompt)
+    em = Emitter(seq, opts, stats, detok)
+    runner = _DraftRunner(opts.draft_timeout_s)
+    try:
+        while not em.done:
+            g = _room(seq, min(target.max_len, draft.max_len), gamma)
+            if g == 0:
+                break
+            t0 = time.perf_counter()
+            res = runner.result(runner.submit(_draft_window, dc, seq, g, opts, draft_rng))
+            stats.draft_time_s += time.perf_counter() - t0
+            if res is None:
+                stats.fallback = runner.failed
+                break
+            window, qs = res
+            stats.draft_calls += g
+            yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+        if not em.done:
+            yield from _plain_loop(tc, seq, opts, stats, rng, em)
+    finally:
+        runner.close()
+
+
+def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logits=None) -> Iterator[Token]:
+    """Target-verify `window`; emit the accepted tokens and the correction/bonus token."""
+    if logits is None:
+        feed = tc.sync(seq, len(seq)) + list(window)
+        t0 = time.perf_counter()
+        logits = tc.forward(feed)[-(len(window) + 1):]
+        stats.target_time_s += time.perf_counter() - t0
+        stats.target_calls += 1
+    p = probs(logits, opts.temperature, opts.top_p)
+    n_acc, extra = verify(p, qs, window, rng, stats)
+    stats.rounds += 1
+    stats.accepted.append(n_acc)
+    for t in window[:n_acc]:
+        yield em.emit(t, True)
+        if em.done:
+            return
+    yield em.emit(extra, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mirror speculative decoding
+
+
+@dataclass
+class _Branch:
+    depth: int                 # accepted draft tokens this branch assumes
+    root: int                  # the correction token it assumes at that depth
+    window: list[int]          # the gamma draft tokens after root
+    qs: np.ndarray             # their draft distributions
+    state: object              # draft backend snapshot holding prefix + window[:depth] + root + window'[:-1]
+    ids: list[int]             # the token ids of that state
+
+
+def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int, alpha: float) -> list[tuple[int, int, float]]:
+    """(depth, candidate, score) ranked by P(depth) x P_exit(candidate): the draft builds the most likely
+    correction paths first. Depth j < gamma means "rejected at j" (the candidate must differ from the
+    draft token there); depth gamma means "all accepted" (the candidate is the bonus token)."""
+    g = len(window)
+    p_exit = probs(early_logits, 1.0, 1.0)
+    out = []
+    for j in range(g + 1):
+        p_depth = alpha ** j * ((1 - alpha) if j < g else 1.0)
+        cands = [int(c) for c in np.argsort(-p_exit[j])[:kappa + 1] if j == g or int(c) != window[j]][:kappa]
+        out += [(j, c, p_depth * float(p_exit[j, c])) for c in cands]
+    return sorted(out, key=lambda r: -r[2])
+
+
+def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window: list[int],
+                    order, gamma: int, opts: DecodeOptions, rng, cancel: threading.Event,
+                    out: dict, budget: int) -> None:
+    """Draft thread: expand candidate corrections into rollouts until cancelled or out of budget."""
+    for depth, root, _ in order[:budget]:
+        if cancel.is_set():
+            return
+        keep = seq_len + depth  # positions of prefix + window[:depth]; the base state holds prefix + window[:-1]
+        draft.restore(base_state)
+        if keep > len(base_ids):  # window[:depth] is not all cached (depth == gamma)
+            draft.forward(window[len(base_ids) - seq_len:depth])
+        else:
+            draft.trim(len(base_ids) - keep)
+        ids = (base_ids[:seq_len] + window)[:keep]
+        feed, toks, qs = [root], [], []
+        for _ in range(gamma):
+            if cancel.is_set():
+                return
+            q = probs(draft.forward(feed)[-1], opts.temperature, opts.top_p)
+            ids += feed
+            t = draw(q, rng)
+            toks.append(t)
+            qs.append(q)
+            feed = [t]
+        out[(depth, root)] = _Branch(depth, root, toks, np.stack(qs), draft.snapshot(), ids)
+
+
+def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), gamma: int = 4,
+           kappa: int = 2, exit_layer: int = 2, stats: DecodeStats | None = None,
+           detok: Callable | None = None) -> Iterator[Token]:
+    """Mirror speculative decoding (arXiv 2510.13161), lossless.
+
+    Each round the target runs its layers below `exit_layer` on [last token, draft window], sends the
+    early-exit head's top-kappa tokens per position to the draft, and runs its upper layers while the
+    draft, on its own thread and device, builds rollouts for the most likely (rejection depth,
+    correction token) pairs. After verification, a rollout whose depth and root equal the accepted
+    length and the correction token becomes the next window at no further draft cost; otherwise the
+    draft computes the window serially, as in classic speculative decoding.
+    """
+    check_prompt(prompt, target.max_len, opts)
+    if gamma < 1 or kappa < 1:
+        raise ValueError(f"--gamma and --kappa must be >= 1, got {gamma}, {kappa}")
+    if not getattr(draft, "branchable", False):
+        raise ValueError(f"the Mirror-SD draft must keep independent branch states (the onnxruntime backend); "
+                         f"{draft.name} cannot")
+    if not hasattr(target, "prefix"):
+        raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix); {target.name} has none")
+    if draft.vocab_size != target.vocab_size:
+        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
+    stats = stats if stats is not None else DecodeStats(method="mirror")
+    rng, draft_rng = np.random.default_rng(opts.seed), np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    target.reset()
+    draft.reset()
+    tc, dc = CachedBackend(target), CachedBackend(draft)
+    seq = list(prompt)
+    em = Emitter(seq, opts, stats, detok)
+    runner = _DraftRunner(opts.draft_timeout_s)
+    alpha = 0.5  # running estimate of the per-token acceptance, to rank branches
+    window = qs = None
+    try:
+        while not em.done:
+            g = _room(seq, min(target.max_len, draft.max_len), gamma)
+            if g == 0:
+                break
+            if window is None or len(window) != g:  # first round, a miss, or the context's end: serial window
+                t0 = time.perf_counter()
+                res = runner.result(runner.submit(_draft_window, dc, seq, g, opts, draft_rng))
+                stats.draft_time_s += time.perf_counter() - t0
+                if res is None:
+                    stats.fallback = runner.failed
+                    break
+                window, qs = res
+                stats.draft_calls += g
+            # target prefix on [last, window]; early-exit candidates go to the draft thread
+            feed = tc.sync(seq, len(seq)) + list(window)
+            t0 = time.perf_counter()
+            early = target.prefix(feed, exit_layer)[-(g + 1):]
+            order = _branch_order(early, window, kappa, alpha)
+            cancel, built = threading.Event(), {}
+            base_state, base_ids, seq_len = draft.snapshot(), list(dc.ids), len(seq)
+            fut = runner.submit(_build_branches, draft, base_state, base_ids, seq_len, window, order, g, opts,
+                                draft_rng, cancel, built, kappa * (g + 1))
+            logits = target.suffix()[-(g + 1):]  # the target's upper layers run while the draft works
+            tc.ids.extend(feed)
+            stats.target_time_s += time.perf_counter() - t0
+            stats.target_calls += 1
+            cancel.set()
+            t1 = time.perf_counter()
+            runner.result(fut)
+            stats.draft_time_s += time.perf_counter() - t1
+            if runner.failed:
+                stats.fallback = runner.failed
+                yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em, logits)
+                break
+            stats.branches_built += len(built)
+            n_before = len(seq)
+            yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em, logits)
+            n_acc = stats.accepted[-1]
+            alpha = 0.9 * alpha + 0.1 * (n_acc / g)
+            hit = built.get((n_acc, seq[n_before + n_acc])) if len(seq) > n_before + n_acc else None
+            if hit is not None:
+                stats.branch_hits += 1
+                draft.restore(hit.state)
+                dc.ids = list(hit.ids)
+                window, qs = hit.window, hit.qs
+            else:
+                stats.branch_misses += 1
+                draft.restore(base_state)
+                dc.ids = list(base_ids)
+                window = None
+        if not em.done:
+            yield from _plain_loop(tc, seq, opts, stats, rng, em)
+    finally:
+        runner.close()
+
+
+
+class InjectFault:
+    """Wraps a backend so that its `after_calls`-th forward raises ("raise") or hangs ("stall");
+    used to show that a failing draft never changes the output."""
+
+    def __init__(self, backend, after_calls: int, mode: str = "raise", stall_s: float = 30.0):
+        if mode not in ("raise", "stall"):
+            raise ValueError("mode must be 'raise' or 'stall'")
+        self._b, self.after_calls, self.mode, self.stall_s = backend, after_calls, mode, stall_s
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    def forward(self, tokens):
+        self.calls += 1
+        if self.calls > self.after_calls:
+            if self.mode == "raise":
+                raise RuntimeError("injected draft fault")
+            time.sleep(self.stall_s)
+        return self._b.forward(tokens)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The language-model experiments behind BENCHMARKS.md and the shipped LM artifacts:
+#   models/weights/lm-nano (dial-k MoE target + MTP adapter), runtime/assets/lm-draft (ONNX draft).
+# CPU, 2 threads: about 90 minutes in all. A step whose run folder already holds a finished run is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+H=".venv/bin/heron"
+R=${RUNS:-runs/lm}
+PRE=${PRE_STEPS:-2000}   # pretraining steps
+FT=${FT_STEPS:-600}      # fine-tuning budget shared by PHDS and every oracle
+done_() { [ -f "$1/config.json" ] && grep -q "\"steps\": $2," "$1/config.json"; }
+run() { local out=$1 steps=$2; shift 2; done_ "$out" "$steps" || $H lm train --out "$out" --steps "$steps" "$@"; }
+
+# 1. MoE base (E=8, K=4), then dial-k (PHDS) and oracles at fixed k, same fine-tuning budget
+run $R/nano-base $PRE --preset nano
+run $R/nano-phds $FT --init $R/nano-base --phds --k-min 2 --k-max 4 --lr 1e-3
+for k in 2 3 4; do run $R/nano-oracle-k$k $FT --init $R/nano-base --fixed-k $k --lr 1e-3; done
+# 2. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts
+run $R/nano-l $((PRE + FT)) --preset nano-l
+# 3. a dense model for DynaMoE conversion
+run $R/nano-dense $((PRE + FT)) --preset nano-dense
+# 4. the draft model for speculative decoding (shares the target's tokenizer), and the MTP adapter
+run $R/draft $PRE --preset tiny --tokenizer-from $R/nano-base
+[ -f $R/mtp/mtp.safetensors ] || $H lm train-mtp --model $R/nano-phds --out $R/mtp --steps 400
+# 5. evaluations
+[ -f $R/eval.json ] || $H lm eval --model $R/nano-phds --oracle 2=$R/nano-oracle-k2 3=$R/nano-oracle-k3 \
+    4=$R/nano-oracle-k4 --roe-samples 1 2 4 8 --larger $R/nano-l --json $R/eval.json
+[ -f $R/dynamoe/dynamoe.json ] || $H lm dynamoe --dense $R/nano-dense --out $R/dynamoe --steps 300

@@ -1,0 +1,316 @@
+"""`heron lm ...`: train, generate with and evaluate heron's small language models.
+
+`heron lm generate` works out of the box with the shipped default model; every verb takes --model to
+point at a trained checkpoint folder (or a Hugging Face Mixtral / OLMoE / Qwen2-MoE folder).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LM = ROOT / "models" / "weights" / "lm-nano"
+
+
+def _torch_import():
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the language-model verbs need torch: pip install 'heron[train]'") from e
+
+
+def load_model(path: str | None):
+    """-> (model, tokenizer or None, meta) from a heron checkpoint or an HF folder."""
+    _torch_import()
+    from heron.models.lm import checkpoint
+    from heron.models.lm.hf import load_hf
+
+    folder = Path(path) if path else DEFAULT_LM
+    if not folder.exists():
+        raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
+    if checkpoint.is_checkpoint(folder) and json.loads((folder / "config.json").read_text()).get("format"):
+        return checkpoint.load(folder)
+    return load_hf(folder), None, {}
+
+
+def _train(args) -> int:
+    _torch_import()
+    from heron.models.lm.train import TrainOptions, config_for, train
+
+    cfg = config_for(args.preset, args.moe_experts, args.top_k)
+    opts = TrainOptions(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr, seed=args.seed,
+                        threads=args.threads, fixed_k=args.fixed_k, phds=args.phds, k_min=args.k_min,
+                        k_max=args.k_max, eval_every=args.eval_every)
+    command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
+    out = train(cfg, args.out, opts, text_files=args.text, init=args.init, vocab_size=args.vocab_size,
+                command=command, tokenizer_from=args.tokenizer_from)
+    print(f"checkpoint: {out} (model.safetensors, config.json, tokenizer.json; log: {out}/log.jsonl)")
+    return 0
+
+
+def _route(args, model):
+    from heron.models.lm.generate import default_roe_tau
+    from heron.models.lm.model import Routing
+
+    if args.roe_samples < 1:
+        raise ValueError(f"--roe-samples must be >= 1, got {args.roe_samples}")
+    if args.k is not None:
+        model.resolve_k(args.k)
+    if args.roe_samples > 1 and not model.cfg.n_experts:
+        raise ValueError("--roe-samples needs an MoE model; this one is dense")
+    tau = default_roe_tau(model.cfg.n_layers, args.roe_tau) if args.roe_samples > 1 else ()
+    return Routing(k=args.k, roe_samples=args.roe_samples, roe_tau=tau, seed=args.seed or 0)
+
+
+def _generate(args) -> int:
+    if not args.prompt.strip():
+        raise ValueError("empty prompt: give some text to continue")
+    model, tok, _ = load_model(args.model)
+    if tok is None:
+        raise ValueError(f"{args.model} has no heron tokenizer; generate needs a heron checkpoint")
+    import torch
+    torch.set_num_threads(args.threads)
+    ids = tok.encode(args.prompt)
+    if args.speculative == "none" and not args.show_drafts:
+        tokens = _plain_tokens(args, model, tok, ids)
+        stats = None
+    else:
+        if args.roe_samples > 1:
+            raise ValueError("--roe-samples works with --speculative none only")
+        from heron.models.lm.decoders import DecoderOptions, make_decoder
+        from heron.models.lm.generate import Detokenizer
+        from heron.runtime.speculative import DecodeOptions, DecodeStats
+        dec = make_decoder(model, DecoderOptions(
+            method=args.speculative, gamma=args.gamma, kappa=args.kappa, exit_layer=args.exit_layer, draft=args.draft,
+            draft_device=args.draft_device, target_device=args.target_device, target_threads=args.threads,
+            mtp=args.mtp, k=args.k))
+        stats = DecodeStats(method=args.speculative)
+        opts = DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                             seed=args.seed, eot_id=tok.eot_id)
+        tokens = dec(ids, opts, stats, Detokenizer(tok.decode, ids).push)
+    colour = args.show_drafts and sys.stdout.isatty() or args.show_drafts == "always"
+    print(args.prompt, end="", flush=True)
+    for t in tokens:
+        text = f"\x1b[32m{t.text}\x1b[0m" if colour and t.from_draft else t.text
+        print(text, end="", flush=args.stream)
+    print()
+    if stats is not None and args.speculative != "none":
+        print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
+              f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
+              + (f"; branch reuse {stats.reuse_rate:.0%}" if args.speculative == "mirror" else "")
+              + (f"; FELL BACK: {stats.fallback}" if stats.fallback else ""), file=sys.stderr)
+    return 0
+
+
+def _plain_tokens(args, model, tok, ids):
+    from heron.models.lm.generate import GenerationOptions, generate
+    opts = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                             seed=args.seed, route=_route(args, model))
+    return generate(model, ids, opts, decode=tok.decode, eot_id=tok.eot_id)
+
+
+def _train_mtp(args) -> int:
+    import torch
+
+    from heron.models.lm.mtp import MTPConfig, save_adapter, train_mtp
+    from heron.models.lm.train import encode, load_corpus
+
+    torch.set_num_threads(args.threads)
+    model, tok, meta = load_model(args.model)
+    if tok is None:
+        raise ValueError("train-mtp needs a heron checkpoint")
+    train_text, _, source = load_corpus(args.text)
+    mtp = train_mtp(model, encode(tok, train_text), MTPConfig(n_masks=args.masks, rank=args.rank), args.steps,
+                    seed=args.seed)
+    command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
+    out = save_adapter(mtp, args.out, {"base": str(args.model or DEFAULT_LM), "steps": args.steps, "corpus": source,
+                                       "command": command, "seed": args.seed})
+    print(f"MTP adapter: {out}/mtp.safetensors")
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from heron.models.lm import evaluate
+    from heron.models.lm.train import encode, load_corpus, windows
+
+    torch.set_num_threads(args.threads)
+    model, tok, meta = load_model(args.model)
+    if tok is None:
+        raise ValueError("eval needs a heron checkpoint (its tokenizer defines the held-out tokens)")
+    train_text, held_text, source = load_corpus(args.text)
+    held = windows(encode(tok, held_text), args.seq_len, args.windows)
+    calib = windows(encode(tok, train_text[:400_000]), args.seq_len, args.windows // 2)
+    report = {"model": str(args.model or DEFAULT_LM), "corpus": source, "held_out_windows": len(held),
+              "seq_len": args.seq_len}
+    print(f"held-out: {len(held)} windows of {args.seq_len} tokens ({source})")
+    if model.cfg.n_experts:
+        oracles = {}
+        for spec in args.oracle or []:
+            k, _, path = spec.partition("=")
+            if not k.isdigit() or not path:
+                raise ValueError(f"--oracle takes K=FOLDER, got {spec!r}")
+            oracles[int(k)] = load_model(path)[0]
+        K = model.cfg.top_k
+        ks = args.ks or list(range(max(1, K // 2), K + 1))
+        rows = evaluate.dial_k_table(model, oracles, held, ks)
+        report["dial_k"] = rows
+        print("\n## dial-k: perplexity per k and top-1 agreement with k = %d\n" % max(ks))
+        print(evaluate.format_table(rows))
+        if args.roe_samples:
+            larger = load_model(args.larger)[0] if args.larger else None
+            rows = evaluate.roe_table(model, held, calib, args.roe_samples, larger)
+            report["roe"] = rows
+            print("\n## Roster of Experts: perplexity and forward MFLOPs per token vs samples n\n")
+            print(evaluate.format_table(rows))
+    else:
+        report["ppl"] = evaluate.perplexity(model, held)
+        print(f"perplexity {report['ppl']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _dynamoe(args) -> int:
+    import torch
+
+    from heron.models.lm import checkpoint, dynamoe, evaluate
+    from heron.models.lm.train import encode, load_corpus, windows
+
+    torch.set_num_threads(args.threads)
+    model, tok, meta = load_model(args.dense)
+    if tok is None:
+        raise ValueError("--dense must be a heron checkpoint")
+    train_text, held_text, source = load_corpus(args.text)
+    train_ids = encode(tok, train_text)
+    held = windows(encode(tok, held_text), args.seq_len, args.windows)
+    calib = windows(train_ids, args.seq_len, args.windows)
+    opts = dynamoe.DynaMoEOptions(steps=args.steps, router_steps=args.router_steps, tolerance=args.tolerance,
+                                  seed=args.seed)
+    report, dyn, routers = dynamoe.run(model, train_ids, calib, held, opts, seq_len=args.seq_len)
+    out = Path(args.out)
+    checkpoint.save(out, dyn, tok, {"dynamoe": True, "from": str(args.dense), "steps": args.steps})
+    dynamoe.save_routers(routers, out / "routers.safetensors")
+    (out / "dynamoe.json").write_text(json.dumps(report, indent=1))
+    print("\n## DynaMoE (router, by sensitivity) vs static width (same fine-tuning budget)\n")
+    print(evaluate.format_table(report["dynamoe"] + report["static"]))
+    h = report["at_half"]
+    print(f"\nat 50% FFN active parameters: DynaMoE ppl {h['dynamoe_ppl']}, static {h['static_ppl']}, "
+          f"dense {h['dense_ppl']:.3f}; report: {out}/dynamoe.json")
+    return 0
+
+
+def _release(args) -> int:
+    _torch_import()
+    from heron.models.lm import checkpoint
+    model, tok, meta = checkpoint.load(args.checkpoint)
+    out = checkpoint.save(args.out, model, tok, {**meta, "released_from": str(args.checkpoint)}, int8=args.int8)
+    size = (out / checkpoint.WEIGHTS).stat().st_size / 1e6
+    print(f"released {args.checkpoint} -> {out} ({size:.2f} MB weights{', int8' if args.int8 else ''}; "
+          f"no optimizer state)")
+    return 0
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("lm", help="small MoE language models: train, generate, eval", formatter_class=formatter)
+    lsub = p.add_subparsers(dest="lm_verb", metavar="VERB", required=True)
+
+    q = lsub.add_parser("train", help="train an LM (dense or MoE; --phds for dial-k)", formatter_class=formatter)
+    q.add_argument("--preset", default="nano", help="tiny | nano | nano-l | nano-dense | small | base")
+    q.add_argument("--out", required=True, help="checkpoint folder (resumed if it holds a run)")
+    q.add_argument("--moe-experts", type=int, default=None, help="experts per MoE layer (0 = dense); default: preset")
+    q.add_argument("--top-k", type=int, default=None, help="active experts in training; default: preset")
+    q.add_argument("--phds", action="store_true", help="dial-k training (MoE-PHDS): sample k per step in [k-min, k-max]")
+    q.add_argument("--k-min", type=int, default=None, help="lowest k of dial-k (default top-k/2, the anchor)")
+    q.add_argument("--k-max", type=int, default=None, help="highest k of dial-k (default top-k)")
+    q.add_argument("--fixed-k", type=int, default=None, help="train at this k (an oracle for dial-k)")
+    q.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning, e.g. PHDS)")
+    q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files instead of the default corpus")
+    q.add_argument("--steps", type=int, default=1500)
+    q.add_argument("--batch", type=int, default=16)
+    q.add_argument("--seq-len", type=int, default=128)
+    q.add_argument("--lr", type=float, default=3e-3)
+    q.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (new models only)")
+    q.add_argument("--tokenizer-from", default=None, help="reuse this checkpoint's tokenizer (draft models)")
+    q.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations/checkpoints")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_train)
+
+    q = lsub.add_parser("generate", help="continue a prompt (tokens printed as they come with --stream)",
+                        formatter_class=formatter)
+    q.add_argument("prompt", help="text to continue")
+    q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano)")
+    q.add_argument("--max-new-tokens", type=int, default=64)
+    q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--seed", type=int, default=None, help="sampling seed")
+    q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
+    q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
+    q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
+    q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    q.add_argument("--threads", type=int, default=1, help="torch threads of the target")
+    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror"],
+                   help="lossless speculative decoding method")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
+    q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
+    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
+    q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
+    q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
+                   help="colour the tokens that came from accepted drafts (always: even when not a terminal)")
+    q.set_defaults(func=_generate)
+
+    q = lsub.add_parser("release", help="copy a checkpoint for shipping (no optimizer state; optional int8 weights)",
+                        formatter_class=formatter)
+    q.add_argument("checkpoint", help="training run folder")
+    q.add_argument("--out", required=True)
+    q.add_argument("--int8", action="store_true", help="weight-only int8 with per-row scales (~1/4 of float32)")
+    q.set_defaults(func=_release)
+
+    q = lsub.add_parser("train-mtp", help="train a gated-LoRA multi-token-prediction adapter on a frozen LM",
+                        formatter_class=formatter)
+    q.add_argument("--model", default=None, help="base checkpoint (default: the shipped lm-nano)")
+    q.add_argument("--out", required=True, help="adapter folder")
+    q.add_argument("--steps", type=int, default=600)
+    q.add_argument("--masks", type=int, default=4, help="mask tokens per group (future tokens predicted)")
+    q.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_train_mtp)
+
+    q = lsub.add_parser("eval", help="held-out perplexity; dial-k and Roster-of-Experts tables",
+                        formatter_class=formatter)
+    q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano)")
+    q.add_argument("--oracle", nargs="*", metavar="K=FOLDER", help="oracle checkpoints trained at a fixed k")
+    q.add_argument("--ks", type=int, nargs="*", default=None, help="k values (default: K/2..K)")
+    q.add_argument("--roe-samples", type=int, nargs="*", default=None, metavar="N",
+                   help="Roster-of-Experts sample counts to evaluate (e.g. 1 2 4 8)")
+    q.add_argument("--larger", default=None, help="a larger model trained on the same data (RoE comparison)")
+    q.add_argument("--text", nargs="+", default=None, help="evaluate on these files' held-out split instead")
+    q.add_argument("--windows", type=int, default=64, help="held-out windows")
+    q.add_argument("--seq-len", type=int, default=128)
+    q.add_argument("--json", default=None, help="also write the tables to this JSON file")
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_eval)
+
+    q = lsub.add_parser("dynamoe", help="convert a dense LM to nested experts with a difficulty router; "
+                                        "compare with static-width truncation", formatter_class=formatter)
+    q.add_argument("--dense", required=True, help="dense heron checkpoint")
+    q.add_argument("--out", required=True, help="folder for the converted model, routers and dynamoe.json")
+    q.add_argument("--steps", type=int, default=300, help="fine-tuning steps (each method gets the same)")
+    q.add_argument("--router-steps", type=int, default=300)
+    q.add_argument("--tolerance", type=float, default=0.25, help="relative FFN output error of a difficulty label")
+    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--windows", type=int, default=64)
+    q.add_argument("--seq-len", type=int, default=128)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_dynamoe)

@@ -1,0 +1,107 @@
+"""LM export: the ONNX step graph with KV-cache state equals torch over a multi-step decode (prefill,
+single tokens, a verify block, a rollback), int8 stays close, tampered bundles are refused; the Core ML
+package has the promised interface; the torch backend's early-exit split equals its plain forward."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from heron.export.onnx_lm import write_bundle  # noqa: E402
+from heron.models.lm.backend import TorchLM  # noqa: E402
+from heron.models.lm.model import Transformer, preset  # noqa: E402
+from heron.runtime.lm import OnnxLM  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return Transformer(preset("tiny", n_layers=2, vocab_size=300, max_seq_len=64)).eval()
+
+
+@pytest.fixture(scope="module")
+def bundle(model, tmp_path_factory):
+    return write_bundle(model, tmp_path_factory.mktemp("lm"), int8=True)
+
+
+def _decode_script(backend):
+    """prefill 7, 3 single steps, a verify block of 4, roll back 2, 2 more steps -> stacked logits."""
+    out = [backend.forward([5, 9, 2, 7, 7, 1, 3])]
+    for t in (4, 8, 15):
+        out.append(backend.forward([t]))
+    out.append(backend.forward([16, 23, 42, 4]))
+    backend.trim(2)
+    for t in (99, 100):
+        out.append(backend.forward([t]))
+    return np.concatenate(out), backend.length
+
+
+def test_onnx_matches_torch_over_multistep_decode(model, bundle):
+    ref, n_ref = _decode_script(TorchLM(model))
+    got, n_got = _decode_script(OnnxLM(bundle))
+    assert n_ref == n_got == 14
+    assert np.abs(ref - got).max() < 1e-4
+    q, _ = _decode_script(OnnxLM(bundle, int8=True))
+    assert (q.argmax(-1) == ref.argmax(-1)).mean() > 0.8
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["state_inputs"][0] == "cached_key_0" and manifest["state_outputs"][0] == "new_cached_key_0"
+
+
+def test_snapshots_are_independent_branches(bundle):
+    lm = OnnxLM(bundle)
+    lm.forward([1, 2, 3])
+    snap = lm.snapshot()
+    a = lm.forward([4, 5])
+    lm.restore(snap)
+    lm.forward([7])
+    lm.restore(snap)
+    assert np.array_equal(lm.forward([4, 5]), a)
+
+
+def test_tampered_or_bad_bundles_are_refused(model, bundle, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        OnnxLM(bad)
+    with pytest.raises(ValueError, match="offers"):
+        OnnxLM(bundle, providers=("NoSuchExecutionProvider",))
+    with pytest.raises(FileNotFoundError):
+        OnnxLM(tmp_path / "nothing")
+    lm = OnnxLM(bundle)
+    with pytest.raises(ValueError, match="empty"):
+        lm.forward([])
+    with pytest.raises(ValueError, match="context"):
+        lm.forward(list(range(65)))
+    with pytest.raises(ValueError, match="trim"):
+        lm.trim(1)
+
+
+def test_torch_early_exit_split_equals_forward(model):
+    a, b = TorchLM(model), TorchLM(model)
+    a.forward([1, 2, 3])
+    b.forward([1, 2, 3])
+    early = b.prefix([4, 5, 6], exit_layer=1)
+    assert early.shape == (3, 300)
+    assert np.abs(b.suffix() - a.forward([4, 5, 6])).max() < 1e-5
+    assert a.length == b.length == 6
+    with pytest.raises(ValueError, match="exit-layer"):
+        b.prefix([1], exit_layer=2)
+
+
+@pytest.mark.slow
+def test_coreml_package_interface(model, tmp_path):
+    pytest.importorskip("coremltools")
+    import coremltools as ct
+
+    from heron.export.coreml_lm import export_coreml
+    names = export_coreml(model, tmp_path / "lm.mlpackage")
+    spec = ct.utils.load_spec(str(tmp_path / "lm.mlpackage"))
+    assert [i.name for i in spec.description.input] == names["inputs"]
+    assert [o.name for o in spec.description.output] == names["outputs"]

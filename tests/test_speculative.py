@@ -1,0 +1,196 @@
+"""Speculative decoding is lossless: greedy output equals plain decoding token for token for every
+method, sampled output follows the target's distribution (a chi-square test that a deliberately biased
+sampler fails), and a failing or stalling draft never changes the output."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from heron.export.onnx_lm import write_bundle  # noqa: E402
+from heron.models.lm.backend import TorchLM  # noqa: E402
+from heron.models.lm.model import Transformer, preset  # noqa: E402
+from heron.runtime import speculative as sp  # noqa: E402
+from heron.runtime.lm import OnnxLM  # noqa: E402
+
+V = 32
+
+
+def _model(layers, seed, scale=1.0):
+    torch.manual_seed(seed)
+    m = Transformer(preset("tiny", n_layers=layers, vocab_size=V, max_seq_len=96)).eval()
+    with torch.no_grad():
+        m.embed.weight.mul_(scale)  # larger logits: peakier, more interesting distributions
+    return m
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread (several only contend with each other and the draft's thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(tmp_path_factory, scale):
+    target = _model(3, 0, scale=scale)
+    draft = _model(1, 1, scale=scale)
+    with torch.no_grad():  # a draft that shares the target's embeddings agrees with it often
+        draft.embed.weight.copy_(target.embed.weight)
+    folder = write_bundle(draft, tmp_path_factory.mktemp("draft"))
+    return target, draft, folder
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Peaky models (greedy tests: long agreeing runs, so branches and rollbacks are exercised)."""
+    return _pair(tmp_path_factory, 40.0)
+
+
+@pytest.fixture(scope="module")
+def soft_pair(tmp_path_factory):
+    """Models with spread-out next-token distributions (sampling tests)."""
+    return _pair(tmp_path_factory, 3.0)
+
+
+PROMPTS = [[1], [3, 4], [5, 6, 7, 8], [2] * 9, [7, 1, 7, 1, 7], [11, 30, 2, 19, 4, 4, 8], list(range(20)), [31, 0]]
+
+
+def test_greedy_equals_plain_for_every_method(pair):
+    target, draft, folder = pair
+    T, D, Dt = TorchLM(target), OnnxLM(folder), TorchLM(draft)
+    opts = sp.DecodeOptions(max_new_tokens=24)
+    hits = 0
+    for prompt in PROMPTS:
+        ref = [t.id for t in sp.plain(T, prompt, opts)]
+        assert [t.id for t in sp.speculative(T, Dt, prompt, opts, gamma=3)] == ref
+        assert [t.id for t in sp.speculative(T, D, prompt, opts, gamma=5)] == ref
+        for exit_layer, kappa in ((1, 1), (2, 3)):
+            st = sp.DecodeStats()
+            assert [t.id for t in sp.mirror(T, D, prompt, opts, gamma=4, kappa=kappa, exit_layer=exit_layer,
+                                             stats=st)] == ref
+            hits += st.branch_hits
+    assert hits > 0  # branches were really reused somewhere
+
+
+def test_context_end_and_bad_input(pair):
+    target, _, folder = pair
+    T, D = TorchLM(target), OnnxLM(folder)
+    opts = sp.DecodeOptions(max_new_tokens=200)
+    ref = [t.id for t in sp.plain(T, [1, 2], opts)]
+    assert len(ref) == 94  # stops at the 96-token context without an error
+    assert [t.id for t in sp.mirror(T, D, [1, 2], opts, gamma=4)] == ref
+    with pytest.raises(ValueError, match="empty prompt"):
+        list(sp.speculative(T, D, [], opts))
+    with pytest.raises(ValueError, match="gamma"):
+        list(sp.speculative(T, D, [1], opts, gamma=0))
+    with pytest.raises(ValueError, match="exit-layer"):
+        list(sp.mirror(T, D, [1], opts, exit_layer=3))
+    with pytest.raises(ValueError, match="branch"):
+        list(sp.mirror(T, TorchLM(target), [1], opts))
+
+
+@pytest.mark.parametrize("mode", ["raise", "stall"])
+@pytest.mark.parametrize("method", ["draft", "mirror"])
+def test_draft_fault_falls_back_without_changing_output(pair, mode, method):
+    target, _, folder = pair
+    T = TorchLM(target)
+    opts = sp.DecodeOptions(max_new_tokens=30, draft_timeout_s=0.5)
+    ref = [t.id for t in sp.plain(T, [4, 5, 6], opts)]
+    D = sp.InjectFault(OnnxLM(folder), after_calls=7, mode=mode, stall_s=3.0)
+    st = sp.DecodeStats()
+    fn = sp.speculative if method == "draft" else sp.mirror
+    out = [t.id for t in fn(T, D, [4, 5, 6], opts, gamma=3, stats=st)]
+    assert out == ref
+    assert st.fallback and ("stalled" if mode == "stall" else "injected") in st.fallback
+
+
+# --- sampling: the distribution of the output equals the target's -------------------------------
+
+def _chi2_pvalue(counts, expected_p):
+    from math import exp, lgamma, log
+    n = counts.sum()
+    keep = expected_p * n >= 5
+    obs = np.append(counts[keep], counts[~keep].sum())
+    exp_ = np.append(expected_p[keep], expected_p[~keep].sum()) * n
+    obs, exp_ = obs[exp_ > 0], exp_[exp_ > 0]
+    stat = float(((obs - exp_) ** 2 / exp_).sum())
+    dof = len(obs) - 1
+    # survival function of chi-square via the regularized upper incomplete gamma (series/continued fraction)
+    a, x = dof / 2, stat / 2
+    if x < a + 1:
+        term = total = 1 / a
+        for k in range(1, 500):
+            term *= x / (a + k)
+            total += term
+        return 1 - total * exp(-x + a * log(x) - lgamma(a))
+    b, c, d = x + 1 - a, 1e300, 1 / (x + 1 - a)
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2
+        d = 1 / (an * d + b)
+        c = b + an / c
+        h *= d * c
+    return h * exp(-x + a * log(x) - lgamma(a))
+
+
+def _target_marginals(target, prompt, temperature):
+    """Exact distributions of the first and second generated token under the target."""
+    with torch.no_grad():
+        p1 = sp.probs(target(torch.tensor([prompt])).logits[0, -1].numpy(), temperature, 1.0)
+        ctx = torch.tensor([prompt + [t] for t in range(V)])
+        p2c = sp.probs(target(ctx).logits[:, -1].numpy(), temperature, 1.0)
+    return p1, p1 @ p2c
+
+
+@pytest.mark.parametrize("method", ["draft", "mirror", "mtp"])
+def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
+    target, _, folder = soft_pair
+    temperature, prompt, n = 1.0, [3, 9, 27], 1000
+    p1, p2 = _target_marginals(target, prompt, temperature)
+    T, D = TorchLM(target), OnnxLM(folder)
+    if method == "mtp":
+        import copy
+
+        from heron.models.lm.mtp import MTPConfig, MTPModel, generate_mtp
+        mtp = MTPModel(copy.deepcopy(target), MTPConfig(n_masks=2, rank=2))
+
+        def fn(T, D, prompt, opts, gamma):
+            return generate_mtp(mtp, prompt, opts)
+    else:
+        fn = sp.speculative if method == "draft" else sp.mirror
+
+    def histograms():
+        c1, c2 = np.zeros(V), np.zeros(V)
+        for seed in range(n):
+            out = [t.id for t in fn(T, D, prompt, sp.DecodeOptions(max_new_tokens=2, temperature=temperature,
+                                                                   seed=seed), gamma=2)]
+            c1[out[0]] += 1
+            c2[out[1]] += 1
+        return c1, c2
+
+    c1, c2 = histograms()
+    assert min(_chi2_pvalue(c1, p1), _chi2_pvalue(c2, p2)) > 1e-3
+    assert p1.max() < 0.9 and p2.max() < 0.9  # the distributions are spread out: the test has power
+
+    # the same test must catch a sampler that keeps every draft token (no rejection step)
+    def biased(p, q, draft, rng, stats=None):
+        return len(draft), sp.draw(p[len(draft)], rng)
+    monkeypatch.setattr(sp, "verify", biased)
+    c1, c2 = histograms()
+    assert min(_chi2_pvalue(c1, p1), _chi2_pvalue(c2, p2)) < 1e-3
+
+
+def test_verify_rule_matches_target_distribution():
+    """The rejection rule alone, many draws: the first emitted token is distributed as p[0]."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(V) * 0.3, size=3)
+    q = rng.dirichlet(np.ones(V) * 0.3, size=2)
+    counts = np.zeros(V)
+    for _ in range(20000):
+        d = [int(rng.choice(V, p=q[0])), int(rng.choice(V, p=q[1]))]
+        n_acc, extra = sp.verify(p, q, d, rng)
+        counts[d[0] if n_acc >= 1 else extra] += 1
+    assert _chi2_pvalue(counts, p[0]) > 1e-3
