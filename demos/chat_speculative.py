@@ -14,7 +14,7 @@ import time
 
 from heron.cli_lm import load_model
 from heron.models.lm.decoders import METHODS, DecoderOptions, make_decoder
-from heron.models.lm.generate import Detokenizer
+from heron.runtime.lm import Detokenizer
 from heron.runtime.speculative import DecodeOptions, DecodeStats
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"

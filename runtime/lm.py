@@ -20,6 +20,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 ONNX_FORMAT = "heron-lm-onnx/1"
+DEFAULT_DRAFT = Path(__file__).resolve().parent / "assets" / "lm-draft"  # the shipped draft bundle
 
 
 @dataclass
@@ -129,3 +130,21 @@ def load_tokenizer(path: str | Path):
     except ImportError as e:
         raise ImportError("LM generation needs the 'tokenizers' package: pip install tokenizers") from e
     return Tokenizer.from_file(str(path))
+
+
+class Detokenizer:
+    """Turns a growing id list into text increments without splitting a UTF-8 character."""
+
+    def __init__(self, decode, prompt_ids: list[int]):
+        self.decode, self.ids = decode, list(prompt_ids)
+        self.emitted = len(decode(self.ids)) if decode else 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        if self.decode is None:
+            return ""
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):  # incomplete multi-byte character: wait for the next token
+            return ""
+        new, self.emitted = text[self.emitted:], len(text)
+        return new

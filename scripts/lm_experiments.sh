@@ -15,14 +15,19 @@ run() { local out=$1 steps=$2; shift 2; done_ "$out" "$steps" || $H lm train --o
 run $R/nano-base $PRE --preset nano
 run $R/nano-phds $FT --init $R/nano-base --phds --k-min 2 --k-max 4 --lr 1e-3
 for k in 2 3 4; do run $R/nano-oracle-k$k $FT --init $R/nano-base --fixed-k $k --lr 1e-3; done
-# 2. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts
-run $R/nano-l $((PRE + FT)) --preset nano-l
-# 3. a dense model for DynaMoE conversion
-run $R/nano-dense $((PRE + FT)) --preset nano-dense
-# 4. the draft model for speculative decoding (shares the target's tokenizer), and the MTP adapter
+# 2. the draft model for speculative decoding (shares the target's tokenizer) and the MTP adapter
 run $R/draft $PRE --preset tiny --tokenizer-from $R/nano-base
 [ -f $R/mtp/mtp.safetensors ] || $H lm train-mtp --model $R/nano-phds --out $R/mtp --steps 400
-# 5. evaluations
+# 3. the shipped artifacts
+W=models/weights/lm-nano
+$H lm release $R/nano-phds --out $W --int8
+$H lm train-exit --model $W --layer 2 --steps 300
+rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp/mtp.safetensors $R/mtp/mtp.json $W/mtp/
+$H export --lm $R/draft --out runtime/assets/lm-draft
+# 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
+run $R/nano-l $((PRE + FT)) --preset nano-l
 [ -f $R/eval.json ] || $H lm eval --model $R/nano-phds --oracle 2=$R/nano-oracle-k2 3=$R/nano-oracle-k3 \
     4=$R/nano-oracle-k4 --roe-samples 1 2 4 8 --larger $R/nano-l --json $R/eval.json
+# 5. a dense model converted by DynaMoE, against static-width truncation
+run $R/nano-dense $((PRE + FT)) --preset nano-dense
 [ -f $R/dynamoe/dynamoe.json ] || $H lm dynamoe --dense $R/nano-dense --out $R/dynamoe --steps 300

@@ -64,9 +64,51 @@ def _route(args, model):
     return Routing(k=args.k, roe_samples=args.roe_samples, roe_tau=tau, seed=args.seed or 0)
 
 
+def _is_onnx_bundle(path: str | None) -> bool:
+    if not path or not (Path(path) / "manifest.json").is_file():
+        return False
+    return json.loads((Path(path) / "manifest.json").read_text()).get("format", "").startswith("heron-lm-onnx")
+
+
+def _generate_onnx(args) -> int:
+    """The torch-free path: target (and draft) on onnxruntime; numpy + onnxruntime + tokenizers only."""
+    from heron.runtime import speculative as sp
+    from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, load_tokenizer
+
+    if args.speculative not in ("none", "draft"):
+        raise ValueError("an ONNX target supports --speculative none or draft (MTP and Mirror need the torch target)")
+    if args.k is not None or args.roe_samples != 1:
+        raise ValueError("--k and --roe-samples are fixed at export for an ONNX target (heron export --lm --k)")
+    target = OnnxLM(args.model, threads=args.threads)
+    tok = load_tokenizer(Path(args.model) / "tokenizer.json")
+    ids = tok.encode(args.prompt).ids
+    opts = sp.DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, eot_id=target.eot_id)
+    stats = sp.DecodeStats(method=args.speculative)
+    detok = Detokenizer(tok.decode, ids).push
+    if args.speculative == "draft":
+        draft = OnnxLM(args.draft or DEFAULT_DRAFT, threads=1)
+        tokens = sp.speculative(target, draft, ids, opts, args.gamma, stats, detok)
+    else:
+        tokens = sp.plain(target, ids, opts, stats, detok)
+    _print_tokens(args, tokens)
+    return 0
+
+
+def _print_tokens(args, tokens) -> None:
+    colour = args.show_drafts and sys.stdout.isatty() or args.show_drafts == "always"
+    print(args.prompt, end="", flush=True)
+    for t in tokens:
+        text = f"\x1b[32m{t.text}\x1b[0m" if colour and t.from_draft else t.text
+        print(text, end="", flush=args.stream)
+    print()
+
+
 def _generate(args) -> int:
     if not args.prompt.strip():
         raise ValueError("empty prompt: give some text to continue")
+    if _is_onnx_bundle(args.model):
+        return _generate_onnx(args)
     model, tok, _ = load_model(args.model)
     if tok is None:
         raise ValueError(f"{args.model} has no heron tokenizer; generate needs a heron checkpoint")
@@ -80,22 +122,17 @@ def _generate(args) -> int:
         if args.roe_samples > 1:
             raise ValueError("--roe-samples works with --speculative none only")
         from heron.models.lm.decoders import DecoderOptions, make_decoder
-        from heron.models.lm.generate import Detokenizer
+        from heron.runtime.lm import Detokenizer
         from heron.runtime.speculative import DecodeOptions, DecodeStats
         dec = make_decoder(model, DecoderOptions(
             method=args.speculative, gamma=args.gamma, kappa=args.kappa, exit_layer=args.exit_layer, draft=args.draft,
             draft_device=args.draft_device, target_device=args.target_device, target_threads=args.threads,
-            mtp=args.mtp, k=args.k))
+            mtp=args.mtp, k=args.k, model_dir=args.model))
         stats = DecodeStats(method=args.speculative)
         opts = DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                              seed=args.seed, eot_id=tok.eot_id)
         tokens = dec(ids, opts, stats, Detokenizer(tok.decode, ids).push)
-    colour = args.show_drafts and sys.stdout.isatty() or args.show_drafts == "always"
-    print(args.prompt, end="", flush=True)
-    for t in tokens:
-        text = f"\x1b[32m{t.text}\x1b[0m" if colour and t.from_draft else t.text
-        print(text, end="", flush=args.stream)
-    print()
+    _print_tokens(args, tokens)
     if stats is not None and args.speculative != "none":
         print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
               f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
@@ -204,6 +241,24 @@ def _dynamoe(args) -> int:
     return 0
 
 
+def _train_exit(args) -> int:
+    import torch
+
+    from heron.models.lm import early_exit
+    from heron.models.lm.train import encode, load_corpus
+
+    torch.set_num_threads(args.threads)
+    model, tok, _ = load_model(args.model)
+    if tok is None:
+        raise ValueError("train-exit needs a heron checkpoint")
+    train_text, _, _ = load_corpus(args.text)
+    head = early_exit.train_exit_head(model, encode(tok, train_text), args.layer, args.steps, seed=args.seed)
+    out = Path(args.out or args.model or DEFAULT_LM)
+    early_exit.save(head, out)
+    print(f"early-exit head for layer {args.layer}: {out / early_exit.FILE}")
+    return 0
+
+
 def _release(args) -> int:
     _torch_import()
     from heron.models.lm import checkpoint
@@ -244,7 +299,8 @@ def register(sub, formatter) -> None:
     q = lsub.add_parser("generate", help="continue a prompt (tokens printed as they come with --stream)",
                         formatter_class=formatter)
     q.add_argument("prompt", help="text to continue")
-    q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano)")
+    q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano), or an ONNX "
+                                                  "bundle from `heron export --lm` (torch-free: none/draft)")
     q.add_argument("--max-new-tokens", type=int, default=64)
     q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     q.add_argument("--top-p", type=float, default=1.0)
@@ -273,6 +329,17 @@ def register(sub, formatter) -> None:
     q.add_argument("--out", required=True)
     q.add_argument("--int8", action="store_true", help="weight-only int8 with per-row scales (~1/4 of float32)")
     q.set_defaults(func=_release)
+
+    q = lsub.add_parser("train-exit", help="distil an early-exit head (Mirror-SD's draft candidates) on a frozen LM",
+                        formatter_class=formatter)
+    q.add_argument("--model", default=None, help="checkpoint (default: the shipped lm-nano)")
+    q.add_argument("--layer", type=int, default=2, help="exit after this many layers")
+    q.add_argument("--out", default=None, help="folder for exit_head.safetensors (default: the model's folder)")
+    q.add_argument("--steps", type=int, default=300)
+    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=_train_exit)
 
     q = lsub.add_parser("train-mtp", help="train a gated-LoRA multi-token-prediction adapter on a frozen LM",
                         formatter_class=formatter)

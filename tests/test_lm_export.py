@@ -95,6 +95,34 @@ def test_torch_early_exit_split_equals_forward(model):
         b.prefix([1], exit_layer=2)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_stateful_step_traced_for_coreml_matches_plain_decoding(model):
+    """The traced in-place-cache step (what the stateful Core ML package is converted from) generalizes over
+    block lengths and positions, including a rollback (a smaller position overwrites rejected tokens)."""
+    from heron.export.coreml_lm import trace_stateful
+    _, traced = trace_stateful(model, max_len=64)
+    x = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x).logits
+        pos = lambda i: torch.tensor([i], dtype=torch.int32)  # noqa: E731
+        outs = [traced(x[:, :5], pos(0))] + [traced(x[:, i:i + 1], pos(i)) for i in range(5, 8)]
+        traced(torch.tensor([[7, 7, 7]]), pos(8))  # a rejected draft block ...
+        outs.append(traced(x[:, 8:12], pos(8)))      # ... overwritten from position 8
+    assert (torch.cat(outs, 1) - ref).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_coreml_stateful_package_interface(model, tmp_path):
+    pytest.importorskip("coremltools")
+    import coremltools as ct
+
+    from heron.export.coreml_lm import export_coreml_stateful
+    names = export_coreml_stateful(model, tmp_path / "lm.mlpackage")
+    spec = ct.utils.load_spec(str(tmp_path / "lm.mlpackage"))
+    assert [s.name for s in spec.description.state] == ["k_cache", "v_cache"]
+    assert [i.name for i in spec.description.input] == names["inputs"]
+
+
 @pytest.mark.slow
 def test_coreml_package_interface(model, tmp_path):
     pytest.importorskip("coremltools")

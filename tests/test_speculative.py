@@ -194,3 +194,18 @@ def test_verify_rule_matches_target_distribution():
         n_acc, extra = sp.verify(p, q, d, rng)
         counts[d[0] if n_acc >= 1 else extra] += 1
     assert _chi2_pvalue(counts, p[0]) > 1e-3
+
+
+def test_mirror_with_a_trained_exit_head_is_lossless(pair, tmp_path):
+    from heron.models.lm import early_exit
+    target, _, folder = pair
+    ids = np.random.default_rng(0).integers(0, V, 4000).astype(np.int32)
+    head = early_exit.train_exit_head(target, ids, layer=2, steps=5, seq_len=16, batch=2)
+    early_exit.save(head, tmp_path)
+    head = early_exit.load(tmp_path, target)
+    assert head.layer == 2 and early_exit.load(tmp_path / "none", target) is None
+    T, D = TorchLM(target, exit_head=head), OnnxLM(folder)
+    opts = sp.DecodeOptions(max_new_tokens=24)
+    for prompt in PROMPTS[:4]:
+        ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
+        assert [t.id for t in sp.mirror(T, D, prompt, opts, gamma=4, exit_layer=2)] == ref

@@ -28,7 +28,7 @@ def pick_device(device: str) -> str:
 
 class TorchLM:
     def __init__(self, model: Transformer, device: str = "cpu", threads: int | None = None, k: int | None = None,
-                 max_len: int | None = None):
+                 max_len: int | None = None, exit_head=None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if threads:
@@ -38,6 +38,7 @@ class TorchLM:
         self.max_len = max_len or model.cfg.max_seq_len
         self.cache = KVCache(model.cfg, batch=1, max_len=self.max_len, device=self.device)
         self.name = f"torch[{self.device}]"
+        self.exit_head = exit_head.to(self.device) if exit_head is not None else None
         self._pending = None
 
     @property
@@ -65,6 +66,8 @@ class TorchLM:
         out = self.model(x, self.cache, self.route, hidden_layers=(exit_layer - 1,), stop_at=exit_layer)
         h = out.hidden[exit_layer - 1]
         self._pending = (x, exit_layer, h)
+        if self.exit_head is not None and self.exit_head.layer == exit_layer:  # a trained head, if it fits
+            return self.exit_head(self.model, h)[0].float().cpu().numpy()
         return self.model.head(h)[0].float().cpu().numpy()
 
     @torch.no_grad()

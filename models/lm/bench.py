@@ -153,7 +153,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(target_dir), "options": o.__dict__, "rows": []}
     dopts = DecoderOptions(gamma=o.gamma, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp,
-                           target_device=o.target_device)
+                           target_device=o.target_device, model_dir=str(target_dir))
     ref = None
     for method in ("none",) + tuple(m for m in o.methods if m != "none"):
         threads = o.threads if method in ("none", "mtp") else max(1, o.threads - 1)

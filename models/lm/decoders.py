@@ -12,12 +12,12 @@ import torch
 from heron.models.lm.backend import TorchLM
 from heron.models.lm.model import Transformer
 from heron.runtime import speculative as sp
-from heron.runtime.lm import OnnxLM
+from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
 
 METHODS = ("none", "draft", "mtp", "mirror")
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DRAFT = ROOT / "runtime" / "assets" / "lm-draft"
-DEFAULT_MTP = ROOT / "models" / "weights" / "lm-nano" / "mtp"
+DEFAULT_LM = ROOT / "models" / "weights" / "lm-nano"
+DEFAULT_MTP = DEFAULT_LM / "mtp"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider",
              "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
 
@@ -36,6 +36,7 @@ class DecoderOptions:
     target_threads: int = 1
     mtp: str | None = None       # MTP adapter folder (default: the shipped one)
     k: int | None = None         # the target's active experts
+    model_dir: str | None = None # the target's folder (its trained early-exit head, if any, is used by Mirror-SD)
 
 
 def provider(name: str) -> str:
@@ -61,7 +62,11 @@ def make_decoder(model: Transformer, o: DecoderOptions):
         def run_mtp(prompt, opts, stats, detok=None):
             return generate_mtp(mtp, prompt, opts, stats, detok, n_drafts=o.gamma)
         return run_mtp
-    target = TorchLM(model, device=o.target_device, k=o.k)
+    head = None
+    if o.method == "mirror":
+        from heron.models.lm import early_exit
+        head = early_exit.load(o.model_dir or DEFAULT_LM, model)
+    target = TorchLM(model, device=o.target_device, k=o.k, exit_head=head)
     if o.method == "none":
         return lambda prompt, opts, stats, detok=None: sp.plain(target, prompt, opts, stats, detok)
     draft = load_draft(o)

@@ -9,11 +9,12 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
 
-from heron.models.lm.generate import default_roe_tau, roe_flops_per_token
+from heron.models.lm.generate import GenerationOptions, default_roe_tau, generate, roe_flops_per_token
 from heron.models.lm.model import Routing, Transformer
 from heron.models.lm.train import perplexity
 
@@ -52,6 +53,16 @@ def tune_roe_tau(model: Transformer, calib: torch.Tensor, samples: int,
     return default_roe_tau(model.cfg.n_layers, best)
 
 
+@torch.no_grad()
+def decode_ms_per_token(model: Transformer, route: Routing, tokens: int = 32) -> float:
+    """Wall time of KV-cached greedy decoding per token (the samples of a token run as one batch)."""
+    prompt = list(range(10, 42))
+    opts = GenerationOptions(max_new_tokens=tokens, route=route, stop_at_eot=False)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in generate(model, prompt, opts))
+    return 1e3 * (time.perf_counter() - t0) / n
+
+
 def roe_table(model: Transformer, data: torch.Tensor, calib: torch.Tensor, samples=(1, 2, 4, 8),
               larger: Transformer | None = None) -> list[dict]:
     rows = []
@@ -61,10 +72,11 @@ def roe_table(model: Transformer, data: torch.Tensor, calib: torch.Tensor, sampl
             route = replace(route, roe_tau=tune_roe_tau(model, calib, n))
         rows.append({"model": "base", "n": n, "tau": list(route.roe_tau), "ppl": perplexity(model, data, route),
                      "mflops_per_token": roe_flops_per_token(model, route, CONTEXT_FOR_FLOPS) / 1e6,
-                     "params_m": model.num_params() / 1e6})
+                     "decode_ms_per_token": decode_ms_per_token(model, route), "params_m": model.num_params() / 1e6})
     if larger is not None:
         rows.append({"model": "larger", "n": 1, "tau": [], "ppl": perplexity(larger, data),
                      "mflops_per_token": larger.flops_per_token(CONTEXT_FOR_FLOPS) / 1e6,
+                     "decode_ms_per_token": decode_ms_per_token(larger, Routing()),
                      "params_m": larger.num_params() / 1e6})
     return rows
 

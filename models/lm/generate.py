@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from heron.models.lm.model import KVCache, Routing, Transformer, first_noisy_layer
-from heron.runtime.lm import Token
+from heron.runtime.lm import Detokenizer, Token
 
 
 @dataclass(frozen=True)
@@ -65,24 +65,6 @@ def prefill(model: Transformer, prompt: torch.Tensor, cache: KVCache, route: Rou
 def decode_one_token(model: Transformer, token: int, cache: KVCache, route: Routing) -> torch.Tensor:
     x = torch.tensor([[token]], device=cache.k[0].device)
     return model(x, cache, route).logits[:, -1]  # (R, V)
-
-
-class Detokenizer:
-    """Turns a growing id list into text increments without splitting a UTF-8 character."""
-
-    def __init__(self, decode, prompt_ids: list[int]):
-        self.decode, self.ids = decode, list(prompt_ids)
-        self.emitted = len(decode(self.ids)) if decode else 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        if self.decode is None:
-            return ""
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):  # incomplete multi-byte character: wait for the next token
-            return ""
-        new, self.emitted = text[self.emitted:], len(text)
-        return new
 
 
 def check_prompt(model: Transformer, prompt_ids: list[int], max_new_tokens: int) -> None:

@@ -1,0 +1,86 @@
+"""`heron lm ...` end to end with the shipped artifacts (lm-nano target + MTP adapter, lm-draft bundle)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "weights" / "lm-nano"
+DRAFT = ROOT / "runtime" / "assets" / "lm-draft"
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file() or not (DRAFT / "manifest.json").is_file(),
+                                   reason="the shipped LM artifacts are missing (scripts/lm_experiments.sh builds them)")
+
+
+def heron(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "heron", *args], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"heron {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@needs_shipped
+def test_generate_every_method_gives_the_same_text():
+    prompt = "Return a new list of"
+    outs = {}
+    for method in ("none", "draft", "mtp", "mirror"):
+        p = heron("lm", "generate", prompt, "--max-new-tokens", "24", "--speculative", method)
+        outs[method] = p.stdout
+        assert p.stdout.startswith(prompt) and len(p.stdout) > len(prompt) + 10
+        if method != "none":
+            assert re.search(r"tokens in \d+ target forwards", p.stderr)
+    assert len(set(outs.values())) == 1  # lossless: the same greedy text from every method
+
+
+@needs_shipped
+def test_generate_dial_k_roe_and_stream():
+    assert heron("lm", "generate", "The", "--k", "2", "--max-new-tokens", "8").stdout.startswith("The")
+    assert heron("lm", "generate", "The", "--roe-samples", "3", "--max-new-tokens", "8").stdout.startswith("The")
+    assert heron("lm", "generate", "The", "--stream", "--max-new-tokens", "8").stdout.startswith("The")
+    coloured = heron("lm", "generate", "Return the", "--speculative", "draft", "--show-drafts", "always",
+                     "--max-new-tokens", "24").stdout
+    assert "\x1b[32m" in coloured
+
+
+@needs_shipped
+@pytest.mark.parametrize("args,message", [
+    (["lm", "generate", ""], "empty prompt"),
+    (["lm", "generate", "x", "--k", "0"], "k must be in"),
+    (["lm", "generate", "x", "--k", "99"], "k must be in"),
+    (["lm", "generate", "x", "--roe-samples", "0"], "roe-samples"),
+    (["lm", "generate", "word " * 600], "context"),
+    (["lm", "generate", "x", "--speculative", "mirror", "--exit-layer", "9"], "exit-layer"),
+    (["lm", "generate", "x", "--speculative", "draft", "--draft-device", "nosuch"], "offers"),
+    (["lm", "train", "--preset", "huge", "--out", "/tmp/heron-x"], "unknown preset"),
+    (["lm", "generate", "x", "--model", "/nonexistent"], "no model"),
+])
+def test_bad_input_gets_a_clear_error(args, message):
+    p = heron(*args, check=False)
+    assert p.returncode == 1 and message in p.stderr, p.stderr
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    import shutil
+    if not (SHIPPED / "model.safetensors").is_file():
+        pytest.skip("no shipped LM")
+    shutil.copytree(SHIPPED, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00" * 100)
+    p = heron("lm", "generate", "x", "--model", str(tmp_path / "m"), check=False)
+    assert p.returncode == 1 and "safetensors" in p.stderr
+
+
+@needs_shipped
+def test_onnx_target_path_runs_without_torch():
+    """An exported bundle as the target: plain and draft decoding on onnxruntime, torch blocked."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from heron.cli import main\n"
+            f"raise SystemExit(main(['lm', 'generate', 'Return the', '--model', r'{DRAFT}', "
+            "'--max-new-tokens', '16', '--speculative', sys.argv[1]]))")
+    outs = []
+    for method in ("none", "draft"):
+        p = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+    assert outs[0] == outs[1] and outs[0].startswith("Return the")
