@@ -58,7 +58,7 @@ def trace_stateful(model: Transformer, k: int | None = None, max_len: int | None
         traced = torch.jit.trace(step, example, check_trace=False)
     for blk in model.layers:
         if hasattr(blk.ffn, "impl"):
-            blk.ffn.impl = "auto"
+            blk.ffn.impl = "loop"
     return step, traced
 
 
@@ -103,7 +103,7 @@ def export_coreml(model: Transformer, path: str | Path, k: int | None = None) ->
     program = program.run_decompositions({})
     for blk in model.layers:
         if hasattr(blk.ffn, "impl"):
-            blk.ffn.impl = "auto"
+            blk.ffn.impl = "loop"
     shape_state = (1, cfg.n_kv_heads, ct.RangeDim(1, cfg.max_seq_len, default=4), cfg.head_dim)
     inputs = [ct.TensorType(name="tokens", shape=(1, ct.RangeDim(1, cfg.max_seq_len, default=3)), dtype=np.int32)]
     inputs += [ct.TensorType(name=n, shape=shape_state) for n in ins]

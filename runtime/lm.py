@@ -70,6 +70,8 @@ class OnnxLM:
         if self.manifest.get("format") != ONNX_FORMAT:
             raise ValueError(f"{mpath}: expected format {ONNX_FORMAT!r}, got {self.manifest.get('format')!r}")
         name = "model.int8.onnx" if int8 else "model.onnx"
+        if name not in self.manifest.get("sha256", {}):
+            raise ValueError(f"{folder}: the manifest lists no {name} (int8 variants come from heron export --lm-int8)")
         if verify:
             for f, digest in self.manifest["sha256"].items():
                 p = (folder / f).resolve()

@@ -23,7 +23,7 @@ W=models/weights/lm-nano
 $H lm release $R/nano-phds --out $W --int8
 $H lm train-exit --model $W --layer 2 --steps 300
 rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp/mtp.safetensors $R/mtp/mtp.json $W/mtp/
-$H export --lm $R/draft --out runtime/assets/lm-draft
+rm -rf runtime/assets/lm-draft && $H export --lm $R/draft --out runtime/assets/lm-draft
 # 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
 run $R/nano-l $((PRE + FT)) --preset nano-l
 [ -f $R/eval.json ] || $H lm eval --model $R/nano-phds --oracle 2=$R/nano-oracle-k2 3=$R/nano-oracle-k3 \

@@ -16,7 +16,9 @@ def _export_lm(args) -> int:
     outs = []
     if args.target in ("onnx", "all"):
         out = base / "onnx" if args.target == "all" else base
-        export_bundle(args.lm, out, k=args.k, int8=True)
+        # no int8 variant by default: dynamic quantization covers MatMul weights, and an MoE LM's experts
+        # are gathered stacked tensors that stay float, so it saves only a few percent here
+        export_bundle(args.lm, out, k=args.k, int8=args.lm_int8)
         outs.append(out)
     if args.target in ("coreml", "all"):
         from heron.export.coreml_lm import export_coreml_bundle
@@ -126,4 +128,5 @@ def register(sub, formatter) -> None:
     p.add_argument("--lm", default=None, help="export this LM checkpoint instead of the keyword spotter "
                                               "(ONNX with KV-cache state + int8; Core ML)")
     p.add_argument("--k", type=int, default=None, help="LM: active experts baked into the export (default: the model's)")
+    p.add_argument("--lm-int8", action="store_true", help="LM: also write model.int8.onnx (dynamic int8 MatMuls)")
     p.set_defaults(func=_export)

@@ -70,6 +70,13 @@ def test_tampered_or_bad_bundles_are_refused(model, bundle, tmp_path):
     (bad / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         OnnxLM(bad)
+    unlisted = tmp_path / "unlisted"  # a file the manifest does not vouch for is never loaded
+    shutil.copytree(bundle, unlisted)
+    man = json.loads((unlisted / "manifest.json").read_text())
+    del man["sha256"]["model.int8.onnx"]
+    (unlisted / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="lists no"):
+        OnnxLM(unlisted, int8=True)
     with pytest.raises(ValueError, match="offers"):
         OnnxLM(bundle, providers=("NoSuchExecutionProvider",))
     with pytest.raises(FileNotFoundError):

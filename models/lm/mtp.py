@@ -229,8 +229,10 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.DecodeOptions = 
     """Lossless MTP speculative generation: each target forward verifies the previous drafts and, through
     the mask group after every one of its regular tokens, proposes the next drafts."""
     base = mtp.base
-    K = mtp.cfg.n_masks
-    g_max = min(K, n_drafts or K)
+    # groups may be cut to their first n_drafts masks: a mask only sees earlier masks of its own group,
+    # so the shorter group computes exactly what the first slots of a full group would
+    K = min(mtp.cfg.n_masks, n_drafts or mtp.cfg.n_masks)
+    g_max = K
     max_len = base.cfg.max_seq_len
     sp.check_prompt(prompt, max_len, opts)
     stats = stats if stats is not None else sp.DecodeStats(method="mtp")

@@ -141,7 +141,8 @@ def train(cfg: LMConfig, out: str | Path, opts: TrainOptions, text_files: list[s
         rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in json.loads(st["rng"])))
         log(f"resumed from step {start}")
     log(f"model {model.num_params() / 1e6:.2f} M params ({model.num_params(active=True) / 1e6:.2f} M active), "
-        f"{len(train_ids)} train / {len(held_ids)} held-out tokens from {source}")
+        f"{len(train_ids)} train / {len(held_ids)} held-out tokens from {source} "
+        f"(fingerprint {corpus.fingerprint(train_text)})")
     data_rng = np.random.default_rng(opts.seed + start)
     logf = open(out / "log.jsonl", "a")
     try:
@@ -173,6 +174,7 @@ def train(cfg: LMConfig, out: str | Path, opts: TrainOptions, text_files: list[s
             rec["held_ppl"] = round(perplexity(model, held), 3)
             model.train()
             meta = _meta(opts, source, command, step + 1, time.time() - t0, rec["held_ppl"], k_min, k_max, init)
+            meta["corpus_fingerprint"] = corpus.fingerprint(train_text)
             checkpoint.save(out, model, tok, meta)
             torch.save({"optim": optim.state_dict(), "step": step + 1, "rng": json.dumps(rng.getstate())}, state_path)
             log(json.dumps(rec))
