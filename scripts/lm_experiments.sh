@@ -15,14 +15,14 @@ run() { local out=$1 steps=$2; shift 2; done_ "$out" "$steps" || $H lm train --o
 run $R/nano-base $PRE --preset nano
 run $R/nano-phds $FT --init $R/nano-base --phds --k-min 2 --k-max 4 --lr 1e-3
 for k in 2 3 4; do run $R/nano-oracle-k$k $FT --init $R/nano-base --fixed-k $k --lr 1e-3; done
-# 2. the draft model for speculative decoding (shares the target's tokenizer) and the MTP adapter
+# 2. the draft model for speculative decoding (shares the target's tokenizer)
 run $R/draft $PRE --preset tiny --tokenizer-from $R/nano-base
-[ -f $R/mtp/mtp.safetensors ] || $H lm train-mtp --model $R/nano-phds --out $R/mtp --steps 400
-# 3. the shipped artifacts
+# 3. the shipped artifacts: int8 target, its early-exit head and MTP adapter (trained on the int8 weights)
 W=models/weights/lm-nano
 $H lm release $R/nano-phds --out $W --int8
 $H lm train-exit --model $W --layer 2 --steps 300
-rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp/mtp.safetensors $R/mtp/mtp.json $W/mtp/
+$H lm train-mtp --model $W --out $R/mtp-long --steps 1500 --threads 1
+rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp-long/mtp.safetensors $R/mtp-long/mtp.json $W/mtp/
 rm -rf runtime/assets/lm-draft && $H export --lm $R/draft --out runtime/assets/lm-draft
 # 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
 run $R/nano-l $((PRE + FT)) --preset nano-l
