@@ -235,6 +235,22 @@ class _DraftRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _start(target, draft, prompt, opts: DecodeOptions, stats, detok, method: str):
+    """Common start of the draft-based methods: checks, RNGs (the draft samples from its own stream),
+    fresh caches, the sequence and its emitter, the draft runner."""
+    check_prompt(prompt, target.max_len, opts)
+    if draft.vocab_size != target.vocab_size:
+        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
+    stats = stats if stats is not None else DecodeStats(method=method)
+    rng = np.random.default_rng(opts.seed)
+    draft_rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    target.reset()
+    draft.reset()
+    seq = list(prompt)
+    return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, Emitter(seq, opts, stats, detok),
+            _DraftRunner(opts.draft_timeout_s))
+
+
 def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOptions, rng) -> tuple[list[int], np.ndarray]:
     """gamma draft tokens continuing seq, and the draft distributions they were drawn from."""
     feed = dc.sync(seq, len(seq))
@@ -252,19 +268,9 @@ def speculative(target, draft, prompt: Sequence[int], opts: DecodeOptions = Deco
                 stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
     """Classic draft-model speculative decoding: the draft proposes gamma tokens, the target verifies
     them in one forward pass, rejected tokens are rolled back from both caches."""
-    check_prompt(prompt, target.max_len, opts)
     if gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
-    if draft.vocab_size != target.vocab_size:
-        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
-    stats = stats if stats is not None else DecodeStats(method="draft")
-    rng, draft_rng = np.random.default_rng(opts.seed), np.random.default_rng(None if opts.seed is None else opts.seed + 1)
-    target.reset()
-    draft.reset()
-    tc, dc = CachedBackend(target), CachedBackend(draft)
-    seq = list(prompt)
-    em = Emitter(seq, opts, stats, detok)
-    runner = _DraftRunner(opts.draft_timeout_s)
+    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, stats, detok, "draft")
     try:
         while not em.done:
             g = _room(seq, min(target.max_len, draft.max_len), gamma)
@@ -297,6 +303,11 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
     n_acc, extra = verify(p, qs, window, rng, stats)
     stats.rounds += 1
     stats.accepted.append(n_acc)
+    yield from emit_round(em, window, n_acc, extra)
+
+
+def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> Iterator[Token]:
+    """The accepted draft tokens, then the correction/bonus token (stopping early when generation ends)."""
     for t in window[:n_acc]:
         yield em.emit(t, True)
         if em.done:
@@ -371,7 +382,6 @@ def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOpt
     length and the correction token becomes the next window at no further draft cost; otherwise the
     draft computes the window serially, as in classic speculative decoding.
     """
-    check_prompt(prompt, target.max_len, opts)
     if gamma < 1 or kappa < 1:
         raise ValueError(f"--gamma and --kappa must be >= 1, got {gamma}, {kappa}")
     if not getattr(draft, "branchable", False):
@@ -379,16 +389,7 @@ def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOpt
                          f"{draft.name} cannot")
     if not hasattr(target, "prefix"):
         raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix); {target.name} has none")
-    if draft.vocab_size != target.vocab_size:
-        raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
-    stats = stats if stats is not None else DecodeStats(method="mirror")
-    rng, draft_rng = np.random.default_rng(opts.seed), np.random.default_rng(None if opts.seed is None else opts.seed + 1)
-    target.reset()
-    draft.reset()
-    tc, dc = CachedBackend(target), CachedBackend(draft)
-    seq = list(prompt)
-    em = Emitter(seq, opts, stats, detok)
-    runner = _DraftRunner(opts.draft_timeout_s)
+    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, stats, detok, "mirror")
     alpha = 0.5  # running estimate of the per-token acceptance, to rank branches
     window = qs = None
     try:

@@ -148,17 +148,23 @@ def _plain_tokens(args, model, tok, ids):
     return generate(model, ids, opts, decode=tok.decode, eot_id=tok.eot_id)
 
 
-def _train_mtp(args) -> int:
+def _checkpoint_and_corpus(path: str | None, text: list[str] | None, threads: int, what: str):
+    """-> (model, tokenizer, train text, held-out text, corpus description) for the verbs that read text."""
     import torch
 
-    from heron.models.lm.mtp import MTPConfig, save_adapter, train_mtp
-    from heron.models.lm.train import encode, load_corpus
-
-    torch.set_num_threads(args.threads)
-    model, tok, meta = load_model(args.model)
+    from heron.models.lm.train import load_corpus
+    torch.set_num_threads(threads)
+    model, tok, _ = load_model(path)
     if tok is None:
-        raise ValueError("train-mtp needs a heron checkpoint")
-    train_text, _, source = load_corpus(args.text)
+        raise ValueError(f"{what} needs a heron checkpoint (its tokenizer defines the tokens)")
+    return (model, tok, *load_corpus(text))
+
+
+def _train_mtp(args) -> int:
+    from heron.models.lm.mtp import MTPConfig, save_adapter, train_mtp
+    from heron.models.lm.train import encode
+
+    model, tok, train_text, _, source = _checkpoint_and_corpus(args.model, args.text, args.threads, "train-mtp")
     mtp = train_mtp(model, encode(tok, train_text), MTPConfig(n_masks=args.masks, rank=args.rank), args.steps,
                     seed=args.seed)
     command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
@@ -169,16 +175,10 @@ def _train_mtp(args) -> int:
 
 
 def _eval(args) -> int:
-    import torch
-
     from heron.models.lm import evaluate
-    from heron.models.lm.train import encode, load_corpus, windows
+    from heron.models.lm.train import encode, windows
 
-    torch.set_num_threads(args.threads)
-    model, tok, meta = load_model(args.model)
-    if tok is None:
-        raise ValueError("eval needs a heron checkpoint (its tokenizer defines the held-out tokens)")
-    train_text, held_text, source = load_corpus(args.text)
+    model, tok, train_text, held_text, source = _checkpoint_and_corpus(args.model, args.text, args.threads, "eval")
     held = windows(encode(tok, held_text), args.seq_len, args.windows)
     calib = windows(encode(tok, train_text[:400_000]), args.seq_len, args.windows // 2)
     report = {"model": str(args.model or DEFAULT_LM), "corpus": source, "held_out_windows": len(held),
@@ -213,16 +213,10 @@ def _eval(args) -> int:
 
 
 def _dynamoe(args) -> int:
-    import torch
-
     from heron.models.lm import checkpoint, dynamoe, evaluate
-    from heron.models.lm.train import encode, load_corpus, windows
+    from heron.models.lm.train import encode, windows
 
-    torch.set_num_threads(args.threads)
-    model, tok, meta = load_model(args.dense)
-    if tok is None:
-        raise ValueError("--dense must be a heron checkpoint")
-    train_text, held_text, source = load_corpus(args.text)
+    model, tok, train_text, held_text, source = _checkpoint_and_corpus(args.dense, args.text, args.threads, "dynamoe")
     train_ids = encode(tok, train_text)
     held = windows(encode(tok, held_text), args.seq_len, args.windows)
     calib = windows(train_ids, args.seq_len, args.windows)
@@ -242,16 +236,10 @@ def _dynamoe(args) -> int:
 
 
 def _train_exit(args) -> int:
-    import torch
-
     from heron.models.lm import early_exit
-    from heron.models.lm.train import encode, load_corpus
+    from heron.models.lm.train import encode
 
-    torch.set_num_threads(args.threads)
-    model, tok, _ = load_model(args.model)
-    if tok is None:
-        raise ValueError("train-exit needs a heron checkpoint")
-    train_text, _, _ = load_corpus(args.text)
+    model, tok, train_text, _, _ = _checkpoint_and_corpus(args.model, args.text, args.threads, "train-exit")
     head = early_exit.train_exit_head(model, encode(tok, train_text), args.layer, args.steps, seed=args.seed)
     out = Path(args.out or args.model or DEFAULT_LM)
     early_exit.save(head, out)

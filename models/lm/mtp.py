@@ -267,11 +267,9 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.DecodeOptions = 
         if window:
             stats.rounds += 1
             stats.accepted.append(n_acc)
-        for t in window[:n_acc]:
-            yield em.emit(t, True)
-            if em.done:
-                return
-        yield em.emit(extra, False)
+        yield from sp.emit_round(em, window, n_acc, extra)
+        if em.done:
+            return
         cache.trim(len(window) - n_acc)  # rejected drafts leave the cache; the cache holds seq[:-1]
         if not anchors:
             window, qs = [], None
