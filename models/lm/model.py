@@ -361,8 +361,8 @@ class MoE(nn.Module):
 
     def _looped(self, x, w, idx):
         """One matmul chain per expert over the (token, slot) pairs routed to it, grouped by one sort.
-        On CPU this beats gathering expert weights even for one token (nano preset, 1 thread, measured
-        here: 0.11 vs 0.19 ms at N=1, 0.49 vs 18.5 ms at N=25), so eager code always takes this path."""
+        Gathering the selected experts' weights copies A matrices per token, which on CPU costs more than
+        it saves even for a single token, so eager code always takes this path."""
         A = idx.shape[1]
         flat = idx.reshape(-1)                      # (N*A,)
         order = flat.argsort(stable=True)
