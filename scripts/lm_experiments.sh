@@ -15,6 +15,8 @@ run() { local out=$1 steps=$2; shift 2; done_ "$out" "$steps" || $H lm train --o
 run $R/nano-base $PRE --preset nano
 run $R/nano-phds $FT --init $R/nano-base --phds --k-min 2 --k-max 4 --lr 1e-3
 for k in 2 3 4; do run $R/nano-oracle-k$k $FT --init $R/nano-base --fixed-k $k --lr 1e-3; done
+# ... and a stronger anchor curriculum (last 40% of steps, k-min probability rising to 0.8)
+run $R/nano-phds-anchor $FT --init $R/nano-base --phds --k-min 2 --k-max 4 --lr 1e-3 --anchor-frac 0.4 --anchor-prob 0.8
 # 2. the draft model for speculative decoding (shares the target's tokenizer)
 run $R/draft $PRE --preset tiny --tokenizer-from $R/nano-base
 # 3. the shipped artifacts: int8 target, its early-exit head and MTP adapter (trained on the int8 weights)
@@ -26,6 +28,8 @@ rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp-long/mtp.safetensors $R/mtp-long/m
 rm -rf runtime/assets/lm-draft && $H export --lm $R/draft --out runtime/assets/lm-draft
 # 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
 run $R/nano-l $((PRE + FT)) --preset nano-l
+[ -f $R/eval-anchor.json ] || $H lm eval --model $R/nano-phds-anchor --oracle 2=$R/nano-oracle-k2 \
+    3=$R/nano-oracle-k3 4=$R/nano-oracle-k4 --json $R/eval-anchor.json
 [ -f $R/eval.json ] || $H lm eval --model $R/nano-phds --oracle 2=$R/nano-oracle-k2 3=$R/nano-oracle-k3 \
     4=$R/nano-oracle-k4 --roe-samples 1 2 4 8 --larger $R/nano-l --json $R/eval.json
 # 5. a dense model converted by DynaMoE, against static-width truncation

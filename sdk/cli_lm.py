@@ -42,7 +42,8 @@ def _train(args) -> int:
     cfg = config_for(args.preset, args.moe_experts, args.top_k)
     opts = TrainOptions(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr, seed=args.seed,
                         threads=args.threads, fixed_k=args.fixed_k, phds=args.phds, k_min=args.k_min,
-                        k_max=args.k_max, eval_every=args.eval_every)
+                        k_max=args.k_max, eval_every=args.eval_every, anchor_frac=args.anchor_frac,
+                        anchor_prob=args.anchor_prob)
     command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
     out = train(cfg, args.out, opts, text_files=args.text, init=args.init, vocab_size=args.vocab_size,
                 command=command, tokenizer_from=args.tokenizer_from)
@@ -270,6 +271,8 @@ def register(sub, formatter) -> None:
     q.add_argument("--phds", action="store_true", help="dial-k training (MoE-PHDS): sample k per step in [k-min, k-max]")
     q.add_argument("--k-min", type=int, default=None, help="lowest k of dial-k (default top-k/2, the anchor)")
     q.add_argument("--k-max", type=int, default=None, help="highest k of dial-k (default top-k)")
+    q.add_argument("--anchor-frac", type=float, default=0.2, help="dial-k: last fraction of steps shifting toward k-min")
+    q.add_argument("--anchor-prob", type=float, default=0.6, help="dial-k: probability of k-min at the very end")
     q.add_argument("--fixed-k", type=int, default=None, help="train at this k (an oracle for dial-k)")
     q.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning, e.g. PHDS)")
     q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files instead of the default corpus")
