@@ -264,6 +264,19 @@ def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOpt
     return toks, np.stack(qs)
 
 
+def _serial_window(runner: _DraftRunner, dc: CachedBackend, seq, g: int, opts, draft_rng, stats: DecodeStats):
+    """The draft's next g tokens computed while the target waits; None (and stats.fallback set) when the
+    draft failed or stalled."""
+    t0 = time.perf_counter()
+    res = runner.result(runner.submit(_draft_window, dc, seq, g, opts, draft_rng))
+    stats.draft_time_s += time.perf_counter() - t0
+    if res is None:
+        stats.fallback = runner.failed
+    else:
+        stats.draft_calls += g
+    return res
+
+
 def speculative(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), gamma: int = 4,
                 stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
     """Classic draft-model speculative decoding: the draft proposes gamma tokens, the target verifies
@@ -276,15 +289,10 @@ def speculative(target, draft, prompt: Sequence[int], opts: DecodeOptions = Deco
             g = _room(seq, min(target.max_len, draft.max_len), gamma)
             if g == 0:
                 break
-            t0 = time.perf_counter()
-            res = runner.result(runner.submit(_draft_window, dc, seq, g, opts, draft_rng))
-            stats.draft_time_s += time.perf_counter() - t0
+            res = _serial_window(runner, dc, seq, g, opts, draft_rng, stats)
             if res is None:
-                stats.fallback = runner.failed
                 break
-            window, qs = res
-            stats.draft_calls += g
-            yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+            yield from _verify_round(tc, seq, *res, opts, stats, rng, em)
         if not em.done:
             yield from _plain_loop(tc, seq, opts, stats, rng, em)
     finally:
@@ -398,14 +406,10 @@ def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOpt
             if g == 0:
                 break
             if window is None or len(window) != g:  # first round, a miss, or the context's end: serial window
-                t0 = time.perf_counter()
-                res = runner.result(runner.submit(_draft_window, dc, seq, g, opts, draft_rng))
-                stats.draft_time_s += time.perf_counter() - t0
+                res = _serial_window(runner, dc, seq, g, opts, draft_rng, stats)
                 if res is None:
-                    stats.fallback = runner.failed
                     break
                 window, qs = res
-                stats.draft_calls += g
             # target prefix on [last, window]; early-exit candidates go to the draft thread
             feed = tc.sync(seq, len(seq)) + list(window)
             t0 = time.perf_counter()
