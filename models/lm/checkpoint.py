@@ -58,9 +58,8 @@ def save(folder: str | Path, model: Transformer, tokenizer: Tokenizer, meta: dic
         state = quantize_int8({k: v.float() for k, v in state.items()})
         meta = {**(meta or {}), "weights": "int8 per-row (weight-only), fp16 scales"}
     save_file(state, str(folder / WEIGHTS))
-    cfg = asdict(model.cfg)
-    cfg["dense_layers"] = list(cfg["dense_layers"])
-    (folder / CONFIG).write_text(json.dumps({"format": FORMAT, "config": cfg, "meta": meta or {}}, indent=1))
+    (folder / CONFIG).write_text(json.dumps({"format": FORMAT, "config": config_dict(model.cfg), "meta": meta or {}},
+                                            indent=1))
     tokenizer.save(folder / TOKENIZER)
     return folder
 

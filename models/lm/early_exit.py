@@ -5,7 +5,6 @@ decoding stays lossless whatever the head predicts; only the draft's branch hit 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,7 @@ def load(folder: str | Path, model: Transformer) -> ExitHead | None:
         return None
     try:
         with safe_open(str(path), "pt") as f:
-            layer = int(json.loads(json.dumps(f.metadata()))["layer"])
+            layer = int(f.metadata()["layer"])
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error type
         raise ValueError(f"{path} is not a readable exit head: {e}") from e

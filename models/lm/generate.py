@@ -40,7 +40,7 @@ def default_roe_tau(n_layers: int, tau: float = 0.3) -> tuple[float, ...]:
     return tuple(0.0 if i < n_layers // 2 else tau for i in range(n_layers))
 
 
-def next_token_probs(logits: torch.Tensor, samples: int, temperature: float) -> torch.Tensor:
+def next_token_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits (R, V) of one position -> probabilities (V,), averaged over the R routing samples."""
     t = temperature if temperature > 0 else 1.0
     return (logits.float() / t).softmax(-1).mean(0)
@@ -91,7 +91,7 @@ def generate(model: Transformer, prompt_ids: list[int], opts: GenerationOptions 
     logits = prefill(model, torch.tensor([prompt_ids]), cache, route)
     pos = len(prompt_ids)
     for _ in range(opts.max_new_tokens):
-        probs = next_token_probs(logits, route.roe_samples, opts.temperature)
+        probs = next_token_probs(logits, opts.temperature)
         tok = sample(probs, opts.temperature, opts.top_p, gen)
         yield Token(tok, detok.push(tok), pos)
         pos += 1

@@ -12,7 +12,7 @@ hidden states from any layer, and the number of active experts (k) chosen per ca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -507,7 +507,3 @@ def config_from_dict(d: dict) -> LMConfig:
     if unknown:
         raise ValueError(f"unknown LM config fields: {sorted(unknown)}")
     return LMConfig(**d)
-
-
-def with_overrides(cfg: LMConfig, **kw) -> LMConfig:
-    return replace(cfg, **kw)
