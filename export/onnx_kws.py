@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from heron.models.conformer import GatedConformer
-from heron.runtime.bundle import sha256_path
+from heron.runtime.bundle import path_size, sha256_path, write_identity
 
 BUNDLE_FORMAT = "heron-kws-bundle/1"
+# a bundle exported before calibration (tests, the provisional bundle of the export pipeline): scores
+# map to confidences monotonically, but no threshold has been fitted
+UNCALIBRATED = {"slope": 3.0, "offset": -5.0, "per_phoneme": 0.0, "threshold": 0.5, "fitted_on": "not calibrated"}
 
 
 class _ChunkStep(nn.Module):
@@ -56,10 +59,6 @@ def export_encoder_onnx(model: GatedConformer, path: str | Path) -> dict:
     }
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-
-
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
     """Dynamic int8 weights for the encoder; the front end's DFT and mel matmuls stay fp32
     (8-bit spectra would cost accuracy and save only ~0.6 MB)."""
@@ -81,6 +80,9 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    calibration = {**UNCALIBRATED, **calibration}
+    for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
+        (out / stale).unlink(missing_ok=True)
     if target == "coreml":
         from .coreml_kws import export_encoder_coreml, validate_mlpackage
 
@@ -148,15 +150,16 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "phonemes": {"blank": 0, "classes": "1 + index in heron.runtime.phonemes.PHONEMES"},
         "gates": {"names": ["ffn1", "attn", "conv", "ffn2"], "layers": c.n_layers},
         "encoder": io,
-        "calibration": calibration,
+        "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
         "matcher": {"gap_penalty": 0.1, "frames_base": 10, "frames_per_phoneme": 8},
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
         "model": model_meta or {},
-        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": _size(out / v)}
+        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
                   for k, v in files.items()},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    write_identity(out)
     return out
 
 

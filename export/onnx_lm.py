@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from heron.models.lm.model import ConcatCache, Routing, Transformer
+from heron.runtime.bundle import write_identity
 
 MANIFEST = "manifest.json"
 FORMAT = "heron-lm-onnx/1"
@@ -97,12 +98,14 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
                  tokenizer: Path | None = None, eot_id: int | None = None, source: dict | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, "manifest.sha256", "model.int8.onnx", "tokenizer.json"):
+        (out / stale).unlink(missing_ok=True)
     export_onnx(model, out / "model.onnx", k)
     files = ["model.onnx"]
     if int8:
         quantize_int8(out / "model.onnx", out / "model.int8.onnx")
         files.append("model.int8.onnx")
-    if tokenizer is not None:
+    if tokenizer is not None:  # test models come without one; such a bundle takes token ids only
         shutil.copy(tokenizer, out / "tokenizer.json")
         files.append("tokenizer.json")
     cfg = model.cfg
@@ -113,6 +116,8 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
         "active_experts": model.resolve_k(k) if cfg.n_experts else None, "n_experts": cfg.n_experts,
         "eot_id": eot_id, "state_inputs": ins, "state_outputs": outs, "source": source or {},
         "sha256": {f: _sha256(out / f) for f in files},
+        "bytes": {f: (out / f).stat().st_size for f in files},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    write_identity(out)
     return out

@@ -1,24 +1,250 @@
-"""Loading a heron model bundle: manifest.json + files, every file's sha256 verified before use."""
+"""Loading a heron model bundle: manifest.json + files, all of it checked before anything is used.
+
+A bundle is a folder: `manifest.json` (what the runtime needs to know: sample rate, chunk size,
+state shapes, calibration, the files with their sha256 and size), `manifest.sha256` (the sha256 of
+manifest.json itself, the bundle's identity, shown by `heron doctor` and `heron export`) and the
+files. Loading refuses, with one line, a bundle whose manifest was edited, whose fields are missing,
+of the wrong type or out of range, whose files are missing, changed, of another size, symbolic links
+or outside the bundle folder. Nothing is read past a file's declared size.
+
+The field checks (`Fields`) are shared with the LM bundle loader (runtime/lm.py).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES
 
 SUPPORTED_FORMATS = ("heron-kws-bundle/1",)
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "kws"
 BUNDLE_ENV = "HERON_BUNDLE"  # names another default bundle (e.g. to grade a new model with unchanged tools)
+MANIFEST, IDENTITY = "manifest.json", "manifest.sha256"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 32
+MAX_STATE_ELEMENTS = 1 << 22  # one state tensor; the shipped encoder's largest holds 4,096
+GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
-    """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+    """A bundle that is missing, incomplete, tampered with, malformed or of an unknown format."""
+
+
+class Fields:
+    """Typed, range-checked reads of a manifest; each failure is one BundleError naming the field."""
+
+    def __init__(self, doc: Any, where: str):
+        self.doc, self.where = doc, where
+
+    def _get(self, path, optional: bool = False):
+        node: Any = self.doc
+        for part in (path.split(".") if isinstance(path, str) else path):
+            if not isinstance(node, dict):
+                raise BundleError(f"{self.where}: {path!r} must sit in an object")
+            if part not in node:
+                if optional:
+                    return None
+                raise BundleError(f"{self.where}: {path!r} is missing")
+            node = node[part]
+        return node
+
+    def fail(self, path, why: str):
+        name = path if isinstance(path, str) else ".".join(path)  # a path is "a.b" or ("files", "x.onnx")
+        raise BundleError(f"{self.where}: {name!r} {why}")
+
+    def obj(self, path: str, optional: bool = False) -> dict | None:
+        v = self._get(path, optional)
+        if v is None and optional:
+            return None
+        if not isinstance(v, dict):
+            self.fail(path, f"must be an object, got {type(v).__name__}")
+        return v
+
+    def str(self, path: str, choices=None, optional: bool = False) -> str | None:
+        v = self._get(path, optional)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str):
+            self.fail(path, f"must be a string, got {type(v).__name__}")
+        if choices is not None and v not in choices:
+            self.fail(path, f"must be one of {list(choices)}, got {v!r}")
+        return v
+
+    def int(self, path: str, lo: int, hi: int, optional: bool = False) -> int | None:
+        v = self._get(path, optional)
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(path, f"must be an integer, got {v!r}")
+        if not lo <= v <= hi:
+            self.fail(path, f"must be in [{lo}, {hi}], got {v}")
+        return v
+
+    def float(self, path: str, lo: float, hi: float, optional: bool = False) -> float | None:
+        v = self._get(path, optional)
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.fail(path, f"must be a finite number, got {v!r}")
+        if not lo <= v <= hi:
+            self.fail(path, f"must be in [{lo}, {hi}], got {v}")
+        return float(v)
+
+    def bool(self, path) -> bool:
+        v = self._get(path)
+        if not isinstance(v, bool):
+            self.fail(path, f"must be true or false, got {v!r}")
+        return v
+
+    def str_list(self, path: str, max_len: int = 4096) -> list[str]:
+        v = self._get(path)
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v) or not 0 < len(v) <= max_len:
+            self.fail(path, f"must be a list of 1..{max_len} strings")
+        return v
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        v = self._get(path)
+        if (not isinstance(v, list) or not 1 <= len(v) <= 6
+                or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 65536 for d in v)):
+            self.fail(path, f"must be a shape: 1..6 integers in [1, 65536], got {v!r}")
+        if math.prod(v) > MAX_STATE_ELEMENTS:
+            self.fail(path, f"has {math.prod(v)} elements; at most {MAX_STATE_ELEMENTS} are allowed")
+        return tuple(v)
+
+
+def _inside(root: Path, rel: str, where: str) -> Path:
+    """A path named by a manifest -> its location, refusing absolute paths, '..', and any symbolic
+    link between the bundle root and the file (a link could point anywhere, /dev/zero included)."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise BundleError(f"{where}: {rel!r} points outside the bundle")
+    p = root
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            raise BundleError(f"{where}: {rel!r} is a symbolic link; a bundle holds regular files only")
+    return p
+
+
+def _hash_file(p: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        left = size
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def _tree_files(path: Path, where: str) -> list[Path]:
+    """Regular files under a folder (a Core ML .mlpackage), refusing links and special files."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            q = Path(dirpath) / name
+            if q.is_symlink():
+                raise BundleError(f"{where}: {q.relative_to(path.parent)} is a symbolic link; "
+                                  "a bundle holds regular files only")
+            if name in filenames and not q.is_file():
+                raise BundleError(f"{where}: {q.relative_to(path.parent)} is not a regular file")
+            if name in filenames:
+                out.append(q)
+    return sorted(out)
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file; for a folder (a Core ML .mlpackage), of its sorted (relative path, file hash) list."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in _tree_files(path, str(path)):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_path(f)}\n".encode())
+        return h.hexdigest()
+    return _hash_file(path, path.stat().st_size)
+
+
+def path_size(path: str | Path) -> int:
+    path = Path(path)
+    return sum(f.stat().st_size for f in _tree_files(path, str(path))) if path.is_dir() else path.stat().st_size
+
+
+def verify_file(root: Path, rel: str, sha256: str, size: int | None, where: str) -> Path:
+    """Check one file a manifest lists: inside the bundle, regular, of its declared size, matching
+    its sha256. Reads at most the declared size."""
+    p = _inside(root, rel, where)
+    if not p.exists():
+        raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
+    if p.is_dir():
+        if path_size(p) != size and size is not None:
+            raise BundleError(f"bundle {root}: {rel} is {path_size(p)} bytes, the manifest says {size}")
+        digest = sha256_path(p)
+    else:
+        if not p.is_file():
+            raise BundleError(f"{where}: {rel} is not a regular file")
+        actual = p.stat().st_size
+        if size is not None and actual != size:
+            raise BundleError(f"bundle {root}: {rel} is {actual} bytes, the manifest says {size} (corrupt or tampered)")
+        if actual > MAX_FILE_BYTES:
+            raise BundleError(f"bundle {root}: {rel} is {actual} bytes; at most {MAX_FILE_BYTES} are read")
+        digest = _hash_file(p, actual)
+    if digest != sha256:
+        raise BundleError(f"bundle {root}: {rel} does not match its sha256 (corrupt or tampered)")
+    return p
+
+
+def write_identity(root: str | Path) -> str:
+    """Record the manifest's own sha256 beside it (`manifest.sha256`); returns it. Exporters call this last."""
+    root = Path(root)
+    digest = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+    (root / IDENTITY).write_text(digest + "\n")
+    return digest
+
+
+def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
+    """manifest.json of a bundle folder, checked against manifest.sha256 -> (manifest, identity)."""
+    root = Path(root)
+    mpath, ipath = root / MANIFEST, root / IDENTITY
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a folder: not a heron {kind} bundle")
+    for p in (mpath, ipath):
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise BundleError(f"{p} is not a regular file")
+    if not mpath.is_file():
+        raise BundleError(f"no {MANIFEST} in {root}: not a heron {kind} bundle (export one with `heron export`)")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is over {MAX_MANIFEST_BYTES} bytes: not a heron manifest")
+    raw = mpath.read_bytes()
+    if not ipath.is_file():
+        raise BundleError(f"{root} has no {IDENTITY} (the manifest's checksum); re-export the bundle with this heron")
+    recorded = ipath.read_text(errors="replace")[:200].strip()
+    identity = hashlib.sha256(raw).hexdigest()
+    if recorded != identity:
+        raise BundleError(f"{mpath} was changed after export: its sha256 {identity[:16]}... does not match "
+                          f"{IDENTITY} ({recorded[:16]}...)")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} must hold a JSON object")
+    return manifest, identity
 
 
 @dataclass(frozen=True)
 class Bundle:
     root: Path
     manifest: dict
+    identity: str = ""  # sha256 of manifest.json
 
     def path(self, key: str) -> Path:
         try:
@@ -30,45 +256,100 @@ class Bundle:
         return key in self.manifest.get("files", {})
 
 
-def sha256_path(path: str | Path) -> str:
-    """sha256 of a file; for a folder (a Core ML .mlpackage), of its sorted (relative path, file hash) list."""
-    path = Path(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_path(f)}\n".encode())
-        return h.hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def validate_kws_manifest(m: dict, where: str) -> None:
+    """Every field the keyword-spotting runtime reads: present, typed, in range, consistent."""
+    f = Fields(m, where)
+    f.str("format", SUPPORTED_FORMATS)
+    target = f.str("target", ("onnx", "coreml"))
+    f.str("heron_version")
+    sr = f.int("sample_rate", 8000, 48000)
+    chunk = f.int("chunk_samples", 160, 10 * sr)
+    fs = f.float("frame_seconds", 0.005, 1.0)
+    fpc = f.int("frames_per_chunk", 1, 1000)
+    if abs(fpc * fs * sr - chunk) > 1:
+        f.fail("frames_per_chunk", f"x frame_seconds ({fpc} x {fs}) must span chunk_samples ({chunk} at {sr} Hz)")
+    f.obj("features")
+    f.int("features.n_fft", 16, 8192), f.int("features.hop", 1, 8192), f.int("features.n_mels", 1, 512)
+    f.float("features.f_min", 0.0, sr / 2), f.float("features.f_max", 1.0, sr / 2)
+    f.int("phonemes.blank", 0, 0)
+    f.str("phonemes.classes")
+    if f.str_list("gates.names") != list(GATE_NAMES):
+        f.fail("gates.names", f"must be {list(GATE_NAMES)}")
+    layers = f.int("gates.layers", 1, 64)
+    inputs = f.obj("encoder.inputs")
+    if f.shape("encoder.inputs.audio_chunk") != (1, chunk):
+        f.fail("encoder.inputs.audio_chunk", f"must be [1, {chunk}] (chunk_samples)")
+    for name in inputs:
+        f.shape(f"encoder.inputs.{name}")
+    want = {"cached_audio"} | {f"cached_{k}_{i}" for i in range(layers) for k in ("key", "value", "valid", "conv")}
+    if set(inputs) - {"audio_chunk"} != want:
+        f.fail("encoder.inputs", f"must hold audio_chunk and the states of {layers} layers (gates.layers)")
+    outputs = f.str_list("encoder.outputs")
+    pairs = f.obj("encoder.state_pairs")
+    if set(pairs) != want or any(not isinstance(v, str) or v not in outputs for v in pairs.values()):
+        f.fail("encoder.state_pairs", "must map every state input to one of encoder.outputs")
+    if not {"log_probs", "embeddings", "gate_probs"} <= set(outputs):
+        f.fail("encoder.outputs", "must include log_probs, embeddings and gate_probs")
+    slope = f.float("calibration.slope", 1e-3, 100.0)
+    offset = f.float("calibration.offset", -50.0, 50.0)
+    per_ph = f.float("calibration.per_phoneme", -10.0, 10.0)
+    threshold = f.float("calibration.threshold", 1e-3, 0.999)
+    f.float("calibration.verifier", -100.0, 100.0, optional=True)
+    f.float("calibration.min_first_stage", 0.0, 1.0, optional=True)
+    f.str("calibration.fitted_on", optional=True)
+    files = f.obj("files")
+    if f.bool("calibration.znorm") != (isinstance(files, dict) and "background" in files):
+        f.fail("calibration.znorm", "must say whether the bundle has its Z-norm background bank (files.background): "
+                                    "the calibration was fitted with or without it")
+    # with a Z-norm bank, z is a keyword's score in standard deviations of its scores on background
+    # speech: at z = 0 (typical background) the confidence must stay under the threshold, or the
+    # spotter fires on everything; at z = 6 (far above anything background speech scores) it must
+    # pass, or it never fires. Both for the shortest and the longest keywords.
+    for n in ((1, MAX_KEYWORD_PHONEMES) if isinstance(files, dict) and "background" in files else ()):
+        for z, fires in ((0.0, False), (6.0, True)):
+            p = 1 / (1 + math.exp(-max(-60.0, min(60.0, slope * z + offset + per_ph * n))))
+            if (p >= threshold) != fires:
+                f.fail("calibration", f"{'never fires' if fires else 'fires on average background speech'}: "
+                                      f"confidence {p:.3f} at z = {z:g} for a {n}-phoneme keyword, threshold "
+                                      f"{threshold} (slope {slope}, offset {offset}, per_phoneme {per_ph})")
+    f.float("matcher.gap_penalty", 0.0, 10.0)
+    f.int("matcher.frames_base", 1, 1000)
+    f.int("matcher.frames_per_phoneme", 1, 100)
+    f.obj("model")
+    if not files:
+        f.fail("files", "lists no files")
+    for key in files:
+        f.obj(("files", key))
+        f.str(("files", key, "path"))
+        if not _HEX64.fullmatch(f.str(("files", key, "sha256"))):
+            f.fail(("files", key, "sha256"), "must be 64 lower-case hex digits")
+        f.int(("files", key, "bytes"), 0, MAX_FILE_BYTES)
+    if target == "onnx":
+        if "encoder" not in files and "encoder_int8" not in files:
+            f.fail("files", "must list an encoder (encoder or encoder_int8)")
+        for prefix in ("mod.", "mod8."):
+            mods = {k[len(prefix):] for k in files if k.startswith(prefix)}
+            full = {"frontend", "head"} | {f"layer{i}_{n}" for i in range(layers)
+                                           for n in ("gate", "norm") + GATE_NAMES}
+            if mods and mods != full:
+                f.fail("files", f"{prefix}* must hold the frontend, head and every module of {layers} layers")
+    if ("text_encoder" in files) != ("matcher" in files):
+        f.fail("files", "text_encoder and matcher come together")
+    if "matcher" in files:
+        f.int("verifier.max_frames", 2, 100000)
+        f.int("verifier.margin_frames", 0, 1000)
+        f.float("verifier.min_first_stage", 0.0, 1.0)
 
 
 def load_bundle(root: str | Path | None = None) -> Bundle:
     """Read and verify a bundle folder (default: $HERON_BUNDLE, else the one shipped with heron)."""
-    import os
-
     root = Path(root) if root is not None else Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
-    mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise BundleError(f"no manifest.json in {root}: not a heron bundle (export one with `heron export`)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") not in SUPPORTED_FORMATS:
-        raise BundleError(f"{mpath}: unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r};"
-                          f" this heron reads {SUPPORTED_FORMATS}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{mpath} lists no files")
-    for key, info in files.items():
-        p = root / info["path"]
-        if Path(info["path"]).is_absolute() or ".." in Path(info["path"]).parts:
-            raise BundleError(f"{mpath}: file {key} points outside the bundle ({info['path']})")
-        if not p.exists():
-            raise BundleError(f"bundle {root} is incomplete: {info['path']} is missing")
-        if sha256_path(p) != info["sha256"]:
-            raise BundleError(f"bundle {root}: {info['path']} does not match its sha256 (corrupt or tampered)")
-    return Bundle(root, manifest)
+    manifest, identity = read_manifest(root, "keyword-spotting")
+    where = str(root / MANIFEST)
+    if manifest.get("format") not in SUPPORTED_FORMATS:
+        raise BundleError(f"{where}: unsupported bundle format {manifest.get('format')!r}; this heron reads "
+                          f"{SUPPORTED_FORMATS}")
+    validate_kws_manifest(manifest, where)
+    for key, info in manifest["files"].items():
+        verify_file(root, info["path"], info["sha256"], info["bytes"], where)
+    return Bundle(root, manifest, identity)

@@ -55,9 +55,11 @@ class CTCKeywordMatcher:
         # per-frame cost of each state: blanks between phonemes pay the gap penalty
         self.state_cost = np.where(labels == BLANK, gap_penalty, 0.0)
 
-    def init_state(self) -> CTCMatchState:
+    def init_state(self, frame: int = 0) -> CTCMatchState:
+        """A fresh state whose first frame has absolute index `frame` (a keyword added to a running
+        stream starts at the stream's current frame, so its start/end frames are the stream's)."""
         S = len(self.labels)
-        return CTCMatchState(np.full(S, _NEG), np.zeros(S, np.int64), 0)
+        return CTCMatchState(np.full(S, _NEG), np.full(S, frame, np.int64), frame)
 
     def step(self, log_probs: np.ndarray, state: CTCMatchState) -> tuple[np.ndarray, np.ndarray, CTCMatchState]:
         """log_probs: (T, classes) -> (per-frame score in (0, 1], path start frame, new state).

@@ -51,49 +51,106 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+LM_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json")
+
+
+def validate_lm_manifest(m: dict, where: str) -> None:
+    """Every field the onnxruntime LM backend reads: present, typed, in range, consistent."""
+    from heron.runtime.bundle import Fields
+
+    f = Fields(m, where)
+    f.str("format", (ONNX_FORMAT,))
+    f.str("name")
+    layers = f.int("n_layers", 1, 1024)
+    f.int("n_kv_heads", 1, 1024), f.int("head_dim", 1, 4096)
+    vocab = f.int("vocab_size", 2, 1_000_000)
+    f.int("max_seq_len", 1, 1 << 20)
+    for key in ("n_experts", "active_experts", "eot_id"):  # null is a value (dense model, no end token)
+        if key not in m:
+            f.fail(key, "is missing (null is allowed)")
+    experts = f.int("n_experts", 0, 4096, optional=True) or 0
+    if m.get("active_experts") is not None or experts:
+        f.int("active_experts", 1, max(1, experts))
+    if m.get("eot_id") is not None:
+        f.int("eot_id", 0, vocab - 1)
+    for key in ("state_inputs", "state_outputs"):
+        if len(f.str_list(key)) != 2 * layers:
+            f.fail(key, f"must name {2 * layers} states (key and value of {layers} layers)")
+    f.obj("source")
+    sha, size = f.obj("sha256"), f.obj("bytes")
+    if set(sha) != set(size) or not set(sha) <= set(LM_FILES):
+        f.fail("sha256", f"and 'bytes' must list the same files, among {list(LM_FILES)}")
+    for name in sha:
+        f.str(("sha256", name)), f.int(("bytes", name), 0, 1 << 34)
+
+
 class OnnxLM:
     """A heron LM exported by `heron export --lm` run with onnxruntime."""
 
     branchable = True  # snapshots are independent (state arrays are never written in place)
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 1, int8: bool = False, verify: bool = True):
+                 threads: int = 1, int8: bool = False):
         import onnxruntime as ort
+
+        from heron.runtime.bundle import BundleError, read_manifest, verify_file
         folder = Path(folder)
-        mpath = folder / "manifest.json"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{folder} is not an LM bundle (no manifest.json)")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath} is not valid JSON: {e}") from e
-        if self.manifest.get("format") != ONNX_FORMAT:
-            raise ValueError(f"{mpath}: expected format {ONNX_FORMAT!r}, got {self.manifest.get('format')!r}")
+        self.manifest, self.identity = read_manifest(folder, "language-model")
+        where = str(folder / "manifest.json")
+        validate_lm_manifest(self.manifest, where)
         name = "model.int8.onnx" if int8 else "model.onnx"
-        if name not in self.manifest.get("sha256", {}):
-            raise ValueError(f"{folder}: the manifest lists no {name} (int8 variants come from heron export --lm-int8)")
-        if verify:
-            for f, digest in self.manifest["sha256"].items():
-                p = (folder / f).resolve()
-                if folder.resolve() not in p.parents:
-                    raise ValueError(f"manifest names a file outside the bundle: {f}")
-                if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != digest:
-                    raise ValueError(f"{p} is missing or does not match its checksum (tampered or incomplete bundle)")
+        if name not in self.manifest["sha256"]:
+            raise BundleError(f"{folder}: the manifest lists no {name} (int8 variants come from heron export --lm-int8)")
+        for f, digest in self.manifest["sha256"].items():
+            verify_file(folder, f, digest, self.manifest["bytes"][f], where)
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             raise ValueError(f"onnxruntime here offers {ort.get_available_providers()}, not {unknown}")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / name), so, providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(str(folder / name), so, providers=list(providers))
+        except Exception as e:  # onnxruntime's own (pybind) exception types
+            raise BundleError(f"{folder / name}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]
         self.eot_id = m.get("eot_id")
         self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
+        self._check_graph(where)
         self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)
         self.folder = folder
         self.reset()
+
+    def _check_graph(self, where: str) -> None:
+        """The manifest's shapes must be the graph's own (an edited n_kv_heads fails here, not mid-decode)."""
+        from heron.runtime.bundle import BundleError
+        m = self.manifest
+        ins = {i.name: i.shape for i in self.session.get_inputs()}
+        outs = {o.name: o.shape for o in self.session.get_outputs()}
+        if list(ins) != ["tokens", *self.state_in] or list(outs) != ["logits", *self.state_out]:
+            raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
+        for name in self.state_in:
+            shape = ins[name]
+            want = [1, m["n_kv_heads"], None, m["head_dim"]]
+            if len(shape) != 4 or any(isinstance(d, int) and w is not None and d != w for d, w in zip(shape, want)):
+                raise BundleError(f"{where}: {name} has the shape {shape} in the graph; the manifest says "
+                                  f"[1, {m['n_kv_heads']}, *, {m['head_dim']}]")
+        v = outs["logits"][-1]
+        if isinstance(v, int) and v != m["vocab_size"]:
+            raise BundleError(f"{where}: the graph's logits have {v} entries; the manifest says vocab_size {m['vocab_size']}")
+
+    def tokenizer(self):
+        """The bundle's tokenizer (verified with the rest of the bundle)."""
+        from heron.runtime.bundle import BundleError
+        if "tokenizer.json" not in self.manifest["sha256"]:  # an unlisted file is unverified: never read it
+            raise BundleError(f"{self.folder}: the manifest lists no tokenizer.json, so this bundle cannot "
+                              "turn text into tokens")
+        tok = load_tokenizer(self.folder / "tokenizer.json")
+        if tok.get_vocab_size() > self.vocab_size:
+            raise ValueError(f"{self.folder}: the tokenizer has {tok.get_vocab_size()} tokens, the model {self.vocab_size}")
+        return tok
 
     @property
     def length(self) -> int:
@@ -131,7 +188,10 @@ def load_tokenizer(path: str | Path):
         from tokenizers import Tokenizer
     except ImportError as e:
         raise ImportError("LM generation needs the 'tokenizers' package: pip install tokenizers") from e
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a plain Exception for malformed files
+        raise ValueError(f"{path} is not a readable tokenizer: {str(e)[:200]}") from None
 
 
 class Detokenizer:

@@ -107,6 +107,12 @@ def normalize_text(text: str) -> list[str]:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if unicodedata.category(c) != "Mn")  # strip accents
     text = text.replace("\u2019", "'").replace("&", " and ")
+    # letters of other scripts (Cyrillic, CJK, ...) have no English pronunciation: refuse them by
+    # name rather than drop them and enroll a different keyword
+    foreign = [w for w in text.split() if any(unicodedata.category(c).startswith("L") and not c.isascii() for c in w)]
+    if foreign:
+        raise ValueError(f"cannot pronounce {' '.join(foreign)!r}: keywords are English words in Latin letters "
+                         "(digits and accented letters are fine)")
     words: list[str] = []
     for raw in re.split(r"[^A-Za-z0-9']+", text):
         raw = raw.strip("'")
@@ -190,9 +196,10 @@ def pronounce(text: str, *, max_words: int | None = MAX_KEYWORD_WORDS,
     if max_words is not None and len(words) > max_words:
         raise ValueError(f"keyword {text!r} has {len(words)} words; at most {max_words} are supported")
     word_phones = tuple(word_to_phonemes(w) for w in words)
-    kept = [(w, p) for w, p in zip(words, word_phones) if p]
-    if not kept:
-        raise ValueError(f"keyword text {text!r} has nothing pronounceable")
+    silent = [w for w, p in zip(words, word_phones) if not p]
+    if silent:  # never enroll a different keyword than the one typed
+        raise ValueError(f"cannot pronounce {' '.join(silent)!r} in keyword {text!r}")
+    kept = list(zip(words, word_phones))
     n = sum(len(p) for _, p in kept)
     if max_phonemes is not None and n > max_phonemes:
         raise ValueError(f"keyword {text!r} has {n} phonemes; at most {max_phonemes} are supported")

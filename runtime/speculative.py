@@ -14,6 +14,7 @@ trims those and feeds what it is missing, so the strategies never track cache of
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,24 @@ class DecodeOptions:
     seed: int | None = None
     eot_id: int | None = None       # stop after this token (None: never)
     draft_timeout_s: float = 5.0    # a draft call slower than this counts as a stalled draft
+
+    def __post_init__(self):
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        if not (isinstance(self.draft_timeout_s, (int, float)) and math.isfinite(self.draft_timeout_s)
+                and self.draft_timeout_s > 0):
+            raise ValueError(f"draft_timeout_s must be a positive number of seconds, got {self.draft_timeout_s!r}")
+
+
+def check_sampling(max_new_tokens, temperature, top_p, seed) -> None:
+    """The sampling options every decoder takes, checked before any work (one sentence per mistake)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
 
 
 @dataclass
@@ -243,7 +262,7 @@ def _start(target, draft, prompt, opts: DecodeOptions, stats, detok, method: str
         raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
     stats = stats if stats is not None else DecodeStats(method=method)
     rng = np.random.default_rng(opts.seed)
-    draft_rng = np.random.default_rng(None if opts.seed is None else opts.seed + 1)
+    draft_rng = DraftSeeds(opts.seed)
     target.reset()
     draft.reset()
     seq = list(prompt)
@@ -251,8 +270,25 @@ def _start(target, draft, prompt, opts: DecodeOptions, stats, detok, method: str
             _DraftRunner(opts.draft_timeout_s))
 
 
-def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOptions, rng) -> tuple[list[int], np.ndarray]:
+class DraftSeeds:
+    """The draft's random draws, keyed by the sequence position its window starts at.
+
+    A window continuing a sequence of length n always draws from the generator (seed, n), whether a
+    Mirror-SD branch built it on the draft thread or the draft computed it serially after a miss: so
+    the output for a seed does not depend on how many branches the thread finished in time.
+    """
+
+    def __init__(self, seed: int | None):
+        self.base = int(np.random.SeedSequence().entropy) if seed is None else seed + 1
+
+    def at(self, position: int) -> np.random.Generator:
+        return np.random.default_rng([self.base, position])
+
+
+def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOptions,
+                  seeds: DraftSeeds) -> tuple[list[int], np.ndarray]:
     """gamma draft tokens continuing seq, and the draft distributions they were drawn from."""
+    rng = seeds.at(len(seq))
     feed = dc.sync(seq, len(seq))
     toks, qs = [], []
     for _ in range(gamma):
@@ -352,12 +388,13 @@ def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int, alpha
 
 
 def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window: list[int],
-                    order, gamma: int, opts: DecodeOptions, rng, cancel: threading.Event,
+                    order, gamma: int, opts: DecodeOptions, seeds: DraftSeeds, cancel: threading.Event,
                     out: dict, budget: int) -> None:
     """Draft thread: expand candidate corrections into rollouts until cancelled or out of budget."""
     for depth, root, _ in order[:budget]:
         if cancel.is_set():
             return
+        rng = seeds.at(seq_len + depth + 1)  # the window continues prefix + window[:depth] + root
         keep = seq_len + depth  # positions of prefix + window[:depth]; the base state holds prefix + window[:-1]
         draft.restore(base_state)
         if keep > len(base_ids):  # window[:depth] is not all cached (depth == gamma)

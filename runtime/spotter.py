@@ -12,16 +12,52 @@ caller slices the audio.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .ctc_kws import CTCKeywordMatcher, CTCMatchState
-from .phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
+from heron.runtime.bundle import Bundle, BundleError, load_bundle
+from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatchState
+from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES, Pronunciation, pronounce
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
+MAX_SAMPLE_RATE = 384_000
+PEAK_HOLD_S = 0.3  # a detection is reported at its score's peak, at most this long after the threshold crossing
+N_CLASSES = len(PHONEMES) + 1  # CTC classes: blank + phonemes
+
+
+def _session(ort, path: Path, opts, providers):
+    """An onnxruntime session, or one BundleError line for a graph onnxruntime cannot load."""
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own (pybind) exception types
+        raise BundleError(f"{path}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
+
+
+def _check_graph(session, inputs: dict[str, tuple], outputs: list[str], where: str) -> None:
+    """The manifest's description of a graph must be the graph's own: names, and every fixed dimension."""
+    have = {i.name: i.shape for i in session.get_inputs()}
+    if set(have) != set(inputs):
+        raise BundleError(f"{where}: the manifest's encoder inputs {sorted(inputs)} are not the graph's {sorted(have)}")
+    for name, shape in inputs.items():
+        g = have[name]
+        if len(g) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(g, shape)):
+            raise BundleError(f"{where}: the manifest gives {name} the shape {list(shape)}; the graph has {g}")
+    out = [o.name for o in session.get_outputs()]
+    if sorted(out) != sorted(outputs):
+        raise BundleError(f"{where}: the manifest's encoder outputs are not the graph's {out}")
+
+
+def _load_array(bundle: Bundle, key: str, ndim: int) -> np.ndarray:
+    try:
+        a = np.load(bundle.path(key), allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise BundleError(f"{bundle.path(key)}: not a numpy array file: {e}") from None
+    if a.ndim != ndim or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
+        raise BundleError(f"{bundle.path(key)}: expected a finite {ndim}-D float array, got {a.dtype} {a.shape}")
+    return a.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -78,8 +114,11 @@ class KeywordSpotter:
                  skip_gates: bool = True):
         import onnxruntime as ort
 
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
+            raise ValueError(f"threads must be an integer in [1, 256], got {threads!r}")
         self.bundle = bundle
         m = bundle.manifest
+        where = str(bundle.root / "manifest.json")
         if m.get("target", "onnx") != "onnx":
             raise ValueError(f"bundle {bundle.root} targets {m.get('target')!r}; this runtime runs ONNX bundles "
                              "(Core ML bundles run on Apple devices through Core ML)")
@@ -97,9 +136,11 @@ class KeywordSpotter:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(bundle.path(key)), opts,
-                                            providers=providers or ["CPUExecutionProvider"])
+        if not bundle.has(key):
+            raise BundleError(f"{where}: this bundle has no {'int8' if int8 else 'fp32'} encoder ({key})")
+        self.session = _session(ort, bundle.path(key), opts, providers)
         enc = m["encoder"]
+        _check_graph(self.session, {n: tuple(s) for n, s in enc["inputs"].items()}, enc["outputs"], where)
         self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
         self.state_pairs = dict(enc["state_pairs"])
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -109,25 +150,26 @@ class KeywordSpotter:
         if skip_gates and mod_keys:  # closed gates skip their modules
             from .modular import ModularEncoder
 
-            sessions = {k[len(prefix):]: ort.InferenceSession(str(bundle.path(k)), opts,
-                                                    providers=providers or ["CPUExecutionProvider"]) for k in mod_keys}
+            sessions = {k[len(prefix):]: _session(ort, bundle.path(k), opts, providers) for k in mod_keys}
             self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]))
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
-            self.text_session = ort.InferenceSession(str(bundle.path("text_encoder")), opts,
-                                                     providers=providers or ["CPUExecutionProvider"])
-            self.verifier_session = ort.InferenceSession(str(bundle.path("matcher")), opts,
-                                                         providers=providers or ["CPUExecutionProvider"])
+            self.text_session = _session(ort, bundle.path("text_encoder"), opts, providers)
+            self.verifier_session = _session(ort, bundle.path("matcher"), opts, providers)
             v = m["verifier"]
             self.verifier_max_frames = int(v["max_frames"])
             self.verifier_margin = int(v["margin_frames"])
             self.verifier_min_raw = float(v["min_first_stage"])  # below this the first stage rejects alone
         self.phoneme_table = None  # (39, D) representative phoneme vectors: DSP word partition
         if bundle.has("phoneme_table"):
-            self.phoneme_table = np.load(bundle.path("phoneme_table"), allow_pickle=False).astype(np.float32)
+            self.phoneme_table = _load_array(bundle, "phoneme_table", 2)
+            if self.phoneme_table.shape[0] != len(PHONEMES):
+                raise BundleError(f"{where}: the phoneme table has {self.phoneme_table.shape[0]} rows, not {len(PHONEMES)}")
         self.background = None  # (segments, frames, classes) log-probs of background speech, for Z-norm
         if bundle.has("background"):
-            self.background = np.load(bundle.path("background"), allow_pickle=False).astype(np.float32)
+            self.background = _load_array(bundle, "background", 3)
+            if self.background.shape[2] != N_CLASSES:
+                raise BundleError(f"{where}: the background bank has {self.background.shape[2]} classes, not {N_CLASSES}")
         self.keywords: dict[str, Keyword] = {}
 
     @classmethod
@@ -179,7 +221,7 @@ class KeywordSpotter:
 
     def stream(self, sample_rate: int | None = None, refractory_s: float = 1.0, smoothing_frames: int = 1) -> "Stream":
         """A new independent stream. Audio at another sample rate is resampled (soxr)."""
-        return Stream(self, sample_rate or self.sample_rate, refractory_s, smoothing_frames)
+        return Stream(self, self.sample_rate if sample_rate is None else sample_rate, refractory_s, smoothing_frames)
 
     # --- encoder ------------------------------------------------------------------------------------
     def init_state(self) -> dict[str, np.ndarray]:
@@ -268,12 +310,17 @@ class KeywordSpotter:
         i = int(np.argmax(conf))
         return float(conf[i]), float(starts[i] * self.frame_seconds), float((i + 1) * self.frame_seconds)
 
-    def score_file(self, audio: np.ndarray, keyword: str) -> tuple[float, float | None, float | None]:
-        """Best (score, start_s, end_s) of one keyword over a whole clip (16 kHz mono float32)."""
-        st = self.stream()
+    def score_file(self, audio, keyword: str, sample_rate: int | None = None) -> tuple[float, float | None, float | None]:
+        """Best (score, start_s, end_s) of one enrolled keyword over a whole recording: an array of
+        samples, or an iterable of blocks (e.g. `heron.runtime.audio.AudioFile(path).blocks()`, so
+        that hours of audio cost one block of memory). `sample_rate`: the audio's (default: the model's)."""
+        st = self.stream(sample_rate=sample_rate)
         st.track_best = True
-        st.accept(audio)
+        for block in ([audio] if isinstance(audio, np.ndarray) else audio):
+            st.accept(block)
         st.flush()
+        if keyword not in st.best:
+            raise ValueError(f"keyword {keyword!r} is not enrolled (or the audio was empty)")
         return st.best[keyword]
 
 
@@ -281,8 +328,13 @@ class Stream:
     """One audio stream: buffers samples, runs the encoder chunk by chunk, matches every keyword."""
 
     def __init__(self, spotter: KeywordSpotter, sample_rate: int, refractory_s: float, smoothing_frames: int):
-        if refractory_s < 0 or smoothing_frames < 1:
-            raise ValueError("refractory_s must be >= 0 and smoothing_frames >= 1")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+                or not 1000 <= sample_rate <= MAX_SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be an integer in [1000, {MAX_SAMPLE_RATE}] Hz, got {sample_rate!r}")
+        if not isinstance(refractory_s, (int, float)) or not math.isfinite(refractory_s) or not 0 <= refractory_s <= 3600:
+            raise ValueError(f"refractory_s must be a finite number of seconds in [0, 3600], got {refractory_s!r}")
+        if isinstance(smoothing_frames, bool) or not isinstance(smoothing_frames, int) or not 1 <= smoothing_frames <= 1000:
+            raise ValueError(f"smoothing_frames must be an integer in [1, 1000], got {smoothing_frames!r}")
         self.spotter = spotter
         self.sample_rate = int(sample_rate)
         self.refractory_s = refractory_s
@@ -304,11 +356,8 @@ class Stream:
         self._voiced: np.ndarray | None = None  # per recent frame: is a phoneme heard (not blank)
         self._emb_first = 0  # absolute frame index of self._emb[0]
         self._enc = self.spotter.init_state()
-        self._match: dict[str, CTCMatchState] = {}
+        self._tracks: dict[str, _Track] = {}
         self._frames = 0
-        self._recent: dict[str, list[float]] = {}
-        self._last_fire: dict[str, float] = {}
-        self._above: dict[str, bool] = {}
         self.best: dict[str, tuple[float, float | None, float | None]] = {}
         self.score_log: dict[str, list[np.ndarray]] = {}
         self.gate_log: list[np.ndarray] = []
@@ -349,11 +398,15 @@ class Stream:
 
     def flush(self) -> list[Detection]:
         """Pad the buffered tail with silence to a whole chunk and process it (end of a file)."""
-        if self._buf.size == 0:
-            return []
-        n = self.spotter.chunk_samples
-        self._buf = np.concatenate([self._buf, np.zeros((-self._buf.size) % n, np.float32)])
-        return self._drain()
+        out: list[Detection] = []
+        if self._buf.size:
+            n = self.spotter.chunk_samples
+            self._buf = np.concatenate([self._buf, np.zeros((-self._buf.size) % n, np.float32)])
+            out = self._drain()
+        for tr in self._tracks.values():  # a peak still being waited for ends with the audio
+            if tr.pending is not None:
+                out.append(self._emit(tr))
+        return out
 
     def _drain(self) -> list[Detection]:
         sp = self.spotter
@@ -376,41 +429,76 @@ class Stream:
             self._frames += log_probs.shape[0]
         return out
 
+    def _track(self, name: str, kw: Keyword) -> "_Track":
+        """This stream's state for a keyword: a keyword enrolled (or re-enrolled under the same name)
+        while the stream runs gets fresh state that starts at the stream's current frame."""
+        tr = self._tracks.get(name)
+        if tr is None or tr.kw is not kw:
+            tr = self._tracks[name] = _Track(kw, kw.matcher.init_state(self._frames))
+        return tr
+
+    def _emit(self, tr: "_Track") -> Detection:
+        sp = self.spotter
+        score, start, end = tr.pending
+        tr.pending = None
+        tr.last_fire = end * sp.frame_seconds
+        words = ()
+        if self._emb is not None:
+            a = max(0, start - self._emb_first)
+            b = end - self._emb_first
+            words = sp.word_times(tr.kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b])
+        return Detection(tr.kw.name, score, start * sp.frame_seconds, end * sp.frame_seconds, words)
+
     def _match_frames(self, log_probs: np.ndarray) -> list[Detection]:
         sp = self.spotter
         fs = sp.frame_seconds
+        hold = max(1, int(round(PEAK_HOLD_S / fs)))
         dets: list[Detection] = []
+        for name in [n for n in self._tracks if n not in sp.keywords]:  # unenrolled: forget its state
+            del self._tracks[name]
         for name, kw in list(sp.keywords.items()):
-            state = self._match.get(name) or kw.matcher.init_state()
-            raw, starts, self._match[name] = kw.matcher.step(log_probs, state)
+            tr = self._track(name, kw)
+            raw, starts, tr.match = kw.matcher.step(log_probs, tr.match)
             conf = sp.keyword_confidence(kw, raw, starts, self._emb, self._emb_first, self._frames)
             if self.record_scores:
                 self.score_log.setdefault(name, []).append(conf)
             if self.smoothing_frames > 1:
-                hist = self._recent.setdefault(name, [])
                 sm = np.empty_like(conf)
                 for i, v in enumerate(conf):
-                    hist.append(float(v))
-                    del hist[:-self.smoothing_frames]
-                    sm[i] = np.mean(hist)
+                    tr.recent.append(float(v))
+                    del tr.recent[:-self.smoothing_frames]
+                    sm[i] = np.mean(tr.recent)
                 conf = sm
             for i, v in enumerate(conf):
-                t_end = (self._frames + i + 1) * fs
+                end = self._frames + i + 1  # frames are absolute: the stream's count since its start
+                t_end = end * fs
                 if self.track_best and (name not in self.best or v > self.best[name][0]):
                     self.best[name] = (float(v), float(starts[i] * fs), float(t_end))
+                # the detection reports the peak: wait while the score still rises (at most PEAK_HOLD_S)
+                if tr.pending is not None:
+                    if v > tr.pending[0]:
+                        tr.pending = (float(v), int(starts[i]), end)
+                    tr.pending_age += 1
+                    if v < tr.pending[0] or tr.pending_age >= hold:
+                        dets.append(self._emit(tr))
                 above = v >= kw.threshold
-                if above and not self._above.get(name, False):
-                    t_start = float(starts[i] * fs)
-                    last_end = self._last_fire.get(name, -np.inf)
+                if above and not tr.above and tr.pending is None:
                     # one event per spoken keyword: wait out the refractory period, and never fire
                     # again on a path that starts inside the previous detection
-                    if t_end - last_end >= self.refractory_s and t_start >= last_end:
-                        words = ()
-                        if self._emb is not None:
-                            a = max(0, int(starts[i]) - self._emb_first)
-                            b = self._frames + i + 1 - self._emb_first
-                            words = sp.word_times(kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b])
-                        dets.append(Detection(name, float(v), t_start, float(t_end), words))
-                        self._last_fire[name] = t_end
-                self._above[name] = above
+                    if t_end - tr.last_fire >= self.refractory_s and starts[i] * fs >= tr.last_fire:
+                        tr.pending, tr.pending_age = (float(v), int(starts[i]), end), 0
+                tr.above = above
         return dets
+
+
+@dataclass
+class _Track:
+    """One keyword's matching state inside one stream."""
+
+    kw: Keyword
+    match: CTCMatchState
+    recent: list[float] = field(default_factory=list)  # last smoothing_frames confidences
+    above: bool = False  # was the last frame above the threshold
+    last_fire: float = -math.inf  # end time (s) of the last detection
+    pending: tuple[float, int, int] | None = None  # (peak score, start frame, end frame) not yet reported
+    pending_age: int = 0  # frames since the threshold crossing

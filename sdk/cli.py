@@ -12,19 +12,70 @@ from heron import __version__
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows every default; an option whose default is None says in its help what None means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# Numeric options, checked at parse time: (low, high, low excluded). Integers not named here are counts
+# (>= 1); floats not named here are finite and >= 0.
+_INT_RANGES = {"seed": (0, 2**63 - 1, False), "limit": (0, 10**9, False), "gate_warmup": (0, 10**9, False),
+               "exit_layer": (0, 1024, False), "layer": (0, 1024, False), "eval_every": (0, 10**9, False)}
+_FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.0, False),
+                 "threshold": (0.0, 1.0, True), "top_p": (0.0, 1.0, True), "anchor_frac": (0.0, 1.0, False),
+                 "anchor_prob": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "tolerance": (0.0, 100.0, True),
+                 "minutes": (0.0, 10**6, True), "stream_minutes": (0.0, 10**6, True), "rate": (0.0, 10**4, True),
+                 "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (the message and where to look), not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(kind, dest: str):
+    lo, hi, open_lo = (_INT_RANGES.get(dest, (1, 10**9, False)) if kind is int
+                       else _FLOAT_RANGES.get(dest, (0.0, 1e9, False)))
+
+    def parse(text: str):
+        import math
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if (kind is float and not math.isfinite(v)) or v < lo or v > hi or (open_lo and v == lo):
+            rng = (f"{'>' if open_lo else '>='} {lo}" if hi >= 1e6 else f"in {'(' if open_lo else '['}{lo}, {hi}]")
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}{rng}, got {text!r}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _check_numbers(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.type in (int, float):
+            action.type = _checked(action.type, action.dest)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _check_numbers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from heron import cli_bench, cli_data, cli_export, cli_kws, cli_lm, cli_train, doctor, listen
 
-    parser = argparse.ArgumentParser(prog="heron", formatter_class=_Formatter,
+    parser = _Parser(prog="heron", formatter_class=_Formatter,
                                      description="heron: on-device speech SDK (keyword spotting from text, "
                                                  "small MoE language models, mobile export)")
     parser.add_argument("--version", action="version", version=f"heron {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in (doctor, cli_data, cli_kws, listen, cli_train, cli_lm, cli_export, cli_bench):
         module.register(sub, _Formatter)
+    _check_numbers(parser)
     return parser
 
 
@@ -36,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"heron {args.verb}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # one line for the user; HERON_DEBUG=1 shows the traceback
+        import os
+        if os.environ.get("HERON_DEBUG"):
+            raise
+        known = isinstance(e, (ValueError, OSError, RuntimeError, ImportError))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"heron {args.verb}: error: {msg}" + ("" if known else f" ({type(e).__name__}; "
+              "HERON_DEBUG=1 shows the traceback)"), file=sys.stderr)
+        return 1

@@ -65,7 +65,8 @@ def register(sub, formatter) -> None:
                    help="folder with sentences/, keywords/ and noise/ wavs")
     q.add_argument("--seconds", type=int, default=120, help="seconds of speech and of noise to time")
     q.add_argument("--long-stream", default=None,
-                   help="also stream this long wav (e.g. from `heron data stream --minutes 60`) and log memory")
+                   help="also stream this long wav (e.g. from `heron data stream --minutes 60`) and log memory "
+                        "(default: none)")
     q.set_defaults(func=_kws)
 
     q = bsub.add_parser("lm", help="LM decoding: plain vs draft / MTP / Mirror speculative decoding "

@@ -92,6 +92,10 @@ def _stream(args) -> int:
     from heron.models.data.vocab import corpus_sentences
 
     sentences = [s for s in corpus_sentences() if 3 <= len(s.split()) <= 20][:20000]
+    from heron.runtime.phonemes import pronounce
+
+    for text in args.keyword or []:
+        pronounce(text)  # an empty or unpronounceable keyword is refused before any synthesis
     cfg = StreamConfig(minutes=args.minutes, keywords=tuple(args.keyword or ["hey heron"]), keywords_per_minute=args.rate,
                        split=args.split, seed=args.seed)
     noise_dir = args.noise_dir or _default_noise_dir()
@@ -132,13 +136,13 @@ def register(sub, formatter) -> None:
                         formatter_class=formatter)
     q.add_argument("--anchors", type=int, default=100, help="anchor phrases (4 pairs each)")
     q.add_argument("--out", required=True, help="output CSV")
-    q.add_argument("--synth", default=None, help="also synthesize the pair audio into this folder")
+    q.add_argument("--synth", default=None, help="also synthesize the pair audio into this folder (default: pairs only, no audio)")
     common(q)
     q.set_defaults(func=_pairs)
 
     q = dsub.add_parser("stream", help="long labelled stream for always-on evaluation", formatter_class=formatter)
     q.add_argument("--minutes", type=float, default=10.0, help="stream length")
-    q.add_argument("--keyword", action="append", default=None, help="keyword text (repeatable)")
+    q.add_argument("--keyword", action="append", default=None, help="keyword text (repeatable; default: 'hey heron')")
     q.add_argument("--rate", type=float, default=2.0, help="keyword occurrences per minute")
     q.add_argument("--noise-dir", default=None, help="folder of background-noise wavs (default: shared noise)")
     q.add_argument("--out", required=True, help="output folder (stream.wav, labels.csv)")

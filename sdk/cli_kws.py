@@ -10,27 +10,8 @@ import json
 import sys
 
 
-def _read_wav(path: str, sample_rate: int):
-    import numpy as np
-    import soundfile as sf
-
-    try:
-        info = sf.info(path)
-    except (RuntimeError, OSError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
-        raise ValueError(f"cannot read audio: {e}") from None
-    if info.samplerate != sample_rate:
-        raise ValueError(f"expected {sample_rate} Hz mono audio, got {info.samplerate} Hz")
-    if info.channels != 1:
-        raise ValueError(f"expected mono audio, got {info.channels} channels")
-    audio, _ = sf.read(path, dtype="float32", always_2d=False)
-    if audio.size == 0:
-        raise ValueError("file has no samples")
-    if not np.all(np.isfinite(audio)):
-        raise ValueError("audio contains NaN or infinite samples")
-    return np.clip(audio, -1.0, 1.0)
-
-
 def _score(args) -> int:
+    from heron.runtime.audio import AudioFile
     from heron.runtime.spotter import KeywordSpotter
 
     spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads)
@@ -38,8 +19,8 @@ def _score(args) -> int:
     failed = 0
     for path in args.files:
         try:
-            audio = _read_wav(path, spotter.sample_rate)
-            score, start, end = spotter.score_file(audio, kw.name)
+            audio = AudioFile(path)  # the same rule as `heron listen` (runtime/audio.py)
+            score, start, end = spotter.score_file(audio.blocks(), kw.name, sample_rate=audio.sample_rate)
             rec = {"file": path, "score": round(score, 6), "start_s": None if start is None else round(start, 3),
                    "end_s": None if end is None else round(end, 3)}
             if args.strict_times and score < kw.threshold:
@@ -97,7 +78,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--int8", action="store_true", help="use the int8 encoder")
     q.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     q.add_argument("--strict-times", action="store_true", help="null times when the score is below threshold")
-    q.add_argument("files", nargs="+", help="16 kHz mono wav files")
+    q.add_argument("files", nargs="+", help="mono audio files (wav, flac, ogg, mp3, ...; any sample rate)")
     q.set_defaults(func=_score)
     q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
     q.add_argument("text", help="keyword text")
@@ -111,10 +92,17 @@ def _eval(args) -> int:
 
     from heron.models.eval_kws import run_eval
 
-    res = run_eval(args.model, args.sets.split(","), args.json, int8=args.int8, anchors=args.anchors,
+    sets = [x.strip() for x in args.sets.split(",") if x.strip()]
+    unknown = sorted(set(sets) - set(EVAL_SETS))
+    if unknown or not sets:
+        raise ValueError(f"--sets takes a comma-separated list of {', '.join(EVAL_SETS)}; got {args.sets!r}")
+    res = run_eval(args.model, sets, args.json, int8=args.int8, anchors=args.anchors,
                    stream_minutes=args.stream_minutes)
     print(_json.dumps(res, indent=1))
     return 0
+
+
+EVAL_SETS = ("tts", "real", "stream", "negatives")
 
 
 def register_eval(sub, formatter) -> None:
@@ -127,5 +115,5 @@ def register_eval(sub, formatter) -> None:
     q.add_argument("--anchors", type=int, default=300, help="anchor phrases for the TTS pairs")
     q.add_argument("--stream-minutes", type=float, default=10.0, help="length of the evaluation stream")
     q.add_argument("--int8", action="store_true", help="evaluate the int8 encoder")
-    q.add_argument("--json", default=None, help="also write the results here")
+    q.add_argument("--json", default=None, help="also write the results to this JSON file (default: print only)")
     q.set_defaults(func=_eval)

@@ -66,23 +66,37 @@ def _route(args, model):
 
 
 def _is_onnx_bundle(path: str | None) -> bool:
-    if not path or not (Path(path) / "manifest.json").is_file():
-        return False
-    return json.loads((Path(path) / "manifest.json").read_text()).get("format", "").startswith("heron-lm-onnx")
+    """An exported bundle has a manifest.json (checkpoints have config.json); OnnxLM checks the rest."""
+    return bool(path) and (Path(path) / "manifest.json").is_file()
+
+
+def _check_prompt_text(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("empty prompt: give some text to continue")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 arrive from argv as lone surrogates
+        raise ValueError("the prompt is not valid UTF-8 text") from None
+    return prompt
+
+
+def _note_context_end(n_prompt: int, n_new: int, max_len: int, max_new_tokens: int) -> None:
+    if n_new < max_new_tokens and n_prompt + n_new >= max_len:
+        print(f"[stopped after {n_new} tokens: the model's context of {max_len} tokens is full]", file=sys.stderr)
 
 
 def _generate_onnx(args) -> int:
     """The torch-free path: target (and draft) on onnxruntime; numpy + onnxruntime + tokenizers only."""
     from heron.runtime import speculative as sp
-    from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, load_tokenizer
+    from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM
 
     if args.speculative not in ("none", "draft"):
         raise ValueError("an ONNX target supports --speculative none or draft (MTP and Mirror need the torch target)")
     if args.k is not None or args.roe_samples != 1:
         raise ValueError("--k and --roe-samples are fixed at export for an ONNX target (heron export --lm --k)")
     target = OnnxLM(args.model, threads=args.threads)
-    tok = load_tokenizer(Path(args.model) / "tokenizer.json")
-    ids = tok.encode(args.prompt).ids
+    tok = target.tokenizer()
+    ids = tok.encode(_check_prompt_text(args.prompt)).ids
     opts = sp.DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, eot_id=target.eot_id)
     stats = sp.DecodeStats(method=args.speculative)
@@ -92,22 +106,24 @@ def _generate_onnx(args) -> int:
         tokens = sp.speculative(target, draft, ids, opts, args.gamma, stats, detok)
     else:
         tokens = sp.plain(target, ids, opts, stats, detok)
-    _print_tokens(args, tokens)
+    _note_context_end(len(ids), _print_tokens(args, tokens), target.max_len, args.max_new_tokens)
     return 0
 
 
 def _print_tokens(args, tokens) -> None:
     colour = args.show_drafts and sys.stdout.isatty() or args.show_drafts == "always"
     print(args.prompt, end="", flush=True)
+    n = 0
     for t in tokens:
         text = f"\x1b[32m{t.text}\x1b[0m" if colour and t.from_draft else t.text
         print(text, end="", flush=args.stream)
+        n += 1
     print()
+    return n
 
 
 def _generate(args) -> int:
-    if not args.prompt.strip():
-        raise ValueError("empty prompt: give some text to continue")
+    _check_prompt_text(args.prompt)
     if _is_onnx_bundle(args.model):
         return _generate_onnx(args)
     model, tok, _ = load_model(args.model)
@@ -128,12 +144,12 @@ def _generate(args) -> int:
         dec = make_decoder(model, DecoderOptions(
             method=args.speculative, gamma=args.gamma, kappa=args.kappa, exit_layer=args.exit_layer, draft=args.draft,
             draft_device=args.draft_device, target_device=args.target_device, target_threads=args.threads,
-            mtp=args.mtp, k=args.k, model_dir=args.model))
+            mtp=args.mtp, k=args.k, model_dir=args.model, exit_head=args.exit_head))
         stats = DecodeStats(method=args.speculative)
         opts = DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                              seed=args.seed, eot_id=tok.eot_id)
         tokens = dec(ids, opts, stats, Detokenizer(tok.decode, ids).push)
-    _print_tokens(args, tokens)
+    _note_context_end(len(ids), _print_tokens(args, tokens), model.cfg.max_seq_len, args.max_new_tokens)
     if stats is not None and args.speculative != "none":
         print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
               f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
@@ -143,7 +159,9 @@ def _generate(args) -> int:
 
 
 def _plain_tokens(args, model, tok, ids):
+    from heron.models.lm.backend import pick_device
     from heron.models.lm.generate import GenerationOptions, generate
+    model.to(pick_device(args.target_device))  # plain decoding runs where --target-device says
     opts = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                              seed=args.seed, route=_route(args, model))
     return generate(model, ids, opts, decode=tok.decode, eot_id=tok.eot_id)
@@ -242,9 +260,10 @@ def _train_exit(args) -> int:
 
     model, tok, train_text, _, _ = _checkpoint_and_corpus(args.model, args.text, args.threads, "train-exit")
     head = early_exit.train_exit_head(model, encode(tok, train_text), args.layer, args.steps, seed=args.seed)
-    out = Path(args.out or args.model or DEFAULT_LM)
+    out = Path(args.out)
     early_exit.save(head, out)
-    print(f"early-exit head for layer {args.layer}: {out / early_exit.FILE}")
+    print(f"early-exit head for layer {args.layer}: {out / early_exit.FILE} (use it: heron lm generate "
+          f"--speculative mirror --exit-head {out})")
     return 0
 
 
@@ -273,15 +292,15 @@ def register(sub, formatter) -> None:
     q.add_argument("--k-max", type=int, default=None, help="highest k of dial-k (default top-k)")
     q.add_argument("--anchor-frac", type=float, default=0.2, help="dial-k: last fraction of steps shifting toward k-min")
     q.add_argument("--anchor-prob", type=float, default=0.6, help="dial-k: probability of k-min at the very end")
-    q.add_argument("--fixed-k", type=int, default=None, help="train at this k (an oracle for dial-k)")
-    q.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning, e.g. PHDS)")
+    q.add_argument("--fixed-k", type=int, default=None, help="train at this k, an oracle for dial-k (default: the model's top-k)")
+    q.add_argument("--init", default=None, help="start from this checkpoint, fine-tuning e.g. PHDS (default: from scratch)")
     q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files instead of the default corpus")
     q.add_argument("--steps", type=int, default=1500)
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--seq-len", type=int, default=128)
     q.add_argument("--lr", type=float, default=3e-3)
     q.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (new models only)")
-    q.add_argument("--tokenizer-from", default=None, help="reuse this checkpoint's tokenizer (draft models)")
+    q.add_argument("--tokenizer-from", default=None, help="reuse this checkpoint's tokenizer, for draft models (default: train a new one)")
     q.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations/checkpoints")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
@@ -295,7 +314,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--max-new-tokens", type=int, default=64)
     q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     q.add_argument("--top-p", type=float, default=1.0)
-    q.add_argument("--seed", type=int, default=None, help="sampling seed")
+    q.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, nondeterministic)")
     q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
     q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
     q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
@@ -306,18 +325,21 @@ def register(sub, formatter) -> None:
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
+    q.add_argument("--exit-head", default=None,
+                   help="Mirror-SD: folder with a trained exit_head.safetensors (default: the model's own, if any)")
     q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
     q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
     q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
-                   help="colour the tokens that came from accepted drafts (always: even when not a terminal)")
+                   help="colour the tokens that came from accepted drafts (auto: on a terminal; always: also when "
+                        "not a terminal; default: no colour)")
     q.set_defaults(func=_generate)
 
     q = lsub.add_parser("release", help="copy a checkpoint for shipping (no optimizer state; optional int8 weights)",
                         formatter_class=formatter)
     q.add_argument("checkpoint", help="training run folder")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="release folder")
     q.add_argument("--int8", action="store_true", help="weight-only int8 with per-row scales (~1/4 of float32)")
     q.set_defaults(func=_release)
 
@@ -325,9 +347,9 @@ def register(sub, formatter) -> None:
                         formatter_class=formatter)
     q.add_argument("--model", default=None, help="checkpoint (default: the shipped lm-nano)")
     q.add_argument("--layer", type=int, default=2, help="exit after this many layers")
-    q.add_argument("--out", default=None, help="folder for exit_head.safetensors (default: the model's folder)")
+    q.add_argument("--out", required=True, help="folder for exit_head.safetensors (never the model's own folder)")
     q.add_argument("--steps", type=int, default=300)
-    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files (default: the built-in corpus)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(func=_train_exit)
@@ -339,7 +361,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--steps", type=int, default=600)
     q.add_argument("--masks", type=int, default=4, help="mask tokens per group (future tokens predicted)")
     q.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files (default: the built-in corpus)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(func=_train_mtp)
@@ -347,15 +369,15 @@ def register(sub, formatter) -> None:
     q = lsub.add_parser("eval", help="held-out perplexity; dial-k and Roster-of-Experts tables",
                         formatter_class=formatter)
     q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano)")
-    q.add_argument("--oracle", nargs="*", metavar="K=FOLDER", help="oracle checkpoints trained at a fixed k")
+    q.add_argument("--oracle", nargs="*", metavar="K=FOLDER", help="oracle checkpoints trained at a fixed k, as K=FOLDER (default: none)")
     q.add_argument("--ks", type=int, nargs="*", default=None, help="k values (default: K/2..K)")
     q.add_argument("--roe-samples", type=int, nargs="*", default=None, metavar="N",
-                   help="Roster-of-Experts sample counts to evaluate (e.g. 1 2 4 8)")
-    q.add_argument("--larger", default=None, help="a larger model trained on the same data (RoE comparison)")
-    q.add_argument("--text", nargs="+", default=None, help="evaluate on these files' held-out split instead")
+                   help="Roster-of-Experts sample counts to evaluate, e.g. 1 2 4 8 (default: no RoE table)")
+    q.add_argument("--larger", default=None, help="a larger model trained on the same data, for the RoE comparison (default: none)")
+    q.add_argument("--text", nargs="+", default=None, help="evaluate on these files' held-out split (default: the built-in corpus)")
     q.add_argument("--windows", type=int, default=64, help="held-out windows")
     q.add_argument("--seq-len", type=int, default=128)
-    q.add_argument("--json", default=None, help="also write the tables to this JSON file")
+    q.add_argument("--json", default=None, help="also write the tables to this JSON file (default: print only)")
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(func=_eval)
 
@@ -366,7 +388,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--steps", type=int, default=300, help="fine-tuning steps (each method gets the same)")
     q.add_argument("--router-steps", type=int, default=300)
     q.add_argument("--tolerance", type=float, default=0.25, help="relative FFN output error of a difficulty label")
-    q.add_argument("--text", nargs="+", default=None)
+    q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files (default: the built-in corpus)")
     q.add_argument("--windows", type=int, default=64)
     q.add_argument("--seq-len", type=int, default=128)
     q.add_argument("--seed", type=int, default=0)

@@ -25,23 +25,22 @@ def level_meter(block: np.ndarray, width: int = 30) -> str:
 
 
 def listen_file(spotter: KeywordSpotter, path: str, realtime: bool = False, on_block=None) -> list[Detection]:
-    import soundfile as sf
+    from heron.runtime.audio import AudioFile
 
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    if audio.shape[1] != 1:
-        raise ValueError(f"{path}: expected mono audio, got {audio.shape[1]} channels")
+    audio = AudioFile(path)  # the same rule as `heron kws score` (runtime/audio.py)
+    sr = audio.sample_rate
     stream = spotter.stream(sample_rate=sr)
-    hop = int(sr * BLOCK_SECONDS)
     found: list[Detection] = []
     t0 = time.perf_counter()
-    for i in range(0, audio.shape[0], hop):
-        block = audio[i:i + hop, 0]
+    done = 0
+    for block in audio.blocks(BLOCK_SECONDS):
         dets = stream.accept(block)
         found += dets
+        done += len(block)
         if on_block:
             on_block(block, dets)
         if realtime:
-            time.sleep(max(0.0, (i + hop) / sr - (time.perf_counter() - t0)))
+            time.sleep(max(0.0, done / sr - (time.perf_counter() - t0)))
     dets = stream.flush()
     found += dets
     if on_block and dets:
@@ -121,10 +120,10 @@ def register(sub, formatter) -> None:
                        formatter_class=formatter)
     p.add_argument("--keyword", action="append", required=True, help="keyword text (repeatable)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--file", help="wav file to stream")
+    src.add_argument("--file", help="audio file to stream (one of --file / --mic; no default)")
     src.add_argument("--mic", action="store_true", help="use the microphone")
     p.add_argument("--device", default=None, help="input device name or index (default: system default)")
-    p.add_argument("--seconds", type=float, default=None, help="stop the microphone after this long")
+    p.add_argument("--seconds", type=float, default=None, help="stop the microphone after this many seconds (default: until Ctrl-C)")
     p.add_argument("--realtime", action="store_true", help="stream the file at real-time speed")
     p.add_argument("--sensitivity", type=float, default=0.5, help="0 (strict) .. 1 (loose)")
     p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")

@@ -1,12 +1,15 @@
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_SPEECH = SHARED / "data" / "real_speech"
+AN4 = SHARED / "data" / "an4"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,5 +21,73 @@ def _isolated_cache(tmp_path_factory):
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng not installed (apt-get install espeak-ng)")
+needs_an4 = pytest.mark.skipif(not (AN4 / "manifest.tsv").is_file(), reason=f"AN4 real speech not found at {AN4}")
 needs_real_speech = pytest.mark.skipif(not REAL_SPEECH.is_dir(),
                                        reason=f"real speech data not found at {REAL_SPEECH}")
+
+
+CAL = {"slope": 1.0, "offset": 0.0, "per_phoneme": 0.0, "threshold": 0.5}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A random tiny encoder exported as a bundle (behaviour tests need no trained weights)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from heron.export.onnx_kws import write_bundle
+    from heron.models.conformer import PRESETS, GatedConformer
+
+    torch.manual_seed(0)
+    model = GatedConformer(PRESETS["tiny"]).eval()
+    for b in model.blocks:
+        torch.nn.init.normal_(b.gate.weight, std=0.5)
+        torch.nn.init.normal_(b.gate.bias, std=1.0)
+    out = tmp_path_factory.mktemp("bundle")
+    write_bundle(model, out, calibration=CAL)
+    return model, out
+
+
+@pytest.fixture(scope="session")
+def tiny_verified(tiny, tmp_path_factory):
+    """The tiny encoder plus a random second stage (text encoder + SLiCK verifier)."""
+    import torch
+
+    from heron.export.onnx_kws import write_bundle
+    from heron.models.matcher import MatcherConfig, SLiCKMatcher
+    from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+
+    model, _ = tiny
+    d = model.config.d_model
+    torch.manual_seed(1)
+    te = AudioCompliantTextEncoder(TextEncoderConfig(d_audio=d, d_model=32), table=torch.randn(39, d)).eval()
+    mt = SLiCKMatcher(MatcherConfig(d_audio=d, d_text=32, d_model=32)).eval()
+    out = tmp_path_factory.mktemp("bundle_v")
+    write_bundle(model, out, calibration={**CAL, "verifier": 1.0, "min_first_stage": 0.0}, verifier=(te, mt))
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip():
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 3) / 16000
+    x = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * np.sin(3 * t))) + 0.05 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_manifest(folder: Path, change, sign: bool = True) -> Path:
+    """Apply change(manifest dict) to a bundle's manifest.json; sign=True records the new manifest's
+    sha256 too (an edit made by someone who also rewrote manifest.sha256), so that the field checks
+    themselves are exercised, not only the identity check."""
+    from heron.runtime.bundle import write_identity
+
+    m = json.loads((folder / "manifest.json").read_text())
+    change(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    if sign:
+        write_identity(folder)
+    return folder

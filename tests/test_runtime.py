@@ -11,57 +11,10 @@ import soundfile as sf
 from heron.runtime.bundle import BundleError, load_bundle
 from heron.runtime.spotter import Detection, KeywordSpotter
 
+from conftest import AN4, REPO, _copy, edit_manifest, needs_an4
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
-
-CAL = {"slope": 1.0, "offset": 0.0, "per_phoneme": 0.0, "threshold": 0.5}
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A random tiny encoder exported as a bundle (behaviour tests need no trained weights)."""
-    from heron.export.onnx_kws import write_bundle
-    from heron.models.conformer import PRESETS, GatedConformer
-
-    torch.manual_seed(0)
-    model = GatedConformer(PRESETS["tiny"]).eval()
-    for b in model.blocks:
-        torch.nn.init.normal_(b.gate.weight, std=0.5)
-        torch.nn.init.normal_(b.gate.bias, std=1.0)
-    out = tmp_path_factory.mktemp("bundle")
-    write_bundle(model, out, calibration=CAL)
-    return model, out
-
-
-@pytest.fixture(scope="session")
-def tiny_verified(tiny, tmp_path_factory):
-    """The tiny encoder plus a random second stage (text encoder + SLiCK verifier)."""
-    from heron.export.onnx_kws import write_bundle
-    from heron.models.matcher import MatcherConfig, SLiCKMatcher
-    from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
-
-    model, _ = tiny
-    d = model.config.d_model
-    torch.manual_seed(1)
-    te = AudioCompliantTextEncoder(TextEncoderConfig(d_audio=d, d_model=32), table=torch.randn(39, d)).eval()
-    mt = SLiCKMatcher(MatcherConfig(d_audio=d, d_text=32, d_model=32)).eval()
-    out = tmp_path_factory.mktemp("bundle_v")
-    write_bundle(model, out, calibration={**CAL, "verifier": 1.0, "min_first_stage": 0.0}, verifier=(te, mt))
-    return out
-
-
-@pytest.fixture(scope="session")
-def clip():
-    rng = np.random.default_rng(0)
-    t = np.arange(16000 * 3) / 16000
-    x = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * np.sin(3 * t))) + 0.05 * rng.standard_normal(t.size)
-    return x.astype(np.float32)
-
-
-def _copy(src, dst):
-    shutil.copytree(src, dst)
-    return dst
-
 
 def test_bundle_checksums_refuse_tampering(tiny, tmp_path):
     _, good = tiny
@@ -83,10 +36,8 @@ def test_bundle_checksums_refuse_tampering(tiny, tmp_path):
     (broken / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="JSON"):
         load_bundle(broken)
-    escape = _copy(good, tmp_path / "escape")
-    man = json.loads((escape / "manifest.json").read_text())
-    man["files"]["encoder"]["path"] = "../../etc/passwd"
-    (escape / "manifest.json").write_text(json.dumps(man))
+    escape = edit_manifest(_copy(good, tmp_path / "escape"),
+                           lambda m: m["files"]["encoder"].update(path="../../etc/passwd"))
     with pytest.raises(BundleError, match="outside"):
         load_bundle(escape)
 
@@ -119,12 +70,38 @@ def test_modular_encoder_skips_closed_gates_with_identical_outputs(tiny, clip):
     assert np.allclose(skipped, (g_b < 0.5).mean(axis=(0, 1)))
 
 
-def test_int8_encoder_loads_and_stays_close(tiny, clip):
-    _, path = tiny
-    lp32 = KeywordSpotter.load(path).encode(clip)[0]
-    lp8 = KeywordSpotter.load(path, int8=True).encode(clip)[0]
-    assert lp8.shape == lp32.shape
-    assert np.mean(np.argmax(lp8, 1) == np.argmax(lp32, 1)) > 0.8
+@needs_an4
+def test_shipped_int8_encoder_stays_close_to_fp32_on_real_speech():
+    """The shipped int8 bundle against the fp32 checkpoint it was quantized from, on 40 real AN4 test
+    utterances. Measured on an AVX2 machine without VNNI (where onnxruntime's u8s8 kernels can
+    saturate): frame argmax agreement 0.993 (worst clip 0.917), per-frame total-variation distance
+    0.009; the bounds leave about 3x that margin. A random model is no test of this: its near-uniform
+    outputs flip argmax under any rounding."""
+    import csv
+
+    from heron.models.train_kws import load_encoder
+    from heron.runtime.bundle import DEFAULT_BUNDLE
+
+    rows = [r for r in csv.DictReader(open(AN4 / "manifest.tsv"), delimiter="\t") if r["split"] == "test"][:40]
+    sp8 = KeywordSpotter.load(DEFAULT_BUNDLE)
+    assert sp8.int8
+    model, _ = load_encoder(REPO / "models" / "weights" / "kws-base")
+    agree, tv = [], []
+    for r in rows:
+        audio, _ = sf.read(AN4 / r["file"], dtype="float32")
+        lp8 = sp8.encode(audio)[0]
+        n = sp8.chunk_samples
+        padded = np.concatenate([audio, np.zeros((-len(audio)) % n, np.float32)])
+        state, lps = model.init_state(1), []
+        with torch.no_grad():
+            for i in range(0, len(padded), n):
+                lp, _, _, state = model.forward_chunk(torch.from_numpy(padded[None, i:i + n]), state)
+                lps.append(lp[0].numpy())
+        lp32 = np.concatenate(lps)
+        agree.append(np.mean(lp8.argmax(1) == lp32.argmax(1)))
+        tv.append(0.5 * np.abs(np.exp(lp8) - np.exp(lp32)).sum(1).mean())
+    assert np.mean(agree) >= 0.97, f"int8 argmax agreement {np.mean(agree):.3f}"
+    assert np.mean(tv) <= 0.03, f"int8 total-variation distance {np.mean(tv):.4f}"
 
 
 def _spotter_with_detection(path, clip, text="hey heron"):

@@ -77,7 +77,13 @@ def load(folder: str | Path, dtype=torch.float32) -> tuple[Transformer, Tokenize
         raise ValueError(f"{folder / CONFIG} is not valid JSON: {e}") from e
     if doc.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG}: expected format {FORMAT!r}, got {doc.get('format')!r}")
-    cfg = config_from_dict(doc["config"])
+    if not isinstance(doc.get("config"), dict):
+        raise ValueError(f"{folder / CONFIG}: 'config' must be an object")
+    try:
+        cfg = config_from_dict(doc["config"])
+    except TypeError as e:  # a field of the wrong type
+        raise ValueError(f"{folder / CONFIG}: {e}") from None
+    check_shapes(cfg, header_shapes(folder / WEIGHTS), folder / WEIGHTS)  # before any allocation
     try:
         state = load_file(str(folder / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type
@@ -98,6 +104,32 @@ def load(folder: str | Path, dtype=torch.float32) -> tuple[Transformer, Tokenize
     if tok.vocab_size > cfg.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
     return model.to(dtype).eval(), tok, doc.get("meta", {})
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (reads the header only)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error type
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def check_shapes(cfg: LMConfig, shapes: dict[str, tuple[int, ...]], where) -> None:
+    """The config must describe exactly the tensors stored: compared on a meta-device model, which
+    allocates nothing, so a crafted config.json fails here instead of allocating gigabytes."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
+    if cfg.tie_embeddings:
+        want.pop("lm_head.weight", None)
+    have = {k: v for k, v in shapes.items() if not k.endswith(SCALE_SUFFIX)}
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if wrong or missing or extra:
+        detail = (f"{wrong[0]} is {list(have[wrong[0]])} in the file, {list(want[wrong[0]])} in the config" if wrong
+                  else f"missing {missing[:3]}, unexpected {extra[:3]}")
+        raise ValueError(f"{where} does not match its config.json: {detail}")
 
 
 def is_checkpoint(folder: str | Path) -> bool:

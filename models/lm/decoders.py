@@ -37,6 +37,15 @@ class DecoderOptions:
     mtp: str | None = None       # MTP adapter folder (default: the shipped one)
     k: int | None = None         # the target's active experts
     model_dir: str | None = None # the target's folder (its trained early-exit head, if any, is used by Mirror-SD)
+    exit_head: str | None = None # Mirror-SD: folder of a trained early-exit head (default: model_dir's)
+
+    def __post_init__(self):
+        for name in ("gamma", "kappa", "draft_threads", "target_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.exit_layer, bool) or not isinstance(self.exit_layer, int) or self.exit_layer < 0:
+            raise ValueError(f"exit_layer must be an integer >= 0, got {self.exit_layer!r}")
 
 
 def provider(name: str) -> str:
@@ -66,7 +75,7 @@ def make_decoder(model: Transformer, o: DecoderOptions):
     head = None
     if o.method == "mirror":
         from heron.models.lm import early_exit
-        head = early_exit.load(o.model_dir or DEFAULT_LM, model)
+        head = early_exit.load(o.exit_head or o.model_dir or DEFAULT_LM, model)
     target = TorchLM(model, device=o.target_device, k=o.k, exit_head=head)
     if o.method == "none":
         return lambda prompt, opts, stats, detok=None: sp.plain(target, prompt, opts, stats, detok)

@@ -14,6 +14,7 @@ import torch
 
 from heron.models.lm.model import KVCache, Routing, Transformer, first_noisy_layer
 from heron.runtime.lm import Detokenizer, Token
+from heron.runtime.speculative import check_sampling
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,7 @@ class GenerationOptions:
     route: Routing = field(default_factory=Routing)  # k (dial-k) and Roster-of-Experts options
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
         if self.route.roe_samples < 1:
             raise ValueError(f"--roe-samples must be >= 1, got {self.route.roe_samples}")
 
@@ -85,13 +83,14 @@ def generate(model: Transformer, prompt_ids: list[int], opts: GenerationOptions 
     model.eval()
     route = opts.route
     model.resolve_k(route.k) if route.k is not None else None
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-    cache = KVCache(model.cfg, batch=1)
+    cache = KVCache(model.cfg, batch=1, device=device)
     detok = Detokenizer(decode, prompt_ids)
-    logits = prefill(model, torch.tensor([prompt_ids]), cache, route)
+    logits = prefill(model, torch.tensor([prompt_ids], device=device), cache, route)
     pos = len(prompt_ids)
     for _ in range(opts.max_new_tokens):
-        probs = next_token_probs(logits, opts.temperature)
+        probs = next_token_probs(logits, opts.temperature).cpu()
         tok = sample(probs, opts.temperature, opts.top_p, gen)
         yield Token(tok, detok.push(tok), pos)
         pos += 1

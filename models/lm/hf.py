@@ -8,6 +8,7 @@ and the fused layout of newer transformers releases (`experts.gate_up_proj`, `ex
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -60,6 +61,19 @@ def config_from_hf(c: dict) -> LMConfig:
                     qkv_bias=bool(c.get("qkv_bias", True)), dense_layers=dense)
 
 
+def _check_size(folder: Path, cfg: LMConfig) -> None:
+    """Before reading or allocating anything: the files must hold about as many parameters as the
+    config describes (the header alone is read), so an edited config.json cannot make us allocate."""
+    from heron.models.lm.checkpoint import header_shapes
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}")
+    stored = sum(math.prod(s) for f in files for s in header_shapes(f).values())
+    if not 0.9 * cfg.param_count() <= stored <= 1.1 * cfg.param_count() + cfg.vocab_size * cfg.dim:
+        raise ValueError(f"{folder}: config.json describes {cfg.param_count():,} parameters, the safetensors files "
+                         f"hold {stored:,}")
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     files = sorted(folder.glob("*.safetensors"))
@@ -80,8 +94,19 @@ def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
-    hc = json.loads(cfg_path.read_text())
-    cfg = config_from_hf(hc)
+    try:
+        hc = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(hc, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object")
+    try:
+        cfg = config_from_hf(hc)
+    except KeyError as e:
+        raise ValueError(f"{cfg_path} lacks the key {e.args[0]!r} that a {hc.get('model_type')} config needs") from None
+    except TypeError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    _check_size(folder, cfg)
     src = _read_tensors(folder)
     model = Transformer(cfg)
     expert_names = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2")}.get(

@@ -19,6 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+MAX_PARAMS = 4_000_000_000  # what a config may describe (16 GB in fp32)
+
+
 @dataclass
 class LMConfig:
     vocab_size: int = 4096
@@ -44,6 +47,19 @@ class LMConfig:
     router_aux_weight: float = 0.01  # load-balancing loss weight (Switch Transformer form)
 
     def __post_init__(self):
+        # bounds first: a config read from disk must not make us allocate before its weights are checked
+        for name, lo, hi in (("vocab_size", 2, 1 << 20), ("dim", 1, 1 << 15), ("n_layers", 1, 512), ("n_heads", 1, 1024),
+                             ("n_kv_heads", 1, 1024), ("ffn_dim", 1, 1 << 17), ("n_experts", 0, 4096), ("top_k", 1, 4096),
+                             ("expert_dim", 1, 1 << 17), ("shared_expert_dim", 0, 1 << 17), ("max_seq_len", 1, 1 << 20)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"LM config: {name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or not 1 <= self.head_dim <= 4096):
+            raise ValueError(f"LM config: head_dim must be an integer in [1, 4096], got {self.head_dim!r}")
+        for name in ("rope_theta", "norm_eps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"LM config: {name} must be a positive number, got {v!r}")
         if self.head_dim is None:
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
@@ -51,6 +67,18 @@ class LMConfig:
         if self.n_experts and not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be in [1, {self.n_experts}], got {self.top_k}")
         self.dense_layers = tuple(self.dense_layers)
+        if self.param_count() > MAX_PARAMS:
+            raise ValueError(f"LM config describes {self.param_count() / 1e9:.1f} B parameters; heron loads at most "
+                             f"{MAX_PARAMS / 1e9:.0f} B")
+
+    def param_count(self) -> int:
+        """Parameters this config describes (embeddings, attention, FFNs), computed without building it."""
+        D, hd = self.dim, self.head_dim or self.dim // self.n_heads
+        attn = D * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
+        dense = 3 * D * self.ffn_dim
+        moe = self.n_experts * (3 * D * self.expert_dim + D) + 3 * D * self.shared_expert_dim
+        layers = sum(attn + (moe if self.is_moe_layer(i) else dense) for i in range(self.n_layers))
+        return layers + self.vocab_size * D * (1 if self.tie_embeddings else 2)
 
     def is_moe_layer(self, i: int) -> bool:
         return self.n_experts > 0 and i not in self.dense_layers

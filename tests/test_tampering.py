@@ -1,0 +1,329 @@
+"""Artifacts that cannot lie: edited manifests, symbolic links, wrong sizes, crafted configs.
+
+Each case here was a red-team finding (a traceback, a hang, a MemoryError, or a bundle that loaded
+and misbehaved). Every refusal must be one line: a BundleError / ValueError whose message has no
+newline, raised before anything large is allocated or read.
+"""
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
+from heron.runtime.spotter import KeywordSpotter
+
+from conftest import REPO, _copy, edit_manifest
+
+
+def _one_line(exc: BaseException) -> None:
+    msg = str(exc)
+    assert msg and "\n" not in msg, f"not a one-line error: {msg!r}"
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A pristine copy of the shipped KWS bundle (with its background bank and int8 graphs)."""
+    return _copy(DEFAULT_BUNDLE, tmp_path_factory.mktemp("shipped") / "kws")
+
+
+def _load_kws(folder):
+    return KeywordSpotter.load(folder)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _bounded(fn, *args, seconds: int = 30):
+    """Run fn with an alarm: a hang (e.g. hashing /dev/zero) fails the test instead of stalling CI."""
+    def on_alarm(*_):
+        raise _Timeout(f"{fn.__name__} did not return within {seconds} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        return fn(*args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# --- the manifest's identity --------------------------------------------------------------------
+
+def test_edited_manifest_is_refused_by_its_identity(shipped, tmp_path):
+    b = _copy(shipped, tmp_path / "b")
+    edit_manifest(b, lambda m: m["calibration"].update(offset=60.0), sign=False)
+    with pytest.raises(BundleError, match="changed after export") as e:
+        load_bundle(b)
+    _one_line(e.value)
+    (b / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match="manifest.sha256"):
+        load_bundle(b)
+    assert load_bundle(shipped).identity == (shipped / "manifest.sha256").read_text().strip()
+
+
+def test_calibration_that_fires_on_everything_is_refused_even_when_resigned(shipped, tmp_path):
+    # offset 60 made `heron listen` fire on pure silence
+    b = edit_manifest(_copy(shipped, tmp_path / "b"), lambda m: m["calibration"].update(offset=60.0))
+    with pytest.raises(BundleError, match="calibration"):
+        load_bundle(b)
+    b2 = edit_manifest(_copy(shipped, tmp_path / "b2"), lambda m: m["calibration"].update(offset=8.0))
+    with pytest.raises(BundleError, match="background speech"):
+        load_bundle(b2)
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.update(frame_seconds=float("nan")),
+    lambda m: m.update(chunk_samples=0),
+    lambda m: m.update(chunk_samples=-5),
+    lambda m: m.update(chunk_samples=10**12),
+    lambda m: m["encoder"]["inputs"].update(cached_conv_0=[10**6, 10**6]),
+    lambda m: m["gates"].update(layers=99),
+    lambda m: m["files"]["background"].pop("sha256"),
+    lambda m: m["files"]["background"].pop("path"),
+    lambda m: m["files"].update(background="background.npy"),
+    lambda m: m["encoder"]["inputs"].update(cached_conv_0=[1, 128, 15]),  # consistent-looking, wrong for the graph
+], ids=["frame_seconds NaN", "chunk 0", "chunk -5", "chunk 1e12", "state 1e6x1e6", "layers 99", "no sha256",
+        "no path", "string file entry", "state shape not the graph's"])
+def test_malformed_manifests_the_red_team_found(shipped, tmp_path, change):
+    b = edit_manifest(_copy(shipped, tmp_path / "b"), change)
+    with pytest.raises(BundleError) as e:
+        _bounded(_load_kws, b)
+    _one_line(e.value)
+
+
+# --- files: links, sizes, places ----------------------------------------------------------------
+
+def test_symlinks_out_of_the_bundle_are_refused_without_reading(shipped, tmp_path):
+    b = _copy(shipped, tmp_path / "zero")
+    (b / "background.npy").unlink()
+    os.symlink("/dev/zero", b / "background.npy")  # hashing this used to run forever
+    with pytest.raises(BundleError, match="symbolic link") as e:
+        _bounded(load_bundle, b)
+    _one_line(e.value)
+    # a link to a real file with a matching checksum and size was read and passed to np.load
+    b2 = _copy(shipped, tmp_path / "passwd")
+    target = tmp_path / "outside.npy"
+    shutil.copy(b2 / "background.npy", target)
+    (b2 / "background.npy").unlink()
+    os.symlink(target, b2 / "background.npy")
+    with pytest.raises(BundleError, match="symbolic link"):
+        load_bundle(b2)
+    # a linked folder on the way is a link too
+    b3 = _copy(shipped, tmp_path / "dirlink")
+    shutil.move(b3 / "modular", tmp_path / "modular_elsewhere")
+    os.symlink(tmp_path / "modular_elsewhere", b3 / "modular")
+    with pytest.raises(BundleError, match="symbolic link"):
+        load_bundle(b3)
+
+
+def test_files_are_read_only_up_to_their_declared_size(shipped, tmp_path):
+    b = _copy(shipped, tmp_path / "big")
+    with open(b / "background.npy", "ab") as f:
+        f.write(b"\0" * 1000)
+    with pytest.raises(BundleError, match="bytes"):
+        load_bundle(b)
+    b2 = edit_manifest(_copy(shipped, tmp_path / "abs"), lambda m: m["files"]["background"].update(path="/etc/passwd"))
+    with pytest.raises(BundleError, match="outside"):
+        load_bundle(b2)
+
+
+# --- fuzz: every field, five mutations, signed and unsigned ---------------------------------------
+
+def _leaves(doc, prefix=()):
+    """Paths of every field: objects are walked, lists and scalars are leaves."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield prefix + (k,)
+            yield from _leaves(v, prefix + (k,))
+
+
+def _mutations(value):
+    yield "delete", None
+    yield "wrong type", "x" if not isinstance(value, str) else 7
+    yield "NaN", float("nan")
+    yield "huge", 10**12
+    # below any legitimate value (a fixed -5 would be a fine calibration offset)
+    yield "negative", -10 * (abs(value) + 1) if isinstance(value, (int, float)) and not isinstance(value, bool) else -5
+
+
+def _apply(m, path, kind, new):
+    node = m
+    for p in path[:-1]:
+        node = node[p]
+    if kind == "delete":
+        del node[path[-1]]
+    else:
+        node[path[-1]] = new
+
+
+# fields the runtime never reads (provenance, notes; prefixes): a well-formed change to them may load
+KWS_INFO = {("heron_version",), ("features", "type"), ("features", "window"), ("calibration", "fitted_on"),
+            ("model",)}
+LM_INFO = {("name",), ("source",)}
+# optional parts: deleting one leaves a smaller valid bundle (no word times without the phoneme table)
+KWS_OPTIONAL = {("files", "phoneme_table")}
+
+
+def _allowed(path, kind, prefixes, optional=()):
+    return any(path[:len(p)] == p for p in prefixes) or (kind == "delete" and path in optional)
+
+
+def _fuzz(folder, load, info, optional=(), sample_files=None):
+    """Mutate every manifest field of a bundle (in place; restored after), unsigned and re-signed."""
+    from heron.runtime.bundle import write_identity
+
+    text0 = (folder / "manifest.json").read_text()
+    m0 = json.loads(text0)
+    paths = list(_leaves(m0))
+    if sample_files is not None:  # every field of a few file entries (the rest are alike)
+        keep = set(list(m0["files"])[:sample_files]) | {"background", "phoneme_table"}
+        paths = [p for p in paths if p[0] != "files" or len(p) == 1 or p[1] in keep]
+    loaded, refused = [], 0
+    try:
+        for path in paths:
+            node = m0
+            for p in path:
+                node = node[p]
+            for kind, new in _mutations(node):
+                for sign in (False, True):
+                    m = json.loads(text0)
+                    _apply(m, path, kind, new)
+                    (folder / "manifest.json").write_text(json.dumps(m))
+                    if sign:
+                        write_identity(folder)
+                    try:
+                        _bounded(load, folder, seconds=60)
+                    except (BundleError, ValueError) as e:
+                        _one_line(e)
+                        refused += 1
+                        continue
+                    # only a signed, well-formed change to a field the runtime never reads may load
+                    assert sign and _allowed(path, kind, info, optional), \
+                        f"{'.'.join(map(str, path))} {kind} (signed={sign}) loaded"
+                    loaded.append((path, kind))
+    finally:
+        (folder / "manifest.json").write_text(text0)
+        write_identity(folder)
+    # every other case was refused (asserted above); some allowed ones loaded, so the harness's copies
+    # are loadable and the refusals are the validator's, not a broken fixture's
+    assert refused and loaded
+    return loaded
+
+
+def test_fuzz_every_kws_manifest_field(shipped, tmp_path):
+    b = _copy(shipped, tmp_path / "fuzz")
+    loaded = _fuzz(b, _load_kws, KWS_INFO, KWS_OPTIONAL, sample_files=3)
+    assert all(_allowed(p, k, KWS_INFO, KWS_OPTIONAL) for p, k in loaded)
+
+
+def test_fuzz_every_lm_manifest_field(tmp_path):
+    draft = _copy(DEFAULT_DRAFT, tmp_path / "draft")
+
+    def load(folder):
+        lm = OnnxLM(folder)
+        lm.tokenizer()
+        return lm
+    loaded = _fuzz(draft, load, LM_INFO)
+    assert all(_allowed(p, k, LM_INFO) for p, k in loaded)
+
+
+# --- LM bundles and checkpoints ------------------------------------------------------------------
+
+def test_lm_bundle_tokenizer_must_be_vouched_for(tmp_path):
+    b = edit_manifest(_copy(DEFAULT_DRAFT, tmp_path / "d"),
+                      lambda m: (m["sha256"].pop("tokenizer.json"), m["bytes"].pop("tokenizer.json")))
+    lm = OnnxLM(b)  # token ids still work
+    with pytest.raises(BundleError, match="tokenizer"):
+        lm.tokenizer()
+
+
+def test_lm_bundle_shapes_must_be_the_graphs(tmp_path):
+    b = edit_manifest(_copy(DEFAULT_DRAFT, tmp_path / "d"), lambda m: m.update(n_kv_heads=3))
+    with pytest.raises(BundleError, match="n_kv_heads|shape") as e:
+        OnnxLM(b)
+    _one_line(e.value)
+    b2 = edit_manifest(_copy(DEFAULT_DRAFT, tmp_path / "d2"), lambda m: m.update(vocab_size=4000))
+    with pytest.raises(BundleError, match="vocab_size"):
+        OnnxLM(b2)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_crafted_lm_config_is_refused_before_allocating(tmp_path):
+    pytest.importorskip("torch")
+    from heron.models.lm import checkpoint
+
+    src = REPO / "models" / "weights" / "lm-nano"
+    before = _rss_mb()
+    for change, match in (({"n_layers": 100000, "dim": 100000}, "n_layers|dim|parameters"),
+                          ({"n_layers": 200}, "does not match"),
+                          ({"dim": "wide"}, "dim"),
+                          ({"rope_theta": float("nan")}, "rope_theta")):
+        b = _copy(src, tmp_path / f"c{len(os.listdir(tmp_path))}")
+        doc = json.loads((b / "config.json").read_text())
+        doc["config"].update(change)
+        (b / "config.json").write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=match) as e:
+            checkpoint.load(b)
+        _one_line(e.value)
+    assert _rss_mb() - before < 500, "a refused config must not allocate its model"
+
+
+def test_hf_config_missing_keys_is_one_line(tmp_path):
+    pytest.importorskip("torch")
+    from heron.models.lm.hf import load_hf
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="lacks the key") as e:
+        load_hf(tmp_path)
+    _one_line(e.value)
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="JSON"):
+        load_hf(tmp_path)
+
+
+# --- export writes under --out only --------------------------------------------------------------
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed: the background bank is synthesized speech")
+    from heron.export.kws_bundle import build_kws_bundles
+    from heron.models.conformer import PRESETS, GatedConformer
+    from heron.models.train_kws import TrainConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, GatedConformer(PRESETS["tiny"]), None, 1, TrainConfig(model=PRESETS["tiny"]))
+    cal = {"slope": 2.0, "per_phoneme": -0.3, "offset": -6.0, "threshold": 0.35, "fitted_on": "a test"}
+    (ckpt / "calibration.json").write_text(json.dumps(cal))
+    before = _tree(ckpt)
+    out = tmp_path / "out"
+    (bundle,) = build_kws_bundles(ckpt, out, target="onnx", int8_only=True)
+    assert _tree(ckpt) == before, "export wrote into the checkpoint folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+    assert not (out / ".heron-export-work").exists()
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["calibration"] == {**cal, "znorm": True}
+    sp = KeywordSpotter.load(bundle)
+    assert sp.background is not None and sp.enroll("hey heron").threshold == pytest.approx(0.35)
+
+
+def test_shipped_checkpoint_calibration_is_the_shipped_bundles():
+    shipped = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["calibration"]
+    ckpt = json.loads((REPO / "models" / "weights" / "kws-base" / "calibration.json").read_text())
+    assert {**ckpt, "znorm": True} == shipped  # so `heron export` of the default checkpoint reproduces it
+    assert math.isclose(shipped["threshold"], 0.35)
