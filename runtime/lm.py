@@ -94,6 +94,7 @@ class OnnxLM:
         import onnxruntime as ort
 
         from heron.runtime.bundle import BundleError, read_manifest, verify_file
+        from heron.runtime.sessions import open_session
         folder = Path(folder)
         self.manifest, self.identity = read_manifest(folder, "language-model")
         where = str(folder / "manifest.json")
@@ -106,13 +107,7 @@ class OnnxLM:
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             raise ValueError(f"onnxruntime here offers {ort.get_available_providers()}, not {unknown}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(folder / name), so, providers=list(providers))
-        except Exception as e:  # onnxruntime's own (pybind) exception types
-            raise BundleError(f"{folder / name}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
+        self.session = open_session(folder / name, threads, providers)
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]

@@ -137,3 +137,31 @@ def plot_det(curves: dict[str, list[StreamResult]], path: str, title: str = "DET
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what decides int8/fp32 kernel speed
+
+
+def machine() -> str:
+    """The CPU a benchmark ran on: model, the ISA flags that matter (AVX2 / AVX-512 / VNNI), cores.
+    Figures differ several-fold between CPUs of one cloud 'kind', so every benchmark prints this."""
+    import os
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and not cpu.startswith(platform.machine()):
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ISA_FLAGS if f in flags] or (["neon"] if "asimd" in flags else ["isa unknown"])
+    if flags and "avx512_vnni" not in flags and "avx_vnni" not in flags and "avx2" in flags:
+        isa.append("no VNNI")
+    return f"{cpu} ({', '.join(isa)}), {os.cpu_count()} cores"
+

@@ -21,19 +21,12 @@ import numpy as np
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
 from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatchState
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES, Pronunciation, pronounce
+from heron.runtime.sessions import open_session
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
 MAX_SAMPLE_RATE = 384_000
 PEAK_HOLD_S = 0.3  # a detection is reported at its score's peak, at most this long after the threshold crossing
 N_CLASSES = len(PHONEMES) + 1  # CTC classes: blank + phonemes
-
-
-def _session(ort, path: Path, opts, providers):
-    """An onnxruntime session, or one BundleError line for a graph onnxruntime cannot load."""
-    try:
-        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own (pybind) exception types
-        raise BundleError(f"{path}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
 
 
 def _check_graph(session, inputs: dict[str, tuple], outputs: list[str], where: str) -> None:
@@ -112,8 +105,6 @@ class KeywordSpotter:
 
     def __init__(self, bundle: Bundle, int8: bool = False, threads: int = 1, providers: list[str] | None = None,
                  skip_gates: bool = True):
-        import onnxruntime as ort
-
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
             raise ValueError(f"threads must be an integer in [1, 256], got {threads!r}")
         self.bundle = bundle
@@ -133,12 +124,9 @@ class KeywordSpotter:
         int8 = int8 or not bundle.has("encoder")  # an int8-only bundle (what ships) runs int8
         self.int8 = int8
         key = "encoder_int8" if int8 else "encoder"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         if not bundle.has(key):
             raise BundleError(f"{where}: this bundle has no {'int8' if int8 else 'fp32'} encoder ({key})")
-        self.session = _session(ort, bundle.path(key), opts, providers)
+        self.session = open_session(bundle.path(key), threads, providers)
         enc = m["encoder"]
         _check_graph(self.session, {n: tuple(s) for n, s in enc["inputs"].items()}, enc["outputs"], where)
         self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
@@ -150,12 +138,12 @@ class KeywordSpotter:
         if skip_gates and mod_keys:  # closed gates skip their modules
             from .modular import ModularEncoder
 
-            sessions = {k[len(prefix):]: _session(ort, bundle.path(k), opts, providers) for k in mod_keys}
+            sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
             self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]))
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
-            self.text_session = _session(ort, bundle.path("text_encoder"), opts, providers)
-            self.verifier_session = _session(ort, bundle.path("matcher"), opts, providers)
+            self.text_session = open_session(bundle.path("text_encoder"), threads, providers)
+            self.verifier_session = open_session(bundle.path("matcher"), threads, providers)
             v = m["verifier"]
             self.verifier_max_frames = int(v["max_frames"])
             self.verifier_margin = int(v["margin_frames"])

@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Run the test suite; "no tests collected" (pytest exit 5) counts as a failure.
+# Run the test suite; "no tests collected" (pytest exit 5) counts as a failure, and so does a run that
+# changed any file git tracks or left a new one it does not ignore (tests write only to temp folders).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HERON_VENV:-.venv}
+before=""
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  before=$(git status --porcelain)
+fi
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  after=$(git status --porcelain)
+  if [ "$after" != "$before" ]; then
+    echo "the test run changed the checkout (git status before and after differ):" >&2
+    diff <(echo "$before") <(echo "$after") >&2
+    exit 1
+  fi
+fi
 exit $rc

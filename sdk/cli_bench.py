@@ -2,21 +2,9 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+from heron.runtime.metrics import machine
 
 
 def _synth(args) -> int:

@@ -28,12 +28,23 @@ _APT_HINT = {
 def report() -> list[tuple[str, str, str]]:
     """(section, item, status) rows."""
     from heron import __version__
+    from heron.runtime.metrics import machine
 
     rows: list[tuple[str, str, str]] = [
         ("heron", "version", __version__),
         ("heron", "python", f"{platform.python_version()} ({sys.executable})"),
         ("heron", "platform", f"{platform.system()} {platform.machine()}"),
+        ("heron", "cpu", machine()),
     ]
+    # shipped bundles: verified, with the sha256 of their manifests (the bundle's identity)
+    from heron.runtime.bundle import BundleError, load_bundle
+    from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
+
+    for name, load in (("kws", lambda: load_bundle().identity), ("lm-draft", lambda: OnnxLM(DEFAULT_DRAFT).identity)):
+        try:
+            rows.append(("bundles", name, f"ok: manifest sha256 {load()}"))
+        except (BundleError, ValueError, OSError) as e:
+            rows.append(("bundles", name, f"BROKEN: {e}"))
     # TTS engines
     try:
         from heron.models.data import tts

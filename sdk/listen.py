@@ -93,6 +93,10 @@ def listen_mic(spotter: KeywordSpotter, device=None, seconds: float | None = Non
 
 
 def _run(args) -> int:
+    if args.file:
+        from heron.runtime.audio import AudioFile
+
+        AudioFile(args.file)  # a file that cannot be streamed is refused before anything is printed
     spotter = KeywordSpotter.load(args.model, int8=args.int8)
     for text in args.keyword:
         kw = spotter.enroll(text, sensitivity=args.sensitivity)

@@ -73,10 +73,11 @@ def test_modular_encoder_skips_closed_gates_with_identical_outputs(tiny, clip):
 @needs_an4
 def test_shipped_int8_encoder_stays_close_to_fp32_on_real_speech():
     """The shipped int8 bundle against the fp32 checkpoint it was quantized from, on 40 real AN4 test
-    utterances. Measured on an AVX2 machine without VNNI (where onnxruntime's u8s8 kernels can
-    saturate): frame argmax agreement 0.993 (worst clip 0.917), per-frame total-variation distance
-    0.009; the bounds leave about 3x that margin. A random model is no test of this: its near-uniform
-    outputs flip argmax under any rounding."""
+    utterances. Measured (Intel Xeon, AVX-512 + VNNI: exact int8 products): frame argmax agreement
+    0.993 (worst clip 0.917), per-frame total-variation distance 0.009; the bounds leave about 3x that
+    margin. On x86 without VNNI the runtime asks onnxruntime for its exact U8U8 kernels
+    (runtime/sessions.py), so the same products, and these bounds, hold there too. A random model is no
+    test of int8: its near-uniform outputs flip argmax under any rounding."""
     import csv
 
     from heron.models.train_kws import load_encoder
@@ -102,6 +103,19 @@ def test_shipped_int8_encoder_stays_close_to_fp32_on_real_speech():
         tv.append(0.5 * np.abs(np.exp(lp8) - np.exp(lp32)).sum(1).mean())
     assert np.mean(agree) >= 0.97, f"int8 argmax agreement {np.mean(agree):.3f}"
     assert np.mean(tv) <= 0.03, f"int8 total-variation distance {np.mean(tv):.4f}"
+
+
+def test_every_session_asks_for_exact_int8_products(tiny):
+    """Without VNNI, onnxruntime's default U8S8 int8 kernels saturate 16-bit pair sums (a fresh-clone
+    test failed on an AVX2 EPYC for it); every session heron opens asks for the exact U8U8 path."""
+    from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
+    from heron.runtime.sessions import EXACT_INT8
+
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    sessions = [sp.session, *sp.modular.s.values(), OnnxLM(DEFAULT_DRAFT).session]
+    for sess in sessions:
+        assert sess.get_session_options().get_session_config_entry(EXACT_INT8[0]) == EXACT_INT8[1]
 
 
 def _spotter_with_detection(path, clip, text="hey heron"):

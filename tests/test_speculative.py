@@ -209,3 +209,34 @@ def test_mirror_with_a_trained_exit_head_is_lossless(pair, tmp_path):
     for prompt in PROMPTS[:4]:
         ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
         assert [t.id for t in sp.mirror(T, D, prompt, opts, gamma=4, exit_layer=2)] == ref
+
+
+def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
+    """The draft thread builds however many branches it has time for; its draws are keyed by sequence
+    position, so the output for a seed must not depend on that timing (5 runs used to give 5 outputs)."""
+    target, _, folder = soft_pair
+    T, D = TorchLM(target), OnnxLM(folder)
+    opts = sp.DecodeOptions(max_new_tokens=40, temperature=0.9, seed=7)
+    runs = set()
+    for budget_sleep in (0.0, 0.002, 0.0, 0.004, 0.0):
+        slow = D if budget_sleep == 0 else _Slow(D, budget_sleep)
+        runs.add(tuple(t.id for t in sp.mirror(T, slow, [3, 4], opts, gamma=4, kappa=2, exit_layer=1)))
+    assert len(runs) == 1
+    other = tuple(t.id for t in sp.mirror(T, D, [3, 4], sp.DecodeOptions(max_new_tokens=40, temperature=0.9, seed=8),
+                                          gamma=4, kappa=2, exit_layer=1))
+    assert other not in runs  # the seed matters
+
+
+class _Slow:
+    """A draft whose forward passes take longer, so fewer Mirror branches finish per round."""
+
+    def __init__(self, backend, sleep_s):
+        self.b, self.sleep_s = backend, sleep_s
+
+    def __getattr__(self, name):
+        return getattr(self.b, name)
+
+    def forward(self, tokens):
+        import time
+        time.sleep(self.sleep_s)
+        return self.b.forward(tokens)

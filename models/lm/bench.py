@@ -13,12 +13,13 @@ relative to one target step), and the measured speedup against the predicted one
 """
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from heron.runtime.metrics import machine
 
 from heron.models.lm import checkpoint, corpus
 from heron.models.lm.backend import TorchLM
@@ -150,7 +151,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     model, tok, meta = checkpoint.load(target_dir)
     prompts = held_out_prompts(tok, o.prompts, o.prompt_tokens)
     opts = sp.DecodeOptions(max_new_tokens=o.new_tokens, temperature=0.0)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads max",
+    report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(target_dir), "options": o.__dict__, "rows": []}
     dopts = DecoderOptions(gamma=o.gamma, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp,
                            target_device=o.target_device, model_dir=str(target_dir))

@@ -1,0 +1,237 @@
+"""Silent wrong results and user mistakes (red-team findings): each gets the right answer or one line.
+
+Streams: a keyword enrolled mid-stream reports stream times; re-enrolling a name keeps live streams
+working; a detection reports its peak score. Options: every bad value is refused before any work.
+Files: `heron listen` and `heron kws score` read audio by one rule.
+"""
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from heron.runtime.spotter import KeywordSpotter
+
+from conftest import REPO
+
+LM_NANO = REPO / "models" / "weights" / "lm-nano"
+
+
+def _cli(args, capsys):
+    """Run `heron ARGS` in this process -> (exit code, stderr)."""
+    from heron.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own exit for usage mistakes
+        code = e.code
+    return code, capsys.readouterr().err.strip()
+
+
+def _one_line_error(code, err, *needles):
+    assert code not in (0, None), err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+def _threshold_at_best(sp, kw, audio):
+    best, start, end = sp.score_file(audio, kw.name)
+    kw.threshold = best * 0.999  # a random model: put the threshold where the audio crosses it
+    return start
+
+
+def test_keyword_enrolled_mid_stream_reports_stream_times(tiny, clip):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    kw = sp.enroll("hey heron")
+    _threshold_at_best(sp, kw, clip)
+    t = kw.threshold
+    sp.unenroll(kw.name)
+    stream = sp.stream()
+    lead = 5.0
+    assert stream.accept(np.zeros(int(lead * 16000), np.float32)) == []
+    kw = sp.enroll("hey heron")  # while the stream runs: its matcher starts at the stream's frame
+    kw.threshold = t * 0.9
+    dets = stream.accept(clip) + stream.flush()
+    assert dets, "the keyword's path in the clip crosses the threshold"
+    for d in dets:  # the clip starts 5 s into the stream; times used to count from enrollment
+        assert lead - 1e-6 <= d.start_s < d.end_s <= lead + len(clip) / 16000 + 0.5
+        for w in d.words:
+            assert lead - 1e-6 <= w.start_s <= w.end_s <= d.end_s + 1e-6
+
+
+def test_reenrolling_a_name_with_other_text_keeps_live_streams_working(tiny, clip):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    sp.enroll("hey heron", name="wake")
+    stream = sp.stream()
+    stream.accept(clip[:16000])
+    sp.unenroll("wake")
+    kw = sp.enroll("okay computer start", name="wake")  # another phoneme count under the same name
+    stream.accept(clip[16000:])  # used to raise a broadcast error and lose the audio
+    stream.flush()
+    assert stream._tracks["wake"].kw is kw
+    sp.unenroll("wake")
+    assert stream.accept(clip[:8000]) == [] and "wake" not in stream._tracks
+
+
+def test_detection_reports_the_peak_not_the_threshold_crossing(tiny, clip):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    kw = sp.enroll("hey heron", sensitivity=1.0)
+    kw.threshold = 1e-4  # very high sensitivity: the crossing comes long before the peak
+    stream = sp.stream(refractory_s=0.0)
+    stream.record_scores = True
+    dets = stream.accept(clip) + stream.flush()
+    conf = np.concatenate(stream.score_log[kw.name])
+    fs = sp.frame_seconds
+    assert dets
+    d = dets[0]
+    end = int(round(d.end_s / fs)) - 1  # the frame the detection reports
+    cross = int(np.flatnonzero(conf >= kw.threshold)[0])
+    assert d.score == pytest.approx(float(conf[end]))
+    assert d.score == pytest.approx(float(conf[cross:end + 1].max()))  # the peak since the crossing
+    assert d.score > conf[cross] or end == cross
+
+
+def test_stream_options_are_checked(tiny):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    for kwargs, needle in (({"sample_rate": 0}, "sample_rate"), ({"sample_rate": -16000}, "sample_rate"),
+                           ({"refractory_s": float("nan")}, "refractory_s"), ({"refractory_s": -1}, "refractory_s"),
+                           ({"smoothing_frames": 0}, "smoothing_frames")):
+        with pytest.raises(ValueError, match=needle):
+            sp.stream(**kwargs)
+
+
+def test_mixed_script_keyword_is_refused_not_truncated(tiny):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    with pytest.raises(ValueError, match="привет"):
+        sp.enroll("hey привет")  # used to enroll "hey" alone
+    assert sp.keywords == {}
+    assert sp.enroll("café olé").pronunciation.words == ("cafe", "ole")  # accents are still fine
+
+
+def test_score_file_streams_blocks_with_the_same_result(tiny, clip):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    kw = sp.enroll("hey heron")
+    whole = sp.score_file(clip, kw.name)
+    blocks = sp.score_file((clip[i:i + 7000] for i in range(0, len(clip), 7000)), kw.name)
+    assert whole == pytest.approx(blocks)
+
+
+# --- files: one rule for listen and kws score ----------------------------------------------------
+
+def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
+    _, path = tiny
+    hot = clip.copy()
+    hot[100] = 1.01  # an mp3/ogg decoder's overshoot: `listen` aborted on it, `kws score` clipped it
+    sf.write(tmp_path / "hot.wav", hot, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "hot8k.wav", hot[::2], 8000, subtype="FLOAT")  # another rate: both resample
+    sf.write(tmp_path / "stereo.wav", np.stack([clip, clip], 1), 16000)
+    for f in ("hot.wav", "hot8k.wav"):
+        code, err = _cli(["kws", "score", "--model", path, "--keyword", "hey heron", tmp_path / f], capsys)
+        assert code == 0, err
+        code, err = _cli(["listen", "--model", path, "--keyword", "hey heron", "--file", tmp_path / f, "--no-meter"],
+                         capsys)
+        assert code == 0, err
+    code, err = _cli(["listen", "--model", path, "--keyword", "hey heron", "--file", tmp_path / "stereo.wav"], capsys)
+    _one_line_error(code, err, "mono")
+    code, err = _cli(["listen", "--model", path, "--keyword", "hey heron", "--file", tmp_path / "nope.wav"], capsys)
+    _one_line_error(code, err, "no such file")  # libsndfile used to say only "System error."
+    code, err = _cli(["kws", "score", "--model", path, "--keyword", "hey heron", tmp_path / "nope.wav"], capsys)
+    assert code == 1 and "no such file" in err
+
+
+# --- options refused before any work --------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["lm", "generate", "x", "--temperature", "nan"], "--temperature"),
+    (["lm", "generate", "x", "--top-p", "0"], "--top-p"),
+    (["lm", "generate", "x", "--roe-tau", "-1"], "--roe-tau"),
+    (["lm", "generate", "x", "--roe-tau", "nan"], "--roe-tau"),
+    (["lm", "generate", "x", "--gamma", "-3"], "--gamma"),
+    (["data", "synth", "--text", "hi", "--voices", "0", "--out", "OUT"], "--voices"),
+    (["data", "pairs", "--anchors", "-5", "--out", "OUT/p.csv"], "--anchors"),
+    (["data", "stream", "--keyword", "", "--minutes", "0.1", "--out", "OUT"], "pronounceable"),
+    (["export", "--lm", LM_NANO, "--target", "bogus", "--out", "OUT"], "bogus"),
+    (["export", "--target", "bogus", "--out", "OUT"], "bogus"),
+    (["eval", "kws", "--sets", "bogus"], "--sets"),
+    (["enroll", "hey heron", "--confusables", "-3"], "--confusables"),
+    (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivity", "2"], "--sensitivity"),
+], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
+def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
+    args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]
+    code, err = _cli(args, capsys)
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists(), "nothing is written for a refused command"
+
+
+def test_target_device_is_honoured_by_plain_decoding(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --target-device cuda is valid here")
+    code, err = _cli(["lm", "generate", "Return the", "--target-device", "cuda", "--max-new-tokens", "2"], capsys)
+    _one_line_error(code, err, "CUDA")  # plain decoding used to ignore it and run on the CPU
+
+
+def test_generation_says_when_the_context_is_full(capsys):
+    pytest.importorskip("torch")
+    from heron.models.lm.checkpoint import load
+
+    _, tok, _ = load(LM_NANO)
+    words = "Return the number of items in the list. " * 200
+    ids = tok.encode(words)[:505]
+    prompt = tok.decode(ids)
+    n = len(tok.encode(prompt))
+    code, err = _cli(["lm", "generate", prompt, "--max-new-tokens", "64"], capsys)
+    assert code == 0, err
+    assert n < 512 and "context of 512 tokens is full" in err
+
+
+@pytest.mark.parametrize("model", [None, "ONNX"])
+def test_non_utf8_prompt_is_one_line(model, capsys):
+    from heron.runtime.lm import DEFAULT_DRAFT
+
+    args = ["lm", "generate", "hi \udcff"]  # what argv holds for bytes that are not UTF-8
+    if model:
+        args += ["--model", DEFAULT_DRAFT]
+    code, err = _cli(args, capsys)
+    _one_line_error(code, err, "UTF-8")
+
+
+def test_export_out_must_be_a_new_or_bundle_folder(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("precious")
+    code, err = _cli(["export", "--out", f], capsys)
+    _one_line_error(code, err, "is a file")
+    d = tmp_path / "stuff"
+    d.mkdir()
+    (d / "notes.txt").write_text("precious")
+    for extra in ([], ["--lm", LM_NANO]):
+        code, err = _cli(["export", "--out", d, *extra], capsys)
+        _one_line_error(code, err, "holds other things")
+    assert f.read_text() == "precious" and (d / "notes.txt").read_text() == "precious"
+
+
+def test_every_option_shows_its_default():
+    from heron.cli import build_parser
+
+    def walk(parser, prog):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from walk(sub, f"{prog} {name}")
+            elif a.option_strings and a.nargs != 0 and not a.required and a.dest != "help":
+                yield prog, a
+
+    missing = [f"{prog} {a.option_strings[-1]}" for prog, a in walk(build_parser(), "heron")
+               if a.default is None and "default" not in (a.help or "")]
+    assert missing == [], f"options whose --help says nothing of their default: {missing}"
