@@ -12,25 +12,21 @@ import argparse
 import sys
 import time
 
-from heron.cli_lm import load_model
-from heron.models.lm.decoders import METHODS, DecoderOptions, make_decoder
-from heron.runtime.lm import Detokenizer
-from heron.runtime.speculative import DecodeOptions, DecodeStats
+import heron
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
+METHODS = ("none", "draft", "mtp", "mirror")
 
 
-def run_once(model, tok, method: str, prompt: str, args, colour: bool) -> list[int]:
-    dec = make_decoder(model, DecoderOptions(method=method, gamma=args.gamma, kappa=args.kappa,
-                                             exit_layer=args.exit_layer, target_threads=1))
-    ids = tok.encode(prompt)
-    stats = DecodeStats(method=method)
-    opts = DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                         eot_id=tok.eot_id)
+def run_once(lm, method: str, prompt: str, args, colour: bool) -> list[int]:
+    spec = None if method == "none" else heron.SpeculativeOptions(method=method, gamma=args.gamma, kappa=args.kappa,
+                                                                 exit_layer=args.exit_layer)
+    opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    stats = heron.DecodeStats(method=method)
     t0 = time.perf_counter()
     print(f"[{method:>6}] {prompt}", end="", flush=True)
     out = []
-    for t in dec(ids, opts, stats, Detokenizer(tok.decode, ids).push):
+    for t in lm.generate(prompt, opts, spec, stats):
         out.append(t.id)
         print(f"{GREEN}{t.text}{RESET}" if colour and t.from_draft else t.text, end="", flush=True)
     dt = time.perf_counter() - t0
@@ -52,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kappa", type=int, default=2)
     ap.add_argument("--exit-layer", type=int, default=2)
     args = ap.parse_args(argv)
-    model, tok, _ = load_model(None)
+    lm = heron.load_lm()
     colour = sys.stdout.isatty()
     prompts = [args.prompt] if args.prompt else None
     while True:
@@ -67,7 +63,7 @@ def main(argv=None) -> int:
             if not prompts:
                 return 0
             prompt = prompts.pop()
-        outs = {m: run_once(model, tok, m, prompt, args, colour) for m in (METHODS if args.compare else [args.method])}
+        outs = {m: run_once(lm, m, prompt, args, colour) for m in (METHODS if args.compare else [args.method])}
         if args.compare and args.temperature == 0 and len({tuple(v) for v in outs.values()}) != 1:
             print("outputs differ between methods: this is a bug, please report it", file=sys.stderr)
             return 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from heron.export.coreml_kws import _convert_named
+from heron.export.coreml import convert_named
 from heron.export.onnx_lm import LMStep, empty_state, state_names
 from heron.models.lm.model import Routing, Transformer
 
@@ -31,10 +31,7 @@ class StatefulStep(nn.Module):
 
     def __init__(self, model: Transformer, k: int | None, max_len: int):
         super().__init__()
-        self.model, self.route = model, Routing(k=k)
-        for blk in model.layers:
-            if hasattr(blk.ffn, "impl"):
-                blk.ffn.impl = "gather"
+        self.model, self.route = model, Routing(k=k, moe_impl="gather")
         cfg = model.cfg
         shape = (cfg.n_layers, 1, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.register_buffer("k_cache", torch.zeros(shape))
@@ -56,9 +53,6 @@ def trace_stateful(model: Transformer, k: int | None = None, max_len: int | None
     example = (torch.zeros(1, 3, dtype=torch.long), torch.tensor([2], dtype=torch.int32))
     with torch.no_grad():
         traced = torch.jit.trace(step, example, check_trace=False)
-    for blk in model.layers:
-        if hasattr(blk.ffn, "impl"):
-            blk.ffn.impl = "loop"
     return step, traced
 
 
@@ -101,13 +95,10 @@ def export_coreml(model: Transformer, path: str | Path, k: int | None = None) ->
     example = (torch.zeros(1, 3, dtype=torch.long), *state)
     program = torch.export.export(step, example, dynamic_shapes=({1: T}, tuple({2: P} for _ in state)))
     program = program.run_decompositions({})
-    for blk in model.layers:
-        if hasattr(blk.ffn, "impl"):
-            blk.ffn.impl = "loop"
     shape_state = (1, cfg.n_kv_heads, ct.RangeDim(1, cfg.max_seq_len, default=4), cfg.head_dim)
     inputs = [ct.TensorType(name="tokens", shape=(1, ct.RangeDim(1, cfg.max_seq_len, default=3)), dtype=np.int32)]
     inputs += [ct.TensorType(name=n, shape=shape_state) for n in ins]
-    _convert_named(program, inputs, ["logits", *outs], path,
+    convert_named(program, inputs, ["logits", *outs], path,
                    "heron LM decoding step: tokens + KV cache -> logits + new KV cache")
     return {"inputs": ["tokens", *ins], "outputs": ["logits", *outs]}
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
+from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx,
+                                   export_text_encoder_onnx, quantize_int8)
+from heron.models.audio import HOP, N_FFT, SAMPLE_RATE
+from heron.models.conformer import BLANK, GATE_NAMES, GATE_THRESHOLD, N_PHONEME_CLASSES, GatedConformer
+from heron.runtime.bundle import path_size, sha256_path, write_identity
+from heron.runtime.ctc_kws import MatcherOptions
+from heron.runtime.phonemes import PHONEMES
+
 TARGETS = ("onnx", "coreml", "all")
+BLANK_SYMBOL = "<blank>"
 _WORK = ".heron-export-work"
 
 
@@ -29,7 +39,6 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     a provisional fp32 bundle; fit the calibration on it unless the checkpoint has one (or
     `recalibrate`); write the final bundle(s) once. Returns the bundle folders written.
     """
-    from heron.export.onnx_kws import write_bundle
     from heron.models.calibrate_kws import build_background, fit_calibration
     from heron.models.train_kws import load_encoder
     from heron.runtime.spotter import KeywordSpotter
@@ -85,3 +94,105 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         written.append(write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml",
                                     background=background, verifier=verifier, phoneme_table=table))
     return written
+
+
+BUNDLE_FORMAT = "heron-kws-bundle/1"
+# a bundle exported before calibration (tests, the provisional bundle of the export pipeline): scores
+# map to confidences monotonically, but no threshold has been fitted
+UNCALIBRATED = {"slope": 3.0, "offset": -5.0, "per_phoneme": 0.0, "threshold": 0.5, "fitted_on": "not calibrated"}
+
+
+def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
+                 extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
+                 verifier=None, target: str = "onnx", modular: bool = True, background=None,
+                 int8_only: bool = False, phoneme_table=None) -> Path:
+    """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
+    second stage; write manifest.json with checksums."""
+    from heron import __version__
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = {**UNCALIBRATED, **calibration}
+    for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
+        (out / stale).unlink(missing_ok=True)
+    if target == "coreml":
+        from heron.export.coreml import output_names
+        from heron.export.coreml_kws import (export_encoder_coreml, export_matcher_coreml,
+                                             export_text_encoder_coreml, validate_mlpackage)
+
+
+        meta = {"heron_version": __version__, "chunk_samples": model.config.chunk_samples, "sample_rate": SAMPLE_RATE}
+        io = export_encoder_coreml(model, out / "encoder.mlpackage", meta)
+        validate_mlpackage(out / "encoder.mlpackage", io)
+        files = {"encoder": "encoder.mlpackage"}
+        if verifier is not None:
+            export_text_encoder_coreml(verifier[0], out / "text_encoder.mlpackage")
+            export_matcher_coreml(verifier[1], out / "matcher.mlpackage")
+            if output_names(out / "matcher.mlpackage") != ["match_prob", "subsequence_probs"]:
+                raise ValueError("matcher.mlpackage outputs do not match the ONNX interface")
+            files["text_encoder"], files["matcher"] = "text_encoder.mlpackage", "matcher.mlpackage"
+    elif target == "onnx":
+        io = export_encoder_onnx(model, out / "encoder.onnx")
+        files = {"encoder": "encoder.onnx"}
+        if int8:
+            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+            files["encoder_int8"] = "encoder.int8.onnx"
+        if modular:  # per-module graphs: the runtime skips closed gates for real
+            for key, name in export_encoder_modular(model, out / "modular").items():
+                files[f"mod.{key}"] = f"modular/{name}"
+                if int8:
+                    quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"))
+                    files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
+        if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron export`)
+            for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:
+                (out / files.pop(key)).unlink()
+    else:
+        raise ValueError(f"unknown target {target!r}; use onnx or coreml")
+    if verifier is not None and target == "onnx":
+        text_enc, matcher = verifier
+        export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
+        export_matcher_onnx(matcher, out / "matcher.onnx")
+        files["text_encoder"], files["matcher"] = "text_encoder.onnx", "matcher.onnx"
+    if phoneme_table is not None:  # representative phoneme vectors (39, D): DSP word timestamps
+        import numpy as np
+
+        np.save(out / "phoneme_table.npy", np.asarray(phoneme_table, np.float32), allow_pickle=False)
+        files["phoneme_table"] = "phoneme_table.npy"
+    if background is not None:  # Z-norm bank: float16 log-probs, loaded with allow_pickle=False
+        import numpy as np
+
+        np.save(out / "background.npy", np.asarray(background, np.float16), allow_pickle=False)
+        files["background"] = "background.npy"
+    for key, src in (extra_files or {}).items():
+        dst = out / Path(src).name
+        if Path(src).resolve() != dst.resolve():
+            dst.write_bytes(Path(src).read_bytes())
+        files[key] = dst.name
+    c = model.config
+    fe = model.frontend.config
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "target": target,
+        "heron_version": __version__,
+        "sample_rate": SAMPLE_RATE,
+        "chunk_samples": c.chunk_samples,
+        "frame_seconds": c.stack * HOP / SAMPLE_RATE,
+        "frames_per_chunk": c.chunk_frames,
+        "features": {"type": "log-mel (in graph)", "n_fft": N_FFT, "hop": HOP, "n_mels": fe.n_mels,
+                     "f_min": fe.f_min, "f_max": fe.f_max, "window": "hann"},
+        # the CTC classes by index: what the encoder's log_probs columns mean (G2P emits these symbols)
+        "phonemes": {"blank": BLANK, "classes": [BLANK_SYMBOL if i == BLANK else PHONEMES[i - 1]
+                                                 for i in range(N_PHONEME_CLASSES)]},
+        "gates": {"names": list(GATE_NAMES), "layers": c.n_layers, "threshold": GATE_THRESHOLD},
+        "encoder": io,
+        "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
+        "matcher": asdict(MatcherOptions()),
+        **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
+                         "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
+        "model": model_meta or {},
+        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
+                  for k, v in files.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    write_identity(out)
+    return out

@@ -1,4 +1,4 @@
-"""Export the streaming KWS encoder to ONNX and write a self-describing bundle.
+"""Export the streaming KWS encoder (single graph and per-module graphs) and the second stage to ONNX.
 
 The exported graph is one chunk step: `audio_chunk` (1, chunk_samples) plus the state pairs
 `cached_*` -> `new_cached_*` (as in icefall's streaming export), returning per-frame phoneme
@@ -16,35 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from heron.export.wrappers import ChunkStep, MatcherStep
 from heron.models.conformer import GatedConformer
-from heron.runtime.bundle import path_size, sha256_path, write_identity
-
-BUNDLE_FORMAT = "heron-kws-bundle/1"
-# a bundle exported before calibration (tests, the provisional bundle of the export pipeline): scores
-# map to confidences monotonically, but no threshold has been fitted
-UNCALIBRATED = {"slope": 3.0, "offset": -5.0, "per_phoneme": 0.0, "threshold": 0.5, "fitted_on": "not calibrated"}
-
-
-class _ChunkStep(nn.Module):
-    """Export-only wrapper: positional tensors in, positional tensors out (skip=False: a pure graph)."""
-
-    def __init__(self, model: GatedConformer, state_names: list[str]):
-        super().__init__()
-        self.model = model
-        self.state_names = state_names
-
-    def forward(self, audio_chunk, *state):
-        st = dict(zip(self.state_names, state))
-        log_probs, emb, gates, new = self.model.forward_chunk(audio_chunk, st, skip=False)
-        return (log_probs, emb, gates, *[new[n] for n in self.state_names])
-
 
 def export_encoder_onnx(model: GatedConformer, path: str | Path) -> dict:
     """Write the chunk-step ONNX file; returns the manifest fragment describing its inputs/outputs."""
     model = model.eval()
     state = model.init_state(1)
     names = list(state)
-    wrapper = _ChunkStep(model, names).eval()
+    wrapper = ChunkStep(model, names).eval()
     chunk = torch.zeros(1, model.config.chunk_samples)
     in_names = ["audio_chunk"] + names
     out_names = ["log_probs", "embeddings", "gate_probs"] + [f"new_{n}" for n in names]
@@ -70,99 +50,6 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
 
 
-def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
-                 extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
-                 verifier=None, target: str = "onnx", modular: bool = True, background=None,
-                 int8_only: bool = False, phoneme_table=None) -> Path:
-    """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
-    second stage; write manifest.json with checksums."""
-    from heron import __version__
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    calibration = {**UNCALIBRATED, **calibration}
-    for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
-        (out / stale).unlink(missing_ok=True)
-    if target == "coreml":
-        from .coreml_kws import export_encoder_coreml, validate_mlpackage
-
-        meta = {"heron_version": __version__, "chunk_samples": model.config.chunk_samples, "sample_rate": 16000}
-        io = export_encoder_coreml(model, out / "encoder.mlpackage", meta)
-        validate_mlpackage(out / "encoder.mlpackage", io)
-        files = {"encoder": "encoder.mlpackage"}
-        if verifier is not None:
-            from .coreml_kws import export_matcher_coreml, export_text_encoder_coreml, output_names
-
-            export_text_encoder_coreml(verifier[0], out / "text_encoder.mlpackage")
-            export_matcher_coreml(verifier[1], out / "matcher.mlpackage")
-            if output_names(out / "matcher.mlpackage") != ["match_prob", "subsequence_probs"]:
-                raise ValueError("matcher.mlpackage outputs do not match the ONNX interface")
-            files["text_encoder"], files["matcher"] = "text_encoder.mlpackage", "matcher.mlpackage"
-    elif target == "onnx":
-        io = export_encoder_onnx(model, out / "encoder.onnx")
-        files = {"encoder": "encoder.onnx"}
-        if int8:
-            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
-            files["encoder_int8"] = "encoder.int8.onnx"
-        if modular:  # per-module graphs: the runtime skips closed gates for real
-            for key, name in export_encoder_modular(model, out / "modular").items():
-                files[f"mod.{key}"] = f"modular/{name}"
-                if int8:
-                    quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"))
-                    files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
-        if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron export`)
-            for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:
-                (out / files.pop(key)).unlink()
-    else:
-        raise ValueError(f"unknown target {target!r}; use onnx or coreml")
-    if verifier is not None and target == "onnx":
-        text_enc, matcher = verifier
-        export_text_encoder_onnx(text_enc, out / "text_encoder.onnx")
-        export_matcher_onnx(matcher, out / "matcher.onnx")
-        files["text_encoder"], files["matcher"] = "text_encoder.onnx", "matcher.onnx"
-    if phoneme_table is not None:  # representative phoneme vectors (39, D): DSP word timestamps
-        import numpy as np
-
-        np.save(out / "phoneme_table.npy", np.asarray(phoneme_table, np.float32), allow_pickle=False)
-        files["phoneme_table"] = "phoneme_table.npy"
-    if background is not None:  # Z-norm bank: float16 log-probs, loaded with allow_pickle=False
-        import numpy as np
-
-        np.save(out / "background.npy", np.asarray(background, np.float16), allow_pickle=False)
-        files["background"] = "background.npy"
-    for key, src in (extra_files or {}).items():
-        dst = out / Path(src).name
-        if Path(src).resolve() != dst.resolve():
-            dst.write_bytes(Path(src).read_bytes())
-        files[key] = dst.name
-    c = model.config
-    fe = model.frontend.config
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "target": target,
-        "heron_version": __version__,
-        "sample_rate": 16000,
-        "chunk_samples": c.chunk_samples,
-        "frame_seconds": c.stack * 0.01,
-        "frames_per_chunk": c.chunk_frames,
-        "features": {"type": "log-mel (in graph)", "n_fft": 400, "hop": 160, "n_mels": fe.n_mels,
-                     "f_min": fe.f_min, "f_max": fe.f_max, "window": "hann"},
-        "phonemes": {"blank": 0, "classes": "1 + index in heron.runtime.phonemes.PHONEMES"},
-        "gates": {"names": ["ffn1", "attn", "conv", "ffn2"], "layers": c.n_layers},
-        "encoder": io,
-        "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
-        "matcher": {"gap_penalty": 0.1, "frames_base": 10, "frames_per_phoneme": 8},
-        **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
-                         "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
-        "model": model_meta or {},
-        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
-                  for k, v in files.items()},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    write_identity(out)
-    return out
-
-
 def export_text_encoder_onnx(text_enc, path: str | Path) -> None:
     """phoneme ids (1, N) int64 -> text embeddings (1, N, D); N is dynamic (1..max_phonemes)."""
     ids = torch.ones(1, 7, dtype=torch.int64)
@@ -173,19 +60,6 @@ def export_text_encoder_onnx(text_enc, path: str | Path) -> None:
                           dynamo=True, external_data=False, verbose=False)
 
 
-class _MatcherStep(nn.Module):
-    def __init__(self, matcher):
-        super().__init__()
-        self.matcher = matcher
-
-    def forward(self, audio, text):
-        # one window and one keyword: every frame and phoneme is real, so the masks are all true
-        am = torch.ones(audio.shape[:2], dtype=torch.bool)
-        tm = torch.ones(text.shape[:2], dtype=torch.bool)
-        utt, sub = self.matcher(audio, am, text, tm)
-        return torch.sigmoid(utt), torch.sigmoid(sub)
-
-
 def export_matcher_onnx(matcher, path: str | Path) -> None:
     """audio window (1, T, Da) + text embeddings (1, N, Dt) -> (match prob (1,), subsequence probs (1, N))."""
     c = matcher.config
@@ -194,7 +68,7 @@ def export_matcher_onnx(matcher, path: str | Path) -> None:
     t = torch.export.Dim("frames", min=2, max=c.max_frames)
     n = torch.export.Dim("n_phonemes", min=1, max=c.max_phonemes)
     with torch.no_grad():
-        torch.onnx.export(_MatcherStep(matcher.eval()), (audio, text), str(path),
+        torch.onnx.export(MatcherStep(matcher.eval()), (audio, text), str(path),
                           input_names=["audio_window", "text_embeddings"], output_names=["match_prob", "subsequence_probs"],
                           dynamic_shapes={"audio": {1: t}, "text": {1: n}}, dynamo=True, external_data=False,
                           verbose=False)

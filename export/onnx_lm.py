@@ -35,10 +35,7 @@ class LMStep(nn.Module):
 
     def __init__(self, model: Transformer, k: int | None):
         super().__init__()
-        self.model, self.route = model, Routing(k=k)
-        for blk in model.layers:
-            if hasattr(blk.ffn, "impl"):
-                blk.ffn.impl = "gather"  # data-independent control flow for any T
+        self.model, self.route = model, Routing(k=k, moe_impl="gather")  # data-independent control flow for any T
 
     def forward(self, tokens, *state):
         past = [(state[2 * i], state[2 * i + 1]) for i in range(len(state) // 2)]
@@ -66,9 +63,6 @@ def export_onnx(model: Transformer, path: str | Path, k: int | None = None, opse
         torch.onnx.export(step, (tokens, *state), str(path), input_names=["tokens", *ins],
                           output_names=["logits", *outs], dynamic_shapes=(dyn["tokens"], dyn["state"]),
                           dynamo=True, external_data=False, verbose=False, opset_version=opset)
-    for blk in model.layers:
-        if hasattr(blk.ffn, "impl"):
-            blk.ffn.impl = "loop"
     return path
 
 

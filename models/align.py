@@ -10,7 +10,7 @@ import numpy as np
 
 from heron.runtime.phonemes import PHONEMES
 
-BLANK = 0
+from heron.models.conformer import BLANK  # the CTC blank class, defined with the model
 
 
 def forced_align(log_probs: np.ndarray, targets: list[int] | tuple[int, ...]) -> np.ndarray | None:

@@ -134,7 +134,7 @@ def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: fl
     for _ in range(n_segments):  # pack utterances back to back into fixed-length segments
         buf = np.zeros(0, np.float32)
         while len(buf) < n:
-            buf = np.concatenate([buf, audio[pos % len(audio)], np.zeros(int(rng.uniform(0.05, 0.4) * 16000), np.float32)])
+            buf = np.concatenate([buf, audio[pos % len(audio)], np.zeros(int(rng.uniform(0.05, 0.4) * spotter.sample_rate), np.float32)])
             pos += 1
         seg = add_noise(buf[:n], noise.sample(n, rng), float(rng.uniform(10, 30)))
         lp, _, _ = spotter.encode(seg)

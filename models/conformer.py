@@ -28,6 +28,7 @@ from torch import nn
 from .frontend import CONTEXT, HOP, FrontendConfig, LogMel
 
 GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
+GATE_THRESHOLD = 0.5  # a module runs when its gate probability is above this (the runtime reads it from the manifest)
 N_PHONEME_CLASSES = 40  # 39 phonemes + CTC blank (index 0); phoneme id i -> class i + 1
 BLANK = 0
 
@@ -65,7 +66,7 @@ PRESETS = {
 
 def straight_through(p: torch.Tensor) -> torch.Tensor:
     """Hard 0/1 in the forward pass, identity gradient to p in the backward pass."""
-    hard = (p > 0.5).to(p.dtype)
+    hard = (p > GATE_THRESHOLD).to(p.dtype)
     return hard + p - p.detach()
 
 
@@ -137,7 +138,6 @@ class GatedConformerBlock(nn.Module):
         self.ffn1, self.attn, self.conv, self.ffn2 = FeedForward(c), ChunkedAttention(c), CausalConv(c), FeedForward(c)
         self.norm = nn.LayerNorm(c.d_model)
         self.gate = nn.Linear(c.d_model, len(GATE_NAMES))
-        self.force_open = False
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, c.gate_init_bias)
 
@@ -147,20 +147,20 @@ class GatedConformerBlock(nn.Module):
         pooled = x.view(B, T // self.c.chunk_frames, self.c.chunk_frames, D).mean(dim=2)
         return torch.sigmoid(self.gate(pooled))
 
-    def gates(self, x):
-        """(probabilities, 0/1 gates with straight-through gradient); all ones when ungated or while
+    def gates(self, x, force_open: bool = False):
+        """(probabilities, 0/1 gates with straight-through gradient); all ones when ungated or with
         `force_open` (training warm-up: modules learn before gates may close them, since a closed
         module gets no gradient)."""
-        if not self.c.gated or self.force_open:
+        if not self.c.gated or force_open:
             ones = x.new_ones(x.shape[0], x.shape[1] // self.c.chunk_frames, len(GATE_NAMES))
             return ones, ones
         p = self.gate_probs(x)
         return p, straight_through(p)
 
-    def forward(self, x, attn_allowed):
+    def forward(self, x, attn_allowed, force_open: bool = False):
         """Whole sequence. x: (B, T, D), T a multiple of C; attn_allowed: (T, T) chunk mask."""
         C = self.c.chunk_frames
-        p, g = self.gates(x)  # (B, N, 4)
+        p, g = self.gates(x, force_open)  # (B, N, 4)
         gf = g.repeat_interleave(C, dim=1)  # (B, T, 4) per frame
         x = x + 0.5 * gf[..., 0:1] * self.ffn1(x)
         q, k, v = self.attn.project(x)
@@ -239,13 +239,13 @@ class GatedConformer(nn.Module):
             feats = feats[:, : T * self.config.stack]
         return feats.reshape(B, T, M * self.config.stack)
 
-    def encode_features(self, feats):
+    def encode_features(self, feats, force_open: bool = False):
         """(B, F, n_mels) normalized log-mels, F a multiple of stack * chunk_frames."""
         x = self.inp_drop(self.inp(self.stack_frames(feats)))
         mask = self.chunk_mask(x.shape[1], x.device)
         probs = []
         for blk in self.blocks:
-            x, p = blk(x, mask)
+            x, p = blk(x, mask, force_open)
             probs.append(p)
         return x, torch.stack(probs, dim=1)  # (B, T, D), (B, layers, N, 4)
 
@@ -290,10 +290,6 @@ class GatedConformer(nn.Module):
             new[f"cached_valid_{i}"], new[f"cached_conv_{i}"] = valid, hist
             probs.append(p[:, 0])
         return F.log_softmax(self.head(x), dim=-1), x, torch.stack(probs, dim=1), new
-
-    def force_gates_open(self, flag: bool) -> None:
-        for blk in self.blocks:
-            blk.force_open = flag
 
     def config_dict(self) -> dict:
         return asdict(self.config)

@@ -154,7 +154,7 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
     # a live stream emits a detection when the chunk holding the frame is complete: time it then
     fpc = int(spotter.bundle.manifest["frames_per_chunk"])
     times = (np.arange(len(conf)) // fpc + 1) * fpc * spotter.frame_seconds
-    curve = metrics.det_curve(times, conf, labels, len(audio) / 16000.0,
+    curve = metrics.det_curve(times, conf, labels, len(audio) / spotter.sample_rate,
                               thresholds=np.unique(np.quantile(conf, np.linspace(0.9, 1.0, 400))))
     out = {"minutes": minutes, "keywords": len(labels)}
     for fah in (0.1, 0.5, 1.0):

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SAMPLE_RATE = 16000
-N_FFT = 400  # 25 ms window
-HOP = 160  # 10 ms hop
-CONTEXT = N_FFT - HOP  # samples of the previous chunk each new chunk needs
-N_BINS = N_FFT // 2 + 1
+from heron.models.audio import CONTEXT, HOP, N_BINS, N_FFT, SAMPLE_RATE  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

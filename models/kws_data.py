@@ -73,15 +73,23 @@ def build_tts_pool(n: int, seed: int = 0, split: str = "train", hold_out_fractio
 
 
 def load_user_pool(path: str | Path) -> list[Utterance]:
-    """Real data: a CSV with columns audio,text (LibriPhrase-style) or a LibriSpeech-layout folder
-    (*.trans.txt next to the flac/wav files)."""
+    """Real data: a CSV with columns audio,text (LibriPhrase-style), a TSV manifest with columns
+    file,transcript,split (AN4 in ../shared/data/an4; its train split only), or a LibriSpeech-layout
+    folder (*.trans.txt next to the flac/wav files)."""
     import soundfile as sf
 
     from .data.tts import resample
 
     path = Path(path)
     rows: list[tuple[Path, str]] = []
-    if path.is_file() and path.suffix == ".csv":
+    if path.is_file() and path.suffix == ".tsv":  # an AN4-style manifest: file, transcript, split
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            if not {"file", "transcript", "split"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{path}: a TSV manifest needs columns file, transcript, split")
+            # only the train split: the test split stays an honest real-speech check
+            rows = [(path.parent / r["file"], r["transcript"]) for r in reader if r["split"] == "train"]
+    elif path.is_file() and path.suffix == ".csv":
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
                 if "audio" not in r or "text" not in r:
@@ -145,11 +153,14 @@ class BatchConfig:
     max_seconds: float = 3.2  # crop/pad to a whole number of chunks up to this
     chunk_samples: int = 5120
     noise_only_fraction: float = 0.08
+    real_fraction: float = 0.0  # share of utterances drawn from the real-speech pool (when there is one)
     seed: int = 0
 
 
-def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator):
-    """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,)."""
+def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator,
+               real_pool: list[Utterance] | None = None):
+    """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,). With a real pool,
+    each utterance comes from it with probability cfg.real_fraction."""
     max_len = int(cfg.max_seconds * SAMPLE_RATE) // cfg.chunk_samples * cfg.chunk_samples
     wavs, lens, targets, tlens = [], [], [], []
     for _ in range(cfg.batch_size):
@@ -159,7 +170,8 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
             x = np.clip(x, -1, 1).astype(np.float32)
             tgt: tuple[int, ...] = ()
         else:
-            u = pool[int(rng.integers(len(pool)))]
+            src = real_pool if real_pool and rng.random() < cfg.real_fraction else pool
+            u = src[int(rng.integers(len(src)))]
             x = augmenter(u.audio.astype(np.float32) / 32767.0, rng)
             tgt = u.targets
             if len(x) > max_len:  # too long after padding/speed: drop the utterance's ends evenly
@@ -178,14 +190,15 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
     return out, np.asarray(lens), np.asarray(targets, np.int64), np.asarray(tlens)
 
 
-def _worker(pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int, n_workers: int):
+def _worker(pool, real_pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int,
+            n_workers: int):
     os.environ["OMP_NUM_THREADS"] = "1"
     babble_src = [u.audio.astype(np.float32) / 32767.0 for u in pool[:200]]
     augmenter = Augmenter(aug_cfg, TrainNoise(None), babble_src)
     step = start_step + worker_id
     while True:
         rng = np.random.default_rng([cfg.seed, step])  # batch k is the same whoever makes it
-        queue.put((step, make_batch(pool, cfg, augmenter, rng)))
+        queue.put((step, make_batch(pool, cfg, augmenter, rng, real_pool)))
         step += n_workers  # worker i makes steps i, i + n, i + 2n, ...
 
 
@@ -193,10 +206,11 @@ class BatchStream:
     """Batches made by background processes, in step order, deterministic from (seed, step)."""
 
     def __init__(self, pool, cfg: BatchConfig, aug_cfg: AugmentConfig = AugmentConfig(), workers: int = 1,
-                 start_step: int = 0):
+                 start_step: int = 0, real_pool=None):
         ctx = mp.get_context("fork")
         self.queue = ctx.Queue(maxsize=8)
-        self.procs = [ctx.Process(target=_worker, args=(pool, cfg, aug_cfg, self.queue, i, start_step, workers), daemon=True)
+        self.procs = [ctx.Process(target=_worker, args=(pool, real_pool, cfg, aug_cfg, self.queue, i, start_step, workers),
+                                  daemon=True)
                       for i in range(workers)]
         for p in self.procs:
             p.start()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .conformer import PRESETS, ConformerConfig, GatedConformer, gate_cost_weights
 from .frontend import mel_filterbank
 from .kws_data import BatchConfig, BatchStream, build_tts_pool, load_user_pool
+from heron.models.audio import HOP
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class TrainConfig:
     threads: int = 2
     ckpt_every: int = 250
     log_every: int = 25
-    user_data: str = ""  # optional real data (CSV audio,text or LibriSpeech folder) mixed into the pool
+    user_data: str = ""  # optional real data (CSV audio,text; AN4-style TSV; LibriSpeech folder)
+    real_fraction: float = 0.0  # with user_data: share of each batch drawn from it (0: pooled with the TTS)
+    init: str = ""  # start from this checkpoint's weights (fine-tuning; its model config is used)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
 
 
@@ -167,6 +170,9 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.init:  # fine-tuning: the architecture is the initial checkpoint's
+        init_tensors, init_meta = read_checkpoint(cfg.init)
+        cfg = replace(cfg, model=ConformerConfig(**init_meta["model_config"]))
     model = GatedConformer(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     start = 0
@@ -178,14 +184,22 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
         print(f"resuming from step {start}")
     if start >= cfg.steps:
         return out
+    elif cfg.init:
+        model.load_state_dict({k[6:]: v.float() for k, v in init_tensors.items() if k.startswith("model.")})
+        print(f"fine-tuning from {cfg.init} (step {init_meta.get('step')})")
     pool = build_tts_pool(cfg.pool_size, seed=cfg.seed)
+    real_pool = None
     if cfg.user_data:
-        pool += load_user_pool(cfg.user_data)
+        real = load_user_pool(cfg.user_data)
+        if cfg.real_fraction > 0:
+            real_pool = real
+        else:
+            pool += real
     bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
-                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed)
-    stream = BatchStream(pool, bcfg, start_step=start)
-    if start == 0:
-        norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991))
+                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction)
+    stream = BatchStream(pool, bcfg, start_step=start, real_pool=real_pool)
+    if start == 0 and not cfg.init:  # a fine-tune keeps the initial model's feature normalization
+        norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991), real_pool=real_pool)
         estimate_normalization(model, norm_stream)
         norm_stream.close()
     feat = Featurizer(model, cfg)
@@ -203,12 +217,11 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     try:
         for step in range(start, cfg.steps):
             wav, n_samples, targets, tlens = next(stream)
-            model.force_gates_open(step < cfg.gate_warmup)
             wav_t = torch.from_numpy(wav)
             feats = spec_augment(feat(wav_t, gen), cfg, gen)
-            emb, probs = model.encode_features(feats)
+            emb, probs = model.encode_features(feats, force_open=step < cfg.gate_warmup)
             log_probs = F.log_softmax(model.head(emb), dim=-1)  # (B, T, 40)
-            frame = cfg.model.stack * 160
+            frame = cfg.model.stack * HOP
             in_lens = torch.from_numpy(np.ceil(n_samples / frame).astype(np.int64)).clamp(max=log_probs.shape[1])
             ctc = F.ctc_loss(log_probs.transpose(0, 1), torch.from_numpy(targets), in_lens, torch.from_numpy(tlens),
                              blank=0, reduction="sum", zero_infinity=True) / max(1, int(in_lens.sum()))

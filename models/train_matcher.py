@@ -32,6 +32,7 @@ from .data.vocab import vocabulary
 from .kws_data import TrainNoise
 from .matcher import MatcherConfig, SLiCKMatcher, prefix_labels
 from .text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+from heron.models.audio import HOP
 
 WINDOW_MARGIN = 2  # frames kept before the first-stage match (the runtime's margin_frames)
 
@@ -80,7 +81,7 @@ def ctc_window(log_probs: np.ndarray, ids: list[int], max_frames: int) -> tuple[
 def encode_batch(encoder, clips: list[np.ndarray], batch: int = 24):
     """-> list of (emb (T, D), log_probs (T, C)) trimmed to each clip's frames."""
     out = []
-    frame = encoder.config.stack * 160
+    frame = encoder.config.stack * HOP
     order = np.argsort([len(c) for c in clips])
     res: dict[int, tuple] = {}
     for i in range(0, len(order), batch):

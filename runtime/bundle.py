@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES
+from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES
 
 SUPPORTED_FORMATS = ("heron-kws-bundle/1",)
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "kws"
@@ -214,8 +214,10 @@ def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
     """manifest.json of a bundle folder, checked against manifest.sha256 -> (manifest, identity)."""
     root = Path(root)
     mpath, ipath = root / MANIFEST, root / IDENTITY
+    if not root.exists():
+        raise BundleError(f"no {MANIFEST} at {root}: no such folder (a heron {kind} bundle is a folder)")
     if not root.is_dir():
-        raise BundleError(f"{root} is not a folder: not a heron {kind} bundle")
+        raise BundleError(f"{root} is a file: a heron {kind} bundle is a folder with a {MANIFEST}")
     for p in (mpath, ipath):
         if p.is_symlink() or (p.exists() and not p.is_file()):
             raise BundleError(f"{p} is not a regular file")
@@ -271,11 +273,16 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     f.obj("features")
     f.int("features.n_fft", 16, 8192), f.int("features.hop", 1, 8192), f.int("features.n_mels", 1, 512)
     f.float("features.f_min", 0.0, sr / 2), f.float("features.f_max", 1.0, sr / 2)
-    f.int("phonemes.blank", 0, 0)
-    f.str("phonemes.classes")
+    classes = f.str_list("phonemes.classes", max_len=1024)
+    blank = f.int("phonemes.blank", 0, len(classes) - 1)
+    symbols = [c for i, c in enumerate(classes) if i != blank]
+    missing = sorted(set(PHONEMES) - set(symbols))
+    if missing or len(set(symbols)) != len(symbols):
+        f.fail("phonemes.classes", f"must name every phoneme heron's G2P emits once (missing {missing[:5]})")
     if f.str_list("gates.names") != list(GATE_NAMES):
         f.fail("gates.names", f"must be {list(GATE_NAMES)}")
     layers = f.int("gates.layers", 1, 64)
+    f.float("gates.threshold", 1e-3, 0.999)
     inputs = f.obj("encoder.inputs")
     if f.shape("encoder.inputs.audio_chunk") != (1, chunk):
         f.fail("encoder.inputs.audio_chunk", f"must be [1, {chunk}] (chunk_samples)")

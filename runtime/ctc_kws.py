@@ -21,8 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLANK = 0
 _NEG = -1e9
+
+
+@dataclass(frozen=True)
+class MatcherOptions:
+    """The first-stage matcher's settings; a bundle's manifest carries them (`matcher`)."""
+
+    gap_penalty: float = 0.1      # nats per blank frame inside the keyword
+    frames_base: int = 10         # a keyword path lasts at most frames_base + frames_per_phoneme * N frames
+    frames_per_phoneme: int = 8
 
 
 @dataclass
@@ -35,25 +43,26 @@ class CTCMatchState:
 class CTCKeywordMatcher:
     """Matches one keyword (CTC class ids, blank = 0) against frames of phoneme log-probabilities."""
 
-    def __init__(self, classes: list[int] | tuple[int, ...], max_frames: int | None = None,
-                 gap_penalty: float = 0.1, frames_base: int = 10, frames_per_phoneme: int = 8):
+    def __init__(self, classes: list[int] | tuple[int, ...], options: MatcherOptions = MatcherOptions(),
+                 blank: int = 0, max_frames: int | None = None):
         if not classes:
             raise ValueError("keyword has no phonemes")
-        if any(c == BLANK for c in classes):
+        if any(c == blank for c in classes):
             raise ValueError("keyword classes must not contain the blank")
         y = np.asarray(classes, np.int64)
         self.n = len(y)
+        self.blank = blank
         # states: label y1, blank, label y2, blank, ..., label yN  (no leading blank: starts are free)
-        labels = np.full(2 * self.n - 1, BLANK, np.int64)
+        labels = np.full(2 * self.n - 1, blank, np.int64)
         labels[0::2] = y
         self.labels = labels
         # a label state may be entered from two states back (skipping the blank) unless it repeats
         self.skip_ok = np.zeros(len(labels), bool)
         for s in range(2, len(labels), 2):
             self.skip_ok[s] = labels[s] != labels[s - 2]
-        self.max_frames = max_frames or frames_base + frames_per_phoneme * self.n
+        self.max_frames = max_frames or options.frames_base + options.frames_per_phoneme * self.n
         # per-frame cost of each state: blanks between phonemes pay the gap penalty
-        self.state_cost = np.where(labels == BLANK, gap_penalty, 0.0)
+        self.state_cost = np.where(labels == blank, options.gap_penalty, 0.0)
 
     def init_state(self, frame: int = 0) -> CTCMatchState:
         """A fresh state whose first frame has absolute index `frame` (a keyword added to a running

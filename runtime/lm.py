@@ -46,6 +46,15 @@ class LMBackend(Protocol):
     def restore(self, state) -> None: ...
 
 
+PROVIDERS = {"cpu": "CPUExecutionProvider", "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider",
+             "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider", "xnnpack": "XnnpackExecutionProvider"}
+
+
+def provider_name(device: str) -> str:
+    """A short device name (cpu, coreml, qnn, cuda, ...) or a full onnxruntime provider name -> the provider."""
+    return PROVIDERS.get(device.lower(), device)
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
     return ort.get_available_providers()

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-GATES = ("ffn1", "attn", "conv", "ffn2")
-
-
 class ModularEncoder:
-    def __init__(self, sessions: dict, n_layers: int):
+    """Stateless apart from its sessions: streams keep their own state and skip counters."""
+
+    def __init__(self, sessions: dict, n_layers: int, gate_threshold: float):
         self.s = sessions
         self.n_layers = n_layers
-        self.executed = np.zeros(4)  # module executions, for measuring the skip rate
-        self.possible = 0
+        self.gate_threshold = gate_threshold  # from the bundle's manifest (gates.threshold)
 
     def _run(self, name: str, feeds: dict):
         return self.s[name].run(None, feeds)
@@ -31,9 +29,7 @@ class ModularEncoder:
         for i in range(self.n_layers):
             p = self._run(f"layer{i}_gate", {"x": x})[0][0]
             gates[i] = p
-            on = p > 0.5
-            self.executed += on
-            self.possible += 1
+            on = p > self.gate_threshold
             if on[0]:
                 x = self._run(f"layer{i}_ffn1", {"x": x})[0]
             kc, vc, kv = state[f"cached_key_{i}"], state[f"cached_value_{i}"], state[f"cached_valid_{i}"]
@@ -56,8 +52,3 @@ class ModularEncoder:
             x = self._run(f"layer{i}_norm", {"x": x})[0]
         log_probs = self._run("head", {"x": x})[0]
         return log_probs[0], x[0], gates, new
-
-    @property
-    def skipped_fraction(self) -> np.ndarray:
-        """Per module type (ffn1, attn, conv, ffn2): share of (layer, chunk) executions skipped."""
-        return 1.0 - self.executed / max(1, self.possible)

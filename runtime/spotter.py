@@ -2,13 +2,16 @@
 
     spotter = KeywordSpotter.load()              # the shipped bundle
     spotter.enroll("hey heron")                  # G2P + matcher: milliseconds, no recordings
-    stream = spotter.stream()
+    stream = spotter.stream()                    # listens for the keywords enrolled now
     for det in stream.accept(pcm):               # any chunk size, int16 or float32, 16 kHz mono
         print(det.keyword, det.score, det.start_s, det.end_s)
 
-One loaded spotter serves many independent streams; each stream owns its encoder state and
-per-keyword matcher state. Audio is buffered internally, so detections do not depend on how the
-caller slices the audio.
+One loaded spotter serves many independent streams; each stream owns its encoder state, a snapshot
+of the keywords it listens for (as sherpa-onnx's `create_stream(keywords)`), their matcher state and
+its skip counters. Adding a keyword to a running stream is an explicit `stream.add_keyword(kw)`.
+Audio is buffered internally, so detections do not depend on how the caller slices the audio.
+Everything the runtime needs to know about the model (class table, gate threshold, matcher options,
+rates) comes from the bundle's manifest.
 """
 from __future__ import annotations
 
@@ -19,14 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
-from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatchState
-from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES, Pronunciation, pronounce
+from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatchState, MatcherOptions
+from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
 MAX_SAMPLE_RATE = 384_000
 PEAK_HOLD_S = 0.3  # a detection is reported at its score's peak, at most this long after the threshold crossing
-N_CLASSES = len(PHONEMES) + 1  # CTC classes: blank + phonemes
 
 
 def _check_graph(session, inputs: dict[str, tuple], outputs: list[str], where: str) -> None:
@@ -116,11 +118,17 @@ class KeywordSpotter:
         self.sample_rate = int(m["sample_rate"])
         self.chunk_samples = int(m["chunk_samples"])
         self.frame_seconds = float(m["frame_seconds"])
-        self.calibration = dict(m.get("calibration", {}))
-        self.matcher_options = dict(m.get("matcher", {}))  # gap_penalty, frames_base, frames_per_phoneme
+        self.calibration = dict(m["calibration"])
+        self.matcher_options = MatcherOptions(**m["matcher"])
+        # the CTC class table: log_probs column i is classes[i]; phoneme symbols map to their column
+        classes, self.blank = m["phonemes"]["classes"], int(m["phonemes"]["blank"])
+        self.class_of = {c: i for i, c in enumerate(classes) if i != self.blank}
+        self._table_row = {i: r for r, i in enumerate(i for i in range(len(classes)) if i != self.blank)}
+        self.n_classes = len(classes)
+        self.gate_threshold = float(m["gates"]["threshold"])
         # the longest a keyword path may last (frames): how much embedding history streams keep
-        self.max_keyword_frames = (int(self.matcher_options.get("frames_base", 10))
-                                   + int(self.matcher_options.get("frames_per_phoneme", 8)) * MAX_KEYWORD_PHONEMES)
+        self.max_keyword_frames = (self.matcher_options.frames_base
+                                   + self.matcher_options.frames_per_phoneme * MAX_KEYWORD_PHONEMES)
         int8 = int8 or not bundle.has("encoder")  # an int8-only bundle (what ships) runs int8
         self.int8 = int8
         key = "encoder_int8" if int8 else "encoder"
@@ -139,7 +147,7 @@ class KeywordSpotter:
             from .modular import ModularEncoder
 
             sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
-            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]))
+            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold)
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
             self.text_session = open_session(bundle.path("text_encoder"), threads, providers)
@@ -151,13 +159,15 @@ class KeywordSpotter:
         self.phoneme_table = None  # (39, D) representative phoneme vectors: DSP word partition
         if bundle.has("phoneme_table"):
             self.phoneme_table = _load_array(bundle, "phoneme_table", 2)
-            if self.phoneme_table.shape[0] != len(PHONEMES):
-                raise BundleError(f"{where}: the phoneme table has {self.phoneme_table.shape[0]} rows, not {len(PHONEMES)}")
+            if self.phoneme_table.shape[0] != len(self.class_of):
+                raise BundleError(f"{where}: the phoneme table has {self.phoneme_table.shape[0]} rows, not "
+                                  f"{len(self.class_of)} (one per phoneme class)")
         self.background = None  # (segments, frames, classes) log-probs of background speech, for Z-norm
         if bundle.has("background"):
             self.background = _load_array(bundle, "background", 3)
-            if self.background.shape[2] != N_CLASSES:
-                raise BundleError(f"{where}: the background bank has {self.background.shape[2]} classes, not {N_CLASSES}")
+            if self.background.shape[2] != self.n_classes:
+                raise BundleError(f"{where}: the background bank has {self.background.shape[2]} classes, "
+                                  f"not {self.n_classes}")
         self.keywords: dict[str, Keyword] = {}
 
     @classmethod
@@ -184,15 +194,19 @@ class KeywordSpotter:
         base = float(self.calibration.get("threshold", 0.5))
         # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
         threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.001, 0.999))
-        kw = self.make_keyword([i + 1 for i in pron.ids()], name, threshold, pron)
+        kw = self.make_keyword(self.classes(pron), name, threshold, pron)
         self.keywords[name] = kw
         return kw
+
+    def classes(self, pron: Pronunciation) -> list[int]:
+        """A pronunciation's CTC classes, through the bundle's class table."""
+        return [self.class_of[p] for p in pron.phonemes]
 
     def make_keyword(self, classes: list[int], name: str = "_", threshold: float = 0.5,
                      pron: Pronunciation | None = None) -> Keyword:
         """Everything a keyword needs for matching: the first-stage matcher, its background
         normalization and (with a verifier) its text embeddings."""
-        matcher = CTCKeywordMatcher(classes, **self.matcher_options)
+        matcher = CTCKeywordMatcher(classes, self.matcher_options, blank=self.blank)
         norm = None
         if self.background is not None:
             z = np.log(np.maximum(matcher.max_scores_batch(self.background), 1e-30))
@@ -207,9 +221,20 @@ class KeywordSpotter:
             raise KeyError(f"keyword {name!r} is not enrolled; enrolled: {sorted(self.keywords)}")
         del self.keywords[name]
 
-    def stream(self, sample_rate: int | None = None, refractory_s: float = 1.0, smoothing_frames: int = 1) -> "Stream":
-        """A new independent stream. Audio at another sample rate is resampled (soxr)."""
-        return Stream(self, self.sample_rate if sample_rate is None else sample_rate, refractory_s, smoothing_frames)
+    def stream(self, keywords=None, sample_rate: int | None = None, refractory_s: float = 1.0,
+               smoothing_frames: int = 1) -> "Stream":
+        """A new independent stream listening for `keywords` (Keyword objects or enrolled names;
+        default: every keyword enrolled now; later enrollments reach it only through
+        `stream.add_keyword`). Audio at another sample rate is resampled (soxr)."""
+        if keywords is None:
+            chosen = list(self.keywords.values())
+        else:
+            chosen = [self.keywords[k] if isinstance(k, str) and k in self.keywords else k for k in keywords]
+            bad = [k for k in chosen if not isinstance(k, Keyword)]
+            if bad:
+                raise ValueError(f"stream(keywords=...) takes Keyword objects or enrolled names; unknown: {bad[:3]}")
+        return Stream(self, chosen, self.sample_rate if sample_rate is None else sample_rate, refractory_s,
+                      smoothing_frames)
 
     # --- encoder ------------------------------------------------------------------------------------
     def init_state(self) -> dict[str, np.ndarray]:
@@ -273,7 +298,7 @@ class KeywordSpotter:
         from .dsp import dsp_partition
 
         vecs, i = [], 0
-        ids = [c - 1 for c in kw.matcher.labels[0::2]]
+        ids = [self._table_row[c] for c in kw.matcher.labels[0::2]]
         for w in kw.pronunciation.word_phonemes:
             vecs.append(self.phoneme_table[ids[i:i + len(w)]].mean(axis=0))
             i += len(w)
@@ -288,7 +313,7 @@ class KeywordSpotter:
                       ) -> tuple[float, float, float]:
         """Best (confidence, start_s, end_s) of a keyword (text or CTC classes) over encoded frames."""
         if isinstance(text_or_classes, str):
-            classes = [i + 1 for i in pronounce(text_or_classes).ids()]
+            classes = self.classes(pronounce(text_or_classes))
         else:
             classes = list(text_or_classes)
         kw = self.make_keyword(classes)
@@ -302,7 +327,9 @@ class KeywordSpotter:
         """Best (score, start_s, end_s) of one enrolled keyword over a whole recording: an array of
         samples, or an iterable of blocks (e.g. `heron.runtime.audio.AudioFile(path).blocks()`, so
         that hours of audio cost one block of memory). `sample_rate`: the audio's (default: the model's)."""
-        st = self.stream(sample_rate=sample_rate)
+        if keyword not in self.keywords:
+            raise ValueError(f"keyword {keyword!r} is not enrolled; enrolled: {sorted(self.keywords)}")
+        st = self.stream([self.keywords[keyword]], sample_rate=sample_rate)
         st.track_best = True
         for block in ([audio] if isinstance(audio, np.ndarray) else audio):
             st.accept(block)
@@ -313,9 +340,10 @@ class KeywordSpotter:
 
 
 class Stream:
-    """One audio stream: buffers samples, runs the encoder chunk by chunk, matches every keyword."""
+    """One audio stream: buffers samples, runs the encoder chunk by chunk, matches its keywords."""
 
-    def __init__(self, spotter: KeywordSpotter, sample_rate: int, refractory_s: float, smoothing_frames: int):
+    def __init__(self, spotter: KeywordSpotter, keywords: list[Keyword], sample_rate: int, refractory_s: float,
+                 smoothing_frames: int):
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
                 or not 1000 <= sample_rate <= MAX_SAMPLE_RATE:
             raise ValueError(f"sample_rate must be an integer in [1000, {MAX_SAMPLE_RATE}] Hz, got {sample_rate!r}")
@@ -324,6 +352,10 @@ class Stream:
         if isinstance(smoothing_frames, bool) or not isinstance(smoothing_frames, int) or not 1 <= smoothing_frames <= 1000:
             raise ValueError(f"smoothing_frames must be an integer in [1, 1000], got {smoothing_frames!r}")
         self.spotter = spotter
+        self.keywords: dict[str, Keyword] = {}
+        for kw in keywords:
+            self._check_new(kw)
+            self.keywords[kw.name] = kw
         self.sample_rate = int(sample_rate)
         self.refractory_s = refractory_s
         self.smoothing_frames = smoothing_frames
@@ -349,6 +381,34 @@ class Stream:
         self.best: dict[str, tuple[float, float | None, float | None]] = {}
         self.score_log: dict[str, list[np.ndarray]] = {}
         self.gate_log: list[np.ndarray] = []
+        self.modules_closed = np.zeros(4)  # per module type: (layer, chunk) slots whose gate was closed
+        self.module_slots = 0
+
+    def _check_new(self, kw: Keyword) -> None:
+        if not isinstance(kw, Keyword):
+            raise ValueError(f"add_keyword takes a Keyword (from spotter.enroll), got {type(kw).__name__}")
+        if kw.name in self.keywords:
+            raise ValueError(f"this stream already listens for {kw.name!r} (remove_keyword it first)")
+
+    def add_keyword(self, kw: Keyword) -> None:
+        """Listen for another keyword from now on: its matcher starts at the stream's current frame, so
+        its detections carry stream times."""
+        self._check_new(kw)
+        self.keywords[kw.name] = kw
+
+    def remove_keyword(self, name: str) -> None:
+        if name not in self.keywords:
+            raise KeyError(f"this stream does not listen for {name!r}; it listens for {sorted(self.keywords)}")
+        del self.keywords[name]
+        self._tracks.pop(name, None)
+
+    @property
+    def skipped_fraction(self) -> np.ndarray:
+        """Per module type (ffn1, attn, conv, ffn2): share of this stream's (layer, chunk) module runs that
+        closed gates skipped (zeros when the spotter runs the single graph, which computes every module)."""
+        if self.spotter.modular is None:
+            return np.zeros(4)
+        return self.modules_closed / max(1, self.module_slots)
 
     @staticmethod
     def _to_float(pcm) -> np.ndarray:
@@ -405,9 +465,11 @@ class Stream:
             log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
             if self.record_gates:
                 self.gate_log.append(gates)
+            self.modules_closed += (gates <= sp.gate_threshold).sum(axis=0)
+            self.module_slots += gates.shape[0]
             if sp.verifier_session is not None or sp.phoneme_table is not None:
                 keep = sp.max_keyword_frames + 2 + len(emb)  # the longest keyword window + margin
-                voiced = log_probs.argmax(axis=1) != 0  # frames where a phoneme (not blank) is heard
+                voiced = log_probs.argmax(axis=1) != sp.blank  # frames where a phoneme (not blank) is heard
                 self._emb = emb if self._emb is None else np.concatenate([self._emb, emb])
                 self._voiced = voiced if self._voiced is None else np.concatenate([self._voiced, voiced])
                 drop = max(0, len(self._emb) - keep)
@@ -418,8 +480,7 @@ class Stream:
         return out
 
     def _track(self, name: str, kw: Keyword) -> "_Track":
-        """This stream's state for a keyword: a keyword enrolled (or re-enrolled under the same name)
-        while the stream runs gets fresh state that starts at the stream's current frame."""
+        """This stream's state for a keyword; one added while the stream runs starts at its current frame."""
         tr = self._tracks.get(name)
         if tr is None or tr.kw is not kw:
             tr = self._tracks[name] = _Track(kw, kw.matcher.init_state(self._frames))
@@ -442,9 +503,7 @@ class Stream:
         fs = sp.frame_seconds
         hold = max(1, int(round(PEAK_HOLD_S / fs)))
         dets: list[Detection] = []
-        for name in [n for n in self._tracks if n not in sp.keywords]:  # unenrolled: forget its state
-            del self._tracks[name]
-        for name, kw in list(sp.keywords.items()):
+        for name, kw in self.keywords.items():
             tr = self._track(name, kw)
             raw, starts, tr.match = kw.matcher.step(log_probs, tr.match)
             conf = sp.keyword_confidence(kw, raw, starts, self._emb, self._emb_first, self._frames)

@@ -7,12 +7,19 @@
     for det in stream.accept(pcm_chunk):       # int16 or float32, 16 kHz mono, any chunk size
         print(det)
 
+    lm = heron.load_lm()                       # the shipped LM (or any checkpoint / ONNX bundle)
+    for token in lm.generate("Return the number of", heron.GenerationOptions(max_new_tokens=32)):
+        print(token.text, end="")
+
 The top-level package imports nothing heavy: torch lives behind the `train`/`export` extras and is
 imported lazily by the commands that need it; the runtime classes load on first use.
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "KeywordSpotter", "Detection", "pronounce"]
+__all__ = ["__version__", "KeywordSpotter", "Detection", "pronounce", "load_lm", "LanguageModel", "GenerationOptions",
+           "SpeculativeOptions", "DecodeStats", "Token"]
+
+_LM_NAMES = ("load_lm", "LanguageModel", "GenerationOptions", "SpeculativeOptions", "DecodeStats", "Token")
 
 
 def __getattr__(name):  # lazy: `import heron` stays instant and torch-free
@@ -24,4 +31,8 @@ def __getattr__(name):  # lazy: `import heron` stays instant and torch-free
         from heron.runtime.phonemes import pronounce
 
         return pronounce
+    if name in _LM_NAMES:
+        from heron import lm
+
+        return getattr(lm, name)
     raise AttributeError(f"module 'heron' has no attribute {name!r}")

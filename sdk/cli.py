@@ -23,12 +23,14 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 # Numeric options, checked at parse time: (low, high, low excluded). Integers not named here are counts
 # (>= 1); floats not named here are finite and >= 0.
 _INT_RANGES = {"seed": (0, 2**63 - 1, False), "limit": (0, 10**9, False), "gate_warmup": (0, 10**9, False),
-               "exit_layer": (0, 1024, False), "layer": (0, 1024, False), "eval_every": (0, 10**9, False)}
+               "exit_layer": (0, 1024, False), "layer": (0, 1024, False), "eval_every": (0, 10**9, False),
+               "warmup": (0, 10**9, False)}
 _FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.0, False),
                  "threshold": (0.0, 1.0, True), "top_p": (0.0, 1.0, True), "anchor_frac": (0.0, 1.0, False),
                  "anchor_prob": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "tolerance": (0.0, 100.0, True),
                  "minutes": (0.0, 10**6, True), "stream_minutes": (0.0, 10**6, True), "rate": (0.0, 10**4, True),
-                 "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True)}
+                 "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True),
+                 "real_fraction": (0.0, 1.0, False)}
 
 
 class _Parser(argparse.ArgumentParser):

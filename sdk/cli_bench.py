@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 
+from heron.runtime.bundle import GATE_NAMES
 from heron.runtime.metrics import machine
 
 
@@ -79,14 +80,12 @@ def _lm(args) -> int:
     import json
     from pathlib import Path
 
-    from heron.cli_lm import DEFAULT_LM, _torch_import
-    _torch_import()
-    from heron.models.lm import bench
+    from heron import bench_lm as bench
 
     o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device)
-    report = bench.run(args.model or DEFAULT_LM, o, draft=args.draft, mtp=args.mtp)
+    report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(bench.markdown(report))
@@ -128,17 +127,11 @@ def _kws(args) -> int:
             continue
         seen.add(name)
         res[f"rtf_encoder_{name}"] = {k: rtf(sp.encode, a) for k, a in (("speech", speech), ("noise", noise))}
-        if sp.modular is not None:
-            sp.modular.executed[:] = 0
-            sp.modular.possible = 0
-            sp.encode(speech)
-            res["modules_skipped_speech"] = dict(zip(("ffn1", "attn", "conv", "ffn2"),
-                                                     np.round(sp.modular.skipped_fraction, 3).tolist()))
-            sp.modular.executed[:] = 0
-            sp.modular.possible = 0
-            sp.encode(noise)
-            res["modules_skipped_noise"] = dict(zip(("ffn1", "attn", "conv", "ffn2"),
-                                                    np.round(sp.modular.skipped_fraction, 3).tolist()))
+        if sp.modular is not None:  # each stream counts what its closed gates skipped
+            for label, audio in (("speech", speech), ("noise", noise)):
+                st = sp.stream([])
+                st.accept(audio)
+                res[f"modules_skipped_{label}"] = dict(zip(GATE_NAMES, np.round(st.skipped_fraction, 3).tolist()))
     sp = KeywordSpotter.load(args.model, threads=1)  # the default configuration
     words = ["hey heron", "view glass", "snowboy", "okay computer", "lights on", "lights off",
              "stop music", "next track", "call mom", "volume up"]

@@ -10,9 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LM = ROOT / "models" / "weights" / "lm-nano"
-
+from heron.lm import default_lm_path
 
 def _torch_import():
     try:
@@ -21,18 +19,17 @@ def _torch_import():
         raise ImportError("the language-model verbs need torch: pip install 'heron[train]'") from e
 
 
-def load_model(path: str | None):
-    """-> (model, tokenizer or None, meta) from a heron checkpoint or an HF folder."""
-    _torch_import()
-    from heron.models.lm import checkpoint
-    from heron.models.lm.hf import load_hf
+def _checkpoint(path: str | None):
+    """-> (model, tokenizer or None, meta) for the training and evaluation verbs (torch)."""
+    from heron.lm import load_lm
 
-    folder = Path(path) if path else DEFAULT_LM
-    if not folder.exists():
-        raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
-    if checkpoint.is_checkpoint(folder) and json.loads((folder / "config.json").read_text()).get("format"):
-        return checkpoint.load(folder)
-    return load_hf(folder), None, {}
+    lm = load_lm(path)
+    if lm.model is None:
+        raise ValueError(f"{path} is an exported ONNX bundle; this verb needs a torch checkpoint")
+    meta = {}
+    if (lm.path / "config.json").is_file():
+        meta = json.loads((lm.path / "config.json").read_text()).get("meta", {})
+    return lm.model, lm.tokenizer, meta
 
 
 def _train(args) -> int:
@@ -51,63 +48,9 @@ def _train(args) -> int:
     return 0
 
 
-def _route(args, model):
-    from heron.models.lm.generate import default_roe_tau
-    from heron.models.lm.model import Routing
-
-    if args.roe_samples < 1:
-        raise ValueError(f"--roe-samples must be >= 1, got {args.roe_samples}")
-    if args.k is not None:
-        model.resolve_k(args.k)
-    if args.roe_samples > 1 and not model.cfg.n_experts:
-        raise ValueError("--roe-samples needs an MoE model; this one is dense")
-    tau = default_roe_tau(model.cfg.n_layers, args.roe_tau) if args.roe_samples > 1 else ()
-    return Routing(k=args.k, roe_samples=args.roe_samples, roe_tau=tau, seed=args.seed or 0)
-
-
-def _is_onnx_bundle(path: str | None) -> bool:
-    """An exported bundle has a manifest.json (checkpoints have config.json); OnnxLM checks the rest."""
-    return bool(path) and (Path(path) / "manifest.json").is_file()
-
-
-def _check_prompt_text(prompt: str) -> str:
-    if not prompt.strip():
-        raise ValueError("empty prompt: give some text to continue")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:  # bytes that were not UTF-8 arrive from argv as lone surrogates
-        raise ValueError("the prompt is not valid UTF-8 text") from None
-    return prompt
-
-
 def _note_context_end(n_prompt: int, n_new: int, max_len: int, max_new_tokens: int) -> None:
     if n_new < max_new_tokens and n_prompt + n_new >= max_len:
         print(f"[stopped after {n_new} tokens: the model's context of {max_len} tokens is full]", file=sys.stderr)
-
-
-def _generate_onnx(args) -> int:
-    """The torch-free path: target (and draft) on onnxruntime; numpy + onnxruntime + tokenizers only."""
-    from heron.runtime import speculative as sp
-    from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM
-
-    if args.speculative not in ("none", "draft"):
-        raise ValueError("an ONNX target supports --speculative none or draft (MTP and Mirror need the torch target)")
-    if args.k is not None or args.roe_samples != 1:
-        raise ValueError("--k and --roe-samples are fixed at export for an ONNX target (heron export --lm --k)")
-    target = OnnxLM(args.model, threads=args.threads)
-    tok = target.tokenizer()
-    ids = tok.encode(_check_prompt_text(args.prompt)).ids
-    opts = sp.DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, eot_id=target.eot_id)
-    stats = sp.DecodeStats(method=args.speculative)
-    detok = Detokenizer(tok.decode, ids).push
-    if args.speculative == "draft":
-        draft = OnnxLM(args.draft or DEFAULT_DRAFT, threads=1)
-        tokens = sp.speculative(target, draft, ids, opts, args.gamma, stats, detok)
-    else:
-        tokens = sp.plain(target, ids, opts, stats, detok)
-    _note_context_end(len(ids), _print_tokens(args, tokens), target.max_len, args.max_new_tokens)
-    return 0
 
 
 def _print_tokens(args, tokens) -> None:
@@ -123,48 +66,27 @@ def _print_tokens(args, tokens) -> None:
 
 
 def _generate(args) -> int:
-    _check_prompt_text(args.prompt)
-    if _is_onnx_bundle(args.model):
-        return _generate_onnx(args)
-    model, tok, _ = load_model(args.model)
-    if tok is None:
-        raise ValueError(f"{args.model} has no heron tokenizer; generate needs a heron checkpoint")
-    import torch
-    torch.set_num_threads(args.threads)
-    ids = tok.encode(args.prompt)
-    if args.speculative == "none" and not args.show_drafts:
-        tokens = _plain_tokens(args, model, tok, ids)
-        stats = None
-    else:
-        if args.roe_samples > 1:
-            raise ValueError("--roe-samples works with --speculative none only")
-        from heron.models.lm.decoders import DecoderOptions, make_decoder
-        from heron.runtime.lm import Detokenizer
-        from heron.runtime.speculative import DecodeOptions, DecodeStats
-        dec = make_decoder(model, DecoderOptions(
-            method=args.speculative, gamma=args.gamma, kappa=args.kappa, exit_layer=args.exit_layer, draft=args.draft,
-            draft_device=args.draft_device, target_device=args.target_device, target_threads=args.threads,
-            mtp=args.mtp, k=args.k, model_dir=args.model, exit_head=args.exit_head))
-        stats = DecodeStats(method=args.speculative)
-        opts = DecodeOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                             seed=args.seed, eot_id=tok.eot_id)
-        tokens = dec(ids, opts, stats, Detokenizer(tok.decode, ids).push)
-    _note_context_end(len(ids), _print_tokens(args, tokens), model.cfg.max_seq_len, args.max_new_tokens)
-    if stats is not None and args.speculative != "none":
+    import heron
+
+    spec = None
+    if args.speculative != "none":
+        spec = heron.SpeculativeOptions(method=args.speculative, gamma=args.gamma, kappa=args.kappa,
+                                        exit_layer=args.exit_layer, draft=args.draft, draft_device=args.draft_device,
+                                        mtp=args.mtp, exit_head=args.exit_head)
+    opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                   seed=args.seed)
+    lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
+                       roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0)
+    ids = lm.encode(args.prompt)
+    stats = heron.DecodeStats(method=args.speculative)
+    n = _print_tokens(args, lm.generate(ids, opts, spec, stats))
+    _note_context_end(len(ids), n, lm.max_len, args.max_new_tokens)
+    if spec is not None:
         print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
               f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
               + (f"; branch reuse {stats.reuse_rate:.0%}" if args.speculative == "mirror" else "")
               + (f"; FELL BACK: {stats.fallback}" if stats.fallback else ""), file=sys.stderr)
     return 0
-
-
-def _plain_tokens(args, model, tok, ids):
-    from heron.models.lm.backend import pick_device
-    from heron.models.lm.generate import GenerationOptions, generate
-    model.to(pick_device(args.target_device))  # plain decoding runs where --target-device says
-    opts = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                             seed=args.seed, route=_route(args, model))
-    return generate(model, ids, opts, decode=tok.decode, eot_id=tok.eot_id)
 
 
 def _checkpoint_and_corpus(path: str | None, text: list[str] | None, threads: int, what: str):
@@ -173,7 +95,7 @@ def _checkpoint_and_corpus(path: str | None, text: list[str] | None, threads: in
 
     from heron.models.lm.train import load_corpus
     torch.set_num_threads(threads)
-    model, tok, _ = load_model(path)
+    model, tok, _ = _checkpoint(path)
     if tok is None:
         raise ValueError(f"{what} needs a heron checkpoint (its tokenizer defines the tokens)")
     return (model, tok, *load_corpus(text))
@@ -187,7 +109,7 @@ def _train_mtp(args) -> int:
     mtp = train_mtp(model, encode(tok, train_text), MTPConfig(n_masks=args.masks, rank=args.rank), args.steps,
                     seed=args.seed)
     command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
-    out = save_adapter(mtp, args.out, {"base": str(args.model or DEFAULT_LM), "steps": args.steps, "corpus": source,
+    out = save_adapter(mtp, args.out, {"base": str(args.model or default_lm_path()), "steps": args.steps, "corpus": source,
                                        "command": command, "seed": args.seed})
     print(f"MTP adapter: {out}/mtp.safetensors")
     return 0
@@ -200,7 +122,7 @@ def _eval(args) -> int:
     model, tok, train_text, held_text, source = _checkpoint_and_corpus(args.model, args.text, args.threads, "eval")
     held = windows(encode(tok, held_text), args.seq_len, args.windows)
     calib = windows(encode(tok, train_text[:400_000]), args.seq_len, args.windows // 2)
-    report = {"model": str(args.model or DEFAULT_LM), "corpus": source, "held_out_windows": len(held),
+    report = {"model": str(args.model or default_lm_path()), "corpus": source, "held_out_windows": len(held),
               "seq_len": args.seq_len}
     print(f"held-out: {len(held)} windows of {args.seq_len} tokens ({source})")
     if model.cfg.n_experts:
@@ -209,7 +131,7 @@ def _eval(args) -> int:
             k, _, path = spec.partition("=")
             if not k.isdigit() or not path:
                 raise ValueError(f"--oracle takes K=FOLDER, got {spec!r}")
-            oracles[int(k)] = load_model(path)[0]
+            oracles[int(k)] = _checkpoint(path)[0]
         K = model.cfg.top_k
         ks = args.ks or list(range(max(1, K // 2), K + 1))
         rows = evaluate.dial_k_table(model, oracles, held, ks)
@@ -217,7 +139,7 @@ def _eval(args) -> int:
         print("\n## dial-k: perplexity per k and top-1 agreement with k = %d\n" % max(ks))
         print(evaluate.format_table(rows))
         if args.roe_samples:
-            larger = load_model(args.larger)[0] if args.larger else None
+            larger = _checkpoint(args.larger)[0] if args.larger else None
             rows = evaluate.roe_table(model, held, calib, args.roe_samples, larger)
             report["roe"] = rows
             print("\n## Roster of Experts: perplexity and forward MFLOPs per token vs samples n\n")

@@ -15,7 +15,10 @@ def _kws(args) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threads", args.threads),
                               ("pool_size", args.pool_size), ("batch_size", args.batch_size),
                               ("max_minutes", args.max_minutes), ("user_data", args.user_data),
-                              ("gate_warmup", args.gate_warmup)) if v is not None}
+                              ("gate_warmup", args.gate_warmup), ("real_fraction", args.real_fraction),
+                              ("init", args.init), ("lr", args.lr), ("warmup", args.warmup)) if v is not None}
+    if over.get("real_fraction") and not over.get("user_data"):
+        raise ValueError("--real-fraction needs --user-data (the real speech to draw from)")
     if args.no_gates:
         over["model"] = replace(cfg.model, gated=False)
     cfg = replace(cfg, **over)
@@ -62,6 +65,11 @@ def register(sub, formatter) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="utterances per step (default: the preset's)")
     q.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this many minutes (default: no limit)")
     q.add_argument("--user-data", default=None, help="real data: CSV (audio,text) or LibriSpeech-layout folder (default: TTS only)")
+    q.add_argument("--real-fraction", type=float, default=None,
+                   help="share of each batch drawn from --user-data (default: pooled with the TTS utterances)")
+    q.add_argument("--init", default=None, help="fine-tune from this checkpoint's weights (default: from scratch)")
+    q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    q.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: the preset's)")
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")
     q.add_argument("--gate-warmup", type=int, default=None, help="steps with gates forced open before they train (default: the preset's)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
     """A random tiny encoder exported as a bundle (behaviour tests need no trained weights)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
-    from heron.export.onnx_kws import write_bundle
+    from heron.export.kws_bundle import write_bundle
     from heron.models.conformer import PRESETS, GatedConformer
 
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def tiny_verified(tiny, tmp_path_factory):
     """The tiny encoder plus a random second stage (text encoder + SLiCK verifier)."""
     import torch
 
-    from heron.export.onnx_kws import write_bundle
+    from heron.export.kws_bundle import write_bundle
     from heron.models.matcher import MatcherConfig, SLiCKMatcher
     from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
 
@@ -91,3 +91,27 @@ def edit_manifest(folder: Path, change, sign: bool = True) -> Path:
     if sign:
         write_identity(folder)
     return folder
+
+
+class InjectFault:
+    """Wraps an LM backend so that its `after_calls`-th forward raises ("raise") or hangs ("stall"):
+    a failing draft must never change the output."""
+
+    def __init__(self, backend, after_calls: int, mode: str = "raise", stall_s: float = 30.0):
+        if mode not in ("raise", "stall"):
+            raise ValueError("mode must be 'raise' or 'stall'")
+        self._b, self.after_calls, self.mode, self.stall_s = backend, after_calls, mode, stall_s
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._b, name)
+
+    def forward(self, tokens):
+        import time
+
+        self.calls += 1
+        if self.calls > self.after_calls:
+            if self.mode == "raise":
+                raise RuntimeError("injected draft fault")
+            time.sleep(self.stall_s)
+        return self._b.forward(tokens)

@@ -54,10 +54,12 @@ def test_keyword_enrolled_mid_stream_reports_stream_times(tiny, clip):
     sp.unenroll(kw.name)
     stream = sp.stream()
     lead = 5.0
-    assert stream.accept(np.zeros(int(lead * 16000), np.float32)) == []
-    kw = sp.enroll("hey heron")  # while the stream runs: its matcher starts at the stream's frame
+    assert stream.accept(np.zeros(int(lead * 16000) - 100, np.float32)) == []
+    kw = sp.enroll("hey heron")
+    assert stream.accept(clip[:100]) == [] and "hey heron" not in stream.keywords  # a stream owns its snapshot
     kw.threshold = t * 0.9
-    dets = stream.accept(clip) + stream.flush()
+    stream.add_keyword(kw)  # explicit, while the stream runs: its matcher starts at the stream's frame
+    dets = stream.accept(clip[100:]) + stream.flush()
     assert dets, "the keyword's path in the clip crosses the threshold"
     for d in dets:  # the clip starts 5 s into the stream; times used to count from enrollment
         assert lead - 1e-6 <= d.start_s < d.end_s <= lead + len(clip) / 16000 + 0.5
@@ -68,16 +70,22 @@ def test_keyword_enrolled_mid_stream_reports_stream_times(tiny, clip):
 def test_reenrolling_a_name_with_other_text_keeps_live_streams_working(tiny, clip):
     _, path = tiny
     sp = KeywordSpotter.load(path)
-    sp.enroll("hey heron", name="wake")
+    old = sp.enroll("hey heron", name="wake")
     stream = sp.stream()
     stream.accept(clip[:16000])
     sp.unenroll("wake")
     kw = sp.enroll("okay computer start", name="wake")  # another phoneme count under the same name
-    stream.accept(clip[16000:])  # used to raise a broadcast error and lose the audio
+    stream.accept(clip[16000:24000])  # used to raise a broadcast error and lose the audio
+    assert stream.keywords["wake"] is old  # the stream still listens for what it was given
+    stream.remove_keyword("wake")
+    stream.add_keyword(kw)
+    stream.accept(clip[24000:])
     stream.flush()
     assert stream._tracks["wake"].kw is kw
-    sp.unenroll("wake")
+    stream.remove_keyword("wake")
     assert stream.accept(clip[:8000]) == [] and "wake" not in stream._tracks
+    with pytest.raises(KeyError):
+        stream.remove_keyword("wake")
 
 
 def test_detection_reports_the_peak_not_the_threshold_crossing(tiny, clip):

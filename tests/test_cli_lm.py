@@ -47,9 +47,9 @@ def test_generate_dial_k_roe_and_stream():
 @needs_shipped
 @pytest.mark.parametrize("args,message", [
     (["lm", "generate", ""], "empty prompt"),
-    (["lm", "generate", "x", "--k", "0"], "k must be in"),
+    (["lm", "generate", "x", "--k", "0"], "--k"),
     (["lm", "generate", "x", "--k", "99"], "k must be in"),
-    (["lm", "generate", "x", "--roe-samples", "0"], "roe-samples"),
+    (["lm", "generate", "x", "--roe-samples", "0"], "--roe-samples"),
     (["lm", "generate", "word " * 600], "context"),
     (["lm", "generate", "x", "--speculative", "mirror", "--exit-layer", "9"], "exit-layer"),
     (["lm", "generate", "x", "--speculative", "draft", "--draft-device", "nosuch"], "offers"),
@@ -58,7 +58,8 @@ def test_generate_dial_k_roe_and_stream():
 ])
 def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)
-    assert p.returncode == 1 and message in p.stderr, p.stderr
+    # 1: refused by heron; 2: refused by the argument parser (a value out of range)
+    assert p.returncode in (1, 2) and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path):

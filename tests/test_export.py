@@ -8,7 +8,7 @@ pytest.importorskip("coremltools")
 
 
 def test_coreml_bundle_spec_and_checksums(tmp_path):
-    from heron.export.onnx_kws import write_bundle
+    from heron.export.kws_bundle import write_bundle
     from heron.models.conformer import PRESETS, GatedConformer
     from heron.runtime.bundle import BundleError, load_bundle
     from heron.runtime.spotter import KeywordSpotter
@@ -28,8 +28,8 @@ def test_coreml_bundle_spec_and_checksums(tmp_path):
 
 
 def test_coreml_bundle_with_second_stage(tmp_path):
-    from heron.export.coreml_kws import output_names
-    from heron.export.onnx_kws import write_bundle
+    from heron.export.coreml import output_names
+    from heron.export.kws_bundle import write_bundle
     from heron.models.conformer import PRESETS, GatedConformer
     from heron.models.matcher import MatcherConfig, SLiCKMatcher
     from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig

@@ -6,10 +6,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from heron.models.lm import checkpoint, corpus  # noqa: E402
-from heron.models.lm.generate import GenerationOptions, default_roe_tau, generate, roe_flops_per_token  # noqa: E402
+from heron.models.lm.backend import TorchLM  # noqa: E402
+from heron.models.lm.roe import default_roe_tau, roe_flops_per_token  # noqa: E402
+from heron.runtime.decoding import GenerationOptions, plain  # noqa: E402
+
 from heron.models.lm.model import PRESETS, KVCache, Routing, Transformer, preset  # noqa: E402
 from heron.models.lm.tokenizer import Tokenizer  # noqa: E402
 from heron.models.lm.train import TrainOptions, perplexity, sample_k, train, windows  # noqa: E402
+
+
+def generate(model, prompt, opts, routing=None):
+    """Plain decoding through the one engine over the torch backend."""
+    return plain(TorchLM(model, routing=routing), prompt, opts)
 
 
 @pytest.fixture(scope="module")

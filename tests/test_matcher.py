@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from heron.runtime.ctc_kws import CTCKeywordMatcher
+from heron.runtime.ctc_kws import CTCKeywordMatcher, MatcherOptions
 
 
 def _posteriors(seq, n_classes=40, low=-8.0):
@@ -14,7 +14,7 @@ def _posteriors(seq, n_classes=40, low=-8.0):
 
 def test_exact_keyword_scores_one_and_finds_its_start():
     lp = _posteriors([0, 0, 5, 5, 0, 7, 0, 9, 0, 3, 0])
-    m = CTCKeywordMatcher([5, 7, 9], gap_penalty=0.0)
+    m = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0))
     score, start, _ = m.step(lp, m.init_state())
     t = int(np.argmax(score))
     assert t == 7 and score[t] == pytest.approx(1.0, abs=1e-3) and start[t] == 2
@@ -22,16 +22,16 @@ def test_exact_keyword_scores_one_and_finds_its_start():
 
 def test_one_wrong_phoneme_costs_its_likelihood_ratio():
     lp = _posteriors([0, 5, 0, 7, 0, 9, 0])
-    g = CTCKeywordMatcher([5, 7, 9], gap_penalty=0.0)
+    g = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0))
     good = g.step(lp, g.init_state())[0].max()
-    m = CTCKeywordMatcher([5, 8, 9], gap_penalty=0.0)
+    m = CTCKeywordMatcher([5, 8, 9], MatcherOptions(gap_penalty=0.0))
     bad = m.step(lp, m.init_state())[0].max()
     assert bad < 0.1 * good
     assert bad == pytest.approx(np.exp(-(8.0 - 0.01) / 3), rel=0.05)
 
 
 def test_repeated_phoneme_needs_a_blank_between():
-    m = CTCKeywordMatcher([5, 5], gap_penalty=0.0)
+    m = CTCKeywordMatcher([5, 5], MatcherOptions(gap_penalty=0.0))
     with_blank = m.step(_posteriors([0, 5, 0, 5, 0]), m.init_state())[0].max()
     without = m.step(_posteriors([0, 5, 5, 0, 0]), m.init_state())[0].max()
     assert with_blank > 0.99 and without < 0.1
@@ -53,16 +53,16 @@ def test_streaming_equals_whole():
 def test_keyword_longer_than_max_frames_is_not_matched():
     spread = [5] + [0] * 30 + [7] + [0] * 30 + [9] + [0]  # phonemes scattered over 2.5 s of blank
     lp = _posteriors(spread)
-    loose = CTCKeywordMatcher([5, 7, 9], max_frames=1000, gap_penalty=0.0)
+    loose = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0), max_frames=1000)
     assert loose.step(lp, loose.init_state())[0].max() > 0.99
-    bounded = CTCKeywordMatcher([5, 7, 9], gap_penalty=0.0)  # default: 10 + 8 * 3 = 34 frames
+    bounded = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0))  # default: 10 + 8 * 3 = 34 frames
     # within 34 frames at least one phoneme must come from a frame that does not say it: exp(-8/3)
     assert bounded.max_frames == 34 and bounded.step(lp, bounded.init_state())[0].max() < 0.1
 
 
 def test_gap_penalty_costs_blank_frames_inside_the_keyword():
     tight, gappy = _posteriors([5, 0, 7, 0, 9]), _posteriors([5, 0, 0, 0, 0, 0, 7, 0, 9])
-    m = CTCKeywordMatcher([5, 7, 9], gap_penalty=0.3)
+    m = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.3))
     a, b = m.step(tight, m.init_state())[0].max(), m.step(gappy, m.init_state())[0].max()
     assert a > b and np.log(a) - np.log(b) == pytest.approx(4 * 0.3 / 3, abs=0.02)
 

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Layout, Transformer, preset  # noqa: E402
 from heron.models.lm.mtp import MTPConfig, MTPModel, group_layout, load_adapter, save_adapter, train_mtp, generate_mtp  # noqa: E402
-from heron.runtime import speculative as sp  # noqa: E402
+from heron.runtime import decoding as sp  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_mtp_generation_is_lossless_and_speculates(trained, tmp_path):
     T = TorchLM(base)
     calls = 0
     for prompt in ([1, 2, 3], [7], [30, 31, 32, 33, 34, 35], [5, 5, 5, 5]):
-        opts = sp.DecodeOptions(max_new_tokens=40)
+        opts = sp.GenerationOptions(max_new_tokens=40)
         ref = [t.id for t in sp.plain(T, prompt, opts)]
         st = sp.DecodeStats()
         assert [t.id for t in generate_mtp(mtp, prompt, opts, st)] == ref
@@ -52,13 +52,13 @@ def test_mtp_generation_is_lossless_and_speculates(trained, tmp_path):
         calls += st.target_calls
     assert calls < 4 * 40  # drafts were accepted: fewer target forwards than tokens
     # the end of the context is handled exactly like plain decoding
-    ref = [t.id for t in sp.plain(T, [1, 2], sp.DecodeOptions(max_new_tokens=500))]
-    assert [t.id for t in generate_mtp(mtp, [1, 2], sp.DecodeOptions(max_new_tokens=500))] == ref
+    ref = [t.id for t in sp.plain(T, [1, 2], sp.GenerationOptions(max_new_tokens=500))]
+    assert [t.id for t in generate_mtp(mtp, [1, 2], sp.GenerationOptions(max_new_tokens=500))] == ref
     # save / load round trip
     save_adapter(mtp, tmp_path / "a", {"test": True})
     again = load_adapter(base, tmp_path / "a")
-    assert [t.id for t in generate_mtp(again, [1, 2, 3], sp.DecodeOptions(max_new_tokens=20))] == \
-        [t.id for t in sp.plain(T, [1, 2, 3], sp.DecodeOptions(max_new_tokens=20))]
+    assert [t.id for t in generate_mtp(again, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))] == \
+        [t.id for t in sp.plain(T, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))]
     (tmp_path / "a" / "mtp.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError):
         load_adapter(base, tmp_path / "a")

@@ -10,7 +10,10 @@ pytest.importorskip("onnx")
 from heron.export.onnx_lm import write_bundle  # noqa: E402
 from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Transformer, preset  # noqa: E402
-from heron.runtime import speculative as sp  # noqa: E402
+from heron.runtime import decoding as sp  # noqa: E402
+from heron.runtime.decoding import SpeculativeOptions as Spec  # noqa: E402
+
+from conftest import InjectFault  # noqa: E402
 from heron.runtime.lm import OnnxLM  # noqa: E402
 
 V = 32
@@ -60,16 +63,16 @@ PROMPTS = [[1], [3, 4], [5, 6, 7, 8], [2] * 9, [7, 1, 7, 1, 7], [11, 30, 2, 19, 
 def test_greedy_equals_plain_for_every_method(pair):
     target, draft, folder = pair
     T, D, Dt = TorchLM(target), OnnxLM(folder), TorchLM(draft)
-    opts = sp.DecodeOptions(max_new_tokens=24)
+    opts = sp.GenerationOptions(max_new_tokens=24)
     hits = 0
     for prompt in PROMPTS:
         ref = [t.id for t in sp.plain(T, prompt, opts)]
-        assert [t.id for t in sp.speculative(T, Dt, prompt, opts, gamma=3)] == ref
-        assert [t.id for t in sp.speculative(T, D, prompt, opts, gamma=5)] == ref
+        assert [t.id for t in sp.speculative(T, Dt, prompt, opts, Spec(gamma=3))] == ref
+        assert [t.id for t in sp.speculative(T, D, prompt, opts, Spec(gamma=5))] == ref
         for exit_layer, kappa in ((1, 1), (2, 3)):
             st = sp.DecodeStats()
-            assert [t.id for t in sp.mirror(T, D, prompt, opts, gamma=4, kappa=kappa, exit_layer=exit_layer,
-                                             stats=st)] == ref
+            assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, kappa=kappa,
+                                                                        exit_layer=exit_layer), stats=st)] == ref
             hits += st.branch_hits
     assert hits > 0  # branches were really reused somewhere
 
@@ -77,16 +80,16 @@ def test_greedy_equals_plain_for_every_method(pair):
 def test_context_end_and_bad_input(pair):
     target, _, folder = pair
     T, D = TorchLM(target), OnnxLM(folder)
-    opts = sp.DecodeOptions(max_new_tokens=200)
+    opts = sp.GenerationOptions(max_new_tokens=200)
     ref = [t.id for t in sp.plain(T, [1, 2], opts)]
     assert len(ref) == 94  # stops at the 96-token context without an error
-    assert [t.id for t in sp.mirror(T, D, [1, 2], opts, gamma=4)] == ref
+    assert [t.id for t in sp.mirror(T, D, [1, 2], opts, Spec("mirror", gamma=4))] == ref
     with pytest.raises(ValueError, match="empty prompt"):
         list(sp.speculative(T, D, [], opts))
     with pytest.raises(ValueError, match="gamma"):
-        list(sp.speculative(T, D, [1], opts, gamma=0))
+        list(sp.speculative(T, D, [1], opts, Spec(gamma=0)))
     with pytest.raises(ValueError, match="exit-layer"):
-        list(sp.mirror(T, D, [1], opts, exit_layer=3))
+        list(sp.mirror(T, D, [1], opts, Spec("mirror", exit_layer=3)))
     with pytest.raises(ValueError, match="branch"):
         list(sp.mirror(T, TorchLM(target), [1], opts))
 
@@ -96,12 +99,12 @@ def test_context_end_and_bad_input(pair):
 def test_draft_fault_falls_back_without_changing_output(pair, mode, method):
     target, _, folder = pair
     T = TorchLM(target)
-    opts = sp.DecodeOptions(max_new_tokens=30, draft_timeout_s=0.5)
+    opts = sp.GenerationOptions(max_new_tokens=30)
     ref = [t.id for t in sp.plain(T, [4, 5, 6], opts)]
-    D = sp.InjectFault(OnnxLM(folder), after_calls=7, mode=mode, stall_s=3.0)
+    D = InjectFault(OnnxLM(folder), after_calls=7, mode=mode, stall_s=3.0)
     st = sp.DecodeStats()
     fn = sp.speculative if method == "draft" else sp.mirror
-    out = [t.id for t in fn(T, D, [4, 5, 6], opts, gamma=3, stats=st)]
+    out = [t.id for t in fn(T, D, [4, 5, 6], opts, Spec(method, gamma=3, draft_timeout_s=0.5), stats=st)]
     assert out == ref
     assert st.fallback and ("stalled" if mode == "stall" else "injected") in st.fallback
 
@@ -157,7 +160,7 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
         from heron.models.lm.mtp import MTPConfig, MTPModel, generate_mtp
         mtp = MTPModel(copy.deepcopy(target), MTPConfig(n_masks=2, rank=2))
 
-        def fn(T, D, prompt, opts, gamma):
+        def fn(T, D, prompt, opts, spec):
             return generate_mtp(mtp, prompt, opts)
     else:
         fn = sp.speculative if method == "draft" else sp.mirror
@@ -165,8 +168,8 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
     def histograms():
         c1, c2 = np.zeros(V), np.zeros(V)
         for seed in range(n):
-            out = [t.id for t in fn(T, D, prompt, sp.DecodeOptions(max_new_tokens=2, temperature=temperature,
-                                                                   seed=seed), gamma=2)]
+            out = [t.id for t in fn(T, D, prompt, sp.GenerationOptions(max_new_tokens=2, temperature=temperature,
+                                                                       seed=seed), Spec(method, gamma=2))]
             c1[out[0]] += 1
             c2[out[1]] += 1
         return c1, c2
@@ -205,10 +208,10 @@ def test_mirror_with_a_trained_exit_head_is_lossless(pair, tmp_path):
     head = early_exit.load(tmp_path, target)
     assert head.layer == 2 and early_exit.load(tmp_path / "none", target) is None
     T, D = TorchLM(target, exit_head=head), OnnxLM(folder)
-    opts = sp.DecodeOptions(max_new_tokens=24)
+    opts = sp.GenerationOptions(max_new_tokens=24)
     for prompt in PROMPTS[:4]:
         ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
-        assert [t.id for t in sp.mirror(T, D, prompt, opts, gamma=4, exit_layer=2)] == ref
+        assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, exit_layer=2))] == ref
 
 
 def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
@@ -216,14 +219,14 @@ def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
     position, so the output for a seed must not depend on that timing (5 runs used to give 5 outputs)."""
     target, _, folder = soft_pair
     T, D = TorchLM(target), OnnxLM(folder)
-    opts = sp.DecodeOptions(max_new_tokens=40, temperature=0.9, seed=7)
+    opts = sp.GenerationOptions(max_new_tokens=40, temperature=0.9, seed=7)
     runs = set()
     for budget_sleep in (0.0, 0.002, 0.0, 0.004, 0.0):
         slow = D if budget_sleep == 0 else _Slow(D, budget_sleep)
-        runs.add(tuple(t.id for t in sp.mirror(T, slow, [3, 4], opts, gamma=4, kappa=2, exit_layer=1)))
+        runs.add(tuple(t.id for t in sp.mirror(T, slow, [3, 4], opts, Spec("mirror", gamma=4, kappa=2, exit_layer=1))))
     assert len(runs) == 1
-    other = tuple(t.id for t in sp.mirror(T, D, [3, 4], sp.DecodeOptions(max_new_tokens=40, temperature=0.9, seed=8),
-                                          gamma=4, kappa=2, exit_layer=1))
+    other = tuple(t.id for t in sp.mirror(T, D, [3, 4], sp.GenerationOptions(max_new_tokens=40, temperature=0.9, seed=8),
+                                          Spec("mirror", gamma=4, kappa=2, exit_layer=1)))
     assert other not in runs  # the seed matters
 
 

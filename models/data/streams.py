@@ -15,6 +15,7 @@ import numpy as np
 
 from .augment import NoiseBank, add_noise, peak_normalize, reverberate, rms, synthetic_rir
 from .tts import SAMPLE_RATE, Voice, VoiceRegistry, synthesize
+from heron.models.audio import HOP
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class StreamLabel:
 
 def _speech_bounds(x: np.ndarray, thresh_db: float = -35.0) -> tuple[int, int]:
     """First and last sample of the loud part (where the keyword really starts and ends)."""
-    frame = 160
+    frame = HOP
     n = len(x) // frame
     if n == 0:
         return 0, len(x)

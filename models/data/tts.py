@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from heron.models.audio import SAMPLE_RATE  # noqa: E402,F401 (the data engine writes the models' rate)
 CACHE_VERSION = "1"  # bump to invalidate cached audio when synthesis changes
 
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")

@@ -1,6 +1,10 @@
 """The torch backend (cpu, cuda, mps) of the runtime's LM backend interface (heron.runtime.lm.LMBackend),
 plus the split target Mirror-SD needs: `prefix` runs the layers below the early exit and returns its
 candidates' logits, `suffix` finishes the same block.
+
+Routing is a backend option: dial-k (`Routing.k`) and Roster of Experts (`Routing.roe_samples` > 1:
+R routing samples of each token run as one batch; the backend returns the log of their averaged
+next-token distributions, so the engine's one sampler draws from the ensemble).
 """
 from __future__ import annotations
 
@@ -28,12 +32,19 @@ def pick_device(device: str) -> str:
 
 class TorchLM:
     def __init__(self, model: Transformer, device: str = "cpu", threads: int | None = None, k: int | None = None,
-                 max_len: int | None = None, exit_head=None):
+                 max_len: int | None = None, exit_head=None, routing: Routing | None = None,
+                 eot_id: int | None = None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if threads:
             torch.set_num_threads(threads)
-        self.route = Routing(k=model.resolve_k(k) if k is not None else None)
+        route = routing or Routing()
+        if k is not None:
+            route = Routing(k=model.resolve_k(k), roe_samples=route.roe_samples, roe_tau=route.roe_tau, seed=route.seed)
+        if route.roe_samples > 1 and not model.cfg.n_experts:
+            raise ValueError("Roster of Experts needs an MoE model; this one is dense")
+        self.route = route
+        self.eot_id = eot_id
         self.vocab_size = model.cfg.vocab_size
         self.max_len = max_len or model.cfg.max_seq_len
         self.cache = KVCache(model.cfg, batch=1, max_len=self.max_len, device=self.device)
@@ -52,10 +63,16 @@ class TorchLM:
             raise ValueError(f"{self.length + len(tokens)} positions exceed the context of {self.max_len}")
         return torch.tensor([list(tokens)], device=self.device)
 
+    def _combine(self, logits: torch.Tensor) -> np.ndarray:
+        """(R, T, V) logits of the routing samples -> (T, V): log of their averaged distributions."""
+        if logits.shape[0] == 1:
+            return logits[0].float().cpu().numpy()
+        lp = torch.log_softmax(logits.float(), dim=-1)  # (R, T, V)
+        return (torch.logsumexp(lp, dim=0) - np.log(lp.shape[0])).cpu().numpy()
+
     @torch.no_grad()
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
-        out = self.model(self._tokens(tokens), self.cache, self.route).logits[0]
-        return out.float().cpu().numpy()
+        return self._combine(self.model(self._tokens(tokens), self.cache, self.route).logits)
 
     @torch.no_grad()
     def prefix(self, tokens: Sequence[int], exit_layer: int) -> np.ndarray:
@@ -67,8 +84,8 @@ class TorchLM:
         h = out.hidden[exit_layer - 1]
         self._pending = (x, exit_layer, h)
         if self.exit_head is not None and self.exit_head.layer == exit_layer:  # a trained head, if it fits
-            return self.exit_head(self.model, h)[0].float().cpu().numpy()
-        return self.model.head(h)[0].float().cpu().numpy()
+            return self._combine(self.exit_head(self.model, h))
+        return self._combine(self.model.head(h))
 
     @torch.no_grad()
     def suffix(self) -> np.ndarray:
@@ -77,7 +94,7 @@ class TorchLM:
             raise RuntimeError("suffix() without a prefix() call")
         x, layer, h = self._pending
         self._pending = None
-        return self.model(x, self.cache, self.route, resume=(layer, h)).logits[0].float().cpu().numpy()
+        return self._combine(self.model(x, self.cache, self.route, resume=(layer, h)).logits)
 
     def trim(self, n: int) -> None:
         self.cache.trim(n)
@@ -91,4 +108,4 @@ class TorchLM:
     def restore(self, state) -> None:
         if state > self.cache.length:
             raise ValueError("a torch cache can only be rewound, not moved forward")
-        self.cache.length = state
+        self.cache.trim(self.cache.length - state)  # only the cache moves its own offset

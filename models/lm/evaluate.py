@@ -14,7 +14,9 @@ from dataclasses import replace
 
 import torch
 
-from heron.models.lm.generate import GenerationOptions, default_roe_tau, generate, roe_flops_per_token
+from heron.models.lm.backend import TorchLM
+from heron.models.lm.roe import default_roe_tau, roe_flops_per_token
+from heron.runtime import decoding
 from heron.models.lm.model import Routing, Transformer
 from heron.models.lm.train import perplexity
 
@@ -57,9 +59,10 @@ def tune_roe_tau(model: Transformer, calib: torch.Tensor, samples: int,
 def decode_ms_per_token(model: Transformer, route: Routing, tokens: int = 32) -> float:
     """Wall time of KV-cached greedy decoding per token (the samples of a token run as one batch)."""
     prompt = list(range(10, 42))
-    opts = GenerationOptions(max_new_tokens=tokens, route=route, stop_at_eot=False)
+    opts = decoding.GenerationOptions(max_new_tokens=tokens, stop_at_eot=False)
+    backend = TorchLM(model, routing=route)
     t0 = time.perf_counter()
-    n = sum(1 for _ in generate(model, prompt, opts))
+    n = sum(1 for _ in decoding.plain(backend, prompt, opts))
     return 1e3 * (time.perf_counter() - t0) / n
 
 

@@ -116,6 +116,8 @@ class Routing:
     seed: int = 0                        # the Gumbel noise is a hash of (seed, layer, batch row, position,
                                          # sample, expert): the same token gets the same noise whether it is
                                          # decoded alone or inside a longer block
+    moe_impl: str = "loop"               # "loop": eager, fastest on CPU at any size; "gather": no
+                                         # data-dependent control flow (what export traces)
 
 
 class ConcatCache:
@@ -329,7 +331,6 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         E, D, F_ = cfg.n_experts, cfg.dim, cfg.expert_dim
-        self.impl = "loop"  # "loop" (eager: fastest on CPU at any N) | "gather" (export: no data-dependent control flow)
         self.router = nn.Linear(D, E, bias=False)
         self.w_gate = nn.Parameter(torch.empty(E, F_, D))
         self.w_up = nn.Parameter(torch.empty(E, F_, D))
@@ -358,11 +359,11 @@ class MoE(nn.Module):
             w = w / w.sum(-1, keepdim=True)
         return w.type_as(x), idx, probs
 
-    def forward(self, x, k: int, tau: float = 0.0, noise_key=None):
+    def forward(self, x, k: int, tau: float = 0.0, noise_key=None, impl: str = "loop"):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
         w, idx, probs = self.route(x, k, tau, noise_key)
-        if self.impl == "gather":
+        if impl == "gather":
             y = self._gathered(x, w, idx)
         else:
             y = self._looped(x, w, idx)
@@ -424,7 +425,7 @@ class Block(nn.Module):
             tau = route.roe_tau[self.layer] if route.roe_tau else 0.0
             positions = torch.arange(pos0, pos0 + x.shape[1], device=x.device)
             key = (route.seed, self.layer, R, x.shape[0] // R, positions) if R > 1 and tau > 0 else None
-            y, aux = self.ffn(h, k, tau, key)
+            y, aux = self.ffn(h, k, tau, key, route.moe_impl)
         else:
             y, aux = (self.ffn(h) if ffn_width is None else ffn_width(self.ffn, h, self.layer)), 0.0
         return x + y, aux

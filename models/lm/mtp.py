@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from heron.models.lm.model import KVCache, Layout, Transformer
-from heron.runtime import speculative as sp
+from heron.runtime import decoding as sp
 from heron.runtime.lm import Token
 
 
@@ -223,9 +223,9 @@ def load_adapter(base: Transformer, folder: str | Path) -> MTPModel:
 
 
 @torch.no_grad()
-def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.DecodeOptions = sp.DecodeOptions(),
+def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.GenerationOptions = sp.GenerationOptions(),
                  stats: sp.DecodeStats | None = None, detok: Callable | None = None,
-                 n_drafts: int | None = None) -> Iterator[Token]:
+                 n_drafts: int | None = None, eot_id: int | None = None) -> Iterator[Token]:
     """Lossless MTP speculative generation: each target forward verifies the previous drafts and, through
     the mask group after every one of its regular tokens, proposes the next drafts."""
     base = mtp.base
@@ -234,12 +234,12 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.DecodeOptions = 
     K = min(mtp.cfg.n_masks, n_drafts or mtp.cfg.n_masks)
     g_max = K
     max_len = base.cfg.max_seq_len
-    sp.check_prompt(prompt, max_len, opts)
+    sp.check_prompt(prompt, max_len)
     stats = stats if stats is not None else sp.DecodeStats(method="mtp")
     rng = np.random.default_rng(opts.seed)
     cache = KVCache(base.cfg, batch=1)
     seq = list(prompt)
-    em = sp.Emitter(seq, opts, stats, detok)
+    em = sp.Emitter(seq, opts, stats, detok, eot_id)
     if len(seq) > 1:
         t0 = time.perf_counter()
         base(torch.tensor([seq[:-1]]), cache)
@@ -259,7 +259,7 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.DecodeOptions = 
         tokens = torch.tensor([regular + [0] * (K * len(anchors))])
         t0 = time.perf_counter()
         logits, h = mtp.forward_block(tokens, slots, Layout(pos, allowed), cache)
-        cache.length = P + n_reg  # mask keys/values are transient: drop them from the cache
+        cache.trim(cache.length - (P + n_reg))  # mask keys/values are transient: drop them from the cache
         stats.target_time_s += time.perf_counter() - t0
         stats.target_calls += 1
         p = sp.probs(logits[0, :n_reg].numpy(), opts.temperature, opts.top_p)

@@ -17,15 +17,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from heron.lm import LanguageModel, load_lm
+from heron.runtime import decoding as sp
 from heron.runtime.metrics import machine
-
-from heron.models.lm import checkpoint, corpus
-from heron.models.lm.backend import TorchLM
-from heron.models.lm.decoders import DecoderOptions, load_draft, make_decoder
-from heron.models.lm.model import KVCache, Transformer, preset
-from heron.runtime import speculative as sp
 
 
 @dataclass
@@ -43,6 +38,8 @@ class BenchOptions:
 
 
 def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:
+    from heron.models.lm import corpus
+
     docs = [d for d in corpus.stdlib_documents() if d.held_out]
     out = []
     for d in docs:
@@ -62,18 +59,20 @@ def _time_call(fn, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def step_costs(model: Transformer, draft, gamma: int, context: int, threads: int) -> dict:
+def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int) -> dict:
     """Seconds of one target decoding step, one target verify of gamma + 1 tokens, one draft step."""
+    import torch
+
     torch.set_num_threads(threads)
-    t = TorchLM(model)
+    t = lm.backend
     ctx = list(range(1, context + 1))
 
     def target_step(n):
         def f():
-            t.reset()
-            t.cache.length = context  # positions' contents do not matter for timing
-            t.forward(ctx[:n])
+            t.forward(ctx[:n])  # after `context` cached positions
+            t.trim(n)
         return f
+    t.reset()
     t.forward(ctx)
     one, block = _time_call(target_step(1)), _time_call(target_step(gamma + 1))
     out = {"target_step_s": one, "verify_s": block, "beta": block / one}
@@ -90,13 +89,13 @@ def step_costs(model: Transformer, draft, gamma: int, context: int, threads: int
     return out
 
 
-def run_method(decode, prompts, opts: sp.DecodeOptions, method: str) -> tuple[dict, list[list[int]]]:
+def run_method(lm: LanguageModel, spec, prompts, opts: sp.GenerationOptions, method: str) -> tuple[dict, list[list[int]]]:
     outs, lat, stats_all = [], [], []
     t_total, n_total = 0.0, 0
     for p in prompts:
         st = sp.DecodeStats(method=method)
         t0 = time.perf_counter()
-        ids = [t.id for t in decode(p, opts, st)]
+        ids = [t.id for t in lm.generate(p, opts, spec, st)]
         dt = time.perf_counter() - t0
         t_total += dt
         n_total += len(ids)
@@ -131,36 +130,44 @@ def predicted(alpha: float, gamma: int, beta: float, c: float) -> dict:
 
 
 def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
-    """tokens/s of plain KV-cached decoding, 1 thread, batch 1 (random weights: speed does not depend on them)."""
+    """tokens/s of plain KV-cached decoding through the engine, 1 thread, batch 1 (random weights:
+    speed does not depend on them)."""
+    import torch
+
+    from heron.models.lm.backend import TorchLM
+    from heron.models.lm.model import Transformer, preset
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
     m = Transformer(preset(preset_name)).eval()
-    cache = KVCache(m.cfg, 1)
-    with torch.no_grad():
-        m(torch.arange(1, context + 1)[None], cache)
-        tok = torch.tensor([[7]])
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            tok = m(tok, cache).logits[:, -1:].argmax(-1)
-        dt = time.perf_counter() - t0
+    backend = TorchLM(m)
+    opts = sp.GenerationOptions(max_new_tokens=tokens, stop_at_eot=False)
+    prompt = list(range(1, context + 1))
+    t0 = time.perf_counter()
+    n = sum(1 for _ in sp.plain(backend, prompt, opts))
+    dt = time.perf_counter() - t0
+    tokens = n
     return {"preset": preset_name, "params_m": m.num_params() / 1e6, "active_params_m": m.num_params(active=True) / 1e6,
             "tokens_per_s": tokens / dt, "threads": 1, "batch": 1}
 
 
 def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None = None, log=print) -> dict:
-    model, tok, meta = checkpoint.load(target_dir)
-    prompts = held_out_prompts(tok, o.prompts, o.prompt_tokens)
-    opts = sp.DecodeOptions(max_new_tokens=o.new_tokens, temperature=0.0)
+    import torch
+
+    lm = load_lm(target_dir, device=o.target_device, threads=o.threads)
+    prompts = held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens)
+    opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
-              "date": time.strftime("%Y-%m-%d"), "target": str(target_dir), "options": o.__dict__, "rows": []}
-    dopts = DecoderOptions(gamma=o.gamma, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp,
-                           target_device=o.target_device, model_dir=str(target_dir))
+              "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": []}
+    for _ in lm.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of the timings
+        pass
     ref = None
     for method in ("none",) + tuple(m for m in o.methods if m != "none"):
         threads = o.threads if method in ("none", "mtp") else max(1, o.threads - 1)
-        dopts.method, dopts.target_threads = method, threads
-        decode = make_decoder(model, dopts)
-        row, outs = run_method(decode, prompts, opts, method)
+        torch.set_num_threads(threads)
+        spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, kappa=o.kappa,
+                                                                   exit_layer=o.exit_layer, draft=draft, mtp=mtp)
+        row, outs = run_method(lm, spec, prompts, opts, method)
         row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
         if ref is None:
             ref = outs
@@ -169,8 +176,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
             raise RuntimeError(f"{method}: output differs from plain decoding (lossless check failed)")
         report["rows"].append(row)
         log(f"{method}: {row['tokens_per_s']:.1f} tok/s")
-    d = load_draft(DecoderOptions(draft=draft))
-    costs = step_costs(model, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
+    d = lm.draft_backend(sp.SpeculativeOptions(draft=draft))
+    costs = step_costs(lm, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
     report["costs"] = costs
     base = report["rows"][0]["tokens_per_s"]
     vanilla = next((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), None)

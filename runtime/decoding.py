@@ -1,6 +1,10 @@
-"""Lossless decoding strategies over LM backends (heron.runtime.lm): plain autoregressive decoding,
+"""heron's one decoding engine, over LM backends (heron.runtime.lm): plain autoregressive decoding,
 classic draft-model speculative decoding, and Mirror speculative decoding (draft and target in parallel
-on different devices). numpy only; the backends do the compute.
+on different devices), all lossless. numpy only; the backends do the compute. The engine knows nothing
+about text: token ids in, `Token`s out (a detokenizer callback fills their text).
+
+Options are two frozen dataclasses that check themselves before any work: `GenerationOptions` (what to
+generate) and `SpeculativeOptions` (how to speculate). The one sampler is `probs` + `draw`.
 
 Acceptance (Leviathan et al. / Chen et al.), at each draft position i with target p_i and draft q_i:
   accept draft token d with probability min(1, p_i(d) / q_i(d));
@@ -25,32 +29,60 @@ import numpy as np
 from heron.runtime.lm import Token
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
-class DecodeOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.0        # 0: greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    eot_id: int | None = None       # stop after this token (None: never)
-    draft_timeout_s: float = 5.0    # a draft call slower than this counts as a stalled draft
+class GenerationOptions:
+    """What to generate (every decoding method takes the same options)."""
+
+    max_new_tokens: int = 64        # stop after this many new tokens (or earlier: end of text, full context)
+    temperature: float = 0.0        # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
+    top_p: float = 1.0              # nucleus sampling: keep the smallest set of tokens holding this much mass
+    seed: int | None = None         # sampling seed; the same seed gives the same output with every method
+    stop_at_eot: bool = True        # stop after the model's end-of-text token
 
     def __post_init__(self):
-        check_sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
-        if not (isinstance(self.draft_timeout_s, (int, float)) and math.isfinite(self.draft_timeout_s)
-                and self.draft_timeout_s > 0):
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+
+
+METHODS = ("draft", "mtp", "mirror")
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """How to speculate; every method is lossless (the output is the target's own)."""
+
+    method: str = "draft"           # draft: a small draft model; mtp: gated-LoRA multi-token heads; mirror: Mirror-SD
+    gamma: int = 4                  # draft tokens per round
+    kappa: int = 2                  # Mirror-SD: early-exit candidates per window position
+    exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
+    draft: str | None = None        # ONNX draft bundle folder (None: the shipped lm-draft)
+    draft_device: str = "cpu"       # onnxruntime provider for the draft: cpu, coreml, qnn, cuda, ... or a full name
+    draft_threads: int = 1          # onnxruntime threads of the draft
+    draft_timeout_s: float = 5.0    # a draft call slower than this counts as stalled: the target goes on alone
+    mtp: str | None = None          # MTP adapter folder (None: the model's own `mtp/`)
+    exit_head: str | None = None    # Mirror-SD: folder of a trained early-exit head (None: the model's own, if any)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"speculative method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("gamma", "kappa", "draft_threads"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not _is_int(self.exit_layer) or self.exit_layer < 1:
+            raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
+        if not isinstance(self.draft_timeout_s, (int, float)) or not math.isfinite(self.draft_timeout_s) \
+                or self.draft_timeout_s <= 0:
             raise ValueError(f"draft_timeout_s must be a positive number of seconds, got {self.draft_timeout_s!r}")
-
-
-def check_sampling(max_new_tokens, temperature, top_p, seed) -> None:
-    """The sampling options every decoder takes, checked before any work (one sentence per mistake)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not math.isfinite(top_p) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
 
 
 @dataclass
@@ -170,8 +202,12 @@ class CachedBackend:
 
 
 class Emitter:
-    def __init__(self, seq, opts: DecodeOptions, stats: DecodeStats, detok: Callable | None):
+    """Appends accepted tokens to the sequence and decides when generation is done."""
+
+    def __init__(self, seq, opts: GenerationOptions, stats: DecodeStats, detok: Callable | None,
+                 eot_id: int | None = None):
         self.seq, self.opts, self.stats, self.detok = seq, opts, stats, detok
+        self.eot_id = eot_id if opts.stop_at_eot else None
         self.start_len, self.done = len(seq), False
 
     def emit(self, tok: int, from_draft: bool) -> Token:
@@ -179,18 +215,16 @@ class Emitter:
         self.stats.generated += 1
         self.stats.token_times.append(time.perf_counter())
         n_new = len(self.seq) - self.start_len
-        if n_new >= self.opts.max_new_tokens or tok == self.opts.eot_id:
+        if n_new >= self.opts.max_new_tokens or tok == self.eot_id:
             self.done = True
         return Token(tok, self.detok(tok) if self.detok else "", len(self.seq) - 1, from_draft)
 
 
-def check_prompt(prompt: Sequence[int], max_len: int, opts: DecodeOptions) -> None:
+def check_prompt(prompt: Sequence[int], max_len: int) -> None:
     if not prompt:
         raise ValueError("empty prompt: give at least one token")
     if len(prompt) >= max_len:
         raise ValueError(f"the prompt is {len(prompt)} tokens; the context is {max_len}")
-    if opts.max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
 
 
 def _room(seq, max_len, gamma) -> int:
@@ -203,15 +237,17 @@ def _room(seq, max_len, gamma) -> int:
 # plain decoding
 
 
-def plain(target, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), stats: DecodeStats | None = None,
-          detok: Callable | None = None) -> Iterator[Token]:
-    check_prompt(prompt, target.max_len, opts)
+def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
+          stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
+    """The one plain decoding loop: one target forward per token."""
+    check_prompt(prompt, target.max_len)
     stats = stats if stats is not None else DecodeStats()
     stats.method = stats.method or "plain"
     rng = np.random.default_rng(opts.seed)
     tc = CachedBackend(target)
     target.reset()
-    yield from _plain_loop(tc, list(prompt), opts, stats, rng, Emitter(list(prompt), opts, stats, detok))
+    em = Emitter(list(prompt), opts, stats, detok, getattr(target, "eot_id", None))
+    yield from _plain_loop(tc, list(prompt), opts, stats, rng, em)
 
 
 def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterator[Token]:
@@ -254,10 +290,10 @@ class _DraftRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _start(target, draft, prompt, opts: DecodeOptions, stats, detok, method: str):
+def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOptions, stats, detok, method: str):
     """Common start of the draft-based methods: checks, RNGs (the draft samples from its own stream),
     fresh caches, the sequence and its emitter, the draft runner."""
-    check_prompt(prompt, target.max_len, opts)
+    check_prompt(prompt, target.max_len)
     if draft.vocab_size != target.vocab_size:
         raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
     stats = stats if stats is not None else DecodeStats(method=method)
@@ -266,8 +302,9 @@ def _start(target, draft, prompt, opts: DecodeOptions, stats, detok, method: str
     target.reset()
     draft.reset()
     seq = list(prompt)
-    return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, Emitter(seq, opts, stats, detok),
-            _DraftRunner(opts.draft_timeout_s))
+    em = Emitter(seq, opts, stats, detok, getattr(target, "eot_id", None))
+    return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, em,
+            _DraftRunner(spec.draft_timeout_s))
 
 
 class DraftSeeds:
@@ -285,7 +322,7 @@ class DraftSeeds:
         return np.random.default_rng([self.base, position])
 
 
-def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: DecodeOptions,
+def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: GenerationOptions,
                   seeds: DraftSeeds) -> tuple[list[int], np.ndarray]:
     """gamma draft tokens continuing seq, and the draft distributions they were drawn from."""
     rng = seeds.at(len(seq))
@@ -313,13 +350,13 @@ def _serial_window(runner: _DraftRunner, dc: CachedBackend, seq, g: int, opts, d
     return res
 
 
-def speculative(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), gamma: int = 4,
-                stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
-    """Classic draft-model speculative decoding: the draft proposes gamma tokens, the target verifies
-    them in one forward pass, rejected tokens are rolled back from both caches."""
-    if gamma < 1:
-        raise ValueError(f"--gamma must be >= 1, got {gamma}")
-    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, stats, detok, "draft")
+def speculative(target, draft, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
+                spec: SpeculativeOptions = SpeculativeOptions(), stats: DecodeStats | None = None,
+                detok: Callable | None = None) -> Iterator[Token]:
+    """Classic draft-model speculative decoding: the draft proposes spec.gamma tokens, the target
+    verifies them in one forward pass, rejected tokens are rolled back from both caches."""
+    gamma = spec.gamma
+    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "draft")
     try:
         while not em.done:
             g = _room(seq, min(target.max_len, draft.max_len), gamma)
@@ -388,7 +425,7 @@ def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int, alpha
 
 
 def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window: list[int],
-                    order, gamma: int, opts: DecodeOptions, seeds: DraftSeeds, cancel: threading.Event,
+                    order, gamma: int, opts: GenerationOptions, seeds: DraftSeeds, cancel: threading.Event,
                     out: dict, budget: int) -> None:
     """Draft thread: expand candidate corrections into rollouts until cancelled or out of budget."""
     for depth, root, _ in order[:budget]:
@@ -415,8 +452,8 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         out[(depth, root)] = _Branch(depth, root, toks, np.stack(qs), draft.snapshot(), ids)
 
 
-def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOptions(), gamma: int = 4,
-           kappa: int = 2, exit_layer: int = 2, stats: DecodeStats | None = None,
+def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
+           spec: SpeculativeOptions = SpeculativeOptions(method="mirror"), stats: DecodeStats | None = None,
            detok: Callable | None = None) -> Iterator[Token]:
     """Mirror speculative decoding (arXiv 2510.13161), lossless.
 
@@ -427,14 +464,13 @@ def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOpt
     length and the correction token becomes the next window at no further draft cost; otherwise the
     draft computes the window serially, as in classic speculative decoding.
     """
-    if gamma < 1 or kappa < 1:
-        raise ValueError(f"--gamma and --kappa must be >= 1, got {gamma}, {kappa}")
+    gamma, kappa, exit_layer = spec.gamma, spec.kappa, spec.exit_layer
     if not getattr(draft, "branchable", False):
         raise ValueError(f"the Mirror-SD draft must keep independent branch states (the onnxruntime backend); "
                          f"{draft.name} cannot")
     if not hasattr(target, "prefix"):
         raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix); {target.name} has none")
-    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, stats, detok, "mirror")
+    stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "mirror")
     alpha = 0.5  # running estimate of the per-token acceptance, to rank branches
     window = qs = None
     try:
@@ -488,26 +524,3 @@ def mirror(target, draft, prompt: Sequence[int], opts: DecodeOptions = DecodeOpt
             yield from _plain_loop(tc, seq, opts, stats, rng, em)
     finally:
         runner.close()
-
-
-
-class InjectFault:
-    """Wraps a backend so that its `after_calls`-th forward raises ("raise") or hangs ("stall");
-    used to show that a failing draft never changes the output."""
-
-    def __init__(self, backend, after_calls: int, mode: str = "raise", stall_s: float = 30.0):
-        if mode not in ("raise", "stall"):
-            raise ValueError("mode must be 'raise' or 'stall'")
-        self._b, self.after_calls, self.mode, self.stall_s = backend, after_calls, mode, stall_s
-        self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    def forward(self, tokens):
-        self.calls += 1
-        if self.calls > self.after_calls:
-            if self.mode == "raise":
-                raise RuntimeError("injected draft fault")
-            time.sleep(self.stall_s)
-        return self._b.forward(tokens)

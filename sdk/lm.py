@@ -1,0 +1,197 @@
+"""Language models: `heron.load_lm()` -> a `LanguageModel` whose `generate()` yields `Token`s.
+
+    import heron
+    lm = heron.load_lm()                                         # the shipped lm-nano
+    for t in lm.generate("Return the number of", heron.GenerationOptions(max_new_tokens=32)):
+        print(t.text, end="", flush=True)
+    spec = heron.SpeculativeOptions(method="mirror")             # draft | mtp | mirror, all lossless
+    for t in lm.generate("Return the number of", speculative=spec):
+        ...                                                      # t.from_draft: accepted from a draft
+
+What `load_lm` takes: a heron checkpoint folder (torch target on cpu, cuda or mps), a Hugging Face
+Mixtral / OLMoE / Qwen2-MoE folder (token ids only: it has no heron tokenizer), or an ONNX bundle from
+`heron export --lm` (numpy + onnxruntime + tokenizers only: no torch). Dial-k (`experts`) and Roster
+of Experts (`roe_samples`) are options of the loaded model. Every method decodes through the one
+engine in heron.runtime.decoding.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
+from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
+
+__all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
+           "Token"]
+
+
+def default_lm_path() -> Path:
+    """The shipped target (package data: works from a checkout and from an installed wheel)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("heron.models")  # finds the folder without importing torch
+    return Path(spec.submodule_search_locations[0]) / "weights" / "lm-nano"
+
+
+def _torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError("this model runs on torch: pip install 'heron[train]' (ONNX bundles need no torch)") from e
+
+
+def _text_ok(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("empty prompt: give some text to continue")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 arrive from argv as lone surrogates
+        raise ValueError("the prompt is not valid UTF-8 text") from None
+    return prompt
+
+
+class LanguageModel:
+    """A loaded target: its backend (torch or onnxruntime), its tokenizer, and the decoders built for it."""
+
+    def __init__(self, backend, tokenizer, path: Path, model=None, device: str = "cpu"):
+        self.backend, self.tokenizer, self.path, self.model, self.device = backend, tokenizer, path, model, device
+        self._drafts: dict = {}
+        self._mirror_targets: dict = {}
+        self._mtp: dict = {}
+
+    @property
+    def max_len(self) -> int:
+        return self.backend.max_len
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.backend.eot_id
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no heron tokenizer: pass token ids instead of text")
+        return list(self.tokenizer.encode(_text_ok(text)))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids)) if self.tokenizer is not None else ""
+
+    def generate(self, prompt: str | Sequence[int], options: GenerationOptions = GenerationOptions(),
+                 speculative: SpeculativeOptions | None = None, stats: DecodeStats | None = None) -> Iterator[Token]:
+        """Continue `prompt` (text, or token ids); yields one `Token` per generated token. With
+        `speculative`, a lossless speculative method produces the same tokens faster (or, sampling,
+        the same distribution). `stats` (optional) collects calls, acceptance and timings."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        detok = Detokenizer(self.decode if self.tokenizer is not None else None, ids).push
+        if speculative is None:
+            return plain(self.backend, ids, options, stats, detok)
+        return self._speculative(speculative, ids, options, stats, detok)
+
+    # --- speculative decoders, built once per option set -------------------------------------------
+    def draft_backend(self, spec: SpeculativeOptions) -> OnnxLM:
+        """The draft model of these options (loaded once), on its onnxruntime provider."""
+        key = (spec.draft, spec.draft_device, spec.draft_threads)
+        if key not in self._drafts:
+            folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
+            if not (folder / "manifest.json").is_file():
+                raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
+            int8 = "model.int8.onnx" in json.loads((folder / "manifest.json").read_text()).get("sha256", {})
+            draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads, int8=int8)
+            if draft.vocab_size != self.backend.vocab_size:
+                raise ValueError(f"the draft's vocabulary ({draft.vocab_size}) differs from the target's "
+                                 f"({self.backend.vocab_size})")
+            self._drafts[key] = draft
+        return self._drafts[key]
+
+    def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
+        if self.model is None and spec.method != "draft":
+            raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft)")
+        if spec.method == "draft":
+            return speculative(self.backend, self.draft_backend(spec), ids, options, spec, stats, detok)
+        if spec.method == "mtp":
+            if self.backend.route.roe_samples > 1:
+                raise ValueError("Roster of Experts does not apply to MTP decoding (its heads see one routing)")
+            from heron.models.lm.mtp import generate_mtp, load_adapter
+
+            folder = Path(spec.mtp) if spec.mtp else self.path / "mtp"
+            if folder not in self._mtp:
+                self._mtp[folder] = load_adapter(self.model, folder)
+            return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma, eot_id=self.eot_id)
+        folder = Path(spec.exit_head) if spec.exit_head else self.path
+        if folder not in self._mirror_targets:  # the target with its trained early-exit head, if any
+            from heron.models.lm import early_exit
+            from heron.models.lm.backend import TorchLM
+
+            b = self.backend
+            self._mirror_targets[folder] = TorchLM(self.model, device=self.device, routing=b.route, eot_id=b.eot_id,
+                                                   exit_head=early_exit.load(folder, self.model))
+        return mirror(self._mirror_targets[folder], self.draft_backend(spec), ids, options, spec, stats, detok)
+
+
+def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
+            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0) -> LanguageModel:
+    """Load a target for generation.
+
+    path: heron checkpoint folder, Hugging Face MoE folder or ONNX bundle (default: the shipped lm-nano).
+    device: torch device of a torch target (cpu, cuda, mps, auto); for an ONNX bundle, the onnxruntime
+    provider (cpu, coreml, qnn, cuda, ... or a full provider name).
+    experts: dial-k, the active experts per token of an MoE model (default: the model's top-k).
+    roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
+    """
+    import math
+
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(roe_samples, int) or roe_samples < 1:
+        raise ValueError(f"roe_samples must be an integer >= 1, got {roe_samples!r}")
+    if not isinstance(roe_tau, (int, float)) or not math.isfinite(roe_tau) or roe_tau < 0:
+        raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")
+    folder = Path(path) if path is not None else default_lm_path()
+    if not folder.exists():
+        raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
+    if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
+        if experts is not None or roe_samples != 1:
+            raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
+        backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads)
+        tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
+        return LanguageModel(backend, _TokenizersAdapter(tok) if tok is not None else None, folder)
+    _torch()
+    from heron.models.lm import checkpoint
+    from heron.models.lm.backend import TorchLM
+    from heron.models.lm.hf import load_hf
+    from heron.models.lm.model import Routing
+    from heron.models.lm.roe import default_roe_tau
+
+    if checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
+        model, tok, _ = checkpoint.load(folder)
+    else:
+        model, tok = load_hf(folder), None
+    if roe_samples > 1 and not model.cfg.n_experts:
+        raise ValueError("Roster of Experts (roe_samples > 1) needs an MoE model; this one is dense")
+    k = model.resolve_k(experts) if experts is not None else None
+    tau = default_roe_tau(model.cfg.n_layers, roe_tau) if roe_samples > 1 else ()
+    route = Routing(k=k, roe_samples=roe_samples, roe_tau=tau, seed=roe_seed)
+    backend = TorchLM(model, device=device, threads=threads, routing=route,
+                      eot_id=tok.eot_id if tok is not None else None)
+    return LanguageModel(backend, tok, folder, model=model, device=backend.device)
+
+
+def _is_heron_config(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text()).get("format"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+class _TokenizersAdapter:
+    """A `tokenizers.Tokenizer` (ONNX bundles) with the encode/decode of heron's own tokenizer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
