@@ -17,21 +17,11 @@ import heron
 
 def synthesize_test_clip(keyword: str, out: str, seed: int = 3) -> list[tuple[float, float]]:
     """Other speech, then the keyword (a voice held out of training), then more speech, over noise."""
-    from heron.models.data.augment import add_noise, colored_noise
-    from heron.models.data.tts import VoiceRegistry, synthesize
+    from heron.synth import test_clip
 
-    rng = np.random.default_rng(seed)
-    reg = VoiceRegistry()
-    v1, v2 = reg.sample(2, split="heldout", seed=seed)
-    gap = np.zeros(int(0.6 * 16000), np.float32)
-    before = synthesize(v1, "the weather will be cloudy this afternoon")
-    kw = synthesize(v2, keyword)
-    after = synthesize(v1, "please remember to buy some milk")
-    audio = np.concatenate([gap, before, gap, kw, gap, after, gap])
-    audio = add_noise(audio, colored_noise(len(audio), "pink", rng), 20.0)
-    sf.write(out, audio, 16000, subtype="PCM_16")
-    start = (2 * len(gap) + len(before)) / 16000
-    return [(start, start + len(kw) / 16000)]
+    audio, sr, span = test_clip(keyword, seed=seed)
+    sf.write(out, audio, sr, subtype="PCM_16")
+    return [span]
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/mobile")
     args = ap.parse_args(argv)
-    rc = heron(["export", "--target", "all", "--out", args.out])
+    rc = heron(["kws", "export", "--target", "all", "--out", args.out])
     if rc:
         return rc
     for target, platform in (("coreml", "iOS (Core ML)"), ("onnx", "Android (ONNX Runtime)")):

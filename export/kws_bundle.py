@@ -1,4 +1,4 @@
-"""Build keyword-spotting bundles from a trained checkpoint: the whole `heron export` pipeline.
+"""Build keyword-spotting bundles from a trained checkpoint: the whole `heron kws export` pipeline.
 
     build_kws_bundles("models/weights/kws-base", "out/kws", target="all")
 
@@ -62,7 +62,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     calibration = None
     if cal_path.is_file() and not recalibrate:
         calibration = json.loads(cal_path.read_text())
-    table_path = checkpoint / "phoneme_table.npy"  # from `heron train matcher` (CTC forced alignment)
+    table_path = checkpoint / "phoneme_table.npy"  # from `heron kws train-matcher` (CTC forced alignment)
     table = None
     if table_path.is_file():
         import numpy as np
@@ -108,7 +108,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
                  int8_only: bool = False, phoneme_table=None) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage; write manifest.json with checksums."""
-    from heron import __version__
+    from heron.runtime import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
                 if int8:
                     quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"))
                     files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
-        if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron export`)
+        if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron kws export`)
             for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:
                 (out / files.pop(key)).unlink()
     else:

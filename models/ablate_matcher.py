@@ -13,8 +13,8 @@ import numpy as np
 from heron.runtime import metrics
 from heron.runtime.dsp import dsp_partition
 
-from .train_kws import load_encoder
-from .train_matcher import MatcherTrainConfig, build_examples, matcher_scores, save_matcher, train_matcher
+from heron.models.train_kws import load_encoder
+from heron.models.train_matcher import MatcherTrainConfig, build_examples, matcher_scores, save_matcher, train_matcher
 
 
 def _words(table: np.ndarray, ids: list[int], lens: tuple[int, ...]) -> np.ndarray:

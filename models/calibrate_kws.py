@@ -12,7 +12,7 @@ import numpy as np
 from heron.runtime.phonemes import pronounce
 from heron.runtime.spotter import KeywordSpotter
 
-from .eval_kws import heldout_pair_clips
+from heron.models.data.pairs import heldout_pair_clips
 
 
 def raw_features(spotter: KeywordSpotter, n_anchors: int = 200, seed: int = 99):
@@ -119,9 +119,9 @@ def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: fl
                      ) -> np.ndarray:
     """Log-probs (segments, frames, classes) of generic TTS speech (training voices, sentence pieces,
     light noise): the background bank keywords are normalized against at enrollment (float16)."""
-    from .data.augment import NoiseBank, add_noise
-    from .data.tts import VoiceRegistry, synthesize_many
-    from .kws_data import training_texts
+    from heron.models.data.augment import NoiseBank, add_noise
+    from heron.models.data.tts import VoiceRegistry, synthesize_many
+    from heron.models.kws_data import training_texts
 
     rng = np.random.default_rng(seed)
     texts = training_texts(n_segments * 2, seed)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .frontend import CONTEXT, HOP, FrontendConfig, LogMel
+from heron.models.frontend import CONTEXT, HOP, FrontendConfig, LogMel
 
 GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
 GATE_THRESHOLD = 0.5  # a module runs when its gate probability is above this (the runtime reads it from the manifest)

@@ -23,10 +23,10 @@ from heron.runtime import metrics
 from heron.runtime.phonemes import levenshtein, pronounce
 from heron.runtime.spotter import KeywordSpotter
 
-from .data.augment import NoiseBank, add_noise, pad_silence
-from .data.pairs import make_pairs
-from .data.tts import Voice, VoiceRegistry, synthesize_many
-from .data.vocab import vocabulary
+from heron.models.data.augment import NoiseBank
+from heron.models.data.pairs import heldout_pair_clips
+from heron.models.data.tts import VoiceRegistry
+from heron.models.data.vocab import vocabulary
 
 REAL_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_speech"
 
@@ -35,20 +35,6 @@ def _auc_eer(pos, neg) -> dict:
     e, _ = metrics.eer(pos, neg)
     return {"auc": round(100 * metrics.auc(pos, neg), 2), "eer": round(100 * e, 2), "n_pos": len(pos),
             "n_neg": len(neg)}
-
-
-def heldout_pair_clips(n_anchors: int, seed: int, desc: str = "pairs"):
-    """LibriPhrase-style pairs (no "contains") spoken by held-out voices, padded with 0.2-0.6 s of
-    near-silence and mixed with synthetic noise at 15-35 dB SNR: yields (pair, audio)."""
-    reg = VoiceRegistry()
-    voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
-    pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
-    audio = synthesize_many([(Voice.from_id(p.voice), p.audio_text) for p in pairs], desc=desc)
-    rng = np.random.default_rng(seed)
-    noise = NoiseBank(None)
-    for p, a in zip(pairs, audio):
-        a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
-        yield p, add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))
 
 
 def eval_tts_pairs(spotter: KeywordSpotter, n_anchors: int = 300, seed: int = 1234) -> dict:
@@ -129,8 +115,8 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
                 workdir: Path | None = None, noise_dir: Path | None = None) -> dict:
     import soundfile as sf
 
-    from .data.streams import StreamConfig, build_stream, read_labels
-    from .data.vocab import corpus_sentences
+    from heron.models.data.streams import StreamConfig, build_stream, read_labels
+    from heron.models.data.vocab import corpus_sentences
 
     workdir = workdir or Path("runs/eval_stream")
     tag = f"{keyword.replace(' ', '_')}_{minutes:g}min_seed{seed}"
@@ -183,7 +169,7 @@ def run_eval(bundle: str | None, sets: list[str], out_json: str | None = None, i
     if "negatives" in sets:  # the default threshold on real non-keyword audio, over 30 other phrases
         import glob
 
-        from .calibrate_kws import real_negative_threshold
+        from heron.models.calibrate_kws import real_negative_threshold
 
         files = sorted(f for d in ("sentences", "words", "noise") for f in glob.glob(str(REAL_SPEECH / d / "*.wav")))
         res["real_negatives"] = real_negative_threshold(spotter, files, 0.5) if files else {"skipped": "no real speech"}

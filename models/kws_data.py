@@ -22,9 +22,9 @@ import numpy as np
 
 from heron.runtime.phonemes import pronounce
 
-from .data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
-from .data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
-from .data.vocab import corpus_sentences, vocabulary
+from heron.models.data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
+from heron.models.data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
+from heron.models.data.vocab import corpus_sentences, vocabulary
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def load_user_pool(path: str | Path) -> list[Utterance]:
     folder (*.trans.txt next to the flac/wav files)."""
     import soundfile as sf
 
-    from .data.tts import resample
+    from heron.models.data.tts import resample
 
     path = Path(path)
     rows: list[tuple[Path, str]] = []
@@ -140,7 +140,7 @@ class TrainNoise(NoiseBank):
         elif kind == 4:
             x = colored_noise(n, "brown", rng) + 0.3 * colored_noise(n, "white", rng)
         else:
-            from .data.augment import babble
+            from heron.models.data.augment import babble
 
             x = babble(babble_clips, n, rng, talkers=int(rng.integers(3, 8)))
         x = np.asarray(x, np.float32)

@@ -1,6 +1,6 @@
 """Train the gated streaming conformer (phoneme CTC + gate compute penalty) on TTS speech.
 
-`heron train kws --preset default --out runs/kws` trains, checkpoints (safetensors) every
+`heron kws train --preset default --out runs/kws` trains, checkpoints (safetensors) every
 `ckpt_every` steps and resumes from the last checkpoint in `--out` when restarted. Everything is
 deterministic from the seed (the batch of step k depends only on (seed, k)).
 Training-time augmentation on features: VTLP (warped mel filterbank per utterance) and SpecAugment.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conformer import PRESETS, ConformerConfig, GatedConformer, gate_cost_weights
-from .frontend import mel_filterbank
-from .kws_data import BatchConfig, BatchStream, build_tts_pool, load_user_pool
+from heron.models.conformer import PRESETS, ConformerConfig, GatedConformer, gate_cost_weights
+from heron.models.frontend import mel_filterbank
+from heron.models.kws_data import BatchConfig, BatchStream, build_tts_pool, load_user_pool
 from heron.models.audio import HOP
 
 

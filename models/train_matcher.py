@@ -1,7 +1,7 @@
 """Second stage: representative phoneme vectors, the audio-compliant text encoder and the SLiCK
 matcher/verifier, trained on a frozen audio encoder.
 
-Pipeline (`heron train matcher --encoder runs/kws-base --out runs/matcher`):
+Pipeline (`heron kws train-matcher --encoder runs/kws-base --out runs/matcher`):
 1. LibriPhrase-style pairs spoken by training voices, augmented, encoded once by the frozen encoder.
 2. CTC forced alignment of the positives -> representative phoneme vectors and the encoder's phoneme
    confusion matrix.
@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from heron.runtime.ctc_kws import CTCKeywordMatcher
 from heron.runtime.phonemes import PHONEME_TO_ID, pronounce
 
-from .align import PhonemeTable, forced_align
-from .confusable import confusable, confusion_from_alignments
-from .data.augment import AugmentConfig, Augmenter
-from .data.pairs import make_pairs
-from .data.tts import Voice, VoiceRegistry, synthesize_many
-from .data.vocab import vocabulary
-from .kws_data import TrainNoise
-from .matcher import MatcherConfig, SLiCKMatcher, prefix_labels
-from .text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
+from heron.models.align import PhonemeTable, forced_align
+from heron.models.confusable import confusable, confusion_from_alignments
+from heron.models.data.augment import AugmentConfig, Augmenter
+from heron.models.data.pairs import make_pairs
+from heron.models.data.tts import Voice, VoiceRegistry, synthesize_many
+from heron.models.data.vocab import vocabulary
+from heron.models.kws_data import TrainNoise
+from heron.models.matcher import MatcherConfig, SLiCKMatcher, prefix_labels
+from heron.models.text_encoder import AudioCompliantTextEncoder, TextEncoderConfig
 from heron.models.audio import HOP
 
 WINDOW_MARGIN = 2  # frames kept before the first-stage match (the runtime's margin_frames)

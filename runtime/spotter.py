@@ -144,7 +144,7 @@ class KeywordSpotter:
         prefix = "mod8." if int8 else "mod."
         mod_keys = [k for k in m["files"] if k.startswith(prefix)]
         if skip_gates and mod_keys:  # closed gates skip their modules
-            from .modular import ModularEncoder
+            from heron.runtime.modular import ModularEncoder
 
             sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
             self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold)
@@ -295,7 +295,7 @@ class KeywordSpotter:
         phoneme vectors, over the frames where a phoneme is heard); seconds from the stream start."""
         if self.phoneme_table is None or kw.pronunciation is None or len(emb_window) < len(kw.pronunciation.words):
             return ()
-        from .dsp import dsp_partition
+        from heron.runtime.dsp import dsp_partition
 
         vecs, i = [], 0
         ids = [self._table_row[c] for c in kw.matcher.labels[0::2]]

@@ -14,7 +14,7 @@
 The top-level package imports nothing heavy: torch lives behind the `train`/`export` extras and is
 imported lazily by the commands that need it; the runtime classes load on first use.
 """
-__version__ = "0.1.0"
+from heron.runtime import __version__  # one version, defined with the runtime
 
 __all__ = ["__version__", "KeywordSpotter", "Detection", "pronounce", "load_lm", "LanguageModel", "GenerationOptions",
            "SpeculativeOptions", "DecodeStats", "Token"]

@@ -1,4 +1,4 @@
-"""`heron bench lm`: speed and acceptance of every decoding method on held-out prompts.
+"""`heron lm bench`: speed and acceptance of every decoding method on held-out prompts.
 
 All methods get the same thread budget: plain decoding and MTP run the target with `threads` torch
 threads; draft and Mirror speculative decoding give the target threads - 1 and the draft (onnxruntime)

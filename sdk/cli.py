@@ -68,14 +68,14 @@ def _check_numbers(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from heron import cli_bench, cli_data, cli_export, cli_kws, cli_lm, cli_train, doctor, listen
+    from heron import cli_data, cli_kws, cli_lm, doctor
 
     parser = _Parser(prog="heron", formatter_class=_Formatter,
                                      description="heron: on-device speech SDK (keyword spotting from text, "
                                                  "small MoE language models, mobile export)")
     parser.add_argument("--version", action="version", version=f"heron {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in (doctor, cli_data, cli_kws, listen, cli_train, cli_lm, cli_export, cli_bench):
+    for module in (doctor, cli_kws, cli_lm, cli_data):  # noun first: heron kws|lm|data VERB
         module.register(sub, _Formatter)
     _check_numbers(parser)
     return parser

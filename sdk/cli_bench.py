@@ -1,4 +1,4 @@
-"""`heron bench ...`: benchmarks whose results go to BENCHMARKS.md (never asserted by tests)."""
+"""`heron kws|lm|data bench`: benchmarks whose results go to BENCHMARKS.md (never asserted by tests)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ def _synth(args) -> int:
     from heron.models.data.vocab import vocabulary
 
     phrases = [p.text for p in vocabulary() if p.n_words >= 2][: args.utterances * 3]
-    print(f"# heron bench synth  ({time.strftime('%Y-%m-%d')}, {machine()}, {args.workers} workers, "
+    print(f"# heron data bench  ({time.strftime('%Y-%m-%d')}, {machine()}, {args.workers} workers, "
           f"{args.utterances} uncached utterances per engine)")
     print("| engine | voices | utterances/s | seconds of audio per second |")
     print("|---|---|---|---|")
@@ -36,21 +36,23 @@ def _synth(args) -> int:
     return 0
 
 
-def register(sub, formatter) -> None:
-    p = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)", formatter_class=formatter)
-    bsub = p.add_subparsers(dest="bench_verb", metavar="BENCH", required=True)
-    q = bsub.add_parser("synth", help="TTS throughput per engine", formatter_class=formatter)
+def add_synth_bench(sub, formatter) -> None:
+    """`heron data bench`: TTS throughput per engine."""
+    q = sub.add_parser("bench", help="TTS throughput per engine (BENCHMARKS.md)", formatter_class=formatter)
     q.add_argument("--utterances", type=int, default=60, help="utterances per engine")
     q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel synthesis workers")
     q.add_argument("--seed", type=int, default=0, help="voice sampling seed")
     q.set_defaults(func=_synth, use_cache=False)
-    import os as _os
 
-    here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    q = bsub.add_parser("kws", help="spotter speed (RTF, 1 thread), enrollment, gate skipping, bundle size",
-                        formatter_class=formatter)
+
+def add_kws_bench(sub, formatter) -> None:
+    """`heron kws bench`: spotter speed, enrollment, gate skipping, bundle size."""
+    from heron.paths import models_dir
+
+    q = sub.add_parser("bench", help="spotter speed (RTF, 1 thread), enrollment, gate skipping, bundle size",
+                       formatter_class=formatter)
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
-    q.add_argument("--real-speech", default=_os.path.join(here, "..", "shared", "data", "real_speech"),
+    q.add_argument("--real-speech", default=str(models_dir().parents[1] / "shared" / "data" / "real_speech"),
                    help="folder with sentences/, keywords/ and noise/ wavs")
     q.add_argument("--seconds", type=int, default=120, help="seconds of speech and of noise to time")
     q.add_argument("--long-stream", default=None,
@@ -58,21 +60,24 @@ def register(sub, formatter) -> None:
                         "(default: none)")
     q.set_defaults(func=_kws)
 
-    q = bsub.add_parser("lm", help="LM decoding: plain vs draft / MTP / Mirror speculative decoding "
-                                   "(acceptance, beta, c, predicted vs measured speedup, latency)",
-                        formatter_class=formatter)
+
+def add_lm_bench(sub, formatter) -> None:
+    """`heron lm bench`: every decoding method on the same prompts and thread budget."""
+    q = sub.add_parser("bench", help="LM decoding: plain vs draft / MTP / Mirror speculative decoding "
+                                     "(acceptance, beta, c, predicted vs measured speedup, latency)",
+                       formatter_class=formatter)
     q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
-    q.add_argument("--mtp", default=None, help="MTP adapter (default: the shipped one)")
-    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror"])
+    q.add_argument("--mtp", default=None, help="MTP adapter (default: the model's own)")
+    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror"], help="methods to run")
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
-    q.add_argument("--new-tokens", type=int, default=48)
+    q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
-    q.add_argument("--gamma", type=int, default=4)
-    q.add_argument("--kappa", type=int, default=2)
-    q.add_argument("--exit-layer", type=int, default=2)
+    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
-    q.add_argument("--json", default="runs/bench/lm.json", help="where to write the full report")
+    q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.set_defaults(func=_lm)
 
 
@@ -86,10 +91,11 @@ def _lm(args) -> int:
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
     print(bench.markdown(report))
-    print(f"\nmachine: {report['machine']}; date {report['date']}; full report: {args.json}")
+    print(f"\nmachine: {report['machine']}; date {report['date']}" + (f"; full report: {args.json}" if args.json else ""))
     return 0
 
 

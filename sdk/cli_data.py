@@ -109,9 +109,12 @@ def _stream(args) -> int:
 
 
 def register(sub, formatter) -> None:
-    p = sub.add_parser("data", help="speech data engine: synthesize, vocabulary, pairs, streams",
+    p = sub.add_parser("data", help="speech data engine: synthesize, vocabulary, pairs, streams, bench",
                        formatter_class=formatter)
     dsub = p.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
+    from heron.cli_bench import add_synth_bench
+
+    add_synth_bench(dsub, formatter)
 
     def common(q):
         q.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same output bytes)")

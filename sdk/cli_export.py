@@ -1,10 +1,10 @@
-"""`heron export`: torch checkpoint -> self-describing mobile bundles (needs `pip install heron[export]`)."""
+"""`heron kws export`: torch checkpoint -> self-describing mobile bundles (needs `pip install heron[export]`)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "kws-base"
+from heron.paths import default_kws_checkpoint
 
 
 def _export_lm(args) -> int:
@@ -58,8 +58,6 @@ def _print_bundle(folder: Path) -> None:
 
 
 def _export(args) -> int:
-    if args.lm:
-        return _export_lm(args)
     from heron.export.kws_bundle import TARGETS
 
     if args.target not in TARGETS:
@@ -85,21 +83,33 @@ def _export(args) -> int:
     return 0
 
 
-def register(sub, formatter) -> None:
-    p = sub.add_parser("export", help="export models to mobile bundles (ONNX fp32 + int8)", formatter_class=formatter)
+def add_kws_export(sub, formatter) -> None:
+    """`heron kws export`: an encoder checkpoint -> keyword-spotting bundles."""
+    p = sub.add_parser("export", help="export the spotter to mobile bundles (ONNX fp32 + int8, Core ML)",
+                       formatter_class=formatter)
     p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="encoder checkpoint folder or .safetensors")
+    p.add_argument("--checkpoint", default=str(default_kws_checkpoint()), help="encoder checkpoint folder or .safetensors")
     p.add_argument("--out", required=True, help="bundle folder")
-    p.add_argument("--matcher", default=None, help="second-stage folder (text encoder + SLiCK verifier) to include (default: first stage only)")
+    p.add_argument("--matcher", default=None,
+                   help="second-stage folder (text encoder + SLiCK verifier) to include (default: first stage only)")
     p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
     p.add_argument("--int8-only", action="store_true",
                    help="keep only the int8 graphs (the shipped bundle; smaller, same accuracy in BENCHMARKS.md)")
     p.add_argument("--zip", action="store_true", help="also write each bundle folder as a .zip next to it")
     p.add_argument("--threshold", type=float, default=None,
-                   help="default detection threshold (sensitivity 0.5) stored in the bundle; default: keep/0.5")
+                   help="default detection threshold (sensitivity 0.5) stored in the bundle (default: the "
+                        "checkpoint's calibration.json, else fitted)")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
-    p.add_argument("--lm", default=None, help="export this LM checkpoint instead of the keyword spotter (default: the spotter) "
-                                              "(ONNX with KV-cache state + int8; Core ML)")
-    p.add_argument("--k", type=int, default=None, help="LM: active experts baked into the export (default: the model's)")
-    p.add_argument("--lm-int8", action="store_true", help="LM: also write model.int8.onnx (dynamic int8 MatMuls)")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=_export, lm=None)
+
+
+def add_lm_export(sub, formatter) -> None:
+    """`heron lm export CHECKPOINT --out DIR`: a language model -> ONNX / Core ML bundles."""
+    p = sub.add_parser("export", help="export an LM checkpoint (ONNX with KV-cache state pairs; Core ML)",
+                       formatter_class=formatter)
+    p.add_argument("lm", metavar="CHECKPOINT", help="heron LM checkpoint folder")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
+    p.add_argument("--k", type=int, default=None, help="active experts baked into the export (default: the model's)")
+    p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 MatMuls)")
+    p.set_defaults(func=_export_lm)

@@ -68,10 +68,25 @@ def _enroll(args) -> int:
     return 0
 
 
+def _add_enroll(sub, formatter) -> None:
+    q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
+    q.add_argument("text", help="keyword text")
+    q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list")
+    q.set_defaults(func=_enroll)
+
+
 def register(sub, formatter) -> None:
-    p = sub.add_parser("kws", help="keyword spotting: score files", formatter_class=formatter)
+    """`heron kws VERB`: everything about keyword spotting, noun first; `heron enroll` and `heron listen`
+    are short aliases of `heron kws enroll` and `heron kws listen`."""
+    from heron.cli_bench import add_kws_bench
+    from heron.cli_export import add_kws_export
+    from heron.cli_train import add_kws_train
+    from heron.listen import add_listen
+
+    p = sub.add_parser("kws", help="keyword spotting: score, enroll, listen, train, eval, export, bench",
+                       formatter_class=formatter)
     ksub = p.add_subparsers(dest="kws_verb", metavar="KWS_VERB", required=True)
-    q = ksub.add_parser("score", help="score wav files for a keyword given as text (JSON lines)",
+    q = ksub.add_parser("score", help="score audio files for a keyword given as text (JSON lines)",
                         formatter_class=formatter)
     q.add_argument("--keyword", required=True, help="keyword text, e.g. 'hey heron'")
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
@@ -80,11 +95,14 @@ def register(sub, formatter) -> None:
     q.add_argument("--strict-times", action="store_true", help="null times when the score is below threshold")
     q.add_argument("files", nargs="+", help="mono audio files (wav, flac, ogg, mp3, ...; any sample rate)")
     q.set_defaults(func=_score)
-    q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
-    q.add_argument("text", help="keyword text")
-    q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list")
-    q.set_defaults(func=_enroll)
-    register_eval(sub, formatter)
+    _add_enroll(ksub, formatter)
+    add_listen(ksub, formatter)
+    add_kws_train(ksub, formatter)
+    _add_eval(ksub, formatter)
+    add_kws_export(ksub, formatter)
+    add_kws_bench(ksub, formatter)
+    _add_enroll(sub, formatter)  # aliases: heron enroll, heron listen
+    add_listen(sub, formatter)
 
 
 def _eval(args) -> int:
@@ -105,11 +123,9 @@ def _eval(args) -> int:
 EVAL_SETS = ("tts", "real", "stream", "negatives")
 
 
-def register_eval(sub, formatter) -> None:
-    p = sub.add_parser("eval", help="evaluate models", formatter_class=formatter)
-    esub = p.add_subparsers(dest="eval_verb", metavar="MODEL", required=True)
-    q = esub.add_parser("kws", help="AUC/EER on held-out TTS voices and real speech; FRR at FA/h on a stream",
-                        formatter_class=formatter)
+def _add_eval(sub, formatter) -> None:
+    q = sub.add_parser("eval", help="AUC/EER on held-out TTS voices and real speech; FRR at FA/h on a stream",
+                       formatter_class=formatter)
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
     q.add_argument("--sets", default="tts,real,stream", help="comma-separated: tts, real, stream, negatives")
     q.add_argument("--anchors", type=int, default=300, help="anchor phrases for the TTS pairs")

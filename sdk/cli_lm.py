@@ -201,8 +201,13 @@ def _release(args) -> int:
 
 
 def register(sub, formatter) -> None:
-    p = sub.add_parser("lm", help="small MoE language models: train, generate, eval", formatter_class=formatter)
+    from heron.cli_bench import add_lm_bench
+    from heron.cli_export import add_lm_export
+
+    p = sub.add_parser("lm", help="language models: train, generate, eval, export, bench", formatter_class=formatter)
     lsub = p.add_subparsers(dest="lm_verb", metavar="VERB", required=True)
+    add_lm_export(lsub, formatter)
+    add_lm_bench(lsub, formatter)
 
     q = lsub.add_parser("train", help="train an LM (dense or MoE; --phds for dial-k)", formatter_class=formatter)
     q.add_argument("--preset", default="nano", help="tiny | nano | nano-l | nano-dense | small | base")
@@ -232,7 +237,7 @@ def register(sub, formatter) -> None:
                         formatter_class=formatter)
     q.add_argument("prompt", help="text to continue")
     q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano), or an ONNX "
-                                                  "bundle from `heron export --lm` (torch-free: none/draft)")
+                                                  "bundle from `heron lm export` (torch-free: none/draft)")
     q.add_argument("--max-new-tokens", type=int, default=64)
     q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     q.add_argument("--top-p", type=float, default=1.0)

@@ -1,4 +1,4 @@
-"""`heron train kws`: train the keyword-spotting encoder (needs `pip install heron[train]`)."""
+"""`heron kws train`: train the keyword-spotting encoder (needs `pip install heron[train]`)."""
 from __future__ import annotations
 
 
@@ -51,10 +51,9 @@ def _release(args) -> int:
     return 0
 
 
-def register(sub, formatter) -> None:
-    p = sub.add_parser("train", help="train models", formatter_class=formatter)
-    tsub = p.add_subparsers(dest="train_verb", metavar="MODEL", required=True)
-    q = tsub.add_parser("kws", help="keyword-spotting encoder (gated streaming conformer, phoneme CTC)",
+def add_kws_train(tsub, formatter) -> None:
+    """`heron kws train | train-matcher | release`."""
+    q = tsub.add_parser("train", help="train the encoder (gated streaming conformer, phoneme CTC)",
                         formatter_class=formatter)
     q.add_argument("--preset", default="default", help="smoke | small | default")
     q.add_argument("--out", required=True, help="run folder (checkpoints, logs); training resumes from it")
@@ -74,7 +73,8 @@ def register(sub, formatter) -> None:
     q.add_argument("--gate-warmup", type=int, default=None, help="steps with gates forced open before they train (default: the preset's)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_kws)
-    q = tsub.add_parser("matcher", help="text encoder + SLiCK matcher on a frozen encoder, with ablations",
+    q = tsub.add_parser("train-matcher", help="train the second stage (text encoder + SLiCK matcher) on a frozen "
+                                              "encoder, with ablations",
                         formatter_class=formatter)
     q.add_argument("--encoder", required=True, help="encoder checkpoint folder")
     q.add_argument("--out", required=True, help="output folder")

@@ -119,7 +119,8 @@ def _run(args) -> int:
     return 0
 
 
-def register(sub, formatter) -> None:
+def add_listen(sub, formatter) -> None:
+    """`heron kws listen` (and the alias `heron listen`)."""
     p = sub.add_parser("listen", help="spot keywords live in a wav file or the microphone",
                        formatter_class=formatter)
     p.add_argument("--keyword", action="append", required=True, help="keyword text (repeatable)")

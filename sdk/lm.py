@@ -10,7 +10,7 @@
 
 What `load_lm` takes: a heron checkpoint folder (torch target on cpu, cuda or mps), a Hugging Face
 Mixtral / OLMoE / Qwen2-MoE folder (token ids only: it has no heron tokenizer), or an ONNX bundle from
-`heron export --lm` (numpy + onnxruntime + tokenizers only: no torch). Dial-k (`experts`) and Roster
+`heron lm export` (numpy + onnxruntime + tokenizers only: no torch). Dial-k (`experts`) and Roster
 of Experts (`roe_samples`) are options of the loaded model. Every method decodes through the one
 engine in heron.runtime.decoding.
 """
@@ -20,19 +20,12 @@ import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from heron.paths import default_lm_path
 from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 
 __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
            "Token"]
-
-
-def default_lm_path() -> Path:
-    """The shipped target (package data: works from a checkout and from an installed wheel)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("heron.models")  # finds the folder without importing torch
-    return Path(spec.submodule_search_locations[0]) / "weights" / "lm-nano"
 
 
 def _torch():

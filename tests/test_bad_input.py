@@ -169,9 +169,9 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["data", "synth", "--text", "hi", "--voices", "0", "--out", "OUT"], "--voices"),
     (["data", "pairs", "--anchors", "-5", "--out", "OUT/p.csv"], "--anchors"),
     (["data", "stream", "--keyword", "", "--minutes", "0.1", "--out", "OUT"], "pronounceable"),
-    (["export", "--lm", LM_NANO, "--target", "bogus", "--out", "OUT"], "bogus"),
-    (["export", "--target", "bogus", "--out", "OUT"], "bogus"),
-    (["eval", "kws", "--sets", "bogus"], "--sets"),
+    (["lm", "export", LM_NANO, "--target", "bogus", "--out", "OUT"], "bogus"),
+    (["kws", "export", "--target", "bogus", "--out", "OUT"], "bogus"),
+    (["kws", "eval", "--sets", "bogus"], "--sets"),
     (["enroll", "hey heron", "--confusables", "-3"], "--confusables"),
     (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivity", "2"], "--sensitivity"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
@@ -218,13 +218,13 @@ def test_non_utf8_prompt_is_one_line(model, capsys):
 def test_export_out_must_be_a_new_or_bundle_folder(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("precious")
-    code, err = _cli(["export", "--out", f], capsys)
+    code, err = _cli(["kws", "export", "--out", f], capsys)
     _one_line_error(code, err, "is a file")
     d = tmp_path / "stuff"
     d.mkdir()
     (d / "notes.txt").write_text("precious")
-    for extra in ([], ["--lm", LM_NANO]):
-        code, err = _cli(["export", "--out", d, *extra], capsys)
+    for verb in (["kws", "export"], ["lm", "export", LM_NANO]):
+        code, err = _cli([*verb, "--out", d], capsys)
         _one_line_error(code, err, "holds other things")
     assert f.read_text() == "precious" and (d / "notes.txt").read_text() == "precious"
 

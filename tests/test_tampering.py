@@ -325,5 +325,34 @@ def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_
 def test_shipped_checkpoint_calibration_is_the_shipped_bundles():
     shipped = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["calibration"]
     ckpt = json.loads((REPO / "models" / "weights" / "kws-base" / "calibration.json").read_text())
-    assert {**ckpt, "znorm": True} == shipped  # so `heron export` of the default checkpoint reproduces it
+    assert {**ckpt, "znorm": True} == shipped  # so `heron kws export` of the default checkpoint reproduces it
     assert math.isclose(shipped["threshold"], 0.35)
+
+
+RUNTIME_CONSTANTS = [("phonemes", "classes"), ("phonemes", "blank"), ("gates", "names"), ("gates", "threshold"),
+                     ("gates", "layers"), ("matcher", "gap_penalty"), ("matcher", "frames_base"),
+                     ("matcher", "frames_per_phoneme"), ("sample_rate",), ("chunk_samples",), ("frame_seconds",),
+                     ("frames_per_chunk",), ("features", "n_fft"), ("features", "hop"), ("features", "n_mels"),
+                     ("calibration", "slope"), ("calibration", "offset"), ("calibration", "per_phoneme"),
+                     ("calibration", "threshold"), ("calibration", "znorm"), ("encoder", "state_pairs")]
+
+
+@pytest.mark.parametrize("path", RUNTIME_CONSTANTS, ids=lambda p: ".".join(p))
+def test_the_manifest_carries_every_constant_the_runtime_uses(shipped, tmp_path, path):
+    """The shipped bundle describes itself (the phoneme class table, gate names and threshold, matcher
+    options, rates); a copy without any one of them is refused by name, never filled with a default."""
+    m = json.loads((shipped / "manifest.json").read_text())
+    node = m
+    for p in path:
+        node = node[p]  # present in the shipped manifest
+    assert m["phonemes"]["classes"][1:] == __import__("heron.runtime.phonemes", fromlist=["PHONEMES"]).PHONEMES
+
+    def drop(doc):
+        target = doc
+        for p in path[:-1]:
+            target = target[p]
+        del target[path[-1]]
+    b = edit_manifest(_copy(shipped, tmp_path / "b"), drop)
+    with pytest.raises(BundleError, match=path[-1]) as e:
+        _load_kws(b)
+    _one_line(e.value)

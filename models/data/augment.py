@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tts import SAMPLE_RATE, resample
+from heron.models.data.tts import SAMPLE_RATE, resample
 
 _EPS = 1e-10
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .vocab import Phrase, nearest_by_phonemes
+from heron.models.data.vocab import Phrase, nearest_by_phonemes, vocabulary
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,20 @@ def write_pairs(pairs: list[Pair], path: str | Path) -> None:
 def read_pairs(path: str | Path) -> list[Pair]:
     with open(path, newline="") as f:
         return [Pair(**{**r, "label": int(r["label"]), "distance": int(r["distance"])}) for r in csv.DictReader(f)]
+
+
+def heldout_pair_clips(n_anchors: int, seed: int, desc: str = "pairs"):
+    """LibriPhrase-style pairs (no "contains") spoken by held-out voices, padded with 0.2-0.6 s of
+    near-silence and mixed with synthetic noise at 15-35 dB SNR: yields (pair, audio)."""
+    from heron.models.data.augment import NoiseBank, add_noise, pad_silence
+    from heron.models.data.tts import Voice, VoiceRegistry, synthesize_many
+
+    reg = VoiceRegistry()
+    voices = [v.id for v in reg.sample(max(32, n_anchors), split="heldout", seed=seed)]
+    pairs = [p for p in make_pairs(vocabulary(), n_anchors, seed=seed, voices=voices) if p.kind != "contains"]
+    audio = synthesize_many([(Voice.from_id(p.voice), p.audio_text) for p in pairs], desc=desc)
+    rng = np.random.default_rng(seed)
+    noise = NoiseBank(None)
+    for p, a in zip(pairs, audio):
+        a = pad_silence(a, rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng)
+        yield p, add_noise(a, noise.sample(len(a), rng), float(rng.uniform(15, 35)))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import NoiseBank, add_noise, peak_normalize, reverberate, rms, synthetic_rir
-from .tts import SAMPLE_RATE, Voice, VoiceRegistry, synthesize
+from heron.models.data.augment import NoiseBank, add_noise, peak_normalize, reverberate, rms, synthetic_rir
+from heron.models.data.tts import SAMPLE_RATE, Voice, VoiceRegistry, synthesize
 from heron.models.audio import HOP
 
 

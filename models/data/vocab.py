@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, levenshtein, word_to_phonemes, _cmu
+from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, levenshtein, word_to_phonemes, cmu_dictionary
 
 VOCAB_VERSION = "1"
 _SENTENCE_SPLIT = re.compile(r"[.!?;:()\[\]{}\n]+|\s-\s|,")
@@ -78,7 +78,7 @@ def _is_word(tok: str, cmu) -> bool:
 
 def build_vocabulary(min_word_count: int = 3, min_phrase_count: int = 2, max_words: int = 4) -> list[Phrase]:
     """Phrases of 1..max_words words whose words are frequent dictionary words (sorted, deterministic)."""
-    cmu = _cmu()
+    cmu = cmu_dictionary()
     sentences = corpus_sentences()
     words = Counter(tok for s in sentences for tok in s.split() if _is_word(tok, cmu))
     frequent = {w for w, c in words.items() if c >= min_word_count}
@@ -107,7 +107,7 @@ def build_vocabulary(min_word_count: int = 3, min_phrase_count: int = 2, max_wor
 
 def vocabulary(cache: bool = True) -> list[Phrase]:
     """The default vocabulary, cached as JSON under the heron cache folder."""
-    from .tts import cache_dir
+    from heron.models.data.tts import cache_dir
 
     path = cache_dir().parent / f"vocab-v{VOCAB_VERSION}.json"
     if cache and path.exists():
