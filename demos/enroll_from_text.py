@@ -51,13 +51,16 @@ def main(argv=None) -> int:
     stream = spotter.stream(sample_rate=sr)
     hop = sr // 10  # feed 100 ms at a time, as a microphone would
     found = []
-    for i in range(0, len(audio), hop):
-        for det in stream.accept(audio[i:i + hop]):
+
+    def show(dets):
+        for det in dets:
             found.append(det)
             words = ", ".join(f"{w.word} {w.start_s:.2f}-{w.end_s:.2f}" for w in det.words)
             print(f"  detected {det.keyword!r} at {det.start_s:.2f}-{det.end_s:.2f} s (score {det.score:.2f})"
                   + (f"  words: {words}" if words else ""))
-    found += stream.flush()
+    for i in range(0, len(audio), hop):
+        show(stream.accept(audio[i:i + hop]))
+    show(stream.flush())  # a detection is reported at its peak: the last one may come with the end
     best = spotter.score_file(audio.astype(np.float32) / 32768.0, kw.name) if sr == 16000 else None
     if best:
         print(f"best score over the file: {best[0]:.3f} at {best[1]:.2f}-{best[2]:.2f} s")

@@ -77,25 +77,22 @@ class Fields:
             self.fail(path, f"must be one of {list(choices)}, got {v!r}")
         return v
 
-    def int(self, path: str, lo: int, hi: int, optional: bool = False) -> int | None:
+    def _number(self, path, lo, hi, optional: bool, integer: bool):
         v = self._get(path, optional)
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.fail(path, f"must be an integer, got {v!r}")
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+        if isinstance(v, bool) or not ok:
+            self.fail(path, f"must be {'an integer' if integer else 'a finite number'}, got {v!r}")
         if not lo <= v <= hi:
             self.fail(path, f"must be in [{lo}, {hi}], got {v}")
-        return v
+        return v if integer else float(v)
+
+    def int(self, path: str, lo: int, hi: int, optional: bool = False) -> int | None:
+        return self._number(path, lo, hi, optional, integer=True)
 
     def float(self, path: str, lo: float, hi: float, optional: bool = False) -> float | None:
-        v = self._get(path, optional)
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            self.fail(path, f"must be a finite number, got {v!r}")
-        if not lo <= v <= hi:
-            self.fail(path, f"must be in [{lo}, {hi}], got {v}")
-        return float(v)
+        return self._number(path, lo, hi, optional, integer=False)
 
     def bool(self, path) -> bool:
         v = self._get(path)

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from heron.export.onnx_lm import write_bundle  # noqa: E402
+from heron.runtime.bundle import write_identity  # noqa: E402
 from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Transformer, preset  # noqa: E402
 from heron.runtime.lm import OnnxLM  # noqa: E402
@@ -74,12 +75,16 @@ def test_tampered_or_bad_bundles_are_refused(model, bundle, tmp_path):
     shutil.copytree(bundle, unlisted)
     man = json.loads((unlisted / "manifest.json").read_text())
     del man["sha256"]["model.int8.onnx"]
+    del man["bytes"]["model.int8.onnx"]
     (unlisted / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="changed after export"):  # an edited manifest is refused...
+        OnnxLM(unlisted, int8=True)
+    write_identity(unlisted)  # ...and, re-signed, it still vouches for no int8 graph
     with pytest.raises(ValueError, match="lists no"):
         OnnxLM(unlisted, int8=True)
     with pytest.raises(ValueError, match="offers"):
         OnnxLM(bundle, providers=("NoSuchExecutionProvider",))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no such folder"):
         OnnxLM(tmp_path / "nothing")
     lm = OnnxLM(bundle)
     with pytest.raises(ValueError, match="empty"):
