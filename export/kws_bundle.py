@@ -112,7 +112,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    calibration = {**UNCALIBRATED, **calibration}
+    calibration = {**UNCALIBRATED, **({"verifier": 0.0} if verifier is not None else {}), **calibration}
     for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
         (out / stale).unlink(missing_ok=True)
     if target == "coreml":

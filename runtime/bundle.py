@@ -340,6 +340,7 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     if ("text_encoder" in files) != ("matcher" in files):
         f.fail("files", "text_encoder and matcher come together")
     if "matcher" in files:
+        f.float("calibration.verifier", -100.0, 100.0)  # the verifier's weight: required with a verifier
         f.int("verifier.max_frames", 2, 100000)
         f.int("verifier.margin_frames", 0, 1000)
         f.float("verifier.min_first_stage", 0.0, 1.0)

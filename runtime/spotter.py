@@ -94,11 +94,11 @@ def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.nd
     z = np.log(np.maximum(raw, 1e-30))
     if norm is not None:
         z = (z - norm[0]) / norm[1]
-    a, b, c = cal.get("slope", 1.0), cal.get("offset", 0.0), cal.get("per_phoneme", 0.0)
+    a, b, c = cal["slope"], cal["offset"], cal["per_phoneme"]  # required by the manifest check
     logit = a * z + b + c * n_phonemes
     if verifier_prob is not None:
         p = np.clip(verifier_prob, 1e-6, 1 - 1e-6)
-        logit = logit + cal.get("verifier", 0.0) * np.log(p / (1 - p))
+        logit = logit + cal["verifier"] * np.log(p / (1 - p))  # present with a verifier (manifest check)
     return 1.0 / (1.0 + np.exp(-np.clip(logit, -60, 60)))
 
 
@@ -191,7 +191,7 @@ class KeywordSpotter:
         name = name or " ".join(pron.words)
         if name in self.keywords:
             raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
-        base = float(self.calibration.get("threshold", 0.5))
+        base = float(self.calibration["threshold"])
         # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
         threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.001, 0.999))
         kw = self.make_keyword(self.classes(pron), name, threshold, pron)
