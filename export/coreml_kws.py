@@ -66,7 +66,7 @@ def export_matcher_coreml(matcher, path: str | Path) -> None:
     T = torch.export.Dim("frames", min=2, max=c.max_frames)
     N = torch.export.Dim("n_phonemes", min=1, max=c.max_phonemes)
     example = (torch.zeros(1, 20, c.d_audio), torch.zeros(1, 7, c.d_text))
-    program = torch.export.export(MatcherStep(matcher.eval()), example,
+    program = torch.export.export(MatcherStep(matcher.eval()).eval(), example,
                                   dynamic_shapes={"audio": {1: T}, "text": {1: N}}).run_decompositions({})
     inputs = [ct.TensorType(name="audio_window", shape=(1, ct.RangeDim(2, c.max_frames, default=20), c.d_audio)),
               ct.TensorType(name="text_embeddings", shape=(1, ct.RangeDim(1, c.max_phonemes, default=7), c.d_text))]

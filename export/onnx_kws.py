@@ -68,7 +68,7 @@ def export_matcher_onnx(matcher, path: str | Path) -> None:
     t = torch.export.Dim("frames", min=2, max=c.max_frames)
     n = torch.export.Dim("n_phonemes", min=1, max=c.max_phonemes)
     with torch.no_grad():
-        torch.onnx.export(MatcherStep(matcher.eval()), (audio, text), str(path),
+        torch.onnx.export(MatcherStep(matcher.eval()).eval(), (audio, text), str(path),
                           input_names=["audio_window", "text_embeddings"], output_names=["match_prob", "subsequence_probs"],
                           dynamic_shapes={"audio": {1: t}, "text": {1: n}}, dynamo=True, external_data=False,
                           verbose=False)
