@@ -18,8 +18,8 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 def needs_exact_int8(machine: str | None = None, cpu_flags: set[str] | None = None) -> bool:
     """True on x86 CPUs without VNNI, where the default int8 kernels saturate. On VNNI CPUs the
-    default kernels are already exact and onnxruntime's U8U8 path only costs time (measured: +15-19%
-    encoder time, identical outputs); elsewhere (ARM) the option does nothing. Where the flags cannot be
+    default kernels are already exact and onnxruntime's U8U8 path only costs time (measured with
+    scripts/ab_exact_int8.py: +5-19% encoder time, identical outputs); elsewhere (ARM) the option does nothing. Where the flags cannot be
     read, x86 gets the exact path (correct first)."""
     import platform
 
