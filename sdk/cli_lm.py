@@ -10,14 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from heron.lm import default_lm_path
-
-def _torch_import():
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise ImportError("the language-model verbs need torch: pip install 'heron[train]'") from e
-
+from heron.lm import default_lm_path, require_torch
 
 def _checkpoint(path: str | None):
     """-> (model, tokenizer or None, meta) for the training and evaluation verbs (torch)."""
@@ -33,7 +26,7 @@ def _checkpoint(path: str | None):
 
 
 def _train(args) -> int:
-    _torch_import()
+    require_torch()
     from heron.models.lm.train import TrainOptions, config_for, train
 
     cfg = config_for(args.preset, args.moe_experts, args.top_k)
@@ -190,7 +183,7 @@ def _train_exit(args) -> int:
 
 
 def _release(args) -> int:
-    _torch_import()
+    require_torch()
     from heron.models.lm import checkpoint
     model, tok, meta = checkpoint.load(args.checkpoint)
     out = checkpoint.save(args.out, model, tok, {**meta, "released_from": str(args.checkpoint)}, int8=args.int8)

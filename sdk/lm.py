@@ -28,11 +28,12 @@ __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "
            "Token"]
 
 
-def _torch():
+def require_torch():
+    """Import torch or raise one line with the install hint (torch targets and the training verbs)."""
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        raise ImportError("this model runs on torch: pip install 'heron[train]' (ONNX bundles need no torch)") from e
+        raise ImportError("this needs torch: pip install 'heron[train]' (exported ONNX LM bundles run without it)") from e
 
 
 def _text_ok(prompt: str) -> str:
@@ -149,7 +150,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads)
         tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
         return LanguageModel(backend, _TokenizersAdapter(tok) if tok is not None else None, folder)
-    _torch()
+    require_torch()
     from heron.models.lm import checkpoint
     from heron.models.lm.backend import TorchLM
     from heron.models.lm.hf import load_hf
