@@ -32,11 +32,11 @@ def _calibration_file(checkpoint: Path, matcher: Path | None) -> Path:
 
 def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "onnx", matcher: str | Path | None = None,
                       recalibrate: bool = False, threshold: float | None = None, int8_only: bool = False,
-                      calibration_anchors: int = 200) -> list[Path]:
+                      calibration_anchors: int = 200, background_data: list[str] | None = None) -> list[Path]:
     """Checkpoint -> bundle folders (OUT for one target; OUT/onnx and OUT/coreml for "all").
 
     Steps: load the encoder (and the second stage, given `matcher`); encode the background bank with
-    a provisional fp32 bundle; fit the calibration on it unless the checkpoint has one (or
+    a provisional fp32 bundle (TTS speech, or real recordings from `background_data`); fit the calibration on it unless the checkpoint has one (or
     `recalibrate`); write the final bundle(s) once. Returns the bundle folders written.
     """
     from heron.models.calibrate_kws import build_background, fit_calibration
@@ -60,7 +60,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         verifier = (te, mt)
     cal_path = _calibration_file(checkpoint, matcher)
     calibration = None
-    if cal_path.is_file() and not recalibrate:
+    if cal_path.is_file() and not recalibrate and not background_data:  # a new bank moves the Z-norm: refit
         calibration = json.loads(cal_path.read_text())
     table_path = checkpoint / "phoneme_table.npy"  # from `heron kws train-matcher` (CTC forced alignment)
     table = None
@@ -75,7 +75,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         # the background bank: generic speech encoded by this encoder (fp32, single graph)
         write_bundle(model, work, calibration=calibration or {}, model_meta=card, verifier=verifier,
                      modular=False, int8=False)
-        background = build_background(KeywordSpotter.load(work))
+        background = build_background(KeywordSpotter.load(work), real=background_data)
         if calibration is None:  # fit on held-out voices, with the Z-norm the bank defines
             write_bundle(model, work, calibration={}, model_meta=card, verifier=verifier, background=background,
                          modular=False, int8=False)

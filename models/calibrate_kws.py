@@ -115,18 +115,29 @@ def real_negative_threshold(spotter: KeywordSpotter, negative_files: list[str], 
             "false_accepts_at_default_threshold": int((per_phrase >= spotter.calibration.get("threshold", 0.5)).sum())}
 
 
-def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: float = 3.2, seed: int = 4242
-                     ) -> np.ndarray:
-    """Log-probs (segments, frames, classes) of generic TTS speech (training voices, sentence pieces,
-    light noise): the background bank keywords are normalized against at enrollment (float16)."""
+def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: float = 3.2, seed: int = 4242,
+                     real: list[str] | None = None) -> np.ndarray:
+    """Log-probs (segments, frames, classes) of generic speech: the background bank keywords are
+    normalized against at enrollment (float16). By default TTS speech (training voices, sentence
+    pieces, light noise); with `real` (training data sources: TSV manifests' train rows, CSV,
+    LibriSpeech folders), recorded speech drawn from them at random, so that the Z-norm statistics
+    are those of real voices and rooms."""
     from heron.models.data.augment import NoiseBank, add_noise
-    from heron.models.data.tts import VoiceRegistry, synthesize_many
-    from heron.models.kws_data import training_texts
 
     rng = np.random.default_rng(seed)
-    texts = training_texts(n_segments * 2, seed)
-    voices = VoiceRegistry().sample(n_segments * 2, split="train", seed=seed, distinct=False)
-    audio = synthesize_many(list(zip(voices, texts)), desc="background")
+    if real:
+        from heron.models.data.real import load_rows, read_rows
+
+        rows = [r for src in real for r in read_rows(src)]
+        pick = rng.choice(len(rows), size=min(len(rows), n_segments * 3), replace=False)
+        audio = [u.audio.astype(np.float32) / 32767.0 for u in load_rows([rows[i] for i in pick])]
+    else:
+        from heron.models.data.tts import VoiceRegistry, synthesize_many
+        from heron.models.kws_data import training_texts
+
+        texts = training_texts(n_segments * 2, seed)
+        voices = VoiceRegistry().sample(n_segments * 2, split="train", seed=seed, distinct=False)
+        audio = synthesize_many(list(zip(voices, texts)), desc="background")
     n = int(seconds * spotter.sample_rate)
     noise = NoiseBank(None)
     segs = []
@@ -136,7 +147,7 @@ def build_background(spotter: KeywordSpotter, n_segments: int = 120, seconds: fl
         while len(buf) < n:
             buf = np.concatenate([buf, audio[pos % len(audio)], np.zeros(int(rng.uniform(0.05, 0.4) * spotter.sample_rate), np.float32)])
             pos += 1
-        seg = add_noise(buf[:n], noise.sample(n, rng), float(rng.uniform(10, 30)))
+        seg = buf[:n] if real else add_noise(buf[:n], noise.sample(n, rng), float(rng.uniform(10, 30)))
         lp, _, _ = spotter.encode(seg)
         segs.append(lp)
     return np.stack(segs).astype(np.float16)

@@ -11,31 +11,22 @@ User data (LibriPhrase-style CSV or a LibriSpeech-layout folder) can replace or 
 """
 from __future__ import annotations
 
-import csv
 import re
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from heron.runtime.phonemes import pronounce
-
 from heron.models.data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
 from heron.models.data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
+from heron.models.data.real import Utterance, crop_words, load_user_pool, transcript_targets  # noqa: F401
 from heron.models.data.vocab import corpus_sentences, vocabulary
 
 
-@dataclass(frozen=True)
-class Utterance:
-    text: str
-    targets: tuple[int, ...]  # CTC classes (phoneme id + 1)
-    audio: np.ndarray  # int16
-
-
 def text_targets(text: str) -> tuple[int, ...]:
-    return tuple(i + 1 for i in pronounce(text, max_words=None, max_phonemes=None).ids())
+    """Free text (any length) -> CTC classes (phoneme id + 1)."""
+    return transcript_targets(text)[0]
 
 
 def training_texts(n: int, seed: int) -> list[str]:
@@ -66,52 +57,10 @@ def build_tts_pool(n: int, seed: int = 0, split: str = "train", hold_out_fractio
     pool = []
     for t, a in zip(texts, audio):
         try:
-            pool.append(Utterance(t, text_targets(t), np.round(a * 32767).astype(np.int16)))
+            targets, ends = transcript_targets(t)
+            pool.append(Utterance(t, targets, np.round(a * 32767).astype(np.int16), ends))
         except ValueError:
             continue
-    return pool
-
-
-def load_user_pool(path: str | Path) -> list[Utterance]:
-    """Real data: a CSV with columns audio,text (LibriPhrase-style), a TSV manifest with columns
-    file,transcript,split (AN4 in ../shared/data/an4; its train split only), or a LibriSpeech-layout
-    folder (*.trans.txt next to the flac/wav files)."""
-    import soundfile as sf
-
-    from heron.models.data.tts import resample
-
-    path = Path(path)
-    rows: list[tuple[Path, str]] = []
-    if path.is_file() and path.suffix == ".tsv":  # an AN4-style manifest: file, transcript, split
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            if not {"file", "transcript", "split"} <= set(reader.fieldnames or ()):
-                raise ValueError(f"{path}: a TSV manifest needs columns file, transcript, split")
-            # only the train split: the test split stays an honest real-speech check
-            rows = [(path.parent / r["file"], r["transcript"]) for r in reader if r["split"] == "train"]
-    elif path.is_file() and path.suffix == ".csv":
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                if "audio" not in r or "text" not in r:
-                    raise ValueError(f"{path}: CSV needs columns 'audio' and 'text'")
-                rows.append(((path.parent / r["audio"]).resolve(), r["text"]))
-    elif path.is_dir():
-        for trans in sorted(path.rglob("*.trans.txt")):
-            for line in trans.read_text().splitlines():
-                uid, _, text = line.partition(" ")
-                for ext in (".flac", ".wav"):
-                    if (trans.parent / (uid + ext)).exists():
-                        rows.append((trans.parent / (uid + ext), text))
-                        break
-    else:
-        raise ValueError(f"{path}: expected a CSV (audio,text) or a LibriSpeech-layout folder")
-    if not rows:
-        raise ValueError(f"{path}: no utterances found")
-    pool = []
-    for audio_path, text in rows:
-        a, sr = sf.read(str(audio_path), dtype="float32", always_2d=True)
-        a = resample(a.mean(axis=1), sr, SAMPLE_RATE)
-        pool.append(Utterance(text, text_targets(text), np.round(np.clip(a, -1, 1) * 32767).astype(np.int16)))
     return pool
 
 
@@ -160,8 +109,14 @@ class BatchConfig:
 def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator,
                real_pool: list[Utterance] | None = None):
     """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,). With a real pool,
-    each utterance comes from it with probability cfg.real_fraction."""
+    each utterance comes from it with probability cfg.real_fraction.
+
+    Speech is never cut apart from its transcript: a long utterance is cropped between words (its
+    targets with it, `crop_words`) to a span that still fits `max_seconds` after the slowest speed
+    perturbation; whatever is still longer (padding, an utterance with no cut points) makes the
+    batch longer instead of being cut."""
     max_len = int(cfg.max_seconds * SAMPLE_RATE) // cfg.chunk_samples * cfg.chunk_samples
+    budget = int(max_len * min(1.0, augmenter.config.speed_range[0]))
     wavs, lens, targets, tlens = [], [], [], []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.noise_only_fraction:
@@ -172,12 +127,8 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
         else:
             src = real_pool if real_pool and rng.random() < cfg.real_fraction else pool
             u = src[int(rng.integers(len(src)))]
-            x = augmenter(u.audio.astype(np.float32) / 32767.0, rng)
-            tgt = u.targets
-            if len(x) > max_len:  # too long after padding/speed: drop the utterance's ends evenly
-                cut = len(x) - max_len
-                a = cut // 2
-                x = x[a:a + max_len]
+            audio, tgt = crop_words(u, budget, rng)
+            x = augmenter(audio.astype(np.float32) / 32767.0, rng)
         wavs.append(x)
         lens.append(len(x))
         targets.extend(tgt)

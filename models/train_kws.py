@@ -20,8 +20,10 @@ import torch.nn.functional as F
 
 from heron.models.conformer import PRESETS, ConformerConfig, GatedConformer, gate_cost_weights
 from heron.models.frontend import mel_filterbank
-from heron.models.kws_data import BatchConfig, BatchStream, build_tts_pool, load_user_pool
-from heron.models.audio import HOP
+from heron.models.audio import HOP, SAMPLE_RATE
+from heron.models.data.augment import AUGMENT_PRESETS
+from heron.models.data.real import load_user_pool, with_cuts
+from heron.models.kws_data import BatchConfig, BatchStream, build_tts_pool
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,11 @@ class TrainConfig:
     threads: int = 2
     ckpt_every: int = 250
     log_every: int = 25
-    user_data: str = ""  # optional real data (CSV audio,text; AN4-style TSV; LibriSpeech folder)
+    user_data: tuple[str, ...] = ()  # real data sources (TSV manifests' train rows, CSV audio,text, LibriSpeech folders)
     real_fraction: float = 0.0  # with user_data: share of each batch drawn from it (0: pooled with the TTS)
     init: str = ""  # start from this checkpoint's weights (fine-tuning; its model config is used)
+    augment: str = "standard"  # augmentation preset (heron.models.data.augment.AUGMENT_PRESETS)
+    align: str = ""  # checkpoint whose CTC alignment cuts long real utterances between words (default: init)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
 
 
@@ -184,22 +188,36 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
         print(f"resuming from step {start}")
     if start >= cfg.steps:
         return out
-    elif cfg.init:
+    if start == 0 and cfg.init:  # a resumed run continues from its own checkpoint, never from init
         model.load_state_dict({k[6:]: v.float() for k, v in init_tensors.items() if k.startswith("model.")})
         print(f"fine-tuning from {cfg.init} (step {init_meta.get('step')})")
-    pool = build_tts_pool(cfg.pool_size, seed=cfg.seed)
+    if cfg.augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {cfg.augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
+    aug = AUGMENT_PRESETS[cfg.augment]
     real_pool = None
-    if cfg.user_data:
+    if cfg.user_data:  # checked and read before the (slow) TTS synthesis: a bad row fails at once
         real = load_user_pool(cfg.user_data)
+        aligner = cfg.align or cfg.init
+        max_len = int(cfg.max_seconds * SAMPLE_RATE)
+        if aligner:
+            real = with_cuts(real, aligner, longer_than=int(max_len * aug.speed_range[0]),
+                             cache_dir=out / "align-cache", threads=cfg.threads)
+        n_long = sum(len(u.audio) > max_len for u in real)
+        n_cut = sum(bool(u.cuts) for u in real)
+        print(f"real speech: {len(real)} utterances, {sum(len(u.audio) for u in real) / SAMPLE_RATE / 3600:.2f} h; "
+              f"{n_long} longer than {cfg.max_seconds} s, {n_cut} with word cut points"
+              + ("" if aligner else " (no --init/--align checkpoint: long ones are used whole)"))
+    pool = build_tts_pool(cfg.pool_size, seed=cfg.seed)
+    if cfg.user_data:
         if cfg.real_fraction > 0:
             real_pool = real
         else:
             pool += real
     bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
                        chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction)
-    stream = BatchStream(pool, bcfg, start_step=start, real_pool=real_pool)
+    stream = BatchStream(pool, bcfg, aug, start_step=start, real_pool=real_pool)
     if start == 0 and not cfg.init:  # a fine-tune keeps the initial model's feature normalization
-        norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991), real_pool=real_pool)
+        norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991), aug, real_pool=real_pool)
         estimate_normalization(model, norm_stream)
         norm_stream.close()
     feat = Featurizer(model, cfg)

@@ -99,6 +99,7 @@ def register(sub, formatter) -> None:
     add_listen(ksub, formatter)
     add_kws_train(ksub, formatter)
     _add_eval(ksub, formatter)
+    _add_per(ksub, formatter)
     add_kws_export(ksub, formatter)
     add_kws_bench(ksub, formatter)
     _add_enroll(sub, formatter)  # aliases: heron enroll, heron listen
@@ -121,6 +122,35 @@ def _eval(args) -> int:
 
 
 EVAL_SETS = ("tts", "real", "stream", "negatives")
+
+
+def _per(args) -> int:
+    import json as _json
+
+    from heron.models.eval_per import run
+
+    res = run(args.checkpoint, args.data or [], split=args.split, tts=args.tts, threads=args.threads)
+    text = _json.dumps(res, indent=1)
+    print(text)
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _add_per(sub, formatter) -> None:
+    q = sub.add_parser("per", help="phoneme error rate of an encoder checkpoint on real held-out speech and held-out "
+                                   "TTS voices (needs torch)", formatter_class=formatter)
+    q.add_argument("--checkpoint", required=True, help="encoder checkpoint folder or .safetensors file")
+    q.add_argument("--data", action="append", default=None,
+                   help="repeatable: a TSV manifest (its --split rows), a CSV (audio, text) or a LibriSpeech folder "
+                        "(default: none, held-out TTS voices only)")
+    q.add_argument("--split", default="test", help="which rows of TSV manifests")
+    q.add_argument("--tts", type=int, default=300, help="held-out-voice TTS utterances (0: none)")
+    q.add_argument("--threads", type=int, default=2, help="torch threads")
+    q.add_argument("--json", default=None, help="also write the results to this JSON file (default: print only)")
+    q.set_defaults(func=_per)
 
 
 def _add_eval(sub, formatter) -> None:

@@ -16,7 +16,10 @@ def _kws(args) -> int:
                               ("pool_size", args.pool_size), ("batch_size", args.batch_size),
                               ("max_minutes", args.max_minutes), ("user_data", args.user_data),
                               ("gate_warmup", args.gate_warmup), ("real_fraction", args.real_fraction),
-                              ("init", args.init), ("lr", args.lr), ("warmup", args.warmup)) if v is not None}
+                              ("init", args.init), ("align", args.align), ("augment", args.augment), ("lr", args.lr), ("warmup", args.warmup))
+            if v is not None}
+    if args.user_data:
+        over["user_data"] = tuple(args.user_data)
     if over.get("real_fraction") and not over.get("user_data"):
         raise ValueError("--real-fraction needs --user-data (the real speech to draw from)")
     if args.no_gates:
@@ -63,10 +66,18 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--pool-size", type=int, default=None, help="TTS utterances to synthesize (default: the preset's)")
     q.add_argument("--batch-size", type=int, default=None, help="utterances per step (default: the preset's)")
     q.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this many minutes (default: no limit)")
-    q.add_argument("--user-data", default=None, help="real data: CSV (audio,text) or LibriSpeech-layout folder (default: TTS only)")
+    q.add_argument("--user-data", action="append", default=None,
+                   help="real speech, repeatable: a TSV manifest (file, transcript, split; train rows only), a CSV "
+                        "(audio, text) or a LibriSpeech-layout folder (default: TTS only)")
     q.add_argument("--real-fraction", type=float, default=None,
                    help="share of each batch drawn from --user-data (default: pooled with the TTS utterances)")
     q.add_argument("--init", default=None, help="fine-tune from this checkpoint's weights (default: from scratch)")
+    q.add_argument("--augment", default=None, choices=["standard", "device"],
+                   help="augmentation preset; device adds microphone responses, automatic gain, clipping, SNR down "
+                        "to -5 dB and speech at the very end of a clip (default: the preset's, standard)")
+    q.add_argument("--align", default=None,
+                   help="checkpoint whose CTC alignment cuts real utterances longer than the crop between words, "
+                        "transcript with audio (default: --init; without either, long utterances are used whole)")
     q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     q.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: the preset's)")
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")

@@ -123,3 +123,45 @@ def test_band_limit_removes_high_frequencies():
     y = augment.band_limit(x, 8000)
     spec = np.abs(np.fft.rfft(y))
     assert spec[6000] < 0.01 * spec[500]
+
+
+def _tones(freqs, seconds=1.0):
+    t = np.arange(int(seconds * 16000)) / 16000
+    return sum(0.2 * np.sin(2 * np.pi * f * t) for f in freqs).astype(np.float32)
+
+
+def test_device_augmentations_are_bounded_and_deterministic():
+    speech = _tones([300, 1200, 2500], 1.5)
+    aug = augment.Augmenter(augment.AUGMENT_PRESETS["device"])
+    outs = [aug(speech, np.random.default_rng(s)) for s in range(16)]
+    for o in outs:
+        assert o.dtype == np.float32 and np.all(np.isfinite(o)) and np.max(np.abs(o)) <= 1.0
+    assert all(np.array_equal(a, aug(speech, np.random.default_rng(s))) for s, a in enumerate(outs))
+    # the standard preset draws no extra random numbers: its batches are what they were
+    std = augment.Augmenter(augment.AUGMENT_PRESETS["standard"])
+    assert np.array_equal(std(speech, np.random.default_rng(3)),
+                          augment.Augmenter(augment.AugmentConfig())(speech, np.random.default_rng(3)))
+
+
+def test_mic_response_cuts_the_far_ends_of_the_band():
+    x = _tones([40, 1000, 7900])
+    for s in range(5):
+        spec = np.abs(np.fft.rfft(augment.mic_response(x, np.random.default_rng(s))))
+        assert spec[40] < 0.7 * spec[1000] and spec[7900] < 0.7 * spec[1000]
+
+
+def test_auto_gain_pumps_up_the_quiet_part():
+    x = np.concatenate([_tones([500], 0.5), 0.02 * _tones([500], 1.0)])
+    y = augment.auto_gain(x, np.random.default_rng(0))
+    before = augment.rms(x[16000:]) / augment.rms(x[:8000])
+    after = augment.rms(y[16000:]) / augment.rms(y[:8000])
+    assert after > 3 * before
+
+
+def test_clipping_and_speech_at_the_end():
+    x = _tones([500])
+    y = augment.clip_distort(x, np.random.default_rng(0))
+    assert np.max(np.abs(y)) <= 0.9 + 1e-6 and np.mean(np.abs(y) > 0.8) > 0.3  # flattened peaks
+    cfg = augment.AugmentConfig(p_speed=0, p_reverb=0, p_band_limit=0, p_noise=0, p_at_end=1.0)
+    out = augment.Augmenter(cfg)(x, np.random.default_rng(0))
+    assert len(out) >= len(x) + 0.5 * 16000 and np.abs(out[-100:]).max() > 1e-3  # lead-in, no tail

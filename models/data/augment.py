@@ -156,6 +156,51 @@ def pad_silence(x: np.ndarray, before_s: float, after_s: float, rng: np.random.G
     return np.concatenate([pre, x.astype(np.float32), post])
 
 
+# --- device microphones ----------------------------------------------------------------------------
+
+def mic_response(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cheap microphone's frequency response: a random high-pass corner (80-400 Hz), a low-pass
+    roll-off (3.4-7.5 kHz) and one to three resonances of +-8 dB, applied as a smooth gain curve."""
+    n = len(x)
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    hp = float(rng.uniform(80, 400))
+    lp = float(rng.uniform(3400, 7500))
+    order = float(rng.uniform(1, 3))
+    g = 1.0 / np.sqrt(1 + (hp / np.maximum(f, 1.0)) ** (2 * order)) / np.sqrt(1 + (f / lp) ** (2 * order))
+    logf = np.log(np.maximum(f, 1.0))
+    for _ in range(int(rng.integers(1, 4))):
+        centre, width, db = np.log(rng.uniform(300, 6000)), float(rng.uniform(0.1, 0.5)), float(rng.uniform(-8, 8))
+        g = g * 10 ** (db / 20 * np.exp(-0.5 * ((logf - centre) / width) ** 2))
+    y = np.fft.irfft(np.fft.rfft(x) * g, n).astype(np.float32)
+    return peak_normalize(y * (rms(x) / (rms(y) + _EPS)))
+
+
+def clip_distort(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An overdriven input stage: drive 2-10x into a hard or soft (tanh) clipper."""
+    drive = float(rng.uniform(2, 10)) / (np.max(np.abs(x)) + _EPS)
+    y = np.clip(x * drive, -1, 1) if rng.random() < 0.5 else np.tanh(x * drive)
+    return (y * 0.9).astype(np.float32)
+
+
+def auto_gain(x: np.ndarray, rng: np.random.Generator, frame: int = 320) -> np.ndarray:
+    """A phone's automatic gain control: the level is pulled to a target with a fast attack and a
+    slow release, so pauses (and the noise in them) are pumped up and onsets are squashed."""
+    n = len(x)
+    k = max(1, n // frame)
+    env = np.sqrt(np.mean(np.square(x[: k * frame].reshape(k, frame), dtype=np.float64), axis=1) + _EPS)
+    max_gain = 10 ** (float(rng.uniform(10, 30)) / 20)
+    target = float(np.max(env))
+    attack, release = float(rng.uniform(0.3, 0.8)), float(rng.uniform(0.02, 0.1))
+    gains = np.empty(k)
+    g = 1.0
+    for i in range(k):
+        want = min(max_gain, target / env[i])
+        g += (want - g) * (attack if want < g else release)
+        gains[i] = g
+    per_sample = np.interp(np.arange(n), np.arange(k) * frame + frame / 2, gains)
+    return peak_normalize((x * per_sample).astype(np.float32))
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of the augmentation chain (defaults tuned for wake-word training)."""
@@ -168,6 +213,19 @@ class AugmentConfig:
     snr_range_db: tuple[float, float] = (0.0, 30.0)
     gain_range_db: tuple[float, float] = (-25.0, 0.0)
     pad_range_s: tuple[float, float] = (0.0, 0.5)
+    # device audio (0 = off): microphone response, automatic gain control, overdriven input, and the
+    # speech at the very end of a clip (a long lead-in, no tail: wake words end clips on devices)
+    p_mic: float = 0.0
+    p_agc: float = 0.0
+    p_clip: float = 0.0
+    p_at_end: float = 0.0
+    lead_in_s: tuple[float, float] = (0.5, 1.5)
+
+
+AUGMENT_PRESETS = {
+    "standard": AugmentConfig(),
+    "device": AugmentConfig(snr_range_db=(-5.0, 30.0), p_mic=0.5, p_agc=0.3, p_clip=0.1, p_at_end=0.2),
+}
 
 
 class Augmenter:
@@ -183,12 +241,21 @@ class Augmenter:
         c = self.config
         if rng.random() < c.p_speed:
             x = speed_perturb(x, float(rng.uniform(*c.speed_range)))
-        x = pad_silence(x, float(rng.uniform(*c.pad_range_s)), float(rng.uniform(*c.pad_range_s)), rng)
+        if c.p_at_end and rng.random() < c.p_at_end:
+            x = pad_silence(x, float(rng.uniform(*c.lead_in_s)), 0.0, rng)
+        else:
+            x = pad_silence(x, float(rng.uniform(*c.pad_range_s)), float(rng.uniform(*c.pad_range_s)), rng)
         if rng.random() < c.p_reverb:
             x = reverberate(x, synthetic_rir(rng))
         if rng.random() < c.p_band_limit:
             x = band_limit(x, int(rng.choice([8000, 11025])))
         if rng.random() < c.p_noise:
             x = add_noise(x, self.noise.sample(len(x), rng, self.babble_clips), float(rng.uniform(*c.snr_range_db)))
+        if c.p_mic and rng.random() < c.p_mic:
+            x = mic_response(x, rng)
+        if c.p_agc and rng.random() < c.p_agc:
+            x = auto_gain(x, rng)
+        if c.p_clip and rng.random() < c.p_clip:
+            x = clip_distort(x, rng)
         x = x / (np.max(np.abs(x)) + _EPS) * 0.9  # level set by the gain step, not by the engine
         return apply_gain(x, float(rng.uniform(*c.gain_range_db)))
