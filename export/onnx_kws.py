@@ -10,7 +10,6 @@ version. The runtime reads everything it needs from the manifest; it hard-codes 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -11,8 +11,6 @@ The onnxruntime backend is heron's "NPU" path: any execution provider the instal
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite; "no tests collected" (pytest exit 5) counts as a failure, and so does a run that
+# Run the linter (ruff, rules in ruff.toml), then the test suite; "no tests collected" (pytest exit 5) counts as a failure, and so does a run that
 # changed any file git tracks or left a new one it does not ignore (tests write only to temp folders).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ before=""
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   before=$(git status --porcelain)
 fi
+"$VENV/bin/python" -m ruff check --quiet . || { echo "ruff found problems (ruff.toml): failing" >&2; exit 1; }
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

@@ -5,8 +5,6 @@ working; a detection reports its peak score. Options: every bad value is refused
 Files: `heron listen` and `heron kws score` read audio by one rule.
 """
 import argparse
-import json
-import math
 
 import numpy as np
 import pytest

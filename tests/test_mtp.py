@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Layout, Transformer, preset  # noqa: E402
-from heron.models.lm.mtp import MTPConfig, MTPModel, group_layout, load_adapter, save_adapter, train_mtp, generate_mtp  # noqa: E402
+from heron.models.lm.mtp import MTPConfig, group_layout, load_adapter, save_adapter, train_mtp, generate_mtp  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 
 

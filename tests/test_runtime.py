@@ -1,6 +1,5 @@
 """Runtime (numpy + onnxruntime): bundle verification, ONNX parity, streaming API behaviour, CLI."""
 import json
-import shutil
 import subprocess
 import sys
 

@@ -5,13 +5,11 @@ and misbehaved). Every refusal must be one line: a BundleError / ValueError whos
 newline, raised before anything large is allocated or read.
 """
 import json
-import math
 import os
 import resource
 import shutil
 import signal
 
-import numpy as np
 import pytest
 
 from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
