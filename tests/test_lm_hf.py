@@ -1,5 +1,5 @@
-"""Real-architecture compatibility: tiny random Mixtral / OLMoE / Qwen2-MoE models built locally with
-`transformers` (nothing downloaded) load into heron's Transformer with the same logits."""
+"""Real-architecture compatibility: tiny random Llama / Qwen2 / Mixtral / OLMoE / Qwen2-MoE models built
+locally with `transformers` (nothing downloaded) load into heron's Transformer with the same logits."""
 import json
 
 import pytest
@@ -17,6 +17,8 @@ COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_la
 def _families():
     t = transformers
     return {
+        "llama": (t.LlamaConfig, t.LlamaForCausalLM, dict(rope_theta=100000.0, tie_word_embeddings=True)),
+        "qwen2": (t.Qwen2Config, t.Qwen2ForCausalLM, dict(tie_word_embeddings=False)),
         "mixtral": (t.MixtralConfig, t.MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
         "olmoe": (t.OlmoeConfig, t.OlmoeForCausalLM, dict(num_experts=6, num_experts_per_tok=2)),
         "qwen2_moe": (t.Qwen2MoeConfig, t.Qwen2MoeForCausalLM,
@@ -38,7 +40,7 @@ def _build(family, tmp_path, **extra):
     return hf
 
 
-@pytest.mark.parametrize("family", ["mixtral", "olmoe", "qwen2_moe"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral", "olmoe", "qwen2_moe"])
 def test_logits_match_transformers(family, tmp_path):
     hf = _build(family, tmp_path)
     ours = load_hf(tmp_path)
@@ -77,7 +79,7 @@ def test_dial_k_and_roe_work_on_loaded_models(tmp_path):
 def test_bad_checkpoints(tmp_path):
     _build("olmoe", tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt_neox"}))
     with pytest.raises(ValueError, match="unsupported model_type"):
         load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -86,3 +88,13 @@ def test_bad_checkpoints(tmp_path):
         load_hf(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_hf(tmp_path / "nowhere")
+
+
+def test_unsupported_llama_variants_are_refused(tmp_path):
+    _build("llama", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for bad, match in (({"attention_bias": True}, "attention_bias"), ({"hidden_act": "gelu"}, "hidden_act"),
+                       ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling")):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, **bad}))
+        with pytest.raises(ValueError, match=match):
+            load_hf(tmp_path)

@@ -1,6 +1,7 @@
-"""Load Hugging Face-format checkpoints (config.json + *.safetensors) of the Mixtral, OLMoE and
-Qwen2-MoE families into heron's Transformer, so dial-k, Roster of Experts and speculative decoding
-run on real architectures. Nothing is downloaded: point it at a local folder.
+"""Load Hugging Face-format checkpoints (config.json + *.safetensors) of the dense Llama family (Llama,
+SmolLM2, Qwen2) and of the Mixtral, OLMoE and Qwen2-MoE families into heron's Transformer, so dial-k,
+Roster of Experts and speculative decoding run on real architectures. Nothing is downloaded: point it
+at a local folder (GGUF files: heron.models.lm.gguf_file).
 
 Both on-disk layouts are read: per-expert tensors (`experts.3.w1.weight`, `experts.3.gate_proj.weight`)
 and the fused layout of newer transformers releases (`experts.gate_up_proj`, `experts.down_proj`).
@@ -15,13 +16,17 @@ import torch
 
 from heron.models.lm.model import LMConfig, MoE, Transformer
 
-FAMILIES = ("mixtral", "olmoe", "qwen2_moe")
+DENSE_FAMILIES = ("llama", "qwen2")
+FAMILIES = (*DENSE_FAMILIES, "mixtral", "olmoe", "qwen2_moe")
 
 
 def _rope_theta(c: dict) -> float:
-    rp = c.get("rope_parameters") or c.get("rope_scaling") or {}
-    if rp.get("rope_type", rp.get("type", "default")) not in ("default", None):
-        raise ValueError(f"RoPE scaling {rp.get('rope_type', rp.get('type'))!r} is not supported")
+    for rp in (c.get("rope_parameters") or {}, c.get("rope_scaling") or {}):
+        if not isinstance(rp, dict):
+            raise ValueError(f"RoPE parameters must be an object, got {rp!r}")
+        if rp.get("rope_type", rp.get("type", "default")) not in ("default", None):
+            raise ValueError(f"RoPE scaling {rp.get('rope_type', rp.get('type'))!r} is not supported")
+    rp = c.get("rope_parameters") or {}
     return float(rp.get("rope_theta", c.get("rope_theta", 10000.0)))
 
 
@@ -41,8 +46,12 @@ def config_from_hf(c: dict) -> LMConfig:
                   head_dim=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
                   rope_theta=_rope_theta(c), norm_eps=c.get("rms_norm_eps", 1e-6),
                   max_seq_len=c.get("max_position_embeddings", 2048),
-                  tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-                  top_k=c["num_experts_per_tok"])
+                  tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+    if family in DENSE_FAMILIES:
+        if c.get("mlp_bias") or (family == "llama" and c.get("attention_bias")):
+            raise ValueError("Llama with mlp_bias or attention_bias is not supported")
+        return LMConfig(**common, ffn_dim=c["intermediate_size"], n_experts=0, qkv_bias=family == "qwen2")
+    common["top_k"] = c["num_experts_per_tok"]
     if family == "mixtral":
         return LMConfig(**common, n_experts=c["num_local_experts"], expert_dim=c["intermediate_size"],
                         ffn_dim=c["intermediate_size"], norm_topk_prob=True)

@@ -1,0 +1,263 @@
+"""Load GGUF files (llama.cpp's format) of the dense Llama family into heron's Transformer, and their
+tokenizer and chat template from the metadata. Nothing is downloaded: point it at a local file.
+
+Weights: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are dequantized to float32 with the `gguf`
+package (its reference numpy dequantizers); any other type is refused with a one-line error naming
+the tensor. llama.cpp's converter permutes the rows of Llama's q/k projections into its interleaved
+RoPE layout; they are permuted back into heron's (Hugging Face's) half-split layout here.
+
+Tokenizer: a GGUF "gpt2" vocabulary is byte-level BPE; it is rebuilt as a `tokenizers.Tokenizer`
+(vocabulary, merges, control tokens as special tokens, the pre-tokenizer its `tokenizer.ggml.pre`
+names) and can be saved as tokenizer.json, so the ONNX runtime needs neither this file nor `gguf`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+MAX_FILE_BYTES = 16 << 30
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError("reading GGUF files needs the 'gguf' package: pip install gguf") from e
+    return gguf
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception as e:  # a corrupt field: gguf raises assorted errors
+        raise ValueError(f"GGUF metadata {key!r} is unreadable: {e}") from None
+
+
+def open_reader(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size / 2**30:.1f} GiB; heron reads GGUF files up to 16 GiB")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
+    try:
+        return _gguf().GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, OSError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file: {str(e)[:200]}") from None
+
+
+@dataclass
+class GGUFInfo:
+    architecture: str
+    name: str
+    file_type: str                  # the dominant tensor type, e.g. Q4_1
+    bos_id: int | None
+    eos_id: int | None
+    chat_template: str | None
+
+
+def config_from_gguf(reader):
+    """The heron LMConfig a GGUF file's metadata describes (before any tensor is read)."""
+    from heron.models.lm.model import LMConfig
+
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; heron loads {', '.join(ARCHITECTURES)}")
+
+    def need(key):
+        v = _field(reader, f"{arch}.{key}")
+        if v is None:
+            raise ValueError(f"GGUF metadata lacks {arch}.{key}")
+        return v
+
+    n_heads = int(need("attention.head_count"))
+    dim = int(need("embedding_length"))
+    kv = _field(reader, f"{arch}.attention.head_count_kv", n_heads)
+    if isinstance(kv, list):
+        raise ValueError("per-layer KV head counts are not supported")
+    rope_dim = _field(reader, f"{arch}.rope.dimension_count", dim // n_heads)
+    if rope_dim != dim // n_heads:
+        raise ValueError(f"partial RoPE ({rope_dim} of {dim // n_heads} dims) is not supported")
+    if _field(reader, f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        raise ValueError(f"RoPE scaling {_field(reader, f'{arch}.rope.scaling.type')!r} is not supported")
+    if _field(reader, f"{arch}.expert_count", 0):
+        raise ValueError("GGUF mixture-of-experts models are not supported (load the Hugging Face folder instead)")
+    names = {t.name for t in reader.tensors}
+    vocab = _field(reader, f"{arch}.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens") or [])
+    return LMConfig(vocab_size=int(vocab), dim=dim, n_layers=int(need("block_count")), n_heads=n_heads,
+                    n_kv_heads=int(kv), head_dim=dim // n_heads, ffn_dim=int(need("feed_forward_length")),
+                    n_experts=0, rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+                    norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+                    max_seq_len=int(_field(reader, f"{arch}.context_length", 2048)),
+                    tie_embeddings="output.weight" not in names, qkv_bias="blk.0.attn_q.bias" in names)
+
+
+def info(reader) -> GGUFInfo:
+    from collections import Counter
+    types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) > 1)
+    return GGUFInfo(architecture=_field(reader, "general.architecture"), name=_field(reader, "general.name", ""),
+                    file_type=types.most_common(1)[0][0] if types else "F32",
+                    bos_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+                    eos_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+                    chat_template=_field(reader, "tokenizer.chat_template"))
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (interleaved RoPE pairs -> half-split)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor(t) -> np.ndarray:
+    kind = t.tensor_type.name
+    if kind not in SUPPORTED_TYPES:
+        raise ValueError(f"GGUF tensor {t.name} is {kind}; heron reads {', '.join(SUPPORTED_TYPES)}")
+    shape = tuple(int(d) for d in reversed(t.shape))  # ggml lists the fastest dimension first
+    if kind == "F32":
+        w = np.asarray(t.data, dtype=np.float32)
+    else:
+        w = _gguf().quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+    if w.size != math.prod(shape):
+        raise ValueError(f"GGUF tensor {t.name}: {w.size} values for the shape {shape}")
+    return w.reshape(shape)
+
+
+def load_gguf(path: str | Path):
+    """-> (heron Transformer in eval mode with the file's weights as float32, GGUFInfo)."""
+    import torch
+
+    from heron.models.lm.model import Transformer
+
+    reader = open_reader(path)
+    cfg = config_from_gguf(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    stored = sum(math.prod(int(d) for d in t.shape) for t in reader.tensors)
+    if not 0.9 * cfg.param_count() <= stored <= 1.1 * cfg.param_count() + cfg.vocab_size * cfg.dim:
+        raise ValueError(f"{path}: the metadata describes {cfg.param_count():,} parameters, the tensors hold {stored:,}")
+    mapping = {"token_embd.weight": "embed.weight", "output_norm.weight": "norm.weight"}
+    if not cfg.tie_embeddings:
+        mapping["output.weight"] = "lm_head.weight"
+    per_layer = {"attn_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
+                 "attn_q.weight": "attn.q_proj.weight", "attn_k.weight": "attn.k_proj.weight",
+                 "attn_v.weight": "attn.v_proj.weight", "attn_output.weight": "attn.o_proj.weight",
+                 "ffn_gate.weight": "ffn.gate_proj.weight", "ffn_up.weight": "ffn.up_proj.weight",
+                 "ffn_down.weight": "ffn.down_proj.weight"}
+    if cfg.qkv_bias:
+        per_layer.update({f"attn_{x}.bias": f"attn.{x}_proj.bias" for x in "qkv"})
+    for i in range(cfg.n_layers):
+        mapping.update({f"blk.{i}.{k}": f"layers.{i}.{v}" for k, v in per_layer.items()})
+    missing = [k for k in mapping if k not in tensors]
+    if missing:
+        raise ValueError(f"{path}: GGUF tensors missing: {missing[:5]}")
+    leftover = [k for k in tensors if k not in mapping and not k.startswith("rope_")]
+    if leftover:
+        raise ValueError(f"{path}: GGUF tensors heron does not know how to place: {leftover[:5]}")
+    permute = info(reader).architecture == "llama"  # llama.cpp permutes Llama's q/k only
+    state = {}
+    for src, dst in mapping.items():
+        w = _tensor(tensors[src])
+        if permute and dst.endswith(("q_proj.weight", "q_proj.bias")):
+            w = _unpermute(w, cfg.n_heads)
+        elif permute and dst.endswith(("k_proj.weight", "k_proj.bias")):
+            w = _unpermute(w, cfg.n_kv_heads)
+        state[dst] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+    model = Transformer(cfg)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensors do not match the metadata: {str(e).splitlines()[1:3]}") from None
+    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: tensors do not match the metadata: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval(), info(reader)
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer
+
+# llama.cpp's pre-tokenizer names -> how the text is split before byte-level BPE. "gpt2"-style
+# vocabularies not listed here use the GPT-2 regex; "smollm" also splits digits one by one (as
+# SmolLM's own tokenizer.json and llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM do).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
+           "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (the spelling of byte-level BPE vocabularies)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tokenizer_from_gguf(reader):
+    """The file's byte-level BPE vocabulary as a `tokenizers.Tokenizer`."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"GGUF tokenizer {kind!r} is not supported; heron reads byte-level BPE ('gpt2')")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    merges = _field(reader, "tokenizer.ggml.merges")
+    types = _field(reader, "tokenizer.ggml.token_type") or []
+    if not tokens or merges is None:
+        raise ValueError("GGUF metadata lacks the tokenizer's tokens or merges")
+    alphabet = set(_bytes_to_unicode().values())
+    spell = _bytes_to_unicode()
+    vocab = {(t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError("GGUF tokenizer: duplicate tokens in the vocabulary")
+    pairs = []
+    for m in merges:
+        a, sep, b = m.partition(" ")
+        if not sep:
+            raise ValueError(f"GGUF tokenizer: malformed merge {m[:40]!r}")
+        pairs.append((a, b))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
+    if pre in _SPLITS:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
+                                                     byte_level])
+    elif pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
+               if ty == 3 and set(t) <= alphabet]
+    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4]
+    if control:
+        tok.add_special_tokens(control)
+    if user:
+        tok.add_tokens(user)
+    if tok.get_vocab_size() != len(tokens):
+        raise ValueError(f"GGUF tokenizer: {tok.get_vocab_size()} tokens after building, the file lists {len(tokens)}")
+    return tok
+
+
+def load_gguf_with_tokenizer(path: str | Path):
+    """-> (Transformer, tokenizers.Tokenizer, GGUFInfo): everything `heron.load_lm` needs from one file."""
+    model, meta = load_gguf(path)
+    tok = tokenizer_from_gguf(open_reader(path))
+    if tok.get_vocab_size() > model.cfg.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tok.get_vocab_size()} tokens, the model {model.cfg.vocab_size}")
+    return model, tok, meta
