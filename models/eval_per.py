@@ -14,10 +14,11 @@ import numpy as np
 
 from heron.runtime.phonemes import levenshtein
 
+from heron.models.conformer import BLANK
 from heron.models.data.real import Utterance, load_rows, read_rows
 
 
-def greedy_ctc(log_probs: np.ndarray, blank: int = 0) -> list[int]:
+def greedy_ctc(log_probs: np.ndarray, blank: int = BLANK) -> list[int]:
     """(T, C) -> classes: best class per frame, repeats merged, blanks dropped."""
     best = log_probs.argmax(-1)
     out, prev = [], blank

@@ -20,7 +20,7 @@ import numpy as np
 
 from heron.models.data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
 from heron.models.data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
-from heron.models.data.real import Utterance, crop_words, load_user_pool, transcript_targets  # noqa: F401
+from heron.models.data.real import Utterance, crop_words, transcript_targets
 from heron.models.data.vocab import corpus_sentences, vocabulary
 
 
@@ -106,6 +106,13 @@ class BatchConfig:
     seed: int = 0
 
 
+def crop_budget(cfg: BatchConfig, aug: AugmentConfig) -> tuple[int, int]:
+    """-> (max_len, budget) in samples: the longest clip (whole chunks), and the longest raw speech that
+    still fits it after the slowest speed perturbation (what a long utterance is cropped to)."""
+    max_len = int(cfg.max_seconds * SAMPLE_RATE) // cfg.chunk_samples * cfg.chunk_samples
+    return max_len, int(max_len * min(1.0, aug.speed_range[0]))
+
+
 def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator,
                real_pool: list[Utterance] | None = None):
     """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,). With a real pool,
@@ -115,8 +122,7 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
     targets with it, `crop_words`) to a span that still fits `max_seconds` after the slowest speed
     perturbation; whatever is still longer (padding, an utterance with no cut points) makes the
     batch longer instead of being cut."""
-    max_len = int(cfg.max_seconds * SAMPLE_RATE) // cfg.chunk_samples * cfg.chunk_samples
-    budget = int(max_len * min(1.0, augmenter.config.speed_range[0]))
+    max_len, budget = crop_budget(cfg, augmenter.config)
     wavs, lens, targets, tlens = [], [], [], []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.noise_only_fraction:

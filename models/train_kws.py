@@ -23,7 +23,7 @@ from heron.models.frontend import mel_filterbank
 from heron.models.audio import HOP, SAMPLE_RATE
 from heron.models.data.augment import AUGMENT_PRESETS
 from heron.models.data.real import load_user_pool, with_cuts
-from heron.models.kws_data import BatchConfig, BatchStream, build_tts_pool
+from heron.models.kws_data import BatchConfig, BatchStream, build_tts_pool, crop_budget
 
 
 @dataclass(frozen=True)
@@ -194,14 +194,15 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     if cfg.augment not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {cfg.augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
     aug = AUGMENT_PRESETS[cfg.augment]
+    bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
+                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction)
     real_pool = None
     if cfg.user_data:  # checked and read before the (slow) TTS synthesis: a bad row fails at once
         real = load_user_pool(cfg.user_data)
         aligner = cfg.align or cfg.init
-        max_len = int(cfg.max_seconds * SAMPLE_RATE)
+        max_len, budget = crop_budget(bcfg, aug)
         if aligner:
-            real = with_cuts(real, aligner, longer_than=int(max_len * aug.speed_range[0]),
-                             cache_dir=out / "align-cache", threads=cfg.threads)
+            real = with_cuts(real, aligner, longer_than=budget, cache_dir=out / "align-cache", threads=cfg.threads)
         n_long = sum(len(u.audio) > max_len for u in real)
         n_cut = sum(bool(u.cuts) for u in real)
         print(f"real speech: {len(real)} utterances, {sum(len(u.audio) for u in real) / SAMPLE_RATE / 3600:.2f} h; "
@@ -213,8 +214,6 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
             real_pool = real
         else:
             pool += real
-    bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
-                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction)
     stream = BatchStream(pool, bcfg, aug, start_step=start, real_pool=real_pool)
     if start == 0 and not cfg.init:  # a fine-tune keeps the initial model's feature normalization
         norm_stream = BatchStream(pool, replace(bcfg, seed=cfg.seed + 99991), aug, real_pool=real_pool)

@@ -14,7 +14,7 @@ def _kws(args) -> int:
     cfg = TRAIN_PRESETS[args.preset]
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threads", args.threads),
                               ("pool_size", args.pool_size), ("batch_size", args.batch_size),
-                              ("max_minutes", args.max_minutes), ("user_data", args.user_data),
+                              ("max_minutes", args.max_minutes),
                               ("gate_warmup", args.gate_warmup), ("real_fraction", args.real_fraction),
                               ("init", args.init), ("align", args.align), ("augment", args.augment), ("lr", args.lr), ("warmup", args.warmup))
             if v is not None}

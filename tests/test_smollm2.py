@@ -168,4 +168,4 @@ def test_cli_chat_answers(tmp_path):
                         "Write a Python function that reverses a string.", "--max-new-tokens", "48"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-500:]
-    assert "def " in p.stdout and "[::-1]" in p.stdout or "reverse" in p.stdout
+    assert "def " in p.stdout and ("[::-1]" in p.stdout or "reverse" in p.stdout)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from heron.models.data.augment import AugmentConfig
 from heron.models.data.real import (DataError, Utterance, crop_words, load_user_pool, read_rows,
                                     transcript_targets, word_cuts)
 from heron.models.kws_data import BatchConfig, make_batch, text_targets
@@ -125,8 +126,6 @@ def test_long_utterance_without_cut_points_is_used_whole():
 
 class _NoAug:
     """Identity augmentation (the batch's crop is what is tested)."""
-
-    from heron.models.data.augment import AugmentConfig
 
     config = AugmentConfig()
     noise = None

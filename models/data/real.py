@@ -9,7 +9,7 @@ Accepted sources (one or more, mixed):
 - a LibriSpeech-layout folder (*.trans.txt next to the flac/wav files).
 
 Every problem names the file and row: a missing audio file, an empty transcript, a word with no
-pronunciation, audio that is empty, too short for its transcript, or not finite.
+pronunciation, audio that is unreadable, shorter than MIN_SECONDS, longer than MAX_SECONDS, or not finite.
 """
 from __future__ import annotations
 
@@ -76,11 +76,14 @@ class Row:
     source: str  # "manifest.tsv row 12" (1-based, the header is row 1)
     audio: Path
     text: str
+    targets: tuple[int, ...] = ()  # filled in by read_rows when it checks the transcript
+    word_ends: tuple[int, ...] = ()
 
 
 def read_rows(path: str | Path, split: str = "train") -> list[Row]:
-    """A data source -> its rows of `split` (TSV manifests; CSV files and folders have no split), checked (files exist, transcripts pronounceable) before
-    any audio is read. Raises DataError naming the file and row."""
+    """A data source -> its rows of `split` (TSV manifests; CSV files and folders have no split),
+    checked (files exist, transcripts pronounceable) before any audio is read, with their targets.
+    Raises DataError naming the file and row."""
     path = Path(path)
     rows: list[Row] = []
     if path.is_file() and path.suffix in (".tsv", ".csv"):
@@ -112,14 +115,16 @@ def read_rows(path: str | Path, split: str = "train") -> list[Row]:
                         "or a LibriSpeech-layout folder")
     if not rows:
         raise DataError(f"{path}: no {split} utterances found")
+    checked = []
     for r in rows:
         if not r.audio.is_file():
             raise DataError(f"{r.source}: no such audio file {r.audio}")
         try:
-            transcript_targets(r.text)
+            targets, ends = transcript_targets(r.text)
         except ValueError as e:
             raise DataError(f"{r.source}: {e}") from None
-    return rows
+        checked.append(Row(r.source, r.audio, r.text, targets, ends))
+    return checked
 
 
 def read_audio(row: Row) -> np.ndarray:
@@ -144,11 +149,8 @@ def read_audio(row: Row) -> np.ndarray:
 
 
 def load_rows(rows: list[Row]) -> list[Utterance]:
-    out = []
-    for r in rows:
-        targets, ends = transcript_targets(r.text)
-        out.append(Utterance(r.text, targets, read_audio(r), word_ends=ends))
-    return out
+    """Rows from `read_rows` -> utterances (audio read and checked)."""
+    return [Utterance(r.text, r.targets, read_audio(r), word_ends=r.word_ends) for r in rows]
 
 
 def load_user_pool(paths: str | Path | list | tuple) -> list[Utterance]:
@@ -218,7 +220,7 @@ def with_cuts(pool: list[Utterance], checkpoint: str | Path, longer_than: int, c
                 path = forced_align(lp[0, :n_frames].numpy(), list(u.targets))
                 try:
                     cuts.append(list(word_cuts(path, u.word_ends, frame, len(u.audio))) if path is not None else [])
-                except (ValueError, KeyError):
+                except ValueError:  # words in the wrong order: keep the utterance whole
                     cuts.append([])
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -133,12 +133,16 @@ def _tensor(t) -> np.ndarray:
 
 def load_gguf(path: str | Path):
     """-> (heron Transformer in eval mode with the file's weights as float32, GGUFInfo)."""
+    return _load_model(open_reader(path), path)
+
+
+def _load_model(reader, path):
     import torch
 
     from heron.models.lm.model import Transformer
 
-    reader = open_reader(path)
     cfg = config_from_gguf(reader)
+    meta = info(reader)
     tensors = {t.name: t for t in reader.tensors}
     stored = sum(math.prod(int(d) for d in t.shape) for t in reader.tensors)
     if not 0.9 * cfg.param_count() <= stored <= 1.1 * cfg.param_count() + cfg.vocab_size * cfg.dim:
@@ -161,7 +165,7 @@ def load_gguf(path: str | Path):
     leftover = [k for k in tensors if k not in mapping and not k.startswith("rope_")]
     if leftover:
         raise ValueError(f"{path}: GGUF tensors heron does not know how to place: {leftover[:5]}")
-    permute = info(reader).architecture == "llama"  # llama.cpp permutes Llama's q/k only
+    permute = meta.architecture == "llama"  # llama.cpp permutes Llama's q/k only
     state = {}
     for src, dst in mapping.items():
         w = _tensor(tensors[src])
@@ -178,7 +182,7 @@ def load_gguf(path: str | Path):
     missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"{path}: tensors do not match the metadata: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval(), info(reader)
+    return model.eval(), meta
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,8 +260,9 @@ def tokenizer_from_gguf(reader):
 
 def load_gguf_with_tokenizer(path: str | Path):
     """-> (Transformer, tokenizers.Tokenizer, GGUFInfo): everything `heron.load_lm` needs from one file."""
-    model, meta = load_gguf(path)
-    tok = tokenizer_from_gguf(open_reader(path))
+    reader = open_reader(path)
+    model, meta = _load_model(reader, path)
+    tok = tokenizer_from_gguf(reader)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise ValueError(f"{path}: the tokenizer has {tok.get_vocab_size()} tokens, the model {model.cfg.vocab_size}")
     return model, tok, meta
