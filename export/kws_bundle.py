@@ -14,7 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx,
-                                   export_text_encoder_onnx, quantize_int8)
+                                   export_text_encoder_onnx)
+from heron.export.quantize import quantize_int8
 from heron.models.audio import HOP, N_FFT, SAMPLE_RATE
 from heron.models.conformer import BLANK, GATE_NAMES, GATE_THRESHOLD, N_PHONEME_CLASSES, GatedConformer
 from heron.runtime.bundle import path_size, sha256_path, write_identity
@@ -24,6 +25,7 @@ from heron.runtime.phonemes import PHONEMES
 TARGETS = ("onnx", "coreml", "all")
 BLANK_SYMBOL = "<blank>"
 _WORK = ".heron-export-work"
+FRONTEND_FP32 = ("model.frontend.",)  # the front end's DFT and mel matmuls stay fp32 in int8 graphs
 
 
 def _calibration_file(checkpoint: Path, matcher: Path | None) -> Path:
@@ -135,13 +137,14 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         io = export_encoder_onnx(model, out / "encoder.onnx")
         files = {"encoder": "encoder.onnx"}
         if int8:
-            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx")
+            quantize_int8(out / "encoder.onnx", out / "encoder.int8.onnx", keep_fp32_inputs=FRONTEND_FP32)
             files["encoder_int8"] = "encoder.int8.onnx"
         if modular:  # per-module graphs: the runtime skips closed gates for real
             for key, name in export_encoder_modular(model, out / "modular").items():
                 files[f"mod.{key}"] = f"modular/{name}"
                 if int8:
-                    quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"))
+                    quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"),
+                                  keep_fp32_inputs=FRONTEND_FP32)
                     files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
         if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron kws export`)
             for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:

@@ -38,17 +38,6 @@ def export_encoder_onnx(model: GatedConformer, path: str | Path) -> dict:
     }
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> None:
-    """Dynamic int8 weights for the encoder; the front end's DFT and mel matmuls stay fp32
-    (8-bit spectra would cost accuracy and save only ~0.6 MB)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(src)).graph
-    keep_fp32 = [n.name for n in graph.node if any(i.startswith("model.frontend.") for i in n.input)]
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
-
-
 def export_text_encoder_onnx(text_enc, path: str | Path) -> None:
     """phoneme ids (1, N) int64 -> text embeddings (1, N, D); N is dynamic (1..max_phonemes)."""
     ids = torch.ones(1, 7, dtype=torch.int64)

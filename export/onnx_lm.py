@@ -10,7 +10,6 @@ count, heads, vocabulary, context, k, the tokenizer) travels in the artifact fol
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from heron.models.lm.model import ConcatCache, Routing, Transformer
-from heron.runtime.bundle import write_identity
+from heron.export.quantize import quantize_int8
+from heron.runtime.bundle import sha256_path, write_identity
 
 MANIFEST = "manifest.json"
 FORMAT = "heron-lm-onnx/1"
@@ -66,18 +66,6 @@ def export_onnx(model: Transformer, path: str | Path, k: int | None = None, opse
     return path
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantization of the MatMul weights (per channel)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
-    return dst
-
-
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 def export_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | None = None, int8: bool = False,
                   name: str = "lm") -> Path:
     """A self-describing runtime folder from a heron checkpoint: model.onnx (+ model.int8.onnx),
@@ -97,7 +85,7 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
     export_onnx(model, out / "model.onnx", k)
     files = ["model.onnx"]
     if int8:
-        quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+        quantize_int8(out / "model.onnx", out / "model.int8.onnx", per_channel=True, op_types=("MatMul", "Gemm"))
         files.append("model.int8.onnx")
     if tokenizer is not None:  # test models come without one; such a bundle takes token ids only
         shutil.copy(tokenizer, out / "tokenizer.json")
@@ -109,7 +97,7 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
         "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
         "active_experts": model.resolve_k(k) if cfg.n_experts else None, "n_experts": cfg.n_experts,
         "eot_id": eot_id, "state_inputs": ins, "state_outputs": outs, "source": source or {},
-        "sha256": {f: _sha256(out / f) for f in files},
+        "sha256": {f: sha256_path(out / f) for f in files},
         "bytes": {f: (out / f).stat().st_size for f in files},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))

@@ -239,15 +239,23 @@ class GatedConformer(nn.Module):
             feats = feats[:, : T * self.config.stack]
         return feats.reshape(B, T, M * self.config.stack)
 
-    def encode_features(self, feats, force_open: bool = False):
-        """(B, F, n_mels) normalized log-mels, F a multiple of stack * chunk_frames."""
+    def encode_features(self, feats, force_open: bool = False, hidden_layer: int | None = None):
+        """(B, F, n_mels) normalized log-mels, F a multiple of stack * chunk_frames -> (emb, gate probs),
+        and with `hidden_layer` k (1..n_layers) also the output of block k (a distillation target)."""
         x = self.inp_drop(self.inp(self.stack_frames(feats)))
         mask = self.chunk_mask(x.shape[1], x.device)
         probs = []
-        for blk in self.blocks:
+        hidden = None
+        for k, blk in enumerate(self.blocks, 1):
             x, p = blk(x, mask, force_open)
             probs.append(p)
-        return x, torch.stack(probs, dim=1)  # (B, T, D), (B, layers, N, 4)
+            if k == hidden_layer:
+                hidden = x
+        if hidden_layer is None:
+            return x, torch.stack(probs, dim=1)  # (B, T, D), (B, layers, N, 4)
+        if hidden is None:
+            raise ValueError(f"hidden_layer {hidden_layer} outside 1..{len(self.blocks)}")
+        return x, torch.stack(probs, dim=1), hidden
 
     def forward(self, wav: torch.Tensor):
         """wav: (B, S) float32 at 16 kHz -> log_probs (B, T, 40), emb (B, T, D), gate probs (B, layers, N, 4).

@@ -177,11 +177,16 @@ def run_eval(bundle: str | None, sets: list[str], out_json: str | None = None, i
         st = eval_stream(spotter, minutes=stream_minutes)
         curve = st.pop("_curve")
         res["stream"] = st
-        try:
-            metrics.plot_det({"hey heron": curve}, str(Path("runs") / "det_stream.png"), "held-out voices stream")
-            res["stream"]["det_png"] = "runs/det_stream.png"
-        except ImportError:
-            pass
+        if out_json:  # the plot goes beside the report the user asked for, nowhere else
+            from heron.models.plots import plot_det
+
+            png = Path(out_json).with_suffix(".det.png")
+            try:
+                Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+                plot_det({"hey heron": curve}, str(png), "held-out voices stream")
+                res["stream"]["det_png"] = str(png)
+            except ImportError:
+                pass
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(res, indent=1))

@@ -20,7 +20,7 @@ import numpy as np
 
 from heron.models.data.augment import AugmentConfig, Augmenter, NoiseBank, colored_noise, rms
 from heron.models.data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
-from heron.models.data.real import Utterance, crop_words, transcript_targets
+from heron.models.data.real import Utterance, crop_span, transcript_targets
 from heron.models.data.vocab import corpus_sentences, vocabulary
 
 
@@ -104,6 +104,7 @@ class BatchConfig:
     noise_only_fraction: float = 0.08
     real_fraction: float = 0.0  # share of utterances drawn from the real-speech pool (when there is one)
     seed: int = 0
+    teacher_frame: int = 0  # > 0: also return teacher targets (utterances with `teacher` frames) per this many samples
 
 
 def crop_budget(cfg: BatchConfig, aug: AugmentConfig) -> tuple[int, int]:
@@ -116,25 +117,33 @@ def crop_budget(cfg: BatchConfig, aug: AugmentConfig) -> tuple[int, int]:
 def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rng: np.random.Generator,
                real_pool: list[Utterance] | None = None):
     """-> wav (B, S) float32, n_samples (B,), targets (sum U,), target_lengths (B,). With a real pool,
-    each utterance comes from it with probability cfg.real_fraction.
+    each utterance comes from it with probability cfg.real_fraction. With cfg.teacher_frame, also
+    teacher (B, S / teacher_frame, D) float16 and teacher_mask (B, S / teacher_frame) bool: the clean
+    utterance's teacher frame under each student frame that holds its speech (False elsewhere and for
+    utterances without teacher frames).
 
     Speech is never cut apart from its transcript: a long utterance is cropped between words (its
-    targets with it, `crop_words`) to a span that still fits `max_seconds` after the slowest speed
+    targets with it, `crop_span`) to a span that still fits `max_seconds` after the slowest speed
     perturbation; whatever is still longer (padding, an utterance with no cut points) makes the
     batch longer instead of being cut."""
+    from heron.models.teacher import frame_targets
+
     max_len, budget = crop_budget(cfg, augmenter.config)
-    wavs, lens, targets, tlens = [], [], [], []
+    wavs, lens, targets, tlens, placed = [], [], [], [], []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.noise_only_fraction:
             n = int(rng.integers(cfg.chunk_samples, max_len + 1))
             x = augmenter.noise.sample(n, rng, augmenter.babble_clips) * float(10 ** rng.uniform(-3, -0.7))
             x = np.clip(x, -1, 1).astype(np.float32)
             tgt: tuple[int, ...] = ()
+            placed.append(None)
         else:
             src = real_pool if real_pool and rng.random() < cfg.real_fraction else pool
             u = src[int(rng.integers(len(src)))]
-            audio, tgt = crop_words(u, budget, rng)
-            x = augmenter(audio.astype(np.float32) / 32767.0, rng)
+            start, end, tgt = crop_span(u, budget, rng)
+            info: dict = {}
+            x = augmenter(u.audio[start:end].astype(np.float32) / 32767.0, rng, info)
+            placed.append((u, start, end - start, info) if u.teacher is not None else None)
         wavs.append(x)
         lens.append(len(x))
         targets.extend(tgt)
@@ -144,7 +153,19 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
     out = np.zeros((len(wavs), S), np.float32)
     for i, x in enumerate(wavs):
         out[i, : len(x)] = x
-    return out, np.asarray(lens), np.asarray(targets, np.int64), np.asarray(tlens)
+    batch = (out, np.asarray(lens), np.asarray(targets, np.int64), np.asarray(tlens))
+    if not cfg.teacher_frame:
+        return batch
+    T = S // cfg.teacher_frame
+    dim = next((p[0].teacher.shape[1] for p in placed if p is not None), 1)
+    teach = np.zeros((len(wavs), T, dim), np.float16)
+    mask = np.zeros((len(wavs), T), bool)
+    for i, p in enumerate(placed):
+        if p is not None:
+            u, start, n, info = p
+            teach[i], mask[i] = frame_targets(u.teacher, start, n, info.get("speed", 1.0), info.get("lead", 0), T,
+                                              cfg.teacher_frame)
+    return (*batch, teach, mask)
 
 
 def _worker(pool, real_pool, cfg: BatchConfig, aug_cfg: AugmentConfig, queue, worker_id: int, start_step: int,

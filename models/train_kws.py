@@ -53,6 +53,11 @@ class TrainConfig:
     augment: str = "standard"  # augmentation preset (heron.models.data.augment.AUGMENT_PRESETS)
     align: str = ""  # checkpoint whose CTC alignment cuts long real utterances between words (default: init)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # real-speech teacher (heron.models.teacher): weight of the frame loss on the real utterances (0 = off),
+    # the student block it is applied to (1..n_layers), and where its frames are cached (default --out)
+    teacher_weight: float = 0.0
+    teacher_layer: int = 3
+    teacher_cache: str = ""
 
 
 TRAIN_PRESETS = {
@@ -100,13 +105,17 @@ class Featurizer:
 
 
 def save_checkpoint(path: Path, model: GatedConformer, opt: torch.optim.Optimizer | None, step: int,
-                    cfg: TrainConfig, extra: dict | None = None) -> None:
+                    cfg: TrainConfig, extra: dict | None = None, aux: torch.nn.Module | None = None) -> None:
+    """`aux`: training-only modules (the teacher projection), saved as aux.* so that a run resumes
+    with them; `release` drops them."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if aux is not None:
+        tensors.update({f"aux.{k}": v.detach().contiguous() for k, v in aux.state_dict().items()})
     if opt is not None:
-        index = {id(p): i for i, p in enumerate(model.parameters())}
+        index = {id(p): i for i, p in enumerate(_trained_params(model, aux))}
         for param, st in opt.state.items():
             i = index[id(param)]
             for k, v in st.items():
@@ -149,8 +158,13 @@ def load_encoder(path: str | Path) -> tuple[GatedConformer, dict]:
     return model.eval(), meta
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, model: GatedConformer, tensors: dict[str, torch.Tensor]) -> None:
-    params = list(model.parameters())
+def _trained_params(model: torch.nn.Module, aux: torch.nn.Module | None) -> list[torch.nn.Parameter]:
+    return list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, model: GatedConformer, tensors: dict[str, torch.Tensor],
+                      aux: torch.nn.Module | None = None) -> None:
+    params = _trained_params(model, aux)
     for i, param in enumerate(params):
         st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
         if st:
@@ -169,6 +183,20 @@ def estimate_normalization(model: GatedConformer, stream: BatchStream, batches: 
     fe.std.copy_(allf.std(0).clamp_min(1e-3))
 
 
+def teacher_loss(pred: torch.Tensor, teacher: np.ndarray, mask: np.ndarray, mean: torch.Tensor,
+                 std: torch.Tensor) -> torch.Tensor:
+    """DistilHuBERT's frame loss (L1 + -log sigmoid(cosine)) between the projected student frames
+    (B, T, D) and the standardized teacher frames, over the frames where the teacher heard speech."""
+    m = torch.from_numpy(mask)
+    T = min(pred.shape[1], m.shape[1])
+    m = m[:, :T]
+    if not m.any():
+        return pred.sum() * 0.0
+    p = pred[:, :T][m]
+    t = (torch.from_numpy(teacher[:, :T]).float()[m] - mean) / std
+    return F.l1_loss(p, t) - F.logsigmoid(F.cosine_similarity(p, t, dim=-1)).mean()
+
+
 def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,12 +206,23 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
         init_tensors, init_meta = read_checkpoint(cfg.init)
         cfg = replace(cfg, model=ConformerConfig(**init_meta["model_config"]))
     model = GatedConformer(cfg.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    teacher_on = cfg.teacher_weight > 0
+    if teacher_on and not cfg.user_data:
+        raise ValueError("--teacher-weight needs real speech (--user-data): the teacher hears real utterances")
+    if teacher_on and not 1 <= cfg.teacher_layer <= cfg.model.n_layers:
+        raise ValueError(f"--teacher-layer {cfg.teacher_layer} outside 1..{cfg.model.n_layers}")
+    from heron.models.teacher import TEACHER_DIM
+
+    proj = torch.nn.Linear(cfg.model.d_model, TEACHER_DIM) if teacher_on else None
+    opt = torch.optim.AdamW(_trained_params(model, proj), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.98))
     start = 0
     if (out / "model.safetensors").exists():
         tensors, meta = read_checkpoint(out)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        restore_optimizer(opt, model, tensors)
+        if proj is not None:
+            proj.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
+        restore_optimizer(opt, model, tensors, proj)
         start = int(meta["step"])
         print(f"resuming from step {start}")
     if start >= cfg.steps:
@@ -194,8 +233,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     if cfg.augment not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {cfg.augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
     aug = AUGMENT_PRESETS[cfg.augment]
+    frame = cfg.model.stack * HOP
     bcfg = BatchConfig(batch_size=cfg.batch_size, max_seconds=cfg.max_seconds,
-                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction)
+                       chunk_samples=cfg.model.chunk_samples, seed=cfg.seed, real_fraction=cfg.real_fraction,
+                       teacher_frame=frame if teacher_on else 0)
     real_pool = None
     if cfg.user_data:  # checked and read before the (slow) TTS synthesis: a bad row fails at once
         real = load_user_pool(cfg.user_data)
@@ -208,6 +249,12 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
         print(f"real speech: {len(real)} utterances, {sum(len(u.audio) for u in real) / SAMPLE_RATE / 3600:.2f} h; "
               f"{n_long} longer than {cfg.max_seconds} s, {n_cut} with word cut points"
               + ("" if aligner else " (no --init/--align checkpoint: long ones are used whole)"))
+        if teacher_on:
+            from heron.models.teacher import with_teacher
+
+            real, t_mean, t_std = with_teacher(real, frame, cfg.teacher_cache or out / "teacher-cache",
+                                               threads=cfg.threads, progress=progress)
+            t_mean, t_std = torch.from_numpy(t_mean), torch.from_numpy(t_std)
     pool = build_tts_pool(cfg.pool_size, seed=cfg.seed)
     if cfg.user_data:
         if cfg.real_fraction > 0:
@@ -233,18 +280,22 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     step = start
     try:
         for step in range(start, cfg.steps):
-            wav, n_samples, targets, tlens = next(stream)
+            wav, n_samples, targets, tlens, *teach = next(stream)
             wav_t = torch.from_numpy(wav)
             feats = spec_augment(feat(wav_t, gen), cfg, gen)
-            emb, probs = model.encode_features(feats, force_open=step < cfg.gate_warmup)
+            emb, probs, *hidden = model.encode_features(feats, force_open=step < cfg.gate_warmup,
+                                                        hidden_layer=cfg.teacher_layer if teacher_on else None)
             log_probs = F.log_softmax(model.head(emb), dim=-1)  # (B, T, 40)
-            frame = cfg.model.stack * HOP
             in_lens = torch.from_numpy(np.ceil(n_samples / frame).astype(np.int64)).clamp(max=log_probs.shape[1])
             ctc = F.ctc_loss(log_probs.transpose(0, 1), torch.from_numpy(targets), in_lens, torch.from_numpy(tlens),
                              blank=0, reduction="sum", zero_infinity=True) / max(1, int(in_lens.sum()))
             compute = (probs * costs).sum(-1).mean()  # expected share of module compute that runs
             lam = cfg.gate_penalty if (cfg.model.gated and step >= cfg.gate_warmup) else 0.0
             loss = ctc + lam * compute
+            distill = torch.zeros(())
+            if teacher_on:
+                distill = teacher_loss(proj(hidden[0]), teach[0], teach[1], t_mean, t_std)
+                loss = loss + cfg.teacher_weight * distill
             for g in opt.param_groups:
                 g["lr"] = _lr(cfg, step)
             opt.zero_grad(set_to_none=True)
@@ -256,6 +307,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
                 bar.set_postfix(ctc=f"{ctc.item():.3f}", on=f"{(probs > 0.5).float().mean().item():.2f}")
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 rec = {"step": step, "loss": round(loss.item(), 4), "ctc": round(ctc.item(), 4),
+                       **({"teacher": round(distill.item(), 4)} if teacher_on else {}),
                        "gates_open": round((probs > 0.5).float().mean().item(), 3), "lr": _lr(cfg, step),
                        "elapsed_s": round(time.time() - t_start, 1)}
                 log.write(json.dumps(rec) + "\n")
@@ -263,7 +315,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
             done = step + 1
             timed_out = cfg.max_minutes and (time.time() - t_start) > cfg.max_minutes * 60
             if done % cfg.ckpt_every == 0 or done == cfg.steps or timed_out:
-                save_checkpoint(out, model, opt, done, cfg)
+                save_checkpoint(out, model, opt, done, cfg, aux=proj)
             if timed_out:
                 print(f"stopping at step {done}: --max-minutes {cfg.max_minutes} reached")
                 break

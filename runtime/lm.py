@@ -112,6 +112,8 @@ class OnnxLM:
         where = str(folder / "manifest.json")
         validate_lm_manifest(self.manifest, where)
         weights = weights or ("int8" if int8 else "fp32")
+        if weights == "auto":  # int8 where the (read and validated) manifest lists it
+            weights = "int8" if WEIGHTS["int8"] in self.manifest["sha256"] else "fp32"
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         name = WEIGHTS[weights]

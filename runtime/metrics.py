@@ -115,30 +115,6 @@ def frr_at_fa_per_hour(curve: list[StreamResult], target_fah: float) -> StreamRe
     return min(ok, key=lambda r: (r.frr, -r.threshold))
 
 
-def plot_det(curves: dict[str, list[StreamResult]], path: str, title: str = "DET") -> None:
-    """FRR vs FA/h for each named curve, written as PNG (needs matplotlib: pip install heron[train])."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("the DET plot needs matplotlib: pip install 'heron[train]'") from e
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    for name, curve in curves.items():
-        pts = [(r.fa_per_hour, 100 * r.frr) for r in sorted(curve, key=lambda r: -r.threshold)]
-        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", marker=".", label=name)
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("false accepts per hour")
-    ax.set_ylabel("false reject rate (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what decides int8/fp32 kernel speed
 
 
@@ -146,20 +122,10 @@ def machine() -> str:
     """The CPU a benchmark ran on: model, the ISA flags that matter (AVX2 / AVX-512 / VNNI), cores.
     Figures differ several-fold between CPUs of one cloud 'kind', so every benchmark prints this."""
     import os
-    import platform
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and not cpu.startswith(platform.machine()):
-                    break
-    except OSError:
-        pass
+    from heron.runtime.cpu import cpu_info
+
+    cpu, flags = cpu_info()
     isa = [f for f in ISA_FLAGS if f in flags] or (["neon"] if "asimd" in flags else ["isa unknown"])
     if flags and "avx512_vnni" not in flags and "avx_vnni" not in flags and "avx2" in flags:
         isa.append("no VNNI")

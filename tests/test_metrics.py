@@ -61,5 +61,7 @@ def test_det_plot_writes_png(tmp_path):
     scores = np.random.default_rng(0).random(times.size)
     curve = metrics.det_curve(times, scores, [(10, 11)], 100.0)
     out = tmp_path / "det.png"
-    metrics.plot_det({"x": curve}, str(out))
+    from heron.models.plots import plot_det
+
+    plot_det({"x": curve}, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -131,7 +131,7 @@ class _NoAug:
     noise = None
     babble_clips = None
 
-    def __call__(self, x, rng):
+    def __call__(self, x, rng, info=None):
         return x
 
 

@@ -237,14 +237,22 @@ class Augmenter:
         self.noise = noise or NoiseBank(None)
         self.babble_clips = babble_clips
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, info: dict | None = None) -> np.ndarray:
+        """`info`, when given, receives where the input went: "speed" (input samples per output
+        sample) and "lead" (samples of padding before it); the later steps keep time in place."""
         c = self.config
+        n_in = len(x)
         if rng.random() < c.p_speed:
             x = speed_perturb(x, float(rng.uniform(*c.speed_range)))
+        speed = n_in / max(1, len(x))
         if c.p_at_end and rng.random() < c.p_at_end:
-            x = pad_silence(x, float(rng.uniform(*c.lead_in_s)), 0.0, rng)
+            lead = float(rng.uniform(*c.lead_in_s))
+            x = pad_silence(x, lead, 0.0, rng)
         else:
-            x = pad_silence(x, float(rng.uniform(*c.pad_range_s)), float(rng.uniform(*c.pad_range_s)), rng)
+            lead = float(rng.uniform(*c.pad_range_s))
+            x = pad_silence(x, lead, float(rng.uniform(*c.pad_range_s)), rng)
+        if info is not None:
+            info["speed"], info["lead"] = speed, int(lead * SAMPLE_RATE)
         if rng.random() < c.p_reverb:
             x = reverberate(x, synthetic_rir(rng))
         if rng.random() < c.p_band_limit:

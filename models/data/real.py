@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Utterance:
     audio: np.ndarray  # int16
     word_ends: tuple[int, ...] = ()
     cuts: tuple[int, ...] = ()
+    teacher: np.ndarray | None = None  # teacher frames of the clean audio (heron.models.teacher), float16
 
 
 class DataError(ValueError):
@@ -229,22 +230,23 @@ def with_cuts(pool: list[Utterance], checkpoint: str | Path, longer_than: int, c
             tmp.replace(cache)
     out = list(pool)
     for i, c in zip(long_ids, cuts):
-        out[i] = Utterance(pool[i].text, pool[i].targets, pool[i].audio, pool[i].word_ends, tuple(c))
+        out[i] = replace(pool[i], cuts=tuple(c))
     return out
 
 
-def crop_words(u: Utterance, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, ...]]:
-    """-> (audio, targets) of at most `budget` samples, cut only between words, targets cut with it.
+def crop_span(u: Utterance, budget: int, rng: np.random.Generator) -> tuple[int, int, tuple[int, ...]]:
+    """-> (start, end, targets): a span of at most `budget` samples, cut only between words, targets
+    cut with it.
 
     Short utterances and those without cut points come back whole (never audio without its words
     or words without their audio). A random start word; the span grows forwards, then backwards, as far
     as the budget allows."""
     if len(u.audio) <= budget or len(u.cuts) < 2:
-        return u.audio, u.targets
+        return 0, len(u.audio), u.targets
     n = len(u.cuts) - 1
     fits = [i for i in range(n) if u.cuts[i + 1] - u.cuts[i] <= budget]
     if not fits:
-        return u.audio, u.targets
+        return 0, len(u.audio), u.targets
     i = fits[int(rng.integers(len(fits)))]
     j = i
     while j + 1 < n and u.cuts[j + 2] - u.cuts[i] <= budget:
@@ -252,4 +254,10 @@ def crop_words(u: Utterance, budget: int, rng: np.random.Generator) -> tuple[np.
     while i > 0 and u.cuts[j + 1] - u.cuts[i - 1] <= budget:  # near the end: grow backwards
         i -= 1
     t0 = u.word_ends[i - 1] if i else 0
-    return u.audio[u.cuts[i]:u.cuts[j + 1]], u.targets[t0:u.word_ends[j]]
+    return u.cuts[i], u.cuts[j + 1], u.targets[t0:u.word_ends[j]]
+
+
+def crop_words(u: Utterance, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, ...]]:
+    """-> (audio, targets): `crop_span` applied to the audio."""
+    start, end, targets = crop_span(u, budget, rng)
+    return u.audio[start:end], targets
