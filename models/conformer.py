@@ -141,6 +141,13 @@ class GatedConformerBlock(nn.Module):
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, c.gate_init_bias)
 
+    def start_as_identity(self) -> None:
+        """Zero every module's output projection, so the block adds nothing to its input (only its
+        final LayerNorm acts): a block appended to a trained encoder starts where the encoder was."""
+        for lin in (self.ffn1.down, self.attn.out, self.conv.pw2, self.ffn2.down):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
     def gate_probs(self, x):
         """x: (B, N*C, D) -> gate probabilities (B, N, 4), one decision per chunk and module."""
         B, T, D = x.shape

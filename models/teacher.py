@@ -63,8 +63,10 @@ def to_student_rate(frames: np.ndarray, n_samples: int, frame: int) -> np.ndarra
 
 class WhisperTeacher:
     def __init__(self, threads: int = 2):
-        from faster_whisper import WhisperModel
-
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise RuntimeError(f"the Whisper teacher needs faster-whisper: pip install 'heron[teacher]' ({e})") from e
         self.model = WhisperModel(str(whisper_dir()), device="cpu", compute_type="int8", cpu_threads=threads)
 
     def encode(self, audio: np.ndarray) -> np.ndarray:

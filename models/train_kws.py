@@ -58,6 +58,7 @@ class TrainConfig:
     teacher_weight: float = 0.0
     teacher_layer: int = 3
     teacher_cache: str = ""
+    grow_layers: int = 0  # with init: append this many blocks (output projections zeroed) before fine-tuning
 
 
 TRAIN_PRESETS = {
@@ -204,7 +205,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.init:  # fine-tuning: the architecture is the initial checkpoint's
         init_tensors, init_meta = read_checkpoint(cfg.init)
-        cfg = replace(cfg, model=ConformerConfig(**init_meta["model_config"]))
+        init_model = ConformerConfig(**init_meta["model_config"])
+        cfg = replace(cfg, model=replace(init_model, n_layers=init_model.n_layers + cfg.grow_layers))
+    elif cfg.grow_layers:
+        raise ValueError("--grow-layers needs --init (the model it grows)")
     model = GatedConformer(cfg.model)
     teacher_on = cfg.teacher_weight > 0
     if teacher_on and not cfg.user_data:
@@ -228,7 +232,18 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
     if start >= cfg.steps:
         return out
     if start == 0 and cfg.init:  # a resumed run continues from its own checkpoint, never from init
-        model.load_state_dict({k[6:]: v.float() for k, v in init_tensors.items() if k.startswith("model.")})
+        state = {k[6:]: v.float() for k, v in init_tensors.items() if k.startswith("model.")}
+        if cfg.grow_layers:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            first_new = cfg.model.n_layers - cfg.grow_layers
+            if unexpected or any(not k.startswith(tuple(f"blocks.{i}." for i in range(first_new, cfg.model.n_layers)))
+                                 for k in missing):
+                raise ValueError(f"{cfg.init} does not fit the grown model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            for blk in model.blocks[first_new:]:
+                blk.start_as_identity()
+            print(f"grown from {first_new} to {cfg.model.n_layers} blocks (new blocks start as residual identities)")
+        else:
+            model.load_state_dict(state)
         print(f"fine-tuning from {cfg.init} (step {init_meta.get('step')})")
     if cfg.augment not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {cfg.augment!r}; choose from {sorted(AUGMENT_PRESETS)}")

@@ -18,7 +18,7 @@ def _kws(args) -> int:
                               ("gate_warmup", args.gate_warmup), ("real_fraction", args.real_fraction),
                               ("init", args.init), ("align", args.align), ("augment", args.augment), ("lr", args.lr), ("warmup", args.warmup),
                               ("teacher_weight", args.teacher_weight), ("teacher_layer", args.teacher_layer),
-                              ("teacher_cache", args.teacher_cache))
+                              ("teacher_cache", args.teacher_cache), ("grow_layers", args.grow_layers))
             if v is not None}
     if args.user_data:
         over["user_data"] = tuple(args.user_data)
@@ -90,6 +90,8 @@ def add_kws_train(tsub, formatter) -> None:
                                                                    "to (default: the preset's, 3)")
     q.add_argument("--teacher-cache", default=None, help="folder for the teacher's frames, computed once per data set "
                                                          "(default: OUT/teacher-cache)")
+    q.add_argument("--grow-layers", type=int, default=None,
+                   help="with --init: append this many encoder blocks, started as identities (default: 0)")
     q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     q.add_argument("--warmup", type=int, default=None, help="learning-rate warmup steps (default: the preset's)")
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")

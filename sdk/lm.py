@@ -115,9 +115,9 @@ class LanguageModel:
                 raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
             draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
                            weights="auto")  # nothing in the manifest is read before OnnxLM verifies it
-            if draft.vocab_size != self.backend.vocab_size:
-                raise ValueError(f"the draft's vocabulary ({draft.vocab_size}) differs from the target's "
-                                 f"({self.backend.vocab_size})")
+            draft_tok = draft.tokenizer() if "tokenizer.json" in draft.manifest["sha256"] else None
+            require_same_vocabulary(f"the draft ({folder})", draft.vocab_size, draft_tok,
+                                    f"the target ({self.path})", self.backend.vocab_size, self.tokenizer)
             self._drafts[key] = draft
         return self._drafts[key]
 
@@ -215,6 +215,27 @@ def _is_heron_config(path: Path) -> bool:
         return bool(json.loads(path.read_text()).get("format"))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return False
+
+
+def _token_table(tok) -> dict[str, int] | None:
+    """The token -> id table of a tokenizer (a `tokenizers.Tokenizer` or one of heron's wrappers of it)."""
+    inner = getattr(tok, "_tok", None) or getattr(tok, "tok", None) or tok
+    get = getattr(inner, "get_vocab", None)
+    return get(with_added_tokens=True) if callable(get) else None
+
+
+def require_same_vocabulary(draft_name: str, draft_vocab: int, draft_tok, target_name: str, target_vocab: int,
+                            target_tok) -> None:
+    """Speculation verifies the draft's token ids with the target: both must mean the same tokens.
+    Refuses (naming both) when the logit widths differ or both tokenizers are known and differ."""
+    def describe(name, vocab, table):
+        return f"{name}: {vocab} logits" + (f", a tokenizer of {len(table)} tokens" if table is not None else "")
+
+    d, t = _token_table(draft_tok) if draft_tok is not None else None, \
+        _token_table(target_tok) if target_tok is not None else None
+    if draft_vocab != target_vocab or (d is not None and t is not None and d != t):
+        raise ValueError(f"{describe(draft_name, draft_vocab, d)}; {describe(target_name, target_vocab, t)}: "
+                         "speculative decoding needs a draft with the target's tokenizer")
 
 
 class _TokenizersAdapter:

@@ -94,3 +94,35 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_encoder(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path / "missing")
+
+
+def test_a_block_started_as_identity_adds_nothing():
+    torch.manual_seed(0)
+    m = GatedConformer(PRESETS["tiny"]).eval()
+    blk = m.blocks[1]
+    blk.start_as_identity()
+    x = torch.randn(2, m.config.chunk_frames * 2, m.config.d_model)
+    y, _ = blk(x, m.chunk_mask(x.shape[1]))
+    assert torch.allclose(y, blk.norm(x), atol=1e-6)
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_grown_fine_tune_keeps_the_trained_blocks(tmp_path):
+    from dataclasses import replace
+
+    from heron.models.train_kws import TRAIN_PRESETS, load_encoder, read_checkpoint, save_checkpoint, train
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "init", GatedConformer(PRESETS["tiny"]), None, 0, TRAIN_PRESETS["smoke"])
+    cfg = replace(TRAIN_PRESETS["smoke"], steps=1, pool_size=4, batch_size=2, lr=1e-9, warmup=1,
+                  init=str(tmp_path / "init"), grow_layers=1)
+    train(cfg, tmp_path / "run", progress=False)
+    model, meta = load_encoder(tmp_path / "run")
+    init = read_checkpoint(tmp_path / "init")[0]
+    assert meta["model_config"]["n_layers"] == PRESETS["tiny"].n_layers + 1 == len(model.blocks)
+    sd = model.state_dict()
+    assert all(torch.allclose(sd[k[6:]], v.float(), atol=1e-6) for k, v in init.items()
+               if k.startswith("model.") and v.is_floating_point())  # lr ~0: the trained blocks are the init's
+    assert float(model.blocks[-1].attn.out.weight.abs().max()) < 1e-6  # the new block started as an identity
+    with pytest.raises(ValueError, match="needs --init"):
+        train(replace(cfg, init=""), tmp_path / "run2", progress=False)

@@ -243,3 +243,19 @@ class _Slow:
         import time
         time.sleep(self.sleep_s)
         return self.b.forward(tokens)
+
+
+def test_a_draft_with_another_tokenizer_is_refused_naming_both():
+    tokenizers = pytest.importorskip("tokenizers")
+    from heron.lm import require_same_vocabulary
+
+    def tok(words):
+        return tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+
+    a, b = tok(["a", "b", "c"]), tok(["a", "c", "b"])  # same size, other ids
+    require_same_vocabulary("draft", 3, a, "target", 3, tok(["a", "b", "c"]))  # the same table: fine
+    require_same_vocabulary("draft", 3, a, "target", 3, None)  # a target without a tokenizer: ids only
+    with pytest.raises(ValueError, match=r"draft: 3 logits, a tokenizer of 3 tokens; target: 3 logits, a tokenizer"):
+        require_same_vocabulary("draft", 3, a, "target", 3, b)
+    with pytest.raises(ValueError, match=r"draft: 4096 logits; target: 49152 logits: speculative decoding needs"):
+        require_same_vocabulary("draft", 4096, None, "target", 49152, None)
