@@ -1,9 +1,9 @@
 """Load GGUF files (llama.cpp's format) of the dense Llama family into heron's Transformer, and their
 tokenizer and chat template from the metadata. Nothing is downloaded: point it at a local file.
 
-Weights: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are dequantized to float32 with the `gguf`
-package (its reference numpy dequantizers); any other type is refused with a one-line error naming
-the tensor. llama.cpp's converter permutes the rows of Llama's q/k projections into its interleaved
+Weights: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are read and dequantized to float32 by heron's
+numpy-only reader (heron.runtime.gguf: memory-mapped, bounds-checked, bit-exact with the `gguf`
+package's reference dequantizers); any other type is refused with a one-line error naming the tensor. llama.cpp's converter permutes the rows of Llama's q/k projections into its interleaved
 RoPE layout; they are permuted back into heron's (Hugging Face's) half-split layout here.
 
 Tokenizer: a GGUF "gpt2" vocabulary is byte-level BPE; it is rebuilt as a `tokenizers.Tokenizer`
@@ -23,37 +23,20 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 MAX_FILE_BYTES = 16 << 30
 
 
-def _gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise ImportError("reading GGUF files needs the 'gguf' package: pip install gguf") from e
-    return gguf
-
-
 def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception as e:  # a corrupt field: gguf raises assorted errors
-        raise ValueError(f"GGUF metadata {key!r} is unreadable: {e}") from None
+    return reader.metadata.get(key, default)
 
 
 def open_reader(path: str | Path):
+    """-> heron.runtime.gguf.GGUFFile (its errors are ValueErrors of one line)."""
+    from heron.runtime.gguf import GGUFFile
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ValueError(f"{path} is {path.stat().st_size / 2**30:.1f} GiB; heron reads GGUF files up to 16 GiB")
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
-    try:
-        return _gguf().GGUFReader(str(path))
-    except (ValueError, IndexError, KeyError, OSError, TypeError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file: {str(e)[:200]}") from None
+    return GGUFFile(path)
 
 
 @dataclass
@@ -92,7 +75,7 @@ def config_from_gguf(reader):
         raise ValueError(f"RoPE scaling {_field(reader, f'{arch}.rope.scaling.type')!r} is not supported")
     if _field(reader, f"{arch}.expert_count", 0):
         raise ValueError("GGUF mixture-of-experts models are not supported (load the Hugging Face folder instead)")
-    names = {t.name for t in reader.tensors}
+    names = set(reader.tensors)
     vocab = _field(reader, f"{arch}.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens") or [])
     return LMConfig(vocab_size=int(vocab), dim=dim, n_layers=int(need("block_count")), n_heads=n_heads,
                     n_kv_heads=int(kv), head_dim=dim // n_heads, ffn_dim=int(need("feed_forward_length")),
@@ -104,7 +87,7 @@ def config_from_gguf(reader):
 
 def info(reader) -> GGUFInfo:
     from collections import Counter
-    types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) > 1)
+    types = Counter(t.type_name for t in reader.tensors.values() if len(t.shape) > 1)
     return GGUFInfo(architecture=_field(reader, "general.architecture"), name=_field(reader, "general.name", ""),
                     file_type=types.most_common(1)[0][0] if types else "F32",
                     bos_id=_field(reader, "tokenizer.ggml.bos_token_id"),
@@ -117,18 +100,11 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tensor(t) -> np.ndarray:
-    kind = t.tensor_type.name
-    if kind not in SUPPORTED_TYPES:
-        raise ValueError(f"GGUF tensor {t.name} is {kind}; heron reads {', '.join(SUPPORTED_TYPES)}")
-    shape = tuple(int(d) for d in reversed(t.shape))  # ggml lists the fastest dimension first
-    if kind == "F32":
-        w = np.asarray(t.data, dtype=np.float32)
-    else:
-        w = _gguf().quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-    if w.size != math.prod(shape):
-        raise ValueError(f"GGUF tensor {t.name}: {w.size} values for the shape {shape}")
-    return w.reshape(shape)
+def _tensor(reader, name: str) -> np.ndarray:
+    t = reader.tensors[name]
+    if t.type_name not in SUPPORTED_TYPES:
+        raise ValueError(f"GGUF tensor {name} is {t.type_name}; heron reads {', '.join(SUPPORTED_TYPES)}")
+    return reader.tensor(name)
 
 
 def load_gguf(path: str | Path):
@@ -143,8 +119,8 @@ def _load_model(reader, path):
 
     cfg = config_from_gguf(reader)
     meta = info(reader)
-    tensors = {t.name: t for t in reader.tensors}
-    stored = sum(math.prod(int(d) for d in t.shape) for t in reader.tensors)
+    tensors = reader.tensors
+    stored = sum(math.prod(t.shape) for t in tensors.values())
     if not 0.9 * cfg.param_count() <= stored <= 1.1 * cfg.param_count() + cfg.vocab_size * cfg.dim:
         raise ValueError(f"{path}: the metadata describes {cfg.param_count():,} parameters, the tensors hold {stored:,}")
     mapping = {"token_embd.weight": "embed.weight", "output_norm.weight": "norm.weight"}
@@ -168,7 +144,7 @@ def _load_model(reader, path):
     permute = meta.architecture == "llama"  # llama.cpp permutes Llama's q/k only
     state = {}
     for src, dst in mapping.items():
-        w = _tensor(tensors[src])
+        w = _tensor(reader, src)
         if permute and dst.endswith(("q_proj.weight", "q_proj.bias")):
             w = _unpermute(w, cfg.n_heads)
         elif permute and dst.endswith(("k_proj.weight", "k_proj.bias")):
