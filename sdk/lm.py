@@ -31,6 +31,7 @@ from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
 from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
+from heron.runtime.tokenizer import Tokenizer
 
 __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
            "Token"]
@@ -177,7 +178,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights)
         tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
         template = backend.manifest.get("chat_template")
-        return LanguageModel(backend, _TokenizersAdapter(tok) if tok is not None else None, folder,
+        return LanguageModel(backend, Tokenizer(tok) if tok is not None else None, folder,
                              chat_template=ChatTemplate(template) if template else None)
     if weights != "fp32":
         raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with heron lm export --{weights}")
@@ -194,7 +195,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError(f"{folder} is a file; heron loads GGUF files (.gguf) or model folders")
         from heron.models.lm.gguf_file import load_gguf_with_tokenizer
         model, tok, info = load_gguf_with_tokenizer(folder)
-        tok = _TokenizersAdapter(tok, info.eos_id)
+        tok = Tokenizer(tok, info.eos_id)
         template = ChatTemplate(info.chat_template) if info.chat_template else None
     elif checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
         model, tok, _ = checkpoint.load(folder)
@@ -218,9 +219,8 @@ def _is_heron_config(path: Path) -> bool:
 
 
 def _token_table(tok) -> dict[str, int] | None:
-    """The token -> id table of a tokenizer (a `tokenizers.Tokenizer` or one of heron's wrappers of it)."""
-    inner = getattr(tok, "_tok", None) or getattr(tok, "tok", None) or tok
-    get = getattr(inner, "get_vocab", None)
+    """The token -> id table of a tokenizer (heron's Tokenizer or a `tokenizers.Tokenizer`)."""
+    get = getattr(tok, "get_vocab", None)
     return get(with_added_tokens=True) if callable(get) else None
 
 
@@ -236,16 +236,3 @@ def require_same_vocabulary(draft_name: str, draft_vocab: int, draft_tok, target
     if draft_vocab != target_vocab or (d is not None and t is not None and d != t):
         raise ValueError(f"{describe(draft_name, draft_vocab, d)}; {describe(target_name, target_vocab, t)}: "
                          "speculative decoding needs a draft with the target's tokenizer")
-
-
-class _TokenizersAdapter:
-    """A `tokenizers.Tokenizer` (ONNX bundles) with the encode/decode of heron's own tokenizer."""
-
-    def __init__(self, tok, eot_id: int | None = None):
-        self.tok, self.eot_id = tok, eot_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids)  # special tokens (end of turn) are skipped

@@ -6,7 +6,7 @@ numpy-only reader (heron.runtime.gguf: memory-mapped, bounds-checked, bit-exact 
 package's reference dequantizers); any other type is refused with a one-line error naming the tensor. llama.cpp's converter permutes the rows of Llama's q/k projections into its interleaved
 RoPE layout; they are permuted back into heron's (Hugging Face's) half-split layout here.
 
-Tokenizer: a GGUF "gpt2" vocabulary is byte-level BPE; it is rebuilt as a `tokenizers.Tokenizer`
+Tokenizer (heron.runtime.tokenizer): a GGUF "gpt2" vocabulary is byte-level BPE; it is rebuilt as a `tokenizers.Tokenizer`
 (vocabulary, merges, control tokens as special tokens, the pre-tokenizer its `tokenizer.ggml.pre`
 names) and can be saved as tokenizer.json, so the ONNX runtime needs neither this file nor `gguf`.
 """
@@ -161,81 +161,10 @@ def _load_model(reader, path):
     return model.eval(), meta
 
 
-# ------------------------------------------------------------------------------------------------
-# tokenizer
-
-# llama.cpp's pre-tokenizer names -> how the text is split before byte-level BPE. "gpt2"-style
-# vocabularies not listed here use the GPT-2 regex; "smollm" also splits digits one by one (as
-# SmolLM's own tokenizer.json and llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM do).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-           "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the spelling of byte-level BPE vocabularies)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def tokenizer_from_gguf(reader):
-    """The file's byte-level BPE vocabulary as a `tokenizers.Tokenizer`."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    kind = _field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"GGUF tokenizer {kind!r} is not supported; heron reads byte-level BPE ('gpt2')")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = _field(reader, "tokenizer.ggml.merges")
-    types = _field(reader, "tokenizer.ggml.token_type") or []
-    if not tokens or merges is None:
-        raise ValueError("GGUF metadata lacks the tokenizer's tokens or merges")
-    alphabet = set(_bytes_to_unicode().values())
-    spell = _bytes_to_unicode()
-    vocab = {(t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise ValueError("GGUF tokenizer: duplicate tokens in the vocabulary")
-    pairs = []
-    for m in merges:
-        a, sep, b = m.partition(" ")
-        if not sep:
-            raise ValueError(f"GGUF tokenizer: malformed merge {m[:40]!r}")
-        pairs.append((a, b))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
-    if pre in _SPLITS:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
-                                                     byte_level])
-    elif pre == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
-               if ty == 3 and set(t) <= alphabet]
-    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4]
-    if control:
-        tok.add_special_tokens(control)
-    if user:
-        tok.add_tokens(user)
-    if tok.get_vocab_size() != len(tokens):
-        raise ValueError(f"GGUF tokenizer: {tok.get_vocab_size()} tokens after building, the file lists {len(tokens)}")
-    return tok
-
-
 def load_gguf_with_tokenizer(path: str | Path):
     """-> (Transformer, tokenizers.Tokenizer, GGUFInfo): everything `heron.load_lm` needs from one file."""
+    from heron.runtime.tokenizer import tokenizer_from_gguf
+
     reader = open_reader(path)
     model, meta = _load_model(reader, path)
     tok = tokenizer_from_gguf(reader)

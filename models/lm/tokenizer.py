@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from heron.runtime.tokenizer import Tokenizer as RuntimeTokenizer
+
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 N_MASK_TOKENS = 8
@@ -22,29 +24,15 @@ def _tokenizers():
     return tokenizers
 
 
-class Tokenizer:
-    """Thin wrapper: encode/decode plus the ids of the special tokens."""
+class Tokenizer(RuntimeTokenizer):
+    """heron's trained tokenizer: the runtime tokenizer plus the ids of heron's special tokens."""
 
     def __init__(self, tok):
-        self._tok = tok
-        self.eot_id = tok.token_to_id(EOT)
+        super().__init__(tok, tok.token_to_id(EOT))
         self.pad_id = tok.token_to_id(PAD)
         self.mask_ids = [tok.token_to_id(m) for m in MASKS]
         if self.eot_id is None or None in self.mask_ids:
             raise ValueError("tokenizer.json lacks heron's special tokens; was it trained by heron?")
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids))
-
-    def save(self, path: str | Path) -> None:
-        self._tok.save(str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
