@@ -208,18 +208,31 @@ def load_tokenizer(path: str | Path):
 
 
 class Detokenizer:
-    """Turns a growing id list into text increments without splitting a UTF-8 character."""
+    """Turns a growing id list into text increments in O(1) per token, never splitting a UTF-8 character.
+
+    Only a short window is decoded each time (mlx-lm's and TGI's incremental scheme): the text of
+    ids[prefix:] minus that of ids[prefix:read], where `read` is the end of what was already emitted
+    and `prefix` a few tokens before it (a token's text can depend on its left neighbour). An
+    incomplete multi-byte character (a trailing U+FFFD) is held back until the token that completes it.
+    """
+
+    CONTEXT = 4  # tokens of left context decoded with each new one
 
     def __init__(self, decode, prompt_ids: list[int]):
-        self.decode, self.ids = decode, list(prompt_ids)
-        self.emitted = len(decode(self.ids)) if decode else 0
+        self.decode = decode
+        self.ids = list(prompt_ids)[-self.CONTEXT:]
+        self.prefix, self.read = 0, len(self.ids)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
         if self.decode is None:
             return ""
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):  # incomplete multi-byte character: wait for the next token
+        before = self.decode(self.ids[self.prefix:self.read])
+        text = self.decode(self.ids[self.prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):  # nothing new yet, or half a character
             return ""
-        new, self.emitted = text[self.emitted:], len(text)
+        new = text[len(before):]
+        keep = max(0, len(self.ids) - self.CONTEXT)  # drop what no later token needs: memory stays O(1) too
+        self.ids = self.ids[keep:]
+        self.prefix, self.read = 0, len(self.ids)
         return new
