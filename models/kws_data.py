@@ -22,6 +22,7 @@ from heron.models.data.augment import AugmentConfig, Augmenter, NoiseBank, color
 from heron.models.data.tts import SAMPLE_RATE, VoiceRegistry, synthesize_many
 from heron.models.data.real import Utterance, crop_span, transcript_targets
 from heron.models.data.vocab import corpus_sentences, vocabulary
+from heron.models.teacher import frame_targets
 
 
 def text_targets(text: str) -> tuple[int, ...]:
@@ -126,8 +127,6 @@ def make_batch(pool: list[Utterance], cfg: BatchConfig, augmenter: Augmenter, rn
     targets with it, `crop_span`) to a span that still fits `max_seconds` after the slowest speed
     perturbation; whatever is still longer (padding, an utterance with no cut points) makes the
     batch longer instead of being cut."""
-    from heron.models.teacher import frame_targets
-
     max_len, budget = crop_budget(cfg, augmenter.config)
     wavs, lens, targets, tlens, placed = [], [], [], [], []
     for _ in range(cfg.batch_size):

@@ -24,8 +24,6 @@ def _kws(args) -> int:
         over["user_data"] = tuple(args.user_data)
     if over.get("real_fraction") and not over.get("user_data"):
         raise ValueError("--real-fraction needs --user-data (the real speech to draw from)")
-    if over.get("teacher_weight") and not over.get("user_data"):
-        raise ValueError("--teacher-weight needs --user-data (the teacher hears the real utterances)")
     if args.no_gates:
         over["model"] = replace(cfg.model, gated=False)
     cfg = replace(cfg, **over)

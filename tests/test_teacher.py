@@ -63,7 +63,7 @@ def test_batch_teacher_targets_line_up_with_the_augmented_audio():
             said = (teach[b, :, 0] > 0.5) & mask[b]
             # the frames the teacher marks as the burst are the frames where the burst is (+-1 at its edges)
             assert (loud & ~said).sum() <= 2 and (said & ~loud).sum() <= 2 and said.sum() >= 6
-            assert mask[b].sum() == pytest.approx(lens[b] / FRAME - (wav[b] != 0).argmax() / FRAME, abs=30)
+            assert 60 / 1.14 - 1 <= mask[b].sum() <= 60 / 0.86 + 1  # 60 frames played at 0.86-1.14x
 
 
 def test_utterances_without_teacher_frames_are_masked_out():

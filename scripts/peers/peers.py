@@ -76,7 +76,7 @@ class Porcupine:
         pad = np.concatenate([audio, np.zeros(RATE // 2, np.int16)])  # let a word at the very end finish
         return any(h.process(pad[i:i + n].tolist()) >= 0 for i in range(0, len(pad) - n + 1, n))
 
-    def score(self, text, audio):
+    def score(self, text, audio, path):
         if not self._fires(text, audio, 1.0):
             return 0.0
         lo, hi = 0.0, 1.0  # fires at hi, not (known) at lo
@@ -108,7 +108,7 @@ class PocketSphinx:
     def supports(self, text):
         return True
 
-    def score(self, text, audio):
+    def score(self, text, audio, path):
         if text not in self.decoders:
             self.decoders[text] = self.ps.Decoder(hmm=self.hmm, dict=self.dict.name, keyphrase=text,
                                                   kws_threshold=1e-40, loglevel="FATAL")
@@ -160,7 +160,7 @@ class EfficientWord:
             self.windows[path] = np.concatenate([self.model.audioToVector(x[s:s + w]) for s in starts])
         return self.windows[path]
 
-    def score(self, text, audio, path=None):
+    def score(self, text, audio, path):
         return float(self.model.scoreVector(self._embed(path, audio), self._references(text)))
 
 
@@ -192,7 +192,7 @@ def main() -> int:
             pos, neg, neg_s = [], [], 0.0
             for r in rows:
                 a = audio[r["path"]]
-                s = eng.score(text, a, r["path"]) if name == "efficientword" else eng.score(text, a)
+                s = eng.score(text, a, r["path"])
                 if r["transcript"] == text:
                     pos.append(s)
                 elif not check.contains(r["transcript"], text):
