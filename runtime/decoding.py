@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class GenerationOptions:
     temperature: float = 0.0        # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
     top_p: float = 1.0              # nucleus sampling: keep the smallest set of tokens holding this much mass
     seed: int | None = None         # sampling seed; the same seed gives the same output with every method
-    stop_at_eot: bool = True        # stop after the model's end-of-text token
+    stop_at_eot: bool = True        # stop after any of the model's end-of-turn tokens (LanguageModel.end_ids)
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -205,9 +205,9 @@ class Emitter:
     """Appends accepted tokens to the sequence and decides when generation is done."""
 
     def __init__(self, seq, opts: GenerationOptions, stats: DecodeStats, detok: Callable | None,
-                 eot_id: int | None = None):
+                 end_ids: Collection[int] = ()):
         self.seq, self.opts, self.stats, self.detok = seq, opts, stats, detok
-        self.eot_id = eot_id if opts.stop_at_eot else None
+        self.end_ids = frozenset(end_ids) if opts.stop_at_eot else frozenset()
         self.start_len, self.done = len(seq), False
 
     def emit(self, tok: int, from_draft: bool) -> Token:
@@ -215,7 +215,7 @@ class Emitter:
         self.stats.generated += 1
         self.stats.token_times.append(time.perf_counter())
         n_new = len(self.seq) - self.start_len
-        if n_new >= self.opts.max_new_tokens or tok == self.eot_id:
+        if n_new >= self.opts.max_new_tokens or tok in self.end_ids:
             self.done = True
         return Token(tok, self.detok(tok) if self.detok else "", len(self.seq) - 1, from_draft)
 
@@ -246,7 +246,7 @@ def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOpt
     rng = np.random.default_rng(opts.seed)
     tc = CachedBackend(target)
     target.reset()
-    em = Emitter(list(prompt), opts, stats, detok, getattr(target, "eot_id", None))
+    em = Emitter(list(prompt), opts, stats, detok, getattr(target, "end_ids", ()))
     yield from _plain_loop(tc, list(prompt), opts, stats, rng, em)
 
 
@@ -302,7 +302,7 @@ def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOpti
     target.reset()
     draft.reset()
     seq = list(prompt)
-    em = Emitter(seq, opts, stats, detok, getattr(target, "eot_id", None))
+    em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
     return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, em,
             _DraftRunner(spec.draft_timeout_s))
 

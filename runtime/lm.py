@@ -130,6 +130,7 @@ class OnnxLM:
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]
         self.eot_id = m.get("eot_id")
+        self.end_ids = frozenset() if self.eot_id is None else frozenset((self.eot_id,))  # generation stops here
         self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
         self._check_graph(where)
         self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)

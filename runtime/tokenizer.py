@@ -8,11 +8,30 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class Tokenizer:
-    """encode / decode, the end-of-turn id, and the token table (to compare two tokenizers)."""
+# special tokens that end a turn or a text in the chat formats heron meets (ChatML, Llama 3, Gemma, Phi,
+# sentencepiece): generation stops at any of them that the vocabulary holds as a special token
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>",
+              "<|end|>", "</s>")
 
-    def __init__(self, tok, eot_id: int | None = None):
+
+class Tokenizer:
+    """encode / decode, the end-of-turn id, the set of ids that end generation, and the token table
+    (to compare two tokenizers).
+
+    eot_id: the model's own end token (heron's LMs separate training texts with it; a GGUF file's
+    eos id). end_ids: every id that ends a turn: eot_id, `extra_end_ids` (a GGUF file's eot / eom
+    ids) and the END_TOKENS the vocabulary holds as special tokens (SmolLM2's chat turn ends with
+    <|im_end|>, a plain text with <|endoftext|>)."""
+
+    def __init__(self, tok, eot_id: int | None = None, extra_end_ids: tuple[int, ...] = ()):
         self._tok, self.eot_id = tok, eot_id
+        special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        ends = {tok.token_to_id(t) for t in END_TOKENS if t in special}
+        ends.update(i for i in (eot_id, *extra_end_ids) if i is not None)
+        bad = [i for i in ends if not 0 <= i < tok.get_vocab_size()]
+        if bad:
+            raise ValueError(f"end-of-turn ids {sorted(bad)} are outside the vocabulary of {tok.get_vocab_size()} tokens")
+        self.end_ids: frozenset[int] = frozenset(ends)
 
     @classmethod
     def from_file(cls, path: str | Path, eot_id: int | None = None) -> "Tokenizer":
@@ -36,6 +55,39 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))
+
+
+def vocabulary_record(vocab_size: int, tok=None) -> dict:
+    """What a model's token ids mean, for files made for one model (a draft, an MTP adapter, an exit
+    head): the logit width and, given the tokenizer (heron's or a `tokenizers.Tokenizer`), its size and
+    the sha256 of its token -> id table."""
+    import hashlib
+    import json
+
+    rec = {"logits": int(vocab_size), "tokens": None, "sha256": None}
+    if tok is not None:
+        table = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: (kv[1], kv[0]))
+        rec["tokens"] = len(table)
+        rec["sha256"] = hashlib.sha256(json.dumps(table, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return rec
+
+
+def require_same_vocabulary(what: str, rec: dict, target_what: str, target_rec: dict) -> None:
+    """Speculation and adapters read the target's token ids: both records must mean the same tokens.
+    Refuses, naming both, when the logit widths differ or both tokenizers are known and differ."""
+    for name, r in ((what, rec), (target_what, target_rec)):
+        if not (isinstance(r, dict) and isinstance(r.get("logits"), int) and isinstance(r.get("sha256"), (str, type(None)))
+                and isinstance(r.get("tokens"), (int, type(None)))):
+            raise ValueError(f"{name}: its vocabulary record is malformed")
+
+    def describe(name, r):
+        tok = f", a tokenizer of {r['tokens']} tokens (sha256 {r['sha256'][:12]})" if r.get("sha256") else ""
+        return f"{name}: {r['logits']} logits{tok}"
+
+    if rec["logits"] != target_rec["logits"] or (rec.get("sha256") and target_rec.get("sha256")
+                                                 and rec["sha256"] != target_rec["sha256"]):
+        raise ValueError(f"{describe(what, rec)}; {describe(target_what, target_rec)}: "
+                         "it was made for another tokenizer than the target's")
 
 
 # llama.cpp's pre-tokenizer names -> how the text is split before byte-level BPE. "gpt2"-style

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from heron.lm import default_lm_path, require_torch
+from heron.runtime.tokenizer import vocabulary_record
+
 
 def _checkpoint(path: str | None):
     """-> (model, tokenizer or None, meta) for the training and evaluation verbs (torch)."""
@@ -151,7 +153,8 @@ def _train_mtp(args) -> int:
                     seed=args.seed)
     command = "heron " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["lm"] else ""
     out = save_adapter(mtp, args.out, {"base": str(args.model or default_lm_path()), "steps": args.steps, "corpus": source,
-                                       "command": command, "seed": args.seed})
+                                       "command": command, "seed": args.seed},
+                       vocabulary_record(model.cfg.vocab_size, tok))
     print(f"MTP adapter: {out}/mtp.safetensors")
     return 0
 
@@ -224,7 +227,7 @@ def _train_exit(args) -> int:
     model, tok, train_text, _, _ = _checkpoint_and_corpus(args.model, args.text, args.threads, "train-exit")
     head = early_exit.train_exit_head(model, encode(tok, train_text), args.layer, args.steps, seed=args.seed)
     out = Path(args.out)
-    early_exit.save(head, out)
+    early_exit.save(head, out, vocabulary_record(model.cfg.vocab_size, tok))
     print(f"early-exit head for layer {args.layer}: {out / early_exit.FILE} (use it: heron lm generate "
           f"--speculative mirror --exit-head {out})")
     return 0

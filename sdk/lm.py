@@ -31,7 +31,7 @@ from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
 from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
-from heron.runtime.tokenizer import Tokenizer
+from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
 __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
            "Token"]
@@ -65,14 +65,28 @@ class LanguageModel:
         self._drafts: dict = {}
         self._mirror_targets: dict = {}
         self._mtp: dict = {}
+        self._vocabulary: dict | None = None
 
     @property
     def max_len(self) -> int:
         return self.backend.max_len
 
     @property
-    def eot_id(self) -> int | None:
-        return self.backend.eot_id
+    def vocabulary(self) -> dict:
+        """What this model's token ids mean (logit width, tokenizer size and hash): drafts, MTP adapters
+        and exit heads must have been made for the same (heron.runtime.tokenizer.vocabulary_record)."""
+        if self._vocabulary is None:
+            self._vocabulary = vocabulary_record(self.backend.vocab_size, self.tokenizer)
+        return self._vocabulary
+
+    @property
+    def _target_name(self) -> str:
+        return f"the target ({self.path})"
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """The token ids at which generation stops (end of turn, end of text)."""
+        return self.backend.end_ids
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -117,8 +131,8 @@ class LanguageModel:
             draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
                            weights="auto")  # nothing in the manifest is read before OnnxLM verifies it
             draft_tok = draft.tokenizer() if "tokenizer.json" in draft.manifest["sha256"] else None
-            require_same_vocabulary(f"the draft ({folder})", draft.vocab_size, draft_tok,
-                                    f"the target ({self.path})", self.backend.vocab_size, self.tokenizer)
+            require_same_vocabulary(f"the draft ({folder})", vocabulary_record(draft.vocab_size, draft_tok),
+                                    self._target_name, self.vocabulary)
             self._drafts[key] = draft
         return self._drafts[key]
 
@@ -134,16 +148,18 @@ class LanguageModel:
 
             folder = Path(spec.mtp) if spec.mtp else self.path / "mtp"
             if folder not in self._mtp:
-                self._mtp[folder] = load_adapter(self.model, folder)
-            return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma, eot_id=self.eot_id)
+                self._mtp[folder] = load_adapter(self.model, folder, self.vocabulary, self._target_name)
+            return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma,
+                                end_ids=self.end_ids)
         folder = Path(spec.exit_head) if spec.exit_head else self.path
         if folder not in self._mirror_targets:  # the target with its trained early-exit head, if any
             from heron.models.lm import early_exit
             from heron.models.lm.backend import TorchLM
 
             b = self.backend
-            self._mirror_targets[folder] = TorchLM(self.model, device=self.device, routing=b.route, eot_id=b.eot_id,
-                                                   exit_head=early_exit.load(folder, self.model))
+            self._mirror_targets[folder] = TorchLM(self.model, device=self.device, routing=b.route, end_ids=b.end_ids,
+                                                   exit_head=early_exit.load(folder, self.model, self.vocabulary,
+                                                                             self._target_name))
         return mirror(self._mirror_targets[folder], self.draft_backend(spec), ids, options, spec, stats, detok)
 
 
@@ -178,7 +194,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights)
         tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
         template = backend.manifest.get("chat_template")
-        return LanguageModel(backend, Tokenizer(tok) if tok is not None else None, folder,
+        return LanguageModel(backend, Tokenizer(tok, backend.eot_id) if tok is not None else None, folder,
                              chat_template=ChatTemplate(template) if template else None)
     if weights != "fp32":
         raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with heron lm export --{weights}")
@@ -195,7 +211,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError(f"{folder} is a file; heron loads GGUF files (.gguf) or model folders")
         from heron.models.lm.gguf_file import load_gguf_with_tokenizer
         model, tok, info = load_gguf_with_tokenizer(folder)
-        tok = Tokenizer(tok, info.eos_id)
+        tok = Tokenizer(tok, info.eos_id, info.end_ids)
         template = ChatTemplate(info.chat_template) if info.chat_template else None
     elif checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
         model, tok, _ = checkpoint.load(folder)
@@ -207,7 +223,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     tau = default_roe_tau(model.cfg.n_layers, roe_tau) if roe_samples > 1 else ()
     route = Routing(k=k, roe_samples=roe_samples, roe_tau=tau, seed=roe_seed)
     backend = TorchLM(model, device=device, threads=threads, routing=route,
-                      eot_id=tok.eot_id if tok is not None else None)
+                      end_ids=tok.end_ids if tok is not None else ())
     return LanguageModel(backend, tok, folder, model=model, device=backend.device, chat_template=template)
 
 
@@ -216,23 +232,3 @@ def _is_heron_config(path: Path) -> bool:
         return bool(json.loads(path.read_text()).get("format"))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return False
-
-
-def _token_table(tok) -> dict[str, int] | None:
-    """The token -> id table of a tokenizer (heron's Tokenizer or a `tokenizers.Tokenizer`)."""
-    get = getattr(tok, "get_vocab", None)
-    return get(with_added_tokens=True) if callable(get) else None
-
-
-def require_same_vocabulary(draft_name: str, draft_vocab: int, draft_tok, target_name: str, target_vocab: int,
-                            target_tok) -> None:
-    """Speculation verifies the draft's token ids with the target: both must mean the same tokens.
-    Refuses (naming both) when the logit widths differ or both tokenizers are known and differ."""
-    def describe(name, vocab, table):
-        return f"{name}: {vocab} logits" + (f", a tokenizer of {len(table)} tokens" if table is not None else "")
-
-    d, t = _token_table(draft_tok) if draft_tok is not None else None, \
-        _token_table(target_tok) if target_tok is not None else None
-    if draft_vocab != target_vocab or (d is not None and t is not None and d != t):
-        raise ValueError(f"{describe(draft_name, draft_vocab, d)}; {describe(target_name, target_vocab, t)}: "
-                         "speculative decoding needs a draft with the target's tokenizer")

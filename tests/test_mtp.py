@@ -9,6 +9,7 @@ from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Layout, Transformer, preset  # noqa: E402
 from heron.models.lm.mtp import MTPConfig, group_layout, load_adapter, save_adapter, train_mtp, generate_mtp  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
+from heron.runtime.tokenizer import vocabulary_record  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,13 @@ def test_mtp_generation_is_lossless_and_speculates(trained, tmp_path):
     ref = [t.id for t in sp.plain(T, [1, 2], sp.GenerationOptions(max_new_tokens=500))]
     assert [t.id for t in generate_mtp(mtp, [1, 2], sp.GenerationOptions(max_new_tokens=500))] == ref
     # save / load round trip
-    save_adapter(mtp, tmp_path / "a", {"test": True})
-    again = load_adapter(base, tmp_path / "a")
+    vocab = vocabulary_record(base.cfg.vocab_size)
+    save_adapter(mtp, tmp_path / "a", {"test": True}, vocab)
+    again = load_adapter(base, tmp_path / "a", vocab)
     assert [t.id for t in generate_mtp(again, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))] == \
         [t.id for t in sp.plain(T, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))]
     (tmp_path / "a" / "mtp.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"^the MTP adapter \(.*\): \d+ logits; the target: 49152 logits: it was made"):
+        load_adapter(base, tmp_path / "a", vocabulary_record(49152))  # made for another model: refused first
     with pytest.raises(ValueError):
-        load_adapter(base, tmp_path / "a")
+        load_adapter(base, tmp_path / "a", vocab)

@@ -90,6 +90,14 @@ def test_chat_template_is_the_models_own(smol):
         lm.chat_prompt([{"role": "robot", "content": "hi"}])
 
 
+def test_generation_ends_at_every_end_of_turn_token(smol):
+    """SmolLM2's chat turn ends with <|im_end|>, a plain text with <|endoftext|>: both stop generation."""
+    lm, _, reftok = smol
+    ends = {reftok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert ends <= lm.end_ids and lm.tokenizer.eot_id in lm.end_ids
+    assert not lm.end_ids & set(lm.encode("<|im_start|>user\nhello world"))  # a turn's start is no end
+
+
 @pytest.mark.parametrize("n_prompts, new_tokens", [
     (2, 24),
     pytest.param(8, 64, marks=pytest.mark.slow),
@@ -107,16 +115,16 @@ def test_greedy_chat_equals_transformers(smol, n_prompts, new_tokens):
         msgs = [{"role": "user", "content": q}]
         toks = list(lm.chat(msgs, heron.GenerationOptions(max_new_tokens=new_tokens)))
         ours = [t.id for t in toks]
-        if ours and ours[-1] == lm.eot_id:  # the end of the turn comes as a last token with no text
+        if ours and ours[-1] in lm.end_ids:  # the end of the turn comes as a last token with no text
             assert toks[-1].text == ""
             ours = ours[:-1]
         prompt = reftok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_tensors="pt")
         prompt = prompt["input_ids"] if not torch.is_tensor(prompt) else prompt
         with torch.no_grad():
             out = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                               do_sample=False, eos_token_id=lm.eot_id, pad_token_id=lm.eot_id)
+                               do_sample=False, eos_token_id=sorted(lm.end_ids), pad_token_id=lm.tokenizer.eot_id)
         theirs = out[0, prompt.shape[1]:].tolist()
-        if theirs and theirs[-1] == lm.eot_id:
+        if theirs and theirs[-1] in lm.end_ids:
             theirs = theirs[:-1]
         assert ours == theirs, q
 

@@ -15,6 +15,7 @@ from heron.runtime.decoding import SpeculativeOptions as Spec  # noqa: E402
 
 from conftest import InjectFault  # noqa: E402
 from heron.runtime.lm import OnnxLM  # noqa: E402
+from heron.runtime.tokenizer import require_same_vocabulary, vocabulary_record  # noqa: E402
 
 V = 32
 
@@ -75,6 +76,29 @@ def test_greedy_equals_plain_for_every_method(pair):
                                                                         exit_layer=exit_layer), stats=st)] == ref
             hits += st.branch_hits
     assert hits > 0  # branches were really reused somewhere
+
+
+def test_every_method_stops_at_any_end_id(soft_pair):
+    """A set of end ids (a chat model ends a turn with one token, a text with another): generation stops
+    at the first of them, which is the last token yielded, for plain decoding and every speculative method."""
+    target, _, folder = soft_pair
+    ends = set(range(0, V, 4))
+    T, D = TorchLM(target, end_ids=ends), OnnxLM(folder)
+    stopped = set()
+    for seed in range(4):
+        opts = sp.GenerationOptions(max_new_tokens=60, temperature=1.0, seed=seed)
+        runs = {"plain": sp.plain(T, [5, 6, 7, 9], opts),
+                "draft": sp.speculative(T, D, [5, 6, 7, 9], opts, Spec(gamma=5)),
+                "mirror": sp.mirror(T, D, [5, 6, 7, 9], opts, Spec("mirror", gamma=4, exit_layer=1))}
+        for method, run in runs.items():
+            ids = [t.id for t in run]
+            assert not ends & set(ids[:-1]), method  # nothing after an end id
+            if len(ids) < 60:
+                assert ids[-1] in ends, method
+                stopped.add((method, ids[-1]))
+        no_stop = sp.GenerationOptions(max_new_tokens=60, temperature=1.0, seed=seed, stop_at_eot=False)
+        assert len(list(sp.plain(T, [5, 6, 7, 9], no_stop))) == 60
+    assert {m for m, _ in stopped} == {"plain", "draft", "mirror"} and len({e for _, e in stopped}) >= 2
 
 
 def test_context_end_and_bad_input(pair):
@@ -204,9 +228,12 @@ def test_mirror_with_a_trained_exit_head_is_lossless(pair, tmp_path):
     target, _, folder = pair
     ids = np.random.default_rng(0).integers(0, V, 4000).astype(np.int32)
     head = early_exit.train_exit_head(target, ids, layer=2, steps=5, seq_len=16, batch=2)
-    early_exit.save(head, tmp_path)
-    head = early_exit.load(tmp_path, target)
-    assert head.layer == 2 and early_exit.load(tmp_path / "none", target) is None
+    vocab = vocabulary_record(V)
+    early_exit.save(head, tmp_path, vocab)
+    head = early_exit.load(tmp_path, target, vocab)
+    assert head.layer == 2 and early_exit.load(tmp_path / "none", target, vocab) is None
+    with pytest.raises(ValueError, match=r"^the exit head \(.*\): 32 logits; the target: 49152 logits: it was made"):
+        early_exit.load(tmp_path, target, vocabulary_record(49152))
     T, D = TorchLM(target, exit_head=head), OnnxLM(folder)
     opts = sp.GenerationOptions(max_new_tokens=24)
     for prompt in PROMPTS[:4]:
@@ -247,15 +274,18 @@ class _Slow:
 
 def test_a_draft_with_another_tokenizer_is_refused_naming_both():
     tokenizers = pytest.importorskip("tokenizers")
-    from heron.lm import require_same_vocabulary
 
     def tok(words):
         return tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
 
-    a, b = tok(["a", "b", "c"]), tok(["a", "c", "b"])  # same size, other ids
-    require_same_vocabulary("draft", 3, a, "target", 3, tok(["a", "b", "c"]))  # the same table: fine
-    require_same_vocabulary("draft", 3, a, "target", 3, None)  # a target without a tokenizer: ids only
-    with pytest.raises(ValueError, match=r"draft: 3 logits, a tokenizer of 3 tokens; target: 3 logits, a tokenizer"):
-        require_same_vocabulary("draft", 3, a, "target", 3, b)
-    with pytest.raises(ValueError, match=r"draft: 4096 logits; target: 49152 logits: speculative decoding needs"):
-        require_same_vocabulary("draft", 4096, None, "target", 49152, None)
+    a, b = vocabulary_record(3, tok(["a", "b", "c"])), vocabulary_record(3, tok(["a", "c", "b"]))  # other ids
+    require_same_vocabulary("draft", a, "target", vocabulary_record(3, tok(["a", "b", "c"])))  # the same table
+    require_same_vocabulary("draft", a, "target", vocabulary_record(3))  # a target without a tokenizer: ids only
+    with pytest.raises(ValueError, match=r"^draft: 3 logits, a tokenizer of 3 tokens \(sha256 [0-9a-f]{12}\); "
+                                         r"target: 3 logits, a tokenizer of 3 tokens \(sha256 [0-9a-f]{12}\): it was"):
+        require_same_vocabulary("draft", a, "target", b)
+    with pytest.raises(ValueError, match=r"^draft: 4096 logits; target: 49152 logits: it was made for another"):
+        require_same_vocabulary("draft", vocabulary_record(4096), "target", vocabulary_record(49152))
+    for bad in ({}, {"logits": "3"}, {"logits": 3, "sha256": 7}, None):
+        with pytest.raises(ValueError, match="draft: its vocabulary record is malformed"):
+            require_same_vocabulary("draft", bad, "target", a)

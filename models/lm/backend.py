@@ -8,7 +8,7 @@ next-token distributions, so the engine's one sampler draws from the ensemble).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def pick_device(device: str) -> str:
 class TorchLM:
     def __init__(self, model: Transformer, device: str = "cpu", threads: int | None = None, k: int | None = None,
                  max_len: int | None = None, exit_head=None, routing: Routing | None = None,
-                 eot_id: int | None = None):
+                 end_ids: Collection[int] = ()):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if threads:
@@ -44,7 +44,7 @@ class TorchLM:
         if route.roe_samples > 1 and not model.cfg.n_experts:
             raise ValueError("Roster of Experts needs an MoE model; this one is dense")
         self.route = route
-        self.eot_id = eot_id
+        self.end_ids = frozenset(end_ids)  # generation stops at any of these
         self.vocab_size = model.cfg.vocab_size
         self.max_len = max_len or model.cfg.max_seq_len
         self.cache = KVCache(model.cfg, batch=1, max_len=self.max_len, device=self.device)

@@ -54,24 +54,44 @@ def train_exit_head(model: Transformer, train_ids: np.ndarray, layer: int, steps
     return head.eval()
 
 
-def save(head: ExitHead, folder: str | Path) -> None:
+def save(head: ExitHead, folder: str | Path, vocabulary: dict) -> None:
+    """The head, with its layer and the `vocabulary` record of its model in the file's metadata."""
+    import json
+
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / FILE),
-              metadata={"layer": str(head.layer)})
+              metadata={"layer": str(head.layer), "vocabulary": json.dumps(vocabulary)})
 
 
-def load(folder: str | Path, model: Transformer) -> ExitHead | None:
-    """The folder's exit head, or None when it has none."""
+def load(folder: str | Path, model: Transformer, vocabulary: dict, target: str = "the target") -> ExitHead | None:
+    """The folder's exit head, or None when it has none; refused (naming both tokenizers) unless it was
+    trained on a model with `vocabulary` (the target's vocabulary_record)."""
+    import json
+
     from safetensors import safe_open
+
+    from heron.runtime.tokenizer import require_same_vocabulary
     path = Path(folder) / FILE
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), "pt") as f:
-            layer = int(f.metadata()["layer"])
+            meta = f.metadata() or {}
+            layer = int(meta["layer"])
+            record = json.loads(meta["vocabulary"]) if "vocabulary" in meta else None
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error type
         raise ValueError(f"{path} is not a readable exit head: {e}") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} records no vocabulary (a head from before heron recorded one): retrain it "
+                         "with heron lm train-exit")
+    require_same_vocabulary(f"the exit head ({path})", record, target, vocabulary)
+    if not 1 <= layer < model.cfg.n_layers:
+        raise ValueError(f"{path}: exit layer {layer} is outside the target's 1..{model.cfg.n_layers - 1}")
     head = ExitHead(model.cfg.dim, layer, model.cfg.norm_eps)
-    head.load_state_dict(state)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:  # torch lists every mismatched tensor over many lines
+        raise ValueError(f"{path} does not fit the target (width {model.cfg.dim}): "
+                         f"{str(e).splitlines()[-1].strip()}") from None
     return head.eval()

@@ -47,6 +47,7 @@ class GGUFInfo:
     bos_id: int | None
     eos_id: int | None
     chat_template: str | None
+    end_ids: tuple[int, ...] = ()   # the metadata's other end-of-turn / end-of-message ids (eot, eom)
 
 
 def config_from_gguf(reader):
@@ -92,7 +93,9 @@ def info(reader) -> GGUFInfo:
                     file_type=types.most_common(1)[0][0] if types else "F32",
                     bos_id=_field(reader, "tokenizer.ggml.bos_token_id"),
                     eos_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-                    chat_template=_field(reader, "tokenizer.chat_template"))
+                    chat_template=_field(reader, "tokenizer.chat_template"),
+                    end_ids=tuple(int(v) for k in ("eot", "eom")
+                                  if isinstance(v := _field(reader, f"tokenizer.ggml.{k}_token_id"), int)))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:

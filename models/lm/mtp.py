@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -181,7 +181,9 @@ def train_mtp(base: Transformer, train_ids: np.ndarray, cfg: MTPConfig, steps: i
     return mtp.eval()
 
 
-def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict) -> Path:
+def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict, vocabulary: dict) -> Path:
+    """The adapter (LoRA factors, heads) beside a JSON card: its config, `meta` (provenance) and the
+    `vocabulary` record of the model it was trained on (heron.runtime.tokenizer.vocabulary_record)."""
     import json
 
     from safetensors.torch import save_file
@@ -190,13 +192,17 @@ def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict) -> Path:
     state = {k: v.contiguous() for k, v in mtp.state_dict().items() if not k.startswith("base.") or
              k.endswith(".A") or k.endswith(".B")}
     save_file(state, str(folder / "mtp.safetensors"))
-    (folder / "mtp.json").write_text(json.dumps({"format": "heron-mtp/1", "config": asdict(mtp.cfg), "meta": meta},
-                                                indent=1))
+    (folder / "mtp.json").write_text(json.dumps({"format": "heron-mtp/1", "config": asdict(mtp.cfg), "meta": meta,
+                                                "vocabulary": vocabulary}, indent=1))
     return folder
 
 
-def load_adapter(base: Transformer, folder: str | Path) -> MTPModel:
+def load_adapter(base: Transformer, folder: str | Path, vocabulary: dict, target: str = "the target") -> MTPModel:
+    """The adapter in `folder` on `base`; refused (naming both tokenizers) unless it was trained on a
+    model with `vocabulary` (the target's vocabulary_record)."""
     import json
+
+    from heron.runtime.tokenizer import require_same_vocabulary
 
     from safetensors.torch import load_file
     folder = Path(folder)
@@ -206,12 +212,20 @@ def load_adapter(base: Transformer, folder: str | Path) -> MTPModel:
     doc = json.loads((folder / "mtp.json").read_text())
     if doc.get("format") != "heron-mtp/1":
         raise ValueError(f"{folder / 'mtp.json'}: not a heron MTP adapter")
+    if not isinstance(doc.get("vocabulary"), dict):
+        raise ValueError(f"{folder / 'mtp.json'} records no vocabulary (an adapter from before heron recorded "
+                         "one): retrain it with heron lm train-mtp")
+    require_same_vocabulary(f"the MTP adapter ({folder})", doc["vocabulary"], target, vocabulary)
     mtp = MTPModel(base, MTPConfig(**doc["config"]))
     try:
         state = load_file(str(folder / "mtp.safetensors"))
     except Exception as e:  # safetensors raises its own error type
         raise ValueError(f"{folder / 'mtp.safetensors'} is not readable: {e}") from e
-    missing, unexpected = mtp.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = mtp.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch lists every mismatched tensor over many lines
+        raise ValueError(f"MTP adapter {folder} does not fit the model (width {base.cfg.dim}): "
+                         f"{str(e).splitlines()[-1].strip()}") from None
     missing = [m for m in missing if not m.startswith("base.") or m.endswith(".A") or m.endswith(".B")]
     if missing or unexpected:
         raise ValueError(f"MTP adapter does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -225,7 +239,7 @@ def load_adapter(base: Transformer, folder: str | Path) -> MTPModel:
 @torch.no_grad()
 def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.GenerationOptions = sp.GenerationOptions(),
                  stats: sp.DecodeStats | None = None, detok: Callable | None = None,
-                 n_drafts: int | None = None, eot_id: int | None = None) -> Iterator[Token]:
+                 n_drafts: int | None = None, end_ids: Collection[int] = ()) -> Iterator[Token]:
     """Lossless MTP speculative generation: each target forward verifies the previous drafts and, through
     the mask group after every one of its regular tokens, proposes the next drafts."""
     base = mtp.base
@@ -239,7 +253,7 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.GenerationOption
     rng = np.random.default_rng(opts.seed)
     cache = KVCache(base.cfg, batch=1)
     seq = list(prompt)
-    em = sp.Emitter(seq, opts, stats, detok, eot_id)
+    em = sp.Emitter(seq, opts, stats, detok, end_ids)
     if len(seq) > 1:
         t0 = time.perf_counter()
         base(torch.tensor([seq[:-1]]), cache)
