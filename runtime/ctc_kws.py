@@ -86,8 +86,8 @@ class CTCKeywordMatcher:
             stay = score
             prev = np.concatenate([[0.0], score[:-1]])  # state 0 may (re)start at this frame with 0
             prev_start = np.concatenate([[f], start[:-1]])
-            prev2 = np.where(self.skip_ok, np.concatenate([[_NEG, _NEG], score[:-2]]), _NEG)
-            prev2_start = np.concatenate([[f, f], start[:-2]])
+            prev2 = np.where(self.skip_ok, np.concatenate([[_NEG, _NEG], score[:-2]])[:len(score)], _NEG)
+            prev2_start = np.concatenate([[f, f], start[:-2]])[:len(score)]
             cand = np.stack([stay, prev, prev2])  # (3, S)
             which = cand.argmax(axis=0)
             best = cand[which, np.arange(len(score))]
@@ -118,8 +118,8 @@ class CTCKeywordMatcher:
         for t in range(T):
             prev = np.concatenate([np.zeros((B, 1), np.float32), score[:, :-1]], axis=1)
             prev_start = np.concatenate([np.full((B, 1), t), start[:, :-1]], axis=1)
-            prev2 = np.where(skip, np.concatenate([np.full((B, 2), _NEG, np.float32), score[:, :-2]], axis=1), _NEG)
-            prev2_start = np.concatenate([np.full((B, 2), t), start[:, :-2]], axis=1)
+            prev2 = np.where(skip, np.concatenate([np.full((B, 2), _NEG, np.float32), score[:, :-2]], axis=1)[:, :S], _NEG)
+            prev2_start = np.concatenate([np.full((B, 2), t), start[:, :-2]], axis=1)[:, :S]
             cand = np.stack([score, prev, prev2])  # (3, B, S)
             which = cand.argmax(axis=0)
             new = np.take_along_axis(cand, which[None], axis=0)[0]
@@ -128,3 +128,80 @@ class CTCKeywordMatcher:
             score[t - start >= self.max_frames] = _NEG
             best = np.maximum(best, score[:, -1])
         return np.exp(np.maximum(best, -50.0 * self.n) / self.n)
+
+
+class CTCMatcherBank:
+    """Several keywords' matchers stepped together: one Viterbi update per frame for all of them.
+
+    The keywords' state vectors are packed into a (K, S_max) array (padding states lie past each
+    keyword's last state: paths only move forward, so they never reach a real state). Scores and
+    starts equal each matcher's own `step` exactly; a stream with ten keywords pays one update per
+    frame instead of ten.
+    """
+
+    def __init__(self, matchers: list[CTCKeywordMatcher] | tuple[CTCKeywordMatcher, ...]):
+        if not matchers:
+            raise ValueError("a matcher bank needs at least one keyword")
+        self.matchers = tuple(matchers)
+        K, S = len(matchers), max(len(m.labels) for m in matchers)
+        self.labels = np.zeros((K, S), np.int64)
+        self.skip_ok = np.zeros((K, S), bool)
+        self.state_cost = np.zeros((K, S))
+        for k, m in enumerate(matchers):
+            s = len(m.labels)
+            self.labels[k, :s], self.skip_ok[k, :s], self.state_cost[k, :s] = m.labels, m.skip_ok, m.state_cost
+            self.labels[k, s:] = m.blank
+        self.last = np.array([len(m.labels) - 1 for m in matchers])
+        self.n = np.array([m.n for m in matchers], np.float64)
+        self.max_frames = np.array([m.max_frames for m in matchers])[:, None]
+        self._rows = np.arange(K)
+
+    def pack(self, states: list[CTCMatchState]) -> CTCMatchState:
+        """The keywords' own states (all at the same frame) as one packed state."""
+        frames = {s.frame for s in states}
+        if len(states) != len(self.matchers) or len(frames) != 1:
+            raise ValueError("pack needs one state per keyword, all at the same frame")
+        score = np.full(self.labels.shape, _NEG)
+        start = np.zeros(self.labels.shape, np.int64)
+        for k, s in enumerate(states):
+            score[k, :len(s.score)], start[k, :len(s.start)] = s.score, s.start
+            start[k, len(s.start):] = s.frame
+        return CTCMatchState(score, start, frames.pop())
+
+    def unpack(self, state: CTCMatchState) -> list[CTCMatchState]:
+        """The packed state as each keyword's own state (for `CTCKeywordMatcher.step`)."""
+        return [CTCMatchState(state.score[k, :len(m.labels)].copy(), state.start[k, :len(m.labels)].copy(), state.frame)
+                for k, m in enumerate(self.matchers)]
+
+    def init_state(self, frame: int = 0) -> CTCMatchState:
+        return self.pack([m.init_state(frame) for m in self.matchers])
+
+    def step(self, log_probs: np.ndarray, state: CTCMatchState) -> tuple[np.ndarray, np.ndarray, CTCMatchState]:
+        """log_probs: (T, classes) -> (scores (T, K) in (0, 1], path starts (T, K), new packed state)."""
+        lp = np.asarray(log_probs, np.float64)
+        llr = lp - lp.max(axis=1, keepdims=True)
+        lab_llr = llr[:, self.labels]  # (T, K, S)
+        score, start = state.score.copy(), state.start.copy()
+        T, K = lp.shape[0], len(self.matchers)
+        out_score = np.empty((T, K))
+        out_start = np.empty((T, K), np.int64)
+        prev, prev_start = np.empty_like(score), np.empty_like(start)
+        prev2, prev2_start = np.full_like(score, _NEG), np.empty_like(start)
+        prev[:, 0] = 0.0  # state 0 may (re)start at any frame with 0
+        for t in range(T):
+            f = state.frame + t
+            prev[:, 1:], prev_start[:, 1:], prev_start[:, 0] = score[:, :-1], start[:, :-1], f
+            prev2[:, 2:], prev2_start[:, 2:], prev2_start[:, :2] = score[:, :-2], start[:, :-2], f  # S >= 1
+            # the first best of (stay, from the previous state, skipping a blank), as argmax picks it
+            take1 = prev > score
+            best = np.where(take1, prev, score)
+            start = np.where(take1, prev_start, start)
+            take2 = self.skip_ok & (prev2 > best)
+            best = np.where(take2, prev2, best)
+            start = np.where(take2, prev2_start, start)
+            score = best + lab_llr[t] - self.state_cost
+            score[f - start >= self.max_frames] = _NEG
+            out_score[t] = score[self._rows, self.last]
+            out_start[t] = start[self._rows, self.last]
+        new_state = CTCMatchState(score, start, state.frame + T)
+        return np.exp(np.maximum(out_score, -50.0 * self.n) / self.n), out_start, new_state

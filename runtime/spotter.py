@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
-from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatchState, MatcherOptions
+from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
 
@@ -377,6 +377,7 @@ class Stream:
         self._emb_first = 0  # absolute frame index of self._emb[0]
         self._enc = self.spotter.init_state()
         self._tracks: dict[str, _Track] = {}
+        self._bank: _Bank | None = None  # the keywords' matchers stepped together (rebuilt when they change)
         self._frames = 0
         self.best: dict[str, tuple[float, float | None, float | None]] = {}
         self.score_log: dict[str, list[np.ndarray]] = {}
@@ -498,44 +499,95 @@ class Stream:
             words = sp.word_times(tr.kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b])
         return Detection(tr.kw.name, score, start * sp.frame_seconds, end * sp.frame_seconds, words)
 
+    def _keyword_bank(self) -> "_Bank":
+        """The matcher bank of the keywords listened for now; when they changed since the last chunk,
+        the kept keywords' states move from the old bank into the new one."""
+        tracks = [self._track(name, kw) for name, kw in self.keywords.items()]
+        old = self._bank
+        if old is None or len(old.tracks) != len(tracks) or any(a is not b for a, b in zip(old.tracks, tracks)):
+            if old is not None:
+                for tr, st in zip(old.tracks, old.matchers.unpack(old.state)):
+                    tr.match = st
+            sp = self.spotter
+            bank = CTCMatcherBank([tr.kw.matcher for tr in tracks])
+            first = sp.verifier_session is None  # the first stage alone: calibrated for all keywords at once
+            norms = np.array([tr.kw.norm if tr.kw.norm is not None else (0.0, 1.0) for tr in tracks])
+            self._bank = _Bank(tuple(tracks), bank, bank.pack([tr.match for tr in tracks]), first,
+                               norms[:, 0], norms[:, 1], np.array([tr.kw.threshold for tr in tracks]))
+        return self._bank
+
     def _match_frames(self, log_probs: np.ndarray) -> list[Detection]:
+        dets: list[Detection] = []
+        if not self.keywords:
+            return dets
         sp = self.spotter
-        fs = sp.frame_seconds
+        bank = self._keyword_bank()
+        raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
+        if bank.first_stage_only:
+            confs = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
+        else:
+            confs = np.stack([sp.keyword_confidence(tr.kw, raw[:, k], starts[:, k], self._emb, self._emb_first,
+                                                    self._frames) for k, tr in enumerate(bank.tracks)], axis=1)
+        for k, tr in enumerate(bank.tracks):
+            name = tr.kw.name
+            if self.record_scores:
+                self.score_log.setdefault(name, []).append(confs[:, k])
+            if self.smoothing_frames > 1:  # the mean of the last smoothing_frames confidences
+                for i, v in enumerate(confs[:, k].tolist()):
+                    tr.recent.append(v)
+                    del tr.recent[:-self.smoothing_frames]
+                    confs[i, k] = np.mean(tr.recent)
+        # only keywords above their threshold or waiting for a peak need the per-frame rules
+        busy = (confs >= bank.thresholds).any(axis=0)
+        for k, tr in enumerate(bank.tracks):
+            name, conf = tr.kw.name, confs[:, k]
+            if self.track_best:
+                i = int(np.argmax(conf))
+                if name not in self.best or conf[i] > self.best[name][0]:
+                    self.best[name] = (float(conf[i]), float(starts[i, k] * sp.frame_seconds),
+                                       float((self._frames + i + 1) * sp.frame_seconds))
+            if busy[k] or tr.above or tr.pending is not None:
+                dets.extend(self._frame_rules(tr, conf, starts[:, k]))
+        return dets
+
+    def _frame_rules(self, tr: "_Track", conf: np.ndarray, starts: np.ndarray) -> list[Detection]:
+        """One keyword's threshold crossing, refractory period and wait for the peak, frame by frame."""
+        fs = self.spotter.frame_seconds
         hold = max(1, int(round(PEAK_HOLD_S / fs)))
         dets: list[Detection] = []
-        for name, kw in self.keywords.items():
-            tr = self._track(name, kw)
-            raw, starts, tr.match = kw.matcher.step(log_probs, tr.match)
-            conf = sp.keyword_confidence(kw, raw, starts, self._emb, self._emb_first, self._frames)
-            if self.record_scores:
-                self.score_log.setdefault(name, []).append(conf)
-            if self.smoothing_frames > 1:
-                sm = np.empty_like(conf)
-                for i, v in enumerate(conf):
-                    tr.recent.append(float(v))
-                    del tr.recent[:-self.smoothing_frames]
-                    sm[i] = np.mean(tr.recent)
-                conf = sm
-            for i, v in enumerate(conf):
-                end = self._frames + i + 1  # frames are absolute: the stream's count since its start
-                t_end = end * fs
-                if self.track_best and (name not in self.best or v > self.best[name][0]):
-                    self.best[name] = (float(v), float(starts[i] * fs), float(t_end))
-                # the detection reports the peak: wait while the score still rises (at most PEAK_HOLD_S)
-                if tr.pending is not None:
-                    if v > tr.pending[0]:
-                        tr.pending = (float(v), int(starts[i]), end)
-                    tr.pending_age += 1
-                    if v < tr.pending[0] or tr.pending_age >= hold:
-                        dets.append(self._emit(tr))
-                above = v >= kw.threshold
-                if above and not tr.above and tr.pending is None:
-                    # one event per spoken keyword: wait out the refractory period, and never fire
-                    # again on a path that starts inside the previous detection
-                    if t_end - tr.last_fire >= self.refractory_s and starts[i] * fs >= tr.last_fire:
-                        tr.pending, tr.pending_age = (float(v), int(starts[i]), end), 0
-                tr.above = above
+        kw = tr.kw
+        for i, v in enumerate(conf):
+            end = self._frames + i + 1  # frames are absolute: the stream's count since its start
+            t_end = end * fs
+            # the detection reports the peak: wait while the score still rises (at most PEAK_HOLD_S)
+            if tr.pending is not None:
+                if v > tr.pending[0]:
+                    tr.pending = (float(v), int(starts[i]), end)
+                tr.pending_age += 1
+                if v < tr.pending[0] or tr.pending_age >= hold:
+                    dets.append(self._emit(tr))
+            above = v >= kw.threshold
+            if above and not tr.above and tr.pending is None:
+                # one event per spoken keyword: wait out the refractory period, and never fire
+                # again on a path that starts inside the previous detection
+                if t_end - tr.last_fire >= self.refractory_s and starts[i] * fs >= tr.last_fire:
+                    tr.pending, tr.pending_age = (float(v), int(starts[i]), end), 0
+            tr.above = above
         return dets
+
+
+@dataclass
+class _Bank:
+    """A stream's keywords stepped together: their tracks (in order), the packed matcher and its state,
+    and what calibrating them all at once needs."""
+
+    tracks: tuple["_Track", ...]
+    matchers: CTCMatcherBank
+    state: CTCMatchState
+    first_stage_only: bool
+    norm_mean: np.ndarray
+    norm_std: np.ndarray
+    thresholds: np.ndarray
 
 
 @dataclass

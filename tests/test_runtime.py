@@ -166,6 +166,45 @@ def test_same_detections_whatever_the_chunk_size(tiny, clip):
     assert [d.keyword for d in _run(sp.stream(), pcm, [4000])] == [d.keyword for d in ref]
 
 
+TEN = ["hey heron", "eye", "okay computer", "stop", "play music", "lights on", "athena", "snowboy",
+       "view glass", "hey chatterbox"]
+
+
+def test_ten_keywords_detect_what_each_detects_alone(tiny, clip):
+    """A stream's keywords are matched together (one packed Viterbi update per frame): the same
+    detections, scores and times as each keyword in a stream of its own, whatever the chunk sizes; a
+    keyword removed mid-stream leaves the others' detections unchanged."""
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    audio = np.concatenate([clip, 0.5 * clip[::-1], clip])
+    for text in TEN:  # a random model: put each threshold where this audio crosses it
+        kw = sp.enroll(text)
+        kw.threshold = sp.score_file(audio, kw.name)[0] * 0.99
+    alone, scores = [], {}
+    for name in sp.keywords:
+        st = sp.stream([sp.keywords[name]])
+        st.record_scores = True
+        got = _run(st, audio, [4000])
+        assert got, name  # every keyword fires somewhere
+        alone += got
+        scores[name] = np.concatenate(st.score_log[name])
+    key = lambda d: (d.end_s, d.keyword)  # noqa: E731
+    for sizes in ([4000], [1, 7777, 160]):
+        st = sp.stream()
+        st.record_scores = True
+        together = _run(st, audio, sizes)
+        assert sorted(together, key=key) == sorted(alone, key=key)
+        for name in sp.keywords:
+            assert np.array_equal(np.concatenate(st.score_log[name]), scores[name])
+    st = sp.stream()
+    half = len(audio) // 2
+    dets = st.accept(audio[:half])
+    st.remove_keyword("eye")
+    dets += st.accept(audio[half:]) + st.flush()
+    kept = [d for d in alone if d.keyword != "eye" or d.end_s <= half / 16000]
+    assert sorted(dets, key=key) == sorted(kept, key=key)
+
+
 def test_verifier_cascade_is_chunk_size_invariant(tiny_verified, clip):
     sp = _spotter_with_detection(tiny_verified, clip)
     assert sp.verifier_session is not None and sp.keywords["hey heron"].text_embeddings is not None
