@@ -40,15 +40,17 @@ class GenerationOptions:
     max_new_tokens: int = 64        # stop after this many new tokens (or earlier: end of text, full context)
     temperature: float = 0.0        # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
     top_p: float = 1.0              # nucleus sampling: keep the smallest set of tokens holding this much mass
-    seed: int | None = None         # sampling seed; the same seed gives the same output with every method
+    seed: int | None = None         # sampling seed: the same seed and method give the same output (greedy: every method)
     stop_at_eot: bool = True        # stop after any of the model's end-of-turn tokens (LanguageModel.end_ids)
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t == 0 or 0.01 <= t <= 100):
+            raise ValueError(f"temperature must be 0 (greedy) or a number in [0.01, 100], got {t!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not math.isfinite(self.top_p) \
+                or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")

@@ -44,6 +44,7 @@ class Pronunciation:
     text: str
     words: tuple[str, ...]
     word_phonemes: tuple[tuple[str, ...], ...]
+    guessed: tuple[str, ...] = ()  # words not in the dictionary, spelled by G2P (a typo lands here)
 
     @property
     def phonemes(self) -> tuple[str, ...]:
@@ -204,7 +205,18 @@ def pronounce(text: str, *, max_words: int | None = MAX_KEYWORD_WORDS,
     n = sum(len(p) for _, p in kept)
     if max_phonemes is not None and n > max_phonemes:
         raise ValueError(f"keyword {text!r} has {n} phonemes; at most {max_phonemes} are supported")
-    return Pronunciation(text=text, words=tuple(w for w, _ in kept), word_phonemes=tuple(p for _, p in kept))
+    guessed = tuple(w for w, _ in kept if not cmu_dictionary().get(w))
+    return Pronunciation(text=text, words=tuple(w for w, _ in kept), word_phonemes=tuple(p for _, p in kept),
+                         guessed=guessed)
+
+
+def describe_guesses(pron: Pronunciation) -> str | None:
+    """One line naming the keyword's words that are not in the dictionary and how G2P pronounced them
+    (a typo such as "lightouse" is enrolled as spelled: the user should see that), or None."""
+    if not pron.guessed:
+        return None
+    said = [f"{w!r} as {' '.join(p)}" for w, p in zip(pron.words, pron.word_phonemes) if w in pron.guessed]
+    return f"not in the dictionary, pronounced by G2P: {', '.join(said)} (check the spelling)"
 
 
 def phonemes(text: str) -> list[str]:

@@ -16,6 +16,7 @@ rates) comes from the bundle's manifest.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class Keyword:
     matcher: CTCKeywordMatcher = field(repr=False)
     text_embeddings: np.ndarray | None = field(default=None, repr=False)  # (N, D) for the verifier
     norm: tuple[float, float] | None = None  # (mean, std) of log first-stage score on background speech
+    class_table: tuple[str, ...] = ()  # the CTC class table its ids index (a stream refuses another table)
 
 
 def _calibrate(raw: np.ndarray, n_phonemes: int, cal: dict, verifier_prob: np.ndarray | None = None,
@@ -125,6 +127,8 @@ class KeywordSpotter:
         self.class_of = {c: i for i, c in enumerate(classes) if i != self.blank}
         self._table_row = {i: r for r, i in enumerate(i for i in range(len(classes)) if i != self.blank)}
         self.n_classes = len(classes)
+        self.class_table = tuple(classes)
+        self._enroll_lock = threading.Lock()  # enrollment's check-then-set of a name is one step
         self.gate_threshold = float(m["gates"]["threshold"])
         # the longest a keyword path may last (frames): how much embedding history streams keep
         self.max_keyword_frames = (self.matcher_options.frames_base
@@ -185,18 +189,36 @@ class KeywordSpotter:
 
         Raises ValueError for empty, unpronounceable or too-long text, or a name already enrolled.
         """
-        if not 0.0 <= sensitivity <= 1.0:
-            raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity}")
+        if isinstance(sensitivity, bool) or not isinstance(sensitivity, (int, float)) \
+                or not 0.0 <= sensitivity <= 1.0:
+            raise ValueError(f"sensitivity must be a number in [0, 1], got {sensitivity!r}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"a keyword name must be a non-empty string, got {name!r}")
         pron = pronounce(text)
         name = name or " ".join(pron.words)
-        if name in self.keywords:
-            raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
-        base = float(self.calibration["threshold"])
-        # sensitivity 0.5 -> the calibrated default threshold; 0 / 1 -> stricter / looser
-        threshold = float(np.clip(base + (0.5 - sensitivity) * 2 * min(base, 1 - base), 0.001, 0.999))
-        kw = self.make_keyword(self.classes(pron), name, threshold, pron)
-        self.keywords[name] = kw
+        classes = self.classes(pron)
+        kw = self.make_keyword(classes, name, self.sensitivity_threshold(sensitivity, len(classes)), pron)
+        with self._enroll_lock:
+            if name in self.keywords:
+                raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
+            self.keywords[name] = kw
         return kw
+
+    def sensitivity_threshold(self, sensitivity: float, n_phonemes: int) -> float:
+        """A keyword's confidence threshold for a sensitivity in [0, 1]: 0.5 is the calibrated default
+        threshold t; below 0.5 it rises linearly to min(2t, 0.999) at 0. Above 0.5 it falls linearly
+        to the loosest threshold that still asks for a score one standard deviation above the keyword's
+        mean on background speech (with the Z-norm bank; never above the default), or to 0.001
+        without a bank."""
+        base = float(self.calibration["threshold"])
+        if sensitivity <= 0.5:
+            return float(min(0.999, base + (0.5 - sensitivity) * 2 * min(base, 1 - base)))
+        lo = 0.001
+        if self.background is not None:
+            c = self.calibration
+            logit = c["slope"] * 1.0 + c["offset"] + c["per_phoneme"] * n_phonemes
+            lo = min(base, max(0.001, 1 / (1 + math.exp(-max(-60.0, min(60.0, logit))))))
+        return float(base - (base - lo) * (2 * sensitivity - 1))
 
     def classes(self, pron: Pronunciation) -> list[int]:
         """A pronunciation's CTC classes, through the bundle's class table."""
@@ -205,8 +227,14 @@ class KeywordSpotter:
     def make_keyword(self, classes: list[int], name: str = "_", threshold: float = 0.5,
                      pron: Pronunciation | None = None) -> Keyword:
         """Everything a keyword needs for matching: the first-stage matcher, its background
-        normalization and (with a verifier) its text embeddings."""
-        matcher = CTCKeywordMatcher(classes, self.matcher_options, blank=self.blank)
+        normalization and (with a verifier) its text embeddings. `classes`: ids into the bundle's class
+        table (not the blank)."""
+        bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer))
+               or not 0 <= c < self.n_classes or c == self.blank]
+        if bad or not classes:
+            raise ValueError(f"keyword classes must be phoneme ids in 0..{self.n_classes - 1} other than the blank "
+                             f"({self.blank}); got {list(classes)[:8]}")
+        matcher = CTCKeywordMatcher([int(c) for c in classes], self.matcher_options, blank=self.blank)
         norm = None
         if self.background is not None:
             z = np.log(np.maximum(matcher.max_scores_batch(self.background), 1e-30))
@@ -214,10 +242,12 @@ class KeywordSpotter:
         text_emb = None
         if self.text_session is not None:
             text_emb = self.text_session.run(None, {"phoneme_ids": np.asarray([classes], np.int64)})[0][0]
-        return Keyword(name, pron, threshold, matcher, text_emb, norm)  # type: ignore[arg-type]
+        return Keyword(name, pron, threshold, matcher, text_emb, norm, self.class_table)  # type: ignore[arg-type]
 
-    def unenroll(self, name: str) -> None:
-        if name not in self.keywords:
+    def unenroll(self, name: str | Keyword) -> None:
+        """Forget an enrolled keyword (its name, or the Keyword); streams made before keep their own."""
+        name = name.name if isinstance(name, Keyword) else name
+        if not isinstance(name, str) or name not in self.keywords:
             raise KeyError(f"keyword {name!r} is not enrolled; enrolled: {sorted(self.keywords)}")
         del self.keywords[name]
 
@@ -359,11 +389,6 @@ class Stream:
         self.sample_rate = int(sample_rate)
         self.refractory_s = refractory_s
         self.smoothing_frames = smoothing_frames
-        self._resampler = None
-        if self.sample_rate != spotter.sample_rate:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(self.sample_rate, spotter.sample_rate, 1, dtype="float32")
         self.track_best = False  # keep the best (score, start, end) per keyword (whole-file scoring)
         self.record_scores = False  # keep every frame's confidence per keyword (evaluation)
         self.record_gates = False  # keep every chunk's gate probabilities (analysis); off: memory stays flat
@@ -371,6 +396,12 @@ class Stream:
 
     def reset(self) -> None:
         """Forget all audio and matcher state (as if the stream were new)."""
+        self._resampler = None
+        if self.sample_rate != self.spotter.sample_rate:  # a fresh resampler: no samples of the old audio
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.sample_rate, self.spotter.sample_rate, 1, dtype="float32")
+        self._padded_s = 0.0  # silence flush() added to finish a chunk: later times do not count it
         self._buf = np.zeros(0, np.float32)
         self._emb: np.ndarray | None = None  # recent encoder embeddings (verifier, word times)
         self._voiced: np.ndarray | None = None  # per recent frame: is a phoneme heard (not blank)
@@ -388,6 +419,9 @@ class Stream:
     def _check_new(self, kw: Keyword) -> None:
         if not isinstance(kw, Keyword):
             raise ValueError(f"add_keyword takes a Keyword (from spotter.enroll), got {type(kw).__name__}")
+        if kw.class_table != self.spotter.class_table:
+            raise ValueError(f"keyword {kw.name!r} was enrolled by a spotter with another phoneme class table: "
+                             "enroll it with this stream's spotter")
         if kw.name in self.keywords:
             raise ValueError(f"this stream already listens for {kw.name!r} (remove_keyword it first)")
 
@@ -397,8 +431,10 @@ class Stream:
         self._check_new(kw)
         self.keywords[kw.name] = kw
 
-    def remove_keyword(self, name: str) -> None:
-        if name not in self.keywords:
+    def remove_keyword(self, name: str | Keyword) -> None:
+        """Stop listening for a keyword (its name, or the Keyword)."""
+        name = name.name if isinstance(name, Keyword) else name
+        if not isinstance(name, str) or name not in self.keywords:
             raise KeyError(f"this stream does not listen for {name!r}; it listens for {sorted(self.keywords)}")
         del self.keywords[name]
         self._tracks.pop(name, None)
@@ -446,15 +482,26 @@ class Stream:
         return self._drain()
 
     def flush(self) -> list[Detection]:
-        """Pad the buffered tail with silence to a whole chunk and process it (end of a file)."""
+        """The end of the audio so far (a file's end, a push-to-talk release): the resampler gives up
+        the samples it holds, the buffered tail is padded with silence to a whole chunk and processed,
+        and peaks still being waited for are reported. Audio given afterwards continues the stream's
+        clock: times count the samples given, not the padding."""
         out: list[Detection] = []
+        if self._resampler is not None:
+            import soxr
+
+            self._buf = np.concatenate([self._buf, self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
+            self._resampler = soxr.ResampleStream(self.sample_rate, self.spotter.sample_rate, 1, dtype="float32")
+        pad = 0
         if self._buf.size:
             n = self.spotter.chunk_samples
-            self._buf = np.concatenate([self._buf, np.zeros((-self._buf.size) % n, np.float32)])
+            pad = (-self._buf.size) % n
+            self._buf = np.concatenate([self._buf, np.zeros(pad, np.float32)])
             out = self._drain()
         for tr in self._tracks.values():  # a peak still being waited for ends with the audio
             if tr.pending is not None:
                 out.append(self._emit(tr))
+        self._padded_s += pad / self.spotter.sample_rate
         return out
 
     def _drain(self) -> list[Detection]:
@@ -493,11 +540,13 @@ class Stream:
         tr.pending = None
         tr.last_fire = end * sp.frame_seconds
         words = ()
+        off = self._padded_s  # stream times count the audio given, not flush()'s padding
         if self._emb is not None:
             a = max(0, start - self._emb_first)
             b = end - self._emb_first
-            words = sp.word_times(tr.kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b])
-        return Detection(tr.kw.name, score, start * sp.frame_seconds, end * sp.frame_seconds, words)
+            words = tuple(WordTime(w.word, w.start_s - off, w.end_s - off) for w in
+                          sp.word_times(tr.kw, self._emb[a:b], self._emb_first + a, self._voiced[a:b]))
+        return Detection(tr.kw.name, score, start * sp.frame_seconds - off, end * sp.frame_seconds - off, words)
 
     def _keyword_bank(self) -> "_Bank":
         """The matcher bank of the keywords listened for now; when they changed since the last chunk,
@@ -544,8 +593,8 @@ class Stream:
             if self.track_best:
                 i = int(np.argmax(conf))
                 if name not in self.best or conf[i] > self.best[name][0]:
-                    self.best[name] = (float(conf[i]), float(starts[i, k] * sp.frame_seconds),
-                                       float((self._frames + i + 1) * sp.frame_seconds))
+                    self.best[name] = (float(conf[i]), float(starts[i, k] * sp.frame_seconds - self._padded_s),
+                                       float((self._frames + i + 1) * sp.frame_seconds - self._padded_s))
             if busy[k] or tr.above or tr.pending is not None:
                 dets.extend(self._frame_rules(tr, conf, starts[:, k]))
         return dets

@@ -2,7 +2,7 @@
 
 `heron kws score --keyword TEXT FILE...` is a stable interface (outside graders use it): one JSON
 object per file on stdout, {"file", "score", "start_s", "end_s"}; a file that cannot be scored gets
-{"file", "score": null, "error"} and the others still score.
+{"file", "score": null, "error"} and the others still score; the exit code is 1 when any file failed.
 """
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ def _score(args) -> int:
 
     spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads)
     kw = spotter.enroll(args.keyword)
+    _note_guesses(kw.pronunciation, "heron kws score")
     failed = 0
     for path in args.files:
         try:
             audio = AudioFile(path)  # the same rule as `heron listen` (runtime/audio.py)
+            if audio.channels > 1:
+                print(f"heron kws score: note: {path} has {audio.channels} channels, mixed down to mono", file=sys.stderr)
             score, start, end = spotter.score_file(audio.blocks(), kw.name, sample_rate=audio.sample_rate)
             rec = {"file": path, "score": round(score, 6), "start_s": None if start is None else round(start, 3),
                    "end_s": None if end is None else round(end, 3)}
@@ -28,15 +31,25 @@ def _score(args) -> int:
         except ValueError as e:
             failed += 1
             rec = {"file": path, "score": None, "start_s": None, "end_s": None, "error": str(e)}
-            print(f"heron kws score: {path}: {e}", file=sys.stderr)
+            print(f"heron kws score: {e}" if str(path) in str(e) else f"heron kws score: {path}: {e}", file=sys.stderr)
         print(json.dumps(rec), flush=True)
-    return 0 if failed < len(args.files) else 1
+    if failed:
+        print(f"heron kws score: {failed} of {len(args.files)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _note_guesses(pron, prog: str) -> None:
+    from heron.runtime.phonemes import describe_guesses
+
+    guessed = describe_guesses(pron)
+    if guessed:
+        print(f"{prog}: note: keyword {pron.text!r}: {guessed}", file=sys.stderr)
 
 
 def _enroll(args) -> int:
     import time
 
-    from heron.runtime.phonemes import pronounce
+    from heron.runtime.phonemes import describe_guesses, pronounce
 
     t0 = time.perf_counter()
     pron = pronounce(args.text)
@@ -50,13 +63,21 @@ def _enroll(args) -> int:
     print(f"keyword:   {args.text!r} -> words {list(pron.words)}")
     print(f"phonemes:  {' '.join(pron.with_boundaries())}  ({len(pron.phonemes)} phonemes, G2P {dt:.1f} ms; "
           f"first call {cold:.0f} ms loads the dictionary)")
+    guessed = describe_guesses(pron)
+    if guessed:
+        print(f"warning:   {guessed}")
     if len(pron.phonemes) < 6:
         print("warning:   fewer than 6 phonemes: short keywords fire more often on other speech; "
               "consider a longer phrase")
+    if args.confusables <= 0:
+        return 0
     try:  # the closest common words and phrases: what the keyword is most easily confused with
-        from heron.models.data.vocab import vocabulary
+        from heron.models.data.vocab import vocabulary, vocabulary_path
         from heron.runtime.phonemes import levenshtein
 
+        if not vocabulary_path().exists():
+            print(f"(building the table of common phrases once, about 15 s; cached in {vocabulary_path()})",
+                  file=sys.stderr, flush=True)
         ph = pron.phonemes
         near = sorted((levenshtein(ph, p.phonemes), -p.count, p.text) for p in vocabulary()[:20000]
                       if abs(len(p.phonemes) - len(ph)) <= 2 and p.phonemes != ph)[: args.confusables]
@@ -71,7 +92,7 @@ def _enroll(args) -> int:
 def _add_enroll(sub, formatter) -> None:
     q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
     q.add_argument("text", help="keyword text")
-    q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list")
+    q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list (0: none, no phrase table)")
     q.set_defaults(func=_enroll)
 
 

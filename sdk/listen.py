@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from heron.runtime.phonemes import describe_guesses
 from heron.runtime.spotter import Detection, KeywordSpotter
 
 BLOCK_SECONDS = 0.1
@@ -96,10 +97,15 @@ def _run(args) -> int:
     if args.file:
         from heron.runtime.audio import AudioFile
 
-        AudioFile(args.file)  # a file that cannot be streamed is refused before anything is printed
+        audio = AudioFile(args.file)  # a file that cannot be streamed is refused before anything is printed
+        if audio.channels > 1:
+            print(f"note: {args.file} has {audio.channels} channels, mixed down to mono", file=sys.stderr)
     spotter = KeywordSpotter.load(args.model, int8=args.int8)
     for text in args.keyword:
         kw = spotter.enroll(text, sensitivity=args.sensitivity)
+        guessed = describe_guesses(kw.pronunciation)
+        if guessed:
+            print(f"note: keyword {text!r}: {guessed}", file=sys.stderr)
         print(f"listening for {kw.name!r} ({' '.join(kw.pronunciation.phonemes)}), threshold {kw.threshold:.2f}",
               file=sys.stderr)
     tty = sys.stderr.isatty()

@@ -101,11 +101,23 @@ class LanguageModel:
         """Continue `prompt` (text, or token ids); yields one `Token` per generated token. With
         `speculative`, a lossless speculative method produces the same tokens faster (or, sampling,
         the same distribution). `stats` (optional) collects calls, acceptance and timings."""
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        ids = self.encode(prompt) if isinstance(prompt, str) else self._token_ids(prompt)
         detok = Detokenizer(self.decode if self.tokenizer is not None else None, ids).push
         if speculative is None:
             return plain(self.backend, ids, options, stats, detok)
         return self._speculative(speculative, ids, options, stats, detok)
+
+    def _token_ids(self, prompt) -> list[int]:
+        """A prompt given as token ids: integers in the vocabulary (bytes, floats and booleans are refused)."""
+        import numpy as np
+
+        if isinstance(prompt, (bytes, bytearray, memoryview)) or not isinstance(prompt, (Sequence, np.ndarray)):
+            raise ValueError(f"a prompt is text (str) or a sequence of token ids, got {type(prompt).__name__}")
+        bad = [t for t in prompt if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))
+               or not 0 <= t < self.backend.vocab_size]
+        if bad:
+            raise ValueError(f"token ids must be integers in [0, {self.backend.vocab_size}); got {bad[:3]}")
+        return [int(t) for t in prompt]
 
     def chat_prompt(self, messages: Sequence[dict]) -> str:
         """The prompt text the model's chat template makes of `messages` (ending with the assistant's turn)."""
@@ -152,6 +164,8 @@ class LanguageModel:
             return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma,
                                 end_ids=self.end_ids)
         folder = Path(spec.exit_head) if spec.exit_head else self.path
+        if spec.exit_head and not (folder / "exit_head.safetensors").is_file():
+            raise FileNotFoundError(f"no exit head at {folder} (train one: heron lm train-exit --out DIR)")
         if folder not in self._mirror_targets:  # the target with its trained early-exit head, if any
             from heron.models.lm import early_exit
             from heron.models.lm.backend import TorchLM
@@ -179,7 +193,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
 
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-    if not isinstance(roe_samples, int) or roe_samples < 1:
+    if experts is not None and (isinstance(experts, bool) or not isinstance(experts, int) or experts < 1):
+        raise ValueError(f"experts must be an integer >= 1 (active experts per token) or None, got {experts!r}")
+    if isinstance(roe_samples, bool) or not isinstance(roe_samples, int) or roe_samples < 1:
         raise ValueError(f"roe_samples must be an integer >= 1, got {roe_samples!r}")
     if not isinstance(roe_tau, (int, float)) or not math.isfinite(roe_tau) or roe_tau < 0:
         raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")

@@ -137,6 +137,34 @@ def test_corpus_is_deterministic_with_held_out_split():
     assert 0.02 < len(held_names) / len(docs) < 0.08
 
 
+def test_a_small_corpus_never_evaluates_on_its_training_text():
+    docs = [corpus.Document(f"user:{i}", f"document number {i}\n" * 20) for i in range(3)]
+    assert not any(d.held_out for d in docs)  # these names hash into the training share
+    train, held = corpus.split(docs)
+    assert held == docs[-1].text and held not in train
+    train, held = corpus.split(docs[:1])  # one document: its last tenth
+    assert held and train + held == docs[0].text and len(held) < 0.2 * len(docs[0].text)
+
+
+def test_prompts_and_options_are_checked_not_coerced(tmp_path):
+    import heron
+    from heron.runtime.decoding import GenerationOptions as G
+
+    lm = heron.load_lm()
+    for prompt in (b"Return", [1.7, 2.2], [True], [lm.backend.vocab_size], [-1], 42):
+        with pytest.raises(ValueError, match="prompt|token ids"):
+            list(lm.generate(prompt, G(max_new_tokens=2)))
+    assert len(list(lm.generate([1, 2], G(max_new_tokens=2)))) == 2
+    for bad in ({"temperature": True}, {"temperature": 1e-320}, {"top_p": True}):
+        with pytest.raises(ValueError):
+            G(**bad)
+    with pytest.raises(ValueError, match="experts"):
+        heron.load_lm(experts=True)
+    spec = heron.SpeculativeOptions("mirror", exit_head=str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="no exit head"):
+        list(lm.generate("def f", G(max_new_tokens=2), speculative=spec))
+
+
 def test_tokenizer_round_trips_any_text(tmp_path):
     tok = Tokenizer.train("def f(x):\n    return x + 1\n\n" * 50 + "naïve café", vocab_size=300)
     for s in ["print('héllo wörld') # ✓", "\x00\x01 tabs\tand\nnewlines", "日本語"]:

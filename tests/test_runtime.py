@@ -289,15 +289,25 @@ def test_kws_score_cli(tiny, clip, tmp_path):
     sf.write(wrong_rate, clip, 8000)
     stereo = tmp_path / "stereo.wav"
     sf.write(stereo, np.stack([clip, clip], 1), 16000)
+    flac = tmp_path / "long.flac"
+    sf.write(flac, np.tile(clip, 10), 16000)
+    corrupt = tmp_path / "corrupt.flac"  # a valid header, damaged frames further on
+    data = bytearray(flac.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)
+    corrupt.write_bytes(bytes(data))
     p = subprocess.run([sys.executable, "-m", "heron", "kws", "score", "--keyword", "hey heron", "--model", str(path),
-                        str(good), str(wrong_rate), str(stereo), str(tmp_path / "missing.wav")],
-                       capture_output=True, text=True)
+                        str(good), str(wrong_rate), str(stereo), str(tmp_path / "missing.wav"), str(corrupt),
+                        str(good)], capture_output=True, text=True)
     rows = [json.loads(line) for line in p.stdout.splitlines()]
-    assert p.returncode == 0 and len(rows) == 4
+    assert p.returncode == 1 and len(rows) == 6  # some files failed: exit code 1, every file has its line
     assert 0.0 <= rows[0]["score"] <= 1.0 and rows[0]["end_s"] > rows[0]["start_s"]
     assert 0.0 <= rows[1]["score"] <= 1.0  # another rate is resampled, as `heron listen` does (one rule)
-    assert rows[2]["score"] is None and "mono" in rows[2]["error"]
-    assert rows[3]["score"] is None
+    assert rows[2]["score"] == rows[0]["score"]  # stereo: mixed down to mono (both channels are the clip)
+    assert "2 channels, mixed down to mono" in p.stderr
+    assert rows[3]["score"] is None and rows[4]["score"] is None and "cannot read" in rows[4]["error"]
+    assert rows[5] == rows[0]  # a corrupt file does not stop the batch
+    assert "2 of 6 files failed" in p.stderr and str(corrupt) in p.stderr
+    assert all(line.count(str(tmp_path / "missing.wav")) <= 1 for line in p.stderr.splitlines())
 
 
 def test_heron_bundle_env_selects_the_default(tiny, monkeypatch):
@@ -307,3 +317,111 @@ def test_heron_bundle_env_selects_the_default(tiny, monkeypatch):
     monkeypatch.setenv("HERON_BUNDLE", str(path / "missing"))
     with pytest.raises(BundleError, match="manifest"):
         load_bundle()
+
+
+def test_resampled_streams_reset_and_flush_lose_nothing(tiny, clip):
+    """At 8 kHz: reset() forgets the resampler's samples (the same scores as a new stream), and flush()
+    drains them (every sample given reaches the encoder)."""
+    import soxr
+
+    _, path = tiny
+    sp = _spotter_with_detection(path, clip)
+    low = soxr.resample(clip, 16000, 8000).astype(np.float32)
+
+    def scores(st, audio):
+        st.record_scores = True
+        for i in range(0, len(audio), 1000):
+            st.accept(audio[i:i + 1000])
+        st.flush()
+        return np.concatenate(st.score_log["hey heron"])
+
+    ref = scores(sp.stream(sample_rate=8000), low)
+    st = sp.stream(sample_rate=8000)
+    st.accept(low[:3333])
+    st.reset()
+    assert np.array_equal(scores(st, low), ref)
+    for n in (8000, 8000 + 760, 3 * 8000 + 123):  # whole seconds and odd tails
+        st = sp.stream(sample_rate=8000)
+        st.accept(low[:n])
+        st.flush()
+        assert n / 8000 <= st._frames * sp.frame_seconds < n / 8000 + sp.chunk_samples / 16000
+
+
+def test_times_after_a_mid_stream_flush_count_the_audio_given(tiny, clip):
+    """flush() pads the tail with silence to a whole chunk; later detections are timed by the samples
+    given, not the padding: the same stream fed that padding as real silence reports them later by it."""
+    _, path = tiny
+    sp = _spotter_with_detection(path, clip)
+    n = sp.chunk_samples
+    lead = np.zeros(3 * n + 800, np.float32)
+    padded = np.zeros(4 * n, np.float32)  # what the model hears in the first stream
+    a = sp.stream()
+    a.accept(lead)
+    dets = a.flush() + a.accept(clip) + a.flush()
+    b = sp.stream()
+    ref = b.accept(padded) + b.accept(clip) + b.flush()
+    pad_s = (n - 800) / 16000
+    assert ref and len(dets) == len(ref)
+    for d, r in zip(dets, ref):
+        assert d.keyword == r.keyword and d.score == r.score
+        assert abs(d.start_s - (r.start_s - pad_s)) < 1e-9 and abs(d.end_s - (r.end_s - pad_s)) < 1e-9
+
+
+def test_keywords_belong_to_their_spotters_class_table(tiny, tmp_path):
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    swapped = edit_manifest(_copy(path, tmp_path / "b"), lambda m: m["phonemes"]["classes"].__setitem__(
+        slice(1, 3), m["phonemes"]["classes"][2:0:-1]))
+    other = KeywordSpotter.load(swapped)
+    st = sp.stream([sp.enroll("hey heron")])
+    with pytest.raises(ValueError, match="another phoneme class table"):
+        st.add_keyword(other.enroll("hey heron", name="theirs"))
+    with pytest.raises(ValueError, match="another phoneme class table"):
+        sp.stream([other.keywords["theirs"]])
+    for bad in ([-1, 5], [sp.blank], [sp.n_classes], [], [1.5], [True]):
+        with pytest.raises(ValueError, match="phoneme ids"):
+            sp.make_keyword(bad)
+
+
+def test_sensitivity_stays_in_the_range_the_bundle_allows():
+    """Sensitivity 1 never sets a threshold at which a keyword fires on average background speech
+    (z = 0 after Z-norm, the bundle check's own bound); 0.5 is the calibrated default; monotone."""
+    from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES
+
+    sp = KeywordSpotter.load()
+    c = sp.calibration
+    for n in (1, 2, 4, 8, MAX_KEYWORD_PHONEMES):
+        at_mean = 1 / (1 + np.exp(-(c["offset"] + c["per_phoneme"] * n)))
+        ts = [sp.sensitivity_threshold(s, n) for s in np.linspace(0, 1, 11)]
+        assert all(a >= b for a, b in zip(ts, ts[1:])) and ts[5] == c["threshold"]
+        assert ts[-1] > at_mean and ts[-1] >= 0.001 and ts[0] <= 0.999
+
+
+def test_enrollment_is_thread_safe_and_checks_its_arguments(tiny):
+    import threading
+
+    _, path = tiny
+    sp = KeywordSpotter.load(path)
+    won, lost = [], []
+
+    def enroll():
+        try:
+            won.append(sp.enroll("hey heron", name="same"))
+        except ValueError:
+            lost.append(1)
+    threads = [threading.Thread(target=enroll) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7 and sp.keywords["same"] is won[0]
+    for kwargs, msg in (({"sensitivity": "0.5"}, "sensitivity"), ({"sensitivity": True}, "sensitivity"),
+                        ({"name": 5}, "name"), ({"name": " "}, "name")):
+        with pytest.raises(ValueError, match=msg):
+            sp.enroll("hey heron", **kwargs)
+    st = sp.stream()
+    st.remove_keyword(won[0])  # a Keyword or its name
+    assert st.keywords == {}
+    sp.unenroll(won[0])
+    with pytest.raises(KeyError):
+        sp.unenroll(5)

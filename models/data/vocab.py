@@ -105,11 +105,16 @@ def build_vocabulary(min_word_count: int = 3, min_phrase_count: int = 2, max_wor
     return sorted(out, key=lambda p: (-p.count, p.text))
 
 
-def vocabulary(cache: bool = True) -> list[Phrase]:
-    """The default vocabulary, cached as JSON under the heron cache folder."""
+def vocabulary_path() -> Path:
+    """Where the default vocabulary is cached (built on first use, about 15 s)."""
     from heron.models.data.tts import cache_dir
 
-    path = cache_dir().parent / f"vocab-v{VOCAB_VERSION}.json"
+    return cache_dir().parent / f"vocab-v{VOCAB_VERSION}.json"
+
+
+def vocabulary(cache: bool = True) -> list[Phrase]:
+    """The default vocabulary, cached as JSON under the heron cache folder."""
+    path = vocabulary_path()
     if cache and path.exists():
         rows = json.loads(path.read_text())
         return [Phrase(r[0], tuple(r[1].split()), r[2]) for r in rows]

@@ -82,11 +82,17 @@ def text_documents(paths: list[str | Path]) -> list[Document]:
 
 def split(docs: list[Document]) -> tuple[str, str]:
     """(train text, held-out text), documents joined by DOC_SEPARATOR."""
-    train = DOC_SEPARATOR.join(d.text for d in docs if not d.held_out)
-    held = DOC_SEPARATOR.join(d.text for d in docs if d.held_out)
-    if not held:  # a very small user corpus: hold out its last document so evaluation still works
-        held = docs[-1].text
-    return train, held
+    if not docs:
+        raise ValueError("the corpus has no documents")
+    held = [d.held_out for d in docs]
+    if not any(held):  # a small user corpus: hold out its last document (or the last tenth of a single
+        if len(docs) == 1:  # one), never also training on it, so evaluation still works
+            text = docs[0].text
+            cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
+            return text[:cut], text[cut:]
+        held[-1] = True
+    train = DOC_SEPARATOR.join(d.text for d, h in zip(docs, held) if not h)
+    return train, DOC_SEPARATOR.join(d.text for d, h in zip(docs, held) if h)
 
 
 def fingerprint(text: str) -> str:
