@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx,
+from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx, export_speech_gate_onnx,
                                    export_text_encoder_onnx)
 from heron.export.quantize import quantize_int8
 from heron.models.audio import HOP, N_FFT, SAMPLE_RATE
@@ -34,12 +34,15 @@ def _calibration_file(checkpoint: Path, matcher: Path | None) -> Path:
 
 def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "onnx", matcher: str | Path | None = None,
                       recalibrate: bool = False, threshold: float | None = None, int8_only: bool = False,
-                      calibration_anchors: int = 200, background_data: list[str] | None = None) -> list[Path]:
+                      calibration_anchors: int = 200, background_data: list[str] | None = None,
+                      speech_gate: str | Path | None = None, no_speech_gate: bool = False) -> list[Path]:
     """Checkpoint -> bundle folders (OUT for one target; OUT/onnx and OUT/coreml for "all").
 
     Steps: load the encoder (and the second stage, given `matcher`); encode the background bank with
     a provisional fp32 bundle (TTS speech, or real recordings from `background_data`); fit the calibration on it unless the checkpoint has one (or
-    `recalibrate`); write the final bundle(s) once. Returns the bundle folders written.
+    `recalibrate`); add the speech gate (`speech_gate` folder, else the checkpoint's own
+    speech_gate.safetensors, unless `no_speech_gate`) to ONNX bundles; write the final bundle(s) once.
+    Returns the bundle folders written.
     """
     from heron.models.calibrate_kws import build_background, fit_calibration
     from heron.models.train_kws import load_encoder
@@ -60,6 +63,20 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
 
         te, mt, _, _, _ = load_matcher(matcher)
         verifier = (te, mt)
+    gate = None
+    gate_dir = Path(speech_gate) if speech_gate is not None else checkpoint
+    if speech_gate is not None and no_speech_gate:
+        raise ValueError("--speech-gate and --no-speech-gate contradict each other")
+    if not no_speech_gate and (speech_gate is not None or (checkpoint / "speech_gate.safetensors").is_file()):
+        from heron.models.speech_gate import load_gate
+        from heron.runtime.speech_gate import GatePolicy
+
+        module, gate_meta = load_gate(gate_dir)
+        if module.d_model != model.config.d_model:
+            raise ValueError(f"the speech gate in {gate_dir} was trained for another encoder width")
+        policy = gate_meta.get("policy")
+        GatePolicy(**policy)  # checked before any export work
+        gate = (module, policy)
     cal_path = _calibration_file(checkpoint, matcher)
     calibration = None
     if cal_path.is_file() and not recalibrate and not background_data:  # a new bank moves the Z-norm: refit
@@ -90,7 +107,8 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     if target in ("onnx", "all"):
         onnx_out = out / "onnx" if target == "all" else out
         written.append(write_bundle(model, onnx_out, calibration=calibration, model_meta=card, verifier=verifier,
-                                    background=background, int8_only=int8_only, phoneme_table=table))
+                                    background=background, int8_only=int8_only, phoneme_table=table,
+                                    speech_gate=gate))
     if target in ("coreml", "all"):
         cm = out / "coreml" if target == "all" else out
         written.append(write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml",
@@ -107,9 +125,10 @@ UNCALIBRATED = {"slope": 3.0, "offset": -5.0, "per_phoneme": 0.0, "threshold": 0
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
                  verifier=None, target: str = "onnx", modular: bool = True, background=None,
-                 int8_only: bool = False, phoneme_table=None) -> Path:
+                 int8_only: bool = False, phoneme_table=None, speech_gate=None) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
-    second stage; write manifest.json with checksums."""
+    second stage, given `speech_gate=(gate, policy dict)` the speech gate (ONNX per-module bundles: it
+    skips those graphs); write manifest.json with checksums."""
     from heron.runtime import __version__
 
     out = Path(out)
@@ -146,6 +165,11 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
                     quantize_int8(out / "modular" / name, out / "modular" / name.replace(".onnx", ".int8.onnx"),
                                   keep_fp32_inputs=FRONTEND_FP32)
                     files[f"mod8.{key}"] = f"modular/{name.replace('.onnx', '.int8.onnx')}"
+        if speech_gate is not None:
+            if not modular:
+                raise ValueError("a speech gate needs the per-module graphs it skips (modular=True)")
+            files["speech_gate"] = "modular/" + export_speech_gate_onnx(speech_gate[0], model.config,
+                                                                        out / "modular" / "speech_gate.onnx")
         if int8_only:  # what ships: int8 graphs only (fp32 comes back with `heron kws export`)
             for key in [k for k in files if k == "encoder" or k.startswith("mod.")]:
                 (out / files.pop(key)).unlink()
@@ -190,6 +214,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "encoder": io,
         "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
         "matcher": asdict(MatcherOptions()),
+        **({"speech_gate": dict(speech_gate[1])} if "speech_gate" in files else {}),
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
         "model": model_meta or {},

@@ -159,3 +159,14 @@ def export_encoder_modular(model: GatedConformer, folder: str | Path) -> dict:
         files[f"layer{i}_norm"] = save(blk.norm, (x,), f"layer{i}_norm.onnx", ["x"], ["y"])
     files["head"] = save(_Head(model), (x,), "head.onnx", ["x"], ["log_probs"])
     return files
+
+
+def export_speech_gate_onnx(gate, config, path: str | Path) -> str:
+    """The speech gate (heron.models.speech_gate) as one small fp32 graph: x (1, C, d) -> speech_prob (1,)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(gate.eval(), (torch.zeros(1, config.chunk_frames, config.d_model),), str(path),
+                          input_names=["x"], output_names=["speech_prob"], dynamo=True, external_data=False,
+                          verbose=False)
+    return path.name

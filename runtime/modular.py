@@ -4,18 +4,41 @@ The monolithic graph computes every module and multiplies it by its 0/1 gate; he
 its own small graph and a closed gate means the graph is not run at all. Caches are updated exactly
 as the monolithic graph would (a skipped attention adds invalid zero keys, a skipped convolution adds
 zeros to its history), so both paths give the same outputs.
+
+With a speech gate (heron.runtime.speech_gate), a chunk it closes runs no module at all: every layer's
+caches move on exactly as if all its gates were closed, and the chunk's frames are blank (the CTC
+matcher's clock advances; detection times stay absolute).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from heron.runtime.speech_gate import STATE_KEY, GatePolicy
+
+BLANK_LOG_PROB = -30.0  # a closed chunk's non-blank classes: the matcher hears nothing there
+
+
 class ModularEncoder:
     """Stateless apart from its sessions: streams keep their own state and skip counters."""
 
-    def __init__(self, sessions: dict, n_layers: int, gate_threshold: float):
+    def __init__(self, sessions: dict, n_layers: int, gate_threshold: float, n_classes: int, blank: int,
+                 speech_gate=None, policy: GatePolicy | None = None):
         self.s = sessions
         self.n_layers = n_layers
         self.gate_threshold = gate_threshold  # from the bundle's manifest (gates.threshold)
+        self.n_classes, self.blank = n_classes, blank
+        self.speech_gate, self.policy = speech_gate, policy  # session and policy, or None
+
+    @staticmethod
+    def _shift_closed(state: dict, new: dict, i: int, C: int) -> None:
+        """Layer i's caches for a chunk whose attention and convolution did not run."""
+        kc, vc, kv = state[f"cached_key_{i}"], state[f"cached_value_{i}"], state[f"cached_valid_{i}"]
+        z = np.zeros(kc.shape[:2] + (C, kc.shape[3]), np.float32)  # the chunk's keys do not exist
+        new[f"cached_key_{i}"] = np.concatenate([kc, z], axis=2)[:, :, C:]
+        new[f"cached_value_{i}"] = np.concatenate([vc, z], axis=2)[:, :, C:]
+        new[f"cached_valid_{i}"] = np.concatenate([kv, np.zeros((kv.shape[0], C), np.float32)], axis=1)[:, C:]
+        hist = state[f"cached_conv_{i}"]  # skipped chunks feed zeros into the convolution history
+        new[f"cached_conv_{i}"] = np.concatenate([hist, np.zeros(hist.shape[:2] + (C,), np.float32)], axis=2)[:, :, C:]
 
     def _run(self, name: str, feeds: dict):
         return self.s[name].run(None, feeds)
@@ -26,27 +49,30 @@ class ModularEncoder:
         new = {"cached_audio": new_audio}
         gates = np.zeros((self.n_layers, 4), np.float32)
         C = x.shape[1]
+        if self.speech_gate is not None:
+            p = float(self.speech_gate.run(None, {"x": x})[0].reshape(-1)[0])
+            is_open, new[STATE_KEY] = self.policy.step(p, state[STATE_KEY])
+            if not is_open:  # no speech: no encoder module runs for this chunk
+                for i in range(self.n_layers):
+                    self._shift_closed(state, new, i, C)
+                log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
+                log_probs[:, self.blank] = 0.0
+                return log_probs, np.zeros((C, x.shape[2]), np.float32), gates, new
         for i in range(self.n_layers):
             p = self._run(f"layer{i}_gate", {"x": x})[0][0]
             gates[i] = p
             on = p > self.gate_threshold
             if on[0]:
                 x = self._run(f"layer{i}_ffn1", {"x": x})[0]
-            kc, vc, kv = state[f"cached_key_{i}"], state[f"cached_value_{i}"], state[f"cached_valid_{i}"]
+            if not (on[1] and on[2]):
+                self._shift_closed(state, new, i, C)
             if on[1]:
-                x, k, v, valid = self._run(f"layer{i}_attn", {"x": x, "k_cache": kc, "v_cache": vc, "key_valid": kv})
-            else:  # the chunk's keys do not exist: shift in invalid zeros
-                z = np.zeros(kc.shape[:2] + (C, kc.shape[3]), np.float32)
-                k = np.concatenate([kc, z], axis=2)[:, :, C:]
-                v = np.concatenate([vc, z], axis=2)[:, :, C:]
-                valid = np.concatenate([kv, np.zeros((kv.shape[0], C), np.float32)], axis=1)[:, C:]
-            new[f"cached_key_{i}"], new[f"cached_value_{i}"], new[f"cached_valid_{i}"] = k, v, valid
-            hist = state[f"cached_conv_{i}"]
+                x, *kv = self._run(f"layer{i}_attn", {"x": x, "k_cache": state[f"cached_key_{i}"],
+                                                      "v_cache": state[f"cached_value_{i}"],
+                                                      "key_valid": state[f"cached_valid_{i}"]})
+                new[f"cached_key_{i}"], new[f"cached_value_{i}"], new[f"cached_valid_{i}"] = kv
             if on[2]:
-                x, hist = self._run(f"layer{i}_conv", {"x": x, "hist": hist})
-            else:  # skipped chunks feed zeros into the convolution history
-                hist = np.concatenate([hist, np.zeros(hist.shape[:2] + (C,), np.float32)], axis=2)[:, :, C:]
-            new[f"cached_conv_{i}"] = hist
+                x, new[f"cached_conv_{i}"] = self._run(f"layer{i}_conv", {"x": x, "hist": state[f"cached_conv_{i}"]})
             if on[3]:
                 x = self._run(f"layer{i}_ffn2", {"x": x})[0]
             x = self._run(f"layer{i}_norm", {"x": x})[0]

@@ -26,6 +26,7 @@ from heron.runtime.bundle import Bundle, BundleError, load_bundle
 from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
+from heron.runtime.speech_gate import STATE_KEY as SPEECH_STATE
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
 MAX_SAMPLE_RATE = 384_000
@@ -108,7 +109,7 @@ class KeywordSpotter:
     """A loaded model bundle plus the enrolled keywords."""
 
     def __init__(self, bundle: Bundle, int8: bool = False, threads: int = 1, providers: list[str] | None = None,
-                 skip_gates: bool = True):
+                 skip_gates: bool = True, speech_gate: bool = True):
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
             raise ValueError(f"threads must be an integer in [1, 256], got {threads!r}")
         self.bundle = bundle
@@ -147,11 +148,23 @@ class KeywordSpotter:
         self.modular = None
         prefix = "mod8." if int8 else "mod."
         mod_keys = [k for k in m["files"] if k.startswith(prefix)]
+        self.speech_policy = None  # the speech gate's policy, when the bundle has one and it is used
+        gate_session = None
+        if bundle.has("speech_gate") and speech_gate:
+            if not (skip_gates and mod_keys):
+                raise ValueError(f"{bundle.root}: its speech gate skips the per-module graphs, so it needs them "
+                                 "(skip_gates=True); load with speech_gate=False to run the single graph")
+            from heron.runtime.speech_gate import GatePolicy
+
+            sg = m["speech_gate"]
+            self.speech_policy = GatePolicy(float(sg["threshold"]), float(sg["release"]), int(sg["hangover"]))
+            gate_session = open_session(bundle.path("speech_gate"), threads, providers)
         if skip_gates and mod_keys:  # closed gates skip their modules
             from heron.runtime.modular import ModularEncoder
 
             sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
-            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold)
+            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold, self.n_classes,
+                                          self.blank, gate_session, self.speech_policy)
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
             self.text_session = open_session(bundle.path("text_encoder"), threads, providers)
@@ -176,12 +189,14 @@ class KeywordSpotter:
 
     @classmethod
     def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1,
-             skip_gates: bool = True) -> "KeywordSpotter":
+             skip_gates: bool = True, speech_gate: bool = True) -> "KeywordSpotter":
         """Load a bundle folder (default: the one shipped with heron); checksums are verified.
 
         skip_gates: run the encoder module by module so closed gates skip work (when the bundle
-        has the modular graphs); False runs the single-graph encoder (same outputs)."""
-        return cls(load_bundle(bundle), int8=int8, threads=threads, skip_gates=skip_gates)
+        has the modular graphs); False runs the single-graph encoder (same outputs).
+        speech_gate: use the bundle's speech gate, if it has one (chunks without speech run no encoder
+        module); False runs every chunk through the encoder."""
+        return cls(load_bundle(bundle), int8=int8, threads=threads, skip_gates=skip_gates, speech_gate=speech_gate)
 
     # --- keywords ---------------------------------------------------------------------------------
     def enroll(self, text: str, sensitivity: float = 0.5, name: str | None = None) -> Keyword:
@@ -268,7 +283,10 @@ class KeywordSpotter:
 
     # --- encoder ------------------------------------------------------------------------------------
     def init_state(self) -> dict[str, np.ndarray]:
-        return {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
+        st = {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
+        if self.speech_policy is not None:
+            st[SPEECH_STATE] = self.speech_policy.init_state()
+        return st
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
         """(chunk_samples,) float32 -> (log_probs (C, classes), embeddings (C, D), gate_probs (layers, 4),
@@ -415,6 +433,8 @@ class Stream:
         self.gate_log: list[np.ndarray] = []
         self.modules_closed = np.zeros(4)  # per module type: (layer, chunk) slots whose gate was closed
         self.module_slots = 0
+        self.chunks = 0  # chunks the encoder was asked for
+        self.chunks_without_speech = 0  # ... of which the speech gate closed (no encoder module ran)
 
     def _check_new(self, kw: Keyword) -> None:
         if not isinstance(kw, Keyword):
@@ -515,6 +535,9 @@ class Stream:
                 self.gate_log.append(gates)
             self.modules_closed += (gates <= sp.gate_threshold).sum(axis=0)
             self.module_slots += gates.shape[0]
+            self.chunks += 1
+            if sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]:
+                self.chunks_without_speech += 1
             if sp.verifier_session is not None or sp.phoneme_table is not None:
                 keep = sp.max_keyword_frames + 2 + len(emb)  # the longest keyword window + margin
                 voiced = log_probs.argmax(axis=1) != sp.blank  # frames where a phoneme (not blank) is heard

@@ -30,7 +30,8 @@ _FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.
                  "anchor_prob": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "tolerance": (0.0, 100.0, True),
                  "minutes": (0.0, 10**6, True), "stream_minutes": (0.0, 10**6, True), "rate": (0.0, 10**4, True),
                  "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True),
-                 "real_fraction": (0.0, 1.0, False), "teacher_weight": (0.0, 100.0, False)}
+                 "real_fraction": (0.0, 1.0, False), "teacher_weight": (0.0, 100.0, False),
+                 "min_kept": (0.5, 1.0, False)}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -69,7 +69,8 @@ def _export(args) -> int:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
     outs = build_kws_bundles(args.checkpoint, out, target=args.target, matcher=args.matcher,
                              recalibrate=args.recalibrate, threshold=args.threshold, int8_only=args.int8_only,
-                             calibration_anchors=args.calibration_anchors, background_data=args.background_data)
+                             calibration_anchors=args.calibration_anchors, background_data=args.background_data,
+                             speech_gate=args.speech_gate, no_speech_gate=args.no_speech_gate)
     for o in outs:
         _print_bundle(o)
     print(f"calibration: {json.loads((outs[0] / 'manifest.json').read_text())['calibration']}")
@@ -96,6 +97,10 @@ def add_kws_export(sub, formatter) -> None:
     p.add_argument("--background-data", action="append", default=None,
                    help="repeatable: real training speech (a TSV manifest's train rows, a CSV or a LibriSpeech folder) "
                         "for the Z-norm background bank; implies --recalibrate (default: TTS speech)")
+    p.add_argument("--speech-gate", default=None,
+                   help="folder of a speech gate (heron kws train-gate) to add (default: the checkpoint's own "
+                        "speech_gate.safetensors, if any)")
+    p.add_argument("--no-speech-gate", action="store_true", help="export without a speech gate")
     p.add_argument("--int8-only", action="store_true",
                    help="keep only the int8 graphs (the shipped bundle; smaller, same accuracy in BENCHMARKS.md)")
     p.add_argument("--zip", action="store_true", help="also write each bundle folder as a .zip next to it")

@@ -48,6 +48,40 @@ def _matcher(args) -> int:
     return 0
 
 
+def _gate(args) -> int:
+    import json
+    from dataclasses import asdict, replace
+
+    import numpy as np
+    import torch
+
+    from heron.models.data.real import load_user_pool
+    from heron.models.speech_gate import (GateTrainConfig, choose_policy, gate_probs_on_clips, policy_rates, save_gate,
+                                          train_speech_gate)
+    from heron.models.train_kws import load_encoder
+
+    torch.set_num_threads(args.threads)
+    model, _ = load_encoder(args.encoder)
+    pool = [u.audio.astype(np.float32) / 32768.0 for u in load_user_pool(args.user_data)]  # train rows only
+    rng = np.random.default_rng(args.seed)
+    held = set(rng.choice(len(pool), size=max(1, len(pool) // 10), replace=False).tolist())
+    train_pool = [a for i, a in enumerate(pool) if i not in held]
+    held_pool = [a for i, a in enumerate(pool) if i in held]
+    cfg = replace(GateTrainConfig(), steps=args.steps, seed=args.seed)
+    gate = train_speech_gate(model, train_pool, cfg)
+    probs, labels = gate_probs_on_clips(model, gate, held_pool, args.eval_clips, args.seed + 1000, cfg)
+    policy = choose_policy(probs, labels, min_kept=args.min_kept)
+    kept, closed = policy_rates(probs, labels, policy)
+    report = {"policy": asdict(policy), "held_out_speech_chunks_open": round(kept, 4),
+              "held_out_nonspeech_chunks_closed": round(closed, 4), "held_out_clips": args.eval_clips,
+              "train_utterances": len(train_pool), "held_out_utterances": len(held_pool), "steps": args.steps,
+              "encoder": str(args.encoder), "user_data": list(args.user_data), "seed": args.seed}
+    path = save_gate(gate, args.out, report)
+    print(json.dumps(report, indent=1))
+    print(f"speech gate: {path} (export adds it to a bundle: heron kws export --speech-gate {args.out})")
+    return 0
+
+
 def _release(args) -> int:
     from heron.models.train_kws import release
 
@@ -57,7 +91,7 @@ def _release(args) -> int:
 
 
 def add_kws_train(tsub, formatter) -> None:
-    """`heron kws train | train-matcher | release`."""
+    """`heron kws train | train-matcher | train-gate | release`."""
     q = tsub.add_parser("train", help="train the encoder (gated streaming conformer, phoneme CTC)",
                         formatter_class=formatter)
     q.add_argument("--preset", default="default", help="smoke | small | default")
@@ -106,6 +140,19 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--eval-anchors", type=int, default=400, help="held-out-voice anchor phrases for the ablations")
     q.add_argument("--seed", type=int, default=None, help="seed (default: the training config's)")
     q.set_defaults(func=_matcher)
+    q = tsub.add_parser("train-gate", help="train the speech gate (skips the whole encoder on non-speech) on a "
+                                           "frozen encoder", formatter_class=formatter)
+    q.add_argument("--encoder", required=True, help="encoder checkpoint folder")
+    q.add_argument("--user-data", action="append", required=True,
+                   help="real training speech, repeatable (as for kws train; train rows only)")
+    q.add_argument("--out", required=True, help="output folder (speech_gate.safetensors)")
+    q.add_argument("--steps", type=int, default=600, help="training steps (16 clips of 6.4 s each)")
+    q.add_argument("--eval-clips", type=int, default=300, help="held-out clips that choose the policy")
+    q.add_argument("--min-kept", type=float, default=0.995,
+                   help="share of held-out speech chunks the chosen threshold must keep open")
+    q.add_argument("--seed", type=int, default=0, help="seed")
+    q.add_argument("--threads", type=int, default=2, help="torch threads")
+    q.set_defaults(func=_gate)
     q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
                         formatter_class=formatter)
     q.add_argument("checkpoint", help="training run folder")

@@ -1,0 +1,157 @@
+"""The speech gate: its policy, the one skip rule (a closed chunk runs no encoder module and moves the
+caches on as closed modules do), streaming equal to whole-clip encoding with closed chunks, bundles
+that carry it (and refuse what would misuse it), and the trained gate's training pieces."""
+import numpy as np
+import pytest
+
+from heron.runtime.bundle import BundleError, load_bundle
+from heron.runtime.speech_gate import STATE_KEY, GatePolicy
+from heron.runtime.spotter import KeywordSpotter
+
+from conftest import CAL, _copy, edit_manifest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+
+def test_policy_opens_releases_and_hangs_over():
+    pol = GatePolicy(threshold=0.6, release=0.3, hangover=2)
+    st, seen = pol.init_state(), []
+    for p in (0.1, 0.7, 0.4, 0.35, 0.2, 0.2, 0.2, 0.5, 0.65, 0.1, 0.1, 0.1):
+        is_open, st = pol.step(p, st)
+        seen.append(is_open)
+    # opens at 0.7, stays while >= release, then 2 chunks of hangover, closes; 0.5 alone does not open
+    assert seen == [False, True, True, True, True, True, False, False, True, True, True, False]
+    for bad in ({"threshold": 0.3, "release": 0.5}, {"release": 0.0}, {"hangover": -1}, {"hangover": 1.5},
+                {"threshold": 1.0}):
+        with pytest.raises(ValueError):
+            GatePolicy(**{"threshold": 0.5, "release": 0.3, "hangover": 2, **bad})
+
+
+@pytest.fixture(scope="module")
+def gated(tiny, clip, tmp_path_factory):
+    """The tiny encoder with a random speech gate whose threshold is near the median of its probabilities
+    on the test audio: about half the chunks close."""
+    from heron.export.kws_bundle import write_bundle
+    from heron.models.speech_gate import SpeechGate, _front
+
+    model, _ = tiny
+    torch.manual_seed(3)
+    gate = SpeechGate(model.config.d_model).eval()
+    audio = np.concatenate([clip, np.zeros(16000, np.float32), clip])
+    with torch.no_grad():
+        p = gate(_front(model, torch.from_numpy(audio[None]))[0]).numpy()
+    q = np.sort(p)[len(p) * 3 // 10: len(p) * 7 // 10 + 1]  # a threshold in the widest gap near the median:
+    k = int(np.argmax(np.diff(q)))                         # int8 and fp32 front ends agree on every chunk
+    thr = float(q[k] + q[k + 1]) / 2
+    out = write_bundle(model, tmp_path_factory.mktemp("gated"), calibration=CAL,
+                       speech_gate=(gate, {"threshold": thr, "release": thr, "hangover": 0}))
+    return out, audio, p >= thr
+
+
+def test_closed_chunks_run_nothing_and_move_the_caches_as_closed_modules_do(gated):
+    path, audio, open_ = gated
+    sp = KeywordSpotter.load(path)
+    assert sp.speech_policy is not None and 0 < open_.sum() < len(open_)
+    n = sp.chunk_samples
+    calls = {"n": 0}
+    for name, sess in list(sp.modular.s.items()):  # count encoder module runs (the front end always runs)
+        sp.modular.s[name] = _Counting(sess, calls, skip=name == "frontend")
+    L, st, lps = sp.modular.n_layers, sp.init_state(), []
+    for i, is_open in zip(range(0, len(audio) - n + 1, n), open_):
+        before = calls["n"]
+        lp, emb, _, st = sp.run_chunk(audio[i:i + n], st)
+        ran = calls["n"] - before
+        assert (1 + 2 * L <= ran <= 1 + 6 * L) if is_open else ran == 0
+        if not is_open:
+            assert (lp.argmax(axis=1) == sp.blank).all() and (emb == 0).all()
+        lps.append(lp)
+    lp_whole, _, _ = sp.encode(audio[: len(lps) * n])
+    assert np.array_equal(np.concatenate(lps), lp_whole)
+    # a closed chunk's caches equal those of the same chunk run with every module gate closed
+    ref = KeywordSpotter.load(path, speech_gate=False)
+    ref.modular.gate_threshold = 2.0  # no gate probability exceeds it: every module skipped
+    st_a, st_b = sp.init_state(), ref.init_state()
+    for i, is_open in zip(range(0, len(audio) - n + 1, n), open_):
+        chunk = audio[i:i + n]
+        _, _, _, st_a = sp.run_chunk(chunk, st_a)
+        if is_open:
+            break
+        _, _, _, st_b = ref.run_chunk(chunk, st_b)
+        for k in st_b:
+            assert np.array_equal(st_a[k], st_b[k]), k
+        assert st_a[STATE_KEY][0] == 0
+
+
+class _Counting:
+    def __init__(self, sess, calls, skip):
+        self.sess, self.calls, self.skip = sess, calls, skip
+
+    def run(self, *a, **k):
+        if not self.skip:
+            self.calls["n"] += 1
+        return self.sess.run(*a, **k)
+
+
+def test_streaming_equals_whole_clip_with_closed_chunks(gated):
+    path, audio, open_ = gated
+    sp = KeywordSpotter.load(path)
+    kw = sp.enroll("hey heron")
+    lp, _, _ = sp.encode(audio)
+    best = sp.match_encoded("hey heron", lp)
+    kw.threshold = best[0] * 0.999
+    whole = sp.score_file(audio, kw.name)
+    assert whole == pytest.approx(best, abs=1e-6)
+    refs = None
+    for sizes in ([len(audio)], [4000], [1, 7777, 160]):
+        st = sp.stream()
+        st.record_scores = True
+        dets, i, k = [], 0, 0
+        while i < len(audio):
+            m = sizes[k % len(sizes)]
+            dets += st.accept(audio[i:i + m])
+            i, k = i + m, k + 1
+        dets += st.flush()
+        got = (dets, np.concatenate(st.score_log["hey heron"]), st.chunks_without_speech)
+        assert got[2] == (~open_).sum()
+        if refs is None:
+            refs = got
+            assert dets
+        else:
+            assert got[0] == refs[0] and np.array_equal(got[1], refs[1])
+
+
+def test_bundles_with_a_speech_gate_are_checked(gated, tmp_path):
+    path, _, _ = gated
+    with pytest.raises(ValueError, match="speech gate skips the per-module graphs"):
+        KeywordSpotter.load(path, skip_gates=False)
+    assert KeywordSpotter.load(path, skip_gates=False, speech_gate=False).modular is None
+    assert load_bundle(path).manifest["speech_gate"]["hangover"] == 0
+    edits = {
+        "release": lambda m: m["speech_gate"].update(release=m["speech_gate"]["threshold"] + 0.1),
+        "no policy": lambda m: m.pop("speech_gate"),
+        "no graph": lambda m: m["files"].pop("speech_gate"),
+        "hangover": lambda m: m["speech_gate"].update(hangover=1000),
+        "threshold": lambda m: m["speech_gate"].update(threshold=1.5),
+    }
+    for name, change in edits.items():
+        bad = edit_manifest(_copy(path, tmp_path / name.replace(" ", "_")), change)
+        with pytest.raises(BundleError, match="speech_gate"):
+            load_bundle(bad)
+
+
+def test_training_clips_and_labels():
+    from heron.models.speech_gate import GateTrainConfig, background, make_clip, voiced_span
+
+    rng = np.random.default_rng(0)
+    speech = np.concatenate([np.zeros(8000), 0.3 * np.sin(np.arange(16000) * 0.3), np.zeros(8000)]).astype(np.float32)
+    a, b = voiced_span(speech)
+    assert abs(a - 8000) <= 160 and abs(b - 24000) <= 160
+    for _ in range(20):
+        x, y = make_clip([speech], 5120 * 20, 5120, rng, GateTrainConfig())
+        assert x.shape == (5120 * 20,) and y.shape == (20,) and np.isfinite(x).all() and np.abs(x).max() <= 1
+        assert y.sum() <= 2 * 6  # at most two utterances of 1 s voiced (+ partial chunks)
+    for _ in range(10):
+        bg = background(16000, rng)
+        assert np.isfinite(bg).all() and abs(float(np.sqrt(np.mean(bg.astype(np.float64) ** 2))) - 1) < 1e-3
+
