@@ -12,8 +12,8 @@ speech (the `train/` splits; never the check's data) placed at random in synthet
 (white / pink / brown noise, mains hum, tone chords, clicks and bursts, near-silence; each through a
 random band filter) at random SNR and level, and from backgrounds alone. A chunk's label is 1 when it
 overlaps a placed utterance's voiced span (its frames within 35 dB of the utterance's loudest) and the
-frozen encoder hears a phoneme in it or in a chunk next to it (pauses inside a long utterance are
-not speech to a keyword spotter). Speech missed costs more than noise
+frozen encoder hears a phoneme in it (pauses inside a long utterance are not speech to a keyword
+spotter; the policy's hangover keeps the chunks after speech open). Speech missed costs more than noise
 let through (positive weight 4): a closed chunk inside a keyword loses it; an open chunk on noise only
 costs compute. The per-stream policy (threshold, a lower release threshold, a hangover) is
 heron.runtime.speech_gate.GatePolicy; its values travel in the bundle's manifest.
@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from heron.models.audio import SAMPLE_RATE
 
-HIDDEN = 32
+HIDDEN = 64
 FILE = "speech_gate.safetensors"
 
 
@@ -177,9 +177,9 @@ def _front(model, wav: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5) -> torch.Tensor:
+def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5, neighbours: bool = False) -> torch.Tensor:
     """(B, chunks) 1 where the frozen encoder hears a phoneme (non-blank posterior >= p_phoneme) in the
-    chunk or in a neighbouring one."""
+    chunk (with `neighbours`, or in a chunk next to it)."""
     from heron.models.conformer import BLANK
 
     c = model.config
@@ -187,6 +187,8 @@ def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5) -> torch.Tensor:
     B, T, _ = lp.shape
     n = T // c.chunk_frames
     speech = (1 - lp[:, : n * c.chunk_frames, BLANK].exp()).reshape(B, n, c.chunk_frames).amax(dim=2) >= p_phoneme
+    if not neighbours:
+        return speech.float()
     near = speech.clone()
     near[:, 1:] |= speech[:, :-1]
     near[:, :-1] |= speech[:, 1:]
@@ -251,7 +253,7 @@ def load_gate(folder: str | Path) -> tuple[SpeechGate, dict]:
         with safe_open(str(path), "pt") as f:
             md = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
-        gate = SpeechGate(int(md["d_model"]))
+        gate = SpeechGate(int(md["d_model"]), hidden=int(state["net.0.weight"].shape[0]))
         gate.load_state_dict(state)
     except Exception as e:  # safetensors / torch raise their own types
         raise ValueError(f"{path} is not a readable speech gate: {str(e).splitlines()[0]}") from None

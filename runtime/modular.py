@@ -33,11 +33,16 @@ class ModularEncoder:
     def _shift_closed(state: dict, new: dict, i: int, C: int) -> None:
         """Layer i's caches for a chunk whose attention and convolution did not run."""
         kc, vc, kv = state[f"cached_key_{i}"], state[f"cached_value_{i}"], state[f"cached_valid_{i}"]
+        hist = state[f"cached_conv_{i}"]
+        if not kv.any() and not hist.any() and not kc.any() and not vc.any():  # long silence: all zeros already
+            for k in ("key", "value", "valid", "conv"):
+                new[f"cached_{k}_{i}"] = state[f"cached_{k}_{i}"]
+            return
         z = np.zeros(kc.shape[:2] + (C, kc.shape[3]), np.float32)  # the chunk's keys do not exist
         new[f"cached_key_{i}"] = np.concatenate([kc, z], axis=2)[:, :, C:]
         new[f"cached_value_{i}"] = np.concatenate([vc, z], axis=2)[:, :, C:]
         new[f"cached_valid_{i}"] = np.concatenate([kv, np.zeros((kv.shape[0], C), np.float32)], axis=1)[:, C:]
-        hist = state[f"cached_conv_{i}"]  # skipped chunks feed zeros into the convolution history
+        # skipped chunks feed zeros into the convolution history
         new[f"cached_conv_{i}"] = np.concatenate([hist, np.zeros(hist.shape[:2] + (C,), np.float32)], axis=2)[:, :, C:]
 
     def _run(self, name: str, feeds: dict):

@@ -536,8 +536,8 @@ class Stream:
             self.modules_closed += (gates <= sp.gate_threshold).sum(axis=0)
             self.module_slots += gates.shape[0]
             self.chunks += 1
-            if sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]:
-                self.chunks_without_speech += 1
+            closed = sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]
+            self.chunks_without_speech += closed
             if sp.verifier_session is not None or sp.phoneme_table is not None:
                 keep = sp.max_keyword_frames + 2 + len(emb)  # the longest keyword window + margin
                 voiced = log_probs.argmax(axis=1) != sp.blank  # frames where a phoneme (not blank) is heard
@@ -546,7 +546,7 @@ class Stream:
                 drop = max(0, len(self._emb) - keep)
                 self._emb, self._emb_first = self._emb[drop:], self._emb_first + drop
                 self._voiced = self._voiced[drop:]
-            out.extend(self._match_frames(log_probs))
+            out.extend(self._match_frames(log_probs, closed))
             self._frames += log_probs.shape[0]
         return out
 
@@ -588,13 +588,21 @@ class Stream:
                                norms[:, 0], norms[:, 1], np.array([tr.kw.threshold for tr in tracks]))
         return self._bank
 
-    def _match_frames(self, log_probs: np.ndarray) -> list[Detection]:
+    def _match_frames(self, log_probs: np.ndarray, closed: bool = False) -> list[Detection]:
+        """Match this chunk's frames; `closed`: the speech gate closed the chunk (no speech), so no keyword
+        path continues through it: the matchers restart after it and its frames score the floor."""
         dets: list[Detection] = []
         if not self.keywords:
             return dets
         sp = self.spotter
         bank = self._keyword_bank()
-        raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
+        if closed:
+            T = log_probs.shape[0]
+            raw = np.broadcast_to(np.exp(-50.0), (T, len(bank.tracks))).copy()
+            starts = np.broadcast_to(np.arange(self._frames, self._frames + T)[:, None], raw.shape).copy()
+            bank.state = bank.matchers.init_state(self._frames + T)
+        else:
+            raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
         if bank.first_stage_only:
             confs = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
         else:
