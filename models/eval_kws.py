@@ -118,7 +118,10 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
     from heron.models.data.streams import StreamConfig, build_stream, read_labels
     from heron.models.data.vocab import corpus_sentences
 
-    workdir = workdir or Path("runs/eval_stream")
+    if workdir is None:  # a generated stream is a cache (heron's cache folder), never the current folder
+        from heron.models.data.tts import cache_dir
+
+        workdir = cache_dir().parent / "eval_stream"
     tag = f"{keyword.replace(' ', '_')}_{minutes:g}min_seed{seed}"
     wav, lab = workdir / f"stream_{tag}.wav", workdir / f"labels_{tag}.csv"
     if not wav.exists():

@@ -56,6 +56,7 @@ class GateTrainConfig:
     seed: int = 0
     speech_only_p: float = 0.15    # clips with no background (real recordings' own room noise)
     noise_only_p: float = 0.3      # clips with no speech at all
+    device_p: float = 0.0          # utterances made device-like: room reverberation and a cheap microphone
 
 
 # --- synthetic backgrounds ---------------------------------------------------------------------------
@@ -146,6 +147,10 @@ def make_clip(pool: list[np.ndarray], n: int, chunk: int, rng: np.random.Generat
         for _ in range(int(rng.integers(1, 3))):
             u = pool[int(rng.integers(len(pool)))]
             u = u[: n // 2] if len(u) > n // 2 else u
+            if cfg.device_p and rng.random() < cfg.device_p:  # far-field: reverberant, band-limited
+                from heron.models.data.augment import mic_response, reverberate, synthetic_rir
+
+                u = mic_response(reverberate(u.astype(np.float64), synthetic_rir(rng)), rng).astype(np.float32)
             at = int(rng.integers(0, n - len(u) + 1))
             speech[at:at + len(u)] += u
             a, b = voiced_span(u)
@@ -232,11 +237,11 @@ def train_speech_gate(model, pool: list[np.ndarray], cfg: GateTrainConfig = Gate
 def save_gate(gate: SpeechGate, folder: str | Path, meta: dict) -> Path:
     import json
 
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, str(folder / FILE),
+    save_safetensors({k: v.contiguous() for k, v in gate.state_dict().items()}, str(folder / FILE),
               metadata={"meta": json.dumps(meta), "d_model": str(gate.d_model)})
     return folder / FILE
 

@@ -109,7 +109,7 @@ def save_checkpoint(path: Path, model: GatedConformer, opt: torch.optim.Optimize
                     cfg: TrainConfig, extra: dict | None = None, aux: torch.nn.Module | None = None) -> None:
     """`aux`: training-only modules (the teacher projection), saved as aux.* so that a run resumes
     with them; `release` drops them."""
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
 
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -125,7 +125,7 @@ def save_checkpoint(path: Path, model: GatedConformer, opt: torch.optim.Optimize
     meta = {"step": step, "train_config": _jsonable(asdict(cfg)), "model_config": asdict(model.config),
             "format": "heron-kws-encoder/1", **(extra or {})}
     tmp = path / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"heron": json.dumps(meta)})
+    save_safetensors(tensors, str(tmp), metadata={"heron": json.dumps(meta)})
     os.replace(tmp, path / "model.safetensors")
     (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> Path:
 def release(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Strip optimizer state and store weights in `dtype` (fp16 halves the size; loading casts back
     to fp32). The result is what ships in models/weights/."""
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
 
     tensors, meta = read_checkpoint(src)
     dst = Path(dst)
@@ -354,6 +354,6 @@ def release(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16
     weights = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
                for k, v in tensors.items() if k.startswith("model.")}
     meta = {**meta, "released_from": str(src), "dtype": str(dtype).replace("torch.", "")}
-    save_file(weights, str(dst / "model.safetensors"), metadata={"heron": json.dumps(meta)})
+    save_safetensors(weights, str(dst / "model.safetensors"), metadata={"heron": json.dumps(meta)})
     (dst / "meta.json").write_text(json.dumps(meta, indent=1))
     return dst

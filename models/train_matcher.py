@@ -214,7 +214,7 @@ def matcher_scores(text_enc, matcher, examples: list[Example], max_frames: int, 
 
 
 def save_matcher(path: Path, text_enc, matcher, table, confusion, cfg: MatcherTrainConfig, extra: dict) -> None:
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
 
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"text.{k}": v.contiguous() for k, v in text_enc.state_dict().items()}
@@ -222,7 +222,7 @@ def save_matcher(path: Path, text_enc, matcher, table, confusion, cfg: MatcherTr
     tensors["phoneme_table"] = torch.as_tensor(table)
     tensors["confusion"] = torch.as_tensor(confusion, dtype=torch.float32)
     meta = {"format": "heron-kws-matcher/1", "config": json.loads(json.dumps(asdict(cfg))), **extra}
-    save_file(tensors, str(path / "matcher.safetensors"), metadata={"heron": json.dumps(meta)})
+    save_safetensors(tensors, str(path / "matcher.safetensors"), metadata={"heron": json.dumps(meta)})
     (path / "matcher_meta.json").write_text(json.dumps(meta, indent=1))
 
 

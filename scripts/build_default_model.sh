@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=.venv/bin/heron
+export HERON_WRITE_PACKAGE=1  # this script replaces the shipped models (heron refuses --out there otherwise)
 # 1. TTS pre-training (51 min), released as fp16
 $H kws train --preset default --out runs/kws-base --steps 7000 --no-progress
 $H kws release runs/kws-base --out models/weights/kws-base

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=".venv/bin/heron"
+export HERON_WRITE_PACKAGE=1  # this script replaces the shipped LM artifacts (heron refuses --out there otherwise)
 R=${RUNS:-runs/lm}
 PRE=${PRE_STEPS:-2000}   # pretraining steps
 FT=${FT_STEPS:-600}      # fine-tuning budget shared by PHDS and every oracle

@@ -6,16 +6,18 @@ Each verb module exposes `register(subparsers)`; heavy imports happen inside the
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from heron import __version__
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every default; an option whose default is None says in its help what None means."""
+    """Shows every default; an option whose default is None says in its help what None means (a help
+    that already states its default, "default: ..." or "(default ...", is left as it is)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or re.search(r"default[:\s]", action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -31,7 +33,7 @@ _FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.
                  "minutes": (0.0, 10**6, True), "stream_minutes": (0.0, 10**6, True), "rate": (0.0, 10**4, True),
                  "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True),
                  "real_fraction": (0.0, 1.0, False), "teacher_weight": (0.0, 100.0, False),
-                 "min_kept": (0.5, 1.0, False)}
+                 "min_kept": (0.5, 1.0, False), "device_speech": (0.0, 1.0, False)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from heron.paths import check_out
+
+        check_out(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -107,8 +107,11 @@ def _kws(args) -> int:
     import numpy as np
     import soundfile as sf
 
+    from heron.runtime.audio import AudioFile
     from heron.runtime.spotter import KeywordSpotter
 
+    if args.long_stream:
+        AudioFile(args.long_stream)  # refused before the benchmark runs, not after it
     shared = args.real_speech
     speech_files = sorted(glob.glob(f"{shared}/sentences/*.wav")) + sorted(glob.glob(f"{shared}/keywords/*/*.wav"))[:40]
     noise_files = sorted(glob.glob(f"{shared}/noise/*.wav"))
@@ -127,7 +130,7 @@ def _kws(args) -> int:
     seen = set()
     for kw in (dict(skip_gates=False), dict(skip_gates=False, int8=True), dict(skip_gates=True),
                dict(skip_gates=True, int8=True)):
-        sp = KeywordSpotter.load(args.model, threads=1, **kw)
+        sp = KeywordSpotter.load(args.model, threads=1, speech_gate=kw["skip_gates"], **kw)  # a gate needs the modules
         name = f"{'modular_skipping' if sp.modular else 'single_graph'}_{'int8' if sp.int8 else 'fp32'}"
         if name in seen:  # e.g. an int8-only bundle: fp32 requests fall back to int8
             continue
@@ -180,21 +183,22 @@ def _rss_mb() -> float:
 
 def _long_stream(model, path: str) -> dict:
     """Stream a long wav in 100 ms pieces through one stream; resident memory every 10 minutes."""
-    import soundfile as sf
-
+    from heron.runtime.audio import AudioFile
     from heron.runtime.spotter import KeywordSpotter
 
+    audio = AudioFile(path)  # any rate and channels; a missing or broken file is one line
     sp = KeywordSpotter.load(model, threads=1)
     sp.enroll("hey heron")
-    st = sp.stream()
+    st = sp.stream(sample_rate=audio.sample_rate)
     rss, done, dets = [], 0, 0
+    step = audio.sample_rate // 10
     t0 = time.perf_counter()
-    for block in sf.blocks(path, blocksize=1600, dtype="float32"):
+    for block in audio.blocks(0.1):
         dets += len(st.accept(block))
         done += len(block)
-        if done % (16000 * 600) < 1600:
+        if done % (audio.sample_rate * 600) < step:
             rss.append(round(_rss_mb(), 1))
-    secs = done / 16000
+    secs = done / audio.sample_rate
     return {"audio_minutes": round(secs / 60, 1), "rtf": round((time.perf_counter() - t0) / secs, 5),
             "rss_mb_every_10_min": rss, "detections": dets}
 

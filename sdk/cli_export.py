@@ -14,7 +14,7 @@ def _export_lm(args) -> int:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
     if args.target not in ("onnx", "coreml", "all"):
         raise ValueError(f"unknown target {args.target!r}; use onnx, coreml or all")
-    base = check_out_folder(args.out)
+    base = check_out_folder(args.out, "lm")
     outs = []
     if args.target in ("onnx", "all"):
         out = base / "onnx" if args.target == "all" else base
@@ -33,9 +33,10 @@ def _export_lm(args) -> int:
     return 0
 
 
-def check_out_folder(path: str | Path) -> Path:
-    """--out must be a new folder, an empty one, or a heron bundle folder being replaced: an export
-    never writes over a file or into a folder of other things."""
+def check_out_folder(path: str | Path, kind: str) -> Path:
+    """--out must be a new folder, an empty one, or a heron bundle folder of the same `kind` ("kws" or
+    "lm") being replaced: an export never writes over a file, into a folder of other things, or over
+    another kind of bundle."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the bundle")
@@ -45,6 +46,16 @@ def check_out_folder(path: str | Path) -> Path:
         if entries and not ours:
             raise ValueError(f"--out {out} is a folder that holds other things and no heron bundle; "
                              "give a new or empty folder")
+        for folder in (out, out / "onnx", out / "coreml"):
+            manifest = folder / "manifest.json"
+            if manifest.is_file():
+                try:
+                    fmt = json.loads(manifest.read_text()[:1_000_000]).get("format", "")
+                except (ValueError, AttributeError, UnicodeDecodeError):
+                    fmt = ""
+                if not (isinstance(fmt, str) and fmt.startswith(f"heron-{kind}")):
+                    raise ValueError(f"--out {out} holds another kind of bundle ({fmt or 'unknown format'}); "
+                                     f"a {kind.upper()} export replaces only a {kind.upper()} bundle")
     return out
 
 
@@ -62,7 +73,7 @@ def _export(args) -> int:
 
     if args.target not in TARGETS:
         raise ValueError(f"unknown target {args.target!r}; use one of {', '.join(TARGETS)}")
-    out = check_out_folder(args.out)
+    out = check_out_folder(args.out, "kws")
     try:
         from heron.export.kws_bundle import build_kws_bundles
     except ImportError as e:

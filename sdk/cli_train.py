@@ -67,7 +67,7 @@ def _gate(args) -> int:
     held = set(rng.choice(len(pool), size=max(1, len(pool) // 10), replace=False).tolist())
     train_pool = [a for i, a in enumerate(pool) if i not in held]
     held_pool = [a for i, a in enumerate(pool) if i in held]
-    cfg = replace(GateTrainConfig(), steps=args.steps, seed=args.seed)
+    cfg = replace(GateTrainConfig(), steps=args.steps, seed=args.seed, device_p=args.device_speech)
     gate = train_speech_gate(model, train_pool, cfg)
     probs, labels = gate_probs_on_clips(model, gate, held_pool, args.eval_clips, args.seed + 1000, cfg)
     policy = choose_policy(probs, labels, min_kept=args.min_kept)
@@ -75,7 +75,8 @@ def _gate(args) -> int:
     report = {"policy": asdict(policy), "held_out_speech_chunks_open": round(kept, 4),
               "held_out_nonspeech_chunks_closed": round(closed, 4), "held_out_clips": args.eval_clips,
               "train_utterances": len(train_pool), "held_out_utterances": len(held_pool), "steps": args.steps,
-              "encoder": str(args.encoder), "user_data": list(args.user_data), "seed": args.seed}
+              "encoder": str(args.encoder), "user_data": list(args.user_data), "seed": args.seed,
+              "device_speech": args.device_speech}
     path = save_gate(gate, args.out, report)
     print(json.dumps(report, indent=1))
     print(f"speech gate: {path} (export adds it to a bundle: heron kws export --speech-gate {args.out})")
@@ -148,6 +149,8 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--out", required=True, help="output folder (speech_gate.safetensors)")
     q.add_argument("--steps", type=int, default=600, help="training steps (16 clips of 6.4 s each)")
     q.add_argument("--eval-clips", type=int, default=300, help="held-out clips that choose the policy")
+    q.add_argument("--device-speech", type=float, default=0.0,
+                   help="share of placed utterances made far-field (room reverberation, a cheap microphone)")
     q.add_argument("--min-kept", type=float, default=0.995,
                    help="share of held-out speech chunks the chosen threshold must keep open")
     q.add_argument("--seed", type=int, default=0, help="seed")

@@ -34,3 +34,36 @@ def named_lm_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{package} is installed but lacks {file}: reinstall it ({install})")
     return path
+
+
+# Folders inside the package that only the maintainers' build script writes (it sets this variable).
+WRITE_PACKAGE_ENV = "HERON_WRITE_PACKAGE"
+# the options by which a verb reads an existing model: its --out may not be one of them
+READ_OPTIONS = ("model", "checkpoint", "init", "encoder", "dense", "align", "matcher", "speech_gate")
+
+
+def package_folders() -> list[Path]:
+    """The shipped models' folders: heron.models' weights/ and heron.runtime's assets/."""
+    runtime = Path(importlib.util.find_spec("heron.runtime").submodule_search_locations[0])
+    return [models_dir() / "weights", runtime / "assets"]
+
+
+def check_out(args) -> None:
+    """A verb's --out never lands inside the package's shipped models (unless HERON_WRITE_PACKAGE=1, the
+    build script's) nor on a model the same command reads: a one-line refusal before any work."""
+    import os
+
+    out = getattr(args, "out", None)
+    if not isinstance(out, (str, Path)):
+        return
+    target = Path(out).resolve()
+    if not os.environ.get(WRITE_PACKAGE_ENV):
+        for folder in package_folders():
+            if target == folder.resolve() or folder.resolve() in target.parents:
+                raise ValueError(f"--out {out} is inside heron's shipped models ({folder}); write elsewhere "
+                                 f"(the build script sets {WRITE_PACKAGE_ENV}=1 to replace them)")
+    for name in READ_OPTIONS:
+        src = getattr(args, name, None)
+        if isinstance(src, (str, Path)) and Path(src).exists() and Path(src).resolve() == target:
+            raise ValueError(f"--out {out} is the model this command reads (--{name.replace('_', '-')}); "
+                             "write to another folder")

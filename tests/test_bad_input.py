@@ -262,3 +262,75 @@ def test_a_misspelt_keyword_is_enrolled_with_a_warning_that_names_the_guess(tiny
         code, err = _cli(["listen", "--model", path, "--keyword", text, "--file", tmp_path / "a.wav", "--no-meter"],
                          capsys)
         assert code == 0 and ("'lightouse' as" in err) == noted, err
+
+
+def test_bench_long_stream_missing_file_is_refused_first(capsys):
+    code, err = _cli(["kws", "bench", "--long-stream", "/nonexistent/stream.wav"], capsys)
+    _one_line_error(code, err, "no such file: /nonexistent/stream.wav")
+    assert "System error" not in err
+
+
+def test_the_stream_evaluation_writes_into_the_cache_not_the_current_folder(monkeypatch, tmp_path):
+    """`kws eval --sets stream` generates its stream audio once: into heron's cache folder (HERON_CACHE),
+    never into runs/ under the current folder."""
+    import os
+
+    import heron.models.data.streams as streams
+    from heron.models.eval_kws import eval_stream
+
+    seen = {}
+
+    def fake_build(cfg, wav, lab, *a, **k):
+        seen["wav"] = wav
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(streams, "build_stream", fake_build)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="stop here"):
+        eval_stream(None, minutes=0.1)
+    assert str(seen["wav"]).startswith(os.environ["HERON_CACHE"]) and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["kws", "release", "CKPT", "--out", "PKG/models/weights/kws-base"],
+    ["kws", "export", "--out", "PKG/runtime/assets/kws"],
+    ["kws", "export", "--out", "PKG/runtime/assets/lm-draft/x"],
+    ["lm", "export", "CKPT", "--out", "PKG/runtime/assets/kws"],
+    ["lm", "train-exit", "--out", "PKG/models/weights/lm-nano"],
+    ["lm", "train-mtp", "--out", "PKG/models/weights/lm-nano/mtp"],
+    ["kws", "train", "--out", "PKG/models/weights/kws-base"],
+])
+def test_no_verb_writes_into_the_shipped_models(args, tmp_path, capsys, monkeypatch):
+    """--out inside the package's shipped models is refused before any work (the build scripts set
+    HERON_WRITE_PACKAGE=1); the shipped files are untouched."""
+    from heron.paths import package_folders
+
+    monkeypatch.delenv("HERON_WRITE_PACKAGE", raising=False)
+    root = package_folders()[0].parents[1]  # the folder holding models/ and runtime/
+    before = {p: p.stat().st_mtime_ns for f in package_folders() for p in f.rglob("*") if p.is_file()}
+    args = [a.replace("PKG", str(root)).replace("CKPT", str(tmp_path)) for a in args]
+    code, err = _cli(args, capsys)
+    _one_line_error(code, err, "inside heron's shipped models")
+    assert before == {p: p.stat().st_mtime_ns for f in package_folders() for p in f.rglob("*") if p.is_file()}
+
+
+def test_out_may_not_be_the_model_the_command_reads(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    code, err = _cli(["kws", "release", ck, "--out", ck], capsys)
+    _one_line_error(code, err, "is the model this command reads (--checkpoint)")
+    code, err = _cli(["kws", "train", "--init", ck, "--out", ck], capsys)
+    _one_line_error(code, err, "is the model this command reads (--init)")
+
+
+def test_an_export_never_replaces_another_kind_of_bundle(tmp_path, capsys):
+    import json
+
+    kws, lm = tmp_path / "kws", tmp_path / "lm"
+    for folder, fmt in ((kws, "heron-kws-bundle/1"), (lm, "heron-lm-onnx/1")):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"format": fmt}))
+    code, err = _cli(["lm", "export", str(tmp_path / "nothing"), "--out", kws], capsys)
+    _one_line_error(code, err, "holds another kind of bundle (heron-kws-bundle/1)")
+    code, err = _cli(["kws", "export", "--out", lm], capsys)
+    _one_line_error(code, err, "holds another kind of bundle (heron-lm-onnx/1)")
+    assert json.loads((kws / "manifest.json").read_text())["format"] == "heron-kws-bundle/1"

@@ -58,3 +58,27 @@ def test_bad_text_is_a_clear_error(tmp_path):
     p = heron("data", "synth", "--text", "!!!", "--out", str(tmp_path), check=False)
     assert p.returncode == 1 and "nothing pronounceable" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_every_option_says_its_default():
+    """`--help` of every verb: each optional, valued option has a help text that shows its default (the
+    formatter's "(default: X)", or the text says what an unset option means)."""
+    import argparse
+
+    from heron.cli import _Formatter, build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        fmt = _Formatter(prog=path)
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif a.option_strings and not a.required and a.nargs != 0:
+                text = fmt._get_help_string(a) if (a.help or "").strip() else ""
+                if "default" not in (text or ""):
+                    silent.append(f"{path} {a.option_strings[-1]}")
+    walk(build_parser(), "heron")
+    assert not silent, silent
+    assert "(default: default)" in " ".join(heron("kws", "train", "--help").stdout.split())

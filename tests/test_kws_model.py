@@ -126,3 +126,18 @@ def test_grown_fine_tune_keeps_the_trained_blocks(tmp_path):
     assert float(model.blocks[-1].attn.out.weight.abs().max()) < 1e-6  # the new block started as an identity
     with pytest.raises(ValueError, match="needs --init"):
         train(replace(cfg, init=""), tmp_path / "run2", progress=False)
+
+
+def test_weight_files_are_readable_like_any_file_the_user_writes(tmp_path):
+    """safetensors leaves its files at 0600; heron's checkpoints, releases and adapters get the mode the
+    umask gives new files."""
+    import os
+
+    from heron.models.weights_io import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        p = save_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors", {"k": "v"})
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644

@@ -49,7 +49,7 @@ def dequantize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save(folder: str | Path, model: Transformer, tokenizer: Tokenizer, meta: dict | None = None,
          dtype=torch.float32, int8: bool = False) -> Path:
     """int8=True stores weight-only int8 (per-row scales), about a quarter of the float32 size."""
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
@@ -57,7 +57,7 @@ def save(folder: str | Path, model: Transformer, tokenizer: Tokenizer, meta: dic
     if int8:
         state = quantize_int8({k: v.float() for k, v in state.items()})
         meta = {**(meta or {}), "weights": "int8 per-row (weight-only), fp16 scales"}
-    save_file(state, str(folder / WEIGHTS))
+    save_safetensors(state, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps({"format": FORMAT, "config": config_dict(model.cfg), "meta": meta or {}},
                                             indent=1))
     tokenizer.save(folder / TOKENIZER)

@@ -182,8 +182,8 @@ def curve(model: Transformer, routers: DifficultyRouters, held: torch.Tensor, mo
 
 
 def save_routers(routers: DifficultyRouters, path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in routers.state_dict().items()}, str(path),
+    from heron.models.weights_io import save_safetensors
+    save_safetensors({k: v.contiguous() for k, v in routers.state_dict().items()}, str(path),
               metadata={"widths": ",".join(map(str, routers.widths))})
 
 

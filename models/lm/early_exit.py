@@ -58,8 +58,8 @@ def save(head: ExitHead, folder: str | Path, vocabulary: dict) -> None:
     """The head, with its layer and the `vocabulary` record of its model in the file's metadata."""
     import json
 
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / FILE),
+    from heron.models.weights_io import save_safetensors
+    save_safetensors({k: v.contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / FILE),
               metadata={"layer": str(head.layer), "vocabulary": json.dumps(vocabulary)})
 
 

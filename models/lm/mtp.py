@@ -186,12 +186,12 @@ def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict, vocabulary: dict
     `vocabulary` record of the model it was trained on (heron.runtime.tokenizer.vocabulary_record)."""
     import json
 
-    from safetensors.torch import save_file
+    from heron.models.weights_io import save_safetensors
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in mtp.state_dict().items() if not k.startswith("base.") or
              k.endswith(".A") or k.endswith(".B")}
-    save_file(state, str(folder / "mtp.safetensors"))
+    save_safetensors(state, str(folder / "mtp.safetensors"))
     (folder / "mtp.json").write_text(json.dumps({"format": "heron-mtp/1", "config": asdict(mtp.cfg), "meta": meta,
                                                 "vocabulary": vocabulary}, indent=1))
     return folder
