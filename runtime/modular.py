@@ -7,13 +7,15 @@ zeros to its history), so both paths give the same outputs.
 
 With a speech gate (heron.runtime.speech_gate), a chunk it closes runs no module at all: every layer's
 caches move on exactly as if all its gates were closed, and the chunk's frames are blank (the CTC
-matcher's clock advances; detection times stay absolute).
+matcher's clock advances; detection times stay absolute). When the gate opens again, the front-end
+outputs of the last closed chunks (PAST_CHUNKS) run through the layers first, their outputs dropped:
+the encoder meets the word with the context just before it, as it would without the gate.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from heron.runtime.speech_gate import STATE_KEY, GatePolicy
+from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, GatePolicy
 
 BLANK_LOG_PROB = -30.0  # a closed chunk's non-blank classes: the matcher hears nothing there
 
@@ -52,17 +54,36 @@ class ModularEncoder:
         x, new_audio = self._run("frontend", {"audio_chunk": chunk.reshape(1, -1).astype(np.float32),
                                               "cached_audio": state["cached_audio"]})
         new = {"cached_audio": new_audio}
-        gates = np.zeros((self.n_layers, 4), np.float32)
         C = x.shape[1]
         if self.speech_gate is not None:
             p = float(self.speech_gate.run(None, {"x": x})[0].reshape(-1)[0])
+            was_open = bool(state[STATE_KEY][0])
             is_open, new[STATE_KEY] = self.policy.step(p, state[STATE_KEY])
+            past = state[PAST_KEY]
             if not is_open:  # no speech: no encoder module runs for this chunk
                 for i in range(self.n_layers):
                     self._shift_closed(state, new, i, C)
+                new[PAST_KEY] = np.concatenate([past[1:], x[None]])  # the front end's output is kept
                 log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
                 log_probs[:, self.blank] = 0.0
-                return log_probs, np.zeros((C, x.shape[2]), np.float32), gates, new
+                return log_probs, np.zeros((C, x.shape[2]), np.float32), np.zeros((self.n_layers, 4), np.float32), new
+            new[PAST_KEY] = np.zeros_like(past)
+            if not was_open:  # opening: the last closed chunks run first, for context (outputs dropped)
+                caches = {k: v for k, v in state.items() if k.startswith("cached_") and k != "cached_audio"}
+                for px in past:
+                    if px.any():
+                        step: dict = {}
+                        self._layers(px, caches, step)
+                        caches = step
+                state = {**state, **caches}
+        x, gates = self._layers(x, state, new)
+        log_probs = self._run("head", {"x": x})[0]
+        return log_probs[0], x[0], gates, new
+
+    def _layers(self, x: np.ndarray, state: dict, new: dict):
+        """The encoder's layers on one chunk's front-end output; caches from `state` into `new`."""
+        gates = np.zeros((self.n_layers, 4), np.float32)
+        C = x.shape[1]
         for i in range(self.n_layers):
             p = self._run(f"layer{i}_gate", {"x": x})[0][0]
             gates[i] = p
@@ -81,5 +102,4 @@ class ModularEncoder:
             if on[3]:
                 x = self._run(f"layer{i}_ffn2", {"x": x})[0]
             x = self._run(f"layer{i}_norm", {"x": x})[0]
-        log_probs = self._run("head", {"x": x})[0]
-        return log_probs[0], x[0], gates, new
+        return x, gates

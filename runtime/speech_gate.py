@@ -7,8 +7,9 @@ open encoder stays open while chunks stay at or above the lower `release`, and f
 after the last chunk above `threshold` (the end of a word is quieter than its start). A closed chunk
 runs no encoder module: its caches move on as closed modules' do and it yields blank frames.
 
-The policy's state is two numbers, kept in the stream's encoder state (`STATE_KEY`), so a stream's
-reset and independent streams need nothing more.
+The policy's state is two numbers, kept in the stream's encoder state (`STATE_KEY`) with the front
+end's outputs of the last closed chunks (`PAST_KEY`: when the gate opens, the encoder runs them first
+for context), so a stream's reset and independent streams need nothing more.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STATE_KEY = "speech_gate"  # [open (0/1), hangover chunks left]
+PAST_KEY = "speech_gate_past"  # the front end's outputs of the last PAST_CHUNKS closed chunks (zeros: none)
+PAST_CHUNKS = 2
 
 
 @dataclass(frozen=True)

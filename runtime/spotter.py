@@ -26,6 +26,8 @@ from heron.runtime.bundle import Bundle, BundleError, load_bundle
 from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
+from heron.runtime.speech_gate import PAST_CHUNKS
+from heron.runtime.speech_gate import PAST_KEY as SPEECH_PAST
 from heron.runtime.speech_gate import STATE_KEY as SPEECH_STATE
 
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
@@ -286,6 +288,8 @@ class KeywordSpotter:
         st = {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
         if self.speech_policy is not None:
             st[SPEECH_STATE] = self.speech_policy.init_state()
+            d = self.state_shapes["cached_conv_0"][1]  # (1, d_model, kernel - 1)
+            st[SPEECH_PAST] = np.zeros((PAST_CHUNKS, 1, int(self.bundle.manifest["frames_per_chunk"]), d), np.float32)
         return st
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
