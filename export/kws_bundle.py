@@ -75,6 +75,8 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         if module.d_model != model.config.d_model:
             raise ValueError(f"the speech gate in {gate_dir} was trained for another encoder width")
         policy = gate_meta.get("policy")
+        if not isinstance(policy, dict):
+            raise ValueError(f"the speech gate in {gate_dir} records no policy (train it with heron kws train-gate)")
         GatePolicy(**policy)  # checked before any export work
         gate = (module, policy)
     cal_path = _calibration_file(checkpoint, matcher)

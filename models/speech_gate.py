@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from heron.models.audio import SAMPLE_RATE
+from heron.models.data.augment import colored_noise
 
 HIDDEN = 64
 FILE = "speech_gate.safetensors"
@@ -60,12 +61,6 @@ class GateTrainConfig:
 
 
 # --- synthetic backgrounds ---------------------------------------------------------------------------
-
-def _colored(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
-    from heron.models.data.augment import colored_noise
-
-    return colored_noise(n, kind, rng)
-
 
 def _hum(n: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / SAMPLE_RATE
@@ -115,7 +110,7 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
     """One unit-RMS non-speech background of n samples (or near-silence, scaled later)."""
     kind = str(rng.choice(["white", "pink", "brown", "hum", "chords", "bursts", "silence"]))
     if kind in ("white", "pink", "brown"):
-        x = _colored(n, kind, rng)
+        x = colored_noise(n, kind, rng)
     elif kind == "hum":
         x = _hum(n, rng)
     elif kind == "chords":
@@ -182,9 +177,8 @@ def _front(model, wav: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5, neighbours: bool = False) -> torch.Tensor:
-    """(B, chunks) 1 where the frozen encoder hears a phoneme (non-blank posterior >= p_phoneme) in the
-    chunk (with `neighbours`, or in a chunk next to it)."""
+def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5) -> torch.Tensor:
+    """(B, chunks) 1 where the frozen encoder hears a phoneme (non-blank posterior >= p_phoneme) in the chunk."""
     from heron.models.conformer import BLANK
 
     c = model.config
@@ -192,12 +186,7 @@ def heard(model, wav: torch.Tensor, p_phoneme: float = 0.5, neighbours: bool = F
     B, T, _ = lp.shape
     n = T // c.chunk_frames
     speech = (1 - lp[:, : n * c.chunk_frames, BLANK].exp()).reshape(B, n, c.chunk_frames).amax(dim=2) >= p_phoneme
-    if not neighbours:
-        return speech.float()
-    near = speech.clone()
-    near[:, 1:] |= speech[:, :-1]
-    near[:, :-1] |= speech[:, 1:]
-    return near.float()
+    return speech.float()
 
 
 def train_speech_gate(model, pool: list[np.ndarray], cfg: GateTrainConfig = GateTrainConfig(),
@@ -218,8 +207,7 @@ def train_speech_gate(model, pool: list[np.ndarray], cfg: GateTrainConfig = Gate
             x = _front(model, wav)
             y = torch.from_numpy(np.stack(labels)) * heard(model, wav)
         p = gate(x.reshape(-1, *x.shape[2:])).reshape(y.shape).clamp(1e-6, 1 - 1e-6)
-        w = 1 + (cfg.pos_weight - 1) * y
-        loss = -(w * (y * torch.log(p) + (1 - y) * torch.log(1 - p))).mean()
+        loss = torch.nn.functional.binary_cross_entropy(p, y, weight=1 + (cfg.pos_weight - 1) * y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -308,3 +296,29 @@ def choose_policy(probs, labels, min_kept: float = 0.995, hangover: int = 2):
         if policy_rates(probs, labels, pol)[0] >= min_kept:
             best = pol
     return best
+
+
+def run(encoder: str | Path, user_data: list[str], out: str | Path, cfg: GateTrainConfig = GateTrainConfig(),
+        eval_clips: int = 300, min_kept: float = 0.995) -> tuple[Path, dict]:
+    """`heron kws train-gate`: train on 90% of the real training utterances, choose the policy on clips
+    made from the other 10%, save the gate with its policy and report -> (file, report)."""
+    from dataclasses import asdict
+
+    from heron.models.data.real import load_user_pool
+    from heron.models.train_kws import load_encoder
+
+    model, _ = load_encoder(encoder)
+    pool = [u.audio.astype(np.float32) / 32768.0 for u in load_user_pool(user_data)]  # train rows only
+    rng = np.random.default_rng(cfg.seed)
+    held = set(rng.choice(len(pool), size=max(1, len(pool) // 10), replace=False).tolist())
+    train_pool = [a for i, a in enumerate(pool) if i not in held]
+    held_pool = [a for i, a in enumerate(pool) if i in held]
+    gate = train_speech_gate(model, train_pool, cfg)
+    probs, labels = gate_probs_on_clips(model, gate, held_pool, eval_clips, cfg.seed + 1000, cfg)
+    policy = choose_policy(probs, labels, min_kept=min_kept)
+    kept, closed = policy_rates(probs, labels, policy)
+    report = {"policy": asdict(policy), "held_out_speech_chunks_open": round(kept, 4),
+              "held_out_nonspeech_chunks_closed": round(closed, 4), "held_out_clips": eval_clips,
+              "train_utterances": len(train_pool), "held_out_utterances": len(held_pool), "steps": cfg.steps,
+              "encoder": str(encoder), "user_data": list(user_data), "seed": cfg.seed, "device_speech": cfg.device_p}
+    return save_gate(gate, out, report), report

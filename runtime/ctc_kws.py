@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _NEG = -1e9
+SCORE_FLOOR = float(np.exp(-50.0))  # the lowest per-phoneme score a matcher reports (exp of -50 nats)
 
 
 @dataclass(frozen=True)

@@ -32,19 +32,18 @@ class ModularEncoder:
         self.speech_gate, self.policy = speech_gate, policy  # session and policy, or None
 
     @staticmethod
-    def _shift_closed(state: dict, new: dict, i: int, C: int) -> None:
-        """Layer i's caches for a chunk whose attention and convolution did not run."""
+    def _shift_attn(state: dict, new: dict, i: int, C: int) -> None:
+        """Layer i's attention cache for a chunk whose attention did not run: its keys do not exist."""
         kc, vc, kv = state[f"cached_key_{i}"], state[f"cached_value_{i}"], state[f"cached_valid_{i}"]
-        hist = state[f"cached_conv_{i}"]
-        if not kv.any() and not hist.any() and not kc.any() and not vc.any():  # long silence: all zeros already
-            for k in ("key", "value", "valid", "conv"):
-                new[f"cached_{k}_{i}"] = state[f"cached_{k}_{i}"]
-            return
-        z = np.zeros(kc.shape[:2] + (C, kc.shape[3]), np.float32)  # the chunk's keys do not exist
+        z = np.zeros(kc.shape[:2] + (C, kc.shape[3]), np.float32)
         new[f"cached_key_{i}"] = np.concatenate([kc, z], axis=2)[:, :, C:]
         new[f"cached_value_{i}"] = np.concatenate([vc, z], axis=2)[:, :, C:]
         new[f"cached_valid_{i}"] = np.concatenate([kv, np.zeros((kv.shape[0], C), np.float32)], axis=1)[:, C:]
-        # skipped chunks feed zeros into the convolution history
+
+    @staticmethod
+    def _shift_conv(state: dict, new: dict, i: int, C: int) -> None:
+        """Layer i's convolution history for a chunk whose convolution did not run: zeros come in."""
+        hist = state[f"cached_conv_{i}"]
         new[f"cached_conv_{i}"] = np.concatenate([hist, np.zeros(hist.shape[:2] + (C,), np.float32)], axis=2)[:, :, C:]
 
     def _run(self, name: str, feeds: dict):
@@ -62,7 +61,12 @@ class ModularEncoder:
             past = state[PAST_KEY]
             if not is_open:  # no speech: no encoder module runs for this chunk
                 for i in range(self.n_layers):
-                    self._shift_closed(state, new, i, C)
+                    names = [f"cached_{k}_{i}" for k in ("key", "value", "valid", "conv")]
+                    if not any(state[n].any() for n in names):  # a long closed stretch: all zeros already
+                        new.update({n: state[n] for n in names})
+                    else:
+                        self._shift_attn(state, new, i, C)
+                        self._shift_conv(state, new, i, C)
                 new[PAST_KEY] = np.concatenate([past[1:], x[None]])  # the front end's output is kept
                 log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
                 log_probs[:, self.blank] = 0.0
@@ -90,15 +94,17 @@ class ModularEncoder:
             on = p > self.gate_threshold
             if on[0]:
                 x = self._run(f"layer{i}_ffn1", {"x": x})[0]
-            if not (on[1] and on[2]):
-                self._shift_closed(state, new, i, C)
             if on[1]:
                 x, *kv = self._run(f"layer{i}_attn", {"x": x, "k_cache": state[f"cached_key_{i}"],
                                                       "v_cache": state[f"cached_value_{i}"],
                                                       "key_valid": state[f"cached_valid_{i}"]})
                 new[f"cached_key_{i}"], new[f"cached_value_{i}"], new[f"cached_valid_{i}"] = kv
+            else:
+                self._shift_attn(state, new, i, C)
             if on[2]:
                 x, new[f"cached_conv_{i}"] = self._run(f"layer{i}_conv", {"x": x, "hist": state[f"cached_conv_{i}"]})
+            else:
+                self._shift_conv(state, new, i, C)
             if on[3]:
                 x = self._run(f"layer{i}_ffn2", {"x": x})[0]
             x = self._run(f"layer{i}_norm", {"x": x})[0]

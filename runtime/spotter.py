@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
-from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
+from heron.runtime.ctc_kws import SCORE_FLOOR, CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
 from heron.runtime.speech_gate import PAST_CHUNKS
@@ -584,12 +584,9 @@ class Stream:
             if old is not None:
                 for tr, st in zip(old.tracks, old.matchers.unpack(old.state)):
                     tr.match = st
-            sp = self.spotter
             bank = CTCMatcherBank([tr.kw.matcher for tr in tracks])
-            first = sp.verifier_session is None  # the first stage alone: calibrated for all keywords at once
             norms = np.array([tr.kw.norm if tr.kw.norm is not None else (0.0, 1.0) for tr in tracks])
-            self._bank = _Bank(tuple(tracks), bank, bank.pack([tr.match for tr in tracks]), first,
-                               norms[:, 0], norms[:, 1], np.array([tr.kw.threshold for tr in tracks]))
+            self._bank = _Bank(tuple(tracks), bank, bank.pack([tr.match for tr in tracks]), norms[:, 0], norms[:, 1])
         return self._bank
 
     def _match_frames(self, log_probs: np.ndarray, closed: bool = False) -> list[Detection]:
@@ -601,13 +598,13 @@ class Stream:
         sp = self.spotter
         bank = self._keyword_bank()
         if closed:
-            T = log_probs.shape[0]
-            raw = np.broadcast_to(np.exp(-50.0), (T, len(bank.tracks))).copy()
-            starts = np.broadcast_to(np.arange(self._frames, self._frames + T)[:, None], raw.shape).copy()
+            T, K = log_probs.shape[0], len(bank.tracks)
+            raw = np.full((T, K), SCORE_FLOOR)
+            starts = np.repeat(np.arange(self._frames, self._frames + T)[:, None], K, axis=1)
             bank.state = bank.matchers.init_state(self._frames + T)
         else:
             raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
-        if bank.first_stage_only:
+        if sp.verifier_session is None:  # the first stage alone: calibrated for all keywords at once
             confs = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
         else:
             confs = np.stack([sp.keyword_confidence(tr.kw, raw[:, k], starts[:, k], self._emb, self._emb_first,
@@ -615,14 +612,14 @@ class Stream:
         for k, tr in enumerate(bank.tracks):
             name = tr.kw.name
             if self.record_scores:
-                self.score_log.setdefault(name, []).append(confs[:, k])
+                self.score_log.setdefault(name, []).append(confs[:, k].copy())  # before smoothing
             if self.smoothing_frames > 1:  # the mean of the last smoothing_frames confidences
                 for i, v in enumerate(confs[:, k].tolist()):
                     tr.recent.append(v)
                     del tr.recent[:-self.smoothing_frames]
                     confs[i, k] = np.mean(tr.recent)
         # only keywords above their threshold or waiting for a peak need the per-frame rules
-        busy = (confs >= bank.thresholds).any(axis=0)
+        busy = (confs >= np.array([tr.kw.threshold for tr in bank.tracks])).any(axis=0)  # thresholds may change
         for k, tr in enumerate(bank.tracks):
             name, conf = tr.kw.name, confs[:, k]
             if self.track_best:
@@ -663,15 +660,13 @@ class Stream:
 @dataclass
 class _Bank:
     """A stream's keywords stepped together: their tracks (in order), the packed matcher and its state,
-    and what calibrating them all at once needs."""
+    and their Z-norm (mean, std) for calibrating them all at once."""
 
     tracks: tuple["_Track", ...]
     matchers: CTCMatcherBank
     state: CTCMatchState
-    first_stage_only: bool
     norm_mean: np.ndarray
     norm_std: np.ndarray
-    thresholds: np.ndarray
 
 
 @dataclass

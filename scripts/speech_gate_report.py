@@ -51,6 +51,7 @@ def main() -> int:
     ap.add_argument("bundle")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    from heron.runtime.speech_gate import STATE_KEY
     from heron.runtime.spotter import KeywordSpotter
 
     gated = KeywordSpotter.load(args.bundle)
@@ -93,7 +94,7 @@ def main() -> int:
             _, _, _, st = gated.run_chunk(a[i:i + n], st)
             hears = (1 - np.exp(lp_plain[k * C:(k + 1) * C, plain.blank])).max() >= 0.5
             heard += hears
-            if hears and not st["speech_gate"][0]:
+            if hears and not st[STATE_KEY][0]:
                 lost_here += 1
         lost += lost_here
         files_lost += lost_here > 0

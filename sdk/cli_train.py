@@ -50,34 +50,15 @@ def _matcher(args) -> int:
 
 def _gate(args) -> int:
     import json
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
-    import numpy as np
     import torch
 
-    from heron.models.data.real import load_user_pool
-    from heron.models.speech_gate import (GateTrainConfig, choose_policy, gate_probs_on_clips, policy_rates, save_gate,
-                                          train_speech_gate)
-    from heron.models.train_kws import load_encoder
+    from heron.models.speech_gate import GateTrainConfig, run
 
     torch.set_num_threads(args.threads)
-    model, _ = load_encoder(args.encoder)
-    pool = [u.audio.astype(np.float32) / 32768.0 for u in load_user_pool(args.user_data)]  # train rows only
-    rng = np.random.default_rng(args.seed)
-    held = set(rng.choice(len(pool), size=max(1, len(pool) // 10), replace=False).tolist())
-    train_pool = [a for i, a in enumerate(pool) if i not in held]
-    held_pool = [a for i, a in enumerate(pool) if i in held]
     cfg = replace(GateTrainConfig(), steps=args.steps, seed=args.seed, device_p=args.device_speech)
-    gate = train_speech_gate(model, train_pool, cfg)
-    probs, labels = gate_probs_on_clips(model, gate, held_pool, args.eval_clips, args.seed + 1000, cfg)
-    policy = choose_policy(probs, labels, min_kept=args.min_kept)
-    kept, closed = policy_rates(probs, labels, policy)
-    report = {"policy": asdict(policy), "held_out_speech_chunks_open": round(kept, 4),
-              "held_out_nonspeech_chunks_closed": round(closed, 4), "held_out_clips": args.eval_clips,
-              "train_utterances": len(train_pool), "held_out_utterances": len(held_pool), "steps": args.steps,
-              "encoder": str(args.encoder), "user_data": list(args.user_data), "seed": args.seed,
-              "device_speech": args.device_speech}
-    path = save_gate(gate, args.out, report)
+    path, report = run(args.encoder, args.user_data, args.out, cfg, eval_clips=args.eval_clips, min_kept=args.min_kept)
     print(json.dumps(report, indent=1))
     print(f"speech gate: {path} (export adds it to a bundle: heron kws export --speech-gate {args.out})")
     return 0

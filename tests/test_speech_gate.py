@@ -31,7 +31,8 @@ def test_policy_opens_releases_and_hangs_over():
 @pytest.fixture(scope="module")
 def gated(tiny, clip, tmp_path_factory):
     """The tiny encoder with a random speech gate whose threshold is near the median of its probabilities
-    on the test audio: about half the chunks close."""
+    on the test audio, so that some chunks close and some open (which ones, the runtime says: the tests
+    read each chunk's decision from the stream state, not from this fp32 estimate)."""
     from heron.export.kws_bundle import write_bundle
     from heron.models.speech_gate import SpeechGate, _front
 
@@ -41,28 +42,28 @@ def gated(tiny, clip, tmp_path_factory):
     audio = np.concatenate([clip, np.zeros(16000, np.float32), clip])
     with torch.no_grad():
         p = gate(_front(model, torch.from_numpy(audio[None]))[0]).numpy()
-    q = np.sort(p)[len(p) * 3 // 10: len(p) * 7 // 10 + 1]  # a threshold in the widest gap near the median:
-    k = int(np.argmax(np.diff(q)))                         # int8 and fp32 front ends agree on every chunk
-    thr = float(q[k] + q[k + 1]) / 2
+    thr = float(np.median(p))
     out = write_bundle(model, tmp_path_factory.mktemp("gated"), calibration=CAL,
                        speech_gate=(gate, {"threshold": thr, "release": thr, "hangover": 0}))
-    return out, audio, p >= thr
+    return out, audio
 
 
 def test_closed_chunks_run_nothing_and_move_the_caches_as_closed_modules_do(gated):
-    path, audio, open_ = gated
+    path, audio = gated
     sp = KeywordSpotter.load(path)
-    assert sp.speech_policy is not None and 0 < open_.sum() < len(open_)
+    assert sp.speech_policy is not None
     n = sp.chunk_samples
     calls = {"n": 0}
     for name, sess in list(sp.modular.s.items()):  # count encoder module runs (the front end always runs)
         sp.modular.s[name] = _Counting(sess, calls, skip=name == "frontend")
-    L, st, lps, was_open, replays = sp.modular.n_layers, sp.init_state(), [], False, 0
-    for i, is_open in zip(range(0, len(audio) - n + 1, n), open_):
+    L, st, lps, was_open, replays, decisions = sp.modular.n_layers, sp.init_state(), [], False, 0, []
+    for i in range(0, len(audio) - n + 1, n):
         before = calls["n"]
         past = int(st[PAST_KEY].any(axis=(1, 2, 3)).sum())  # closed chunks kept for context
         lp, emb, _, st = sp.run_chunk(audio[i:i + n], st)
         ran = calls["n"] - before
+        is_open = bool(st[STATE_KEY][0])  # the gate's decision for this chunk
+        decisions.append(is_open)
         if is_open and not was_open and past:  # opening: the kept closed chunks run first (layers only)
             assert 1 + 2 * L * (1 + past) <= ran <= 1 + 6 * L * (1 + past)
             replays += 1
@@ -74,14 +75,15 @@ def test_closed_chunks_run_nothing_and_move_the_caches_as_closed_modules_do(gate
         lps.append(lp)
     lp_whole, _, _ = sp.encode(audio[: len(lps) * n])
     assert np.array_equal(np.concatenate(lps), lp_whole) and replays > 0
+    assert 0 < sum(decisions) < len(decisions)  # some chunks open, some closed
     # a closed chunk's caches equal those of the same chunk run with every module gate closed
     ref = KeywordSpotter.load(path, speech_gate=False)
     ref.modular.gate_threshold = 2.0  # no gate probability exceeds it: every module skipped
     st_a, st_b = sp.init_state(), ref.init_state()
-    for i, is_open in zip(range(0, len(audio) - n + 1, n), open_):
+    for i in range(0, len(audio) - n + 1, n):
         chunk = audio[i:i + n]
         _, _, _, st_a = sp.run_chunk(chunk, st_a)
-        if is_open:
+        if st_a[STATE_KEY][0]:
             break
         _, _, _, st_b = ref.run_chunk(chunk, st_b)
         for k in st_b:  # (the gated state also keeps the closed chunks' front-end outputs)
@@ -100,7 +102,7 @@ class _Counting:
 
 
 def test_streaming_equals_whole_clip_with_closed_chunks(gated):
-    path, audio, open_ = gated
+    path, audio = gated
     sp = KeywordSpotter.load(path)
     kw = sp.enroll("hey heron")
     lp, _, _ = sp.encode(audio)
@@ -119,16 +121,15 @@ def test_streaming_equals_whole_clip_with_closed_chunks(gated):
             i, k = i + m, k + 1
         dets += st.flush()
         got = (dets, np.concatenate(st.score_log["hey heron"]), st.chunks_without_speech)
-        assert got[2] == (~open_).sum()
         if refs is None:
             refs = got
-            assert dets
+            assert dets and got[2] > 0  # detections, and chunks the gate closed
         else:
-            assert got[0] == refs[0] and np.array_equal(got[1], refs[1])
+            assert got[0] == refs[0] and np.array_equal(got[1], refs[1]) and got[2] == refs[2]
 
 
 def test_bundles_with_a_speech_gate_are_checked(gated, tmp_path):
-    path, _, _ = gated
+    path, _ = gated
     with pytest.raises(ValueError, match="speech gate skips the per-module graphs"):
         KeywordSpotter.load(path, skip_gates=False)
     assert KeywordSpotter.load(path, skip_gates=False, speech_gate=False).modular is None
