@@ -86,7 +86,8 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this many minutes (default: no limit)")
     q.add_argument("--user-data", action="append", default=None,
                    help="real speech, repeatable: a TSV manifest (file, transcript, split; train rows only), a CSV "
-                        "(audio, text) or a LibriSpeech-layout folder (default: TTS only)")
+                        "(audio, text), a LibriSpeech-layout folder, or a dataset's name under $HERON_DATA (default "
+                        "../shared/data: an4, speechocean762, speech_commands) (default: TTS only)")
     q.add_argument("--real-fraction", type=float, default=None,
                    help="share of each batch drawn from --user-data (default: pooled with the TTS utterances)")
     q.add_argument("--init", default=None, help="fine-tune from this checkpoint's weights (default: from scratch)")

@@ -49,6 +49,18 @@ def test_several_sources_and_train_rows_only(tmp_path):
     assert [u.text for u in pool] == ["yes", "hello"]  # the test row of the manifest never trains
 
 
+def test_dataset_by_name(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    sf.write(tmp_path / "mine" / "a.wav", _tone(1.0, 16000), 16000)
+    (tmp_path / "mine" / "manifest.tsv").write_text("file\ttranscript\tsplit\na.wav\tyes\ttrain\n")
+    monkeypatch.setenv("HERON_DATA", str(tmp_path))
+    assert [u.text for u in load_user_pool(["mine"])] == ["yes"]
+    with pytest.raises(ValueError, match=r"theirs: no such file or folder \(nor a dataset name: mine under "):
+        load_user_pool(["theirs"])
+    monkeypatch.chdir(tmp_path / "mine")  # a file or folder of that name in the working folder comes first
+    assert [u.text for u in load_user_pool(["manifest.tsv"])] == ["yes"]
+
+
 def test_bad_user_data(tmp_path):
     (tmp_path / "x.csv").write_text("path,words\nfoo.wav,hi\n")
     with pytest.raises(ValueError, match="audio"):

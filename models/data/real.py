@@ -6,7 +6,9 @@ Accepted sources (one or more, mixed):
 - a TSV manifest with columns file, transcript, split (AN4, speechocean762, speech_commands in
   ../shared/data): its `train` rows only; `test` rows stay an honest check;
 - a CSV with columns audio, text (LibriPhrase-style);
-- a LibriSpeech-layout folder (*.trans.txt next to the flac/wav files).
+- a LibriSpeech-layout folder (*.trans.txt next to the flac/wav files);
+- the bare name of a dataset folder with a manifest.tsv under HERON_DATA (default: ../shared/data beside
+  the checkout), e.g. `an4`, `speechocean762`, `speech_commands`.
 
 Every problem names the file and row: a missing audio file, an empty transcript, a word with no
 pronunciation, audio that is unreadable, shorter than MIN_SECONDS, longer than MAX_SECONDS, or not finite.
@@ -27,6 +29,30 @@ from heron.runtime.phonemes import pronounce
 MIN_SECONDS = 0.1  # shorter audio cannot hold a spoken word (and CTC needs a frame per phoneme)
 MAX_SECONDS = 60.0  # longer files are not utterances; refuse rather than allocate
 MAX_TRANSCRIPT_CHARS = 2000
+DATA_ENV = "HERON_DATA"  # where bare dataset names are looked up (default: ../shared/data beside the checkout)
+
+
+def data_root() -> Path:
+    import os
+
+    return Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[3] / "shared" / "data")
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A data source as given: an existing file or folder as is; a bare name (no folder, no suffix) that is
+    not one becomes data_root()/name/manifest.tsv when that exists. Anything else is returned unchanged
+    (read_rows then names what is missing, and the datasets a bare name could have meant)."""
+    path = Path(source)
+    if path.exists() or len(path.parts) != 1 or path.suffix:
+        return path
+    named = data_root() / path.name / "manifest.tsv"
+    return named if named.is_file() else path
+
+
+def _known_names() -> str:
+    root = data_root()
+    names = sorted(d.name for d in root.iterdir() if (d / "manifest.tsv").is_file()) if root.is_dir() else []
+    return f"{', '.join(names)} under {root}" if names else f"none found under {root} (set {DATA_ENV})"
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ def read_rows(path: str | Path, split: str = "train") -> list[Row]:
     """A data source -> its rows of `split` (TSV manifests; CSV files and folders have no split),
     checked (files exist, transcripts pronounceable) before any audio is read, with their targets.
     Raises DataError naming the file and row."""
-    path = Path(path)
+    path = resolve_source(path)
     rows: list[Row] = []
     if path.is_file() and path.suffix in (".tsv", ".csv"):
         tsv = path.suffix == ".tsv"
@@ -110,7 +136,8 @@ def read_rows(path: str | Path, split: str = "train") -> list[Row]:
                     raise DataError(f"{trans} line {i}: no audio file {uid}.flac or {uid}.wav")
                 rows.append(Row(f"{trans} line {i}", found[0], text))
     elif not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        hint = f" (nor a dataset name: {_known_names()})" if len(path.parts) == 1 and not path.suffix else ""
+        raise DataError(f"{path}: no such file or folder{hint}")
     else:
         raise DataError(f"{path}: expected a TSV manifest (file, transcript, split), a CSV (audio, text) "
                         "or a LibriSpeech-layout folder")
