@@ -106,6 +106,13 @@ class Fields:
             self.fail(path, f"must be a list of 1..{max_len} strings")
         return v
 
+    def int_list(self, path: str, lo: int, hi: int, max_len: int = 64) -> list[int]:
+        v = self._get(path)
+        if (not isinstance(v, list) or not 0 < len(v) <= max_len
+                or any(isinstance(i, bool) or not isinstance(i, int) or not lo <= i <= hi for i in v)):
+            self.fail(path, f"must be a list of 1..{max_len} integers in [{lo}, {hi}], got {v!r}")
+        return v
+
     def shape(self, path: str) -> tuple[int, ...]:
         v = self._get(path)
         if (not isinstance(v, list) or not 1 <= len(v) <= 6

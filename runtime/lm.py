@@ -58,8 +58,9 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-LM_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json")
-WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+LM_FILES = ("model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json")
+# weight variants: fp32 / int8 from `heron lm export`; int4 from a GGUF file's own blocks (heron lm export FILE.gguf)
+WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
 MAX_TEMPLATE_CHARS = 100_000
 
 
@@ -82,6 +83,10 @@ def validate_lm_manifest(m: dict, where: str) -> None:
         f.int("active_experts", 1, max(1, experts))
     if m.get("eot_id") is not None:
         f.int("eot_id", 0, vocab - 1)
+    if "end_ids" in m:  # optional: every end-of-turn id (a chat model may have several)
+        f.int_list("end_ids", 0, vocab - 1)
+    if "default_weights" in m:
+        f.str("default_weights", tuple(WEIGHTS))
     for key in ("state_inputs", "state_outputs"):
         if len(f.str_list(key)) != 2 * layers:
             f.fail(key, f"must name {2 * layers} states (key and value of {layers} layers)")
@@ -103,6 +108,8 @@ class OnnxLM:
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  threads: int = 1, int8: bool = False, weights: str | None = None):
+        """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
+        None: the manifest's default_weights, else fp32 (int8=True is weights="int8")."""
         import onnxruntime as ort
 
         from heron.runtime.bundle import BundleError, read_manifest, verify_file
@@ -111,14 +118,17 @@ class OnnxLM:
         self.manifest, self.identity = read_manifest(folder, "language-model")
         where = str(folder / "manifest.json")
         validate_lm_manifest(self.manifest, where)
-        weights = weights or ("int8" if int8 else "fp32")
+        default = self.manifest.get("default_weights", "fp32")
+        weights = weights or ("int8" if int8 else default)
         if weights == "auto":  # int8 where the (read and validated) manifest lists it
-            weights = "int8" if WEIGHTS["int8"] in self.manifest["sha256"] else "fp32"
+            weights = "int8" if WEIGHTS["int8"] in self.manifest["sha256"] else default
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         name = WEIGHTS[weights]
         if name not in self.manifest["sha256"]:
-            raise BundleError(f"{folder}: the manifest lists no {name} (int8 variants come from heron lm export --int8)")
+            listed = [w for w, f in WEIGHTS.items() if f in self.manifest["sha256"]]
+            raise BundleError(f"{folder}: the manifest lists no {name} (this bundle has {', '.join(listed) or 'none'}; "
+                              "int8 variants come from heron lm export --int8, int4 from a GGUF file)")
         self.weights = weights
         for f, digest in self.manifest["sha256"].items():
             verify_file(folder, f, digest, self.manifest["bytes"][f], where)
@@ -130,7 +140,8 @@ class OnnxLM:
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]
         self.eot_id = m.get("eot_id")
-        self.end_ids = frozenset() if self.eot_id is None else frozenset((self.eot_id,))  # generation stops here
+        ends = m.get("end_ids", [] if self.eot_id is None else [self.eot_id])
+        self.end_ids = frozenset(int(i) for i in ends)  # generation stops at any of them
         self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
         self._check_graph(where)
         self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)

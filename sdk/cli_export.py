@@ -14,6 +14,21 @@ def _export_lm(args) -> int:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
     if args.target not in ("onnx", "coreml", "all"):
         raise ValueError(f"unknown target {args.target!r}; use onnx, coreml or all")
+    if args.accuracy_level not in (0, 4):
+        raise ValueError(f"--accuracy-level must be 0 (fp32) or 4 (int8 activations), got {args.accuracy_level}")
+    from heron.paths import NAMED_LMS, named_lm_path
+    gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
+    if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
+        if args.target != "onnx" or args.k is not None or args.lm_int8:
+            raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
+                             "--target coreml/all, --k and --int8 do not apply")
+        if not gguf.is_file():
+            raise FileNotFoundError(f"no GGUF file at {gguf}")
+        from heron.export.gguf_onnx import export_gguf_bundle
+        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), accuracy_level=args.accuracy_level)
+        for f in sorted(out.iterdir()):
+            print(f"{f}  {f.stat().st_size / 1e6:.2f} MB")
+        return 0
     base = check_out_folder(args.out, "lm")
     outs = []
     if args.target in ("onnx", "all"):
@@ -126,9 +141,13 @@ def add_lm_export(sub, formatter) -> None:
     """`heron lm export CHECKPOINT --out DIR`: a language model -> ONNX / Core ML bundles."""
     p = sub.add_parser("export", help="export an LM checkpoint (ONNX with KV-cache state pairs; Core ML)",
                        formatter_class=formatter)
-    p.add_argument("lm", metavar="CHECKPOINT", help="heron LM checkpoint folder")
+    p.add_argument("lm", metavar="CHECKPOINT", help="heron LM checkpoint folder, a Llama GGUF file or a named model "
+                                                  "(smollm2): a GGUF exports its own quantized blocks (model.int4.onnx)")
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
     p.add_argument("--k", type=int, default=None, help="active experts baked into the export (default: the model's)")
     p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 MatMuls)")
+    p.add_argument("--accuracy-level", type=int, default=4,
+                   help="GGUF export: MatMulNBits compute, 4 = int8 activations per block (fast; as llama.cpp's "
+                        "Q4_1 kernels), 0 = fp32 (exact, slower)")
     p.set_defaults(func=_export_lm)

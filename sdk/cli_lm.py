@@ -255,8 +255,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
     q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     q.add_argument("--threads", type=int, default=1, help="threads of the target (torch or onnxruntime)")
-    q.add_argument("--weights", default="fp32", choices=["fp32", "int8"],
-                   help="ONNX bundles: which exported weights to run (default fp32)")
+    q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
+                   help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
+                        "export, else fp32)")
     q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror"],
                    help="lossless speculative decoding method")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")

@@ -178,7 +178,7 @@ class LanguageModel:
 
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
-            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str = "fp32") -> LanguageModel:
+            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None) -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -187,7 +187,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     provider (cpu, coreml, qnn, cuda, ... or a full provider name).
     experts: dial-k, the active experts per token of an MoE model (default: the model's top-k).
     roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
-    weights: for an ONNX bundle, which exported weights run: fp32 or int8 (torch targets: fp32).
+    weights: for an ONNX bundle, which exported weights run: fp32, int8 or int4 (default: the bundle's own
+    default, int4 for a GGUF export, else fp32); torch targets run fp32.
     """
     import math
 
@@ -210,10 +211,12 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights)
         tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
         template = backend.manifest.get("chat_template")
-        return LanguageModel(backend, Tokenizer(tok, backend.eot_id) if tok is not None else None, folder,
+        ends = tuple(sorted(backend.end_ids - {backend.eot_id}))
+        return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends) if tok is not None else None, folder,
                              chat_template=ChatTemplate(template) if template else None)
-    if weights != "fp32":
-        raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with heron lm export --{weights}")
+    if weights not in (None, "fp32"):
+        how = "heron lm export FILE.gguf" if weights == "int4" else f"heron lm export --{weights}"
+        raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with {how}")
     require_torch()
     from heron.models.lm import checkpoint
     from heron.models.lm.backend import TorchLM

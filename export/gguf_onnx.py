@@ -1,0 +1,271 @@
+"""A Llama-family GGUF file (SmolLM2) -> one ONNX decode-step graph that runs the file's own quantized
+blocks with onnxruntime's CPU kernels: no weight is quantized a second time.
+
+The graph has the interface of every heron LM bundle (heron.export.onnx_lm): tokens (1, T) and
+cached_key_i / cached_value_i (1, G, P, S) in; logits (1, T, V) and the grown states out. T and P are
+dynamic, so one graph prefills, decodes and verifies draft blocks.
+
+How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in blocks of 32 along K):
+  Q4_0  w = d * (q - 8)          4 bits, scale d, the default zero point 8: exact
+  Q8_0  w = d * q  (q int8)      8 bits, q + 128 stored, the default zero point 128: exact
+  Q4_1  w = d * q + m            4 bits, scale d, zero point 0, plus the block minimums' share of
+                                 x . w: sum_b m_b * (x's sum over block b), a (K/32, N) fp32 MatMul
+                                 on the block sums of x: exact (float zero points would be exact
+                                 too, but onnxruntime runs them ~7x slower on AVX2)
+Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
+GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
+(Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
+and scaled for the input tokens (one copy of it in memory).
+
+`accuracy_level` is MatMulNBits' compute type: 4 quantizes activations to int8 per block (fast, as
+llama.cpp's own Q4_1 x Q8_1 dot products do), 0 computes in fp32 (bit-for-bit the dequantized file up
+to summation order, slower).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heron.export.onnx_lm import FORMAT, MANIFEST, state_names
+from heron.runtime.bundle import sha256_path, write_identity
+
+BLOCK = 32
+MODEL_FILE = "model.int4.onnx"
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0/1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+OPSET = 18
+OPSET_MS = 1
+QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
+
+
+@dataclass
+class Blocks:
+    """One GGUF matrix (N rows of K) in MatMulNBits' layout, or fp32 when the file stores it unquantized."""
+
+    n: int
+    k: int
+    bits: int = 0  # 0: fp32 `dense`
+    packed: np.ndarray | None = None  # (N, K/32, 32 * bits / 8) uint8
+    scales: np.ndarray | None = None  # (N, K/32) fp32
+    mins: np.ndarray | None = None  # (N, K/32) fp32 (Q4_1)
+    dense: np.ndarray | None = None  # (N, K) fp32
+
+    def rows(self, other: "Blocks") -> "Blocks":
+        """These rows followed by `other`'s (a fused Q|K|V or gate|up weight)."""
+        if (self.k, self.bits, self.mins is None) != (other.k, other.bits, other.mins is None):
+            raise ValueError("fused matrices must share K and block type")
+        cat = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
+        return Blocks(self.n + other.n, self.k, self.bits, cat(self.packed, other.packed),
+                      cat(self.scales, other.scales), cat(self.mins, other.mins), cat(self.dense, other.dense))
+
+
+def read_blocks(reader, name: str) -> Blocks:
+    """A GGUF 2-D tensor as Blocks, its quantized bytes repacked (not re-quantized)."""
+    info = reader.tensors[name]
+    n, k = info.shape
+    kind = info.type_name
+    if kind not in QUANTIZED:
+        return Blocks(n, k, dense=np.ascontiguousarray(reader.tensor(name), np.float32))
+    raw = np.asarray(reader.raw(name)).reshape(n, k // BLOCK, -1)
+    d = raw[..., :2].copy().view("<f2")[..., 0].astype(np.float32)  # (N, K/32)
+    if kind == "Q8_0":
+        q = raw[..., 2:].view(np.int8).astype(np.int16) + 128  # (N, K/32, 32)
+        return Blocks(n, k, 8, q.astype(np.uint8), d)
+    mins = raw[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32) if kind == "Q4_1" else None
+    qs = raw[..., 4:] if kind == "Q4_1" else raw[..., 2:]  # (N, K/32, 16): element j low nibble, j + 16 high
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (N, K/32, 32) in element order
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)  # MatMulNBits: 2i low, 2i + 1 high
+    if kind == "Q4_0":  # w = d (q - 8): the default zero point
+        return Blocks(n, k, 4, packed, d)
+    return Blocks(n, k, 4, packed, d, mins)
+
+
+def dequantized(b: Blocks) -> np.ndarray:
+    """(N, K) fp32, what the graph computes with (tests compare against it)."""
+    if b.bits == 0:
+        return b.dense
+    if b.bits == 8:
+        q = b.packed.astype(np.float32) - 128
+    else:
+        q = np.stack([b.packed & 0x0F, b.packed >> 4], axis=-1).reshape(b.n, b.k // BLOCK, BLOCK).astype(np.float32)
+        q = q if b.mins is not None else q - 8
+    w = q * b.scales[..., None] + (0 if b.mins is None else b.mins[..., None])
+    return w.reshape(b.n, b.k)
+
+
+@dataclass
+class Graph:
+    """Nodes and initializers under construction; names are made unique by a counter."""
+
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, array: np.ndarray, hint: str) -> str:
+        from onnx import numpy_helper
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", hint: str | None = None,
+           outputs: list[str] | None = None, **attrs) -> list[str]:
+        from onnx import helper
+        outs = outputs or [self.name(hint or op_type.lower()) for _ in range(n_out)]  # "" = an unused output
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type),
+                                           domain=domain or None, **attrs))
+        return outs
+
+    def one(self, *args, **kw) -> str:
+        return self.op(*args, **kw)[0]
+
+
+def linear(g: Graph, x: str, w: Blocks, hint: str, accuracy_level: int, block_sums: dict) -> str:
+    """x (..., K) -> (..., N). `block_sums` caches x's per-block sums (Q4_1 minimums) per input."""
+    if w.bits == 0:
+        return g.one("MatMul", [x, g.const(w.dense.T, hint + ".wT")], hint=hint)
+    ins = [x, g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
+    if w.mins is not None:  # zero point 0 (the default would be 8)
+        ins.append(g.const(np.zeros((w.n, -(-(w.k // BLOCK) // 2)), np.uint8), hint + ".zp"))
+    y = g.one("MatMulNBits", ins, domain="com.microsoft", hint=hint, K=w.k, N=w.n, bits=w.bits,
+              block_size=BLOCK, accuracy_level=accuracy_level)
+    if w.mins is None:
+        return y
+    if x not in block_sums:  # (1, T, K) -> (1, T, K/32, 32) -> (1, T, K/32)
+        blocked = g.one("Reshape", [x, g.const(np.array([0, 0, w.k // BLOCK, BLOCK], np.int64), "shape")])
+        block_sums[x] = g.one("ReduceSum", [blocked, g.const(np.array([-1], np.int64), "axes")], keepdims=0)
+    share = g.one("MatMul", [block_sums[x], g.const(w.mins.T.copy(), hint + ".minsT")])  # (1, T, N)
+    return g.one("Add", [y, share], hint=hint)
+
+
+def build_graph(path: str | Path, accuracy_level: int = 4, head_accuracy_level: int | None = None):
+    """-> (onnx.ModelProto, config dict) for the GGUF file at `path`."""
+    from onnx import TensorProto, helper
+
+    from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
+
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
+    reader = open_reader(path)
+    cfg = config_from_gguf(reader)
+    meta = info(reader)
+    if meta.architecture != "llama":  # Qwen2 keeps HF's half-split RoPE rows and has Q/K/V biases
+        raise ValueError(f"{path}: the quantized ONNX export reads Llama GGUF files; this one is {meta.architecture}")
+    H, G, S, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
+    g = Graph()
+    acc = accuracy_level
+    head_acc = accuracy_level if head_accuracy_level is None else head_accuracy_level
+    ins, outs = state_names(cfg.n_layers)
+
+    # positions: P (cached) and T (new) from the shapes; GroupQueryAttention wants int32 lengths
+    past_len = g.one("Shape", [ins[0]], start=2, end=3)  # (1,) int64
+    new_len = g.one("Shape", ["tokens"], start=1, end=2)
+    total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
+    seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
+    total_scalar = g.one("Squeeze", [total, g.const(np.array([0], np.int64), "axes")])
+    inv = 1.0 / cfg.rope_theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
+    angles = np.outer(np.arange(cfg.max_seq_len, dtype=np.float64), inv)  # (max_len, S/2)
+    cos, sin = g.const(np.cos(angles).astype(np.float32), "cos"), g.const(np.sin(angles).astype(np.float32), "sin")
+
+    # embedding: the head's int8 blocks gathered for the tokens, then scaled
+    emb = read_blocks(reader, "token_embd.weight")
+    head = emb if cfg.tie_embeddings else read_blocks(reader, "output.weight")
+    ids = g.one("Reshape", ["tokens", g.const(np.array([-1], np.int64), "shape")])  # (T,)
+    if emb.bits == 8:
+        emb_q = g.const(emb.packed, "token_embd.q")  # (V, D/32, 32) uint8, shared with the head when tied
+        rows = g.one("Sub", [g.one("Cast", [g.one("Gather", [emb_q, ids])], to=TensorProto.FLOAT),
+                             g.const(np.array(128, np.float32), "zp8")])  # (T, D/32, 32)
+        scales = g.one("Unsqueeze", [g.one("Gather", [g.const(emb.scales, "token_embd.scales"), ids]),
+                                     g.const(np.array([-1], np.int64), "axes")])  # (T, D/32, 1)
+        x = g.one("Reshape", [g.one("Mul", [rows, scales]), g.const(np.array([1, -1, D], np.int64), "shape")])
+    else:
+        x = g.one("Unsqueeze", [g.one("Gather", [g.const(dequantized(emb), "token_embd"), ids]),
+                                g.const(np.array([0], np.int64), "axes")])
+    eps = float(cfg.norm_eps)
+    delta = None
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        gamma = g.const(reader.tensor(p + "attn_norm.weight").astype(np.float32), p + "attn_norm")
+        if delta is None:
+            h = g.one("SimplifiedLayerNormalization", [x, gamma], axis=-1, epsilon=eps, stash_type=1)
+        else:  # residual add and norm in one: outputs (normed, mean, inv_std, x + delta)
+            h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
+                              outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
+        sums: dict = {}
+        qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
+            read_blocks(reader, p + "attn_v.weight"))
+        qkv = linear(g, h, qkv_w, p + "qkv", acc, sums)  # (1, T, (H + 2G) S)
+        attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
+                                                  cos, sin], n_out=3, domain="com.microsoft",
+                          outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
+                          num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
+        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", acc, sums)
+        gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
+        h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
+                          outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
+        sums = {}
+        gate_up = linear(g, h, read_blocks(reader, p + "ffn_gate.weight").rows(read_blocks(reader, p + "ffn_up.weight")),
+                         p + "gate_up", acc, sums)
+        gate, up = g.op("Split", [gate_up], n_out=2, axis=-1, num_outputs=2)
+        act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])  # SwiGLU
+        delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", acc, {})
+    gamma = g.const(reader.tensor("output_norm.weight").astype(np.float32), "output_norm")
+    h = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], n_out=1, domain="com.microsoft", epsilon=eps)[0]
+    if head.bits == 8 and head is emb:  # the tied head reads the embedding's int8 table (one initializer)
+        g.op("MatMulNBits", [h, emb_q, g.const(head.scales.reshape(-1), "head.scales")], outputs=["logits"],
+             domain="com.microsoft", K=D, N=head.n, bits=8, block_size=BLOCK, accuracy_level=head_acc)
+    else:
+        g.op("Identity", [linear(g, h, head, "head", head_acc, {})], outputs=["logits"])
+
+    f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
+    inputs += [helper.make_tensor_value_info(n, f32, [1, G, "P", S]) for n in ins]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, "T", cfg.vocab_size])]
+    outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
+    graph = helper.make_graph(g.nodes, "heron_lm_gguf", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", OPSET_MS)],
+                              producer_name="heron")
+    model.ir_version = 10
+    return model, cfg, meta, reader
+
+
+def export_gguf_bundle(path: str | Path, out: str | Path, accuracy_level: int = 4, name: str | None = None) -> Path:
+    """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
+    tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids."""
+    import onnx
+
+    from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
+
+    model, cfg, meta, reader = build_graph(path, accuracy_level)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):
+        (out / stale).unlink(missing_ok=True)
+    onnx.save_model(model, str(out / MODEL_FILE))
+    tok = tokenizer_from_gguf(reader)
+    tok.save(str(out / "tokenizer.json"))
+    files = [MODEL_FILE, "tokenizer.json"]
+    ins, outs = state_names(cfg.n_layers)
+    types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
+    manifest = {
+        "format": FORMAT, "name": name or meta.name or Path(path).stem, "n_layers": cfg.n_layers,
+        "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+        "max_seq_len": cfg.max_seq_len, "active_experts": None, "n_experts": 0,
+        "eot_id": meta.eos_id, "end_ids": sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
+        "chat_template": meta.chat_template, "default_weights": "int4",
+        "state_inputs": ins, "state_outputs": outs,
+        "source": {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types,
+                   "accuracy_level": accuracy_level,
+                   "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"},
+        "sha256": {f: sha256_path(out / f) for f in files},
+        "bytes": {f: (out / f).stat().st_size for f in files},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    write_identity(out)
+    return out

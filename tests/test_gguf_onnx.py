@@ -1,0 +1,139 @@
+"""heron.export.gguf_onnx: a Llama GGUF file -> one ONNX decode-step graph that runs the file's own
+Q4_0 / Q4_1 / Q8_0 blocks (MatMulNBits). With fp32 compute (accuracy level 0) its logits equal the torch
+model of the same file, dequantized, for a prompt and a cached continuation; SmolLM2's bundle loads
+torch-free, chats, stops at its end-of-turn tokens and keeps fp32's greedy tokens."""
+import json
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from heron.export.gguf_onnx import build_graph, dequantized, read_blocks  # noqa: E402
+from heron.export.onnx_lm import state_names  # noqa: E402
+from heron.runtime.gguf import GGUFFile  # noqa: E402
+
+
+def _write_llama(path, rng, types):
+    """A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer."""
+    Q = gguf.GGMLQuantizationType
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(2), w.add_context_length(128), w.add_embedding_length(64), w.add_feed_forward_length(96)
+    w.add_head_count(2), w.add_head_count_kv(1), w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(64), w.add_rope_dimension_count(32)
+
+    def add(name, shape, qtype, scale=0.2):
+        x = (rng.standard_normal(shape) * scale).astype(np.float32)
+        w.add_tensor(name, x if qtype == Q.F32 else gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+
+    add("token_embd.weight", (64, 64), Q.Q8_0, 1.0)
+    add("output_norm.weight", (64,), Q.F32, 1.0)
+    for i, t in enumerate(types):
+        q = getattr(Q, t)
+        add(f"blk.{i}.attn_norm.weight", (64,), Q.F32, 1.0)
+        add(f"blk.{i}.ffn_norm.weight", (64,), Q.F32, 1.0)
+        for name, shape in [("attn_q", (64, 64)), ("attn_k", (32, 64)), ("attn_v", (32, 64)), ("attn_output", (64, 64)),
+                            ("ffn_gate", (96, 64)), ("ffn_up", (96, 64)), ("ffn_down", (64, 96))]:
+            add(f"blk.{i}.{name}.weight", shape, q)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _run(session, n_layers, blocks):
+    ins, _ = state_names(n_layers)
+    state = [np.zeros((1, 1, 0, 32), np.float32)] * len(ins)
+    logits = []
+    for b in blocks:  # a prompt, then cached continuations
+        out = session.run(None, {"tokens": np.array([b], np.int64), **dict(zip(ins, state))})
+        logits.append(out[0][0])
+        state = out[1:]
+    return np.concatenate(logits), state
+
+
+@pytest.mark.parametrize("types", [("Q4_1", "Q4_0"), ("Q8_0", "F32")])
+def test_graph_equals_the_dequantized_model(tmp_path, types):
+    from heron.models.lm.gguf_file import load_gguf
+
+    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(0), types)
+    model, cfg, _, reader = build_graph(path, accuracy_level=0)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    tokens = [1, 5, 9, 33, 2, 60, 7, 7, 40, 3]
+    ours, state = _run(session, cfg.n_layers, [tokens[:6], tokens[6:9], tokens[9:]])
+    ref, _ = load_gguf(path)
+    with torch.no_grad():
+        theirs = ref(torch.tensor([tokens])).logits[0].numpy()
+    assert ours.shape == theirs.shape == (10, 64)
+    np.testing.assert_allclose(ours, theirs, atol=2e-4 * np.abs(theirs).max())
+    assert state[0].shape == (1, 1, 10, 32)
+    # int8 activations (the default): the same model, close but not bit-exact
+    fast, _, _, _ = build_graph(path, accuracy_level=4)
+    s4 = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"])
+    approx, _ = _run(s4, cfg.n_layers, [tokens])
+    assert np.abs(approx - theirs).max() < 0.1 * np.abs(theirs).max()
+
+
+def test_blocks_are_repacked_not_requantized(tmp_path):
+    """Every stored block type dequantizes, through the MatMulNBits layout, to the file's own values."""
+    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q4_0"))
+    reader = GGUFFile(path)
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
+        b = read_blocks(reader, name)
+        np.testing.assert_array_equal(dequantized(b), reader.tensor(name))
+        assert b.bits in (4, 8) and b.packed.dtype == np.uint8
+
+
+def test_bad_accuracy_level_is_refused(tmp_path):
+    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q4_1"))
+    with pytest.raises(ValueError, match="accuracy_level"):
+        build_graph(path, accuracy_level=7)
+
+
+def _smol(tmp_path_factory, accuracy_level):
+    from heron.paths import named_lm_path
+
+    try:
+        path = named_lm_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    from heron.export.gguf_onnx import export_gguf_bundle
+
+    out = tmp_path_factory.mktemp("smol") / "bundle"
+    return export_gguf_bundle(path, out, accuracy_level=accuracy_level), path
+
+
+@pytest.fixture(scope="module")
+def smol_bundle(tmp_path_factory):
+    return _smol(tmp_path_factory, 4)
+
+
+def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
+    import heron
+
+    folder, _ = smol_bundle
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["default_weights"] == "int4" and set(m["sha256"]) == {"model.int4.onnx", "tokenizer.json"}
+    lm = heron.load_lm(folder)
+    assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
+    ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert ends <= lm.end_ids
+    text = "".join(t.text for t in lm.chat([{"role": "user", "content": "Write a Python function that reverses a "
+                                                                        "string."}],
+                                            heron.GenerationOptions(max_new_tokens=40)))
+    assert "def " in text
+    with pytest.raises(ValueError, match="lists no model.onnx .this bundle has int4"):
+        heron.load_lm(folder, weights="fp32")
+
+
+def test_smollm2_int4_keeps_fp32_greedy_tokens(tmp_path_factory):
+    """The GGUF's blocks, not new ones: with fp32 compute (accuracy level 0) greedy decoding equals the
+    dequantized torch model's for 24 tokens (int8 activations, the fast default, need not)."""
+    import heron
+
+    folder, path = _smol(tmp_path_factory, 0)
+    onnx_lm, torch_lm = heron.load_lm(folder), heron.load_lm(path)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    opts = heron.GenerationOptions(max_new_tokens=24)
+    assert [t.id for t in onnx_lm.chat(msgs, opts)] == [t.id for t in torch_lm.chat(msgs, opts)]
