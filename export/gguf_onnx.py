@@ -2,8 +2,10 @@
 blocks with onnxruntime's CPU kernels: no weight is quantized a second time.
 
 The graph has the interface of every heron LM bundle (heron.export.onnx_lm): tokens (1, T) and
-cached_key_i / cached_value_i (1, G, P, S) in; logits (1, T, V) and the grown states out. T and P are
-dynamic, so one graph prefills, decodes and verifies draft blocks.
+cached_key_i / cached_value_i (1, G, P, S) in; logits and the grown states out. T and P are dynamic, so
+one graph prefills, decodes and verifies draft blocks. One more input, `last` (1,) int64, asks for the
+logits of the block's last n positions only (1 when decoding, the draft length + 1 when verifying):
+the 49152-word head is a third of a decoding step, and most of a prompt's prefill.
 
 How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in blocks of 32 along K):
   Q4_0  w = d * (q - 8)          4 bits, scale d, the default zero point 8: exact
@@ -17,9 +19,13 @@ GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay 
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
 and scaled for the input tokens (one copy of it in memory).
 
-`accuracy_level` is MatMulNBits' compute type: 4 quantizes activations to int8 per block (fast, as
-llama.cpp's own Q4_1 x Q8_1 dot products do), 0 computes in fp32 (bit-for-bit the dequantized file up
-to summation order, slower).
+`compute` says how the quantized MatMuls run (MatMulNBits' accuracy_level):
+  int8x2  (default) activations split into an int8 part and an int8 remainder, both through the int8
+          kernel in one call (2 rows instead of 1: weights are read once): ~1/127 of int8's rounding
+          error, most of its speed
+  int8    activations rounded to int8 per block of 32, as llama.cpp's own Q4_1 x Q8_1 dot products do:
+          fastest, and SmolLM2's greedy answers drift from fp32's within a few tokens
+  fp32    the dequantized file up to summation order (greedy equals the torch model's), ~3x slower
 """
 from __future__ import annotations
 
@@ -34,7 +40,9 @@ from heron.runtime.bundle import sha256_path, write_identity
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0/1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+# how the quantized MatMuls compute -> MatMulNBits' accuracy_level (0: fp32, 4: int8 activations per block)
+COMPUTE = {"fp32": 0, "int8": 4, "int8x2": 4}
+DEFAULT_COMPUTE = "int8x2"
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
@@ -125,32 +133,53 @@ class Graph:
         return self.op(*args, **kw)[0]
 
 
-def linear(g: Graph, x: str, w: Blocks, hint: str, accuracy_level: int, block_sums: dict) -> str:
-    """x (..., K) -> (..., N). `block_sums` caches x's per-block sums (Q4_1 minimums) per input."""
+def split_int8(g: Graph, x: str, k: int) -> str:
+    """x (1, T, K) -> (2, T, K): [x_hi, x - x_hi], x_hi = x rounded to int8 per block of 32 (absmax / 127).
+    MatMulNBits at accuracy level 4 quantizes each row to int8 per block: x_hi passes through exactly and
+    the remainder with 1/127 of x's step, so W x_hi + W x_lo carries ~1/127 of one pass's rounding error."""
+    c = lambda a, hint: g.const(np.asarray(a), hint)  # noqa: E731
+    blocks = g.one("Reshape", [x, c(np.array([0, 0, k // BLOCK, BLOCK], np.int64), "shape")])  # (1, T, K/32, 32)
+    amax = g.one("ReduceMax", [g.one("Abs", [blocks]), c(np.array([-1], np.int64), "axes")], keepdims=1)
+    step = g.one("Max", [g.one("Mul", [amax, c(np.float32(1 / 127), "inv127")]), c(np.float32(1e-30), "tiny")])
+    hi = g.one("Mul", [g.one("Round", [g.one("Div", [blocks, step])]), step])
+    hi = g.one("Reshape", [hi, g.one("Shape", [x])])
+    return g.one("Concat", [hi, g.one("Sub", [x, hi])], axis=0)
+
+
+def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, packed: str | None = None) -> str:
+    """x (1, T, K) -> (1, T, N). `memo` caches per-input work (block sums, the int8 split) across the linears
+    that read the same x; `packed`: an initializer already holding w's blocks (the tied embedding)."""
     if w.bits == 0:
         return g.one("MatMul", [x, g.const(w.dense.T, hint + ".wT")], hint=hint)
-    ins = [x, g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
+    ins = [packed or g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
     if w.mins is not None:  # zero point 0 (the default would be 8)
         ins.append(g.const(np.zeros((w.n, -(-(w.k // BLOCK) // 2)), np.uint8), hint + ".zp"))
-    y = g.one("MatMulNBits", ins, domain="com.microsoft", hint=hint, K=w.k, N=w.n, bits=w.bits,
-              block_size=BLOCK, accuracy_level=accuracy_level)
+    attrs = dict(domain="com.microsoft", K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
+                 accuracy_level=COMPUTE[compute])
+    if compute == "int8x2":
+        if ("split", x) not in memo:
+            memo[("split", x)] = split_int8(g, x, w.k)
+        y2 = g.one("MatMulNBits", [memo[("split", x)], *ins], hint=hint, **attrs)  # (2, T, N)
+        y = g.one("ReduceSum", [y2, g.const(np.array([0], np.int64), "axes")], keepdims=1)
+    else:
+        y = g.one("MatMulNBits", [x, *ins], hint=hint, **attrs)
     if w.mins is None:
         return y
-    if x not in block_sums:  # (1, T, K) -> (1, T, K/32, 32) -> (1, T, K/32)
+    if ("sums", x) not in memo:  # (1, T, K) -> (1, T, K/32, 32) -> (1, T, K/32)
         blocked = g.one("Reshape", [x, g.const(np.array([0, 0, w.k // BLOCK, BLOCK], np.int64), "shape")])
-        block_sums[x] = g.one("ReduceSum", [blocked, g.const(np.array([-1], np.int64), "axes")], keepdims=0)
-    share = g.one("MatMul", [block_sums[x], g.const(w.mins.T.copy(), hint + ".minsT")])  # (1, T, N)
+        memo[("sums", x)] = g.one("ReduceSum", [blocked, g.const(np.array([-1], np.int64), "axes")], keepdims=0)
+    share = g.one("MatMul", [memo[("sums", x)], g.const(w.mins.T.copy(), hint + ".minsT")])  # (1, T, N)
     return g.one("Add", [y, share], hint=hint)
 
 
-def build_graph(path: str | Path, accuracy_level: int = 4, head_accuracy_level: int | None = None):
-    """-> (onnx.ModelProto, config dict) for the GGUF file at `path`."""
+def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
+    """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
 
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
+    if compute not in COMPUTE:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
     reader = open_reader(path)
     cfg = config_from_gguf(reader)
     meta = info(reader)
@@ -158,8 +187,7 @@ def build_graph(path: str | Path, accuracy_level: int = 4, head_accuracy_level: 
         raise ValueError(f"{path}: the quantized ONNX export reads Llama GGUF files; this one is {meta.architecture}")
     H, G, S, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
     g = Graph()
-    acc = accuracy_level
-    head_acc = accuracy_level if head_accuracy_level is None else head_accuracy_level
+    acc = compute
     ins, outs = state_names(cfg.n_layers)
 
     # positions: P (cached) and T (new) from the shapes; GroupQueryAttention wants int32 lengths
@@ -196,36 +224,36 @@ def build_graph(path: str | Path, accuracy_level: int = 4, head_accuracy_level: 
         else:  # residual add and norm in one: outputs (normed, mean, inv_std, x + delta)
             h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                               outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
-        sums: dict = {}
+        memo: dict = {}
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
-        qkv = linear(g, h, qkv_w, p + "qkv", acc, sums)  # (1, T, (H + 2G) S)
+        qkv = linear(g, h, qkv_w, p + "qkv", acc, memo)  # (1, T, (H + 2G) S)
         attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
                                                   cos, sin], n_out=3, domain="com.microsoft",
                           outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
                           num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
-        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", acc, sums)
+        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", acc, {})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                           outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
-        sums = {}
         gate_up = linear(g, h, read_blocks(reader, p + "ffn_gate.weight").rows(read_blocks(reader, p + "ffn_up.weight")),
-                         p + "gate_up", acc, sums)
+                         p + "gate_up", acc, {})
         gate, up = g.op("Split", [gate_up], n_out=2, axis=-1, num_outputs=2)
         act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])  # SwiGLU
         delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", acc, {})
     gamma = g.const(reader.tensor("output_norm.weight").astype(np.float32), "output_norm")
     h = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], n_out=1, domain="com.microsoft", epsilon=eps)[0]
-    if head.bits == 8 and head is emb:  # the tied head reads the embedding's int8 table (one initializer)
-        g.op("MatMulNBits", [h, emb_q, g.const(head.scales.reshape(-1), "head.scales")], outputs=["logits"],
-             domain="com.microsoft", K=D, N=head.n, bits=8, block_size=BLOCK, accuracy_level=head_acc)
-    else:
-        g.op("Identity", [linear(g, h, head, "head", head_acc, {})], outputs=["logits"])
+    # the head (a third of a decoding step) only for the positions the caller asked for: the last n
+    h = g.one("Slice", [h, g.one("Neg", ["last"]), g.const(np.array([1 << 62], np.int64), "end"),
+                        g.const(np.array([1], np.int64), "axis")])  # (1, n, D)
+    tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
+    g.op("Identity", [linear(g, h, head, "head", acc, {}, packed=tied)], outputs=["logits"])
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
     inputs += [helper.make_tensor_value_info(n, f32, [1, G, "P", S]) for n in ins]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, "T", cfg.vocab_size])]
+    inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
     graph = helper.make_graph(g.nodes, "heron_lm_gguf", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
@@ -235,14 +263,14 @@ def build_graph(path: str | Path, accuracy_level: int = 4, head_accuracy_level: 
     return model, cfg, meta, reader
 
 
-def export_gguf_bundle(path: str | Path, out: str | Path, accuracy_level: int = 4, name: str | None = None) -> Path:
+def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids."""
     import onnx
 
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
-    model, cfg, meta, reader = build_graph(path, accuracy_level)
+    model, cfg, meta, reader = build_graph(path, compute)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):
@@ -261,7 +289,7 @@ def export_gguf_bundle(path: str | Path, out: str | Path, accuracy_level: int = 
         "chat_template": meta.chat_template, "default_weights": "int4",
         "state_inputs": ins, "state_outputs": outs,
         "source": {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types,
-                   "accuracy_level": accuracy_level,
+                   "compute": compute,
                    "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"},
         "sha256": {f: sha256_path(out / f) for f in files},
         "bytes": {f: (out / f).stat().st_size for f in files},

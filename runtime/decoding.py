@@ -197,8 +197,8 @@ class CachedBackend:
             del self.ids[n:]
         return seq[n:upto]
 
-    def forward(self, tokens: list[int]) -> np.ndarray:
-        out = self.b.forward(tokens)
+    def forward(self, tokens: list[int], last: int | None = None) -> np.ndarray:
+        out = self.b.forward(tokens, last=last)
         self.ids.extend(tokens)
         return out
 
@@ -257,7 +257,7 @@ def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterat
     while not em.done and len(seq) < tc.b.max_len:
         feed = tc.sync(seq, len(seq))
         t0 = time.perf_counter()
-        logits = tc.forward(feed)[-1]
+        logits = tc.forward(feed, last=1)[-1]
         stats.target_time_s += time.perf_counter() - t0
         stats.target_calls += 1
         yield em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
@@ -331,7 +331,7 @@ def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: Generatio
     feed = dc.sync(seq, len(seq))
     toks, qs = [], []
     for _ in range(gamma):
-        q = probs(dc.forward(feed)[-1], opts.temperature, opts.top_p)
+        q = probs(dc.forward(feed, last=1)[-1], opts.temperature, opts.top_p)
         t = draw(q, rng)
         toks.append(t)
         qs.append(q)
@@ -379,7 +379,7 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
     if logits is None:
         feed = tc.sync(seq, len(seq)) + list(window)
         t0 = time.perf_counter()
-        logits = tc.forward(feed)[-(len(window) + 1):]
+        logits = tc.forward(feed, last=len(window) + 1)[-(len(window) + 1):]
         stats.target_time_s += time.perf_counter() - t0
         stats.target_calls += 1
     p = probs(logits, opts.temperature, opts.top_p)
@@ -437,7 +437,7 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         keep = seq_len + depth  # positions of prefix + window[:depth]; the base state holds prefix + window[:-1]
         draft.restore(base_state)
         if keep > len(base_ids):  # window[:depth] is not all cached (depth == gamma)
-            draft.forward(window[len(base_ids) - seq_len:depth])
+            draft.forward(window[len(base_ids) - seq_len:depth], last=1)
         else:
             draft.trim(len(base_ids) - keep)
         ids = (base_ids[:seq_len] + window)[:keep]
@@ -445,7 +445,7 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         for _ in range(gamma):
             if cancel.is_set():
                 return
-            q = probs(draft.forward(feed)[-1], opts.temperature, opts.top_p)
+            q = probs(draft.forward(feed, last=1)[-1], opts.temperature, opts.top_p)
             ids += feed
             t = draw(q, rng)
             toks.append(t)

@@ -3,6 +3,7 @@
 A backend owns a KV cache and returns next-token logits for a block of tokens appended to it:
 
     logits = backend.forward([t1, t2, t3])   # (3, V) float32; the cache grows by 3
+    logits = backend.forward(block, last=1)  # (1, V): logits of the block's last position only
     backend.trim(2)                          # drop the last 2 positions (rejected draft tokens)
     state = backend.snapshot(); backend.restore(state)   # cheap branch points (Mirror-SD rollouts)
 
@@ -37,7 +38,7 @@ class LMBackend(Protocol):
 
     @property
     def length(self) -> int: ...
-    def forward(self, tokens: Sequence[int]) -> np.ndarray: ...
+    def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray: ...
     def trim(self, n: int) -> None: ...
     def reset(self) -> None: ...
     def snapshot(self): ...
@@ -62,6 +63,7 @@ LM_FILES = ("model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json"
 # weight variants: fp32 / int8 from `heron lm export`; int4 from a GGUF file's own blocks (heron lm export FILE.gguf)
 WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
 MAX_TEMPLATE_CHARS = 100_000
+LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the block's last n positions only
 
 
 def validate_lm_manifest(m: dict, where: str) -> None:
@@ -154,7 +156,8 @@ class OnnxLM:
         m = self.manifest
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
-        if list(ins) != ["tokens", *self.state_in] or list(outs) != ["logits", *self.state_out]:
+        self._has_last = list(ins)[-1:] == [LAST_INPUT]  # optional: logits for the last n positions only
+        if [n for n in ins if n != LAST_INPUT] != ["tokens", *self.state_in] or list(outs) != ["logits", *self.state_out]:
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
             shape = ins[name]
@@ -184,15 +187,22 @@ class OnnxLM:
     def reset(self) -> None:
         self._state = [self._empty] * len(self.state_in)
 
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+    def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
+        """-> logits (T, V) of the block, or of its `last` positions only (a graph with a "last" input
+        then skips the head for the others: SmolLM2's head is a third of a step)."""
         if len(tokens) == 0:
             raise ValueError("empty token block")
         if self.length + len(tokens) > self.max_len:
             raise ValueError(f"{self.length + len(tokens)} positions exceed the context of {self.max_len}")
+        n = len(tokens) if last is None else min(int(last), len(tokens))
+        if n < 1:
+            raise ValueError(f"last must be >= 1, got {last}")
         feed = {"tokens": np.asarray([tokens], dtype=np.int64), **dict(zip(self.state_in, self._state))}
+        if self._has_last:
+            feed[LAST_INPUT] = np.array([n], np.int64)
         out = self.session.run(None, feed)
         self._state = out[1:]
-        return out[0][0]
+        return out[0][0][-n:]
 
     def trim(self, n: int) -> None:
         if not 0 <= n <= self.length:

@@ -14,18 +14,16 @@ def _export_lm(args) -> int:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
     if args.target not in ("onnx", "coreml", "all"):
         raise ValueError(f"unknown target {args.target!r}; use onnx, coreml or all")
-    if args.accuracy_level not in (0, 4):
-        raise ValueError(f"--accuracy-level must be 0 (fp32) or 4 (int8 activations), got {args.accuracy_level}")
     from heron.paths import NAMED_LMS, named_lm_path
     gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
     if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
-        if args.target != "onnx" or args.k is not None or args.lm_int8:
+        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute applies to GGUF only)
             raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
                              "--target coreml/all, --k and --int8 do not apply")
         if not gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {gguf}")
         from heron.export.gguf_onnx import export_gguf_bundle
-        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), accuracy_level=args.accuracy_level)
+        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute)
         for f in sorted(out.iterdir()):
             print(f"{f}  {f.stat().st_size / 1e6:.2f} MB")
         return 0
@@ -147,7 +145,7 @@ def add_lm_export(sub, formatter) -> None:
     p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
     p.add_argument("--k", type=int, default=None, help="active experts baked into the export (default: the model's)")
     p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 MatMuls)")
-    p.add_argument("--accuracy-level", type=int, default=4,
-                   help="GGUF export: MatMulNBits compute, 4 = int8 activations per block (fast; as llama.cpp's "
-                        "Q4_1 kernels), 0 = fp32 (exact, slower)")
+    p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
+                   help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
+                        "remainder (near fp32, fast), int8 = as llama.cpp (fastest, drifts), fp32 (exact, slow)")
     p.set_defaults(func=_export_lm)

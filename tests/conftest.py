@@ -106,7 +106,7 @@ class InjectFault:
     def __getattr__(self, name):
         return getattr(self._b, name)
 
-    def forward(self, tokens):
+    def forward(self, tokens, last=None):
         import time
 
         self.calls += 1
@@ -114,4 +114,4 @@ class InjectFault:
             if self.mode == "raise":
                 raise RuntimeError("injected draft fault")
             time.sleep(self.stall_s)
-        return self._b.forward(tokens)
+        return self._b.forward(tokens, last=last)

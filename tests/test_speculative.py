@@ -266,10 +266,10 @@ class _Slow:
     def __getattr__(self, name):
         return getattr(self.b, name)
 
-    def forward(self, tokens):
+    def forward(self, tokens, last=None):
         import time
         time.sleep(self.sleep_s)
-        return self.b.forward(tokens)
+        return self.b.forward(tokens, last=last)
 
 
 def test_a_draft_with_another_tokenizer_is_refused_naming_both():

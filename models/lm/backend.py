@@ -71,8 +71,9 @@ class TorchLM:
         return (torch.logsumexp(lp, dim=0) - np.log(lp.shape[0])).cpu().numpy()
 
     @torch.no_grad()
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
-        return self._combine(self.model(self._tokens(tokens), self.cache, self.route).logits)
+    def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
+        """-> logits (T, V), or of the block's `last` positions only (the head skips the others)."""
+        return self._combine(self.model(self._tokens(tokens), self.cache, self.route, last=last).logits)
 
     @torch.no_grad()
     def prefix(self, tokens: Sequence[int], exit_layer: int) -> np.ndarray:

@@ -461,7 +461,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens, cache: KVCache | None = None, route: Routing = Routing(),
                 hidden_layers: tuple[int, ...] = (), stop_at: int | None = None, ffn_width=None,
-                resume: tuple[int, torch.Tensor] | None = None, layout: "Layout | None" = None) -> LMOutput:
+                resume: tuple[int, torch.Tensor] | None = None, layout: "Layout | None" = None,
+                last: int | None = None) -> LMOutput:
         """tokens (B, T) -> logits (B*R, T, V) for the T positions (R = route.roe_samples, sample-major).
 
         With a cache, the block starts at position cache.length and its keys/values are appended.
@@ -470,6 +471,7 @@ class Transformer(nn.Module):
             length is left unchanged so that a `resume` call can finish the block.
         resume: (layer, hidden (B, T, D)) from a stop_at call: run layers [layer, n_layers) and the head.
         layout: explicit positions and attention mask for the block (multi-token prediction's mask groups).
+        last: logits for the block's last `last` positions only (None: all); the head skips the others.
         """
         B, T = tokens.shape
         if T == 0:
@@ -504,6 +506,10 @@ class Transformer(nn.Module):
             cache.length = pos0 + T
         if fan_out is not None and fan_out >= self.cfg.n_layers:  # no layer is noisy: R identical samples
             x = x.repeat(R, 1, 1)
+        if last is not None:
+            if last < 1:
+                raise ValueError(f"last must be >= 1, got {last}")
+            x = x[:, -last:]  # (B*R, last, D)
         return LMOutput(self.lm_head(self.norm(x)), hidden, aux)
 
     def head(self, h):

@@ -1,0 +1,179 @@
+"""SmolLM2-135M-Instruct decoding on this CPU: heron's backends side by side, each in its own process.
+
+    .venv/bin/python scripts/bench_smollm2.py --out runs/bench-smollm2      # writes only under --out
+
+Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with each --compute (int8x2,
+int8, fp32), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+is installed. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
+prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
+prompt, peak RSS of the process, and greedy agreement with heron's torch fp32 path: how many of 8 chat
+prompts keep the same first 32 tokens. llama.cpp and ONNX Runtime GenAI are not installed by heron's
+set-up and are not in this table (SETUP-NOTES has their figures from another run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QUESTIONS = ["Write a Python function that reverses a string.", "What is the capital of France?",
+             "Name three primary colours.", "Explain recursion in one sentence.", "What is 12 times 12?",
+             "Say hello in Spanish.", "Give a synonym for 'happy'.", "What does CPU stand for?"]
+DECODE_PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
+NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
+COMPUTES = ("int8x2", "int8", "fp32")
+
+
+def _long_text() -> str:
+    import inspect
+    import json.decoder
+    return inspect.getsource(json.decoder)
+
+
+def run_one(backend: str, threads: int, bundles: Path) -> dict:
+    """One backend in this process: -> its figures (called in a child process per backend)."""
+    import numpy as np
+
+    import heron
+    if backend == "transformers":
+        return run_transformers(threads)
+    if backend.startswith("onnx:"):
+        lm = heron.load_lm(bundles / backend.split(":")[1], threads=threads)
+    else:
+        lm = heron.load_lm("smollm2", threads=threads)
+    b = lm.backend
+
+    def greedy(ids: list[int], n: int) -> tuple[list[int], float]:
+        b.reset()
+        logits = b.forward(ids, last=1)
+        out, t0 = [int(np.argmax(logits[-1]))], time.perf_counter()
+        for _ in range(n - 1):
+            out.append(int(np.argmax(b.forward([out[-1]], last=1)[-1])))
+        return out, (n - 1) / (time.perf_counter() - t0)
+
+    prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}]))
+    speeds = [greedy(prompt, NEW_TOKENS)[1] for _ in range(REPEATS)]
+    long_ids = lm.encode(_long_text())[:PREFILL_TOKENS]
+    prefill = []
+    for _ in range(REPEATS):
+        b.reset()
+        t0 = time.perf_counter()
+        b.forward(long_ids, last=1)  # a prompt's prefill needs its last position's logits only
+        prefill.append(len(long_ids) / (time.perf_counter() - t0))
+    answers = [greedy(lm.encode(lm.chat_prompt([{"role": "user", "content": q}])), MATCH_TOKENS)[0] for q in QUESTIONS]
+    return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_transformers(threads: int) -> dict:
+    import torch
+    import transformers
+
+    from heron.paths import named_lm_path
+    torch.set_num_threads(threads)
+    path = named_lm_path("smollm2")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              torch_dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+    def ids_of(q):
+        x = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=True, add_generation_prompt=True,
+                                    return_tensors="pt")
+        return x if torch.is_tensor(x) else x["input_ids"]
+
+    @torch.no_grad()
+    def greedy(ids, n):
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        past, nxt = out.past_key_values, [int(out.logits[0, -1].argmax())]
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            out = model(torch.tensor([[nxt[-1]]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt.append(int(out.logits[0, -1].argmax()))
+        return nxt, (n - 1) / (time.perf_counter() - t0)
+
+    speeds = [greedy(ids_of(DECODE_PROMPT), NEW_TOKENS)[1] for _ in range(REPEATS)]
+    long_ids = torch.tensor([tok(_long_text())["input_ids"][:PREFILL_TOKENS]])
+    prefill = []
+    with torch.no_grad():
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            model(long_ids, use_cache=True, logits_to_keep=1)
+            prefill.append(long_ids.shape[1] / (time.perf_counter() - t0))
+    answers = [greedy(ids_of(q), MATCH_TOKENS)[0] for q in QUESTIONS]
+    return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cpu_line() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX2'})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for the exported bundles and results.json")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
+    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,onnx:fp32,torch,transformers",
+                    help="comma-separated backends")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.threads[0], out)))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    from heron.export.gguf_onnx import export_gguf_bundle
+    from heron.paths import named_lm_path
+    backends = args.backends.split(",")
+    for c in COMPUTES:
+        if f"onnx:{c}" in backends and not (out / c / "manifest.json").is_file():
+            export_gguf_bundle(named_lm_path("smollm2"), out / c, compute=c)
+    results = {}
+    for threads in args.threads:
+        for name in backends:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            p = subprocess.run([sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name],
+                               capture_output=True, text=True, env=env)
+            if p.returncode:
+                results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}
+                print(f"{name} @ {threads} thread(s): {results[f'{name}@{threads}']['error']}", flush=True)
+                continue
+            results[f"{name}@{threads}"] = json.loads(p.stdout.strip().splitlines()[-1])
+            print(name, threads, {k: v for k, v in results[f"{name}@{threads}"].items() if k != "answers"}, flush=True)
+    ref = next((r["answers"] for k, r in results.items() if k.startswith("torch@") and "answers" in r), None)
+    lines = [f"{cpu_line()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
+             f"min / median of {REPEATS}; prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
+             f"{len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch fp32's", "",
+             "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match |",
+             "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        name, threads = key.rsplit("@", 1)
+        if "error" in r:
+            lines.append(f"| {name} | {threads} | {r['error']} | | | |")
+            continue
+        match = sum(a == b for a, b in zip(r["answers"], ref)) if ref else "?"
+        lines.append(f"| {name} | {threads} | {min(r['decode_tok_s']):.1f} / {statistics.median(r['decode_tok_s']):.1f} "
+                     f"| {statistics.median(r['prefill_tok_s']):.0f} | {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} |")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
