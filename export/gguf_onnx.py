@@ -140,10 +140,10 @@ def split_int8(g: Graph, x: str, k: int) -> str:
     c = lambda a, hint: g.const(np.asarray(a), hint)  # noqa: E731
     blocks = g.one("Reshape", [x, c(np.array([0, 0, k // BLOCK, BLOCK], np.int64), "shape")])  # (1, T, K/32, 32)
     amax = g.one("ReduceMax", [g.one("Abs", [blocks]), c(np.array([-1], np.int64), "axes")], keepdims=1)
-    step = g.one("Max", [g.one("Mul", [amax, c(np.float32(1 / 127), "inv127")]), c(np.float32(1e-30), "tiny")])
-    hi = g.one("Mul", [g.one("Round", [g.one("Div", [blocks, step])]), step])
-    hi = g.one("Reshape", [hi, g.one("Shape", [x])])
-    return g.one("Concat", [hi, g.one("Sub", [x, hi])], axis=0)
+    step = g.one("Mul", [g.one("Add", [amax, c(np.float32(1e-30), "tiny")]), c(np.float32(1 / 127), "inv127")])
+    hi = g.one("Mul", [g.one("Round", [g.one("Div", [blocks, step])]), step])  # (1, T, K/32, 32)
+    both = g.one("Concat", [hi, g.one("Sub", [blocks, hi])], axis=0)  # (2, T, K/32, 32)
+    return g.one("Reshape", [both, c(np.array([0, 0, k], np.int64), "shape")])  # (2, T, K)
 
 
 def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, packed: str | None = None) -> str:

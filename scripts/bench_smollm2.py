@@ -4,11 +4,11 @@
 
 Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with each --compute (int8x2,
 int8, fp32), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
-is installed. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
+is installed, and llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
+scripts/peers/lm_peers.sh has built its side venv. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
 prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
 prompt, peak RSS of the process, and greedy agreement with heron's torch fp32 path: how many of 8 chat
-prompts keep the same first 32 tokens. llama.cpp and ONNX Runtime GenAI are not installed by heron's
-set-up and are not in this table (SETUP-NOTES has their figures from another run).
+prompts keep the same first 32 tokens. ONNX Runtime GenAI is not measured here yet.
 """
 from __future__ import annotations
 
@@ -28,13 +28,37 @@ QUESTIONS = ["Write a Python function that reverses a string.", "What is the cap
              "Say hello in Spanish.", "Give a synonym for 'happy'.", "What does CPU stand for?"]
 DECODE_PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
 NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
+PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
+PEERS_PYTHON = Path(__file__).resolve().parents[1] / "runs" / "lm-peers-venv" / "bin" / "python"  # lm_peers.sh
+
+
+def _held_out_text() -> str:
+    """Docstrings of a Python standard-library module: English and code the model was not tuned on here."""
+    import ast
+    import inspect
+    import textwrap
+    tree = ast.parse(inspect.getsource(textwrap))
+    docs = [ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))]
+    return "\n\n".join(d for d in docs if d)
 
 
 def _long_text() -> str:
     import inspect
     import json.decoder
     return inspect.getsource(json.decoder)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: reset by exec, unlike getrusage's ru_maxrss, which keeps
+    the parent's high-water mark across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(backend: str, threads: int, bundles: Path) -> dict:
@@ -68,8 +92,19 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         b.forward(long_ids, last=1)  # a prompt's prefill needs its last position's logits only
         prefill.append(len(long_ids) / (time.perf_counter() - t0))
     answers = [greedy(lm.encode(lm.chat_prompt([{"role": "user", "content": q}])), MATCH_TOKENS)[0] for q in QUESTIONS]
-    return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    rss = peak_rss_mb()  # before the perplexity pass, which asks for every position's logits
+    ids = lm.encode(_held_out_text())[:PPL_TOKENS]
+    b.reset()
+    nll = 0.0
+    for i in range(0, len(ids) - 1, PPL_CHUNK):  # logits of a chunk predict its next tokens
+        block = ids[i:i + PPL_CHUNK]
+        logits = b.forward(block).astype(np.float64)
+        targets = ids[i + 1:i + 1 + len(block)]
+        logits = logits[:len(targets)]
+        lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll += float((lse - logits[np.arange(len(targets)), targets]).sum())
+    return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers, "peak_rss_mb": rss,
+            "ppl": float(np.exp(nll / (len(ids) - 1)))}
 
 
 def run_transformers(threads: int) -> dict:
@@ -109,7 +144,7 @@ def run_transformers(threads: int) -> dict:
             prefill.append(long_ids.shape[1] / (time.perf_counter() - t0))
     answers = [greedy(ids_of(q), MATCH_TOKENS)[0] for q in QUESTIONS]
     return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def cpu_line() -> str:
@@ -128,7 +163,7 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for the exported bundles and results.json")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,onnx:fp32,torch,transformers",
+    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,onnx:fp32,torch,transformers,llama.cpp",
                     help="comma-separated backends")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
     args = ap.parse_args()
@@ -143,12 +178,26 @@ def main() -> int:
     for c in COMPUTES:
         if f"onnx:{c}" in backends and not (out / c / "manifest.json").is_file():
             export_gguf_bundle(named_lm_path("smollm2"), out / c, compute=c)
+    if "llama.cpp" in backends:  # the same token ids for the peer: heron's tokenizer and chat template
+        import heron
+        lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")
+        chat = lambda q: lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))  # noqa: E731
+        (out / "prompts.json").write_text(json.dumps({
+            "decode": chat(DECODE_PROMPT), "long": lm.encode(_long_text())[:PREFILL_TOKENS],
+            "questions": [chat(q) for q in QUESTIONS], "new_tokens": NEW_TOKENS, "match_tokens": MATCH_TOKENS,
+            "repeats": REPEATS}))
     results = {}
     for threads in args.threads:
         for name in backends:
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            p = subprocess.run([sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name],
-                               capture_output=True, text=True, env=env)
+            cmd = [sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name]
+            if name == "llama.cpp":
+                if not PEERS_PYTHON.is_file():
+                    results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/lm_peers.sh"}
+                    continue
+                cmd = [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "lm_peers.py"),
+                       str(named_lm_path("smollm2")), str(out / "prompts.json"), str(threads)]
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
                 results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}
                 print(f"{name} @ {threads} thread(s): {results[f'{name}@{threads}']['error']}", flush=True)
@@ -159,16 +208,18 @@ def main() -> int:
     lines = [f"{cpu_line()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
              f"min / median of {REPEATS}; prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
              f"{len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch fp32's", "",
-             "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match |",
-             "|---|---|---|---|---|---|"]
+             "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match | perplexity |",
+             "|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         name, threads = key.rsplit("@", 1)
         if "error" in r:
             lines.append(f"| {name} | {threads} | {r['error']} | | | |")
             continue
         match = sum(a == b for a, b in zip(r["answers"], ref)) if ref else "?"
+        ppl = f"{r['ppl']:.3f}" if "ppl" in r else "-"
         lines.append(f"| {name} | {threads} | {min(r['decode_tok_s']):.1f} / {statistics.median(r['decode_tok_s']):.1f} "
-                     f"| {statistics.median(r['prefill_tok_s']):.0f} | {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} |")
+                     f"| {statistics.median(r['prefill_tok_s']):.0f} | {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} "
+                     f"| {ppl} |")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -40,6 +40,24 @@ def test_cached_blocks_equal_whole_sequence(tiny):
 
 
 @torch.no_grad()
+def test_cache_grows_in_steps_to_what_the_sequence_needs(tiny, monkeypatch):
+    monkeypatch.setattr(KVCache, "GROW", 4)
+    x = tokens(n=12)
+    full = tiny(x).logits
+    cache = KVCache(tiny.cfg, batch=2, max_len=20)
+    assert cache.capacity == 4
+    parts = [tiny(x[:, :3], cache).logits] + [tiny(x[:, i:i + 1], cache).logits for i in range(3, 10)]
+    assert cache.capacity == 16  # 4 -> 8 -> 16: doubling ...
+    parts.append(tiny(x[:, 10:12], cache).logits)
+    assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+    cache.trim(3)
+    tiny(tokens(n=11, seed=3), cache)  # ... but never past max_len (9 + 11 = 20)
+    assert cache.capacity == 20 and cache.length == 20
+    with pytest.raises(ValueError, match="cache holds 20 of 20"):
+        tiny(tokens(n=1), cache)
+
+
+@torch.no_grad()
 def test_trim_rolls_back_exactly(tiny):
     x = tokens(b=1)
     cache = KVCache(tiny.cfg)

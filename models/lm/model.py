@@ -137,20 +137,39 @@ class ConcatCache:
 
 
 class KVCache:
-    """Keys and values of every layer for B sequences, preallocated to max_len.
+    """Keys and values of every layer for B sequences, up to max_len positions.
 
     The caller owns it; `trim(n)` drops the last n positions, which is all a speculative decoder needs
-    to roll back rejected draft tokens. `length` is the number of valid positions.
+    to roll back rejected draft tokens. `length` is the number of valid positions. The buffers hold
+    what the sequence needs, growing in steps of GROW positions (doubling), never past max_len: a
+    chat of a few hundred tokens on SmolLM2 (8192-position context) keeps a few MB, not 377 MB.
     """
+
+    GROW = 256  # positions allocated at a time (at least; the capacity doubles)
 
     def __init__(self, cfg: LMConfig, batch: int = 1, max_len: int | None = None, dtype=torch.float32,
                  device=None):
-        max_len = max_len or cfg.max_seq_len
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)  # (B, G, Tmax, S)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.max_len = max_len or cfg.max_seq_len
+        self._shape = (batch, cfg.n_kv_heads, 0, cfg.head_dim)  # (B, G, capacity, S)
+        self._dtype, self._device = dtype, device
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self._alloc(cfg.n_layers, min(self.GROW, self.max_len))
         self.length = 0
-        self.max_len = max_len
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def _alloc(self, n_layers: int, capacity: int) -> None:
+        B, G, _, S = self._shape
+        new = lambda: torch.zeros((B, G, capacity, S), dtype=self._dtype, device=self._device)  # noqa: E731
+        keep = self.length if self.k else 0
+        for buf in (self.k, self.v):
+            grown = [new() for _ in range(n_layers)]
+            for old, g in zip(buf, grown):
+                g[:, :, :keep] = old[:, :, :keep]
+            buf[:] = grown
 
     def update(self, layer: int, k, v, pos0: int):
         """Write the block's keys/values (B, G, T, S) at pos0 -> all keys/values (B, G, pos0+T, S)."""
@@ -158,6 +177,9 @@ class KVCache:
         if pos0 != self.length or pos0 + T > self.max_len:
             raise ValueError(f"cache holds {self.length} of {self.max_len} positions; got a block at "
                              f"{pos0} of {T} tokens")
+        if pos0 + T > self.capacity:  # grow (every layer at once, on the first layer's write)
+            step = max(2 * self.capacity, -(-(pos0 + T) // self.GROW) * self.GROW)
+            self._alloc(len(self.k), min(self.max_len, step))
         self.k[layer][:B, :, pos0:pos0 + T] = k
         self.v[layer][:B, :, pos0:pos0 + T] = v
         return self.k[layer][:B, :, :pos0 + T], self.v[layer][:B, :, :pos0 + T]

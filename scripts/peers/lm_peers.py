@@ -1,0 +1,52 @@
+"""llama.cpp (llama-cpp-python) on SmolLM2's own GGUF file, measured as scripts/bench_smollm2.py measures
+heron's backends: the same prompts, greedy, decode tokens/s (min and median of 3), prefill tokens/s of
+the same 400-token prompt, peak RSS, and the first 32 greedy tokens of the same 8 chat prompts. Runs in
+the side venv that scripts/peers/lm_peers.sh builds; prints one JSON line.
+
+    runs/lm-peers-venv/bin/python scripts/peers/lm_peers.py GGUF_FILE PROMPTS_JSON THREADS
+"""
+import json
+import resource
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    from llama_cpp import Llama
+
+    path, prompts_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    p = json.load(open(prompts_file))  # token ids made by heron's tokenizer (the file's own vocabulary)
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                verbose=False, logits_all=False)
+
+    def greedy(ids, n):
+        llm.reset()  # generate() would reuse a shared prefix's cache
+        llm.eval(ids)
+        out, t0 = [int(llm.scores[llm.n_tokens - 1].argmax())], time.perf_counter()
+        for _ in range(n - 1):
+            llm.eval([out[-1]])
+            out.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+        return out, (n - 1) / (time.perf_counter() - t0)
+
+    speeds = [greedy(p["decode"], p["new_tokens"])[1] for _ in range(p["repeats"])]
+    prefill = []
+    for _ in range(p["repeats"]):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(p["long"])
+        prefill.append(len(p["long"]) / (time.perf_counter() - t0))
+    answers = [greedy(ids, p["match_tokens"])[0] for ids in p["questions"]]
+    print(json.dumps({"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
+                      "peak_rss_mb": peak_rss_mb()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds (once, cached) the side venv runs/lm-peers-venv with llama-cpp-python 0.3.36, compiled from
+# source (cmake; 25-45 min on 2 cores), for `scripts/bench_smollm2.py --backends ...,llama.cpp`.
+# Nothing enters heron's own venv or its default set-up.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+V=runs/lm-peers-venv
+if [ ! -x "$V/bin/python" ] || ! "$V/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  python3 -m venv "$V"
+  "$V/bin/pip" install -q numpy
+  CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-2} "$V/bin/pip" install -q --no-cache-dir llama-cpp-python==0.3.36
+fi
+"$V/bin/python" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
