@@ -56,14 +56,15 @@ class GenerationOptions:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
 
-METHODS = ("draft", "mtp", "mirror")
+METHODS = ("draft", "mtp", "mirror", "lookup")
 
 
 @dataclass(frozen=True)
 class SpeculativeOptions:
     """How to speculate; every method is lossless (the output is the target's own)."""
 
-    method: str = "draft"           # draft: a small draft model; mtp: gated-LoRA multi-token heads; mirror: Mirror-SD
+    method: str = "draft"           # draft: a small draft model; mtp: gated-LoRA multi-token heads; mirror: Mirror-SD;
+                                    # lookup: prompt lookup (the tokens that followed the context's last n-gram before)
     gamma: int = 4                  # draft tokens per round
     kappa: int = 2                  # Mirror-SD: early-exit candidates per window position
     exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
@@ -396,6 +397,59 @@ def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> It
         if em.done:
             return
     yield em.emit(extra, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# prompt lookup: a training-free draft from the context itself
+
+LOOKUP_NGRAM = (3, 1)  # the longest, then shorter, suffix n-grams searched for in the context
+
+
+def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] = LOOKUP_NGRAM) -> list[int]:
+    """Up to gamma tokens that followed the latest earlier occurrence of the sequence's last n tokens
+    (n from ngram[0] down to ngram[1]); [] when no suffix recurs. Code edits, summaries and quoted
+    answers repeat their context, and there this draft is often right for free."""
+    arr = np.asarray(seq, dtype=np.int64)
+    for n in range(ngram[0], ngram[1] - 1, -1):
+        if len(arr) <= n:
+            continue
+        tail = arr[-n:]
+        starts = np.flatnonzero(arr[:len(arr) - n] == tail[0])  # candidates, not counting the suffix itself
+        for s in starts[::-1]:  # the latest occurrence first
+            if np.array_equal(arr[s:s + n], tail):
+                follow = arr[s + n:s + n + gamma]
+                if len(follow):
+                    return [int(t) for t in follow]
+    return []
+
+
+def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
+           spec: SpeculativeOptions = SpeculativeOptions(method="lookup"), stats: DecodeStats | None = None,
+           detok: Callable | None = None) -> Iterator[Token]:
+    """Prompt-lookup speculative decoding: the window is copied from the context (lookup_window) and
+    verified by the target in one forward; a deterministic draft (q one-hot), so the usual rejection
+    rule keeps the target's distribution. No match: a plain step."""
+    check_prompt(prompt, target.max_len)
+    stats = stats if stats is not None else DecodeStats(method="lookup")
+    rng = np.random.default_rng(opts.seed)
+    tc = CachedBackend(target)
+    target.reset()
+    seq = list(prompt)
+    em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
+    while not em.done and len(seq) < target.max_len:
+        window = lookup_window(seq, _room(seq, target.max_len, spec.gamma))
+        if not window:
+            feed = tc.sync(seq, len(seq))
+            t0 = time.perf_counter()
+            logits = tc.forward(feed, last=1)[-1]
+            stats.target_time_s += time.perf_counter() - t0
+            stats.target_calls += 1
+            yield em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
+            continue
+        qs = np.zeros((len(window), target.vocab_size))
+        qs[np.arange(len(window)), window] = 1.0
+        stats.draft_calls += len(window)
+        yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -258,8 +258,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
                    help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
                         "export, else fp32)")
-    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror"],
-                   help="lossless speculative decoding method")
+    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup"],
+                   help="lossless speculative decoding method (lookup: prompt lookup, no draft model)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")

@@ -29,7 +29,8 @@ from typing import Iterator, Sequence
 
 from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
-from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions, mirror, plain, speculative
+from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, lookup, mirror, plain,
+                                    speculative)
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
@@ -149,8 +150,11 @@ class LanguageModel:
         return self._drafts[key]
 
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
-        if self.model is None and spec.method != "draft":
-            raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft)")
+        if self.model is None and spec.method not in ("draft", "lookup"):
+            raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft "
+                             "and lookup)")
+        if spec.method == "lookup":
+            return lookup(self.backend, ids, options, spec, stats, detok)
         if spec.method == "draft":
             return speculative(self.backend, self.draft_backend(spec), ids, options, spec, stats, detok)
         if spec.method == "mtp":

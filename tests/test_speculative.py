@@ -70,6 +70,8 @@ def test_greedy_equals_plain_for_every_method(pair):
         ref = [t.id for t in sp.plain(T, prompt, opts)]
         assert [t.id for t in sp.speculative(T, Dt, prompt, opts, Spec(gamma=3))] == ref
         assert [t.id for t in sp.speculative(T, D, prompt, opts, Spec(gamma=5))] == ref
+        for gamma in (1, 4, 8):
+            assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=gamma))] == ref
         for exit_layer, kappa in ((1, 1), (2, 3)):
             st = sp.DecodeStats()
             assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, kappa=kappa,
@@ -172,10 +174,11 @@ def _target_marginals(target, prompt, temperature):
     return p1, p1 @ p2c
 
 
-@pytest.mark.parametrize("method", ["draft", "mirror", "mtp"])
+@pytest.mark.parametrize("method", ["draft", "mirror", "mtp", "lookup"])
 def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
     target, _, folder = soft_pair
-    temperature, prompt, n = 1.0, [3, 9, 27], 1000
+    # lookup: a prompt whose last 2 tokens recur, so that [27, 3] is proposed and verified
+    temperature, prompt, n = 1.0, [3, 9, 27, 3, 9] if method == "lookup" else [3, 9, 27], 1000
     p1, p2 = _target_marginals(target, prompt, temperature)
     T, D = TorchLM(target), OnnxLM(folder)
     if method == "mtp":
@@ -186,6 +189,9 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
 
         def fn(T, D, prompt, opts, spec):
             return generate_mtp(mtp, prompt, opts)
+    elif method == "lookup":
+        def fn(T, D, prompt, opts, spec):
+            return sp.lookup(T, prompt, opts, spec)
     else:
         fn = sp.speculative if method == "draft" else sp.mirror
 
@@ -208,6 +214,15 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
     monkeypatch.setattr(sp, "verify", biased)
     c1, c2 = histograms()
     assert min(_chi2_pvalue(c1, p1), _chi2_pvalue(c2, p2)) < 1e-3
+
+
+def test_lookup_window_copies_what_followed_the_latest_match():
+    seq = [5, 1, 2, 3, 9, 9, 1, 2, 3, 4, 7, 1, 2, 3]
+    assert sp.lookup_window(seq, 3) == [4, 7, 1]  # "1 2 3" last seen before position 9
+    assert sp.lookup_window(seq, 1) == [4]
+    assert sp.lookup_window([8, 6, 8], 4) == [6, 8]  # 1-gram fallback; the window may be shorter than gamma
+    assert sp.lookup_window([1, 2, 3], 4) == [] and sp.lookup_window([], 4) == []
+    assert sp.lookup_window([4, 4, 4, 4], 2) == [4]  # the match ending right before the suffix
 
 
 def test_verify_rule_matches_target_distribution():
