@@ -3,13 +3,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo demos test test-all bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	@$(PY) demos/main.py
+
+demos: demo  # the name a reader of demos/ types
 
 test: setup
 	@bash scripts/run_tests.sh

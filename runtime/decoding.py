@@ -56,7 +56,7 @@ class GenerationOptions:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
 
-METHODS = ("draft", "mtp", "mirror", "lookup")
+METHODS = ("none", "draft", "mtp", "mirror", "lookup")  # none: plain decoding (as the CLI's --speculative none)
 
 
 @dataclass(frozen=True)

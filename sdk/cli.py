@@ -40,7 +40,25 @@ class _Parser(argparse.ArgumentParser):
     """A usage mistake is one line (the message and where to look), not the whole usage block."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(self, message)} (see {self.prog} --help)\n")
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """"; did you mean --sensitivity?" for a mistyped option or a verb with a close match, else ""."""
+    import difflib
+    if message.startswith("unrecognized arguments: "):  # reported by the top parser: find the verb's own
+        words = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
+        for token in getattr(parser, "argv", sys.argv[1:]):
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if subs and token in subs[0].choices:
+                parser = subs[0].choices[token]
+        known = sorted(s for a in parser._actions for s in a.option_strings if s.startswith("--"))
+    elif m := re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)", message):
+        words, known = [m.group(1)], re.findall(r"'?([\w.-]+)'?", m.group(2))
+    else:
+        return ""
+    hints = [c[0] for w in words if (c := difflib.get_close_matches(w, known, n=1, cutoff=0.75)) and c[0] != w]
+    return f"; did you mean {' / '.join(hints)}?" if hints else ""
 
 
 def _checked(kind, dest: str):
@@ -86,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.argv = list(sys.argv[1:] if argv is None else argv)  # for typo suggestions (_did_you_mean)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -59,13 +59,33 @@ def input_devices() -> list[dict]:
     return [d for d in sd.query_devices() if d["max_input_channels"] > 0]
 
 
+def resolve_device(device, devices: list[dict]):
+    """--device as given (an index, or a part of a device's name) -> what sounddevice takes; a name or index
+    that no input device has is one line listing the input devices there are."""
+    if device is None:
+        return None
+    text = str(device).strip()
+    indexed = [(d.get("index", i), d) for i, d in enumerate(devices)]
+    if text.isdigit() and any(i == int(text) for i, _ in indexed):
+        return int(text)
+    named = [i for i, d in indexed if text.lower() in str(d.get("name", "")).lower()]
+    if len(named) == 1:
+        return named[0]
+    listing = ", ".join(f"{i} {d.get('name', '?')!r}" for i, d in indexed) or "none"
+    why = "matches several input devices" if named else "is not an input device here"
+    raise ValueError(f"--device {text!r} {why}; input devices: {listing}")
+
+
 def listen_mic(spotter: KeywordSpotter, device=None, seconds: float | None = None, on_block=None) -> list[Detection]:
-    """Capture 16 kHz mono from the default (or given) input device until Ctrl-C or `seconds`."""
+    """Capture 16 kHz mono from the default (or given) input device until Ctrl-C or `seconds`. Detection
+    times count from the moment the microphone opened."""
     import sounddevice as sd
 
-    if not input_devices():
+    devices = input_devices()
+    if not devices:
         raise RuntimeError("no audio input device found (no microphone or sound card). On a headless "
                            "machine a PulseAudio null sink works as a virtual microphone; see the README.")
+    device = resolve_device(device, devices)
     q: queue.Queue = queue.Queue()
 
     def callback(indata, frames, t, status):
@@ -118,7 +138,9 @@ def _run(args) -> int:
                 print(file=sys.stderr)
             print(f"{d.keyword}\t{d.start_s:.2f}\t{d.end_s:.2f}\t{d.score:.3f}", flush=True)
 
+    print("keyword\tstart_s\tend_s\tscore", flush=True)  # one header line, then one line per detection
     if args.mic:
+        print("times count from when the microphone opened", file=sys.stderr)
         listen_mic(spotter, device=args.device, seconds=args.seconds, on_block=show)
     else:
         listen_file(spotter, args.file, realtime=args.realtime, on_block=show)

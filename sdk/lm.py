@@ -104,7 +104,7 @@ class LanguageModel:
         the same distribution). `stats` (optional) collects calls, acceptance and timings."""
         ids = self.encode(prompt) if isinstance(prompt, str) else self._token_ids(prompt)
         detok = Detokenizer(self.decode if self.tokenizer is not None else None, ids).push
-        if speculative is None:
+        if speculative is None or speculative.method == "none":
             return plain(self.backend, ids, options, stats, detok)
         return self._speculative(speculative, ids, options, stats, detok)
 

@@ -181,6 +181,39 @@ def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     assert not (tmp_path / "out").exists(), "nothing is written for a refused command"
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivty", "0.5"], "did you mean --sensitivity?"),
+    (["kws", "enrol", "hey heron"], "did you mean enroll?"),
+    (["lm", "generate", "x", "--temprature", "0.5"], "did you mean --temperature?"),
+])
+def test_typos_get_a_suggestion(args, needle, capsys):
+    code, err = _cli(args, capsys)
+    _one_line_error(code, err, needle)
+
+
+def test_an_unknown_microphone_lists_the_input_devices():
+    from heron.listen import resolve_device
+
+    devices = [{"index": 0, "name": "Built-in Microphone"}, {"index": 3, "name": "USB Headset Mic"}]
+    assert resolve_device(None, devices) is None
+    assert resolve_device("3", devices) == 3 and resolve_device("usb", devices) == 3
+    with pytest.raises(ValueError, match=r"--device 'webcam' is not an input device here; input devices: "
+                                         r"0 'Built-in Microphone', 3 'USB Headset Mic'"):
+        resolve_device("webcam", devices)
+    with pytest.raises(ValueError, match="matches several"):
+        resolve_device("mic", devices)
+
+
+def test_speculative_none_is_plain_decoding():
+    pytest.importorskip("torch")
+    import heron
+
+    lm = heron.load_lm()
+    opts = heron.GenerationOptions(max_new_tokens=6)
+    plain = [t.id for t in lm.generate("Return the", opts)]
+    assert [t.id for t in lm.generate("Return the", opts, heron.SpeculativeOptions("none"))] == plain
+
+
 def test_target_device_is_honoured_by_plain_decoding(capsys):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -39,7 +39,9 @@ def test_listen_file_detects_keyword(keyword_wav):
     p = subprocess.run([sys.executable, "-m", "heron", "listen", "--keyword", "hey heron", "--file", str(path),
                         "--no-meter"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    header, *lines = p.stdout.splitlines()
+    assert header.split("\t") == ["keyword", "start_s", "end_s", "score"]
+    rows = [line.split("\t") for line in lines]
     # one spoken keyword -> exactly one event, inside the keyword's span (padding included)
     assert [r[0] for r in rows] == ["hey heron"], p.stdout + p.stderr
     assert a - 0.1 <= float(rows[0][1]) < float(rows[0][2]) <= b + 0.4
