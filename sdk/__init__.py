@@ -4,7 +4,7 @@
     spotter = heron.KeywordSpotter.load()      # the shipped model (numpy + onnxruntime)
     spotter.enroll("hey heron")
     stream = spotter.stream()
-    for det in stream.accept(pcm_chunk):       # int16 or float32, 16 kHz mono, any chunk size
+    for det in stream.accept(pcm_chunk):       # int16 or float32 mono at the stream's sample_rate (16 kHz), any chunk
         print(det)
 
     lm = heron.load_lm()                       # the shipped LM (or any checkpoint / ONNX bundle)

@@ -305,7 +305,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations/checkpoints")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
-    q.set_defaults(func=_train)
+    q.set_defaults(func=_train, out_is_folder=True)
 
     q = lsub.add_parser("generate", help="continue a prompt (tokens printed as they come with --stream)",
                         formatter_class=formatter)
@@ -328,7 +328,7 @@ def register(sub, formatter) -> None:
     q.add_argument("checkpoint", help="training run folder")
     q.add_argument("--out", required=True, help="release folder")
     q.add_argument("--int8", action="store_true", help="weight-only int8 with per-row scales (~1/4 of float32)")
-    q.set_defaults(func=_release)
+    q.set_defaults(func=_release, out_is_folder=True)
 
     q = lsub.add_parser("train-exit", help="distil an early-exit head (Mirror-SD's draft candidates) on a frozen LM",
                         formatter_class=formatter)
@@ -339,7 +339,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files (default: the built-in corpus)")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
-    q.set_defaults(func=_train_exit)
+    q.set_defaults(func=_train_exit, out_is_folder=True)
 
     q = lsub.add_parser("train-mtp", help="train a gated-LoRA multi-token-prediction adapter on a frozen LM",
                         formatter_class=formatter)
@@ -351,7 +351,7 @@ def register(sub, formatter) -> None:
     q.add_argument("--text", nargs="+", default=None, help="train on these UTF-8 files (default: the built-in corpus)")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
-    q.set_defaults(func=_train_mtp)
+    q.set_defaults(func=_train_mtp, out_is_folder=True)
 
     q = lsub.add_parser("eval", help="held-out perplexity; dial-k and Roster-of-Experts tables",
                         formatter_class=formatter)
@@ -380,4 +380,4 @@ def register(sub, formatter) -> None:
     q.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
-    q.set_defaults(func=_dynamoe)
+    q.set_defaults(func=_dynamoe, out_is_folder=True)

@@ -112,7 +112,7 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--no-gates", action="store_true", help="train without gates (ablation)")
     q.add_argument("--gate-warmup", type=int, default=None, help="steps with gates forced open before they train (default: the preset's)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
-    q.set_defaults(func=_kws)
+    q.set_defaults(func=_kws, out_is_folder=True)
     q = tsub.add_parser("train-matcher", help="train the second stage (text encoder + SLiCK matcher) on a frozen "
                                               "encoder, with ablations",
                         formatter_class=formatter)
@@ -122,7 +122,7 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--steps", type=int, default=None, help="training steps per variant (default: the training config's)")
     q.add_argument("--eval-anchors", type=int, default=400, help="held-out-voice anchor phrases for the ablations")
     q.add_argument("--seed", type=int, default=None, help="seed (default: the training config's)")
-    q.set_defaults(func=_matcher)
+    q.set_defaults(func=_matcher, out_is_folder=True)
     q = tsub.add_parser("train-gate", help="train the speech gate (skips the whole encoder on non-speech) on a "
                                            "frozen encoder", formatter_class=formatter)
     q.add_argument("--encoder", required=True, help="encoder checkpoint folder")
@@ -137,9 +137,9 @@ def add_kws_train(tsub, formatter) -> None:
                    help="share of held-out speech chunks the chosen threshold must keep open")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
-    q.set_defaults(func=_gate)
+    q.set_defaults(func=_gate, out_is_folder=True)
     q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
                         formatter_class=formatter)
     q.add_argument("checkpoint", help="training run folder")
     q.add_argument("--out", required=True, help="release folder")
-    q.set_defaults(func=_release)
+    q.set_defaults(func=_release, out_is_folder=True)

@@ -34,6 +34,9 @@ from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeO
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
+MAX_THREADS = 256  # CPU threads a target or draft may ask for
+MAX_ROE_SAMPLES = 64  # Roster-of-Experts samples per token (each is one more full set of activations)
+
 __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
            "Token"]
 
@@ -196,12 +199,13 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     """
     import math
 
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     if experts is not None and (isinstance(experts, bool) or not isinstance(experts, int) or experts < 1):
         raise ValueError(f"experts must be an integer >= 1 (active experts per token) or None, got {experts!r}")
-    if isinstance(roe_samples, bool) or not isinstance(roe_samples, int) or roe_samples < 1:
-        raise ValueError(f"roe_samples must be an integer >= 1, got {roe_samples!r}")
+    if isinstance(roe_samples, bool) or not isinstance(roe_samples, int) or not 1 <= roe_samples <= MAX_ROE_SAMPLES:
+        raise ValueError(f"roe_samples must be an integer in [1, {MAX_ROE_SAMPLES}] (each sample is a full "
+                         f"forward's activations), got {roe_samples!r}")
     if not isinstance(roe_tau, (int, float)) or not math.isfinite(roe_tau) or roe_tau < 0:
         raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")
     if isinstance(path, str) and path in NAMED_LMS:

@@ -62,6 +62,8 @@ def check_out(args) -> None:
             if target == folder.resolve() or folder.resolve() in target.parents:
                 raise ValueError(f"--out {out} is inside heron's shipped models ({folder}); write elsewhere "
                                  f"(the build script sets {WRITE_PACKAGE_ENV}=1 to replace them)")
+    if getattr(args, "out_is_folder", False) and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; this command writes a folder")  # before hours of training
     for name in READ_OPTIONS:
         src = getattr(args, name, None)
         if isinstance(src, (str, Path)) and Path(src).exists() and Path(src).resolve() == target:

@@ -173,6 +173,8 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["kws", "eval", "--sets", "bogus"], "--sets"),
     (["enroll", "hey heron", "--confusables", "-3"], "--confusables"),
     (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivity", "2"], "--sensitivity"),
+    (["lm", "generate", "x", "--roe-samples", "1000000000"], "--roe-samples"),
+    (["lm", "generate", "x", "--threads", "100000"], "--threads"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
 def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]
@@ -189,6 +191,16 @@ def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
 def test_typos_get_a_suggestion(args, needle, capsys):
     code, err = _cli(args, capsys)
     _one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("verb", [["lm", "train-exit"], ["lm", "train-mtp"], ["lm", "train"], ["kws", "train"],
+                                  ["kws", "train-gate", "--encoder", "x", "--user-data", "an4"]])
+def test_out_that_is_a_file_is_refused_before_training(verb, tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    code, err = _cli([*verb, "--out", f], capsys)
+    _one_line_error(code, err, "is a file; this command writes a folder")
+    assert f.read_text() == "keep me"
 
 
 def test_an_unknown_microphone_lists_the_input_devices():
