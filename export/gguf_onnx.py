@@ -133,12 +133,19 @@ class Graph:
         return self.op(*args, **kw)[0]
 
 
-def split_int8(g: Graph, x: str, k: int) -> str:
-    """x (1, T, K) -> (2, T, K): [x_hi, x - x_hi], x_hi = x rounded to int8 per block of 32 (absmax / 127).
-    MatMulNBits at accuracy level 4 quantizes each row to int8 per block: x_hi passes through exactly and
-    the remainder with 1/127 of x's step, so W x_hi + W x_lo carries ~1/127 of one pass's rounding error."""
+def _blocks(g: Graph, x: str, k: int, memo: dict) -> str:
+    """x (1, T, K) -> (1, T, K/32, 32), once per input."""
+    if ("blocks", x) not in memo:
+        memo[("blocks", x)] = g.one("Reshape", [x, g.const(np.array([0, 0, k // BLOCK, BLOCK], np.int64), "shape")])
+    return memo[("blocks", x)]
+
+
+def split_int8(g: Graph, blocks: str, k: int) -> str:
+    """x as blocks (1, T, K/32, 32) -> (2, T, K): [x_hi, x - x_hi], x_hi = x rounded to int8 per block of 32
+    (absmax / 127). MatMulNBits at accuracy level 4 quantizes each row to int8 per block: x_hi passes through
+    exactly and the remainder with 1/127 of x's step, so W x_hi + W x_lo carries ~1/127 of one pass's
+    rounding error."""
     c = lambda a, hint: g.const(np.asarray(a), hint)  # noqa: E731
-    blocks = g.one("Reshape", [x, c(np.array([0, 0, k // BLOCK, BLOCK], np.int64), "shape")])  # (1, T, K/32, 32)
     amax = g.one("ReduceMax", [g.one("Abs", [blocks]), c(np.array([-1], np.int64), "axes")], keepdims=1)
     step = g.one("Mul", [g.one("Add", [amax, c(np.float32(1e-30), "tiny")]), c(np.float32(1 / 127), "inv127")])
     hi = g.one("Mul", [g.one("Round", [g.one("Div", [blocks, step])]), step])  # (1, T, K/32, 32)
@@ -147,8 +154,8 @@ def split_int8(g: Graph, x: str, k: int) -> str:
 
 
 def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, packed: str | None = None) -> str:
-    """x (1, T, K) -> (1, T, N). `memo` caches per-input work (block sums, the int8 split) across the linears
-    that read the same x; `packed`: an initializer already holding w's blocks (the tied embedding)."""
+    """x (1, T, K) -> (1, T, N). `memo` caches per-input work (blocks, block sums, the int8 split) across the
+    linears that read the same x; `packed`: an initializer already holding w's blocks (the tied embedding)."""
     if w.bits == 0:
         return g.one("MatMul", [x, g.const(w.dense.T, hint + ".wT")], hint=hint)
     ins = [packed or g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
@@ -158,16 +165,16 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
                  accuracy_level=COMPUTE[compute])
     if compute == "int8x2":
         if ("split", x) not in memo:
-            memo[("split", x)] = split_int8(g, x, w.k)
+            memo[("split", x)] = split_int8(g, _blocks(g, x, w.k, memo), w.k)
         y2 = g.one("MatMulNBits", [memo[("split", x)], *ins], hint=hint, **attrs)  # (2, T, N)
         y = g.one("ReduceSum", [y2, g.const(np.array([0], np.int64), "axes")], keepdims=1)
     else:
         y = g.one("MatMulNBits", [x, *ins], hint=hint, **attrs)
     if w.mins is None:
         return y
-    if ("sums", x) not in memo:  # (1, T, K) -> (1, T, K/32, 32) -> (1, T, K/32)
-        blocked = g.one("Reshape", [x, g.const(np.array([0, 0, w.k // BLOCK, BLOCK], np.int64), "shape")])
-        memo[("sums", x)] = g.one("ReduceSum", [blocked, g.const(np.array([-1], np.int64), "axes")], keepdims=0)
+    if ("sums", x) not in memo:  # (1, T, K/32, 32) -> (1, T, K/32)
+        memo[("sums", x)] = g.one("ReduceSum", [_blocks(g, x, w.k, memo), g.const(np.array([-1], np.int64), "axes")],
+                                  keepdims=0)
     share = g.one("MatMul", [memo[("sums", x)], g.const(w.mins.T.copy(), hint + ".minsT")])  # (1, T, N)
     return g.one("Add", [y, share], hint=hint)
 
