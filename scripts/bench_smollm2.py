@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/bench_smollm2.py --out runs/bench-smollm2      # writes only under --out
 
-Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with each --compute (int8x2,
-int8, fp32), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with --compute int8x2 and int8
+(onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, and llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
 prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
@@ -163,7 +163,7 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for the exported bundles and results.json")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,onnx:fp32,torch,transformers,llama.cpp",
+    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,torch,transformers,llama.cpp",
                     help="comma-separated backends")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
     args = ap.parse_args()

@@ -19,6 +19,7 @@ def peak_rss_mb() -> float:
 
 
 def main() -> int:
+    import numpy as np
     from llama_cpp import Llama
 
     path, prompts_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -26,13 +27,18 @@ def main() -> int:
     llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
                 verbose=False, logits_all=False)
 
+    n_vocab = llm.n_vocab()
+
+    def last_logits():  # 0.3.36 copies logits into llm.scores only with logits_all: read llama.cpp's own buffer
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     def greedy(ids, n):
         llm.reset()  # generate() would reuse a shared prefix's cache
         llm.eval(ids)
-        out, t0 = [int(llm.scores[llm.n_tokens - 1].argmax())], time.perf_counter()
+        out, t0 = [int(last_logits().argmax())], time.perf_counter()
         for _ in range(n - 1):
             llm.eval([out[-1]])
-            out.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+            out.append(int(last_logits().argmax()))
         return out, (n - 1) / (time.perf_counter() - t0)
 
     speeds = [greedy(p["decode"], p["new_tokens"])[1] for _ in range(p["repeats"])]
