@@ -362,10 +362,34 @@ def validate_kws_manifest(m: dict, where: str) -> None:
         f.float("verifier.min_first_stage", 0.0, 1.0)
 
 
-def load_bundle(root: str | Path | None = None) -> Bundle:
-    """Read and verify a bundle folder (default: $HERON_BUNDLE, else the one shipped with heron)."""
+def expected_identity(root: Path, shipped_root: Path, name: str, sha256: str | None) -> tuple[str | None, str]:
+    """The identity a bundle must have -> (sha256 or None, what it is): the caller's, else the pinned one of
+    a shipped bundle (heron.runtime.pinned), else none."""
+    from heron.runtime.pinned import SHIPPED
+
+    if sha256 is not None:
+        if not isinstance(sha256, str) or len(sha256.strip()) != 64 or not all(c in "0123456789abcdef" for c in
+                                                                              sha256.strip().lower()):
+            raise ValueError(f"sha256 must be 64 hex digits (a bundle's manifest.sha256), got {sha256!r}")
+        return sha256.strip().lower(), "the expected identity"
+    if root.resolve() == shipped_root.resolve():
+        return SHIPPED[name], "the identity pinned for heron's shipped bundle"
+    return None, ""
+
+
+def check_identity(root: Path, identity: str, expected: str | None, what: str) -> None:
+    if expected is not None and identity != expected:
+        raise BundleError(f"{root}: manifest sha256 {identity} is not {what} {expected}: the bundle was edited "
+                          "or replaced")
+
+
+def load_bundle(root: str | Path | None = None, sha256: str | None = None) -> Bundle:
+    """Read and verify a bundle folder (default: $HERON_BUNDLE, else the one shipped with heron, whose
+    identity is pinned). sha256: the identity (manifest.sha256) the bundle must have."""
     root = Path(root) if root is not None else Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+    expected, what = expected_identity(root, DEFAULT_BUNDLE, "kws", sha256)
     manifest, identity = read_manifest(root, "keyword-spotting")
+    check_identity(root, identity, expected, what)
     where = str(root / MANIFEST)
     if manifest.get("format") not in SUPPORTED_FORMATS:
         raise BundleError(f"{where}: unsupported bundle format {manifest.get('format')!r}; this heron reads "

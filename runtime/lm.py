@@ -109,15 +109,18 @@ class OnnxLM:
     branchable = True  # snapshots are independent (state arrays are never written in place)
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 1, int8: bool = False, weights: str | None = None):
+                 threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None):
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
-        None: the manifest's default_weights, else fp32 (int8=True is weights="int8")."""
+        None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
+        sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned."""
         import onnxruntime as ort
 
-        from heron.runtime.bundle import BundleError, read_manifest, verify_file
+        from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_file
         from heron.runtime.sessions import open_session
         folder = Path(folder)
+        expected, what = expected_identity(folder, DEFAULT_DRAFT, "lm-draft", sha256)
         self.manifest, self.identity = read_manifest(folder, "language-model")
+        check_identity(folder, self.identity, expected, what)
         where = str(folder / "manifest.json")
         validate_lm_manifest(self.manifest, where)
         default = self.manifest.get("default_weights", "fp32")

@@ -191,14 +191,18 @@ class KeywordSpotter:
 
     @classmethod
     def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1,
-             skip_gates: bool = True, speech_gate: bool = True) -> "KeywordSpotter":
+             skip_gates: bool = True, speech_gate: bool = True, sha256: str | None = None) -> "KeywordSpotter":
         """Load a bundle folder (default: the one shipped with heron); checksums are verified.
+
+        sha256: the bundle's identity (its manifest.sha256) as you recorded it; another manifest is refused.
+        The shipped bundle's identity is pinned in heron itself (heron.runtime.pinned).
 
         skip_gates: run the encoder module by module so closed gates skip work (when the bundle
         has the modular graphs); False runs the single-graph encoder (same outputs).
         speech_gate: use the bundle's speech gate, if it has one (chunks without speech run no encoder
         module); False runs every chunk through the encoder."""
-        return cls(load_bundle(bundle), int8=int8, threads=threads, skip_gates=skip_gates, speech_gate=speech_gate)
+        return cls(load_bundle(bundle, sha256=sha256), int8=int8, threads=threads, skip_gates=skip_gates,
+                   speech_gate=speech_gate)
 
     # --- keywords ---------------------------------------------------------------------------------
     def enroll(self, text: str, sensitivity: float = 0.5, name: str | None = None) -> Keyword:

@@ -55,6 +55,7 @@ open('models/weights/kws-base/calibration.json', 'w').write(json.dumps(c, indent
 # 5. the shipped bundle: a plain export of the checkpoint reproduces it
 rm -rf runtime/assets/kws
 $H kws export --checkpoint models/weights/kws-base --out runtime/assets/kws --int8-only
+.venv/bin/python scripts/pin_bundles.py  # the shipped bundle's identity, pinned in heron.runtime.pinned
 # The speech gate is not shipped either: it halves the cost on noise but costs the check 0.13 AUC points
 # (BENCHMARKS.md); `heron kws train-gate --encoder models/weights/kws-base --user-data ... --steps 1200
 # --device-speech 0.5 --min-kept 0.998 --out runs/gate-f2` trains it and `heron kws export --speech-gate

@@ -27,6 +27,7 @@ $H lm train-exit --model $W --out $W --layer 2 --steps 300
 $H lm train-mtp --model $W --out $R/mtp-long --steps 1500 --threads 1
 rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp-long/mtp.safetensors $R/mtp-long/mtp.json $W/mtp/
 rm -rf runtime/assets/lm-draft && $H lm export $R/draft --out runtime/assets/lm-draft
+.venv/bin/python scripts/pin_bundles.py
 # 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
 run $R/nano-l $((PRE + FT)) --preset nano-l
 [ -f $R/eval-anchor.json ] || $H lm eval --model $R/nano-phds-anchor --oracle 2=$R/nano-oracle-k2 \

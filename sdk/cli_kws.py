@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 
+MODEL_SHA256_HELP = ("the bundle's identity (its manifest.sha256) as you recorded it: any other manifest is refused "
+                     "(default: none; the shipped bundle's is pinned in heron)")
+
 
 def _score(args) -> int:
     from heron.runtime.audio import AudioFile
     from heron.runtime.spotter import KeywordSpotter
 
-    spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads)
+    spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads, sha256=args.model_sha256)
     kw = spotter.enroll(args.keyword)
     _note_guesses(kw.pronunciation, "heron kws score")
     failed = 0
@@ -111,6 +114,7 @@ def register(sub, formatter) -> None:
                         formatter_class=formatter)
     q.add_argument("--keyword", required=True, help="keyword text, e.g. 'hey heron'")
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    q.add_argument("--model-sha256", default=None, help=MODEL_SHA256_HELP)
     q.add_argument("--int8", action="store_true", help="use the int8 encoder")
     q.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     q.add_argument("--strict-times", action="store_true", help="null times when the score is below threshold")

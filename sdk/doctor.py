@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import sys
+from pathlib import Path
 
 _EXTRAS = {  # module -> (extra, what it is for)
     "torch": ("train", "training and export"),
@@ -40,9 +42,17 @@ def report() -> list[tuple[str, str, str]]:
     from heron.runtime.bundle import BundleError, load_bundle
     from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
 
-    for name, load in (("kws", lambda: load_bundle().identity), ("lm-draft", lambda: OnnxLM(DEFAULT_DRAFT).identity)):
+    from heron.runtime.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
+    from heron.runtime.pinned import SHIPPED
+
+    kws_root = Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+    for name, root, load in (("kws", kws_root, lambda: load_bundle().identity),
+                             ("lm-draft", DEFAULT_DRAFT, lambda: OnnxLM(DEFAULT_DRAFT).identity)):
         try:
-            rows.append(("bundles", name, f"ok: manifest sha256 {load()}"))
+            identity = load()
+            pin = ("matches the identity pinned in heron" if identity == SHIPPED[name]
+                   else f"not the shipped bundle (${BUNDLE_ENV}); pinned identity {SHIPPED[name][:16]}...")
+            rows.append(("bundles", name, f"ok: {root}, manifest sha256 {identity} ({pin})"))
         except (BundleError, ValueError, OSError) as e:
             rows.append(("bundles", name, f"BROKEN: {e}"))
     # TTS engines

@@ -13,6 +13,7 @@ import numpy as np
 
 from heron.runtime.phonemes import describe_guesses
 from heron.runtime.spotter import Detection, KeywordSpotter
+from heron.cli_kws import MODEL_SHA256_HELP
 
 BLOCK_SECONDS = 0.1
 
@@ -120,7 +121,7 @@ def _run(args) -> int:
         audio = AudioFile(args.file)  # a file that cannot be streamed is refused before anything is printed
         if audio.channels > 1:
             print(f"note: {args.file} has {audio.channels} channels, mixed down to mono", file=sys.stderr)
-    spotter = KeywordSpotter.load(args.model, int8=args.int8)
+    spotter = KeywordSpotter.load(args.model, int8=args.int8, sha256=args.model_sha256)
     for text in args.keyword:
         kw = spotter.enroll(text, sensitivity=args.sensitivity)
         guessed = describe_guesses(kw.pronunciation)
@@ -160,6 +161,7 @@ def add_listen(sub, formatter) -> None:
     p.add_argument("--realtime", action="store_true", help="stream the file at real-time speed")
     p.add_argument("--sensitivity", type=float, default=0.5, help="0 (strict) .. 1 (loose)")
     p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    p.add_argument("--model-sha256", default=None, help=MODEL_SHA256_HELP)
     p.add_argument("--int8", action="store_true", help="use the int8 encoder")
     p.add_argument("--meter", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="show an input level meter on a terminal")

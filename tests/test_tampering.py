@@ -220,6 +220,62 @@ def test_fuzz_every_kws_manifest_field(shipped, tmp_path):
     assert all(_allowed(p, k, KWS_INFO, KWS_OPTIONAL) for p, k in loaded)
 
 
+def test_the_shipped_bundles_are_the_pinned_ones():
+    """heron.runtime.pinned is rewritten by the build scripts (scripts/pin_bundles.py) when they ship."""
+    from heron.runtime.pinned import SHIPPED
+    assert load_bundle(DEFAULT_BUNDLE).identity == SHIPPED["kws"]
+    assert OnnxLM(DEFAULT_DRAFT).identity == SHIPPED["lm-draft"]
+
+
+def test_a_resigned_shipped_bundle_is_refused_by_its_pin(shipped, tmp_path, monkeypatch, capsys):
+    """Editing the shipped manifest and recomputing manifest.sha256 used to load (the fire-range checks
+    run only with a bank): the shipped identity is pinned in code; any bundle can be pinned by its user."""
+    import heron.runtime.bundle as bundle_mod
+    import heron.runtime.lm as lm_mod
+    from heron.cli import main
+
+    original = (shipped / "manifest.sha256").read_text().strip()
+    b = edit_manifest(_copy(shipped, tmp_path / "b"), lambda m: m["calibration"].update(threshold=0.05))
+    load_bundle(b)  # a signed, well-formed edit of another bundle loads: nothing pins it ...
+    with pytest.raises(BundleError, match=f"is not the expected identity {original}") as e:
+        load_bundle(b, sha256=original)  # ... unless its user pins it
+    _one_line(e.value)
+    monkeypatch.setattr(bundle_mod, "DEFAULT_BUNDLE", b)  # the same edit of the shipped bundle
+    with pytest.raises(BundleError, match="is not the identity pinned for heron's shipped bundle"):
+        KeywordSpotter.load()
+    with pytest.raises(ValueError, match="64 hex digits"):
+        load_bundle(shipped, sha256="abc")
+    code = main(["kws", "score", "--model", str(b), "--model-sha256", original, "--keyword", "hey heron", "x.wav"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "is not the expected identity" in err and "\n" not in err
+    draft = edit_manifest(_copy(DEFAULT_DRAFT, tmp_path / "draft"), lambda m: m.update(name="other"))
+    monkeypatch.setattr(lm_mod, "DEFAULT_DRAFT", draft)
+    with pytest.raises(BundleError, match="pinned"):
+        OnnxLM(lm_mod.DEFAULT_DRAFT)
+
+
+def test_fuzz_every_kws_manifest_field_against_a_pinned_identity(shipped, tmp_path):
+    b = _copy(shipped, tmp_path / "pin")
+    original = (b / "manifest.sha256").read_text().strip()
+    text0 = (b / "manifest.json").read_text()
+    m0 = json.loads(text0)
+    from heron.runtime.bundle import write_identity
+    n = 0
+    for path in _leaves(m0):
+        node = m0
+        for p in path:
+            node = node[p]
+        for kind, new in _mutations(node):
+            m = json.loads(text0)
+            _apply(m, path, kind, new)
+            (b / "manifest.json").write_text(json.dumps(m))
+            write_identity(b)
+            with pytest.raises(BundleError, match="is not the expected identity"):
+                load_bundle(b, sha256=original)
+            n += 1
+    assert n > 100
+
+
 def test_fuzz_every_lm_manifest_field(tmp_path):
     draft = _copy(DEFAULT_DRAFT, tmp_path / "draft")
 
