@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "23d26b4bae1532d0b99f8f035f19f481aa60e88f452646259b0aa7db8e4ef233",
+    "kws": "cca865f8ee400a46f7a28d01c05cafaad60f958326755648b085f563efada17a",
     "lm-draft": "3f772500a20d0c5175d60cb487038db96f836a112e6ce07957c6717c25696a7a",
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the shipped keyword-spotting model from scratch, exactly as it was built (see
-# models/weights/kws-base/MODEL_CARD.md). About 2 h on 2 CPU cores; needs the TTS engines
+# models/weights/kws-base/MODEL_CARD.md). About 2.5 h on 2 CPU cores; needs the TTS engines
 # (make setup), `pip install heron[dev]` and ../shared/data (AN4, speechocean762, speech_commands train/ for
 # stage 2, real_speech for the threshold).
 set -euo pipefail
@@ -37,7 +37,15 @@ for run in kws-e kws-f; do
     --user-data ../shared/data/speech_commands/manifest.tsv --real-fraction 0.7 --steps 1000 --lr 3e-4 --warmup 50 \
     --gate-warmup 0 --threads 1 --no-progress --out runs/$run
 done
-$H kws release runs/kws-f --out models/weights/kws-base
+# 2e. twice more with device-audio augmentation (reverberant rooms, cheap-microphone bands, clipping, gain,
+# low-SNR room noise; 15 min each on 1 thread): H from F, H2 from H
+for run in kws-h kws-h2; do
+  prev=$([ $run = kws-h ] && echo runs/kws-f || echo runs/kws-h)
+  $H kws train --preset default --init $prev --align runs/kws-an4-base --augment device \
+    --user-data an4 --user-data speechocean762 --user-data speech_commands --real-fraction 0.7 --steps 1000 \
+    --lr 3e-4 --warmup 50 --gate-warmup 0 --threads 1 --no-progress --out runs/$run
+done
+$H kws release runs/kws-h2 --out models/weights/kws-base
 # 3. representative phoneme vectors (CTC forced alignment over TTS pairs) for DSP word times
 .venv/bin/python -c "from dataclasses import replace; import numpy as np; from heron.models.train_kws import load_encoder; \
 from heron.models.train_matcher import MatcherTrainConfig, build_examples; enc, _ = load_encoder('models/weights/kws-base'); \
