@@ -83,6 +83,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     calibration = None
     if cal_path.is_file() and not recalibrate and not background_data:  # a new bank moves the Z-norm: refit
         calibration = json.loads(cal_path.read_text())
+        _check_fire_range({**calibration, **({} if threshold is None else {"threshold": threshold})})  # before the work
     table_path = checkpoint / "phoneme_table.npy"  # from `heron kws train-matcher` (CTC forced alignment)
     table = None
     if table_path.is_file():
@@ -105,6 +106,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         shutil.rmtree(work, ignore_errors=True)
     if threshold is not None:
         calibration = {**calibration, "threshold": threshold}
+    _check_fire_range(calibration)  # a fitted calibration: still before the bundles are written
     written = []
     if target in ("onnx", "all"):
         onnx_out = out / "onnx" if target == "all" else out
@@ -115,7 +117,22 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         cm = out / "coreml" if target == "all" else out
         written.append(write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml",
                                     background=background, verifier=verifier, phoneme_table=table))
+    if target in ("onnx", "all"):
+        from heron.runtime.bundle import load_bundle
+        load_bundle(written[0])  # what was written loads (every field, every file's hash), or export fails
     return written
+
+
+def _check_fire_range(calibration: dict) -> None:
+    """The runtime refuses a bundle whose calibration never fires or fires on background speech: say so
+    before exporting one."""
+    from heron.runtime.bundle import fire_range_problem
+
+    keys = ("slope", "offset", "per_phoneme", "threshold")
+    if all(isinstance(calibration.get(k), (int, float)) for k in keys):
+        problem = fire_range_problem(*(float(calibration[k]) for k in keys))
+        if problem:
+            raise ValueError(f"this calibration would make a bundle the runtime refuses: {problem}")
 
 
 BUNDLE_FORMAT = "heron-kws-bundle/1"

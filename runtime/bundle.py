@@ -312,17 +312,10 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     if f.bool("calibration.znorm") != (isinstance(files, dict) and "background" in files):
         f.fail("calibration.znorm", "must say whether the bundle has its Z-norm background bank (files.background): "
                                     "the calibration was fitted with or without it")
-    # with a Z-norm bank, z is a keyword's score in standard deviations of its scores on background
-    # speech: at z = 0 (typical background) the confidence must stay under the threshold, or the
-    # spotter fires on everything; at z = 6 (far above anything background speech scores) it must
-    # pass, or it never fires. Both for the shortest and the longest keywords.
-    for n in ((1, MAX_KEYWORD_PHONEMES) if isinstance(files, dict) and "background" in files else ()):
-        for z, fires in ((0.0, False), (6.0, True)):
-            p = 1 / (1 + math.exp(-max(-60.0, min(60.0, slope * z + offset + per_ph * n))))
-            if (p >= threshold) != fires:
-                f.fail("calibration", f"{'never fires' if fires else 'fires on average background speech'}: "
-                                      f"confidence {p:.3f} at z = {z:g} for a {n}-phoneme keyword, threshold "
-                                      f"{threshold} (slope {slope}, offset {offset}, per_phoneme {per_ph})")
+    if isinstance(files, dict) and "background" in files:
+        problem = fire_range_problem(slope, offset, per_ph, threshold)
+        if problem:
+            f.fail("calibration", problem)
     f.float("matcher.gap_penalty", 0.0, 10.0)
     f.int("matcher.frames_base", 1, 1000)
     f.int("matcher.frames_per_phoneme", 1, 100)
@@ -381,6 +374,21 @@ def check_identity(root: Path, identity: str, expected: str | None, what: str) -
     if expected is not None and identity != expected:
         raise BundleError(f"{root}: manifest sha256 {identity} is not {what} {expected}: the bundle was edited "
                           "or replaced")
+
+
+def fire_range_problem(slope: float, offset: float, per_phoneme: float, threshold: float) -> str | None:
+    """With a Z-norm bank, z is a keyword's score in standard deviations of its scores on background
+    speech: at z = 0 (typical background) the confidence must stay under the threshold, or the spotter
+    fires on everything; at z = 6 (far above anything background speech scores) it must pass, or it
+    never fires. Both for the shortest and the longest keywords. -> what is wrong, or None."""
+    for n in (1, MAX_KEYWORD_PHONEMES):
+        for z, fires in ((0.0, False), (6.0, True)):
+            p = 1 / (1 + math.exp(-max(-60.0, min(60.0, slope * z + offset + per_phoneme * n))))
+            if (p >= threshold) != fires:
+                return (f"{'never fires' if fires else 'fires on average background speech'}: confidence {p:.3f} "
+                        f"at z = {z:g} for a {n}-phoneme keyword, threshold {threshold} (slope {slope}, offset "
+                        f"{offset}, per_phoneme {per_phoneme})")
+    return None
 
 
 def load_bundle(root: str | Path | None = None, sha256: str | None = None) -> Bundle:

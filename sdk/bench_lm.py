@@ -32,8 +32,9 @@ class BenchOptions:
     gamma: int = 4
     kappa: int = 2
     exit_layer: int = 2
-    methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror")
+    methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror", "lookup")
     target_device: str = "cpu"
+    repeats: int = 3               # runs of every method, interleaved; tokens/s is their median (min and max kept)
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
 
 
@@ -162,20 +163,29 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     for _ in lm.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of the timings
         pass
     ref = None
-    for method in ("none",) + tuple(m for m in o.methods if m != "none"):
-        threads = o.threads if method in ("none", "mtp") else max(1, o.threads - 1)
-        torch.set_num_threads(threads)
-        spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, kappa=o.kappa,
-                                                                   exit_layer=o.exit_layer, draft=draft, mtp=mtp)
-        row, outs = run_method(lm, spec, prompts, opts, method)
-        row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
-        if ref is None:
-            ref = outs
-        row["lossless"] = outs == ref
-        if not row["lossless"]:
-            raise RuntimeError(f"{method}: output differs from plain decoding (lossless check failed)")
+    methods = ("none",) + tuple(m for m in o.methods if m != "none")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for rep in range(o.repeats):  # interleaved, so that a slow spell of the machine hits every method alike
+        for method in methods:
+            threads = o.threads if method in ("none", "mtp", "lookup") else max(1, o.threads - 1)
+            torch.set_num_threads(threads)
+            spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, kappa=o.kappa,
+                                                                       exit_layer=o.exit_layer, draft=draft, mtp=mtp)
+            row, outs = run_method(lm, spec, prompts, opts, method)
+            row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
+            if ref is None:
+                ref = outs
+            row["lossless"] = outs == ref
+            if not row["lossless"]:
+                raise RuntimeError(f"{method}: output differs from plain decoding (lossless check failed)")
+            runs[method].append(row)
+            log(f"{method} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
+    for method in methods:
+        speeds = [r["tokens_per_s"] for r in runs[method]]
+        row = runs[method][int(np.argsort(speeds)[len(speeds) // 2])]  # the median run's own statistics
+        row.update(tokens_per_s=float(np.median(speeds)), tokens_per_s_min=min(speeds), tokens_per_s_max=max(speeds),
+                   repeats=len(speeds))
         report["rows"].append(row)
-        log(f"{method}: {row['tokens_per_s']:.1f} tok/s")
     d = lm.draft_backend(sp.SpeculativeOptions(draft=draft))
     costs = step_costs(lm, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
     report["costs"] = costs
@@ -194,7 +204,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 
 
 def markdown(report: dict) -> str:
-    cols = ["method", "target_threads", "draft_threads", "tokens_per_s", "speedup_vs_plain", "speedup_vs_draft_sd",
+    cols = ["method", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
+            "speedup_vs_plain", "speedup_vs_draft_sd",
             "predicted_speedup", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
             "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
 

@@ -69,7 +69,9 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--mtp", default=None, help="MTP adapter (default: the model's own)")
-    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror"], help="methods to run")
+    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror", "lookup"], help="methods to run")
+    q.add_argument("--repeats", type=int, default=3,
+                   help="runs of every method, interleaved; tokens/s is their median, with min and max")
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
@@ -89,7 +91,7 @@ def _lm(args) -> int:
 
     o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
-                           target_device=args.target_device)
+                           target_device=args.target_device, repeats=args.repeats)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

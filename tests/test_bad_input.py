@@ -170,6 +170,7 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["data", "stream", "--keyword", "", "--minutes", "0.1", "--out", "OUT"], "pronounceable"),
     (["lm", "export", LM_NANO, "--target", "bogus", "--out", "OUT"], "bogus"),
     (["kws", "export", "--target", "bogus", "--out", "OUT"], "bogus"),
+    (["kws", "export", "--threshold", "0.999", "--out", "OUT"], "never fires"),  # was 230 s, then refused at load
     (["kws", "eval", "--sets", "bogus"], "--sets"),
     (["enroll", "hey heron", "--confusables", "-3"], "--confusables"),
     (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivity", "2"], "--sensitivity"),
