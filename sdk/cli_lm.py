@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from heron.lm import default_lm_path, require_torch
+from heron.paths import NAMED_LMS
 from heron.runtime.tokenizer import vocabulary_record
 
 
@@ -76,6 +77,10 @@ def _load(args):
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
                        weights=args.weights)
+    if args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS):
+        print(f"note: {args.model} runs on the torch fp32 path (~4x slower); for onnxruntime with the file's own "
+              f"4-bit blocks export it once: heron lm export {args.model} --out DIR, then --model DIR",
+              file=sys.stderr)
     return lm, spec, opts
 
 

@@ -177,3 +177,4 @@ def test_cli_chat_answers(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-500:]
     assert "def " in p.stdout and ("[::-1]" in p.stdout or "reverse" in p.stdout)
+    assert "heron lm export smollm2 --out DIR" in p.stderr  # the way to the fast path
