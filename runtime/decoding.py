@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -253,15 +253,49 @@ def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOpt
     yield from _plain_loop(tc, list(prompt), opts, stats, rng, em)
 
 
+def _plain_step(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Token:
+    """One target forward, one token."""
+    feed = tc.sync(seq, len(seq))
+    t0 = time.perf_counter()
+    logits = tc.forward(feed, last=1)[-1]
+    stats.target_time_s += time.perf_counter() - t0
+    stats.target_calls += 1
+    return em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
+
+
 def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterator[Token]:
     em.seq = seq
     while not em.done and len(seq) < tc.b.max_len:
-        feed = tc.sync(seq, len(seq))
-        t0 = time.perf_counter()
-        logits = tc.forward(feed, last=1)[-1]
-        stats.target_time_s += time.perf_counter() - t0
-        stats.target_calls += 1
-        yield em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
+        yield _plain_step(tc, seq, opts, stats, rng, em)
+
+
+# ------------------------------------------------------------------------------------------------
+# the one verify loop: every draft source proposes, the target verifies
+
+
+class Drafter(Protocol):
+    """A draft source: up to g tokens continuing `seq` and the distributions they were drawn from
+    (g, V); ([], None) when it has nothing to propose this round (a plain step follows); None when it
+    failed (stats.fallback says why; decoding goes on with the target alone)."""
+
+    def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None] | None: ...
+
+
+def _draft_and_verify(tc: CachedBackend, drafter: Drafter, seq, max_len: int, gamma: int, opts, stats, rng,
+                      em: Emitter) -> Iterator[Token]:
+    """Propose, verify in one target forward, emit the accepted tokens and the correction; until done."""
+    while not em.done:
+        g = _room(seq, max_len, gamma)
+        res = drafter.propose(seq, g) if g else None
+        if res is None:
+            break
+        window, qs = res
+        if not window:
+            yield _plain_step(tc, seq, opts, stats, rng, em)
+            continue
+        yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+    if not em.done:
+        yield from _plain_loop(tc, seq, opts, stats, rng, em)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,19 +392,15 @@ def speculative(target, draft, prompt: Sequence[int], opts: GenerationOptions = 
                 detok: Callable | None = None) -> Iterator[Token]:
     """Classic draft-model speculative decoding: the draft proposes spec.gamma tokens, the target
     verifies them in one forward pass, rejected tokens are rolled back from both caches."""
-    gamma = spec.gamma
     stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "draft")
+
+    class ModelDrafter:
+        def propose(self, seq, g):
+            return _serial_window(runner, dc, seq, g, opts, draft_rng, stats)
+
     try:
-        while not em.done:
-            g = _room(seq, min(target.max_len, draft.max_len), gamma)
-            if g == 0:
-                break
-            res = _serial_window(runner, dc, seq, g, opts, draft_rng, stats)
-            if res is None:
-                break
-            yield from _verify_round(tc, seq, *res, opts, stats, rng, em)
-        if not em.done:
-            yield from _plain_loop(tc, seq, opts, stats, rng, em)
+        yield from _draft_and_verify(tc, ModelDrafter(), seq, min(target.max_len, draft.max_len), spec.gamma, opts,
+                                     stats, rng, em)
     finally:
         runner.close()
 
@@ -436,20 +466,25 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     target.reset()
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
-    while not em.done and len(seq) < target.max_len:
-        window = lookup_window(seq, _room(seq, target.max_len, spec.gamma))
+    yield from _draft_and_verify(tc, LookupDrafter(target.vocab_size, stats), seq, target.max_len, spec.gamma, opts,
+                                 stats, rng, em)
+
+
+class LookupDrafter:
+    """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot."""
+
+    def __init__(self, vocab_size: int, stats: DecodeStats | None = None):
+        self.vocab_size, self.stats = vocab_size, stats
+
+    def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
+        window = lookup_window(seq, g)
         if not window:
-            feed = tc.sync(seq, len(seq))
-            t0 = time.perf_counter()
-            logits = tc.forward(feed, last=1)[-1]
-            stats.target_time_s += time.perf_counter() - t0
-            stats.target_calls += 1
-            yield em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
-            continue
-        qs = np.zeros((len(window), target.vocab_size))
+            return [], None
+        qs = np.zeros((len(window), self.vocab_size))
         qs[np.arange(len(window)), window] = 1.0
-        stats.draft_calls += len(window)
-        yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+        if self.stats is not None:
+            self.stats.draft_calls += len(window)
+        return window, qs
 
 
 # ------------------------------------------------------------------------------------------------
