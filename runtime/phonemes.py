@@ -105,6 +105,16 @@ def normalize_text(text: str) -> list[str]:
         raise TypeError(f"keyword text must be str, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"keyword text is {len(text)} characters; at most {MAX_TEXT_CHARS} are supported")
+    # numbers as people say them: digits of any script are digits ("٣" -> three), thousands separators
+    # join their groups ("1,000" -> one thousand); fractions, superscripts and the like have no one
+    # reading ("½": one half? one over two?), so they are refused rather than read digit by digit
+    odd = sorted({c for c in text if unicodedata.category(c) == "No"})
+    if odd:
+        raise ValueError(f"cannot pronounce {''.join(odd)!r} in {text!r}: write such numbers in words")
+    text = "".join(str(unicodedata.digit(c)) if unicodedata.category(c) == "Nd" and not c.isascii() else c
+                   for c in text)
+    text = re.sub(r"(?<![\d,])\d{1,3}(?:,\d{3})+(?![\d,])",
+                  lambda m: f" {number_to_words(int(m.group().replace(',', '')))} ", text)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if unicodedata.category(c) != "Mn")  # strip accents
     text = text.replace("\u2019", "'").replace("&", " and ")

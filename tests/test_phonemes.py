@@ -72,3 +72,20 @@ def test_levenshtein():
     assert levenshtein("kitten", "sitting") == 3
     assert levenshtein(("A", "B"), ("A", "B")) == 0
     assert levenshtein((), ("A",)) == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ("hey 1,000", ("hey", "one", "thousand")),          # was "one zero zero zero"
+    ("1,000,000 dollars", ("one", "million", "dollars")),
+    ("hey \u0663", ("hey", "three")),                   # Arabic-Indic 3: was dropped ("hey")
+    ("hey \u0969 heron", ("hey", "three", "heron")),    # Devanagari 3: was dropped
+    ("a,b 1,2", ("a", "b", "one", "two")),              # a comma between words or digits is a pause
+])
+def test_numbers_are_said_as_people_say_them(text, words):
+    assert pronounce(text).words == words
+
+
+@pytest.mark.parametrize("text", ["hey \u00bd", "x\u00b2 heron"])
+def test_numbers_without_one_reading_are_refused(text):
+    with pytest.raises(ValueError, match="write such numbers in words"):
+        pronounce(text)  # "½" used to become "one two"
