@@ -13,7 +13,7 @@ How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in 
   Q4_1  w = d * q + m            4 bits, scale d, zero point 0, plus the block minimums' share of
                                  x . w: sum_b m_b * (x's sum over block b), a (K/32, N) fp32 MatMul
                                  on the block sums of x: exact (float zero points would be exact
-                                 too, but onnxruntime runs them ~7x slower on AVX2)
+                                 too, but onnxruntime runs them on a much slower kernel)
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
@@ -25,18 +25,18 @@ and scaled for the input tokens (one copy of it in memory).
           error, most of its speed
   int8    activations rounded to int8 per block of 32, as llama.cpp's own Q4_1 x Q8_1 dot products do:
           fastest, and SmolLM2's greedy answers drift from fp32's within a few tokens
-  fp32    the dequantized file up to summation order (greedy equals the torch model's), ~3x slower
+  fp32    the dequantized file up to summation order (greedy equals the torch model's); onnxruntime's
+          fp32 path for 4/8-bit blocks is slow on CPUs (a few tokens/s for SmolLM2 here)
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from heron.export.onnx_lm import FORMAT, MANIFEST, state_names
-from heron.runtime.bundle import sha256_path, write_identity
+from heron.export.onnx_lm import MANIFEST, state_names, write_manifest
+from heron.runtime.bundle import sha256_path
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
@@ -194,7 +194,6 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
         raise ValueError(f"{path}: the quantized ONNX export reads Llama GGUF files; this one is {meta.architecture}")
     H, G, S, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
     g = Graph()
-    acc = compute
     ins, outs = state_names(cfg.n_layers)
 
     # positions: P (cached) and T (new) from the shapes; GroupQueryAttention wants int32 lengths
@@ -234,27 +233,27 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
         memo: dict = {}
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
-        qkv = linear(g, h, qkv_w, p + "qkv", acc, memo)  # (1, T, (H + 2G) S)
+        qkv = linear(g, h, qkv_w, p + "qkv", compute, memo)  # (1, T, (H + 2G) S)
         attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
                                                   cos, sin], n_out=3, domain="com.microsoft",
                           outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
                           num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
-        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", acc, {})
+        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", compute, {})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                           outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
         gate_up = linear(g, h, read_blocks(reader, p + "ffn_gate.weight").rows(read_blocks(reader, p + "ffn_up.weight")),
-                         p + "gate_up", acc, {})
+                         p + "gate_up", compute, {})
         gate, up = g.op("Split", [gate_up], n_out=2, axis=-1, num_outputs=2)
         act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])  # SwiGLU
-        delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", acc, {})
+        delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", compute, {})
     gamma = g.const(reader.tensor("output_norm.weight").astype(np.float32), "output_norm")
     h = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], n_out=1, domain="com.microsoft", epsilon=eps)[0]
     # the head (a third of a decoding step) only for the positions the caller asked for: the last n
     h = g.one("Slice", [h, g.one("Neg", ["last"]), g.const(np.array([1 << 62], np.int64), "end"),
                         g.const(np.array([1], np.int64), "axis")])  # (1, n, D)
     tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
-    g.op("Identity", [linear(g, h, head, "head", acc, {}, packed=tied)], outputs=["logits"])
+    g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
@@ -285,22 +284,10 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
     onnx.save_model(model, str(out / MODEL_FILE))
     tok = tokenizer_from_gguf(reader)
     tok.save(str(out / "tokenizer.json"))
-    files = [MODEL_FILE, "tokenizer.json"]
-    ins, outs = state_names(cfg.n_layers)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
-    manifest = {
-        "format": FORMAT, "name": name or meta.name or Path(path).stem, "n_layers": cfg.n_layers,
-        "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
-        "max_seq_len": cfg.max_seq_len, "active_experts": None, "n_experts": 0,
-        "eot_id": meta.eos_id, "end_ids": sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
-        "chat_template": meta.chat_template, "default_weights": "int4",
-        "state_inputs": ins, "state_outputs": outs,
-        "source": {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types,
-                   "compute": compute,
-                   "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"},
-        "sha256": {f: sha256_path(out / f) for f in files},
-        "bytes": {f: (out / f).stat().st_size for f in files},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    write_identity(out)
-    return out
+    source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
+              "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
+    return write_manifest(out, [MODEL_FILE, "tokenizer.json"], cfg, name=name or meta.name or Path(path).stem,
+                          eot_id=meta.eos_id, source=source,
+                          end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
+                          chat_template=meta.chat_template, default_weights="int4")

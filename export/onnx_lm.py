@@ -91,12 +91,20 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
         shutil.copy(tokenizer, out / "tokenizer.json")
         files.append("tokenizer.json")
     cfg = model.cfg
+    return write_manifest(out, files, cfg, name=name, eot_id=eot_id, source=source,
+                          active_experts=model.resolve_k(k) if cfg.n_experts else None)
+
+
+def write_manifest(out: Path, files: list[str], cfg, *, name: str, eot_id: int | None, source: dict | None,
+                   active_experts: int | None = None, **extra) -> Path:
+    """manifest.json (shapes, state names, eot id, provenance, sha256 and size of every file in `files`,
+    `extra` fields such as end_ids) and its identity, for any heron LM bundle."""
     ins, outs = state_names(cfg.n_layers)
     manifest = {
         "format": FORMAT, "name": name, "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-        "active_experts": model.resolve_k(k) if cfg.n_experts else None, "n_experts": cfg.n_experts,
-        "eot_id": eot_id, "state_inputs": ins, "state_outputs": outs, "source": source or {},
+        "active_experts": active_experts, "n_experts": cfg.n_experts,
+        "eot_id": eot_id, **extra, "state_inputs": ins, "state_outputs": outs, "source": source or {},
         "sha256": {f: sha256_path(out / f) for f in files},
         "bytes": {f: (out / f).stat().st_size for f in files},
     }

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
 import shutil
 import sys
-from pathlib import Path
 
 _EXTRAS = {  # module -> (extra, what it is for)
     "torch": ("train", "training and export"),
@@ -41,17 +39,17 @@ def report() -> list[tuple[str, str, str]]:
     # shipped bundles: verified, with the sha256 of their manifests (the bundle's identity)
     from heron.runtime.bundle import BundleError, load_bundle
     from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
-
-    from heron.runtime.bundle import BUNDLE_ENV, DEFAULT_BUNDLE
     from heron.runtime.pinned import SHIPPED
 
-    kws_root = Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
-    for name, root, load in (("kws", kws_root, lambda: load_bundle().identity),
-                             ("lm-draft", DEFAULT_DRAFT, lambda: OnnxLM(DEFAULT_DRAFT).identity)):
+    def kws():
+        b = load_bundle()  # $HERON_BUNDLE, else the shipped one
+        return b.root, b.identity
+
+    for name, load in (("kws", kws), ("lm-draft", lambda: (DEFAULT_DRAFT, OnnxLM(DEFAULT_DRAFT).identity))):
         try:
-            identity = load()
+            root, identity = load()  # a shipped bundle whose identity is not the pinned one is refused here
             pin = ("matches the identity pinned in heron" if identity == SHIPPED[name]
-                   else f"not the shipped bundle (${BUNDLE_ENV}); pinned identity {SHIPPED[name][:16]}...")
+                   else f"another bundle; the shipped one's pinned identity is {SHIPPED[name][:16]}...")
             rows.append(("bundles", name, f"ok: {root}, manifest sha256 {identity} ({pin})"))
         except (BundleError, ValueError, OSError) as e:
             rows.append(("bundles", name, f"BROKEN: {e}"))

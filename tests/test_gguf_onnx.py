@@ -70,13 +70,15 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     np.testing.assert_allclose(ours, theirs, atol=2e-4 * np.abs(theirs).max())
     assert state[0].shape == (1, 1, 10, 32)
     # int8 activations: close, not exact; their int8 remainder (int8x2) brings back most of the difference
+    # (a CPU whose onnxruntime computes accuracy level 4 in fp32 has both errors near zero: still passes)
     err = {}
     for compute in ("int8", "int8x2"):
         fast, _, _, _ = build_graph(path, compute=compute)
         s4 = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"])
         approx, _ = _run(s4, cfg.n_layers, [tokens[:6], tokens[6:]])
         err[compute] = np.abs(approx - theirs).max()
-    assert 0 < err["int8x2"] < err["int8"] / 10 and err["int8"] < 0.1 * np.abs(theirs).max()
+    scale = np.abs(theirs).max()
+    assert err["int8"] < 0.1 * scale and err["int8x2"] <= max(err["int8"] / 10, 1e-4 * scale)
 
 
 def test_logits_of_the_last_positions_only(tmp_path):

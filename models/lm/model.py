@@ -154,8 +154,8 @@ class KVCache:
         self._dtype, self._device = dtype, device
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        self._alloc(cfg.n_layers, min(self.GROW, self.max_len))
         self.length = 0
+        self._alloc(cfg.n_layers, min(self.GROW, self.max_len))
 
     @property
     def capacity(self) -> int:
@@ -164,11 +164,10 @@ class KVCache:
     def _alloc(self, n_layers: int, capacity: int) -> None:
         B, G, _, S = self._shape
         new = lambda: torch.zeros((B, G, capacity, S), dtype=self._dtype, device=self._device)  # noqa: E731
-        keep = self.length if self.k else 0
         for buf in (self.k, self.v):
             grown = [new() for _ in range(n_layers)]
-            for old, g in zip(buf, grown):
-                g[:, :, :keep] = old[:, :, :keep]
+            for old, g in zip(buf, grown):  # none on the first allocation
+                g[:, :, :self.length] = old[:, :, :self.length]
             buf[:] = grown
 
     def update(self, layer: int, k, v, pos0: int):
