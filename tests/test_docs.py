@@ -9,7 +9,7 @@ import pytest
 from heron.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "models" / "weights").glob("*/MODEL_CARD.md"))]
+DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "docs" / "runtime.md", *sorted((ROOT / "models" / "weights").glob("*/MODEL_CARD.md"))]
 _ENV = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*")
 
 

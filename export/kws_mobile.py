@@ -1,0 +1,108 @@
+"""A mobile keyword-spotting bundle: only what a device needs, made from a full bundle (no torch).
+
+    heron kws export --mobile --out out/mobile            # from the shipped bundle
+    heron kws export --mobile --model my-bundle --out out/mobile
+
+Kept: the int8 single-graph encoder, the phoneme table (per-word times) and a manifest; a README.md
+inside names each file, the graph's inputs, outputs and state pairs, and points to the loop's
+specification (docs/runtime.md). Dropped: the Z-norm background bank and everything else only
+enrollment needs (keywords reach a device as keyword files, which carry their own Z-norm statistics),
+the per-module graphs and the speech gate (a port runs the single graph), the fp32 graphs.
+The manifest names the full bundle's identity (`mobile.made_from`): keyword files enrolled with that
+bundle load here, others are refused.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from heron.runtime.bundle import MOBILE_FILES, load_bundle, path_size, sha256_path, write_identity
+
+LOOP_SPEC = "docs/runtime.md"
+
+
+def _readme(m: dict, made_from: str) -> str:
+    enc = m["encoder"]
+    states = [n for n in enc["inputs"] if n != "audio_chunk"]
+    lines = [
+        "# heron keyword-spotting bundle (mobile)",
+        "",
+        f"Made by `heron kws export --mobile` from the bundle whose manifest sha256 is `{made_from}`.",
+        "Keywords are not enrolled here: load keyword files (`heron kws enroll TEXT --out F.kw` on a computer, with",
+        "that bundle). The run-time loop (chunking, state pairs, the CTC keyword recurrence, Z-norm and",
+        f"calibration, peak picking, word times) is specified in heron's `{LOOP_SPEC}`; `runtime/js/` in heron's",
+        "repository is a JavaScript implementation of it (Node and browsers).",
+        "",
+        "## Files",
+        "",
+        "| file | what | bytes |",
+        "|---|---|---|",
+    ]
+    what = {"encoder_int8": "the streaming encoder, int8 ONNX (one call per chunk)",
+            "phoneme_table": "representative phoneme vectors (39 x D float32, .npy): per-word times (optional)"}
+    for key in ("encoder_int8", "phoneme_table"):
+        if key in m["files"]:
+            f = m["files"][key]
+            lines.append(f"| `{f['path']}` | {what[key]} | {f['bytes']} |")
+    lines += [
+        "| `manifest.json` | everything the loop needs: audio format, class table, calibration, matcher options, "
+        "file checksums | |",
+        "| `manifest.sha256` | sha256 of manifest.json: the bundle's identity | |",
+        "",
+        "## The encoder graph",
+        "",
+        f"- Audio: mono float32 samples in [-1, 1] at {m['sample_rate']} Hz, in chunks of {m['chunk_samples']} samples "
+        f"({m['chunk_samples'] / m['sample_rate'] * 1000:.0f} ms); features are computed inside the graph.",
+        f"- Input `audio_chunk` [1, {m['chunk_samples']}] float32, plus {len(states)} state tensors, all zeros at the "
+        "start of a stream.",
+        f"- Outputs: `log_probs` [1, {m['frames_per_chunk']}, {len(m['phonemes']['classes'])}] (one row per "
+        f"{m['frame_seconds'] * 1000:.0f} ms frame; column i is `phonemes.classes[i]`, blank = "
+        f"{m['phonemes']['blank']}), `embeddings` [1, {m['frames_per_chunk']}, D] (per-word times), `gate_probs` "
+        "(analysis only), and each state's next value.",
+        "- State pairs: feed output `state_pairs[input]` of one call as `input` of the next call.",
+        "",
+        "| state input | shape | next value from output |",
+        "|---|---|---|",
+    ]
+    for n in states:
+        lines.append(f"| `{n}` | {enc['inputs'][n]} | `{enc['state_pairs'][n]}` |")
+    lines += [
+        "",
+        "On x86 CPUs without AVX-512 VNNI, set onnxruntime's session option `session.x64quantprecision` = `1` so that",
+        "the int8 products are exact (heron's Python and JavaScript runtimes do).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
+    """A verified full bundle (default: the shipped one) -> a mobile bundle in `out` (new or empty folder)."""
+    src = load_bundle(source)
+    m = src.manifest
+    if "mobile" in m:
+        raise ValueError(f"{src.root} is already a mobile bundle; make one from a full bundle")
+    if m.get("target") != "onnx" or "encoder_int8" not in m["files"]:
+        raise ValueError(f"{src.root} has no int8 ONNX encoder (encoder_int8); export one with heron kws export")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
+        (out / stale).unlink(missing_ok=True)
+    files = {}
+    for key in ("encoder_int8", "phoneme_table"):
+        if key in m["files"]:
+            name = Path(m["files"][key]["path"]).name
+            shutil.copyfile(src.path(key), out / name)
+            files[key] = name
+    manifest = {k: v for k, v in m.items() if k not in ("speech_gate", "verifier", "files")}
+    manifest["mobile"] = {"made_from": src.identity, "loop": LOOP_SPEC}
+    (out / "README.md").write_text(_readme({**manifest, "files": {k: {"path": v, "bytes": path_size(out / v)}
+                                                                  for k, v in files.items()}}, src.identity))
+    files["readme"] = "README.md"
+    assert set(files) <= MOBILE_FILES
+    manifest["files"] = {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
+                         for k, v in files.items()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    write_identity(out)
+    load_bundle(out)  # what was written loads
+    return out
