@@ -17,6 +17,8 @@ for p in $APT_MAIN $APT_NONFREE; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("
 # Node and npm for the JavaScript runtime's tests (any install will do: Debian's or another)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# Chromium for the browser demo's test (headless, a fake microphone fed from a wav)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     # mbrola and pico live in Debian's contrib/non-free components; add them once, in a file of our own.
