@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.models.frontend import CONTEXT, HOP, FrontendConfig, LogMel
+from heron.runtime.bundle import GATE_NAMES, GATE_THRESHOLD  # defined once, with the bundle format
 
-GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
-GATE_THRESHOLD = 0.5  # a module runs when its gate probability is above this (the runtime reads it from the manifest)
 N_PHONEME_CLASSES = 40  # 39 phonemes + CTC blank (index 0); phoneme id i -> class i + 1
 BLANK = 0
 

@@ -30,6 +30,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 32
 MAX_STATE_ELEMENTS = 1 << 22  # one state tensor; the shipped encoder's largest holds 4,096
 GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")
+GATE_THRESHOLD = 0.5  # a module runs when its gate probability is above this (heron.models.conformer trains it so)
 MOBILE_FILES = frozenset({"encoder_int8", "phoneme_table", "readme"})  # what a device needs (heron kws export --mobile)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -284,10 +285,13 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     missing = sorted(set(PHONEMES) - set(symbols))
     if missing or len(set(symbols)) != len(symbols):
         f.fail("phonemes.classes", f"must name every phoneme heron's G2P emits once (missing {missing[:5]})")
+    if symbols != list(PHONEMES):  # the order is the encoder's output order: a reordered table mislabels every frame
+        f.fail("phonemes.classes", "must list heron's phonemes in heron's order (AA, AE, AH, ...; the order the "
+                                   "encoder's log_probs columns were trained in)")
     if f.str_list("gates.names") != list(GATE_NAMES):
         f.fail("gates.names", f"must be {list(GATE_NAMES)}")
     layers = f.int("gates.layers", 1, 64)
-    f.float("gates.threshold", 1e-3, 0.999)
+    f.float("gates.threshold", GATE_THRESHOLD, GATE_THRESHOLD)  # the gates were trained to switch at 0.5
     inputs = f.obj("encoder.inputs")
     if f.shape("encoder.inputs.audio_chunk") != (1, chunk):
         f.fail("encoder.inputs.audio_chunk", f"must be [1, {chunk}] (chunk_samples)")
@@ -321,10 +325,10 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     if not mobile and znorm != (isinstance(files, dict) and "background" in files):
         f.fail("calibration.znorm", "must say whether the bundle has its Z-norm background bank (files.background): "
                                     "the calibration was fitted with or without it")
-    if znorm:
-        problem = fire_range_problem(slope, offset, per_ph, threshold)
-        if problem:
-            f.fail("calibration", problem)
+    problem = fire_range_problem(slope, offset, per_ph, threshold) if znorm else \
+        raw_fire_problem(slope, offset, per_ph, threshold)
+    if problem:
+        f.fail("calibration", problem)
     f.float("matcher.gap_penalty", 0.0, 10.0)
     f.int("matcher.frames_base", 1, 1000)
     f.int("matcher.frames_per_phoneme", 1, 100)
@@ -397,6 +401,22 @@ def fire_range_problem(slope: float, offset: float, per_phoneme: float, threshol
                 return (f"{'never fires' if fires else 'fires on average background speech'}: confidence {p:.3f} "
                         f"at z = {z:g} for a {n}-phoneme keyword, threshold {threshold} (slope {slope}, offset "
                         f"{offset}, per_phoneme {per_phoneme})")
+    return None
+
+
+RAW_NOT_KEYWORD = -5.0  # nats per phoneme: a path this far below the frames' best classes is not the keyword
+
+
+def raw_fire_problem(slope: float, offset: float, per_phoneme: float, threshold: float) -> str | None:
+    """Without Z-norm the calibrated score is a logistic of the per-phoneme log-likelihood ratio z <= 0. A
+    path at z = -5 (each phoneme 5 nats below what the encoder hears: silence, noise, other words) must
+    stay under the threshold for keywords of every length, or the spotter fires on everything."""
+    for n in (1, MAX_KEYWORD_PHONEMES):
+        p = 1 / (1 + math.exp(-max(-60.0, min(60.0, slope * RAW_NOT_KEYWORD + offset + per_phoneme * n))))
+        if p >= threshold:
+            return (f"fires on anything: confidence {p:.3f} at a per-phoneme log-likelihood ratio of "
+                    f"{RAW_NOT_KEYWORD:g} for a {n}-phoneme keyword, threshold {threshold} (slope {slope}, offset "
+                    f"{offset}, per_phoneme {per_phoneme})")
     return None
 
 

@@ -31,6 +31,10 @@ from heron.runtime.speech_gate import PAST_CHUNKS
 from heron.runtime.speech_gate import PAST_KEY as SPEECH_PAST
 from heron.runtime.speech_gate import STATE_KEY as SPEECH_STATE
 
+# keywords probed at load on silence and noise ("hey heron", "alexa", "okay google", "snowboy")
+PROBE_KEYWORDS = (("HH", "EY", "HH", "EH", "R", "AH", "N"), ("AH", "L", "EH", "K", "S", "AH"),
+                  ("OW", "K", "EY", "G", "UW", "G", "AH", "L"), ("S", "N", "OW", "B", "OY"))
+MIN_BANK_SEGMENTS, MAX_BANK_SEGMENTS = 16, 100_000  # Z-norm statistics from fewer segments mean little
 MAX_CHUNK_SECONDS = 3600.0  # one accept() call may carry up to an hour of audio
 MAX_SAMPLE_RATE = 384_000
 PEAK_HOLD_S = 0.3  # a detection is reported at its score's peak, at most this long after the threshold crossing
@@ -188,10 +192,47 @@ class KeywordSpotter:
             if self.background.shape[2] != self.n_classes:
                 raise BundleError(f"{where}: the background bank has {self.background.shape[2]} classes, "
                                   f"not {self.n_classes}")
+            S, T = self.background.shape[:2]
+            if not (MIN_BANK_SEGMENTS <= S <= MAX_BANK_SEGMENTS and self.max_keyword_frames // 4 <= T <= 100_000):
+                raise BundleError(f"{where}: the background bank is {S} segments of {T} frames; Z-norm needs "
+                                  f"{MIN_BANK_SEGMENTS}..{MAX_BANK_SEGMENTS} segments of at least "
+                                  f"{self.max_keyword_frames // 4} frames (a keyword's length)")
+            mass = np.exp(self.background).sum(axis=2)
+            if mass.min() < 0.5 or mass.max() > 1.5:
+                raise BundleError(f"{where}: the background bank's rows are not log-probabilities (they must sum "
+                                  "to 1 over the classes)")
         # a mobile bundle (heron kws export --mobile) cannot enroll: its keywords come from keyword files
         self.mobile = "mobile" in m
         self.identities = (bundle.identity,) + ((m["mobile"]["made_from"],) if self.mobile else ())
         self.keywords: dict[str, Keyword] = {}
+        self._check_quiet(where)
+
+    def _check_quiet(self, where: str) -> None:
+        """What the manifest's numbers mean, checked on the model itself at load (a few milliseconds):
+        digital silence and white noise, run through the single graph, must not fire common keywords.
+        A calibration, background bank or class table edited so that the spotter fires on everything
+        is refused here even where no check of the numbers alone catches it."""
+        if self.background is None and self.calibration["znorm"]:
+            return  # a mobile bundle: Z-norm statistics come with each keyword file
+        probes = [[self.class_of[p] for p in ph] for ph in PROBE_KEYWORDS if all(p in self.class_of for p in ph)]
+        kws = [self.make_keyword(c) for c in probes]
+        n, thr = self.chunk_samples, float(self.calibration["threshold"])
+        noise = (0.1 * np.random.default_rng(0).standard_normal(2 * n)).astype(np.float32)
+        for what, audio in (("digital silence", np.zeros(2 * n, np.float32)), ("white noise", noise)):
+            state = {k: np.zeros(v, np.float32) for k, v in self.state_shapes.items()}
+            lps = []
+            for i in range(0, len(audio), n):
+                outs = dict(zip(self.output_names, self.session.run(None, {"audio_chunk": audio[None, i:i + n], **state})))
+                state = {k: outs[self.state_pairs[k]] for k in state}
+                lps.append(outs["log_probs"][0])
+            lp = np.concatenate(lps)
+            for kw in kws:
+                raw, _, _ = kw.matcher.step(lp, kw.matcher.init_state())
+                conf = float(_calibrate(raw, kw.matcher.n, self.calibration, norm=kw.norm).max())
+                if conf >= thr:
+                    raise BundleError(f"{where}: fires on {what} (confidence {conf:.3f} >= threshold {thr} for a "
+                                      f"{kw.matcher.n}-phoneme keyword): its calibration, background bank or class "
+                                      "table was edited or does not belong to this encoder")
 
     @classmethod
     def load(cls, bundle: str | Path | None = None, int8: bool = False, threads: int = 1,

@@ -183,3 +183,22 @@ def test_js_refuses_edited_bundles_and_bad_audio(setup, tmp_path):
     rows = [json.loads(x) for x in p.stdout.splitlines()]
     assert p.returncode == 1 and [r["score"] is None for r in rows] == [True, True, False]
     assert "8000 Hz" in rows[0]["error"] and "not a WAV file" in rows[1]["error"]
+
+
+def test_js_refuses_a_reordered_class_table(setup, tmp_path):
+    """A manifest re-signed with its phoneme table reordered would mislabel every frame: both runtimes refuse it."""
+    import soundfile as sf
+
+    from conftest import edit_manifest
+    from heron.runtime.bundle import BundleError
+
+    _, mobile, kwfiles = setup
+    b = tmp_path / "b"
+    shutil.copytree(mobile, b)
+    edit_manifest(b, lambda m: m["phonemes"]["classes"].__setitem__(slice(1, 3), m["phonemes"]["classes"][2:0:-1]))
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    p = _node("--bundle", b, "--keyword-file", kwfiles[0], wav, check=False)
+    assert p.returncode != 0 and "heron's order" in p.stderr
+    with pytest.raises(BundleError, match="heron's order"):
+        KeywordSpotter.load(b)

@@ -10,6 +10,7 @@ import resource
 import shutil
 import signal
 
+import numpy as np
 import pytest
 
 from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
@@ -408,5 +409,65 @@ def test_the_manifest_carries_every_constant_the_runtime_uses(shipped, tmp_path,
         del target[path[-1]]
     b = edit_manifest(_copy(shipped, tmp_path / "b"), drop)
     with pytest.raises(BundleError, match=path[-1]) as e:
+        _load_kws(b)
+    _one_line(e.value)
+
+
+# --- what the manifest's numbers mean, with or without a bank (issue 21, item 1) ------------------
+
+def _resign_file(folder, key, name):
+    from heron.runtime.bundle import path_size, sha256_path
+
+    return lambda m: m["files"][key].update(sha256=sha256_path(folder / name), bytes=path_size(folder / name))
+
+
+def test_no_bank_and_a_calibration_that_fires_on_everything_is_refused(shipped, tmp_path):
+    """The red team's attack: delete the bank, znorm=false, slope 0.001, offset 20, re-sign: silence scored 1.0."""
+    b = _copy(shipped, tmp_path / "b")
+    (b / "background.npy").unlink()
+
+    def change(m):
+        m["files"].pop("background")
+        m["calibration"].update(znorm=False, slope=0.001, offset=20.0)
+    edit_manifest(b, change)
+    with pytest.raises(BundleError, match="fires on anything") as e:
+        _load_kws(b)
+    _one_line(e.value)
+
+
+@pytest.mark.parametrize("bank, message", [
+    (np.zeros((1, 1, 40)), "1 segments of 1 frames"),
+    (np.zeros((120, 80, 40)), "not log-probabilities"),
+])
+def test_background_bank_shape_and_content_are_bounded(shipped, tmp_path, bank, message):
+    b = _copy(shipped, tmp_path / "b")
+    np.save(b / "background.npy", bank.astype(np.float16), allow_pickle=False)
+    edit_manifest(b, _resign_file(b, "background", "background.npy"))
+    with pytest.raises(BundleError, match=message) as e:
+        _load_kws(b)
+    _one_line(e.value)
+
+
+def test_a_bank_that_makes_silence_fire_is_caught_at_load(shipped, tmp_path):
+    """A well-formed bank of pure blank frames: every keyword's background mean is -40 nats with the
+    smallest spread, so any real frame is many deviations above it; silence must not fire, and the
+    load-time probe (digital silence and white noise through the graph) finds that it does."""
+    b = _copy(shipped, tmp_path / "b")
+    bank = np.full((120, 80, 40), -30.0, np.float16)
+    bank[:, :, 0] = 0.0
+    np.save(b / "background.npy", bank, allow_pickle=False)
+    edit_manifest(b, _resign_file(b, "background", "background.npy"))
+    with pytest.raises(BundleError, match="fires on digital silence") as e:
+        _load_kws(b)
+    _one_line(e.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["phonemes"]["classes"].__setitem__(slice(1, None), m["phonemes"]["classes"][1:][::-1]), "heron's order"),
+    (lambda m: m["gates"].update(threshold=0.999), "gates.threshold"),
+])
+def test_reordered_class_table_and_moved_gate_threshold_are_refused(shipped, tmp_path, change, message):
+    b = edit_manifest(_copy(shipped, tmp_path / "b"), change)
+    with pytest.raises(BundleError, match=message) as e:
         _load_kws(b)
     _one_line(e.value)

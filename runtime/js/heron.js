@@ -14,6 +14,9 @@ const MAX_KEYWORD_WORDS = 6;
 const NEG = -1e9;
 const PEAK_HOLD_S = 0.3;
 const HEX64 = /^[0-9a-f]{64}$/;
+// heron's phonemes in the order of the encoder's log_probs columns (heron.runtime.phonemes.PHONEMES)
+const PHONEMES = ['AA', 'AE', 'AH', 'AO', 'AW', 'AY', 'B', 'CH', 'D', 'DH', 'EH', 'ER', 'EY', 'F', 'G', 'HH', 'IH', 'IY',
+  'JH', 'K', 'L', 'M', 'N', 'NG', 'OW', 'OY', 'P', 'R', 'S', 'SH', 'T', 'TH', 'UH', 'UW', 'V', 'W', 'Y', 'Z', 'ZH'];
 
 /** Every refusal: one line naming what and why. */
 export class HeronError extends Error {}
@@ -77,7 +80,10 @@ function checkManifest(m, where) {
   if (!Array.isArray(classes) || classes.length < 2 || classes.length > 1024 || !classes.every((c) => typeof c === 'string')) {
     throw new HeronError(`${where}: phonemes.classes must be a list of symbols`);
   }
-  num(m.phonemes.blank, 0, classes.length - 1, `${where}: phonemes.blank`, true);
+  const blank = num(m.phonemes.blank, 0, classes.length - 1, `${where}: phonemes.blank`, true);
+  if (classes.filter((_, i) => i !== blank).join() !== PHONEMES.join()) {
+    throw new HeronError(`${where}: phonemes.classes must list heron's phonemes in heron's order (AA, AE, AH, ...)`);
+  }
   const c = m.calibration || {};
   num(c.slope, 1e-3, 100, `${where}: calibration.slope`);
   num(c.offset, -50, 50, `${where}: calibration.offset`);
