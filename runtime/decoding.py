@@ -432,7 +432,9 @@ def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> It
 # ------------------------------------------------------------------------------------------------
 # prompt lookup: a training-free draft from the context itself
 
-LOOKUP_NGRAM = (3, 1)  # the longest, then shorter, suffix n-grams searched for in the context
+# the longest, then shorter, suffix n-grams searched for in the context; a single recurring token is too
+# weak a hint (on SmolLM2, 1-gram drafts were mostly rejected and made chat slower: BENCHMARKS.md)
+LOOKUP_NGRAM = (3, 2)
 
 
 def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] = LOOKUP_NGRAM) -> list[int]:

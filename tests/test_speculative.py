@@ -220,7 +220,8 @@ def test_lookup_window_copies_what_followed_the_latest_match():
     seq = [5, 1, 2, 3, 9, 9, 1, 2, 3, 4, 7, 1, 2, 3]
     assert sp.lookup_window(seq, 3) == [4, 7, 1]  # "1 2 3" last seen before position 9
     assert sp.lookup_window(seq, 1) == [4]
-    assert sp.lookup_window([8, 6, 8], 4) == [6, 8]  # 1-gram fallback; the window may be shorter than gamma
+    assert sp.lookup_window([8, 6, 8], 4) == []  # one recurring token is no evidence (n >= 2 by default)
+    assert sp.lookup_window([8, 6, 8], 4, ngram=(3, 1)) == [6, 8]  # with 1-grams; shorter than gamma
     assert sp.lookup_window([1, 2, 3], 4) == [] and sp.lookup_window([], 4) == []
     assert sp.lookup_window([4, 4, 4, 4], 2) == [4]  # the match ending right before the suffix
 

@@ -1,0 +1,104 @@
+"""Speculation on SmolLM2-135M-Instruct (issue 25): plain decoding against prompt lookup, on heron's
+onnxruntime bundles, in one run on this CPU.
+
+    .venv/bin/python scripts/bench_smollm2_spec.py --bundles runs/smol-x2 runs/smol-i8 --out runs/bench-spec.json
+
+Each bundle comes from `heron lm export smollm2 --out DIR [--compute int8|int8x2]`. Prompts: a code edit
+(the model rewrites code it was given), a summary of a given text and a short chat question; greedy,
+128 new tokens after the chat template, 1 thread. Per bundle, prompt and method: tokens/s (median of 3
+interleaved runs), tokens per target call, and how many leading tokens equal plain decoding's. Speculation
+is lossless with respect to the logits the verifying call computes, but onnxruntime's int8 MatMulNBits
+quantizes activations differently for one row and for several (int8: logits differ by up to ~1 between
+the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
+decoding. Also the cost of verifying T tokens in one call, in plain steps.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+import time
+
+import numpy as np
+
+CODE = inspect.getsource(statistics.median)
+TEXT = ("The heron is a long-legged freshwater and coastal bird in the family Ardeidae, with 72 recorded species. "
+        "Herons wade in shallow water to catch fish, frogs and insects with their long, sharp bills. Most herons "
+        "nest in colonies, often in trees near water, and both parents feed the chicks. The grey heron is common "
+        "across Europe and Asia, while the great blue heron lives in North America. Herons fly with their necks "
+        "drawn back in an S shape, unlike storks, cranes and spoonbills, which fly with their necks outstretched.")
+PROMPTS = {
+    "code edit": f"Rename the variable `data` to `values` in this function and return the whole function:\n\n{CODE}",
+    "summary": f"Summarize this text in three sentences, reusing its wording:\n\n{TEXT}",
+    "chat": "Explain what a hash table is in a few sentences.",
+}
+METHODS = [("plain", None), ("lookup g=1", 1), ("lookup g=2", 2), ("lookup g=3", 3)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundles", nargs="+", required=True, help="folders of heron lm export smollm2")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    a = ap.parse_args()
+    import heron
+    from heron.runtime.metrics import machine
+    from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions
+
+    report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "bundles": {}}
+    print(report["machine"])
+    for folder in a.bundles:
+        lm = heron.load_lm(folder, threads=a.threads)
+        b = lm.backend
+        # the cost of one call verifying T tokens, in plain steps (after a 300-token context)
+        rng = np.random.default_rng(0)
+        ctx = rng.integers(100, 20000, 300).tolist()
+        cost = {}
+        for T in (1, 2, 3, 5):
+            ts = []
+            for _ in range(9):
+                b.reset()
+                b.forward(ctx, last=1)
+                t0 = time.perf_counter()
+                b.forward(rng.integers(100, 20000, T).tolist(), last=T)
+                ts.append(time.perf_counter() - t0)
+            cost[T] = statistics.median(ts)
+        rows = {"verify_cost_in_steps": {T: round(cost[T] / cost[1], 2) for T in cost}}
+        print(f"{folder}: verifying T tokens costs {rows['verify_cost_in_steps']} plain steps")
+        opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=False)
+        for name, prompt in PROMPTS.items():
+            text = lm.chat_prompt([{"role": "user", "content": prompt}])
+            times: dict[str, list[float]] = {m: [] for m, _ in METHODS}
+            calls: dict[str, float] = {}
+            agree: dict[str, int] = {}
+            ref = None
+            for _ in range(a.repeats):
+                for m, g in METHODS:
+                    stats = DecodeStats(method=m)
+                    spec = None if g is None else SpeculativeOptions(method="lookup", gamma=g)
+                    t0 = time.perf_counter()
+                    toks = [t.id for t in lm.generate(text, opts, spec, stats)]
+                    times[m].append(time.perf_counter() - t0)
+                    ref = toks if ref is None else ref  # plain decoding runs first
+                    agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
+                    calls[m] = stats.tokens_per_target_call
+            plain = statistics.median(times["plain"])
+            res = {m: {"tokens_per_s": round(len(ref) / statistics.median(v), 1),
+                       "speedup": round(plain / statistics.median(v), 2),
+                       "tokens_per_target_call": round(calls[m], 2), "same_tokens_as_plain": agree[m]}
+                   for m, v in times.items()}
+            rows[name] = res
+            print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x, "
+                                               f"{r['tokens_per_target_call']}/call)" for m, r in res.items()))
+        report["bundles"][folder] = rows
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

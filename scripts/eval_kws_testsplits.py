@@ -1,0 +1,107 @@
+"""Keyword spotting on the training corpora's `test/` splits: a model-selection figure that is not the check.
+
+    .venv/bin/python scripts/eval_kws_testsplits.py [--bundle DIR] [--phrases 150] [--json OUT]
+
+../shared/data/README.md asks to choose models on `test/` splits and TTS rather than on the check's
+keywords. This script turns the `test/` splits of AN4, speechocean762 and speech_commands (0.67 h, 664
+utterances, speakers never trained on) into a keyword-spotting test: phrases of 1-3 words and 6-14
+phonemes, drawn with a fixed seed from their transcripts, are enrolled from text; a phrase's positives
+are the utterances whose transcript holds it, its negatives all the others. Per phrase: AUC, and FRR at
+the threshold of its highest and its third-highest negative (0 and 2 false accepts in 0.67 h); the means
+over phrases. Encodes each utterance once (the bundle's single graph, speech gate off), then scores
+every phrase on all of them at once. Needs ../shared/data ($HERON_DATA); writes only --json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CORPORA = ("an4", "speechocean762", "speech_commands")
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def holds(transcript: list[str], phrase: list[str]) -> bool:
+    n = len(phrase)
+    return any(transcript[i:i + n] == phrase for i in range(len(transcript) - n + 1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default=None, help="KWS bundle (default: $HERON_BUNDLE, else the shipped one)")
+    ap.add_argument("--phrases", type=int, default=150, help="keyword phrases drawn from the transcripts")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    a = ap.parse_args()
+    from heron.runtime.audio import AudioFile
+    from heron.runtime.metrics import machine
+    from heron.runtime.phonemes import pronounce
+    from heron.runtime.spotter import KeywordSpotter
+
+    data = Path(os.environ.get("HERON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    rows = []
+    for c in CORPORA:
+        manifest = data / c / "manifest.tsv"
+        if not manifest.is_file():
+            print(f"{manifest} is missing: this figure needs the shared corpora", file=sys.stderr)
+            return 2
+        rows += [(data / c / r["file"], words(r["transcript"]), float(r["duration_s"]))
+                 for r in csv.DictReader(open(manifest), delimiter="\t") if r["split"] == "test"]
+    sp = KeywordSpotter.load(a.bundle, speech_gate=False)
+    lps = []
+    for path, _, _ in rows:
+        audio = AudioFile(path)
+        x = np.concatenate(list(audio.blocks()))
+        x = x.astype(np.float32) / (32768.0 if x.dtype == np.int16 else 1.0)
+        if audio.sample_rate != sp.sample_rate:
+            import soxr
+            x = soxr.resample(x, audio.sample_rate, sp.sample_rate)
+        lps.append(sp.encode(x if x.ndim == 1 else x.mean(axis=1))[0])
+    # the phrases: every 1-3 word span of the transcripts, shuffled with the seed, 6-14 phonemes
+    spans = sorted({" ".join(t[i:i + n]) for _, t, _ in rows for n in (1, 2, 3) for i in range(len(t) - n + 1)})
+    np.random.default_rng(a.seed).shuffle(spans)
+    phrases = []
+    for s in spans:
+        try:
+            classes = sp.classes(pronounce(s))
+        except ValueError:
+            continue
+        if 6 <= len(classes) <= 14:
+            phrases.append((s, classes))
+        if len(phrases) == a.phrases:
+            break
+    T = max(len(x) for x in lps)
+    bank = np.full((len(lps), T, sp.n_classes), -30.0, np.float32)
+    bank[:, :, sp.blank] = 0.0  # padding: blank frames, which no keyword path scores on
+    for i, x in enumerate(lps):
+        bank[i, :len(x)] = x
+    aucs, frr0, frr2 = [], [], []
+    for s, classes in phrases:
+        score = np.log(np.maximum(sp.make_keyword(classes).matcher.max_scores_batch(bank), 1e-30))
+        label = np.array([holds(t, s.split()) for _, t, _ in rows])
+        pos, neg = score[label], np.sort(score[~label])[::-1]
+        aucs.append(float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()))
+        frr0.append(float((pos <= neg[0]).mean()))
+        frr2.append(float((pos <= neg[2]).mean()))
+    hours = sum(d for _, _, d in rows) / 3600
+    res = {"bundle": str(sp.bundle.root), "machine": machine(), "utterances": len(rows), "hours": round(hours, 3),
+           "phrases": len(phrases), "auc": round(100 * np.mean(aucs), 2), "frr_at_0fa": round(100 * np.mean(frr0), 1),
+           "frr_at_2fa": round(100 * np.mean(frr2), 1)}
+    print(f"{res['bundle']}: {len(phrases)} phrases on {len(rows)} test utterances ({hours:.2f} h): mean AUC "
+          f"{res['auc']}, FRR at 0 false accepts {res['frr_at_0fa']}%, at 2 {res['frr_at_2fa']}%")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
