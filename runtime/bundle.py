@@ -243,6 +243,8 @@ def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
         manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BundleError(f"{mpath} is not a manifest: its JSON is nested too deeply") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} must hold a JSON object")
     return manifest, identity

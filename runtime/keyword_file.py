@@ -94,7 +94,7 @@ def parse_keyword_file(data: bytes, where: str) -> KeywordFile:
     try:
         header = json.loads(lines[0].decode("utf-8"))
         body = json.loads(lines[1].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _fail(where, "not a heron keyword file (its lines are not JSON; truncated or edited?)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else None

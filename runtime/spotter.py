@@ -55,10 +55,23 @@ def _check_graph(session, inputs: dict[str, tuple], outputs: list[str], where: s
 
 
 def _load_array(bundle: Bundle, key: str, ndim: int) -> np.ndarray:
-    try:
-        a = np.load(bundle.path(key), allow_pickle=False)
+    path = bundle.path(key)
+    try:  # the header first: a shape the file's bytes do not hold is refused before anything is allocated
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            if dtype.hasobject:
+                raise ValueError("object arrays are never loaded")
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need != path.stat().st_size - f.tell():
+                raise ValueError(f"its header claims shape {shape} ({need} bytes), the file holds "
+                                 f"{path.stat().st_size - f.tell()}")
+        a = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise BundleError(f"{bundle.path(key)}: not a numpy array file: {e}") from None
+        raise BundleError(f"{path}: not a numpy array file: {e}") from None
     if a.ndim != ndim or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
         raise BundleError(f"{bundle.path(key)}: expected a finite {ndim}-D float array, got {a.dtype} {a.shape}")
     return a.astype(np.float32)

@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    ap.add_argument("--consistency-only", action="store_true",
+                    help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
     a = ap.parse_args()
     import heron
     from heron.runtime.metrics import machine
@@ -66,8 +68,21 @@ def main() -> int:
                 b.forward(rng.integers(100, 20000, T).tolist(), last=T)
                 ts.append(time.perf_counter() - t0)
             cost[T] = statistics.median(ts)
-        rows = {"verify_cost_in_steps": {T: round(cost[T] / cost[1], 2) for T in cost}}
-        print(f"{folder}: verifying T tokens costs {rows['verify_cost_in_steps']} plain steps")
+        # the same 4 positions as 4 one-token calls and as one 4-token call: how far apart their logits are
+        nxt = rng.integers(100, 20000, 4).tolist()
+        b.reset()
+        b.forward(ctx, last=1)
+        one = np.stack([b.forward([t], last=1)[0] for t in nxt])
+        b.reset()
+        b.forward(ctx, last=1)
+        block = b.forward(nxt, last=4)
+        rows = {"verify_cost_in_steps": {T: round(cost[T] / cost[1], 2) for T in cost},
+                "max_logit_diff_block_vs_steps": float(np.abs(one - block).max())}
+        print(f"{folder}: verifying T tokens costs {rows['verify_cost_in_steps']} plain steps; logits of a 4-token "
+              f"call differ from 4 one-token calls by up to {rows['max_logit_diff_block_vs_steps']:.4f}")
+        if a.consistency_only:
+            report["bundles"][folder] = rows
+            continue
         opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=False)
         for name, prompt in PROMPTS.items():
             text = lm.chat_prompt([{"role": "user", "content": prompt}])

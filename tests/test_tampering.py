@@ -471,3 +471,33 @@ def test_reordered_class_table_and_moved_gate_threshold_are_refused(shipped, tmp
     with pytest.raises(BundleError, match=message) as e:
         _load_kws(b)
     _one_line(e.value)
+
+
+def test_array_header_claiming_more_than_the_file_holds_is_refused_before_allocating(shipped, tmp_path):
+    """A background.npy whose header claims (99999, 99999, 40) used to raise MemoryError (745 GiB)."""
+    b = _copy(shipped, tmp_path / "b")
+    hdr = "{'descr': '<f2', 'fortran_order': False, 'shape': (99999, 99999, 40), }"
+    hdr += " " * (64 - (10 + len(hdr) + 1) % 64) + "\n"
+    (b / "background.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode() + bytes(64))
+    edit_manifest(b, _resign_file(b, "background", "background.npy"))
+    with pytest.raises(BundleError, match="header claims shape") as e:
+        _bounded(_load_kws, b)
+    _one_line(e.value)
+
+
+def test_deeply_nested_manifest_json_is_refused_in_one_line(shipped, tmp_path):
+    """100,000 nested brackets used to raise RecursionError out of json.loads."""
+    from heron.runtime.bundle import write_identity
+    from heron.runtime.keyword_file import KeywordFileError, parse_keyword_file
+
+    b = _copy(shipped, tmp_path / "b")
+    (b / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    write_identity(b)
+    with pytest.raises(BundleError, match="nested too deeply") as e:
+        load_bundle(b)
+    _one_line(e.value)
+    import hashlib
+    body = b"[" * 30_000 + b"]" * 30_000
+    header = ('{"format":"heron-keyword/1","sha256":"%s"}' % hashlib.sha256(body).hexdigest()).encode()
+    with pytest.raises(KeywordFileError, match="not a heron keyword file"):
+        parse_keyword_file(header + b"\n" + body + b"\n", "k.kw")
