@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heron.export.onnx_lm import MANIFEST, state_names, write_manifest
-from heron.runtime.bundle import sha256_path
+from heron.export.lm_bundle import write_manifest
+from heron.runtime.bundle import MANIFEST, sha256_path
+from heron.runtime.lm import lm_manifest, state_names
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
@@ -269,25 +270,46 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
     return model, cfg, meta, reader
 
 
+def _bundle_fields(path: str | Path, compute: str, name: str | None):
+    """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle."""
+    from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
+
+    model, cfg, meta, reader = build_graph(path, compute)
+    tok = tokenizer_from_gguf(reader)
+    types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
+    source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
+              "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
+    fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
+                  end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
+                  chat_template=meta.chat_template, default_weights="int4")
+    return model, cfg, tok, fields
+
+
 def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids."""
     import onnx
 
-    from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
-
-    model, cfg, meta, reader = build_graph(path, compute)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):
         (out / stale).unlink(missing_ok=True)
     onnx.save_model(model, str(out / MODEL_FILE))
-    tok = tokenizer_from_gguf(reader)
     tok.save(str(out / "tokenizer.json"))
-    types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
-    source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
-              "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
-    return write_manifest(out, [MODEL_FILE, "tokenizer.json"], cfg, name=name or meta.name or Path(path).stem,
-                          eot_id=meta.eos_id, source=source,
-                          end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
-                          chat_template=meta.chat_template, default_weights="int4")
+    return write_manifest(out, [MODEL_FILE, "tokenizer.json"], cfg, **fields)
+
+
+def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None):
+    """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, manifest dict, tokenizer).
+    `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
+    path with nothing written to disk, a few seconds at load."""
+    import hashlib
+
+    model, cfg, tok, fields = _bundle_fields(path, compute, name)
+    graph = model.SerializeToString()
+    text = tok.to_str().encode("utf-8")
+    manifest = lm_manifest(cfg, sha256={MODEL_FILE: hashlib.sha256(graph).hexdigest(),
+                                        "tokenizer.json": hashlib.sha256(text).hexdigest()},
+                           sizes={MODEL_FILE: len(graph), "tokenizer.json": len(text)}, **fields)
+    return graph, manifest, tok

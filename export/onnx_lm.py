@@ -10,7 +10,6 @@ count, heads, vocabulary, context, k, the tokenizer) travels in the artifact fol
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,15 +18,10 @@ import torch.nn as nn
 
 from heron.models.lm.model import ConcatCache, Routing, Transformer
 from heron.export.quantize import quantize_int8
-from heron.runtime.bundle import sha256_path, write_identity
-
-MANIFEST = "manifest.json"
-FORMAT = "heron-lm-onnx/1"
-
-
-def state_names(n_layers: int) -> tuple[list[str], list[str]]:
-    ins = [f"cached_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
-    return ins, ["new_" + n for n in ins]
+from heron.runtime.bundle import MANIFEST
+from heron.runtime.lm import ONNX_FORMAT as FORMAT  # noqa: F401  (defined once, in the runtime)
+from heron.export.lm_bundle import write_manifest  # noqa: F401  (torch-free; GGUF exports use it too)
+from heron.runtime.lm import state_names
 
 
 class LMStep(nn.Module):
@@ -95,19 +89,3 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
                           active_experts=model.resolve_k(k) if cfg.n_experts else None)
 
 
-def write_manifest(out: Path, files: list[str], cfg, *, name: str, eot_id: int | None, source: dict | None,
-                   active_experts: int | None = None, **extra) -> Path:
-    """manifest.json (shapes, state names, eot id, provenance, sha256 and size of every file in `files`,
-    `extra` fields such as end_ids) and its identity, for any heron LM bundle."""
-    ins, outs = state_names(cfg.n_layers)
-    manifest = {
-        "format": FORMAT, "name": name, "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-        "active_experts": active_experts, "n_experts": cfg.n_experts,
-        "eot_id": eot_id, **extra, "state_inputs": ins, "state_outputs": outs, "source": source or {},
-        "sha256": {f: sha256_path(out / f) for f in files},
-        "bytes": {f: (out / f).stat().st_size for f in files},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    write_identity(out)
-    return out

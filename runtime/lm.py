@@ -66,6 +66,26 @@ MAX_TEMPLATE_CHARS = 100_000
 LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the block's last n positions only
 
 
+def state_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """The KV-cache state inputs of an LM graph (key and value per layer) and their outputs."""
+    ins = [f"cached_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
+    return ins, ["new_" + n for n in ins]
+
+
+def lm_manifest(cfg, *, name: str, eot_id: int | None, source: dict | None, sha256: dict, sizes: dict,
+                active_experts: int | None = None, **extra) -> dict:
+    """The manifest of a heron LM bundle (shapes, state names, eot id, provenance, sha256 and size of every
+    file, `extra` fields such as end_ids): what write_manifest writes and in-memory bundles carry."""
+    ins, outs = state_names(cfg.n_layers)
+    return {
+        "format": ONNX_FORMAT, "name": name, "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
+        "active_experts": active_experts, "n_experts": cfg.n_experts,
+        "eot_id": eot_id, **extra, "state_inputs": ins, "state_outputs": outs, "source": source or {},
+        "sha256": sha256, "bytes": sizes,
+    }
+
+
 def validate_lm_manifest(m: dict, where: str) -> None:
     """Every field the onnxruntime LM backend reads: present, typed, in range, consistent."""
     from heron.runtime.bundle import Fields
@@ -113,7 +133,6 @@ class OnnxLM:
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
         sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned."""
-        import onnxruntime as ort
 
         from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_file
         from heron.runtime.sessions import open_session
@@ -137,10 +156,27 @@ class OnnxLM:
         self.weights = weights
         for f, digest in self.manifest["sha256"].items():
             verify_file(folder, f, digest, self.manifest["bytes"][f], where)
-        unknown = [p for p in providers if p not in ort.get_available_providers()]
-        if unknown:
-            raise ValueError(f"onnxruntime here offers {ort.get_available_providers()}, not {unknown}")
-        self.session = open_session(folder / name, threads, providers)
+        self.folder = folder
+        self._tokenizer_source: object = folder / "tokenizer.json"
+        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where)
+
+    @classmethod
+    def from_memory(cls, graph: bytes, manifest: dict, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
+                    threads: int = 1) -> "OnnxLM":
+        """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
+        in seconds at load): nothing is read from or written to disk. `tokenizer`: a tokenizers.Tokenizer."""
+        from heron.runtime.sessions import open_session
+
+        where = f"{manifest.get('name', 'model')} (built in memory)"
+        validate_lm_manifest(manifest, where)
+        self = cls.__new__(cls)
+        self.manifest, self.identity, self.weights, self.folder = manifest, "", "int4", None
+        self._tokenizer_source = tokenizer
+        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)
+        return self
+
+    def _setup(self, session, providers: Sequence[str], where: str) -> None:
+        self.session = session
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]
@@ -150,7 +186,6 @@ class OnnxLM:
         self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
         self._check_graph(where)
         self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)
-        self.folder = folder
         self.reset()
 
     def _check_graph(self, where: str) -> None:
@@ -175,6 +210,8 @@ class OnnxLM:
     def tokenizer(self):
         """The bundle's tokenizer (verified with the rest of the bundle)."""
         from heron.runtime.bundle import BundleError
+        if self.folder is None:  # built in memory, with its tokenizer
+            return self._tokenizer_source
         if "tokenizer.json" not in self.manifest["sha256"]:  # an unlisted file is unverified: never read it
             raise BundleError(f"{self.folder}: the manifest lists no tokenizer.json, so this bundle cannot "
                               "turn text into tokens")
@@ -218,6 +255,15 @@ class OnnxLM:
 
     def restore(self, state) -> None:
         self._state = list(state)
+
+
+def _check_providers(providers: Sequence[str]) -> list[str]:
+    import onnxruntime as ort
+
+    unknown = [p for p in providers if p not in ort.get_available_providers()]
+    if unknown:
+        raise ValueError(f"onnxruntime here offers {ort.get_available_providers()}, not {unknown}")
+    return list(providers)
 
 
 def load_tokenizer(path: str | Path):

@@ -44,15 +44,16 @@ def session_options(threads: int = 1):
     return opts
 
 
-def open_session(path: str | Path, threads: int = 1, providers: Sequence[str] | None = None):
-    """An onnxruntime session for a verified bundle file, or one BundleError line for a graph
-    onnxruntime cannot load."""
+def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None):
+    """An onnxruntime session for a verified bundle file (or a graph built in memory, as bytes), or one
+    BundleError line for a graph onnxruntime cannot load."""
     import onnxruntime as ort
 
     from heron.runtime.bundle import BundleError
 
+    where = "the graph built in memory" if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), session_options(threads),
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), session_options(threads),
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
-        raise BundleError(f"{path}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
+        raise BundleError(f"{where}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None

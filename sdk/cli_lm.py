@@ -74,13 +74,17 @@ def _load(args):
                                         mtp=args.mtp, exit_head=args.exit_head)
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                    seed=args.seed)
+    engine = args.engine
+    if engine == "auto" and args.speculative in ("mtp", "mirror"):
+        engine = "torch"  # they run inside the torch model
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
-                       weights=args.weights)
-    if args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS):
-        print(f"note: {args.model} runs on the torch fp32 path (~4x slower); for onnxruntime with the file's own "
-              f"4-bit blocks export it once: heron lm export {args.model} --out DIR, then --model DIR",
-              file=sys.stderr)
+                       weights=args.weights, engine=engine)
+    gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
+    if gguf and lm.model is not None:
+        print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
+              f"{'these options rule out' if args.engine == 'auto' else 'you can choose'}); "
+              f"heron lm export {args.model} --out DIR saves the onnxruntime bundle once", file=sys.stderr)
     return lm, spec, opts
 
 
@@ -263,6 +267,10 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
                    help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
                         "export, else fp32)")
+    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+                   help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
+                        "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD, --k, --roe-samples "
+                        "need it); auto: onnx unless the options need torch")
     q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")

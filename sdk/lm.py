@@ -184,8 +184,12 @@ class LanguageModel:
         return mirror(self._mirror_targets[folder], self.draft_backend(spec), ids, options, spec, stats, detok)
 
 
+ENGINES = ("auto", "onnx", "torch")
+
+
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
-            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None) -> LanguageModel:
+            roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
+            engine: str = "auto") -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -196,6 +200,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
     weights: for an ONNX bundle, which exported weights run: fp32, int8 or int4 (default: the bundle's own
     default, int4 for a GGUF export, else fp32); torch targets run fp32.
+    engine: for a GGUF file or a named model: "onnx" runs the file's own quantized blocks with onnxruntime
+    (the graph `heron lm export` writes, built in memory in about 5 s; int8x2, fp32's greedy answers, several
+    times faster), "torch" the dequantized fp32 model (needed for MTP, Mirror-SD, dial-k and Roster of
+    Experts); "auto" (default): onnx on the CPU when the `onnx` package is installed, else torch.
     """
     import math
 
@@ -208,11 +216,19 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
                          f"forward's activations), got {roe_samples!r}")
     if not isinstance(roe_tau, (int, float)) or not math.isfinite(roe_tau) or roe_tau < 0:
         raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if isinstance(path, str) and path in NAMED_LMS:
         path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
+    if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
+                                                                              weights) == "onnx":
+        return _load_gguf_onnx(folder, device, threads)
+    if engine == "onnx" and not (folder / "manifest.json").is_file():
+        raise ValueError(f"engine='onnx' runs ONNX bundles and GGUF files; {folder} is neither "
+                         "(heron lm export CHECKPOINT --out DIR makes a bundle)")
     if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
@@ -252,6 +268,39 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     backend = TorchLM(model, device=device, threads=threads, routing=route,
                       end_ids=tok.end_ids if tok is not None else ())
     return LanguageModel(backend, tok, folder, model=model, device=backend.device, chat_template=template)
+
+
+def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -> str:
+    """Which engine runs a GGUF file: what was asked, or for "auto" onnx where it can (CPU, the `onnx`
+    package installed, nothing that needs the torch model)."""
+    import importlib.util
+
+    torch_only = [what for what, on in (("experts", experts is not None), ("roe_samples", roe_samples != 1),
+                                        ("weights=fp32", weights == "fp32")) if on]
+    if engine == "torch":
+        return "torch"
+    if engine == "onnx":
+        if torch_only:
+            raise ValueError(f"engine='onnx' runs the file's quantized blocks; {', '.join(torch_only)} need "
+                             "engine='torch'")
+        if importlib.util.find_spec("onnx") is None:
+            raise ImportError("engine='onnx' builds the graph with the `onnx` package: pip install onnx")
+        return "onnx"
+    if torch_only or device not in ("cpu",) or importlib.util.find_spec("onnx") is None:
+        return "torch"
+    return "onnx"
+
+
+def _load_gguf_onnx(path: Path, device: str, threads: int) -> LanguageModel:
+    """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
+    from heron.export.gguf_onnx import bundle_in_memory
+
+    graph, manifest, tok = bundle_in_memory(path)
+    backend = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads)
+    template = manifest.get("chat_template")
+    ends = tuple(sorted(backend.end_ids - {backend.eot_id}))
+    return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends), path,
+                         chat_template=ChatTemplate(template) if template else None)
 
 
 def _is_heron_config(path: Path) -> bool:

@@ -29,7 +29,7 @@ def smol():
 
     path = _gguf_path()
     torch.set_num_threads(2)
-    lm = heron.load_lm("smollm2")
+    lm = heron.load_lm("smollm2", engine="torch")
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                             torch_dtype=torch.float32).eval()
     reftok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -177,4 +177,27 @@ def test_cli_chat_answers(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-500:]
     assert "def " in p.stdout and ("[::-1]" in p.stdout or "reverse" in p.stdout)
-    assert "heron lm export smollm2 --out DIR" in p.stderr  # the way to the fast path
+    assert "torch fp32 path" not in p.stderr  # the default is the onnxruntime path, built in memory
+
+
+def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_path):
+    """load_lm("smollm2") runs the file's own blocks on onnxruntime (int8x2, built in memory: nothing
+    written) and answers as the fp32 torch model does: the same first 24 greedy tokens on chat prompts."""
+    import os
+
+    import heron
+    from heron.runtime.lm import OnnxLM
+
+    torch_lm = smol[0]
+    before = set(os.listdir(tmp_path))
+    fast = heron.load_lm("smollm2")
+    assert isinstance(fast.backend, OnnxLM) and fast.backend.folder is None and fast.model is None
+    opts = heron.GenerationOptions(max_new_tokens=24, stop_at_eot=False)
+    for q in ("What is the capital of France?", "Write a Python function that reverses a string."):
+        msgs = [{"role": "user", "content": q}]
+        assert [t.id for t in fast.chat(msgs, opts)] == [t.id for t in torch_lm.chat(msgs, opts)], q
+    assert set(os.listdir(tmp_path)) == before
+    with pytest.raises(ValueError, match="need engine='torch'"):
+        heron.load_lm("smollm2", engine="onnx", experts=2)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        heron.load_lm("smollm2", engine="gpu")

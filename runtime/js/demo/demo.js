@@ -43,12 +43,13 @@ async function listen(spotter) {
     audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
   });
   const source = ctx.createMediaStreamSource(mic);
-  const proc = ctx.createScriptProcessor(4096, 1, 1);
+  await ctx.audioWorklet.addModule(new URL('capture-worklet.js', import.meta.url));
+  const capture = new AudioWorkletNode(ctx, 'heron-capture');
   const stream = spotter.stream();
   let samples = 0;
   let queue = Promise.resolve();
-  proc.onaudioprocess = (e) => {
-    const x = Float32Array.from(e.inputBuffer.getChannelData(0), (v) => Math.max(-1, Math.min(1, v)));
+  capture.port.onmessage = (e) => {
+    const x = Float32Array.from(e.data, (v) => Math.max(-1, Math.min(1, v)));
     queue = queue.then(async () => {
       const before = Math.floor(samples / rate);
       samples += x.length;
@@ -58,8 +59,8 @@ async function listen(spotter) {
       }
     }).catch((err) => status(String(err.message || err), true));
   };
-  source.connect(proc);
-  proc.connect(ctx.destination);
+  source.connect(capture);
+  capture.connect(ctx.destination);  // keeps the node pulled; it writes no output (silence)
   status(`listening for ${[...spotter.keywords.keys()].join(', ')} (${rate} Hz)`);
 }
 
