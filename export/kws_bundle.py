@@ -118,8 +118,10 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         written.append(write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml",
                                     background=background, verifier=verifier, phoneme_table=table))
     if target in ("onnx", "all"):
-        from heron.runtime.bundle import load_bundle
-        load_bundle(written[0])  # what was written loads (every field, every file's hash), or export fails
+        from heron.runtime.bundle import IDENTITY, load_bundle
+        # what was written loads (every field, every file's hash), or export fails; its own identity is the
+        # expected one (replacing the shipped bundle is the build script's job: it re-pins it next)
+        load_bundle(written[0], sha256=(written[0] / IDENTITY).read_text().strip())
     return written
 
 

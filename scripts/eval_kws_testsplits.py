@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--phrases", type=int, default=150, help="keyword phrases drawn from the transcripts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--gap-penalty", type=float, default=None, help="matcher option to try (default: the bundle's)")
+    ap.add_argument("--frames-per-phoneme", type=int, default=None, help="matcher option to try (default: the bundle's)")
     a = ap.parse_args()
     from heron.runtime.audio import AudioFile
     from heron.runtime.metrics import machine
@@ -84,19 +86,28 @@ def main() -> int:
     bank[:, :, sp.blank] = 0.0  # padding: blank frames, which no keyword path scores on
     for i, x in enumerate(lps):
         bank[i, :len(x)] = x
+    from dataclasses import replace
+
+    from heron.runtime.ctc_kws import CTCKeywordMatcher
+    opts = sp.matcher_options
+    if a.gap_penalty is not None:
+        opts = replace(opts, gap_penalty=a.gap_penalty)
+    if a.frames_per_phoneme is not None:
+        opts = replace(opts, frames_per_phoneme=a.frames_per_phoneme)
     aucs, frr0, frr2 = [], [], []
     for s, classes in phrases:
-        score = np.log(np.maximum(sp.make_keyword(classes).matcher.max_scores_batch(bank), 1e-30))
+        m = CTCKeywordMatcher(classes, opts, blank=sp.blank)
+        score = np.log(np.maximum(m.max_scores_batch(bank), 1e-30))
         label = np.array([holds(t, s.split()) for _, t, _ in rows])
         pos, neg = score[label], np.sort(score[~label])[::-1]
         aucs.append(float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()))
         frr0.append(float((pos <= neg[0]).mean()))
         frr2.append(float((pos <= neg[2]).mean()))
     hours = sum(d for _, _, d in rows) / 3600
-    res = {"bundle": str(sp.bundle.root), "machine": machine(), "utterances": len(rows), "hours": round(hours, 3),
+    res = {"bundle": str(sp.bundle.root), "machine": machine(), "matcher": vars(opts), "utterances": len(rows), "hours": round(hours, 3),
            "phrases": len(phrases), "auc": round(100 * np.mean(aucs), 2), "frr_at_0fa": round(100 * np.mean(frr0), 1),
            "frr_at_2fa": round(100 * np.mean(frr2), 1)}
-    print(f"{res['bundle']}: {len(phrases)} phrases on {len(rows)} test utterances ({hours:.2f} h): mean AUC "
+    print(f"{res['bundle']} (matcher {vars(opts)}): {len(phrases)} phrases on {len(rows)} test utterances ({hours:.2f} h): mean AUC "
           f"{res['auc']}, FRR at 0 false accepts {res['frr_at_0fa']}%, at 2 {res['frr_at_2fa']}%")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
