@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
-from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, lookup, mirror, plain,
+from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror, plain,
                                     speculative)
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
@@ -106,6 +106,7 @@ class LanguageModel:
         `speculative`, a lossless speculative method produces the same tokens faster (or, sampling,
         the same distribution). `stats` (optional) collects calls, acceptance and timings."""
         ids = self.encode(prompt) if isinstance(prompt, str) else self._token_ids(prompt)
+        check_prompt(ids, self.backend.max_len)  # now, not at the first token (after the prompt was echoed)
         detok = Detokenizer(self.decode if self.tokenizer is not None else None, ids).push
         if speculative is None or speculative.method == "none":
             return plain(self.backend, ids, options, stats, detok)
@@ -170,6 +171,9 @@ class LanguageModel:
                 self._mtp[folder] = load_adapter(self.model, folder, self.vocabulary, self._target_name)
             return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma,
                                 end_ids=self.end_ids)
+        n_layers = self.model.cfg.n_layers
+        if not 1 <= spec.exit_layer < n_layers:  # checked now: not after the prompt has been echoed
+            raise ValueError(f"--exit-layer must be in [1, {n_layers - 1}], got {spec.exit_layer}")
         folder = Path(spec.exit_head) if spec.exit_head else self.path
         if spec.exit_head and not (folder / "exit_head.safetensors").is_file():
             raise FileNotFoundError(f"no exit head at {folder} (train one: heron lm train-exit --out DIR)")

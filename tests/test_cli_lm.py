@@ -60,6 +60,7 @@ def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)
     # 1: refused by heron; 2: refused by the argument parser (a value out of range)
     assert p.returncode in (1, 2) and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert p.stdout == ""  # refused before anything is printed (the prompt used to be echoed first)
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path):
