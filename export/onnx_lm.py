@@ -72,6 +72,8 @@ def export_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | None = N
 
 def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8: bool = False, name: str = "lm",
                  tokenizer: Path | None = None, eot_id: int | None = None, source: dict | None = None) -> Path:
+    if k is not None:
+        model.resolve_k(k)  # a k the model cannot run is refused in one line, before --out is created
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.int8.onnx", "tokenizer.json"):

@@ -86,3 +86,11 @@ def test_onnx_target_path_runs_without_torch():
         assert p.returncode == 0, p.stderr
         outs.append(p.stdout)
     assert outs[0] == outs[1] and outs[0].startswith("Return the")
+
+
+@needs_shipped
+def test_export_with_an_impossible_k_is_refused_before_writing(tmp_path):
+    """--k 99 on an 8-expert model used to fail inside torch.export and leave an empty --out behind."""
+    out = tmp_path / "b"
+    p = heron("lm", "export", str(SHIPPED), "--k", "99", "--out", str(out), check=False)
+    assert p.returncode == 1 and "k must be in [1, 8]" in p.stderr and not out.exists()
