@@ -98,3 +98,15 @@ def test_unsupported_llama_variants_are_refused(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**cfg, **bad}))
         with pytest.raises(ValueError, match=match):
             load_hf(tmp_path)
+
+
+def test_qwen2_moe_layer_placement_fields_are_checked(tmp_path):
+    """decoder_sparse_step 0 raised ZeroDivisionError; an mlp_only_layers index past the model a KeyError."""
+    _build("qwen2_moe", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for bad, match in (({"decoder_sparse_step": 0}, "decoder_sparse_step"),
+                       ({"mlp_only_layers": [99]}, "mlp_only_layers"), ({"mlp_only_layers": "1"}, "mlp_only_layers")):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, **bad}))
+        with pytest.raises(ValueError, match=match) as e:
+            load_hf(tmp_path)
+        assert "\n" not in str(e.value)

@@ -62,7 +62,13 @@ def config_from_hf(c: dict) -> LMConfig:
                         ffn_dim=c["intermediate_size"], norm_topk_prob=bool(c.get("norm_topk_prob", False)),
                         qk_norm=True)
     step = c.get("decoder_sparse_step", 1)
-    dense = tuple(i for i in range(n_layers) if i in c.get("mlp_only_layers", []) or (i + 1) % step)
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= n_layers:
+        raise ValueError(f"decoder_sparse_step must be an integer in [1, {n_layers}] (num_hidden_layers), got {step!r}")
+    only = c.get("mlp_only_layers", [])
+    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers
+                                         for i in only):
+        raise ValueError(f"mlp_only_layers must list layer indices in [0, {n_layers - 1}], got {str(only)[:80]}")
+    dense = tuple(i for i in range(n_layers) if i in only or (i + 1) % step)
     return LMConfig(**common, n_experts=c["num_experts"], expert_dim=c["moe_intermediate_size"],
                     ffn_dim=c["intermediate_size"], norm_topk_prob=bool(c.get("norm_topk_prob", False)),
                     shared_expert_dim=c.get("shared_expert_intermediate_size", 0),
