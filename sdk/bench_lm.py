@@ -186,7 +186,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         row.update(tokens_per_s=float(np.median(speeds)), tokens_per_s_min=min(speeds), tokens_per_s_max=max(speeds),
                    repeats=len(speeds))
         report["rows"].append(row)
-    d = lm.draft_backend(sp.SpeculativeOptions(draft=draft))
+    # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only)
+    d = lm.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
     costs = step_costs(lm, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
     report["costs"] = costs
     base = report["rows"][0]["tokens_per_s"]

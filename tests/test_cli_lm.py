@@ -94,3 +94,13 @@ def test_export_with_an_impossible_k_is_refused_before_writing(tmp_path):
     out = tmp_path / "b"
     p = heron("lm", "export", str(SHIPPED), "--k", "99", "--out", str(out), check=False)
     assert p.returncode == 1 and "k must be in [1, 8]" in p.stderr and not out.exists()
+
+
+@needs_shipped
+def test_bench_without_draft_methods_needs_no_draft(tmp_path):
+    """lm bench loaded the draft model for its cost table even when no method used it, so SmolLM2 (no
+    draft of its vocabulary) could not be benchmarked with lookup: a missing --draft must not matter."""
+    p = heron("lm", "bench", "--methods", "none", "lookup", "--prompts", "1", "--new-tokens", "8", "--repeats", "1",
+              "--threads", "1", "--draft", str(tmp_path / "no-such-draft"), check=False)
+    assert p.returncode == 0, p.stderr[-400:]
+    assert "| lookup |" in p.stdout
