@@ -3,6 +3,7 @@
 `heron kws score --keyword TEXT FILE...` is a stable interface (outside graders use it): one JSON
 object per file on stdout, {"file", "score", "start_s", "end_s"}; a file that cannot be scored gets
 {"file", "score": null, "error"} and the others still score; the exit code is 1 when any file failed.
+`--keyword-file F` (from `heron kws enroll TEXT --out F`) instead of `--keyword` scores as a device does.
 """
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def _score(args) -> int:
     from heron.runtime.spotter import KeywordSpotter
 
     spotter = KeywordSpotter.load(args.model, int8=args.int8, threads=args.threads, sha256=args.model_sha256)
-    kw = spotter.enroll(args.keyword)
-    _note_guesses(kw.pronunciation, "heron kws score")
+    if (args.keyword is None) == (args.keyword_file is None):
+        raise ValueError("give the keyword as --keyword TEXT or as --keyword-file F (heron kws enroll TEXT --out F)")
+    if args.keyword_file is not None:  # what a device loads: a mobile bundle takes only keyword files
+        kw = spotter.add_keyword_file(args.keyword_file)
+    else:
+        kw = spotter.enroll(args.keyword)
+        _note_guesses(kw.pronunciation, "heron kws score")
     failed = 0
     for path in args.files:
         try:
@@ -135,7 +141,9 @@ def register(sub, formatter) -> None:
     ksub = p.add_subparsers(dest="kws_verb", metavar="KWS_VERB", required=True)
     q = ksub.add_parser("score", help="score audio files for a keyword given as text (JSON lines)",
                         formatter_class=formatter)
-    q.add_argument("--keyword", required=True, help="keyword text, e.g. 'hey heron'")
+    q.add_argument("--keyword", default=None, help="keyword text, e.g. 'hey heron' (default: none; this or --keyword-file)")
+    q.add_argument("--keyword-file", default=None,
+                   help="or a keyword file (heron kws enroll TEXT --out F), e.g. for a mobile bundle (default: none)")
     q.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
     q.add_argument("--model-sha256", default=None, help=MODEL_SHA256_HELP)
     q.add_argument("--int8", action="store_true", help="use the int8 encoder")

@@ -163,3 +163,22 @@ def test_cli_enroll_out_writes_a_keyword_file_and_export_mobile(tmp_path):
     assert "mobile bundle:" in p.stdout and (tmp_path / "m" / "README.md").is_file()
     np.testing.assert_array_equal(np.load(tmp_path / "m" / "phoneme_table.npy"),
                                   KeywordSpotter.load().phoneme_table)
+
+
+def test_cli_score_takes_a_keyword_file_as_the_js_cli_does(mobile, tmp_path):
+    """`heron kws score --keyword-file F` scores what `--keyword TEXT` scores, and works on a mobile bundle."""
+    import soundfile as sf
+
+    def heron(*a):
+        return subprocess.run([sys.executable, "-m", "heron", *a], capture_output=True, text=True)
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _speech(), 16000, subtype="PCM_16")
+    kwf = tmp_path / "k.kw"
+    assert heron("kws", "enroll", "hey heron", "--out", str(kwf), "--confusables", "0").returncode == 0
+    by_text = json.loads(heron("kws", "score", "--keyword", "hey heron", str(wav)).stdout)
+    by_file = json.loads(heron("kws", "score", "--keyword-file", str(kwf), str(wav)).stdout)
+    on_mobile = json.loads(heron("kws", "score", "--keyword-file", str(kwf), "--model", str(mobile), str(wav)).stdout)
+    assert by_file == by_text and abs(on_mobile["score"] - by_text["score"]) < 0.05
+    p = heron("kws", "score", str(wav))
+    assert p.returncode != 0 and "--keyword TEXT or as --keyword-file" in p.stderr
