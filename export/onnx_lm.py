@@ -19,8 +19,7 @@ import torch.nn as nn
 from heron.models.lm.model import ConcatCache, Routing, Transformer
 from heron.export.quantize import quantize_int8
 from heron.runtime.bundle import MANIFEST
-from heron.runtime.lm import ONNX_FORMAT as FORMAT  # noqa: F401  (defined once, in the runtime)
-from heron.export.lm_bundle import write_manifest  # noqa: F401  (torch-free; GGUF exports use it too)
+from heron.export.lm_bundle import write_manifest
 from heron.runtime.lm import state_names
 
 

@@ -170,7 +170,8 @@ class OnnxLM:
         where = f"{manifest.get('name', 'model')} (built in memory)"
         validate_lm_manifest(manifest, where)
         self = cls.__new__(cls)
-        self.manifest, self.identity, self.weights, self.folder = manifest, "", "int4", None
+        self.manifest, self.identity, self.folder = manifest, "", None
+        self.weights = manifest.get("default_weights", "int4")
         self._tokenizer_source = tokenizer
         self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)
         return self

@@ -235,9 +235,8 @@ class KeywordSpotter:
             state = {k: np.zeros(v, np.float32) for k, v in self.state_shapes.items()}
             lps = []
             for i in range(0, len(audio), n):
-                outs = dict(zip(self.output_names, self.session.run(None, {"audio_chunk": audio[None, i:i + n], **state})))
-                state = {k: outs[self.state_pairs[k]] for k in state}
-                lps.append(outs["log_probs"][0])
+                lp, _, _, state = self._run_graph(audio[i:i + n], state)
+                lps.append(lp)
             lp = np.concatenate(lps)
             for kw in kws:
                 raw, _, _ = kw.matcher.step(lp, kw.matcher.init_state())
@@ -394,6 +393,10 @@ class KeywordSpotter:
         new state)."""
         if self.modular is not None:
             return self.modular.run_chunk(chunk, state)
+        return self._run_graph(chunk, state)
+
+    def _run_graph(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
+        """run_chunk on the single graph (every module computed; `state` holds the graph's states only)."""
         feeds = {"audio_chunk": chunk.reshape(1, -1).astype(np.float32), **state}
         outs = dict(zip(self.output_names, self.session.run(None, feeds)))
         new = {n: outs[self.state_pairs[n]] for n in state}

@@ -236,12 +236,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
-        backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights)
-        tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
-        template = backend.manifest.get("chat_template")
-        ends = tuple(sorted(backend.end_ids - {backend.eot_id}))
-        return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends) if tok is not None else None, folder,
-                             chat_template=ChatTemplate(template) if template else None)
+        return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights),
+                           folder)
     if weights not in (None, "fp32"):
         how = "heron lm export FILE.gguf" if weights == "int4" else f"heron lm export --{weights}"
         raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with {how}")
@@ -300,10 +296,16 @@ def _load_gguf_onnx(path: Path, device: str, threads: int) -> LanguageModel:
     from heron.export.gguf_onnx import bundle_in_memory
 
     graph, manifest, tok = bundle_in_memory(path)
-    backend = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads)
-    template = manifest.get("chat_template")
+    return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads),
+                       path)
+
+
+def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:
+    """An onnxruntime backend (a bundle folder or one built in memory) with its tokenizer and chat template."""
+    tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
+    template = backend.manifest.get("chat_template")
     ends = tuple(sorted(backend.end_ids - {backend.eot_id}))
-    return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends), path,
+    return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends) if tok is not None else None, path,
                          chat_template=ChatTemplate(template) if template else None)
 
 

@@ -93,6 +93,22 @@ def edit_manifest(folder: Path, change, sign: bool = True) -> Path:
     return folder
 
 
+def edit_keyword_file(src: Path, dst: Path, change, resign: bool = True) -> Path:
+    """Apply change(body dict) to a keyword file's body line; resign=True recomputes its checksum (an edit
+    by someone who knows the format), so that the field checks themselves are exercised."""
+    import hashlib
+
+    header, body, _ = src.read_bytes().split(b"\n")
+    b = json.loads(body)
+    change(b)
+    body = json.dumps(b, separators=(",", ":")).encode()
+    h = json.loads(header)
+    if resign:
+        h["sha256"] = hashlib.sha256(body).hexdigest()
+    dst.write_bytes(json.dumps(h).encode() + b"\n" + body + b"\n")
+    return dst
+
+
 class InjectFault:
     """Wraps an LM backend so that its `after_calls`-th forward raises ("raise") or hangs ("stall"):
     a failing draft must never change the output."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import edit_keyword_file, edit_manifest
 from heron.runtime.keyword_file import write_keyword_file
 from heron.runtime.spotter import KeywordSpotter
 
@@ -105,20 +106,6 @@ def test_js_scores_and_times_match_python(setup):
     assert fired >= 3  # the comparison covers real detections, not only silence
 
 
-def _edit_kw(src: Path, dst: Path, change, resign: bool = True) -> Path:
-    import hashlib
-
-    header, body, _ = src.read_bytes().split(b"\n")
-    b = json.loads(body)
-    change(b)
-    body = json.dumps(b, separators=(",", ":")).encode()
-    h = json.loads(header)
-    if resign:
-        h["sha256"] = hashlib.sha256(body).hexdigest()
-    dst.write_bytes(json.dumps(h).encode() + b"\n" + body + b"\n")
-    return dst
-
-
 @pytest.mark.parametrize("case, message", [
     ("threshold", "checksum mismatch"),
     ("truncated", "not a heron keyword file"),
@@ -137,13 +124,13 @@ def test_js_refuses_tampered_keyword_files_as_python_does(setup, tmp_path, case,
     elif case == "truncated":
         bad.write_bytes(data[:-40])
     elif case == "other_bundle":
-        _edit_kw(src, bad, lambda b: b.update(bundle_sha256="0" * 64))
+        edit_keyword_file(src, bad, lambda b: b.update(bundle_sha256="0" * 64))
     elif case == "huge_arrays":
-        _edit_kw(src, bad, lambda b: b.update(classes=list(range(1, 40)) * 100))
+        edit_keyword_file(src, bad, lambda b: b.update(classes=list(range(1, 40)) * 100))
     elif case == "huge_file":
         bad.write_bytes(data + b" " * 70_000)
     elif case == "max_frames":
-        _edit_kw(src, bad, lambda b: b.update(max_frames=9999))
+        edit_keyword_file(src, bad, lambda b: b.update(max_frames=9999))
     wav = tmp_path / "a.wav"
     import soundfile as sf
 
@@ -189,7 +176,6 @@ def test_js_refuses_a_reordered_class_table(setup, tmp_path):
     """A manifest re-signed with its phoneme table reordered would mislabel every frame: both runtimes refuse it."""
     import soundfile as sf
 
-    from conftest import edit_manifest
     from heron.runtime.bundle import BundleError
 
     _, mobile, kwfiles = setup

@@ -1,7 +1,6 @@
 """Keyword files (`heron kws enroll TEXT --out F.kw`) and mobile bundles (`heron kws export --mobile`):
 what a device loads instead of enrolling, refused in one line when edited, truncated, oversized or made
 for another bundle."""
-import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import edit_keyword_file, edit_manifest
 from heron.runtime.keyword_file import MAX_BYTES, KeywordFileError, read_keyword_file, write_keyword_file
 from heron.runtime.spotter import KeywordSpotter
 
@@ -38,19 +38,6 @@ def _speech():
 
     audio, _, _ = test_clip("hey heron")
     return audio
-
-
-def _rewrite(src, dst, change, resign=True):
-    """Edit a keyword file's body; resign=True recomputes its checksum (an edit by someone who knows the format)."""
-    header, body, _ = src.read_bytes().split(b"\n")
-    b = json.loads(body)
-    change(b)
-    body = json.dumps(b, separators=(",", ":")).encode()
-    h = json.loads(header)
-    if resign:
-        h["sha256"] = hashlib.sha256(body).hexdigest()
-    dst.write_bytes(json.dumps(h).encode() + b"\n" + body + b"\n")
-    return dst
 
 
 def test_keyword_file_scores_exactly_as_enrolling_from_text(shipped, mobile, kwfile):
@@ -101,17 +88,17 @@ def test_tampered_keyword_files_are_refused_in_one_line(kwfile, tmp_path, case, 
     elif case == "truncated":
         bad.write_bytes(data[: len(data) // 2])
     elif case == "other_bundle":
-        _rewrite(kwfile, bad, lambda b: b.update(bundle_sha256="0" * 64))
+        edit_keyword_file(kwfile, bad, lambda b: b.update(bundle_sha256="0" * 64))
     elif case == "huge":
         bad.write_bytes(data + b" " * MAX_BYTES)
     elif case == "classes":
-        _rewrite(kwfile, bad, lambda b: b.update(classes=[c % 39 + 1 for c in b["classes"][::-1]]))
+        edit_keyword_file(kwfile, bad, lambda b: b.update(classes=[c % 39 + 1 for c in b["classes"][::-1]]))
     elif case == "max_frames":
-        _rewrite(kwfile, bad, lambda b: b.update(max_frames=10_000))
+        edit_keyword_file(kwfile, bad, lambda b: b.update(max_frames=10_000))
     elif case == "znorm":  # a bank is present: the statistics are recomputed and must agree
-        _rewrite(kwfile, bad, lambda b: b.update(znorm={"mean": -40.0, "std": 0.05}))
+        edit_keyword_file(kwfile, bad, lambda b: b.update(znorm={"mean": -40.0, "std": 0.05}))
     elif case == "huge_arrays":
-        _rewrite(kwfile, bad, lambda b: b.update(classes=list(range(1, 40)) * 200))
+        edit_keyword_file(kwfile, bad, lambda b: b.update(classes=list(range(1, 40)) * 200))
     elif case == "format":
         bad.write_bytes(data.replace(b"heron-keyword/1", b"heron-keyword/9", 1))
     sp = KeywordSpotter.load()
@@ -122,7 +109,6 @@ def test_tampered_keyword_files_are_refused_in_one_line(kwfile, tmp_path, case, 
 
 
 def test_keyword_file_for_the_mobile_bundle_refuses_another_mobile_bundle(kwfile, mobile, tmp_path):
-    from conftest import edit_manifest
 
     other = tmp_path / "other"
     import shutil
@@ -136,7 +122,6 @@ def test_keyword_file_for_the_mobile_bundle_refuses_another_mobile_bundle(kwfile
 def test_mobile_manifest_with_extra_files_is_refused(mobile, tmp_path):
     import shutil
 
-    from conftest import edit_manifest
     from heron.runtime.bundle import BundleError, load_bundle
 
     bad = tmp_path / "bad"

@@ -182,8 +182,12 @@ def test_cli_chat_answers(tmp_path):
 
 def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_path):
     """load_lm("smollm2") runs the file's own blocks on onnxruntime (int8x2, built in memory: nothing
-    written) and answers as the fp32 torch model does: the same first 24 greedy tokens on chat prompts."""
+    written) and stays with the fp32 torch model: its next-token logits after chat prompts within 0.05 (int8x2
+    is ~0.005 from fp32; plain int8 ~2) and the same next token. Logits with a tolerance, not long greedy
+    runs: a near-tie may resolve differently with another CPU's int8 kernels."""
     import os
+
+    import torch
 
     import heron
     from heron.runtime.lm import OnnxLM
@@ -192,10 +196,13 @@ def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_pa
     before = set(os.listdir(tmp_path))
     fast = heron.load_lm("smollm2")
     assert isinstance(fast.backend, OnnxLM) and fast.backend.folder is None and fast.model is None
-    opts = heron.GenerationOptions(max_new_tokens=24, stop_at_eot=False)
     for q in ("What is the capital of France?", "Write a Python function that reverses a string."):
-        msgs = [{"role": "user", "content": q}]
-        assert [t.id for t in fast.chat(msgs, opts)] == [t.id for t in torch_lm.chat(msgs, opts)], q
+        ids = fast.encode(fast.chat_prompt([{"role": "user", "content": q}]))
+        fast.backend.reset()
+        ours = fast.backend.forward(ids, last=1)[-1]
+        with torch.no_grad():
+            ref = torch_lm.model(torch.tensor([ids])).logits[0, -1].numpy()
+        assert np.abs(ours - ref).max() < 0.05 and ours.argmax() == ref.argmax(), q
     assert set(os.listdir(tmp_path)) == before
     with pytest.raises(ValueError, match="need engine='torch'"):
         heron.load_lm("smollm2", engine="onnx", experts=2)
