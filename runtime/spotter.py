@@ -16,6 +16,7 @@ rates) comes from the bundle's manifest.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +365,7 @@ class KeywordSpotter:
             raise KeyError(f"keyword {name!r} is not enrolled; enrolled: {sorted(self.keywords)}")
         del self.keywords[name]
 
-    def stream(self, keywords=None, sample_rate: int | None = None, refractory_s: float = 1.0,
+    def stream(self, keywords: Iterable[Keyword | str] | None = None, sample_rate: int | None = None, refractory_s: float = 1.0,
                smoothing_frames: int = 1) -> "Stream":
         """A new independent stream listening for `keywords` (Keyword objects or enrolled names;
         default: every keyword enrolled now; later enrollments reach it only through
@@ -388,7 +389,8 @@ class KeywordSpotter:
             st[SPEECH_PAST] = np.zeros((PAST_CHUNKS, 1, int(self.bundle.manifest["frames_per_chunk"]), d), np.float32)
         return st
 
-    def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
+    def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(chunk_samples,) float32 -> (log_probs (C, classes), embeddings (C, D), gate_probs (layers, 4),
         new state)."""
         if self.modular is not None:
@@ -461,7 +463,7 @@ class KeywordSpotter:
         return tuple(WordTime(word, (start_frame + a) * fs, (start_frame + b) * fs)
                      for word, (a, b) in zip(kw.pronunciation.words, segs))
 
-    def match_encoded(self, text_or_classes, log_probs: np.ndarray, emb: np.ndarray | None = None
+    def match_encoded(self, text_or_classes: str | Sequence[int], log_probs: np.ndarray, emb: np.ndarray | None = None
                       ) -> tuple[float, float, float]:
         """Best (confidence, start_s, end_s) of a keyword (text or CTC classes) over encoded frames."""
         if isinstance(text_or_classes, str):
@@ -475,7 +477,7 @@ class KeywordSpotter:
         i = int(np.argmax(conf))
         return float(conf[i]), float(starts[i] * self.frame_seconds), float((i + 1) * self.frame_seconds)
 
-    def score_file(self, audio, keyword: str, sample_rate: int | None = None) -> tuple[float, float | None, float | None]:
+    def score_file(self, audio: np.ndarray | Iterable[np.ndarray], keyword: str, sample_rate: int | None = None) -> tuple[float, float | None, float | None]:
         """Best (score, start_s, end_s) of one enrolled keyword over a whole recording: an array of
         samples, or an iterable of blocks (e.g. `heron.runtime.audio.AudioFile(path).blocks()`, so
         that hours of audio cost one block of memory). `sample_rate`: the audio's (default: the model's)."""
@@ -572,7 +574,7 @@ class Stream:
         return self.modules_closed / max(1, self.module_slots)
 
     @staticmethod
-    def _to_float(pcm) -> np.ndarray:
+    def _to_float(pcm: np.ndarray) -> np.ndarray:
         a = np.asarray(pcm)
         if a.ndim == 2:
             if a.shape[1] != 1:
@@ -594,7 +596,7 @@ class Stream:
                              f"{float(np.max(np.abs(a))):.3g}); pass int16 for integer PCM")
         return a
 
-    def accept(self, pcm) -> list[Detection]:
+    def accept(self, pcm: np.ndarray) -> list[Detection]:
         """Feed samples; returns the detections completed by them. A bad chunk raises ValueError and
         leaves the stream as it was."""
         a = self._to_float(pcm)
