@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from heron.runtime.sessions import runner
 from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, GatePolicy
 
 BLANK_LOG_PROB = -30.0  # a closed chunk's non-blank classes: the matcher hears nothing there
@@ -24,12 +25,15 @@ class ModularEncoder:
     """Stateless apart from its sessions: streams keep their own state and skip counters."""
 
     def __init__(self, sessions: dict, n_layers: int, gate_threshold: float, n_classes: int, blank: int,
-                 speech_gate=None, policy: GatePolicy | None = None):
+                 state_shapes: dict[str, tuple[int, ...]], speech_gate=None, policy: GatePolicy | None = None):
         self.s = sessions
+        self._runners = {name: runner(sess) for name, sess in sessions.items()}
+        self._gate_run = runner(speech_gate) if speech_gate is not None else None
         self.n_layers = n_layers
         self.gate_threshold = gate_threshold  # from the bundle's manifest (gates.threshold)
         self.n_classes, self.blank = n_classes, blank
         self.speech_gate, self.policy = speech_gate, policy  # session and policy, or None
+        self._zero_caches(state_shapes)
 
     @staticmethod
     def _shift_attn(state: dict, new: dict, i: int, C: int) -> None:
@@ -46,8 +50,32 @@ class ModularEncoder:
         hist = state[f"cached_conv_{i}"]
         new[f"cached_conv_{i}"] = np.concatenate([hist, np.zeros(hist.shape[:2] + (C,), np.float32)], axis=2)[:, :, C:]
 
+    def _closed_caches(self, state: dict, new: dict, C: int) -> None:
+        """Every layer's caches for a chunk the speech gate closed (as if all its modules were closed).
+        Once a closed stretch has shifted a layer's caches to all zeros, they are replaced by shared
+        read-only zero arrays, so the rest of the stretch costs one identity test per cache."""
+        for names in self._cache_names:
+            if all(state[n] is self._zeros[n] for n in names):  # a long closed stretch: all zeros already
+                new.update({n: state[n] for n in names})
+                continue
+            i = int(names[0].rsplit("_", 1)[1])
+            self._shift_attn(state, new, i, C)
+            self._shift_conv(state, new, i, C)
+            if not any(new[n].any() for n in names):
+                new.update({n: self._zeros[n] for n in names})
+
+    def _zero_caches(self, shapes: dict) -> None:
+        self._cache_names = [tuple(f"cached_{k}_{i}" for k in ("key", "value", "valid", "conv"))
+                             for i in range(self.n_layers)]
+        self._zeros = {}
+        for names in self._cache_names:
+            for n in names:
+                z = np.zeros(shapes[n], np.float32)
+                z.flags.writeable = False
+                self._zeros[n] = z
+
     def _run(self, name: str, feeds: dict):
-        return self.s[name].run(None, feeds)
+        return self._runners[name](feeds)
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
         x, new_audio = self._run("frontend", {"audio_chunk": chunk.reshape(1, -1).astype(np.float32),
@@ -55,18 +83,12 @@ class ModularEncoder:
         new = {"cached_audio": new_audio}
         C = x.shape[1]
         if self.speech_gate is not None:
-            p = float(self.speech_gate.run(None, {"x": x})[0].reshape(-1)[0])
+            p = float(self._gate_run({"x": x})[0].reshape(-1)[0])
             was_open = bool(state[STATE_KEY][0])
             is_open, new[STATE_KEY] = self.policy.step(p, state[STATE_KEY])
             past = state[PAST_KEY]
             if not is_open:  # no speech: no encoder module runs for this chunk
-                for i in range(self.n_layers):
-                    names = [f"cached_{k}_{i}" for k in ("key", "value", "valid", "conv")]
-                    if not any(state[n].any() for n in names):  # a long closed stretch: all zeros already
-                        new.update({n: state[n] for n in names})
-                    else:
-                        self._shift_attn(state, new, i, C)
-                        self._shift_conv(state, new, i, C)
+                self._closed_caches(state, new, C)
                 new[PAST_KEY] = np.concatenate([past[1:], x[None]])  # the front end's output is kept
                 log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
                 log_probs[:, self.blank] = 0.0

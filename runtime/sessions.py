@@ -57,3 +57,16 @@ def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
         raise BundleError(f"{where}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
+
+
+def runner(session):
+    """`feeds -> outputs` for a session whose inputs were checked once at load (every output, in the
+    graph's order). Calls onnxruntime's compiled session directly: the Python wrapper's per-call checks
+    (input names, OrtValue ownership, graph capture) cost about a tenth of a spotter chunk's time when a
+    chunk runs 20-odd small graphs. Errors still come from onnxruntime itself; where the compiled session
+    is not exposed (another onnxruntime build), the public `run` is used."""
+    names = [o.name for o in session.get_outputs()]
+    inner = getattr(session, "_sess", None)
+    if inner is None or not callable(getattr(inner, "run", None)):
+        return lambda feeds: session.run(names, feeds)
+    return lambda feeds: inner.run(names, feeds, None)

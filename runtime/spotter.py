@@ -27,7 +27,7 @@ from heron.runtime.bundle import Bundle, BundleError, load_bundle
 from heron.runtime.keyword_file import KeywordFile, KeywordFileError, check_for_bundle, read_keyword_file
 from heron.runtime.ctc_kws import SCORE_FLOOR, CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
-from heron.runtime.sessions import open_session
+from heron.runtime.sessions import open_session, runner
 from heron.runtime.speech_gate import PAST_CHUNKS
 from heron.runtime.speech_gate import PAST_KEY as SPEECH_PAST
 from heron.runtime.speech_gate import STATE_KEY as SPEECH_STATE
@@ -166,6 +166,7 @@ class KeywordSpotter:
         self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
         self.state_pairs = dict(enc["state_pairs"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._graph_run = runner(self.session)
         self.modular = None
         prefix = "mod8." if int8 else "mod."
         mod_keys = [k for k in m["files"] if k.startswith(prefix)]
@@ -185,7 +186,7 @@ class KeywordSpotter:
 
             sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
             self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold, self.n_classes,
-                                          self.blank, gate_session, self.speech_policy)
+                                          self.blank, self.state_shapes, gate_session, self.speech_policy)
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
             self.text_session = open_session(bundle.path("text_encoder"), threads, providers)
@@ -400,7 +401,7 @@ class KeywordSpotter:
     def _run_graph(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
         """run_chunk on the single graph (every module computed; `state` holds the graph's states only)."""
         feeds = {"audio_chunk": chunk.reshape(1, -1).astype(np.float32), **state}
-        outs = dict(zip(self.output_names, self.session.run(None, feeds)))
+        outs = dict(zip(self.output_names, self._graph_run(feeds)))
         new = {n: outs[self.state_pairs[n]] for n in state}
         return outs["log_probs"][0], outs["embeddings"][0], outs["gate_probs"][0], new
 
@@ -588,12 +589,12 @@ class Stream:
             raise ValueError(f"integer audio must be int16, got {a.dtype}")
         if a.dtype.kind != "f":
             raise ValueError(f"audio must be int16 or float, got {a.dtype}")
-        a = a.astype(np.float32)
-        if not np.all(np.isfinite(a)):
+        a = a.astype(np.float32, copy=False)
+        peak = float(np.max(np.abs(a))) if a.size else 0.0  # one pass: NaN and infinities propagate into the peak
+        if not math.isfinite(peak):
             raise ValueError("audio contains NaN or infinite samples; the chunk was not consumed")
-        if a.size and float(np.max(np.abs(a))) > 1.0 + 1e-6:
-            raise ValueError("float audio must be in [-1, 1] (got a peak of "
-                             f"{float(np.max(np.abs(a))):.3g}); pass int16 for integer PCM")
+        if peak > 1.0 + 1e-6:
+            raise ValueError(f"float audio must be in [-1, 1] (got a peak of {peak:.3g}); pass int16 for integer PCM")
         return a
 
     def accept(self, pcm: np.ndarray) -> list[Detection]:
@@ -701,6 +702,9 @@ class Stream:
         bank = self._keyword_bank()
         if closed:
             T, K = log_probs.shape[0], len(bank.tracks)
+            if self._still_quiet(bank):  # a closed chunk after a closed chunk: nothing can change but the clock
+                bank.state = bank.matchers.init_state(self._frames + T)
+                return dets
             raw = np.full((T, K), SCORE_FLOOR)
             starts = np.repeat(np.arange(self._frames, self._frames + T)[:, None], K, axis=1)
             bank.state = bank.matchers.init_state(self._frames + T)
@@ -708,6 +712,7 @@ class Stream:
             raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
         if sp.verifier_session is None:  # the first stage alone: calibrated for all keywords at once
             confs = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
+            bank.quiet_conf = confs[0].copy() if closed else None
         else:
             confs = np.stack([sp.keyword_confidence(tr.kw, raw[:, k], starts[:, k], self._emb, self._emb_first,
                                                     self._frames) for k, tr in enumerate(bank.tracks)], axis=1)
@@ -732,6 +737,14 @@ class Stream:
             if busy[k] or tr.above or tr.pending is not None:
                 dets.extend(self._frame_rules(tr, conf, starts[:, k]))
         return dets
+
+    def _still_quiet(self, bank: "_Bank") -> bool:
+        """True when the previous chunk was closed too and this one cannot change anything but the
+        matchers' clock: the same floor confidences again (the best kept needs a higher one), below every
+        threshold, no peak pending, no score log or smoothing to feed."""
+        return (bank.quiet_conf is not None and not self.record_scores and self.smoothing_frames == 1
+                and not any(tr.above or tr.pending is not None for tr in bank.tracks)
+                and all(c < tr.kw.threshold for c, tr in zip(bank.quiet_conf.tolist(), bank.tracks)))
 
     def _frame_rules(self, tr: "_Track", conf: np.ndarray, starts: np.ndarray) -> list[Detection]:
         """One keyword's threshold crossing, refractory period and wait for the peak, frame by frame."""
@@ -769,6 +782,7 @@ class _Bank:
     state: CTCMatchState
     norm_mean: np.ndarray
     norm_std: np.ndarray
+    quiet_conf: np.ndarray | None = None  # set by a chunk the speech gate closed: each keyword's floor confidence
 
 
 @dataclass
