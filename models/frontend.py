@@ -50,13 +50,52 @@ def dft_basis() -> torch.Tensor:
     return torch.cat([window[:, None] * torch.cos(ang), -window[:, None] * torch.sin(ang)], dim=1).float()
 
 
+FFT_SPLIT = (20, 20)  # N_FFT = N1 * N2: the DFT runs as two small matmuls (Cooley-Tukey), not one 400 x 402
+
+
+def fft_factors() -> dict[str, torch.Tensor]:
+    """The two stages of the windowed real DFT of a frame, N_FFT = N1 * N2 (sample n = N2 * n1 + n2,
+    bin k = k1 + N1 * k2):  X[k] = sum_n2 T[n2, k1] W_N2^(n2 k2) sum_n1 x[N2 n1 + n2] W_N1^(n1 k1),
+    W_M = exp(-2 pi i / M). About a fifth of the multiply-adds of the direct DFT matmul (`dft_basis`),
+    with the same result to float rounding (tests/test_frontend.py)."""
+    n1_, n2_ = FFT_SPLIT
+    k2_ = -(-N_BINS // n1_)  # stage 2 computes only the k2 that reach bins < N_BINS
+    n = torch.arange(N_FFT, dtype=torch.float64)
+    a1 = 2 * math.pi * torch.arange(n1_, dtype=torch.float64)[:, None] * torch.arange(n1_, dtype=torch.float64)[None] / n1_
+    tw = 2 * math.pi * torch.arange(n2_, dtype=torch.float64)[:, None] * torch.arange(n1_, dtype=torch.float64)[None] / N_FFT
+    a2 = 2 * math.pi * torch.arange(n2_, dtype=torch.float64)[:, None] * torch.arange(k2_, dtype=torch.float64)[None] / n2_
+    c2, s2 = torch.cos(a2), -torch.sin(a2)
+    return {
+        "window": (0.5 - 0.5 * torch.cos(2 * math.pi * n / N_FFT)).float(),  # periodic Hann
+        "stage1": torch.cat([torch.cos(a1), -torch.sin(a1)], dim=1).float(),  # (N1: n1, 2 * N1: [re | im] k1)
+        "twiddle_re": torch.cos(tw).float(), "twiddle_im": (-torch.sin(tw)).float(),  # (N2: n2, N1: k1)
+        "stage2": torch.cat([torch.cat([c2, s2], dim=1), torch.cat([-s2, c2], dim=1)], dim=0).float(),  # (2 N2, 2 K2)
+    }
+
+
+def power_spectrum(frames: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, F, N_FFT) frames -> (B, F, N_BINS) power of the Hann-windowed DFT, in two small matmuls."""
+    n1_, n2_ = FFT_SPLIT
+    B, F = frames.shape[0], frames.shape[1]
+    x = (frames * f["window"]).reshape(B, F, n1_, n2_).transpose(2, 3)  # (B, F, n2, n1)
+    a = x @ f["stage1"]  # (B, F, n2, 2 N1)
+    ar, ai = a[..., :n1_], a[..., n1_:]
+    tr, ti = f["twiddle_re"], f["twiddle_im"]
+    b = torch.cat([ar * tr - ai * ti, ar * ti + ai * tr], dim=2).transpose(2, 3)  # (B, F, k1, 2 N2)
+    X = b @ f["stage2"]  # (B, F, k1, 2 K2): [re | im]
+    k2_ = X.shape[-1] // 2
+    power = X[..., :k2_] ** 2 + X[..., k2_:] ** 2  # (B, F, k1, k2)
+    return power.transpose(2, 3).reshape(B, F, n1_ * k2_)[..., :N_BINS]  # bin k = k1 + N1 k2
+
+
 class LogMel(nn.Module):
     """waveform (B, S) -> normalized log-mel (B, F, n_mels); S = F * HOP after CONTEXT samples of history."""
 
     def __init__(self, config: FrontendConfig = FrontendConfig()):
         super().__init__()
         self.config = config
-        self.register_buffer("basis", dft_basis(), persistent=False)
+        for name, t in fft_factors().items():
+            self.register_buffer(f"fft_{name}", t, persistent=False)
         self.register_buffer("mel", mel_filterbank(config.n_mels, config.f_min, config.f_max), persistent=False)
         # feature normalization, estimated from training audio (saved with the model)
         self.register_buffer("mean", torch.zeros(config.n_mels))
@@ -77,8 +116,8 @@ class LogMel(nn.Module):
     def log_mel(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
         """Un-normalized log-mels. mel: a (N_BINS, n_mels) filterbank, or (B, N_BINS, n_mels) for one
         per utterance (VTLP in training); default: the model's own."""
-        spec = self.frames(wav) @ self.basis  # (B, F, 2*N_BINS)
-        power = spec[..., :N_BINS] ** 2 + spec[..., N_BINS:] ** 2
+        power = power_spectrum(self.frames(wav), {k: getattr(self, f"fft_{k}") for k in
+                                                  ("window", "stage1", "twiddle_re", "twiddle_im", "stage2")})
         return torch.log(power @ (self.mel if mel is None else mel) + self.config.log_floor)
 
     def forward(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,7 +22,8 @@ from typing import Any
 
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES
 
-SUPPORTED_FORMATS = ("heron-kws-bundle/1",)
+KWS_FORMAT = "heron-kws-bundle/1"  # what export writes
+SUPPORTED_FORMATS = (KWS_FORMAT,)  # what the runtime reads
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "kws"
 BUNDLE_ENV = "HERON_BUNDLE"  # names another default bundle (e.g. to grade a new model with unchanged tools)
 MANIFEST, IDENTITY = "manifest.json", "manifest.sha256"
