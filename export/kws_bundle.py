@@ -39,13 +39,16 @@ def _calibration_file(checkpoint: Path, matcher: Path | None) -> Path:
 def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "onnx", matcher: str | Path | None = None,
                       recalibrate: bool = False, threshold: float | None = None, int8_only: bool = False,
                       calibration_anchors: int = 200, background_data: list[str] | None = None,
-                      speech_gate: str | Path | None = None, no_speech_gate: bool = False) -> list[Path]:
+                      speech_gate: str | Path | None = None, no_speech_gate: bool = False,
+                      matcher_options: MatcherOptions | None = None) -> list[Path]:
     """Checkpoint -> bundle folders (OUT for one target; OUT/onnx and OUT/coreml for "all").
 
     Steps: load the encoder (and the second stage, given `matcher`); encode the background bank with
     a provisional fp32 bundle (TTS speech, or real recordings from `background_data`); fit the calibration on it unless the checkpoint has one (or
     `recalibrate`); add the speech gate (`speech_gate` folder, else the checkpoint's own
     speech_gate.safetensors, unless `no_speech_gate`) to ONNX bundles; write the final bundle(s) once.
+    `matcher_options`: the first-stage matcher's settings (default: MatcherOptions()); other settings than
+    the defaults move every score, so they need a refitted calibration (`recalibrate`).
     Returns the bundle folders written.
     """
     from heron.models.calibrate_kws import build_background, fit_calibration
@@ -58,6 +61,10 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if calibration_anchors < 10:
         raise ValueError(f"--calibration-anchors must be >= 10, got {calibration_anchors}")
+    opts = matcher_options or MatcherOptions()
+    if opts != MatcherOptions() and not (recalibrate or background_data):
+        raise ValueError("the checkpoint's calibration was fitted with the default matcher options; "
+                         "other options need --recalibrate")
     checkpoint, out = Path(checkpoint), Path(out)
     matcher = Path(matcher) if matcher is not None else None
     model, meta = load_encoder(checkpoint)
@@ -100,11 +107,11 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     try:
         # the background bank: generic speech encoded by this encoder (fp32, single graph)
         write_bundle(model, work, calibration=calibration or {}, model_meta=card, verifier=verifier,
-                     modular=False, int8=False)
+                     modular=False, int8=False, matcher_options=opts)
         background = build_background(KeywordSpotter.load(work), real=background_data)
         if calibration is None:  # fit on held-out voices, with the Z-norm the bank defines
             write_bundle(model, work, calibration={}, model_meta=card, verifier=verifier, background=background,
-                         modular=False, int8=False)
+                         modular=False, int8=False, matcher_options=opts)
             calibration = fit_calibration(KeywordSpotter.load(work), n_anchors=calibration_anchors)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -116,11 +123,12 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         onnx_out = out / "onnx" if target == "all" else out
         written.append(write_bundle(model, onnx_out, calibration=calibration, model_meta=card, verifier=verifier,
                                     background=background, int8_only=int8_only, phoneme_table=table,
-                                    speech_gate=gate))
+                                    speech_gate=gate, matcher_options=opts))
     if target in ("coreml", "all"):
         cm = out / "coreml" if target == "all" else out
         written.append(write_bundle(model, cm, calibration=calibration, model_meta=card, target="coreml",
-                                    background=background, verifier=verifier, phoneme_table=table))
+                                    background=background, verifier=verifier, phoneme_table=table,
+                                    matcher_options=opts))
     if target in ("onnx", "all"):
         from heron.runtime.bundle import IDENTITY, load_bundle
         # what was written loads (every field, every file's hash), or export fails; its own identity is the
@@ -149,7 +157,8 @@ UNCALIBRATED = {"slope": 3.0, "offset": -5.0, "per_phoneme": 0.0, "threshold": 0
 def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, int8: bool = True,
                  extra_files: dict[str, Path] | None = None, model_meta: dict | None = None,
                  verifier=None, target: str = "onnx", modular: bool = True, background=None,
-                 int8_only: bool = False, phoneme_table=None, speech_gate=None) -> Path:
+                 int8_only: bool = False, phoneme_table=None, speech_gate=None,
+                 matcher_options: MatcherOptions = MatcherOptions()) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
     second stage, given `speech_gate=(gate, policy dict)` the speech gate (ONNX per-module bundles: it
     skips those graphs); write manifest.json with checksums."""
@@ -238,7 +247,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "gates": {"names": list(GATE_NAMES), "layers": c.n_layers, "threshold": GATE_THRESHOLD},
         "encoder": io,
         "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
-        "matcher": asdict(MatcherOptions()),
+        "matcher": asdict(matcher_options),
         **({"speech_gate": dict(speech_gate[1])} if "speech_gate" in files else {}),
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),

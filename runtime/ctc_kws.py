@@ -8,6 +8,10 @@ nothing when the keyword's phoneme is what the encoder hears and a lot when anot
 The path total divided by N is the per-phoneme mismatch; exp() of it maps to (0, 1], comparable
 across keywords of different lengths.
 
+With `posterior_weight` w > 0 a frame also pays w times the absolute log-probability of the keyword's
+class: frames where the encoder is unsure of every class (accented, child or far-field speech, where
+the ratio alone is near 0 for many classes at once) no longer match any keyword for free.
+
 Keywords are bounded in length (SLiCK's premise), so a path may not last longer than
 `max_frames` (default: 10 + 8 frames per phoneme, 2.6 s for 7 phonemes at 40 ms frames), and each
 blank frame *inside* the keyword costs `gap_penalty` nats: without these, a path can collect a
@@ -32,6 +36,14 @@ class MatcherOptions:
     gap_penalty: float = 0.1      # nats per blank frame inside the keyword
     frames_base: int = 10         # a keyword path lasts at most frames_base + frames_per_phoneme * N frames
     frames_per_phoneme: int = 8
+    posterior_weight: float = 0.0  # w: a frame scores (1 + w) log p(state) - max_c log p(c); 0 = the ratio alone
+
+
+def frame_scores(log_probs: np.ndarray, posterior_weight: float = 0.0) -> np.ndarray:
+    """What each class scores at each frame (last axis: classes): its log-likelihood ratio against the
+    frame's best class, plus `posterior_weight` times its own log-probability. All <= 0."""
+    llr = log_probs - log_probs.max(axis=-1, keepdims=True)
+    return llr + posterior_weight * log_probs if posterior_weight else llr
 
 
 @dataclass
@@ -62,6 +74,7 @@ class CTCKeywordMatcher:
         for s in range(2, len(labels), 2):
             self.skip_ok[s] = labels[s] != labels[s - 2]
         self.max_frames = max_frames or options.frames_base + options.frames_per_phoneme * self.n
+        self.posterior_weight = float(options.posterior_weight)
         # per-frame cost of each state: blanks between phonemes pay the gap penalty
         self.state_cost = np.where(labels == blank, options.gap_penalty, 0.0)
 
@@ -76,10 +89,9 @@ class CTCKeywordMatcher:
 
         The score at frame t is for a keyword whose last phoneme is at frame t.
         """
-        lp = np.asarray(log_probs, np.float64)
-        llr = lp - lp.max(axis=1, keepdims=True)  # (T, classes), <= 0
+        llr = frame_scores(np.asarray(log_probs, np.float64), self.posterior_weight)  # (T, classes), <= 0
         score, start = state.score.copy(), state.start.copy()
-        T = lp.shape[0]
+        T = llr.shape[0]
         out_score = np.empty(T)
         out_start = np.empty(T, np.int64)
         for t in range(T):
@@ -106,9 +118,8 @@ class CTCKeywordMatcher:
         The same recursion as `step`, vectorized over segments (used to score a keyword against a
         background bank at enrollment in a few milliseconds).
         """
-        lp = np.asarray(log_probs, np.float32)
-        llr = lp - lp.max(axis=2, keepdims=True)  # (B, T, classes)
-        B, T, _ = lp.shape
+        llr = frame_scores(np.asarray(log_probs, np.float32), self.posterior_weight)  # (B, T, classes)
+        B, T, _ = llr.shape
         S = len(self.labels)
         score = np.full((B, S), _NEG, np.float32)
         start = np.zeros((B, S), np.int64)
@@ -152,6 +163,10 @@ class CTCMatcherBank:
             s = len(m.labels)
             self.labels[k, :s], self.skip_ok[k, :s], self.state_cost[k, :s] = m.labels, m.skip_ok, m.state_cost
             self.labels[k, s:] = m.blank
+        weights = {m.posterior_weight for m in matchers}
+        if len(weights) != 1:
+            raise ValueError("the keywords of one matcher bank must share the matcher options (posterior_weight)")
+        self.posterior_weight = weights.pop()
         self.last = np.array([len(m.labels) - 1 for m in matchers])
         self.n = np.array([m.n for m in matchers], np.float64)
         self.max_frames = np.array([m.max_frames for m in matchers])[:, None]
@@ -179,11 +194,10 @@ class CTCMatcherBank:
 
     def step(self, log_probs: np.ndarray, state: CTCMatchState) -> tuple[np.ndarray, np.ndarray, CTCMatchState]:
         """log_probs: (T, classes) -> (scores (T, K) in (0, 1], path starts (T, K), new packed state)."""
-        lp = np.asarray(log_probs, np.float64)
-        llr = lp - lp.max(axis=1, keepdims=True)
+        llr = frame_scores(np.asarray(log_probs, np.float64), self.posterior_weight)
         lab_llr = llr[:, self.labels]  # (T, K, S)
         score, start = state.score.copy(), state.start.copy()
-        T, K = lp.shape[0], len(self.matchers)
+        T, K = llr.shape[0], len(self.matchers)
         out_score = np.empty((T, K))
         out_start = np.empty((T, K), np.int64)
         prev, prev_start = np.empty_like(score), np.empty_like(start)

@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--gap-penalty", type=float, default=None, help="matcher option to try (default: the bundle's)")
     ap.add_argument("--frames-per-phoneme", type=int, default=None, help="matcher option to try (default: the bundle's)")
+    ap.add_argument("--posterior-weight", type=float, default=None, help="matcher option to try (default: the bundle's)")
     a = ap.parse_args()
     from heron.runtime.audio import AudioFile
     from heron.runtime.metrics import machine
@@ -94,6 +95,8 @@ def main() -> int:
         opts = replace(opts, gap_penalty=a.gap_penalty)
     if a.frames_per_phoneme is not None:
         opts = replace(opts, frames_per_phoneme=a.frames_per_phoneme)
+    if a.posterior_weight is not None:
+        opts = replace(opts, posterior_weight=a.posterior_weight)
     aucs, frr0, frr2 = [], [], []
     for s, classes in phrases:
         m = CTCKeywordMatcher(classes, opts, blank=sp.blank)

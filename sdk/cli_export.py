@@ -107,7 +107,8 @@ def _export(args) -> int:
     outs = build_kws_bundles(args.checkpoint or str(default_kws_checkpoint()), out, target=args.target, matcher=args.matcher,
                              recalibrate=args.recalibrate, threshold=args.threshold, int8_only=args.int8_only,
                              calibration_anchors=args.calibration_anchors, background_data=args.background_data,
-                             speech_gate=args.speech_gate, no_speech_gate=args.no_speech_gate)
+                             speech_gate=args.speech_gate, no_speech_gate=args.no_speech_gate,
+                             matcher_options=_matcher_options(args))
     for o in outs:
         _print_bundle(o)
     print(f"calibration: {json.loads((outs[0] / 'manifest.json').read_text())['calibration']}")
@@ -149,7 +150,22 @@ def add_kws_export(sub, formatter) -> None:
                    help="default detection threshold (sensitivity 0.5) stored in the bundle (default: the "
                         "checkpoint's calibration.json, else fitted)")
     p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
+    p.add_argument("--posterior-weight", type=float, default=None,
+                   help="first-stage matcher: weight of each frame's absolute log-probability beside its ratio to "
+                        "the best class, 0..10 (default: heron.runtime.ctc_kws.MatcherOptions); needs --recalibrate")
     p.set_defaults(func=_export, lm=None)
+
+
+def _matcher_options(args):
+    from dataclasses import replace
+
+    from heron.runtime.ctc_kws import MatcherOptions
+
+    if args.posterior_weight is None:
+        return None
+    if not 0.0 <= args.posterior_weight <= 10.0:
+        raise ValueError(f"--posterior-weight must be in [0, 10], got {args.posterior_weight}")
+    return replace(MatcherOptions(), posterior_weight=args.posterior_weight)
 
 
 def add_lm_export(sub, formatter) -> None:

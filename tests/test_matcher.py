@@ -97,3 +97,31 @@ def test_dsp_ignores_unvoiced_frames_and_trims_words():
     _, segs = dsp_partition(audio, w, voiced=voiced)
     assert segs == [(0, 3), (7, 10)]
     assert dsp_partition(audio, w, voiced=np.zeros(10, bool)) == (-1.0, [])
+
+
+def test_posterior_weight_charges_unsure_frames_and_every_path_agrees():
+    from heron.runtime.ctc_kws import CTCMatcherBank
+
+    # the same best-class ranking, but the encoder is sure (-0.01) or unsure (-2.0) of the keyword's phonemes
+    sure, unsure = _posteriors([0, 5, 0, 7, 0, 9, 0]), _posteriors([0, 5, 0, 7, 0, 9, 0])
+    for t, c in enumerate([0, 5, 0, 7, 0, 9, 0]):
+        if c:
+            unsure[t, c] = -2.0
+    plain = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0))
+    weighted = CTCKeywordMatcher([5, 7, 9], MatcherOptions(gap_penalty=0.0, posterior_weight=1.0))
+    assert plain.step(unsure, plain.init_state())[0].max() == pytest.approx(1.0, abs=1e-3)  # the ratio alone: a match
+    assert weighted.step(sure, weighted.init_state())[0].max() > 0.98
+    assert weighted.step(unsure, weighted.init_state())[0].max() == pytest.approx(np.exp(-2.0), rel=0.02)
+    # the bank, the batch scorer and the streaming step agree with a weight too
+    rng = np.random.default_rng(1)
+    lp = np.log(rng.dirichlet(np.ones(40) * 0.3, size=60))
+    opts = MatcherOptions(posterior_weight=0.7)
+    ms = [CTCKeywordMatcher(c, opts) for c in ([3, 9, 12, 4], [7, 7, 2], [5, 8])]
+    bank = CTCMatcherBank(ms)
+    scores, starts, _ = bank.step(lp, bank.init_state())
+    for k, m in enumerate(ms):
+        s, st, _ = m.step(lp, m.init_state())
+        assert np.allclose(scores[:, k], s) and np.array_equal(starts[:, k], st)
+        assert m.max_scores_batch(lp[None])[0] == pytest.approx(s.max(), rel=1e-4)
+    with pytest.raises(ValueError, match="share the matcher options"):
+        CTCMatcherBank([ms[0], CTCKeywordMatcher([3, 4], MatcherOptions())])

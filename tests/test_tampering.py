@@ -87,8 +87,12 @@ def test_calibration_that_fires_on_everything_is_refused_even_when_resigned(ship
     lambda m: m["files"]["background"].pop("path"),
     lambda m: m["files"].update(background="background.npy"),
     lambda m: m["encoder"]["inputs"].update(cached_conv_0=[1, 128, 15]),  # consistent-looking, wrong for the graph
+    lambda m: m["matcher"].update(posterior_weight=11.0),
+    lambda m: m["matcher"].update(posterior_weight="1"),
+    lambda m: m["matcher"].update(posterior_wieght=1.0),  # a misspelt option would otherwise be a TypeError
 ], ids=["frame_seconds NaN", "chunk 0", "chunk -5", "chunk 1e12", "state 1e6x1e6", "layers 99", "no sha256",
-        "no path", "string file entry", "state shape not the graph's"])
+        "no path", "string file entry", "state shape not the graph's", "posterior weight 11", "posterior weight text",
+        "unknown matcher option"])
 def test_malformed_manifests_the_red_team_found(shipped, tmp_path, change):
     b = edit_manifest(_copy(shipped, tmp_path / "b"), change)
     with pytest.raises(BundleError) as e:

@@ -94,6 +94,10 @@ function checkManifest(m, where) {
   num(mt.gap_penalty, 0, 10, `${where}: matcher.gap_penalty`);
   num(mt.frames_base, 1, 1000, `${where}: matcher.frames_base`, true);
   num(mt.frames_per_phoneme, 1, 100, `${where}: matcher.frames_per_phoneme`, true);
+  if (mt.posterior_weight !== undefined) num(mt.posterior_weight, 0, 10, `${where}: matcher.posterior_weight`);
+  const known = ['gap_penalty', 'frames_base', 'frames_per_phoneme', 'posterior_weight'];
+  const unknown = Object.keys(mt).filter((k) => !known.includes(k));
+  if (unknown.length) throw new HeronError(`${where}: 'matcher' has fields this heron does not know: ${unknown}`);
   const enc = m.encoder || {};
   const inputs = enc.inputs || {};
   const pairs = enc.state_pairs || {};
@@ -330,6 +334,7 @@ export class KeywordSpotter {
     this.table = phonemeTable;
     this.classes = manifest.phonemes.classes;
     this.blank = manifest.phonemes.blank;
+    this.posteriorWeight = manifest.matcher.posterior_weight || 0;  // absent (bundles before it): 0
     this.classOf = new Map();
     this.classes.forEach((c, i) => { if (i !== this.blank) this.classOf.set(c, i); });
     this.keywords = new Map();
@@ -461,8 +466,9 @@ export class Stream {
         const lp = logProbs.subarray(t * C, (t + 1) * C);
         let mx = -Infinity; let arg = 0;
         for (let c = 0; c < C; c++) if (lp[c] > mx) { mx = lp[c]; arg = c; }
-        const llr = new Float64Array(C);
-        for (let c = 0; c < C; c++) llr[c] = lp[c] - mx;
+        const llr = new Float64Array(C);  // each class's frame score: its ratio to the best, + w * its log-probability
+        const w = sp.posteriorWeight;
+        for (let c = 0; c < C; c++) llr[c] = lp[c] - mx + (w ? w * lp[c] : 0);
         if (sp.table) {
           this.emb.push(embeddings.slice(t * D, (t + 1) * D));
           this.voiced.push(arg !== sp.blank);
