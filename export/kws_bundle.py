@@ -47,8 +47,9 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     a provisional fp32 bundle (TTS speech, or real recordings from `background_data`); fit the calibration on it unless the checkpoint has one (or
     `recalibrate`); add the speech gate (`speech_gate` folder, else the checkpoint's own
     speech_gate.safetensors, unless `no_speech_gate`) to ONNX bundles; write the final bundle(s) once.
-    `matcher_options`: the first-stage matcher's settings (default: MatcherOptions()); other settings than
-    the defaults move every score, so they need a refitted calibration (`recalibrate`).
+    `matcher_options`: the first-stage matcher's settings (default: those the checkpoint's calibration.json
+    was fitted with, its "matcher" entry, else MatcherOptions()); others move every score, so they need a
+    refitted calibration (`recalibrate`).
     Returns the bundle folders written.
     """
     from heron.models.calibrate_kws import build_background, fit_calibration
@@ -61,10 +62,6 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if calibration_anchors < 10:
         raise ValueError(f"--calibration-anchors must be >= 10, got {calibration_anchors}")
-    opts = matcher_options or MatcherOptions()
-    if opts != MatcherOptions() and not (recalibrate or background_data):
-        raise ValueError("the checkpoint's calibration was fitted with the default matcher options; "
-                         "other options need --recalibrate")
     checkpoint, out = Path(checkpoint), Path(out)
     matcher = Path(matcher) if matcher is not None else None
     model, meta = load_encoder(checkpoint)
@@ -92,8 +89,15 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         gate = (module, policy)
     cal_path = _calibration_file(checkpoint, matcher)
     calibration = None
+    opts = matcher_options or MatcherOptions()
     if cal_path.is_file() and not recalibrate and not background_data:  # a new bank moves the Z-norm: refit
         calibration = json.loads(cal_path.read_text())
+        # the matcher options the calibration was fitted with travel with it (absent: the defaults)
+        fitted = MatcherOptions(**calibration.pop("matcher", {}))
+        if matcher_options is not None and matcher_options != fitted:
+            raise ValueError(f"{cal_path} was fitted with the matcher options {asdict(fitted)}; other options "
+                             "need --recalibrate")
+        opts = fitted
         _check_fire_range({**calibration, **({} if threshold is None else {"threshold": threshold})})  # before the work
     table_path = checkpoint / "phoneme_table.npy"  # from `heron kws train-matcher` (CTC forced alignment)
     table = None

@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "ef0106e306431f42d806870c662f46e71b5052aa5525f888e09feb38c44800b0",
+    "kws": "476456be5b965b219580cae7f2f87f4dde537ffc10350cc7847b6f6b9e917bb4",
     "lm-draft": "3f772500a20d0c5175d60cb487038db96f836a112e6ce07957c6717c25696a7a",
 }

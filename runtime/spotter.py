@@ -143,7 +143,7 @@ class KeywordSpotter:
         self.chunk_samples = int(m["chunk_samples"])
         self.frame_seconds = float(m["frame_seconds"])
         self.calibration = dict(m["calibration"])
-        self.matcher_options = MatcherOptions(**{"posterior_weight": 0.0, **m["matcher"]})  # absent: bundles before it
+        self.matcher_options = MatcherOptions(**m["matcher"])
         # the CTC class table: log_probs column i is classes[i]; phoneme symbols map to their column
         classes, self.blank = m["phonemes"]["classes"], int(m["phonemes"]["blank"])
         self.class_of = {c: i for i, c in enumerate(classes) if i != self.blank}
@@ -231,6 +231,14 @@ class KeywordSpotter:
             return  # a mobile bundle: Z-norm statistics come with each keyword file
         probes = [[self.class_of[p] for p in ph] for ph in PROBE_KEYWORDS if all(p in self.class_of for p in ph)]
         kws = [self.make_keyword(c) for c in probes]
+        if self.background is not None:  # background speech: common keywords score above the floor on most of it
+            floor = math.log(SCORE_FLOOR) + 1e-3
+            for kw in kws:
+                at_floor = float(np.mean(np.log(np.maximum(kw.matcher.max_scores_batch(self.background), 1e-300)) <= floor))
+                if at_floor > 0.5:
+                    raise BundleError(f"{where}: its background bank is not background speech (a common "
+                                      f"{kw.matcher.n}-phoneme keyword scores the floor on {at_floor:.0%} of it): the "
+                                      "bank was edited or does not belong to this encoder")
         n, thr = self.chunk_samples, float(self.calibration["threshold"])
         noise = (0.1 * np.random.default_rng(0).standard_normal(2 * n)).astype(np.float32)
         for what, audio in (("digital silence", np.zeros(2 * n, np.float32)), ("white noise", noise)):

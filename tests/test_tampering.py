@@ -368,8 +368,12 @@ def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, GatedConformer(PRESETS["tiny"]), None, 1, TrainConfig(model=PRESETS["tiny"]))
     cal = {"slope": 2.0, "per_phoneme": -0.3, "offset": -6.0, "threshold": 0.35, "fitted_on": "a test"}
-    (ckpt / "calibration.json").write_text(json.dumps(cal))
+    (ckpt / "calibration.json").write_text(json.dumps({**cal, "matcher": {"posterior_weight": 2.0}}))
     before = _tree(ckpt)
+    from heron.runtime.ctc_kws import MatcherOptions
+    with pytest.raises(ValueError, match="other options need --recalibrate"):  # refused before any work
+        build_kws_bundles(ckpt, tmp_path / "other", target="onnx", matcher_options=MatcherOptions(posterior_weight=1.0))
+    assert not (tmp_path / "other").exists()
     out = tmp_path / "out"
     (bundle,) = build_kws_bundles(ckpt, out, target="onnx", int8_only=True)
     assert _tree(ckpt) == before, "export wrote into the checkpoint folder"
@@ -377,20 +381,30 @@ def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_
     assert not (out / ".heron-export-work").exists()
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["calibration"] == {**cal, "znorm": True}
+    assert man["matcher"]["posterior_weight"] == 2.0  # the options the calibration was fitted with
     sp = KeywordSpotter.load(bundle)
     assert sp.background is not None and sp.enroll("hey heron").threshold == pytest.approx(0.35)
+    assert sp.matcher_options.posterior_weight == 2.0
 
 
 def test_shipped_checkpoint_calibration_is_the_shipped_bundles():
-    shipped = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["calibration"]
+    from dataclasses import asdict
+
+    from heron.runtime.ctc_kws import MatcherOptions
+
+    manifest = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
+    shipped = manifest["calibration"]
     ckpt = json.loads((REPO / "models" / "weights" / "kws-base" / "calibration.json").read_text())
+    fitted_with = ckpt.pop("matcher", {})  # the matcher options the calibration was fitted with
     assert {**ckpt, "znorm": True} == shipped  # so `heron kws export` of the default checkpoint reproduces it
+    assert manifest["matcher"] == asdict(MatcherOptions(**fitted_with))
     assert 0.0 < shipped["threshold"] < 1.0
 
 
 RUNTIME_CONSTANTS = [("phonemes", "classes"), ("phonemes", "blank"), ("gates", "names"), ("gates", "threshold"),
                      ("gates", "layers"), ("matcher", "gap_penalty"), ("matcher", "frames_base"),
-                     ("matcher", "frames_per_phoneme"), ("sample_rate",), ("chunk_samples",), ("frame_seconds",),
+                     ("matcher", "frames_per_phoneme"), ("matcher", "posterior_weight"), ("sample_rate",),
+                     ("chunk_samples",), ("frame_seconds",),
                      ("frames_per_chunk",), ("features", "n_fft"), ("features", "hop"), ("features", "n_mels"),
                      ("calibration", "slope"), ("calibration", "offset"), ("calibration", "per_phoneme"),
                      ("calibration", "threshold"), ("calibration", "znorm"), ("encoder", "state_pairs")]
@@ -453,17 +467,21 @@ def test_background_bank_shape_and_content_are_bounded(shipped, tmp_path, bank, 
 
 
 def test_a_bank_that_makes_silence_fire_is_caught_at_load(shipped, tmp_path):
-    """A well-formed bank of pure blank frames: every keyword's background mean is -40 nats with the
-    smallest spread, so any real frame is many deviations above it; silence must not fire, and the
-    load-time probe (digital silence and white noise through the graph) finds that it does."""
+    """A well-formed bank of pure blank frames: every keyword's background scores sit at (or near) the
+    floor with the smallest spread, so any real frame is many deviations above it. The load-time probe
+    refuses it: digital silence fires (matcher without a posterior weight), or common keywords score the
+    floor on the whole bank (with one, where silence scores the floor too)."""
     b = _copy(shipped, tmp_path / "b")
     bank = np.full((120, 80, 40), -30.0, np.float16)
     bank[:, :, 0] = 0.0
     np.save(b / "background.npy", bank, allow_pickle=False)
     edit_manifest(b, _resign_file(b, "background", "background.npy"))
-    with pytest.raises(BundleError, match="fires on digital silence") as e:
+    with pytest.raises(BundleError, match="fires on digital silence|not background speech") as e:
         _load_kws(b)
     _one_line(e.value)
+    edit_manifest(b, lambda m: m["matcher"].update(posterior_weight=0.0))  # the other rule, without the weight
+    with pytest.raises(BundleError, match="fires on digital silence|not background speech"):
+        _load_kws(b)
 
 
 @pytest.mark.parametrize("change, message", [

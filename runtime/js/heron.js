@@ -94,7 +94,7 @@ function checkManifest(m, where) {
   num(mt.gap_penalty, 0, 10, `${where}: matcher.gap_penalty`);
   num(mt.frames_base, 1, 1000, `${where}: matcher.frames_base`, true);
   num(mt.frames_per_phoneme, 1, 100, `${where}: matcher.frames_per_phoneme`, true);
-  if (mt.posterior_weight !== undefined) num(mt.posterior_weight, 0, 10, `${where}: matcher.posterior_weight`);
+  num(mt.posterior_weight, 0, 10, `${where}: matcher.posterior_weight`);
   const known = ['gap_penalty', 'frames_base', 'frames_per_phoneme', 'posterior_weight'];
   const unknown = Object.keys(mt).filter((k) => !known.includes(k));
   if (unknown.length) throw new HeronError(`${where}: 'matcher' has fields this heron does not know: ${unknown}`);
@@ -334,7 +334,7 @@ export class KeywordSpotter {
     this.table = phonemeTable;
     this.classes = manifest.phonemes.classes;
     this.blank = manifest.phonemes.blank;
-    this.posteriorWeight = manifest.matcher.posterior_weight || 0;  // absent (bundles before it): 0
+    this.posteriorWeight = manifest.matcher.posterior_weight;
     this.classOf = new Map();
     this.classes.forEach((c, i) => { if (i !== this.blank) this.classOf.set(c, i); });
     this.keywords = new Map();
