@@ -251,7 +251,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         "gates": {"names": list(GATE_NAMES), "layers": c.n_layers, "threshold": GATE_THRESHOLD},
         "encoder": io,
         "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
-        "matcher": asdict(matcher_options),
+        "matcher": matcher_options.to_dict(),
         **({"speech_gate": dict(speech_gate[1])} if "speech_gate" in files else {}),
         **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
                          "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),

@@ -332,13 +332,9 @@ def validate_kws_manifest(m: dict, where: str) -> None:
         raw_fire_problem(slope, offset, per_ph, threshold)
     if problem:
         f.fail("calibration", problem)
-    f.float("matcher.gap_penalty", 0.0, 10.0)
-    f.int("matcher.frames_base", 1, 1000)
-    f.int("matcher.frames_per_phoneme", 1, 100)
-    f.float("matcher.posterior_weight", 0.0, 10.0)  # bundles exported before it: re-export (the scores depend on it)
-    unknown = set(f.obj("matcher")) - {"gap_penalty", "frames_base", "frames_per_phoneme", "posterior_weight"}
-    if unknown:
-        f.fail("matcher", f"has fields this heron does not know: {sorted(unknown)}")
+    from heron.runtime.ctc_kws import MatcherOptions
+
+    MatcherOptions.from_dict(f.obj("matcher"), where)  # every field required: the scores depend on each
     f.obj("model")
     if not files:
         f.fail("files", "lists no files")

@@ -38,6 +38,28 @@ class MatcherOptions:
     frames_per_phoneme: int = 8
     posterior_weight: float = 0.0  # w: a frame scores (1 + w) log p(state) - max_c log p(c); 0 = the ratio alone
 
+    # the manifest's `matcher` section: every field required, in these ranges (one definition, used by
+    # the bundle check, the runtime and export)
+    RANGES = {"gap_penalty": (0.0, 10.0), "frames_base": (1, 1000), "frames_per_phoneme": (1, 100),
+              "posterior_weight": (0.0, 10.0)}
+
+    @classmethod
+    def from_dict(cls, section: object, where: str) -> "MatcherOptions":
+        """The manifest's `matcher` section, checked (types, ranges, no unknown fields): BundleError otherwise."""
+        from heron.runtime.bundle import Fields
+
+        f = Fields({"matcher": section}, where)
+        f.obj("matcher")
+        unknown = sorted(set(section) - set(cls.RANGES))  # type: ignore[arg-type]
+        if unknown:
+            f.fail("matcher", f"has fields this heron does not know: {unknown}")
+        return cls(**{name: (f.int if isinstance(lo, int) else f.float)(f"matcher.{name}", lo, hi)
+                      for name, (lo, hi) in cls.RANGES.items()})
+
+    def to_dict(self) -> dict:
+        """The manifest's `matcher` section (what `from_dict` reads back)."""
+        return {name: getattr(self, name) for name in self.RANGES}
+
 
 def frame_scores(log_probs: np.ndarray, posterior_weight: float = 0.0) -> np.ndarray:
     """What each class scores at each frame (last axis: classes): its log-likelihood ratio against the

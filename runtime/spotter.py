@@ -143,7 +143,7 @@ class KeywordSpotter:
         self.chunk_samples = int(m["chunk_samples"])
         self.frame_seconds = float(m["frame_seconds"])
         self.calibration = dict(m["calibration"])
-        self.matcher_options = MatcherOptions(**m["matcher"])
+        self.matcher_options = MatcherOptions.from_dict(m["matcher"], where)
         # the CTC class table: log_probs column i is classes[i]; phoneme symbols map to their column
         classes, self.blank = m["phonemes"]["classes"], int(m["phonemes"]["blank"])
         self.class_of = {c: i for i, c in enumerate(classes) if i != self.blank}

@@ -125,3 +125,18 @@ def test_posterior_weight_charges_unsure_frames_and_every_path_agrees():
         assert m.max_scores_batch(lp[None])[0] == pytest.approx(s.max(), rel=1e-4)
     with pytest.raises(ValueError, match="share the matcher options"):
         CTCMatcherBank([ms[0], CTCKeywordMatcher([3, 4], MatcherOptions())])
+
+
+def test_matcher_options_are_one_schema_for_manifest_runtime_and_export():
+    from dataclasses import fields
+
+    from heron.runtime.bundle import BundleError
+
+    assert set(MatcherOptions.RANGES) == {f.name for f in fields(MatcherOptions)}  # every option has its range
+    opts = MatcherOptions(gap_penalty=0.2, frames_base=12, frames_per_phoneme=9, posterior_weight=3.0)
+    assert MatcherOptions.from_dict(opts.to_dict(), "m") == opts
+    for bad, why in (({**opts.to_dict(), "frames_base": 1.5}, "integer"), ({**opts.to_dict(), "gap_penalty": -1}, r"\[0.0"),
+                     ({k: v for k, v in opts.to_dict().items() if k != "posterior_weight"}, "missing"),
+                     ({**opts.to_dict(), "extra": 1}, "does not know"), ([], "object")):
+        with pytest.raises(BundleError, match=why):
+            MatcherOptions.from_dict(bad, "m")
