@@ -85,7 +85,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         policy = gate_meta.get("policy")
         if not isinstance(policy, dict):
             raise ValueError(f"the speech gate in {gate_dir} records no policy (train it with heron kws train-gate)")
-        GatePolicy(**policy)  # checked before any export work
+        policy = GatePolicy.from_dict(policy, str(gate_dir)).to_dict()  # checked before any export work
         gate = (module, policy)
     cal_path = _calibration_file(checkpoint, matcher)
     calibration = None

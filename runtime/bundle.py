@@ -356,10 +356,9 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     if ("speech_gate" in files) != ("speech_gate" in m):
         f.fail("speech_gate", "and files.speech_gate come together (the gate's graph and its policy)")
     if "speech_gate" in m:
-        thr = f.float("speech_gate.threshold", 0.01, 0.99)
-        if f.float("speech_gate.release", 0.01, 0.99) > thr:
-            f.fail("speech_gate.release", f"must be at most speech_gate.threshold ({thr})")
-        f.int("speech_gate.hangover", 0, 100)
+        from heron.runtime.speech_gate import GatePolicy
+
+        GatePolicy.from_dict(m["speech_gate"], where)
         if target == "onnx" and not any(k.startswith("mod") for k in files):
             f.fail("speech_gate", "needs the per-module graphs (files mod.* or mod8.*) it skips")
     if ("text_encoder" in files) != ("matcher" in files):

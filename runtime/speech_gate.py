@@ -37,6 +37,27 @@ class GatePolicy:
         if isinstance(self.hangover, bool) or not isinstance(self.hangover, int) or not 0 <= self.hangover <= 100:
             raise ValueError(f"speech gate: hangover must be an integer in [0, 100] chunks, got {self.hangover!r}")
 
+    @classmethod
+    def from_dict(cls, section: object, where: str) -> "GatePolicy":
+        """The manifest's `speech_gate` section, checked (types, ranges, release <= threshold, no unknown
+        fields): BundleError otherwise."""
+        from heron.runtime.bundle import Fields
+
+        f = Fields({"speech_gate": section}, where)
+        f.obj("speech_gate")
+        unknown = sorted(set(section) - {"threshold", "release", "hangover"})  # type: ignore[arg-type]
+        if unknown:
+            f.fail("speech_gate", f"has fields this heron does not know: {unknown}")
+        thr = f.float("speech_gate.threshold", 0.01, 0.99)
+        release = f.float("speech_gate.release", 0.01, 0.99)
+        if release > thr:
+            f.fail("speech_gate.release", f"must be at most speech_gate.threshold ({thr})")
+        return cls(thr, release, f.int("speech_gate.hangover", 0, 100))
+
+    def to_dict(self) -> dict:
+        """The manifest's `speech_gate` section (what `from_dict` reads back)."""
+        return {"threshold": self.threshold, "release": self.release, "hangover": self.hangover}
+
     @staticmethod
     def init_state() -> np.ndarray:
         return np.zeros(2, np.float32)

@@ -178,8 +178,7 @@ class KeywordSpotter:
                                  "(skip_gates=True); load with speech_gate=False to run the single graph")
             from heron.runtime.speech_gate import GatePolicy
 
-            sg = m["speech_gate"]
-            self.speech_policy = GatePolicy(float(sg["threshold"]), float(sg["release"]), int(sg["hangover"]))
+            self.speech_policy = GatePolicy.from_dict(m["speech_gate"], where)
             gate_session = open_session(bundle.path("speech_gate"), threads, providers)
         if skip_gates and mod_keys:  # closed gates skip their modules
             from heron.runtime.modular import ModularEncoder

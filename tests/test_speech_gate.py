@@ -164,3 +164,17 @@ def test_training_clips_and_labels():
         bg = background(16000, rng)
         assert np.isfinite(bg).all() and abs(float(np.sqrt(np.mean(bg.astype(np.float64) ** 2))) - 1) < 1e-3
 
+
+
+def test_the_gate_policy_is_one_schema_for_manifest_runtime_and_export():
+    from heron.runtime.bundle import BundleError
+    from heron.runtime.speech_gate import GatePolicy
+
+    pol = GatePolicy(0.05, 0.03, 2)
+    assert GatePolicy.from_dict(pol.to_dict(), "m") == pol
+    for bad, why in (({"threshold": 0.05, "release": 0.06, "hangover": 2}, "at most"),
+                     ({"threshold": 0.05, "release": 0.03, "hangover": 2.5}, "integer"),
+                     ({"threshold": 0.05, "release": 0.03}, "missing"),
+                     ({**pol.to_dict(), "attack": 1}, "does not know")):
+        with pytest.raises(BundleError, match=why):
+            GatePolicy.from_dict(bad, "m")
