@@ -16,6 +16,7 @@ from pathlib import Path
 from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx, export_speech_gate_onnx,
                                    export_text_encoder_onnx)
 from heron.export.quantize import quantize_int8
+from heron.export.quiet import quietly
 from heron.models.audio import HOP, N_FFT, SAMPLE_RATE
 from heron.models.conformer import BLANK, GATE_NAMES, GATE_THRESHOLD, N_PHONEME_CLASSES, GatedConformer
 from heron.runtime.bundle import KWS_FORMAT, path_size, sha256_path, write_identity
@@ -36,6 +37,7 @@ def _calibration_file(checkpoint: Path, matcher: Path | None) -> Path:
     return (matcher if matcher is not None else checkpoint) / "calibration.json"
 
 
+@quietly
 def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "onnx", matcher: str | Path | None = None,
                       recalibrate: bool = False, threshold: float | None = None, int8_only: bool = False,
                       calibration_anchors: int = 200, background_data: list[str] | None = None,

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from heron.models.lm.model import ConcatCache, Routing, Transformer
 from heron.export.quantize import quantize_int8
+from heron.export.quiet import quietly
 from heron.runtime.bundle import MANIFEST
 from heron.export.lm_bundle import write_manifest
 from heron.runtime.lm import state_names
@@ -59,6 +60,7 @@ def export_onnx(model: Transformer, path: str | Path, k: int | None = None, opse
     return path
 
 
+@quietly
 def export_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | None = None, int8: bool = False,
                   name: str = "lm") -> Path:
     """A self-describing runtime folder from a heron checkpoint: model.onnx (+ model.int8.onnx),

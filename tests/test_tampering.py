@@ -355,7 +355,7 @@ def _tree(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_path):
+def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_path, capfd):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
     if shutil.which("espeak-ng") is None:
@@ -375,7 +375,10 @@ def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_
         build_kws_bundles(ckpt, tmp_path / "other", target="onnx", matcher_options=MatcherOptions(posterior_weight=1.0))
     assert not (tmp_path / "other").exists()
     out = tmp_path / "out"
+    capfd.readouterr()
     (bundle,) = build_kws_bundles(ckpt, out, target="onnx", int8_only=True)
+    chatter = capfd.readouterr().err
+    assert "torchvision" not in chatter and "Warning" not in chatter, chatter[-500:]  # the exporters kept quiet
     assert _tree(ckpt) == before, "export wrote into the checkpoint folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
     assert not (out / ".heron-export-work").exists()

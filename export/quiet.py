@@ -1,0 +1,36 @@
+"""Exports print what heron decides, not the exporters' chatter: torch.onnx's registry notes (one per
+missing torchvision op, hundreds per bundle), pytree deprecation warnings and onnxruntime.quantization's
+pre-processing advice are silenced for the duration of an export. Errors still raise."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import warnings
+
+NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")
+
+
+@contextlib.contextmanager
+def quiet_exporters():
+    """Silence third-party warnings and INFO/WARNING logs inside the block (restored after)."""
+    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS] + [logging.getLogger()]  # root: onnxruntime.quantization
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def quietly(fn):
+    """Decorator: run `fn` inside `quiet_exporters()` (its signature and docstring kept)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with quiet_exporters():
+            return fn(*args, **kwargs)
+    return wrapper
