@@ -28,8 +28,8 @@ BLANK_SYMBOL = "<blank>"
 _WORK = ".heron-export-work"
 FRONTEND_FP32 = ("model.frontend.",)  # the front end's DFT and mel matmuls stay fp32 in int8 graphs
 # Only matmuls become int8: onnxruntime's ConvInteger for the conformer's depthwise convolution costs more
-# than the fp32 Conv it replaces (x86 AVX2, 1 thread: 117 vs 65 us per convolution module and chunk) and
-# its weights are a few kB.
+# than the fp32 Conv it replaces (x86 AVX2, 1 thread: 110 vs 66 us per convolution module and chunk,
+# scripts/bench_kws_graphs.py) and its weights are a few kB.
 INT8_OPS = ("MatMul",)
 
 
@@ -95,7 +95,8 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
     if cal_path.is_file() and not recalibrate and not background_data:  # a new bank moves the Z-norm: refit
         calibration = json.loads(cal_path.read_text())
         # the matcher options the calibration was fitted with travel with it (absent: the defaults)
-        fitted = MatcherOptions(**calibration.pop("matcher", {}))
+        fitted = MatcherOptions.from_dict({**MatcherOptions().to_dict(), **calibration.pop("matcher", {})},
+                                          str(cal_path))  # fields it leaves out: the defaults
         if matcher_options is not None and matcher_options != fitted:
             raise ValueError(f"{cal_path} was fitted with the matcher options {asdict(fitted)}; other options "
                              "need --recalibrate")

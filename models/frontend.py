@@ -94,7 +94,9 @@ class LogMel(nn.Module):
     def __init__(self, config: FrontendConfig = FrontendConfig()):
         super().__init__()
         self.config = config
-        for name, t in fft_factors().items():
+        factors = fft_factors()
+        self._fft_names = tuple(factors)
+        for name, t in factors.items():
             self.register_buffer(f"fft_{name}", t, persistent=False)
         self.register_buffer("mel", mel_filterbank(config.n_mels, config.f_min, config.f_max), persistent=False)
         # feature normalization, estimated from training audio (saved with the model)
@@ -116,8 +118,7 @@ class LogMel(nn.Module):
     def log_mel(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
         """Un-normalized log-mels. mel: a (N_BINS, n_mels) filterbank, or (B, N_BINS, n_mels) for one
         per utterance (VTLP in training); default: the model's own."""
-        power = power_spectrum(self.frames(wav), {k: getattr(self, f"fft_{k}") for k in
-                                                  ("window", "stage1", "twiddle_re", "twiddle_im", "stage2")})
+        power = power_spectrum(self.frames(wav), {k: getattr(self, f"fft_{k}") for k in self._fft_names})
         return torch.log(power @ (self.mel if mel is None else mel) + self.config.log_floor)
 
     def forward(self, wav: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:

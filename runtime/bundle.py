@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heron.runtime.ctc_kws import MatcherOptions
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, PHONEMES
+from heron.runtime.speech_gate import GatePolicy
 
 KWS_FORMAT = "heron-kws-bundle/1"  # what export writes
 SUPPORTED_FORMATS = (KWS_FORMAT,)  # what the runtime reads
@@ -332,8 +334,6 @@ def validate_kws_manifest(m: dict, where: str) -> None:
         raw_fire_problem(slope, offset, per_ph, threshold)
     if problem:
         f.fail("calibration", problem)
-    from heron.runtime.ctc_kws import MatcherOptions
-
     MatcherOptions.from_dict(f.obj("matcher"), where)  # every field required: the scores depend on each
     f.obj("model")
     if not files:
@@ -356,8 +356,6 @@ def validate_kws_manifest(m: dict, where: str) -> None:
     if ("speech_gate" in files) != ("speech_gate" in m):
         f.fail("speech_gate", "and files.speech_gate come together (the gate's graph and its policy)")
     if "speech_gate" in m:
-        from heron.runtime.speech_gate import GatePolicy
-
         GatePolicy.from_dict(m["speech_gate"], where)
         if target == "onnx" and not any(k.startswith("mod") for k in files):
             f.fail("speech_gate", "needs the per-module graphs (files mod.* or mod8.*) it skips")

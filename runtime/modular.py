@@ -54,11 +54,10 @@ class ModularEncoder:
         """Every layer's caches for a chunk the speech gate closed (as if all its modules were closed).
         Once a closed stretch has shifted a layer's caches to all zeros, they are replaced by shared
         read-only zero arrays, so the rest of the stretch costs one identity test per cache."""
-        for names in self._cache_names:
+        for i, names in enumerate(self._cache_names):
             if all(state[n] is self._zeros[n] for n in names):  # a long closed stretch: all zeros already
                 new.update({n: state[n] for n in names})
                 continue
-            i = int(names[0].rsplit("_", 1)[1])
             self._shift_attn(state, new, i, C)
             self._shift_conv(state, new, i, C)
             if not any(new[n].any() for n in names):

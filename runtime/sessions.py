@@ -62,8 +62,8 @@ def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence
 def runner(session):
     """`feeds -> outputs` for a session whose inputs were checked once at load (every output, in the
     graph's order). Calls onnxruntime's compiled session directly: the Python wrapper's per-call checks
-    (input names, OrtValue ownership, graph capture) cost about a tenth of a spotter chunk's time when a
-    chunk runs 20-odd small graphs. Errors still come from onnxruntime itself; where the compiled session
+    (input names, OrtValue ownership, graph capture) add up when a spotter chunk runs 20-odd small graphs.
+    Errors still come from onnxruntime itself; where the compiled session
     is not exposed (another onnxruntime build), the public `run` is used."""
     names = [o.name for o in session.get_outputs()]
     inner = getattr(session, "_sess", None)

@@ -16,8 +16,8 @@ rates) comes from the bundle's manifest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -163,8 +163,9 @@ def _matcher_options(args):
 
     if args.posterior_weight is None:
         return None
-    if not 0.0 <= args.posterior_weight <= 10.0:
-        raise ValueError(f"--posterior-weight must be in [0, 10], got {args.posterior_weight}")
+    lo, hi = MatcherOptions.RANGES["posterior_weight"]
+    if not lo <= args.posterior_weight <= hi:
+        raise ValueError(f"--posterior-weight must be in [{lo}, {hi}], got {args.posterior_weight}")
     return replace(MatcherOptions(), posterior_weight=args.posterior_weight)
 
 
