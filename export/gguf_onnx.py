@@ -1,11 +1,14 @@
 """A Llama-family GGUF file (SmolLM2) -> one ONNX decode-step graph that runs the file's own quantized
 blocks with onnxruntime's CPU kernels: no weight is quantized a second time.
 
-The graph has the interface of every heron LM bundle (heron.export.onnx_lm): tokens (1, T) and
-cached_key_i / cached_value_i (1, G, P, S) in; logits and the grown states out. T and P are dynamic, so
-one graph prefills, decodes and verifies draft blocks. One more input, `last` (1,) int64, asks for the
-logits of the block's last n positions only (1 when decoding, the draft length + 1 when verifying):
-the 49152-word head is a third of a decoding step, and most of a prompt's prefill.
+The graph has the interface of heron's LM bundles (heron.export.onnx_lm): tokens (1, T) and
+cached_key_i / cached_value_i (1, G, P, S) in; logits and the states out. T is dynamic, so one graph
+prefills, decodes and verifies draft blocks. `last` (1,) int64 asks for the logits of the block's last
+n positions only (1 when decoding, the draft length + 1 when verifying): the 49152-word head is a third
+of a decoding step, and most of a prompt's prefill. `past_length` (1,) int64 says how many of the P
+positions hold keys and values: the states are fixed-size buffers that GroupQueryAttention extends in
+place when the caller binds each new state to its input's buffer (heron.runtime.lm does), so a step
+copies no cache and allocates no new state arrays (shared_cache=False: states that grow by T per call).
 
 How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in blocks of 32 along K):
   Q4_0  w = d * (q - 8)          4 bits, scale d, the default zero point 8: exact
@@ -37,7 +40,7 @@ import numpy as np
 
 from heron.export.lm_bundle import write_manifest
 from heron.runtime.bundle import MANIFEST, sha256_path
-from heron.runtime.lm import lm_manifest, state_names
+from heron.runtime.lm import PAST_INPUT, lm_manifest, state_names
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
@@ -180,8 +183,11 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
     return g.one("Add", [y, share], hint=hint)
 
 
-def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
-    """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`."""
+def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True):
+    """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
+    are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
+    when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
+    grow by T every call (the interface of the torch-exported bundles, a copy of the whole cache per step)."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -198,7 +204,10 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
     ins, outs = state_names(cfg.n_layers)
 
     # positions: P (cached) and T (new) from the shapes; GroupQueryAttention wants int32 lengths
-    past_len = g.one("Shape", [ins[0]], start=2, end=3)  # (1,) int64
+    if shared_cache:  # valid positions of the state buffers (their length is their capacity)
+        past_len = PAST_INPUT
+    else:
+        past_len = g.one("Shape", [ins[0]], start=2, end=3)  # (1,) int64
     new_len = g.one("Shape", ["tokens"], start=1, end=2)
     total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
     seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
@@ -259,6 +268,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
     inputs += [helper.make_tensor_value_info(n, f32, [1, G, "P", S]) for n in ins]
+    if shared_cache:
+        inputs.append(helper.make_tensor_value_info(PAST_INPUT, TensorProto.INT64, [1]))
     inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
@@ -270,11 +281,11 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE):
     return model, cfg, meta, reader
 
 
-def _bundle_fields(path: str | Path, compute: str, name: str | None):
+def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle."""
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
-    model, cfg, meta, reader = build_graph(path, compute)
+    model, cfg, meta, reader = build_graph(path, compute, shared_cache)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
@@ -285,12 +296,14 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None):
     return model, cfg, tok, fields
 
 
-def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None) -> Path:
+def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
+                       shared_cache: bool = True) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
-    tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids."""
+    tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids.
+    shared_cache=False: the grown-state interface instead (benchmarks compare the two)."""
     import onnx
 
-    model, cfg, tok, fields = _bundle_fields(path, compute, name)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):

@@ -240,6 +240,15 @@ def _room(seq, max_len, gamma) -> int:
 # plain decoding
 
 
+def fresh(backend, positions: int) -> None:
+    """An empty cache sized for `positions` (prompt, new tokens and a draft window) where the backend
+    can reserve room up front (onnxruntime's shared buffers), so decoding never regrows it."""
+    backend.reset()
+    reserve = getattr(backend, "reserve", None)
+    if reserve is not None:
+        reserve(positions)
+
+
 def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
           stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
     """The one plain decoding loop: one target forward per token."""
@@ -248,7 +257,7 @@ def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOpt
     stats.method = stats.method or "plain"
     rng = np.random.default_rng(opts.seed)
     tc = CachedBackend(target)
-    target.reset()
+    fresh(target, len(prompt) + opts.max_new_tokens)
     em = Emitter(list(prompt), opts, stats, detok, getattr(target, "end_ids", ()))
     yield from _plain_loop(tc, list(prompt), opts, stats, rng, em)
 
@@ -336,8 +345,8 @@ def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOpti
     stats = stats if stats is not None else DecodeStats(method=method)
     rng = np.random.default_rng(opts.seed)
     draft_rng = DraftSeeds(opts.seed)
-    target.reset()
-    draft.reset()
+    fresh(target, len(prompt) + opts.max_new_tokens + spec.gamma)
+    fresh(draft, len(prompt) + opts.max_new_tokens + spec.gamma)
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
     return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, em,
@@ -465,7 +474,7 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     stats = stats if stats is not None else DecodeStats(method="lookup")
     rng = np.random.default_rng(opts.seed)
     tc = CachedBackend(target)
-    target.reset()
+    fresh(target, len(prompt) + opts.max_new_tokens + spec.gamma)
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
     yield from _draft_and_verify(tc, LookupDrafter(target.vocab_size, stats), seq, target.max_len, spec.gamma, opts,
@@ -559,8 +568,8 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     """
     gamma, kappa, exit_layer = spec.gamma, spec.kappa, spec.exit_layer
     if not getattr(draft, "branchable", False):
-        raise ValueError(f"the Mirror-SD draft must keep independent branch states (the onnxruntime backend); "
-                         f"{draft.name} cannot")
+        raise ValueError(f"the Mirror-SD draft must keep independent branch states (an onnxruntime bundle whose "
+                         f"states grow, such as the shipped draft); {draft.name} cannot")
     if not hasattr(target, "prefix"):
         raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix); {target.name} has none")
     stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "mirror")

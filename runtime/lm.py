@@ -6,6 +6,11 @@ A backend owns a KV cache and returns next-token logits for a block of tokens ap
     logits = backend.forward(block, last=1)  # (1, V): logits of the block's last position only
     backend.trim(2)                          # drop the last 2 positions (rejected draft tokens)
     state = backend.snapshot(); backend.restore(state)   # cheap branch points (Mirror-SD rollouts)
+    backend.reserve(n)                       # optional: room for n positions up front (no regrowth)
+
+Graphs with a `past_length` input (SmolLM2's, from heron.export.gguf_onnx) keep their states in fixed
+buffers that onnxruntime extends in place: no copy of the cache per step; their snapshots are rewind
+points only (`branchable` is False). Graphs without it return grown states, never written in place.
 
 The onnxruntime backend is heron's "NPU" path: any execution provider the installed onnxruntime offers
 (CPU, CoreML, QNN, ...) can run the draft. numpy + onnxruntime only; no torch here.
@@ -64,6 +69,9 @@ LM_FILES = ("model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json"
 WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
 MAX_TEMPLATE_CHARS = 100_000
 LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the block's last n positions only
+# optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
+# in place (each new state bound to its input's buffer); without it the states grow by T every call
+PAST_INPUT = "past_length"
 
 
 def state_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -187,6 +195,9 @@ class OnnxLM:
         self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
         self._check_graph(where)
         self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)
+        self._cache = _SharedCache(session, self.state_in, self.state_out, m) if self._shared else None
+        if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
+            self.branchable = False
         self.reset()
 
     def _check_graph(self, where: str) -> None:
@@ -195,8 +206,12 @@ class OnnxLM:
         m = self.manifest
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
-        self._has_last = list(ins)[-1:] == [LAST_INPUT]  # optional: logits for the last n positions only
-        if [n for n in ins if n != LAST_INPUT] != ["tokens", *self.state_in] or list(outs) != ["logits", *self.state_out]:
+        self._has_last = LAST_INPUT in ins  # optional: logits for the last n positions only
+        self._shared = PAST_INPUT in ins  # optional: fixed-size state buffers extended in place
+        if self._shared and not self._has_last:
+            raise BundleError(f"{where}: a graph with a {PAST_INPUT} input must have a {LAST_INPUT} input too")
+        if ([n for n in ins if n not in (LAST_INPUT, PAST_INPUT)] != ["tokens", *self.state_in]
+                or list(outs) != ["logits", *self.state_out]):
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
             shape = ins[name]
@@ -223,10 +238,19 @@ class OnnxLM:
 
     @property
     def length(self) -> int:
-        return self._state[0].shape[2]
+        return self._cache.length if self._shared else self._state[0].shape[2]
 
     def reset(self) -> None:
-        self._state = [self._empty] * len(self.state_in)
+        if self._shared:
+            self._cache.length = 0  # the buffers stay: their old positions are never read
+        else:
+            self._state = [self._empty] * len(self.state_in)
+
+    def reserve(self, positions: int) -> None:
+        """Size the state buffers for `positions` in all (a prompt plus the tokens to generate), so that
+        decoding never regrows them; graphs without shared buffers need nothing."""
+        if self._shared:
+            self._cache.reserve(min(int(positions), self.max_len))
 
     def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
         """-> logits (T, V) of the block, or of its `last` positions only (a graph with a "last" input
@@ -238,7 +262,10 @@ class OnnxLM:
         n = len(tokens) if last is None else min(int(last), len(tokens))
         if n < 1:
             raise ValueError(f"last must be >= 1, got {last}")
-        feed = {"tokens": np.asarray([tokens], dtype=np.int64), **dict(zip(self.state_in, self._state))}
+        ids = np.asarray([tokens], dtype=np.int64)
+        if self._shared:
+            return self._cache.run(ids, n)
+        feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
         if self._has_last:
             feed[LAST_INPUT] = np.array([n], np.int64)
         out = self.session.run(None, feed)
@@ -248,14 +275,74 @@ class OnnxLM:
     def trim(self, n: int) -> None:
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot trim {n} positions from a cache holding {self.length}")
-        keep = self.length - n
-        self._state = [s[:, :, :keep] for s in self._state]  # views: trimming copies nothing
+        if self._shared:
+            self._cache.length -= n  # positions past the length are overwritten, never read
+        else:
+            keep = self.length - n
+            self._state = [s[:, :, :keep] for s in self._state]  # views: trimming copies nothing
 
     def snapshot(self):
+        if self._shared:
+            return self._cache.length  # a rewind point (shared buffers are written in place)
         return list(self._state)  # the arrays are never written in place, so references suffice
 
     def restore(self, state) -> None:
-        self._state = list(state)
+        if self._shared:
+            if not isinstance(state, int) or not 0 <= state <= self._cache.length:
+                raise ValueError("a shared-buffer cache can only be rewound to one of its own snapshots")
+            self._cache.length = state
+        else:
+            self._state = list(state)
+
+
+class _SharedCache:
+    """The state buffers of a graph with a `past_length` input: (1, G, capacity, S) per key and value,
+    bound as both input and output of the session, so that GroupQueryAttention writes each block's keys
+    and values in place (no copy of the cache per step, no new arrays). The capacity grows in steps of
+    STEP positions (or to a reserved size) up to the model's context; growing copies the valid prefix."""
+
+    STEP = 256
+
+    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: dict):
+        import onnxruntime as ort
+
+        self._ort, self.session = ort, session
+        self.state_in, self.state_out = state_in, state_out
+        self.kv_heads, self.head_dim, self.max_len = manifest["n_kv_heads"], manifest["head_dim"], manifest["max_seq_len"]
+        self.length, self.capacity = 0, 0
+        self.buffers: list = []
+        self.binding = session.io_binding()
+
+    def reserve(self, positions: int) -> None:
+        if positions <= self.capacity:
+            return
+        capacity = min(self.max_len, max(positions, 2 * self.capacity, self.STEP))
+        new = []
+        for old in self.buffers or [None] * len(self.state_in):
+            a = np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32)
+            if old is not None and self.length:
+                a[:, :, :self.length] = old.numpy()[:, :, :self.length]
+            new.append(self._ort.OrtValue.ortvalue_from_numpy(a))
+        self.buffers, self.capacity = new, capacity
+        b = self.binding
+        b.clear_binding_inputs(), b.clear_binding_outputs()
+        b.bind_output("logits")  # first: the only output read back
+        for name_in, name_out, buf in zip(self.state_in, self.state_out, self.buffers):
+            b.bind_ortvalue_input(name_in, buf)
+            b.bind_ortvalue_output(name_out, buf)  # the same buffer: extended in place
+
+    def run(self, ids: np.ndarray, n: int) -> np.ndarray:
+        """ids (1, T) -> the logits (n, V) of the block's last n positions; the cache holds T more."""
+        T = ids.shape[1]
+        self.reserve(self.length + T)
+        b = self.binding
+        b.bind_cpu_input("tokens", ids)
+        b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))
+        b.bind_cpu_input(LAST_INPUT, np.array([n], np.int64))
+        b.bind_output("logits")  # unallocated each call: its shape follows n
+        self.session.run_with_iobinding(b)
+        self.length += T
+        return b.get_outputs()[0].numpy()[0]
 
 
 def _check_providers(providers: Sequence[str]) -> list[str]:

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_smollm2.py --out runs/bench-smollm2      # writes only under --out
 
 Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with --compute int8x2 and int8
-(onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+(onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow; onnx:int8x2-grown: the
+same graph with states that grow by a copy per step instead of shared buffers extended in place), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, and llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
 prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -147,17 +147,6 @@ def run_transformers(threads: int) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def cpu_line() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model} ({', '.join(isa) or 'no AVX2'})"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,9 +164,13 @@ def main() -> int:
     from heron.export.gguf_onnx import export_gguf_bundle
     from heron.paths import named_lm_path
     backends = args.backends.split(",")
-    for c in COMPUTES:
-        if f"onnx:{c}" in backends and not (out / c / "manifest.json").is_file():
-            export_gguf_bundle(named_lm_path("smollm2"), out / c, compute=c)
+    for b in backends:  # onnx:COMPUTE, or onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs)
+        variant = b.split(":", 1)[1] if b.startswith("onnx:") else None
+        if variant and not (out / variant / "manifest.json").is_file():
+            compute, _, cache = variant.partition("-")
+            if compute not in COMPUTES or cache not in ("", "grown"):
+                raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown]")
+            export_gguf_bundle(named_lm_path("smollm2"), out / variant, compute=compute, shared_cache=not cache)
     if "llama.cpp" in backends:  # the same token ids for the peer: heron's tokenizer and chat template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")
@@ -205,7 +198,8 @@ def main() -> int:
             results[f"{name}@{threads}"] = json.loads(p.stdout.strip().splitlines()[-1])
             print(name, threads, {k: v for k, v in results[f"{name}@{threads}"].items() if k != "answers"}, flush=True)
     ref = next((r["answers"] for k, r in results.items() if k.startswith("torch@") and "answers" in r), None)
-    lines = [f"{cpu_line()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
+    from heron.runtime.metrics import machine
+    lines = [f"{machine()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
              f"min / median of {REPEATS}; prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
              f"{len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch fp32's", "",
              "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match | perplexity |",

@@ -59,7 +59,7 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     from heron.models.lm.gguf_file import load_gguf
 
     path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(0), types)
-    model, cfg, _, reader = build_graph(path, compute="fp32")
+    model, cfg, _, reader = build_graph(path, compute="fp32", shared_cache=False)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     tokens = [1, 5, 9, 33, 2, 60, 7, 7, 40, 3]
     ours, state = _run(session, cfg.n_layers, [tokens[:6], tokens[6:9], tokens[9:]])
@@ -73,7 +73,7 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     # (a CPU whose onnxruntime computes accuracy level 4 in fp32 has both errors near zero: still passes)
     err = {}
     for compute in ("int8", "int8x2"):
-        fast, _, _, _ = build_graph(path, compute=compute)
+        fast, _, _, _ = build_graph(path, compute=compute, shared_cache=False)
         s4 = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"])
         approx, _ = _run(s4, cfg.n_layers, [tokens[:6], tokens[6:]])
         err[compute] = np.abs(approx - theirs).max()
@@ -87,7 +87,7 @@ def test_logits_of_the_last_positions_only(tmp_path):
     from heron.models.lm.gguf_file import load_gguf
 
     path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q4_1"))
-    model, cfg, _, _ = build_graph(path, compute="fp32")
+    model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ins, _ = state_names(cfg.n_layers)
     empty = dict(zip(ins, [np.zeros((1, 1, 0, 32), np.float32)] * len(ins)))
@@ -102,6 +102,51 @@ def test_logits_of_the_last_positions_only(tmp_path):
         np.testing.assert_allclose(ref(torch.from_numpy(tokens), last=2).logits[0].numpy(), full[0][0][-2:], atol=1e-3)
         with pytest.raises(ValueError, match="last must be >= 1"):
             ref(torch.from_numpy(tokens), last=0)
+
+
+def _backend(path, shared: bool):
+    from heron.runtime.lm import OnnxLM, lm_manifest
+
+    model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=shared)
+    manifest = lm_manifest(cfg, name="t", eot_id=None, source=None, sha256={}, sizes={})
+    return OnnxLM.from_memory(model.SerializeToString(), manifest)
+
+
+def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
+    """The shared-buffer graph (states extended in place through IO binding) gives the grown-state graph's
+    logits through a prompt, single steps, a verified block, trims, snapshots and rewinds, and buffer
+    growth past its first capacity (the valid prefix is carried over)."""
+    from heron.runtime import lm as lm_mod
+
+    monkeypatch.setattr(lm_mod._SharedCache, "STEP", 8)  # grow several times within the test
+    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0"))
+    grown, shared = _backend(path, False), _backend(path, True)
+    assert shared._shared and not grown._shared and not shared.branchable
+    for b in (grown, shared):
+        b.reset()
+    script = [("f", [3, 1, 4, 1, 5], None), ("f", [9], 1), ("f", [2, 6, 5], None), ("t", 2), ("f", [7, 7], 2),
+              ("s",), ("f", list(range(10, 22)), 3), ("r",), ("f", [8], 1), ("t", 0), ("f", [30, 31, 32, 33], 4)]
+    marks = {}
+    for step in script:
+        for b in (grown, shared):
+            if step[0] == "f":
+                marks.setdefault(("out", id(b)), []).append(b.forward(step[1], last=step[2]))
+            elif step[0] == "t":
+                b.trim(step[1])
+            elif step[0] == "s":
+                marks[id(b)] = b.snapshot()
+            else:
+                b.restore(marks[id(b)])
+        assert shared.length == grown.length
+    for a, c in zip(marks[("out", id(grown))], marks[("out", id(shared))]):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+    assert shared._cache.capacity >= shared.length > 8
+    with pytest.raises(ValueError, match="rewound"):
+        shared.restore(shared.length + 1)
+    shared.reset()
+    shared.reserve(40)
+    assert shared.length == 0 and shared._cache.capacity >= 40
+    np.testing.assert_allclose(shared.forward([3, 1, 4, 1, 5]), marks[("out", id(grown))][0], rtol=1e-5, atol=1e-5)
 
 
 def test_blocks_are_repacked_not_requantized(tmp_path):
