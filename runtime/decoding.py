@@ -74,6 +74,8 @@ class SpeculativeOptions:
     draft_timeout_s: float = 5.0    # a draft call slower than this counts as stalled: the target goes on alone
     mtp: str | None = None          # MTP adapter folder (None: the model's own `mtp/`)
     exit_head: str | None = None    # Mirror-SD: folder of a trained early-exit head (None: the model's own, if any)
+    adaptive: bool = True           # lookup: cut each window to the length that pays for its verification
+                                    # (best_window; up to gamma), or to none; False: always up to gamma tokens
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -83,6 +85,8 @@ class SpeculativeOptions:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not _is_int(self.exit_layer) or self.exit_layer < 1:
             raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
         if not isinstance(self.draft_timeout_s, (int, float)) or not math.isfinite(self.draft_timeout_s) \
                 or self.draft_timeout_s <= 0:
             raise ValueError(f"draft_timeout_s must be a positive number of seconds, got {self.draft_timeout_s!r}")
@@ -95,6 +99,7 @@ class DecodeStats:
     draft_calls: int = 0
     rounds: int = 0
     accepted: list[int] = field(default_factory=list)      # draft tokens accepted per round
+    windows: list[int] = field(default_factory=list)       # draft tokens verified per round (the window length)
     position_tries: list[int] = field(default_factory=list)  # per draft position: times it was verified
     position_hits: list[int] = field(default_factory=list)   # ... and accepted
     target_time_s: float = 0.0
@@ -303,6 +308,9 @@ def _draft_and_verify(tc: CachedBackend, drafter: Drafter, seq, max_len: int, ga
             yield _plain_step(tc, seq, opts, stats, rng, em)
             continue
         yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+        observe = getattr(drafter, "observe", None)
+        if observe is not None:  # a drafter that sizes its windows by how often they are accepted
+            observe(len(window), stats.accepted[-1])
     if not em.done:
         yield from _plain_loop(tc, seq, opts, stats, rng, em)
 
@@ -426,6 +434,7 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
     n_acc, extra = verify(p, qs, window, rng, stats)
     stats.rounds += 1
     stats.accepted.append(n_acc)
+    stats.windows.append(len(window))
     yield from emit_round(em, window, n_acc, extra)
 
 
@@ -477,18 +486,63 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     fresh(target, len(prompt) + opts.max_new_tokens + spec.gamma)
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
-    yield from _draft_and_verify(tc, LookupDrafter(target.vocab_size, stats), seq, target.max_len, spec.gamma, opts,
+    yield from _draft_and_verify(tc, LookupDrafter(target.vocab_size, stats, spec.adaptive), seq, target.max_len, spec.gamma, opts,
                                  stats, rng, em)
 
 
-class LookupDrafter:
-    """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot."""
+# Cost-aware lookup windows. Verifying k draft tokens in one call costs 1 + VERIFY_COST * k plain steps
+# (SmolLM2's int8x2 graph, machine C, four runs of scripts/bench_smollm2_spec.py: 1.4-2.0 / 1.8-2.6 / 2.5-3.6 for
+# T = 2 / 3 / 5 tokens),
+# and with a per-token acceptance p it yields 1 + p + ... + p^k tokens: the window is cut to the k that
+# gives the most tokens per unit of cost, and to 0 (a plain step) when no k beats plain decoding. p is
+# counted from the rounds so far (decayed, with a prior), so chat answers with little to copy stop
+# paying for rejected windows and code edits keep long ones. The choice depends on acceptances only,
+# never on timings: a seeded sampling run draws the same tokens every time.
+VERIFY_COST = 0.5
+LOOKUP_PRIOR = 0.6     # acceptance assumed before any round, weighted as PRIOR_WEIGHT tries
+PRIOR_WEIGHT = 2.0
+LOOKUP_DECAY = 0.9     # older rounds count less: the text may turn from copying to free writing and back
+LOOKUP_RECOVER = 0.05  # per skipped window, the estimate moves this far back to the prior (so it can recover)
 
-    def __init__(self, vocab_size: int, stats: DecodeStats | None = None):
-        self.vocab_size, self.stats = vocab_size, stats
+
+def best_window(n: int, p: float, cost: float = VERIFY_COST) -> int:
+    """The k in 0..n maximising (1 + p + ... + p^k) / (1 + cost * k): expected tokens per plain-step cost."""
+    best, best_k, gain, term = 1.0, 0, 1.0, 1.0
+    for k in range(1, n + 1):
+        term *= p
+        gain += term
+        if gain / (1 + cost * k) > best + 1e-12:
+            best, best_k = gain / (1 + cost * k), k
+    return best_k
+
+
+class LookupDrafter:
+    """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot;
+    adaptive=True cuts it to the length that pays (best_window) from the acceptance seen so far."""
+
+    def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
+                 cost: float = VERIFY_COST):
+        self.vocab_size, self.stats, self.adaptive, self.cost = vocab_size, stats, adaptive, cost
+        self.hits, self.tries = 0.0, 0.0  # decayed counts of accepted / verified draft tokens
+
+    @property
+    def acceptance(self) -> float:
+        return (self.hits + LOOKUP_PRIOR * PRIOR_WEIGHT) / (self.tries + PRIOR_WEIGHT)
+
+    def observe(self, proposed: int, accepted: int) -> None:
+        """After a verified window: `accepted` of its `proposed` tokens were kept (a position is tried
+        only when every earlier one was accepted)."""
+        self.hits = LOOKUP_DECAY * self.hits + accepted
+        self.tries = LOOKUP_DECAY * self.tries + min(accepted + 1, proposed)
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         window = lookup_window(seq, g)
+        if window and self.adaptive:
+            k = best_window(len(window), self.acceptance, self.cost)
+            if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
+                self.hits *= 1 - LOOKUP_RECOVER
+                self.tries *= 1 - LOOKUP_RECOVER
+            window = window[:k]
         if not window:
             return [], None
         qs = np.zeros((len(window), self.vocab_size))

@@ -5,11 +5,12 @@
 Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with --compute int8x2 and int8
 (onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow; onnx:int8x2-grown: the
 same graph with states that grow by a copy per step instead of shared buffers extended in place), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
-is installed, and llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
-scripts/peers/lm_peers.sh has built its side venv. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
+is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
+scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
+its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
 prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
 prompt, peak RSS of the process, and greedy agreement with heron's torch fp32 path: how many of 8 chat
-prompts keep the same first 32 tokens. ONNX Runtime GenAI is not measured here yet.
+prompts keep the same first 32 tokens.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ DECODE_PROMPT = "Write a Python function that checks whether a number is prime, 
 NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
 PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
-PEERS_PYTHON = Path(__file__).resolve().parents[1] / "runs" / "lm-peers-venv" / "bin" / "python"  # lm_peers.sh
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+PEERS_PYTHON = RUNS / "lm-peers-venv" / "bin" / "python"  # scripts/peers/lm_peers.sh (llama.cpp)
+GENAI_PYTHON, GENAI_MODEL = RUNS / "genai-venv" / "bin" / "python", RUNS / "smol-genai"  # scripts/peers/genai_peers.sh
 
 
 def _held_out_text() -> str:
@@ -152,7 +155,7 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for the exported bundles and results.json")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,torch,transformers,llama.cpp",
+    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,torch,transformers,llama.cpp,ort-genai",
                     help="comma-separated backends")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
     args = ap.parse_args()
@@ -171,7 +174,7 @@ def main() -> int:
             if compute not in COMPUTES or cache not in ("", "grown"):
                 raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown]")
             export_gguf_bundle(named_lm_path("smollm2"), out / variant, compute=compute, shared_cache=not cache)
-    if "llama.cpp" in backends:  # the same token ids for the peer: heron's tokenizer and chat template
+    if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")
         chat = lambda q: lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))  # noqa: E731
@@ -190,6 +193,12 @@ def main() -> int:
                     continue
                 cmd = [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "lm_peers.py"),
                        str(named_lm_path("smollm2")), str(out / "prompts.json"), str(threads)]
+            if name == "ort-genai":
+                if not (GENAI_MODEL / "genai_config.json").is_file():
+                    results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/genai_peers.sh"}
+                    continue
+                cmd = [str(GENAI_PYTHON), str(Path(__file__).parent / "peers" / "genai_peers.py"), str(GENAI_MODEL),
+                       str(out / "prompts.json"), str(threads)]
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode:
                 results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}

@@ -10,7 +10,9 @@ interleaved runs), tokens per target call, and how many leading tokens equal pla
 is lossless with respect to the logits the verifying call computes, but onnxruntime's int8 MatMulNBits
 quantizes activations differently for one row and for several (int8: logits differ by up to ~1 between
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
-decoding. Also the cost of verifying T tokens in one call, in plain steps.
+decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
+costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
+acceptance per draft position.
 """
 from __future__ import annotations
 
@@ -33,7 +35,21 @@ PROMPTS = {
     "summary": f"Summarize this text in three sentences, reusing its wording:\n\n{TEXT}",
     "chat": "Explain what a hash table is in a few sentences.",
 }
-METHODS = [("plain", None), ("lookup g=1", 1), ("lookup g=2", 2), ("lookup g=3", 3)]
+# (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
+METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, False),
+           ("lookup adaptive g<=4", 4, True)]
+
+
+def _cost(cost: dict, T: int) -> float:
+    """The measured time of a T-token call, linearly interpolated between the measured T (extrapolated past them)."""
+    ts = sorted(cost)
+    if T in cost:
+        return cost[T]
+    lo = max([t for t in ts if t < T], default=ts[0])
+    hi = min([t for t in ts if t > T], default=ts[-1])
+    if lo == hi:  # past the last measured T: the slope of the last two
+        lo, hi = ts[-2], ts[-1]
+    return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
 
 
 def main() -> int:
@@ -86,28 +102,38 @@ def main() -> int:
         opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=False)
         for name, prompt in PROMPTS.items():
             text = lm.chat_prompt([{"role": "user", "content": prompt}])
-            times: dict[str, list[float]] = {m: [] for m, _ in METHODS}
+            times: dict[str, list[float]] = {m: [] for m, _, _ in METHODS}
             calls: dict[str, float] = {}
+            detail: dict[str, dict] = {}
             agree: dict[str, int] = {}
             ref = None
             for _ in range(a.repeats):
-                for m, g in METHODS:
+                for m, g, adaptive in METHODS:
                     stats = DecodeStats(method=m)
-                    spec = None if g is None else SpeculativeOptions(method="lookup", gamma=g)
+                    spec = None if g is None else SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
                     t0 = time.perf_counter()
                     toks = [t.id for t in lm.generate(text, opts, spec, stats)]
                     times[m].append(time.perf_counter() - t0)
                     ref = toks if ref is None else ref  # plain decoding runs first
                     agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
                     calls[m] = stats.tokens_per_target_call
+                    # predicted speed-up from the measured verify costs: tokens / (plain steps + sum of cost(k + 1))
+                    steps = (stats.target_calls - stats.rounds) + sum(_cost(cost, k + 1) / cost[1] for k in stats.windows)
+                    detail[m] = {"predicted_speedup": round(stats.generated / max(steps, 1e-9), 2),
+                                 "mean_window": round(float(np.mean(stats.windows)), 2) if stats.windows else 0.0,
+                                 "rounds_per_call": round(stats.rounds / max(1, stats.target_calls), 2),
+                                 "per_position_acceptance": [round(h / t, 2) for h, t in
+                                                             zip(stats.position_hits, stats.position_tries) if t]}
             plain = statistics.median(times["plain"])
             res = {m: {"tokens_per_s": round(len(ref) / statistics.median(v), 1),
                        "speedup": round(plain / statistics.median(v), 2),
-                       "tokens_per_target_call": round(calls[m], 2), "same_tokens_as_plain": agree[m]}
+                       "tokens_per_target_call": round(calls[m], 2), "same_tokens_as_plain": agree[m], **detail[m]}
                    for m, v in times.items()}
             rows[name] = res
-            print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x, "
-                                               f"{r['tokens_per_target_call']}/call)" for m, r in res.items()))
+            print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x, predicted "
+                                               f"{r['predicted_speedup']}x; {r['tokens_per_target_call']}/call, "
+                                               f"window {r['mean_window']}, per position {r['per_position_acceptance']})"
+                                               for m, r in res.items()))
         report["bundles"][folder] = rows
     if a.out:
         with open(a.out, "w") as f:

@@ -71,7 +71,8 @@ def test_greedy_equals_plain_for_every_method(pair):
         assert [t.id for t in sp.speculative(T, Dt, prompt, opts, Spec(gamma=3))] == ref
         assert [t.id for t in sp.speculative(T, D, prompt, opts, Spec(gamma=5))] == ref
         for gamma in (1, 4, 8):
-            assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=gamma))] == ref
+            for adaptive in (True, False):
+                assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=gamma, adaptive=adaptive))] == ref
         for exit_layer, kappa in ((1, 1), (2, 3)):
             st = sp.DecodeStats()
             assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, kappa=kappa,
@@ -199,7 +200,8 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
         c1, c2 = np.zeros(V), np.zeros(V)
         for seed in range(n):
             out = [t.id for t in fn(T, D, prompt, sp.GenerationOptions(max_new_tokens=2, temperature=temperature,
-                                                                       seed=seed), Spec(method, gamma=2))]
+                                                                       seed=seed),
+                                 Spec(method, gamma=2, adaptive=False))]  # lookup: both draft tokens verified
             c1[out[0]] += 1
             c2[out[1]] += 1
         return c1, c2
@@ -224,6 +226,46 @@ def test_lookup_window_copies_what_followed_the_latest_match():
     assert sp.lookup_window([8, 6, 8], 4, ngram=(3, 1)) == [6, 8]  # with 1-grams; shorter than gamma
     assert sp.lookup_window([1, 2, 3], 4) == [] and sp.lookup_window([], 4) == []
     assert sp.lookup_window([4, 4, 4, 4], 2) == [4]  # the match ending right before the suffix
+
+
+def test_lookup_windows_are_cut_to_the_length_that_pays():
+    """best_window: none when acceptance is too low to pay for verification, longer as it rises, every
+    available token when verification is free; the drafter learns acceptance from its rounds, skips
+    windows on text it cannot predict, drifts back to trying, and keeps long windows on copied text."""
+    assert sp.best_window(5, 0.2) == 0 and sp.best_window(5, 0.0) == 0
+    ks = [sp.best_window(6, p) for p in (0.3, 0.6, 0.8, 0.9, 0.97)]
+    assert ks == sorted(ks) and ks[0] == 0 and ks[-1] >= 4
+    assert sp.best_window(3, 0.5, cost=0.0) == 3 and sp.best_window(0, 0.9) == 0
+    seq = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]  # "1 2 3" recurs: lookup proposes [4, 5, 6, 7, 1]
+    d = sp.LookupDrafter(64)
+    assert 0 < len(d.propose(seq, 5)[0]) < 5  # the prior alone does not justify the whole window
+    for _ in range(6):
+        d.observe(len(d.propose(seq, 5)[0]) or 1, 0)  # every window rejected at its first token
+    assert d.propose(seq, 5) == ([], None)  # a plain step instead
+    skipped = 0
+    while d.propose(seq, 5) == ([], None):
+        skipped += 1
+        assert skipped < 200
+    assert skipped >= 1  # it recovered after some skipped windows
+    for _ in range(20):
+        d.observe(5, 5)  # copied text: everything accepted
+    window, qs = d.propose(seq, 5)
+    assert window == [4, 5, 6, 7, 1] and qs.shape == (5, 64) and (qs.argmax(1) == window).all()
+    fixed = sp.LookupDrafter(64, adaptive=False)
+    for _ in range(6):
+        fixed.observe(5, 0)
+    assert fixed.propose(seq, 5)[0] == [4, 5, 6, 7, 1]
+    with pytest.raises(ValueError, match="adaptive"):
+        Spec("lookup", adaptive="yes")
+
+
+def test_adaptive_lookup_is_reproducible_for_a_seed(soft_pair):
+    """Window lengths depend on acceptances, never on timings: a seeded sampling run repeats exactly."""
+    target, _, _ = soft_pair
+    T = TorchLM(target)
+    opts = sp.GenerationOptions(max_new_tokens=40, temperature=1.0, seed=7)
+    runs = [[t.id for t in sp.lookup(T, [3, 9, 27, 3, 9, 27, 3], opts, Spec("lookup", gamma=5))] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 40
 
 
 def test_verify_rule_matches_target_distribution():

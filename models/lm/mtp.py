@@ -281,6 +281,7 @@ def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.GenerationOption
         if window:
             stats.rounds += 1
             stats.accepted.append(n_acc)
+            stats.windows.append(len(window))
         yield from sp.emit_round(em, window, n_acc, extra)
         if em.done:
             return
