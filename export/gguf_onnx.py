@@ -13,10 +13,13 @@ copies no cache and allocates no new state arrays (shared_cache=False: states th
 How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in blocks of 32 along K):
   Q4_0  w = d * (q - 8)          4 bits, scale d, the default zero point 8: exact
   Q8_0  w = d * q  (q int8)      8 bits, q + 128 stored, the default zero point 128: exact
-  Q4_1  w = d * q + m            4 bits, scale d, zero point 0, plus the block minimums' share of
-                                 x . w: sum_b m_b * (x's sum over block b), a (K/32, N) fp32 MatMul
-                                 on the block sums of x: exact (float zero points would be exact
-                                 too, but onnxruntime runs them on a much slower kernel)
+  Q4_1  w = d * q + m            4 bits, scale d, the default zero point 8, plus the block offsets'
+        = d * (q - 8) + (m + 8d) share of x . w: sum_b (m_b + 8 d_b) * (x's sum over block b), a
+                                 (K/32, N) fp32 MatMul on the block sums of x: exact up to fp32
+                                 rounding of m + 8d (float zero points would be exact too, but
+                                 onnxruntime runs them on a much slower kernel; an explicit zero
+                                 point 0 costs its one-row int8 kernel 16-25%:
+                                 scripts/bench_matmulnbits.py)
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
@@ -27,7 +30,9 @@ and scaled for the input tokens (one copy of it in memory).
           kernel in one call (2 rows instead of 1: weights are read once): ~1/127 of int8's rounding
           error, most of its speed
   int8    activations rounded to int8 per block of 32, as llama.cpp's own Q4_1 x Q8_1 dot products do:
-          fastest, and SmolLM2's greedy answers drift from fp32's within a few tokens
+          fastest; the rounding error meets only the centred weights d (q - 8) (the block offsets go
+          through the exact fp32 term), so SmolLM2 keeps fp32's greedy answers on 7 of 8 chat prompts
+          (perplexity +0.8%), but a block of several tokens rounds differently from single steps
   fp32    the dequantized file up to summation order (greedy equals the torch model's); onnxruntime's
           fp32 path for 4/8-bit blocks is slow on CPUs (a few tokens/s for SmolLM2 here)
 """
@@ -61,16 +66,16 @@ class Blocks:
     bits: int = 0  # 0: fp32 `dense`
     packed: np.ndarray | None = None  # (N, K/32, 32 * bits / 8) uint8
     scales: np.ndarray | None = None  # (N, K/32) fp32
-    mins: np.ndarray | None = None  # (N, K/32) fp32 (Q4_1)
+    offsets: np.ndarray | None = None  # (N, K/32) fp32, Q4_1: w = scale * (q - 8) + offset (its min + 8 scale)
     dense: np.ndarray | None = None  # (N, K) fp32
 
     def rows(self, other: "Blocks") -> "Blocks":
         """These rows followed by `other`'s (a fused Q|K|V or gate|up weight)."""
-        if (self.k, self.bits, self.mins is None) != (other.k, other.bits, other.mins is None):
+        if (self.k, self.bits, self.offsets is None) != (other.k, other.bits, other.offsets is None):
             raise ValueError("fused matrices must share K and block type")
         cat = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
         return Blocks(self.n + other.n, self.k, self.bits, cat(self.packed, other.packed),
-                      cat(self.scales, other.scales), cat(self.mins, other.mins), cat(self.dense, other.dense))
+                      cat(self.scales, other.scales), cat(self.offsets, other.offsets), cat(self.dense, other.dense))
 
 
 def read_blocks(reader, name: str) -> Blocks:
@@ -85,13 +90,13 @@ def read_blocks(reader, name: str) -> Blocks:
     if kind == "Q8_0":
         q = raw[..., 2:].view(np.int8).astype(np.int16) + 128  # (N, K/32, 32)
         return Blocks(n, k, 8, q.astype(np.uint8), d)
-    mins = raw[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32) if kind == "Q4_1" else None
     qs = raw[..., 4:] if kind == "Q4_1" else raw[..., 2:]  # (N, K/32, 16): element j low nibble, j + 16 high
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (N, K/32, 32) in element order
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)  # MatMulNBits: 2i low, 2i + 1 high
     if kind == "Q4_0":  # w = d (q - 8): the default zero point
         return Blocks(n, k, 4, packed, d)
-    return Blocks(n, k, 4, packed, d, mins)
+    m = raw[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)  # Q4_1: w = d q + m = d (q - 8) + (m + 8 d)
+    return Blocks(n, k, 4, packed, d, m + 8 * d)
 
 
 def dequantized(b: Blocks) -> np.ndarray:
@@ -102,8 +107,8 @@ def dequantized(b: Blocks) -> np.ndarray:
         q = b.packed.astype(np.float32) - 128
     else:
         q = np.stack([b.packed & 0x0F, b.packed >> 4], axis=-1).reshape(b.n, b.k // BLOCK, BLOCK).astype(np.float32)
-        q = q if b.mins is not None else q - 8
-    w = q * b.scales[..., None] + (0 if b.mins is None else b.mins[..., None])
+        q = q - 8
+    w = q * b.scales[..., None] + (0 if b.offsets is None else b.offsets[..., None])
     return w.reshape(b.n, b.k)
 
 
@@ -163,8 +168,6 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
     if w.bits == 0:
         return g.one("MatMul", [x, g.const(w.dense.T, hint + ".wT")], hint=hint)
     ins = [packed or g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
-    if w.mins is not None:  # zero point 0 (the default would be 8)
-        ins.append(g.const(np.zeros((w.n, -(-(w.k // BLOCK) // 2)), np.uint8), hint + ".zp"))
     attrs = dict(domain="com.microsoft", K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
                  accuracy_level=COMPUTE[compute])
     if compute == "int8x2":
@@ -174,12 +177,12 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
         y = g.one("ReduceSum", [y2, g.const(np.array([0], np.int64), "axes")], keepdims=1)
     else:
         y = g.one("MatMulNBits", [x, *ins], hint=hint, **attrs)
-    if w.mins is None:
+    if w.offsets is None:
         return y
     if ("sums", x) not in memo:  # (1, T, K/32, 32) -> (1, T, K/32)
         memo[("sums", x)] = g.one("ReduceSum", [_blocks(g, x, w.k, memo), g.const(np.array([-1], np.int64), "axes")],
                                   keepdims=0)
-    share = g.one("MatMul", [memo[("sums", x)], g.const(w.mins.T.copy(), hint + ".minsT")])  # (1, T, N)
+    share = g.one("MatMul", [memo[("sums", x)], g.const(w.offsets.T.copy(), hint + ".offsetsT")])  # (1, T, N)
     return g.one("Add", [y, share], hint=hint)
 
 

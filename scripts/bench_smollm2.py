@@ -73,8 +73,8 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         return run_transformers(threads)
     if backend.startswith("onnx:"):
         lm = heron.load_lm(bundles / backend.split(":")[1], threads=threads)
-    else:
-        lm = heron.load_lm("smollm2", threads=threads)
+    else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
+        lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend
 
     def greedy(ids: list[int], n: int) -> tuple[list[int], float]:
@@ -157,6 +157,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
     ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,torch,transformers,llama.cpp,ort-genai",
                     help="comma-separated backends")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the backends this many times in turn (speed figures pool every round)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
     args = ap.parse_args()
     out = Path(args.out)
@@ -182,34 +184,39 @@ def main() -> int:
             "decode": chat(DECODE_PROMPT), "long": lm.encode(_long_text())[:PREFILL_TOKENS],
             "questions": [chat(q) for q in QUESTIONS], "new_tokens": NEW_TOKENS, "match_tokens": MATCH_TOKENS,
             "repeats": REPEATS}))
-    results = {}
-    for threads in args.threads:
-        for name in backends:
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            cmd = [sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name]
-            if name == "llama.cpp":
-                if not PEERS_PYTHON.is_file():
-                    results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/lm_peers.sh"}
-                    continue
-                cmd = [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "lm_peers.py"),
-                       str(named_lm_path("smollm2")), str(out / "prompts.json"), str(threads)]
-            if name == "ort-genai":
-                if not (GENAI_MODEL / "genai_config.json").is_file():
-                    results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/genai_peers.sh"}
-                    continue
-                cmd = [str(GENAI_PYTHON), str(Path(__file__).parent / "peers" / "genai_peers.py"), str(GENAI_MODEL),
-                       str(out / "prompts.json"), str(threads)]
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if p.returncode:
-                results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}
-                print(f"{name} @ {threads} thread(s): {results[f'{name}@{threads}']['error']}", flush=True)
+    results: dict[str, dict] = {}
+    # rounds alternate the backends, so that a drift of this machine's speed hits each alike
+    for threads, _, name in [(t, r, n) for t in args.threads for r in range(args.rounds) for n in backends]:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name]
+        if name == "llama.cpp":
+            if not PEERS_PYTHON.is_file():
+                results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/lm_peers.sh"}
                 continue
-            results[f"{name}@{threads}"] = json.loads(p.stdout.strip().splitlines()[-1])
-            print(name, threads, {k: v for k, v in results[f"{name}@{threads}"].items() if k != "answers"}, flush=True)
+            cmd = [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "lm_peers.py"),
+                   str(named_lm_path("smollm2")), str(out / "prompts.json"), str(threads)]
+        if name == "ort-genai":
+            if not (GENAI_MODEL / "genai_config.json").is_file():
+                results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/genai_peers.sh"}
+                continue
+            cmd = [str(GENAI_PYTHON), str(Path(__file__).parent / "peers" / "genai_peers.py"), str(GENAI_MODEL),
+                   str(out / "prompts.json"), str(threads)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode:
+            results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}
+            print(f"{name} @ {threads} thread(s): {results[f'{name}@{threads}']['error']}", flush=True)
+            continue
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(name, threads, {k: v for k, v in r.items() if k != "answers"}, flush=True)
+        if f"{name}@{threads}" in results:  # a later round: more speed samples, the rest as measured first
+            for k in ("decode_tok_s", "prefill_tok_s"):
+                results[f"{name}@{threads}"][k] += r[k]
+        else:
+            results[f"{name}@{threads}"] = r
     ref = next((r["answers"] for k, r in results.items() if k.startswith("torch@") and "answers" in r), None)
     from heron.runtime.metrics import machine
     lines = [f"{machine()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
-             f"min / median of {REPEATS}; prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
+             f"min / median of {REPEATS} x {args.rounds} round(s); prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
              f"{len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch fp32's", "",
              "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match | perplexity |",
              "|---|---|---|---|---|---|---|"]
