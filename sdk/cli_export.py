@@ -181,5 +181,6 @@ def add_lm_export(sub, formatter) -> None:
     p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 MatMuls)")
     p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
                    help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
-                        "remainder (near fp32, fast), int8 = as llama.cpp (fastest, drifts), fp32 (exact, slow)")
+                        "remainder (fp32's answers, fast), int8 = as llama.cpp (fastest; 7 of 8 answers kept in the benchmark), "
+                        "fp32 (exact, slow)")
     p.set_defaults(func=_export_lm)
