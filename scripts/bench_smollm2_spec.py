@@ -35,6 +35,19 @@ PROMPTS = {
     "summary": f"Summarize this text in three sentences, reusing its wording:\n\n{TEXT}",
     "chat": "Explain what a hash table is in a few sentences.",
 }
+# --lossless: 20 varied prompts on which every lookup setting must give plain decoding's greedy tokens
+LOSSLESS_PROMPTS = [
+    "Write a Python function that reverses a string.", "What is the capital of France?",
+    "Name three primary colours.", "Explain recursion in one sentence.", "What is 12 times 12?",
+    "Say hello in Spanish.", "Give a synonym for 'happy'.", "What does CPU stand for?",
+    "Write a haiku about autumn.", "How do I sort a list in Python?", "Why is the sky blue?",
+    "Write a SQL query that counts the rows of a table named users.", "List the planets of the solar system.",
+    "Translate 'thank you very much' into German.", "Give me three tips for a job interview.",
+    f"Repeat this text exactly: {TEXT[:300]}", f"Add type hints to this function:\n\n{CODE}",
+    "Write a JSON object describing a book with a title, an author and a year.",
+    "Continue the sequence: 1, 2, 3, 4, 5, 6,", "Explain what a hash table is in a few sentences.",
+]
+
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
 METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, False),
            ("lookup adaptive g<=4", 4, True)]
@@ -59,6 +72,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    ap.add_argument("--lossless", action="store_true",
+                    help="only check that lookup (fixed and adaptive windows) gives plain decoding's greedy tokens "
+                         "on 20 varied prompts (64 new tokens each)")
     ap.add_argument("--consistency-only", action="store_true",
                     help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
     a = ap.parse_args()
@@ -71,6 +87,19 @@ def main() -> int:
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
+        if a.lossless:
+            opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
+            same = {m: 0 for m, g, _ in METHODS if g}
+            for q in LOSSLESS_PROMPTS:
+                text = lm.chat_prompt([{"role": "user", "content": q}])
+                ref = [t.id for t in lm.generate(text, opts)]
+                for m, g, adaptive in METHODS:
+                    if g:
+                        spec = SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
+                        same[m] += [t.id for t in lm.generate(text, opts, spec)] == ref
+            report["bundles"][folder] = {"lossless_prompts": len(LOSSLESS_PROMPTS), "equal_to_plain": same}
+            print(f"{folder}: greedy tokens equal to plain decoding on {same} of {len(LOSSLESS_PROMPTS)} prompts")
+            continue
         # the cost of one call verifying T tokens, in plain steps (after a 300-token context)
         rng = np.random.default_rng(0)
         ctx = rng.integers(100, 20000, 300).tolist()
