@@ -18,7 +18,7 @@ How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in 
                                  (K/32, N) fp32 MatMul on the block sums of x: exact up to fp32
                                  rounding of m + 8d (float zero points would be exact too, but
                                  onnxruntime runs them on a much slower kernel; an explicit zero
-                                 point 0 costs its one-row int8 kernel 16-25%:
+                                 point 0 costs its one-row int8 kernel 16-20%:
                                  scripts/bench_matmulnbits.py)
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are

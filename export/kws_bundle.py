@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, export_matcher_onnx, export_speech_gate_onnx,
@@ -98,7 +97,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         fitted = MatcherOptions.from_dict({**MatcherOptions().to_dict(), **calibration.pop("matcher", {})},
                                           str(cal_path))  # fields it leaves out: the defaults
         if matcher_options is not None and matcher_options != fitted:
-            raise ValueError(f"{cal_path} was fitted with the matcher options {asdict(fitted)}; other options "
+            raise ValueError(f"{cal_path} was fitted with the matcher options {fitted.to_dict()}; other options "
                              "need --recalibrate")
         opts = fitted
         _check_fire_range({**calibration, **({} if threshold is None else {"threshold": threshold})})  # before the work

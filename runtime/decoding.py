@@ -298,6 +298,7 @@ class Drafter(Protocol):
 def _draft_and_verify(tc: CachedBackend, drafter: Drafter, seq, max_len: int, gamma: int, opts, stats, rng,
                       em: Emitter) -> Iterator[Token]:
     """Propose, verify in one target forward, emit the accepted tokens and the correction; until done."""
+    observe = getattr(drafter, "observe", None)  # a drafter that sizes its windows by how often they are accepted
     while not em.done:
         g = _room(seq, max_len, gamma)
         res = drafter.propose(seq, g) if g else None
@@ -308,8 +309,7 @@ def _draft_and_verify(tc: CachedBackend, drafter: Drafter, seq, max_len: int, ga
             yield _plain_step(tc, seq, opts, stats, rng, em)
             continue
         yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
-        observe = getattr(drafter, "observe", None)
-        if observe is not None:  # a drafter that sizes its windows by how often they are accepted
+        if observe is not None:
             observe(len(window), stats.accepted[-1])
     if not em.done:
         yield from _plain_loop(tc, seq, opts, stats, rng, em)
@@ -491,9 +491,8 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
 
 
 # Cost-aware lookup windows. Verifying k draft tokens in one call costs 1 + VERIFY_COST * k plain steps
-# (SmolLM2's int8x2 graph, machine C, four runs of scripts/bench_smollm2_spec.py: 1.4-2.0 / 1.8-2.6 / 2.5-3.6 for
-# T = 2 / 3 / 5 tokens),
-# and with a per-token acceptance p it yields 1 + p + ... + p^k tokens: the window is cut to the k that
+# (SmolLM2's int8x2 graph, machine C, five runs of scripts/bench_smollm2_spec.py: 1.1-2.0 / 1.4-2.6 / 2.2-3.6 for
+# T = 2 / 3 / 5 tokens), and with a per-token acceptance p it yields 1 + p + ... + p^k tokens: the window is cut to the k that
 # gives the most tokens per unit of cost, and to 0 (a plain step) when no k beats plain decoding. p is
 # counted from the rounds so far (decayed, with a prior), so chat answers with little to copy stop
 # paying for rejected windows and code edits keep long ones. The choice depends on acceptances only,
@@ -520,9 +519,8 @@ class LookupDrafter:
     """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot;
     adaptive=True cuts it to the length that pays (best_window) from the acceptance seen so far."""
 
-    def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
-                 cost: float = VERIFY_COST):
-        self.vocab_size, self.stats, self.adaptive, self.cost = vocab_size, stats, adaptive, cost
+    def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True):
+        self.vocab_size, self.stats, self.adaptive = vocab_size, stats, adaptive
         self.hits, self.tries = 0.0, 0.0  # decayed counts of accepted / verified draft tokens
 
     @property
@@ -538,7 +536,7 @@ class LookupDrafter:
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         window = lookup_window(seq, g)
         if window and self.adaptive:
-            k = best_window(len(window), self.acceptance, self.cost)
+            k = best_window(len(window), self.acceptance)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
                 self.hits *= 1 - LOOKUP_RECOVER
                 self.tries *= 1 - LOOKUP_RECOVER

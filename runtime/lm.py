@@ -310,24 +310,22 @@ class _SharedCache:
         self.state_in, self.state_out = state_in, state_out
         self.kv_heads, self.head_dim, self.max_len = manifest["n_kv_heads"], manifest["head_dim"], manifest["max_seq_len"]
         self.length, self.capacity = 0, 0
-        self.buffers: list = []
+        self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
 
     def reserve(self, positions: int) -> None:
         if positions <= self.capacity:
             return
         capacity = min(self.max_len, max(positions, 2 * self.capacity, self.STEP))
-        new = []
-        for old in self.buffers or [None] * len(self.state_in):
-            a = np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32)
-            if old is not None and self.length:
-                a[:, :, :self.length] = old.numpy()[:, :, :self.length]
-            new.append(self._ort.OrtValue.ortvalue_from_numpy(a))
-        self.buffers, self.capacity = new, capacity
+        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
+        for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
+            new[:, :, :self.length] = old[:, :, :self.length]
+        self.arrays, self.capacity = arrays, capacity
         b = self.binding
         b.clear_binding_inputs(), b.clear_binding_outputs()
         b.bind_output("logits")  # first: the only output read back
-        for name_in, name_out, buf in zip(self.state_in, self.state_out, self.buffers):
+        for name_in, name_out, a in zip(self.state_in, self.state_out, arrays):
+            buf = self._ort.OrtValue.ortvalue_from_numpy(a)  # shares a's memory
             b.bind_ortvalue_input(name_in, buf)
             b.bind_ortvalue_output(name_out, buf)  # the same buffer: extended in place
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,9 +43,6 @@ def main() -> int:
     ap.add_argument("bundles", nargs="+")
     a = ap.parse_args()
     from heron.runtime.metrics import machine
-
-    from pathlib import Path
-
     from heron.runtime.sessions import open_session
 
     rows = {b: {} for b in a.bundles}

@@ -391,8 +391,6 @@ def test_export_writes_under_out_only_and_keeps_the_checkpoints_calibration(tmp_
 
 
 def test_shipped_checkpoint_calibration_is_the_shipped_bundles():
-    from dataclasses import asdict
-
     from heron.runtime.ctc_kws import MatcherOptions
 
     manifest = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
@@ -400,7 +398,7 @@ def test_shipped_checkpoint_calibration_is_the_shipped_bundles():
     ckpt = json.loads((REPO / "models" / "weights" / "kws-base" / "calibration.json").read_text())
     fitted_with = ckpt.pop("matcher", {})  # the matcher options the calibration was fitted with
     assert {**ckpt, "znorm": True} == shipped  # so `heron kws export` of the default checkpoint reproduces it
-    assert manifest["matcher"] == asdict(MatcherOptions(**fitted_with))
+    assert manifest["matcher"] == MatcherOptions(**fitted_with).to_dict()
     assert 0.0 < shipped["threshold"] < 1.0
 
 

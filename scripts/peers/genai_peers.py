@@ -6,16 +6,10 @@ the same 8 chat prompts. Runs in the side venv that scripts/peers/genai_peers.sh
     runs/genai-venv/bin/python scripts/peers/genai_peers.py MODEL_DIR PROMPTS_JSON THREADS
 """
 import json
-import resource
 import sys
 import time
 
-
-def peak_rss_mb() -> float:
-    for line in open("/proc/self/status").read().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from lm_measure import report  # this folder (sys.path[0])
 
 
 def main() -> int:
@@ -44,16 +38,11 @@ def main() -> int:
             out.append(int(gen.get_next_tokens()[0]))
         return out, (n - 1) / (time.perf_counter() - t0)
 
-    speeds = [greedy(p["decode"], p["new_tokens"])[1] for _ in range(p["repeats"])]
-    prefill = []
-    for _ in range(p["repeats"]):
-        gen = generator(len(p["long"]), 1)
-        t0 = time.perf_counter()
-        gen.append_tokens(p["long"])
-        prefill.append(len(p["long"]) / (time.perf_counter() - t0))
-    answers = [greedy(ids, p["match_tokens"])[0] for ids in p["questions"]]
-    print(json.dumps({"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
-                      "peak_rss_mb": peak_rss_mb()}))
+    def prefill(ids):
+        gen = generator(len(ids), 1)
+        return lambda: gen.append_tokens(ids)
+
+    report(p, greedy, prefill)
     return 0
 
 

@@ -6,16 +6,10 @@ the side venv that scripts/peers/lm_peers.sh builds; prints one JSON line.
     runs/lm-peers-venv/bin/python scripts/peers/lm_peers.py GGUF_FILE PROMPTS_JSON THREADS
 """
 import json
-import resource
 import sys
 import time
 
-
-def peak_rss_mb() -> float:
-    for line in open("/proc/self/status").read().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from lm_measure import report  # this folder (sys.path[0])
 
 
 def main() -> int:
@@ -41,16 +35,11 @@ def main() -> int:
             out.append(int(last_logits().argmax()))
         return out, (n - 1) / (time.perf_counter() - t0)
 
-    speeds = [greedy(p["decode"], p["new_tokens"])[1] for _ in range(p["repeats"])]
-    prefill = []
-    for _ in range(p["repeats"]):
+    def prefill(ids):
         llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(p["long"])
-        prefill.append(len(p["long"]) / (time.perf_counter() - t0))
-    answers = [greedy(ids, p["match_tokens"])[0] for ids in p["questions"]]
-    print(json.dumps({"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers,
-                      "peak_rss_mb": peak_rss_mb()}))
+        return lambda: llm.eval(ids)
+
+    report(p, greedy, prefill)
     return 0
 
 
