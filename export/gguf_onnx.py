@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from heron.export.lm_bundle import write_manifest
-from heron.runtime.bundle import MANIFEST, sha256_path
 from heron.runtime.lm import PAST_INPUT, lm_manifest, state_names
+from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
@@ -317,15 +317,13 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
 
 
 def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None):
-    """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, manifest dict, tokenizer).
+    """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, LMManifest, tokenizer).
     `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
     path with nothing written to disk, a few seconds at load."""
-    import hashlib
-
     model, cfg, tok, fields = _bundle_fields(path, compute, name)
     graph = model.SerializeToString()
     text = tok.to_str().encode("utf-8")
-    manifest = lm_manifest(cfg, sha256={MODEL_FILE: hashlib.sha256(graph).hexdigest(),
-                                        "tokenizer.json": hashlib.sha256(text).hexdigest()},
-                           sizes={MODEL_FILE: len(graph), "tokenizer.json": len(text)}, **fields)
+    manifest = lm_manifest(cfg, files={MODEL_FILE: FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph)),
+                                       "tokenizer.json": FileEntry("tokenizer.json", sha256_bytes(text), len(text))},
+                           **fields)
     return graph, manifest, tok

@@ -17,13 +17,14 @@ from heron.export.onnx_kws import (export_encoder_modular, export_encoder_onnx, 
 from heron.export.quantize import quantize_int8
 from heron.export.quiet import quietly
 from heron.models.audio import HOP, N_FFT, SAMPLE_RATE
-from heron.models.conformer import BLANK, GATE_NAMES, GATE_THRESHOLD, N_PHONEME_CLASSES, GatedConformer
-from heron.runtime.bundle import KWS_FORMAT, path_size, sha256_path, write_identity
+from heron.models.conformer import BLANK, N_PHONEME_CLASSES, GatedConformer
+from heron.runtime.bundle import write_manifest
 from heron.runtime.ctc_kws import MatcherOptions
+from heron.runtime.manifest import (BLANK_SYMBOL, Calibration, EncoderIO, Features, KwsManifest, Verifier,
+                                    file_table)
 from heron.runtime.phonemes import PHONEMES
 
 TARGETS = ("onnx", "coreml", "all")
-BLANK_SYMBOL = "<blank>"
 _WORK = ".heron-export-work"
 FRONTEND_FP32 = ("model.frontend.",)  # the front end's DFT and mel matmuls stay fp32 in int8 graphs
 # Only matmuls become int8: onnxruntime's ConvInteger for the conformer's depthwise convolution costs more
@@ -86,7 +87,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
         policy = gate_meta.get("policy")
         if not isinstance(policy, dict):
             raise ValueError(f"the speech gate in {gate_dir} records no policy (train it with heron kws train-gate)")
-        policy = GatePolicy.from_dict(policy, str(gate_dir)).to_dict()  # checked before any export work
+        policy = GatePolicy.from_dict(policy, str(gate_dir))  # checked before any export work
         gate = (module, policy)
     cal_path = _calibration_file(checkpoint, matcher)
     calibration = None
@@ -146,7 +147,7 @@ def build_kws_bundles(checkpoint: str | Path, out: str | Path, target: str = "on
 def _check_fire_range(calibration: dict) -> None:
     """The runtime refuses a bundle whose calibration never fires or fires on background speech: say so
     before exporting one."""
-    from heron.runtime.bundle import fire_range_problem
+    from heron.runtime.manifest import fire_range_problem
 
     keys = ("slope", "offset", "per_phoneme", "threshold")
     if all(isinstance(calibration.get(k), (int, float)) for k in keys):
@@ -166,7 +167,7 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
                  int8_only: bool = False, phoneme_table=None, speech_gate=None,
                  matcher_options: MatcherOptions = MatcherOptions()) -> Path:
     """Export the encoder (fp32 and optionally int8) and, given `verifier=(text_encoder, matcher)`, the
-    second stage, given `speech_gate=(gate, policy dict)` the speech gate (ONNX per-module bundles: it
+    second stage, given `speech_gate=(gate, GatePolicy)` the speech gate (ONNX per-module bundles: it
     skips those graphs); write manifest.json with checksums."""
     from heron.runtime import __version__
 
@@ -237,30 +238,20 @@ def write_bundle(model: GatedConformer, out: str | Path, *, calibration: dict, i
         files[key] = dst.name
     c = model.config
     fe = model.frontend.config
-    manifest = {
-        "format": KWS_FORMAT,
-        "target": target,
-        "heron_version": __version__,
-        "sample_rate": SAMPLE_RATE,
-        "chunk_samples": c.chunk_samples,
-        "frame_seconds": c.stack * HOP / SAMPLE_RATE,
-        "frames_per_chunk": c.chunk_frames,
-        "features": {"type": "log-mel (in graph)", "n_fft": N_FFT, "hop": HOP, "n_mels": fe.n_mels,
-                     "f_min": fe.f_min, "f_max": fe.f_max, "window": "hann"},
+    where = str(out / "manifest.json")
+    manifest = KwsManifest(
+        target=target, heron_version=__version__, sample_rate=SAMPLE_RATE, chunk_samples=c.chunk_samples,
+        frame_seconds=c.stack * HOP / SAMPLE_RATE, frames_per_chunk=c.chunk_frames,
+        features=Features(n_fft=N_FFT, hop=HOP, n_mels=fe.n_mels, f_min=fe.f_min, f_max=fe.f_max),
         # the CTC classes by index: what the encoder's log_probs columns mean (G2P emits these symbols)
-        "phonemes": {"blank": BLANK, "classes": [BLANK_SYMBOL if i == BLANK else PHONEMES[i - 1]
-                                                 for i in range(N_PHONEME_CLASSES)]},
-        "gates": {"names": list(GATE_NAMES), "layers": c.n_layers, "threshold": GATE_THRESHOLD},
-        "encoder": io,
-        "calibration": {**calibration, "znorm": background is not None},  # fitted with Z-norm scores or not
-        "matcher": matcher_options.to_dict(),
-        **({"speech_gate": dict(speech_gate[1])} if "speech_gate" in files else {}),
-        **({"verifier": {"max_frames": verifier[1].config.max_frames, "margin_frames": 2,
-                         "min_first_stage": calibration.get("min_first_stage", 0.0)}} if verifier is not None else {}),
-        "model": model_meta or {},
-        "files": {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
-                  for k, v in files.items()},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    write_identity(out)
+        classes=tuple(BLANK_SYMBOL if i == BLANK else PHONEMES[i - 1] for i in range(N_PHONEME_CLASSES)),
+        blank=BLANK, layers=c.n_layers,
+        encoder=EncoderIO({n: tuple(s) for n, s in io["inputs"].items()}, tuple(io["outputs"]), dict(io["state_pairs"])),
+        # fitted with Z-normed scores or raw ones
+        calibration=Calibration.from_dict({**calibration, "znorm": background is not None}, where),
+        matcher=matcher_options, files=file_table(out, files), model=model_meta or {},
+        speech_gate=speech_gate[1] if "speech_gate" in files else None,
+        verifier=Verifier(verifier[1].config.max_frames, 2, calibration.get("min_first_stage", 0.0))
+        if verifier is not None else None)
+    write_manifest(out, manifest)
     return out

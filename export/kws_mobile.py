@@ -13,13 +13,13 @@ bundle load here, others are refused.
 """
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from heron.runtime.bundle import MOBILE_FILES, load_bundle, path_size, sha256_path, write_identity
-
-LOOP_SPEC = "docs/runtime.md"
+from heron.runtime.bundle import load_bundle, write_manifest
+from heron.runtime.manifest import MOBILE_LOOP_SPEC as LOOP_SPEC
+from heron.runtime.manifest import Mobile, file_table
 
 
 def _readme(m: dict, made_from: str) -> str:
@@ -80,9 +80,9 @@ def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
     """A verified full bundle (default: the shipped one) -> a mobile bundle in `out` (new or empty folder)."""
     src = load_bundle(source)
     m = src.manifest
-    if "mobile" in m:
+    if m.mobile is not None:
         raise ValueError(f"{src.root} is already a mobile bundle; make one from a full bundle")
-    if m.get("target") != "onnx" or "encoder_int8" not in m["files"]:
+    if m.target != "onnx" or not m.has("encoder_int8"):
         raise ValueError(f"{src.root} has no int8 ONNX encoder (encoder_int8); export one with heron kws export")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,19 +90,13 @@ def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
         (out / stale).unlink(missing_ok=True)
     files = {}
     for key in ("encoder_int8", "phoneme_table"):
-        if key in m["files"]:
-            name = Path(m["files"][key]["path"]).name
+        if m.has(key):
+            name = Path(m.files[key].path).name
             shutil.copyfile(src.path(key), out / name)
             files[key] = name
-    manifest = {k: v for k, v in m.items() if k not in ("speech_gate", "verifier", "files")}
-    manifest["mobile"] = {"made_from": src.identity, "loop": LOOP_SPEC}
-    (out / "README.md").write_text(_readme({**manifest, "files": {k: {"path": v, "bytes": path_size(out / v)}
-                                                                  for k, v in files.items()}}, src.identity))
+    mobile = replace(m, speech_gate=None, verifier=None, mobile=Mobile(src.identity), files=file_table(out, files))
+    (out / "README.md").write_text(_readme(mobile.to_dict(), src.identity))
     files["readme"] = "README.md"
-    assert set(files) <= MOBILE_FILES
-    manifest["files"] = {k: {"path": v, "sha256": sha256_path(out / v), "bytes": path_size(out / v)}
-                         for k, v in files.items()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    write_identity(out)
+    write_manifest(out, replace(mobile, files=file_table(out, files)))
     load_bundle(out)  # what was written loads
     return out

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.models.frontend import CONTEXT, HOP, FrontendConfig, LogMel
-from heron.runtime.bundle import GATE_NAMES, GATE_THRESHOLD  # defined once, with the bundle format
+from heron.runtime.manifest import GATE_NAMES, GATE_THRESHOLD  # defined once, with the bundle schema
 
 N_PHONEME_CLASSES = 40  # 39 phonemes + CTC blank (index 0); phoneme id i -> class i + 1
 BLANK = 0

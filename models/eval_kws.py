@@ -141,7 +141,7 @@ def eval_stream(spotter: KeywordSpotter, minutes: float = 10.0, keyword: str = "
         spotter.unenroll(sp_kw.name)
     conf = np.concatenate(st.score_log[sp_kw.name])
     # a live stream emits a detection when the chunk holding the frame is complete: time it then
-    fpc = int(spotter.bundle.manifest["frames_per_chunk"])
+    fpc = spotter.bundle.manifest.frames_per_chunk
     times = (np.arange(len(conf)) // fpc + 1) * fpc * spotter.frame_seconds
     curve = metrics.det_curve(times, conf, labels, len(audio) / spotter.sample_rate,
                               thresholds=np.unique(np.quantile(conf, np.linspace(0.9, 1.0, 400))))

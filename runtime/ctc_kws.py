@@ -46,13 +46,10 @@ class MatcherOptions:
     @classmethod
     def from_dict(cls, section: object, where: str) -> "MatcherOptions":
         """The manifest's `matcher` section, checked (types, ranges, no unknown fields): BundleError otherwise."""
-        from heron.runtime.bundle import Fields
+        from heron.runtime.manifest import Fields
 
         f = Fields({"matcher": section}, where)
-        f.obj("matcher")
-        unknown = sorted(set(section) - set(cls.RANGES))  # type: ignore[arg-type]
-        if unknown:
-            f.fail("matcher", f"has fields this heron does not know: {unknown}")
+        f.only("matcher", cls.RANGES)
         return cls(**{name: (f.int if isinstance(lo, int) else f.float)(f"matcher.{name}", lo, hi)
                       for name, (lo, hi) in cls.RANGES.items()})
 

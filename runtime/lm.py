@@ -23,7 +23,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-ONNX_FORMAT = "heron-lm-onnx/1"
+from heron.runtime.manifest import LM_WEIGHTS, FileEntry, LMManifest
+
 DEFAULT_DRAFT = Path(__file__).resolve().parent / "assets" / "lm-draft"  # the shipped draft bundle
 
 
@@ -64,10 +65,8 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-LM_FILES = ("model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json")
 # weight variants: fp32 / int8 from `heron lm export`; int4 from a GGUF file's own blocks (heron lm export FILE.gguf)
-WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
-MAX_TEMPLATE_CHARS = 100_000
+WEIGHTS = LM_WEIGHTS
 LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the block's last n positions only
 # optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
 # in place (each new state bound to its input's buffer); without it the states grow by T every call
@@ -80,55 +79,17 @@ def state_names(n_layers: int) -> tuple[list[str], list[str]]:
     return ins, ["new_" + n for n in ins]
 
 
-def lm_manifest(cfg, *, name: str, eot_id: int | None, source: dict | None, sha256: dict, sizes: dict,
-                active_experts: int | None = None, **extra) -> dict:
-    """The manifest of a heron LM bundle (shapes, state names, eot id, provenance, sha256 and size of every
-    file, `extra` fields such as end_ids): what write_manifest writes and in-memory bundles carry."""
+def lm_manifest(cfg, *, name: str, eot_id: int | None, source: dict | None, files: dict[str, FileEntry],
+                active_experts: int | None = None, end_ids=None, default_weights: str | None = None,
+                chat_template: str | None = None) -> LMManifest:
+    """The manifest of a heron LM bundle (shapes, state names, eot id, provenance, the file table):
+    what export writes and in-memory bundles carry."""
     ins, outs = state_names(cfg.n_layers)
-    return {
-        "format": ONNX_FORMAT, "name": name, "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-        "active_experts": active_experts, "n_experts": cfg.n_experts,
-        "eot_id": eot_id, **extra, "state_inputs": ins, "state_outputs": outs, "source": source or {},
-        "sha256": sha256, "bytes": sizes,
-    }
-
-
-def validate_lm_manifest(m: dict, where: str) -> None:
-    """Every field the onnxruntime LM backend reads: present, typed, in range, consistent."""
-    from heron.runtime.bundle import Fields
-
-    f = Fields(m, where)
-    f.str("format", (ONNX_FORMAT,))
-    f.str("name")
-    layers = f.int("n_layers", 1, 1024)
-    f.int("n_kv_heads", 1, 1024), f.int("head_dim", 1, 4096)
-    vocab = f.int("vocab_size", 2, 1_000_000)
-    f.int("max_seq_len", 1, 1 << 20)
-    for key in ("n_experts", "active_experts", "eot_id"):  # null is a value (dense model, no end token)
-        if key not in m:
-            f.fail(key, "is missing (null is allowed)")
-    experts = f.int("n_experts", 0, 4096, optional=True) or 0
-    if m.get("active_experts") is not None or experts:
-        f.int("active_experts", 1, max(1, experts))
-    if m.get("eot_id") is not None:
-        f.int("eot_id", 0, vocab - 1)
-    if "end_ids" in m:  # optional: every end-of-turn id (a chat model may have several)
-        f.int_list("end_ids", 0, vocab - 1)
-    if "default_weights" in m:
-        f.str("default_weights", tuple(WEIGHTS))
-    for key in ("state_inputs", "state_outputs"):
-        if len(f.str_list(key)) != 2 * layers:
-            f.fail(key, f"must name {2 * layers} states (key and value of {layers} layers)")
-    f.obj("source")
-    if m.get("chat_template") is not None:  # optional: instruction-tuned models carry their template
-        if len(f.str("chat_template")) > MAX_TEMPLATE_CHARS:
-            f.fail("chat_template", f"is longer than {MAX_TEMPLATE_CHARS} characters")
-    sha, size = f.obj("sha256"), f.obj("bytes")
-    if set(sha) != set(size) or not set(sha) <= set(LM_FILES):
-        f.fail("sha256", f"and 'bytes' must list the same files, among {list(LM_FILES)}")
-    for name in sha:
-        f.str(("sha256", name)), f.int(("bytes", name), 0, 1 << 34)
+    return LMManifest(name=name, n_layers=cfg.n_layers, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                      vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len, files=files, state_inputs=tuple(ins),
+                      state_outputs=tuple(outs), n_experts=cfg.n_experts, active_experts=active_experts,
+                      eot_id=eot_id, end_ids=tuple(end_ids) if end_ids is not None else None,
+                      default_weights=default_weights, chat_template=chat_template, source=source or {})
 
 
 class OnnxLM:
@@ -142,44 +103,42 @@ class OnnxLM:
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
         sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned."""
 
-        from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_file
+        from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.sessions import open_session
         folder = Path(folder)
         expected, what = expected_identity(folder, DEFAULT_DRAFT, "lm-draft", sha256)
-        self.manifest, self.identity = read_manifest(folder, "language-model")
+        raw, self.identity = read_manifest(folder, "language-model")
         check_identity(folder, self.identity, expected, what)
         where = str(folder / "manifest.json")
-        validate_lm_manifest(self.manifest, where)
-        default = self.manifest.get("default_weights", "fp32")
+        self.manifest = LMManifest.from_dict(raw, where)
+        verify_files(folder, self.manifest.files, where)  # before any field of it is used
+        default = self.manifest.default_weights or "fp32"
         weights = weights or ("int8" if int8 else default)
-        if weights == "auto":  # int8 where the (read and validated) manifest lists it
-            weights = "int8" if WEIGHTS["int8"] in self.manifest["sha256"] else default
+        if weights == "auto":  # int8 where the manifest lists it
+            weights = "int8" if self.manifest.has(WEIGHTS["int8"]) else default
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         name = WEIGHTS[weights]
-        if name not in self.manifest["sha256"]:
-            listed = [w for w, f in WEIGHTS.items() if f in self.manifest["sha256"]]
+        if not self.manifest.has(name):
+            listed = [w for w, f in WEIGHTS.items() if self.manifest.has(f)]
             raise BundleError(f"{folder}: the manifest lists no {name} (this bundle has {', '.join(listed) or 'none'}; "
                               "int8 variants come from heron lm export --int8, int4 from a GGUF file)")
         self.weights = weights
-        for f, digest in self.manifest["sha256"].items():
-            verify_file(folder, f, digest, self.manifest["bytes"][f], where)
         self.folder = folder
         self._tokenizer_source: object = folder / "tokenizer.json"
         self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where)
 
     @classmethod
-    def from_memory(cls, graph: bytes, manifest: dict, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
+    def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
                     threads: int = 1) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
         in seconds at load): nothing is read from or written to disk. `tokenizer`: a tokenizers.Tokenizer."""
         from heron.runtime.sessions import open_session
 
-        where = f"{manifest.get('name', 'model')} (built in memory)"
-        validate_lm_manifest(manifest, where)
+        where = f"{manifest.name} (built in memory)"
         self = cls.__new__(cls)
-        self.manifest, self.identity, self.folder = manifest, "", None
-        self.weights = manifest.get("default_weights", "int4")
+        self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
+        self.weights = manifest.default_weights or "int4"
         self._tokenizer_source = tokenizer
         self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)
         return self
@@ -188,13 +147,12 @@ class OnnxLM:
         self.session = session
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
-        self.vocab_size, self.max_len = m["vocab_size"], m["max_seq_len"]
-        self.eot_id = m.get("eot_id")
-        ends = m.get("end_ids", [] if self.eot_id is None else [self.eot_id])
-        self.end_ids = frozenset(int(i) for i in ends)  # generation stops at any of them
-        self.state_in, self.state_out = m["state_inputs"], m["state_outputs"]
+        self.vocab_size, self.max_len = m.vocab_size, m.max_seq_len
+        self.eot_id = m.eot_id
+        self.end_ids = m.stop_ids  # generation stops at any of them
+        self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
-        self._empty = np.zeros((1, m["n_kv_heads"], 0, m["head_dim"]), np.float32)
+        self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
         self._cache = _SharedCache(session, self.state_in, self.state_out, m) if self._shared else None
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
@@ -215,20 +173,20 @@ class OnnxLM:
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
             shape = ins[name]
-            want = [1, m["n_kv_heads"], None, m["head_dim"]]
+            want = [1, m.n_kv_heads, None, m.head_dim]
             if len(shape) != 4 or any(isinstance(d, int) and w is not None and d != w for d, w in zip(shape, want)):
                 raise BundleError(f"{where}: {name} has the shape {shape} in the graph; the manifest says "
-                                  f"[1, {m['n_kv_heads']}, *, {m['head_dim']}]")
+                                  f"[1, {m.n_kv_heads}, *, {m.head_dim}]")
         v = outs["logits"][-1]
-        if isinstance(v, int) and v != m["vocab_size"]:
-            raise BundleError(f"{where}: the graph's logits have {v} entries; the manifest says vocab_size {m['vocab_size']}")
+        if isinstance(v, int) and v != m.vocab_size:
+            raise BundleError(f"{where}: the graph's logits have {v} entries; the manifest says vocab_size {m.vocab_size}")
 
     def tokenizer(self):
         """The bundle's tokenizer (verified with the rest of the bundle)."""
         from heron.runtime.bundle import BundleError
         if self.folder is None:  # built in memory, with its tokenizer
             return self._tokenizer_source
-        if "tokenizer.json" not in self.manifest["sha256"]:  # an unlisted file is unverified: never read it
+        if not self.manifest.has("tokenizer.json"):  # an unlisted file is unverified: never read it
             raise BundleError(f"{self.folder}: the manifest lists no tokenizer.json, so this bundle cannot "
                               "turn text into tokens")
         tok = load_tokenizer(self.folder / "tokenizer.json")
@@ -303,12 +261,12 @@ class _SharedCache:
 
     STEP = 256
 
-    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: dict):
+    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest):
         import onnxruntime as ort
 
         self._ort, self.session = ort, session
         self.state_in, self.state_out = state_in, state_out
-        self.kv_heads, self.head_dim, self.max_len = manifest["n_kv_heads"], manifest["head_dim"], manifest["max_seq_len"]
+        self.kv_heads, self.head_dim, self.max_len = manifest.n_kv_heads, manifest.head_dim, manifest.max_seq_len
         self.length, self.capacity = 0, 0
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()

@@ -8,5 +8,5 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 """
 SHIPPED = {
     "kws": "476456be5b965b219580cae7f2f87f4dde537ffc10350cc7847b6f6b9e917bb4",
-    "lm-draft": "3f772500a20d0c5175d60cb487038db96f836a112e6ce07957c6717c25696a7a",
+    "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

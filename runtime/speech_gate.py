@@ -41,13 +41,10 @@ class GatePolicy:
     def from_dict(cls, section: object, where: str) -> "GatePolicy":
         """The manifest's `speech_gate` section, checked (types, ranges, release <= threshold, no unknown
         fields): BundleError otherwise."""
-        from heron.runtime.bundle import Fields
+        from heron.runtime.manifest import Fields
 
         f = Fields({"speech_gate": section}, where)
-        f.obj("speech_gate")
-        unknown = sorted(set(section) - {"threshold", "release", "hangover"})  # type: ignore[arg-type]
-        if unknown:
-            f.fail("speech_gate", f"has fields this heron does not know: {unknown}")
+        f.only("speech_gate", ("threshold", "release", "hangover"))
         thr = f.float("speech_gate.threshold", 0.01, 0.99)
         release = f.float("speech_gate.release", 0.01, 0.99)
         if release > thr:

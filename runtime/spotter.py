@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from heron.runtime.bundle import Bundle, BundleError, load_bundle
+from heron.runtime.manifest import GATE_THRESHOLD
 from heron.runtime.keyword_file import KeywordFile, KeywordFileError, check_for_bundle, read_keyword_file
-from heron.runtime.ctc_kws import SCORE_FLOOR, CTCKeywordMatcher, CTCMatcherBank, CTCMatchState, MatcherOptions
+from heron.runtime.ctc_kws import SCORE_FLOOR, CTCKeywordMatcher, CTCMatcherBank, CTCMatchState
 from heron.runtime.phonemes import MAX_KEYWORD_PHONEMES, Pronunciation, pronounce
 from heron.runtime.sessions import open_session, runner
 from heron.runtime.speech_gate import PAST_CHUNKS
@@ -136,22 +137,22 @@ class KeywordSpotter:
         self.bundle = bundle
         m = bundle.manifest
         where = str(bundle.root / "manifest.json")
-        if m.get("target", "onnx") != "onnx":
-            raise ValueError(f"bundle {bundle.root} targets {m.get('target')!r}; this runtime runs ONNX bundles "
+        if m.target != "onnx":
+            raise ValueError(f"bundle {bundle.root} targets {m.target!r}; this runtime runs ONNX bundles "
                              "(Core ML bundles run on Apple devices through Core ML)")
-        self.sample_rate = int(m["sample_rate"])
-        self.chunk_samples = int(m["chunk_samples"])
-        self.frame_seconds = float(m["frame_seconds"])
-        self.calibration = dict(m["calibration"])
-        self.matcher_options = MatcherOptions.from_dict(m["matcher"], where)
+        self.sample_rate = m.sample_rate
+        self.chunk_samples = m.chunk_samples
+        self.frame_seconds = m.frame_seconds
+        self.calibration = m.calibration.to_dict()
+        self.matcher_options = m.matcher
         # the CTC class table: log_probs column i is classes[i]; phoneme symbols map to their column
-        classes, self.blank = m["phonemes"]["classes"], int(m["phonemes"]["blank"])
+        classes, self.blank = m.classes, m.blank
         self.class_of = {c: i for i, c in enumerate(classes) if i != self.blank}
         self._table_row = {i: r for r, i in enumerate(i for i in range(len(classes)) if i != self.blank)}
         self.n_classes = len(classes)
         self.class_table = tuple(classes)
         self._enroll_lock = threading.Lock()  # enrollment's check-then-set of a name is one step
-        self.gate_threshold = float(m["gates"]["threshold"])
+        self.gate_threshold = GATE_THRESHOLD
         # the longest a keyword path may last (frames): how much embedding history streams keep
         self.max_keyword_frames = (self.matcher_options.frames_base
                                    + self.matcher_options.frames_per_phoneme * MAX_KEYWORD_PHONEMES)
@@ -161,39 +162,36 @@ class KeywordSpotter:
         if not bundle.has(key):
             raise BundleError(f"{where}: this bundle has no {'int8' if int8 else 'fp32'} encoder ({key})")
         self.session = open_session(bundle.path(key), threads, providers)
-        enc = m["encoder"]
-        _check_graph(self.session, {n: tuple(s) for n, s in enc["inputs"].items()}, enc["outputs"], where)
-        self.state_shapes = {n: tuple(s) for n, s in enc["inputs"].items() if n != "audio_chunk"}
-        self.state_pairs = dict(enc["state_pairs"])
+        _check_graph(self.session, m.encoder.inputs, list(m.encoder.outputs), where)
+        self.state_shapes = m.encoder.state_shapes
+        self.state_pairs = dict(m.encoder.state_pairs)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._graph_run = runner(self.session)
         self.modular = None
         prefix = "mod8." if int8 else "mod."
-        mod_keys = [k for k in m["files"] if k.startswith(prefix)]
+        mod_keys = [k for k in m.files if k.startswith(prefix)]
         self.speech_policy = None  # the speech gate's policy, when the bundle has one and it is used
         gate_session = None
         if bundle.has("speech_gate") and speech_gate:
             if not (skip_gates and mod_keys):
                 raise ValueError(f"{bundle.root}: its speech gate skips the per-module graphs, so it needs them "
                                  "(skip_gates=True); load with speech_gate=False to run the single graph")
-            from heron.runtime.speech_gate import GatePolicy
-
-            self.speech_policy = GatePolicy.from_dict(m["speech_gate"], where)
+            self.speech_policy = m.speech_gate
             gate_session = open_session(bundle.path("speech_gate"), threads, providers)
         if skip_gates and mod_keys:  # closed gates skip their modules
             from heron.runtime.modular import ModularEncoder
 
             sessions = {k[len(prefix):]: open_session(bundle.path(k), threads, providers) for k in mod_keys}
-            self.modular = ModularEncoder(sessions, int(m["gates"]["layers"]), self.gate_threshold, self.n_classes,
+            self.modular = ModularEncoder(sessions, m.layers, self.gate_threshold, self.n_classes,
                                           self.blank, self.state_shapes, gate_session, self.speech_policy)
         self.text_session = self.verifier_session = None
         if bundle.has("text_encoder") and bundle.has("matcher"):
             self.text_session = open_session(bundle.path("text_encoder"), threads, providers)
             self.verifier_session = open_session(bundle.path("matcher"), threads, providers)
-            v = m["verifier"]
-            self.verifier_max_frames = int(v["max_frames"])
-            self.verifier_margin = int(v["margin_frames"])
-            self.verifier_min_raw = float(v["min_first_stage"])  # below this the first stage rejects alone
+            v = m.verifier
+            self.verifier_max_frames = v.max_frames
+            self.verifier_margin = v.margin_frames
+            self.verifier_min_raw = v.min_first_stage  # below this the first stage rejects alone
         self.phoneme_table = None  # (39, D) representative phoneme vectors: DSP word partition
         if bundle.has("phoneme_table"):
             self.phoneme_table = _load_array(bundle, "phoneme_table", 2)
@@ -216,8 +214,8 @@ class KeywordSpotter:
                 raise BundleError(f"{where}: the background bank's rows are not log-probabilities (they must sum "
                                   "to 1 over the classes)")
         # a mobile bundle (heron kws export --mobile) cannot enroll: its keywords come from keyword files
-        self.mobile = "mobile" in m
-        self.identities = (bundle.identity,) + ((m["mobile"]["made_from"],) if self.mobile else ())
+        self.mobile = m.mobile is not None
+        self.identities = (bundle.identity,) + ((m.mobile.made_from,) if m.mobile is not None else ())
         self.keywords: dict[str, Keyword] = {}
         self._check_quiet(where)
 
@@ -394,7 +392,7 @@ class KeywordSpotter:
         if self.speech_policy is not None:
             st[SPEECH_STATE] = self.speech_policy.init_state()
             d = self.state_shapes["cached_conv_0"][1]  # (1, d_model, kernel - 1)
-            st[SPEECH_PAST] = np.zeros((PAST_CHUNKS, 1, int(self.bundle.manifest["frames_per_chunk"]), d), np.float32)
+            st[SPEECH_PAST] = np.zeros((PAST_CHUNKS, 1, self.bundle.manifest.frames_per_chunk, d), np.float32)
         return st
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]

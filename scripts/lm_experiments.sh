@@ -27,6 +27,8 @@ $H lm train-exit --model $W --out $W --layer 2 --steps 300
 $H lm train-mtp --model $W --out $R/mtp-long --steps 1500 --threads 1
 rm -rf $W/mtp && mkdir -p $W/mtp && cp $R/mtp-long/mtp.safetensors $R/mtp-long/mtp.json $W/mtp/
 rm -rf runtime/assets/lm-draft && $H lm export $R/draft --out runtime/assets/lm-draft
+# (the shipped draft was exported as format heron-lm-onnx/1 and its manifest rewritten to /2, the shared file
+# table, on 2026-12-03 without re-exporting: same graph and tokenizer files, a new identity, re-pinned below)
 .venv/bin/python scripts/pin_bundles.py
 # 4. a 1.5x larger MoE (6 layers) trained on the same data and steps, for Roster of Experts; evaluations
 run $R/nano-l $((PRE + FT)) --preset nano-l

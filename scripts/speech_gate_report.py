@@ -73,7 +73,7 @@ def main() -> int:
             "near-silence (-70 dBFS)": (rng.standard_normal(16000 * 30) * 10 ** (-70 / 20)).astype(np.float32),
             "music-like chords": (0.1 * chords / np.abs(chords).max()).astype(np.float32),
             "cost probe's filtered brown noise": (0.05 * brown / np.abs(brown).max()).astype(np.float32)}
-    report = {"bundle": args.bundle, "policy": dict(gated.bundle.manifest["speech_gate"]), "closed_share": {}}
+    report = {"bundle": args.bundle, "policy": gated.bundle.manifest.speech_gate.to_dict(), "closed_share": {}}
     for name, audio in sets.items():
         if audio is not None:
             report["closed_share"][name] = round(closed_share(gated, audio), 4)

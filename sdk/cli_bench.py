@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from heron.runtime.bundle import GATE_NAMES
+from heron.runtime.manifest import GATE_NAMES
 from heron.runtime.metrics import machine
 
 
@@ -168,7 +168,7 @@ def _kws(args) -> int:
     res["enroll_ms_median"] = round(float(np.median(times)), 2)
     res["enroll_ms_max"] = round(float(np.max(times)), 2)
     man = sp.bundle.manifest
-    res["bundle_mb"] = {k: round(v["bytes"] / 1e6, 2) for k, v in man["files"].items()}
+    res["bundle_mb"] = {k: round(v.bytes / 1e6, 2) for k, v in man.files.items()}
     if args.long_stream:
         res["long_stream"] = _long_stream(args.model, args.long_stream)
     print(json.dumps(res, indent=1))

@@ -147,7 +147,7 @@ class LanguageModel:
                 raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
             draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
                            weights="auto")  # nothing in the manifest is read before OnnxLM verifies it
-            draft_tok = draft.tokenizer() if "tokenizer.json" in draft.manifest["sha256"] else None
+            draft_tok = draft.tokenizer() if draft.manifest.has("tokenizer.json") else None
             require_same_vocabulary(f"the draft ({folder})", vocabulary_record(draft.vocab_size, draft_tok),
                                     self._target_name, self.vocabulary)
             self._drafts[key] = draft
@@ -302,8 +302,8 @@ def _load_gguf_onnx(path: Path, device: str, threads: int) -> LanguageModel:
 
 def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:
     """An onnxruntime backend (a bundle folder or one built in memory) with its tokenizer and chat template."""
-    tok = backend.tokenizer() if "tokenizer.json" in backend.manifest["sha256"] else None
-    template = backend.manifest.get("chat_template")
+    tok = backend.tokenizer() if backend.manifest.has("tokenizer.json") else None
+    template = backend.manifest.chat_template
     ends = tuple(sorted(backend.end_ids - {backend.eot_id}))
     return LanguageModel(backend, Tokenizer(tok, backend.eot_id, ends) if tok is not None else None, path,
                          chat_template=ChatTemplate(template) if template else None)

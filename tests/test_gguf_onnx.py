@@ -106,10 +106,13 @@ def test_logits_of_the_last_positions_only(tmp_path):
 
 def _backend(path, shared: bool):
     from heron.runtime.lm import OnnxLM, lm_manifest
+    from heron.runtime.manifest import FileEntry, sha256_bytes
 
     model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=shared)
-    manifest = lm_manifest(cfg, name="t", eot_id=None, source=None, sha256={}, sizes={})
-    return OnnxLM.from_memory(model.SerializeToString(), manifest)
+    graph = model.SerializeToString()
+    manifest = lm_manifest(cfg, name="t", eot_id=None, source=None,
+                           files={"model.int4.onnx": FileEntry("model.int4.onnx", sha256_bytes(graph), len(graph))})
+    return OnnxLM.from_memory(graph, manifest)
 
 
 def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
@@ -188,7 +191,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
 
     folder, _ = smol_bundle
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["default_weights"] == "int4" and set(m["sha256"]) == {"model.int4.onnx", "tokenizer.json"}
+    assert m["default_weights"] == "int4" and set(m["files"]) == {"model.int4.onnx", "tokenizer.json"}
     lm = heron.load_lm(folder)
     assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
     ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}

@@ -44,7 +44,7 @@ def gated(tiny, clip, tmp_path_factory):
         p = gate(_front(model, torch.from_numpy(audio[None]))[0]).numpy()
     thr = float(np.median(p))
     out = write_bundle(model, tmp_path_factory.mktemp("gated"), calibration=CAL,
-                       speech_gate=(gate, {"threshold": thr, "release": thr, "hangover": 0}))
+                       speech_gate=(gate, GatePolicy(thr, thr, 0)))
     return out, audio
 
 
@@ -135,7 +135,7 @@ def test_bundles_with_a_speech_gate_are_checked(gated, tmp_path):
     with pytest.raises(ValueError, match="speech gate skips the per-module graphs"):
         KeywordSpotter.load(path, skip_gates=False)
     assert KeywordSpotter.load(path, skip_gates=False, speech_gate=False).modular is None
-    assert load_bundle(path).manifest["speech_gate"]["hangover"] == 0
+    assert load_bundle(path).manifest.speech_gate.hangover == 0
     edits = {
         "release": lambda m: m["speech_gate"].update(release=m["speech_gate"]["threshold"] + 0.1),
         "no policy": lambda m: m.pop("speech_gate"),

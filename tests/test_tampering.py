@@ -296,7 +296,7 @@ def test_fuzz_every_lm_manifest_field(tmp_path):
 
 def test_lm_bundle_tokenizer_must_be_vouched_for(tmp_path):
     b = edit_manifest(_copy(DEFAULT_DRAFT, tmp_path / "d"),
-                      lambda m: (m["sha256"].pop("tokenizer.json"), m["bytes"].pop("tokenizer.json")))
+                      lambda m: m["files"].pop("tokenizer.json"))
     lm = OnnxLM(b)  # token ids still work
     with pytest.raises(BundleError, match="tokenizer"):
         lm.tokenizer()
