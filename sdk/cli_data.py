@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 DEFAULT_NOISE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
@@ -112,9 +113,7 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("data", help="speech data engine: synthesize, vocabulary, pairs, streams, bench",
                        formatter_class=formatter)
     dsub = p.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
-    from heron.cli_bench import add_synth_bench
-
-    add_synth_bench(dsub, formatter)
+    _add_bench(dsub, formatter)
 
     def common(q):
         q.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same output bytes)")
@@ -151,3 +150,43 @@ def register(sub, formatter) -> None:
     q.add_argument("--out", required=True, help="output folder (stream.wav, labels.csv)")
     common(q)
     q.set_defaults(func=_stream, split="heldout")
+
+
+def _bench(args) -> int:
+    from heron.models.data.tts import ENGINES, VoiceRegistry, synthesize_many
+    from heron.models.data.vocab import vocabulary
+    from heron.runtime.metrics import machine
+
+    phrases = [p.text for p in vocabulary() if p.n_words >= 2][: args.utterances * 3]
+    print(f"# heron data bench  ({time.strftime('%Y-%m-%d')}, {machine()}, {args.workers} workers, "
+          f"{args.utterances} uncached utterances per engine)")
+    print("| engine | voices | utterances/s | seconds of audio per second |")
+    print("|---|---|---|---|")
+    for name, eng in ENGINES.items():
+        if not eng.available():
+            print(f"| {name} | not installed | - | - |")
+            continue
+        reg = VoiceRegistry(engines=[name], hold_out_fraction=0.0)
+        voices = reg.sample(args.utterances, seed=args.seed)
+        # a fresh text per job so nothing comes from the cache
+        stamp = str(time.time_ns())
+        jobs = [(v, f"{phrases[i % len(phrases)]} {stamp[-4:]}") for i, v in enumerate(voices)]
+        from heron.models.data import tts
+
+        t0 = time.perf_counter()
+        audio = synthesize_many(jobs, workers=args.workers, progress=False)
+        dt = time.perf_counter() - t0
+        secs = sum(len(a) for a in audio) / tts.SAMPLE_RATE
+        print(f"| {name} | {len(eng.base_voices())} | {len(jobs) / dt:.1f} | {secs / dt:.0f} |")
+    return 0
+
+
+
+def _add_bench(sub, formatter) -> None:
+    """`heron data bench`: TTS throughput per engine."""
+    q = sub.add_parser("bench", help="TTS throughput per engine (BENCHMARKS.md)", formatter_class=formatter)
+    q.add_argument("--utterances", type=int, default=60, help="utterances per engine")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel synthesis workers")
+    q.add_argument("--seed", type=int, default=0, help="voice sampling seed")
+    q.set_defaults(func=_bench, use_cache=False)
+

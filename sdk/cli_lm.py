@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from heron.lm import default_lm_path, require_torch
-from heron.paths import NAMED_LMS
+from heron.paths import NAMED_LMS, check_out_folder
 from heron.runtime.tokenizer import vocabulary_record
 
 
@@ -289,9 +289,6 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
 
 
 def register(sub, formatter) -> None:
-    from heron.cli_bench import add_lm_bench
-    from heron.cli_export import add_lm_export
-
     p = sub.add_parser("lm", help="language models: train, generate, eval, export, bench", formatter_class=formatter)
     lsub = p.add_subparsers(dest="lm_verb", metavar="VERB", required=True)
     add_lm_export(lsub, formatter)
@@ -395,3 +392,103 @@ def register(sub, formatter) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
     q.set_defaults(func=_dynamoe, out_is_folder=True)
+
+
+def _export_lm(args) -> int:
+    try:
+        from heron.export.onnx_lm import export_bundle
+    except ImportError as e:
+        raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
+    if args.target not in ("onnx", "coreml", "all"):
+        raise ValueError(f"unknown target {args.target!r}; use onnx, coreml or all")
+    from heron.paths import NAMED_LMS, named_lm_path
+    gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
+    if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
+        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute applies to GGUF only)
+            raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
+                             "--target coreml/all, --k and --int8 do not apply")
+        if not gguf.is_file():
+            raise FileNotFoundError(f"no GGUF file at {gguf}")
+        from heron.export.gguf_onnx import export_gguf_bundle
+        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute)
+        for f in sorted(out.iterdir()):
+            print(f"{f}  {f.stat().st_size / 1e6:.2f} MB")
+        return 0
+    base = check_out_folder(args.out, "lm")
+    outs = []
+    if args.target in ("onnx", "all"):
+        out = base / "onnx" if args.target == "all" else base
+        # no int8 variant by default: dynamic quantization covers MatMul weights, and an MoE LM's experts
+        # are gathered stacked tensors that stay float, so it saves only a few percent here
+        export_bundle(args.lm, out, k=args.k, int8=args.lm_int8)
+        outs.append(out)
+    if args.target in ("coreml", "all"):
+        from heron.export.coreml_lm import export_coreml_bundle
+        out = base / "coreml" if args.target == "all" else base
+        export_coreml_bundle(args.lm, out, k=args.k)
+        outs.append(out)
+    for o in outs:
+        for f in sorted(o.iterdir()):
+            print(f"{f}  {f.stat().st_size / 1e6 if f.is_file() else 0:.2f} MB")
+    return 0
+
+
+
+def add_lm_export(sub, formatter) -> None:
+    """`heron lm export CHECKPOINT --out DIR`: a language model -> ONNX / Core ML bundles."""
+    p = sub.add_parser("export", help="export an LM checkpoint (ONNX with KV-cache state pairs; Core ML)",
+                       formatter_class=formatter)
+    p.add_argument("lm", metavar="CHECKPOINT", help="heron LM checkpoint folder, a Llama GGUF file or a named model "
+                                                  "(smollm2): a GGUF exports its own quantized blocks (model.int4.onnx)")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
+    p.add_argument("--k", type=int, default=None, help="active experts baked into the export (default: the model's)")
+    p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 MatMuls)")
+    p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
+                   help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
+                        "remainder (fp32's answers, fast), int8 = as llama.cpp (fastest; 7 of 8 answers kept in the benchmark), "
+                        "fp32 (exact, slow)")
+    p.set_defaults(func=_export_lm)
+
+
+
+def add_lm_bench(sub, formatter) -> None:
+    """`heron lm bench`: every decoding method on the same prompts and thread budget."""
+    q = sub.add_parser("bench", help="LM decoding: plain vs draft / MTP / Mirror speculative decoding "
+                                     "(acceptance, beta, c, predicted vs measured speedup, latency)",
+                       formatter_class=formatter)
+    q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--mtp", default=None, help="MTP adapter (default: the model's own)")
+    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror", "lookup"], help="methods to run")
+    q.add_argument("--repeats", type=int, default=3,
+                   help="runs of every method, interleaved; tokens/s is their median, with min and max")
+    q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
+    q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
+    q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
+    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
+    q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
+    q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
+    q.set_defaults(func=_bench)
+
+
+
+def _bench(args) -> int:
+    import json
+    from pathlib import Path
+
+    from heron import bench_lm as bench
+
+    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
+                           kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
+                           target_device=args.target_device, repeats=args.repeats)
+    report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(bench.markdown(report))
+    print(f"\nmachine: {report['machine']}; date {report['date']}" + (f"; full report: {args.json}" if args.json else ""))
+    return 0
+

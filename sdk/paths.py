@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 
@@ -69,3 +70,29 @@ def check_out(args) -> None:
         if isinstance(src, (str, Path)) and Path(src).exists() and Path(src).resolve() == target:
             raise ValueError(f"--out {out} is the model this command reads (--{name.replace('_', '-')}); "
                              "write to another folder")
+
+
+def check_out_folder(path: str | Path, kind: str) -> Path:
+    """--out must be a new folder, an empty one, or a heron bundle folder of the same `kind` ("kws" or
+    "lm") being replaced: an export never writes over a file, into a folder of other things, or over
+    another kind of bundle."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the bundle")
+    if out.is_dir():
+        entries = {p.name for p in out.iterdir()}
+        ours = {"manifest.json", "manifest.sha256"} & entries or {"onnx", "coreml"} >= entries
+        if entries and not ours:
+            raise ValueError(f"--out {out} is a folder that holds other things and no heron bundle; "
+                             "give a new or empty folder")
+        for folder in (out, out / "onnx", out / "coreml"):
+            manifest = folder / "manifest.json"
+            if manifest.is_file():
+                try:
+                    fmt = json.loads(manifest.read_text()[:1_000_000]).get("format", "")
+                except (ValueError, AttributeError, UnicodeDecodeError):
+                    fmt = ""
+                if not (isinstance(fmt, str) and fmt.startswith(f"heron-{kind}")):
+                    raise ValueError(f"--out {out} holds another kind of bundle ({fmt or 'unknown format'}); "
+                                     f"a {kind.upper()} export replaces only a {kind.upper()} bundle")
+    return out

@@ -1,5 +1,11 @@
-"""`heron kws train`: train the keyword-spotting encoder (needs `pip install heron[train]`)."""
+"""`heron kws train | train-matcher | train-gate | release | export`: building keyword-spotting models and
+bundles (training needs `pip install heron[train]`, export `heron[export]`; a mobile bundle needs neither)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from heron.paths import check_out_folder, default_kws_checkpoint
 
 
 def _kws(args) -> int:
@@ -143,3 +149,104 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("checkpoint", help="training run folder")
     q.add_argument("--out", required=True, help="release folder")
     q.set_defaults(func=_release, out_is_folder=True)
+
+
+def _print_bundle(folder: Path) -> None:
+    from heron.runtime.bundle import IDENTITY
+
+    man = json.loads((folder / "manifest.json").read_text())
+    for f in man["files"].values():
+        print(f"{folder / f['path']}  {f['bytes'] / 1e6:.2f} MB  sha256 {f['sha256'][:16]}...")
+    print(f"{folder}: manifest sha256 {(folder / IDENTITY).read_text().strip()}")
+
+
+
+def _export(args) -> int:
+    from heron.export.kws_bundle import TARGETS
+
+    if args.target not in TARGETS:
+        raise ValueError(f"unknown target {args.target!r}; use one of {', '.join(TARGETS)}")
+    out = check_out_folder(args.out, "kws")
+    if args.mobile:  # from a finished bundle: file copies and a manifest, no torch
+        from heron.export.kws_mobile import write_mobile_bundle
+
+        if args.checkpoint is not None or args.target != "onnx":
+            raise ValueError("--mobile makes a bundle from a full bundle (--model), not from --checkpoint or --target")
+        folder = write_mobile_bundle(args.model, out)
+        _print_bundle(folder)
+        total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        print(f"mobile bundle: {total / 1e6:.2f} MB in {folder}; keyword files: heron kws enroll TEXT --out F.kw"
+              + (f" --model {args.model}" if args.model else ""))
+        return 0
+    if args.model is not None:
+        raise ValueError("--model names the source bundle of --mobile; a full export reads --checkpoint")
+    try:
+        from heron.export.kws_bundle import build_kws_bundles
+    except ImportError as e:
+        raise ImportError(f"export needs torch and onnx: pip install 'heron[export]' ({e})") from e
+    outs = build_kws_bundles(args.checkpoint or str(default_kws_checkpoint()), out, target=args.target, matcher=args.matcher,
+                             recalibrate=args.recalibrate, threshold=args.threshold, int8_only=args.int8_only,
+                             calibration_anchors=args.calibration_anchors, background_data=args.background_data,
+                             speech_gate=args.speech_gate, no_speech_gate=args.no_speech_gate,
+                             matcher_options=_matcher_options(args))
+    for o in outs:
+        _print_bundle(o)
+    print(f"calibration: {json.loads((outs[0] / 'manifest.json').read_text())['calibration']}")
+    if args.zip:
+        import shutil
+
+        for o in outs:
+            print(f"zipped {shutil.make_archive(str(o), 'zip', root_dir=o)}")
+    if args.target in ("coreml", "all"):
+        print("Core ML: validated on this machine by loading the spec (names, shapes); predictions need macOS")
+    return 0
+
+
+
+def add_kws_export(sub, formatter) -> None:
+    """`heron kws export`: an encoder checkpoint -> keyword-spotting bundles."""
+    p = sub.add_parser("export", help="export the spotter to mobile bundles (ONNX fp32 + int8, Core ML)",
+                       formatter_class=formatter)
+    p.add_argument("--target", default="onnx", help="onnx | coreml | all (all: OUT/onnx and OUT/coreml)")
+    p.add_argument("--checkpoint", default=None, help="encoder checkpoint folder or .safetensors (default: the shipped one)")
+    p.add_argument("--mobile", action="store_true",
+                   help="write a mobile bundle from a full bundle (--model): the int8 graph, manifest and a README "
+                        "for app developers, nothing enrollment-only; keywords come as keyword files")
+    p.add_argument("--model", default=None, help="with --mobile: the full bundle to start from (default: the shipped one)")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--matcher", default=None,
+                   help="second-stage folder (text encoder + SLiCK verifier) to include (default: first stage only)")
+    p.add_argument("--recalibrate", action="store_true", help="refit score calibration even if the checkpoint has one")
+    p.add_argument("--background-data", action="append", default=None,
+                   help="repeatable: real training speech (a TSV manifest's train rows, a CSV or a LibriSpeech folder) "
+                        "for the Z-norm background bank; implies --recalibrate (default: TTS speech)")
+    p.add_argument("--speech-gate", default=None,
+                   help="folder of a speech gate (heron kws train-gate) to add (default: the checkpoint's own "
+                        "speech_gate.safetensors, if any)")
+    p.add_argument("--no-speech-gate", action="store_true", help="export without a speech gate")
+    p.add_argument("--int8-only", action="store_true",
+                   help="keep only the int8 graphs (the shipped bundle; smaller, same accuracy in BENCHMARKS.md)")
+    p.add_argument("--zip", action="store_true", help="also write each bundle folder as a .zip next to it")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="default detection threshold (sensitivity 0.5) stored in the bundle (default: the "
+                        "checkpoint's calibration.json, else fitted)")
+    p.add_argument("--calibration-anchors", type=int, default=200, help="anchor phrases for calibration")
+    p.add_argument("--posterior-weight", type=float, default=None,
+                   help="first-stage matcher: weight of each frame's absolute log-probability beside its ratio to "
+                        "the best class, 0..10 (default: heron.runtime.ctc_kws.MatcherOptions); needs --recalibrate")
+    p.set_defaults(func=_export, lm=None)
+
+
+
+def _matcher_options(args):
+    from dataclasses import replace
+
+    from heron.runtime.ctc_kws import MatcherOptions
+
+    if args.posterior_weight is None:
+        return None
+    lo, hi = MatcherOptions.RANGES["posterior_weight"]
+    if not lo <= args.posterior_weight <= hi:
+        raise ValueError(f"--posterior-weight must be in [{lo}, {hi}], got {args.posterior_weight}")
+    return replace(MatcherOptions(), posterior_weight=args.posterior_weight)
+
