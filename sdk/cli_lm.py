@@ -411,8 +411,7 @@ def _export_lm(args) -> int:
             raise FileNotFoundError(f"no GGUF file at {gguf}")
         from heron.export.gguf_onnx import export_gguf_bundle
         out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute)
-        for f in sorted(out.iterdir()):
-            print(f"{f}  {f.stat().st_size / 1e6:.2f} MB")
+        print_files(out)
         return 0
     base = check_out_folder(args.out, "lm")
     outs = []
@@ -428,9 +427,17 @@ def _export_lm(args) -> int:
         export_coreml_bundle(args.lm, out, k=args.k)
         outs.append(out)
     for o in outs:
-        for f in sorted(o.iterdir()):
-            print(f"{f}  {f.stat().st_size / 1e6 if f.is_file() else 0:.2f} MB")
+        print_files(o)
     return 0
+
+
+def print_files(folder: Path) -> None:
+    """One line per entry of an exported bundle: its path and size (a Core ML .mlpackage is a folder: the
+    size of its files)."""
+    from heron.runtime.manifest import path_size
+
+    for f in sorted(Path(folder).iterdir()):
+        print(f"{f}  {path_size(f) / 1e6:.2f} MB")
 
 
 

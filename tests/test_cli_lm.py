@@ -104,3 +104,16 @@ def test_bench_without_draft_methods_needs_no_draft(tmp_path):
               "--threads", "1", "--draft", str(tmp_path / "no-such-draft"), check=False)
     assert p.returncode == 0, p.stderr[-400:]
     assert "| lookup |" in p.stdout
+
+
+def test_export_listing_gives_a_core_ml_package_its_size(tmp_path, capsys):
+    """A .mlpackage is a folder: the export listing prints the size of its files, not 0.00 MB."""
+    from heron.cli_lm import print_files
+
+    pkg = tmp_path / "model.mlpackage" / "Data"
+    pkg.mkdir(parents=True)
+    (pkg / "weights.bin").write_bytes(b"\0" * 1_500_000)
+    (tmp_path / "manifest.json").write_text("{}")
+    print_files(tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.endswith("model.mlpackage  1.50 MB") for line in lines), lines
