@@ -181,7 +181,6 @@ def _bench(args) -> int:
     return 0
 
 
-
 def _add_bench(sub, formatter) -> None:
     """`heron data bench`: TTS throughput per engine."""
     q = sub.add_parser("bench", help="TTS throughput per engine (BENCHMARKS.md)", formatter_class=formatter)

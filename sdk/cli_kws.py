@@ -236,7 +236,6 @@ def _add_bench(sub, formatter) -> None:
     q.set_defaults(func=_bench)
 
 
-
 def _bench(args) -> int:
     """Runtime speed (1 thread), enrollment latency, gate skipping on speech vs noise, bundle size."""
     import glob
@@ -312,14 +311,12 @@ def _bench(args) -> int:
     return 0
 
 
-
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
 
 
 def _long_stream(model, path: str) -> dict:

@@ -160,7 +160,6 @@ def _print_bundle(folder: Path) -> None:
     print(f"{folder}: manifest sha256 {(folder / IDENTITY).read_text().strip()}")
 
 
-
 def _export(args) -> int:
     from heron.export.kws_bundle import TARGETS
 
@@ -202,7 +201,6 @@ def _export(args) -> int:
     return 0
 
 
-
 def add_kws_export(sub, formatter) -> None:
     """`heron kws export`: an encoder checkpoint -> keyword-spotting bundles."""
     p = sub.add_parser("export", help="export the spotter to mobile bundles (ONNX fp32 + int8, Core ML)",
@@ -235,7 +233,6 @@ def add_kws_export(sub, formatter) -> None:
                    help="first-stage matcher: weight of each frame's absolute log-probability beside its ratio to "
                         "the best class, 0..10 (default: heron.runtime.ctc_kws.MatcherOptions); needs --recalibrate")
     p.set_defaults(func=_export, lm=None)
-
 
 
 def _matcher_options(args):

@@ -440,7 +440,6 @@ def print_files(folder: Path) -> None:
         print(f"{f}  {path_size(f) / 1e6:.2f} MB")
 
 
-
 def add_lm_export(sub, formatter) -> None:
     """`heron lm export CHECKPOINT --out DIR`: a language model -> ONNX / Core ML bundles."""
     p = sub.add_parser("export", help="export an LM checkpoint (ONNX with KV-cache state pairs; Core ML)",
@@ -456,7 +455,6 @@ def add_lm_export(sub, formatter) -> None:
                         "remainder (fp32's answers, fast), int8 = as llama.cpp (fastest; 7 of 8 answers kept in the benchmark), "
                         "fp32 (exact, slow)")
     p.set_defaults(func=_export_lm)
-
 
 
 def add_lm_bench(sub, formatter) -> None:
@@ -479,7 +477,6 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.set_defaults(func=_bench)
-
 
 
 def _bench(args) -> int:
