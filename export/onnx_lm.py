@@ -82,7 +82,8 @@ def write_bundle(model: Transformer, out: str | Path, k: int | None = None, int8
     export_onnx(model, out / "model.onnx", k)
     files = ["model.onnx"]
     if int8:
-        quantize_int8(out / "model.onnx", out / "model.int8.onnx", per_channel=True, op_types=("MatMul", "Gemm"))
+        quantize_int8(out / "model.onnx", out / "model.int8.onnx", per_channel=True, op_types=("MatMul", "Gemm"),
+                      gathered=True)  # MoE experts are gathered stacks: int8 too
         files.append("model.int8.onnx")
     if tokenizer is not None:  # test models come without one; such a bundle takes token ids only
         shutil.copy(tokenizer, out / "tokenizer.json")
