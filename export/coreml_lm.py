@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from heron.export.coreml import convert_named
 from heron.export.onnx_lm import LMStep, empty_state, state_names
+from heron.export.quiet import quietly
 from heron.models.lm.model import Routing, Transformer
 
 
@@ -103,6 +104,7 @@ def export_coreml(model: Transformer, path: str | Path, k: int | None = None) ->
     return {"inputs": ["tokens", *ins], "outputs": ["logits", *outs]}
 
 
+@quietly
 def export_coreml_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | None = None) -> Path:
     import coremltools as ct
 

@@ -1,6 +1,7 @@
 """Exports print what heron decides, not the exporters' chatter: torch.onnx's registry notes (one per
-missing torchvision op, hundreds per bundle), pytree deprecation warnings and onnxruntime.quantization's
-pre-processing advice are silenced for the duration of an export. Errors still raise."""
+missing torchvision op, hundreds per bundle), pytree deprecation warnings, onnxruntime.quantization's
+pre-processing advice and coremltools' progress bars are silenced for the duration of an export. Errors
+still raise."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,28 @@ import logging
 import warnings
 
 NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")
+
+
+@contextlib.contextmanager
+def _silent_progress_bars():
+    """Every tqdm bar made inside the block is disabled (coremltools draws one per conversion stage). tqdm's
+    class stays the class (libraries annotate with it), only its constructor is wrapped, and restored after."""
+    try:
+        from tqdm import std
+    except ImportError:
+        yield
+        return
+    init = std.tqdm.__init__
+
+    def silent(self, *args, **kwargs):
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = silent
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init
 
 
 @contextlib.contextmanager
@@ -21,7 +44,8 @@ def quiet_exporters():
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         try:
-            yield
+            with _silent_progress_bars():
+                yield
         finally:
             for lg, lv in zip(loggers, levels):
                 lg.setLevel(lv)

@@ -72,3 +72,18 @@ def test_second_stage_onnx_matches_torch(tmp_path):
         assert np.abs(text_o - text.numpy()).max() <= 1e-4
         assert abs(float(p[0]) - float(torch.sigmoid(utt)[0])) <= 1e-4
         assert np.abs(sp - torch.sigmoid(sub).numpy()).max() <= 1e-4
+
+
+def test_exports_silence_progress_bars_and_restore_them(capsys):
+    """coremltools draws a tqdm bar per conversion stage (bound by `from tqdm import tqdm` when it was
+    imported): inside an export every bar is silent; tqdm stays a class and is itself again afterwards."""
+    from tqdm import tqdm
+
+    from heron.export.quiet import quiet_exporters
+
+    with quiet_exporters():
+        assert list(tqdm(range(3), desc="Running MIL")) == [0, 1, 2]
+        assert isinstance(tqdm, type) and (tqdm | None) is not None  # what huggingface_hub's import does
+    assert "Running MIL" not in capsys.readouterr().err
+    list(tqdm(range(3), desc="after"))
+    assert "after" in capsys.readouterr().err
