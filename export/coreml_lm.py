@@ -12,7 +12,6 @@ stateful step is checked against plain decoding in torch (tests/test_lm_export.p
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch.nn as nn
 from heron.export.coreml import convert_named
 from heron.export.onnx_lm import LMStep, empty_state, state_names
 from heron.export.quiet import quietly
+from heron.runtime.bundle import write_manifest
+from heron.runtime.manifest import LMCoreMLManifest, file_table
 from heron.models.lm.model import Routing, Transformer
 
 
@@ -112,6 +113,8 @@ def export_coreml_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | N
     model, tok, meta = checkpoint.load(checkpoint_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
+        (out / stale).unlink(missing_ok=True)
     names = export_coreml_stateful(model, out / "model.mlpackage", k)
     spec = ct.utils.load_spec(str(out / "model.mlpackage"))
     got = ([i.name for i in spec.description.input], [o.name for o in spec.description.output],
@@ -120,10 +123,12 @@ def export_coreml_bundle(checkpoint_dir: str | Path, out: str | Path, k: int | N
         raise ValueError(f"Core ML package interface {got} differs from {names}")
     shutil.copy(Path(checkpoint_dir) / checkpoint.TOKENIZER, out / "tokenizer.json")
     cfg = model.cfg
-    (out / "manifest.json").write_text(json.dumps({
-        "format": "heron-lm-coreml/1", "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-        "active_experts": model.resolve_k(k) if cfg.n_experts else None, "eot_id": tok.eot_id,
-        "minimum_deployment_target": "iOS18", **names, "source": {"checkpoint": str(checkpoint_dir), "meta": meta}},
-        indent=1))
+    manifest = LMCoreMLManifest(
+        n_layers=cfg.n_layers, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size,
+        max_seq_len=cfg.max_seq_len, inputs=tuple(names["inputs"]), outputs=tuple(names["outputs"]),
+        states=tuple(names["states"]),
+        files=file_table(out, {"model": "model.mlpackage", "tokenizer": "tokenizer.json"}),
+        active_experts=model.resolve_k(k) if cfg.n_experts else None, eot_id=tok.eot_id,
+        source={"checkpoint": str(checkpoint_dir), "meta": meta})
+    write_manifest(out, manifest)
     return out

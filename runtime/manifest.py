@@ -30,6 +30,7 @@ KWS_FORMATS = (KWS_FORMAT,)  # what the runtime reads
 LM_FORMAT = "heron-lm-onnx/2"  # the shared file table ("files")
 LM_FORMAT_V1 = "heron-lm-onnx/1"  # separate "sha256" and "bytes" tables: still read, converted to the file table
 LM_FORMATS = (LM_FORMAT_V1, LM_FORMAT)
+LM_COREML_FORMAT = "heron-lm-coreml/2"  # a Core ML LM bundle (Apple devices run it; heron checks and writes it)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 34  # a file the manifest may list (a 7 B model's fp16 weights fit)
 MAX_STATE_ELEMENTS = 1 << 22  # one state tensor; the shipped encoder's largest holds 4,096
@@ -639,3 +640,51 @@ def _v1_files(f: Fields) -> dict[str, FileEntry]:
             f.fail(("sha256", name), "must be 64 lower-case hex digits")
         out[name] = FileEntry(name, digest, f.int(("bytes", name), 0, MAX_FILE_BYTES))
     return out
+
+
+@dataclass(frozen=True)
+class LMCoreMLManifest:
+    """manifest.json of a Core ML language-model bundle (model.mlpackage with KV states, tokenizer.json)."""
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_seq_len: int
+    inputs: tuple[str, ...]  # the package's input names (tokens, ...)
+    outputs: tuple[str, ...]  # its output names (logits, ...)
+    states: tuple[str, ...]  # its state names (the KV cache lives in the model: iOS 18 states)
+    files: dict[str, FileEntry]
+    active_experts: int | None = None
+    eot_id: int | None = None
+    minimum_deployment_target: str = "iOS18"
+    source: dict = field(default_factory=dict)
+    format: str = LM_COREML_FORMAT
+
+    FIELDS = ("format", "n_layers", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len", "active_experts", "eot_id",
+              "minimum_deployment_target", "inputs", "outputs", "states", "source", "files")
+
+    @classmethod
+    def from_dict(cls, m: Any, where: str) -> "LMCoreMLManifest":
+        f = Fields(m, where)
+        if not isinstance(m, dict):
+            raise BundleError(f"{where}: a manifest must be a JSON object")
+        unknown = sorted(set(m) - set(cls.FIELDS))
+        if unknown:
+            raise BundleError(f"{where}: has fields this heron does not know: {unknown}")
+        fmt = f.str("format", (LM_COREML_FORMAT,))
+        vocab = f.int("vocab_size", 2, 1_000_000)
+        files = _read_files(f)
+        if "model" not in files:
+            f.fail("files", "must list the model (model.mlpackage)")
+        active = f.int("active_experts", 1, 4096) if m.get("active_experts") is not None else None
+        eot = f.int("eot_id", 0, vocab - 1) if m.get("eot_id") is not None else None
+        return cls(f.int("n_layers", 1, 1024), f.int("n_kv_heads", 1, 1024), f.int("head_dim", 1, 4096), vocab,
+                   f.int("max_seq_len", 1, 1 << 20), tuple(f.str_list("inputs")), tuple(f.str_list("outputs")),
+                   tuple(f.str_list("states")), files, active, eot, f.str("minimum_deployment_target"),
+                   dict(f.obj("source")), fmt)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.FIELDS}
+        d.update(inputs=list(self.inputs), outputs=list(self.outputs), states=list(self.states),
+                 source=dict(self.source), files=_files_dict(self.files))
+        return d

@@ -156,3 +156,23 @@ def test_coreml_package_interface(model, tmp_path):
     spec = ct.utils.load_spec(str(tmp_path / "lm.mlpackage"))
     assert [i.name for i in spec.description.input] == names["inputs"]
     assert [o.name for o in spec.description.output] == names["outputs"]
+
+
+def test_coreml_bundle_has_the_shared_file_table_and_identity(tmp_path):
+    """A Core ML LM bundle is written through the one schema: file table, manifest.sha256, read back."""
+    pytest.importorskip("coremltools")
+    from heron.export.coreml_lm import export_coreml_bundle
+    from heron.models.lm import checkpoint
+    from heron.paths import default_lm_path
+    from heron.runtime.bundle import read_manifest, verify_files
+    from heron.runtime.manifest import LMCoreMLManifest
+
+    _, tok, _ = checkpoint.load(default_lm_path())
+    torch.manual_seed(0)
+    tiny = Transformer(preset("tiny", n_layers=1, vocab_size=tok.vocab_size, max_seq_len=32)).eval()
+    ck = checkpoint.save(tmp_path / "ck", tiny, tok, {"note": "test"})
+    out = export_coreml_bundle(ck, tmp_path / "cm")
+    doc, _ = read_manifest(out, "language-model")  # its identity matches
+    m = LMCoreMLManifest.from_dict(doc, "cm")
+    verify_files(out, m.files, "cm")
+    assert set(m.files) == {"model", "tokenizer"} and m.states and m.inputs[0] == "tokens"
