@@ -2,8 +2,8 @@
 
 Dynamic quantization: int8 weights, activations quantized at run time (onnxruntime's U8S8 kernels;
 see heron.runtime.sessions for the exact-int8 option on x86 without VNNI). Weights that are gathered
-rather than multiplied (an MoE layer's stacked experts, picked per token) become int8 too: stored int8
-with one scale per row, gathered as int8, then widened and scaled (only the chosen experts)."""
+rather than multiplied (an MoE layer's stacked experts picked per token, an embedding table) become int8
+too: stored int8 with one scale per row, gathered as int8, then widened and scaled (only what was picked)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,11 +25,48 @@ def quantize_int8(src: str | Path, dst: str | Path, *, keep_fp32_inputs: tuple[s
     if keep_fp32_inputs:
         graph = onnx.load(str(src)).graph
         keep = [n.name for n in graph.node if any(i.startswith(keep_fp32_inputs) for i in n.input)]
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     nodes_to_exclude=keep, op_types_to_quantize=list(op_types) if op_types else None)
+    if gathered:  # a tied head reads the embedding through a Transpose, which the quantizer cannot see past
+        model = onnx.load(str(src))
+        if fold_transposed_weights(model):
+            src = Path(dst).with_suffix(".folded.onnx")
+            onnx.save(model, str(src))
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=keep, op_types_to_quantize=list(op_types) if op_types else None)
+    finally:
+        if gathered and Path(src).name.endswith(".folded.onnx"):
+            Path(src).unlink(missing_ok=True)
     if gathered:
         quantize_gathered(dst, dst)
     return Path(dst)
+
+
+def fold_transposed_weights(model) -> int:
+    """MatMul(x, Transpose(W)) with W an initializer -> MatMul(x, W^T) with W^T an initializer of its own (the
+    tied head: W stays for the embedding's Gather). Returns how many were folded."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, list] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    done = 0
+    for node in list(g.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        users = readers.get(node.output[0], [])
+        if not users or any(u.op_type != "MatMul" or u.input[1] != node.output[0] for u in users):
+            continue
+        perm = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "perm"), None)
+        w = numpy_helper.to_array(inits[node.input[0]])
+        g.initializer.append(numpy_helper.from_array(w.transpose(perm).copy(), node.output[0] + "_folded"))
+        for u in users:
+            u.input[1] = node.output[0] + "_folded"
+        g.node.remove(node)
+        done += 1
+    return done
 
 
 GATHER_OPS = ("GatherND", "Gather")
@@ -37,7 +74,7 @@ MIN_GATHERED_ELEMENTS = 1 << 14  # smaller stacks stay fp32 (little size to save
 
 
 def quantize_gathered(src: str | Path, dst: str | Path) -> int:
-    """Rewrite every fp32 initializer of rank >= 3 that only Gather/GatherND nodes read (as their data) as an
+    """Rewrite every fp32 initializer of rank >= 2 that only Gather/GatherND nodes read (as their data) as an
     int8 initializer plus a per-row scale (symmetric, the last axis shares a scale): each gather then picks
     int8 rows and their scales, Cast widens them, Mul rescales. Returns how many were rewritten."""
     import numpy as np
@@ -53,7 +90,7 @@ def quantize_gathered(src: str | Path, dst: str | Path) -> int:
     done = 0
     for init in list(g.initializer):
         uses = readers.get(init.name, [])
-        if (init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 3 or not uses
+        if (init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2 or not uses
                 or any(n.op_type not in GATHER_OPS or i != 0 for n, i in uses)
                 or any(n.op_type == "Gather" and next((a.i for a in n.attribute if a.name == "axis"), 0) != 0
                        for n, _ in uses)):

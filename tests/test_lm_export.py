@@ -52,8 +52,9 @@ def test_onnx_matches_torch_over_multistep_decode(model, bundle):
 
 
 def test_int8_export_quantizes_the_gathered_experts_too(bundle):
-    """An MoE layer's experts are stacked tensors picked by GatherND, not MatMul weights: they are stored
-    int8 (with per-row scales) as well, so the int8 graph is a fraction of the fp32 one."""
+    """An MoE layer's experts are stacked tensors picked by GatherND, not MatMul weights, and the tied head
+    reads the embedding through a Transpose: all of them are stored int8 as well (per-row scales), so the
+    int8 graph is a fraction of the fp32 one."""
     import onnx
 
     g = onnx.load(str(bundle / "model.int8.onnx")).graph
@@ -61,6 +62,10 @@ def test_int8_export_quantizes_the_gathered_experts_too(bundle):
     stacks = [i for i in g.initializer if i.name in gathered and len(i.dims) >= 3 and i.dims[-1] > 1]  # not scales
     assert stacks and all(i.data_type == onnx.TensorProto.INT8 for i in stacks)
     assert (bundle / "model.int8.onnx").stat().st_size < 0.5 * (bundle / "model.onnx").stat().st_size
+    # the tied head and embedding too: no large fp32 weight is left
+    from heron.export.quantize import MIN_GATHERED_ELEMENTS
+    big = [i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= MIN_GATHERED_ELEMENTS]
+    assert not big, big
 
 
 def test_snapshots_are_independent_branches(bundle):
