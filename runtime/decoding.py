@@ -479,15 +479,22 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     """Prompt-lookup speculative decoding: the window is copied from the context (lookup_window) and
     verified by the target in one forward; a deterministic draft (q one-hot), so the usual rejection
     rule keeps the target's distribution. No match: a plain step."""
-    check_prompt(prompt, target.max_len)
     stats = stats if stats is not None else DecodeStats(method="lookup")
+    yield from drafted(target, LookupDrafter(target.vocab_size, stats, spec.adaptive), prompt, opts, spec.gamma,
+                       stats, detok)
+
+
+def drafted(target, drafter: Drafter, prompt: Sequence[int], opts: GenerationOptions, gamma: int,
+            stats: DecodeStats, detok: Callable | None = None) -> Iterator[Token]:
+    """Generation by any draft source that needs no draft model of its own (prompt lookup; MTP, whose
+    drafts come from the target's own forward): the drafter proposes, the target verifies, one loop."""
+    check_prompt(prompt, target.max_len)
     rng = np.random.default_rng(opts.seed)
     tc = CachedBackend(target)
-    fresh(target, len(prompt) + opts.max_new_tokens + spec.gamma)
+    fresh(target, len(prompt) + opts.max_new_tokens + gamma)
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
-    yield from _draft_and_verify(tc, LookupDrafter(target.vocab_size, stats, spec.adaptive), seq, target.max_len, spec.gamma, opts,
-                                 stats, rng, em)
+    yield from _draft_and_verify(tc, drafter, seq, target.max_len, gamma, opts, stats, rng, em)
 
 
 # Cost-aware lookup windows. Verifying k draft tokens in one call costs 1 + VERIFY_COST * k plain steps

@@ -169,8 +169,7 @@ class LanguageModel:
             folder = Path(spec.mtp) if spec.mtp else self.path / "mtp"
             if folder not in self._mtp:
                 self._mtp[folder] = load_adapter(self.model, folder, self.vocabulary, self._target_name)
-            return generate_mtp(self._mtp[folder], ids, options, stats, detok, n_drafts=spec.gamma,
-                                end_ids=self.end_ids)
+            return generate_mtp(self._mtp[folder], self.backend, ids, options, stats, detok, n_drafts=spec.gamma)
         n_layers = self.model.cfg.n_layers
         if not 1 <= spec.exit_layer < n_layers:  # checked now: not after the prompt has been echoed
             raise ValueError(f"--exit-layer must be in [1, {n_layers - 1}], got {spec.exit_layer}")

@@ -48,21 +48,33 @@ def test_mtp_generation_is_lossless_and_speculates(trained, tmp_path):
         opts = sp.GenerationOptions(max_new_tokens=40)
         ref = [t.id for t in sp.plain(T, prompt, opts)]
         st = sp.DecodeStats()
-        assert [t.id for t in generate_mtp(mtp, prompt, opts, st)] == ref
-        assert [t.id for t in generate_mtp(mtp, prompt, opts, n_drafts=2)] == ref  # shorter mask groups
+        assert [t.id for t in generate_mtp(mtp, T, prompt, opts, st)] == ref
+        assert [t.id for t in generate_mtp(mtp, T, prompt, opts, n_drafts=2)] == ref  # shorter mask groups
         calls += st.target_calls
     assert calls < 4 * 40  # drafts were accepted: fewer target forwards than tokens
     # the end of the context is handled exactly like plain decoding
     ref = [t.id for t in sp.plain(T, [1, 2], sp.GenerationOptions(max_new_tokens=500))]
-    assert [t.id for t in generate_mtp(mtp, [1, 2], sp.GenerationOptions(max_new_tokens=500))] == ref
+    assert [t.id for t in generate_mtp(mtp, T, [1, 2], sp.GenerationOptions(max_new_tokens=500))] == ref
     # save / load round trip
     vocab = vocabulary_record(base.cfg.vocab_size)
     save_adapter(mtp, tmp_path / "a", {"test": True}, vocab)
     again = load_adapter(base, tmp_path / "a", vocab)
-    assert [t.id for t in generate_mtp(again, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))] == \
+    assert [t.id for t in generate_mtp(again, T, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))] == \
         [t.id for t in sp.plain(T, [1, 2, 3], sp.GenerationOptions(max_new_tokens=20))]
     (tmp_path / "a" / "mtp.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"^the MTP adapter \(.*\): \d+ logits; the target: 49152 logits: it was made"):
         load_adapter(base, tmp_path / "a", vocabulary_record(49152))  # made for another model: refused first
     with pytest.raises(ValueError):
         load_adapter(base, tmp_path / "a", vocab)
+
+
+def test_mtp_runs_on_the_engine_with_the_targets_routing(trained):
+    """MTP is a backend of the one decoding engine: the target's own backend (its cache and routing) is
+    used, so dial-k applies (k=1 here: the same tokens as plain decoding with k=1, in fewer forwards)."""
+    base, mtp, _ = trained
+    T1 = TorchLM(base, k=1)
+    opts = sp.GenerationOptions(max_new_tokens=30)
+    ref = [t.id for t in sp.plain(T1, [1, 2, 3], opts)]
+    st = sp.DecodeStats()
+    assert [t.id for t in generate_mtp(mtp, T1, [1, 2, 3], opts, st)] == ref
+    assert st.rounds > 0 and st.target_calls < 30

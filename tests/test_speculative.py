@@ -187,9 +187,10 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
 
         from heron.models.lm.mtp import MTPConfig, MTPModel, generate_mtp
         mtp = MTPModel(copy.deepcopy(target), MTPConfig(n_masks=2, rank=2))
+        mtp_target = TorchLM(mtp.base)
 
         def fn(T, D, prompt, opts, spec):
-            return generate_mtp(mtp, prompt, opts)
+            return generate_mtp(mtp, mtp_target, prompt, opts)
     elif method == "lookup":
         def fn(T, D, prompt, opts, spec):
             return sp.lookup(T, prompt, opts, spec)

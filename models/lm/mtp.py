@@ -16,17 +16,16 @@
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heron.models.lm.model import KVCache, Layout, Transformer
+from heron.models.lm.model import Layout, Routing, Transformer
 from heron.runtime import decoding as sp
 from heron.runtime.lm import Token
 
@@ -81,9 +80,10 @@ class MTPModel(nn.Module):
         self.sampler = nn.Sequential(nn.Linear(2 * D, cfg.sampler_hidden), nn.SiLU(),
                                      nn.Linear(cfg.sampler_hidden, D))
 
-    def forward_block(self, tokens: torch.Tensor, slots: torch.Tensor, layout: Layout | None, cache=None):
+    def forward_block(self, tokens: torch.Tensor, slots: torch.Tensor, layout: Layout | None, cache=None,
+                      route: Routing = Routing()):
         """tokens (1, T) with mask rows marked by slots (T,) >= 0 (slot index) and -1 for regular tokens.
-        -> (logits (1, T, V) of the base head, final hidden (1, T, D))."""
+        -> (logits (1, T, V) of the base head, final hidden (1, T, D)). `route`: the target's routing (dial-k)."""
         x = self.base.embed(tokens)
         is_mask = slots >= 0
         if bool(is_mask.any()):
@@ -91,7 +91,8 @@ class MTPModel(nn.Module):
             x[0, is_mask] = self.mask_emb[slots[is_mask]].to(x.dtype)
         self.gate.rows = is_mask
         try:
-            out = self.base(tokens, cache, resume=(0, x), hidden_layers=(self.base.cfg.n_layers - 1,), layout=layout)
+            out = self.base(tokens, cache, route, resume=(0, x), hidden_layers=(self.base.cfg.n_layers - 1,),
+                            layout=layout)
         finally:
             self.gate.rows = None
         return out.logits, out.hidden[self.base.cfg.n_layers - 1]
@@ -236,67 +237,87 @@ def load_adapter(base: Transformer, folder: str | Path, vocabulary: dict, target
 # generation
 
 
-@torch.no_grad()
-def generate_mtp(mtp: MTPModel, prompt: Sequence[int], opts: sp.GenerationOptions = sp.GenerationOptions(),
-                 stats: sp.DecodeStats | None = None, detok: Callable | None = None,
-                 n_drafts: int | None = None, end_ids: Collection[int] = ()) -> Iterator[Token]:
-    """Lossless MTP speculative generation: each target forward verifies the previous drafts and, through
-    the mask group after every one of its regular tokens, proposes the next drafts."""
-    base = mtp.base
-    # groups may be cut to their first n_drafts masks: a mask only sees earlier masks of its own group,
-    # so the shorter group computes exactly what the first slots of a full group would
-    K = min(mtp.cfg.n_masks, n_drafts or mtp.cfg.n_masks)
-    g_max = K
-    max_len = base.cfg.max_seq_len
-    sp.check_prompt(prompt, max_len)
-    stats = stats if stats is not None else sp.DecodeStats(method="mtp")
-    rng = np.random.default_rng(opts.seed)
-    cache = KVCache(base.cfg, batch=1)
-    seq = list(prompt)
-    em = sp.Emitter(seq, opts, stats, detok, end_ids)
-    if len(seq) > 1:
-        t0 = time.perf_counter()
-        base(torch.tensor([seq[:-1]]), cache)
-        stats.target_time_s += time.perf_counter() - t0
-    window, qs = [], None
-    while not em.done and len(seq) < max_len:  # the same end as plain decoding: a full context
-        g = min(len(window), max(0, min(g_max, max_len - len(seq) - 1)))
-        window = window[:g]
-        # the block: regular [last] + window, then one mask group per regular token; masks must fit the
-        # context too, so groups are dropped near its end
-        regular = [seq[-1]] + window
-        n_reg = len(regular)
-        room = max_len - cache.length - n_reg
-        anchors = list(range(n_reg)) if room >= K * n_reg else []
-        P = cache.length
-        slots, pos, allowed = group_layout(n_reg, anchors, K, P)
-        tokens = torch.tensor([regular + [0] * (K * len(anchors))])
-        t0 = time.perf_counter()
-        logits, h = mtp.forward_block(tokens, slots, Layout(pos, allowed), cache)
-        cache.trim(cache.length - (P + n_reg))  # mask keys/values are transient: drop them from the cache
-        stats.target_time_s += time.perf_counter() - t0
-        stats.target_calls += 1
-        p = sp.probs(logits[0, :n_reg].numpy(), opts.temperature, opts.top_p)
-        n_acc, extra = sp.verify(p, qs, window, rng, stats) if window else (0, sp.draw(p[0], rng))
-        if window:
-            stats.rounds += 1
-            stats.accepted.append(n_acc)
-            stats.windows.append(len(window))
-        yield from sp.emit_round(em, window, n_acc, extra)
-        if em.done:
-            return
-        cache.trim(len(window) - n_acc)  # rejected drafts leave the cache; the cache holds seq[:-1]
-        if not anchors:
-            window, qs = [], None
-            continue
-        # next drafts from the group after the last accepted regular token, through the sampler
-        rows = n_reg + n_acc * K + torch.arange(K)
-        h_group = h[0, rows]
-        prev, window, q_list = extra, [], []
-        for i in range(K):
-            q = sp.probs(mtp.sample_logits(torch.tensor([prev]), h_group[i:i + 1])[0].numpy(),
-                         opts.temperature, opts.top_p)
+class MTPBackend:
+    """The target (a TorchLM backend) with its MTP adapter, as the decoding engine's backend.
+
+    Each forward also runs one group of mask tokens after the block's regular tokens (after every one of
+    a verify block's, after the last of a longer block, as room allows) and keeps those groups' final
+    hidden states; MTPDrafter turns the group after the last accepted token into the next drafts. Mask
+    positions never stay in the cache, regular tokens never attend to them, and the gated LoRA acts on
+    mask rows only, so the regular tokens' logits are the target's own.
+    """
+
+    def __init__(self, mtp: MTPModel, target, window: int):
+        self.mtp, self.target = mtp, target
+        self.window = window  # blocks up to window + 1 tokens are verify blocks: a group after every token
+        self.K = mtp.cfg.n_masks
+        self.vocab_size, self.max_len, self.end_ids = target.vocab_size, target.max_len, target.end_ids
+        self.name = f"{target.name}+mtp"
+        self.groups: dict[int, torch.Tensor] = {}  # absolute position of the anchor -> (K, D) group hidden states
+
+    @property
+    def length(self) -> int:
+        return self.target.length
+
+    @torch.no_grad()
+    def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
+        t, K = self.target, self.K
+        n, P = len(tokens), t.length
+        anchors = list(range(n)) if n <= self.window + 1 else [n - 1]
+        if t.max_len - P - n < K * len(anchors):  # the masks must fit the context too
+            anchors = []
+        slots, pos, allowed = group_layout(n, anchors, K, P, device=t.device)
+        x = t._tokens(list(tokens) + [0] * (K * len(anchors)))
+        logits, h = self.mtp.forward_block(x, slots, Layout(pos, allowed), t.cache, t.route)
+        t.trim(t.length - (P + n))  # mask keys/values are transient
+        self.groups = {P + a: h[0, n + i * K:n + (i + 1) * K] for i, a in enumerate(anchors)}
+        out = logits[0, :n] if last is None else logits[0, n - last:n]
+        return out.float().cpu().numpy()
+
+    def trim(self, n: int) -> None:
+        self.target.trim(n)
+
+    def reset(self) -> None:
+        self.target.reset()
+        self.groups = {}
+
+    def snapshot(self):
+        return self.target.snapshot()
+
+    def restore(self, state) -> None:
+        self.target.restore(state)
+
+
+class MTPDrafter:
+    """Drafts from the mask group after the last accepted token (seq[-2]; seq[-1] is the token the target
+    just chose): the sampler head chains them, each conditioned on the draft before it."""
+
+    def __init__(self, backend: MTPBackend, opts: sp.GenerationOptions):
+        self.b, self.opts = backend, opts
+        self.seeds = sp.DraftSeeds(opts.seed)
+
+    @torch.no_grad()
+    def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
+        h = self.b.groups.get(len(seq) - 2)
+        if h is None:
+            return [], None  # no group yet (the prompt's first step): a plain step
+        rng = self.seeds.at(len(seq))
+        prev, window, qs = seq[-1], [], []
+        for i in range(min(g, len(h))):
+            logits = self.b.mtp.sample_logits(torch.tensor([prev], device=h.device), h[i:i + 1])[0]
+            q = sp.probs(logits.float().cpu().numpy(), self.opts.temperature, self.opts.top_p)
             prev = sp.draw(q, rng)
             window.append(prev)
-            q_list.append(q)
-        qs = np.stack(q_list)
+            qs.append(q)
+        return window, np.stack(qs)
+
+
+def generate_mtp(mtp: MTPModel, target, prompt: Sequence[int], opts: sp.GenerationOptions = sp.GenerationOptions(),
+                 stats: sp.DecodeStats | None = None, detok: Callable | None = None,
+                 n_drafts: int | None = None) -> Iterator[Token]:
+    """Lossless MTP speculative generation on the one decoding engine: `target` is the TorchLM backend
+    (its cache, device and routing: dial-k applies); each verify forward also proposes the next drafts."""
+    K = min(mtp.cfg.n_masks, n_drafts or mtp.cfg.n_masks)
+    stats = stats if stats is not None else sp.DecodeStats(method="mtp")
+    backend = MTPBackend(mtp, target, K)
+    yield from sp.drafted(backend, MTPDrafter(backend, opts), prompt, opts, K, stats, detok)
