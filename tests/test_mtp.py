@@ -28,6 +28,11 @@ def test_adapter_keeps_base_bit_identical(trained):
     assert any(p.abs().sum() > 0 for n, p in mtp.named_parameters() if n.endswith(".B"))  # the LoRA is non-zero
     with torch.no_grad():
         assert torch.equal(base(torch.arange(20)[None]).logits, ref)
+    # the shared base is never rewired: its projections are its own plain layers, before and after a call
+    assert all(type(getattr(b.attn, n)) is torch.nn.Linear for b in base.layers for n in ("q_proj", "o_proj"))
+    with torch.no_grad():
+        mtp.forward_block(torch.arange(5)[None], torch.full((5,), -1), None)
+    assert all(type(getattr(b.attn, n)) is torch.nn.Linear for b in base.layers for n in ("q_proj", "o_proj"))
 
 
 def test_regular_tokens_never_see_masks(trained):

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -47,7 +48,8 @@ class _Gate:
 class GatedLoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, gate: _Gate):
         super().__init__()
-        self.base, self.gate, self.scale = base, gate, alpha / rank
+        self.__dict__["base"] = base  # not a submodule: the frozen layer belongs to the base model
+        self.gate, self.scale = gate, alpha / rank
         self.A = nn.Parameter(torch.randn(rank, base.in_features) * (1.0 / base.in_features ** 0.5))
         self.B = nn.Parameter(torch.zeros(base.out_features, rank))
 
@@ -62,19 +64,24 @@ class GatedLoRALinear(nn.Module):
         return flat_y.view_as(y)
 
 
+LORA_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")  # the attention projections that carry a gated LoRA
+
+
 class MTPModel(nn.Module):
-    """A frozen base Transformer plus gated LoRA, mask embeddings and the sampler head."""
+    """A frozen base Transformer plus gated LoRA, mask embeddings and the sampler head.
+
+    The LoRA layers live here and stand in for the base's attention projections only for the duration of
+    a `forward_block` call: the base model (shared with plain decoding and other adapters) is never
+    rewired."""
 
     def __init__(self, base: Transformer, cfg: MTPConfig = MTPConfig()):
         super().__init__()
         self.base, self.cfg, self.gate = base, cfg, _Gate()
         for p in base.parameters():
             p.requires_grad_(False)
-        for blk in base.layers:
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                lin = getattr(blk.attn, name)
-                lin = lin.base if isinstance(lin, GatedLoRALinear) else lin  # a new adapter replaces an old one
-                setattr(blk.attn, name, GatedLoRALinear(lin, cfg.rank, cfg.alpha, self.gate))
+        self.lora = nn.ModuleDict({f"{i}_{name}": GatedLoRALinear(getattr(blk.attn, name), cfg.rank, cfg.alpha,
+                                                                   self.gate)
+                                   for i, blk in enumerate(base.layers) for name in LORA_PROJ})
         D = base.cfg.dim
         self.mask_emb = nn.Parameter(base.embed.weight.std().item() * torch.randn(cfg.n_masks, D))
         self.sampler = nn.Sequential(nn.Linear(2 * D, cfg.sampler_hidden), nn.SiLU(),
@@ -90,11 +97,17 @@ class MTPModel(nn.Module):
             x = x.clone()
             x[0, is_mask] = self.mask_emb[slots[is_mask]].to(x.dtype)
         self.gate.rows = is_mask
+        for i, blk in enumerate(self.base.layers):  # the LoRA layers stand in for the projections, for this call
+            for name in LORA_PROJ:
+                setattr(blk.attn, name, self.lora[f"{i}_{name}"])
         try:
             out = self.base(tokens, cache, route, resume=(0, x), hidden_layers=(self.base.cfg.n_layers - 1,),
                             layout=layout)
         finally:
             self.gate.rows = None
+            for i, blk in enumerate(self.base.layers):
+                for name in LORA_PROJ:
+                    setattr(blk.attn, name, self.lora[f"{i}_{name}"].base)
         return out.logits, out.hidden[self.base.cfg.n_layers - 1]
 
     def sample_logits(self, prev_tokens: torch.Tensor, h_mask: torch.Tensor) -> torch.Tensor:
@@ -182,6 +195,19 @@ def train_mtp(base: Transformer, train_ids: np.ndarray, cfg: MTPConfig, steps: i
     return mtp.eval()
 
 
+def _file_key(key: str) -> str:
+    """A LoRA factor's name in the adapter file (format heron-mtp/1: where it sat in the base model)."""
+    if key.startswith("lora."):
+        i, name, factor = re.fullmatch(r"lora\.(\d+)_(\w+)\.([AB])", key).groups()
+        return f"base.layers.{i}.attn.{name}.{factor}"
+    return key
+
+
+def _module_key(key: str) -> str:
+    m = re.fullmatch(r"base\.layers\.(\d+)\.attn\.(\w+)\.([AB])", key)
+    return f"lora.{m.group(1)}_{m.group(2)}.{m.group(3)}" if m else key
+
+
 def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict, vocabulary: dict) -> Path:
     """The adapter (LoRA factors, heads) beside a JSON card: its config, `meta` (provenance) and the
     `vocabulary` record of the model it was trained on (heron.runtime.tokenizer.vocabulary_record)."""
@@ -190,8 +216,7 @@ def save_adapter(mtp: MTPModel, folder: str | Path, meta: dict, vocabulary: dict
     from heron.models.weights_io import save_safetensors
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in mtp.state_dict().items() if not k.startswith("base.") or
-             k.endswith(".A") or k.endswith(".B")}
+    state = {_file_key(k): v.contiguous() for k, v in mtp.state_dict().items() if not k.startswith("base.")}
     save_safetensors(state, str(folder / "mtp.safetensors"))
     (folder / "mtp.json").write_text(json.dumps({"format": "heron-mtp/1", "config": asdict(mtp.cfg), "meta": meta,
                                                 "vocabulary": vocabulary}, indent=1))
@@ -223,11 +248,11 @@ def load_adapter(base: Transformer, folder: str | Path, vocabulary: dict, target
     except Exception as e:  # safetensors raises its own error type
         raise ValueError(f"{folder / 'mtp.safetensors'} is not readable: {e}") from e
     try:
-        missing, unexpected = mtp.load_state_dict(state, strict=False)
+        missing, unexpected = mtp.load_state_dict({_module_key(k): v for k, v in state.items()}, strict=False)
     except RuntimeError as e:  # torch lists every mismatched tensor over many lines
         raise ValueError(f"MTP adapter {folder} does not fit the model (width {base.cfg.dim}): "
                          f"{str(e).splitlines()[-1].strip()}") from None
-    missing = [m for m in missing if not m.startswith("base.") or m.endswith(".A") or m.endswith(".B")]
+    missing = [m for m in missing if not m.startswith("base.")]
     if missing or unexpected:
         raise ValueError(f"MTP adapter does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return mtp.eval()
