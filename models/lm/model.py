@@ -244,7 +244,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(H * S, cfg.norm_eps)
             self.k_norm = RMSNorm(G * S, cfg.norm_eps)
 
-    def forward(self, x, layer: int, cache: KVCache | None, pos0: int, samples: int = 1, layout=None):
+    def forward(self, x, layer: int, cache: KVCache | None, pos0: int, samples: int = 1, layout=None, rope=None):
+        """rope: (cos, sin) of the block's positions, made once per forward by the Transformer (None: here)."""
         cfg = self.cfg
         BR, T, _ = x.shape
         H, G, S = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -254,8 +255,10 @@ class Attention(nn.Module):
         q = q.view(BR, T, H, S).transpose(1, 2)  # (BR, H, T, S)
         k = k.view(BR, T, G, S).transpose(1, 2)  # (BR, G, T, S)
         v = v.view(BR, T, G, S).transpose(1, 2)
-        positions = layout.positions if layout is not None else torch.arange(pos0, pos0 + T, device=x.device)
-        cos, sin = rope_tables(S, positions, cfg.rope_theta)
+        if rope is None:
+            positions = layout.positions if layout is not None else torch.arange(pos0, pos0 + T, device=x.device)
+            rope = rope_tables(S, positions, cfg.rope_theta)
+        cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         B = BR // samples
@@ -439,8 +442,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer) else SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, ffn_width=None, layout=None):
-        x = x + self.attn(self.attn_norm(x), self.layer, cache, pos0, R, layout)
+    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, ffn_width=None, layout=None, rope=None):
+        x = x + self.attn(self.attn_norm(x), self.layer, cache, pos0, R, layout, rope)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
             tau = route.roe_tau[self.layer] if route.roe_tau else 0.0
@@ -513,11 +516,14 @@ class Transformer(nn.Module):
         hidden = {-1: x} if -1 in hidden_layers else {}
         aux = 0.0
         n_run = self.cfg.n_layers if stop_at is None else stop_at
+        # the RoPE tables of the block's positions: once per forward, not once per layer
+        positions = layout.positions if layout is not None else torch.arange(pos0, pos0 + T, device=x.device)
+        rope = rope_tables(self.cfg.head_dim, positions, self.cfg.rope_theta)  # (T, S) each
         for layer in self.layers[first_layer:n_run]:
             if layer.layer == fan_out:
                 x = x.repeat(R, 1, 1)
             x, a = layer(x, cache, pos0, route, k, R if fan_out is not None and layer.layer >= fan_out else 1,
-                         ffn_width, layout)
+                         ffn_width, layout, rope)
             aux = aux + a
             if layer.layer in hidden_layers:
                 hidden[layer.layer] = x
