@@ -238,6 +238,16 @@ def _files_dict(files: dict[str, FileEntry]) -> dict:
     return {k: e.to_dict() for k, e in files.items()}
 
 
+def _document(m: Any, where: str, known) -> Fields:
+    """A manifest's top level: a JSON object that holds only fields this heron knows."""
+    if not isinstance(m, dict):
+        raise BundleError(f"{where}: a manifest must be a JSON object")
+    unknown = sorted(set(m) - set(known))
+    if unknown:
+        raise BundleError(f"{where}: has fields this heron does not know: {unknown}")
+    return Fields(m, where)
+
+
 # --- keyword-spotting bundles ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -398,12 +408,7 @@ class KwsManifest:
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "KwsManifest":
         """Every field the keyword-spotting runtime reads: present, typed, in range, consistent."""
-        f = Fields(m, where)
-        if not isinstance(m, dict):
-            raise BundleError(f"{where}: a manifest must be a JSON object")
-        unknown = sorted(set(m) - set(cls.TOP))
-        if unknown:
-            raise BundleError(f"{where}: has fields this heron does not know: {unknown}")
+        f = _document(m, where, cls.TOP)
         fmt = f.str("format", KWS_FORMATS)
         target = f.str("target", ("onnx", "coreml"))
         version = f.str("heron_version")
@@ -564,14 +569,10 @@ class LMManifest:
     def from_dict(cls, m: Any, where: str) -> "LMManifest":
         """Every field the onnxruntime LM backend reads: present, typed, in range, consistent. Reads format /1
         (separate sha256 and bytes tables) into the file table."""
-        f = Fields(m, where)
         if not isinstance(m, dict):
             raise BundleError(f"{where}: a manifest must be a JSON object")
-        fmt = f.str("format", LM_FORMATS)
-        known = set(cls.TOP) - ({"sha256", "bytes"} if fmt == LM_FORMAT else {"files"})
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise BundleError(f"{where}: has fields this heron does not know: {unknown}")
+        fmt = Fields(m, where).str("format", LM_FORMATS)
+        f = _document(m, where, set(cls.TOP) - ({"sha256", "bytes"} if fmt == LM_FORMAT else {"files"}))
         name = f.str("name")
         layers = f.int("n_layers", 1, 1024)
         kv, hd = f.int("n_kv_heads", 1, 1024), f.int("head_dim", 1, 4096)
@@ -665,12 +666,7 @@ class LMCoreMLManifest:
 
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "LMCoreMLManifest":
-        f = Fields(m, where)
-        if not isinstance(m, dict):
-            raise BundleError(f"{where}: a manifest must be a JSON object")
-        unknown = sorted(set(m) - set(cls.FIELDS))
-        if unknown:
-            raise BundleError(f"{where}: has fields this heron does not know: {unknown}")
+        f = _document(m, where, cls.FIELDS)
         fmt = f.str("format", (LM_COREML_FORMAT,))
         vocab = f.int("vocab_size", 2, 1_000_000)
         files = _read_files(f)
