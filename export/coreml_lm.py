@@ -39,8 +39,8 @@ class StatefulStep(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape))
         self.register_buffer("v_cache", torch.zeros(shape))
 
-    def update(self, layer: int, k, v, pos0):
-        T = k.shape[2]
+    def update(self, layer: int, k, v):
+        pos0, T = self.length, k.shape[2]
         self.k_cache[layer, :, :, pos0:pos0 + T] = k
         self.v_cache[layer, :, :, pos0:pos0 + T] = v
         return self.k_cache[layer, :, :, :pos0 + T], self.v_cache[layer, :, :, :pos0 + T]

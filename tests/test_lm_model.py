@@ -228,3 +228,22 @@ def test_train_resume_checkpoint_and_corruption(tmp_path):
     with pytest.raises(ValueError, match="phds"):
         train(preset("tiny", n_experts=0), tmp_path / "dense", TrainOptions(steps=1, phds=True),
               text_files=[str(text)], vocab_size=300, log=lambda *a: None)
+
+
+def test_the_cache_moves_its_own_offset():
+    """The model reads the cache's length and never writes it: each layer writes its keys at the cache's
+    offset, and the last layer's write moves it; an early exit below the last layer leaves it for the call
+    that finishes the block; trim rewinds it."""
+    torch.manual_seed(0)
+    m = Transformer(preset("tiny", n_layers=2, vocab_size=64, max_seq_len=32)).eval()
+    c = KVCache(m.cfg)
+    with torch.no_grad():
+        ref = m(torch.tensor([[1, 2, 3, 4, 5]])).logits
+        m(torch.tensor([[1, 2, 3]]), c)
+        assert c.length == 3
+        early = m(torch.tensor([[4, 5]]), c, hidden_layers=(0,), stop_at=1)
+        assert c.length == 3
+        out = m(torch.tensor([[4, 5]]), c, resume=(1, early.hidden[0])).logits
+        assert c.length == 5 and torch.allclose(out, ref[:, 3:], atol=1e-5)
+        c.trim(2)
+        assert c.length == 3 and torch.allclose(m(torch.tensor([[4, 5]]), c).logits, ref[:, 3:], atol=1e-5)

@@ -129,7 +129,7 @@ class ConcatCache:
         self.present: list[tuple[torch.Tensor, torch.Tensor]] = list(past)
         self.length = past[0][0].shape[2]
 
-    def update(self, layer: int, k, v, pos0: int):
+    def update(self, layer: int, k, v):
         pk, pv = self.past[layer]
         keys, values = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
         self.present[layer] = (keys, values)
@@ -139,8 +139,10 @@ class ConcatCache:
 class KVCache:
     """Keys and values of every layer for B sequences, up to max_len positions.
 
-    The caller owns it; `trim(n)` drops the last n positions, which is all a speculative decoder needs
-    to roll back rejected draft tokens. `length` is the number of valid positions. The buffers hold
+    The caller owns it; the cache moves its own offset (a block is written at `length` by every layer, and
+    `length` advances when the last layer has written it: an early exit that stops below the last layer
+    leaves it for the call that finishes the block); `trim(n)` drops the last n positions, which is all a
+    speculative decoder needs to roll back rejected draft tokens. The model only reads `length`. The buffers hold
     what the sequence needs, growing in steps of GROW positions (doubling), never past max_len: a
     chat of a few hundred tokens on SmolLM2 (8192-position context) keeps a few MB, not 377 MB.
     """
@@ -170,17 +172,21 @@ class KVCache:
                 g[:, :, :self.length] = old[:, :, :self.length]
             buf[:] = grown
 
-    def update(self, layer: int, k, v, pos0: int):
-        """Write the block's keys/values (B, G, T, S) at pos0 -> all keys/values (B, G, pos0+T, S)."""
+    def update(self, layer: int, k, v):
+        """Write layer `layer`'s keys/values of the block (B, G, T, S) at the cache's offset -> all its keys/values
+        (B, G, length+T, S); the last layer's write moves the offset past the block."""
         B, T = k.shape[0], k.shape[2]
-        if pos0 != self.length or pos0 + T > self.max_len:
-            raise ValueError(f"cache holds {self.length} of {self.max_len} positions; got a block at "
-                             f"{pos0} of {T} tokens")
+        pos0 = self.length
+        if pos0 + T > self.max_len:
+            raise ValueError(f"cache holds {self.length} of {self.max_len} positions; a block of {T} tokens "
+                             "does not fit")
         if pos0 + T > self.capacity:  # grow (every layer at once, on the first layer's write)
             step = max(2 * self.capacity, -(-(pos0 + T) // self.GROW) * self.GROW)
             self._alloc(len(self.k), min(self.max_len, step))
         self.k[layer][:B, :, pos0:pos0 + T] = k
         self.v[layer][:B, :, pos0:pos0 + T] = v
+        if layer == len(self.k) - 1:  # the block is complete
+            self.length = pos0 + T
         return self.k[layer][:B, :, :pos0 + T], self.v[layer][:B, :, :pos0 + T]
 
     def trim(self, n: int) -> None:
@@ -264,7 +270,7 @@ class Attention(nn.Module):
         B = BR // samples
         k0, v0 = k[:B], v[:B]  # sample 0 (clean routing) is the only one that writes the cache
         if cache is not None:
-            keys, values = cache.update(layer, k0, v0, pos0)
+            keys, values = cache.update(layer, k0, v0)  # the cache writes at its own offset (pos0)
         else:
             keys, values = k0, v0  # (B, G, P+T, S) with P = pos0 = 0
         P = keys.shape[2] - T
@@ -529,8 +535,6 @@ class Transformer(nn.Module):
                 hidden[layer.layer] = x
         if stop_at is not None:
             return LMOutput(None, hidden, aux)
-        if isinstance(cache, KVCache):
-            cache.length = pos0 + T
         if fan_out is not None and fan_out >= self.cfg.n_layers:  # no layer is noisy: R identical samples
             x = x.repeat(R, 1, 1)
         if last is not None:
