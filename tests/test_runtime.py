@@ -428,3 +428,17 @@ def test_enrollment_is_thread_safe_and_checks_its_arguments(tiny):
     sp.unenroll(won[0])
     with pytest.raises(KeyError):
         sp.unenroll(5)
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "real_speech" / "noise").is_dir(),
+                    reason="../shared/data/real_speech is not here (heron kws bench times real speech and noise)")
+def test_spotter_bench_reports_every_figure():
+    """`heron kws bench` (heron.runtime.bench): a short run reports the speed of each graph path, the whole
+    spotter with 1 and 10 keywords, enrollment time and the bundle's sizes."""
+    from heron.runtime.bench import spotter_bench
+
+    r = spotter_bench(None, str(REPO.parent / "shared" / "data" / "real_speech"), seconds=1)
+    assert r["audio_s"] == {"speech": 1.0, "noise": 1.0}
+    for key in ("rtf_spotter_1kw", "rtf_spotter_10kw", "rtf_encoder_modular_skipping_int8"):
+        assert r[key]["speech"] > 0 and r[key]["noise"] > 0
+    assert r["enroll_ms_median"] > 0 and r["bundle_mb"]["encoder_int8"] > 1
