@@ -153,31 +153,18 @@ def register(sub, formatter) -> None:
 
 
 def _bench(args) -> int:
-    from heron.models.data.tts import ENGINES, VoiceRegistry, synthesize_many
-    from heron.models.data.vocab import vocabulary
+    from heron.models.data.tts import throughput
     from heron.runtime.metrics import machine
 
-    phrases = [p.text for p in vocabulary() if p.n_words >= 2][: args.utterances * 3]
     print(f"# heron data bench  ({time.strftime('%Y-%m-%d')}, {machine()}, {args.workers} workers, "
           f"{args.utterances} uncached utterances per engine)")
     print("| engine | voices | utterances/s | seconds of audio per second |")
     print("|---|---|---|---|")
-    for name, eng in ENGINES.items():
-        if not eng.available():
-            print(f"| {name} | not installed | - | - |")
-            continue
-        reg = VoiceRegistry(engines=[name], hold_out_fraction=0.0)
-        voices = reg.sample(args.utterances, seed=args.seed)
-        # a fresh text per job so nothing comes from the cache
-        stamp = str(time.time_ns())
-        jobs = [(v, f"{phrases[i % len(phrases)]} {stamp[-4:]}") for i, v in enumerate(voices)]
-        from heron.models.data import tts
-
-        t0 = time.perf_counter()
-        audio = synthesize_many(jobs, workers=args.workers, progress=False)
-        dt = time.perf_counter() - t0
-        secs = sum(len(a) for a in audio) / tts.SAMPLE_RATE
-        print(f"| {name} | {len(eng.base_voices())} | {len(jobs) / dt:.1f} | {secs / dt:.0f} |")
+    for r in throughput(args.utterances, args.workers, args.seed):
+        if r["voices"] is None:
+            print(f"| {r['engine']} | not installed | - | - |")
+        else:
+            print(f"| {r['engine']} | {r['voices']} | {r['utterances_per_s']:.1f} | {r['audio_s_per_s']:.0f} |")
     return 0
 
 

@@ -363,3 +363,27 @@ def _progress(total: int, desc: str):
     except ImportError:
         return None
     return tqdm(total=total, desc=desc, unit="utt", leave=False, disable=None)
+
+
+def throughput(utterances: int, workers: int, seed: int = 0) -> list[dict]:
+    """`heron data bench`: each installed engine's synthesis speed on `utterances` fresh (uncached) texts in
+    its voices -> one row per engine: voices, utterances/s, seconds of audio per second (None: not installed)."""
+    import time
+
+    from heron.models.data.vocab import vocabulary
+
+    phrases = [p.text for p in vocabulary() if p.n_words >= 2][: utterances * 3]
+    rows = []
+    for name, eng in ENGINES.items():
+        if not eng.available():
+            rows.append({"engine": name, "voices": None, "utterances_per_s": None, "audio_s_per_s": None})
+            continue
+        voices = VoiceRegistry(engines=[name], hold_out_fraction=0.0).sample(utterances, seed=seed)
+        stamp = str(time.time_ns())[-4:]  # a fresh text per job so nothing comes from the cache
+        jobs = [(v, f"{phrases[i % len(phrases)]} {stamp}") for i, v in enumerate(voices)]
+        t0 = time.perf_counter()
+        audio = synthesize_many(jobs, workers=workers, progress=False)
+        dt = time.perf_counter() - t0
+        rows.append({"engine": name, "voices": len(eng.base_voices()), "utterances_per_s": len(jobs) / dt,
+                     "audio_s_per_s": sum(len(a) for a in audio) / SAMPLE_RATE / dt})
+    return rows
