@@ -48,25 +48,31 @@ def fold_transposed_weights(model) -> int:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    readers: dict[str, list] = {}
-    for node in g.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(g)
     done = 0
     for node in list(g.node):
         if node.op_type != "Transpose" or node.input[0] not in inits:
             continue
         users = readers.get(node.output[0], [])
-        if not users or any(u.op_type != "MatMul" or u.input[1] != node.output[0] for u in users):
+        if not users or any(u.op_type != "MatMul" or i != 1 for u, i in users):
             continue
         perm = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "perm"), None)
         w = numpy_helper.to_array(inits[node.input[0]])
         g.initializer.append(numpy_helper.from_array(w.transpose(perm).copy(), node.output[0] + "_folded"))
-        for u in users:
+        for u, _ in users:
             u.input[1] = node.output[0] + "_folded"
         g.node.remove(node)
         done += 1
     return done
+
+
+def _readers(graph) -> dict[str, list]:
+    """value name -> [(node, input index)] of the nodes that read it."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    return readers
 
 
 GATHER_OPS = ("GatherND", "Gather")
@@ -83,10 +89,7 @@ def quantize_gathered(src: str | Path, dst: str | Path) -> int:
 
     model = onnx.load(str(src))
     g = model.graph
-    readers: dict[str, list] = {}
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, i))
+    readers = _readers(g)
     done = 0
     for init in list(g.initializer):
         uses = readers.get(init.name, [])

@@ -65,8 +65,6 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-# weight variants: fp32 / int8 from `heron lm export`; int4 from a GGUF file's own blocks (heron lm export FILE.gguf)
-WEIGHTS = LM_WEIGHTS
 LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the block's last n positions only
 # optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
 # in place (each new state bound to its input's buffer); without it the states grow by T every call
@@ -114,13 +112,14 @@ class OnnxLM:
         verify_files(folder, self.manifest.files, where)  # before any field of it is used
         default = self.manifest.default_weights or "fp32"
         weights = weights or ("int8" if int8 else default)
+        # weight variants (LM_WEIGHTS): fp32 / int8 from `heron lm export`; int4 from a GGUF file's own blocks
         if weights == "auto":  # int8 where the manifest lists it
-            weights = "int8" if self.manifest.has(WEIGHTS["int8"]) else default
-        if weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-        name = WEIGHTS[weights]
+            weights = "int8" if self.manifest.has(LM_WEIGHTS["int8"]) else default
+        if weights not in LM_WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(LM_WEIGHTS)}, got {weights!r}")
+        name = LM_WEIGHTS[weights]
         if not self.manifest.has(name):
-            listed = [w for w, f in WEIGHTS.items() if self.manifest.has(f)]
+            listed = [w for w, f in LM_WEIGHTS.items() if self.manifest.has(f)]
             raise BundleError(f"{folder}: the manifest lists no {name} (this bundle has {', '.join(listed) or 'none'}; "
                               "int8 variants come from heron lm export --int8, int4 from a GGUF file)")
         self.weights = weights

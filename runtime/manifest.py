@@ -80,7 +80,7 @@ class Fields:
             self.fail(path, f"must be an object, got {type(v).__name__}")
         return v
 
-    def only(self, path: str, known) -> None:
+    def only(self, path, known) -> None:
         """Refuse fields of the object at `path` that this heron does not know (a typo is not ignored)."""
         unknown = sorted(set(self.obj(path) or {}) - set(known))
         if unknown:
@@ -209,14 +209,9 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, f: Fields, key: str) -> "FileEntry":
-        row = f.obj(("files", key))
-        unknown = sorted(set(row) - {"path", "sha256", "bytes"})
-        if unknown:
-            f.fail(("files", key), f"has fields this heron does not know: {unknown}")
-        digest = f.str(("files", key, "sha256"))
-        if not _HEX64.fullmatch(digest):
-            f.fail(("files", key, "sha256"), "must be 64 lower-case hex digits")
-        return cls(f.str(("files", key, "path")), digest, f.int(("files", key, "bytes"), 0, MAX_FILE_BYTES))
+        f.only(("files", key), ("path", "sha256", "bytes"))  # a tuple path: keys may hold dots (mod8.frontend)
+        return cls(f.str(("files", key, "path")), _digest(f, ("files", key, "sha256")),
+                   f.int(("files", key, "bytes"), 0, MAX_FILE_BYTES))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
@@ -225,6 +220,14 @@ class FileEntry:
 def file_table(root: str | Path, files: dict[str, str]) -> dict[str, FileEntry]:
     """{key: path written under root} -> the file table (sha256 and size of each, measured now)."""
     return {k: FileEntry.of(root, rel) for k, rel in files.items()}
+
+
+def _digest(f: Fields, path, what: str = "") -> str:
+    """A sha256 field: 64 lower-case hex digits."""
+    v = f.str(path)
+    if not _HEX64.fullmatch(v):
+        f.fail(path, f"must be {what or 'a sha256'} (64 lower-case hex digits)")
+    return v
 
 
 def _read_files(f: Fields) -> dict[str, FileEntry]:
@@ -443,9 +446,7 @@ class KwsManifest:
         mobile = None
         if "mobile" in m:  # a device bundle: keywords come from keyword files, which carry their Z-norm
             f.only("mobile", ("made_from", "loop"))
-            made_from = f.str("mobile.made_from")
-            if not _HEX64.fullmatch(made_from):
-                f.fail("mobile.made_from", "must be the sha256 (64 lower-case hex digits) of the bundle it was made from")
+            made_from = _digest(f, "mobile.made_from", "the sha256 of the bundle it was made from")
             mobile = Mobile(made_from, f.str("mobile.loop", optional=True) or MOBILE_LOOP_SPEC)
             extra = sorted(k for k in files if k not in MOBILE_FILES)
             if extra:
@@ -636,10 +637,7 @@ def _v1_files(f: Fields) -> dict[str, FileEntry]:
         f.fail("sha256", f"and 'bytes' must list the same files, among {list(LM_FILES)}")
     out = {}
     for name in sha:
-        digest = f.str(("sha256", name))
-        if not _HEX64.fullmatch(digest):
-            f.fail(("sha256", name), "must be 64 lower-case hex digits")
-        out[name] = FileEntry(name, digest, f.int(("bytes", name), 0, MAX_FILE_BYTES))
+        out[name] = FileEntry(name, _digest(f, ("sha256", name)), f.int(("bytes", name), 0, MAX_FILE_BYTES))
     return out
 
 

@@ -27,16 +27,14 @@ def test_kws_schema_reads_and_writes_the_shipped_manifest_exactly():
 def test_lm_schema_reads_format_1_into_the_file_table_and_writes_format_2():
     doc = _doc(DEFAULT_DRAFT)
     m = LMManifest.from_dict(doc, "draft")
-    assert m.to_dict() == doc  # what it read, as it was
+    assert m.format == LM_FORMAT and m.to_dict() == doc  # the shipped draft carries the file table
     assert set(m.files) >= {"model.onnx", "tokenizer.json"} and all(e.path == k for k, e in m.files.items())
-    if m.format == LM_FORMAT:  # the shipped draft carries the file table; an old one reads the same
-        old = {k: v for k, v in doc.items() if k != "files"}
-        old.update(format=LM_FORMAT_V1, sha256={k: e.sha256 for k, e in m.files.items()},
-                   bytes={k: e.bytes for k, e in m.files.items()})
-        assert LMManifest.from_dict(old, "old").files == m.files
-    new = replace(m, format=LM_FORMAT).to_dict()
-    assert "sha256" not in new and new["files"]["model.onnx"] == m.files["model.onnx"].to_dict()
-    assert LMManifest.from_dict(new, "new") == replace(m, format=LM_FORMAT)
+    old = {k: v for k, v in doc.items() if k != "files"}  # the same bundle as format /1 wrote it
+    old.update(format=LM_FORMAT_V1, sha256={k: e.sha256 for k, e in m.files.items()},
+               bytes={k: e.bytes for k, e in m.files.items()})
+    m1 = LMManifest.from_dict(old, "old")
+    assert m1.files == m.files and m1.to_dict() == old  # read into the file table, written back as it was
+    assert replace(m1, format=LM_FORMAT).to_dict() == doc  # written as /2: the shipped draft's manifest
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -56,7 +56,8 @@ class TorchLM:
     def length(self) -> int:
         return self.cache.length
 
-    def _tokens(self, tokens: Sequence[int]) -> torch.Tensor:
+    def block(self, tokens: Sequence[int]) -> torch.Tensor:
+        """A block of token ids as a (1, T) tensor on the target's device, refused if the context cannot hold it."""
         if len(tokens) == 0:
             raise ValueError("empty token block")
         if self.length + len(tokens) > self.max_len:
@@ -73,14 +74,14 @@ class TorchLM:
     @torch.no_grad()
     def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
         """-> logits (T, V), or of the block's `last` positions only (the head skips the others)."""
-        return self._combine(self.model(self._tokens(tokens), self.cache, self.route, last=last).logits)
+        return self._combine(self.model(self.block(tokens), self.cache, self.route, last=last).logits)
 
     @torch.no_grad()
     def prefix(self, tokens: Sequence[int], exit_layer: int) -> np.ndarray:
         """Run layers [0, exit_layer) on the block; -> early-exit logits (T, V). Call `suffix()` next."""
         if not 1 <= exit_layer < self.model.cfg.n_layers:
             raise ValueError(f"--exit-layer must be in [1, {self.model.cfg.n_layers - 1}], got {exit_layer}")
-        x = self._tokens(tokens)
+        x = self.block(tokens)
         out = self.model(x, self.cache, self.route, hidden_layers=(exit_layer - 1,), stop_at=exit_layer)
         h = out.hidden[exit_layer - 1]
         self._pending = (x, exit_layer, h)

@@ -250,8 +250,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(H * S, cfg.norm_eps)
             self.k_norm = RMSNorm(G * S, cfg.norm_eps)
 
-    def forward(self, x, layer: int, cache: KVCache | None, pos0: int, samples: int = 1, layout=None, rope=None):
-        """rope: (cos, sin) of the block's positions, made once per forward by the Transformer (None: here)."""
+    def forward(self, x, layer: int, cache: KVCache | None, rope, samples: int = 1, layout=None):
+        """rope: (cos, sin) (T, S) of the block's positions, made once per forward by the Transformer."""
         cfg = self.cfg
         BR, T, _ = x.shape
         H, G, S = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -261,18 +261,15 @@ class Attention(nn.Module):
         q = q.view(BR, T, H, S).transpose(1, 2)  # (BR, H, T, S)
         k = k.view(BR, T, G, S).transpose(1, 2)  # (BR, G, T, S)
         v = v.view(BR, T, G, S).transpose(1, 2)
-        if rope is None:
-            positions = layout.positions if layout is not None else torch.arange(pos0, pos0 + T, device=x.device)
-            rope = rope_tables(S, positions, cfg.rope_theta)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         B = BR // samples
         k0, v0 = k[:B], v[:B]  # sample 0 (clean routing) is the only one that writes the cache
         if cache is not None:
-            keys, values = cache.update(layer, k0, v0)  # the cache writes at its own offset (pos0)
+            keys, values = cache.update(layer, k0, v0)  # the cache writes at its own offset
         else:
-            keys, values = k0, v0  # (B, G, P+T, S) with P = pos0 = 0
+            keys, values = k0, v0  # (B, G, P+T, S) with P = 0
         P = keys.shape[2] - T
         rep = H // G
         keys = keys.repeat_interleave(rep, dim=1)      # (B, H, P+T, S)
@@ -448,8 +445,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer) else SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, ffn_width=None, layout=None, rope=None):
-        x = x + self.attn(self.attn_norm(x), self.layer, cache, pos0, R, layout, rope)
+    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, rope, ffn_width=None, layout=None):
+        x = x + self.attn(self.attn_norm(x), self.layer, cache, rope, R, layout)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
             tau = route.roe_tau[self.layer] if route.roe_tau else 0.0
@@ -529,7 +526,7 @@ class Transformer(nn.Module):
             if layer.layer == fan_out:
                 x = x.repeat(R, 1, 1)
             x, a = layer(x, cache, pos0, route, k, R if fan_out is not None and layer.layer >= fan_out else 1,
-                         ffn_width, layout, rope)
+                         rope, ffn_width, layout)
             aux = aux + a
             if layer.layer in hidden_layers:
                 hidden[layer.layer] = x

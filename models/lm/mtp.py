@@ -272,10 +272,11 @@ class MTPBackend:
     mask rows only, so the regular tokens' logits are the target's own.
     """
 
-    def __init__(self, mtp: MTPModel, target, window: int):
+    def __init__(self, mtp: MTPModel, target, n_masks: int):
         self.mtp, self.target = mtp, target
-        self.window = window  # blocks up to window + 1 tokens are verify blocks: a group after every token
-        self.K = mtp.cfg.n_masks
+        # masks per group = drafts per round (at most the adapter's n_masks); blocks of up to K + 1 tokens are
+        # verify blocks: a group after every token
+        self.K = n_masks
         self.vocab_size, self.max_len, self.end_ids = target.vocab_size, target.max_len, target.end_ids
         self.name = f"{target.name}+mtp"
         self.groups: dict[int, torch.Tensor] = {}  # absolute position of the anchor -> (K, D) group hidden states
@@ -288,11 +289,11 @@ class MTPBackend:
     def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
         t, K = self.target, self.K
         n, P = len(tokens), t.length
-        anchors = list(range(n)) if n <= self.window + 1 else [n - 1]
+        anchors = list(range(n)) if n <= K + 1 else [n - 1]
         if t.max_len - P - n < K * len(anchors):  # the masks must fit the context too
             anchors = []
         slots, pos, allowed = group_layout(n, anchors, K, P, device=t.device)
-        x = t._tokens(list(tokens) + [0] * (K * len(anchors)))
+        x = t.block(list(tokens) + [0] * (K * len(anchors)))
         logits, h = self.mtp.forward_block(x, slots, Layout(pos, allowed), t.cache, t.route)
         t.trim(t.length - (P + n))  # mask keys/values are transient
         self.groups = {P + a: h[0, n + i * K:n + (i + 1) * K] for i, a in enumerate(anchors)}
@@ -342,6 +343,8 @@ def generate_mtp(mtp: MTPModel, target, prompt: Sequence[int], opts: sp.Generati
                  n_drafts: int | None = None) -> Iterator[Token]:
     """Lossless MTP speculative generation on the one decoding engine: `target` is the TorchLM backend
     (its cache, device and routing: dial-k applies); each verify forward also proposes the next drafts."""
+    # groups may be cut to their first n_drafts masks: a mask only sees earlier masks of its own group,
+    # so the shorter group computes exactly what the first slots of a full group would
     K = min(mtp.cfg.n_masks, n_drafts or mtp.cfg.n_masks)
     stats = stats if stats is not None else sp.DecodeStats(method="mtp")
     backend = MTPBackend(mtp, target, K)
