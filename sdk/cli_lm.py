@@ -266,7 +266,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--threads", type=int, default=1, help="threads of the target (torch or onnxruntime)")
     q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
                    help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
-                        "export, else fp32)")
+                        "export, else fp32); torch targets: int8 / int4 keep the weights quantized in memory "
+                        "(less memory, slower on a CPU)")
     q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
                         "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD, --k, --roe-samples "

@@ -188,6 +188,7 @@ class LanguageModel:
 
 
 ENGINES = ("auto", "onnx", "torch")
+TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.models.lm.quant)
 
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
@@ -202,7 +203,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     experts: dial-k, the active experts per token of an MoE model (default: the model's top-k).
     roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
     weights: for an ONNX bundle, which exported weights run: fp32, int8 or int4 (default: the bundle's own
-    default, int4 for a GGUF export, else fp32); torch targets run fp32.
+    default, int4 for a GGUF export, else fp32); for a torch target fp32 (default), or int8 / int4 weights
+    kept quantized in memory (heron.models.lm.quant: less memory; on a CPU slower than fp32).
     engine: for a GGUF file or a named model: "onnx" runs the file's own quantized blocks with onnxruntime
     (the graph `heron lm export` writes, built in memory in about 5 s; int8x2, fp32's greedy answers, several
     times faster), "torch" the dequantized fp32 model (needed for MTP, Mirror-SD, dial-k and Roster of
@@ -237,9 +239,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
         return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights),
                            folder)
-    if weights not in (None, "fp32"):
-        how = "heron lm export FILE.gguf" if weights == "int4" else f"heron lm export --{weights}"
-        raise ValueError(f"weights={weights!r} applies to ONNX bundles; export one with {how}")
+    if weights not in (None, *TORCH_WEIGHTS):
+        raise ValueError(f"weights must be one of {', '.join(TORCH_WEIGHTS)} for a torch target, got {weights!r}")
     require_torch()
     from heron.models.lm import checkpoint
     from heron.models.lm.backend import TorchLM
@@ -264,6 +265,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     k = model.resolve_k(experts) if experts is not None else None
     tau = default_roe_tau(model.cfg.n_layers, roe_tau) if roe_samples > 1 else ()
     route = Routing(k=k, roe_samples=roe_samples, roe_tau=tau, seed=roe_seed)
+    if weights in ("int8", "int4"):  # the one quantization path for heron, Hugging Face and GGUF weights
+        from heron.models.lm.quant import quantize_model
+        quantize_model(model, 8 if weights == "int8" else 4)
     backend = TorchLM(model, device=device, threads=threads, routing=route,
                       end_ids=tok.end_ids if tok is not None else ())
     return LanguageModel(backend, tok, folder, model=model, device=backend.device, chat_template=template)

@@ -88,12 +88,10 @@ def load(folder: str | Path, dtype=torch.float32) -> tuple[Transformer, Tokenize
         state = load_file(str(folder / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type
         raise ValueError(f"{folder / WEIGHTS} is not a readable safetensors file: {e}") from e
-    model = Transformer(cfg)
     try:
-        missing, unexpected = model.load_state_dict(dequantize(state), strict=False)
+        model, missing, unexpected = Transformer.with_weights(cfg, dequantize(state))
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"checkpoint does not match its config: {str(e).splitlines()[1:3]}") from e
-    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS} does not match its config: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")

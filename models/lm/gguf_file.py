@@ -153,12 +153,10 @@ def _load_model(reader, path):
         elif permute and dst.endswith(("k_proj.weight", "k_proj.bias")):
             w = _unpermute(w, cfg.n_kv_heads)
         state[dst] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
-    model = Transformer(cfg)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        model, missing, unexpected = Transformer.with_weights(cfg, state)
     except RuntimeError as e:
         raise ValueError(f"{path}: tensors do not match the metadata: {str(e).splitlines()[1:3]}") from None
-    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"{path}: tensors do not match the metadata: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), meta

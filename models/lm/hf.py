@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from heron.models.lm.model import LMConfig, MoE, Transformer
+from heron.models.lm.model import LMConfig, Transformer
 
 DENSE_FAMILIES = ("llama", "qwen2")
 FAMILIES = (*DENSE_FAMILIES, "mixtral", "olmoe", "qwen2_moe")
@@ -123,7 +123,6 @@ def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
         raise ValueError(f"{cfg_path}: {e}") from None
     _check_size(folder, cfg)
     src = _read_tensors(folder)
-    model = Transformer(cfg)
     expert_names = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2")}.get(
         hc["model_type"], ("mlp", "gate_proj", "up_proj", "down_proj"))
     state = {"embed.weight": src.pop("model.embed_tokens.weight"), "norm.weight": src.pop("model.norm.weight")}
@@ -131,7 +130,7 @@ def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
         state["lm_head.weight"] = src.pop("lm_head.weight")
     else:
         src.pop("lm_head.weight", None)
-    for i, blk in enumerate(model.layers):
+    for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         state[f"layers.{i}.attn_norm.weight"] = src.pop(p + "input_layernorm.weight")
         state[f"layers.{i}.ffn_norm.weight"] = src.pop(p + "post_attention_layernorm.weight")
@@ -140,7 +139,7 @@ def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
                 key = f"{p}self_attn.{name}.{kind}"
                 if key in src:
                     state[f"layers.{i}.attn.{name}.{kind}"] = src.pop(key)
-        if isinstance(blk.ffn, MoE):
+        if cfg.is_moe_layer(i):
             state.update(_moe_state(src, p, i, cfg, *expert_names))
         else:
             for name in ("gate_proj", "up_proj", "down_proj"):
@@ -149,10 +148,9 @@ def load_hf(folder: str | Path, dtype=torch.float32) -> Transformer:
     if leftover:
         raise ValueError(f"checkpoint tensors heron does not know how to place: {leftover[:5]}")
     try:
-        missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+        model, missing, unexpected = Transformer.with_weights(cfg, {k: v.to(dtype).contiguous() for k, v in state.items()})
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"checkpoint does not match its config: {str(e).splitlines()[1:3]}") from e
-    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(dtype).eval()

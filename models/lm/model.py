@@ -470,6 +470,21 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    @classmethod
+    def with_weights(cls, cfg: LMConfig, state: dict) -> tuple["Transformer", list[str], list[str]]:
+        """A model holding `state`'s tensors themselves: built on the meta device (no random initialisation,
+        no copy), so loading a checkpoint takes its weights' memory once, not twice. -> (model, missing
+        keys, unexpected keys) as load_state_dict reports them (the tied head is never missing); shape
+        mismatches raise RuntimeError as load_state_dict does. Missing tensors stay on the meta device:
+        callers refuse them."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+            missing = [m for m in missing if m != "lm_head.weight"]
+        return model, missing, unexpected
+
     @staticmethod
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -1,0 +1,271 @@
+"""Weight-only int8 and int4 linears for heron's torch language models: one path for heron checkpoints,
+Hugging Face folders and GGUF files (every loader returns a heron `Transformer`, and this module
+quantizes that).
+
+As gpt-fast's `quantize.py`: `quantize_model(model, bits)` swaps each `nn.Linear` of the layers
+(attention q/k/v/o, the dense FFN's gate/up/down) and the head for a drop-in `WeightOnlyLinear` that
+keeps only the quantized weights and computes with them at run time:
+
+  int8  symmetric, groups of 32 along the input:        w = q * scale,                q in [-127, 127]
+        (GGUF Q8_0's blocks; a whole row where 32 does not divide the input)
+  int4  asymmetric, groups of 32 along the input:       w = (q - 8) * scale + zero,   q in [0, 15]
+        (torch's int4pack convention, and GGUF Q4_1's own blocks centred: scale d, zero m + 8 d; the
+        min/max rounding here gives back a Q4_1 file's codes, scales and zeros from its dequantized
+        weights, so a GGUF model is not quantized a second time: tests/test_lm_quant.py)
+
+MoE expert stacks become a `QuantStack` of the same bits (indexing dequantizes only the selected
+experts); routers stay fp32. The tied embedding keeps one int8 table for its lookups
+(`QuantEmbedding`) and the head its own int8 copy (a head is one matmul per token over the whole
+vocabulary; int4 there costs answers first).
+
+Run-time kernels: each call dequantizes the weight into the activation's dtype and runs F.linear. On
+this project's CPUs (AVX2 without AVX-512) torch's own weight-only kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`) measured 10-20x slower than an fp32 F.linear of the same shape, so they
+are not used; the torch path's gain is memory (SmolLM2's weights: 538 MB fp32 -> ~100 MB int4), while
+speed on a CPU comes from the onnxruntime path (heron.export.gguf_onnx).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BITS = (8, 4)
+GROUP = 32  # group size along the input dimension
+ROWS_AT_ONCE = 4096  # a larger linear (a vocabulary head) is dequantized this many rows at a time
+
+
+def int8_group(k: int, group: int = GROUP) -> int:
+    """int8's group along an input of size k: `group` where it divides k, else the whole row."""
+    return group if k % group == 0 else k
+
+
+def quantize_int8(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) -> (q int8 (N, K), scale fp32 (N, K/g)), symmetric per group of g = int8_group(K) inputs: the
+    layout of GGUF's Q8_0 blocks, whose codes and scales come back exactly from their dequantized values."""
+    N, K = w.shape
+    g = int8_group(K, group)
+    q, scale = torch.empty(N, K, dtype=torch.int8), torch.empty(N, K // g)
+    for i in range(0, N, ROWS_AT_ONCE):  # a slice at a time: fp32 scratch of a few MB, not of the whole table
+        blocks = w[i:i + ROWS_AT_ONCE].detach().float().reshape(-1, K // g, g)
+        s = blocks.abs().amax(dim=-1) / 127.0
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q[i:i + ROWS_AT_ONCE] = torch.clamp(torch.round(blocks / s[..., None]), -127, 127).reshape(-1, K)
+        scale[i:i + ROWS_AT_ONCE] = s
+    return q, scale
+
+
+def quantize_int4(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) -> (codes packed two per byte uint8 (N, K/2), scale (N, K/group), zero (N, K/group)), with
+    w ~ (q - 8) * scale + zero per group: the group's minimum maps to code 0 and its maximum to 15."""
+    N, K = w.shape
+    packed, scale, zero = torch.empty(N, K // 2, dtype=torch.uint8), torch.empty(N, K // group), torch.empty(N, K // group)
+    for i in range(0, N, ROWS_AT_ONCE):  # a slice at a time: fp32 scratch of a few MB
+        g = w[i:i + ROWS_AT_ONCE].detach().float().reshape(-1, K // group, group)
+        lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+        s = (hi - lo) / 15.0
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q = torch.clamp(torch.round((g - lo[..., None]) / s[..., None]), 0, 15).to(torch.uint8).reshape(-1, K)
+        packed[i:i + ROWS_AT_ONCE], scale[i:i + ROWS_AT_ONCE], zero[i:i + ROWS_AT_ONCE] = pack_int4(q), s, lo + 8.0 * s
+    return packed, scale, zero
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes in [0, 15] -> (N, K/2) uint8: element 2i in the low nibble, 2i + 1 in the high one."""
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """(N, K/2) uint8 -> (N, K) codes in [0, 15] (uint8)."""
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+class WeightOnlyLinear(nn.Module):
+    """A drop-in `nn.Linear` (no bias or a float bias) whose weight is kept int8 or int4 (see the module)."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, bias: bool = False, group: int = GROUP):
+        super().__init__()
+        if bits not in BITS:
+            raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
+        if bits == 4 and in_features % group:
+            raise ValueError(f"int4 needs the input size ({in_features}) to be a multiple of the group ({group})")
+        self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
+        N, K = out_features, in_features
+        if bits == 8:
+            self.group = int8_group(K, group)
+            self.register_buffer("q", torch.zeros(N, K, dtype=torch.int8))
+            self.register_buffer("scale", torch.ones(N, K // self.group))
+            self.zero = None
+        else:
+            self.register_buffer("q", torch.zeros(N, K // 2, dtype=torch.uint8))
+            self.register_buffer("scale", torch.ones(N, K // group))
+            self.register_buffer("zero", torch.zeros(N, K // group))
+        self.bias = nn.Parameter(torch.zeros(N), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int, group: int = GROUP) -> "WeightOnlyLinear":
+        """The quantized copy of `linear` (on its device)."""
+        w = linear.weight
+        out = cls(linear.in_features, linear.out_features, bits, bias=linear.bias is not None, group=group)
+        if bits == 8:
+            q, scale = quantize_int8(w, group)
+            out.q.copy_(q)
+            out.scale.copy_(scale)
+        else:
+            q, scale, zero = quantize_int4(w, group)
+            out.q.copy_(q)
+            out.scale.copy_(scale)
+            out.zero.copy_(zero)
+        if linear.bias is not None:
+            out.bias.data.copy_(linear.bias.detach().float())
+        return out.to(w.device)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows: slice = slice(None)) -> torch.Tensor:
+        """The (out, in) weight these codes stand for (or its `rows`), in `dtype`."""
+        K = self.in_features
+        codes, scale = self.q[rows], self.scale[rows].to(dtype)[..., None]
+        N = codes.shape[0]
+        if self.bits == 8:
+            return (codes.to(dtype).reshape(N, K // self.group, self.group) * scale).reshape(N, K)
+        q = unpack_int4(codes).to(dtype).reshape(N, K // self.group, self.group)
+        return ((q - 8) * scale + self.zero[rows].to(dtype)[..., None]).reshape(N, K)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight dequantized (fp32), for code that reads a linear's weight."""
+        return self.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.out_features <= ROWS_AT_ONCE:
+            return F.linear(x, self.dequantize(x.dtype), bias)
+        # a vocabulary-sized head: dequantize a slice of rows at a time (a few MB of scratch, not the
+        # whole fp32 matrix per token)
+        return torch.cat([F.linear(x, self.dequantize(x.dtype, slice(i, i + ROWS_AT_ONCE)),
+                                   None if bias is None else bias[i:i + ROWS_AT_ONCE])
+                          for i in range(0, self.out_features, ROWS_AT_ONCE)], dim=-1)
+
+    def extra_repr(self) -> str:
+        how = f"int{self.bits} groups of {self.group}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {how}"
+
+
+class QuantEmbedding(nn.Module):
+    """A drop-in `nn.Embedding` kept as int8 rows, one scale per group of 32 (lookups dequantize only the
+    rows they read)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.group = int8_group(embedding_dim)
+        self.register_buffer("q", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings, embedding_dim // self.group))
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding) -> "QuantEmbedding":
+        out = cls(emb.num_embeddings, emb.embedding_dim)
+        q, scale = quantize_int8(emb.weight)
+        out.q.copy_(q)
+        out.scale.copy_(scale)
+        return out.to(emb.weight.device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole table dequantized (fp32): for code that reads an embedding's statistics."""
+        return self._rows(self.q, self.scale)
+
+    def _rows(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        blocks = q.float().reshape(*q.shape[:-1], -1, self.group)
+        return (blocks * scale[..., None]).reshape(q.shape)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._rows(self.q[ids], self.scale[ids])
+
+
+class QuantStack(nn.Module):
+    """A drop-in for an MoE's stacked expert weights (E, out, in): kept int8 per row or int4 in groups of
+    32 along the input; indexing (`stack[e]`, `stack[idx]`) dequantizes only the experts it selects."""
+
+    def __init__(self, stack: torch.Tensor, bits: int, group: int = GROUP):
+        super().__init__()
+        E, N, K = stack.shape
+        self.shape, self.bits, self.group = (E, N, K), bits, group
+        if bits == 8:
+            self.group = int8_group(K, group)
+            q, scale = quantize_int8(stack.reshape(E * N, K), group)
+            self.register_buffer("q", q.reshape(E, N, K))
+            self.register_buffer("scale", scale.reshape(E, N, K // self.group))
+            self.zero = None
+        else:
+            q, scale, zero = quantize_int4(stack.reshape(E * N, K), group)
+            self.register_buffer("q", q.reshape(E, N, K // 2))
+            self.register_buffer("scale", scale.reshape(E, N, K // group))
+            self.register_buffer("zero", zero.reshape(E, N, K // group))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        q, scale = self.q[index], self.scale[index]
+        lead, K = q.shape[:-1], self.shape[2]
+        if self.bits == 8:
+            return (q.float().reshape(*lead, K // self.group, self.group) * scale[..., None]).reshape(*lead, K)
+        codes = unpack_int4(q.reshape(-1, q.shape[-1])).float().reshape(*lead, K // self.group, self.group)
+        return ((codes - 8) * scale[..., None] + self.zero[index][..., None]).reshape(*lead, K)
+
+
+def quantize_model(model: nn.Module, bits: int, group: int = GROUP) -> nn.Module:
+    """Quantize a heron `Transformer` in place (weights only) and return it: every `nn.Linear` of its layers
+    and its MoE expert stacks to `bits` (8 or 4; routers stay fp32), the head to int8 (its own copy when the embedding is tied) and the embedding table
+    to int8 rows. A layer whose input size does not divide into int4 groups is refused, naming it."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
+    if any(isinstance(m, (WeightOnlyLinear, QuantEmbedding, QuantStack)) for m in model.modules()):
+        raise ValueError("this model is already quantized")
+    _swap(model, bits, group)
+    return_freed_memory()  # after _swap returns: its locals no longer hold the fp32 modules
+    return model
+
+
+def _swap(model: nn.Module, bits: int, group: int) -> None:
+    # routers stay fp32: a rounded router logit can change which experts run
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name.startswith("layers.") and not name.endswith("router")]
+    stacks = [(f"{name}.{w}", m) for name, m in model.named_modules() if name.startswith("layers.")
+              for w in ("w_gate", "w_up", "w_down") if isinstance(getattr(m, w, None), nn.Parameter)]
+    if bits == 4:
+        sizes = [(name, m.in_features) for name, m in targets]
+        sizes += [(name, int(model.get_parameter(name).shape[-1])) for name, _ in stacks]
+        bad = [(name, k) for name, k in sizes if k % group]
+        if bad:
+            raise ValueError(f"int4 groups of {group} do not divide the input of {bad[0][0]} ({bad[0][1]}); use bits=8")
+    for name, m in targets:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, WeightOnlyLinear.from_linear(m, bits, group))
+    for name, moe in stacks:
+        attr = name.rpartition(".")[2]
+        stack = QuantStack(getattr(moe, attr).detach(), bits, group).to(getattr(moe, attr).device)
+        delattr(moe, attr)
+        setattr(moe, attr, stack)
+    model.lm_head = WeightOnlyLinear.from_linear(model.lm_head, 8)  # a copy even when tied to the table
+    model.embed = QuantEmbedding.from_embedding(model.embed)
+
+
+def return_freed_memory() -> None:
+    """Give the memory of the dropped fp32 weights back to the operating system (glibc keeps freed heap
+    memory otherwise: SmolLM2 int8 measured 1071 -> 438 MB resident after this). No-op without glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each tensor once, ties counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
