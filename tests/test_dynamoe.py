@@ -31,7 +31,28 @@ def test_unit_ordering_keeps_outputs(setup):
         # the masked full FFN equals the sliced sub-network (what an expert of width 32 computes)
         r = dynamoe.DifficultyRouters(m.cfg.dim, 2, [32, 128])
         r.mode, r.static_level = "static", 0
-        assert torch.allclose(r(ffn, x[None], 0)[0], ffn(x, 32), atol=1e-5)
+        assert torch.allclose(r(ffn, x[None], 0)[0], dynamoe.ffn_at_width(ffn, x, 32), atol=1e-5)
+        assert torch.allclose(dynamoe.ffn_at_width(ffn, x, 128), ffn(x), atol=1e-6)
+
+
+def test_nested_widths_wraps_the_model_and_restores_it(setup):
+    """DynaMoE's widths are a wrapper around the model (its dense FFNs stand in for the block), not a flag
+    of its forward; the model's own modules come back afterwards, also after an error."""
+    m, _, held, _ = setup
+    x = held[:2, :-1]
+    r = dynamoe.DifficultyRouters(m.cfg.dim, 2, [32, 128])
+    own = [b.ffn for b in m.layers]
+    with torch.no_grad():
+        full = m(x).logits
+        r.mode = "full"
+        with dynamoe.nested_widths(m, r):
+            assert torch.allclose(m(x).logits, full, atol=1e-6)
+            r.mode, r.static_level = "static", 0
+            narrow = m(x).logits
+        assert (narrow - full).abs().max() > 1e-3  # a quarter of the units computes something else
+        with pytest.raises(RuntimeError, match="boom"), dynamoe.nested_widths(m, r):
+            raise RuntimeError("boom")
+    assert [b.ffn for b in m.layers] == own and not any(p is q for p in r.parameters() for q in m.parameters())
 
 
 def test_sensitivity_moves_active_width_and_run_reports_both_curves(setup):

@@ -74,11 +74,13 @@ def test_trim_rolls_back_exactly(tiny):
 @torch.no_grad()
 def test_hidden_states_and_early_exit(tiny):
     x = tokens()
-    out = tiny(x, hidden_layers=(-1, 0, 2))
-    assert set(out.hidden) == {-1, 0, 2}
-    assert torch.allclose(tiny.head(out.hidden[2]), out.logits, atol=1e-5)
-    early = tiny(x, stop_at=1, hidden_layers=(0,))
-    assert early.logits is None and torch.allclose(early.hidden[0], out.hidden[0])
+    out = tiny(x).logits
+    h1, _ = tiny.run_layers(tiny.embed(x), stop=1)  # an early exit: layer 0 only
+    top, _ = tiny.run_layers(h1, start=1)  # the rest of the block
+    assert torch.allclose(tiny.logits(top), out, atol=1e-5) and torch.allclose(tiny.head(top), out, atol=1e-5)
+    assert torch.allclose(tiny.logits(top, last=2), out[:, -2:], atol=1e-5)
+    with pytest.raises(ValueError, match="not a range"):
+        tiny.run_layers(h1, start=3, stop=1)
 
 
 @torch.no_grad()
@@ -241,9 +243,9 @@ def test_the_cache_moves_its_own_offset():
         ref = m(torch.tensor([[1, 2, 3, 4, 5]])).logits
         m(torch.tensor([[1, 2, 3]]), c)
         assert c.length == 3
-        early = m(torch.tensor([[4, 5]]), c, hidden_layers=(0,), stop_at=1)
+        h, _ = m.run_layers(m.embed(torch.tensor([[4, 5]])), c, stop=1)
         assert c.length == 3
-        out = m(torch.tensor([[4, 5]]), c, resume=(1, early.hidden[0])).logits
+        out = m.logits(m.run_layers(h, c, start=1)[0])
         assert c.length == 5 and torch.allclose(out, ref[:, 3:], atol=1e-5)
         c.trim(2)
         assert c.length == 3 and torch.allclose(m(torch.tensor([[4, 5]]), c).logits, ref[:, 3:], atol=1e-5)

@@ -81,10 +81,8 @@ class TorchLM:
         """Run layers [0, exit_layer) on the block; -> early-exit logits (T, V). Call `suffix()` next."""
         if not 1 <= exit_layer < self.model.cfg.n_layers:
             raise ValueError(f"--exit-layer must be in [1, {self.model.cfg.n_layers - 1}], got {exit_layer}")
-        x = self.block(tokens)
-        out = self.model(x, self.cache, self.route, hidden_layers=(exit_layer - 1,), stop_at=exit_layer)
-        h = out.hidden[exit_layer - 1]
-        self._pending = (x, exit_layer, h)
+        h, _ = self.model.run_layers(self.model.embed(self.block(tokens)), self.cache, self.route, stop=exit_layer)
+        self._pending = (exit_layer, h)
         if self.exit_head is not None and self.exit_head.layer == exit_layer:  # a trained head, if it fits
             return self._combine(self.exit_head(self.model, h))
         return self._combine(self.model.head(h))
@@ -94,9 +92,10 @@ class TorchLM:
         """Finish the block started by `prefix`: layers [exit_layer, n) and the head -> logits (T, V)."""
         if self._pending is None:
             raise RuntimeError("suffix() without a prefix() call")
-        x, layer, h = self._pending
+        layer, h = self._pending
         self._pending = None
-        return self._combine(self.model(x, self.cache, self.route, resume=(layer, h)).logits)
+        h, _ = self.model.run_layers(h, self.cache, self.route, start=layer)
+        return self._combine(self.model.logits(h, self.route))
 
     def trim(self, n: int) -> None:
         self.cache.trim(n)

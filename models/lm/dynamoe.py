@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class DynaMoEOptions:
 
 
 class DifficultyRouters(nn.Module):
-    """Per-layer routers and the `ffn_width` hook the Transformer calls for dense FFNs.
+    """Per-layer routers that pick each token's FFN width (`nested_widths` puts them in a model's dense FFNs).
 
     mode "router": each token runs the level its router picks at `sensitivity`;
     mode "static": every token runs level `static_level`; mode "full": the dense FFN.
@@ -76,6 +77,39 @@ class DifficultyRouters(nn.Module):
         used = torch.cat(self.usage).mean().item() if self.usage else self.widths[-1]
         self.usage = []
         return used / self.widths[-1]
+
+
+def ffn_at_width(ffn: SwiGLU, x, width: int):
+    """The nested sub-network of a dense FFN made of its first `width` hidden units."""
+    g = F.linear(x, ffn.gate_proj.weight[:width])
+    u = F.linear(x, ffn.up_proj.weight[:width])
+    return F.linear(F.silu(g) * u, ffn.down_proj.weight[:, :width])
+
+
+class _NestedFFN(nn.Module):
+    """A dense FFN run at the widths the routers pick (stands in for a Block's `ffn` inside `nested_widths`)."""
+
+    def __init__(self, ffn: SwiGLU, routers: DifficultyRouters, layer: int):
+        super().__init__()
+        self.ffn, self.layer = ffn, layer
+        object.__setattr__(self, "routers", routers)  # not a submodule: the model's parameters stay its own
+
+    def forward(self, h):
+        return self.routers(self.ffn, h, self.layer)
+
+
+@contextmanager
+def nested_widths(model: Transformer, routers: DifficultyRouters):
+    """Within the block, the model's dense FFNs run at the widths `routers` picks per token; the model's
+    own modules are back in place afterwards (also on an error)."""
+    blocks = [b for b in model.layers if isinstance(b.ffn, SwiGLU)]
+    for b in blocks:
+        b.ffn = _NestedFFN(b.ffn, routers, b.layer)
+    try:
+        yield model
+    finally:
+        for b in blocks:
+            b.ffn = b.ffn.ffn
 
 
 @torch.no_grad()
@@ -112,7 +146,7 @@ def difficulty_labels(model: Transformer, calib: torch.Tensor, widths: list[int]
         def hook(mod, inp, out, i=blk.layer):
             x = inp[0].reshape(-1, inp[0].shape[-1])
             full = out.reshape(-1, out.shape[-1])
-            errs = torch.stack([(mod.forward(x, w) - full).norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-6) for w in widths], -1)
+            errs = torch.stack([(ffn_at_width(mod, x, w) - full).norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-6) for w in widths], -1)
             ok = errs <= tol
             ok[:, -1] = True
             feats[i].append(x)
@@ -151,17 +185,18 @@ def finetune(model: Transformer, routers: DifficultyRouters, train_ids: np.ndarr
     model.train()
     for p in routers.parameters():
         p.requires_grad_(False)
-    for step in range(opts.steps):
-        choose_mode(step, rng)
-        starts = data_rng.integers(0, len(train_ids) - seq_len - 1, opts.batch)
-        batch = torch.from_numpy(np.stack([train_ids[s:s + seq_len + 1] for s in starts]).astype(np.int64))
-        logits = model(batch[:, :-1], ffn_width=routers).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        routers.usage = []
+    with nested_widths(model, routers):
+        for step in range(opts.steps):
+            choose_mode(step, rng)
+            starts = data_rng.integers(0, len(train_ids) - seq_len - 1, opts.batch)
+            batch = torch.from_numpy(np.stack([train_ids[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+            logits = model(batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            routers.usage = []
     model.eval()
 
 
@@ -175,7 +210,8 @@ def curve(model: Transformer, routers: DifficultyRouters, held: torch.Tensor, mo
         else:
             routers.static_level = p
         routers.usage = []
-        ppl = perplexity(model, held, ffn_width=routers)
+        with nested_widths(model, routers):
+            ppl = perplexity(model, held)
         rows.append({"method": "dynamoe" if mode == "router" else "static", "setting": p,
                      "ffn_active_frac": routers.active_fraction(), "ppl": ppl})
     return rows

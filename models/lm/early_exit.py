@@ -43,9 +43,10 @@ def train_exit_head(model: Transformer, train_ids: np.ndarray, layer: int, steps
         starts = rng.integers(0, len(train_ids) - seq_len, batch)
         x = torch.from_numpy(np.stack([train_ids[s:s + seq_len] for s in starts]).astype(np.int64))
         with torch.no_grad():
-            out = model(x, hidden_layers=(layer - 1,))
-            target = out.logits.log_softmax(-1)
-        pred = head(model, out.hidden[layer - 1]).log_softmax(-1)
+            h, _ = model.run_layers(model.embed(x), stop=layer)
+            top, _ = model.run_layers(h, start=layer)
+            target = model.logits(top).log_softmax(-1)
+        pred = head(model, h).log_softmax(-1)
         loss = F.kl_div(pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1]), log_target=True,
                         reduction="batchmean")
         opt.zero_grad()

@@ -12,7 +12,7 @@ hidden states from any layer, and the number of active experts (k) chosen per ca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -209,7 +209,6 @@ class Layout:
 @dataclass
 class LMOutput:
     logits: torch.Tensor                           # (B, T, V)
-    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, T, D) after that layer
     aux_loss: torch.Tensor | float = 0.0           # router load-balancing loss (training)
 
 
@@ -342,13 +341,8 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x, width: int | None = None):
-        """width < hidden runs the nested sub-network made of the first `width` hidden units (DynaMoE)."""
-        if width is None:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        g = F.linear(x, self.gate_proj.weight[:width])
-        u = F.linear(x, self.up_proj.weight[:width])
-        return F.linear(F.silu(g) * u, self.down_proj.weight[:, :width])
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoE(nn.Module):
@@ -445,7 +439,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer) else SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, rope, ffn_width=None, layout=None):
+    def forward(self, x, cache, pos0, route: Routing, k: int, R: int, rope, layout=None):
         x = x + self.attn(self.attn_norm(x), self.layer, cache, rope, R, layout)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
@@ -454,7 +448,7 @@ class Block(nn.Module):
             key = (route.seed, self.layer, R, x.shape[0] // R, positions) if R > 1 and tau > 0 else None
             y, aux = self.ffn(h, k, tau, key, route.moe_impl)
         else:
-            y, aux = (self.ffn(h) if ffn_width is None else ffn_width(self.ffn, h, self.layer)), 0.0
+            y, aux = self.ffn(h), 0.0
         return x + y, aux
 
 
@@ -502,22 +496,35 @@ class Transformer(nn.Module):
         return int(k)
 
     def forward(self, tokens, cache: KVCache | None = None, route: Routing = Routing(),
-                hidden_layers: tuple[int, ...] = (), stop_at: int | None = None, ffn_width=None,
-                resume: tuple[int, torch.Tensor] | None = None, layout: "Layout | None" = None,
                 last: int | None = None) -> LMOutput:
         """tokens (B, T) -> logits (B*R, T, V) for the T positions (R = route.roe_samples, sample-major).
 
         With a cache, the block starts at position cache.length and its keys/values are appended.
-        hidden_layers: layer indices whose output hidden state (B*R, T, D) is returned (-1 = embeddings).
-        stop_at: run only layers [0, stop_at) and skip the head (early exit; logits are None); the cache
-            length is left unchanged so that a `resume` call can finish the block.
-        resume: (layer, hidden (B, T, D)) from a stop_at call: run layers [layer, n_layers) and the head.
-        layout: explicit positions and attention mask for the block (multi-token prediction's mask groups).
         last: logits for the block's last `last` positions only (None: all); the head skips the others.
+        The plain model call: research features run its parts themselves (`embed`, `run_layers`,
+        `logits`): an early exit stops the layers below the top and finishes the block later, multi-token
+        prediction passes its own layout, DynaMoE swaps the FFN modules (heron.models.lm.dynamoe).
         """
-        B, T = tokens.shape
+        x, aux = self.run_layers(self.embed(tokens), cache, route)
+        return LMOutput(self.logits(x, route, last), aux)
+
+    def run_layers(self, x, cache: KVCache | None = None, route: Routing = Routing(), start: int = 0,
+                   stop: int | None = None, layout: "Layout | None" = None):
+        """Hidden states (B, T, D) through layers [start, stop) -> (hidden states, router aux loss).
+
+        The block starts at position cache.length (0 without a cache); the cache's offset moves when the last
+        layer has written, so a call that stops below the top leaves it for the call that finishes the block
+        (`start` = the first call's `stop`). Roster of Experts fans the batch out into R samples at the first
+        noisy layer (rows sample-major from there on). layout: explicit positions and attention mask for the
+        block (multi-token prediction's mask groups).
+        """
+        T = x.shape[1]
         if T == 0:
             raise ValueError("empty token block")
+        n = self.cfg.n_layers
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"layers [{start}, {stop}) are not a range of the model's {n} layers")
         pos0 = cache.length if cache is not None else 0
         if isinstance(pos0, int) and pos0 + T > self.cfg.max_seq_len:
             raise ValueError(f"{pos0 + T} positions exceed the model's context of {self.cfg.max_seq_len}")
@@ -525,35 +532,34 @@ class Transformer(nn.Module):
         R = route.roe_samples
         if R < 1:
             raise ValueError(f"roe_samples must be >= 1, got {R}")
-        if route.roe_tau and len(route.roe_tau) != self.cfg.n_layers:
-            raise ValueError(f"roe_tau needs one temperature per layer ({self.cfg.n_layers}), got {len(route.roe_tau)}")
-        first_layer, x = resume if resume is not None else (0, self.embed(tokens))  # (B, T, D)
+        if route.roe_tau and len(route.roe_tau) != n:
+            raise ValueError(f"roe_tau needs one temperature per layer ({n}), got {len(route.roe_tau)}")
         # Roster of Experts: the samples are identical up to the first layer with routing noise, so they
         # share that compute and fan out there into (R*B, T, D), sample-major.
-        fan_out = first_noisy_layer(route, self.cfg.n_layers) if R > 1 else None
-        hidden = {-1: x} if -1 in hidden_layers else {}
+        fan_out = first_noisy_layer(route, n) if R > 1 else None
         aux = 0.0
-        n_run = self.cfg.n_layers if stop_at is None else stop_at
-        # the RoPE tables of the block's positions: once per forward, not once per layer
+        # the RoPE tables of the block's positions: once per call, not once per layer
         positions = layout.positions if layout is not None else torch.arange(pos0, pos0 + T, device=x.device)
         rope = rope_tables(self.cfg.head_dim, positions, self.cfg.rope_theta)  # (T, S) each
-        for layer in self.layers[first_layer:n_run]:
+        for layer in self.layers[start:stop]:
             if layer.layer == fan_out:
                 x = x.repeat(R, 1, 1)
             x, a = layer(x, cache, pos0, route, k, R if fan_out is not None and layer.layer >= fan_out else 1,
-                         rope, ffn_width, layout)
+                         rope, layout)
             aux = aux + a
-            if layer.layer in hidden_layers:
-                hidden[layer.layer] = x
-        if stop_at is not None:
-            return LMOutput(None, hidden, aux)
-        if fan_out is not None and fan_out >= self.cfg.n_layers:  # no layer is noisy: R identical samples
+        return x, aux
+
+    def logits(self, x, route: Routing = Routing(), last: int | None = None):
+        """The top layer's hidden states -> logits (final norm and head), for the last `last` positions only
+        when given; R identical Roster-of-Experts samples when no layer was noisy."""
+        R = route.roe_samples
+        if R > 1 and first_noisy_layer(route, self.cfg.n_layers) >= self.cfg.n_layers:
             x = x.repeat(R, 1, 1)
         if last is not None:
             if last < 1:
                 raise ValueError(f"last must be >= 1, got {last}")
             x = x[:, -last:]  # (B*R, last, D)
-        return LMOutput(self.lm_head(self.norm(x)), hidden, aux)
+        return self.head(x)
 
     def head(self, h):
         """Final norm + LM head on a hidden state (used by early-exit heads and samplers)."""

@@ -101,14 +101,13 @@ class MTPModel(nn.Module):
             for name in LORA_PROJ:
                 setattr(blk.attn, name, self.lora[f"{i}_{name}"])
         try:
-            out = self.base(tokens, cache, route, resume=(0, x), hidden_layers=(self.base.cfg.n_layers - 1,),
-                            layout=layout)
+            h, _ = self.base.run_layers(x, cache, route, layout=layout)
         finally:
             self.gate.rows = None
             for i, blk in enumerate(self.base.layers):
                 for name in LORA_PROJ:
                     setattr(blk.attn, name, self.lora[f"{i}_{name}"].base)
-        return out.logits, out.hidden[self.base.cfg.n_layers - 1]
+        return self.base.logits(h, route), h
 
     def sample_logits(self, prev_tokens: torch.Tensor, h_mask: torch.Tensor) -> torch.Tensor:
         """(N,) previous tokens and (N, D) mask hidden states -> (N, V) draft logits via the frozen head."""

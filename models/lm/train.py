@@ -81,8 +81,7 @@ def windows(ids: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model: Transformer, data: torch.Tensor, route: Routing = Routing(), batch: int = 16,
-               ffn_width=None) -> float:
+def perplexity(model: Transformer, data: torch.Tensor, route: Routing = Routing(), batch: int = 16) -> float:
     """exp(mean next-token NLL) over the windows in `data` (W, L+1); with RoE the samples' probabilities
     are averaged before the log."""
     model.eval()
@@ -90,7 +89,7 @@ def perplexity(model: Transformer, data: torch.Tensor, route: Routing = Routing(
     R = route.roe_samples
     for i in range(0, len(data), batch):
         x, y = data[i:i + batch, :-1], data[i:i + batch, 1:]
-        logits = model(x, route=route, ffn_width=ffn_width).logits.float()  # (R*B, T, V)
+        logits = model(x, route=route).logits.float()  # (R*B, T, V)
         logp = logits.log_softmax(-1)
         if R > 1:
             logp = torch.logsumexp(logp.view(R, *x.shape, -1), dim=0) - math.log(R)
