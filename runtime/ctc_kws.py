@@ -209,7 +209,9 @@ class CTCMatcherBank:
                 for k, m in enumerate(self.matchers)]
 
     def init_state(self, frame: int = 0) -> CTCMatchState:
-        return self.pack([m.init_state(frame) for m in self.matchers])
+        """Every keyword starting afresh at `frame` (what `pack` of the matchers' own fresh states gives; a
+        stream calls it for every chunk the speech gate closes)."""
+        return CTCMatchState(np.full(self.labels.shape, _NEG), np.full(self.labels.shape, frame, np.int64), frame)
 
     def step(self, log_probs: np.ndarray, state: CTCMatchState) -> tuple[np.ndarray, np.ndarray, CTCMatchState]:
         """log_probs: (T, classes) -> (scores (T, K) in (0, 1], path starts (T, K), new packed state)."""

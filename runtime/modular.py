@@ -34,6 +34,7 @@ class ModularEncoder:
         self.n_classes, self.blank = n_classes, blank
         self.speech_gate, self.policy = speech_gate, policy  # session and policy, or None
         self._zero_caches(state_shapes)
+        self._closed: dict = {}  # a closed chunk's outputs, made once (_closed_outputs)
 
     @staticmethod
     def _shift_attn(state: dict, new: dict, i: int, C: int) -> None:
@@ -54,14 +55,30 @@ class ModularEncoder:
         """Every layer's caches for a chunk the speech gate closed (as if all its modules were closed).
         Once a closed stretch has shifted a layer's caches to all zeros, they are replaced by shared
         read-only zero arrays, so the rest of the stretch costs one identity test per cache."""
+        if all(state[n] is z for n, z in self._zeros.items()):  # a long closed stretch: all zeros already
+            new.update(self._zeros)
+            return
         for i, names in enumerate(self._cache_names):
-            if all(state[n] is self._zeros[n] for n in names):  # a long closed stretch: all zeros already
+            if all(state[n] is self._zeros[n] for n in names):  # this layer's caches are all zeros already
                 new.update({n: state[n] for n in names})
                 continue
             self._shift_attn(state, new, i, C)
             self._shift_conv(state, new, i, C)
             if not any(new[n].any() for n in names):
                 new.update({n: self._zeros[n] for n in names})
+
+    def _closed_outputs(self, C: int, D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log_probs, embeddings, gates) of a closed chunk: blank frames, zero embeddings, closed gates.
+        Made once and shared read-only: a long closed stretch allocates nothing per chunk."""
+        key = (C, D)
+        if self._closed.get("key") != key:
+            log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
+            log_probs[:, self.blank] = 0.0
+            outs = (log_probs, np.zeros((C, D), np.float32), np.zeros((self.n_layers, 4), np.float32))
+            for a in outs:
+                a.flags.writeable = False
+            self._closed = {"key": key, "outs": outs}
+        return self._closed["outs"]
 
     def _zero_caches(self, shapes: dict) -> None:
         self._cache_names = [tuple(f"cached_{k}_{i}" for k in ("key", "value", "valid", "conv"))
@@ -77,7 +94,7 @@ class ModularEncoder:
         return self._runners[name](feeds)
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
-        x, new_audio = self._run("frontend", {"audio_chunk": chunk.reshape(1, -1).astype(np.float32),
+        x, new_audio = self._run("frontend", {"audio_chunk": np.asarray(chunk, np.float32).reshape(1, -1),
                                               "cached_audio": state["cached_audio"]})
         new = {"cached_audio": new_audio}
         C = x.shape[1]
@@ -89,9 +106,7 @@ class ModularEncoder:
             if not is_open:  # no speech: no encoder module runs for this chunk
                 self._closed_caches(state, new, C)
                 new[PAST_KEY] = np.concatenate([past[1:], x[None]])  # the front end's output is kept
-                log_probs = np.full((C, self.n_classes), BLANK_LOG_PROB, np.float32)
-                log_probs[:, self.blank] = 0.0
-                return log_probs, np.zeros((C, x.shape[2]), np.float32), np.zeros((self.n_layers, 4), np.float32), new
+                return (*self._closed_outputs(C, x.shape[2]), new)
             new[PAST_KEY] = np.zeros_like(past)
             if not was_open:  # opening: the last closed chunks run first, for context (outputs dropped)
                 caches = {k: v for k, v in state.items() if k.startswith("cached_") and k != "cached_audio"}

@@ -536,6 +536,7 @@ class Stream:
         self._emb: np.ndarray | None = None  # recent encoder embeddings (verifier, word times)
         self._voiced: np.ndarray | None = None  # per recent frame: is a phoneme heard (not blank)
         self._emb_first = 0  # absolute frame index of self._emb[0]
+        self._quiet_frames = 0  # how many of the last frames came from chunks the speech gate closed
         self._enc = self.spotter.init_state()
         self._tracks: dict[str, _Track] = {}
         self._bank: _Bank | None = None  # the keywords' matchers stepped together (rebuilt when they change)
@@ -595,7 +596,8 @@ class Stream:
         if a.dtype.kind != "f":
             raise ValueError(f"audio must be int16 or float, got {a.dtype}")
         a = a.astype(np.float32, copy=False)
-        peak = float(np.max(np.abs(a))) if a.size else 0.0  # one pass: NaN and infinities propagate into the peak
+        # NaN and infinities propagate into the peak; max and min need no temporary array
+        peak = max(float(a.max()), -float(a.min())) if a.size else 0.0
         if not math.isfinite(peak):
             raise ValueError("audio contains NaN or infinite samples; the chunk was not consumed")
         if peak > 1.0 + 1e-6:
@@ -645,14 +647,24 @@ class Stream:
             log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
             if self.record_gates:
                 self.gate_log.append(gates)
-            self.modules_closed += (gates <= sp.gate_threshold).sum(axis=0)
+            closed = sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]
+            # a closed chunk ran no module: every gate counts as closed
+            self.modules_closed += gates.shape[0] if closed else (gates <= sp.gate_threshold).sum(axis=0)
             self.module_slots += gates.shape[0]
             self.chunks += 1
-            closed = sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]
             self.chunks_without_speech += closed
             if sp.verifier_session is not None or sp.phoneme_table is not None:
                 keep = sp.max_keyword_frames + 2 + len(emb)  # the longest keyword window + margin
-                voiced = log_probs.argmax(axis=1) != sp.blank  # frames where a phoneme (not blank) is heard
+                if closed and self._quiet_frames >= keep and len(self._emb) == keep:
+                    # the kept window is closed chunks only (zeros, no phoneme) and stays so: it just moves on
+                    self._emb_first += len(emb)
+                    self._quiet_frames += len(emb)
+                    out.extend(self._match_frames(log_probs, closed))
+                    self._frames += log_probs.shape[0]
+                    continue
+                self._quiet_frames = self._quiet_frames + len(emb) if closed else 0
+                # frames where a phoneme (not blank) is heard; none in a closed chunk
+                voiced = np.zeros(len(log_probs), bool) if closed else log_probs.argmax(axis=1) != sp.blank
                 self._emb = emb if self._emb is None else np.concatenate([self._emb, emb])
                 self._voiced = voiced if self._voiced is None else np.concatenate([self._voiced, voiced])
                 drop = max(0, len(self._emb) - keep)

@@ -140,3 +140,15 @@ def test_matcher_options_are_one_schema_for_manifest_runtime_and_export():
                      ({**opts.to_dict(), "extra": 1}, "does not know"), ([], "object")):
         with pytest.raises(BundleError, match=why):
             MatcherOptions.from_dict(bad, "m")
+
+
+def test_bank_fresh_state_is_the_packed_fresh_states():
+    """The bank's fresh state (made for every chunk the speech gate closes) equals packing each keyword's own."""
+    from heron.runtime.ctc_kws import CTCKeywordMatcher, CTCMatcherBank
+
+    bank = CTCMatcherBank([CTCKeywordMatcher(c) for c in ([3, 5], [7, 7, 2, 9], [4])])
+    for frame in (0, 1234):
+        got, want = bank.init_state(frame), bank.pack([m.init_state(frame) for m in bank.matchers])
+        assert got.frame == want.frame == frame
+        assert np.array_equal(got.score, want.score) and np.array_equal(got.start, want.start)
+        assert got.start.dtype == want.start.dtype

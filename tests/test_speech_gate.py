@@ -178,3 +178,24 @@ def test_the_gate_policy_is_one_schema_for_manifest_runtime_and_export():
                      ({**pol.to_dict(), "attack": 1}, "does not know")):
         with pytest.raises(BundleError, match=why):
             GatePolicy.from_dict(bad, "m")
+
+
+def test_history_moves_on_through_a_long_closed_stretch(clip):
+    """After more closed chunks than the history window holds, the stream only moves the window on
+    (nothing is copied): its embeddings, voiced frames and first frame are still those of the whole clip's
+    encoding, before and after the gate opens again (word times and the verifier read this window)."""
+    sp = KeywordSpotter.load()  # the shipped bundle: speech gate and phoneme table (word times)
+    sp.enroll("hey heron")
+    rng = np.random.default_rng(0)
+    quiet = (0.002 * rng.standard_normal(16000 * 12)).astype(np.float32)
+    st = sp.stream()
+    for part in (quiet, np.concatenate([clip, quiet[:16000 * 2]])):
+        for i in range(0, len(part), 1600):
+            st.accept(part[i:i + 1600])
+        heard = quiet if part is quiet else np.concatenate([quiet, part])
+        lp, emb, _ = sp.encode(heard[:len(heard) - len(heard) % sp.chunk_samples])
+        keep = len(st._emb)
+        assert st._emb_first + keep == len(emb) and np.array_equal(st._emb, emb[-keep:])
+        assert np.array_equal(st._voiced, lp[-keep:].argmax(axis=1) != sp.blank)
+    assert st._quiet_frames < keep < st.chunks_without_speech * sp.bundle.manifest.frames_per_chunk
+    assert st.chunks_without_speech < st.chunks  # the clip opened the gate
