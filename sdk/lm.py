@@ -253,7 +253,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         if folder.suffix.lower() != ".gguf":
             raise ValueError(f"{folder} is a file; heron loads GGUF files (.gguf) or model folders")
         from heron.models.lm.gguf_file import load_gguf_with_tokenizer
-        model, tok, info = load_gguf_with_tokenizer(folder)
+        bits = {"int8": 8, "int4": 4}.get(weights)  # quantized while loading: the fp32 model is never whole
+        model, tok, info = load_gguf_with_tokenizer(folder, bits)
         tok = Tokenizer(tok, info.eos_id, info.end_ids)
         template = ChatTemplate(info.chat_template) if info.chat_template else None
     elif checkpoint.is_checkpoint(folder) and _is_heron_config(folder / checkpoint.CONFIG):
@@ -265,7 +266,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     k = model.resolve_k(experts) if experts is not None else None
     tau = default_roe_tau(model.cfg.n_layers, roe_tau) if roe_samples > 1 else ()
     route = Routing(k=k, roe_samples=roe_samples, roe_tau=tau, seed=roe_seed)
-    if weights in ("int8", "int4"):  # the one quantization path for heron, Hugging Face and GGUF weights
+    if weights in ("int8", "int4") and not folder.is_file():  # the one quantization module for every source
         from heron.models.lm.quant import quantize_model
         quantize_model(model, 8 if weights == "int8" else 4)
     backend = TorchLM(model, device=device, threads=threads, routing=route,

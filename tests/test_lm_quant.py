@@ -161,3 +161,28 @@ def test_load_lm_torch_weights_int8_int4():
         assert len(list(lm.generate(prompt, GenerationOptions(max_new_tokens=4)))) == 4
     with pytest.raises(ValueError, match="weights must be one of fp32, int8, int4"):
         heron.load_lm(weights="int2")
+
+
+def test_quantizing_while_loading_equals_quantizing_the_loaded_model():
+    """load_quantized (a loader's tensor stream, quantized layer by layer) gives the same weights and logits
+    as quantize_model on the whole fp32 model; a tensor of the wrong shape or name is refused."""
+    from heron.models.lm import checkpoint
+    from heron.models.lm.quant import load_quantized
+    from heron.paths import default_lm_path
+
+    ref, _, _ = checkpoint.load(default_lm_path())
+    state = {k: v.clone() for k, v in ref.state_dict().items() if k != "lm_head.weight"}  # tied: the table
+    tokens = torch.tensor([[3, 17, 250, 9, 1]])
+    for bits in (8, 4):
+        whole = quantize_model(Transformer.with_weights(ref.cfg, {k: v.clone() for k, v in state.items()})[0], bits)
+        order = sorted(state, reverse=True)  # any order: here layers last-first, the table last
+        streamed, missing, unexpected = load_quantized(ref.cfg, ((k, state[k].clone()) for k in order), bits)
+        assert missing == [] and unexpected == []
+        assert not any(t.is_meta for t in list(streamed.parameters()) + list(streamed.buffers()))
+        assert isinstance(streamed.layers[0].attn.q_proj, WeightOnlyLinear) and isinstance(streamed.embed, QuantEmbedding)
+        with torch.no_grad():
+            assert torch.equal(streamed(tokens).logits, whole(tokens).logits)
+    _, missing, unexpected = load_quantized(ref.cfg, [("norm.weight", state["norm.weight"]), ("extra", state["norm.weight"])], 8)
+    assert "embed.weight" in missing and unexpected == ["extra"]
+    with pytest.raises(ValueError, match="tensor norm.weight is"):
+        load_quantized(ref.cfg, [("norm.weight", torch.zeros(3))], 8)

@@ -110,12 +110,13 @@ def _tensor(reader, name: str) -> np.ndarray:
     return reader.tensor(name)
 
 
-def load_gguf(path: str | Path):
-    """-> (heron Transformer in eval mode with the file's weights as float32, GGUFInfo)."""
-    return _load_model(open_reader(path), path)
+def load_gguf(path: str | Path, bits: int | None = None):
+    """-> (heron Transformer in eval mode with the file's weights as float32, GGUFInfo); with `bits` (8 or 4)
+    quantized while loading (heron.models.lm.quant.load_quantized: the fp32 model is never whole in memory)."""
+    return _load_model(open_reader(path), path, bits)
 
 
-def _load_model(reader, path):
+def _load_model(reader, path, bits: int | None = None):
     import torch
 
     from heron.models.lm.model import Transformer
@@ -145,29 +146,36 @@ def _load_model(reader, path):
     if leftover:
         raise ValueError(f"{path}: GGUF tensors heron does not know how to place: {leftover[:5]}")
     permute = meta.architecture == "llama"  # llama.cpp permutes Llama's q/k only
-    state = {}
-    for src, dst in mapping.items():
-        w = _tensor(reader, src)
-        if permute and dst.endswith(("q_proj.weight", "q_proj.bias")):
-            w = _unpermute(w, cfg.n_heads)
-        elif permute and dst.endswith(("k_proj.weight", "k_proj.bias")):
-            w = _unpermute(w, cfg.n_kv_heads)
-        state[dst] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+
+    def tensors():  # one at a time, dequantized to fp32
+        for src, dst in mapping.items():
+            w = _tensor(reader, src)
+            if permute and dst.endswith(("q_proj.weight", "q_proj.bias")):
+                w = _unpermute(w, cfg.n_heads)
+            elif permute and dst.endswith(("k_proj.weight", "k_proj.bias")):
+                w = _unpermute(w, cfg.n_kv_heads)
+            yield dst, torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+
     try:
-        model, missing, unexpected = Transformer.with_weights(cfg, state)
-    except RuntimeError as e:
+        if bits is None:
+            model, missing, unexpected = Transformer.with_weights(cfg, dict(tensors()))
+        else:
+            from heron.models.lm.quant import load_quantized
+            model, missing, unexpected = load_quantized(cfg, tensors(), bits)
+    except RuntimeError as e:  # load_state_dict's shape mismatches (load_quantized names the tensor itself)
         raise ValueError(f"{path}: tensors do not match the metadata: {str(e).splitlines()[1:3]}") from None
     if missing or unexpected:
         raise ValueError(f"{path}: tensors do not match the metadata: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), meta
 
 
-def load_gguf_with_tokenizer(path: str | Path):
-    """-> (Transformer, tokenizers.Tokenizer, GGUFInfo): everything `heron.load_lm` needs from one file."""
+def load_gguf_with_tokenizer(path: str | Path, bits: int | None = None):
+    """-> (Transformer, tokenizers.Tokenizer, GGUFInfo): everything `heron.load_lm` needs from one file
+    (`bits`: quantized while loading, as `load_gguf`)."""
     from heron.runtime.tokenizer import tokenizer_from_gguf
 
     reader = open_reader(path)
-    model, meta = _load_model(reader, path)
+    model, meta = _load_model(reader, path, bits)
     tok = tokenizer_from_gguf(reader)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise ValueError(f"{path}: the tokenizer has {tok.get_vocab_size()} tokens, the model {model.cfg.vocab_size}")

@@ -213,37 +213,105 @@ class QuantStack(nn.Module):
 
 def quantize_model(model: nn.Module, bits: int, group: int = GROUP) -> nn.Module:
     """Quantize a heron `Transformer` in place (weights only) and return it: every `nn.Linear` of its layers
-    and its MoE expert stacks to `bits` (8 or 4; routers stay fp32), the head to int8 (its own copy when the embedding is tied) and the embedding table
-    to int8 rows. A layer whose input size does not divide into int4 groups is refused, naming it."""
+    and its MoE expert stacks to `bits` (8 or 4; routers stay fp32), the head to int8 (its own copy when the
+    embedding is tied) and the embedding table to int8 rows. A layer whose input size does not divide into
+    int4 groups is refused, naming it, before anything changes."""
+    _check(model, bits, group)
+    for blk in model.layers:
+        _swap_block(blk, bits, group)
+    _swap_ends(model)
+    return_freed_memory()  # after the swaps: nothing holds the fp32 modules any more
+    return model
+
+
+def load_quantized(cfg, tensors, bits: int, group: int = GROUP):
+    """A quantized `Transformer` built straight from (name, fp32 tensor) pairs in any order (a loader's
+    stream): each layer is quantized as soon as its last tensor arrives and the table when it arrives, so
+    loading never holds the fp32 model (the same weights as `quantize_model` on the loaded model).
+    -> (model, missing names, unexpected names); a tensor whose shape differs from the config's raises
+    ValueError naming it."""
+    from heron.models.lm.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    _check(model, bits, group)
+    params = dict(model.named_parameters())  # a tied head is the table: listed once, as embed.weight
+    waiting = {i: {n for n in params if n.startswith(f"layers.{i}.")} for i in range(len(model.layers))}
+    unexpected = []
+    for name, t in tensors:
+        if name not in params or (cfg.tie_embeddings and name == "lm_head.weight"):
+            unexpected.append(name)
+            continue
+        if tuple(t.shape) != tuple(params[name].shape):
+            raise ValueError(f"tensor {name} is {tuple(t.shape)}; the config needs {tuple(params[name].shape)}")
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, nn.Parameter(t, requires_grad=False))
+        params[name] = None  # arrived
+        if name == "embed.weight":
+            if cfg.tie_embeddings:  # the head's own int8 copy of the table
+                model.lm_head = WeightOnlyLinear.from_linear(_as_linear(t), 8)
+            model.embed = QuantEmbedding.from_embedding(model.embed)
+        elif name == "lm_head.weight":
+            model.lm_head = WeightOnlyLinear.from_linear(model.lm_head, 8)
+        elif name.startswith("layers."):
+            i = int(name.split(".")[1])
+            waiting[i].discard(name)
+            if not waiting[i]:
+                _swap_block(model.layers[i], bits, group)
+        del t
+    missing = [n for n, p in params.items() if p is not None]
+    return_freed_memory()
+    return model, missing, unexpected
+
+
+def _as_linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free linear holding `weight` (no copy, no initialisation)."""
+    with torch.device("meta"):
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    return lin
+
+
+def _check(model: nn.Module, bits: int, group: int) -> None:
+    """Refuse bad bits, a quantized model, and int4 groups that do not divide a layer's input (shapes only:
+    works on a model on the meta device)."""
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
     if any(isinstance(m, (WeightOnlyLinear, QuantEmbedding, QuantStack)) for m in model.modules()):
         raise ValueError("this model is already quantized")
-    _swap(model, bits, group)
-    return_freed_memory()  # after _swap returns: its locals no longer hold the fp32 modules
-    return model
-
-
-def _swap(model: nn.Module, bits: int, group: int) -> None:
-    # routers stay fp32: a rounded router logit can change which experts run
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.startswith("layers.") and not name.endswith("router")]
-    stacks = [(f"{name}.{w}", m) for name, m in model.named_modules() if name.startswith("layers.")
-              for w in ("w_gate", "w_up", "w_down") if isinstance(getattr(m, w, None), nn.Parameter)]
     if bits == 4:
-        sizes = [(name, m.in_features) for name, m in targets]
-        sizes += [(name, int(model.get_parameter(name).shape[-1])) for name, _ in stacks]
-        bad = [(name, k) for name, k in sizes if k % group]
-        if bad:
-            raise ValueError(f"int4 groups of {group} do not divide the input of {bad[0][0]} ({bad[0][1]}); use bits=8")
-    for name, m in targets:
+        for i, blk in enumerate(model.layers):
+            linears, stacks = _targets(blk)
+            sizes = [(name, m.in_features) for name, m in linears] + [(name, int(getattr(m, name.rpartition(".")[2]).shape[-1]))
+                                                                       for name, m in stacks]
+            bad = [(name, k) for name, k in sizes if k % group]
+            if bad:
+                raise ValueError(f"int4 groups of {group} do not divide the input of layers.{i}.{bad[0][0]} "
+                                 f"({bad[0][1]}); use bits=8")
+
+
+def _targets(blk: nn.Module):
+    """A block's linears (routers stay fp32: a rounded router logit can change which experts run) and its MoE
+    expert stacks, as (relative name, module) pairs."""
+    linears = [(name, m) for name, m in blk.named_modules() if isinstance(m, nn.Linear) and not name.endswith("router")]
+    stacks = [(f"{name}.{w}" if name else w, m) for name, m in blk.named_modules()
+              for w in ("w_gate", "w_up", "w_down") if isinstance(getattr(m, w, None), nn.Parameter)]
+    return linears, stacks
+
+
+def _swap_block(blk: nn.Module, bits: int, group: int) -> None:
+    linears, stacks = _targets(blk)
+    for name, m in linears:
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, WeightOnlyLinear.from_linear(m, bits, group))
+        setattr(blk.get_submodule(parent), attr, WeightOnlyLinear.from_linear(m, bits, group))
     for name, moe in stacks:
         attr = name.rpartition(".")[2]
         stack = QuantStack(getattr(moe, attr).detach(), bits, group).to(getattr(moe, attr).device)
         delattr(moe, attr)
         setattr(moe, attr, stack)
+
+
+def _swap_ends(model: nn.Module) -> None:
     model.lm_head = WeightOnlyLinear.from_linear(model.lm_head, 8)  # a copy even when tied to the table
     model.embed = QuantEmbedding.from_embedding(model.embed)
 
