@@ -299,10 +299,11 @@ def choose_policy(probs, labels, min_kept: float = 0.995, hangover: int = 2):
 
 
 def run(encoder: str | Path, user_data: list[str], out: str | Path, cfg: GateTrainConfig = GateTrainConfig(),
-        eval_clips: int = 300, min_kept: float = 0.995) -> tuple[Path, dict]:
+        eval_clips: int = 300, min_kept: float = 0.995, steady_db: float = 0.0) -> tuple[Path, dict]:
     """`heron kws train-gate`: train on 90% of the real training utterances, choose the policy on clips
-    made from the other 10%, save the gate with its policy and report -> (file, report)."""
-    from dataclasses import asdict
+    made from the other 10% (plus `steady_db`, heron.runtime.speech_gate), save the gate with its policy and
+    report -> (file, report)."""
+    from dataclasses import asdict, replace
 
     from heron.models.data.real import load_user_pool
     from heron.models.train_kws import load_encoder
@@ -315,7 +316,7 @@ def run(encoder: str | Path, user_data: list[str], out: str | Path, cfg: GateTra
     held_pool = [a for i, a in enumerate(pool) if i in held]
     gate = train_speech_gate(model, train_pool, cfg)
     probs, labels = gate_probs_on_clips(model, gate, held_pool, eval_clips, cfg.seed + 1000, cfg)
-    policy = choose_policy(probs, labels, min_kept=min_kept)
+    policy = replace(choose_policy(probs, labels, min_kept=min_kept), steady_db=steady_db)
     kept, closed = policy_rates(probs, labels, policy)
     report = {"policy": asdict(policy), "held_out_speech_chunks_open": round(kept, 4),
               "held_out_nonspeech_chunks_closed": round(closed, 4), "held_out_clips": eval_clips,

@@ -7,16 +7,18 @@ zeros to its history), so both paths give the same outputs.
 
 With a speech gate (heron.runtime.speech_gate), a chunk it closes runs no module at all: every layer's
 caches move on exactly as if all its gates were closed, and the chunk's frames are blank (the CTC
-matcher's clock advances; detection times stay absolute). When the gate opens again, the front-end
-outputs of the last closed chunks (PAST_CHUNKS) run through the layers first, their outputs dropped:
-the encoder meets the word with the context just before it, as it would without the gate.
+matcher's clock advances; detection times stay absolute). When the gate opens again, the last closed
+chunks (PAST_CHUNKS, kept as audio) run through the front end and the layers first, their outputs dropped:
+the encoder meets the word with the context just before it, as it would without the gate. With the
+policy's `steady_db`, steady non-speech after a clearly closed chunk runs no graph at all (not even the
+front end and the gate; heron.runtime.speech_gate).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from heron.runtime.sessions import runner
-from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, GatePolicy
+from heron.runtime.speech_gate import PAST_CHUNKS, PAST_KEY, STATE_KEY, STEADY_KEY, STEADY_MAX_CHUNKS, GatePolicy, level_db
 
 BLANK_LOG_PROB = -30.0  # a closed chunk's non-blank classes: the matcher hears nothing there
 
@@ -93,29 +95,53 @@ class ModularEncoder:
     def _run(self, name: str, feeds: dict):
         return self._runners[name](feeds)
 
+    def _frontend(self, chunk: np.ndarray, context: np.ndarray):
+        x, new_audio = self._run("frontend", {"audio_chunk": chunk, "cached_audio": context})
+        self._cd = x.shape[1:]  # (frames, width) of a chunk: what a skipped chunk's outputs look like
+        return x, new_audio
+
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]):
-        x, new_audio = self._run("frontend", {"audio_chunk": np.asarray(chunk, np.float32).reshape(1, -1),
-                                              "cached_audio": state["cached_audio"]})
-        new = {"cached_audio": new_audio}
+        chunk = np.asarray(chunk, np.float32).reshape(1, -1)
+        if self.speech_gate is None:
+            x, new_audio = self._frontend(chunk, state["cached_audio"])
+            new = {"cached_audio": new_audio}
+            x, gates = self._layers(x, state, new)
+            return self._run("head", {"x": x})[0][0], x[0], gates, new
+        pol = self.policy
+        n, ctx = chunk.shape[1], state["cached_audio"].shape[1]
+        was_open = bool(state[STATE_KEY][0])
+        closed_run, ref_db, skipped, last_db = (float(v) for v in state[STEADY_KEY])
+        past = state[PAST_KEY]  # the audio before this chunk: the front end's context + the last chunks
+        new = {PAST_KEY: np.concatenate([past, chunk], axis=1)[:, n:]}
+        lvl = level_db(chunk[0]) if pol.steady_db else np.nan
+        if pol.steady_db and not was_open and ref_db == ref_db and skipped < STEADY_MAX_CHUNKS \
+                and lvl <= ref_db + pol.steady_db:  # steady non-speech: nothing runs
+            new["cached_audio"] = new[PAST_KEY][:, -ctx:]  # the front end's context is the raw audio
+            new[STATE_KEY] = state[STATE_KEY]
+            new[STEADY_KEY] = np.array([min(closed_run + 1, PAST_CHUNKS), ref_db, skipped + 1, lvl], np.float32)
+            self._closed_caches(state, new, self._cd[0])
+            return (*self._closed_outputs(*self._cd), new)
+        x, new["cached_audio"] = self._frontend(chunk, state["cached_audio"])
         C = x.shape[1]
-        if self.speech_gate is not None:
-            p = float(self._gate_run({"x": x})[0].reshape(-1)[0])
-            was_open = bool(state[STATE_KEY][0])
-            is_open, new[STATE_KEY] = self.policy.step(p, state[STATE_KEY])
-            past = state[PAST_KEY]
-            if not is_open:  # no speech: no encoder module runs for this chunk
-                self._closed_caches(state, new, C)
-                new[PAST_KEY] = np.concatenate([past[1:], x[None]])  # the front end's output is kept
-                return (*self._closed_outputs(C, x.shape[2]), new)
-            new[PAST_KEY] = np.zeros_like(past)
-            if not was_open:  # opening: the last closed chunks run first, for context (outputs dropped)
-                caches = {k: v for k, v in state.items() if k.startswith("cached_") and k != "cached_audio"}
-                for px in past:
-                    if px.any():
-                        step: dict = {}
-                        self._layers(px, caches, step)
-                        caches = step
-                state = {**state, **caches}
+        p = float(self._gate_run({"x": x})[0].reshape(-1)[0])
+        is_open, new[STATE_KEY] = pol.step(p, state[STATE_KEY])
+        if not is_open:  # no speech: no encoder module runs for this chunk
+            # a steady-skip reference: a clearly closed chunk no louder than the one before (after a jump in
+            # level, the next chunk is scored too: the gate may have missed the start of speech)
+            ref = lvl if p < pol.release and lvl <= last_db + pol.steady_db else np.nan
+            new[STEADY_KEY] = np.array([min(closed_run + 1, PAST_CHUNKS), ref, 0.0, lvl], np.float32)
+            self._closed_caches(state, new, C)
+            return (*self._closed_outputs(C, x.shape[2]), new)
+        new[STEADY_KEY] = np.array([0.0, np.nan, 0.0, lvl], np.float32)
+        if not was_open and closed_run:  # opening: the last closed chunks run first, for context (outputs dropped)
+            caches = {k: v for k, v in state.items() if k.startswith("cached_") and k != "cached_audio"}
+            for k in range(int(closed_run), 0, -1):  # k chunks before this one
+                at = past.shape[1] - k * n
+                px, _ = self._frontend(past[:, at:at + n], past[:, at - ctx:at])
+                step: dict = {}
+                self._layers(px, caches, step)
+                caches = step
+            state = {**state, **caches}
         x, gates = self._layers(x, state, new)
         log_probs = self._run("head", {"x": x})[0]
         return log_probs[0], x[0], gates, new

@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "476456be5b965b219580cae7f2f87f4dde537ffc10350cc7847b6f6b9e917bb4",
+    "kws": "ba338b481d4f5c97163903850c9073f1d7190a75a51ad9abf5e68feb2aa80f86",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

@@ -32,6 +32,7 @@ from heron.runtime.sessions import open_session, runner
 from heron.runtime.speech_gate import PAST_CHUNKS
 from heron.runtime.speech_gate import PAST_KEY as SPEECH_PAST
 from heron.runtime.speech_gate import STATE_KEY as SPEECH_STATE
+from heron.runtime.speech_gate import STEADY_KEY as SPEECH_STEADY
 
 # keywords probed at load on silence and noise ("hey heron", "alexa", "okay google", "snowboy")
 PROBE_KEYWORDS = (("HH", "EY", "HH", "EH", "R", "AH", "N"), ("AH", "L", "EH", "K", "S", "AH"),
@@ -391,8 +392,10 @@ class KeywordSpotter:
         st = {n: np.zeros(s, np.float32) for n, s in self.state_shapes.items()}
         if self.speech_policy is not None:
             st[SPEECH_STATE] = self.speech_policy.init_state()
-            d = self.state_shapes["cached_conv_0"][1]  # (1, d_model, kernel - 1)
-            st[SPEECH_PAST] = np.zeros((PAST_CHUNKS, 1, self.bundle.manifest.frames_per_chunk, d), np.float32)
+            # the audio before the chunk: the front end's context and the last PAST_CHUNKS chunks
+            st[SPEECH_PAST] = np.zeros((1, self.state_shapes["cached_audio"][1] + PAST_CHUNKS * self.chunk_samples),
+                                       np.float32)
+            st[SPEECH_STEADY] = np.array([0.0, np.nan, 0.0, np.nan], np.float32)
         return st
 
     def run_chunk(self, chunk: np.ndarray, state: dict[str, np.ndarray]

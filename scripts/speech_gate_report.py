@@ -3,7 +3,7 @@
 Usage: .venv/bin/python scripts/speech_gate_report.py BUNDLE [--json OUT]
 
 - Skipped share of chunks (no encoder module run) on: real read speech (speechocean762 `test/`, 60 s),
-  the real noise recordings of ../shared/data/real_speech/noise, digital near-silence, synthetic
+  the real noise recordings of ../shared/data/real_speech/noise (together, and each file), digital near-silence, synthetic
   music-like chords, and the cost probe's filtered brown noise.
 - On every positive recording of the real-keyword check (snowboy, view glass, athena, amelia, hey
   chatterbox): chunks the gate closed where the same bundle without the gate hears a phoneme
@@ -62,8 +62,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     speech = np.concatenate([_read(DATA / "speechocean762" / r["file"])
                              for r in _rows("speechocean762", lambda r: r["split"] == "test")[:40]])[: 16000 * 60]
-    noise = [_read(DATA / "real_speech" / r["file"])[: 16000 * 30]
-             for r in _rows("real_speech", lambda r: r["file"].startswith("noise/"))]
+    noise_rows = _rows("real_speech", lambda r: r["file"].startswith("noise/"))
+    noise = [_read(DATA / "real_speech" / r["file"])[: 16000 * 30] for r in noise_rows]
     t = np.arange(16000 * 30) / 16000
     chords = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
     brown = np.cumsum(rng.standard_normal(16000 * 30)) * 0.002
@@ -77,6 +77,8 @@ def main() -> int:
     for name, audio in sets.items():
         if audio is not None:
             report["closed_share"][name] = round(closed_share(gated, audio), 4)
+    report["closed_share_per_noise_file"] = {Path(r["file"]).stem: round(closed_share(gated, a), 4)
+                                             for r, a in zip(noise_rows, noise)}  # each its first 30 s
     # positives of the check: chunks closed where the encoder hears a phoneme
     pos = [DATA / "real_speech" / r["file"] for r in _rows("real_speech", lambda r: r["transcript"] in
                                                            ("snowboy", "view glass"))]

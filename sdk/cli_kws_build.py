@@ -61,10 +61,13 @@ def _gate(args) -> int:
     import torch
 
     from heron.models.speech_gate import GateTrainConfig, run
+    from heron.runtime.speech_gate import GatePolicy
 
+    GatePolicy(steady_db=args.steady_db)  # a bad value fails now, not after training
     torch.set_num_threads(args.threads)
     cfg = replace(GateTrainConfig(), steps=args.steps, seed=args.seed, device_p=args.device_speech)
-    path, report = run(args.encoder, args.user_data, args.out, cfg, eval_clips=args.eval_clips, min_kept=args.min_kept)
+    path, report = run(args.encoder, args.user_data, args.out, cfg, eval_clips=args.eval_clips, min_kept=args.min_kept,
+                       steady_db=args.steady_db)
     print(json.dumps(report, indent=1))
     print(f"speech gate: {path} (export adds it to a bundle: heron kws export --speech-gate {args.out})")
     return 0
@@ -141,6 +144,9 @@ def add_kws_train(tsub, formatter) -> None:
                    help="share of placed utterances made far-field (room reverberation, a cheap microphone)")
     q.add_argument("--min-kept", type=float, default=0.995,
                    help="share of held-out speech chunks the chosen threshold must keep open")
+    q.add_argument("--steady-db", type=float, default=0.0,
+                   help="policy: on steady non-speech after a clearly closed chunk, skip the front end and the gate "
+                        "while the level stays within this many dB (0: score every chunk)")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
     q.set_defaults(func=_gate, out_is_folder=True)

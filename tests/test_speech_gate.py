@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from heron.runtime.bundle import BundleError, load_bundle
-from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, GatePolicy
+from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, STEADY_KEY, GatePolicy
 from heron.runtime.spotter import KeywordSpotter
 
 from conftest import CAL, _copy, edit_manifest
@@ -59,7 +59,7 @@ def test_closed_chunks_run_nothing_and_move_the_caches_as_closed_modules_do(gate
     L, st, lps, was_open, replays, decisions = sp.modular.n_layers, sp.init_state(), [], False, 0, []
     for i in range(0, len(audio) - n + 1, n):
         before = calls["n"]
-        past = int(st[PAST_KEY].any(axis=(1, 2, 3)).sum())  # closed chunks kept for context
+        past = int(st[STEADY_KEY][0])  # closed chunks in a row (at most PAST_CHUNKS): replayed for context
         lp, emb, _, st = sp.run_chunk(audio[i:i + n], st)
         ran = calls["n"] - before
         is_open = bool(st[STATE_KEY][0])  # the gate's decision for this chunk
@@ -86,7 +86,7 @@ def test_closed_chunks_run_nothing_and_move_the_caches_as_closed_modules_do(gate
         if st_a[STATE_KEY][0]:
             break
         _, _, _, st_b = ref.run_chunk(chunk, st_b)
-        for k in st_b:  # (the gated state also keeps the closed chunks' front-end outputs)
+        for k in st_b:  # (the gated state also keeps the last chunks' audio and the steady-skip state)
             assert np.array_equal(st_a[k], st_b[k]), k
         assert st_a[STATE_KEY][0] == 0
 
@@ -199,3 +199,49 @@ def test_history_moves_on_through_a_long_closed_stretch(clip):
         assert np.array_equal(st._voiced, lp[-keep:].argmax(axis=1) != sp.blank)
     assert st._quiet_frames < keep < st.chunks_without_speech * sp.bundle.manifest.frames_per_chunk
     assert st.chunks_without_speech < st.chunks  # the clip opened the gate
+
+
+def test_steady_noise_skips_the_front_end_and_the_gate_and_speech_still_opens_it(gated, clip):
+    """With steady_db, a closed stream on steady noise runs no graph at all (the gate scores one chunk in
+    STEADY_MAX_CHUNKS + 1), a louder chunk is always scored, and the outputs equal those of the same gate
+    scoring every chunk; when the gate opens, the closed chunks before it are replayed from their audio.
+    The gate here is a stand-in that says "speech" on loud front-end outputs, so that both runs make the
+    same decisions by construction."""
+    from heron.runtime.speech_gate import STEADY_MAX_CHUNKS
+
+    path, _ = gated
+    rng = np.random.default_rng(0)
+    noise = (0.003 * rng.standard_normal(16000 * 8)).astype(np.float32)
+    audio = np.concatenate([noise, clip, noise])
+    runs = {}
+    for steady in (0.0, 3.0):
+        sp = KeywordSpotter.load(path)
+        m, n = sp.modular, sp.chunk_samples
+        calls, ctx = {"n": 0}, np.zeros((1, sp.state_shapes["cached_audio"][1]), np.float32)
+        at = int(np.argmax([np.abs(clip[i:i + n]).sum() for i in range(0, len(clip) - n + 1, n)])) * n
+        loud, quiet = (float(np.abs(m._runners["frontend"]({"audio_chunk": a[None, :n], "cached_audio": ctx})[0]).mean())
+                       for a in (clip[at:], noise))
+        assert loud != quiet
+
+        def gate(feeds, cut=(loud + quiet) / 2, up=loud > quiet):
+            calls["n"] += 1
+            v = float(np.abs(feeds["x"]).mean())
+            return [np.array([[0.9 if (v > cut) == up else 0.01]], np.float32)]
+
+        m._gate_run = gate
+        m.policy = sp.speech_policy = GatePolicy(0.5, 0.3, 1, steady_db=steady)
+        st, lps, opened = sp.init_state(), [], 0
+        for i in range(0, len(audio) - n + 1, n):
+            lp, _, _, st = sp.run_chunk(audio[i:i + n], st)
+            lps.append(lp)
+            opened += bool(st[STATE_KEY][0])
+            assert np.array_equal(st[PAST_KEY][0, -n:], audio[i:i + n])  # the last chunk's audio is kept
+        runs[steady] = (np.concatenate(lps), calls["n"], opened, len(lps))
+    (lp0, calls0, open0, chunks), (lp3, calls3, open3, _) = runs[0.0], runs[3.0]
+    assert calls0 == chunks and 0 < open0 < chunks  # without the skip, every chunk is scored
+    assert np.array_equal(lp0, lp3) and open3 == open0  # the same outputs and decisions
+    noise_chunks = 2 * (len(noise) // sp.chunk_samples)
+    assert calls3 <= chunks - noise_chunks + 2 * (noise_chunks // (STEADY_MAX_CHUNKS + 1) + 2)
+    assert GatePolicy.from_dict({"threshold": 0.5, "release": 0.3, "hangover": 1}, "m").steady_db == 0.0  # older bundles
+    with pytest.raises(BundleError, match="steady_db"):
+        GatePolicy.from_dict({"threshold": 0.5, "release": 0.3, "hangover": 1, "steady_db": 40}, "m")

@@ -169,8 +169,9 @@ def _apply(m, path, kind, new):
 KWS_INFO = {("heron_version",), ("features", "type"), ("features", "window"), ("calibration", "fitted_on"),
             ("model",)}
 LM_INFO = {("name",), ("source",)}
-# optional parts: deleting one leaves a smaller valid bundle (no word times without the phoneme table)
-KWS_OPTIONAL = {("files", "phoneme_table")}
+# optional parts: deleting one leaves a smaller valid bundle (no word times without the phoneme table; no
+# steady skip without speech_gate.steady_db, as in bundles made before it)
+KWS_OPTIONAL = {("files", "phoneme_table"), ("speech_gate", "steady_db")}
 
 
 def _allowed(path, kind, prefixes, optional=()):
