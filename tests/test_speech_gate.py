@@ -8,7 +8,7 @@ from heron.runtime.bundle import BundleError, load_bundle
 from heron.runtime.speech_gate import PAST_KEY, STATE_KEY, STEADY_KEY, GatePolicy
 from heron.runtime.spotter import KeywordSpotter
 
-from conftest import CAL, _copy, edit_manifest
+from conftest import CAL, _copy, edit_manifest, needs_espeak
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -245,3 +245,36 @@ def test_steady_noise_skips_the_front_end_and_the_gate_and_speech_still_opens_it
     assert GatePolicy.from_dict({"threshold": 0.5, "release": 0.3, "hangover": 1}, "m").steady_db == 0.0  # older bundles
     with pytest.raises(BundleError, match="steady_db"):
         GatePolicy.from_dict({"threshold": 0.5, "release": 0.3, "hangover": 1, "steady_db": 40}, "m")
+
+
+@needs_espeak
+def test_a_keyword_right_after_30_s_of_silence_or_noise_is_found_at_its_time():
+    """The shipped bundle (speech gate with its steady skip): 30 s of digital silence, near-silence or brown
+    noise keep the gate closed, and a keyword said right after them is detected with the times it has
+    after half a second of silence (hangover, release and the replay work at the start of speech)."""
+    from heron.models.data.tts import Voice, synthesize
+
+    sp = KeywordSpotter.load()
+    assert sp.speech_policy is not None and sp.speech_policy.steady_db > 0
+    sp.enroll("hey computer")
+    word = synthesize(Voice("espeak", "en-us"), "hey computer", use_cache=False)
+    word = (0.5 * word / np.abs(word).max()).astype(np.float32)
+    tail = np.zeros(16000, np.float32)
+
+    def spot(audio):
+        st = sp.stream()
+        dets = st.accept(audio) + st.flush()
+        return dets, st
+
+    (ref,), _ = spot(np.concatenate([np.zeros(8000, np.float32), word, tail]))
+    rng = np.random.default_rng(0)
+    n = 16000 * 30
+    brown = np.cumsum(rng.standard_normal(n))
+    brown -= np.convolve(brown, np.ones(400) / 400, mode="same")
+    for name, lead in (("silence", np.zeros(n)), ("near-silence", 1e-4 * rng.standard_normal(n)),
+                       ("brown noise", 0.02 * brown / np.abs(brown).max())):
+        dets, st = spot(np.concatenate([lead.astype(np.float32), word, tail]))
+        assert len(dets) == 1, name
+        assert dets[0].start_s - 30 == pytest.approx(ref.start_s - 0.5, abs=0.09), name
+        assert dets[0].end_s - 30 == pytest.approx(ref.end_s - 0.5, abs=0.09), name
+        assert st.chunks_without_speech >= 0.9 * n / sp.chunk_samples, name
