@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 STATE_KEY = "speech_gate"  # [open (0/1), hangover chunks left]
-PAST_KEY = "speech_gate_past"  # the front end's outputs of the last PAST_CHUNKS closed chunks (zeros: none)
+PAST_KEY = "speech_gate_past"  # the audio before the chunk: the front end's context + the last PAST_CHUNKS chunks
 PAST_CHUNKS = 2
 STEADY_KEY = "speech_gate_steady"  # [closed chunks in a row, reference level dB (nan: none), skipped in a row,
 #                                      the last chunk's level dB]
