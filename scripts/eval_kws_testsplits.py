@@ -35,6 +35,83 @@ def holds(transcript: list[str], phrase: list[str]) -> bool:
     return any(transcript[i:i + n] == phrase for i in range(len(transcript) - n + 1))
 
 
+def test_rows() -> list[tuple[Path, list[str], float]] | None:
+    """(audio path, transcript words, seconds) of every `test/` utterance; None (with a message) without the data."""
+    data = Path(os.environ.get("HERON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    rows = []
+    for c in CORPORA:
+        manifest = data / c / "manifest.tsv"
+        if not manifest.is_file():
+            print(f"{manifest} is missing: this figure needs the shared corpora", file=sys.stderr)
+            return None
+        rows += [(data / c / r["file"], words(r["transcript"]), float(r["duration_s"]))
+                 for r in csv.DictReader(open(manifest), delimiter="\t") if r["split"] == "test"]
+    return rows
+
+
+def read_mono(path, sample_rate: int) -> np.ndarray:
+    """An audio file -> float32 mono at sample_rate."""
+    from heron.runtime.audio import AudioFile
+
+    audio = AudioFile(path)
+    x = np.concatenate(list(audio.blocks()))
+    x = x.astype(np.float32) / (32768.0 if x.dtype == np.int16 else 1.0)
+    x = x if x.ndim == 1 else x.mean(axis=1)
+    if audio.sample_rate != sample_rate:
+        import soxr
+        x = soxr.resample(x, audio.sample_rate, sample_rate)
+    return x
+
+
+def draw_phrases(rows, sp, n: int, seed: int) -> list[tuple[str, list[int]]]:
+    """Every 1-3 word span of the transcripts, shuffled with the seed; the first n of 6-14 phonemes."""
+    from heron.runtime.phonemes import pronounce
+
+    spans = sorted({" ".join(t[i:i + k]) for _, t, _ in rows for k in (1, 2, 3) for i in range(len(t) - k + 1)})
+    np.random.default_rng(seed).shuffle(spans)
+    phrases = []
+    for s in spans:
+        try:
+            classes = sp.classes(pronounce(s))
+        except ValueError:
+            continue
+        if 6 <= len(classes) <= 14:
+            phrases.append((s, classes))
+        if len(phrases) == n:
+            break
+    return phrases
+
+
+def log_prob_bank(lps: list[np.ndarray], n_classes: int, blank: int) -> np.ndarray:
+    """Per-utterance (T_i, C) log-probabilities -> (B, T, C), padded with blank frames no keyword scores on."""
+    T = max(max(len(x) for x in lps), 1)
+    bank = np.full((len(lps), T, n_classes), -30.0, np.float32)
+    bank[:, :, blank] = 0.0
+    for i, x in enumerate(lps):
+        bank[i, :len(x)] = x
+    return bank
+
+
+def phrase_scores(phrases, bank: np.ndarray, opts, blank: int) -> list[np.ndarray]:
+    """Each phrase's log first-stage score on every utterance of the bank."""
+    from heron.runtime.ctc_kws import CTCKeywordMatcher
+
+    return [np.log(np.maximum(CTCKeywordMatcher(classes, opts, blank=blank).max_scores_batch(bank), 1e-30))
+            for _, classes in phrases]
+
+
+def figure(rows, phrases, scores) -> tuple[float, float, float]:
+    """Mean over phrases of AUC and FRR at 0 and 2 false accepts (percent), from per-utterance scores."""
+    aucs, frr0, frr2 = [], [], []
+    for (s, _), score in zip(phrases, scores):
+        label = np.array([holds(t, s.split()) for _, t, _ in rows])
+        pos, neg = score[label], np.sort(score[~label])[::-1]
+        aucs.append(float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()))
+        frr0.append(float((pos <= neg[0]).mean()))
+        frr2.append(float((pos <= neg[2]).mean()))
+    return round(100 * np.mean(aucs), 2), round(100 * np.mean(frr0), 1), round(100 * np.mean(frr2), 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=None, help="KWS bundle (default: $HERON_BUNDLE, else the shipped one)")
@@ -45,51 +122,18 @@ def main() -> int:
     ap.add_argument("--frames-per-phoneme", type=int, default=None, help="matcher option to try (default: the bundle's)")
     ap.add_argument("--posterior-weight", type=float, default=None, help="matcher option to try (default: the bundle's)")
     a = ap.parse_args()
-    from heron.runtime.audio import AudioFile
     from heron.runtime.metrics import machine
-    from heron.runtime.phonemes import pronounce
     from heron.runtime.spotter import KeywordSpotter
 
-    data = Path(os.environ.get("HERON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    rows = []
-    for c in CORPORA:
-        manifest = data / c / "manifest.tsv"
-        if not manifest.is_file():
-            print(f"{manifest} is missing: this figure needs the shared corpora", file=sys.stderr)
-            return 2
-        rows += [(data / c / r["file"], words(r["transcript"]), float(r["duration_s"]))
-                 for r in csv.DictReader(open(manifest), delimiter="\t") if r["split"] == "test"]
+    rows = test_rows()
+    if rows is None:
+        return 2
     sp = KeywordSpotter.load(a.bundle, speech_gate=False)
-    lps = []
-    for path, _, _ in rows:
-        audio = AudioFile(path)
-        x = np.concatenate(list(audio.blocks()))
-        x = x.astype(np.float32) / (32768.0 if x.dtype == np.int16 else 1.0)
-        if audio.sample_rate != sp.sample_rate:
-            import soxr
-            x = soxr.resample(x, audio.sample_rate, sp.sample_rate)
-        lps.append(sp.encode(x if x.ndim == 1 else x.mean(axis=1))[0])
-    # the phrases: every 1-3 word span of the transcripts, shuffled with the seed, 6-14 phonemes
-    spans = sorted({" ".join(t[i:i + n]) for _, t, _ in rows for n in (1, 2, 3) for i in range(len(t) - n + 1)})
-    np.random.default_rng(a.seed).shuffle(spans)
-    phrases = []
-    for s in spans:
-        try:
-            classes = sp.classes(pronounce(s))
-        except ValueError:
-            continue
-        if 6 <= len(classes) <= 14:
-            phrases.append((s, classes))
-        if len(phrases) == a.phrases:
-            break
-    T = max(len(x) for x in lps)
-    bank = np.full((len(lps), T, sp.n_classes), -30.0, np.float32)
-    bank[:, :, sp.blank] = 0.0  # padding: blank frames, which no keyword path scores on
-    for i, x in enumerate(lps):
-        bank[i, :len(x)] = x
+    lps = [sp.encode(read_mono(path, sp.sample_rate))[0] for path, _, _ in rows]
+    phrases = draw_phrases(rows, sp, a.phrases, a.seed)
+    bank = log_prob_bank(lps, sp.n_classes, sp.blank)
     from dataclasses import replace
 
-    from heron.runtime.ctc_kws import CTCKeywordMatcher
     opts = sp.matcher_options
     if a.gap_penalty is not None:
         opts = replace(opts, gap_penalty=a.gap_penalty)
@@ -97,19 +141,10 @@ def main() -> int:
         opts = replace(opts, frames_per_phoneme=a.frames_per_phoneme)
     if a.posterior_weight is not None:
         opts = replace(opts, posterior_weight=a.posterior_weight)
-    aucs, frr0, frr2 = [], [], []
-    for s, classes in phrases:
-        m = CTCKeywordMatcher(classes, opts, blank=sp.blank)
-        score = np.log(np.maximum(m.max_scores_batch(bank), 1e-30))
-        label = np.array([holds(t, s.split()) for _, t, _ in rows])
-        pos, neg = score[label], np.sort(score[~label])[::-1]
-        aucs.append(float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()))
-        frr0.append(float((pos <= neg[0]).mean()))
-        frr2.append(float((pos <= neg[2]).mean()))
+    auc, frr0, frr2 = figure(rows, phrases, phrase_scores(phrases, bank, opts, sp.blank))
     hours = sum(d for _, _, d in rows) / 3600
     res = {"bundle": str(sp.bundle.root), "machine": machine(), "matcher": vars(opts), "utterances": len(rows), "hours": round(hours, 3),
-           "phrases": len(phrases), "auc": round(100 * np.mean(aucs), 2), "frr_at_0fa": round(100 * np.mean(frr0), 1),
-           "frr_at_2fa": round(100 * np.mean(frr2), 1)}
+           "phrases": len(phrases), "auc": auc, "frr_at_0fa": frr0, "frr_at_2fa": frr2}
     print(f"{res['bundle']} (matcher {vars(opts)}): {len(phrases)} phrases on {len(rows)} test utterances ({hours:.2f} h): mean AUC "
           f"{res['auc']}, FRR at 0 false accepts {res['frr_at_0fa']}%, at 2 {res['frr_at_2fa']}%")
     if a.json:

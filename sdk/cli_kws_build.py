@@ -73,6 +73,23 @@ def _gate(args) -> int:
     return 0
 
 
+def _head(args) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from heron.models.embedding_head import HeadTrainConfig, feature_cache, train_head
+
+    if args.epochs < 1 or args.threads < 1:
+        raise ValueError("--epochs and --threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads)
+    train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
+    print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
+          f"(export adds it to a bundle: heron kws export --embedding-head {args.out})")
+    return 0
+
+
 def _release(args) -> int:
     from heron.models.train_kws import release
 
@@ -150,6 +167,16 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=2, help="torch threads")
     q.set_defaults(func=_gate, out_is_folder=True)
+    q = tsub.add_parser("train-head", help="train the phoneme head on Google's speech_embedding frames (the "
+                                           "candidate check that hears real speech)", formatter_class=formatter)
+    q.add_argument("--user-data", action="append", required=True,
+                   help="real training speech, repeatable (as for kws train; train rows only)")
+    q.add_argument("--out", required=True, help="output folder (embedding_head.safetensors); training resumes from it")
+    q.add_argument("--cache", default=None, help="folder for the features, computed once per data set (default: OUT/cache)")
+    q.add_argument("--epochs", type=int, default=25, help="passes over the data")
+    q.add_argument("--seed", type=int, default=0, help="seed")
+    q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    q.set_defaults(func=_head, out_is_folder=True)
     q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
                         formatter_class=formatter)
     q.add_argument("checkpoint", help="training run folder")

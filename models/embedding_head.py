@@ -1,0 +1,223 @@
+"""A phoneme head on Google's speech_embedding frames: a second acoustic model that hears real speech.
+
+heron's streaming encoder (1.6 M parameters) heard TTS and about six hours of real speech; it mishears
+real device recordings ("snowboy" as S N OW B AO) and accepts accented sentences for keywords. Google's
+speech_embedding (heron.runtime.speech_embedding, 96-d every 80 ms) heard far more real speech. This
+head maps its frames to heron's phoneme classes with CTC, two outputs per frame (40 ms, the encoder's
+rate, so the same keyword matcher scores both):
+
+    (B, T, 96) -> normalize -> linear 96 -> H, GELU -> + conv(k=5) -> BiGRU x2 -> linear -> (B, 2T, classes)
+
+It runs on a window around a first-stage candidate, never always-on (the embedding costs ~8x the
+encoder per second of audio), so it may look both ways. Trained on the real training speech only
+(`train` rows of the manifests; the `test` splits and the check sets are never read), from features
+computed once per utterance and cached: `heron kws train-head`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from heron.runtime.speech_embedding import DIM, SpeechEmbedding
+
+PAD_SECONDS = 0.4  # silence around each utterance, so the 775 ms windows cover its edges
+WEIGHTS = "embedding_head.safetensors"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    n_classes: int = 40     # CTC classes, blank = 0 (heron's phoneme table)
+    hidden: int = 192
+    conv_kernel: int = 5
+    layers: int = 2          # BiGRU layers
+    dropout: float = 0.1
+    up: int = 2              # outputs per embedding frame (80 ms / 2 = the encoder's 40 ms)
+
+
+class EmbeddingHead(nn.Module):
+    def __init__(self, cfg: HeadConfig = HeadConfig()):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden
+        self.register_buffer("mean", torch.zeros(DIM))  # feature statistics of the training set
+        self.register_buffer("std", torch.ones(DIM))
+        self.inp = nn.Sequential(nn.Linear(DIM, h), nn.GELU())
+        self.conv = nn.Conv1d(h, h, cfg.conv_kernel, padding=cfg.conv_kernel // 2)
+        self.rnn = nn.GRU(h, h, num_layers=cfg.layers, batch_first=True, bidirectional=True, dropout=cfg.dropout)
+        self.out = nn.Linear(2 * h, cfg.up * cfg.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, 96) speech_embedding frames -> (B, up * T, classes) log-probabilities."""
+        h = self.inp((x - self.mean) / self.std)  # (B, T, H)
+        h = h + F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2)
+        h, _ = self.rnn(h)  # (B, T, 2H)
+        y = self.out(h)  # (B, T, up * C)
+        B, T, _ = y.shape
+        return F.log_softmax(y.reshape(B, T * self.cfg.up, self.cfg.n_classes), dim=-1)
+
+
+# --- features, computed once per utterance ---------------------------------------------------------------
+
+def utterance_features(emb: SpeechEmbedding, audio: np.ndarray) -> np.ndarray:
+    """int16 or float audio at 16 kHz -> (frames, 96) float16, with PAD_SECONDS of silence each side."""
+    x = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
+    pad = np.zeros(int(PAD_SECONDS * 16000), np.float32)
+    return emb.embed(np.concatenate([pad, x, pad])).astype(np.float16)
+
+
+def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, log=print):
+    """The `train` rows of the sources -> (features list, targets list), computed once and kept in
+    cache_dir (an .npz keyed by the rows' files and transcripts; no pickles)."""
+    from heron.models.data.real import read_audio, read_rows
+
+    rows = [r for s in sources for r in read_rows(s, split="train")]
+    key = hashlib.sha256("\n".join(f"{r.audio}\t{r.text}" for r in rows).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"speech-embedding-{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        offs, feats, toffs, tg = z["offsets"], z["features"], z["target_offsets"], z["targets"]
+        log(f"features: {len(rows)} utterances from the cache {path}")
+    else:
+        emb = SpeechEmbedding(threads=threads)
+        chunks, targets, t0 = [], [], time.time()
+        for i, r in enumerate(rows):
+            chunks.append(utterance_features(emb, read_audio(r)))
+            targets.append(np.asarray(r.targets, np.int16))
+            if (i + 1) % 500 == 0:
+                log(f"features: {i + 1} / {len(rows)} utterances, {time.time() - t0:.0f} s")
+        offs = np.cumsum([0] + [len(c) for c in chunks])
+        toffs = np.cumsum([0] + [len(t) for t in targets])
+        feats, tg = np.concatenate(chunks), np.concatenate(targets)
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, offsets=offs, features=feats, target_offsets=toffs, targets=tg)
+        tmp.replace(path)
+        log(f"features: {len(rows)} utterances in {time.time() - t0:.0f} s -> {path}")
+    X = [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+    Y = [tg[toffs[i]:toffs[i + 1]] for i in range(len(toffs) - 1)]
+    return X, Y
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    epochs: int = 25
+    lr: float = 2e-3
+    warmup: int = 100          # steps
+    frames_per_batch: int = 3000
+    feature_noise: float = 0.1  # Gaussian noise on the normalized features (the training set is small)
+    frame_drop: float = 0.05    # share of frames zeroed
+    seed: int = 0
+
+
+def _batches(X: list[np.ndarray], keep: list[int], frames: int) -> list[list[int]]:
+    """Utterances of similar length together, about `frames` frames per batch."""
+    out, cur, n = [], [], 0
+    for i in sorted(keep, key=lambda i: len(X[i])):
+        cur.append(i)
+        n += len(X[i])
+        if n >= frames:
+            out.append(cur)
+            cur, n = [], 0
+    return out + ([cur] if cur else [])
+
+
+def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: HeadConfig = HeadConfig(),
+               tcfg: HeadTrainConfig = HeadTrainConfig(), log=print) -> EmbeddingHead:
+    """CTC training; saves OUT/embedding_head.safetensors after every epoch and resumes from it."""
+    torch.manual_seed(tcfg.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = [i for i in range(len(X)) if len(Y[i]) and cfg.up * len(X[i]) > 2 * len(Y[i])]
+    if not keep:
+        raise ValueError("no utterance is long enough for its transcript")
+    model = EmbeddingHead(cfg)
+    done = 0
+    if (out / WEIGHTS).is_file():
+        model, meta = load_head(out)
+        if meta["config"] != asdict(cfg):
+            raise ValueError(f"{out / WEIGHTS} was trained with another head configuration: use a new --out")
+        done = int(meta["epochs_done"])
+        log(f"resuming after epoch {done}")
+    else:
+        feats = np.concatenate([X[i] for i in keep]).astype(np.float32)
+        model.mean.copy_(torch.from_numpy(feats.mean(0)))
+        model.std.copy_(torch.from_numpy(feats.std(0) + 1e-3))
+    opt = torch.optim.AdamW(model.parameters(), tcfg.lr, weight_decay=1e-2)
+    rng = np.random.default_rng(tcfg.seed)
+    batches = _batches(X, keep, tcfg.frames_per_batch)
+    total = tcfg.epochs * len(batches)
+    step = done * len(batches)
+    for _ in range(done):  # the same batch order as an uninterrupted run
+        rng.shuffle(batches)
+    model.train()
+    for epoch in range(done, tcfg.epochs):
+        rng.shuffle(batches)
+        t0, losses = time.time(), []
+        for b in batches:
+            T = max(len(X[i]) for i in b)
+            x = np.zeros((len(b), T, DIM), np.float32)
+            for j, i in enumerate(b):
+                x[j, :len(X[i])] = X[i]
+            xt = torch.from_numpy(x)
+            xt = xt + tcfg.feature_noise * model.std * torch.randn_like(xt)
+            xt = xt * (torch.rand(xt.shape[0], xt.shape[1], 1) >= tcfg.frame_drop)
+            lp = model(xt)  # (B, 2T, C)
+            targets = torch.from_numpy(np.concatenate([Y[i] for i in b]).astype(np.int64))
+            loss = F.ctc_loss(lp.transpose(0, 1), targets, torch.tensor([cfg.up * len(X[i]) for i in b]),
+                              torch.tensor([len(Y[i]) for i in b]), blank=0, zero_infinity=True)
+            lr = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        save_head(model, out, epochs_done=epoch + 1, train=asdict(tcfg))
+        log(f"epoch {epoch + 1} / {tcfg.epochs}: CTC loss {np.mean(losses):.3f}, {time.time() - t0:.0f} s")
+    model.eval()
+    return model
+
+
+def save_head(model: EmbeddingHead, out: str | Path, **meta) -> None:
+    from safetensors.torch import save_file
+
+    info = {"config": json.dumps(asdict(model.cfg)), **{k: json.dumps(v) for k, v in meta.items()}}
+    tmp = Path(out) / (WEIGHTS + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=info)
+    tmp.replace(Path(out) / WEIGHTS)
+
+
+def load_head(folder: str | Path) -> tuple[EmbeddingHead, dict]:
+    """-> (model in eval mode, metadata) from a folder holding embedding_head.safetensors (no pickles)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (heron kws train-head --out {folder})")
+    with safe_open(str(path), "pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    if "config" not in meta:
+        raise ValueError(f"{path} has no head configuration in its metadata")
+    model = EmbeddingHead(HeadConfig(**meta["config"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), meta
+
+
+def log_probs(model: EmbeddingHead, feats: np.ndarray) -> np.ndarray:
+    """(T, 96) features -> (up * T, classes) log-probabilities (numpy)."""
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(feats, np.float32))[None])[0].numpy()

@@ -1,0 +1,69 @@
+"""The phoneme head on speech_embedding frames (heron.models.embedding_head): shapes, training, save/resume."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from heron.models.embedding_head import (WEIGHTS, EmbeddingHead, HeadConfig, HeadTrainConfig, load_head, log_probs,
+                                         train_head)
+
+TINY = HeadConfig(n_classes=5, hidden=16, layers=1, dropout=0.0)
+
+
+def toy_data(n=24, seed=0):
+    """Frames whose first 4 dimensions say the class: a head can learn it, a random one cannot."""
+    rng = np.random.default_rng(seed)
+    X, Y = [], []
+    for _ in range(n):
+        y = rng.integers(1, 5, size=3)
+        frames = np.concatenate([np.repeat(np.eye(96, dtype=np.float32)[[c - 1]] * 3, 3, axis=0) for c in y])
+        X.append((frames + 0.05 * rng.standard_normal(frames.shape)).astype(np.float16))
+        Y.append(y.astype(np.int16))
+    return X, Y
+
+
+def test_two_outputs_per_frame_of_log_probabilities():
+    m = EmbeddingHead(TINY).eval()
+    with torch.no_grad():
+        y = m(torch.randn(2, 7, 96))
+    assert y.shape == (2, 14, 5)
+    np.testing.assert_allclose(y.exp().sum(-1).numpy(), 1.0, atol=1e-5)
+
+
+def greedy_errors(model, X, Y):
+    errs = 0
+    for x, y in zip(X, Y):
+        a = log_probs(model, x).argmax(-1)
+        seq = [int(c) for i, c in enumerate(a) if c != 0 and (i == 0 or c != a[i - 1])]
+        errs += seq != list(y)
+    return errs
+
+
+def test_training_learns_the_toy_task_and_saves_each_epoch(tmp_path):
+    X, Y = toy_data()
+    before = greedy_errors(EmbeddingHead(TINY).eval(), X, Y)
+    tcfg = replace(HeadTrainConfig(), epochs=80, frames_per_batch=60, warmup=5, lr=1e-2, feature_noise=0.0, frame_drop=0.0)
+    model = train_head(X, Y, tmp_path, TINY, tcfg, log=lambda *_: None)
+    assert (tmp_path / WEIGHTS).is_file()
+    assert before >= 20 and greedy_errors(model, X, Y) <= 3
+    loaded, meta = load_head(tmp_path)
+    assert meta["epochs_done"] == 80 and meta["config"]["hidden"] == 16
+    np.testing.assert_allclose(log_probs(loaded, X[0]), log_probs(model, X[0]), atol=1e-5)
+
+
+def test_resume_continues_and_refuses_another_configuration(tmp_path):
+    X, Y = toy_data(8)
+    tcfg = replace(HeadTrainConfig(), epochs=2, frames_per_batch=60, warmup=1)
+    train_head(X, Y, tmp_path, TINY, tcfg, log=lambda *_: None)
+    said = []
+    train_head(X, Y, tmp_path, TINY, replace(tcfg, epochs=3), log=said.append)
+    assert said[0] == "resuming after epoch 2" and len(said) == 2  # one more epoch only
+    assert load_head(tmp_path)[1]["epochs_done"] == 3
+    with pytest.raises(ValueError, match="another head configuration"):
+        train_head(X, Y, tmp_path, replace(TINY, hidden=8), tcfg, log=lambda *_: None)
+
+
+def test_a_missing_head_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-head"):
+        load_head(tmp_path)
