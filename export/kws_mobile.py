@@ -94,7 +94,8 @@ def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
             name = Path(m.files[key].path).name
             shutil.copyfile(src.path(key), out / name)
             files[key] = name
-    mobile = replace(m, speech_gate=None, verifier=None, mobile=Mobile(src.identity), files=file_table(out, files))
+    mobile = replace(m, speech_gate=None, verifier=None, embedding_head=None, mobile=Mobile(src.identity),
+                     files=file_table(out, files))
     (out / "README.md").write_text(_readme(mobile.to_dict(), src.identity))
     files["readme"] = "README.md"
     write_manifest(out, replace(mobile, files=file_table(out, files)))

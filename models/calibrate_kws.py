@@ -96,19 +96,33 @@ def real_negative_threshold(spotter: KeywordSpotter, negative_files: list[str], 
     import soundfile as sf
 
     encoded, hours = [], 0.0
+    if spotter.head is not None:  # the head needs the audio: every phrase streamed over each file at once
+        kws = [spotter.make_keyword(spotter.classes(pronounce(t)), name=t) for t in phrases]
+    cols = []
     for f in negative_files:
         a, sr = sf.read(f, dtype="float32")
         if sr != spotter.sample_rate or a.ndim != 1:
             continue
         hours += len(a) / sr / 3600
-        encoded.append(spotter.encode(np.concatenate([np.zeros(4000, np.float32), a, np.zeros(4000, np.float32)])))
-    per_phrase = np.array([[spotter.match_encoded(text, lp, emb)[0] for lp, emb, _ in encoded] for text in phrases])
+        padded = np.concatenate([np.zeros(4000, np.float32), a, np.zeros(4000, np.float32)])
+        if spotter.head is None:
+            encoded.append(spotter.encode(padded))
+            continue
+        st = spotter.stream(kws)
+        st.track_best = True
+        st.accept(padded)
+        st.flush()
+        cols.append([st.best[t][0] for t in phrases])
+    if spotter.head is None:
+        per_phrase = np.array([[spotter.match_encoded(text, lp, emb)[0] for lp, emb, _ in encoded] for text in phrases])
+    else:
+        per_phrase = np.array(cols).T  # (phrases, files)
     maxima = np.sort(per_phrase.ravel())[::-1]
     allowed = int(np.floor(fa_per_hour * hours * len(phrases)))
     thr = float(maxima[allowed]) if allowed < len(maxima) else 0.0
     worst = per_phrase.max(axis=1)  # each phrase's highest score on non-keyword audio
     return {"threshold": thr, "fa_per_hour": fa_per_hour, "keyword_hours": round(hours * len(phrases), 2),
-            "files": len(encoded), "phrases": len(phrases),
+            "files": len(encoded) or len(cols), "phrases": len(phrases),
             "max_negative_score_per_phrase": {"min": round(float(worst.min()), 4),
                                               "median": round(float(np.median(worst)), 4),
                                               "max": round(float(worst.max()), 4)},

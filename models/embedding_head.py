@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from heron.runtime.speech_embedding import DIM, SpeechEmbedding
 
-PAD_SECONDS = 0.4  # silence around each utterance, so the 775 ms windows cover its edges
 WEIGHTS = "embedding_head.safetensors"
 
 
@@ -70,8 +69,7 @@ class EmbeddingHead(nn.Module):
 def utterance_features(emb: SpeechEmbedding, audio: np.ndarray) -> np.ndarray:
     """int16 or float audio at 16 kHz -> (frames, 96) float16, with PAD_SECONDS of silence each side."""
     x = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
-    pad = np.zeros(int(PAD_SECONDS * 16000), np.float32)
-    return emb.embed(np.concatenate([pad, x, pad])).astype(np.float16)
+    return emb.padded(x).astype(np.float16)
 
 
 def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, log=print):

@@ -369,6 +369,35 @@ class Verifier:
 
 
 @dataclass(frozen=True)
+class HeadCheck:
+    """The embedding head's check of first-stage candidates (files speech_embedding_mel, speech_embedding,
+    embedding_head). A candidate is a frame whose first-stage confidence reaches min_confidence; the head
+    scores the keyword on the audio around the chunk's candidates, and a candidate's first-stage score s
+    becomes s * exp(weight * (log h - offset)) before Z-norm and calibration, h being the head's per-phoneme
+    score (offset: a typical log h of a spoken keyword, so that one keeps about its first-stage score).
+    Every other frame gets the lowest factor the head can give (h at the score floor): it ranks below every
+    candidate and cannot fire."""
+    weight: float
+    min_confidence: float  # first-stage confidence (calibrated, 0..1) from which the head is asked
+    offset: float  # nats per phoneme: the head's log score that leaves a candidate's score as it was
+    before_s: float  # audio kept before a candidate's first-stage start
+    after_s: float  # and after its end (as far as the stream has audio)
+
+    FILES = ("speech_embedding_mel", "speech_embedding", "embedding_head")
+    RANGES = {"weight": (0.0, 10.0), "min_confidence": (0.0, 1.0), "offset": (-50.0, 0.0),
+              "before_s": (0.0, 5.0), "after_s": (0.0, 5.0)}
+
+    @classmethod
+    def from_dict(cls, section: Any, where: str) -> "HeadCheck":
+        f = Fields({"embedding_head": section}, where)
+        f.only("embedding_head", cls.RANGES)
+        return cls(**{k: f.float(f"embedding_head.{k}", lo, hi) for k, (lo, hi) in cls.RANGES.items()})
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.RANGES}
+
+
+@dataclass(frozen=True)
 class Mobile:
     """A device bundle (heron kws export --mobile): keywords come from keyword files, not enrollment."""
     made_from: str  # the identity of the full bundle it was made from (its keyword files carry that)
@@ -400,10 +429,11 @@ class KwsManifest:
     verifier: Verifier | None = None  # with files.text_encoder and files.matcher
     mobile: Mobile | None = None
     format: str = KWS_FORMAT
+    embedding_head: HeadCheck | None = None  # with files speech_embedding_mel, speech_embedding, embedding_head
 
     TOP = ("format", "target", "heron_version", "sample_rate", "chunk_samples", "frame_seconds", "frames_per_chunk",
-           "features", "phonemes", "gates", "encoder", "calibration", "matcher", "speech_gate", "verifier", "model",
-           "mobile", "files")
+           "features", "phonemes", "gates", "encoder", "calibration", "matcher", "speech_gate", "verifier",
+           "embedding_head", "model", "mobile", "files")
 
     def has(self, key: str) -> bool:
         return key in self.files
@@ -487,8 +517,15 @@ class KwsManifest:
                                 f.float("verifier.min_first_stage", 0.0, 1.0))
         elif "verifier" in m:
             f.fail("verifier", "needs files.text_encoder and files.matcher")
+        head = None
+        listed = [k for k in HeadCheck.FILES if k in files]
+        if listed or "embedding_head" in m:
+            if len(listed) != len(HeadCheck.FILES) or "embedding_head" not in m:
+                f.fail("embedding_head", f"and files {', '.join(HeadCheck.FILES)} come together (the graphs and "
+                                         "how they are used)")
+            head = HeadCheck.from_dict(m["embedding_head"], where)
         return cls(target, version, sr, chunk, fs, fpc, features, tuple(classes), blank, layers, encoder, calibration,
-                   matcher, files, dict(model), gate, verifier, mobile, fmt)
+                   matcher, files, dict(model), gate, verifier, mobile, fmt, head)
 
     def to_dict(self) -> dict:
         """manifest.json's content (what `from_dict` reads back)."""
@@ -505,6 +542,8 @@ class KwsManifest:
             d["speech_gate"] = self.speech_gate.to_dict()
         if self.verifier is not None:
             d["verifier"] = self.verifier.to_dict()
+        if self.embedding_head is not None:
+            d["embedding_head"] = self.embedding_head.to_dict()
         d["model"] = dict(self.model)
         if self.mobile is not None:
             d["mobile"] = self.mobile.to_dict()

@@ -27,6 +27,7 @@ WINDOW_FRAMES = 76       # mel frames per embedding (775 ms)
 STEP_FRAMES = 8          # mel frames between embeddings (80 ms)
 DIM = 96
 MEL_FILE, EMBEDDING_FILE = "melspectrogram.onnx", "embedding_model.onnx"
+PAD_SECONDS = 0.4  # silence around an utterance or window, so the 775 ms windows cover its edges (the head's training)
 INSTALL_HINT = "pip install --no-deps openwakeword==0.4.0 (its two Apache-2.0 feature graphs only)"
 
 
@@ -52,9 +53,14 @@ def n_frames(n_samples: int) -> int:
 class SpeechEmbedding:
     """The two graphs as one function of audio: `embed(x)` -> (frames, 96)."""
 
-    def __init__(self, folder: str | Path | None = None, threads: int = 1):
+    def __init__(self, folder: str | Path | None = None, threads: int = 1, sessions=None):
+        """folder: the two graphs (default: the installed openwakeword wheel's); sessions: (mel, embedding)
+        onnxruntime sessions already opened (a bundle's verified files)."""
         from heron.runtime.sessions import open_session
 
+        if sessions is not None:
+            self.mel, self.embedding = sessions
+            return
         folder = Path(folder) if folder is not None else openwakeword_models_dir()
         for f in (MEL_FILE, EMBEDDING_FILE):
             if not (folder / f).is_file():
@@ -77,10 +83,22 @@ class SpeechEmbedding:
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         """(samples,) float in [-1, 1] at 16 kHz -> (n_frames(samples), 96) float32."""
-        spec = self.mels(audio)
+        return self.from_mels(self.mels(audio))
+
+    def from_mels(self, spec: np.ndarray, frames: np.ndarray | None = None) -> np.ndarray:
+        """Mel frames (from `mels`) -> the embedding frames listed in `frames` (default: all of them).
+        The mel graph floors its output relative to the loudest part of its input, so the mels of a window
+        holding silence depend on the whole window, not only on each frame's own audio."""
         n = (len(spec) - WINDOW_FRAMES) // STEP_FRAMES + 1
-        if n <= 0:
+        frames = np.arange(max(n, 0)) if frames is None else np.asarray(frames, np.int64)
+        if len(frames) == 0:
             return np.zeros((0, DIM), np.float32)
-        idx = np.arange(n)[:, None] * STEP_FRAMES + np.arange(WINDOW_FRAMES)[None]  # (n, 76)
+        idx = frames[:, None] * STEP_FRAMES + np.arange(WINDOW_FRAMES)[None]  # (n, 76)
         windows = spec[idx][..., None].astype(np.float32)  # (n, 76, 32, 1)
-        return self.embedding.run(None, {"input_1": windows})[0].reshape(n, DIM)
+        return self.embedding.run(None, {"input_1": windows})[0].reshape(len(frames), DIM)
+
+    def padded(self, audio: np.ndarray) -> np.ndarray:
+        """embed() of the audio with PAD_SECONDS of silence each side (how the head was trained)."""
+        x = np.asarray(audio, np.float32)
+        pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)
+        return self.embed(np.concatenate([pad, x if x.ndim == 1 else x.reshape(-1), pad]))

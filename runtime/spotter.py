@@ -193,6 +193,16 @@ class KeywordSpotter:
             self.verifier_max_frames = v.max_frames
             self.verifier_margin = v.margin_frames
             self.verifier_min_raw = v.min_first_stage  # below this the first stage rejects alone
+        self.head = None  # the embedding head's check of first-stage candidates (HeadCheck), when the bundle has it
+        if m.embedding_head is not None:
+            from heron.runtime.speech_embedding import SpeechEmbedding
+
+            self.head = m.embedding_head
+            self.head_features = SpeechEmbedding(sessions=(open_session(bundle.path("speech_embedding_mel"), threads, providers),
+                                                           open_session(bundle.path("speech_embedding"), threads, providers)))
+            self.head_session = open_session(bundle.path("embedding_head"), threads, providers)
+            if self.head_session.get_outputs()[0].shape[-1] != self.n_classes:
+                raise BundleError(f"{where}: the embedding head's log_probs do not have {self.n_classes} classes")
         self.phoneme_table = None  # (39, D) representative phoneme vectors: DSP word partition
         if bundle.has("phoneme_table"):
             self.phoneme_table = _load_array(bundle, "phoneme_table", 2)
@@ -427,6 +437,23 @@ class KeywordSpotter:
             lps.append(lp), embs.append(emb), gates.append(g)
         return np.concatenate(lps), np.concatenate(embs), np.stack(gates)
 
+    def head_log_probs(self, audio: np.ndarray) -> np.ndarray:
+        """Audio (float, the model's rate) -> the embedding head's (frames, classes) log-probabilities, the
+        window padded with silence as in the head's training; no frames when it is too short."""
+        return self.run_head(self.head_features.padded(audio))
+
+    def run_head(self, feats: np.ndarray) -> np.ndarray:
+        """(frames, 96) speech_embedding frames -> the head's (2 frames, classes) log-probabilities."""
+        if len(feats) == 0:
+            return np.zeros((0, self.n_classes), np.float32)
+        return self.head_session.run(None, {"embeddings": feats[None].astype(np.float32)})[0][0]
+
+    def head_factor(self, head_score: np.ndarray) -> np.ndarray:
+        """The head's per-phoneme score h in (0, 1] -> the factor on the first-stage score:
+        exp(weight * (log h - offset)); h at the score floor gives the lowest factor."""
+        h = self.head
+        return np.exp(h.weight * (np.log(np.maximum(head_score, SCORE_FLOOR)) - h.offset))
+
     def verify(self, kw: Keyword, emb_window: np.ndarray) -> float:
         """Second stage: probability that the keyword is spoken in this embedding window."""
         w = emb_window[-self.verifier_max_frames:]
@@ -539,6 +566,13 @@ class Stream:
         self._emb: np.ndarray | None = None  # recent encoder embeddings (verifier, word times)
         self._voiced: np.ndarray | None = None  # per recent frame: is a phoneme heard (not blank)
         self._emb_first = 0  # absolute frame index of self._emb[0]
+        self._audio = np.zeros(0, np.float32)  # recent audio, for the embedding head (bundles with one)
+        self._audio_first = 0  # absolute sample index of self._audio[0]
+        self._head_event: _HeadEvent | None = None  # the head's window over consecutive chunks with candidates
+        sp = self.spotter
+        if sp.head is not None:
+            self._audio_keep = int((sp.max_keyword_frames * sp.frame_seconds + sp.head.before_s) * sp.sample_rate
+                                   + 2 * sp.chunk_samples)
         self._quiet_frames = 0  # how many of the last frames came from chunks the speech gate closed
         self._enc = self.spotter.init_state()
         self._tracks: dict[str, _Track] = {}
@@ -648,6 +682,10 @@ class Stream:
         while self._buf.size >= n:
             chunk, self._buf = self._buf[:n], self._buf[n:]
             log_probs, emb, gates, self._enc = sp.run_chunk(chunk, self._enc)
+            if sp.head is not None:  # the longest keyword window, the head's margin and this chunk
+                self._audio = np.concatenate([self._audio, chunk])
+                drop = max(0, len(self._audio) - self._audio_keep)
+                self._audio, self._audio_first = self._audio[drop:], self._audio_first + drop
             if self.record_gates:
                 self.gate_log.append(gates)
             closed = sp.speech_policy is not None and not self._enc[SPEECH_STATE][0]
@@ -730,6 +768,9 @@ class Stream:
             bank.state = bank.matchers.init_state(self._frames + T)
         else:
             raw, starts, bank.state = bank.matchers.step(log_probs, bank.state)  # (T, K) each
+        if sp.head is not None:  # the head checks the frames the first stage alone scores high enough
+            first = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
+            raw = raw * self._head_factors(bank, first >= sp.head.min_confidence, starts)
         if sp.verifier_session is None:  # the first stage alone: calibrated for all keywords at once
             confs = _calibrate(raw, bank.matchers.n, sp.calibration, norm=(bank.norm_mean, bank.norm_std))
             bank.quiet_conf = confs[0].copy() if closed else None
@@ -757,6 +798,28 @@ class Stream:
             if busy[k] or tr.above or tr.pending is not None:
                 dets.extend(self._frame_rules(tr, conf, starts[:, k]))
         return dets
+
+    def _head_factors(self, bank: "_Bank", cand: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """(T, K) factors on this chunk's first-stage scores from the embedding head, for the candidate
+        frames `cand` (T, K); the lowest factor elsewhere. Consecutive chunks with candidates form one event:
+        the head's window starts before_s before the earliest candidate path and runs to the stream's latest
+        audio, and its embedding frames are extended, not recomputed; a chunk without candidates ends it."""
+        sp, h = self.spotter, self.spotter.head
+        factors = np.full(cand.shape, float(sp.head_factor(np.array(SCORE_FLOOR))))
+        if not cand.any():
+            self._head_event = None
+            return factors
+        per_frame = int(round(sp.frame_seconds * sp.sample_rate))  # samples per encoder frame
+        first = max(self._audio_first, int(starts[cand].min()) * per_frame - int(h.before_s * sp.sample_rate))
+        ev = self._head_event
+        end = self._audio_first + len(self._audio)
+        if ev is None or first < ev.start or end - ev.start > self._audio_keep:  # new, reaching back, or too long
+            ev = self._head_event = _HeadEvent(first)
+        lp = ev.log_probs(sp, self._audio[ev.start + ev.n_audio - self._audio_first:])
+        for k in np.flatnonzero(cand.any(axis=0)):
+            score = bank.tracks[k].kw.matcher.max_scores_batch(lp[None])[0] if len(lp) else SCORE_FLOOR
+            factors[cand[:, k], k] = sp.head_factor(np.array(score))
+        return factors
 
     def _still_quiet(self, bank: "_Bank") -> bool:
         """True when the previous chunk was closed too and this one cannot change anything but the
@@ -803,6 +866,42 @@ class _Bank:
     norm_mean: np.ndarray
     norm_std: np.ndarray
     quiet_conf: np.ndarray | None = None  # set by a chunk the speech gate closed: each keyword's floor confidence
+
+
+@dataclass
+class _HeadEvent:
+    """The embedding head's window while chunks with candidates follow each other: the audio from `start`
+    (absolute sample) on, padded with PAD_SECONDS of silence each side as in the head's training. Each call
+    appends the new audio and recomputes only the embedding frames whose mel input changed (the new ones
+    and those reaching into the closing silence, unless the window's loudest part moved): the same frames
+    as embedding the whole padded window."""
+
+    start: int
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    spec: np.ndarray | None = None  # the last call's mel frames
+    feats: np.ndarray | None = None  # and embedding frames
+
+    @property
+    def n_audio(self) -> int:
+        return len(self.audio)
+
+    def log_probs(self, sp: "KeywordSpotter", new_audio: np.ndarray) -> np.ndarray:
+        from heron.runtime.speech_embedding import DIM, PAD_SECONDS, SAMPLE_RATE, STEP_FRAMES, WINDOW_FRAMES
+
+        self.audio = np.concatenate([self.audio, new_audio])
+        pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)
+        spec = sp.head_features.mels(np.concatenate([pad, self.audio, pad]))
+        n = max(0, (len(spec) - WINDOW_FRAMES) // STEP_FRAMES + 1)
+        feats = np.zeros((n, DIM), np.float32)
+        redo = np.ones(n, bool)
+        if self.spec is not None:
+            for k in range(min(n, len(self.feats))):
+                rows = slice(k * STEP_FRAMES, k * STEP_FRAMES + WINDOW_FRAMES)
+                if np.array_equal(spec[rows], self.spec[rows]):
+                    feats[k], redo[k] = self.feats[k], False
+        feats[redo] = sp.head_features.from_mels(spec, np.flatnonzero(redo))
+        self.spec, self.feats = spec, feats
+        return sp.run_head(feats)
 
 
 @dataclass

@@ -86,7 +86,20 @@ def _head(args) -> int:
     X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads)
     train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
-          f"(export adds it to a bundle: heron kws export --embedding-head {args.out})")
+          f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
+    return 0
+
+
+def _add_head(args) -> int:
+    from heron.export.embedding_head import add_embedding_head
+    from heron.runtime.manifest import HeadCheck
+
+    check = HeadCheck.from_dict({"weight": args.weight, "min_confidence": args.min_confidence,
+                                 "offset": args.offset, "before_s": args.before, "after_s": args.after},
+                                "the options")  # bad values fail here, before anything is written
+    out = check_out_folder(args.out, "kws")
+    add_embedding_head(args.bundle, args.head, out, check)
+    _print_bundle(out)
     return 0
 
 
@@ -177,6 +190,20 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     q.set_defaults(func=_head, out_is_folder=True)
+    q = tsub.add_parser("add-head", help="copy a bundle with the embedding head (heron kws train-head) checking "
+                                         "its first-stage candidates", formatter_class=formatter)
+    q.add_argument("bundle", help="a full ONNX keyword-spotting bundle")
+    q.add_argument("--head", required=True, help="folder of heron kws train-head")
+    q.add_argument("--out", required=True, help="output bundle folder")
+    q.add_argument("--weight", type=float, default=1.0, help="weight of the head's per-phoneme log score")
+    q.add_argument("--offset", type=float, default=-8.0,
+                   help="the head's per-phoneme log score that leaves a candidate's score as it was (<= 0; default: "
+                        "the median on the test splits' phrases)")
+    q.add_argument("--min-confidence", type=float, default=0.05,
+                   help="first-stage confidence from which the head is asked (other frames get the lowest score)")
+    q.add_argument("--before", type=float, default=0.4, help="seconds of audio before a candidate's start")
+    q.add_argument("--after", type=float, default=0.2, help="seconds of audio after its end (as far as there is audio)")
+    q.set_defaults(func=_add_head, out_is_folder=True)
     q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
                         formatter_class=formatter)
     q.add_argument("checkpoint", help="training run folder")

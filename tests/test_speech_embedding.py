@@ -23,7 +23,8 @@ def test_frame_count_formula_matches_the_graphs(emb):
 
 
 def test_frame_i_is_the_window_starting_at_80_ms_times_i(emb):
-    """Frame i depends only on audio from 1280 i samples on (what a streaming buffer relies on)."""
+    """Frame i depends only on audio from 1280 i samples on, for audio without silence (the mel graph floors
+    its output relative to its input's loudest part)."""
     x = (0.1 * np.random.default_rng(1).standard_normal(48000)).astype(np.float32)
     whole = emb.embed(x)
     window = se.MEL_FFT + (se.WINDOW_FRAMES - 1) * se.MEL_HOP  # samples of one embedding

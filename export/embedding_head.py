@@ -1,0 +1,84 @@
+"""The embedding head (heron.models.embedding_head) into a keyword-spotting bundle.
+
+`add_embedding_head(bundle, head, out)` copies a finished bundle to `out` with three more graphs under
+`acoustic/`: Google's speech_embedding (melspectrogram.onnx + embedding_model.onnx, Apache-2.0, as the
+openwakeword 0.4.0 wheel ships them) and the head (embedding_head.onnx: (1, T, 96) -> (1, 2T, classes)
+log-probabilities), and the manifest's `embedding_head` section that tells the runtime how to use them
+(heron.runtime.manifest.HeadCheck). Nothing else in the bundle changes.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from heron.runtime.manifest import HeadCheck
+from heron.runtime.speech_embedding import DIM, EMBEDDING_FILE, MEL_FILE, openwakeword_models_dir
+
+HEAD_FILE = "embedding_head.onnx"
+FOLDER = "acoustic"
+FILE_KEYS = {"speech_embedding_mel": MEL_FILE, "speech_embedding": EMBEDDING_FILE, "embedding_head": HEAD_FILE,
+             "embedding_notice": "NOTICE"}  # the two graphs' licence travels with them
+LICENSE_NOTE = ("melspectrogram.onnx and embedding_model.onnx: Google's speech_embedding (TF-Hub speech_embedding/1, "
+                "Apache-2.0), as converted by openWakeWord 0.4.0 (Apache-2.0).")
+
+
+def export_head_onnx(model, path: str | Path) -> Path:
+    """The head as ONNX, T dynamic; checked against torch on a random input."""
+    import onnxruntime as ort
+    import torch
+
+    from heron.export.quiet import quiet_exporters
+
+    model = model.eval()
+    x = torch.randn(1, 12, DIM) * model.std + model.mean
+    with quiet_exporters():
+        torch.onnx.export(model, (x,), str(path), input_names=["embeddings"], output_names=["log_probs"],
+                          dynamic_axes={"embeddings": {1: "T"}, "log_probs": {1: "T2"}}, opset_version=17,
+                          dynamo=False)
+    x2 = torch.randn(1, 31, DIM) * model.std + model.mean
+    with torch.no_grad():
+        want = model(x2).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"embeddings": x2.numpy()})[0]
+    if not np.allclose(got, want, atol=1e-3):
+        raise RuntimeError(f"{path}: the ONNX head differs from torch by {np.abs(got - want).max():.3g}")
+    return Path(path)
+
+
+def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, check: HeadCheck,
+                       speech_embedding_dir: str | Path | None = None) -> Path:
+    """A copy of `bundle` at `out` with the head and its features; -> out."""
+    from heron.models.embedding_head import load_head
+    from dataclasses import replace
+
+    from heron.runtime.bundle import read_manifest, write_manifest
+    from heron.runtime.manifest import FileEntry, KwsManifest
+
+    bundle, out = Path(bundle), Path(out)
+    raw, _ = read_manifest(bundle, "keyword-spotting")
+    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    if m.target != "onnx" or m.mobile is not None:
+        raise ValueError(f"{bundle}: the embedding head goes into a full ONNX bundle (this one is "
+                         f"{'mobile' if m.mobile else m.target})")
+    model, meta = load_head(head)
+    if model.cfg.n_classes != len(m.classes):
+        raise ValueError(f"{head}: the head has {model.cfg.n_classes} classes, the bundle {len(m.classes)}")
+    if out.resolve() != bundle.resolve():
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(bundle, out)
+    (out / FOLDER).mkdir(exist_ok=True)
+    src = Path(speech_embedding_dir) if speech_embedding_dir else openwakeword_models_dir()
+    for f in (MEL_FILE, EMBEDDING_FILE):
+        shutil.copyfile(src / f, out / FOLDER / f)
+    export_head_onnx(model, out / FOLDER / HEAD_FILE)
+    (out / FOLDER / "NOTICE").write_text(LICENSE_NOTE + "\n")
+    files = {**m.files, **{key: FileEntry.of(out, f"{FOLDER}/{name}") for key, name in FILE_KEYS.items()}}
+    model_meta = {**m.model, "embedding_head": {"epochs": meta.get("epochs_done"), "train": meta.get("train"),
+                                                "config": meta.get("config")}}
+    new = replace(m, files=files, embedding_head=check, model=json.loads(json.dumps(model_meta)))
+    KwsManifest.from_dict(new.to_dict(), str(out / "manifest.json"))  # what the runtime will read back
+    write_manifest(out, new)
+    return out

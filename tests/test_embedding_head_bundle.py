@@ -1,0 +1,126 @@
+"""A bundle with the embedding head (heron kws add-head): the runtime's check of first-stage candidates."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import _copy
+from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, write_identity
+from heron.runtime.manifest import HeadCheck
+from heron.runtime.spotter import KeywordSpotter
+
+pytest.importorskip("torch")
+se = pytest.importorskip("heron.runtime.speech_embedding")
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory):
+    try:
+        se.openwakeword_models_dir()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    from heron.models.embedding_head import EmbeddingHead, HeadConfig, save_head
+
+    d = tmp_path_factory.mktemp("head")
+    save_head(EmbeddingHead(HeadConfig(hidden=16, layers=1, dropout=0.0)), d, epochs_done=0)  # untrained
+    return d
+
+
+def _bundle(head_dir, out, **check):
+    from heron.export.embedding_head import add_embedding_head
+
+    opts = {"weight": 1.0, "min_confidence": 0.0, "offset": 0.0, "before_s": 0.4, "after_s": 0.2, **check}
+    return add_embedding_head(DEFAULT_BUNDLE, head_dir, out, HeadCheck(**opts))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from heron.synth import test_clip
+
+    audio, sr, _ = test_clip("snowboy", seed=5)
+    assert sr == 16000
+    return audio
+
+
+def _best(sp, audio, block=None):
+    kw = sp.keywords.get("snowboy") or sp.enroll("snowboy")
+    st = sp.stream([kw])
+    st.track_best = True
+    for i in range(0, len(audio), block or len(audio)):
+        st.accept(audio[i:i + (block or len(audio))])
+    st.flush()
+    return st.best[kw.name][0]
+
+
+def test_weight_zero_leaves_the_scores_as_they_were(head_dir, tmp_path, clip, monkeypatch):
+    """weight 0: every factor is 1, so the scores are the first stage's; the head still runs."""
+    sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b", weight=0.0))
+    calls = []
+    run = sp.run_head
+    monkeypatch.setattr(sp, "run_head", lambda f: calls.append(len(f)) or run(f))
+    assert _best(sp, clip) == pytest.approx(_best(KeywordSpotter.load(), clip), abs=1e-9)
+    assert calls and min(calls) > 0
+
+
+def test_offset_zero_only_lowers_scores_and_chunking_does_not_matter(head_dir, tmp_path, clip):
+    sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b"))
+    whole = _best(sp, clip)
+    assert whole < _best(KeywordSpotter.load(), clip)  # an untrained head hears nothing: a penalty
+    assert _best(sp, clip, block=1234) == pytest.approx(whole, abs=1e-9)
+
+
+def test_frames_below_min_confidence_never_run_the_head_and_score_the_floor(head_dir, tmp_path, clip, monkeypatch):
+    sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b", min_confidence=0.999))
+    monkeypatch.setattr(sp, "run_head", lambda f: pytest.fail("the head ran"))
+    assert _best(sp, clip) < 1e-6 < _best(KeywordSpotter.load(), clip)
+
+
+def test_a_growing_window_computes_what_embedding_it_whole_would(head_dir, tmp_path, clip):
+    """The stream extends its window's embedding frames chunk by chunk; the head sees the frames of the
+    whole padded window, as if it had been embedded at once."""
+    from heron.runtime.spotter import _HeadEvent
+
+    sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b"))
+    ev = _HeadEvent(0)
+    for i in range(0, 3 * 5120, 5120):
+        got = ev.log_probs(sp, clip[i:i + 5120])
+    np.testing.assert_allclose(got, sp.head_log_probs(clip[:3 * 5120]), atol=1e-4)
+
+
+def test_the_section_and_its_files_come_together_and_are_verified(head_dir, tmp_path):
+    b = _bundle(head_dir, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    assert set(HeadCheck.FILES) <= set(m["files"]) and m["embedding_head"]["weight"] == 1.0
+    no_section = _copy(b, tmp_path / "c")
+    m2 = dict(m)
+    del m2["embedding_head"]
+    (no_section / "manifest.json").write_text(json.dumps(m2))
+    write_identity(no_section)
+    with pytest.raises(BundleError, match="come together"):
+        KeywordSpotter.load(no_section)
+    edited = _copy(b, tmp_path / "d")
+    p = edited / "acoustic" / "embedding_head.onnx"
+    data = bytearray(p.read_bytes())
+    data[-10] ^= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        KeywordSpotter.load(edited)
+
+
+def test_bad_head_options_are_refused_before_writing(head_dir, tmp_path):
+    from heron.runtime.manifest import BundleError as ManifestError
+
+    with pytest.raises((ManifestError, ValueError), match="offset"):
+        HeadCheck.from_dict({"weight": 1.0, "min_confidence": 0.1, "offset": 1.0, "before_s": 0.4,
+                             "after_s": 0.2}, "options")
+
+
+def test_a_mobile_bundle_made_from_it_has_no_head(head_dir, tmp_path):
+    from heron.export.kws_mobile import write_mobile_bundle
+
+    b = _bundle(head_dir, tmp_path / "b")
+    mob = write_mobile_bundle(b, tmp_path / "m")
+    m = json.loads((mob / "manifest.json").read_text())
+    assert "embedding_head" not in m and not (set(HeadCheck.FILES) & set(m["files"]))
+    shutil.rmtree(tmp_path / "m")
