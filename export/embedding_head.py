@@ -82,3 +82,37 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
     KwsManifest.from_dict(new.to_dict(), str(out / "manifest.json"))  # what the runtime will read back
     write_manifest(out, new)
     return out
+
+
+def refit_offset(bundle: str | Path, negative_files: list[str], fa_per_hour: float = 0.5, steps: int = 12) -> dict:
+    """Choose the head's `offset` so that the bundle's default threshold keeps meaning what it meant for
+    the first stage alone: at most fa_per_hour false accepts per keyword-hour on real non-keyword audio
+    (30 other phrases, heron.models.calibrate_kws.real_negative_threshold), the threshold unchanged. The
+    offset shifts every frame's log score by the same amount (candidates and the floor alike), so it moves
+    no keyword's ranking of its frames: only where the default threshold falls. Bisection; the manifest
+    is rewritten (a new identity). -> {"offset", "threshold", "report"}."""
+    from dataclasses import replace
+
+    from heron.models.calibrate_kws import real_negative_threshold
+    from heron.runtime.bundle import read_manifest, write_manifest
+    from heron.runtime.manifest import HeadCheck, KwsManifest
+    from heron.runtime.spotter import KeywordSpotter
+
+    bundle = Path(bundle)
+    sp = KeywordSpotter.load(bundle)
+    target = float(sp.calibration["threshold"])
+    lo, hi = HeadCheck.RANGES["offset"]  # a lower offset raises every score
+    report = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        sp.head = replace(sp.head, offset=mid)
+        report = real_negative_threshold(sp, negative_files, fa_per_hour)
+        if report["threshold"] > target:  # negatives score too high: lower them
+            lo = mid
+        else:
+            hi = mid
+    offset = round((lo + hi) / 2, 2)
+    raw, _ = read_manifest(bundle, "keyword-spotting")
+    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    write_manifest(bundle, replace(m, embedding_head=replace(m.embedding_head, offset=offset)))
+    return {"offset": offset, "threshold": target, "report": report}

@@ -380,12 +380,12 @@ class HeadCheck:
     weight: float
     min_confidence: float  # first-stage confidence (calibrated, 0..1) from which the head is asked
     offset: float  # nats per phoneme: the head's log score that leaves a candidate's score as it was
-    before_s: float  # audio kept before a candidate's first-stage start
-    after_s: float  # and after its end (as far as the stream has audio)
+    before_s: float  # audio before a candidate's first-stage start in the head's window (which runs to the
+    #                  stream's latest audio)
 
     FILES = ("speech_embedding_mel", "speech_embedding", "embedding_head")
     RANGES = {"weight": (0.0, 10.0), "min_confidence": (0.0, 1.0), "offset": (-50.0, 0.0),
-              "before_s": (0.0, 5.0), "after_s": (0.0, 5.0)}
+              "before_s": (0.0, 5.0)}
 
     @classmethod
     def from_dict(cls, section: Any, where: str) -> "HeadCheck":

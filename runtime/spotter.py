@@ -803,7 +803,8 @@ class Stream:
         """(T, K) factors on this chunk's first-stage scores from the embedding head, for the candidate
         frames `cand` (T, K); the lowest factor elsewhere. Consecutive chunks with candidates form one event:
         the head's window starts before_s before the earliest candidate path and runs to the stream's latest
-        audio, and its embedding frames are extended, not recomputed; a chunk without candidates ends it."""
+        audio, and later chunks of the event extend it (its embedding frames are kept); a chunk without
+        candidates ends the event (a window kept through gaps would embed the gaps too: measured slower)."""
         sp, h = self.spotter, self.spotter.head
         factors = np.full(cand.shape, float(sp.head_factor(np.array(SCORE_FLOOR))))
         if not cand.any():
@@ -872,36 +873,32 @@ class _Bank:
 class _HeadEvent:
     """The embedding head's window while chunks with candidates follow each other: the audio from `start`
     (absolute sample) on, padded with PAD_SECONDS of silence each side as in the head's training. Each call
-    appends the new audio and recomputes only the embedding frames whose mel input changed (the new ones
-    and those reaching into the closing silence, unless the window's loudest part moved): the same frames
-    as embedding the whole padded window."""
+    appends the new audio; embedding frames that lie wholly inside the audio are computed once and kept,
+    and only the new ones and those reaching into the closing silence are computed again. (The mel graph
+    floors its output relative to the loudest part of its input, so a kept frame may differ slightly from
+    embedding the whole window at once when a louder part arrives later; the head's scores stay the same
+    however the audio is chunked, since the stream's chunks are fixed.)"""
 
     start: int
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    spec: np.ndarray | None = None  # the last call's mel frames
-    feats: np.ndarray | None = None  # and embedding frames
+    kept: np.ndarray = field(default_factory=lambda: np.zeros((0, 96), np.float32))  # frames inside the audio
 
     @property
     def n_audio(self) -> int:
         return len(self.audio)
 
     def log_probs(self, sp: "KeywordSpotter", new_audio: np.ndarray) -> np.ndarray:
-        from heron.runtime.speech_embedding import DIM, PAD_SECONDS, SAMPLE_RATE, STEP_FRAMES, WINDOW_FRAMES
+        from heron.runtime.speech_embedding import PAD_SECONDS, SAMPLE_RATE, STEP_FRAMES, WINDOW_FRAMES, n_frames
 
         self.audio = np.concatenate([self.audio, new_audio])
         pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)
         spec = sp.head_features.mels(np.concatenate([pad, self.audio, pad]))
         n = max(0, (len(spec) - WINDOW_FRAMES) // STEP_FRAMES + 1)
-        feats = np.zeros((n, DIM), np.float32)
-        redo = np.ones(n, bool)
-        if self.spec is not None:
-            for k in range(min(n, len(self.feats))):
-                rows = slice(k * STEP_FRAMES, k * STEP_FRAMES + WINDOW_FRAMES)
-                if np.array_equal(spec[rows], self.spec[rows]):
-                    feats[k], redo[k] = self.feats[k], False
-        feats[redo] = sp.head_features.from_mels(spec, np.flatnonzero(redo))
-        self.spec, self.feats = spec, feats
-        return sp.run_head(feats)
+        inside = min(n, n_frames(len(pad) + len(self.audio)))  # frames that no later audio reaches into
+        if inside > len(self.kept):
+            self.kept = np.concatenate([self.kept, sp.head_features.from_mels(spec, np.arange(len(self.kept), inside))])
+        tail = sp.head_features.from_mels(spec, np.arange(len(self.kept), n))
+        return sp.run_head(np.concatenate([self.kept[:n], tail]))
 
 
 @dataclass

@@ -72,8 +72,19 @@ $H kws train-gate --encoder models/weights/kws-base --user-data an4 --user-data 
   --out runs/gate-h2
 cp runs/gate-h2/speech_gate.safetensors models/weights/kws-base/
 # 5. the shipped bundle: a plain export of the checkpoint reproduces it (the gate comes from the checkpoint)
-rm -rf runtime/assets/kws
-$H kws export --checkpoint models/weights/kws-base --out runtime/assets/kws --int8-only
+rm -rf runtime/assets/kws runs/kws-first-stage
+$H kws export --checkpoint models/weights/kws-base --out runs/kws-first-stage --int8-only
+# 6. the embedding head (2026-12-03, issue 19): a phoneme head on Google's speech_embedding checks the first
+# stage's candidates (models/weights/embedding-head/MODEL_CARD.md; 9 min of features + 13 min on 1 thread)
+$H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_commands --epochs 25 --threads 1 \
+  --out runs/head
+.venv/bin/python -c "from safetensors import safe_open; from safetensors.torch import load_file, save_file; \
+p = 'runs/head/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
+save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, \
+'models/weights/embedding-head/embedding_head.safetensors', metadata=meta)"
+# --min-confidence 0.005 (the default) keeps 98.5% of the test-split phrases' positives; --refit-offset sets the
+# head's offset on real non-keyword audio so that the default threshold (0.27) keeps 0.5 false accepts per hour
+$H kws add-head runs/kws-first-stage --head models/weights/embedding-head --refit-offset --out runtime/assets/kws
 .venv/bin/python scripts/pin_bundles.py  # the shipped bundle's identity, pinned in heron.runtime.pinned
 # The trained second stage (verifier) is not shipped: it did not beat the first stage (BENCHMARKS.md);
 # `heron kws train-matcher` trains it and `heron kws export --matcher runs/matcher` adds it to a bundle.

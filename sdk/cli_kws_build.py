@@ -95,10 +95,23 @@ def _add_head(args) -> int:
     from heron.runtime.manifest import HeadCheck
 
     check = HeadCheck.from_dict({"weight": args.weight, "min_confidence": args.min_confidence,
-                                 "offset": args.offset, "before_s": args.before, "after_s": args.after},
+                                 "offset": args.offset, "before_s": args.before},
                                 "the options")  # bad values fail here, before anything is written
     out = check_out_folder(args.out, "kws")
     add_embedding_head(args.bundle, args.head, out, check)
+    if args.refit_offset:
+        import glob
+
+        from heron.export.embedding_head import refit_offset
+        from heron.models.eval_kws import REAL_SPEECH
+
+        files = sorted(f for d in ("sentences", "words", "noise") for f in glob.glob(str(REAL_SPEECH / d / "*.wav")))
+        if not files:
+            raise ValueError(f"--refit-offset needs the real non-keyword recordings under {REAL_SPEECH}")
+        fit = refit_offset(out, files)
+        r = fit["report"]
+        print(f"head offset {fit['offset']}: the default threshold {fit['threshold']} allows {r['fa_per_hour']} false "
+              f"accepts per keyword-hour on {r['files']} real non-keyword files ({r['keyword_hours']} keyword-hours)")
     _print_bundle(out)
     return 0
 
@@ -199,10 +212,14 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--offset", type=float, default=-8.0,
                    help="the head's per-phoneme log score that leaves a candidate's score as it was (<= 0; default: "
                         "the median on the test splits' phrases)")
-    q.add_argument("--min-confidence", type=float, default=0.05,
-                   help="first-stage confidence from which the head is asked (other frames get the lowest score)")
-    q.add_argument("--before", type=float, default=0.4, help="seconds of audio before a candidate's start")
-    q.add_argument("--after", type=float, default=0.2, help="seconds of audio after its end (as far as there is audio)")
+    q.add_argument("--min-confidence", type=float, default=0.005,
+                   help="first-stage confidence from which the head is asked (other frames get the lowest score; "
+                        "default: keeps 98.5%% of the test-split phrases' positives)")
+    q.add_argument("--before", type=float, default=0.4, help="seconds of audio before a candidate's start in the "
+                                                             "head's window (which runs to the latest audio)")
+    q.add_argument("--refit-offset", action="store_true",
+                   help="choose --offset on real non-keyword audio so that the bundle's default threshold keeps "
+                        "its false-accept rate with the head at work (moves no keyword's ranking)")
     q.set_defaults(func=_add_head, out_is_folder=True)
     q = tsub.add_parser("release", help="strip a checkpoint for shipping (fp16 weights, no optimizer)",
                         formatter_class=formatter)

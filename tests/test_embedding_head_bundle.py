@@ -30,7 +30,7 @@ def head_dir(tmp_path_factory):
 def _bundle(head_dir, out, **check):
     from heron.export.embedding_head import add_embedding_head
 
-    opts = {"weight": 1.0, "min_confidence": 0.0, "offset": 0.0, "before_s": 0.4, "after_s": 0.2, **check}
+    opts = {"weight": 1.0, "min_confidence": 0.0, "offset": 0.0, "before_s": 0.4, **check}
     return add_embedding_head(DEFAULT_BUNDLE, head_dir, out, HeadCheck(**opts))
 
 
@@ -76,16 +76,25 @@ def test_frames_below_min_confidence_never_run_the_head_and_score_the_floor(head
     assert _best(sp, clip) < 1e-6 < _best(KeywordSpotter.load(), clip)
 
 
-def test_a_growing_window_computes_what_embedding_it_whole_would(head_dir, tmp_path, clip):
-    """The stream extends its window's embedding frames chunk by chunk; the head sees the frames of the
-    whole padded window, as if it had been embedded at once."""
+def test_a_growing_window_computes_what_embedding_it_whole_would(head_dir, tmp_path, clip, monkeypatch):
+    """The stream extends its window's embedding frames chunk by chunk, computing each inside frame once;
+    with the loudest mel frame in the first chunk (the mel floor never moves) the head sees exactly the frames
+    of the whole padded window."""
     from heron.runtime.spotter import _HeadEvent
 
     sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b"))
+    audio = clip[:4 * 5120].copy()
+    audio[:1600] = np.sin(2 * np.pi * 1000 * np.arange(1600) / 16000)  # the loudest mel frame first
     ev = _HeadEvent(0)
-    for i in range(0, 3 * 5120, 5120):
-        got = ev.log_probs(sp, clip[i:i + 5120])
-    np.testing.assert_allclose(got, sp.head_log_probs(clip[:3 * 5120]), atol=1e-4)
+    computed = []
+    run = sp.head_features.from_mels
+    monkeypatch.setattr(sp.head_features, "from_mels", lambda spec, frames: computed.append(len(frames)) or run(spec, frames))
+    for i in range(0, len(audio), 5120):
+        got = ev.log_probs(sp, audio[i:i + 5120])
+    monkeypatch.undo()
+    np.testing.assert_allclose(got, sp.head_log_probs(audio), atol=1e-4)
+    whole = len(sp.head_features.padded(audio))
+    assert sum(computed) < 2 * whole  # kept frames are not computed again
 
 
 def test_the_section_and_its_files_come_together_and_are_verified(head_dir, tmp_path):
@@ -112,8 +121,8 @@ def test_bad_head_options_are_refused_before_writing(head_dir, tmp_path):
     from heron.runtime.manifest import BundleError as ManifestError
 
     with pytest.raises((ManifestError, ValueError), match="offset"):
-        HeadCheck.from_dict({"weight": 1.0, "min_confidence": 0.1, "offset": 1.0, "before_s": 0.4,
-                             "after_s": 0.2}, "options")
+        HeadCheck.from_dict({"weight": 1.0, "min_confidence": 0.1, "offset": 1.0, "before_s": 0.4},
+                            "options")
 
 
 def test_a_mobile_bundle_made_from_it_has_no_head(head_dir, tmp_path):
@@ -124,3 +133,23 @@ def test_a_mobile_bundle_made_from_it_has_no_head(head_dir, tmp_path):
     m = json.loads((mob / "manifest.json").read_text())
     assert "embedding_head" not in m and not (set(HeadCheck.FILES) & set(m["files"]))
     shutil.rmtree(tmp_path / "m")
+
+
+def test_refit_offset_moves_where_the_threshold_falls_not_the_ranking(head_dir, tmp_path, clip):
+    """The offset shifts every frame's score alike: a keyword's scores keep their order, and the default
+    threshold's false-accept rate on the given non-keyword audio comes back to what was asked."""
+    import soundfile as sf
+
+    from heron.export.embedding_head import refit_offset
+    from heron.models.calibrate_kws import real_negative_threshold
+
+    b = _bundle(head_dir, tmp_path / "b", min_confidence=0.005)
+    neg = tmp_path / "neg.wav"
+    sf.write(neg, clip[:3 * 16000], 16000)
+    before = [_best(KeywordSpotter.load(b), x) for x in (clip, clip[16000:])]
+    fit = refit_offset(b, [str(neg)], fa_per_hour=100.0, steps=6)
+    sp = KeywordSpotter.load(b)
+    assert sp.head.offset == fit["offset"] != 0.0
+    after = [_best(sp, x) for x in (clip, clip[16000:])]
+    assert (before[0] < before[1]) == (after[0] < after[1])
+    assert real_negative_threshold(sp, [str(neg)], 100.0)["threshold"] <= sp.calibration["threshold"] + 1e-6
