@@ -84,6 +84,26 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
     return out
 
 
+def without_embedding_head(bundle: str | Path, out: str | Path) -> Path:
+    """A copy of `bundle` at `out` without its embedding head: the first stage alone (what mobile bundles and
+    the JavaScript runtime run); -> out."""
+    from dataclasses import replace
+
+    from heron.runtime.bundle import read_manifest, write_manifest
+    from heron.runtime.manifest import KwsManifest
+
+    bundle, out = Path(bundle), Path(out)
+    raw, _ = read_manifest(bundle, "keyword-spotting")
+    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out)
+    shutil.rmtree(out / FOLDER, ignore_errors=True)
+    files = {k: v for k, v in m.files.items() if k not in FILE_KEYS}
+    write_manifest(out, replace(m, files=files, embedding_head=None))
+    return out
+
+
 def refit_offset(bundle: str | Path, negative_files: list[str], fa_per_hour: float = 0.5, steps: int = 12) -> dict:
     """Choose the head's `offset` so that the bundle's default threshold keeps meaning what it meant for
     the first stage alone: at most fa_per_hour false accepts per keyword-hour on real non-keyword audio

@@ -27,6 +27,14 @@ def head_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory):
+    """The shipped bundle without its embedding head."""
+    from heron.export.embedding_head import without_embedding_head
+
+    return without_embedding_head(DEFAULT_BUNDLE, tmp_path_factory.mktemp("first") / "b")
+
+
 def _bundle(head_dir, out, **check):
     from heron.export.embedding_head import add_embedding_head
 
@@ -53,27 +61,28 @@ def _best(sp, audio, block=None):
     return st.best[kw.name][0]
 
 
-def test_weight_zero_leaves_the_scores_as_they_were(head_dir, tmp_path, clip, monkeypatch):
+def test_weight_zero_leaves_the_scores_as_they_were(head_dir, tmp_path, clip, monkeypatch, first_stage):
     """weight 0: every factor is 1, so the scores are the first stage's; the head still runs."""
     sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b", weight=0.0))
     calls = []
     run = sp.run_head
     monkeypatch.setattr(sp, "run_head", lambda f: calls.append(len(f)) or run(f))
-    assert _best(sp, clip) == pytest.approx(_best(KeywordSpotter.load(), clip), abs=1e-9)
+    assert _best(sp, clip) == pytest.approx(_best(KeywordSpotter.load(first_stage), clip), abs=1e-9)
     assert calls and min(calls) > 0
 
 
-def test_offset_zero_only_lowers_scores_and_chunking_does_not_matter(head_dir, tmp_path, clip):
+def test_offset_zero_only_lowers_scores_and_chunking_does_not_matter(head_dir, tmp_path, clip, first_stage):
     sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b"))
     whole = _best(sp, clip)
-    assert whole < _best(KeywordSpotter.load(), clip)  # an untrained head hears nothing: a penalty
+    assert whole < _best(KeywordSpotter.load(first_stage), clip)  # an untrained head hears nothing: a penalty
     assert _best(sp, clip, block=1234) == pytest.approx(whole, abs=1e-9)
 
 
-def test_frames_below_min_confidence_never_run_the_head_and_score_the_floor(head_dir, tmp_path, clip, monkeypatch):
+def test_frames_below_min_confidence_never_run_the_head_and_score_the_floor(head_dir, tmp_path, clip, monkeypatch,
+                                                                           first_stage):
     sp = KeywordSpotter.load(_bundle(head_dir, tmp_path / "b", min_confidence=0.999))
     monkeypatch.setattr(sp, "run_head", lambda f: pytest.fail("the head ran"))
-    assert _best(sp, clip) < 1e-6 < _best(KeywordSpotter.load(), clip)
+    assert _best(sp, clip) < 1e-6 < _best(KeywordSpotter.load(first_stage), clip)
 
 
 def test_a_growing_window_computes_what_embedding_it_whole_would(head_dir, tmp_path, clip, monkeypatch):
@@ -133,6 +142,12 @@ def test_a_mobile_bundle_made_from_it_has_no_head(head_dir, tmp_path):
     m = json.loads((mob / "manifest.json").read_text())
     assert "embedding_head" not in m and not (set(HeadCheck.FILES) & set(m["files"]))
     shutil.rmtree(tmp_path / "m")
+
+
+def test_the_shipped_bundle_has_the_head_and_a_copy_without_it_runs_the_first_stage(first_stage, clip):
+    shipped = KeywordSpotter.load()
+    assert shipped.head is not None and KeywordSpotter.load(first_stage).head is None
+    assert not (first_stage / "acoustic").exists()
 
 
 def test_refit_offset_moves_where_the_threshold_falls_not_the_ranking(head_dir, tmp_path, clip):
