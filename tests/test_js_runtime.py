@@ -172,6 +172,20 @@ def test_js_refuses_edited_bundles_and_bad_audio(setup, tmp_path):
     assert "8000 Hz" in rows[0]["error"] and "not a WAV file" in rows[1]["error"]
 
 
+def test_js_refuses_a_bundle_with_an_embedding_head(setup, tmp_path):
+    """The shipped full bundle checks candidates with the embedding head, which the JavaScript runtime does
+    not run: it refuses the bundle rather than score differently from Python."""
+    import soundfile as sf
+
+    from heron.runtime.bundle import DEFAULT_BUNDLE
+
+    _, _, kwfiles = setup
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    p = _node("--bundle", DEFAULT_BUNDLE, "--keyword-file", kwfiles[0], wav, check=False)
+    assert p.returncode != 0 and "embedding head" in p.stderr
+
+
 def test_js_refuses_a_reordered_class_table(setup, tmp_path):
     """A manifest re-signed with its phoneme table reordered would mislabel every frame: both runtimes refuse it."""
     import soundfile as sf

@@ -115,6 +115,8 @@ function checkManifest(m, where) {
   for (const o of ['log_probs', 'embeddings']) if (!outputs.includes(o)) throw new HeronError(`${where}: encoder.outputs must include ${o}`);
   if (!m.files || !m.files.encoder_int8) throw new HeronError(`${where}: files must list encoder_int8 (make a mobile bundle: heron kws export --mobile)`);
   if (m.mobile !== undefined && !HEX64.test(m.mobile.made_from)) throw new HeronError(`${where}: mobile.made_from must be 64 hex digits`);
+  // a bundle whose scores depend on its embedding head would score differently here: refuse, do not diverge
+  if (m.embedding_head !== undefined) throw new HeronError(`${where}: this bundle checks candidates with an embedding head, which this runtime does not run (make a mobile bundle: heron kws export --mobile)`);
 }
 
 function safePath(rel, where) {
