@@ -121,6 +121,10 @@ def main() -> int:
     ap.add_argument("--gap-penalty", type=float, default=None, help="matcher option to try (default: the bundle's)")
     ap.add_argument("--frames-per-phoneme", type=int, default=None, help="matcher option to try (default: the bundle's)")
     ap.add_argument("--posterior-weight", type=float, default=None, help="matcher option to try (default: the bundle's)")
+    ap.add_argument("--confidence-quantiles", action="store_true",
+                    help="also the quantiles of the positives' first-stage confidence (Z-norm and calibration as "
+                         "the bundle's): where the embedding head's candidate floor (heron kws add-head "
+                         "--min-confidence) leaves them")
     a = ap.parse_args()
     from heron.runtime.metrics import machine
     from heron.runtime.spotter import KeywordSpotter
@@ -142,6 +146,17 @@ def main() -> int:
     if a.posterior_weight is not None:
         opts = replace(opts, posterior_weight=a.posterior_weight)
     auc, frr0, frr2 = figure(rows, phrases, phrase_scores(phrases, bank, opts, sp.blank))
+    if a.confidence_quantiles:
+        from heron.runtime.spotter import _calibrate
+
+        conf = []
+        for s, classes in phrases:
+            kw = sp.make_keyword(classes)
+            label = np.array([holds(t, s.split()) for _, t, _ in rows])
+            conf += list(_calibrate(kw.matcher.max_scores_batch(bank), kw.matcher.n, sp.calibration, norm=kw.norm)[label])
+        qs = (0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5)
+        print(f"positives' first-stage confidence ({len(conf)}): " +
+              ", ".join(f"{100 * q:g}% {np.quantile(conf, q):.4f}" for q in qs))
     hours = sum(d for _, _, d in rows) / 3600
     res = {"bundle": str(sp.bundle.root), "machine": machine(), "matcher": vars(opts), "utterances": len(rows), "hours": round(hours, 3),
            "phrases": len(phrases), "auc": auc, "frr_at_0fa": frr0, "frr_at_2fa": frr2}
