@@ -881,15 +881,17 @@ class _HeadEvent:
 
     start: int
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    kept: np.ndarray = field(default_factory=lambda: np.zeros((0, 96), np.float32))  # frames inside the audio
+    kept: np.ndarray | None = None  # the embedding frames wholly inside the audio (computed once)
 
     @property
     def n_audio(self) -> int:
         return len(self.audio)
 
     def log_probs(self, sp: "KeywordSpotter", new_audio: np.ndarray) -> np.ndarray:
-        from heron.runtime.speech_embedding import PAD_SECONDS, SAMPLE_RATE, STEP_FRAMES, WINDOW_FRAMES, n_frames
+        from heron.runtime.speech_embedding import DIM, PAD_SECONDS, SAMPLE_RATE, STEP_FRAMES, WINDOW_FRAMES, n_frames
 
+        if self.kept is None:
+            self.kept = np.zeros((0, DIM), np.float32)
         self.audio = np.concatenate([self.audio, new_audio])
         pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)
         spec = sp.head_features.mels(np.concatenate([pad, self.audio, pad]))
