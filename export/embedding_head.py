@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ FILE_KEYS = {"speech_embedding_mel": MEL_FILE, "speech_embedding": EMBEDDING_FIL
              "embedding_notice": "NOTICE"}  # the two graphs' licence travels with them
 LICENSE_NOTE = ("melspectrogram.onnx and embedding_model.onnx: Google's speech_embedding (TF-Hub speech_embedding/1, "
                 "Apache-2.0), as converted by openWakeWord 0.4.0 (Apache-2.0).")
+
+
+def _manifest(bundle: Path):
+    """A bundle's checked manifest (heron.runtime.manifest.KwsManifest)."""
+    from heron.runtime.bundle import read_manifest
+    from heron.runtime.manifest import KwsManifest
+
+    raw, _ = read_manifest(bundle, "keyword-spotting")
+    return KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
 
 
 def export_head_onnx(model, path: str | Path) -> Path:
@@ -51,14 +61,11 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
                        speech_embedding_dir: str | Path | None = None) -> Path:
     """A copy of `bundle` at `out` with the head and its features; -> out."""
     from heron.models.embedding_head import load_head
-    from dataclasses import replace
-
-    from heron.runtime.bundle import read_manifest, write_manifest
+    from heron.runtime.bundle import write_manifest
     from heron.runtime.manifest import FileEntry, KwsManifest
 
     bundle, out = Path(bundle), Path(out)
-    raw, _ = read_manifest(bundle, "keyword-spotting")
-    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    m = _manifest(bundle)
     if m.target != "onnx" or m.mobile is not None:
         raise ValueError(f"{bundle}: the embedding head goes into a full ONNX bundle (this one is "
                          f"{'mobile' if m.mobile else m.target})")
@@ -87,14 +94,10 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
 def without_embedding_head(bundle: str | Path, out: str | Path) -> Path:
     """A copy of `bundle` at `out` without its embedding head: the first stage alone (what mobile bundles and
     the JavaScript runtime run); -> out."""
-    from dataclasses import replace
-
-    from heron.runtime.bundle import read_manifest, write_manifest
-    from heron.runtime.manifest import KwsManifest
+    from heron.runtime.bundle import write_manifest
 
     bundle, out = Path(bundle), Path(out)
-    raw, _ = read_manifest(bundle, "keyword-spotting")
-    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    m = _manifest(bundle)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundle, out)
@@ -111,11 +114,8 @@ def refit_offset(bundle: str | Path, negative_files: list[str], fa_per_hour: flo
     offset shifts every frame's log score by the same amount (candidates and the floor alike), so it moves
     no keyword's ranking of its frames: only where the default threshold falls. Bisection; the manifest
     is rewritten (a new identity). -> {"offset", "threshold", "report"}."""
-    from dataclasses import replace
-
     from heron.models.calibrate_kws import real_negative_threshold
-    from heron.runtime.bundle import read_manifest, write_manifest
-    from heron.runtime.manifest import HeadCheck, KwsManifest
+    from heron.runtime.bundle import write_manifest
     from heron.runtime.spotter import KeywordSpotter
 
     bundle = Path(bundle)
@@ -132,7 +132,6 @@ def refit_offset(bundle: str | Path, negative_files: list[str], fa_per_hour: flo
         else:
             hi = mid
     offset = round((lo + hi) / 2, 2)
-    raw, _ = read_manifest(bundle, "keyword-spotting")
-    m = KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
+    m = _manifest(bundle)
     write_manifest(bundle, replace(m, embedding_head=replace(m.embedding_head, offset=offset)))
     return {"offset": offset, "threshold": target, "report": report}

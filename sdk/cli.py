@@ -11,6 +11,7 @@ import sys
 
 from heron import __version__
 from heron.lm import MAX_ROE_SAMPLES, MAX_THREADS
+from heron.runtime.manifest import HeadCheck
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -36,7 +37,10 @@ _FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.
                  "minutes": (0.0, 10**6, True), "stream_minutes": (0.0, 10**6, True), "rate": (0.0, 10**4, True),
                  "max_minutes": (0.0, 10**7, True), "seconds": (0.0, 10**7, True),
                  "real_fraction": (0.0, 1.0, False), "teacher_weight": (0.0, 100.0, False),
-                 "min_kept": (0.5, 1.0, False), "device_speech": (0.0, 1.0, False)}
+                 "min_kept": (0.5, 1.0, False), "device_speech": (0.0, 1.0, False),
+                 # heron kws add-head: the manifest's own ranges (heron.runtime.manifest.HeadCheck)
+                 **{k: (lo, hi, False) for k, (lo, hi) in HeadCheck.RANGES.items()},
+                 "before": (*HeadCheck.RANGES["before_s"], False)}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -176,6 +176,8 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["listen", "--keyword", "x", "--file", "f.wav", "--sensitivity", "2"], "--sensitivity"),
     (["lm", "generate", "x", "--roe-samples", "1000000000"], "--roe-samples"),
     (["lm", "generate", "x", "--threads", "100000"], "--threads"),
+    (["kws", "add-head", "B", "--head", "H", "--offset", "3", "--out", "OUT"], "--offset"),
+    (["kws", "add-head", "B", "--head", "H", "--min-confidence", "2", "--out", "OUT"], "--min-confidence"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
 def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]
