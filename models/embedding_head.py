@@ -72,36 +72,54 @@ def utterance_features(emb: SpeechEmbedding, audio: np.ndarray) -> np.ndarray:
     return emb.padded(x).astype(np.float16)
 
 
-def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, log=print):
+def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, log=print,
+                  emb: SpeechEmbedding | None = None, augment_copies: int = 0, augment: str = "device", seed: int = 0):
     """The `train` rows of the sources -> (features list, targets list), computed once and kept in
-    cache_dir (an .npz keyed by the rows' files and transcripts; no pickles)."""
+    cache_dir (an .npz per set, keyed by the rows' files and transcripts; no pickles). `augment_copies`:
+    that many more copies of every utterance through the augmentation preset `augment`
+    (heron.models.data.augment.AUGMENT_PRESETS: noise, rooms, microphones, gain), each its own cached set,
+    appended after the clean features with the same targets. `emb`: the speech_embedding to use (default: the
+    wheel's graphs; the sequence form of heron.export.embedding_head computes the same frames faster)."""
+    from heron.models.data.augment import AUGMENT_PRESETS, Augmenter
     from heron.models.data.real import read_audio, read_rows
+    from heron.models.kws_data import TrainNoise
 
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
     rows = [r for s in sources for r in read_rows(s, split="train")]
     key = hashlib.sha256("\n".join(f"{r.audio}\t{r.text}" for r in rows).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"speech-embedding-{key}.npz"
-    if path.is_file():
-        z = np.load(path, allow_pickle=False)
-        offs, feats, toffs, tg = z["offsets"], z["features"], z["target_offsets"], z["targets"]
-        log(f"features: {len(rows)} utterances from the cache {path}")
-    else:
-        emb = SpeechEmbedding(threads=threads)
-        chunks, targets, t0 = [], [], time.time()
-        for i, r in enumerate(rows):
-            chunks.append(utterance_features(emb, read_audio(r)))
-            targets.append(np.asarray(r.targets, np.int16))
-            if (i + 1) % 500 == 0:
-                log(f"features: {i + 1} / {len(rows)} utterances, {time.time() - t0:.0f} s")
-        offs = np.cumsum([0] + [len(c) for c in chunks])
-        toffs = np.cumsum([0] + [len(t) for t in targets])
-        feats, tg = np.concatenate(chunks), np.concatenate(targets)
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, offsets=offs, features=feats, target_offsets=toffs, targets=tg)
-        tmp.replace(path)
-        log(f"features: {len(rows)} utterances in {time.time() - t0:.0f} s -> {path}")
-    X = [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
-    Y = [tg[toffs[i]:toffs[i + 1]] for i in range(len(toffs) - 1)]
+    X, Y = [], []
+    for copy in range(augment_copies + 1):
+        name = f"speech-embedding-{key}" + (f"-{augment}-{seed}-{copy}" if copy else "")
+        path = Path(cache_dir) / f"{name}.npz"
+        if path.is_file():
+            z = np.load(path, allow_pickle=False)
+            offs, feats, toffs, tg = z["offsets"], z["features"], z["target_offsets"], z["targets"]
+            log(f"features: {len(rows)} utterances from the cache {path}")
+        else:
+            emb = emb or SpeechEmbedding(threads=threads)
+            augmenter = Augmenter(AUGMENT_PRESETS[augment], TrainNoise(None)) if copy else None
+            rng = np.random.default_rng([seed, copy])
+            chunks, targets, t0 = [], [], time.time()
+            for i, r in enumerate(rows):
+                audio = read_audio(r)
+                if augmenter is not None:
+                    audio = augmenter(audio.astype(np.float32) / 32768.0, rng)
+                chunks.append(utterance_features(emb, audio))
+                targets.append(np.asarray(r.targets, np.int16))
+                if (i + 1) % 500 == 0:
+                    log(f"features{f' (copy {copy})' if copy else ''}: {i + 1} / {len(rows)} utterances, "
+                        f"{time.time() - t0:.0f} s")
+            offs = np.cumsum([0] + [len(c) for c in chunks])
+            toffs = np.cumsum([0] + [len(t) for t in targets])
+            feats, tg = np.concatenate(chunks), np.concatenate(targets)
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, offsets=offs, features=feats, target_offsets=toffs, targets=tg)
+            tmp.replace(path)
+            log(f"features: {len(rows)} utterances in {time.time() - t0:.0f} s -> {path}")
+        X += [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+        Y += [tg[toffs[i]:toffs[i + 1]] for i in range(len(toffs) - 1)]
     return X, Y
 
 

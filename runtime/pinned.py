@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "e676ee96f2d5be86f438d03f0b68250c8551836bd19835bc6e6e569dbac02d75",
+    "kws": "d814386a4e62f0c1972e567f0a42b8f438a112aa2e007cf6bc61e15cece8aa86",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

@@ -9,7 +9,9 @@ CC BY-NC-SA and are never read here):
     embedding_model.onnx  76 mel frames (775 ms) -> one 96-d vector; heron steps the window by 8 frames
 
 Embedding frame i covers the mel frames [8 i, 8 i + 76): audio from 80 i ms to 80 i + 775 ms (+22 ms of
-the mel window). heron's encoder hears a few hours of real speech; this network heard far more, so a
+the mel window). The wheel's embedding graph takes a batch of such windows; a bundle carries it rewritten
+(heron.export.embedding_head.sequence_embedding_graph) to take one whole mel sequence and return the same
+frames, computing the 68 frames neighbouring windows share once: the runtime reads either form. heron's encoder hears a few hours of real speech; this network heard far more, so a
 small head on its frames (heron.models.embedding_head) hears real device audio better (issue 19).
 """
 from __future__ import annotations
@@ -60,13 +62,15 @@ class SpeechEmbedding:
 
         if sessions is not None:
             self.mel, self.embedding = sessions
-            return
-        folder = Path(folder) if folder is not None else openwakeword_models_dir()
-        for f in (MEL_FILE, EMBEDDING_FILE):
-            if not (folder / f).is_file():
-                raise FileNotFoundError(f"{folder / f} is missing ({INSTALL_HINT})")
-        self.mel = open_session(folder / MEL_FILE, threads)
-        self.embedding = open_session(folder / EMBEDDING_FILE, threads)
+        else:
+            folder = Path(folder) if folder is not None else openwakeword_models_dir()
+            for f in (MEL_FILE, EMBEDDING_FILE):
+                if not (folder / f).is_file():
+                    raise FileNotFoundError(f"{folder / f} is missing ({INSTALL_HINT})")
+            self.mel = open_session(folder / MEL_FILE, threads)
+            self.embedding = open_session(folder / EMBEDDING_FILE, threads)
+        # (windows, 76, 32, 1): the wheel's form; (1, mel frames, 32, 1): the sequence form
+        self.sequence = self.embedding.get_inputs()[0].shape[1] != WINDOW_FRAMES
 
     def mels(self, audio: np.ndarray) -> np.ndarray:
         """(samples,) float in [-1, 1] at 16 kHz -> (mel frames, 32), scaled as openWakeWord scales them
@@ -93,9 +97,20 @@ class SpeechEmbedding:
         frames = np.arange(max(n, 0)) if frames is None else np.asarray(frames, np.int64)
         if len(frames) == 0:
             return np.zeros((0, DIM), np.float32)
+        if frames.min() < 0 or frames.max() >= max(n, 0):
+            raise ValueError(f"embedding frames {frames.min()}..{frames.max()} lie outside the {max(n, 0)} of these mels")
+        if self.sequence:  # each run of consecutive frames in one call over the mels it covers
+            runs = np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1)
+            return np.concatenate([self._sequence(spec[r[0] * STEP_FRAMES: r[-1] * STEP_FRAMES + WINDOW_FRAMES])
+                                   for r in runs])
         idx = frames[:, None] * STEP_FRAMES + np.arange(WINDOW_FRAMES)[None]  # (n, 76)
         windows = spec[idx][..., None].astype(np.float32)  # (n, 76, 32, 1)
         return self.embedding.run(None, {"input_1": windows})[0].reshape(len(frames), DIM)
+
+    def _sequence(self, spec: np.ndarray) -> np.ndarray:
+        """(76 + 8 (n - 1), 32) mels -> (n, 96) through the sequence form."""
+        x = np.ascontiguousarray(spec, np.float32)[None, :, :, None]  # (1, mel frames, 32, 1)
+        return self.embedding.run(None, {"input_1": x})[0].reshape(-1, DIM)
 
     def padded(self, audio: np.ndarray) -> np.ndarray:
         """embed() of the audio with PAD_SECONDS of silence each side (how the head was trained)."""

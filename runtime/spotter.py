@@ -897,10 +897,9 @@ class _HeadEvent:
         spec = sp.head_features.mels(np.concatenate([pad, self.audio, pad]))
         n = max(0, (len(spec) - WINDOW_FRAMES) // STEP_FRAMES + 1)
         inside = min(n, n_frames(len(pad) + len(self.audio)))  # frames that no later audio reaches into
-        if inside > len(self.kept):
-            self.kept = np.concatenate([self.kept, sp.head_features.from_mels(spec, np.arange(len(self.kept), inside))])
-        tail = sp.head_features.from_mels(spec, np.arange(len(self.kept), n))
-        return sp.run_head(np.concatenate([self.kept[:n], tail]))
+        feats = np.concatenate([self.kept, sp.head_features.from_mels(spec, np.arange(len(self.kept), n))])
+        self.kept = feats[:max(inside, len(self.kept))]
+        return sp.run_head(feats)
 
 
 @dataclass

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from heron.paths import check_out_folder, default_kws_checkpoint
 
+AUGMENT_PRESET_NAMES = ["standard", "device"]  # heron.models.data.augment.AUGMENT_PRESETS (a test keeps them equal)
+
 
 def _kws(args) -> int:
     from dataclasses import replace
@@ -73,6 +75,18 @@ def _gate(args) -> int:
     return 0
 
 
+def _sequence_embedding(threads: int):
+    """The wheel's speech_embedding with its embedding graph in the sequence form the bundles carry (the same
+    frames, several times faster: heron.export.embedding_head.sequence_embedding_graph)."""
+    from heron.export.embedding_head import sequence_embedding_graph
+    from heron.runtime.sessions import open_session
+    from heron.runtime.speech_embedding import EMBEDDING_FILE, MEL_FILE, SpeechEmbedding, openwakeword_models_dir
+
+    d = openwakeword_models_dir()
+    return SpeechEmbedding(sessions=(open_session(d / MEL_FILE, threads),
+                                     open_session(sequence_embedding_graph(d / EMBEDDING_FILE), threads)))
+
+
 def _head(args) -> int:
     from dataclasses import replace
 
@@ -82,8 +96,12 @@ def _head(args) -> int:
 
     if args.epochs < 1 or args.threads < 1:
         raise ValueError("--epochs and --threads must be at least 1")
+    if not 0 <= args.augment_copies <= 10:
+        raise ValueError(f"--augment-copies must be 0-10, got {args.augment_copies}")
     torch.set_num_threads(args.threads)
-    X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads)
+    X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads,
+                         emb=_sequence_embedding(args.threads), augment_copies=args.augment_copies,
+                         augment=args.augment, seed=args.seed)
     train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
@@ -143,7 +161,7 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--real-fraction", type=float, default=None,
                    help="share of each batch drawn from --user-data (default: pooled with the TTS utterances)")
     q.add_argument("--init", default=None, help="fine-tune from this checkpoint's weights (default: from scratch)")
-    q.add_argument("--augment", default=None, choices=["standard", "device"],
+    q.add_argument("--augment", default=None, choices=AUGMENT_PRESET_NAMES,
                    help="augmentation preset; device adds microphone responses, automatic gain, clipping, SNR down "
                         "to -5 dB and speech at the very end of a clip (default: the preset's, standard)")
     q.add_argument("--align", default=None,
@@ -200,6 +218,9 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--out", required=True, help="output folder (embedding_head.safetensors); training resumes from it")
     q.add_argument("--cache", default=None, help="folder for the features, computed once per data set (default: OUT/cache)")
     q.add_argument("--epochs", type=int, default=25, help="passes over the data")
+    q.add_argument("--augment-copies", type=int, default=0,
+                   help="more copies of every utterance through --augment (noise, rooms, microphones), each cached")
+    q.add_argument("--augment", default="device", choices=AUGMENT_PRESET_NAMES, help="augmentation preset")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     q.set_defaults(func=_head, out_is_folder=True)

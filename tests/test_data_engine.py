@@ -165,3 +165,9 @@ def test_clipping_and_speech_at_the_end():
     cfg = augment.AugmentConfig(p_speed=0, p_reverb=0, p_band_limit=0, p_noise=0, p_at_end=1.0)
     out = augment.Augmenter(cfg)(x, np.random.default_rng(0))
     assert len(out) >= len(x) + 0.5 * 16000 and np.abs(out[-100:]).max() > 1e-3  # lead-in, no tail
+
+
+def test_the_cli_offers_every_augmentation_preset():
+    from heron.cli_kws_build import AUGMENT_PRESET_NAMES
+
+    assert sorted(AUGMENT_PRESET_NAMES) == sorted(augment.AUGMENT_PRESETS)

@@ -67,3 +67,31 @@ def test_resume_continues_and_refuses_another_configuration(tmp_path):
 def test_a_missing_head_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-head"):
         load_head(tmp_path)
+
+
+def test_feature_cache_adds_augmented_copies_and_reads_them_back(tmp_path, monkeypatch):
+    """Each copy is computed once and cached; the copies carry the clean rows' targets and hear other audio."""
+    from types import SimpleNamespace
+
+    from heron.models import embedding_head as eh
+    from heron.models.data import real
+
+    rows = [SimpleNamespace(audio=tmp_path / f"{i}.wav", text=f"row {i}", targets=(1, 2, i + 1)) for i in range(3)]
+    monkeypatch.setattr(real, "read_rows", lambda source, split: rows if split == "train" else [])
+    tone = (8000 * np.sin(np.arange(16000) / 5)).astype(np.int16)
+    monkeypatch.setattr(real, "read_audio", lambda row: tone)
+    calls = []
+
+    class Emb:  # frames = the audio's level in 80 ms blocks: enough to tell clean from augmented audio
+        def padded(self, x):
+            calls.append(len(x))
+            return np.abs(x[: len(x) // 1280 * 1280]).reshape(-1, 1280).mean(1, keepdims=True).repeat(96, 1)
+
+    X, Y = eh.feature_cache(["fake"], tmp_path / "cache", emb=Emb(), augment_copies=1, log=lambda *a: None)
+    assert len(X) == len(Y) == 6 and len(calls) == 6
+    assert all(np.array_equal(Y[i], Y[i + 3]) for i in range(3))
+    assert not np.allclose(X[0][:10].astype(np.float32), X[3][:10].astype(np.float32))
+    X2, _ = eh.feature_cache(["fake"], tmp_path / "cache", emb=Emb(), augment_copies=1, log=lambda *a: None)
+    assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(X, X2))  # both sets from the cache
+    with pytest.raises(ValueError, match="preset"):
+        eh.feature_cache(["fake"], tmp_path / "cache", emb=Emb(), augment_copies=1, augment="loud", log=lambda *a: None)

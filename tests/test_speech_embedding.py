@@ -53,3 +53,46 @@ def test_bad_audio_is_refused(emb, bad, msg):
 def test_missing_graphs_say_how_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="openwakeword"):
         se.SpeechEmbedding(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def sequence_emb(emb):
+    """The same graphs with the embedding graph in the sequence form bundles carry."""
+    pytest.importorskip("onnx", reason="the sequence form is written by heron.export (pip install heron[export])")
+    from heron.export.embedding_head import sequence_embedding_graph
+    from heron.runtime.sessions import open_session
+
+    graph = sequence_embedding_graph(se.openwakeword_models_dir() / se.EMBEDDING_FILE)
+    return se.SpeechEmbedding(sessions=(emb.mel, open_session(graph)))
+
+
+def test_the_sequence_form_gives_the_window_graphs_frames(emb, sequence_emb):
+    assert not emb.sequence and sequence_emb.sequence
+    x = (0.1 * np.random.default_rng(2).standard_normal(40000)).astype(np.float32)
+    np.testing.assert_allclose(sequence_emb.embed(x), emb.embed(x), atol=1e-4)
+    spec = emb.mels(x)
+    frames = np.array([0, 1, 2, 7, 9, 10, 20])  # three runs of neighbours, each one call
+    np.testing.assert_allclose(sequence_emb.from_mels(spec, frames), emb.from_mels(spec, frames), atol=1e-4)
+    assert sequence_emb.embed(x[:12000]).shape == (0, se.DIM)  # shorter than one window
+
+
+def test_frames_outside_the_mels_are_refused(emb, sequence_emb):
+    spec = emb.mels(np.zeros(16000, np.float32))
+    for e in (emb, sequence_emb):
+        with pytest.raises(ValueError, match="outside"):
+            e.from_mels(spec, np.array([0, 99]))
+
+
+def test_the_rewrite_refuses_other_graphs_and_keeps_its_own(tmp_path):
+    pytest.importorskip("onnx", reason="the sequence form is written by heron.export (pip install heron[export])")
+    from heron.export.embedding_head import sequence_embedding_graph
+
+    try:
+        d = se.openwakeword_models_dir()
+    except RuntimeError as e:
+        pytest.skip(f"{e}")
+    with pytest.raises(ValueError, match="not the speech_embedding graph"):
+        sequence_embedding_graph(d / se.MEL_FILE)
+    once = tmp_path / "seq.onnx"
+    once.write_bytes(sequence_embedding_graph(d / se.EMBEDDING_FILE))
+    assert sequence_embedding_graph(once) == once.read_bytes()
