@@ -817,9 +817,11 @@ class Stream:
         if ev is None or first < ev.start or end - ev.start > self._audio_keep:  # new, reaching back, or too long
             ev = self._head_event = _HeadEvent(first)
         lp = ev.log_probs(sp, self._audio[ev.start + ev.n_audio - self._audio_first:])
+        # every keyword's best path in the window at once (the packed matchers; one pass for ten keywords)
+        best = (bank.matchers.step(lp, bank.matchers.init_state())[0].max(axis=0) if len(lp)
+                else np.full(len(bank.tracks), SCORE_FLOOR))
         for k in np.flatnonzero(cand.any(axis=0)):
-            score = bank.tracks[k].kw.matcher.max_scores_batch(lp[None])[0] if len(lp) else SCORE_FLOOR
-            factors[cand[:, k], k] = sp.head_factor(np.array(score))
+            factors[cand[:, k], k] = sp.head_factor(np.array(best[k]))
         return factors
 
     def _still_quiet(self, bank: "_Bank") -> bool:
