@@ -55,10 +55,10 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
+    from heron.export.embedding_head import sequence_speech_embedding
     from heron.models.data.real import transcript_targets
     from heron.models.embedding_head import load_head, log_probs, utterance_features
     from heron.runtime.metrics import machine
-    from heron.runtime.speech_embedding import SpeechEmbedding
     from heron.runtime.spotter import KeywordSpotter
 
     torch.set_num_threads(1)
@@ -68,7 +68,7 @@ def main() -> int:
         return 2
     sp = KeywordSpotter.load(a.bundle, speech_gate=False)
     head, meta = load_head(a.head)
-    emb = SpeechEmbedding()
+    emb = sequence_speech_embedding()  # the frames bundles compute
 
     def both(path):
         x = read_mono(path, sp.sample_rate)

@@ -75,23 +75,12 @@ def _gate(args) -> int:
     return 0
 
 
-def _sequence_embedding(threads: int):
-    """The wheel's speech_embedding with its embedding graph in the sequence form the bundles carry (the same
-    frames, several times faster: heron.export.embedding_head.sequence_embedding_graph)."""
-    from heron.export.embedding_head import sequence_embedding_graph
-    from heron.runtime.sessions import open_session
-    from heron.runtime.speech_embedding import EMBEDDING_FILE, MEL_FILE, SpeechEmbedding, openwakeword_models_dir
-
-    d = openwakeword_models_dir()
-    return SpeechEmbedding(sessions=(open_session(d / MEL_FILE, threads),
-                                     open_session(sequence_embedding_graph(d / EMBEDDING_FILE), threads)))
-
-
 def _head(args) -> int:
     from dataclasses import replace
 
     import torch
 
+    from heron.export.embedding_head import sequence_speech_embedding
     from heron.models.embedding_head import HeadTrainConfig, feature_cache, train_head
 
     if args.epochs < 1 or args.threads < 1:
@@ -100,7 +89,7 @@ def _head(args) -> int:
         raise ValueError(f"--augment-copies must be 0-10, got {args.augment_copies}")
     torch.set_num_threads(args.threads)
     X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads,
-                         emb=_sequence_embedding(args.threads), augment_copies=args.augment_copies,
+                         emb=sequence_speech_embedding(args.threads), augment_copies=args.augment_copies,
                          augment=args.augment, seed=args.seed)
     train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "

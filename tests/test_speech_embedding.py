@@ -59,11 +59,9 @@ def test_missing_graphs_say_how_to_get_them(tmp_path):
 def sequence_emb(emb):
     """The same graphs with the embedding graph in the sequence form bundles carry."""
     pytest.importorskip("onnx", reason="the sequence form is written by heron.export (pip install heron[export])")
-    from heron.export.embedding_head import sequence_embedding_graph
-    from heron.runtime.sessions import open_session
+    from heron.export.embedding_head import sequence_speech_embedding
 
-    graph = sequence_embedding_graph(se.openwakeword_models_dir() / se.EMBEDDING_FILE)
-    return se.SpeechEmbedding(sessions=(emb.mel, open_session(graph)))
+    return sequence_speech_embedding()
 
 
 def test_the_sequence_form_gives_the_window_graphs_frames(emb, sequence_emb):
