@@ -120,10 +120,12 @@ def sequence_speech_embedding(threads: int = 1):
                                      open_session(sequence_embedding_graph(d / EMBEDDING_FILE), threads)))
 
 
-def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, check: HeadCheck,
+def add_embedding_head(bundle: str | Path, head: str | Path | list, out: str | Path, check: HeadCheck,
                        speech_embedding_dir: str | Path | None = None) -> Path:
-    """A copy of `bundle` at `out` with the head and its features; -> out."""
-    from heron.models.embedding_head import load_head
+    """A copy of `bundle` at `out` with the head and its features; -> out. `head`: a folder of `heron kws
+    train-head`, or several, which run as one graph: the mixture of their posteriors
+    (heron.models.embedding_head.HeadEnsemble)."""
+    from heron.models.embedding_head import HeadEnsemble, load_head
     from heron.runtime.bundle import write_manifest
     from heron.runtime.manifest import FileEntry, KwsManifest
 
@@ -132,9 +134,13 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
     if m.target != "onnx" or m.mobile is not None:
         raise ValueError(f"{bundle}: the embedding head goes into a full ONNX bundle (this one is "
                          f"{'mobile' if m.mobile else m.target})")
-    model, meta = load_head(head)
-    if model.cfg.n_classes != len(m.classes):
-        raise ValueError(f"{head}: the head has {model.cfg.n_classes} classes, the bundle {len(m.classes)}")
+    heads = [Path(h) for h in (head if isinstance(head, (list, tuple)) else [head])]
+    loaded = [load_head(h) for h in heads]
+    for h, (model, _) in zip(heads, loaded):
+        if model.cfg.n_classes != len(m.classes):
+            raise ValueError(f"{h}: the head has {model.cfg.n_classes} classes, the bundle {len(m.classes)}")
+    members = [model for model, _ in loaded]
+    model = members[0] if len(members) == 1 else HeadEnsemble(members).eval()
     if out.resolve() != bundle.resolve():
         if out.exists():
             shutil.rmtree(out)
@@ -146,8 +152,9 @@ def add_embedding_head(bundle: str | Path, head: str | Path, out: str | Path, ch
     export_head_onnx(model, out / FOLDER / HEAD_FILE)
     (out / FOLDER / "NOTICE").write_text(LICENSE_NOTE + "\n")
     files = {**m.files, **{key: FileEntry.of(out, f"{FOLDER}/{name}") for key, name in FILE_KEYS.items()}}
-    model_meta = {**m.model, "embedding_head": {"epochs": meta.get("epochs_done"), "train": meta.get("train"),
-                                                "config": meta.get("config")}}
+    about = [{"epochs": meta.get("epochs_done"), "train": meta.get("train"), "config": meta.get("config")}
+             for _, meta in loaded]
+    model_meta = {**m.model, "embedding_head": about[0] if len(about) == 1 else {"ensemble": about}}
     new = replace(m, files=files, embedding_head=check, model=json.loads(json.dumps(model_meta)))
     KwsManifest.from_dict(new.to_dict(), str(out / "manifest.json"))  # what the runtime will read back
     write_manifest(out, new)

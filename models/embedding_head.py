@@ -64,6 +64,34 @@ class EmbeddingHead(nn.Module):
         return F.log_softmax(y.reshape(B, T * self.cfg.up, self.cfg.n_classes), dim=-1)
 
 
+class HeadEnsemble(nn.Module):
+    """Several heads trained apart (e.g. on clean and on augmented features) as one: the mixture of their
+    posteriors, log((1 / M) sum_m p_m) per output frame and class. The members keep their own feature
+    statistics; the ensemble shows the first member's as `mean` / `std` (what an exporter's example input uses)."""
+
+    def __init__(self, members: list[EmbeddingHead]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one head")
+        if len({(m.cfg.n_classes, m.cfg.up) for m in members}) != 1:
+            raise ValueError("the heads of an ensemble must share their classes and outputs per frame")
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.members[0].mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.members[0].std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, 96) -> (B, up * T, classes) log-probabilities of the members' mixture."""
+        lp = torch.stack([m(x) for m in self.members])  # (M, B, up * T, C)
+        return torch.logsumexp(lp, dim=0) - math.log(len(self.members))
+
+
 # --- features, computed once per utterance ---------------------------------------------------------------
 
 def utterance_features(emb: SpeechEmbedding, audio: np.ndarray) -> np.ndarray:

@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "d814386a4e62f0c1972e567f0a42b8f438a112aa2e007cf6bc61e15cece8aa86",
+    "kws": "ba89a973d48ab1f9bd480cb1275ad367e8a4fb8e57c5acdbf5e5534403da55b9",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

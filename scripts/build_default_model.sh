@@ -82,9 +82,19 @@ $H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_
 p = 'runs/head/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
 save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, \
 'models/weights/embedding-head/embedding_head.safetensors', metadata=meta)"
-# --min-confidence 0.005 (the default) keeps 98.5% of the test-split phrases' positives; --refit-offset sets the
-# head's offset on real non-keyword audio so that the default threshold (0.27) keeps 0.5 false accepts per hour
-$H kws add-head runs/kws-first-stage --head models/weights/embedding-head --refit-offset --out runtime/assets/kws
+# 6b. (2026-12-04) a second head on clean + two device-augmented copies of the same speech (its card:
+# models/weights/embedding-head-device/MODEL_CARD.md; 9 min of features + 27 min on 1 thread)
+$H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_commands --epochs 14 \
+  --augment-copies 2 --threads 1 --cache runs/head/cache --out runs/head-aug
+.venv/bin/python -c "from safetensors import safe_open; from safetensors.torch import load_file, save_file; \
+p = 'runs/head-aug/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
+save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, \
+'models/weights/embedding-head-device/embedding_head.safetensors', metadata=meta)"
+# the two heads run as one graph (their posteriors mixed). --min-confidence 0.005 (the default) keeps 98.5% of the
+# test-split phrases' positives; --refit-offset sets the head's offset on real non-keyword audio so that the
+# default threshold (0.27) keeps 0.5 false accepts per hour
+$H kws add-head runs/kws-first-stage --head models/weights/embedding-head --head models/weights/embedding-head-device \
+  --refit-offset --out runtime/assets/kws
 .venv/bin/python scripts/pin_bundles.py  # the shipped bundle's identity, pinned in heron.runtime.pinned
 # The trained second stage (verifier) is not shipped: it did not beat the first stage (BENCHMARKS.md);
 # `heron kws train-matcher` trains it and `heron kws export --matcher runs/matcher` adds it to a bundle.

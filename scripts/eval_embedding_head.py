@@ -1,6 +1,6 @@
 """The embedding head (heron kws train-head) against heron's encoder, alone and fused, per utterance.
 
-    .venv/bin/python scripts/eval_embedding_head.py --head DIR [--bundle B] [--weights 0.5,1,2] [--check] [--json OUT]
+    .venv/bin/python scripts/eval_embedding_head.py --head DIR [--head DIR2] [--bundle B] [--weights 0.5,1,2] [--check] [--json OUT]
 
 Selection figure (always): the `test/` splits' keyword figure of scripts/eval_kws_testsplits.py (150 phrases
 enrolled from text; mean AUC / FRR at 0 and 2 false accepts) and phoneme error rates, for the encoder's
@@ -46,7 +46,8 @@ def per(lps, targets, blank: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--head", required=True, help="folder of heron kws train-head")
+    ap.add_argument("--head", action="append", required=True,
+                    help="folder of heron kws train-head; repeated: the heads' posteriors mixed (HeadEnsemble)")
     ap.add_argument("--bundle", default=None, help="KWS bundle whose encoder is fused (default: the shipped one)")
     ap.add_argument("--weights", default="0.5,1,2", help="fusion weights w to report")
     ap.add_argument("--check", action="store_true", help="also the check's pool (late fusion per file)")
@@ -57,7 +58,7 @@ def main() -> int:
 
     from heron.export.embedding_head import sequence_speech_embedding
     from heron.models.data.real import transcript_targets
-    from heron.models.embedding_head import load_head, log_probs, utterance_features
+    from heron.models.embedding_head import HeadEnsemble, load_head, log_probs, utterance_features
     from heron.runtime.metrics import machine
     from heron.runtime.spotter import KeywordSpotter
 
@@ -67,7 +68,9 @@ def main() -> int:
     if rows is None:
         return 2
     sp = KeywordSpotter.load(a.bundle, speech_gate=False)
-    head, meta = load_head(a.head)
+    loaded = [load_head(h) for h in a.head]
+    head = loaded[0][0] if len(loaded) == 1 else HeadEnsemble([m for m, _ in loaded]).eval()
+    meta = loaded[0][1] if len(loaded) == 1 else {"epochs_done": [m.get("epochs_done") for _, m in loaded]}
     emb = sequence_speech_embedding()  # the frames bundles compute
 
     def both(path):

@@ -216,7 +216,8 @@ def add_kws_train(tsub, formatter) -> None:
     q = tsub.add_parser("add-head", help="copy a bundle with the embedding head (heron kws train-head) checking "
                                          "its first-stage candidates", formatter_class=formatter)
     q.add_argument("bundle", help="a full ONNX keyword-spotting bundle")
-    q.add_argument("--head", required=True, help="folder of heron kws train-head")
+    q.add_argument("--head", action="append", required=True,
+                   help="folder of heron kws train-head; repeat it for several heads run as one (their posteriors mixed)")
     q.add_argument("--out", required=True, help="output bundle folder")
     q.add_argument("--weight", type=float, default=1.0, help="weight of the head's per-phoneme log score")
     q.add_argument("--offset", type=float, default=-8.0,

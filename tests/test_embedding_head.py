@@ -95,3 +95,21 @@ def test_feature_cache_adds_augmented_copies_and_reads_them_back(tmp_path, monke
     assert len(calls) == 6 and all(np.array_equal(a, b) for a, b in zip(X, X2))  # both sets from the cache
     with pytest.raises(ValueError, match="preset"):
         eh.feature_cache(["fake"], tmp_path / "cache", emb=Emb(), augment_copies=1, augment="loud", log=lambda *a: None)
+
+
+def test_an_ensemble_mixes_its_members_posteriors():
+    from heron.models.embedding_head import HeadEnsemble
+
+    torch.manual_seed(0)
+    a, b = EmbeddingHead(TINY).eval(), EmbeddingHead(replace(TINY, hidden=8)).eval()
+    ens = HeadEnsemble([a, b]).eval()
+    x = torch.randn(1, 7, 96)
+    with torch.no_grad():
+        got, la, lb = ens(x), a(x), b(x)
+    np.testing.assert_allclose(got.exp().numpy(), ((la.exp() + lb.exp()) / 2).numpy(), atol=1e-6)
+    np.testing.assert_allclose(got.exp().sum(-1).numpy(), 1.0, atol=1e-5)
+    assert torch.equal(ens.mean, a.mean)
+    with pytest.raises(ValueError, match="share their classes"):
+        HeadEnsemble([a, EmbeddingHead(replace(TINY, n_classes=6))])
+    with pytest.raises(ValueError, match="at least one"):
+        HeadEnsemble([])

@@ -170,3 +170,24 @@ def test_refit_offset_moves_where_the_threshold_falls_not_the_ranking(head_dir, 
     after = [_best(sp, x) for x in (clip, clip[16000:])]
     assert (before[0] < before[1]) == (after[0] < after[1])
     assert real_negative_threshold(sp, [str(neg)], 100.0)["threshold"] <= sp.calibration["threshold"] + 1e-6
+
+
+def test_two_heads_run_as_one_graph_that_mixes_their_posteriors(head_dir, tmp_path, clip):
+    import json
+
+    import torch
+
+    from heron.models.embedding_head import EmbeddingHead, HeadConfig, save_head
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    other.mkdir()
+    save_head(EmbeddingHead(HeadConfig(hidden=8, layers=1, dropout=0.0)), other, epochs_done=0)
+    one, two = KeywordSpotter.load(_bundle(head_dir, tmp_path / "a")), KeywordSpotter.load(_bundle(other, tmp_path / "b"))
+    both_dir = _bundle([head_dir, other], tmp_path / "ab")
+    both = KeywordSpotter.load(both_dir)
+    x = clip[:24000]
+    want = np.log((np.exp(one.head_log_probs(x)) + np.exp(two.head_log_probs(x))) / 2)
+    np.testing.assert_allclose(both.head_log_probs(x), want, atol=1e-4)
+    about = json.loads((both_dir / "manifest.json").read_text())["model"]["embedding_head"]
+    assert len(about["ensemble"]) == 2
