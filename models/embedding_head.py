@@ -8,10 +8,12 @@ rate, so the same keyword matcher scores both):
 
     (B, T, 96) -> normalize -> linear 96 -> H, GELU -> + conv(k=5) -> BiGRU x2 -> linear -> (B, 2T, classes)
 
-It runs on a window around a first-stage candidate, never always-on (the embedding costs ~8x the
-encoder per second of audio), so it may look both ways. Trained on the real training speech only
-(`train` rows of the manifests; the `test` splits and the check sets are never read), from features
-computed once per utterance and cached: `heron kws train-head`.
+It runs on a window around a first-stage candidate, never always-on (its cost stays where candidates
+are), so it may look both ways. Trained on the
+real training speech only (`train` rows of the manifests; the `test` splits and the check sets are never
+read), from features computed once per utterance (and per augmented copy) and cached: `heron kws train-head`.
+Several heads trained apart run as one (`HeadEnsemble`, their posteriors mixed; `heron kws add-head --head A
+--head B`).
 """
 from __future__ import annotations
 
