@@ -43,8 +43,36 @@ def _manifest(bundle: Path):
     return KwsManifest.from_dict(raw, str(bundle / "manifest.json"))
 
 
+def _store_fp16_weights(path: Path, min_size: int = 1024) -> None:
+    """Rewrite the graph at `path` so that its float weights that are exactly float16 values (the head's weights
+    are kept in fp16) are stored as float16 and cast back to float32 when the session loads (onnxruntime folds
+    the Cast once): half the file, the same numbers."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    kept, casts = [], []
+    for init in g.initializer:
+        a = numpy_helper.to_array(init)
+        if init.data_type == TensorProto.FLOAT and a.size >= min_size and np.array_equal(a.astype(np.float16), a):
+            half = init.name + "_fp16"
+            kept.append(numpy_helper.from_array(a.astype(np.float16), half))
+            casts.append(helper.make_node("Cast", [half], [init.name], to=TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    if not casts:
+        return
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = casts + list(g.node)  # the casts first: the graph stays topologically sorted
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(model, str(path))
+
+
 def export_head_onnx(model, path: str | Path) -> Path:
-    """The head as ONNX, T dynamic; checked against torch on a random input."""
+    """The head as ONNX, T dynamic, its fp16 weights stored as fp16; checked against torch on a random input."""
     import onnxruntime as ort
     import torch
 
@@ -56,6 +84,7 @@ def export_head_onnx(model, path: str | Path) -> Path:
         torch.onnx.export(model, (x,), str(path), input_names=["embeddings"], output_names=["log_probs"],
                           dynamic_axes={"embeddings": {1: "T"}, "log_probs": {1: "T2"}}, opset_version=17,
                           dynamo=False)
+    _store_fp16_weights(path)
     x2 = torch.randn(1, 31, DIM) * model.std + model.mean
     with torch.no_grad():
         want = model(x2).numpy()

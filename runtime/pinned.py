@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "ba89a973d48ab1f9bd480cb1275ad367e8a4fb8e57c5acdbf5e5534403da55b9",
+    "kws": "1bd46b71389a5f303fdd103c8a45cd1333b18e3f21df30ac09099192b7649a93",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

@@ -191,3 +191,22 @@ def test_two_heads_run_as_one_graph_that_mixes_their_posteriors(head_dir, tmp_pa
     np.testing.assert_allclose(both.head_log_probs(x), want, atol=1e-4)
     about = json.loads((both_dir / "manifest.json").read_text())["model"]["embedding_head"]
     assert len(about["ensemble"]) == 2
+
+
+def test_the_head_graph_stores_fp16_weights_as_fp16(head_dir, tmp_path):
+    """Weights that are exactly fp16 values (the heads are kept in fp16) are stored as fp16 and cast back on load:
+    half the file; add_embedding_head's export check compares the graph with torch."""
+    onnx = pytest.importorskip("onnx")
+    import torch
+    from onnx import TensorProto
+
+    from heron.export.embedding_head import export_head_onnx
+    from heron.models.embedding_head import load_head
+
+    model, _ = load_head(head_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    path = export_head_onnx(model, tmp_path / "h.onnx")
+    types = [i.data_type for i in onnx.load(str(path)).graph.initializer]
+    assert TensorProto.FLOAT16 in types
