@@ -154,7 +154,7 @@ def add_embedding_head(bundle: str | Path, head: str | Path | list, out: str | P
     """A copy of `bundle` at `out` with the head and its features; -> out. `head`: a folder of `heron kws
     train-head`, or several, which run as one graph: the mixture of their posteriors
     (heron.models.embedding_head.HeadEnsemble)."""
-    from heron.models.embedding_head import HeadEnsemble, load_head
+    from heron.models.embedding_head import load_heads
     from heron.runtime.bundle import write_manifest
     from heron.runtime.manifest import FileEntry, KwsManifest
 
@@ -163,13 +163,11 @@ def add_embedding_head(bundle: str | Path, head: str | Path | list, out: str | P
     if m.target != "onnx" or m.mobile is not None:
         raise ValueError(f"{bundle}: the embedding head goes into a full ONNX bundle (this one is "
                          f"{'mobile' if m.mobile else m.target})")
-    heads = [Path(h) for h in (head if isinstance(head, (list, tuple)) else [head])]
-    loaded = [load_head(h) for h in heads]
-    for h, (model, _) in zip(heads, loaded):
-        if model.cfg.n_classes != len(m.classes):
-            raise ValueError(f"{h}: the head has {model.cfg.n_classes} classes, the bundle {len(m.classes)}")
-    members = [model for model, _ in loaded]
-    model = members[0] if len(members) == 1 else HeadEnsemble(members).eval()
+    heads = list(head) if isinstance(head, (list, tuple)) else [head]
+    model, metas = load_heads(heads)
+    if model.cfg.n_classes != len(m.classes):  # an ensemble's members share their classes
+        raise ValueError(f"{', '.join(map(str, heads))}: the head has {model.cfg.n_classes} classes, "
+                         f"the bundle {len(m.classes)}")
     if out.resolve() != bundle.resolve():
         if out.exists():
             shutil.rmtree(out)
@@ -182,7 +180,7 @@ def add_embedding_head(bundle: str | Path, head: str | Path | list, out: str | P
     (out / FOLDER / "NOTICE").write_text(LICENSE_NOTE + "\n")
     files = {**m.files, **{key: FileEntry.of(out, f"{FOLDER}/{name}") for key, name in FILE_KEYS.items()}}
     about = [{"epochs": meta.get("epochs_done"), "train": meta.get("train"), "config": meta.get("config")}
-             for _, meta in loaded]
+             for meta in metas]
     model_meta = {**m.model, "embedding_head": about[0] if len(about) == 1 else {"ensemble": about}}
     new = replace(m, files=files, embedding_head=check, model=json.loads(json.dumps(model_meta)))
     KwsManifest.from_dict(new.to_dict(), str(out / "manifest.json"))  # what the runtime will read back

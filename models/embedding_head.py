@@ -9,11 +9,10 @@ rate, so the same keyword matcher scores both):
     (B, T, 96) -> normalize -> linear 96 -> H, GELU -> + conv(k=5) -> BiGRU x2 -> linear -> (B, 2T, classes)
 
 It runs on a window around a first-stage candidate, never always-on (its cost stays where candidates
-are), so it may look both ways. Trained on the
-real training speech only (`train` rows of the manifests; the `test` splits and the check sets are never
-read), from features computed once per utterance (and per augmented copy) and cached: `heron kws train-head`.
-Several heads trained apart run as one (`HeadEnsemble`, their posteriors mixed; `heron kws add-head --head A
---head B`).
+are), so it may look both ways. Trained on the real training speech only (`train` rows of the manifests;
+the `test` splits and the check sets are never read), from features computed once per utterance (and per
+augmented copy) and cached: `heron kws train-head`. Several heads trained apart run as one (`HeadEnsemble`,
+their posteriors mixed; `heron kws add-head --head A --head B`).
 """
 from __future__ import annotations
 
@@ -261,6 +260,16 @@ def load_head(folder: str | Path) -> tuple[EmbeddingHead, dict]:
     model = EmbeddingHead(HeadConfig(**meta["config"]))
     model.load_state_dict(load_file(str(path)))
     return model.eval(), meta
+
+
+def load_heads(folders: list[str | Path]) -> tuple[EmbeddingHead | HeadEnsemble, list[dict]]:
+    """-> (one head, or the ensemble of several, in eval mode; each folder's metadata) from folders of
+    `heron kws train-head`."""
+    loaded = [load_head(f) for f in folders]
+    if not loaded:
+        raise ValueError("no embedding head given")
+    models = [m for m, _ in loaded]
+    return (models[0] if len(models) == 1 else HeadEnsemble(models).eval()), [meta for _, meta in loaded]
 
 
 def log_probs(model: EmbeddingHead, feats: np.ndarray) -> np.ndarray:

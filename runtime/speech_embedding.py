@@ -11,8 +11,9 @@ CC BY-NC-SA and are never read here):
 Embedding frame i covers the mel frames [8 i, 8 i + 76): audio from 80 i ms to 80 i + 775 ms (+22 ms of
 the mel window). The wheel's embedding graph takes a batch of such windows; a bundle carries it rewritten
 (heron.export.embedding_head.sequence_embedding_graph) to take one whole mel sequence and return the same
-frames, computing the 68 frames neighbouring windows share once: the runtime reads either form. heron's encoder hears a few hours of real speech; this network heard far more, so a
-small head on its frames (heron.models.embedding_head) hears real device audio better (issue 19).
+frames, computing the 68 frames neighbouring windows share once: the runtime reads either form.
+heron's encoder hears a few hours of real speech; this network heard far more, so a small head on its
+frames (heron.models.embedding_head) hears real device audio better (issue 19).
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def main() -> int:
 
     from heron.export.embedding_head import sequence_speech_embedding
     from heron.models.data.real import transcript_targets
-    from heron.models.embedding_head import HeadEnsemble, load_head, log_probs, utterance_features
+    from heron.models.embedding_head import load_heads, log_probs, utterance_features
     from heron.runtime.metrics import machine
     from heron.runtime.spotter import KeywordSpotter
 
@@ -68,9 +68,7 @@ def main() -> int:
     if rows is None:
         return 2
     sp = KeywordSpotter.load(a.bundle, speech_gate=False)
-    loaded = [load_head(h) for h in a.head]
-    head = loaded[0][0] if len(loaded) == 1 else HeadEnsemble([m for m, _ in loaded]).eval()
-    meta = loaded[0][1] if len(loaded) == 1 else {"epochs_done": [m.get("epochs_done") for _, m in loaded]}
+    head, metas = load_heads(a.head)
     emb = sequence_speech_embedding()  # the frames bundles compute
 
     def both(path):
@@ -85,7 +83,7 @@ def main() -> int:
             keep.append(i)
         except ValueError:
             pass
-    res = {"head": a.head, "head_epochs": meta.get("epochs_done"), "bundle": str(sp.bundle.root), "machine": machine(),
+    res = {"head": a.head, "head_epochs": [m.get("epochs_done") for m in metas], "bundle": str(sp.bundle.root), "machine": machine(),
            "per_test": {"encoder": per([enc[i] for i in keep], targets, sp.blank),
                         "head": per([hd[i] for i in keep], targets, sp.blank)}}
     phrases = draw_phrases(rows, sp, a.phrases, 0)

@@ -113,3 +113,17 @@ def test_an_ensemble_mixes_its_members_posteriors():
         HeadEnsemble([a, EmbeddingHead(replace(TINY, n_classes=6))])
     with pytest.raises(ValueError, match="at least one"):
         HeadEnsemble([])
+
+
+def test_load_heads_gives_one_head_or_their_ensemble(tmp_path):
+    from heron.models.embedding_head import HeadEnsemble, load_heads, save_head
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        save_head(EmbeddingHead(TINY), tmp_path / name, epochs_done=2)
+    one, metas = load_heads([tmp_path / "a"])
+    assert isinstance(one, EmbeddingHead) and [m["epochs_done"] for m in metas] == [2]
+    both, metas = load_heads([tmp_path / "a", tmp_path / "b"])
+    assert isinstance(both, HeadEnsemble) and len(both.members) == 2 and len(metas) == 2
+    with pytest.raises(ValueError, match="no embedding head"):
+        load_heads([])
