@@ -122,8 +122,6 @@ def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, l
         name = f"speech-embedding-{key}" + (f"-{augment}-{seed}-{copy}" if copy else "")
         path = Path(cache_dir) / f"{name}.npz"
         if path.is_file():
-            z = np.load(path, allow_pickle=False)
-            offs, feats, toffs, tg = z["offsets"], z["features"], z["target_offsets"], z["targets"]
             log(f"features: {len(rows)} utterances from the cache {path}")
         else:
             emb = emb or SpeechEmbedding(threads=threads)
@@ -139,17 +137,62 @@ def feature_cache(sources: list[str], cache_dir: str | Path, threads: int = 1, l
                 if (i + 1) % 500 == 0:
                     log(f"features{f' (copy {copy})' if copy else ''}: {i + 1} / {len(rows)} utterances, "
                         f"{time.time() - t0:.0f} s")
-            offs = np.cumsum([0] + [len(c) for c in chunks])
-            toffs = np.cumsum([0] + [len(t) for t in targets])
-            feats, tg = np.concatenate(chunks), np.concatenate(targets)
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, offsets=offs, features=feats, target_offsets=toffs, targets=tg)
-            tmp.replace(path)
+            _save_features(path, chunks, targets)
             log(f"features: {len(rows)} utterances in {time.time() - t0:.0f} s -> {path}")
-        X += [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
-        Y += [tg[toffs[i]:toffs[i + 1]] for i in range(len(toffs) - 1)]
+        x, y = _load_features(path)
+        X += x
+        Y += y
     return X, Y
+
+
+def tts_feature_cache(n: int, cache_dir: str | Path, seed: int = 0, augment: str = "device", threads: int = 1,
+                      log=print, emb: SpeechEmbedding | None = None):
+    """`n` TTS utterances of the training voices (heron.models.kws_data.build_tts_pool: the pool `kws train`
+    synthesizes, from the same cache) through the augmentation preset `augment` (one copy each: clean TTS
+    sounds like no microphone) -> (features list, targets list), cached in cache_dir as one .npz per (n, seed,
+    preset). Their texts come from the vocabulary and corpus sentences, far more words than the real corpora
+    hold: the head hears phoneme sequences it would otherwise never meet."""
+    from heron.models.data.augment import AUGMENT_PRESETS, Augmenter
+    from heron.models.kws_data import TrainNoise, build_tts_pool
+
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
+    if n < 1:
+        raise ValueError(f"the TTS pool needs at least one utterance, got {n}")
+    path = Path(cache_dir) / f"speech-embedding-tts-{n}-{seed}-{augment}.npz"
+    if not path.is_file():
+        pool = build_tts_pool(n, seed=seed)
+        emb = emb or SpeechEmbedding(threads=threads)
+        augmenter = Augmenter(AUGMENT_PRESETS[augment], TrainNoise(None))
+        rng = np.random.default_rng([seed, 1000])
+        chunks, targets, t0 = [], [], time.time()
+        for i, u in enumerate(pool):
+            chunks.append(utterance_features(emb, augmenter(u.audio.astype(np.float32) / 32768.0, rng)))
+            targets.append(np.asarray(u.targets, np.int16))
+            if (i + 1) % 2000 == 0:
+                log(f"features (TTS): {i + 1} / {len(pool)} utterances, {time.time() - t0:.0f} s")
+        _save_features(path, chunks, targets)
+        log(f"features: {len(pool)} TTS utterances in {time.time() - t0:.0f} s -> {path}")
+    else:
+        log(f"features: TTS utterances from the cache {path}")
+    return _load_features(path)
+
+
+def _save_features(path: Path, chunks: list[np.ndarray], targets: list[np.ndarray]) -> None:
+    """Per-utterance features and targets -> one .npz of flat arrays and offsets (written whole, then moved)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, offsets=np.cumsum([0] + [len(c) for c in chunks]), features=np.concatenate(chunks),
+             target_offsets=np.cumsum([0] + [len(t) for t in targets]), targets=np.concatenate(targets))
+    tmp.replace(path)
+
+
+def _load_features(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What _save_features wrote -> (features list, targets list); no pickles."""
+    z = np.load(path, allow_pickle=False)
+    offs, feats, toffs, tg = z["offsets"], z["features"], z["target_offsets"], z["targets"]
+    return ([feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)],
+            [tg[toffs[i]:toffs[i + 1]] for i in range(len(toffs) - 1)])
 
 
 # --- training ----------------------------------------------------------------------------------------------

@@ -81,16 +81,21 @@ def _head(args) -> int:
     import torch
 
     from heron.export.embedding_head import sequence_speech_embedding
-    from heron.models.embedding_head import HeadTrainConfig, feature_cache, train_head
+    from heron.models.embedding_head import HeadTrainConfig, feature_cache, train_head, tts_feature_cache
 
     if args.epochs < 1 or args.threads < 1:
         raise ValueError("--epochs and --threads must be at least 1")
     if not 0 <= args.augment_copies <= 10:
         raise ValueError(f"--augment-copies must be 0-10, got {args.augment_copies}")
+    if not 0 <= args.tts <= 100_000:
+        raise ValueError(f"--tts must be 0-100000, got {args.tts}")
     torch.set_num_threads(args.threads)
-    X, Y = feature_cache(args.user_data, args.cache or Path(args.out) / "cache", threads=args.threads,
-                         emb=sequence_speech_embedding(args.threads), augment_copies=args.augment_copies,
+    cache, emb = args.cache or Path(args.out) / "cache", sequence_speech_embedding(args.threads)
+    X, Y = feature_cache(args.user_data, cache, threads=args.threads, emb=emb, augment_copies=args.augment_copies,
                          augment=args.augment, seed=args.seed)
+    if args.tts:
+        x, y = tts_feature_cache(args.tts, cache, seed=args.seed, augment=args.augment, emb=emb)
+        X, Y = X + x, Y + y
     train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
@@ -210,6 +215,8 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--augment-copies", type=int, default=0,
                    help="more copies of every utterance through --augment (noise, rooms, microphones), each cached")
     q.add_argument("--augment", default="device", choices=AUGMENT_PRESET_NAMES, help="augmentation preset")
+    q.add_argument("--tts", type=int, default=0,
+                   help="also this many TTS utterances of the training voices (kws train's pool), each through --augment")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     q.set_defaults(func=_head, out_is_folder=True)

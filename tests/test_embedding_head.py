@@ -97,6 +97,36 @@ def test_feature_cache_adds_augmented_copies_and_reads_them_back(tmp_path, monke
         eh.feature_cache(["fake"], tmp_path / "cache", emb=Emb(), augment_copies=1, augment="loud", log=lambda *a: None)
 
 
+def test_tts_features_are_augmented_cached_and_carry_the_pool_targets(tmp_path, monkeypatch):
+    """`train-head --tts N`: the TTS pool's utterances through the preset, computed once, targets kept."""
+    from types import SimpleNamespace
+
+    from heron.models import embedding_head as eh
+    from heron.models import kws_data
+
+    tone = (8000 * np.sin(np.arange(16000) / 5)).astype(np.int16)
+    pool = [SimpleNamespace(audio=tone, targets=(3, 4, i + 1)) for i in range(4)]
+    asked = []
+    monkeypatch.setattr(kws_data, "build_tts_pool", lambda n, seed=0: asked.append((n, seed)) or pool[:n])
+    calls = []
+
+    class Emb:
+        def padded(self, x):
+            calls.append(x.copy())
+            return np.abs(x[: len(x) // 1280 * 1280]).reshape(-1, 1280).mean(1, keepdims=True).repeat(96, 1)
+
+    X, Y = eh.tts_feature_cache(3, tmp_path, seed=5, emb=Emb(), log=lambda *a: None)
+    assert asked == [(3, 5)] and len(X) == len(Y) == 3
+    assert [tuple(y) for y in Y] == [(3, 4, 1), (3, 4, 2), (3, 4, 3)]
+    clean = tone / 32768.0
+    assert calls[0].shape != clean.shape or not np.allclose(calls[0], clean)  # heard through the preset
+    X2, Y2 = eh.tts_feature_cache(3, tmp_path, seed=5, emb=Emb(), log=lambda *a: None)
+    assert len(asked) == 1 and len(calls) == 3  # from the cache
+    assert all(np.array_equal(a, b) for a, b in zip(X, X2))
+    with pytest.raises(ValueError, match="preset"):
+        eh.tts_feature_cache(3, tmp_path, augment="loud", emb=Emb(), log=lambda *a: None)
+
+
 def test_an_ensemble_mixes_its_members_posteriors():
     from heron.models.embedding_head import HeadEnsemble
 
