@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "1bd46b71389a5f303fdd103c8a45cd1333b18e3f21df30ac09099192b7649a93",
+    "kws": "b0d6dcc13b1d39165fc1113681e1fb32eeacd669534eddfe19144beab5d89e25",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }

@@ -74,27 +74,20 @@ cp runs/gate-h2/speech_gate.safetensors models/weights/kws-base/
 # 5. the shipped bundle: a plain export of the checkpoint reproduces it (the gate comes from the checkpoint)
 rm -rf runtime/assets/kws runs/kws-first-stage
 $H kws export --checkpoint models/weights/kws-base --out runs/kws-first-stage --int8-only
-# 6. the embedding head (2026-12-03, issue 19): a phoneme head on Google's speech_embedding checks the first
-# stage's candidates (models/weights/embedding-head/MODEL_CARD.md; 9 min of features + 13 min on 1 thread)
-$H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_commands --epochs 25 --threads 1 \
-  --out runs/head
+# 6. the embedding head (issue 19; since 2026-12-04, session 13): a phoneme head on Google's speech_embedding checks
+# the first stage's candidates, trained on the real training speech plus 16,000 utterances of the TTS pool through
+# the device augmentation (models/weights/embedding-head-tts/MODEL_CARD.md; ~5 min of TTS features + ~35 min on 1
+# thread; the TTS pool comes from stage 1's cache). (Before: two heads mixed, real speech only, stages 6 and 6b of
+# git show 1c43bff:scripts/build_default_model.sh.)
+$H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_commands --tts 16000 \
+  --augment device --epochs 25 --threads 1 --out runs/head-tts
 .venv/bin/python -c "from safetensors import safe_open; from safetensors.torch import load_file, save_file; \
-p = 'runs/head/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
+p = 'runs/head-tts/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
 save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, \
-'models/weights/embedding-head/embedding_head.safetensors', metadata=meta)"
-# 6b. (2026-12-04) a second head on clean + two device-augmented copies of the same speech (its card:
-# models/weights/embedding-head-device/MODEL_CARD.md; 9 min of features + 27 min on 1 thread)
-$H kws train-head --user-data an4 --user-data speechocean762 --user-data speech_commands --epochs 14 \
-  --augment-copies 2 --threads 1 --cache runs/head/cache --out runs/head-aug
-.venv/bin/python -c "from safetensors import safe_open; from safetensors.torch import load_file, save_file; \
-p = 'runs/head-aug/embedding_head.safetensors'; meta = safe_open(p, 'pt').metadata(); \
-save_file({k: v.half().contiguous() for k, v in load_file(p).items()}, \
-'models/weights/embedding-head-device/embedding_head.safetensors', metadata=meta)"
-# the two heads run as one graph (their posteriors mixed). --min-confidence 0.005 (the default) keeps 98.5% of the
-# test-split phrases' positives; --refit-offset sets the head's offset on real non-keyword audio so that the
-# default threshold (0.27) keeps 0.5 false accepts per hour
-$H kws add-head runs/kws-first-stage --head models/weights/embedding-head --head models/weights/embedding-head-device \
-  --refit-offset --out runtime/assets/kws
+'models/weights/embedding-head-tts/embedding_head.safetensors', metadata=meta)"
+# --min-confidence 0.005 (the default) keeps 98.5% of the test-split phrases' positives; --refit-offset sets the
+# head's offset on real non-keyword audio so that the default threshold (0.27) keeps 0.5 false accepts per hour
+$H kws add-head runs/kws-first-stage --head models/weights/embedding-head-tts --refit-offset --out runtime/assets/kws
 .venv/bin/python scripts/pin_bundles.py  # the shipped bundle's identity, pinned in heron.runtime.pinned
 # The trained second stage (verifier) is not shipped: it did not beat the first stage (BENCHMARKS.md);
 # `heron kws train-matcher` trains it and `heron kws export --matcher runs/matcher` adds it to a bundle.
