@@ -149,9 +149,10 @@ def tts_feature_cache(n: int, cache_dir: str | Path, seed: int = 0, augment: str
                       log=print, emb: SpeechEmbedding | None = None):
     """`n` TTS utterances of the training voices (heron.models.kws_data.build_tts_pool: the pool `kws train`
     synthesizes, from the same cache) through the augmentation preset `augment` (one copy each: clean TTS
-    sounds like no microphone) -> (features list, targets list), cached in cache_dir as one .npz per (n, seed,
-    preset). Their texts come from the vocabulary and corpus sentences, far more words than the real corpora
-    hold: the head hears phoneme sequences it would otherwise never meet."""
+    sounds like no microphone) -> (features list, targets list), cached in cache_dir as one .npz keyed by the
+    pool's texts and audio (a changed vocabulary or voice set makes a new one) and the preset and seed. Their
+    texts come from the vocabulary and corpus sentences, far more words than the real corpora hold: the head
+    hears phoneme sequences it would otherwise never meet."""
     from heron.models.data.augment import AUGMENT_PRESETS, Augmenter
     from heron.models.kws_data import TrainNoise, build_tts_pool
 
@@ -159,9 +160,13 @@ def tts_feature_cache(n: int, cache_dir: str | Path, seed: int = 0, augment: str
         raise ValueError(f"unknown augmentation preset {augment!r}; choose from {sorted(AUGMENT_PRESETS)}")
     if n < 1:
         raise ValueError(f"the TTS pool needs at least one utterance, got {n}")
-    path = Path(cache_dir) / f"speech-embedding-tts-{n}-{seed}-{augment}.npz"
+    pool = build_tts_pool(n, seed=seed)  # each utterance synthesized once (heron's TTS cache)
+    key = hashlib.sha256()
+    for u in pool:
+        key.update(u.text.encode())
+        key.update(np.ascontiguousarray(u.audio).tobytes())
+    path = Path(cache_dir) / f"speech-embedding-tts-{key.hexdigest()[:16]}-{augment}-{seed}.npz"
     if not path.is_file():
-        pool = build_tts_pool(n, seed=seed)
         emb = emb or SpeechEmbedding(threads=threads)
         augmenter = Augmenter(AUGMENT_PRESETS[augment], TrainNoise(None))
         rng = np.random.default_rng([seed, 1000])

@@ -105,7 +105,7 @@ def test_tts_features_are_augmented_cached_and_carry_the_pool_targets(tmp_path, 
     from heron.models import kws_data
 
     tone = (8000 * np.sin(np.arange(16000) / 5)).astype(np.int16)
-    pool = [SimpleNamespace(audio=tone, targets=(3, 4, i + 1)) for i in range(4)]
+    pool = [SimpleNamespace(text=f"text {i}", audio=tone, targets=(3, 4, i + 1)) for i in range(4)]
     asked = []
     monkeypatch.setattr(kws_data, "build_tts_pool", lambda n, seed=0: asked.append((n, seed)) or pool[:n])
     calls = []
@@ -121,8 +121,11 @@ def test_tts_features_are_augmented_cached_and_carry_the_pool_targets(tmp_path, 
     clean = tone / 32768.0
     assert calls[0].shape != clean.shape or not np.allclose(calls[0], clean)  # heard through the preset
     X2, Y2 = eh.tts_feature_cache(3, tmp_path, seed=5, emb=Emb(), log=lambda *a: None)
-    assert len(asked) == 1 and len(calls) == 3  # from the cache
+    assert len(asked) == 2 and len(calls) == 3  # the same pool: its features from the cache
     assert all(np.array_equal(a, b) for a, b in zip(X, X2))
+    pool[0] = SimpleNamespace(text="another text", audio=tone, targets=(3, 4, 1))  # e.g. a new vocabulary
+    eh.tts_feature_cache(3, tmp_path, seed=5, emb=Emb(), log=lambda *a: None)
+    assert len(calls) == 6  # another pool: computed again, not read from the old cache
     with pytest.raises(ValueError, match="preset"):
         eh.tts_feature_cache(3, tmp_path, augment="loud", emb=Emb(), log=lambda *a: None)
 
