@@ -3,7 +3,9 @@
     heron kws export --mobile --out out/mobile            # from the shipped bundle
     heron kws export --mobile --model my-bundle --out out/mobile
 
-Kept: the int8 single-graph encoder, the phoneme table (per-word times) and a manifest; a README.md
+Kept: the int8 single-graph encoder, the phoneme table (per-word times), the embedding head that checks
+the first stage's candidates with its two feature graphs (when the full bundle has one; `head=False`,
+`--no-head`, drops it: a smaller bundle that scores as the first stage alone) and a manifest; a README.md
 inside names each file, the graph's inputs, outputs and state pairs, and points to the loop's
 specification (docs/runtime.md). Dropped: the Z-norm background bank and everything else only
 enrollment needs (keywords reach a device as keyword files, which carry their own Z-norm statistics),
@@ -19,7 +21,9 @@ from pathlib import Path
 
 from heron.runtime.bundle import load_bundle, write_manifest
 from heron.runtime.manifest import MOBILE_LOOP_SPEC as LOOP_SPEC
-from heron.runtime.manifest import Mobile, file_table
+from heron.runtime.manifest import HeadCheck, Mobile, file_table
+
+HEAD_FILES = (*HeadCheck.FILES, "embedding_notice")  # the head, its two feature graphs and their licence
 
 
 def _readme(m: dict, made_from: str) -> str:
@@ -40,8 +44,14 @@ def _readme(m: dict, made_from: str) -> str:
         "|---|---|---|",
     ]
     what = {"encoder_int8": "the streaming encoder, int8 ONNX (one call per chunk)",
-            "phoneme_table": "representative phoneme vectors (39 x D float32, .npy): per-word times (optional)"}
-    for key in ("encoder_int8", "phoneme_table"):
+            "phoneme_table": "representative phoneme vectors (39 x D float32, .npy): per-word times (optional)",
+            "speech_embedding_mel": "the embedding head's features, 1 of 2: 16 kHz samples (int16 scale) -> 32 log-mels "
+                                    "every 10 ms",
+            "speech_embedding": "the embedding head's features, 2 of 2: a mel sequence -> one 96-d vector every 80 ms",
+            "embedding_head": "the embedding head: 96-d vectors -> phoneme log-probabilities, run around the first "
+                              "stage's candidates (docs/runtime.md, section 5b)",
+            "embedding_notice": "the licence of the two feature graphs (Apache-2.0)"}
+    for key in ("encoder_int8", "phoneme_table", *HEAD_FILES):
         if key in m["files"]:
             f = m["files"][key]
             lines.append(f"| `{f['path']}` | {what[key]} | {f['bytes']} |")
@@ -67,6 +77,26 @@ def _readme(m: dict, made_from: str) -> str:
     ]
     for n in states:
         lines.append(f"| `{n}` | {enc['inputs'][n]} | `{enc['state_pairs'][n]}` |")
+    if m.get("embedding_head") is not None:
+        h = m["embedding_head"]
+        lines += [
+            "",
+            "## The embedding head",
+            "",
+            f"Frames whose first-stage confidence reaches {h['min_confidence']} are candidates; the head scores the "
+            f"keyword on the audio from {h['before_s']} s before the earliest candidate path to the latest chunk, "
+            "and multiplies each candidate's first-stage score by exp(weight * (ln h - offset)) (weight "
+            f"{h['weight']}, offset {h['offset']}); other frames get the factor of the lowest h. Graphs (float32):",
+            "",
+            "- `acoustic/melspectrogram.onnx`: input `input` [1, samples] (audio x 32767) -> [frames, 1, 1, 32]; "
+            "heron uses value / 10 + 2.",
+            "- `acoustic/embedding_model.onnx`: input `input_1` [1, mel frames, 32, 1] -> one 96-d vector per 8 mel "
+            "frames (76-frame windows).",
+            "- `acoustic/embedding_head.onnx`: input `embeddings` [1, frames, 96] -> `log_probs` [1, head frames, classes].",
+            "",
+            "The window handling (silence padding, frames kept across chunks) is section 5b of the loop's "
+            "specification.",
+        ]
     lines += [
         "",
         "On x86 CPUs without AVX-512 VNNI, set onnxruntime's session option `session.x64quantprecision` = `1` so that",
@@ -76,8 +106,9 @@ def _readme(m: dict, made_from: str) -> str:
     return "\n".join(lines)
 
 
-def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
-    """A verified full bundle (default: the shipped one) -> a mobile bundle in `out` (new or empty folder)."""
+def write_mobile_bundle(source: str | Path | None, out: str | Path, head: bool = True) -> Path:
+    """A verified full bundle (default: the shipped one) -> a mobile bundle in `out` (new or empty folder);
+    head=False leaves the embedding head out (the first stage alone, 5 MB smaller)."""
     src = load_bundle(source)
     m = src.manifest
     if m.mobile is not None:
@@ -89,12 +120,15 @@ def write_mobile_bundle(source: str | Path | None, out: str | Path) -> Path:
     for stale in ("manifest.json", "manifest.sha256"):  # a half-written bundle never looks complete
         (out / stale).unlink(missing_ok=True)
     files = {}
-    for key in ("encoder_int8", "phoneme_table"):
+    keep_head = head and m.embedding_head is not None
+    for key in ("encoder_int8", "phoneme_table", *(HEAD_FILES if keep_head else ())):
         if m.has(key):
-            name = Path(m.files[key].path).name
+            name = Path(m.files[key].path).name if key not in HEAD_FILES else m.files[key].path
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.path(key), out / name)
             files[key] = name
-    mobile = replace(m, speech_gate=None, verifier=None, embedding_head=None, mobile=Mobile(src.identity),
+    mobile = replace(m, speech_gate=None, verifier=None, embedding_head=m.embedding_head if keep_head else None,
+                     mobile=Mobile(src.identity),
                      files=file_table(out, files))
     (out / "README.md").write_text(_readme(mobile.to_dict(), src.identity))
     files["readme"] = "README.md"

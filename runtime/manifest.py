@@ -38,7 +38,10 @@ GATE_NAMES = ("ffn1", "attn", "conv", "ffn2")  # a conformer layer's gated modul
 GATE_THRESHOLD = 0.5  # a module runs when its gate probability is above this (heron.models.conformer trains it so)
 BLANK_SYMBOL = "<blank>"  # the CTC blank's name in the class table
 FEATURES_TYPE = "log-mel (in graph)"  # the encoder graph computes its own features from audio
-MOBILE_FILES = frozenset({"encoder_int8", "phoneme_table", "readme"})  # what a device needs (heron kws export --mobile)
+# what a device needs (heron kws export --mobile): the encoder, word times, and the embedding head with its two
+# feature graphs and their licence when the full bundle has one
+MOBILE_FILES = frozenset({"encoder_int8", "phoneme_table", "readme", "speech_embedding_mel", "speech_embedding",
+                          "embedding_head", "embedding_notice"})
 MOBILE_LOOP_SPEC = "docs/runtime.md"  # where a mobile bundle's run-time loop is specified
 LM_FILES = ("model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json")
 LM_WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}  # variant -> file

@@ -266,14 +266,16 @@ def _export(args) -> int:
 
         if args.checkpoint is not None or args.target != "onnx":
             raise ValueError("--mobile makes a bundle from a full bundle (--model), not from --checkpoint or --target")
-        folder = write_mobile_bundle(args.model, out)
+        folder = write_mobile_bundle(args.model, out, head=not args.no_head)
         _print_bundle(folder)
-        total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         print(f"mobile bundle: {total / 1e6:.2f} MB in {folder}; keyword files: heron kws enroll TEXT --out F.kw"
               + (f" --model {args.model}" if args.model else ""))
         return 0
     if args.model is not None:
         raise ValueError("--model names the source bundle of --mobile; a full export reads --checkpoint")
+    if args.no_head:
+        raise ValueError("--no-head leaves the embedding head out of a mobile bundle (--mobile)")
     try:
         from heron.export.kws_bundle import build_kws_bundles
     except ImportError as e:
@@ -306,6 +308,9 @@ def add_kws_export(sub, formatter) -> None:
                    help="write a mobile bundle from a full bundle (--model): the int8 graph, manifest and a README "
                         "for app developers, nothing enrollment-only; keywords come as keyword files")
     p.add_argument("--model", default=None, help="with --mobile: the full bundle to start from (default: the shipped one)")
+    p.add_argument("--no-head", action="store_true",
+                   help="with --mobile: leave the embedding head out (5 MB smaller; scores as the first stage alone, "
+                        "which misses more real-device keywords) (default: keep it when the bundle has one)")
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--matcher", default=None,
                    help="second-stage folder (text encoder + SLiCK verifier) to include (default: first stage only)")

@@ -135,14 +135,18 @@ def test_bad_head_options_are_refused_before_writing(head_dir, tmp_path):
                             "options")
 
 
-def test_a_mobile_bundle_made_from_it_has_no_head(head_dir, tmp_path):
+def test_a_mobile_bundle_made_from_it_keeps_the_head_unless_asked_not_to(head_dir, tmp_path):
     from heron.export.kws_mobile import write_mobile_bundle
 
     b = _bundle(head_dir, tmp_path / "b")
     mob = write_mobile_bundle(b, tmp_path / "m")
     m = json.loads((mob / "manifest.json").read_text())
+    assert m["embedding_head"] == json.loads((b / "manifest.json").read_text())["embedding_head"]
+    assert set(HeadCheck.FILES) <= set(m["files"]) and KeywordSpotter.load(mob).head is not None
+    mob = write_mobile_bundle(b, tmp_path / "m2", head=False)
+    m = json.loads((mob / "manifest.json").read_text())
     assert "embedding_head" not in m and not (set(HeadCheck.FILES) & set(m["files"]))
-    shutil.rmtree(tmp_path / "m")
+    assert KeywordSpotter.load(mob).head is None
 
 
 def test_the_shipped_bundle_has_the_head_and_a_copy_without_it_runs_the_first_stage(first_stage, clip):

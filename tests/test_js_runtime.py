@@ -172,18 +172,65 @@ def test_js_refuses_edited_bundles_and_bad_audio(setup, tmp_path):
     assert "8000 Hz" in rows[0]["error"] and "not a WAV file" in rows[1]["error"]
 
 
-def test_js_refuses_a_bundle_with_an_embedding_head(setup, tmp_path):
-    """The shipped full bundle checks candidates with the embedding head, which the JavaScript runtime does
-    not run: it refuses the bundle rather than score differently from Python."""
+def test_mobile_bundle_carries_the_embedding_head_and_js_runs_it(setup, tmp_path):
+    """The mobile bundle keeps the shipped bundle's embedding head (its section and three graphs); the
+    head moves the scores (the parity test above compares scores with it at work), and --no-head gives the
+    first stage alone in both runtimes."""
     import soundfile as sf
 
-    from heron.runtime.bundle import DEFAULT_BUNDLE
+    from heron.export.kws_mobile import write_mobile_bundle
 
-    _, _, kwfiles = setup
+    d, mobile, kwfiles = setup
+    m = json.loads((mobile / "manifest.json").read_text())
+    assert m["embedding_head"] == json.loads((Path(KeywordSpotter.load().bundle.root) / "manifest.json")
+                                             .read_text())["embedding_head"]
+    for key in ("speech_embedding_mel", "speech_embedding", "embedding_head", "embedding_notice"):
+        assert (mobile / m["files"][key]["path"]).is_file()
+    bare = write_mobile_bundle(None, tmp_path / "bare", head=False)
+    assert "embedding_head" not in json.loads((bare / "manifest.json").read_text())
+    assert not (bare / "acoustic").exists()
+    clips = _clips(d)[8:14]  # real (or TTS) clips with the keywords
+    args = [a for k in kwfiles for a in ("--keyword-file", k)]
+    head = {(r["file"], r["keyword"]): r["score"] for r in map(json.loads, _node("--bundle", mobile, *args, *clips).stdout.splitlines())}
+    first = {(r["file"], r["keyword"]): r["score"] for r in map(json.loads, _node("--bundle", bare, *args, *clips).stdout.splitlines())}
+    assert head.keys() == first.keys()
+    assert max(abs(head[k] - first[k]) for k in head) > 0.05  # the head is at work
+    sp = KeywordSpotter.load(bare)
+    kws = [sp.add_keyword_file(k) for k in kwfiles]
+    for clip in clips:
+        pcm, _ = sf.read(clip, dtype="int16")
+        st = sp.stream(kws)
+        st.track_best = True
+        st.accept(pcm), st.flush()
+        for kw in kws:
+            assert abs(st.best[kw.name][0] - first[(str(clip), kw.name)]) <= 1e-3
+
+
+@pytest.mark.parametrize("case, message", [
+    ("offset", "embedding_head.offset"),
+    ("unknown", "embedding_head"),
+    ("no_graph", "speech_embedding"),
+])
+def test_js_refuses_an_edited_head_section_as_python_does(setup, tmp_path, case, message):
+    """A re-signed manifest whose head section is out of range, has unknown fields or lost a graph is
+    refused in one line by both runtimes."""
+    import soundfile as sf
+
+    from heron.runtime.bundle import BundleError
+
+    _, mobile, kwfiles = setup
+    b = tmp_path / "b"
+    shutil.copytree(mobile, b)
+    change = {"offset": lambda m: m["embedding_head"].update(offset=5.0),
+              "unknown": lambda m: m["embedding_head"].update(scale=2.0),
+              "no_graph": lambda m: m["files"].pop("speech_embedding")}[case]
+    edit_manifest(b, change)
     wav = tmp_path / "a.wav"
     sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
-    p = _node("--bundle", DEFAULT_BUNDLE, "--keyword-file", kwfiles[0], wav, check=False)
-    assert p.returncode != 0 and "embedding head" in p.stderr
+    p = _node("--bundle", b, "--keyword-file", kwfiles[0], wav, check=False)
+    assert p.returncode != 0 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    with pytest.raises(BundleError, match=message):
+        KeywordSpotter.load(b)
 
 
 def test_js_refuses_a_reordered_class_table(setup, tmp_path):

@@ -42,33 +42,43 @@ def _speech():
 
 def test_keyword_file_scores_exactly_as_enrolling_from_text(shipped, mobile, kwfile, tmp_path):
     from heron.export.embedding_head import without_embedding_head
+    from heron.export.kws_mobile import write_mobile_bundle
     from heron.runtime.bundle import DEFAULT_BUNDLE
 
     audio = _speech()
-    first_stage = without_embedding_head(DEFAULT_BUNDLE, tmp_path / "first")  # what a mobile bundle runs
-    for ref_bundle, bundle in ((None, None), (first_stage, mobile)):
-        ref = KeywordSpotter.load(ref_bundle)
+    first_stage = without_embedding_head(DEFAULT_BUNDLE, tmp_path / "first")  # what a --no-head mobile bundle runs
+    bare = write_mobile_bundle(None, tmp_path / "bare", head=False)
+    # the mobile bundle runs the single graph (no per-module graphs, no speech gate)
+    for ref_bundle, bundle, gate in ((None, None, True), (None, mobile, False), (first_stage, bare, False)):
+        ref = KeywordSpotter.load(ref_bundle, speech_gate=gate)
         kw = ref.enroll("hey heron", sensitivity=0.7)
         want = ref.score_file(audio, kw.name)
         sp = KeywordSpotter.load(bundle)
         got_kw = sp.add_keyword_file(kwfile)
         assert got_kw.threshold == kw.threshold and got_kw.norm == kw.norm
         assert got_kw.pronunciation.words == ("hey", "heron")
-        # the mobile bundle runs the single graph (no per-module graphs, no speech gate): same to float rounding
+        # same to float rounding
         assert sp.score_file(audio, got_kw.name) == pytest.approx(want, abs=1e-6)
         assert want[0] > kw.threshold  # the keyword is in the clip: the comparison is about a real detection
 
 
-def test_mobile_bundle_holds_only_what_a_device_needs(mobile, shipped):
+def test_mobile_bundle_holds_only_what_a_device_needs(mobile, shipped, tmp_path):
+    from heron.export.kws_mobile import write_mobile_bundle
+
     m = json.loads((mobile / "manifest.json").read_text())
-    assert set(m["files"]) == {"encoder_int8", "phoneme_table", "readme"}
+    head = {"speech_embedding_mel", "speech_embedding", "embedding_head", "embedding_notice"}
+    assert set(m["files"]) == {"encoder_int8", "phoneme_table", "readme"} | head
     assert m["mobile"]["made_from"] == shipped.bundle.identity
     assert "speech_gate" not in m and "background" not in m["files"]
-    total = sum(p.stat().st_size for p in mobile.iterdir())
-    assert total + 1000 <= 3_000_000  # with one keyword file: within the 3 MB
     readme = (mobile / "README.md").read_text()
-    for name in ("encoder.int8.onnx", "cached_conv_3", "new_cached_key_0", "docs/runtime.md", "x64quantprecision"):
+    for name in ("encoder.int8.onnx", "cached_conv_3", "new_cached_key_0", "docs/runtime.md", "x64quantprecision",
+                 "acoustic/embedding_head.onnx", "acoustic/melspectrogram.onnx", "section 5b"):
         assert name in readme
+    bare = write_mobile_bundle(None, tmp_path / "bare", head=False)  # the first stage alone
+    assert set(json.loads((bare / "manifest.json").read_text())["files"]) == {"encoder_int8", "phoneme_table", "readme"}
+    total = sum(p.stat().st_size for p in bare.rglob("*"))
+    assert total + 1000 <= 3_000_000  # with one keyword file: within the first mobile issue's 3 MB
+    assert "embedding head" not in (bare / "README.md").read_text()
     sp = KeywordSpotter.load(mobile)
     with pytest.raises(ValueError, match="mobile bundle cannot enroll"):
         sp.enroll("hey heron")
@@ -149,8 +159,12 @@ def test_cli_enroll_out_writes_a_keyword_file_and_export_mobile(tmp_path):
     assert p.returncode != 0 and "is a folder" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = heron("kws", "export", "--mobile", "--checkpoint", "x", "--out", str(tmp_path / "m"), check=False)
     assert p.returncode != 0 and "--mobile makes a bundle from a full bundle" in p.stderr
+    p = heron("kws", "export", "--no-head", "--out", str(tmp_path / "m"), check=False)
+    assert p.returncode != 0 and "--no-head leaves the embedding head out of a mobile bundle" in p.stderr
+    assert not (tmp_path / "m").exists()
     p = heron("kws", "export", "--mobile", "--out", str(tmp_path / "m"))
     assert "mobile bundle:" in p.stdout and (tmp_path / "m" / "README.md").is_file()
+    assert (tmp_path / "m" / "acoustic" / "embedding_head.onnx").is_file()
     np.testing.assert_array_equal(np.load(tmp_path / "m" / "phoneme_table.npy"),
                                   KeywordSpotter.load().phoneme_table)
 

@@ -115,8 +115,20 @@ function checkManifest(m, where) {
   for (const o of ['log_probs', 'embeddings']) if (!outputs.includes(o)) throw new HeronError(`${where}: encoder.outputs must include ${o}`);
   if (!m.files || !m.files.encoder_int8) throw new HeronError(`${where}: files must list encoder_int8 (make a mobile bundle: heron kws export --mobile)`);
   if (m.mobile !== undefined && !HEX64.test(m.mobile.made_from)) throw new HeronError(`${where}: mobile.made_from must be 64 hex digits`);
-  // a bundle whose scores depend on its embedding head would score differently here: refuse, do not diverge
-  if (m.embedding_head !== undefined) throw new HeronError(`${where}: this bundle checks candidates with an embedding head, which this runtime does not run (make a mobile bundle: heron kws export --mobile)`);
+  if (m.embedding_head !== undefined) checkHead(m, where);
+}
+
+const HEAD_RANGES = { weight: [0, 10], min_confidence: [0, 1], offset: [-50, 0], before_s: [0, 5] };
+const HEAD_FILES = ['speech_embedding_mel', 'speech_embedding', 'embedding_head'];
+
+/** The embedding head's section (heron.runtime.manifest.HeadCheck): its four numbers and its three graphs. */
+function checkHead(m, where) {
+  const h = m.embedding_head;
+  if (typeof h !== 'object' || h === null || Array.isArray(h)) throw new HeronError(`${where}: embedding_head must be an object`);
+  const unknown = Object.keys(h).filter((k) => !(k in HEAD_RANGES));
+  if (unknown.length) throw new HeronError(`${where}: 'embedding_head' has fields this heron does not know: ${unknown}`);
+  for (const [k, [lo, hi]] of Object.entries(HEAD_RANGES)) num(h[k], lo, hi, `${where}: embedding_head.${k}`);
+  for (const key of HEAD_FILES) if (!m.files[key]) throw new HeronError(`${where}: files must list ${key} (the embedding head's graphs)`);
 }
 
 function safePath(rel, where) {
@@ -221,6 +233,17 @@ class Matcher {
   }
 }
 
+/** One frame's log-probabilities -> each class's frame score (its ratio to the best, + w * its
+ * log-probability; Python: ctc_kws.frame_scores) and the best class. */
+function frameScores(lp, w) {
+  const C = lp.length;
+  let mx = -Infinity; let arg = 0;
+  for (let c = 0; c < C; c++) if (lp[c] > mx) { mx = lp[c]; arg = c; }
+  const llr = new Float64Array(C);
+  for (let c = 0; c < C; c++) llr[c] = lp[c] - mx + (w ? w * lp[c] : 0);
+  return { llr, arg };
+}
+
 // --- 5. calibration ----------------------------------------------------------------------------------
 
 function calibrate(raw, n, cal, norm) {
@@ -290,6 +313,101 @@ function dspPartition(win, words, voiced) {
   return segs.reverse();
 }
 
+// --- 5b. the embedding head (heron.runtime.speech_embedding, Stream._head_factors, _HeadEvent) ---------
+
+const SE_RATE = 16000;
+const MEL_HOP = 160;
+const MEL_FFT = 512;
+const MEL_BINS = 32;
+const WINDOW_FRAMES = 76;
+const STEP_FRAMES = 8;
+const SE_DIM = 96;
+const PAD_SECONDS = 0.4;
+const SCORE_FLOOR = Math.exp(-50.0);
+
+/** Embedding frames for n samples of audio (0 when shorter than one 775 ms window). */
+function seFrames(n) {
+  const mels = Math.max(0, Math.floor((n - MEL_FFT) / MEL_HOP) + 1);
+  return Math.max(0, Math.floor((mels - WINDOW_FRAMES) / STEP_FRAMES) + 1);
+}
+
+class HeadRunner {
+  constructor(m, mel, embedding, head, ort) {
+    this.cfg = m.embedding_head;
+    this.mel = mel;
+    this.embedding = embedding;
+    this.head = head;
+    this.ort = ort;
+    this.C = m.phonemes.classes.length;
+  }
+
+  /** Audio (float, 16 kHz) -> Float32Array of (mel frames x 32), scaled x / 10 + 2. */
+  async mels(audio) {
+    if (audio.length < MEL_FFT) return new Float32Array(0);
+    const x = new Float32Array(audio.length);
+    for (let i = 0; i < audio.length; i++) x[i] = audio[i] * 32767.0;
+    const out = await this.mel.run({ input: new this.ort.Tensor('float32', x, [1, x.length]) });
+    const spec = Float32Array.from(out[this.mel.outputNames[0]].data);
+    for (let i = 0; i < spec.length; i++) spec[i] = spec[i] / 10.0 + 2.0;
+    return spec;
+  }
+
+  /** Mels -> the embedding frames first..n-1 (consecutive) as an array of Float32Array(96). */
+  async embed(spec, first, n) {
+    if (first >= n) return [];
+    const a = first * STEP_FRAMES * MEL_BINS;
+    const b = ((n - 1) * STEP_FRAMES + WINDOW_FRAMES) * MEL_BINS;
+    const sub = spec.slice(a, b);
+    const out = await this.embedding.run({ input_1: new this.ort.Tensor('float32', sub, [1, sub.length / MEL_BINS, MEL_BINS, 1]) });
+    const d = out[this.embedding.outputNames[0]].data;
+    const rows = [];
+    for (let i = 0; i < n - first; i++) rows.push(d.slice(i * SE_DIM, (i + 1) * SE_DIM));
+    return rows;
+  }
+
+  /** (frames of 96) -> log-probabilities as an array of Float32Array(C) (none for no frames). */
+  async logProbs(feats) {
+    if (feats.length === 0) return [];
+    const x = new Float32Array(feats.length * SE_DIM);
+    feats.forEach((r, i) => x.set(r, i * SE_DIM));
+    const out = await this.head.run({ embeddings: new this.ort.Tensor('float32', x, [1, feats.length, SE_DIM]) });
+    const d = out[this.head.outputNames[0]].data;
+    const rows = [];
+    for (let i = 0; i < d.length / this.C; i++) rows.push(d.subarray(i * this.C, (i + 1) * this.C));
+    return rows;
+  }
+
+  /** The head's per-phoneme score h -> the factor on a first-stage score. */
+  factor(h) {
+    return Math.exp(this.cfg.weight * (Math.log(Math.max(h, SCORE_FLOOR)) - this.cfg.offset));
+  }
+}
+
+/** The head's window while chunks with candidates follow each other (Python: _HeadEvent). */
+class HeadEvent {
+  constructor(start) {
+    this.start = start;
+    this.audio = new Float32Array(0);
+    this.kept = [];
+  }
+
+  async logProbs(runner, newAudio) {
+    const audio = new Float32Array(this.audio.length + newAudio.length);
+    audio.set(this.audio);
+    audio.set(newAudio, this.audio.length);
+    this.audio = audio;
+    const pad = Math.trunc(PAD_SECONDS * SE_RATE);
+    const x = new Float32Array(pad + audio.length + pad);
+    x.set(audio, pad);
+    const spec = await runner.mels(x);
+    const n = Math.max(0, Math.floor((spec.length / MEL_BINS - WINDOW_FRAMES) / STEP_FRAMES) + 1);
+    const inside = Math.min(n, seFrames(pad + audio.length));  // frames that no later audio reaches into
+    const feats = this.kept.concat(await runner.embed(spec, this.kept.length, n));
+    this.kept = feats.slice(0, Math.max(inside, this.kept.length));
+    return runner.logProbs(feats);
+  }
+}
+
 // --- the spotter -----------------------------------------------------------------------------------
 
 export class KeywordSpotter {
@@ -306,7 +424,7 @@ export class KeywordSpotter {
     const m = parseJson(mbytes, `${where}/manifest.json`);
     checkManifest(m, `${where}/manifest.json`);
     const files = {};
-    for (const key of ['encoder_int8', 'phoneme_table']) {
+    for (const key of ['encoder_int8', 'phoneme_table', ...(m.embedding_head ? HEAD_FILES : [])]) {
       const info = m.files[key];
       if (!info) continue;
       const rel = safePath(info.path, `${where}/manifest.json`);
@@ -324,10 +442,16 @@ export class KeywordSpotter {
       ...sessionOptions,
     });
     const table = files.phoneme_table ? readNpyFloat32(files.phoneme_table, `${where}/phoneme_table.npy`) : null;
-    return new KeywordSpotter(m, identity, session, ort, table);
+    let head = null;
+    if (m.embedding_head) {  // float32 graphs: onnxruntime's defaults, one thread
+      const open = (key) => ort.InferenceSession.create(files[key], { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all', ...sessionOptions });
+      head = new HeadRunner(m, await open('speech_embedding_mel'), await open('speech_embedding'), await open('embedding_head'), ort);
+    }
+    return new KeywordSpotter(m, identity, session, ort, table, head);
   }
 
-  constructor(manifest, identity, session, ort, phonemeTable) {
+  constructor(manifest, identity, session, ort, phonemeTable, head = null) {
+    this.head = head;
     this.m = manifest;
     this.identity = identity;
     this.identities = [identity].concat(manifest.mobile ? [manifest.mobile.made_from] : []);
@@ -416,6 +540,13 @@ export class Stream {
     this.emb = [];  // recent frames' embeddings (word times)
     this.voiced = [];
     this.embFirst = 0;
+    this.audio = new Float32Array(0);  // recent audio, for the embedding head (bundles with one)
+    this.audioFirst = 0;  // absolute sample index of this.audio[0]
+    this.headEvent = null;
+    if (spotter.head) {
+      const maxKeywordFrames = m.matcher.frames_base + m.matcher.frames_per_phoneme * MAX_KEYWORD_PHONEMES;
+      this.audioKeep = Math.trunc((maxKeywordFrames * m.frame_seconds + spotter.head.cfg.before_s) * m.sample_rate + 2 * m.chunk_samples);
+    }
   }
 
   static toFloat(pcm) {
@@ -463,21 +594,37 @@ export class Stream {
       const chunk = this.buf.slice(0, n);
       this.buf = this.buf.slice(n);
       const { logProbs, embeddings, D } = await sp.runChunk(chunk, this.enc);
+      if (sp.head) {  // the longest keyword window, the head's margin and this chunk
+        const merged = new Float32Array(this.audio.length + chunk.length);
+        merged.set(this.audio);
+        merged.set(chunk, this.audio.length);
+        const cut = Math.max(0, merged.length - this.audioKeep);
+        this.audio = merged.slice(cut);
+        this.audioFirst += cut;
+      }
       const F = logProbs.length / C;
+      const tracks = [...this.tracks.values()];
+      const raws = tracks.map(() => new Float64Array(F));  // section 4 for every frame and keyword first
+      const starts = tracks.map(() => new Float64Array(F));
       for (let t = 0; t < F; t++) {
         const lp = logProbs.subarray(t * C, (t + 1) * C);
-        let mx = -Infinity; let arg = 0;
-        for (let c = 0; c < C; c++) if (lp[c] > mx) { mx = lp[c]; arg = c; }
-        const llr = new Float64Array(C);  // each class's frame score: its ratio to the best, + w * its log-probability
-        const w = sp.posteriorWeight;
-        for (let c = 0; c < C; c++) llr[c] = lp[c] - mx + (w ? w * lp[c] : 0);
+        const { llr, arg } = frameScores(lp, sp.posteriorWeight);
         if (sp.table) {
           this.emb.push(embeddings.slice(t * D, (t + 1) * D));
           this.voiced.push(arg !== sp.blank);
         }
+        tracks.forEach((tr, k) => { [raws[k][t], starts[k][t]] = tr.k.matcher.step(llr, this.frames + t, tr.st); });
+      }
+      if (sp.head && tracks.length) {  // section 5b: the head's factors on the candidates' scores
+        const factors = await this.headFactors(tracks, raws, starts, F);
+        tracks.forEach((_, k) => { for (let t = 0; t < F; t++) raws[k][t] *= factors[k][t]; });
+      }
+      for (let t = 0; t < F; t++) {
         const f = this.frames + t;
-        for (const [name, tr] of this.tracks) {
-          const [raw, start] = tr.k.matcher.step(llr, f, tr.st);
+        for (const [k, tr] of tracks.entries()) {
+          const name = tr.k.name;
+          const raw = raws[k][t];
+          const start = starts[k][t];
           const v = calibrate(raw, tr.k.matcher.n, m.calibration, tr.k.norm);
           const end = f + 1;
           const b = this.best.get(name);
@@ -503,6 +650,39 @@ export class Stream {
       if (drop) { this.emb.splice(0, drop); this.voiced.splice(0, drop); this.embFirst += drop; }
     }
     return dets;
+  }
+
+  /** Per keyword, this chunk's factors from the embedding head: the candidates' (first-stage confidence
+   * >= min_confidence) from the head's best path in the window, the lowest factor elsewhere. */
+  async headFactors(tracks, raws, starts, F) {
+    const sp = this.sp;
+    const m = sp.m;
+    const h = sp.head.cfg;
+    const lowest = sp.head.factor(SCORE_FLOOR);
+    const factors = tracks.map(() => new Float64Array(F).fill(lowest));
+    const cand = tracks.map((tr, k) => Array.from(raws[k], (r) => calibrate(r, tr.k.matcher.n, m.calibration, tr.k.norm) >= h.min_confidence));
+    let minStart = Infinity;
+    cand.forEach((c, k) => c.forEach((x, t) => { if (x && starts[k][t] < minStart) minStart = starts[k][t]; }));
+    if (minStart === Infinity) {
+      this.headEvent = null;
+      return factors;
+    }
+    const perFrame = Math.round(m.frame_seconds * m.sample_rate);
+    const first = Math.max(this.audioFirst, minStart * perFrame - Math.trunc(h.before_s * m.sample_rate));
+    const end = this.audioFirst + this.audio.length;
+    let ev = this.headEvent;
+    if (!ev || first < ev.start || end - ev.start > this.audioKeep) ev = this.headEvent = new HeadEvent(first);
+    const lp = await ev.logProbs(sp.head, this.audio.subarray(ev.start + ev.audio.length - this.audioFirst));
+    const llrs = lp.map((row) => frameScores(row, sp.posteriorWeight).llr);
+    tracks.forEach((tr, k) => {
+      if (!cand[k].some((x) => x)) return;
+      let best = SCORE_FLOOR;
+      const st = tr.k.matcher.initState(0);
+      llrs.forEach((llr, t) => { best = Math.max(best, tr.k.matcher.step(llr, t, st)[0]); });
+      const fk = sp.head.factor(best);
+      cand[k].forEach((x, t) => { if (x) factors[k][t] = fk; });
+    });
+    return factors;
   }
 
   emit(tr) {
