@@ -1,6 +1,5 @@
 """A bundle with the embedding head (heron kws add-head): the runtime's check of first-stage candidates."""
 import json
-import shutil
 
 import numpy as np
 import pytest
