@@ -211,6 +211,97 @@ class HeadTrainConfig:
     feature_noise: float = 0.1  # Gaussian noise on the normalized features (the training set is small)
     frame_drop: float = 0.05    # share of frames zeroed
     seed: int = 0
+    confusable_weight: float = 0.0  # weight of the confusable ranking loss (0: CTC alone)
+    init: str | None = None     # start from this head's weights (a fine-tune) instead of from scratch
+
+
+# --- confusable phrases: near misses the keyword matcher must rank below what was said --------------------
+# heron's phonemes in broad classes; an edit swaps a phoneme for another of its class, or drops or adds one
+BROAD_CLASSES = ("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW", "B D G K P T", "CH JH", "DH F HH S SH TH V Z ZH",
+                 "M N NG", "L R W Y")
+RANK_GAMMA, RANK_MARGIN = 10.0, 0.1  # the ranking loss: softplus(gamma (s_near_miss - s_said + margin)) / gamma
+MATCH_GAP, MATCH_WEIGHT = 0.1, 5.0   # the keyword matcher's options in the shipped bundle (gap penalty, posterior weight)
+
+
+def _same_class() -> dict[int, list[int]]:
+    """Class id (heron's table: blank 0, then PHONEMES) -> the other ids of its broad class."""
+    from heron.runtime.phonemes import PHONEMES
+
+    out = {}
+    for group in BROAD_CLASSES:
+        ids = [PHONEMES.index(p) + 1 for p in group.split()]
+        for i in ids:
+            out[i] = [j for j in ids if j != i]
+    return out
+
+
+def _contains(y: np.ndarray, q: list[int]) -> bool:
+    n = len(q)
+    return any(list(y[i:i + n]) == q for i in range(len(y) - n + 1))
+
+
+def confusable_pair(y: np.ndarray, rng: np.random.Generator, same: dict[int, list[int]], lo: int = 4,
+                    hi: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
+    """A phrase the utterance says (a span of its phoneme targets, lo..hi phonemes) and a near miss of it
+    (one or two edits within broad classes) that the utterance does not say; None when there is none."""
+    n = len(y)
+    if n < lo:
+        return None
+    length = int(rng.integers(lo, min(hi, n) + 1))
+    a = int(rng.integers(0, n - length + 1))
+    said = [int(v) for v in y[a:a + length]]
+    for _ in range(20):
+        q = list(said)
+        for _ in range(1 if rng.random() < 0.7 else 2):
+            r, i = rng.random(), int(rng.integers(len(q)))
+            if r < 0.7 or len(q) <= lo:
+                q[i] = int(rng.choice(same[q[i]]))
+            elif r < 0.85:
+                del q[i]
+            else:
+                q.insert(i, int(rng.choice(same[q[i]])))
+        if q != said and not _contains(y, q):
+            return np.array(said), np.array(q)
+    return None
+
+
+def matcher_log_scores(lp: torch.Tensor, lengths: torch.Tensor, phrases: list[tuple[int, np.ndarray]],
+                       gap: float = MATCH_GAP, weight: float = MATCH_WEIGHT) -> torch.Tensor:
+    """The keyword matcher (heron.runtime.ctc_kws, without its length limit) in torch, differentiable:
+    (B, T, C) log-probabilities, each utterance's valid frames, and (utterance, phoneme ids) phrases ->
+    each phrase's best per-phoneme log score over the utterance (the log of the runtime's raw score)."""
+    neg = -1e9
+    llr = lp - lp.max(-1, keepdim=True).values + weight * lp  # the runtime's frame scores
+    M, T = len(phrases), lp.shape[1]
+    S = 2 * max(len(q) for _, q in phrases) - 1
+    lab = torch.zeros(M, S, dtype=torch.long)
+    valid = torch.zeros(M, S, dtype=torch.bool)
+    skip = torch.zeros(M, S, dtype=torch.bool)
+    cost = torch.zeros(M, S)
+    last = torch.zeros(M, dtype=torch.long)
+    for m, (_, q) in enumerate(phrases):
+        s_m = 2 * len(q) - 1
+        lab[m, 0:s_m:2] = torch.as_tensor(q, dtype=torch.long)
+        valid[m, :s_m] = True
+        cost[m, 1:s_m:2] = gap
+        for s in range(2, s_m, 2):
+            skip[m, s] = bool(lab[m, s] != lab[m, s - 2])
+        last[m] = s_m - 1
+    b = torch.as_tensor([i for i, _ in phrases], dtype=torch.long)
+    emit = llr[b].gather(2, lab[:, None, :].expand(M, T, S)) - cost[:, None, :]  # (M, T, S)
+    emit = emit.masked_fill(~valid[:, None, :], neg)
+    live = torch.arange(T)[None, :] < lengths[b][:, None]  # (M, T)
+    score = torch.full((M, S), neg)
+    best = torch.full((M,), neg)
+    zero, neg2 = torch.zeros(M, 1), torch.full((M, 2), neg)
+    for t in range(T):
+        prev = torch.cat([zero, score[:, :-1]], 1)  # state 0 may (re)start at any frame
+        prev2 = torch.cat([neg2, score[:, :-2]], 1).masked_fill(~skip, neg)
+        score = torch.maximum(torch.maximum(score, prev), prev2) + emit[:, t]
+        end = score.gather(1, last[:, None])[:, 0]
+        best = torch.where(live[:, t], torch.maximum(best, end), best)
+    n = torch.as_tensor([len(q) for _, q in phrases], dtype=torch.float32)
+    return best / n
 
 
 def _batches(X: list[np.ndarray], keep: list[int], frames: int) -> list[list[int]]:
@@ -240,8 +331,16 @@ def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: H
         model, meta = load_head(out)
         if meta["config"] != asdict(cfg):
             raise ValueError(f"{out / WEIGHTS} was trained with another head configuration: use a new --out")
+        if meta.get("train", {}).get("init") != tcfg.init:
+            raise ValueError(f"{out / WEIGHTS} was started from {meta.get('train', {}).get('init')}, not from "
+                             f"{tcfg.init}: use a new --out")
         done = int(meta["epochs_done"])
         log(f"resuming after epoch {done}")
+    elif tcfg.init is not None:  # a fine-tune: the given head's weights and feature statistics
+        model, meta = load_head(tcfg.init)
+        if meta["config"] != asdict(cfg):
+            raise ValueError(f"{tcfg.init} has another head configuration than this run's")
+        log(f"starting from {tcfg.init}")
     else:
         feats = np.concatenate([X[i] for i in keep]).astype(np.float32)
         model.mean.copy_(torch.from_numpy(feats.mean(0)))
@@ -253,10 +352,12 @@ def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: H
     step = done * len(batches)
     for _ in range(done):  # the same batch order as an uninterrupted run
         rng.shuffle(batches)
+    same = _same_class() if tcfg.confusable_weight > 0 else {}
+    pair_rng = np.random.default_rng(tcfg.seed + 1)
     model.train()
     for epoch in range(done, tcfg.epochs):
         rng.shuffle(batches)
-        t0, losses = time.time(), []
+        t0, losses, ranks = time.time(), [], []
         for b in batches:
             T = max(len(X[i]) for i in b)
             x = np.zeros((len(b), T, DIM), np.float32)
@@ -267,8 +368,20 @@ def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: H
             xt = xt * (torch.rand(xt.shape[0], xt.shape[1], 1) >= tcfg.frame_drop)
             lp = model(xt)  # (B, 2T, C)
             targets = torch.from_numpy(np.concatenate([Y[i] for i in b]).astype(np.int64))
-            loss = F.ctc_loss(lp.transpose(0, 1), targets, torch.tensor([cfg.up * len(X[i]) for i in b]),
+            lengths = torch.tensor([cfg.up * len(X[i]) for i in b])
+            loss = F.ctc_loss(lp.transpose(0, 1), targets, lengths,
                               torch.tensor([len(Y[i]) for i in b]), blank=0, zero_infinity=True)
+            if tcfg.confusable_weight > 0:  # what each utterance said must outrank a near miss of it
+                phrases = []
+                for j, i in enumerate(b):
+                    pair = confusable_pair(Y[i], pair_rng, same)
+                    if pair is not None:
+                        phrases += [(j, pair[0]), (j, pair[1])]
+                if phrases:
+                    s = matcher_log_scores(lp, lengths, phrases)
+                    rank = F.softplus(RANK_GAMMA * (s[1::2] - s[0::2] + RANK_MARGIN)).mean() / RANK_GAMMA
+                    loss = loss + tcfg.confusable_weight * rank
+                    ranks.append(rank.item())
             lr = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -279,7 +392,8 @@ def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: H
             step += 1
             losses.append(loss.item())
         save_head(model, out, epochs_done=epoch + 1, train=asdict(tcfg))
-        log(f"epoch {epoch + 1} / {tcfg.epochs}: CTC loss {np.mean(losses):.3f}, {time.time() - t0:.0f} s")
+        extra = f", confusable ranking loss {np.mean(ranks):.3f}" if ranks else ""
+        log(f"epoch {epoch + 1} / {tcfg.epochs}: loss {np.mean(losses):.3f}{extra}, {time.time() - t0:.0f} s")
     model.eval()
     return model
 

@@ -89,6 +89,12 @@ def _head(args) -> int:
         raise ValueError(f"--augment-copies must be 0-10, got {args.augment_copies}")
     if not 0 <= args.tts <= 100_000:
         raise ValueError(f"--tts must be 0-100000, got {args.tts}")
+    if not 0 <= args.confusable_weight <= 100:
+        raise ValueError(f"--confusable-weight must be 0-100, got {args.confusable_weight}")
+    if args.lr is not None and not 0 < args.lr <= 1:
+        raise ValueError(f"--lr must be in (0, 1], got {args.lr}")
+    if args.init is not None and not (Path(args.init) / "embedding_head.safetensors").is_file():
+        raise ValueError(f"--init {args.init}: no embedding_head.safetensors there (a folder of heron kws train-head)")
     torch.set_num_threads(args.threads)
     cache, emb = args.cache or Path(args.out) / "cache", sequence_speech_embedding(args.threads)
     X, Y = feature_cache(args.user_data, cache, threads=args.threads, emb=emb, augment_copies=args.augment_copies,
@@ -96,7 +102,9 @@ def _head(args) -> int:
     if args.tts:
         x, y = tts_feature_cache(args.tts, cache, seed=args.seed, augment=args.augment, emb=emb)
         X, Y = X + x, Y + y
-    train_head(X, Y, args.out, tcfg=replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed))
+    tcfg = replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed, confusable_weight=args.confusable_weight,
+                   init=args.init, **({"lr": args.lr} if args.lr is not None else {}))
+    train_head(X, Y, args.out, tcfg=tcfg)
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
     return 0
@@ -219,6 +227,12 @@ def add_kws_train(tsub, formatter) -> None:
                    help="also this many TTS utterances of the training voices (kws train's pool), each through --augment")
     q.add_argument("--seed", type=int, default=0, help="seed")
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    q.add_argument("--init", default=None, help="fine-tune this head (a folder of heron kws train-head) instead of "
+                                                "starting from scratch (default: from scratch)")
+    q.add_argument("--confusable-weight", type=float, default=0.0,
+                   help="weight of a ranking loss: per utterance, a phrase it says must outscore a near miss of it "
+                        "(one or two phoneme edits) in the keyword matcher (default: 0, CTC alone)")
+    q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3)")
     q.set_defaults(func=_head, out_is_folder=True)
     q = tsub.add_parser("add-head", help="copy a bundle with the embedding head (heron kws train-head) checking "
                                          "its first-stage candidates", formatter_class=formatter)

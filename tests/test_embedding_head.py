@@ -160,3 +160,54 @@ def test_load_heads_gives_one_head_or_their_ensemble(tmp_path):
     assert isinstance(both, HeadEnsemble) and len(both.members) == 2 and len(metas) == 2
     with pytest.raises(ValueError, match="no embedding head"):
         load_heads([])
+
+
+def test_the_torch_matcher_scores_as_the_runtime_matcher():
+    """The confusable ranking loss trains through the keyword matcher itself: its torch form gives the
+    runtime's best per-phoneme log score on each utterance's valid frames."""
+    from heron.models.embedding_head import MATCH_GAP, MATCH_WEIGHT, matcher_log_scores
+    from heron.runtime.ctc_kws import CTCKeywordMatcher, MatcherOptions
+
+    torch.manual_seed(0)
+    lp = torch.log_softmax(3 * torch.randn(3, 50, 40), -1)
+    lengths = torch.tensor([50, 41, 20])
+    phrases = [(0, np.array([5, 5, 7, 9])), (1, np.array([3, 12, 3, 20, 21])), (2, np.array([1, 2, 3, 4, 5, 6])),
+               (0, np.array([8, 9, 10, 11, 12]))]
+    got = matcher_log_scores(lp, lengths, phrases).numpy()
+    opts = MatcherOptions(gap_penalty=MATCH_GAP, posterior_weight=MATCH_WEIGHT)
+    for (b, q), g in zip(phrases, got):
+        m = CTCKeywordMatcher(list(q), opts, max_frames=10**6)
+        raw, _, _ = m.step(lp[b, :lengths[b]].numpy().astype(np.float64), m.init_state())
+        assert g == pytest.approx(np.log(raw.max()), abs=1e-4)
+
+
+def test_a_near_miss_is_a_small_edit_the_utterance_does_not_say():
+    from heron.models.embedding_head import _contains, _same_class, confusable_pair
+
+    rng, same = np.random.default_rng(0), _same_class()
+    y = np.array([16, 13, 8, 2, 31, 12, 7, 1, 20, 29])  # HH EY CH AE T ER B AA K S
+    for _ in range(50):
+        said, near = confusable_pair(y, rng, same)
+        assert 4 <= len(said) <= 10 and _contains(y, list(said))
+        assert list(near) != list(said) and not _contains(y, list(near)) and abs(len(near) - len(said)) <= 2
+    assert confusable_pair(y[:3], rng, same) is None  # too short for a phrase
+
+
+def test_a_confusable_fine_tune_starts_from_the_given_head(tmp_path):
+    rng = np.random.default_rng(0)
+    X, Y = [], []
+    for _ in range(16):  # six vowels per utterance (AA..AO), each said in three frames
+        y = rng.integers(1, 5, size=6)
+        frames = np.concatenate([np.repeat(np.eye(96, dtype=np.float32)[[c - 1]] * 3, 3, axis=0) for c in y])
+        X.append(frames.astype(np.float16))
+        Y.append(y.astype(np.int16))
+    cfg = replace(TINY, n_classes=40)
+    base = train_head(X, Y, tmp_path / "base", cfg, HeadTrainConfig(epochs=2), log=lambda *_: None)
+    said = []
+    tuned = train_head(X, Y, tmp_path / "tuned", cfg,
+                       HeadTrainConfig(epochs=1, init=str(tmp_path / "base"), confusable_weight=1.0), log=said.append)
+    assert said[0] == f"starting from {tmp_path / 'base'}" and "confusable ranking loss" in said[-1]
+    assert torch.equal(tuned.mean, base.mean)  # the feature statistics come with the weights
+    assert not torch.equal(tuned.out.weight, base.out.weight)
+    with pytest.raises(ValueError, match="was started from"):  # resuming it from scratch would mix two runs
+        train_head(X, Y, tmp_path / "tuned", cfg, HeadTrainConfig(epochs=2), log=lambda *_: None)
