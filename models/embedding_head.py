@@ -212,6 +212,7 @@ class HeadTrainConfig:
     frame_drop: float = 0.05    # share of frames zeroed
     seed: int = 0
     confusable_weight: float = 0.0  # weight of the confusable ranking loss (0: CTC alone)
+    confusables: int = 1        # near misses drawn per utterance; the loss ranks the said phrase above the hardest
     init: str | None = None     # start from this head's weights (a fine-tune) instead of from scratch
 
 
@@ -241,8 +242,8 @@ def _contains(y: np.ndarray, q: list[int]) -> bool:
 
 
 def confusable_pair(y: np.ndarray, rng: np.random.Generator, same: dict[int, list[int]], lo: int = 4,
-                    hi: int = 12) -> tuple[np.ndarray, np.ndarray] | None:
-    """A phrase the utterance says (a span of its phoneme targets, lo..hi phonemes) and a near miss of it
+                    hi: int = 12, k: int = 1) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """A phrase the utterance says (a span of its phoneme targets, lo..hi phonemes) and k near misses of it
     (one or two edits within broad classes) that the utterance does not say; None when there is none."""
     n = len(y)
     if n < lo:
@@ -250,6 +251,12 @@ def confusable_pair(y: np.ndarray, rng: np.random.Generator, same: dict[int, lis
     length = int(rng.integers(lo, min(hi, n) + 1))
     a = int(rng.integers(0, n - length + 1))
     said = [int(v) for v in y[a:a + length]]
+    nears = [q for q in (_near_miss(said, y, rng, same, lo) for _ in range(k)) if q is not None]
+    return (np.array(said), nears) if nears else None
+
+
+def _near_miss(said: list[int], y: np.ndarray, rng: np.random.Generator, same: dict[int, list[int]],
+               lo: int) -> np.ndarray | None:
     for _ in range(20):
         q = list(said)
         for _ in range(1 if rng.random() < 0.7 else 2):
@@ -261,7 +268,7 @@ def confusable_pair(y: np.ndarray, rng: np.random.Generator, same: dict[int, lis
             else:
                 q.insert(i, int(rng.choice(same[q[i]])))
         if q != said and not _contains(y, q):
-            return np.array(said), np.array(q)
+            return np.array(q)
     return None
 
 
@@ -372,14 +379,17 @@ def train_head(X: list[np.ndarray], Y: list[np.ndarray], out: str | Path, cfg: H
             loss = F.ctc_loss(lp.transpose(0, 1), targets, lengths,
                               torch.tensor([len(Y[i]) for i in b]), blank=0, zero_infinity=True)
             if tcfg.confusable_weight > 0:  # what each utterance said must outrank a near miss of it
-                phrases = []
+                phrases, groups = [], []
                 for j, i in enumerate(b):
-                    pair = confusable_pair(Y[i], pair_rng, same)
+                    pair = confusable_pair(Y[i], pair_rng, same, k=tcfg.confusables)
                     if pair is not None:
-                        phrases += [(j, pair[0]), (j, pair[1])]
+                        groups.append((len(phrases), len(pair[1])))
+                        phrases += [(j, pair[0])] + [(j, q) for q in pair[1]]
                 if phrases:
                     s = matcher_log_scores(lp, lengths, phrases)
-                    rank = F.softplus(RANK_GAMMA * (s[1::2] - s[0::2] + RANK_MARGIN)).mean() / RANK_GAMMA
+                    said = torch.stack([s[a] for a, _ in groups])
+                    hardest = torch.stack([s[a + 1:a + 1 + n].max() for a, n in groups])
+                    rank = F.softplus(RANK_GAMMA * (hardest - said + RANK_MARGIN)).mean() / RANK_GAMMA
                     loss = loss + tcfg.confusable_weight * rank
                     ranks.append(rank.item())
             lr = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))

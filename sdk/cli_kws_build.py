@@ -91,6 +91,8 @@ def _head(args) -> int:
         raise ValueError(f"--tts must be 0-100000, got {args.tts}")
     if not 0 <= args.confusable_weight <= 100:
         raise ValueError(f"--confusable-weight must be 0-100, got {args.confusable_weight}")
+    if not 1 <= args.confusables <= 32:
+        raise ValueError(f"--confusables must be 1-32, got {args.confusables}")
     if args.lr is not None and not 0 < args.lr <= 1:
         raise ValueError(f"--lr must be in (0, 1], got {args.lr}")
     if args.init is not None and not (Path(args.init) / "embedding_head.safetensors").is_file():
@@ -103,7 +105,7 @@ def _head(args) -> int:
         x, y = tts_feature_cache(args.tts, cache, seed=args.seed, augment=args.augment, emb=emb)
         X, Y = X + x, Y + y
     tcfg = replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed, confusable_weight=args.confusable_weight,
-                   init=args.init, **({"lr": args.lr} if args.lr is not None else {}))
+                   confusables=args.confusables, init=args.init, **({"lr": args.lr} if args.lr is not None else {}))
     train_head(X, Y, args.out, tcfg=tcfg)
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
@@ -232,6 +234,9 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--confusable-weight", type=float, default=0.0,
                    help="weight of a ranking loss: per utterance, a phrase it says must outscore a near miss of it "
                         "(one or two phoneme edits) in the keyword matcher (default: 0, CTC alone)")
+    q.add_argument("--confusables", type=int, default=1,
+                   help="near misses drawn per utterance for --confusable-weight; the loss ranks the said phrase above "
+                        "the hardest of them (default: 1)")
     q.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3)")
     q.set_defaults(func=_head, out_is_folder=True)
     q = tsub.add_parser("add-head", help="copy a bundle with the embedding head (heron kws train-head) checking "

@@ -183,6 +183,7 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["kws", "train-head", "--user-data", "an4", "--tts", "-1", "--out", "OUT"], "--tts"),
     (["kws", "train-head", "--user-data", "an4", "--confusable-weight", "-1", "--out", "OUT"], "--confusable-weight"),
     (["kws", "train-head", "--user-data", "an4", "--lr", "0", "--out", "OUT"], "--lr"),
+    (["kws", "train-head", "--user-data", "an4", "--confusables", "0", "--out", "OUT"], "--confusables"),
     (["kws", "train-head", "--user-data", "an4", "--init", "no/such/head", "--out", "OUT"], "--init"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
 def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):

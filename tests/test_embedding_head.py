@@ -187,9 +187,10 @@ def test_a_near_miss_is_a_small_edit_the_utterance_does_not_say():
     rng, same = np.random.default_rng(0), _same_class()
     y = np.array([16, 13, 8, 2, 31, 12, 7, 1, 20, 29])  # HH EY CH AE T ER B AA K S
     for _ in range(50):
-        said, near = confusable_pair(y, rng, same)
-        assert 4 <= len(said) <= 10 and _contains(y, list(said))
-        assert list(near) != list(said) and not _contains(y, list(near)) and abs(len(near) - len(said)) <= 2
+        said, nears = confusable_pair(y, rng, same, k=3)
+        assert 4 <= len(said) <= 10 and _contains(y, list(said)) and 1 <= len(nears) <= 3
+        for near in nears:
+            assert list(near) != list(said) and not _contains(y, list(near)) and abs(len(near) - len(said)) <= 2
     assert confusable_pair(y[:3], rng, same) is None  # too short for a phrase
 
 
@@ -205,7 +206,8 @@ def test_a_confusable_fine_tune_starts_from_the_given_head(tmp_path):
     base = train_head(X, Y, tmp_path / "base", cfg, HeadTrainConfig(epochs=2), log=lambda *_: None)
     said = []
     tuned = train_head(X, Y, tmp_path / "tuned", cfg,
-                       HeadTrainConfig(epochs=1, init=str(tmp_path / "base"), confusable_weight=1.0), log=said.append)
+                       HeadTrainConfig(epochs=1, init=str(tmp_path / "base"), confusable_weight=1.0, confusables=4),
+                       log=said.append)
     assert said[0] == f"starting from {tmp_path / 'base'}" and "confusable ranking loss" in said[-1]
     assert torch.equal(tuned.mean, base.mean)  # the feature statistics come with the weights
     assert not torch.equal(tuned.out.weight, base.out.weight)
