@@ -249,3 +249,19 @@ def test_js_refuses_a_reordered_class_table(setup, tmp_path):
     assert p.returncode != 0 and "heron's order" in p.stderr
     with pytest.raises(BundleError, match="heron's order"):
         KeywordSpotter.load(b)
+
+
+def test_js_cli_takes_a_long_file_list(setup, tmp_path):
+    """onnxruntime's graph loader recurses deeply; on Node's main thread a long argument list (600 paths,
+    ~30 KB) left it too little stack and the CLI died of a segmentation fault. It now runs in a worker
+    thread with its own 64 MB stack."""
+    import soundfile as sf
+
+    _, mobile, kwfiles = setup
+    wav = tmp_path / "silence-with-a-long-enough-name-for-the-argument-list.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    p = _node("--bundle", mobile, "--keyword-file", kwfiles[0], *([wav] * 600))
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(rows) == 600 and all(r["score"] is not None for r in rows)
+    p = _node("--help", check=False)
+    assert p.returncode == 0 and "usage:" in p.stdout

@@ -4,6 +4,8 @@
 // {"file", "keyword", "score", "start_s", "end_s", "detections": [{score, start_s, end_s, words}]};
 // a file that cannot be scored gets {"file", "score": null, "error"}; exit code 1 when any failed.
 import { HeronError } from './heron.js';
+import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+
 import { addKeywordFile, loadSpotter, readWav } from './node.js';
 
 const USAGE = 'usage: node runtime/js/cli.js --bundle DIR --keyword-file F [--keyword-file G ...] [--threads N] FILE.wav...';
@@ -60,7 +62,20 @@ async function main() {
   return failed ? 1 : 0;
 }
 
-main().then((code) => process.exit(code), (e) => {
+function fail(e) {
   process.stderr.write(`heron-kws: ${e instanceof HeronError ? e.message : (e && e.stack) || e}\n`);
-  process.exit(2);
-});
+  return 2;
+}
+
+// The work runs in a worker thread with a 64 MB stack: onnxruntime's graph loader recurses deeply, and on the
+// main thread (8 MB, less what the arguments and environment take) a long file list made it overflow
+// (a segmentation fault with ~340 files).
+if (isMainThread) {
+  let code = null;  // the worker's answer; without one (it called process.exit, e.g. --help), its exit code
+  const w = new Worker(new URL(import.meta.url), { argv: process.argv.slice(2), resourceLimits: { stackSizeMb: 64 } });
+  w.on('message', (c) => { code = c; });
+  w.on('error', (e) => { code = fail(e); });
+  w.on('exit', (exitCode) => process.exit(code ?? exitCode));
+} else {
+  main().then((c) => parentPort.postMessage(c), (e) => parentPort.postMessage(fail(e)));
+}

@@ -4,7 +4,9 @@ import path from 'node:path';
 
 import { HeronError, KeywordSpotter } from './heron.js';
 
-/** Load a bundle folder; files are read only from inside it (a symlink out of the bundle is refused). */
+/** Load a bundle folder; files are read only from inside it (a symlink out of the bundle is refused).
+ * onnxruntime-node's graph loader recurses deeply: call this where the native stack is large (cli.js runs in
+ * a worker thread with resourceLimits.stackSizeMb = 64; on the main thread a long argv once overflowed it). */
 export async function loadSpotter(bundleDir, { threads = 1 } = {}) {
   let ort;
   try {
