@@ -123,7 +123,7 @@ def write_mobile_bundle(source: str | Path | None, out: str | Path, head: bool =
     keep_head = head and m.embedding_head is not None
     for key in ("encoder_int8", "phoneme_table", *(HEAD_FILES if keep_head else ())):
         if m.has(key):
-            name = Path(m.files[key].path).name if key not in HEAD_FILES else m.files[key].path
+            name = m.files[key].path  # the same place as in the full bundle (acoustic/ for the head)
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.path(key), out / name)
             files[key] = name

@@ -81,7 +81,7 @@ def _head(args) -> int:
     import torch
 
     from heron.export.embedding_head import sequence_speech_embedding
-    from heron.models.embedding_head import HeadTrainConfig, feature_cache, train_head, tts_feature_cache
+    from heron.models.embedding_head import WEIGHTS, HeadTrainConfig, feature_cache, train_head, tts_feature_cache
 
     if args.epochs < 1 or args.threads < 1:
         raise ValueError("--epochs and --threads must be at least 1")
@@ -95,8 +95,8 @@ def _head(args) -> int:
         raise ValueError(f"--confusables must be 1-32, got {args.confusables}")
     if args.lr is not None and not 0 < args.lr <= 1:
         raise ValueError(f"--lr must be in (0, 1], got {args.lr}")
-    if args.init is not None and not (Path(args.init) / "embedding_head.safetensors").is_file():
-        raise ValueError(f"--init {args.init}: no embedding_head.safetensors there (a folder of heron kws train-head)")
+    if args.init is not None and not (Path(args.init) / WEIGHTS).is_file():
+        raise ValueError(f"--init {args.init}: no {WEIGHTS} there (a folder of heron kws train-head)")
     torch.set_num_threads(args.threads)
     cache, emb = args.cache or Path(args.out) / "cache", sequence_speech_embedding(args.threads)
     X, Y = feature_cache(args.user_data, cache, threads=args.threads, emb=emb, augment_copies=args.augment_copies,
