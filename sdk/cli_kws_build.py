@@ -81,7 +81,8 @@ def _head(args) -> int:
     import torch
 
     from heron.export.embedding_head import sequence_speech_embedding
-    from heron.models.embedding_head import WEIGHTS, HeadTrainConfig, feature_cache, train_head, tts_feature_cache
+    from heron.models.embedding_head import (WEIGHTS, HeadConfig, HeadTrainConfig, feature_cache, train_head,
+                                             tts_feature_cache)
 
     if args.epochs < 1 or args.threads < 1:
         raise ValueError("--epochs and --threads must be at least 1")
@@ -95,6 +96,10 @@ def _head(args) -> int:
         raise ValueError(f"--confusables must be 1-32, got {args.confusables}")
     if args.lr is not None and not 0 < args.lr <= 1:
         raise ValueError(f"--lr must be in (0, 1], got {args.lr}")
+    if not 16 <= args.hidden <= 1024:
+        raise ValueError(f"--hidden must be 16-1024, got {args.hidden}")
+    if not 1 <= args.layers <= 4:
+        raise ValueError(f"--layers must be 1-4, got {args.layers}")
     if args.init is not None and not (Path(args.init) / WEIGHTS).is_file():
         raise ValueError(f"--init {args.init}: no {WEIGHTS} there (a folder of heron kws train-head)")
     torch.set_num_threads(args.threads)
@@ -106,7 +111,7 @@ def _head(args) -> int:
         X, Y = X + x, Y + y
     tcfg = replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed, confusable_weight=args.confusable_weight,
                    confusables=args.confusables, init=args.init, **({"lr": args.lr} if args.lr is not None else {}))
-    train_head(X, Y, args.out, tcfg=tcfg)
+    train_head(X, Y, args.out, replace(HeadConfig(), hidden=args.hidden, layers=args.layers), tcfg=tcfg)
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
     return 0
@@ -231,6 +236,9 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     q.add_argument("--init", default=None, help="fine-tune this head (a folder of heron kws train-head) instead of "
                                                 "starting from scratch (default: from scratch)")
+    q.add_argument("--hidden", type=int, default=192, help="the head's width (its linear layer, convolution and each "
+                                                          "GRU direction; the shipped head's: 192)")
+    q.add_argument("--layers", type=int, default=2, help="bidirectional GRU layers (the shipped head's: 2)")
     q.add_argument("--confusable-weight", type=float, default=0.0,
                    help="weight of a ranking loss: per utterance, a phrase it says must outscore a near miss of it "
                         "(one or two phoneme edits) in the keyword matcher (default: 0, CTC alone)")

@@ -185,6 +185,8 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["kws", "train-head", "--user-data", "an4", "--lr", "0", "--out", "OUT"], "--lr"),
     (["kws", "train-head", "--user-data", "an4", "--confusables", "0", "--out", "OUT"], "--confusables"),
     (["kws", "train-head", "--user-data", "an4", "--init", "no/such/head", "--out", "OUT"], "--init"),
+    (["kws", "train-head", "--user-data", "an4", "--hidden", "8", "--out", "OUT"], "--hidden"),
+    (["kws", "train-head", "--user-data", "an4", "--layers", "0", "--out", "OUT"], "--layers"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
 def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]
