@@ -12,7 +12,9 @@ quantizes activations differently for one row and for several (int8: logits diff
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
 decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
 costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
-acceptance per draft position.
+acceptance per draft position. `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
+tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
+serial on the same thread budget, windows of 1 and 3.
 """
 from __future__ import annotations
 
@@ -72,6 +74,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    ap.add_argument("--draft", default=None,
+                    help="also draft-model speculation with this bundle as the draft (e.g. heron lm export smollm2 "
+                         "--compute int8 --out DIR: the target's weights with one int8 row per token)")
     ap.add_argument("--lossless", action="store_true",
                     help="only check that lookup (fixed and adaptive windows) gives plain decoding's greedy tokens "
                          "on 20 varied prompts (64 new tokens each)")
@@ -82,7 +87,16 @@ def main() -> int:
     from heron.runtime.metrics import machine
     from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions
 
-    report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "bundles": {}}
+    report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "draft": a.draft, "bundles": {}}
+    methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
+
+    def spec_for(m: str, g: int | None, adaptive: bool):
+        if g is None:
+            return None
+        if m.startswith("draft"):
+            return SpeculativeOptions(method="draft", gamma=g, draft=a.draft, draft_threads=a.threads)
+        return SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
+
     print(report["machine"])
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads)
@@ -131,15 +145,15 @@ def main() -> int:
         opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=False)
         for name, prompt in PROMPTS.items():
             text = lm.chat_prompt([{"role": "user", "content": prompt}])
-            times: dict[str, list[float]] = {m: [] for m, _, _ in METHODS}
+            times: dict[str, list[float]] = {m: [] for m, _, _ in methods}
             calls: dict[str, float] = {}
             detail: dict[str, dict] = {}
             agree: dict[str, int] = {}
             ref = None
             for _ in range(a.repeats):
-                for m, g, adaptive in METHODS:
+                for m, g, adaptive in methods:
                     stats = DecodeStats(method=m)
-                    spec = None if g is None else SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
+                    spec = spec_for(m, g, adaptive)
                     t0 = time.perf_counter()
                     toks = [t.id for t in lm.generate(text, opts, spec, stats)]
                     times[m].append(time.perf_counter() - t0)
@@ -148,7 +162,8 @@ def main() -> int:
                     calls[m] = stats.tokens_per_target_call
                     # predicted speed-up from the measured verify costs: tokens / (plain steps + sum of cost(k + 1))
                     steps = (stats.target_calls - stats.rounds) + sum(_cost(cost, k + 1) / cost[1] for k in stats.windows)
-                    detail[m] = {"predicted_speedup": round(stats.generated / max(steps, 1e-9), 2),
+                    detail[m] = {"predicted_speedup": round(stats.generated / max(steps, 1e-9), 2),  # target calls only
+                                 "draft_time_share": round(stats.draft_time_s / max(times[m][-1], 1e-9), 2),
                                  "mean_window": round(float(np.mean(stats.windows)), 2) if stats.windows else 0.0,
                                  "rounds_per_call": round(stats.rounds / max(1, stats.target_calls), 2),
                                  "per_position_acceptance": [round(h / t, 2) for h, t in
