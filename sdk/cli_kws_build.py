@@ -81,7 +81,7 @@ def _head(args) -> int:
     import torch
 
     from heron.export.embedding_head import sequence_speech_embedding
-    from heron.models.embedding_head import (WEIGHTS, HeadConfig, HeadTrainConfig, feature_cache, train_head,
+    from heron.models.embedding_head import (WEIGHTS, HeadConfig, HeadTrainConfig, feature_cache, load_head, train_head,
                                              tts_feature_cache)
 
     if args.epochs < 1 or args.threads < 1:
@@ -96,12 +96,18 @@ def _head(args) -> int:
         raise ValueError(f"--confusables must be 1-32, got {args.confusables}")
     if args.lr is not None and not 0 < args.lr <= 1:
         raise ValueError(f"--lr must be in (0, 1], got {args.lr}")
-    if not 16 <= args.hidden <= 1024:
+    if args.hidden is not None and not 16 <= args.hidden <= 1024:
         raise ValueError(f"--hidden must be 16-1024, got {args.hidden}")
-    if not 1 <= args.layers <= 4:
+    if args.layers is not None and not 1 <= args.layers <= 4:
         raise ValueError(f"--layers must be 1-4, got {args.layers}")
     if args.init is not None and not (Path(args.init) / WEIGHTS).is_file():
         raise ValueError(f"--init {args.init}: no {WEIGHTS} there (a folder of heron kws train-head)")
+    # the head's shape: the fine-tuned head's own with --init, else the defaults; --hidden / --layers override it
+    base = HeadConfig(**load_head(args.init)[1]["config"]) if args.init is not None else HeadConfig()
+    cfg = replace(base, **{k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None})
+    if args.init is not None and cfg != base:
+        raise ValueError(f"--init {args.init} is a head of --hidden {base.hidden} --layers {base.layers}: a fine-tune "
+                         "keeps its shape (leave out --hidden / --layers)")
     torch.set_num_threads(args.threads)
     cache, emb = args.cache or Path(args.out) / "cache", sequence_speech_embedding(args.threads)
     X, Y = feature_cache(args.user_data, cache, threads=args.threads, emb=emb, augment_copies=args.augment_copies,
@@ -111,7 +117,7 @@ def _head(args) -> int:
         X, Y = X + x, Y + y
     tcfg = replace(HeadTrainConfig(), epochs=args.epochs, seed=args.seed, confusable_weight=args.confusable_weight,
                    confusables=args.confusables, init=args.init, **({"lr": args.lr} if args.lr is not None else {}))
-    train_head(X, Y, args.out, replace(HeadConfig(), hidden=args.hidden, layers=args.layers), tcfg=tcfg)
+    train_head(X, Y, args.out, cfg, tcfg=tcfg)
     print(f"embedding head: {Path(args.out) / 'embedding_head.safetensors'} "
           f"(heron kws add-head BUNDLE --head {args.out} --out NEW_BUNDLE puts it in a bundle)")
     return 0
@@ -236,9 +242,11 @@ def add_kws_train(tsub, formatter) -> None:
     q.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     q.add_argument("--init", default=None, help="fine-tune this head (a folder of heron kws train-head) instead of "
                                                 "starting from scratch (default: from scratch)")
-    q.add_argument("--hidden", type=int, default=192, help="the head's width (its linear layer, convolution and each "
-                                                          "GRU direction; the shipped head's: 192)")
-    q.add_argument("--layers", type=int, default=2, help="bidirectional GRU layers (the shipped head's: 2)")
+    q.add_argument("--hidden", type=int, default=None, help="the head's width (its linear layer, convolution and "
+                                                           "each GRU direction; default: --init's, else 192, the "
+                                                           "shipped head's)")
+    q.add_argument("--layers", type=int, default=None,
+                   help="bidirectional GRU layers (default: --init's, else 2, the shipped head's)")
     q.add_argument("--confusable-weight", type=float, default=0.0,
                    help="weight of a ranking loss: per utterance, a phrase it says must outscore a near miss of it "
                         "(one or two phoneme edits) in the keyword matcher (default: 0, CTC alone)")

@@ -391,3 +391,15 @@ def test_an_export_never_replaces_another_kind_of_bundle(tmp_path, capsys):
     code, err = _cli(["kws", "export", "--out", lm], capsys)
     _one_line_error(code, err, "holds another kind of bundle (heron-lm-onnx/1)")
     assert json.loads((kws / "manifest.json").read_text())["format"] == "heron-kws-bundle/1"
+
+
+def test_a_head_fine_tune_keeps_its_shape_or_is_refused_before_any_work(tmp_path, capsys):
+    """`train-head --init DIR` takes DIR's width and depth; asking for another shape is one line, before features."""
+    from heron.models.embedding_head import EmbeddingHead, HeadConfig, save_head
+
+    save_head(EmbeddingHead(HeadConfig(hidden=16, layers=1)), tmp_path, epochs_done=1)
+    for opt in (["--layers", "2"], ["--hidden", "32"]):
+        code, err = _cli(["kws", "train-head", "--user-data", "an4", "--init", tmp_path, *opt,
+                          "--out", tmp_path / "out"], capsys)
+        _one_line_error(code, err, "--hidden 16 --layers 1", "keeps its shape")
+        assert not (tmp_path / "out").exists()
