@@ -397,7 +397,7 @@ def test_a_head_fine_tune_keeps_its_shape_or_is_refused_before_any_work(tmp_path
     """`train-head --init DIR` takes DIR's width and depth; asking for another shape is one line, before features."""
     from heron.models.embedding_head import EmbeddingHead, HeadConfig, save_head
 
-    save_head(EmbeddingHead(HeadConfig(hidden=16, layers=1)), tmp_path, epochs_done=1)
+    save_head(EmbeddingHead(HeadConfig(hidden=16, layers=1, dropout=0.0)), tmp_path, epochs_done=1)
     for opt in (["--layers", "2"], ["--hidden", "32"]):
         code, err = _cli(["kws", "train-head", "--user-data", "an4", "--init", tmp_path, *opt,
                           "--out", tmp_path / "out"], capsys)
