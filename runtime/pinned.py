@@ -7,6 +7,6 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 `KeywordSpotter.load(path, sha256=...)`, `heron kws score --model PATH --model-sha256 ...`.
 """
 SHIPPED = {
-    "kws": "b0d6dcc13b1d39165fc1113681e1fb32eeacd669534eddfe19144beab5d89e25",
+    "kws": "d88a6530c842a1f2826b825e516abe753b4d3673c5e89bbef814d7eba2fd2779",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
 }
