@@ -183,7 +183,12 @@ def _per(args) -> int:
 
     from heron.models.eval_per import run
 
-    res = run(args.checkpoint, args.data or [], split=args.split, tts=args.tts, threads=args.threads)
+    emb = None
+    if args.head:  # the frames bundles compute (the export package's sequence form of the embedding graph)
+        from heron.export.embedding_head import sequence_speech_embedding
+        emb = sequence_speech_embedding(args.threads)
+    res = run(args.checkpoint, args.data or [], split=args.split, tts=args.tts, threads=args.threads, head=args.head,
+              emb=emb)
     text = _json.dumps(res, indent=1)
     print(text)
     if args.json:
@@ -194,9 +199,12 @@ def _per(args) -> int:
 
 
 def _add_per(sub, formatter) -> None:
-    q = sub.add_parser("per", help="phoneme error rate of an encoder checkpoint on real held-out speech and held-out "
-                                   "TTS voices (needs torch)", formatter_class=formatter)
-    q.add_argument("--checkpoint", required=True, help="encoder checkpoint folder or .safetensors file")
+    q = sub.add_parser("per", help="phoneme error rate of an encoder checkpoint or an embedding head on real held-out "
+                                   "speech and held-out TTS voices (needs torch)", formatter_class=formatter)
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="encoder checkpoint folder or .safetensors file (default: none; this or --head)")
+    which.add_argument("--head", help="an embedding head's folder (heron kws train-head), on speech_embedding frames "
+                                      "(default: none; this or --checkpoint)")
     q.add_argument("--data", action="append", default=None,
                    help="repeatable: a TSV manifest (its --split rows), a CSV (audio, text) or a LibriSpeech folder "
                         "(default: none, held-out TTS voices only)")

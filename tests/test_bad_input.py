@@ -187,6 +187,9 @@ def test_listen_and_score_read_files_by_one_rule(tiny, clip, tmp_path, capsys):
     (["kws", "train-head", "--user-data", "an4", "--init", "no/such/head", "--out", "OUT"], "--init"),
     (["kws", "train-head", "--user-data", "an4", "--hidden", "8", "--out", "OUT"], "--hidden"),
     (["kws", "train-head", "--user-data", "an4", "--layers", "0", "--out", "OUT"], "--layers"),
+    (["kws", "per", "--checkpoint", "C", "--head", "H", "--json", "OUT"], "not allowed with"),
+    (["kws", "per", "--tts", "0", "--json", "OUT"], "one of the arguments --checkpoint --head is required"),
+    (["kws", "per", "--head", "H", "--tts", "-1", "--json", "OUT"], "--tts"),
 ], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else v)
 def test_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]

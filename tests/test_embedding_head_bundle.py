@@ -213,3 +213,30 @@ def test_the_head_graph_stores_fp16_weights_as_fp16(head_dir, tmp_path):
     path = export_head_onnx(model, tmp_path / "h.onnx")
     types = [i.data_type for i in onnx.load(str(path)).graph.initializer]
     assert TensorProto.FLOAT16 in types
+
+
+def test_phoneme_error_rate_of_a_head_hears_the_word(head_dir, clip, tmp_path):
+    """`heron kws per --head`: the shipped head's greedy phonemes of a TTS clip (two sentences around
+    "snowboy", held-out voices, pink noise) are close to its transcript's; an untrained head's are not; a
+    checkpoint and a head together, or neither, are refused."""
+    import soundfile as sf
+
+    from heron.export.embedding_head import sequence_speech_embedding
+    from heron.models.eval_per import run
+    from heron.paths import models_dir
+
+    sf.write(tmp_path / "a.wav", clip, 16000)
+    text = "the weather will be cloudy this afternoon snowboy please remember to buy some milk"  # test_clip's words
+    (tmp_path / "m.tsv").write_text(f"file\ttranscript\tsplit\na.wav\t{text}\ttest\n")
+    m = str(tmp_path / "m.tsv")
+    emb = sequence_speech_embedding(1)
+    shipped = run(None, [m], tts=0, threads=1, head=models_dir() / "weights" / "embedding-head-l3", emb=emb)[m]
+    untrained = run(None, [m], tts=0, threads=1, head=head_dir, emb=emb)[m]
+    assert shipped["utterances"] == 1 and shipped["phonemes"] >= 40
+    assert shipped["per"] <= 75 and untrained["per"] >= 2 * shipped["per"]  # measured: 60 and 330
+    with pytest.raises(ValueError, match="not both or neither"):
+        run(head_dir, [m], tts=0, head=head_dir, emb=emb)
+    with pytest.raises(ValueError, match="not both or neither"):
+        run(None, [m], tts=0)
+    with pytest.raises(ValueError, match="speech_embedding frames"):
+        run(None, [m], tts=0, head=head_dir)
