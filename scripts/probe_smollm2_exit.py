@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from heron.runtime.decoding import VERIFY_COST as VERIFY_PER_TOKEN  # the engine's model: 1 + 0.5 k steps for k drafts
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_smollm2_spec import LOSSLESS_PROMPTS  # noqa: E402  (held-out prompts: the lossless check's 20)
 
@@ -42,7 +44,6 @@ TRAIN_PROMPTS = [
     "Write a SQL query that finds the ten most recent orders.", "What is the difference between weather and climate?",
     "Give three reasons to learn a second language.",
 ]
-VERIFY_PER_TOKEN = 0.5  # heron.runtime.decoding's verify cost model: 1 + 0.5 k plain steps for k draft tokens
 
 
 def continuations(bundle: str, prompts: list[str], n: int, threads: int) -> list[tuple[int, list[int]]]:
