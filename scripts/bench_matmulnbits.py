@@ -1,6 +1,7 @@
-"""One onnxruntime MatMulNBits (4-bit weights, blocks of 32, int8 compute) on this CPU, with and without an
-explicit zero-point input, for one and two activation rows: why heron's Q4_1 graphs use the default zero
-point 8 and an fp32 offsets term (export/gguf_onnx.py). Microseconds per call, best of 7 x 3000 calls.
+"""One onnxruntime MatMulNBits (4-bit weights, blocks of 32, int8 compute) on this CPU, with the default zero
+point, an explicit 4-bit zero-point input, and fp32 zero points (which would hold Q4_1's block minimums
+exactly), for one and two activation rows: why heron's Q4_1 graphs use the default zero point 8 and an fp32
+offsets term (export/gguf_onnx.py). Microseconds per call, best of 7 x 3000 calls (300 with fp32 zero points).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_matmulnbits.py
 """
@@ -13,7 +14,7 @@ import numpy as np
 SHAPES = [(576, 3072), (1536, 576)]  # SmolLM2's gate|up and down projections (K, N)
 
 
-def session(K: int, N: int, M: int, zero_point: bool, rng):
+def session(K: int, N: int, M: int, zero_point: str, rng):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -22,8 +23,10 @@ def session(K: int, N: int, M: int, zero_point: bool, rng):
     g = Graph()
     ins = ["x", g.const(rng.integers(0, 255, (N, K // 32, 16), dtype=np.uint8), "q"),
            g.const(rng.random(N * K // 32).astype(np.float32), "s")]
-    if zero_point:
+    if zero_point == "4-bit":
         ins.append(g.const(np.zeros((N, (K // 32 + 1) // 2), np.uint8), "zp"))
+    elif zero_point == "fp32":
+        ins.append(g.const(rng.random(N * K // 32).astype(np.float32) * 15, "zp"))
     g.op("MatMulNBits", ins, domain="com.microsoft", K=K, N=N, bits=4, block_size=32, accuracy_level=4, outputs=["y"])
     graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, 1, K])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], g.inits)
@@ -54,8 +57,9 @@ def main() -> int:
     for K, N in SHAPES:
         for M in (1, 2):
             x = {"x": rng.standard_normal((M, 1, K)).astype(np.float32)}
-            t = {zp: best_us(session(K, N, M, zp, rng), x) for zp in (True, False)}
-            print(f"K={K} N={N} rows={M}: explicit zero point {t[True]:.1f} us, default {t[False]:.1f} us")
+            t = {zp: best_us(session(K, N, M, zp, rng), x, 300 if zp == "fp32" else 3000) for zp in ("4-bit", "default", "fp32")}
+            print(f"K={K} N={N} rows={M}: explicit 4-bit zero point {t['4-bit']:.1f} us, default {t['default']:.1f} us, "
+                  f"fp32 zero points {t['fp32']:.1f} us")
     return 0
 
 
