@@ -480,8 +480,8 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     verified by the target in one forward; a deterministic draft (q one-hot), so the usual rejection
     rule keeps the target's distribution. No match: a plain step."""
     stats = stats if stats is not None else DecodeStats(method="lookup")
-    yield from drafted(target, LookupDrafter(target.vocab_size, stats, spec.adaptive), prompt, opts, spec.gamma,
-                       stats, detok)
+    drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target))
+    yield from drafted(target, drafter, prompt, opts, spec.gamma, stats, detok)
 
 
 def drafted(target, drafter: Drafter, prompt: Sequence[int], opts: GenerationOptions, gamma: int,
@@ -504,6 +504,8 @@ def drafted(target, drafter: Drafter, prompt: Sequence[int], opts: GenerationOpt
 # counted from the rounds so far (decayed, with a prior), so chat answers with little to copy stop
 # paying for rejected windows and code edits keep long ones. The choice depends on acceptances only,
 # never on timings: a seeded sampling run draws the same tokens every time.
+# A backend that knows its own price says so (`verify_cost`: SmolLM2's int8x2 graph 0.34, int8 0.25 on machine B,
+# scripts/probe_smollm2_costs.py); the others get VERIFY_COST. It is a constant of the backend, never a timing.
 VERIFY_COST = 0.5
 LOOKUP_PRIOR = 0.6     # acceptance assumed before any round, weighted as PRIOR_WEIGHT tries
 PRIOR_WEIGHT = 2.0
@@ -522,12 +524,23 @@ def best_window(n: int, p: float, cost: float = VERIFY_COST) -> int:
     return best_k
 
 
+def verify_cost(backend) -> float:
+    """What verifying one more draft token costs `backend`, in plain steps: its own `verify_cost` where it
+    declares one (a number in [0, 10]), else VERIFY_COST."""
+    cost = getattr(backend, "verify_cost", None)
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and 0.0 <= cost <= 10.0:
+        return float(cost)
+    return VERIFY_COST
+
+
 class LookupDrafter:
     """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot;
-    adaptive=True cuts it to the length that pays (best_window) from the acceptance seen so far."""
+    adaptive=True cuts it to the length that pays (best_window) from the acceptance seen so far, with
+    `cost` the price of each verified draft token in plain steps (the target's verify_cost)."""
 
-    def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True):
-        self.vocab_size, self.stats, self.adaptive = vocab_size, stats, adaptive
+    def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
+                 cost: float = VERIFY_COST):
+        self.vocab_size, self.stats, self.adaptive, self.cost = vocab_size, stats, adaptive, cost
         self.hits, self.tries = 0.0, 0.0  # decayed counts of accepted / verified draft tokens
 
     @property
@@ -543,7 +556,7 @@ class LookupDrafter:
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         window = lookup_window(seq, g)
         if window and self.adaptive:
-            k = best_window(len(window), self.acceptance)
+            k = best_window(len(window), self.acceptance, self.cost)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
                 self.hits *= 1 - LOOKUP_RECOVER
                 self.tries *= 1 - LOOKUP_RECOVER

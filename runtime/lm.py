@@ -69,6 +69,10 @@ LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the blo
 # optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
 # in place (each new state bound to its input's buffer); without it the states grow by T every call
 PAST_INPUT = "past_length"
+# verifying one more draft token in one call, in plain steps, by the GGUF graph's compute (heron lm export
+# --compute): machine B, logits at every position of blocks of 2-8 tokens (BENCHMARKS.md, "Where a SmolLM2 step
+# goes"); machine C measured ~0.5 for int8x2 less steadily. Prompt lookup sizes its windows with it.
+VERIFY_COSTS = {"int8x2": 0.34, "int8": 0.25}
 
 
 def state_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -149,6 +153,9 @@ class OnnxLM:
         self.vocab_size, self.max_len = m.vocab_size, m.max_seq_len
         self.eot_id = m.eot_id
         self.end_ids = m.stop_ids  # generation stops at any of them
+        # verifying one more draft token, in plain steps (prompt lookup sizes its windows with it); GGUF graphs
+        # by their compute, measured on machine B (scripts/probe_smollm2_costs.py); others: the engine's default
+        self.verify_cost = VERIFY_COSTS.get(str(m.source.get("compute"))) if isinstance(m.source, dict) else None
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)

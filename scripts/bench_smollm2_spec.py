@@ -12,7 +12,8 @@ quantizes activations differently for one row and for several (int8: logits diff
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
 decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
 costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
-acceptance per draft position. `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
+acceptance per draft position. `--compare-cost X` adds the adaptive lookup with the target's verify_cost
+set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3.
 """
@@ -80,6 +81,9 @@ def main() -> int:
     ap.add_argument("--lossless", action="store_true",
                     help="only check that lookup (fixed and adaptive windows) gives plain decoding's greedy tokens "
                          "on 20 varied prompts (64 new tokens each)")
+    ap.add_argument("--compare-cost", type=float, default=None,
+                    help="also the adaptive lookup with the target's verify_cost set to this value (an A/B of the "
+                         "window sizing: the bundle's own cost against e.g. the engine's default 0.5)")
     ap.add_argument("--consistency-only", action="store_true",
                     help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
     a = ap.parse_args()
@@ -89,6 +93,9 @@ def main() -> int:
 
     report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "draft": a.draft, "bundles": {}}
     methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
+    priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
+    if a.compare_cost is not None:
+        methods.append((priced, 4, True))
 
     def spec_for(m: str, g: int | None, adaptive: bool):
         if g is None:
@@ -154,9 +161,12 @@ def main() -> int:
                 for m, g, adaptive in methods:
                     stats = DecodeStats(method=m)
                     spec = spec_for(m, g, adaptive)
+                    own = getattr(b, "verify_cost", None)
+                    b.verify_cost = a.compare_cost if m == priced else own  # the A/B row prices windows differently
                     t0 = time.perf_counter()
                     toks = [t.id for t in lm.generate(text, opts, spec, stats)]
                     times[m].append(time.perf_counter() - t0)
+                    b.verify_cost = own
                     ref = toks if ref is None else ref  # plain decoding runs first
                     agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
                     calls[m] = stats.tokens_per_target_call

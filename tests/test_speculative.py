@@ -260,6 +260,34 @@ def test_lookup_windows_are_cut_to_the_length_that_pays():
         Spec("lookup", adaptive="yes")
 
 
+def test_lookup_windows_follow_the_targets_own_verify_cost(soft_pair):
+    """A backend that declares what verifying a draft token costs it (verify_cost, in plain steps) gets windows
+    sized for that price: free verification drafts every time a suffix recurs, a prohibitive one never (plain
+    steps), the output unchanged; a missing or nonsensical value falls back to the engine's VERIFY_COST."""
+    class Priced:
+        def __init__(self, cost):
+            self.verify_cost = cost
+
+    assert sp.verify_cost(Priced(0.25)) == 0.25 and sp.verify_cost(object()) == sp.VERIFY_COST
+    for bad in (-1, 11, float("nan"), True, "0.3", None):
+        assert sp.verify_cost(Priced(bad)) == sp.VERIFY_COST
+    seq = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]
+    assert sp.LookupDrafter(64, cost=0.0).propose(seq, 5)[0] == [4, 5, 6, 7, 1]  # the prior, free verification
+    assert sp.LookupDrafter(64, cost=10.0).propose(seq, 5) == ([], None)
+    target, _, _ = soft_pair
+    T = TorchLM(target)
+    prompt, opts = [3, 9, 27, 3, 9, 27, 3], sp.GenerationOptions(max_new_tokens=30)
+    plain = [t.id for t in sp.plain(T, prompt, opts)]
+    drafted = {}
+    for cost in (0.0, 10.0):
+        T.verify_cost = cost
+        stats = sp.DecodeStats()
+        assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=4), stats)] == plain
+        drafted[cost] = stats.draft_calls
+    del T.verify_cost
+    assert drafted[0.0] > 0 and drafted[10.0] == 0
+
+
 def test_adaptive_lookup_is_reproducible_for_a_seed(soft_pair):
     """Window lengths depend on acceptances, never on timings: a seeded sampling run repeats exactly."""
     target, _, _ = soft_pair
