@@ -1,4 +1,5 @@
-"""Speculative sampling on SmolLM2-135M-Instruct keeps the model's own distribution (issue 25's chi-square test
+"""Speculation on SmolLM2-135M-Instruct is lossless (issue 25). Greedy: prompt lookup and the self-draft return
+plain decoding's tokens on varied prompts. Sampling keeps the model's own distribution (the chi-square test
 at temperature 0.8): prompt lookup and the self-draft (the target's weights with one int8 row per token as the
 draft) against the exact distribution of the first sampled token and of the second given the first, computed
 from the target's own logits. The same test must reject a sampler that keeps every draft token (shown with a
@@ -53,17 +54,22 @@ class PrefixCached:
         return np.concatenate([self.prompt_logits[None], tail])[-n:] if n > len(rest) else tail
 
 
+def _gguf_path():
+    from heron.paths import named_lm_path
+
+    try:
+        return named_lm_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
 @pytest.fixture(scope="module")
 def smol():
     import heron
     from heron.export.gguf_onnx import bundle_in_memory
-    from heron.paths import named_lm_path
     from heron.runtime.lm import OnnxLM
 
-    try:
-        path = named_lm_path("smollm2")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    path = _gguf_path()
     lm = heron.load_lm("smollm2")  # the default graph (int8x2): blocks compute what single steps do
     prompt = lm.encode(lm.chat_prompt(CHAT))
     assert sp.lookup_window(prompt, 2), "the prompt must let prompt lookup propose"
@@ -113,3 +119,37 @@ def test_speculative_sampling_keeps_smollm2s_distribution(smol, method, monkeypa
     # the same test must catch a sampler that keeps every draft token (no rejection step)
     monkeypatch.setattr(sp, "verify", lambda p, q, window, rng, stats=None: (len(window), sp.draw(p[len(window)], rng)))
     assert _pvalue(fn, prompt, p1, given) < 1e-3
+
+
+GREEDY_PROMPTS = [
+    "Write a Python function that reverses a string.", "Why is the sky blue?",
+    "Repeat this text exactly: The heron waded into the shallow water, waited, and caught a fish.",
+    "Add type hints to this function:\n\ndef area(width, height):\n    return width * height",
+    "Continue the sequence: 1, 2, 3, 4, 5, 6,", "Translate 'thank you very much' into German."]
+
+
+def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
+    """On the default graph a block of tokens computes what single steps do (int8x2), so every method's greedy
+    tokens are plain decoding's, token for token, whatever the draft proposes."""
+    import heron
+    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.runtime.lm import OnnxLM
+
+    path = _gguf_path()
+    lm = heron.load_lm("smollm2")  # its own target and draft: the sampling tests' caches hold their prompt
+    draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
+    specs = [sp.SpeculativeOptions(method="lookup"), sp.SpeculativeOptions(method="lookup", gamma=3, adaptive=False)]
+    drafted = 0
+    for q in GREEDY_PROMPTS:
+        prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
+        plain = [t.id for t in sp.plain(lm.backend, prompt, opts)]
+        for spec in specs:
+            stats = sp.DecodeStats()
+            assert [t.id for t in sp.lookup(lm.backend, prompt, opts, spec, stats)] == plain, (q, spec)
+            drafted += sum(stats.windows)
+        stats = sp.DecodeStats()
+        out = sp.speculative(lm.backend, draft, prompt, opts, sp.SpeculativeOptions(method="draft", gamma=3), stats)
+        assert [t.id for t in out] == plain, q
+        assert stats.rounds > 0 and stats.fallback is None
+    assert drafted > 20  # lookup verified real windows on these prompts, not only plain steps
