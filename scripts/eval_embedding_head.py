@@ -25,22 +25,12 @@ from eval_kws_testsplits import draw_phrases, figure, log_prob_bank, phrase_scor
 CHECK_TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools"
 
 
-def greedy(lp: np.ndarray, blank: int) -> list[int]:
-    a = lp.argmax(-1)
-    return [int(c) for i, c in enumerate(a) if c != blank and (i == 0 or c != a[i - 1])]
-
-
-def edit_distance(a: list[int], b: list[int]) -> int:
-    d = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        prev, d[0] = d[:], i
-        for j in range(1, len(b) + 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
-    return d[-1]
-
-
 def per(lps, targets, blank: int) -> float:
-    errors = sum(edit_distance(greedy(lp, blank), t) for lp, t in zip(lps, targets))
+    """Pooled phoneme error rate (%) of greedy CTC decoding, as `heron kws per` computes it (models/eval_per.py)."""
+    from heron.models.eval_per import greedy_ctc
+    from heron.runtime.phonemes import levenshtein
+
+    errors = sum(levenshtein(greedy_ctc(lp, blank), t) for lp, t in zip(lps, targets))
     return round(100 * errors / sum(len(t) for t in targets), 1)
 
 
