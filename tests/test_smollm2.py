@@ -7,17 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import smollm2_gguf
+
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "1234567 + 89 = ",
            "Héllo wörld, naïve café — ünïcode ✓ 🚀"]
-
-
-def _gguf_path():
-    from heron.paths import named_lm_path
-
-    try:
-        return named_lm_path("smollm2")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +20,7 @@ def smol():
     pytest.importorskip("gguf")
     import heron
 
-    path = _gguf_path()
+    path = smollm2_gguf()
     torch.set_num_threads(2)
     lm = heron.load_lm("smollm2", engine="torch")
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -134,7 +127,7 @@ def test_truncated_gguf_is_a_one_line_error(tmp_path, cut):
     pytest.importorskip("gguf")
     from heron.models.lm.gguf_file import load_gguf
 
-    data = _gguf_path().read_bytes()[: 1 << 16]
+    data = smollm2_gguf().read_bytes()[: 1 << 16]
     f = tmp_path / "bad.gguf"
     f.write_bytes(data[:cut])
     with pytest.raises(ValueError) as e:
@@ -148,7 +141,7 @@ def test_crafted_gguf_headers_are_one_line_errors(tmp_path):
 
     from heron.models.lm.gguf_file import load_gguf
 
-    head = _gguf_path().read_bytes()[: 1 << 16]
+    head = smollm2_gguf().read_bytes()[: 1 << 16]
     cases = {
         "magic": b"GGUX" + head[4:],
         "version": head[:4] + struct.pack("<I", 99) + head[8:],
@@ -170,7 +163,7 @@ def test_crafted_gguf_headers_are_one_line_errors(tmp_path):
 
 
 def test_cli_chat_answers(tmp_path):
-    _gguf_path()
+    smollm2_gguf()
     pytest.importorskip("gguf")
     p = subprocess.run([sys.executable, "-m", "heron", "lm", "chat", "--model", "smollm2", "--prompt",
                         "Write a Python function that reverses a string.", "--max-new-tokens", "48"],

