@@ -79,8 +79,8 @@ def main() -> int:
                     help="also draft-model speculation with this bundle as the draft (e.g. heron lm export smollm2 "
                          "--compute int8 --out DIR: the target's weights with one int8 row per token)")
     ap.add_argument("--lossless", action="store_true",
-                    help="only check that lookup (fixed and adaptive windows) gives plain decoding's greedy tokens "
-                         "on 20 varied prompts (64 new tokens each)")
+                    help="only check that lookup (fixed and adaptive windows; and the draft with --draft) gives plain "
+                         "decoding's greedy tokens on 20 varied prompts (64 new tokens each)")
     ap.add_argument("--compare-cost", type=float, default=None,
                     help="also the adaptive lookup with the target's verify_cost set to this value (an A/B of the "
                          "window sizing: the bundle's own cost against e.g. the engine's default 0.5)")
@@ -110,14 +110,13 @@ def main() -> int:
         b = lm.backend
         if a.lossless:
             opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
-            same = {m: 0 for m, g, _ in METHODS if g}
+            same = {m: 0 for m, g, _ in methods if g}  # lookup, and the draft's windows with --draft
             for q in LOSSLESS_PROMPTS:
                 text = lm.chat_prompt([{"role": "user", "content": q}])
                 ref = [t.id for t in lm.generate(text, opts)]
-                for m, g, adaptive in METHODS:
+                for m, g, adaptive in methods:
                     if g:
-                        spec = SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
-                        same[m] += [t.id for t in lm.generate(text, opts, spec)] == ref
+                        same[m] += [t.id for t in lm.generate(text, opts, spec_for(m, g, adaptive))] == ref
             report["bundles"][folder] = {"lossless_prompts": len(LOSSLESS_PROMPTS), "equal_to_plain": same}
             print(f"{folder}: greedy tokens equal to plain decoding on {same} of {len(LOSSLESS_PROMPTS)} prompts")
             continue
