@@ -155,7 +155,7 @@ class OnnxLM:
         self.end_ids = m.stop_ids  # generation stops at any of them
         # verifying one more draft token, in plain steps (prompt lookup sizes its windows with it); GGUF graphs
         # by their compute, measured on machine B (scripts/probe_smollm2_costs.py); others: the engine's default
-        self.verify_cost = VERIFY_COSTS.get(str(m.source.get("compute"))) if isinstance(m.source, dict) else None
+        self.verify_cost = VERIFY_COSTS.get(str(m.source.get("compute")))
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)

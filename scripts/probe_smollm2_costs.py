@@ -69,17 +69,17 @@ def _variant_linear(kind: str):
 
 
 def _load(variant: str):
-    import heron
     from heron.export import gguf_onnx as G
+    from heron.lm import _onnx_model
     from heron.paths import named_lm_path
     from heron.runtime.lm import OnnxLM
 
     compute, _, kind = variant.partition("-")
     if kind:
         G.linear = _variant_linear(kind)
-    graph, manifest, tok = G.bundle_in_memory(named_lm_path("smollm2"), compute=compute)
-    backend = OnnxLM.from_memory(graph, manifest, tok, threads=1)
-    lm = heron.load_lm("smollm2")  # the tokenizer and chat template only
+    path = named_lm_path("smollm2")
+    backend = OnnxLM.from_memory(*G.bundle_in_memory(path, compute=compute), threads=1)
+    lm = _onnx_model(backend, path)  # its tokenizer and chat template, as heron.load_lm("smollm2") wraps it
     return backend, lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}]))
 
 
