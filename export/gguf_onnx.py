@@ -5,7 +5,8 @@ The graph has the interface of heron's LM bundles (heron.export.onnx_lm): tokens
 cached_key_i / cached_value_i (1, G, P, S) in; logits and the states out. T is dynamic, so one graph
 prefills, decodes and verifies draft blocks. `last` (1,) int64 asks for the logits of the block's last
 n positions only (1 when decoding, the draft length + 1 when verifying): the 49152-word head is a third
-of a decoding step, and most of a prompt's prefill. `past_length` (1,) int64 says how many of the P
+of a decoding step, and most of a prompt's prefill. `hidden` (1, n, D) is the head's input at those
+positions (the final norm's output): a draft head on the target's own features reads it. `past_length` (1,) int64 says how many of the P
 positions hold keys and values: the states are fixed-size buffers that GroupQueryAttention extends in
 place when the caller binds each new state to its input's buffer (heron.runtime.lm does), so a step
 copies no cache and allocates no new state arrays (shared_cache=False: states that grow by T per call).
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from heron.export.lm_bundle import write_manifest
-from heron.runtime.lm import PAST_INPUT, lm_manifest, state_names
+from heron.runtime.lm import HIDDEN_OUTPUT, PAST_INPUT, lm_manifest, state_names
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
 BLOCK = 32
@@ -267,6 +268,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
                         g.const(np.array([1], np.int64), "axis")])  # (1, n, D)
     tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
     g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
+    g.op("Identity", [h], outputs=[HIDDEN_OUTPUT])  # the head's input: what a draft head on the target reads
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
@@ -276,6 +278,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
+    outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))
     graph = helper.make_graph(g.nodes, "heron_lm_gguf", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", OPSET_MS)],

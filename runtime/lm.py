@@ -69,6 +69,9 @@ LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the blo
 # optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
 # in place (each new state bound to its input's buffer); without it the states grow by T every call
 PAST_INPUT = "past_length"
+# optional graph output (1, n, D): the head's input at the positions whose logits were asked for (`last`); a
+# draft head that proposes from the target's own features reads it (OnnxLM.hidden_at)
+HIDDEN_OUTPUT = "hidden"
 # verifying one more draft token in one call, in plain steps, by the GGUF graph's compute (heron lm export
 # --compute): machine B, logits at every position of blocks of 2-8 tokens (BENCHMARKS.md, "Where a SmolLM2 step
 # goes"); machine C measured ~0.5 for int8x2 less steadily. Prompt lookup sizes its windows with it.
@@ -159,7 +162,7 @@ class OnnxLM:
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
-        self._cache = _SharedCache(session, self.state_in, self.state_out, m) if self._shared else None
+        self._cache = _SharedCache(session, self.state_in, self.state_out, m, self._has_hidden) if self._shared else None
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
         self.reset()
@@ -172,10 +175,11 @@ class OnnxLM:
         outs = {o.name: o.shape for o in self.session.get_outputs()}
         self._has_last = LAST_INPUT in ins  # optional: logits for the last n positions only
         self._shared = PAST_INPUT in ins  # optional: fixed-size state buffers extended in place
+        self._has_hidden = HIDDEN_OUTPUT in outs  # optional: the head's input, kept for hidden_at
         if self._shared and not self._has_last:
             raise BundleError(f"{where}: a graph with a {PAST_INPUT} input must have a {LAST_INPUT} input too")
         if ([n for n in ins if n not in (LAST_INPUT, PAST_INPUT)] != ["tokens", *self.state_in]
-                or list(outs) != ["logits", *self.state_out]):
+                or [n for n in outs if n != HIDDEN_OUTPUT] != ["logits", *self.state_out]):
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
             shape = ins[name]
@@ -204,7 +208,16 @@ class OnnxLM:
     def length(self) -> int:
         return self._cache.length if self._shared else self._state[0].shape[2]
 
+    def hidden_at(self, position: int) -> np.ndarray | None:
+        """The head's input (D,) at a cached position whose logits the last call returned; None where that
+        call did not compute it (or the graph has no hidden output, or the position was trimmed)."""
+        if self._hidden is None or not 0 <= position < self.length:
+            return None
+        i = position - self._hidden_start
+        return self._hidden[i] if 0 <= i < len(self._hidden) else None
+
     def reset(self) -> None:
+        self._hidden, self._hidden_start = None, 0
         if self._shared:
             self._cache.length = 0  # the buffers stay: their old positions are never read
         else:
@@ -227,14 +240,18 @@ class OnnxLM:
         if n < 1:
             raise ValueError(f"last must be >= 1, got {last}")
         ids = np.asarray([tokens], dtype=np.int64)
+        start = self.length + len(tokens) - n  # the first position whose logits (and hidden state) come back
         if self._shared:
-            return self._cache.run(ids, n)
-        feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
-        if self._has_last:
-            feed[LAST_INPUT] = np.array([n], np.int64)
-        out = self.session.run(None, feed)
-        self._state = out[1:]
-        return out[0][0][-n:]
+            logits, hidden = self._cache.run(ids, n)
+        else:
+            feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
+            if self._has_last:
+                feed[LAST_INPUT] = np.array([n], np.int64)
+            out = self.session.run(None, feed)
+            self._state = out[1:1 + len(self.state_out)]
+            logits, hidden = out[0][0][-n:], (out[-1][0][-n:] if self._has_hidden else None)
+        self._hidden, self._hidden_start = hidden, start
+        return logits
 
     def trim(self, n: int) -> None:
         if not 0 <= n <= self.length:
@@ -267,13 +284,13 @@ class _SharedCache:
 
     STEP = 256
 
-    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest):
+    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest, hidden: bool = False):
         import onnxruntime as ort
 
         self._ort, self.session = ort, session
         self.state_in, self.state_out = state_in, state_out
         self.kv_heads, self.head_dim, self.max_len = manifest.n_kv_heads, manifest.head_dim, manifest.max_seq_len
-        self.length, self.capacity = 0, 0
+        self.length, self.capacity, self.hidden = 0, 0, hidden
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
 
@@ -287,14 +304,17 @@ class _SharedCache:
         self.arrays, self.capacity = arrays, capacity
         b = self.binding
         b.clear_binding_inputs(), b.clear_binding_outputs()
-        b.bind_output("logits")  # first: the only output read back
+        b.bind_output("logits")  # first: read back, with the hidden state where the graph has it
+        if self.hidden:
+            b.bind_output(HIDDEN_OUTPUT)
         for name_in, name_out, a in zip(self.state_in, self.state_out, arrays):
             buf = self._ort.OrtValue.ortvalue_from_numpy(a)  # shares a's memory
             b.bind_ortvalue_input(name_in, buf)
             b.bind_ortvalue_output(name_out, buf)  # the same buffer: extended in place
 
-    def run(self, ids: np.ndarray, n: int) -> np.ndarray:
-        """ids (1, T) -> the logits (n, V) of the block's last n positions; the cache holds T more."""
+    def run(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """ids (1, T) -> the logits (n, V) of the block's last n positions and their hidden states (n, D)
+        (None without a hidden output); the cache holds T more."""
         T = ids.shape[1]
         self.reserve(self.length + T)
         b = self.binding
@@ -302,9 +322,12 @@ class _SharedCache:
         b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))
         b.bind_cpu_input(LAST_INPUT, np.array([n], np.int64))
         b.bind_output("logits")  # unallocated each call: its shape follows n
+        if self.hidden:
+            b.bind_output(HIDDEN_OUTPUT)
         self.session.run_with_iobinding(b)
         self.length += T
-        return b.get_outputs()[0].numpy()[0]
+        outs = b.get_outputs()
+        return outs[0].numpy()[0], (outs[1].numpy()[0] if self.hidden else None)
 
 
 def _check_providers(providers: Sequence[str]) -> list[str]:

@@ -134,6 +134,10 @@ def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
         for b in (grown, shared):
             if step[0] == "f":
                 marks.setdefault(("out", id(b)), []).append(b.forward(step[1], last=step[2]))
+                n = step[2] or len(step[1])  # the hidden states of exactly the positions whose logits came back
+                rows = [b.hidden_at(p) for p in range(b.length - n - 1, b.length + 1)]
+                assert rows[0] is None and rows[-1] is None and all(r is not None for r in rows[1:-1])
+                marks.setdefault(("hid", id(b)), []).append(np.stack(rows[1:-1]))
             elif step[0] == "t":
                 b.trim(step[1])
             elif step[0] == "s":
@@ -143,6 +147,12 @@ def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
         assert shared.length == grown.length
     for a, c in zip(marks[("out", id(grown))], marks[("out", id(shared))]):
         np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+    for a, c in zip(marks[("hid", id(grown))], marks[("hid", id(shared))]):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+    last = shared.length - 1
+    assert shared.hidden_at(last) is not None
+    shared.trim(1)  # a trimmed position has no hidden state any more
+    assert shared.hidden_at(last) is None and shared.hidden_at(last - 1) is not None
     assert shared._cache.capacity >= shared.length > 8
     with pytest.raises(ValueError, match="rewound"):
         shared.restore(shared.length + 1)
@@ -150,6 +160,18 @@ def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
     shared.reserve(40)
     assert shared.length == 0 and shared._cache.capacity >= 40
     np.testing.assert_allclose(shared.forward([3, 1, 4, 1, 5]), marks[("out", id(grown))][0], rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_output_is_the_heads_input(tmp_path):
+    """`hidden` is what the head reads: the tied Q8_0 table times it gives the graph's own logits, so a draft
+    head trained on it sees the target's features."""
+    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"))
+    b = _backend(path, True)
+    b.reset()
+    logits = b.forward([3, 1, 4, 1, 5, 9], last=3)
+    table = dequantized(read_blocks(GGUFFile(path), "token_embd.weight"))  # (V, D)
+    hidden = np.stack([b.hidden_at(p) for p in (3, 4, 5)])  # (3, D)
+    np.testing.assert_allclose(hidden @ table.T, logits, rtol=1e-4, atol=1e-4)
 
 
 def test_blocks_are_repacked_not_requantized(tmp_path):
