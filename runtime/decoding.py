@@ -56,7 +56,7 @@ class GenerationOptions:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
 
-METHODS = ("none", "draft", "mtp", "mirror", "lookup")  # none: plain decoding (as the CLI's --speculative none)
+METHODS = ("none", "draft", "mtp", "mirror", "lookup", "head")  # none: plain decoding (as the CLI's --speculative none)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class SpeculativeOptions:
 
     method: str = "draft"           # draft: a small draft model; mtp: gated-LoRA multi-token heads; mirror: Mirror-SD;
                                     # lookup: prompt lookup (the tokens that followed the context's last n-gram before)
+                                    # head: a draft head on the target's own hidden state (heron.runtime.draft_head)
     gamma: int = 4                  # draft tokens per round
     kappa: int = 2                  # Mirror-SD: early-exit candidates per window position
     exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
@@ -74,7 +75,8 @@ class SpeculativeOptions:
     draft_timeout_s: float = 5.0    # a draft call slower than this counts as stalled: the target goes on alone
     mtp: str | None = None          # MTP adapter folder (None: the model's own `mtp/`)
     exit_head: str | None = None    # Mirror-SD: folder of a trained early-exit head (None: the model's own, if any)
-    adaptive: bool = True           # lookup: cut each window to the length that pays for its verification
+    head: str | None = None         # head: a draft-head bundle (scripts/train_draft_head.py)
+    adaptive: bool = True           # lookup and head: cut each window to the length that pays for its verification
                                     # (best_window; up to gamma), or to none; False: always up to gamma tokens
 
     def __post_init__(self):

@@ -233,18 +233,18 @@ def _digest(f: Fields, path, what: str = "") -> str:
     return v
 
 
-def _read_files(f: Fields) -> dict[str, FileEntry]:
+def read_files(f: Fields) -> dict[str, FileEntry]:
     table = f.obj("files")
     if not table:
         f.fail("files", "lists no files")
     return {key: FileEntry.from_dict(f, key) for key in table}
 
 
-def _files_dict(files: dict[str, FileEntry]) -> dict:
+def files_dict(files: dict[str, FileEntry]) -> dict:
     return {k: e.to_dict() for k, e in files.items()}
 
 
-def _document(m: Any, where: str, known) -> Fields:
+def document_fields(m: Any, where: str, known) -> Fields:
     """A manifest's top level: a JSON object that holds only fields this heron knows."""
     if not isinstance(m, dict):
         raise BundleError(f"{where}: a manifest must be a JSON object")
@@ -444,7 +444,7 @@ class KwsManifest:
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "KwsManifest":
         """Every field the keyword-spotting runtime reads: present, typed, in range, consistent."""
-        f = _document(m, where, cls.TOP)
+        f = document_fields(m, where, cls.TOP)
         fmt = f.str("format", KWS_FORMATS)
         target = f.str("target", ("onnx", "coreml"))
         version = f.str("heron_version")
@@ -475,7 +475,7 @@ class KwsManifest:
         layers = f.int("gates.layers", 1, 64)
         f.float("gates.threshold", GATE_THRESHOLD, GATE_THRESHOLD)  # the gates were trained to switch at 0.5
         encoder = _encoder_io(f, chunk, layers)
-        files = _read_files(f)
+        files = read_files(f)
         mobile = None
         if "mobile" in m:  # a device bundle: keywords come from keyword files, which carry their Z-norm
             f.only("mobile", ("made_from", "loop"))
@@ -550,7 +550,7 @@ class KwsManifest:
         d["model"] = dict(self.model)
         if self.mobile is not None:
             d["mobile"] = self.mobile.to_dict()
-        d["files"] = _files_dict(self.files)
+        d["files"] = files_dict(self.files)
         return d
 
 
@@ -615,7 +615,7 @@ class LMManifest:
         if not isinstance(m, dict):
             raise BundleError(f"{where}: a manifest must be a JSON object")
         fmt = Fields(m, where).str("format", LM_FORMATS)
-        f = _document(m, where, set(cls.TOP) - ({"sha256", "bytes"} if fmt == LM_FORMAT else {"files"}))
+        f = document_fields(m, where, set(cls.TOP) - ({"sha256", "bytes"} if fmt == LM_FORMAT else {"files"}))
         name = f.str("name")
         layers = f.int("n_layers", 1, 1024)
         kv, hd = f.int("n_kv_heads", 1, 1024), f.int("head_dim", 1, 4096)
@@ -645,7 +645,7 @@ class LMManifest:
         if fmt == LM_FORMAT_V1:
             files = _v1_files(f)
         else:
-            files = _read_files(f)
+            files = read_files(f)
         if not set(files) <= set(LM_FILES) or any(e.path != k for k, e in files.items()):
             f.fail("files", f"must list files among {list(LM_FILES)}, each at its own name")
         if default is not None and LM_WEIGHTS[default] not in files:
@@ -669,7 +669,7 @@ class LMManifest:
             d["sha256"] = {k: e.sha256 for k, e in self.files.items()}
             d["bytes"] = {k: e.bytes for k, e in self.files.items()}
         else:
-            d["files"] = _files_dict(self.files)
+            d["files"] = files_dict(self.files)
         return d
 
 
@@ -706,10 +706,10 @@ class LMCoreMLManifest:
 
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "LMCoreMLManifest":
-        f = _document(m, where, cls.FIELDS)
+        f = document_fields(m, where, cls.FIELDS)
         fmt = f.str("format", (LM_COREML_FORMAT,))
         vocab = f.int("vocab_size", 2, 1_000_000)
-        files = _read_files(f)
+        files = read_files(f)
         if "model" not in files:
             f.fail("files", "must list the model (model.mlpackage)")
         active = f.int("active_experts", 1, 4096) if m.get("active_experts") is not None else None
@@ -722,5 +722,5 @@ class LMCoreMLManifest:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.FIELDS}
         d.update(inputs=list(self.inputs), outputs=list(self.outputs), states=list(self.states),
-                 source=dict(self.source), files=_files_dict(self.files))
+                 source=dict(self.source), files=files_dict(self.files))
         return d

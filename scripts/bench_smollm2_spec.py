@@ -15,7 +15,10 @@ costs predict (tokens / (plain steps + the cost of each verified window)), the m
 acceptance per draft position. `--compare-cost X` adds the adaptive lookup with the target's verify_cost
 set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
-serial on the same thread budget, windows of 1 and 3.
+serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
+target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window).
+`--prompt-set varied` times the 20 varied prompts of --lossless (64 new tokens each, summed per method) instead
+of the three prompts above.
 """
 from __future__ import annotations
 
@@ -78,6 +81,9 @@ def main() -> int:
     ap.add_argument("--draft", default=None,
                     help="also draft-model speculation with this bundle as the draft (e.g. heron lm export smollm2 "
                          "--compute int8 --out DIR: the target's weights with one int8 row per token)")
+    ap.add_argument("--head", default=None, help="also speculation with this draft-head bundle (scripts/train_draft_head.py)")
+    ap.add_argument("--prompt-set", default="three", choices=["three", "varied"],
+                    help="three: code edit, summary, chat (128 tokens); varied: the 20 prompts of --lossless (64 tokens)")
     ap.add_argument("--lossless", action="store_true",
                     help="only check that lookup (fixed and adaptive windows; and the draft with --draft) gives plain "
                          "decoding's greedy tokens on 20 varied prompts (64 new tokens each)")
@@ -93,6 +99,8 @@ def main() -> int:
 
     report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "draft": a.draft, "bundles": {}}
     methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
+    if a.head:
+        methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True)]
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
@@ -100,6 +108,8 @@ def main() -> int:
     def spec_for(m: str, g: int | None, adaptive: bool):
         if g is None:
             return None
+        if m.startswith("head"):
+            return SpeculativeOptions(method="head", gamma=g, head=a.head, adaptive=adaptive)
         if m.startswith("draft"):
             return SpeculativeOptions(method="draft", gamma=g, draft=a.draft, draft_threads=a.threads)
         return SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
@@ -149,8 +159,12 @@ def main() -> int:
             report["bundles"][folder] = rows
             continue
         opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=False)
-        for name, prompt in PROMPTS.items():
-            text = lm.chat_prompt([{"role": "user", "content": prompt}])
+        prompt_set = PROMPTS
+        if a.prompt_set == "varied":  # all 20 in one row per method: each run decodes every prompt once
+            opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
+            prompt_set = {"20 varied prompts": LOSSLESS_PROMPTS}
+        for name, prompt in prompt_set.items():
+            texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
             times: dict[str, list[float]] = {m: [] for m, _, _ in methods}
             calls: dict[str, float] = {}
             detail: dict[str, dict] = {}
@@ -163,7 +177,7 @@ def main() -> int:
                     own = getattr(b, "verify_cost", None)
                     b.verify_cost = a.compare_cost if m == priced else own  # the A/B row prices windows differently
                     t0 = time.perf_counter()
-                    toks = [t.id for t in lm.generate(text, opts, spec, stats)]
+                    toks = [t.id for text in texts for t in lm.generate(text, opts, spec, stats)]
                     times[m].append(time.perf_counter() - t0)
                     b.verify_cost = own
                     ref = toks if ref is None else ref  # plain decoding runs first

@@ -71,7 +71,7 @@ def _load(args):
     if args.speculative != "none":
         spec = heron.SpeculativeOptions(method=args.speculative, gamma=args.gamma, kappa=args.kappa,
                                         exit_layer=args.exit_layer, draft=args.draft, draft_device=args.draft_device,
-                                        mtp=args.mtp, exit_head=args.exit_head)
+                                        mtp=args.mtp, exit_head=args.exit_head, head=args.draft_head)
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                    seed=args.seed)
     engine = args.engine
@@ -272,8 +272,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
                         "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD, --k, --roe-samples "
                         "need it); auto: onnx unless the options need torch")
-    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup"],
-                   help="lossless speculative decoding method (lookup: prompt lookup, no draft model)")
+    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup", "head"],
+                   help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
+                        "head on the target's own hidden state, --draft-head)")
+    q.add_argument("--draft-head", default=None, help="--speculative head: the draft-head bundle, from scripts/train_draft_head.py "
+                        "(default: none; --speculative head needs one)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")

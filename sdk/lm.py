@@ -31,6 +31,7 @@ from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
 from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror, plain,
                                     speculative)
+from heron.runtime.draft_head import DraftHead, head_generate
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
@@ -153,12 +154,29 @@ class LanguageModel:
             self._drafts[key] = draft
         return self._drafts[key]
 
+    def draft_head(self, spec: SpeculativeOptions) -> DraftHead:
+        """The draft head of these options (loaded and checked against this target once)."""
+        if not spec.head:
+            raise ValueError("--speculative head needs a draft-head bundle: --draft-head DIR "
+                             "(scripts/train_draft_head.py makes one)")
+        if not hasattr(self.backend, "hidden_at"):
+            raise ValueError("--speculative head runs on an onnxruntime target (--engine onnx)")
+        key = ("head", spec.head)
+        if key not in self._drafts:
+            head = DraftHead(spec.head)
+            head.check_target(self.backend)
+            self._drafts[key] = head
+        return self._drafts[key]
+
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
-        if self.model is None and spec.method not in ("draft", "lookup"):
-            raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft "
-                             "and lookup)")
+        if self.model is None and spec.method not in ("draft", "lookup", "head"):
+            raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft, "
+                             "lookup and head)")
         if spec.method == "lookup":
             return lookup(self.backend, ids, options, spec, stats, detok)
+        if spec.method == "head":
+            return head_generate(self.backend, self.draft_head(spec), ids, options, spec.gamma, stats, detok,
+                                 spec.adaptive)
         if spec.method == "draft":
             return speculative(self.backend, self.draft_backend(spec), ids, options, spec, stats, detok)
         if spec.method == "mtp":

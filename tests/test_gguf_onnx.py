@@ -14,32 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from heron.export.gguf_onnx import build_graph, dequantized, read_blocks  # noqa: E402
 from heron.export.onnx_lm import state_names  # noqa: E402
 from heron.runtime.gguf import GGUFFile  # noqa: E402
-
-
-def _write_llama(path, rng, types):
-    """A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer."""
-    Q = gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(2), w.add_context_length(128), w.add_embedding_length(64), w.add_feed_forward_length(96)
-    w.add_head_count(2), w.add_head_count_kv(1), w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(64), w.add_rope_dimension_count(32)
-
-    def add(name, shape, qtype, scale=0.2):
-        x = (rng.standard_normal(shape) * scale).astype(np.float32)
-        w.add_tensor(name, x if qtype == Q.F32 else gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-
-    add("token_embd.weight", (64, 64), Q.Q8_0, 1.0)
-    add("output_norm.weight", (64,), Q.F32, 1.0)
-    for i, t in enumerate(types):
-        q = getattr(Q, t)
-        add(f"blk.{i}.attn_norm.weight", (64,), Q.F32, 1.0)
-        add(f"blk.{i}.ffn_norm.weight", (64,), Q.F32, 1.0)
-        for name, shape in [("attn_q", (64, 64)), ("attn_k", (32, 64)), ("attn_v", (32, 64)), ("attn_output", (64, 64)),
-                            ("ffn_gate", (96, 64)), ("ffn_up", (96, 64)), ("ffn_down", (64, 96))]:
-            add(f"blk.{i}.{name}.weight", shape, q)
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()
-    w.close()
-    return path
+from conftest import write_tiny_llama  # noqa: E402
 
 
 def _run(session, n_layers, blocks):
@@ -58,7 +33,7 @@ def _run(session, n_layers, blocks):
 def test_graph_equals_the_dequantized_model(tmp_path, types):
     from heron.models.lm.gguf_file import load_gguf
 
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(0), types)
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), types)
     model, cfg, _, reader = build_graph(path, compute="fp32", shared_cache=False)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     tokens = [1, 5, 9, 33, 2, 60, 7, 7, 40, 3]
@@ -86,7 +61,7 @@ def test_logits_of_the_last_positions_only(tmp_path):
     and the cache grows by the whole block (torch's forward takes the same argument)."""
     from heron.models.lm.gguf_file import load_gguf
 
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q4_1"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q4_1"))
     model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ins, _ = state_names(cfg.n_layers)
@@ -122,7 +97,7 @@ def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
     from heron.runtime import lm as lm_mod
 
     monkeypatch.setattr(lm_mod._SharedCache, "STEP", 8)  # grow several times within the test
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0"))
     grown, shared = _backend(path, False), _backend(path, True)
     assert shared._shared and not grown._shared and not shared.branchable
     for b in (grown, shared):
@@ -165,7 +140,7 @@ def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
 def test_hidden_output_is_the_heads_input(tmp_path):
     """`hidden` is what the head reads: the tied Q8_0 table times it gives the graph's own logits, so a draft
     head trained on it sees the target's features."""
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"))
     b = _backend(path, True)
     b.reset()
     logits = b.forward([3, 1, 4, 1, 5, 9], last=3)
@@ -176,7 +151,7 @@ def test_hidden_output_is_the_heads_input(tmp_path):
 
 def test_blocks_are_repacked_not_requantized(tmp_path):
     """Every stored block type dequantizes, through the MatMulNBits layout, to the file's own values."""
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q4_0"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q4_0"))
     reader = GGUFFile(path)
     for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
         b = read_blocks(reader, name)
@@ -185,7 +160,7 @@ def test_blocks_are_repacked_not_requantized(tmp_path):
 
 
 def test_bad_compute_is_refused(tmp_path):
-    path = _write_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q4_1"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q4_1"))
     with pytest.raises(ValueError, match="compute must be one of fp32, int8, int8x2"):
         build_graph(path, compute="int4")
 

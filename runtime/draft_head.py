@@ -1,0 +1,172 @@
+"""A draft head on the target's own features, run with onnxruntime: from the target's hidden state at the
+position that chose the last token, and that token, it proposes the next ones without running the target
+(heron.models.lm.draft_head trains it; heron.export.draft_head writes the bundle). The target verifies every
+window in one call, so the output is the target's own (greedy: the same tokens; sampling: the same
+distribution).
+
+A bundle is head.onnx plus a manifest naming the target it was trained for (its GGUF file's sha256) and the
+N words it proposes among (the target's ids); the head only ever proposes those, verification stays exact.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, best_window, draw, drafted, probs,
+                                    verify_cost)
+from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files
+
+HEAD_FORMAT = "heron-draft-head/1"
+HEAD_FILE = "head.onnx"
+MAX_WORDS = 1 << 17
+# per-position acceptance assumed before any round (with PRIOR_WEIGHT tries), and the decay of older rounds:
+# the window is cut to the length that pays for its verification (best_window), as prompt lookup does
+HEAD_PRIOR, PRIOR_WEIGHT, HEAD_DECAY = 0.6, 2.0, 0.9
+
+
+@dataclass(frozen=True)
+class DraftHeadManifest:
+    name: str
+    dim: int                    # D: the target's hidden size (the head's input)
+    n_words: int                # N: the words the head proposes among
+    vocab_size: int             # the target's vocabulary
+    words: tuple[int, ...]      # the target's ids of the head's N output rows
+    target: dict                # what it was trained for: {"gguf": file name, "gguf_sha256": ...}
+    files: dict[str, FileEntry]
+    training: dict = field(default_factory=dict)  # the training report (held-out agreement, commands)
+    format: str = HEAD_FORMAT
+
+    TOP = ("format", "name", "dim", "n_words", "vocab_size", "words", "target", "training", "files")
+
+    @classmethod
+    def from_dict(cls, m: Any, where: str) -> "DraftHeadManifest":
+        f = document_fields(m, where, cls.TOP)
+        f.str("format", (HEAD_FORMAT,))
+        name = f.str("name")
+        dim, n = f.int("dim", 1, 1 << 16), f.int("n_words", 1, MAX_WORDS)
+        vocab = f.int("vocab_size", 2, 1_000_000)
+        words = tuple(f.int_list("words", 0, vocab - 1, max_len=MAX_WORDS))
+        if len(words) != n or len(set(words)) != n:
+            f.fail("words", f"must list {n} distinct word ids (n_words)")
+        target = f.obj("target")
+        f.str(("target", "gguf_sha256"))
+        files = read_files(f)
+        if set(files) != {HEAD_FILE} or files[HEAD_FILE].path != HEAD_FILE:
+            f.fail("files", f"must list {HEAD_FILE} alone, at its own name")
+        return cls(name, dim, n, vocab, words, dict(target), files, dict(f.obj("training")))
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "name": self.name, "dim": self.dim, "n_words": self.n_words,
+                "vocab_size": self.vocab_size, "words": list(self.words), "target": dict(self.target),
+                "training": dict(self.training), "files": files_dict(self.files)}
+
+
+def write_head_manifest(root: str | Path, manifest: DraftHeadManifest) -> str:
+    from heron.runtime.bundle import write_manifest
+    return write_manifest(root, manifest)
+
+
+class DraftHead:
+    """A verified draft-head bundle and its onnxruntime session: step(hidden, token) -> (logits over its
+    words, its own feature)."""
+
+    def __init__(self, folder: str | Path, threads: int = 1):
+        from heron.runtime.bundle import read_manifest, verify_files
+        from heron.runtime.sessions import open_session
+
+        folder = Path(folder)
+        raw, self.identity = read_manifest(folder, "draft-head")
+        where = str(folder / "manifest.json")
+        self.manifest = m = DraftHeadManifest.from_dict(raw, where)
+        verify_files(folder, m.files, where)
+        self.session = open_session(folder / HEAD_FILE, threads, ["CPUExecutionProvider"])
+        ins = {i.name: i.shape for i in self.session.get_inputs()}
+        outs = {o.name: o.shape for o in self.session.get_outputs()}
+        if list(ins) != ["hidden", "token"] or list(outs) != ["logits", "feature"] \
+                or ins["hidden"][-1] != m.dim or outs["logits"][-1] != m.n_words:
+            raise BundleError(f"{where}: {HEAD_FILE} is not a draft head of dim {m.dim} over {m.n_words} words")
+        self.folder, self.words = folder, np.asarray(m.words, np.int64)
+
+    def step(self, hidden: np.ndarray, token: int) -> tuple[np.ndarray, np.ndarray]:
+        """hidden (D,), the word that followed it -> logits (N,) over self.words, the head's feature (D,)."""
+        logits, feature = self.session.run(None, {"hidden": np.asarray(hidden, np.float32)[None],
+                                                  "token": np.array([token], np.int64)})
+        return logits[0], feature[0]
+
+    def check_target(self, backend) -> None:
+        """The head reads this target's features: same GGUF file (sha256), and a graph with a hidden output."""
+        src = getattr(getattr(backend, "manifest", None), "source", {}) or {}
+        want = self.manifest.target.get("gguf_sha256")
+        if src.get("gguf_sha256") != want:
+            raise ValueError(f"the draft head {self.folder} was trained for {self.manifest.target.get('gguf')} "
+                             f"(sha256 {want[:12]}...); this model is {src.get('gguf') or 'another model'}")
+        if not getattr(backend, "_has_hidden", False):
+            raise ValueError("the draft head needs the target's hidden states: a graph with a `hidden` output "
+                             "(re-export it with this heron: heron lm export smollm2 --out DIR)")
+
+
+class HeadDrafter:
+    """The head as a Drafter: up to g words proposed from the target's hidden state at len(seq) - 2 (the
+    position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
+    has not computed that state (before the first target call). adaptive: the window is cut to the length
+    that pays for its verification given the acceptance seen so far and `cost` (the target's verify_cost
+    plus the head's own step, in plain steps)."""
+
+    def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
+                 stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5):
+        self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
+        self.adaptive, self.cost = adaptive, cost
+        self.hits, self.tries = 0.0, 0.0
+        self.vocab_size = target.vocab_size
+
+    @property
+    def acceptance(self) -> float:
+        return (self.hits + HEAD_PRIOR * PRIOR_WEIGHT) / (self.tries + PRIOR_WEIGHT)
+
+    def observe(self, proposed: int, accepted: int) -> None:
+        self.hits = HEAD_DECAY * self.hits + accepted
+        self.tries = HEAD_DECAY * self.tries + min(accepted + 1, proposed)
+
+    def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
+        hidden = self.target.hidden_at(len(seq) - 2)
+        if hidden is None:
+            return [], None
+        if self.adaptive:
+            g = best_window(g, self.acceptance, self.cost)
+            if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
+                self.tries *= HEAD_DECAY
+                self.hits *= HEAD_DECAY
+                return [], None
+        t0 = time.perf_counter()
+        rng = self.seeds.at(len(seq))  # a window's draws depend on where it starts only
+        window, qs, token = [], [], seq[-1]
+        full = np.full(self.vocab_size, -np.inf, np.float32)
+        for _ in range(g):
+            logits, hidden = self.head.step(hidden, token)
+            full[self.head.words] = logits
+            q = probs(full, self.opts.temperature, self.opts.top_p)
+            token = draw(q, rng)
+            window.append(token)
+            qs.append(q)
+        if self.stats is not None:
+            self.stats.draft_calls += g
+            self.stats.draft_time_s += time.perf_counter() - t0
+        return window, np.stack(qs)
+
+
+def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: GenerationOptions, gamma: int,
+                  stats: DecodeStats | None = None, detok=None, adaptive: bool = True):
+    """Speculative decoding with the draft head: the engine's one verify loop (decoding.drafted)."""
+    head.check_target(target)
+    stats = stats if stats is not None else DecodeStats(method="head")
+    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive,
+                          verify_cost(target) + HEAD_STEP_COST)
+    yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
+
+
+# the head's own step in target steps (SmolLM2 int8x2, machine B; scripts/bench_smollm2_spec.py measures it)
+HEAD_STEP_COST = 0.05

@@ -1,0 +1,144 @@
+"""Training data for a draft head on SmolLM2's own features: SmolLM2 answers a varied prompt set, and at every
+position of its answers this keeps the head's input (the final norm's output, `hidden`), the token it chose
+and its top-K next-token log-probabilities.
+
+    .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --shard 0/2   # and 1/2 beside it
+
+Prompts: chat, instruction and code requests built from templates and topic lists written here, and
+functions of the Python standard library to explain, document or rewrite (modules the speculation benchmarks
+do not use). None of scripts/bench_smollm2_spec.py's or scripts/bench_smollm2.py's prompts are among them
+(checked at start). Answers: greedy for even prompts, temperature 0.7 for odd ones (more varied contexts),
+up to --new-tokens tokens after the chat template, on the default int8x2 graph (the target the head drafts
+for). One .npz per prompt under --out (resumable: finished prompts are skipped); nothing is pickled.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOPICS = [
+    "photosynthesis", "the water cycle", "black holes", "the French Revolution", "compound interest", "vaccines",
+    "machine learning", "the stock market", "climate change", "volcanoes", "the human heart", "DNA",
+    "electric cars", "the Roman Empire", "gravity", "the internet", "coffee", "sleep", "meditation",
+    "renewable energy", "inflation", "the moon landing", "earthquakes", "bees", "chess", "jazz", "the Olympics",
+    "public speaking", "time management", "budgeting", "learning a new language", "remote work", "gardening",
+    "healthy breakfasts", "running a marathon", "saving money", "writing a resume", "making friends",
+    "recycling", "rainforests", "the ocean", "dinosaurs", "the printing press", "democracy", "electricity",
+    "magnets", "rainbows", "the seasons", "tides", "bread baking", "cloud computing", "encryption",
+    "version control", "databases", "binary numbers", "linked lists", "sorting algorithms", "unit testing",
+    "APIs", "operating systems", "memory leaks", "recursion in programming", "prime numbers", "fractions",
+    "probability", "the Pythagorean theorem", "statistics", "supply and demand", "the immune system",
+]
+TEMPLATES = [
+    "Explain {t} to a ten-year-old.", "What are the main facts about {t}?", "Give me three tips about {t}.",
+    "Write a short paragraph about {t}.", "What are the pros and cons of {t}?", "Write a haiku about {t}.",
+    "Summarize the history of {t} in a few sentences.", "What is a common misconception about {t}?",
+    "Write a tweet about {t}.", "Ask me three quiz questions about {t} and give the answers.",
+    "Write a short story that involves {t}.", "How would you teach {t} to a beginner?",
+    "Describe {t} in five bullet points.", "Why does {t} matter?", "Write an email to a friend about {t}.",
+]
+CODE_TASKS = [
+    "checks whether a string is a palindrome", "returns the n-th Fibonacci number", "counts the vowels in a string",
+    "merges two sorted lists", "removes duplicates from a list while keeping the order", "computes a factorial",
+    "finds the largest number in a list", "converts Celsius to Fahrenheit", "reads a text file and counts its words",
+    "flattens a nested list", "checks whether two strings are anagrams", "returns the GCD of two numbers",
+    "validates an email address with a regular expression", "capitalizes every word in a sentence",
+    "computes the average of a list of numbers", "groups words by their first letter", "implements binary search",
+    "transposes a matrix given as a list of lists", "counts how often each character occurs", "reverses a linked list",
+]
+CODE_TEMPLATES = [
+    "Write a Python function that {t}.", "Write a JavaScript function that {t}.",
+    "Write a Python function that {t}, with a docstring and type hints.", "How would I write code that {t}?",
+]
+STDLIB_TEMPLATES = [
+    "Explain what this Python function does:\n\n{c}", "Add a docstring to this function:\n\n{c}",
+    "Rewrite this function with clearer variable names and return the whole function:\n\n{c}",
+    "Write a unit test for this function:\n\n{c}",
+]
+STDLIB_MODULES = ["string", "shlex", "fnmatch", "colorsys", "bisect", "heapq", "calendar", "glob", "base64",
+                  "ipaddress", "fractions", "difflib", "html", "keyword", "posixpath", "operator", "random"]
+
+
+def stdlib_functions(max_lines: int = 30) -> list[str]:
+    import importlib
+    out = []
+    for name in STDLIB_MODULES:
+        mod = importlib.import_module(name)
+        for _, f in inspect.getmembers(mod, inspect.isfunction):
+            if f.__module__ != mod.__name__ or f.__name__.startswith("_"):
+                continue
+            try:
+                src = inspect.getsource(f)
+            except (OSError, TypeError):
+                continue
+            if 4 <= src.count("\n") <= max_lines:
+                out.append(src)
+    return out
+
+
+def prompt_set(seed: int = 0) -> list[str]:
+    """Every prompt, in a fixed shuffled order (shards take every n-th)."""
+    prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES, TOPICS)]
+    prompts += [t.format(t=x) for t, x in itertools.product(CODE_TEMPLATES, CODE_TASKS)]
+    prompts += [t.format(c=c) for c, t in zip(stdlib_functions(), itertools.cycle(STDLIB_TEMPLATES))]
+    random.Random(seed).shuffle(prompts)
+    return prompts
+
+
+def held_out() -> set[str]:
+    """The benchmarks' prompts: never in the training set."""
+    import importlib.util
+    out = set()
+    for script in ("bench_smollm2_spec.py", "bench_smollm2.py"):
+        spec = importlib.util.spec_from_file_location(script[:-3], Path(__file__).with_name(script))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        for name in ("PROMPTS", "LOSSLESS_PROMPTS", "QUESTIONS"):
+            v = getattr(mod, name, None)
+            out.update(v.values() if isinstance(v, dict) else (v or []))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="folder for one .npz per prompt (resumable)")
+    ap.add_argument("--shard", default="0/1", help="i/n: this process answers every n-th prompt from the i-th")
+    ap.add_argument("--new-tokens", type=int, default=160)
+    ap.add_argument("--minutes", type=float, default=60.0, help="stop starting new prompts after this long")
+    a = ap.parse_args()
+    import heron
+    from heron.models.lm.draft_head import record_answer
+
+    i, n = (int(v) for v in a.shard.split("/"))
+    prompts = prompt_set()
+    clash = held_out() & set(prompts)
+    if clash:
+        raise SystemExit(f"benchmark prompts in the training set: {sorted(clash)[:3]}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = heron.load_lm("smollm2", threads=1)
+    t0, done = time.time(), 0
+    for j in range(i, len(prompts), n):
+        path = out / f"p{j:05d}.npz"
+        if path.exists():
+            continue
+        if time.time() - t0 > a.minutes * 60:
+            break
+        ids = lm.encode(lm.chat_prompt([{"role": "user", "content": prompts[j]}]))
+        rec = record_answer(lm.backend, ids, a.new_tokens, 0.7 if j % 2 else 0.0, np.random.default_rng(j))
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **rec)
+        tmp.rename(path)
+        done += len(rec["tokens"])
+        print(f"{j} {len(rec['tokens'])} tokens, {done} in all, {done / (time.time() - t0):.1f}/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

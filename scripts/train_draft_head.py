@@ -1,0 +1,56 @@
+"""Train a draft head on SmolLM2's own features (heron.models.lm.draft_head) and export its bundle.
+
+    .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data           # SmolLM2's answers
+    .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --out runs/draft-head
+
+Writes the torch weights (draft_head.safetensors, config.json) under --out/torch and the onnxruntime bundle
+(head.onnx, manifest.json) under --out; the held-out agreement with SmolLM2's own next words goes into the
+manifest's `training` record with this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder of scripts/draft_head_data.py")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
+    ap.add_argument("--blocks", type=int, default=1, help="SwiGLU blocks")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    from pathlib import Path
+
+    from heron.export.draft_head import export_draft_head
+    from heron.export.gguf_onnx import dequantized, read_blocks
+    from heron.models.lm import draft_head as dh
+    from heron.models.lm.gguf_file import open_reader
+    from heron.paths import named_lm_path
+
+    t0 = time.time()
+    gguf = named_lm_path("smollm2")
+    table = dequantized(read_blocks(open_reader(gguf), "token_embd.weight"))  # (V, D): the target's own rows
+    data = dh.load_data(a.data)
+    print(f"{len(data.x)} positions from {len(set(data.answer.tolist()))} answers ({time.time() - t0:.0f} s)", flush=True)
+    cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words)
+    opts = dh.TrainOptions(steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, seed=a.seed)
+    model, report = dh.train(data, table, cfg, opts, log=lambda s: print(s, flush=True))
+    command = "scripts/train_draft_head.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    meta = {"report": report, "command": command, "train_seconds": round(time.time() - t0)}
+    dh.save(model, Path(a.out) / "torch", meta)
+    export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{a.words}", training=meta)
+    print(json.dumps(meta, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

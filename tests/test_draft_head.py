@@ -1,0 +1,205 @@
+"""The draft head on the target's own features (heron.models.lm.draft_head -> heron.export.draft_head ->
+heron.runtime.draft_head), on a tiny Llama GGUF: trained on the target's own answers it learns to agree
+with the target; the exported graph computes what the torch head computes; speculation with it returns
+plain decoding's greedy tokens exactly while drafting; edited bundles and the wrong target are refused."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("gguf")
+
+from conftest import edit_manifest, write_tiny_llama  # noqa: E402
+from heron.runtime.decoding import DecodeStats, GenerationOptions, plain  # noqa: E402
+from heron.runtime.manifest import BundleError  # noqa: E402
+
+PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7], [2, 7, 1, 8], [6, 6, 6], [1, 2, 3, 4, 5, 6, 7]]
+
+
+def _target(path, hidden=True):
+    from heron.export.gguf_onnx import build_graph
+    from heron.runtime.lm import HIDDEN_OUTPUT, OnnxLM, lm_manifest
+    from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
+
+    model, cfg, _, _ = build_graph(path, compute="fp32")
+    if not hidden:  # a graph from before the hidden output
+        out = [o for o in model.graph.output if o.name == HIDDEN_OUTPUT][0]
+        model.graph.output.remove(out)
+    graph = model.SerializeToString()
+    manifest = lm_manifest(cfg, name="t", eot_id=None, source={"gguf": path.name, "gguf_sha256": sha256_path(path)},
+                           files={"model.int4.onnx": FileEntry("model.int4.onnx", sha256_bytes(graph), len(graph))})
+    return OnnxLM.from_memory(graph, manifest)
+
+
+def _rule(x):
+    return (5 * x + 3) % 64  # the synthetic target's next word
+
+
+def _synthetic_answers(folder, n_answers=200, length=24, seed=0):
+    """Answers in scripts/draft_head_data.py's format from a target whose next word is _rule(word) (90%): the
+    head can only learn it from the word it is given (the features here are noise)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(n_answers):
+        toks = [int(rng.integers(0, 64))]
+        for _ in range(length - 1):
+            toks.append(int(_rule(toks[-1])))
+        toks = np.asarray(toks, np.int32)
+        others = (toks[:, None] + np.arange(1, 32)[None, :]) % 64
+        top_ids = np.concatenate([toks[:, None], others], 1).astype(np.int32)
+        top_lp = np.log(np.concatenate([np.full((length, 1), 0.9), np.full((length, 31), 0.1 / 31)], 1)).astype(np.float16)
+        np.savez(folder / f"p{i:05d}.npz", prompt=np.zeros(1, np.int32), tokens=toks, top_ids=top_ids, top_logprobs=top_lp,
+                 hidden=rng.standard_normal((length, 64)).astype(np.float16))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny target, a head trained on synthetic answers over its vocabulary, exported for that target."""
+    from heron.export.draft_head import export_draft_head
+    from heron.export.gguf_onnx import dequantized, read_blocks
+    from heron.models.lm import draft_head as dh
+    from heron.runtime.gguf import GGUFFile
+
+    root = tmp_path_factory.mktemp("head")
+    path = write_tiny_llama(root / "t.gguf", np.random.default_rng(11), ("Q4_1", "Q8_0"))
+    data = dh.load_data(_synthetic_answers(root / "data"))
+    table = dequantized(read_blocks(GGUFFile(path), "token_embd.weight"))
+    cfg = dh.DraftHeadConfig(dim=64, hidden=128, n_blocks=1, n_words=48)
+    model, report = dh.train(data, table, cfg, dh.TrainOptions(steps=800, batch=128, lr=5e-3, threads=1),
+                             log=lambda s: None)
+    out = export_draft_head(model, path, root / "bundle", name="tiny-head", training={"report": report})
+    return {"path": path, "target": _target(path), "model": model, "report": report, "bundle": out, "data": data}
+
+
+def test_training_learns_the_targets_next_word(trained):
+    """On held-out answers the trained head's first choice is mostly the target's (where the head's N = 48 of
+    the 64 words allow: input and output among them), where the untrained head (the target's own distribution
+    one position late) almost never is; chained from its own feature, the second word too."""
+    from heron.models.lm import draft_head as dh
+
+    r = trained["report"]
+    m = trained["model"]
+    fresh = dh.DraftHead(m.cfg, m.words, m.table, 64)
+    before = dh.agreement(fresh, trained["data"], np.arange(len(trained["data"].x)))["top1_step1"]
+    assert before < 0.1 and r["top1_step1"] > 0.6 and r["coverage"] > 0.6, (r, before)
+    assert r["top1_step2"] > 0.45, r  # both words must be among the 48 (and the input word too, for step 1)
+    assert r["val_answers"] == 10 and r["val_positions"] + r["train_positions"] == len(trained["data"].x)
+
+
+def test_the_models_own_answers_are_recorded_with_its_features(trained):
+    """record_answer: the chosen words are the target's greedy words, each position's top-K starts with it, and
+    the hidden state is the one that chose it (the tied table times it gives the target's logits)."""
+    from heron.models.lm import draft_head as dh
+    from heron.runtime.decoding import GenerationOptions
+
+    target = trained["target"]
+    rec = dh.record_answer(target, [3, 1, 4], 12, 0.0, np.random.default_rng(0))
+    ref = [t.id for t in plain(target, [3, 1, 4], GenerationOptions(max_new_tokens=12, temperature=0.0))]
+    assert rec["tokens"].tolist() == ref and (rec["top_ids"][:, 0] == rec["tokens"]).all()
+    logits = rec["hidden"].astype(np.float32) @ trained["model"].table.numpy().T  # the head's rows: 48 of the words
+    words = trained["model"].words.numpy()
+    for i, t in enumerate(rec["tokens"]):
+        if t in words:
+            assert words[logits[i].argmax()] == t
+
+
+def test_exported_graph_computes_the_torch_head(trained):
+    from heron.runtime.draft_head import DraftHead
+
+    head = DraftHead(trained["bundle"])
+    model = trained["model"]
+    rng = np.random.default_rng(1)
+    h = rng.standard_normal((8, 64)).astype(np.float32)
+    toks = rng.integers(0, 64, size=8)
+    with torch.no_grad():
+        f_ref, l_ref = model(torch.from_numpy(h), torch.from_numpy(toks))
+    agree = 0
+    for i in range(8):
+        logits, feature = head.step(h[i], int(toks[i]))
+        # 8-bit weights, activations rounded to int8 per block of 32 (onnxruntime's int8 kernel, as the target's)
+        f, lr = f_ref[i].numpy(), l_ref[i].numpy()
+        np.testing.assert_allclose(feature, f, atol=0.05 * float(np.abs(f).max()) + 0.05)
+        np.testing.assert_allclose(logits, lr, atol=0.15 * float(np.abs(lr).max()) + 0.1)
+        assert np.corrcoef(logits, lr)[0, 1] > 0.98
+        agree += int(logits.argmax() == int(l_ref[i].argmax()))
+    assert agree >= 7  # int8 weights and activations: a near-tie may flip
+    np.testing.assert_array_equal(head.words, model.words.numpy())
+
+
+@pytest.mark.parametrize("gamma,adaptive", [(1, False), (3, False), (4, True)])
+def test_speculation_with_the_head_equals_plain_decoding(trained, gamma, adaptive):
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    head, target = DraftHead(trained["bundle"]), trained["target"]
+    opts = GenerationOptions(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
+    drafted = 0
+    for prompt in PROMPTS:
+        ref = [t.id for t in plain(target, prompt, opts)]
+        stats = DecodeStats()
+        got = [t.id for t in head_generate(target, head, prompt, opts, gamma, stats, adaptive=adaptive)]
+        assert got == ref, prompt
+        drafted += sum(stats.windows)
+    # windows were proposed and verified, not only plain steps (the adaptive window stops drafting where the head
+    # is mostly wrong, as this head, trained on other answers, is on this target)
+    assert drafted > (0 if adaptive else 20)
+
+
+def test_sampling_with_the_head_is_seeded(trained):
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    head, target = DraftHead(trained["bundle"]), trained["target"]
+    opts = GenerationOptions(max_new_tokens=16, temperature=0.8, seed=5, stop_at_eot=False)
+    runs = [[t.id for t in head_generate(target, head, PROMPTS[0], opts, 2)] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 16
+
+
+def test_wrong_target_and_no_hidden_output_are_refused(trained, tmp_path):
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    head = DraftHead(trained["bundle"])
+    other = write_tiny_llama(tmp_path / "other.gguf", np.random.default_rng(12), ("Q4_1", "Q8_0"))
+    opts = GenerationOptions(max_new_tokens=4)
+    with pytest.raises(ValueError, match="was trained for t.gguf"):
+        list(head_generate(_target(other), head, PROMPTS[0], opts, 2))
+    with pytest.raises(ValueError, match="needs the target's hidden states"):
+        list(head_generate(_target(trained["path"], hidden=False), head, PROMPTS[0], opts, 2))
+
+
+def test_edited_bundles_are_one_line_errors(trained, tmp_path):
+    import shutil
+
+    from heron.runtime.draft_head import HEAD_FILE, DraftHead
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(trained["bundle"], dst)
+        return dst
+
+    with pytest.raises(BundleError, match="changed after export"):
+        DraftHead(edit_manifest(copy("a"), lambda m: m.update(name="x"), sign=False))
+    with pytest.raises(BundleError, match="distinct word ids"):
+        DraftHead(edit_manifest(copy("b"), lambda m: m["words"].__setitem__(1, m["words"][0])))
+    with pytest.raises(BundleError, match="does not know"):
+        DraftHead(edit_manifest(copy("c"), lambda m: m.update(extra=1)))
+    c = copy("d")
+    (c / HEAD_FILE).write_bytes((c / HEAD_FILE).read_bytes()[:-10])
+    with pytest.raises(BundleError, match="sha256|bytes"):
+        DraftHead(c)
+    with pytest.raises(BundleError, match="no manifest.json|no such folder"):
+        DraftHead(tmp_path / "missing")
+
+
+def test_the_sdk_runs_the_head_on_an_onnxruntime_target(trained):
+    """LanguageModel.generate(..., SpeculativeOptions(method="head", head=DIR)) on the tiny GGUF's graph: the
+    tokens of plain decoding; a torch target or no bundle is refused in one line."""
+    import heron
+    from heron.lm import _onnx_model
+
+    lm = _onnx_model(trained["target"], trained["path"])
+    opts = GenerationOptions(max_new_tokens=16, temperature=0.0, stop_at_eot=False)
+    spec = heron.SpeculativeOptions(method="head", gamma=2, head=str(trained["bundle"]), adaptive=False)
+    stats = DecodeStats()
+    assert [t.id for t in lm.generate(PROMPTS[2], opts, spec, stats)] == [t.id for t in lm.generate(PROMPTS[2], opts)]
+    assert stats.rounds > 0
+    with pytest.raises(ValueError, match="--draft-head DIR"):
+        lm.generate(PROMPTS[2], opts, heron.SpeculativeOptions(method="head"))
