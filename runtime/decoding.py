@@ -76,6 +76,7 @@ class SpeculativeOptions:
     mtp: str | None = None          # MTP adapter folder (None: the model's own `mtp/`)
     exit_head: str | None = None    # Mirror-SD: folder of a trained early-exit head (None: the model's own, if any)
     head: str | None = None         # head: a draft-head bundle (scripts/train_draft_head.py)
+    head_lookup: bool = True        # head: prompt lookup's window first where the context repeats itself
     adaptive: bool = True           # lookup and head: cut each window to the length that pays for its verification
                                     # (best_window; up to gamma), or to none; False: always up to gamma tokens
 
@@ -87,8 +88,9 @@ class SpeculativeOptions:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not _is_int(self.exit_layer) or self.exit_layer < 1:
             raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
+        for name in ("adaptive", "head_lookup"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.draft_timeout_s, (int, float)) or not math.isfinite(self.draft_timeout_s) \
                 or self.draft_timeout_s <= 0:
             raise ValueError(f"draft_timeout_s must be a positive number of seconds, got {self.draft_timeout_s!r}")

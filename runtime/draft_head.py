@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, best_window, draw, drafted, probs,
-                                    verify_cost)
+from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter, best_window, draw,
+                                    drafted, probs, verify_cost)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files
 
 HEAD_FORMAT = "heron-draft-head/1"
@@ -114,24 +114,35 @@ class HeadDrafter:
     position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
     has not computed that state (before the first target call). adaptive: the window is cut to the length
     that pays for its verification given the acceptance seen so far and `cost` (the target's verify_cost
-    plus the head's own step, in plain steps)."""
+    plus the head's own step, in plain steps). lookup: a prompt-lookup drafter asked first: where the context
+    repeats itself (code edits, quotes) its free windows go first, the head drafts everywhere else."""
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
-                 stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5):
+                 stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
+                 lookup: LookupDrafter | None = None):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
-        self.adaptive, self.cost = adaptive, cost
+        self.adaptive, self.cost, self.lookup = adaptive, cost, lookup
         self.hits, self.tries = 0.0, 0.0
         self.vocab_size = target.vocab_size
+        self._last_from_lookup = False
 
     @property
     def acceptance(self) -> float:
         return (self.hits + HEAD_PRIOR * PRIOR_WEIGHT) / (self.tries + PRIOR_WEIGHT)
 
     def observe(self, proposed: int, accepted: int) -> None:
+        if self._last_from_lookup:
+            self.lookup.observe(proposed, accepted)
+            return
         self.hits = HEAD_DECAY * self.hits + accepted
         self.tries = HEAD_DECAY * self.tries + min(accepted + 1, proposed)
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
+        if self.lookup is not None:
+            window, qs = self.lookup.propose(seq, g)
+            self._last_from_lookup = bool(window)
+            if window:
+                return window, qs
         hidden = self.target.hidden_at(len(seq) - 2)
         if hidden is None:
             return [], None
@@ -159,12 +170,14 @@ class HeadDrafter:
 
 
 def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: GenerationOptions, gamma: int,
-                  stats: DecodeStats | None = None, detok=None, adaptive: bool = True):
-    """Speculative decoding with the draft head: the engine's one verify loop (decoding.drafted)."""
+                  stats: DecodeStats | None = None, detok=None, adaptive: bool = True, lookup: bool = True):
+    """Speculative decoding with the draft head (and prompt lookup first, lookup=True): the engine's one verify
+    loop (decoding.drafted)."""
     head.check_target(target)
     stats = stats if stats is not None else DecodeStats(method="head")
-    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive,
-                          verify_cost(target) + HEAD_STEP_COST)
+    cost = verify_cost(target)
+    first = LookupDrafter(target.vocab_size, stats, adaptive, cost) if lookup else None
+    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost + HEAD_STEP_COST, first)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 

@@ -16,7 +16,8 @@ acceptance per draft position. `--compare-cost X` adds the adaptive lookup with 
 set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
-target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window).
+target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window, and
+the adaptive window with prompt lookup asked first: --speculative head's default).
 `--prompt-set varied` times the 20 varied prompts of --lossless (64 new tokens each, summed per method) instead
 of the three prompts above.
 """
@@ -100,7 +101,8 @@ def main() -> int:
     report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "draft": a.draft, "bundles": {}}
     methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
     if a.head:
-        methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True)]
+        methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True),
+                    ("head+lookup adaptive g<=4", 4, True)]  # the last: --speculative head's default
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
@@ -109,7 +111,7 @@ def main() -> int:
         if g is None:
             return None
         if m.startswith("head"):
-            return SpeculativeOptions(method="head", gamma=g, head=a.head, adaptive=adaptive)
+            return SpeculativeOptions(method="head", gamma=g, head=a.head, adaptive=adaptive, head_lookup="lookup" in m)
         if m.startswith("draft"):
             return SpeculativeOptions(method="draft", gamma=g, draft=a.draft, draft_threads=a.threads)
         return SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)

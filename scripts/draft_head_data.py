@@ -3,6 +3,7 @@ position of its answers this keeps the head's input (the final norm's output, `h
 and its top-K next-token log-probabilities.
 
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --shard 0/2   # and 1/2 beside it
+    .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 2      # more prompts (q*.npz)
 
 Prompts: chat, instruction and code requests built from templates and topic lists written here, and
 functions of the Python standard library to explain, document or rewrite (modules the speculation benchmarks
@@ -61,14 +62,29 @@ STDLIB_TEMPLATES = [
     "Rewrite this function with clearer variable names and return the whole function:\n\n{c}",
     "Write a unit test for this function:\n\n{c}",
 ]
+# --set 2: more of the same kinds, none of set 1's prompts
+TEMPLATES_2 = [
+    "Tell me about {t}.", "What should a beginner know about {t}?", "Explain how {t} works, step by step.",
+    "List five interesting facts about {t}.", "What are the benefits of {t}?", "Write a limerick about {t}.",
+    "Give an example that shows {t} in everyday life.", "What questions do people often ask about {t}?",
+    "Write a short dialogue between two friends about {t}.", "Describe {t} in one paragraph for a newsletter.",
+    "What are three myths and three facts about {t}?", "How has {t} changed over the last century?",
+]
+CODE_TEMPLATES_2 = ["Show me Python code that {t}.", "Write a short Python program that {t} and explain it.",
+                    "Write a Python function that {t}, and a test for it."]
+STDLIB_MODULES_2 = ["textwrap", "statistics", "json", "string", "shlex", "fnmatch", "colorsys", "bisect", "heapq",
+                    "calendar", "glob", "base64", "ipaddress", "fractions", "difflib", "html", "posixpath", "random"]
+STDLIB_TEMPLATES_2 = ["Summarize what this code does in two sentences:\n\n{c}",
+                      "Is there a bug in this function? Explain.\n\n{c}",
+                      "Write an example call of this function and its result:\n\n{c}"]
 STDLIB_MODULES = ["string", "shlex", "fnmatch", "colorsys", "bisect", "heapq", "calendar", "glob", "base64",
                   "ipaddress", "fractions", "difflib", "html", "keyword", "posixpath", "operator", "random"]
 
 
-def stdlib_functions(max_lines: int = 30) -> list[str]:
+def stdlib_functions(max_lines: int = 30, modules=None) -> list[str]:
     import importlib
     out = []
-    for name in STDLIB_MODULES:
+    for name in modules or STDLIB_MODULES:
         mod = importlib.import_module(name)
         for _, f in inspect.getmembers(mod, inspect.isfunction):
             if f.__module__ != mod.__name__ or f.__name__.startswith("_"):
@@ -82,8 +98,15 @@ def stdlib_functions(max_lines: int = 30) -> list[str]:
     return out
 
 
-def prompt_set(seed: int = 0) -> list[str]:
-    """Every prompt, in a fixed shuffled order (shards take every n-th)."""
+def prompt_set(seed: int = 0, which: int = 1) -> list[str]:
+    """Every prompt of set 1 or 2, in a fixed shuffled order (shards take every n-th)."""
+    if which == 2:
+        prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES_2, TOPICS)]
+        prompts += [t.format(t=x) for t, x in itertools.product(CODE_TEMPLATES_2, CODE_TASKS)]
+        prompts += [t.format(c=c) for c, t in zip(stdlib_functions(40, STDLIB_MODULES_2)[::-1],
+                                                   itertools.cycle(STDLIB_TEMPLATES_2))]
+        random.Random(seed + 1).shuffle(prompts)
+        return prompts
     prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES, TOPICS)]
     prompts += [t.format(t=x) for t, x in itertools.product(CODE_TEMPLATES, CODE_TASKS)]
     prompts += [t.format(c=c) for c, t in zip(stdlib_functions(), itertools.cycle(STDLIB_TEMPLATES))]
@@ -111,12 +134,15 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: this process answers every n-th prompt from the i-th")
     ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--minutes", type=float, default=60.0, help="stop starting new prompts after this long")
+    ap.add_argument("--set", type=int, default=1, choices=[1, 2], help="prompt set (files p*.npz / q*.npz)")
     a = ap.parse_args()
     import heron
     from heron.models.lm.draft_head import record_answer
 
     i, n = (int(v) for v in a.shard.split("/"))
-    prompts = prompt_set()
+    prompts = prompt_set(which=a.set)
+    if a.set == 2:
+        prompts = [p for p in prompts if p not in set(prompt_set())]
     clash = held_out() & set(prompts)
     if clash:
         raise SystemExit(f"benchmark prompts in the training set: {sorted(clash)[:3]}")
@@ -125,7 +151,7 @@ def main() -> int:
     lm = heron.load_lm("smollm2", threads=1)
     t0, done = time.time(), 0
     for j in range(i, len(prompts), n):
-        path = out / f"p{j:05d}.npz"
+        path = out / f"{'pq'[a.set - 1]}{j:05d}.npz"
         if path.exists():
             continue
         if time.time() - t0 > a.minutes * 60:

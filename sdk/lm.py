@@ -176,7 +176,7 @@ class LanguageModel:
             return lookup(self.backend, ids, options, spec, stats, detok)
         if spec.method == "head":
             return head_generate(self.backend, self.draft_head(spec), ids, options, spec.gamma, stats, detok,
-                                 spec.adaptive)
+                                 spec.adaptive, spec.head_lookup)
         if spec.method == "draft":
             return speculative(self.backend, self.draft_backend(spec), ids, options, spec, stats, detok)
         if spec.method == "mtp":

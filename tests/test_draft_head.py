@@ -144,6 +144,29 @@ def test_speculation_with_the_head_equals_plain_decoding(trained, gamma, adaptiv
     assert drafted > (0 if adaptive else 20)
 
 
+def test_prompt_lookup_first_then_the_head(trained, monkeypatch):
+    """head_lookup: where the context repeats itself lookup's windows go first, the head drafts elsewhere; the
+    tokens stay plain decoding's."""
+    from heron.runtime.draft_head import DraftHead, HeadDrafter, head_generate
+
+    head, target = DraftHead(trained["bundle"]), trained["target"]
+    opts = GenerationOptions(max_new_tokens=24, temperature=0.0, stop_at_eot=False)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9, 2]
+    ref = [t.id for t in plain(target, prompt, opts)]
+    sources = []
+    propose = HeadDrafter.propose
+
+    def spy(self, seq, g):
+        out = propose(self, seq, g)
+        sources.append("lookup" if self._last_from_lookup else "head" if out[0] else "none")
+        return out
+
+    monkeypatch.setattr(HeadDrafter, "propose", spy)
+    got = [t.id for t in head_generate(target, head, prompt, opts, 3, adaptive=False, lookup=True)]
+    assert got == ref
+    assert "lookup" in sources and "head" in sources, sources
+
+
 def test_sampling_with_the_head_is_seeded(trained):
     from heron.runtime.draft_head import DraftHead, head_generate
 

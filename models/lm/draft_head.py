@@ -150,10 +150,9 @@ class HeadData:
 
 
 def load_data(folder: str | Path) -> HeadData:
-    files = sorted(Path(folder).glob("p*.npz"))
-    files = [f for f in files if not f.name.endswith(".tmp.npz")]
+    files = sorted(f for f in Path(folder).glob("*.npz") if not f.name.endswith(".tmp.npz"))
     if not files:
-        raise FileNotFoundError(f"no answers (p*.npz) in {folder}: run scripts/draft_head_data.py --out {folder}")
+        raise FileNotFoundError(f"no answers (*.npz) in {folder}: run scripts/draft_head_data.py --out {folder}")
     parts = {k: [] for k in HeadData.__dataclass_fields__}
     for i, f in enumerate(files):
         with np.load(f, allow_pickle=False) as z:
