@@ -3,6 +3,8 @@
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data           # SmolLM2's answers
     .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --out runs/draft-head
 
+    .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --files 'q*.npz' --out - --evaluate DIR
+
 Writes the torch weights (draft_head.safetensors, config.json) under --out/torch and the onnxruntime bundle
 (head.onnx, manifest.json) under --out; the held-out agreement with SmolLM2's own next words goes into the
 manifest's `training` record with this command.
@@ -20,6 +22,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder of scripts/draft_head_data.py")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--files", default="*.npz", help="which answers of --data (p*.npz: prompt set 1, q*.npz: set 2)")
     ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
     ap.add_argument("--blocks", type=int, default=1, help="SwiGLU blocks")
     ap.add_argument("--steps", type=int, default=3000)
@@ -27,6 +30,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--evaluate", default=None, metavar="DIR",
+                    help="only measure a trained head (DIR from an earlier run) on every answer of --data / --files")
     a = ap.parse_args()
     from pathlib import Path
 
@@ -39,7 +44,12 @@ def main() -> int:
     t0 = time.time()
     gguf = named_lm_path("smollm2")
     table = dequantized(read_blocks(open_reader(gguf), "token_embd.weight"))  # (V, D): the target's own rows
-    data = dh.load_data(a.data)
+    data = dh.load_data(a.data, a.files)
+    if a.evaluate:
+        import numpy as np
+        report = dh.agreement(dh.load(Path(a.evaluate) / "torch"), data, np.arange(len(data.x)))
+        print(json.dumps({"head": a.evaluate, "files": a.files, "positions": len(data.x), **report}))
+        return 0
     print(f"{len(data.x)} positions from {len(set(data.answer.tolist()))} answers ({time.time() - t0:.0f} s)", flush=True)
     cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words)
     opts = dh.TrainOptions(steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, seed=a.seed)

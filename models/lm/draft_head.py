@@ -149,8 +149,9 @@ class HeadData:
     answer: np.ndarray     # (P,) which answer (file) the position is from
 
 
-def load_data(folder: str | Path) -> HeadData:
-    files = sorted(f for f in Path(folder).glob("*.npz") if not f.name.endswith(".tmp.npz"))
+def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
+    """The answers under `folder` (files matching `pattern`: p*.npz = prompt set 1, q*.npz = set 2)."""
+    files = sorted(f for f in Path(folder).glob(pattern) if not f.name.endswith(".tmp.npz"))
     if not files:
         raise FileNotFoundError(f"no answers (*.npz) in {folder}: run scripts/draft_head_data.py --out {folder}")
     parts = {k: [] for k in HeadData.__dataclass_fields__}
