@@ -104,7 +104,7 @@ class DraftHead:
         if src.get("gguf_sha256") != want:
             raise ValueError(f"the draft head {self.folder} was trained for {self.manifest.target.get('gguf')} "
                              f"(sha256 {want[:12]}...); this model is {src.get('gguf') or 'another model'}")
-        if not getattr(backend, "_has_hidden", False):
+        if not getattr(backend, "has_hidden", False):
             raise ValueError("the draft head needs the target's hidden states: a graph with a `hidden` output "
                              "(re-export it with this heron: heron lm export smollm2 --out DIR)")
 

@@ -208,6 +208,11 @@ class OnnxLM:
     def length(self) -> int:
         return self._cache.length if self._shared else self._state[0].shape[2]
 
+    @property
+    def has_hidden(self) -> bool:
+        """Whether the graph returns the head's input (`hidden`), so that hidden_at can answer."""
+        return self._has_hidden
+
     def hidden_at(self, position: int) -> np.ndarray | None:
         """The head's input (D,) at a cached position whose logits the last call returned; None where that
         call did not compute it (or the graph has no hidden output, or the position was trimmed)."""
