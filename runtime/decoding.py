@@ -484,7 +484,7 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     verified by the target in one forward; a deterministic draft (q one-hot), so the usual rejection
     rule keeps the target's distribution. No match: a plain step."""
     stats = stats if stats is not None else DecodeStats(method="lookup")
-    drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target))
+    drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target), free_draft_tokens(target))
     yield from drafted(target, drafter, prompt, opts, spec.gamma, stats, detok)
 
 
@@ -517,14 +517,16 @@ LOOKUP_DECAY = 0.9     # older rounds count less: the text may turn from copying
 LOOKUP_RECOVER = 0.05  # per skipped window, the estimate moves this far back to the prior (so it can recover)
 
 
-def best_window(n: int, p: float, cost: float = VERIFY_COST) -> int:
-    """The k in 0..n maximising (1 + p + ... + p^k) / (1 + cost * k): expected tokens per plain-step cost."""
+def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0) -> int:
+    """The k in 0..n maximising (1 + p + ... + p^k) / (1 + draft * k + cost * max(0, k - free)): expected tokens
+    per plain-step cost, where the first `free` draft tokens ride in a call that computes that many rows anyway
+    (a backend's free_draft_tokens) and each draft token costs `draft` steps to propose."""
     best, best_k, gain, term = 1.0, 0, 1.0, 1.0
     for k in range(1, n + 1):
         term *= p
         gain += term
-        if gain / (1 + cost * k) > best + 1e-12:
-            best, best_k = gain / (1 + cost * k), k
+        if gain / (1 + draft * k + cost * max(0, k - free)) > best + 1e-12:
+            best, best_k = gain / (1 + draft * k + cost * max(0, k - free)), k
     return best_k
 
 
@@ -537,14 +539,22 @@ def verify_cost(backend) -> float:
     return VERIFY_COST
 
 
+def free_draft_tokens(backend) -> int:
+    """Draft tokens a verify call of `backend` carries at a plain step's cost (its `free_draft_tokens`, 0-8:
+    a graph that pads one-token calls to two rows verifies one draft token for nothing), else 0."""
+    free = getattr(backend, "free_draft_tokens", 0)
+    return free if isinstance(free, int) and not isinstance(free, bool) and 0 <= free <= 8 else 0
+
+
 class LookupDrafter:
     """Prompt lookup as a Drafter: the window is copied from the context, its distributions one-hot;
     adaptive=True cuts it to the length that pays (best_window) from the acceptance seen so far, with
-    `cost` the price of each verified draft token in plain steps (the target's verify_cost)."""
+    `cost` the price of each verified draft token in plain steps (the target's verify_cost) past the first
+    `free` ones (the target's free_draft_tokens)."""
 
     def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
-                 cost: float = VERIFY_COST):
-        self.vocab_size, self.stats, self.adaptive, self.cost = vocab_size, stats, adaptive, cost
+                 cost: float = VERIFY_COST, free: int = 0):
+        self.vocab_size, self.stats, self.adaptive, self.cost, self.free = vocab_size, stats, adaptive, cost, free
         self.hits, self.tries = 0.0, 0.0  # decayed counts of accepted / verified draft tokens
 
     @property
@@ -560,7 +570,7 @@ class LookupDrafter:
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         window = lookup_window(seq, g)
         if window and self.adaptive:
-            k = best_window(len(window), self.acceptance, self.cost)
+            k = best_window(len(window), self.acceptance, self.cost, self.free)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
                 self.hits *= 1 - LOOKUP_RECOVER
                 self.tries *= 1 - LOOKUP_RECOVER

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter, best_window, draw,
-                                    drafted, probs, verify_cost)
+                                    drafted, free_draft_tokens, probs, verify_cost)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files
 
 HEAD_FORMAT = "heron-draft-head/1"
@@ -113,15 +113,15 @@ class HeadDrafter:
     """The head as a Drafter: up to g words proposed from the target's hidden state at len(seq) - 2 (the
     position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
     has not computed that state (before the first target call). adaptive: the window is cut to the length
-    that pays for its verification given the acceptance seen so far and `cost` (the target's verify_cost
-    plus the head's own step, in plain steps). lookup: a prompt-lookup drafter asked first: where the context
+    that pays for its verification given the acceptance seen so far, `cost` (the target's verify_cost, in plain
+    steps, past its `free` draft tokens) and the head's own step (HEAD_STEP_COST per drafted word). lookup: a prompt-lookup drafter asked first: where the context
     repeats itself (code edits, quotes) its free windows go first, the head drafts everywhere else."""
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
-                 lookup: LookupDrafter | None = None):
+                 lookup: LookupDrafter | None = None, free: int = 0):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
-        self.adaptive, self.cost, self.lookup = adaptive, cost, lookup
+        self.adaptive, self.cost, self.lookup, self.free = adaptive, cost, lookup, free
         self.hits, self.tries = 0.0, 0.0
         self.vocab_size = target.vocab_size
         self._last_from_lookup = False
@@ -147,7 +147,7 @@ class HeadDrafter:
         if hidden is None:
             return [], None
         if self.adaptive:
-            g = best_window(g, self.acceptance, self.cost)
+            g = best_window(g, self.acceptance, self.cost, self.free, HEAD_STEP_COST)
             if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
                 self.tries *= HEAD_DECAY
                 self.hits *= HEAD_DECAY
@@ -175,9 +175,9 @@ def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: Generati
     loop (decoding.drafted)."""
     head.check_target(target)
     stats = stats if stats is not None else DecodeStats(method="head")
-    cost = verify_cost(target)
-    first = LookupDrafter(target.vocab_size, stats, adaptive, cost) if lookup else None
-    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost + HEAD_STEP_COST, first)
+    cost, free = verify_cost(target), free_draft_tokens(target)
+    first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free) if lookup else None
+    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 

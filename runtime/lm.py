@@ -73,9 +73,19 @@ PAST_INPUT = "past_length"
 # draft head that proposes from the target's own features reads it (OnnxLM.hidden_at)
 HIDDEN_OUTPUT = "hidden"
 # verifying one more draft token in one call, in plain steps, by the GGUF graph's compute (heron lm export
-# --compute): machine B, logits at every position of blocks of 2-8 tokens (BENCHMARKS.md, "Where a SmolLM2 step
-# goes"); machine C measured ~0.5 for int8x2 less steadily. Prompt lookup sizes its windows with it.
-VERIFY_COSTS = {"int8x2": 0.34, "int8": 0.25}
+# --compute) and the rows a call gives its kernels (MIN_ROWS, below): machine B, logits at every position of blocks
+# of 2-8 tokens (BENCHMARKS.md, "Where a SmolLM2 step goes"; int8 with two rows: "One kernel for steps and
+# blocks", past the draft token that rides free); machine C measured ~0.5 for int8x2 less steadily. Prompt lookup
+# and the draft head size their windows with it.
+VERIFY_COSTS = {("int8x2", 1): 0.34, ("int8", 1): 0.25, ("int8", 2): 0.16}
+# the fewest activation rows every call gives the graph's matrix kernels, by its compute: onnxruntime's int8
+# MatMulNBits kernel rounds a one-row call differently from a call of several rows (up to 0.6 logits apart on
+# SmolLM2), while any two or more rows give every row bit-identical results. So an int8 graph pads a one-token
+# call with a scratch token (its row is computed, then dropped and trimmed) and asks the head for at least two
+# rows: a plain step then computes what a verify block computes, and speculation returns plain decoding's tokens
+# exactly (greedy) at the price of one more row per plain step. int8x2 (two rows per token already) needs none.
+MIN_ROWS = {"int8": 2}
+PAD_TOKEN = 0  # the scratch token a padded call appends; its position is trimmed before anything reads it
 
 
 def state_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -103,10 +113,13 @@ class OnnxLM:
     branchable = True  # snapshots are independent (state arrays are never written in place)
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None):
+                 threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None,
+                 min_rows: int | None = None):
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
-        sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned."""
+        sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned.
+        min_rows: the fewest rows every call gives the matrix kernels (1 or 2; None: MIN_ROWS by the graph's
+        compute): 2 makes single steps compute what blocks compute, 1 is the faster one-row kernel."""
 
         from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.sessions import open_session
@@ -133,10 +146,12 @@ class OnnxLM:
         self.folder = folder
         self._tokenizer_source: object = folder / "tokenizer.json"
         self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where)
+        if min_rows is not None:
+            self.min_rows = min_rows
 
     @classmethod
     def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
-                    threads: int = 1) -> "OnnxLM":
+                    threads: int = 1, min_rows: int | None = None) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
         in seconds at load): nothing is read from or written to disk. `tokenizer`: a tokenizers.Tokenizer."""
         from heron.runtime.sessions import open_session
@@ -147,6 +162,8 @@ class OnnxLM:
         self.weights = manifest.default_weights or "int4"
         self._tokenizer_source = tokenizer
         self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)
+        if min_rows is not None:
+            self.min_rows = min_rows
         return self
 
     def _setup(self, session, providers: Sequence[str], where: str) -> None:
@@ -158,7 +175,8 @@ class OnnxLM:
         self.end_ids = m.stop_ids  # generation stops at any of them
         # verifying one more draft token, in plain steps (prompt lookup sizes its windows with it); GGUF graphs
         # by their compute, measured on machine B (scripts/probe_smollm2_costs.py); others: the engine's default
-        self.verify_cost = VERIFY_COSTS.get(str(m.source.get("compute")))
+        self._compute, self._verify_cost = str(m.source.get("compute")), None
+        self._min_rows = MIN_ROWS.get(self._compute, 1)
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
@@ -209,6 +227,35 @@ class OnnxLM:
         return self._cache.length if self._shared else self._state[0].shape[2]
 
     @property
+    def min_rows(self) -> int:
+        """The fewest activation rows each call gives the matrix kernels (MIN_ROWS); 2 pads one-token calls."""
+        return self._min_rows
+
+    @min_rows.setter
+    def min_rows(self, rows: int) -> None:
+        if isinstance(rows, bool) or rows not in (1, 2):
+            raise ValueError(f"min_rows must be 1 or 2, got {rows!r}")
+        self._min_rows = rows
+
+    @property
+    def verify_cost(self) -> float | None:
+        """Verifying one more draft token, in plain steps (VERIFY_COSTS; None: not measured for this graph);
+        settable (a benchmark's A/B of window pricing), None returns to the table."""
+        if self._verify_cost is not None:
+            return self._verify_cost
+        return VERIFY_COSTS.get((self._compute, self._min_rows))
+
+    @verify_cost.setter
+    def verify_cost(self, cost: float | None) -> None:
+        self._verify_cost = cost
+
+    @property
+    def free_draft_tokens(self) -> int:
+        """Draft tokens a verify call carries at no extra cost: a padded one-token call computes min_rows rows
+        anyway, so a window of min_rows - 1 tokens costs what a plain step costs."""
+        return self._min_rows - 1
+
+    @property
     def has_hidden(self) -> bool:
         """Whether the graph returns the head's input (`hidden`), so that hidden_at can answer."""
         return self._has_hidden
@@ -244,17 +291,25 @@ class OnnxLM:
         n = len(tokens) if last is None else min(int(last), len(tokens))
         if n < 1:
             raise ValueError(f"last must be >= 1, got {last}")
-        ids = np.asarray([tokens], dtype=np.int64)
         start = self.length + len(tokens) - n  # the first position whose logits (and hidden state) come back
+        # min_rows: pad a short block with scratch tokens (where the context has room) and ask for enough rows
+        pad = max(0, min(self._min_rows - len(tokens), self.max_len - self.length - len(tokens)))
+        rows = min(max(n, self._min_rows), len(tokens) + pad)
+        ids = np.asarray([list(tokens) + [PAD_TOKEN] * pad], dtype=np.int64)
         if self._shared:
-            logits, hidden = self._cache.run(ids, n)
+            logits, hidden = self._cache.run(ids, rows)
         else:
             feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
             if self._has_last:
-                feed[LAST_INPUT] = np.array([n], np.int64)
+                feed[LAST_INPUT] = np.array([rows], np.int64)
             out = self.session.run(None, feed)
             self._state = out[1:1 + len(self.state_out)]
-            logits, hidden = out[0][0][-n:], (out[-1][0][-n:] if self._has_hidden else None)
+            logits, hidden = out[0][0][-rows:], (out[-1][0][-rows:] if self._has_hidden else None)
+        if pad or rows > n:  # drop the scratch rows and the rows nobody asked for
+            end = rows - pad
+            logits, hidden = logits[end - n:end], (hidden[end - n:end] if hidden is not None else None)
+            if pad:
+                self.trim(pad)
         self._hidden, self._hidden_start = hidden, start
         return logits
 

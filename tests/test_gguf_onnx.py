@@ -201,7 +201,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
         heron.load_lm(folder, weights="fp32")
     # what verifying a draft token costs this graph (prompt lookup sizes its windows with it), by its compute
     from heron.runtime.lm import VERIFY_COSTS
-    assert m["source"]["compute"] == "int8x2" and lm.backend.verify_cost == VERIFY_COSTS["int8x2"] < 0.5
+    assert m["source"]["compute"] == "int8x2" and lm.backend.verify_cost == VERIFY_COSTS[("int8x2", 1)] < 0.5
 
 
 def test_smollm2_int4_keeps_fp32_greedy_tokens(tmp_path_factory):
