@@ -4,7 +4,9 @@
 
 Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with --compute int8x2 and int8
 (onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow; onnx:int8x2-grown: the
-same graph with states that grow by a copy per step instead of shared buffers extended in place), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+same graph with states that grow by a copy per step instead of shared buffers extended in place; onnx:int8-1row:
+the int8 graph with one-token calls left at one row, onnxruntime's faster one-row kernel, whose rounding differs
+from a block's, where onnx:int8 pads them to two rows as heron does by default for int8), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
 its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
@@ -72,7 +74,10 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
     if backend == "transformers":
         return run_transformers(threads)
     if backend.startswith("onnx:"):
-        lm = heron.load_lm(bundles / backend.split(":")[1], threads=threads)
+        compute, _, variant = backend.split(":")[1].partition("-")
+        lm = heron.load_lm(bundles / (compute if variant == "1row" else backend.split(":")[1]), threads=threads)
+        if variant == "1row":
+            lm.backend.min_rows = 1
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
         lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend
@@ -155,7 +160,7 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for the exported bundles and results.json")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,torch,transformers,llama.cpp,ort-genai",
+    ap.add_argument("--backends", default="onnx:int8x2,onnx:int8,onnx:int8-1row,torch,transformers,llama.cpp,ort-genai",
                     help="comma-separated backends")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the backends this many times in turn (speed figures pool every round)")
@@ -169,13 +174,15 @@ def main() -> int:
     from heron.export.gguf_onnx import export_gguf_bundle
     from heron.paths import named_lm_path
     backends = args.backends.split(",")
-    for b in backends:  # onnx:COMPUTE, or onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs)
-        variant = b.split(":", 1)[1] if b.startswith("onnx:") else None
-        if variant and not (out / variant / "manifest.json").is_file():
-            compute, _, cache = variant.partition("-")
-            if compute not in COMPUTES or cache not in ("", "grown"):
-                raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown]")
-            export_gguf_bundle(named_lm_path("smollm2"), out / variant, compute=compute, shared_cache=not cache)
+    for b in backends:  # onnx:COMPUTE, onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs),
+        variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row: one-row calls
+        compute, _, cache = (variant or "").partition("-")
+        if variant and (compute not in COMPUTES or cache not in ("", "grown", "1row")
+                        or (cache == "1row" and compute != "int8")):
+            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown], onnx:int8-1row")
+        folder = out / (compute if cache == "1row" else variant or "")
+        if variant and not (folder / "manifest.json").is_file():
+            export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown")
     if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")
