@@ -146,8 +146,11 @@ class LanguageModel:
             folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
             if not (folder / "manifest.json").is_file():
                 raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
+            # nothing in the manifest is read before OnnxLM verifies it; min_rows=1: a draft's steps need not equal
+            # its blocks (the target verifies what it proposed, with the distributions it drew from), so an int8
+            # draft keeps the faster one-row kernel
             draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
-                           weights="auto")  # nothing in the manifest is read before OnnxLM verifies it
+                           weights="auto", min_rows=1)
             draft_tok = draft.tokenizer() if draft.manifest.has("tokenizer.json") else None
             require_same_vocabulary(f"the draft ({folder})", vocabulary_record(draft.vocab_size, draft_tok),
                                     self._target_name, self.vocabulary)

@@ -65,7 +65,7 @@ def smol():
     prompt = lm.encode(lm.chat_prompt(CHAT))
     assert sp.lookup_window(prompt, 2), "the prompt must let prompt lookup propose"
     target = PrefixCached(lm.backend, prompt)
-    self_draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    self_draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), min_rows=1)  # one int8 row per token
     drafts = {"draft": PrefixCached(self_draft, prompt), "sharp draft": PrefixCached(self_draft, prompt, sharpen=3.0)}
     p1 = sp.probs(target.prompt_logits, TEMPERATURE, 1.0)
     # the second token's exact distribution given the first, for the likeliest first tokens and lookup's draft
@@ -128,7 +128,7 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
 
     path = smollm2_gguf()
     lm = heron.load_lm("smollm2")  # its own target and draft: the sampling tests' caches hold their prompt
-    draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), min_rows=1)
     opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
     specs = [sp.SpeculativeOptions(method="lookup"), sp.SpeculativeOptions(method="lookup", gamma=3, adaptive=False)]
     drafted = 0
@@ -144,3 +144,34 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
         assert [t.id for t in out] == plain, q
         assert stats.rounds > 0 and stats.fallback is None
     assert drafted > 20  # lookup verified real windows on these prompts, not only plain steps
+
+
+def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
+    """--compute int8 pads one-token calls to two rows (runtime.lm.MIN_ROWS), so its single steps compute what
+    its verify blocks compute bit for bit: prompt lookup returns plain decoding's tokens on SmolLM2 itself, and
+    a 4-token block equals four steps exactly (the one-row kernel would differ by tenths of a logit)."""
+    import heron
+    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.runtime.lm import OnnxLM
+
+    path = smollm2_gguf()
+    lm = heron.load_lm("smollm2")  # the tokenizer and chat template
+    target = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    assert target.min_rows == 2 and target.free_draft_tokens == 1
+    opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
+    drafted = 0
+    for q in GREEDY_PROMPTS:
+        prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
+        plain = [t.id for t in sp.plain(target, prompt, opts)]
+        for spec in (sp.SpeculativeOptions(method="lookup"), sp.SpeculativeOptions(method="lookup", gamma=3,
+                                                                                   adaptive=False)):
+            stats = sp.DecodeStats()
+            assert [t.id for t in sp.lookup(target, prompt, opts, spec, stats)] == plain, (q, spec)
+            drafted += sum(stats.windows)
+    assert drafted > 20
+    target.reset()
+    target.forward(prompt, last=1)
+    steps = np.stack([target.forward([t], last=1)[0] for t in plain[:4]])
+    target.reset()
+    target.forward(prompt, last=1)
+    assert np.array_equal(target.forward(plain[:4], last=4), steps)
