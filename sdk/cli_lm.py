@@ -455,8 +455,9 @@ def add_lm_export(sub, formatter) -> None:
     p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (int8 MatMul weights and MoE expert stacks)")
     p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
                    help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
-                        "remainder (fp32's answers, fast), int8 = as llama.cpp (fastest; 7 of 8 answers kept in the benchmark), "
-                        "fp32 (exact, slow)")
+                        "remainder (fp32's answers, fast), int8 = as llama.cpp (~1.1x int8x2; fp32's answers on 3-7 of 8 "
+                        "prompts by CPU; one-token calls run as two rows, so speculation returns plain decoding's tokens "
+                        "and its first draft token verifies free: the fastest with --speculative), fp32 (exact, slow)")
     p.set_defaults(func=_export_lm)
 
 
