@@ -525,8 +525,9 @@ def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draf
     for k in range(1, n + 1):
         term *= p
         gain += term
-        if gain / (1 + draft * k + cost * max(0, k - free)) > best + 1e-12:
-            best, best_k = gain / (1 + draft * k + cost * max(0, k - free)), k
+        rate = gain / (1 + draft * k + cost * max(0, k - free))
+        if rate > best + 1e-12:
+            best, best_k = rate, k
     return best_k
 
 

@@ -114,8 +114,9 @@ class HeadDrafter:
     position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
     has not computed that state (before the first target call). adaptive: the window is cut to the length
     that pays for its verification given the acceptance seen so far, `cost` (the target's verify_cost, in plain
-    steps, past its `free` draft tokens) and the head's own step (HEAD_STEP_COST per drafted word). lookup: a prompt-lookup drafter asked first: where the context
-    repeats itself (code edits, quotes) its free windows go first, the head drafts everywhere else."""
+    steps, past its `free` draft tokens) and the head's own step (HEAD_STEP_COST per drafted word). lookup: a
+    prompt-lookup drafter asked first: where the context repeats itself (code edits, quotes) its free windows go
+    first, the head drafts everywhere else."""
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
