@@ -2,7 +2,7 @@
 manifest naming the target it was trained for (the GGUF file's sha256) and the words it proposes among.
 
 The head's output rows are the target's own Q8_0 embedding blocks (the words' rows of SmolLM2's tied table,
-repacked, not quantized again); its trained matrices go to 8-bit blocks of 32 (MatMulNBits, as the target's
+repacked, not quantized again; left out of head.onnx by default: the runtime takes them from the target); its trained matrices go to 8-bit blocks of 32 (MatMulNBits, as the target's
 Q8_0 layers); both run on onnxruntime's int8 kernel. The input embedding gathers the same int8 rows (one copy
 in the file), and one learned row stands for every other word.
 """
@@ -28,14 +28,15 @@ def q8_blocks(w: np.ndarray) -> Blocks:
     return Blocks(n, k, 8, (q + 128).astype(np.uint8), d.astype(np.float32))
 
 
-def _linear(g: Graph, x: str, w: Blocks, hint: str, packed: str | None = None) -> str:
-    ins = [packed or g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
+def _linear(g: Graph, x: str, w: Blocks, hint: str, packed: str | None = None, scales: str | None = None) -> str:
+    ins = [packed or g.const(w.packed, hint + ".q"), scales or g.const(w.scales.reshape(-1), hint + ".scales")]
     return g.one("MatMulNBits", [x, *ins], domain="com.microsoft", K=w.k, N=w.n, bits=8, block_size=BLOCK,
                  accuracy_level=4, hint=hint)
 
 
 def build_head_graph(model, rows: Blocks):
-    """The torch DraftHead and the target's Q8_0 blocks of its words (N, D) -> onnx.ModelProto.
+    """The torch DraftHead and the target's Q8_0 blocks of its words (N, D) -> (onnx.ModelProto, the names of
+    the initializers that hold those rows: {"packed", "scales", "scales_flat"}).
     Inputs hidden (B, D) float32, token (B,) int64; outputs logits (B, N), feature (B, D)."""
     from onnx import TensorProto, helper
 
@@ -52,7 +53,8 @@ def build_head_graph(model, rows: Blocks):
     safe = g.one("Where", [inside, row, c(np.int64(0), "zero")])
     q = g.one("Sub", [g.one("Cast", [g.one("Gather", [table_q, safe])], to=TensorProto.FLOAT),
                       c(np.float32(128), "zp8")])  # (B, D/32, 32)
-    s = g.one("Unsqueeze", [g.one("Gather", [c(rows.scales, "words.scales_2d"), safe]), c(np.array([-1], np.int64), "axes")])
+    scales = c(rows.scales, "words.scales_2d")  # (N, D/32)
+    s = g.one("Unsqueeze", [g.one("Gather", [scales, safe]), c(np.array([-1], np.int64), "axes")])
     e = g.one("Reshape", [g.one("Mul", [q, s]), c(np.array([-1, D], np.int64), "shape")])  # (B, D)
     e = g.one("Where", [g.one("Unsqueeze", [inside, c(np.array([-1], np.int64), "axes")]), e, c(sd["oov"][None, :], "oov")])
     e = g.one("SimplifiedLayerNormalization", [e, c(sd["emb_norm.weight"], "emb_norm")], axis=-1,
@@ -67,7 +69,8 @@ def build_head_graph(model, rows: Blocks):
         act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])
         f = g.one("Add", [f, _linear(g, act, q8_blocks(sd[p + "down.weight"]), p + "down")])
     g.op("Identity", [f], outputs=["feature"])
-    logits = g.one("Add", [_linear(g, f, rows, "words", packed=table_q), c(sd["bias"], "bias")])
+    scales_flat = c(rows.scales.reshape(-1), "words.scales")
+    logits = g.one("Add", [_linear(g, f, rows, "words", packed=table_q, scales=scales_flat), c(sd["bias"], "bias")])
     g.op("Identity", [logits], outputs=["logits"])
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
@@ -78,14 +81,20 @@ def build_head_graph(model, rows: Blocks):
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", OPSET_MS)],
                           producer_name="heron")
     m.ir_version = 10
-    return m
+    return m, {"packed": table_q, "scales": scales, "scales_flat": scales_flat}
 
 
-def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: str, training: dict | None = None) -> Path:
-    """head.onnx + manifest.json (+ manifest.sha256) under `out`, for the target in `gguf_path`."""
+def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: str, training: dict | None = None,
+                      rows_from_target: bool = True) -> Path:
+    """head.onnx + manifest.json (+ manifest.sha256) under `out`, for the target in `gguf_path`.
+    rows_from_target: head.onnx leaves out its output rows (the target's own embedding blocks of its words, most
+    of its bytes) and the runtime takes them from the target at load, checked against their sha256 recorded
+    here; False stores them in head.onnx."""
     import onnx
+    from onnx import TensorProto
 
     from heron.models.lm.gguf_file import open_reader
+    from heron.runtime.draft_head import ROWS_FROM, rows_sha256
     from heron.runtime.manifest import sha256_path
 
     reader = open_reader(gguf_path)
@@ -94,14 +103,27 @@ def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: st
         raise ValueError(f"{gguf_path}: the draft head reads a tied Q8_0 embedding table (SmolLM2's layout)")
     words = model.words.cpu().numpy()
     rows = Blocks(len(words), table.k, 8, table.packed[words], table.scales[words])
+    graph, row_names = build_head_graph(model, rows)
+    rows_doc = {}
+    if rows_from_target:
+        for init in graph.graph.initializer:
+            if init.name in row_names.values():  # left out: onnxruntime is handed the target's own at load
+                nbytes = len(init.raw_data)
+                init.ClearField("raw_data")
+                init.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", "the-target"), ("offset", "0"), ("length", str(nbytes))):
+                    entry = init.external_data.add()
+                    entry.key, entry.value = key, value
+        rows_doc = {"from": ROWS_FROM, **row_names, "sha256": rows_sha256(rows.packed, rows.scales)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("manifest.json", "manifest.sha256", HEAD_FILE):
         (out / stale).unlink(missing_ok=True)
-    onnx.save_model(build_head_graph(model, rows), str(out / HEAD_FILE))
+    onnx.save_model(graph, str(out / HEAD_FILE))
     manifest = DraftHeadManifest(name=name, dim=model.cfg.dim, n_words=len(words), vocab_size=model.vocab_size,
                                  words=tuple(int(w) for w in words),
                                  target={"gguf": Path(gguf_path).name, "gguf_sha256": sha256_path(Path(gguf_path))},
-                                 training=dict(training or {}), files=file_table(out, {HEAD_FILE: HEAD_FILE}))
+                                 training=dict(training or {}), rows=rows_doc,
+                                 files=file_table(out, {HEAD_FILE: HEAD_FILE}))
     write_head_manifest(out, manifest)
     return out

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from heron.export.lm_bundle import write_manifest
+from heron.runtime.gguf import q8_0_blocks
 from heron.runtime.lm import HIDDEN_OUTPUT, PAST_INPUT, lm_manifest, state_names
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
@@ -86,11 +87,10 @@ def read_blocks(reader, name: str) -> Blocks:
     kind = info.type_name
     if kind not in QUANTIZED:
         return Blocks(n, k, dense=np.ascontiguousarray(reader.tensor(name), np.float32))
+    if kind == "Q8_0":
+        return Blocks(n, k, 8, *q8_0_blocks(reader.raw(name), n, k))
     raw = np.asarray(reader.raw(name)).reshape(n, k // BLOCK, -1)
     d = raw[..., :2].copy().view("<f2")[..., 0].astype(np.float32)  # (N, K/32)
-    if kind == "Q8_0":
-        q = raw[..., 2:].view(np.int8).astype(np.int16) + 128  # (N, K/32, 32)
-        return Blocks(n, k, 8, q.astype(np.uint8), d)
     qs = raw[..., 4:] if kind == "Q4_1" else raw[..., 2:]  # (N, K/32, 16): element j low nibble, j + 16 high
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (N, K/32, 32) in element order
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)  # MatMulNBits: 2i low, 2i + 1 high

@@ -6,9 +6,14 @@ distribution).
 
 A bundle is head.onnx plus a manifest naming the target it was trained for (its GGUF file's sha256) and the
 N words it proposes among (the target's ids); the head only ever proposes those, verification stays exact.
+The head's output layer is the target's own embedding rows of those words (int8 blocks of 32): a bundle with
+`rows` in its manifest does not store them (head.onnx marks them external) and takes them from the target at
+load (its graph file, or the GGUF file it was built from in memory), checked against the sha256 recorded at
+export; that keeps a SmolLM2 head at ~3.6 MB instead of ~8.5.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,7 @@ import numpy as np
 
 from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter, best_window, draw,
                                     drafted, free_draft_tokens, probs, verify_cost)
-from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files
+from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
 
 HEAD_FORMAT = "heron-draft-head/1"
 HEAD_FILE = "head.onnx"
@@ -26,6 +31,10 @@ MAX_WORDS = 1 << 17
 # per-position acceptance assumed before any round (with PRIOR_WEIGHT tries), and the decay of older rounds:
 # the window is cut to the length that pays for its verification (best_window), as prompt lookup does
 HEAD_PRIOR, PRIOR_WEIGHT, HEAD_DECAY = 0.6, 2.0, 0.9
+# the target's int8 embedding blocks (heron.export.gguf_onnx): (V, D/32, 32) uint8 (q + 128) and (V, D/32) scales
+TARGET_ROWS = ("token_embd.q", "token_embd.scales")
+ROWS_FROM = "target"
+ROW_KEYS = ("packed", "scales", "scales_flat")  # manifest `rows`: the head.onnx initializers the rows fill
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,12 @@ class DraftHeadManifest:
     target: dict                # what it was trained for: {"gguf": file name, "gguf_sha256": ...}
     files: dict[str, FileEntry]
     training: dict = field(default_factory=dict)  # the training report (held-out agreement, commands)
+    # {} : head.onnx holds its output rows; else {"from": "target", "packed" / "scales" / "scales_flat": the
+    # head.onnx initializers they fill, "sha256": rows_sha256 of the target's rows at export}
+    rows: dict = field(default_factory=dict)
     format: str = HEAD_FORMAT
 
-    TOP = ("format", "name", "dim", "n_words", "vocab_size", "words", "target", "training", "files")
+    TOP = ("format", "name", "dim", "n_words", "vocab_size", "words", "target", "training", "rows", "files")
 
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "DraftHeadManifest":
@@ -57,12 +69,21 @@ class DraftHeadManifest:
         files = read_files(f)
         if set(files) != {HEAD_FILE} or files[HEAD_FILE].path != HEAD_FILE:
             f.fail("files", f"must list {HEAD_FILE} alone, at its own name")
-        return cls(name, dim, n, vocab, words, dict(target), files, dict(f.obj("training")))
+        rows = f.obj("rows", optional=True) or {}
+        if rows:
+            f.only("rows", ("from", "sha256", *ROW_KEYS))
+            f.str(("rows", "from"), (ROWS_FROM,))
+            if not re.fullmatch(r"[0-9a-f]{64}", f.str(("rows", "sha256"))):
+                f.fail("rows.sha256", "must be 64 hex digits")
+            if len({f.str(("rows", k)) for k in ROW_KEYS}) != len(ROW_KEYS):
+                f.fail("rows", f"must name three different initializers ({', '.join(ROW_KEYS)})")
+        return cls(name, dim, n, vocab, words, dict(target), files, dict(f.obj("training")), dict(rows))
 
     def to_dict(self) -> dict:
         return {"format": self.format, "name": self.name, "dim": self.dim, "n_words": self.n_words,
                 "vocab_size": self.vocab_size, "words": list(self.words), "target": dict(self.target),
-                "training": dict(self.training), "files": files_dict(self.files)}
+                "training": dict(self.training), **({"rows": dict(self.rows)} if self.rows else {}),
+                "files": files_dict(self.files)}
 
 
 def write_head_manifest(root: str | Path, manifest: DraftHeadManifest) -> str:
@@ -70,26 +91,89 @@ def write_head_manifest(root: str | Path, manifest: DraftHeadManifest) -> str:
     return write_manifest(root, manifest)
 
 
+def rows_sha256(packed: np.ndarray, scales: np.ndarray) -> str:
+    """The identity of a head's output rows: int8 blocks (N, D/32, 32) uint8 and their scales (N, D/32)."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(packed, np.uint8).tobytes())
+    h.update(np.ascontiguousarray(scales, "<f4").tobytes())
+    return h.hexdigest()
+
+
+def target_rows(backend, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The target's int8 embedding blocks of `words`: packed (N, D/32, 32) uint8, scales (N, D/32) float32, read
+    from its graph file (a bundle folder) or from the GGUF file it was built from in memory."""
+    from heron.runtime.gguf import GGUFFile, q8_0_blocks
+    from heron.runtime.manifest import LM_WEIGHTS
+    from heron.runtime.onnx_file import read_initializers
+
+    folder, source = getattr(backend, "folder", None), getattr(backend, "source_file", None)
+    if folder is not None:
+        t = read_initializers(Path(folder) / LM_WEIGHTS[backend.weights], TARGET_ROWS)
+        packed, scales = t[TARGET_ROWS[0]], t[TARGET_ROWS[1]]
+        if packed.ndim != 3 or scales.shape != packed.shape[:2] or len(packed) != backend.vocab_size:
+            raise BundleError(f"{folder}: its {TARGET_ROWS[0]} is not a table of int8 blocks, one row per word")
+        return packed[words], scales[words]
+    if source is not None:
+        gguf = GGUFFile(source)
+        info = gguf.tensors.get("token_embd.weight")
+        if info is None or info.type_name != "Q8_0":
+            raise ValueError(f"{source}: the draft head's rows are the target's Q8_0 embedding blocks; this file's "
+                             f"token_embd.weight is {info.type_name if info else 'missing'}")
+        n, k = info.shape
+        raw = np.asarray(gguf.raw("token_embd.weight")).reshape(n, -1)[words]
+        return q8_0_blocks(raw, len(words), k)
+    raise ValueError("this draft head takes its output rows from its target's file: load the target from a bundle "
+                     "folder or a GGUF file")
+
+
 class DraftHead:
     """A verified draft-head bundle and its onnxruntime session: step(hidden, token) -> (logits over its
-    words, its own feature)."""
+    words, its own feature). target: the backend it drafts for; checked here (check_target) when given, and
+    required by a bundle whose output rows come from the target."""
 
-    def __init__(self, folder: str | Path, threads: int = 1):
+    def __init__(self, folder: str | Path, threads: int = 1, target=None):
         from heron.runtime.bundle import read_manifest, verify_files
+        from heron.runtime.onnx_file import external_initializers
         from heron.runtime.sessions import open_session
 
         folder = Path(folder)
         raw, self.identity = read_manifest(folder, "draft-head")
         where = str(folder / "manifest.json")
         self.manifest = m = DraftHeadManifest.from_dict(raw, where)
+        self.folder = folder
         verify_files(folder, m.files, where)
-        self.session = open_session(folder / HEAD_FILE, threads, ["CPUExecutionProvider"])
+        graph = (folder / HEAD_FILE).read_bytes()  # the session reads these bytes: the ones checked here
+        if sha256_bytes(graph) != m.files[HEAD_FILE].sha256:
+            raise BundleError(f"{folder / HEAD_FILE}: changed while it was read")
+        if target is not None:
+            self.check_target(target)
+        words = np.asarray(m.words, np.int64)
+        outside = external_initializers(graph, str(folder / HEAD_FILE))
+        initializers = None
+        if m.rows:
+            if target is None:
+                raise ValueError(f"the draft head {folder} takes its output rows from its target: load it with the "
+                                 "target (DraftHead(folder, target=backend))")
+            if set(outside) != {m.rows[k] for k in ROW_KEYS}:
+                raise BundleError(f"{where}: {HEAD_FILE}'s external initializers {sorted(outside)} are not the rows "
+                                  "the manifest names")
+            packed, scales = target_rows(target, words)
+            if rows_sha256(packed, scales) != m.rows["sha256"]:
+                raise BundleError(f"{folder}: the target's embedding rows are not the ones this head was exported "
+                                  "with (another model or an edited file)")
+            initializers = {m.rows["packed"]: packed, m.rows["scales"]: scales,
+                            m.rows["scales_flat"]: scales.reshape(-1)}
+        elif outside:
+            raise BundleError(f"{where}: {HEAD_FILE} keeps initializers outside the file ({sorted(outside)[:3]}) "
+                              "and the manifest names no source for them")
+        self.session = open_session(graph, threads, ["CPUExecutionProvider"], initializers=initializers)
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
         if list(ins) != ["hidden", "token"] or list(outs) != ["logits", "feature"] \
                 or ins["hidden"][-1] != m.dim or outs["logits"][-1] != m.n_words:
             raise BundleError(f"{where}: {HEAD_FILE} is not a draft head of dim {m.dim} over {m.n_words} words")
-        self.folder, self.words = folder, np.asarray(m.words, np.int64)
+        self.words = words
 
     def step(self, hidden: np.ndarray, token: int) -> tuple[np.ndarray, np.ndarray]:
         """hidden (D,), the word that followed it -> logits (N,) over self.words, the head's feature (D,)."""
@@ -174,7 +258,7 @@ def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: Generati
                   stats: DecodeStats | None = None, detok=None, adaptive: bool = True, lookup: bool = True):
     """Speculative decoding with the draft head (and prompt lookup first, lookup=True): the engine's one verify
     loop (decoding.drafted)."""
-    head.check_target(target)
+    head.check_target(target)  # the same check DraftHead(folder, target=...) made, for a head loaded without one
     stats = stats if stats is not None else DecodeStats(method="head")
     cost, free = verify_cost(target), free_draft_tokens(target)
     first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free) if lookup else None

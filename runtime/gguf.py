@@ -174,6 +174,18 @@ class GGUFFile:
         return self.tensors[name]
 
 
+def q8_0_blocks(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Q8_0 tensor's stored bytes (N rows of K) -> its blocks as onnxruntime's MatMulNBits reads them, not
+    quantized again: q + 128 as uint8 (N, K/32, 32) (8 bits, zero point 128) and the scales float32 (N, K/32)."""
+    _, per_block, block_bytes = TYPES[8]
+    if k % per_block or np.asarray(raw).size != n * (k // per_block) * block_bytes:
+        raise GGUFError(f"{n} x {k} Q8_0 blocks need {n * (k // per_block) * block_bytes} bytes, got {np.asarray(raw).size}")
+    raw = np.asarray(raw, np.uint8).reshape(n, k // per_block, block_bytes)
+    d = raw[..., :2].copy().view("<f2")[..., 0].astype(np.float32)  # (N, K/32)
+    q = raw[..., 2:].view(np.int8).astype(np.int16) + 128  # (N, K/32, 32)
+    return q.astype(np.uint8), d
+
+
 def dequantize(raw: np.ndarray, ttype: int) -> np.ndarray:
     """Stored bytes of one tensor -> flat float32 (ggml's reference formulas)."""
     name, per_block, block_bytes = TYPES[ttype]

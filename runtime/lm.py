@@ -143,7 +143,7 @@ class OnnxLM:
             raise BundleError(f"{folder}: the manifest lists no {name} (this bundle has {', '.join(listed) or 'none'}; "
                               "int8 variants come from heron lm export --int8, int4 from a GGUF file)")
         self.weights = weights
-        self.folder = folder
+        self.folder, self.source_file = folder, None
         self._tokenizer_source: object = folder / "tokenizer.json"
         self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where)
         if min_rows is not None:
@@ -151,14 +151,16 @@ class OnnxLM:
 
     @classmethod
     def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
-                    threads: int = 1, min_rows: int | None = None) -> "OnnxLM":
+                    threads: int = 1, min_rows: int | None = None, source_file: str | Path | None = None) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
-        in seconds at load): nothing is read from or written to disk. `tokenizer`: a tokenizers.Tokenizer."""
+        in seconds at load): nothing is written to disk. `tokenizer`: a tokenizers.Tokenizer. source_file: the
+        GGUF file it was built from (a draft head reads its output rows there)."""
         from heron.runtime.sessions import open_session
 
         where = f"{manifest.name} (built in memory)"
         self = cls.__new__(cls)
         self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
+        self.source_file = Path(source_file) if source_file is not None else None
         self.weights = manifest.default_weights or "int4"
         self._tokenizer_source = tokenizer
         self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)

@@ -44,19 +44,30 @@ def session_options(threads: int = 1):
     return opts
 
 
-def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None):
+def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None,
+                 initializers: dict | None = None):
     """An onnxruntime session for a verified bundle file (or a graph built in memory, as bytes), or one
-    BundleError line for a graph onnxruntime cannot load."""
+    BundleError line for a graph onnxruntime cannot load. initializers: name -> numpy array for the graph's
+    initializers marked external (a draft head's rows, taken from its target): onnxruntime uses them as
+    constants (weights prepacked as for any other), their shapes checked against the graph's."""
+    import numpy as np
     import onnxruntime as ort
 
     from heron.runtime.bundle import BundleError
 
     where = "the graph built in memory" if isinstance(path, bytes) else str(path)
+    opts = session_options(threads)
+    values = []
+    if initializers:
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
+        opts.add_external_initializers(list(initializers), values)
     try:
-        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), session_options(threads),
-                                    providers=list(providers or ["CPUExecutionProvider"]))
+        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                       providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
         raise BundleError(f"{where}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
+    session.heron_initializers = values  # onnxruntime may read their buffers for the session's whole life
+    return session
 
 
 def runner(session):

@@ -166,8 +166,7 @@ class LanguageModel:
             raise ValueError("--speculative head runs on an onnxruntime target (--engine onnx)")
         key = ("head", spec.head)
         if key not in self._drafts:
-            head = DraftHead(spec.head)
-            head.check_target(self.backend)
+            head = DraftHead(spec.head, target=self.backend)
             self._drafts[key] = head
         return self._drafts[key]
 
@@ -321,8 +320,8 @@ def _load_gguf_onnx(path: Path, device: str, threads: int) -> LanguageModel:
     from heron.export.gguf_onnx import bundle_in_memory
 
     graph, manifest, tok = bundle_in_memory(path)
-    return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads),
-                       path)
+    return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
+                                          source_file=path), path)
 
 
 def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:

@@ -15,9 +15,9 @@ from heron.runtime.manifest import BundleError  # noqa: E402
 PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7], [2, 7, 1, 8], [6, 6, 6], [1, 2, 3, 4, 5, 6, 7]]
 
 
-def _target(path, hidden=True):
+def _graph_and_manifest(path, hidden=True):
     from heron.export.gguf_onnx import build_graph
-    from heron.runtime.lm import HIDDEN_OUTPUT, OnnxLM, lm_manifest
+    from heron.runtime.lm import HIDDEN_OUTPUT, lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
     model, cfg, _, _ = build_graph(path, compute="fp32")
@@ -27,7 +27,13 @@ def _target(path, hidden=True):
     graph = model.SerializeToString()
     manifest = lm_manifest(cfg, name="t", eot_id=None, source={"gguf": path.name, "gguf_sha256": sha256_path(path)},
                            files={"model.int4.onnx": FileEntry("model.int4.onnx", sha256_bytes(graph), len(graph))})
-    return OnnxLM.from_memory(graph, manifest)
+    return graph, manifest
+
+
+def _target(path, hidden=True):
+    from heron.runtime.lm import OnnxLM
+
+    return OnnxLM.from_memory(*_graph_and_manifest(path, hidden), source_file=path)
 
 
 def _rule(x):
@@ -68,7 +74,9 @@ def trained(tmp_path_factory):
     model, report = dh.train(data, table, cfg, dh.TrainOptions(steps=800, batch=128, lr=5e-3, threads=1),
                              log=lambda s: None)
     out = export_draft_head(model, path, root / "bundle", name="tiny-head", training={"report": report})
-    return {"path": path, "target": _target(path), "model": model, "report": report, "bundle": out, "data": data}
+    inline = export_draft_head(model, path, root / "inline", name="tiny-head", rows_from_target=False)
+    return {"path": path, "target": _target(path), "model": model, "report": report, "bundle": out, "data": data,
+            "inline": inline}
 
 
 def test_training_learns_the_targets_next_word(trained):
@@ -106,7 +114,7 @@ def test_the_models_own_answers_are_recorded_with_its_features(trained):
 def test_exported_graph_computes_the_torch_head(trained):
     from heron.runtime.draft_head import DraftHead
 
-    head = DraftHead(trained["bundle"])
+    head = DraftHead(trained["bundle"], target=trained["target"])
     model = trained["model"]
     rng = np.random.default_rng(1)
     h = rng.standard_normal((8, 64)).astype(np.float32)
@@ -130,7 +138,7 @@ def test_exported_graph_computes_the_torch_head(trained):
 def test_speculation_with_the_head_equals_plain_decoding(trained, gamma, adaptive):
     from heron.runtime.draft_head import DraftHead, head_generate
 
-    head, target = DraftHead(trained["bundle"]), trained["target"]
+    head, target = DraftHead(trained["bundle"], target=trained["target"]), trained["target"]
     opts = GenerationOptions(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
     drafted = 0
     for prompt in PROMPTS:
@@ -149,7 +157,7 @@ def test_prompt_lookup_first_then_the_head(trained, monkeypatch):
     tokens stay plain decoding's."""
     from heron.runtime.draft_head import DraftHead, HeadDrafter, head_generate
 
-    head, target = DraftHead(trained["bundle"]), trained["target"]
+    head, target = DraftHead(trained["bundle"], target=trained["target"]), trained["target"]
     opts = GenerationOptions(max_new_tokens=24, temperature=0.0, stop_at_eot=False)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9, 2]
     ref = [t.id for t in plain(target, prompt, opts)]
@@ -170,7 +178,7 @@ def test_prompt_lookup_first_then_the_head(trained, monkeypatch):
 def test_sampling_with_the_head_is_seeded(trained):
     from heron.runtime.draft_head import DraftHead, head_generate
 
-    head, target = DraftHead(trained["bundle"]), trained["target"]
+    head, target = DraftHead(trained["bundle"], target=trained["target"]), trained["target"]
     opts = GenerationOptions(max_new_tokens=16, temperature=0.8, seed=5, stop_at_eot=False)
     runs = [[t.id for t in head_generate(target, head, PROMPTS[0], opts, 2)] for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 16
@@ -179,11 +187,13 @@ def test_sampling_with_the_head_is_seeded(trained):
 def test_wrong_target_and_no_hidden_output_are_refused(trained, tmp_path):
     from heron.runtime.draft_head import DraftHead, head_generate
 
-    head = DraftHead(trained["bundle"])
+    head = DraftHead(trained["bundle"], target=trained["target"])
     other = write_tiny_llama(tmp_path / "other.gguf", np.random.default_rng(12), ("Q4_1", "Q8_0"))
     opts = GenerationOptions(max_new_tokens=4)
     with pytest.raises(ValueError, match="was trained for t.gguf"):
         list(head_generate(_target(other), head, PROMPTS[0], opts, 2))
+    with pytest.raises(ValueError, match="was trained for t.gguf"):
+        DraftHead(trained["bundle"], target=_target(other))
     with pytest.raises(ValueError, match="needs the target's hidden states"):
         list(head_generate(_target(trained["path"], hidden=False), head, PROMPTS[0], opts, 2))
 
@@ -199,15 +209,15 @@ def test_edited_bundles_are_one_line_errors(trained, tmp_path):
         return dst
 
     with pytest.raises(BundleError, match="changed after export"):
-        DraftHead(edit_manifest(copy("a"), lambda m: m.update(name="x"), sign=False))
+        DraftHead(edit_manifest(copy("a"), lambda m: m.update(name="x"), sign=False), target=trained["target"])
     with pytest.raises(BundleError, match="distinct word ids"):
-        DraftHead(edit_manifest(copy("b"), lambda m: m["words"].__setitem__(1, m["words"][0])))
+        DraftHead(edit_manifest(copy("b"), lambda m: m["words"].__setitem__(1, m["words"][0])), target=trained["target"])
     with pytest.raises(BundleError, match="does not know"):
-        DraftHead(edit_manifest(copy("c"), lambda m: m.update(extra=1)))
+        DraftHead(edit_manifest(copy("c"), lambda m: m.update(extra=1)), target=trained["target"])
     c = copy("d")
     (c / HEAD_FILE).write_bytes((c / HEAD_FILE).read_bytes()[:-10])
     with pytest.raises(BundleError, match="sha256|bytes"):
-        DraftHead(c)
+        DraftHead(c, target=trained["target"])
     with pytest.raises(BundleError, match="no manifest.json|no such folder"):
         DraftHead(tmp_path / "missing")
 
@@ -226,3 +236,71 @@ def test_the_sdk_runs_the_head_on_an_onnxruntime_target(trained):
     assert stats.rounds > 0
     with pytest.raises(ValueError, match="--draft-head DIR"):
         lm.generate(PROMPTS[2], opts, heron.SpeculativeOptions(method="head"))
+
+
+def _folder_target(path, out):
+    """The tiny GGUF's graph as a bundle folder (heron lm export writes the same files)."""
+    from heron.export.gguf_onnx import build_graph
+    from heron.runtime.bundle import write_manifest
+    from heron.runtime.lm import OnnxLM, lm_manifest
+    from heron.runtime.manifest import file_table, sha256_path
+
+    model, cfg, _, _ = build_graph(path, compute="fp32")
+    out.mkdir()
+    (out / "model.int4.onnx").write_bytes(model.SerializeToString())
+    write_manifest(out, lm_manifest(cfg, name="t", eot_id=None, source={"gguf": path.name, "gguf_sha256": sha256_path(path)},
+                                    files=file_table(out, {"model.int4.onnx": "model.int4.onnx"})))
+    return OnnxLM(out, weights="int4")
+
+
+def test_the_heads_rows_come_from_the_target(trained, tmp_path):
+    """A head exported without its output rows (the default) computes what the one that stores them computes,
+    bit for bit, whether the target was built in memory from its GGUF file or loaded from a bundle folder; its
+    file is smaller by those rows. Without a target, or with a target that has no file to read, it is refused."""
+    from heron.runtime.draft_head import HEAD_FILE, DraftHead
+    from heron.runtime.lm import OnnxLM
+
+    n, dim = trained["model"].cfg.n_words, trained["model"].cfg.dim
+    small, full = (trained[k] / HEAD_FILE for k in ("bundle", "inline"))
+    assert full.stat().st_size - small.stat().st_size >= n * dim  # the int8 rows (and their scales) left out
+    inline = DraftHead(trained["inline"])  # stores its rows: needs no target
+    heads = [DraftHead(trained["bundle"], target=trained["target"]),
+             DraftHead(trained["bundle"], target=_folder_target(trained["path"], tmp_path / "t"))]
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        h, tok = rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))
+        want = inline.step(h, tok)
+        for head in heads:
+            got = head.step(h, tok)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="takes its output rows from its target"):
+        DraftHead(trained["bundle"])
+    t = trained["target"]
+    bare = OnnxLM.from_memory(*_graph_and_manifest(trained["path"]))  # no file to read the rows from
+    with pytest.raises(ValueError, match="bundle folder or a GGUF file"):
+        DraftHead(trained["bundle"], target=bare)
+    assert t.source_file == trained["path"]
+
+
+def test_edited_rows_are_refused(trained, tmp_path):
+    """The rows' sha256 in the manifest, and the initializers it names, are checked against the target and
+    head.onnx: an edit is one BundleError line."""
+    import shutil
+
+    from heron.runtime.draft_head import DraftHead
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(trained["bundle"], dst)
+        return dst
+
+    with pytest.raises(BundleError, match="not the ones this head was exported with"):
+        DraftHead(edit_manifest(copy("a"), lambda m: m["rows"].update(sha256="0" * 64)), target=trained["target"])
+    with pytest.raises(BundleError, match="external initializers"):
+        DraftHead(edit_manifest(copy("b"), lambda m: m["rows"].update(packed="bias")), target=trained["target"])
+    with pytest.raises(BundleError, match="rows"):
+        DraftHead(edit_manifest(copy("c"), lambda m: m["rows"].update(scales=m["rows"]["packed"])),
+                  target=trained["target"])
+    with pytest.raises(BundleError, match="keeps initializers outside the file"):
+        DraftHead(edit_manifest(copy("d"), lambda m: m.pop("rows")), target=trained["target"])
