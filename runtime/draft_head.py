@@ -27,6 +27,8 @@ from heron.runtime.manifest import BundleError, FileEntry, document_fields, file
 
 HEAD_FORMAT = "heron-draft-head/1"
 HEAD_FILE = "head.onnx"
+# the shipped head, for SmolLM2-135M-Instruct (Q4_1 GGUF); its identity is pinned (heron.runtime.pinned)
+DEFAULT_HEAD = Path(__file__).resolve().parent / "assets" / "draft-head-smollm2"
 MAX_WORDS = 1 << 17
 # per-position acceptance assumed before any round (with PRIOR_WEIGHT tries), and the decay of older rounds:
 # the window is cut to the length that pays for its verification (best_window), as prompt lookup does
@@ -130,15 +132,18 @@ def target_rows(backend, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class DraftHead:
     """A verified draft-head bundle and its onnxruntime session: step(hidden, token) -> (logits over its
     words, its own feature). target: the backend it drafts for; checked here (check_target) when given, and
-    required by a bundle whose output rows come from the target."""
+    required by a bundle whose output rows come from the target. sha256: the identity (manifest.sha256) the
+    bundle must have; the shipped head's is pinned."""
 
-    def __init__(self, folder: str | Path, threads: int = 1, target=None):
-        from heron.runtime.bundle import read_manifest, verify_files
+    def __init__(self, folder: str | Path = DEFAULT_HEAD, threads: int = 1, target=None, sha256: str | None = None):
+        from heron.runtime.bundle import check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.onnx_file import external_initializers
         from heron.runtime.sessions import open_session
 
         folder = Path(folder)
+        expected, what = expected_identity(folder, DEFAULT_HEAD, "draft-head-smollm2", sha256)
         raw, self.identity = read_manifest(folder, "draft-head")
+        check_identity(folder, self.identity, expected, what)
         where = str(folder / "manifest.json")
         self.manifest = m = DraftHeadManifest.from_dict(raw, where)
         self.folder = folder

@@ -16,7 +16,7 @@ def main() -> int:
     text = PINNED.read_text()
     head = text[:text.index("SHIPPED = {")]
     ids = {}
-    for name, kind in (("kws", "keyword-spotting"), ("lm-draft", "language-model")):
+    for name, kind in (("kws", "keyword-spotting"), ("lm-draft", "language-model"), ("draft-head-smollm2", "draft-head")):
         _, ids[name] = read_manifest(ROOT / "runtime" / "assets" / name, kind)
     body = "SHIPPED = {\n" + "".join(f'    "{k}": "{v}",\n' for k, v in ids.items()) + "}\n"
     PINNED.write_text(head + body)

@@ -4,10 +4,13 @@
     .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --out runs/draft-head
 
     .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --files 'q*.npz' --out - --evaluate DIR
+    HERON_WRITE_PACKAGE=1 .venv/bin/python scripts/train_draft_head.py --export DIR --out runtime/assets/draft-head-smollm2
 
 Writes the torch weights (draft_head.safetensors, config.json) under --out/torch and the onnxruntime bundle
 (head.onnx, manifest.json) under --out; the held-out agreement with SmolLM2's own next words goes into the
-manifest's `training` record with this command.
+manifest's `training` record with this command. --export DIR writes the bundle of a head trained before (DIR/torch)
+under --out, with DIR's training record: how the shipped head (runtime/assets/draft-head-smollm2) is made, then
+scripts/pin_bundles.py pins its identity.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import time
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="folder of scripts/draft_head_data.py")
+    ap.add_argument("--data", default=None, help="folder of scripts/draft_head_data.py (required unless --export)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--files", default="*.npz", help="which answers of --data (p*.npz: prompt set 1, q*.npz: set 2)")
     ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
@@ -32,6 +35,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--evaluate", default=None, metavar="DIR",
                     help="only measure a trained head (DIR from an earlier run) on every answer of --data / --files")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="only export the head trained in DIR (DIR/torch) as a bundle under --out")
     a = ap.parse_args()
     from pathlib import Path
 
@@ -43,6 +48,18 @@ def main() -> int:
 
     t0 = time.time()
     gguf = named_lm_path("smollm2")
+    if a.export:
+        from heron.paths import check_out
+
+        check_out(a)  # not inside heron's shipped models unless HERON_WRITE_PACKAGE=1 (the shipping command)
+        meta = json.loads((Path(a.export) / "torch" / "config.json").read_text())
+        model = dh.load(Path(a.export) / "torch")
+        training = {k: meta[k] for k in ("report", "command", "train_seconds") if k in meta}
+        export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{model.cfg.n_words}", training=training)
+        print(f"exported {a.export} -> {a.out}")
+        return 0
+    if not a.data:
+        ap.error("--data is required (or --export DIR)")
     table = dequantized(read_blocks(open_reader(gguf), "token_embd.weight"))  # (V, D): the target's own rows
     data = dh.load_data(a.data, a.files)
     if a.evaluate:

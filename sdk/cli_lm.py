@@ -276,7 +276,7 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
                         "head on the target's own hidden state, --draft-head)")
     q.add_argument("--draft-head", default=None, help="--speculative head: the draft-head bundle, from scripts/train_draft_head.py "
-                        "(default: none; --speculative head needs one)")
+                        "(default: the shipped head for SmolLM2-135M-Instruct, runtime/assets/draft-head-smollm2)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")

@@ -31,8 +31,9 @@ from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
 from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror, plain,
                                     speculative)
-from heron.runtime.draft_head import DraftHead, head_generate
+from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead, head_generate
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
+from heron.runtime.manifest import BundleError
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
 MAX_THREADS = 256  # CPU threads a target or draft may ask for
@@ -159,14 +160,17 @@ class LanguageModel:
 
     def draft_head(self, spec: SpeculativeOptions) -> DraftHead:
         """The draft head of these options (loaded and checked against this target once)."""
-        if not spec.head:
-            raise ValueError("--speculative head needs a draft-head bundle: --draft-head DIR "
-                             "(scripts/train_draft_head.py makes one)")
         if not hasattr(self.backend, "hidden_at"):
             raise ValueError("--speculative head runs on an onnxruntime target (--engine onnx)")
-        key = ("head", spec.head)
+        key = ("head", spec.head or DEFAULT_HEAD)
         if key not in self._drafts:
-            head = DraftHead(spec.head, target=self.backend)
+            try:
+                head = DraftHead(spec.head or DEFAULT_HEAD, target=self.backend)
+            except ValueError as e:
+                if spec.head or isinstance(e, BundleError):
+                    raise
+                raise ValueError(f"{e}: the shipped draft head is for SmolLM2-135M-Instruct; another model needs its "
+                                 "own (--draft-head DIR, scripts/train_draft_head.py makes one)") from None
             self._drafts[key] = head
         return self._drafts[key]
 

@@ -53,7 +53,7 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "generate", "word " * 600], "context"),
     (["lm", "generate", "x", "--speculative", "mirror", "--exit-layer", "9"], "exit-layer"),
     (["lm", "generate", "x", "--speculative", "draft", "--draft-device", "nosuch"], "offers"),
-    (["lm", "generate", "x", "--speculative", "head"], "--draft-head DIR"),
+    (["lm", "generate", "x", "--speculative", "head"], "onnxruntime target"),
     (["lm", "generate", "x", "--speculative", "head", "--draft-head", "/nonexistent"], "onnxruntime target"),
     (["lm", "train", "--preset", "huge", "--out", "/tmp/heron-x"], "unknown preset"),
     (["lm", "generate", "x", "--model", "/nonexistent"], "no model"),

@@ -1,5 +1,5 @@
-"""Speculation on SmolLM2-135M-Instruct is lossless (issue 25). Greedy: prompt lookup and the self-draft return
-plain decoding's tokens on varied prompts. Sampling keeps the model's own distribution (the chi-square test
+"""Speculation on SmolLM2-135M-Instruct is lossless (issue 25). Greedy: prompt lookup, the self-draft and the
+shipped draft head return plain decoding's tokens on varied prompts. Sampling keeps the model's own distribution (the chi-square test
 at temperature 0.8): prompt lookup and the self-draft (the target's weights with one int8 row per token as the
 draft) against the exact distribution of the first sampled token and of the second given the first, computed
 from the target's own logits. The same test must reject a sampler that keeps every draft token (shown with a
@@ -29,14 +29,21 @@ class PrefixCached:
         inner.reset()
         inner.reserve(len(self.prompt) + 16)
         self.prompt_logits = inner.forward(self.prompt, last=1)[-1]
-        self.rewind, self.fresh = inner.snapshot(), False
+        # the prompt's last hidden state (a draft head's input), for as long as nothing else has run since a reset
+        self.prompt_hidden = inner.hidden_at(len(self.prompt) - 1) if getattr(inner, "has_hidden", False) else None
+        self.rewind, self.fresh, self.at_prompt = inner.snapshot(), False, False
 
     def __getattr__(self, name):  # vocab_size, max_len, end_ids, verify_cost, trim, snapshot, ...
         return getattr(self.inner, name)
 
     def reset(self):
         self.inner.restore(self.rewind)
-        self.fresh = True
+        self.fresh = self.at_prompt = True
+
+    def hidden_at(self, position):
+        if self.at_prompt:
+            return self.prompt_hidden if position == len(self.prompt) - 1 else None
+        return self.inner.hidden_at(position)
 
     def reserve(self, positions):
         self.inner.reserve(positions)
@@ -47,9 +54,11 @@ class PrefixCached:
     def _forward(self, tokens, last=None):
         fresh, self.fresh = self.fresh, False
         if not fresh:
+            self.at_prompt = False
             return self.inner.forward(tokens, last)
         n, rest = (len(tokens) if last is None else min(last, len(tokens))), list(tokens[len(self.prompt):])
         assert list(tokens[:len(self.prompt)]) == self.prompt and n <= len(rest) + 1, "not the shared prompt"
+        self.at_prompt = not rest
         tail = self.inner.forward(rest, last=min(n, len(rest)))[-n:] if rest else np.empty((0, self.vocab_size))
         return np.concatenate([self.prompt_logits[None], tail])[-n:] if n > len(rest) else tail
 
@@ -67,14 +76,36 @@ def smol():
     target = PrefixCached(lm.backend, prompt)
     self_draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), min_rows=1)  # one int8 row per token
     drafts = {"draft": PrefixCached(self_draft, prompt), "sharp draft": PrefixCached(self_draft, prompt, sharpen=3.0)}
+    return (target, drafts, prompt, *_exact(target, prompt))
+
+
+def _exact(target, prompt):
+    """The first token's exact distribution, and the second's given the first for the likeliest first tokens and
+    lookup's draft, from the target's own logits."""
     p1 = sp.probs(target.prompt_logits, TEMPERATURE, 1.0)
-    # the second token's exact distribution given the first, for the likeliest first tokens and lookup's draft
     firsts = {int(t) for t in np.argsort(-p1)[:2]} | {sp.lookup_window(prompt, 1)[0]}
     given = {}
     for t in firsts:
         target.reset()
         given[t] = sp.probs(target.forward(prompt + [t], last=1)[-1], TEMPERATURE, 1.0)
-    return target, drafts, prompt, p1, given
+    return p1, given
+
+
+@pytest.fixture(scope="module")
+def smol_int8():
+    """The padded int8 graph (--compute int8: steps compute what blocks compute) and the shipped draft head."""
+    import heron
+    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.runtime.draft_head import DraftHead
+    from heron.runtime.lm import OnnxLM
+
+    path = smollm2_gguf()
+    lm = heron.load_lm("smollm2")  # the tokenizer and chat template
+    prompt = lm.encode(lm.chat_prompt(CHAT))
+    inner = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), source_file=path)
+    head = DraftHead(target=inner)  # its output rows from the GGUF file the graph was built from
+    target = PrefixCached(inner, prompt)
+    return (target, head, prompt, *_exact(target, prompt))
 
 
 def _pvalue(fn, prompt, p1, given) -> float:
@@ -108,6 +139,26 @@ def test_speculative_sampling_keeps_smollm2s_distribution(smol, method, monkeypa
     if method == "draft":
         return  # keeping every token of a draft this close to the target shifts too little to see in 400 samples
     # the same test must catch a sampler that keeps every draft token (no rejection step)
+    monkeypatch.setattr(sp, "verify", lambda p, q, window, rng, stats=None: (len(window), sp.draw(p[len(window)], rng)))
+    assert _pvalue(fn, prompt, p1, given) < 1e-3
+
+
+def test_sampling_with_the_draft_head_keeps_smollm2s_distribution(smol_int8, monkeypatch):
+    """The shipped draft head on the padded int8 graph at temperature 0.8: the first token comes from a plain step
+    (the head needs the hidden state of the position before the last), the second from a verified window of the
+    head's draws; both follow the target's exact distributions, and a sampler that keeps every head token fails."""
+    from heron.runtime.draft_head import head_generate
+
+    target, head, prompt, p1, given = smol_int8
+    assert 0.05 < p1.max() < 0.9
+
+    def fn(prompt, opts, stats=None):
+        return head_generate(target, head, prompt, opts, 2, stats, adaptive=False, lookup=False)
+
+    stats = sp.DecodeStats()
+    list(fn(prompt, sp.GenerationOptions(max_new_tokens=2, temperature=TEMPERATURE, seed=0, stop_at_eot=False), stats))
+    assert stats.rounds >= 1 and stats.windows[0] == 2  # the head's window was verified, not plain steps
+    assert _pvalue(fn, prompt, p1, given) > 1e-3
     monkeypatch.setattr(sp, "verify", lambda p, q, window, rng, stats=None: (len(window), sp.draw(p[len(window)], rng)))
     assert _pvalue(fn, prompt, p1, given) < 1e-3
 
@@ -148,18 +199,21 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
 
 def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
     """--compute int8 pads one-token calls to two rows (runtime.lm.MIN_ROWS), so its single steps compute what
-    its verify blocks compute bit for bit: prompt lookup returns plain decoding's tokens on SmolLM2 itself, and
-    a 4-token block equals four steps exactly (the one-row kernel would differ by tenths of a logit)."""
+    its verify blocks compute bit for bit: prompt lookup and the shipped draft head return plain decoding's tokens
+    on SmolLM2 itself, and a 4-token block equals four steps exactly (the one-row kernel would differ by tenths of a
+    logit)."""
     import heron
     from heron.export.gguf_onnx import bundle_in_memory
+    from heron.runtime.draft_head import DraftHead, head_generate
     from heron.runtime.lm import OnnxLM
 
     path = smollm2_gguf()
     lm = heron.load_lm("smollm2")  # the tokenizer and chat template
-    target = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"))
+    target = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), source_file=path)
+    head = DraftHead(target=target)
     assert target.min_rows == 2 and target.free_draft_tokens == 1
     opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
-    drafted = 0
+    drafted, by_head = 0, 0
     for q in GREEDY_PROMPTS:
         prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
         plain = [t.id for t in sp.plain(target, prompt, opts)]
@@ -168,7 +222,10 @@ def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
             stats = sp.DecodeStats()
             assert [t.id for t in sp.lookup(target, prompt, opts, spec, stats)] == plain, (q, spec)
             drafted += sum(stats.windows)
-    assert drafted > 20
+        stats = sp.DecodeStats()  # the shipped draft head (its rows from the GGUF the graph was built from)
+        assert [t.id for t in head_generate(target, head, prompt, opts, 3, stats, lookup=False)] == plain, q
+        by_head += sum(stats.windows)
+    assert drafted > 20 and by_head > 20
     target.reset()
     target.forward(prompt, last=1)
     steps = np.stack([target.forward([t], last=1)[0] for t in plain[:4]])

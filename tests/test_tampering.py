@@ -13,7 +13,8 @@ import signal
 import numpy as np
 import pytest
 
-from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from heron.runtime.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, read_manifest
+from heron.runtime.draft_head import DEFAULT_HEAD
 from heron.runtime.lm import DEFAULT_DRAFT, OnnxLM
 from heron.runtime.spotter import KeywordSpotter
 
@@ -231,12 +232,14 @@ def test_the_shipped_bundles_are_the_pinned_ones():
     from heron.runtime.pinned import SHIPPED
     assert load_bundle(DEFAULT_BUNDLE).identity == SHIPPED["kws"]
     assert OnnxLM(DEFAULT_DRAFT).identity == SHIPPED["lm-draft"]
+    assert read_manifest(DEFAULT_HEAD, "draft-head")[1] == SHIPPED["draft-head-smollm2"]
 
 
 def test_a_resigned_shipped_bundle_is_refused_by_its_pin(shipped, tmp_path, monkeypatch, capsys):
     """Editing the shipped manifest and recomputing manifest.sha256 used to load (the fire-range checks
     run only with a bank): the shipped identity is pinned in code; any bundle can be pinned by its user."""
     import heron.runtime.bundle as bundle_mod
+    import heron.runtime.draft_head as head_mod
     import heron.runtime.lm as lm_mod
     from heron.cli import main
 
@@ -258,6 +261,10 @@ def test_a_resigned_shipped_bundle_is_refused_by_its_pin(shipped, tmp_path, monk
     monkeypatch.setattr(lm_mod, "DEFAULT_DRAFT", draft)
     with pytest.raises(BundleError, match="pinned"):
         OnnxLM(lm_mod.DEFAULT_DRAFT)
+    head = edit_manifest(_copy(DEFAULT_HEAD, tmp_path / "head"), lambda m: m.update(name="other"))
+    monkeypatch.setattr(head_mod, "DEFAULT_HEAD", head)
+    with pytest.raises(BundleError, match="pinned"):  # before any target is asked for
+        head_mod.DraftHead(head)
 
 
 def test_fuzz_every_kws_manifest_field_against_a_pinned_identity(shipped, tmp_path):
