@@ -143,11 +143,12 @@ class DecodeStats:
 
 def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
     """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if temperature == 0:
-        out = np.zeros_like(logits)
+    if temperature == 0:  # float32 holds a one-hot exactly, and the logits need no float64 copy (a verify block's
+        logits = np.asarray(logits)  # (T, V) in float64 cost a SmolLM2 round ~1 ms, several % of it)
+        out = np.zeros(logits.shape, np.float32)
         np.put_along_axis(out, logits.argmax(-1)[..., None], 1.0, axis=-1)
         return out
+    logits = np.asarray(logits, dtype=np.float64)
     z = logits / temperature
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)

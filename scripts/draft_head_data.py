@@ -4,6 +4,8 @@ and its top-K next-token log-probabilities.
 
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --shard 0/2   # and 1/2 beside it
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 2      # more prompts (q*.npz)
+    .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 3      # everyday chat (r*.npz)
+    .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 4      # explanations (s*.npz)
 
 Prompts: chat, instruction and code requests built from templates and topic lists written here, and
 functions of the Python standard library to explain, document or rewrite (modules the speculation benchmarks
@@ -77,6 +79,38 @@ STDLIB_MODULES_2 = ["textwrap", "statistics", "json", "string", "shlex", "fnmatc
 STDLIB_TEMPLATES_2 = ["Summarize what this code does in two sentences:\n\n{c}",
                       "Is there a bug in this function? Explain.\n\n{c}",
                       "Write an example call of this function and its result:\n\n{c}"]
+# --set 3: everyday chat (advice, how-to, explanations, short writing) over new topics: the kind of answer where
+# speculation gains least (no topic near a benchmark prompt: "a job interview" is left out)
+TOPICS_3 = [
+    "a garage sale", "a first day at a new job", "moving to a new city", "learning to cook", "planning a trip",
+    "studying for exams", "a birthday party", "buying a used car", "starting a small business", "adopting a dog",
+    "staying motivated", "a long flight", "a rainy weekend", "a team meeting", "asking for a raise",
+    "a difficult conversation", "reading more books", "drinking more water", "a morning routine", "a road trip",
+    "writing a cover letter", "learning to swim", "a wedding speech", "a job rejection", "a group project",
+    "a noisy neighbour", "a picnic", "a houseplant", "a camping trip", "a podcast", "a museum visit",
+    "a charity event", "online privacy", "phone addiction", "a healthy lunch", "a new hobby", "a family dinner",
+]
+TEMPLATES_3 = [
+    "Give me some advice about {t}.", "What are five tips for {t}?", "How do I prepare for {t}?",
+    "What mistakes should I avoid with {t}?", "Write a friendly message to a colleague about {t}.",
+    "I'm nervous about {t}. What should I do?", "Make a short checklist for {t}.",
+    "Explain in simple words how to handle {t}.", "Write two sentences of encouragement about {t}.",
+    "What is the best way to deal with {t}?", "Plan a simple schedule for {t}.",
+]
+# --set 4: explanations, comparisons and definitions over topics of sets 1-3 and new ones
+TOPICS_4 = [
+    "a password manager", "a spreadsheet", "a search engine", "a web browser", "a compiler", "an interpreter",
+    "a virtual machine", "a firewall", "a router", "a keyboard shortcut", "a backup", "a text editor",
+    "a thermostat", "a battery", "a solar panel", "a bicycle gear", "a microwave oven", "a refrigerator",
+    "a credit score", "a mortgage", "a savings account", "an index fund", "a tax return", "a receipt",
+    "a metaphor", "a paragraph", "a thesis statement", "a bibliography", "a glacier", "a desert", "a comet",
+    "a vaccine trial", "a calorie", "a protein", "a muscle", "a habit", "a deadline", "a to-do list",
+]
+TEMPLATES_4 = [
+    "What is {t}? Answer briefly.", "How does {t} work?", "Describe {t} to someone who has never seen one.",
+    "What is the difference between {t} and something similar?", "Why do people use {t}?",
+    "Give an everyday example of {t}.", "What are the parts of {t}?",
+]
 STDLIB_MODULES = ["string", "shlex", "fnmatch", "colorsys", "bisect", "heapq", "calendar", "glob", "base64",
                   "ipaddress", "fractions", "difflib", "html", "keyword", "posixpath", "operator", "random"]
 
@@ -99,7 +133,15 @@ def stdlib_functions(max_lines: int = 30, modules=None) -> list[str]:
 
 
 def prompt_set(seed: int = 0, which: int = 1) -> list[str]:
-    """Every prompt of set 1 or 2, in a fixed shuffled order (shards take every n-th)."""
+    """Every prompt of set 1, 2 or 3, in a fixed shuffled order (shards take every n-th)."""
+    if which == 4:
+        prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES_4, TOPICS_4)]
+        random.Random(seed + 3).shuffle(prompts)
+        return prompts
+    if which == 3:
+        prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES_3, TOPICS_3)]
+        random.Random(seed + 2).shuffle(prompts)
+        return prompts
     if which == 2:
         prompts = [t.format(t=x) for t, x in itertools.product(TEMPLATES_2, TOPICS)]
         prompts += [t.format(t=x) for t, x in itertools.product(CODE_TEMPLATES_2, CODE_TASKS)]
@@ -134,16 +176,19 @@ def main() -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: this process answers every n-th prompt from the i-th")
     ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--minutes", type=float, default=60.0, help="stop starting new prompts after this long")
-    ap.add_argument("--set", type=int, default=1, choices=[1, 2], help="prompt set (files p*.npz / q*.npz)")
+    ap.add_argument("--set", type=int, default=1, choices=[1, 2, 3, 4],
+                    help="prompt set (files p*.npz / q*.npz / r*.npz / s*.npz)")
     a = ap.parse_args()
     import heron
     from heron.models.lm.draft_head import record_answer
 
     i, n = (int(v) for v in a.shard.split("/"))
     prompts = prompt_set(which=a.set)
-    if a.set == 2:
-        first = set(prompt_set())  # once: each call reads the standard library's sources again
-        prompts = [p for p in prompts if p not in first]
+    if a.set >= 2:
+        before = set(prompt_set())  # once: each call reads the stdlib's sources again
+        for k in range(2, a.set):
+            before |= set(prompt_set(which=k))
+        prompts = [p for p in prompts if p not in before]
     clash = held_out() & set(prompts)
     if clash:
         raise SystemExit(f"benchmark prompts in the training set: {sorted(clash)[:3]}")
@@ -152,7 +197,7 @@ def main() -> int:
     lm = heron.load_lm("smollm2", threads=1)
     t0, done = time.time(), 0
     for j in range(i, len(prompts), n):
-        path = out / f"{'pq'[a.set - 1]}{j:05d}.npz"
+        path = out / f"{'pqrs'[a.set - 1]}{j:05d}.npz"
         if path.exists():
             continue
         if time.time() - t0 > a.minutes * 60:

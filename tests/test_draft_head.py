@@ -304,3 +304,22 @@ def test_edited_rows_are_refused(trained, tmp_path):
                   target=trained["target"])
     with pytest.raises(BundleError, match="keeps initializers outside the file"):
         DraftHead(edit_manifest(copy("d"), lambda m: m.pop("rows")), target=trained["target"])
+
+
+def test_the_heads_training_prompts_are_not_the_benchmarks():
+    """scripts/draft_head_data.py's prompt sets hold none of the speculation benchmarks' prompts, nor their
+    topics (the chat prompt's hash table, the varied set's job interview): the head is measured on text it
+    was not trained on."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("draft_head_data", REPO / "scripts" / "draft_head_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bench = mod.held_out()
+    assert len(bench) >= 20
+    for which in (1, 2, 3, 4):
+        prompts = mod.prompt_set(which=which)
+        assert len(prompts) > 200 and not bench & set(prompts), which
+        assert not [p for p in prompts if "hash table" in p.lower() or "job interview" in p.lower()], which
