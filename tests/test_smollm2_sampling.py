@@ -232,3 +232,19 @@ def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
     target.reset()
     target.forward(prompt, last=1)
     assert np.array_equal(target.forward(plain[:4], last=4), steps)
+
+
+def test_the_sdks_default_head_drafts_for_smollm2():
+    """`heron.load_lm("smollm2")` with SpeculativeOptions(method="head") and no bundle named: the shipped head,
+    its rows read from the GGUF file the in-memory graph was built from; plain decoding's tokens, drafted."""
+    import heron
+
+    smollm2_gguf()
+    lm = heron.load_lm("smollm2")
+    assert lm.backend.source_file == smollm2_gguf()
+    prompt = lm.chat_prompt([{"role": "user", "content": "Write a Python function that reverses a string."}])
+    opts = sp.GenerationOptions(max_new_tokens=24, stop_at_eot=False)
+    stats = sp.DecodeStats()
+    got = [t.id for t in lm.generate(prompt, opts, sp.SpeculativeOptions(method="head"), stats)]
+    assert got == [t.id for t in lm.generate(prompt, opts)]
+    assert sum(stats.windows) > 0
