@@ -9,7 +9,7 @@ N words it proposes among (the target's ids); the head only ever proposes those,
 The head's output layer is the target's own embedding rows of those words (int8 blocks of 32): a bundle with
 `rows` in its manifest does not store them (head.onnx marks them external) and takes them from the target at
 load (its graph file, or the GGUF file it was built from in memory), checked against the sha256 recorded at
-export; that keeps a SmolLM2 head at ~3.6 MB instead of ~8.5.
+export; that keeps SmolLM2's head at 4.2 MB instead of 10.1.
 """
 from __future__ import annotations
 
@@ -193,6 +193,9 @@ class DraftHead:
         if src.get("gguf_sha256") != want:
             raise ValueError(f"the draft head {self.folder} was trained for {self.manifest.target.get('gguf')} "
                              f"(sha256 {want[:12]}...); this model is {src.get('gguf') or 'another model'}")
+        if getattr(backend, "vocab_size", self.manifest.vocab_size) != self.manifest.vocab_size:
+            raise ValueError(f"the draft head {self.folder} was exported for a vocabulary of {self.manifest.vocab_size} "
+                             f"words; this model has {backend.vocab_size}")
         if not getattr(backend, "has_hidden", False):
             raise ValueError("the draft head needs the target's hidden states: a graph with a `hidden` output "
                              "(re-export it with this heron: heron lm export smollm2 --out DIR)")

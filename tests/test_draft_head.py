@@ -220,6 +220,8 @@ def test_edited_bundles_are_one_line_errors(trained, tmp_path):
         DraftHead(c, target=trained["target"])
     with pytest.raises(BundleError, match="no manifest.json|no such folder"):
         DraftHead(tmp_path / "missing")
+    with pytest.raises(ValueError, match="vocabulary of 65 words; this model has 64"):
+        DraftHead(edit_manifest(copy("e"), lambda m: m.update(vocab_size=65)), target=trained["target"])
 
 
 def test_the_sdk_runs_the_head_on_an_onnxruntime_target(trained):
