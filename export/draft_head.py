@@ -2,8 +2,9 @@
 manifest naming the target it was trained for (the GGUF file's sha256) and the words it proposes among.
 
 The head's output rows are the target's own Q8_0 embedding blocks (the words' rows of SmolLM2's tied table,
-repacked, not quantized again; left out of head.onnx by default: the runtime takes them from the target); its trained matrices go to 8-bit blocks of 32 (MatMulNBits, as the target's
-Q8_0 layers); both run on onnxruntime's int8 kernel. The input embedding gathers the same int8 rows (one copy
+repacked, not quantized again; left out of head.onnx by default: the runtime takes them from the target); its
+trained matrices go to 8-bit blocks of 32 (MatMulNBits, as the target's Q8_0 layers); both run on onnxruntime's
+int8 kernel. The input embedding gathers the same int8 rows (one copy
 in the file), and one learned row stands for every other word.
 """
 from __future__ import annotations
