@@ -91,6 +91,9 @@ def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: st
     rows_from_target: head.onnx leaves out its output rows (the target's own embedding blocks of its words, most
     of its bytes) and the runtime takes them from the target at load, checked against their sha256 recorded
     here; False stores them in head.onnx."""
+    if model.cfg.n_features:
+        raise ValueError("a draft head that fuses the target's middle layers (n_features) has no runtime yet: "
+                         "its graph would need the target's streams, which heron's bundles do not output")
     import onnx
     from onnx import TensorProto
 

@@ -57,6 +57,7 @@ DEFAULT_COMPUTE = "int8x2"
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
+FEATURES_OUTPUT = "features"  # build_graph(feature_layers=...): residual streams at several depths
 
 
 @dataclass
@@ -187,11 +188,15 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
     return g.one("Add", [y, share], hint=hint)
 
 
-def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True):
+def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
+                feature_layers: tuple[int, ...] = ()):
     """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
-    grow by T every call (the interface of the torch-exported bundles, a copy of the whole cache per step)."""
+    grow by T every call (the interface of the torch-exported bundles, a copy of the whole cache per step).
+    feature_layers: also output FEATURES_OUTPUT (1, n, k D): the residual stream after each of these k layers
+    (0-based, before the last) at the last n positions, what a draft head reading several depths is trained on
+    (scripts/draft_head_data.py --features); the runtime's bundles have no such output."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -204,6 +209,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     if meta.architecture != "llama":  # Qwen2 keeps HF's half-split RoPE rows and has Q/K/V biases
         raise ValueError(f"{path}: the quantized ONNX export reads Llama GGUF files; this one is {meta.architecture}")
     H, G, S, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
+    if any(not 0 <= j < cfg.n_layers - 1 for j in feature_layers) or len(set(feature_layers)) != len(feature_layers):
+        raise ValueError(f"feature_layers must be distinct layers in 0..{cfg.n_layers - 2}, got {feature_layers}")
     g = Graph()
     ins, outs = state_names(cfg.n_layers)
 
@@ -236,6 +243,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
                                 g.const(np.array([0], np.int64), "axes")])
     eps = float(cfg.norm_eps)
     delta = None
+    streams = {}  # layer j -> the residual stream after it (feature_layers)
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
         gamma = g.const(reader.tensor(p + "attn_norm.weight").astype(np.float32), p + "attn_norm")
@@ -244,6 +252,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         else:  # residual add and norm in one: outputs (normed, mean, inv_std, x + delta)
             h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                               outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
+            if i - 1 in feature_layers:
+                streams[i - 1] = x
         memo: dict = {}
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
@@ -264,11 +274,15 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     gamma = g.const(reader.tensor("output_norm.weight").astype(np.float32), "output_norm")
     h = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], n_out=1, domain="com.microsoft", epsilon=eps)[0]
     # the head (a third of a decoding step) only for the positions the caller asked for: the last n
-    h = g.one("Slice", [h, g.one("Neg", ["last"]), g.const(np.array([1 << 62], np.int64), "end"),
-                        g.const(np.array([1], np.int64), "axis")])  # (1, n, D)
+    last_rows = g.one("Neg", ["last"])
+    end, axis = g.const(np.array([1 << 62], np.int64), "end"), g.const(np.array([1], np.int64), "axis")
+    h = g.one("Slice", [h, last_rows, end, axis])  # (1, n, D)
     tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
     g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
     g.op("Identity", [h], outputs=[HIDDEN_OUTPUT])  # the head's input: what a draft head on the target reads
+    if feature_layers:
+        parts = [g.one("Slice", [streams[j], last_rows, end, axis]) for j in feature_layers]
+        g.op("Concat", parts, outputs=[FEATURES_OUTPUT], axis=-1)  # (1, n, k D)
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
@@ -279,6 +293,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
     outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))
+    if feature_layers:
+        outputs.append(helper.make_tensor_value_info(FEATURES_OUTPUT, f32, [1, "n", len(feature_layers) * D]))
     graph = helper.make_graph(g.nodes, "heron_lm_gguf", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", OPSET_MS)],

@@ -6,6 +6,13 @@ and its top-K next-token log-probabilities.
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 2      # more prompts (q*.npz)
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 3      # everyday chat (r*.npz)
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 4      # explanations (s*.npz)
+    .venv/bin/python scripts/draft_head_data.py --out runs/head-data-f --bundle runs/smol-i8h --features 2,14 --speculative
+
+--features J,K records, besides the final feature, the residual streams after layers J, K (what an EAGLE-3 style
+head fuses, models/lm/draft_head.py n_features): each answer is generated first (with --speculative: the shipped
+draft head and prompt lookup, lossless, ~1.3-1.7x faster) and then recorded in one teacher-forced call of a graph
+with those outputs (heron.models.lm.draft_head.record_forced). --bundle DIR: the target that answers (an export of
+`heron lm export smollm2`, e.g. --compute int8); by default SmolLM2's in-memory int8x2 graph.
 
 Prompts: chat, instruction and code requests built from templates and topic lists written here, and
 functions of the Python standard library to explain, document or rewrite (modules the speculation benchmarks
@@ -178,9 +185,15 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60.0, help="stop starting new prompts after this long")
     ap.add_argument("--set", type=int, default=1, choices=[1, 2, 3, 4],
                     help="prompt set (files p*.npz / q*.npz / r*.npz / s*.npz)")
+    ap.add_argument("--bundle", default="smollm2", help="the target that answers (default: SmolLM2 int8x2 in memory)")
+    ap.add_argument("--features", default=None, metavar="J,K",
+                    help="also record the residual streams after these layers (teacher-forced, one call per answer)")
+    ap.add_argument("--speculative", action="store_true",
+                    help="with --features: generate with the shipped draft head + prompt lookup (same answers, faster)")
     a = ap.parse_args()
     import heron
-    from heron.models.lm.draft_head import record_answer
+    from heron.models.lm.draft_head import record_answer, record_forced
+    from heron.runtime.decoding import GenerationOptions, SpeculativeOptions
 
     i, n = (int(v) for v in a.shard.split("/"))
     prompts = prompt_set(which=a.set)
@@ -194,7 +207,19 @@ def main() -> int:
         raise SystemExit(f"benchmark prompts in the training set: {sorted(clash)[:3]}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = heron.load_lm("smollm2", threads=1)
+    lm = heron.load_lm(a.bundle, threads=1)
+    if a.features:
+        from heron.export.gguf_onnx import build_graph
+        from heron.paths import named_lm_path
+        from heron.runtime.lm import state_names
+        from heron.runtime.sessions import open_session
+
+        layers = tuple(int(v) for v in a.features.split(","))
+        compute = str(lm.backend.manifest.source.get("compute"))  # record what the answering graph computes
+        graph, cfg, _, _ = build_graph(named_lm_path("smollm2"), compute, shared_cache=False, feature_layers=layers)
+        recorder = open_session(graph.SerializeToString(), 1, ["CPUExecutionProvider"])
+        state_inputs = state_names(cfg.n_layers)[0]
+        spec = SpeculativeOptions(method="head") if a.speculative else None
     t0, done = time.time(), 0
     for j in range(i, len(prompts), n):
         path = out / f"{'pqrs'[a.set - 1]}{j:05d}.npz"
@@ -203,7 +228,12 @@ def main() -> int:
         if time.time() - t0 > a.minutes * 60:
             break
         ids = lm.encode(lm.chat_prompt([{"role": "user", "content": prompts[j]}]))
-        rec = record_answer(lm.backend, ids, a.new_tokens, 0.7 if j % 2 else 0.0, np.random.default_rng(j))
+        if a.features:
+            opts = GenerationOptions(max_new_tokens=a.new_tokens, temperature=0.7 if j % 2 else 0.0, seed=j)
+            toks = [t.id for t in lm.generate(ids, opts, spec)]
+            rec = record_forced(recorder, state_inputs, cfg.n_kv_heads, cfg.head_dim, ids, toks)
+        else:
+            rec = record_answer(lm.backend, ids, a.new_tokens, 0.7 if j % 2 else 0.0, np.random.default_rng(j))
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **rec)
         tmp.rename(path)

@@ -28,6 +28,9 @@ def main() -> int:
     ap.add_argument("--files", default="*.npz", help="which answers of --data (p*.npz: prompt set 1, q*.npz: set 2)")
     ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
     ap.add_argument("--blocks", type=int, default=1, help="SwiGLU blocks")
+    ap.add_argument("--streams", action="store_true",
+                    help="also fuse the middle layers' streams the answers were recorded with (draft_head_data.py "
+                         "--features): an experiment, saved under --out/torch only (no runtime reads such a head yet)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -68,12 +71,18 @@ def main() -> int:
         print(json.dumps({"head": a.evaluate, "files": a.files, "positions": len(data.x), **report}))
         return 0
     print(f"{len(data.x)} positions from {len(set(data.answer.tolist()))} answers ({time.time() - t0:.0f} s)", flush=True)
-    cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words)
+    n_features = data.streams.shape[1] // table.shape[1] if a.streams else 0
+    if a.streams and not n_features:
+        ap.error(f"--streams: the answers in {a.data} were recorded without --features")
+    cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words, n_features=n_features)
     opts = dh.TrainOptions(steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, seed=a.seed)
     model, report = dh.train(data, table, cfg, opts, log=lambda s: print(s, flush=True))
     command = "scripts/train_draft_head.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     meta = {"report": report, "command": command, "train_seconds": round(time.time() - t0)}
     dh.save(model, Path(a.out) / "torch", meta)
+    if n_features:
+        print(json.dumps(meta, indent=1))
+        return 0
     export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{a.words}", training=meta)
     print(json.dumps(meta, indent=1))
     return 0

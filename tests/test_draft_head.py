@@ -325,3 +325,71 @@ def test_the_heads_training_prompts_are_not_the_benchmarks():
         prompts = mod.prompt_set(which=which)
         assert len(prompts) > 200 and not bench & set(prompts), which
         assert not [p for p in prompts if "hash table" in p.lower() or "job interview" in p.lower()], which
+
+
+def test_the_graph_outputs_the_middle_layers_streams(trained):
+    """build_graph(feature_layers=...): the residual stream after each named layer, as the torch model computes it
+    (record_forced's one teacher-forced call), and the same logits and hidden states as the graph without them."""
+    from heron.export.gguf_onnx import FEATURES_OUTPUT, build_graph
+    from heron.models.lm.draft_head import record_forced
+    from heron.models.lm.gguf_file import load_gguf
+    from heron.runtime.lm import state_names
+    from heron.runtime.sessions import open_session
+
+    path = trained["path"]
+    model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False, feature_layers=(0,))
+    assert FEATURES_OUTPUT in [o.name for o in model.graph.output]
+    session = open_session(model.SerializeToString(), 1, ["CPUExecutionProvider"])
+    ids, answer = [3, 1, 4, 1, 5, 9], [2, 6, 5, 3]
+    rec = record_forced(session, state_names(cfg.n_layers)[0], cfg.n_kv_heads, cfg.head_dim, ids, answer)
+    assert rec["features"].shape == (4, 64) and rec["hidden"].shape == (4, 64)
+
+    torch_model, _ = load_gguf(path)
+    streams = []
+    hook = torch_model.layers[0].register_forward_hook(lambda m, i, o: streams.append(o[0].detach()))
+    with torch.no_grad():
+        logits = torch_model(torch.tensor([ids + answer[:-1]])).logits[0, -4:]
+    hook.remove()
+    want = streams[0][0, -4:].numpy()  # the positions that chose the answer's words
+    assert np.allclose(rec["features"].astype(np.float32), want, atol=2e-2 * max(1.0, np.abs(want).max()))
+    assert (rec["top_ids"][:, 0] == logits.argmax(-1).numpy()).all()
+    plain_graph = _target(path)  # the runtime's graph: no features output, same logits and hidden states
+    plain_graph.reset()
+    plain_graph.forward(ids + answer[:-1], last=4)
+    got = np.stack([plain_graph.hidden_at(len(ids) - 1 + i) for i in range(4)])
+    assert np.allclose(got, rec["hidden"].astype(np.float32), atol=1e-2)
+    with pytest.raises(ValueError, match="feature_layers must be distinct layers in 0..0"):
+        build_graph(path, compute="fp32", feature_layers=(1,))
+
+
+def test_a_head_can_fuse_the_middle_layers_streams(tmp_path):
+    """n_features: where the next word shows only in the recorded streams (synthetic answers: the hidden states
+    are noise and the given word says nothing), the head that fuses them learns it and the one without cannot;
+    such a head trains and evaluates, but is not exported (no runtime feeds it the streams)."""
+    from heron.export.draft_head import export_draft_head
+    from heron.models.lm import draft_head as dh
+
+    rng = np.random.default_rng(3)
+    code_rows = rng.standard_normal((64, 128)).astype(np.float32)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    length = 24
+    for i in range(150):
+        codes = rng.integers(0, 64, length)
+        toks = np.concatenate([[rng.integers(0, 64)], codes[:-1]]).astype(np.int32)  # the word after p is codes[p]
+        others = (toks[:, None] + np.arange(1, 32)[None, :]) % 64
+        top_ids = np.concatenate([toks[:, None], others], 1).astype(np.int32)
+        top_lp = np.log(np.concatenate([np.full((length, 1), 0.9), np.full((length, 31), 0.1 / 31)], 1))
+        np.savez(folder / f"p{i:05d}.npz", prompt=np.zeros(1, np.int32), tokens=toks, top_ids=top_ids,
+                 top_logprobs=top_lp.astype(np.float16), hidden=rng.standard_normal((length, 64)).astype(np.float16),
+                 features=code_rows[codes].astype(np.float16))
+    data = dh.load_data(folder)
+    assert data.streams.shape == (len(data.x), 128)
+    table = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32)
+    opts = dh.TrainOptions(steps=600, batch=128, lr=5e-3, threads=1)
+    fused, report = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=64, n_features=2), opts,
+                             log=lambda s: None)
+    _, without = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=64), opts, log=lambda s: None)
+    assert report["top1_step1"] > 0.8 and without["top1_step1"] < 0.3, (report, without)
+    with pytest.raises(ValueError, match="has no runtime yet"):
+        export_draft_head(fused, tmp_path / "t.gguf", tmp_path / "bundle", name="x")

@@ -38,6 +38,7 @@ class DraftHeadConfig:
     n_blocks: int = 1
     n_words: int = 8192       # N: the words the head proposes among
     norm_eps: float = 1e-5
+    n_features: int = 0       # k: residual streams of k middle layers added to the target's feature at step 1
 
 
 class RMSNorm(nn.Module):
@@ -82,6 +83,10 @@ class DraftHead(nn.Module):
         nn.init.zeros_(self.proj.weight)  # starts as f = h: the target's own distribution one step late
         self.blocks = nn.ModuleList(SwiGLU(cfg) for _ in range(cfg.n_blocks))
         self.bias = nn.Parameter(torch.zeros(cfg.n_words))
+        if cfg.n_features:  # EAGLE-3's fused input: the target's streams at several depths (step 1 only)
+            self.feature_norms = nn.ModuleList(RMSNorm(cfg.dim, cfg.norm_eps) for _ in range(cfg.n_features))
+            self.fuse = nn.Linear(cfg.n_features * cfg.dim, cfg.dim, bias=False)
+            nn.init.zeros_(self.fuse.weight)  # starts as the head without them
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B,) target word ids -> (B, D)."""
@@ -89,8 +94,13 @@ class DraftHead(nn.Module):
         e = self.table[r.clamp(max=self.cfg.n_words - 1)]
         return torch.where((r == self.cfg.n_words)[:, None], self.oov.expand_as(e), e)
 
-    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, D) the target's feature (or the head's own), tokens (B,) -> feature (B, D), logits (B, N)."""
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, streams: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, D) the target's feature (or the head's own), tokens (B,), streams (B, k D): the target's middle
+        layers at the same position (step 1; None when h is the head's own) -> feature (B, D), logits (B, N)."""
+        if streams is not None and self.cfg.n_features:
+            parts = streams.float().split(self.cfg.dim, -1)
+            h = h + self.fuse(torch.cat([n(x) for n, x in zip(self.feature_norms, parts)], -1))
         f = h + self.proj(torch.cat([h, self.emb_norm(self.embed(tokens))], -1))
         for b in self.blocks:
             f = b(f)
@@ -134,6 +144,39 @@ def record_answer(backend, ids: list[int], new_tokens: int, temperature: float, 
             "top_ids": np.stack(top_i), "top_logprobs": np.stack(top_lp)}
 
 
+def top_logprobs(logits: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """(L, V) logits -> the top-k ids (L, k) int32 and their log-probs (L, k) float16, likeliest first."""
+    lp = logits.astype(np.float64)
+    lp = lp - lp.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    k = min(k, lp.shape[1] - 1)
+    top = np.argpartition(-lp, k, axis=-1)[:, :k]
+    order = np.argsort(-np.take_along_axis(lp, top, -1), axis=-1, kind="stable")
+    top = np.take_along_axis(top, order, -1)
+    return top.astype(np.int32), np.take_along_axis(lp, top, -1).astype(np.float16)
+
+
+def record_forced(session, state_inputs: list[str], kv_heads: int, head_dim: int, ids: list[int],
+                  tokens: list[int]) -> dict:
+    """The record of an answer already generated (`tokens` after the prompt `ids`), from one teacher-forced call of
+    a graph with the grown-state interface and a FEATURES_OUTPUT (heron.export.gguf_onnx.build_graph(shared_cache=
+    False, feature_layers=...)): at every position that chose a word, its hidden state, the middle layers' streams
+    (`features`, float16) and the top-K next-word log-probs. One prefill instead of a step per word (int8 graphs
+    compute blocks of two or more rows bit-identically, heron.runtime.lm.MIN_ROWS)."""
+    if not tokens:
+        raise ValueError("an empty answer has nothing to record")
+    feed = {"tokens": np.asarray([list(ids) + list(tokens[:-1])], np.int64),
+            "last": np.array([len(tokens)], np.int64)}
+    for name in state_inputs:
+        feed[name] = np.zeros((1, kv_heads, 0, head_dim), np.float32)
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, feed)))
+    top_i, top_lp = top_logprobs(out["logits"][0])
+    return {"prompt": np.asarray(ids, np.int32), "tokens": np.asarray(tokens, np.int32),
+            "hidden": out["hidden"][0].astype(np.float16), "features": out["features"][0].astype(np.float16),
+            "top_ids": top_i, "top_logprobs": top_lp}
+
+
 @dataclass
 class HeadData:
     """Every answer position p with a successor: feature h_p, chosen x_{p+1}, and at p + 1: feature, top-K."""
@@ -147,6 +190,7 @@ class HeadData:
     top_ids2: np.ndarray   # (P, K) at p + 2
     top_lp2: np.ndarray
     answer: np.ndarray     # (P,) which answer (file) the position is from
+    streams: np.ndarray    # (P, k D) float16: the middle layers' streams at p (k = 0: answers recorded without)
 
 
 def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
@@ -158,6 +202,7 @@ def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
     for i, f in enumerate(files):
         with np.load(f, allow_pickle=False) as z:
             hid, tok, ti, tl = z["hidden"], z["tokens"].astype(np.int64), z["top_ids"], z["top_logprobs"]
+            streams = z["features"] if "features" in z.files else np.zeros((len(tok), 0), np.float16)
         L = len(tok)
         if L < 2:
             continue
@@ -167,6 +212,9 @@ def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
         parts["top_ids"].append(ti[p + 1]), parts["top_lp"].append(tl[p + 1])
         parts["x2"].append(np.where(p + 2 < L, tok[p + 1], -1)), parts["top_ids2"].append(ti[q])
         parts["top_lp2"].append(tl[q]), parts["answer"].append(np.full(len(p), i))
+        parts["streams"].append(streams[p])
+    if len({a.shape[1] for a in parts["streams"]}) > 1:
+        raise ValueError(f"the answers under {folder} ({pattern}) were recorded with different --features")
     return HeadData(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
@@ -190,7 +238,7 @@ def _target_dist(model: DraftHead, ids: torch.Tensor, lp: torch.Tensor) -> torch
 
 
 def losses(model: DraftHead, batch: dict, reg_weight: float = 1.0, step2_weight: float = 0.5) -> dict:
-    f, logits = model(batch["h"], batch["x"])
+    f, logits = model(batch["h"], batch["x"], batch.get("streams"))
     t1 = _target_dist(model, batch["top_ids"], batch["top_lp"])
     kl1 = -(t1 * F.log_softmax(logits, -1)).sum(-1).mean()
     reg = F.smooth_l1_loss(f, batch["h_next"])
@@ -207,7 +255,7 @@ def _batch(data: HeadData, idx: np.ndarray) -> dict:
     t = lambda a, dt=torch.float32: torch.from_numpy(np.ascontiguousarray(a[idx])).to(dt)  # noqa: E731
     return {"h": t(data.h), "x": t(data.x, torch.long), "h_next": t(data.h_next), "top_ids": t(data.top_ids, torch.long),
             "top_lp": t(data.top_lp), "x2": t(data.x2, torch.long), "top_ids2": t(data.top_ids2, torch.long),
-            "top_lp2": t(data.top_lp2)}
+            "top_lp2": t(data.top_lp2), "streams": t(data.streams) if data.streams.shape[1] else None}
 
 
 @torch.no_grad()
@@ -218,7 +266,7 @@ def agreement(model: DraftHead, data: HeadData, idx: np.ndarray, batch: int = 40
     hit1 = hit2 = n2 = cover = 0
     for s in range(0, len(idx), batch):
         b = _batch(data, idx[s:s + batch])
-        f, logits = model(b["h"], b["x"])
+        f, logits = model(b["h"], b["x"], b["streams"])
         want = b["top_ids"][:, 0]
         hit1 += int((model.words[logits.argmax(-1)] == want).sum())
         cover += int((model.row[want] < model.cfg.n_words).sum())
