@@ -60,8 +60,15 @@ def build_head_graph(model, rows: Blocks):
     e = g.one("Where", [g.one("Unsqueeze", [inside, c(np.array([-1], np.int64), "axes")]), e, c(sd["oov"][None, :], "oov")])
     e = g.one("SimplifiedLayerNormalization", [e, c(sd["emb_norm.weight"], "emb_norm")], axis=-1,
               epsilon=cfg.norm_eps, stash_type=1)
-    cat = g.one("Concat", ["hidden", e], axis=-1)  # (B, 2D)
-    f = g.one("Add", ["hidden", _linear(g, cat, q8_blocks(sd["proj.weight"]), "proj")])
+    hidden = "hidden"
+    if cfg.n_features:  # the target's middle-layer streams, normed and fused into its feature (zeros: no change)
+        parts = g.op("Split", ["streams"], n_out=cfg.n_features, axis=-1, num_outputs=cfg.n_features)
+        normed = [g.one("SimplifiedLayerNormalization", [x, c(sd[f"feature_norms.{i}.weight"], f"feature_norm{i}")],
+                        axis=-1, epsilon=cfg.norm_eps, stash_type=1) for i, x in enumerate(parts)]
+        cat = normed[0] if cfg.n_features == 1 else g.one("Concat", normed, axis=-1)
+        hidden = g.one("Add", ["hidden", _linear(g, cat, q8_blocks(sd["fuse.weight"]), "fuse")])
+    cat = g.one("Concat", [hidden, e], axis=-1)  # (B, 2D)
+    f = g.one("Add", [hidden, _linear(g, cat, q8_blocks(sd["proj.weight"]), "proj")])
     for i in range(cfg.n_blocks):
         p = f"blocks.{i}."
         n = g.one("SimplifiedLayerNormalization", [f, c(sd[p + "norm.weight"], p + "norm")], axis=-1,
@@ -76,7 +83,8 @@ def build_head_graph(model, rows: Blocks):
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "heron_draft_head",
-        [helper.make_tensor_value_info("hidden", f32, ["B", D]), helper.make_tensor_value_info("token", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("hidden", f32, ["B", D]), helper.make_tensor_value_info("token", TensorProto.INT64, ["B"])]
+        + ([helper.make_tensor_value_info("streams", f32, ["B", cfg.n_features * D])] if cfg.n_features else []),
         [helper.make_tensor_value_info("logits", f32, ["B", N]), helper.make_tensor_value_info("feature", f32, ["B", D])],
         g.inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", OPSET_MS)],
@@ -86,14 +94,14 @@ def build_head_graph(model, rows: Blocks):
 
 
 def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: str, training: dict | None = None,
-                      rows_from_target: bool = True) -> Path:
+                      rows_from_target: bool = True, stream_layers: tuple[int, ...] = ()) -> Path:
     """head.onnx + manifest.json (+ manifest.sha256) under `out`, for the target in `gguf_path`.
     rows_from_target: head.onnx leaves out its output rows (the target's own embedding blocks of its words, most
     of its bytes) and the runtime takes them from the target at load, checked against their sha256 recorded
     here; False stores them in head.onnx."""
-    if model.cfg.n_features:
-        raise ValueError("a draft head that fuses the target's middle layers (n_features) has no runtime yet: "
-                         "its graph would need the target's streams, which heron's bundles do not output")
+    if len(stream_layers) != model.cfg.n_features:
+        raise ValueError(f"the head fuses {model.cfg.n_features} streams of the target's middle layers: name their "
+                         f"layers (stream_layers), got {list(stream_layers)}")
     import onnx
     from onnx import TensorProto
 
@@ -127,7 +135,7 @@ def export_draft_head(model, gguf_path: str | Path, out: str | Path, *, name: st
     manifest = DraftHeadManifest(name=name, dim=model.cfg.dim, n_words=len(words), vocab_size=model.vocab_size,
                                  words=tuple(int(w) for w in words),
                                  target={"gguf": Path(gguf_path).name, "gguf_sha256": sha256_path(Path(gguf_path))},
-                                 training=dict(training or {}), rows=rows_doc,
+                                 training=dict(training or {}), rows=rows_doc, stream_layers=tuple(stream_layers),
                                  files=file_table(out, {HEAD_FILE: HEAD_FILE}))
     write_head_manifest(out, manifest)
     return out

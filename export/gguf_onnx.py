@@ -46,7 +46,7 @@ import numpy as np
 
 from heron.export.lm_bundle import write_manifest
 from heron.runtime.gguf import q8_0_blocks
-from heron.runtime.lm import HIDDEN_OUTPUT, PAST_INPUT, lm_manifest, state_names
+from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, lm_manifest, state_names
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
 BLOCK = 32
@@ -57,7 +57,14 @@ DEFAULT_COMPUTE = "int8x2"
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
-FEATURES_OUTPUT = "features"  # build_graph(feature_layers=...): residual streams at several depths
+
+
+def default_feature_layers(n_layers: int) -> tuple[int, ...]:
+    """The middle layers whose residual streams a bundle's graph returns (FEATURES_OUTPUT) for a draft head that
+    fuses them: one low and one middle layer (EAGLE-3 reads low, middle and high; the high one is `hidden`):
+    SmolLM2's 30 layers -> (2, 14)."""
+    last = max(0, n_layers - 2)
+    return tuple(sorted({min(last, max(0, round(n_layers / 15))), min(last, max(0, n_layers // 2 - 1))}))
 
 
 @dataclass
@@ -304,13 +311,17 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
 
 def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True):
-    """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle."""
+    """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
+    default_feature_layers beside `hidden`)."""
+    from heron.models.lm.gguf_file import config_from_gguf, open_reader
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
-    model, cfg, meta, reader = build_graph(path, compute, shared_cache)
+    layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
+    model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
+              "feature_layers": list(layers),
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),

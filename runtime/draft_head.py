@@ -52,9 +52,13 @@ class DraftHeadManifest:
     # {} : head.onnx holds its output rows; else {"from": "target", "packed" / "scales" / "scales_flat": the
     # head.onnx initializers they fill, "sha256": rows_sha256 of the target's rows at export}
     rows: dict = field(default_factory=dict)
+    # the target's middle layers whose residual streams the head fuses at its first step (head.onnx's `streams`
+    # input, k D wide); () : the head reads the final feature only
+    stream_layers: tuple[int, ...] = ()
     format: str = HEAD_FORMAT
 
-    TOP = ("format", "name", "dim", "n_words", "vocab_size", "words", "target", "training", "rows", "files")
+    TOP = ("format", "name", "dim", "n_words", "vocab_size", "words", "target", "training", "rows", "stream_layers",
+           "files")
 
     @classmethod
     def from_dict(cls, m: Any, where: str) -> "DraftHeadManifest":
@@ -71,6 +75,9 @@ class DraftHeadManifest:
         files = read_files(f)
         if set(files) != {HEAD_FILE} or files[HEAD_FILE].path != HEAD_FILE:
             f.fail("files", f"must list {HEAD_FILE} alone, at its own name")
+        layers = tuple(f.int_list("stream_layers", 0, 1 << 12, max_len=16)) if "stream_layers" in m else ()
+        if len(set(layers)) != len(layers):
+            f.fail("stream_layers", "must be distinct layers")
         rows = f.obj("rows", optional=True) or {}
         if rows:
             f.only("rows", ("from", "sha256", *ROW_KEYS))
@@ -79,12 +86,13 @@ class DraftHeadManifest:
                 f.fail("rows.sha256", "must be 64 hex digits")
             if len({f.str(("rows", k)) for k in ROW_KEYS}) != len(ROW_KEYS):
                 f.fail("rows", f"must name three different initializers ({', '.join(ROW_KEYS)})")
-        return cls(name, dim, n, vocab, words, dict(target), files, dict(f.obj("training")), dict(rows))
+        return cls(name, dim, n, vocab, words, dict(target), files, dict(f.obj("training")), dict(rows), layers)
 
     def to_dict(self) -> dict:
         return {"format": self.format, "name": self.name, "dim": self.dim, "n_words": self.n_words,
                 "vocab_size": self.vocab_size, "words": list(self.words), "target": dict(self.target),
                 "training": dict(self.training), **({"rows": dict(self.rows)} if self.rows else {}),
+                **({"stream_layers": list(self.stream_layers)} if self.stream_layers else {}),
                 "files": files_dict(self.files)}
 
 
@@ -175,15 +183,28 @@ class DraftHead:
         self.session = open_session(graph, threads, ["CPUExecutionProvider"], initializers=initializers)
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
-        if list(ins) != ["hidden", "token"] or list(outs) != ["logits", "feature"] \
-                or ins["hidden"][-1] != m.dim or outs["logits"][-1] != m.n_words:
-            raise BundleError(f"{where}: {HEAD_FILE} is not a draft head of dim {m.dim} over {m.n_words} words")
+        k = len(m.stream_layers)
+        if list(ins) != ["hidden", "token", *(["streams"] if k else [])] or list(outs) != ["logits", "feature"] \
+                or ins["hidden"][-1] != m.dim or outs["logits"][-1] != m.n_words \
+                or (k and ins["streams"][-1] != k * m.dim):
+            raise BundleError(f"{where}: {HEAD_FILE} is not a draft head of dim {m.dim} over {m.n_words} words"
+                              + (f" fusing {k} streams" if k else ""))
         self.words = words
+        self._no_streams = np.zeros((1, k * m.dim), np.float32) if k else None
 
-    def step(self, hidden: np.ndarray, token: int) -> tuple[np.ndarray, np.ndarray]:
-        """hidden (D,), the word that followed it -> logits (N,) over self.words, the head's feature (D,)."""
-        logits, feature = self.session.run(None, {"hidden": np.asarray(hidden, np.float32)[None],
-                                                  "token": np.array([token], np.int64)})
+    @property
+    def stream_layers(self) -> tuple[int, ...]:
+        """The target's middle layers whose streams the head fuses at its first step (() : none)."""
+        return self.manifest.stream_layers
+
+    def step(self, hidden: np.ndarray, token: int, streams: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """hidden (D,), the word that followed it -> logits (N,) over self.words, the head's feature (D,).
+        streams (k D,): the target's middle layers at hidden's position, for a head that fuses them (its first
+        step; None, or a chained step from its own feature: zeros, which the fusion maps to nothing)."""
+        feed = {"hidden": np.asarray(hidden, np.float32)[None], "token": np.array([token], np.int64)}
+        if self._no_streams is not None:
+            feed["streams"] = self._no_streams if streams is None else np.asarray(streams, np.float32)[None]
+        logits, feature = self.session.run(None, feed)
         return logits[0], feature[0]
 
     def check_target(self, backend) -> None:
@@ -199,6 +220,10 @@ class DraftHead:
         if not getattr(backend, "has_hidden", False):
             raise ValueError("the draft head needs the target's hidden states: a graph with a `hidden` output "
                              "(re-export it with this heron: heron lm export smollm2 --out DIR)")
+        if self.stream_layers and tuple(getattr(backend, "feature_layers", ())) != self.stream_layers:
+            raise ValueError(f"the draft head {self.folder} fuses the streams of the target's layers "
+                             f"{list(self.stream_layers)}; this graph returns {list(getattr(backend, 'feature_layers', ()))}"
+                             " (re-export it with this heron: heron lm export smollm2 --out DIR)")
 
 
 class HeadDrafter:
@@ -249,8 +274,10 @@ class HeadDrafter:
         rng = self.seeds.at(len(seq))  # a window's draws depend on where it starts only
         window, qs, token = [], [], seq[-1]
         full = np.full(self.vocab_size, -np.inf, np.float32)
+        streams = self.target.streams_at(len(seq) - 2) if self.head.stream_layers else None
         for _ in range(g):
-            logits, hidden = self.head.step(hidden, token)
+            logits, hidden = self.head.step(hidden, token, streams)
+            streams = None  # chained steps start from the head's own feature
             full[self.head.words] = logits
             q = probs(full, self.opts.temperature, self.opts.top_p)
             token = draw(q, rng)

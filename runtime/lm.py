@@ -72,6 +72,9 @@ PAST_INPUT = "past_length"
 # optional graph output (1, n, D): the head's input at the positions whose logits were asked for (`last`); a
 # draft head that proposes from the target's own features reads it (OnnxLM.hidden_at)
 HIDDEN_OUTPUT = "hidden"
+# optional graph output (1, n, k D): the residual streams after k middle layers at the same positions (the layers
+# are the manifest's source.feature_layers); a draft head that fuses them reads it (OnnxLM.streams_at)
+FEATURES_OUTPUT = "features"
 # verifying one more draft token in one call, in plain steps, by the GGUF graph's compute (heron lm export
 # --compute) and the rows a call gives its kernels (MIN_ROWS, below): machine B, logits at every position of blocks
 # of 2-8 tokens (BENCHMARKS.md, "Where a SmolLM2 step goes"; int8 with two rows: "One kernel for steps and
@@ -181,8 +184,10 @@ class OnnxLM:
         self._min_rows = MIN_ROWS.get(self._compute, 1)
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
+        self._output_names = [o.name for o in session.get_outputs()]
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
-        self._cache = _SharedCache(session, self.state_in, self.state_out, m, self._has_hidden) if self._shared else None
+        self._cache = _SharedCache(session, self.state_in, self.state_out, m, self._has_hidden,
+                                   self._has_streams) if self._shared else None
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
         self.reset()
@@ -196,10 +201,11 @@ class OnnxLM:
         self._has_last = LAST_INPUT in ins  # optional: logits for the last n positions only
         self._shared = PAST_INPUT in ins  # optional: fixed-size state buffers extended in place
         self._has_hidden = HIDDEN_OUTPUT in outs  # optional: the head's input, kept for hidden_at
+        self._has_streams = self._has_hidden and FEATURES_OUTPUT in outs  # optional: kept for streams_at
         if self._shared and not self._has_last:
             raise BundleError(f"{where}: a graph with a {PAST_INPUT} input must have a {LAST_INPUT} input too")
         if ([n for n in ins if n not in (LAST_INPUT, PAST_INPUT)] != ["tokens", *self.state_in]
-                or [n for n in outs if n != HIDDEN_OUTPUT] != ["logits", *self.state_out]):
+                or [n for n in outs if n not in (HIDDEN_OUTPUT, FEATURES_OUTPUT)] != ["logits", *self.state_out]):
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
             shape = ins[name]
@@ -207,6 +213,14 @@ class OnnxLM:
             if len(shape) != 4 or any(isinstance(d, int) and w is not None and d != w for d, w in zip(shape, want)):
                 raise BundleError(f"{where}: {name} has the shape {shape} in the graph; the manifest says "
                                   f"[1, {m.n_kv_heads}, *, {m.head_dim}]")
+        if self._has_streams:  # the layers are provenance in the manifest: checked before anything trusts them
+            layers = m.source.get("feature_layers")
+            width, dim = outs[FEATURES_OUTPUT][-1], outs[HIDDEN_OUTPUT][-1]
+            if (not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers)
+                    or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < m.n_layers for j in layers)
+                    or (isinstance(width, int) and isinstance(dim, int) and width != len(layers) * dim)):
+                raise BundleError(f"{where}: the graph returns the streams of middle layers, and the manifest's "
+                                  f"source.feature_layers ({layers!r}) does not say which")
         v = outs["logits"][-1]
         if isinstance(v, int) and v != m.vocab_size:
             raise BundleError(f"{where}: the graph's logits have {v} entries; the manifest says vocab_size {m.vocab_size}")
@@ -270,8 +284,19 @@ class OnnxLM:
         i = position - self._hidden_start
         return self._hidden[i] if 0 <= i < len(self._hidden) else None
 
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """The layers whose residual streams the graph returns beside `hidden` (() where it returns none)."""
+        return tuple(self.manifest.source["feature_layers"]) if self._has_streams else ()
+
+    def streams_at(self, position: int) -> np.ndarray | None:
+        """The residual streams after the feature_layers (k D,) at a position hidden_at can answer; else None."""
+        if self._streams is None or self.hidden_at(position) is None:
+            return None
+        return self._streams[position - self._hidden_start]
+
     def reset(self) -> None:
-        self._hidden, self._hidden_start = None, 0
+        self._hidden, self._hidden_start, self._streams = None, 0, None
         if self._shared:
             self._cache.length = 0  # the buffers stay: their old positions are never read
         else:
@@ -299,20 +324,24 @@ class OnnxLM:
         rows = min(max(n, self._min_rows), len(tokens) + pad)
         ids = np.asarray([list(tokens) + [PAD_TOKEN] * pad], dtype=np.int64)
         if self._shared:
-            logits, hidden = self._cache.run(ids, rows)
+            logits, hidden, streams = self._cache.run(ids, rows)
         else:
             feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
             if self._has_last:
                 feed[LAST_INPUT] = np.array([rows], np.int64)
-            out = self.session.run(None, feed)
-            self._state = out[1:1 + len(self.state_out)]
-            logits, hidden = out[0][0][-rows:], (out[-1][0][-rows:] if self._has_hidden else None)
+            out = dict(zip(self._output_names, self.session.run(None, feed)))
+            self._state = [out[name] for name in self.state_out]
+            logits = out["logits"][0][-rows:]
+            hidden = out[HIDDEN_OUTPUT][0][-rows:] if self._has_hidden else None
+            streams = out[FEATURES_OUTPUT][0][-rows:] if self._has_streams else None
         if pad or rows > n:  # drop the scratch rows and the rows nobody asked for
             end = rows - pad
-            logits, hidden = logits[end - n:end], (hidden[end - n:end] if hidden is not None else None)
+            logits = logits[end - n:end]
+            hidden = hidden[end - n:end] if hidden is not None else None
+            streams = streams[end - n:end] if streams is not None else None
             if pad:
                 self.trim(pad)
-        self._hidden, self._hidden_start = hidden, start
+        self._hidden, self._hidden_start, self._streams = hidden, start, streams
         return logits
 
     def trim(self, n: int) -> None:
@@ -346,13 +375,14 @@ class _SharedCache:
 
     STEP = 256
 
-    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest, hidden: bool = False):
+    def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest, hidden: bool = False,
+                 streams: bool = False):
         import onnxruntime as ort
 
         self._ort, self.session = ort, session
         self.state_in, self.state_out = state_in, state_out
         self.kv_heads, self.head_dim, self.max_len = manifest.n_kv_heads, manifest.head_dim, manifest.max_seq_len
-        self.length, self.capacity, self.hidden = 0, 0, hidden
+        self.length, self.capacity, self.hidden, self.streams = 0, 0, hidden, streams
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
 
@@ -366,17 +396,19 @@ class _SharedCache:
         self.arrays, self.capacity = arrays, capacity
         b = self.binding
         b.clear_binding_inputs(), b.clear_binding_outputs()
-        b.bind_output("logits")  # first: read back, with the hidden state where the graph has it
+        b.bind_output("logits")  # first: read back, with the hidden state (and streams) where the graph has it
         if self.hidden:
             b.bind_output(HIDDEN_OUTPUT)
+        if self.streams:
+            b.bind_output(FEATURES_OUTPUT)
         for name_in, name_out, a in zip(self.state_in, self.state_out, arrays):
             buf = self._ort.OrtValue.ortvalue_from_numpy(a)  # shares a's memory
             b.bind_ortvalue_input(name_in, buf)
             b.bind_ortvalue_output(name_out, buf)  # the same buffer: extended in place
 
-    def run(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """ids (1, T) -> the logits (n, V) of the block's last n positions and their hidden states (n, D)
-        (None without a hidden output); the cache holds T more."""
+    def run(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """ids (1, T) -> the logits (n, V) of the block's last n positions, their hidden states (n, D) and
+        streams (n, k D) (None where the graph has no such output); the cache holds T more."""
         T = ids.shape[1]
         self.reserve(self.length + T)
         b = self.binding
@@ -386,10 +418,13 @@ class _SharedCache:
         b.bind_output("logits")  # unallocated each call: its shape follows n
         if self.hidden:
             b.bind_output(HIDDEN_OUTPUT)
+        if self.streams:
+            b.bind_output(FEATURES_OUTPUT)
         self.session.run_with_iobinding(b)
         self.length += T
         outs = b.get_outputs()
-        return outs[0].numpy()[0], (outs[1].numpy()[0] if self.hidden else None)
+        return (outs[0].numpy()[0], outs[1].numpy()[0] if self.hidden else None,
+                outs[2].numpy()[0] if self.streams else None)
 
 
 def _check_providers(providers: Sequence[str]) -> list[str]:

@@ -6,7 +6,7 @@ and its top-K next-token log-probabilities.
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 2      # more prompts (q*.npz)
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 3      # everyday chat (r*.npz)
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data --set 4      # explanations (s*.npz)
-    .venv/bin/python scripts/draft_head_data.py --out runs/head-data-f --bundle runs/smol-i8h --features 2,14 --speculative
+    .venv/bin/python scripts/draft_head_data.py --out runs/head-data-f --bundle runs/smol-i8h --features --speculative
 
 --features J,K records, besides the final feature, the residual streams after layers J, K (what an EAGLE-3 style
 head fuses, models/lm/draft_head.py n_features): each answer is generated first (with --speculative: the shipped
@@ -186,8 +186,9 @@ def main() -> int:
     ap.add_argument("--set", type=int, default=1, choices=[1, 2, 3, 4],
                     help="prompt set (files p*.npz / q*.npz / r*.npz / s*.npz)")
     ap.add_argument("--bundle", default="smollm2", help="the target that answers (default: SmolLM2 int8x2 in memory)")
-    ap.add_argument("--features", default=None, metavar="J,K",
-                    help="also record the residual streams after these layers (teacher-forced, one call per answer)")
+    ap.add_argument("--features", nargs="?", const="default", default=None, metavar="J,K",
+                    help="also record the residual streams after these layers (teacher-forced, one call per answer); "
+                         "without J,K: the layers heron's graphs return (gguf_onnx.default_feature_layers: 2,14)")
     ap.add_argument("--speculative", action="store_true",
                     help="with --features: generate with the shipped draft head + prompt lookup (same answers, faster)")
     a = ap.parse_args()
@@ -214,7 +215,11 @@ def main() -> int:
         from heron.runtime.lm import state_names
         from heron.runtime.sessions import open_session
 
-        layers = tuple(int(v) for v in a.features.split(","))
+        from heron.export.gguf_onnx import default_feature_layers
+        from heron.models.lm.gguf_file import config_from_gguf, open_reader
+
+        layers = default_feature_layers(config_from_gguf(open_reader(named_lm_path("smollm2"))).n_layers) \
+            if a.features == "default" else tuple(int(v) for v in a.features.split(","))
         compute = str(lm.backend.manifest.source.get("compute"))  # record what the answering graph computes
         graph, cfg, _, _ = build_graph(named_lm_path("smollm2"), compute, shared_cache=False, feature_layers=layers)
         recorder = open_session(graph.SerializeToString(), 1, ["CPUExecutionProvider"])

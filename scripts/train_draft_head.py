@@ -21,6 +21,14 @@ import sys
 import time
 
 
+def _stream_layers(gguf) -> tuple[int, ...]:
+    """The middle layers whose streams heron's graphs of this GGUF file return (what --features records)."""
+    from heron.export.gguf_onnx import default_feature_layers
+    from heron.models.lm.gguf_file import config_from_gguf, open_reader
+
+    return default_feature_layers(config_from_gguf(open_reader(gguf)).n_layers)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="folder of scripts/draft_head_data.py (required unless --export)")
@@ -29,8 +37,9 @@ def main() -> int:
     ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
     ap.add_argument("--blocks", type=int, default=1, help="SwiGLU blocks")
     ap.add_argument("--streams", action="store_true",
-                    help="also fuse the middle layers' streams the answers were recorded with (draft_head_data.py "
-                         "--features): an experiment, saved under --out/torch only (no runtime reads such a head yet)")
+                    help="also fuse the target's middle-layer streams the answers were recorded with "
+                         "(draft_head_data.py --features: the layers heron's SmolLM2 graphs return, "
+                         "heron.export.gguf_onnx.default_feature_layers)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -58,7 +67,8 @@ def main() -> int:
         meta = json.loads((Path(a.export) / "torch" / "config.json").read_text())
         model = dh.load(Path(a.export) / "torch")
         training = {k: meta[k] for k in ("report", "command", "train_seconds") if k in meta}
-        export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{model.cfg.n_words}", training=training)
+        export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{model.cfg.n_words}", training=training,
+                          stream_layers=_stream_layers(gguf) if model.cfg.n_features else ())
         print(f"exported {a.export} -> {a.out}")
         return 0
     if not a.data:
@@ -80,10 +90,8 @@ def main() -> int:
     command = "scripts/train_draft_head.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     meta = {"report": report, "command": command, "train_seconds": round(time.time() - t0)}
     dh.save(model, Path(a.out) / "torch", meta)
-    if n_features:
-        print(json.dumps(meta, indent=1))
-        return 0
-    export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{a.words}", training=meta)
+    export_draft_head(model, gguf, a.out, name=f"smollm2-draft-head-{a.words}", training=meta,
+                      stream_layers=_stream_layers(gguf) if n_features else ())
     print(json.dumps(meta, indent=1))
     return 0
 

@@ -15,25 +15,28 @@ from heron.runtime.manifest import BundleError  # noqa: E402
 PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7], [2, 7, 1, 8], [6, 6, 6], [1, 2, 3, 4, 5, 6, 7]]
 
 
-def _graph_and_manifest(path, hidden=True):
+def _graph_and_manifest(path, hidden=True, streams=True, shared=True):
     from heron.export.gguf_onnx import build_graph
-    from heron.runtime.lm import HIDDEN_OUTPUT, lm_manifest
+    from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
-    model, cfg, _, _ = build_graph(path, compute="fp32")
-    if not hidden:  # a graph from before the hidden output
-        out = [o for o in model.graph.output if o.name == HIDDEN_OUTPUT][0]
-        model.graph.output.remove(out)
+    layers = (0,) if streams else ()  # the tiny target's default_feature_layers
+    model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=shared, feature_layers=layers)
+    for name, keep in ((HIDDEN_OUTPUT, hidden), (FEATURES_OUTPUT, hidden and streams)):
+        if not keep:  # a graph from before the hidden output (or the streams)
+            for out in [o for o in model.graph.output if o.name == name]:
+                model.graph.output.remove(out)
     graph = model.SerializeToString()
-    manifest = lm_manifest(cfg, name="t", eot_id=None, source={"gguf": path.name, "gguf_sha256": sha256_path(path)},
+    source = {"gguf": path.name, "gguf_sha256": sha256_path(path), "feature_layers": list(layers)}
+    manifest = lm_manifest(cfg, name="t", eot_id=None, source=source,
                            files={"model.int4.onnx": FileEntry("model.int4.onnx", sha256_bytes(graph), len(graph))})
     return graph, manifest
 
 
-def _target(path, hidden=True):
+def _target(path, hidden=True, streams=True):
     from heron.runtime.lm import OnnxLM
 
-    return OnnxLM.from_memory(*_graph_and_manifest(path, hidden), source_file=path)
+    return OnnxLM.from_memory(*_graph_and_manifest(path, hidden, streams), source_file=path)
 
 
 def _rule(x):
@@ -362,34 +365,114 @@ def test_the_graph_outputs_the_middle_layers_streams(trained):
         build_graph(path, compute="fp32", feature_layers=(1,))
 
 
-def test_a_head_can_fuse_the_middle_layers_streams(tmp_path):
-    """n_features: where the next word shows only in the recorded streams (synthetic answers: the hidden states
-    are noise and the given word says nothing), the head that fuses them learns it and the one without cannot;
-    such a head trains and evaluates, but is not exported (no runtime feeds it the streams)."""
-    from heron.export.draft_head import export_draft_head
-    from heron.models.lm import draft_head as dh
-
-    rng = np.random.default_rng(3)
-    code_rows = rng.standard_normal((64, 128)).astype(np.float32)
-    folder = tmp_path / "data"
+def _stream_answers(folder, code_rows, n_answers=150, length=24, seed=3):
+    """Synthetic answers whose next word shows only in the recorded streams: the word after position p is
+    codes[p] and the streams at p are code_rows[codes[p]]; the hidden states are noise and the given word (the
+    previous code) says nothing."""
+    rng = np.random.default_rng(seed)
     folder.mkdir()
-    length = 24
-    for i in range(150):
+    for i in range(n_answers):
         codes = rng.integers(0, 64, length)
-        toks = np.concatenate([[rng.integers(0, 64)], codes[:-1]]).astype(np.int32)  # the word after p is codes[p]
+        toks = np.concatenate([[rng.integers(0, 64)], codes[:-1]]).astype(np.int32)
         others = (toks[:, None] + np.arange(1, 32)[None, :]) % 64
         top_ids = np.concatenate([toks[:, None], others], 1).astype(np.int32)
         top_lp = np.log(np.concatenate([np.full((length, 1), 0.9), np.full((length, 31), 0.1 / 31)], 1))
         np.savez(folder / f"p{i:05d}.npz", prompt=np.zeros(1, np.int32), tokens=toks, top_ids=top_ids,
                  top_logprobs=top_lp.astype(np.float16), hidden=rng.standard_normal((length, 64)).astype(np.float16),
                  features=code_rows[codes].astype(np.float16))
-    data = dh.load_data(folder)
-    assert data.streams.shape == (len(data.x), 128)
-    table = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32)
+    return folder
+
+
+def test_a_head_can_fuse_the_middle_layers_streams(trained, tmp_path, monkeypatch):
+    """n_features: where the next word shows only in the streams, the head that fuses them learns it and the one
+    without cannot; the exported head computes the torch head with and without streams (zeros: no fusion), names
+    the layers it reads, and drafts on a target that returns those streams: plain decoding's tokens, with the
+    streams given at each window's first step only."""
+    from heron.export.draft_head import export_draft_head
+    from heron.models.lm import draft_head as dh
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    code_rows = np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32)
+    data = dh.load_data(_stream_answers(tmp_path / "data", code_rows))
+    assert data.streams.shape == (len(data.x), 64)
+    table = dequantized_table(trained["path"])
     opts = dh.TrainOptions(steps=600, batch=128, lr=5e-3, threads=1)
-    fused, report = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=64, n_features=2), opts,
+    fused, report = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=48, n_features=1), opts,
                              log=lambda s: None)
-    _, without = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=64), opts, log=lambda s: None)
-    assert report["top1_step1"] > 0.8 and without["top1_step1"] < 0.3, (report, without)
-    with pytest.raises(ValueError, match="has no runtime yet"):
-        export_draft_head(fused, tmp_path / "t.gguf", tmp_path / "bundle", name="x")
+    _, without = dh.train(data, table, dh.DraftHeadConfig(dim=64, hidden=128, n_words=48), opts, log=lambda s: None)
+    assert report["top1_step1"] > 0.6 and without["top1_step1"] < 0.3, (report, without)
+
+    with pytest.raises(ValueError, match="name their layers"):
+        export_draft_head(fused, trained["path"], tmp_path / "bad", name="x")
+    bundle = export_draft_head(fused, trained["path"], tmp_path / "bundle", name="fused", stream_layers=(0,))
+    target = _target(trained["path"])
+    head = DraftHead(bundle, target=target)
+    assert head.stream_layers == (0,) == target.feature_layers
+    rng = np.random.default_rng(6)
+    for streams in (rng.standard_normal(64).astype(np.float32) * 3, None):
+        h, tok = rng.standard_normal(64).astype(np.float32), 7
+        with torch.no_grad():
+            f_ref, l_ref = fused(torch.from_numpy(h[None]), torch.tensor([tok]),
+                                 None if streams is None else torch.from_numpy(streams[None]))
+        logits, feature = head.step(h, tok, streams)
+        np.testing.assert_allclose(feature, f_ref[0].numpy(), atol=0.05 * float(f_ref.abs().max()) + 0.05)
+        assert np.corrcoef(logits, l_ref[0].numpy())[0, 1] > 0.98
+    with pytest.raises(ValueError, match=r"fuses the streams of the target's layers \[0\]; this graph returns \[\]"):
+        DraftHead(bundle, target=_target(trained["path"], streams=False))
+
+    seen = []
+    step = DraftHead.step
+
+    def spy(self, hidden, token, streams=None):
+        seen.append(streams is not None)
+        return step(self, hidden, token, streams)
+
+    opts = GenerationOptions(max_new_tokens=16, stop_at_eot=False)
+    monkeypatch.setattr(DraftHead, "step", spy)
+    for prompt in PROMPTS[:2]:
+        ref = [t.id for t in plain(target, prompt, opts)]
+        assert [t.id for t in head_generate(target, head, prompt, opts, 3, adaptive=False, lookup=False)] == ref
+    assert seen.count(True) >= 4 and seen.count(False) >= 4  # first steps with streams, chained ones without
+
+
+def dequantized_table(path):
+    from heron.export.gguf_onnx import dequantized, read_blocks
+    from heron.runtime.gguf import GGUFFile
+
+    return dequantized(read_blocks(GGUFFile(path), "token_embd.weight"))
+
+
+def test_the_targets_streams_come_back_with_its_hidden_states(trained):
+    """A graph that returns streams beside `hidden` (the layers in its manifest's source.feature_layers, as
+    export_gguf_bundle writes them: tests/test_gguf_onnx.py): OnnxLM keeps them for the positions a call returned
+    (streams_at), with shared buffers or without."""
+    from heron.export.gguf_onnx import build_graph, default_feature_layers
+    from heron.models.lm.draft_head import record_forced
+    from heron.runtime.lm import OnnxLM, state_names
+    from heron.runtime.sessions import open_session
+
+    assert default_feature_layers(30) == (2, 14) and default_feature_layers(2) == (0,)
+    path = trained["path"]
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False, feature_layers=(0,))
+    ref = record_forced(open_session(model.SerializeToString(), 1, ["CPUExecutionProvider"]),
+                        state_names(cfg.n_layers)[0], cfg.n_kv_heads, cfg.head_dim, ids[:-3], ids[-3:])
+    for shared in (True, False):
+        lm = OnnxLM.from_memory(*_graph_and_manifest(path, shared=shared))
+        assert lm.feature_layers == (0,)
+        lm.forward(ids[:-2], last=2)  # positions 4 and 5 come back
+        assert lm.streams_at(3) is None and lm.streams_at(6) is None
+        for i, pos in enumerate((4, 5)):
+            np.testing.assert_allclose(lm.streams_at(pos), ref["features"][i].astype(np.float32), rtol=2e-3, atol=2e-2)
+        lm.trim(1)
+        assert lm.streams_at(5) is None and lm.streams_at(4) is not None
+
+
+@pytest.mark.parametrize("layers", [None, [], [0, 0], ["0"], [5], [True]])
+def test_a_graph_whose_streams_the_manifest_does_not_name_is_refused(trained, layers):
+    from heron.runtime.lm import OnnxLM
+
+    graph, manifest = _graph_and_manifest(trained["path"])
+    manifest.source["feature_layers"] = layers
+    with pytest.raises(BundleError, match="does not say which"):
+        OnnxLM.from_memory(graph, manifest)

@@ -189,6 +189,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
     folder, _ = smol_bundle
     m = json.loads((folder / "manifest.json").read_text())
     assert m["default_weights"] == "int4" and set(m["files"]) == {"model.int4.onnx", "tokenizer.json"}
+    assert m["source"]["feature_layers"] == [2, 14]  # the streams a draft head may fuse (default_feature_layers)
     lm = heron.load_lm(folder)
     assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
     ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}
