@@ -476,3 +476,26 @@ def test_a_graph_whose_streams_the_manifest_does_not_name_is_refused(trained, la
     manifest.source["feature_layers"] = layers
     with pytest.raises(BundleError, match="does not say which"):
         OnnxLM.from_memory(graph, manifest)
+
+
+def test_the_probe_sizes_windows_by_confidence_and_scores_them_with_the_targets_words():
+    """scripts/probe_draft_head.py: a near-certain head drafts two words, an unsure one one; a tree keeps the
+    target's word where it is the head's second choice; the tokens counted are the target's, not the head's hopes."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("probe_draft_head", Path(__file__).parents[1] / "scripts" / "probe_draft_head.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rows = {1: 1.0, 2: 1.0, 3: 1.15, 4: 1.3, 5: 1.45, 6: 1.6, 7: 1.75}
+    pols = probe.policies(rows, 0.02)
+    sure = {"p": [0.95, 0.03, 0.01, 0.01], "rank": 0, "step2_0": {"p": [0.9, 0.05, 0.01], "rank": 0},
+            "step2_1": {"p": [0.5, 0.2, 0.1], "rank": 99}}
+    unsure = {"p": [0.3, 0.25, 0.1, 0.05], "rank": 1, "step2_0": {"p": [0.4, 0.2, 0.1], "rank": 0},
+              "step2_1": {"p": [0.3, 0.2, 0.1], "rank": 99}}
+    assert pols["confidence window <= 2"](sure) == ("a1", "a2")
+    assert pols["confidence window <= 2"](unsure) == ("a1",)
+    assert probe._round(probe._nodes(sure), ("a1", "a2"), rows, 0.02)[2] == 3  # both drafted words and a bonus
+    assert probe._round(probe._nodes(unsure), ("a1",), rows, 0.02)[2] == 1  # rejected: the correction only
+    assert "b1" in pols["confidence tree {a1,b1}"](unsure)
+    assert probe._round(probe._nodes(unsure), ("a1", "b1"), rows, 0.02)[2] == 2  # the second choice was right
