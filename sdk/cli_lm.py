@@ -79,7 +79,7 @@ def _load(args):
         engine = "torch"  # they run inside the torch model
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
-                       weights=args.weights, engine=engine)
+                       weights=args.weights, engine=engine, compute=args.compute)
     gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
     if gguf and lm.model is not None:
         print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
@@ -272,6 +272,10 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
                         "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD, --k, --roe-samples "
                         "need it); auto: onnx unless the options need torch")
+    q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
+                   help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
+                        "int8x2: fp32's greedy answers; int8: faster, and with --speculative head the fastest lossless "
+                        "path; as heron lm export --compute)")
     q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup", "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
                         "head on the target's own hidden state, --draft-head)")

@@ -212,12 +212,13 @@ class LanguageModel:
 
 
 ENGINES = ("auto", "onnx", "torch")
+COMPUTES = ("int8x2", "int8", "fp32")  # heron.export.gguf_onnx.COMPUTE: how a GGUF file's graph computes
 TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.models.lm.quant)
 
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
             roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
-            engine: str = "auto") -> LanguageModel:
+            engine: str = "auto", compute: str | None = None) -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -233,6 +234,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     (the graph `heron lm export` writes, built in memory in about 5 s; int8x2, fp32's greedy answers, several
     times faster), "torch" the dequantized fp32 model (needed for MTP, Mirror-SD, dial-k and Roster of
     Experts); "auto" (default): onnx on the CPU when the `onnx` package is installed, else torch.
+    compute: for a GGUF file or a named model on the onnx engine, how the graph built at load computes (heron lm
+    export's --compute): "int8x2" (default: fp32's greedy answers), "int8" (faster; one-token calls run as two rows,
+    so speculation returns plain decoding's tokens exactly: the fastest lossless path with method="head"), "fp32".
+    An ONNX bundle keeps the compute it was exported with.
     """
     import math
 
@@ -247,6 +252,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise ValueError(f"roe_tau must be a finite number >= 0, got {roe_tau!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if compute is not None and compute not in COMPUTES:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTES)}, got {compute!r}")
     if isinstance(path, str) and path in NAMED_LMS:
         path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
@@ -254,7 +261,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
     if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
                                                                               weights) == "onnx":
-        return _load_gguf_onnx(folder, device, threads)
+        return _load_gguf_onnx(folder, device, threads, compute or "int8x2")
+    if compute is not None:
+        raise ValueError(f"compute applies to a GGUF file or a named model run on the onnx engine; {folder} is not "
+                         "(an ONNX bundle keeps the compute it was exported with: heron lm export ... --compute)")
     if engine == "onnx" and not (folder / "manifest.json").is_file():
         raise ValueError(f"engine='onnx' runs ONNX bundles and GGUF files; {folder} is neither "
                          "(heron lm export CHECKPOINT --out DIR makes a bundle)")
@@ -319,11 +329,11 @@ def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -
     return "onnx"
 
 
-def _load_gguf_onnx(path: Path, device: str, threads: int) -> LanguageModel:
+def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str) -> LanguageModel:
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
     from heron.export.gguf_onnx import bundle_in_memory
 
-    graph, manifest, tok = bundle_in_memory(path)
+    graph, manifest, tok = bundle_in_memory(path, compute=compute)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path), path)
 

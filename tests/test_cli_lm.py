@@ -57,6 +57,7 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "generate", "x", "--speculative", "head", "--draft-head", "/nonexistent"], "onnxruntime target"),
     (["lm", "train", "--preset", "huge", "--out", "/tmp/heron-x"], "unknown preset"),
     (["lm", "generate", "x", "--model", "/nonexistent"], "no model"),
+    (["lm", "generate", "x", "--compute", "int8"], "compute applies to a GGUF file"),
 ])
 def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)
@@ -119,3 +120,10 @@ def test_export_listing_gives_a_core_ml_package_its_size(tmp_path, capsys):
     print_files(tmp_path)
     lines = capsys.readouterr().out.splitlines()
     assert any(line.endswith("model.mlpackage  1.50 MB") for line in lines), lines
+
+
+def test_load_lm_refuses_an_unknown_compute():
+    import heron
+
+    with pytest.raises(ValueError, match="compute must be one of int8x2, int8, fp32, got 'int4'"):
+        heron.load_lm(compute="int4")

@@ -234,14 +234,19 @@ def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
     assert np.array_equal(target.forward(plain[:4], last=4), steps)
 
 
-def test_the_sdks_default_head_drafts_for_smollm2():
+@pytest.mark.parametrize("compute", [None, "int8"])
+def test_the_sdks_default_head_drafts_for_smollm2(compute):
     """`heron.load_lm("smollm2")` with SpeculativeOptions(method="head") and no bundle named: the shipped head,
-    its rows read from the GGUF file the in-memory graph was built from; plain decoding's tokens, drafted."""
+    its rows read from the GGUF file the in-memory graph was built from; plain decoding's tokens, drafted. With
+    compute="int8" (`heron lm chat --model smollm2 --compute int8 --speculative head`: the fastest lossless path
+    without an export) the graph built at load pads one-token calls to two rows."""
     import heron
 
     smollm2_gguf()
-    lm = heron.load_lm("smollm2")
+    lm = heron.load_lm("smollm2", compute=compute)
     assert lm.backend.source_file == smollm2_gguf()
+    assert lm.backend.manifest.source["compute"] == (compute or "int8x2")
+    assert lm.backend.min_rows == (2 if compute == "int8" else 1)
     prompt = lm.chat_prompt([{"role": "user", "content": "Write a Python function that reverses a string."}])
     opts = sp.GenerationOptions(max_new_tokens=24, stop_at_eot=False)
     stats = sp.DecodeStats()
