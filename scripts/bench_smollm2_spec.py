@@ -75,6 +75,21 @@ def _cost(cost: dict, T: int) -> float:
     return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
 
 
+def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator) -> dict:
+    """Median seconds of one call of `b` verifying T random tokens (logits at each) after the context `ctx`, per T."""
+    out = {}
+    for T in sizes:
+        ts = []
+        for _ in range(repeats):
+            b.reset()
+            b.forward(ctx, last=1)
+            t0 = time.perf_counter()
+            b.forward(rng.integers(100, 20000, T).tolist(), last=T)
+            ts.append(time.perf_counter() - t0)
+        out[T] = statistics.median(ts)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundles", nargs="+", required=True, help="folders of heron lm export smollm2")
@@ -141,16 +156,7 @@ def main() -> int:
         # the cost of one call verifying T tokens, in plain steps (after a 300-token context)
         rng = np.random.default_rng(0)
         ctx = rng.integers(100, 20000, 300).tolist()
-        cost = {}
-        for T in (1, 2, 3, 5):
-            ts = []
-            for _ in range(9):
-                b.reset()
-                b.forward(ctx, last=1)
-                t0 = time.perf_counter()
-                b.forward(rng.integers(100, 20000, T).tolist(), last=T)
-                ts.append(time.perf_counter() - t0)
-            cost[T] = statistics.median(ts)
+        cost = call_times(b, ctx, (1, 2, 3, 5), 9, rng)
         # the same 4 positions as 4 one-token calls and as one 4-token call: how far apart their logits are
         nxt = rng.integers(100, 20000, 4).tolist()
         b.reset()

@@ -74,19 +74,10 @@ def record(lm, head, prompts: dict, tokens: dict) -> list[dict]:
 
 def costs(lm, head, repeats: int = 15) -> tuple[dict, float]:
     """The target's T-row call after a 300-token context and a head step, in plain (one-token) steps."""
-    b = lm.backend
+    from bench_smollm2_spec import call_times
+
     rng = np.random.default_rng(0)
-    ctx = rng.integers(100, 20000, 300).tolist()
-    t = {}
-    for T in (1, 2, 3, 4, 5, 6, 7):
-        ts = []
-        for _ in range(repeats):
-            b.reset()
-            b.forward(ctx, last=1)
-            t0 = time.perf_counter()
-            b.forward(rng.integers(100, 20000, T).tolist(), last=T)
-            ts.append(time.perf_counter() - t0)
-        t[T] = statistics.median(ts)
+    t = call_times(lm.backend, rng.integers(100, 20000, 300).tolist(), (1, 2, 3, 4, 5, 6, 7), repeats, rng)
     h = rng.standard_normal(head.manifest.dim).astype(np.float32)
     ts = []
     for i in range(100):
