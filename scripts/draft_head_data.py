@@ -10,8 +10,8 @@ and its top-K next-token log-probabilities.
 
 --features J,K records, besides the final feature, the residual streams after layers J, K (what an EAGLE-3 style
 head fuses, models/lm/draft_head.py n_features): each answer is generated first (with --speculative: the shipped
-draft head and prompt lookup, lossless, ~1.3-1.7x faster) and then recorded in one teacher-forced call of a graph
-with those outputs (heron.models.lm.draft_head.record_forced). --bundle DIR: the target that answers (an export of
+draft head and prompt lookup, lossless: 1.3-1.8x faster on an int8 bundle, about even on int8x2) and then recorded
+in one teacher-forced call of a graph with those outputs (heron.models.lm.draft_head.record_forced). --bundle DIR: the target that answers (an export of
 `heron lm export smollm2`, e.g. --compute int8); by default SmolLM2's in-memory int8x2 graph.
 
 Prompts: chat, instruction and code requests built from templates and topic lists written here, and
@@ -190,7 +190,8 @@ def main() -> int:
                     help="also record the residual streams after these layers (teacher-forced, one call per answer); "
                          "without J,K: the layers heron's graphs return (gguf_onnx.default_feature_layers: 2,14)")
     ap.add_argument("--speculative", action="store_true",
-                    help="with --features: generate with the shipped draft head + prompt lookup (same answers, faster)")
+                    help="with --features: generate with the shipped draft head + prompt lookup (the same answers; faster "
+                         "on an int8 --bundle)")
     a = ap.parse_args()
     import heron
     from heron.models.lm.draft_head import record_answer, record_forced
