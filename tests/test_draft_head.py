@@ -16,11 +16,11 @@ PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7], [2, 7, 1, 8], [6, 6, 
 
 
 def _graph_and_manifest(path, hidden=True, streams=True, shared=True):
-    from heron.export.gguf_onnx import build_graph
+    from heron.export.gguf_onnx import build_graph, default_feature_layers
     from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
-    layers = (0,) if streams else ()  # the tiny target's default_feature_layers
+    layers = default_feature_layers(2) if streams else ()  # the tiny target's: (0,), as its bundles return
     model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=shared, feature_layers=layers)
     for name, keep in ((HIDDEN_OUTPUT, hidden), (FEATURES_OUTPUT, hidden and streams)):
         if not keep:  # a graph from before the hidden output (or the streams)

@@ -120,17 +120,15 @@ def record_answer(backend, ids: list[int], new_tokens: int, temperature: float, 
     if hasattr(backend, "reserve"):
         backend.reserve(len(ids) + new_tokens + 1)
     logits = backend.forward(ids, last=1)[-1]
-    pos, k = len(ids) - 1, min(TOP_K, len(logits) - 1)
+    pos = len(ids) - 1
     hid, top_i, top_lp, toks = [], [], [], []
     for _ in range(new_tokens):
         hid.append(backend.hidden_at(pos).astype(np.float16))
-        lp = logits.astype(np.float64) - logits.max()
-        lp -= np.log(np.exp(lp).sum())
-        top = np.argpartition(-lp, k)[:k]
-        top = top[np.argsort(-lp[top], kind="stable")]
-        top_i.append(top.astype(np.int32))
-        top_lp.append(lp[top].astype(np.float16))
+        ti, tl = top_logprobs(logits[None])
+        top_i.append(ti[0])
+        top_lp.append(tl[0])
         if temperature > 0:
+            lp = logits.astype(np.float64) - logits.max()
             p = np.exp(lp / temperature)
             t = int(rng.choice(len(p), p=p / p.sum()))
         else:
