@@ -57,6 +57,11 @@ class GenerationOptions:
 
 
 METHODS = ("none", "draft", "mtp", "mirror", "lookup", "head")  # none: plain decoding (as the CLI's --speculative none)
+# draft tokens per round where the caller does not say: the head's rounds start with prompt lookup, whose windows
+# copy long runs of the context (code edits), and its own windows are cut by best_window to the 1-3 words that pay;
+# 8 against 4: 2.49x against 2.26x tokens per plain step on the code edit, level elsewhere (scripts/replay_speculation.py,
+# BENCHMARKS.md)
+DEFAULT_GAMMA = {"head": 8}
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class SpeculativeOptions:
     method: str = "draft"           # draft: a small draft model; mtp: gated-LoRA multi-token heads; mirror: Mirror-SD;
                                     # lookup: prompt lookup (the tokens that followed the context's last n-gram before)
                                     # head: a draft head on the target's own hidden state (heron.runtime.draft_head)
-    gamma: int = 4                  # draft tokens per round
+    gamma: int | None = None        # draft tokens per round, at most (None: the method's DEFAULT_GAMMA)
     kappa: int = 2                  # Mirror-SD: early-exit candidates per window position
     exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
     draft: str | None = None        # ONNX draft bundle folder (None: the shipped lm-draft)
@@ -83,6 +88,8 @@ class SpeculativeOptions:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"speculative method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.gamma is None:
+            object.__setattr__(self, "gamma", DEFAULT_GAMMA.get(self.method, 4))
         for name in ("gamma", "kappa", "draft_threads"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

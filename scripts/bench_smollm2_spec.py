@@ -6,7 +6,8 @@ onnxruntime bundles, in one run on this CPU.
 Each bundle comes from `heron lm export smollm2 --out DIR [--compute int8|int8x2]`. Prompts: a code edit
 (the model rewrites code it was given), a summary of a given text and a short chat question; greedy,
 128 new tokens after the chat template, 1 thread. Per bundle, prompt and method: tokens/s (median of 3
-interleaved runs), tokens per target call, and how many leading tokens equal plain decoding's. Speculation
+interleaved runs; the prompt's prefill included), decode tokens/s (from each prompt's first word to its last: the
+prefill, the same call for every method, left out), tokens per target call, and how many leading tokens equal plain decoding's. Speculation
 is lossless with respect to the logits the verifying call computes, but onnxruntime's int8 MatMulNBits
 quantizes activations differently for one row and for several (int8: logits differ by up to ~1 between
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
@@ -120,7 +121,8 @@ def main() -> int:
     methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
     if a.head:
         methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True),
-                    ("head+lookup adaptive g<=4", 4, True)]  # the last: --speculative head's default
+                    ("head+lookup adaptive g<=4", 4, True),  # --speculative head's default before session 22
+                    ("head+lookup adaptive g<=8", 8, True)]  # the last: --speculative head's default
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
@@ -180,6 +182,7 @@ def main() -> int:
         for name, prompt in prompt_set.items():
             texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
             times: dict[str, list[float]] = {m: [] for m, _, _ in bundle_methods}
+            decode: dict[str, list[float]] = {m: [] for m, _, _ in bundle_methods}  # after each prompt's first word
             calls: dict[str, float] = {}
             detail: dict[str, dict] = {}
             agree: dict[str, int] = {}
@@ -195,6 +198,9 @@ def main() -> int:
                     t0 = time.perf_counter()
                     toks = [t.id for text in texts for t in lm.generate(text, opts, spec, stats)]
                     times[m].append(time.perf_counter() - t0)
+                    per = opts.max_new_tokens  # stop_at_eot=False: every prompt gives exactly this many words
+                    tt = stats.token_times
+                    decode[m].append(sum(tt[i + per - 1] - tt[i] for i in range(0, len(tt), per)))
                     if m == priced:
                         b.verify_cost = None
                     if m == one_row:
@@ -211,12 +217,18 @@ def main() -> int:
                                  "per_position_acceptance": [round(h / t, 2) for h, t in
                                                              zip(stats.position_hits, stats.position_tries) if t]}
             plain = statistics.median(times["plain"])
+            plain_decode = statistics.median(decode["plain"])
             res = {m: {"tokens_per_s": round(len(ref) / statistics.median(v), 1),
                        "speedup": round(plain / statistics.median(v), 2),
+                       # without the prompt's prefill (the same call in every method): from each prompt's first word
+                       # to its last, as issue 24's decode tokens/s
+                       "decode_tokens_per_s": round((len(ref) - len(texts)) / statistics.median(decode[m]), 1),
+                       "decode_speedup": round(plain_decode / statistics.median(decode[m]), 2),
                        "tokens_per_target_call": round(calls[m], 2), "same_tokens_as_plain": agree[m], **detail[m]}
                    for m, v in times.items()}
             rows[name] = res
-            print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x, predicted "
+            print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x; decode "
+                                               f"{r['decode_tokens_per_s']} tok/s, {r['decode_speedup']}x; predicted "
                                                f"{r['predicted_speedup']}x; {r['tokens_per_target_call']}/call, "
                                                f"window {r['mean_window']}, per position {r['per_position_acceptance']})"
                                                for m, r in res.items()))

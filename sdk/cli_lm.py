@@ -286,8 +286,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
     q.add_argument("--exit-head", default=None,
                    help="Mirror-SD: folder with a trained exit_head.safetensors (default: the model's own, if any)")
-    q.add_argument("--gamma", type=int, default=4,
-                   help="draft tokens per round (lookup: at most; each window is cut to the length that pays)")
+    q.add_argument("--gamma", type=int, default=None,
+                   help="draft tokens per round (lookup, head: at most; each window is cut to the length that pays; "
+                        "default 8 for head, whose prompt-lookup windows copy long runs, 4 otherwise)")
     q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
     q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")

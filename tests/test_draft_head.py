@@ -499,3 +499,32 @@ def test_the_probe_sizes_windows_by_confidence_and_scores_them_with_the_targets_
     assert probe._round(probe._nodes(unsure), ("a1",), rows, 0.02)[2] == 1  # rejected: the correction only
     assert "b1" in pols["confidence tree {a1,b1}"](unsure)
     assert probe._round(probe._nodes(unsure), ("a1", "b1"), rows, 0.02)[2] == 2  # the second choice was right
+
+
+def test_the_replay_decodes_as_the_engine_does_and_prices_its_calls(trained):
+    """scripts/replay_speculation.py: the engine's drafters run against a target that replays a known answer; they
+    propose the same windows as against the real target, return its answer, and each call is priced by its rows."""
+    import importlib.util
+    from pathlib import Path
+
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    spec = importlib.util.spec_from_file_location("replay_speculation",
+                                                  Path(__file__).parents[1] / "scripts" / "replay_speculation.py")
+    rp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rp)
+    head, target = DraftHead(trained["bundle"], target=trained["target"]), trained["target"]
+    opts = GenerationOptions(max_new_tokens=24, temperature=0.0, stop_at_eot=False)
+    pols = rp.policies(head, lambda: GenerationOptions(temperature=0.0))
+    rows = {T: 1.0 + 0.2 * (T - 1) for T in range(1, 14)}
+    for prompt in ([3, 1, 4, 1, 5, 9, 2, 6, 3, 1, 4, 1, 5, 9, 2], [5, 3, 5, 8, 9, 7]):
+        real = DecodeStats()
+        answer = [t.id for t in head_generate(target, head, prompt, opts, 8, real)]
+        rec = rp.teacher_forced(target, prompt, answer)
+        got = rp.replay(rec, target, pols["head+lookup adaptive g<=8"][1], 8, rows, 0.05)
+        assert got["rounds"] == real.rounds and got["drafted"] == sum(real.windows)
+        assert got["accepted"] == sum(real.accepted) and got["tokens"] == len(answer) - 1
+        # every call after the prefill priced: a round of k drafted words costs rows[k + 1] (its correction's row
+        # included), a plain step rows[1], each head step 0.05, each round OVERHEAD
+        assert got["cost"] >= got["calls"] * 1.0 + rp.OVERHEAD * got["rounds"] - 1e-9
+    assert got["drafted"] > 0 and got["accepted"] > 0  # windows were drafted and some accepted, not only plain steps

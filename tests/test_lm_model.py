@@ -180,6 +180,12 @@ def test_prompts_and_options_are_checked_not_coerced(tmp_path):
             G(**bad)
     with pytest.raises(ValueError, match="experts"):
         heron.load_lm(experts=True)
+    # the window's default is the method's: 8 for the head (its prompt-lookup windows copy long runs), 4 otherwise
+    assert heron.SpeculativeOptions("head").gamma == 8 and heron.SpeculativeOptions("lookup").gamma == 4
+    assert heron.SpeculativeOptions("head", gamma=3).gamma == 3
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="gamma"):
+            heron.SpeculativeOptions("head", gamma=bad)
     spec = heron.SpeculativeOptions("mirror", exit_head=str(tmp_path / "typo"))
     with pytest.raises(FileNotFoundError, match="no exit head"):
         list(lm.generate("def f", G(max_new_tokens=2), speculative=spec))

@@ -1,0 +1,215 @@
+"""Speculation policies replayed on SmolLM2's own answers, without timing noise (issue 25): the engine's own
+drafters and verify loop run against a target that replays the answer the real target gave, and each round is
+priced at the target's measured call costs.
+
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/replay_speculation.py --bundle runs/smol-i8s \\
+        --out runs/replay.json
+
+--bundle: a SmolLM2 export with a hidden output on the padded int8 graph (`heron lm export smollm2 --compute int8
+--out DIR`), whose blocks compute exactly what its single steps do, so a greedy answer replayed is the answer any
+lossless method returns. For the three prompts and the 20 varied prompts of scripts/bench_smollm2_spec.py the
+target answers greedily (128 / 64 tokens) and its hidden states along that answer come from one teacher-forced
+call; then every policy decodes again against `Replay`, which answers each verify call with the real next
+words and the real hidden states, while the draft head (the shipped one, or --head) drafts for real. Priced: a
+call of T tokens costs what the target's T-row call costs in plain steps (measured here, after a 300-token
+context), a head step its measured share, and each verify round OVERHEAD for Python's work around it.
+
+Reported per prompt set and policy: tokens per plain step (the predicted speed-up over plain decoding), tokens
+per target call, and the share of rounds that each draft source proposed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OVERHEAD = 0.04  # Python's share of a verify round, in plain steps (cProfile: 6.8% of a chat round, session 20)
+
+
+class Replay:
+    """A target that replays a known greedy answer: a call's logits are one-hot on the words that really follow
+    each position (so verification accepts a draft word exactly where the real target would), hidden_at /
+    streams_at return the real target's states for the positions the last call computed, and every call's
+    length is recorded for pricing."""
+
+    def __init__(self, backend, seq: list[int], hidden: np.ndarray, streams: np.ndarray | None):
+        from heron.runtime.decoding import free_draft_tokens, verify_cost
+
+        self.seq, self.hidden, self.streams_all = seq, hidden, streams
+        self.vocab_size, self.max_len, self.end_ids = backend.vocab_size, backend.max_len, ()
+        self.verify_cost, self.free_draft_tokens = verify_cost(backend), free_draft_tokens(backend)
+        self.has_hidden, self.feature_layers = True, tuple(backend.feature_layers)
+        self.length, self.calls, self._rows = 0, [], range(0)
+
+    def reset(self) -> None:
+        self.length, self._rows = 0, range(0)
+
+    def reserve(self, positions: int) -> None:
+        pass
+
+    def trim(self, n: int) -> None:
+        self.length -= n
+        self._rows = range(self._rows.start, min(self._rows.stop, self.length))
+
+    def forward(self, tokens: list[int], last: int | None = None) -> np.ndarray:
+        self.length += len(tokens)
+        self.calls.append(len(tokens))
+        last = last or 1
+        self._rows = range(self.length - last, self.length)
+        out = np.zeros((last, self.vocab_size), np.float32)
+        for i, pos in enumerate(self._rows):
+            out[i, self.seq[pos + 1] if pos + 1 < len(self.seq) else 0] = 1.0
+        return out
+
+    def hidden_at(self, position: int) -> np.ndarray | None:
+        return self.hidden[position] if position in self._rows else None
+
+    def streams_at(self, position: int) -> np.ndarray | None:
+        if self.streams_all is None or position not in self._rows:
+            return None
+        return self.streams_all[position]
+
+
+class CountingHead:
+    """The draft head with its steps counted (each is priced at the head's measured cost)."""
+
+    def __init__(self, head):
+        self.head, self.steps = head, 0
+        self.words, self.stream_layers, self.manifest = head.words, head.stream_layers, head.manifest
+
+    def step(self, *args, **kw):
+        self.steps += 1
+        return self.head.step(*args, **kw)
+
+
+def answers(lm, prompts: dict, tokens: dict) -> list[dict]:
+    """The target's greedy answers and, from one teacher-forced call, its hidden states (and streams) along them."""
+    from heron.runtime.decoding import GenerationOptions
+
+    b, out = lm.backend, []
+    for name, qs in prompts.items():
+        for q in qs:
+            ids = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
+            answer = [t.id for t in lm.generate(ids, GenerationOptions(max_new_tokens=tokens[name], stop_at_eot=False))]
+            out.append({"set": name, **teacher_forced(b, ids, answer)})
+    return out
+
+
+def teacher_forced(backend, prompt: list[int], answer: list[int]) -> dict:
+    """The record replay() takes: the target's hidden states (and streams) at every position of prompt + answer,
+    from one call (on a graph whose blocks compute what its steps do, the states decoding saw)."""
+    seq = list(prompt) + list(answer)
+    backend.reset()
+    backend.forward(seq, last=len(seq))
+    hidden = np.stack([backend.hidden_at(i) for i in range(len(seq))])
+    streams = np.stack([backend.streams_at(i) for i in range(len(seq))]) if backend.feature_layers else None
+    return {"prompt": list(prompt), "answer": list(answer), "hidden": hidden, "streams": streams}
+
+
+def costs(lm, head, max_rows: int, repeats: int = 9) -> tuple[dict, float]:
+    """The target's T-row call after a 300-token context and a head step, in plain (one-token) steps."""
+    from bench_smollm2_spec import call_times
+
+    rng = np.random.default_rng(0)
+    t = call_times(lm.backend, rng.integers(100, 20000, 300).tolist(), range(1, max_rows + 1), repeats, rng)
+    h = rng.standard_normal(head.manifest.dim).astype(np.float32)
+    ts = []
+    for i in range(100):
+        t0 = time.perf_counter()
+        head.step(h, 100 + i)
+        ts.append(time.perf_counter() - t0)
+    return {T: t[T] / t[1] for T in t}, statistics.median(ts) / t[1]
+
+
+def replay(rec: dict, backend, make_drafter, gamma: int, rows: dict, head_cost: float) -> dict:
+    """Decode rec's prompt again with the drafter make_drafter(target, stats) builds; -> its counts and price."""
+    from heron.runtime.decoding import DecodeStats, GenerationOptions, drafted
+
+    target = Replay(backend, rec["prompt"] + rec["answer"], rec["hidden"], rec["streams"])
+    stats = DecodeStats(method="replay")
+    drafter, head = make_drafter(target, stats)
+    n = len(rec["answer"])
+    got = [t.id for t in drafted(target, drafter, rec["prompt"], GenerationOptions(max_new_tokens=n, stop_at_eot=False),
+                                 gamma, stats)]
+    if got != rec["answer"]:
+        raise AssertionError("the replayed decoding parted from the target's answer: the policy is not lossless")
+    calls = target.calls[1:]  # the prompt's prefill is the same for every method
+    cost = sum(rows[min(T, max(rows))] for T in calls) + head_cost * (head.steps if head else 0) + OVERHEAD * stats.rounds
+    # plain decoding: the prefill's call gives the first word, then one step per word
+    return {"tokens": n - 1, "cost": cost, "calls": len(calls), "rounds": stats.rounds,
+            "drafted": sum(stats.windows), "accepted": sum(stats.accepted)}
+
+
+def policies(head_bundle, opts_factory) -> dict:
+    """name -> (gamma, make_drafter(target, stats) -> (drafter, CountingHead or None))."""
+    from heron.runtime.decoding import LookupDrafter, free_draft_tokens, verify_cost
+    from heron.runtime.draft_head import DraftSeeds, HeadDrafter
+
+    def head_lookup(lookup=True):
+        def make(target, stats):
+            head = CountingHead(head_bundle)
+            cost, free = verify_cost(target), free_draft_tokens(target)
+            first = LookupDrafter(target.vocab_size, stats, True, cost, free) if lookup else None
+            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free), head
+        return make
+
+    def lookup_only(target, stats):
+        return LookupDrafter(target.vocab_size, stats, True, verify_cost(target), free_draft_tokens(target)), None
+
+    return {"lookup adaptive g<=4": (4, lookup_only), "head adaptive g<=3": (3, head_lookup(lookup=False)),
+            **{f"head+lookup adaptive g<={g}": (g, head_lookup()) for g in (4, 6, 8, 12)}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output (padded int8)")
+    ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    a = ap.parse_args()
+
+    import heron
+    from heron.runtime.decoding import GenerationOptions
+    from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead
+    from heron.runtime.metrics import machine
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_smollm2_spec import LOSSLESS_PROMPTS, PROMPTS
+
+    lm = heron.load_lm(a.bundle, threads=a.threads)
+    head = DraftHead(a.head or DEFAULT_HEAD, threads=a.threads, target=lm.backend)
+    prompts = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
+               "20 varied": LOSSLESS_PROMPTS}
+    tokens = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
+    recs = answers(lm, prompts, tokens)
+    pols = policies(head, lambda: GenerationOptions(temperature=0.0))
+    rows, head_cost = costs(lm, head, max(g for g, _ in pols.values()) + 1)
+    report = {"machine": machine(), "bundle": a.bundle, "head": str(a.head or DEFAULT_HEAD), "threads": a.threads,
+              "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),
+              "overhead_per_round": OVERHEAD, "sets": {}}
+    print(f"a call of T rows, in plain steps: {report['rows_in_steps']}; a head step {head_cost:.3f}", flush=True)
+    for name in prompts:
+        row = {}
+        for pname, (gamma, make) in pols.items():
+            tot = {"tokens": 0, "cost": 0.0, "calls": 0, "rounds": 0, "drafted": 0, "accepted": 0}
+            for rec in (r for r in recs if r["set"] == name):
+                for k, v in replay(rec, lm.backend, make, gamma, rows, head_cost).items():
+                    tot[k] += v
+            row[pname] = {"speedup": round(tot["tokens"] / tot["cost"], 3),
+                          "tokens_per_call": round(tot["tokens"] / tot["calls"], 3),
+                          "accepted_per_drafted": round(tot["accepted"] / max(tot["drafted"], 1), 3)}
+        report["sets"][name] = row
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
