@@ -176,6 +176,27 @@ def draw(p: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(len(p), p=p))
 
 
+def verify_greedy(logits: np.ndarray, draft: Sequence[int], stats: DecodeStats | None = None) -> tuple[int, int]:
+    """verify() at temperature 0 from the target's logits (len(draft) + 1, V) alone: a draft word is kept where it
+    is the target's argmax, the first that is not is replaced by it. The same outcome as probs() + verify() (one-hot
+    p; any q), without building a one-hot row per position (about 0.9 ms of a 9-row SmolLM2 round)."""
+    best = np.asarray(logits).argmax(-1)
+    for i, d in enumerate(draft):
+        ok = int(best[i]) == d
+        if stats is not None:
+            stats.record_position(i, ok)
+        if not ok:
+            return i, int(best[i])
+    return len(draft), int(best[len(draft)])
+
+
+def one_hot(window: Sequence[int], vocab_size: int) -> np.ndarray:
+    """The distributions of a deterministic draft (a Drafter's qs = None): one-hot at each of its words."""
+    qs = np.zeros((len(window), vocab_size))
+    qs[np.arange(len(window)), list(window)] = 1.0
+    return qs
+
+
 def verify(p: np.ndarray, q: np.ndarray, draft: Sequence[int], rng: np.random.Generator,
            stats: DecodeStats | None = None) -> tuple[int, int]:
     """Rejection sampling of `draft` (gamma tokens) against target p (gamma+1, V) and draft q (gamma, V).
@@ -286,6 +307,8 @@ def _plain_step(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Token:
     logits = tc.forward(feed, last=1)[-1]
     stats.target_time_s += time.perf_counter() - t0
     stats.target_calls += 1
+    if opts.temperature == 0:  # greedy: the argmax, as draw(probs(...)) would give it, without the one-hot row
+        return em.emit(int(np.asarray(logits).argmax()), False)
     return em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
 
 
@@ -301,8 +324,9 @@ def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterat
 
 class Drafter(Protocol):
     """A draft source: up to g tokens continuing `seq` and the distributions they were drawn from
-    (g, V); ([], None) when it has nothing to propose this round (a plain step follows); None when it
-    failed (stats.fallback says why; decoding goes on with the target alone)."""
+    (g, V), or None for a deterministic draft (one-hot at its tokens: prompt lookup, a greedy head); ([], None)
+    when it has nothing to propose this round (a plain step follows); None when it failed (stats.fallback says
+    why; decoding goes on with the target alone)."""
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None] | None: ...
 
@@ -442,8 +466,11 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
         logits = tc.forward(feed, last=len(window) + 1)[-(len(window) + 1):]
         stats.target_time_s += time.perf_counter() - t0
         stats.target_calls += 1
-    p = probs(logits, opts.temperature, opts.top_p)
-    n_acc, extra = verify(p, qs, window, rng, stats)
+    if opts.temperature == 0:  # greedy: the target's argmax decides, whatever the draft's distributions
+        n_acc, extra = verify_greedy(logits, window, stats)
+    else:
+        qs = one_hot(window, logits.shape[-1]) if qs is None else qs
+        n_acc, extra = verify(probs(logits, opts.temperature, opts.top_p), qs, window, rng, stats)
     stats.rounds += 1
     stats.accepted.append(n_acc)
     stats.windows.append(len(window))
@@ -586,11 +613,9 @@ class LookupDrafter:
             window = window[:k]
         if not window:
             return [], None
-        qs = np.zeros((len(window), self.vocab_size))
-        qs[np.arange(len(window)), window] = 1.0
         if self.stats is not None:
             self.stats.draft_calls += len(window)
-        return window, qs
+        return window, None  # a deterministic draft: one-hot distributions, built only where sampling needs them
 
 
 # ------------------------------------------------------------------------------------------------

@@ -272,21 +272,25 @@ class HeadDrafter:
                 return [], None
         t0 = time.perf_counter()
         rng = self.seeds.at(len(seq))  # a window's draws depend on where it starts only
+        greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
         window, qs, token = [], [], seq[-1]
-        full = np.full(self.vocab_size, -np.inf, np.float32)
+        full = None if greedy else np.full(self.vocab_size, -np.inf, np.float32)
         streams = self.target.streams_at(len(seq) - 2) if self.head.stream_layers else None
         for _ in range(g):
             logits, hidden = self.head.step(hidden, token, streams)
             streams = None  # chained steps start from the head's own feature
-            full[self.head.words] = logits
-            q = probs(full, self.opts.temperature, self.opts.top_p)
-            token = draw(q, rng)
+            if greedy:
+                token = int(self.head.words[int(np.argmax(logits))])
+            else:
+                full[self.head.words] = logits
+                q = probs(full, self.opts.temperature, self.opts.top_p)
+                token = draw(q, rng)
+                qs.append(q)
             window.append(token)
-            qs.append(q)
         if self.stats is not None:
             self.stats.draft_calls += g
             self.stats.draft_time_s += time.perf_counter() - t0
-        return window, np.stack(qs)
+        return window, (None if greedy else np.stack(qs))
 
 
 def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: GenerationOptions, gamma: int,

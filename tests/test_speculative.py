@@ -223,7 +223,8 @@ def test_lookup_windows_are_cut_to_the_length_that_pays():
     for _ in range(20):
         d.observe(5, 5)  # copied text: everything accepted
     window, qs = d.propose(seq, 5)
-    assert window == [4, 5, 6, 7, 1] and qs.shape == (5, 64) and (qs.argmax(1) == window).all()
+    assert window == [4, 5, 6, 7, 1] and qs is None  # a deterministic draft: one-hot, built only for sampling
+    assert (sp.one_hot(window, 64).argmax(1) == window).all() and sp.one_hot(window, 64).sum() == 5
     fixed = sp.LookupDrafter(64, adaptive=False)
     for _ in range(6):
         fixed.observe(5, 0)
@@ -363,3 +364,21 @@ def test_lm_bench_repeats_every_method_and_reports_the_spread():
     for r in report["rows"]:
         assert r["repeats"] == 2 and r["lossless"]
         assert r["tokens_per_s_min"] <= r["tokens_per_s"] <= r["tokens_per_s_max"]
+
+
+def test_greedy_verification_from_the_logits_alone_is_the_rejection_rule_at_temperature_0():
+    """verify_greedy (argmax of the target's logits) keeps and replaces exactly the words probs() + verify() would,
+    ties included, for drafts right everywhere, nowhere and in between."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        T, V = int(rng.integers(2, 9)), 50
+        logits = rng.integers(-3, 4, (T, V)).astype(np.float32)  # small integers: ties are common
+        best = logits.argmax(-1)
+        draft = [int(b) for b in best[:T - 1]]
+        cut = int(rng.integers(0, T))
+        if cut < T - 1:
+            draft[cut] = (draft[cut] + 1 + int(rng.integers(0, V - 1))) % V
+        a, b = sp.DecodeStats(), sp.DecodeStats()
+        want = sp.verify(sp.probs(logits, 0.0, 1.0), sp.one_hot(draft, V), draft, np.random.default_rng(trial), a)
+        assert sp.verify_greedy(logits, draft, b) == want
+        assert (a.position_hits, a.position_tries) == (b.position_hits, b.position_tries)
