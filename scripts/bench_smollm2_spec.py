@@ -32,6 +32,7 @@ import inspect
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,49 @@ def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator)
             ts.append(time.perf_counter() - t0)
         out[T] = statistics.median(ts)
     return out
+
+
+# what the probes (scripts/probe_draft_head.py, scripts/replay_speculation.py) decode: the three prompts and the 20 varied
+PROBE_PROMPTS = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
+                 "20 varied": LOSSLESS_PROMPTS}
+PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
+
+
+def probe_setup(description: str):
+    """The probes' command line (--bundle, --head, --threads, --out) -> (args, the target, the draft head)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output (heron lm export smollm2 "
+                                                    "--compute int8 --out DIR)")
+    ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    a = ap.parse_args()
+    import heron
+    from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead
+
+    lm = heron.load_lm(a.bundle, threads=a.threads)
+    a.head = str(a.head or DEFAULT_HEAD)
+    return a, lm, DraftHead(a.head, threads=a.threads, target=lm.backend)
+
+
+def write_report(path: str | None, report: dict) -> None:
+    """A probe's report as JSON at --out (nothing without one)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1))
+
+
+def call_costs(lm, head, sizes, repeats: int) -> tuple[dict, float]:
+    """The target's T-row call after a 300-token context (T in sizes) and a head step, in plain (one-token) steps."""
+    rng = np.random.default_rng(0)
+    t = call_times(lm.backend, rng.integers(100, 20000, 300).tolist(), (1, *sizes), repeats, rng)
+    h = rng.standard_normal(head.manifest.dim).astype(np.float32)
+    ts = []
+    for i in range(100):
+        t0 = time.perf_counter()
+        head.step(h, 100 + i)
+        ts.append(time.perf_counter() - t0)
+    return {T: t[T] / t[1] for T in t}, statistics.median(ts) / t[1]
 
 
 def main() -> int:

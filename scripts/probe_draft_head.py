@@ -23,11 +23,8 @@ dynamic tree), then scored with the target's real words. A tree needs tree atten
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,22 +69,6 @@ def record(lm, head, prompts: dict, tokens: dict) -> list[dict]:
     return out
 
 
-def costs(lm, head, repeats: int = 15) -> tuple[dict, float]:
-    """The target's T-row call after a 300-token context and a head step, in plain (one-token) steps."""
-    from bench_smollm2_spec import call_times
-
-    rng = np.random.default_rng(0)
-    t = call_times(lm.backend, rng.integers(100, 20000, 300).tolist(), (1, 2, 3, 4, 5, 6, 7), repeats, rng)
-    h = rng.standard_normal(head.manifest.dim).astype(np.float32)
-    ts = []
-    for i in range(100):
-        t0 = time.perf_counter()
-        logits, _ = head.step(h, 100 + i)
-        _softmax(logits)
-        ts.append(time.perf_counter() - t0)
-    return {T: t[T] / t[1] for T in t}, statistics.median(ts) / t[1]
-
-
 def _nodes(r: dict) -> dict:
     """name -> (the head's probability of the path, its parent, whether the target's words follow that path)."""
     p1, s0, s1 = r["p"], r["step2_0"], r["step2_1"]
@@ -129,29 +110,18 @@ def policies(rows: dict, head_cost: float) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output")
-    ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
-    a = ap.parse_args()
     import sys
 
-    import heron
-    from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TOKENS, call_costs, probe_setup, write_report
+
     from heron.runtime.metrics import machine
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_smollm2_spec import LOSSLESS_PROMPTS, PROMPTS
-
-    lm = heron.load_lm(a.bundle, threads=a.threads)
-    head = DraftHead(a.head or DEFAULT_HEAD, threads=a.threads, target=lm.backend)
-    prompts = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
-               "20 varied": LOSSLESS_PROMPTS}
-    tokens = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
-    recs = record(lm, head, prompts, tokens)
-    rows, head_cost = costs(lm, head)
-    report = {"machine": machine(), "bundle": a.bundle, "head": str(a.head or DEFAULT_HEAD), "threads": a.threads,
+    a, lm, head = probe_setup(__doc__.split("\n\n")[0])
+    prompts = PROBE_PROMPTS
+    recs = record(lm, head, prompts, PROBE_TOKENS)
+    rows, head_cost = call_costs(lm, head, range(2, 8), 15)
+    report = {"machine": machine(), "bundle": a.bundle, "head": a.head, "threads": a.threads,
               "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),
               "sets": {}, "calibration": []}
     print(f"verifying T rows, in plain steps: {report['rows_in_steps']}; a head step {head_cost:.3f}")
@@ -179,9 +149,7 @@ def main() -> int:
                                       "accepted": round(float(first[m].mean()), 3) if m.any() else None})
     print("calibration (the head's probability of its first choice -> how often the target agrees):",
           json.dumps(report["calibration"]))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+    write_report(a.out, report)
     return 0
 
 

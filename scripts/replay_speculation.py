@@ -19,11 +19,8 @@ per target call, and the share of rounds that each draft source proposed.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,21 +108,6 @@ def teacher_forced(backend, prompt: list[int], answer: list[int]) -> dict:
     return {"prompt": list(prompt), "answer": list(answer), "hidden": hidden, "streams": streams}
 
 
-def costs(lm, head, max_rows: int, repeats: int = 9) -> tuple[dict, float]:
-    """The target's T-row call after a 300-token context and a head step, in plain (one-token) steps."""
-    from bench_smollm2_spec import call_times
-
-    rng = np.random.default_rng(0)
-    t = call_times(lm.backend, rng.integers(100, 20000, 300).tolist(), range(1, max_rows + 1), repeats, rng)
-    h = rng.standard_normal(head.manifest.dim).astype(np.float32)
-    ts = []
-    for i in range(100):
-        t0 = time.perf_counter()
-        head.step(h, 100 + i)
-        ts.append(time.perf_counter() - t0)
-    return {T: t[T] / t[1] for T in t}, statistics.median(ts) / t[1]
-
-
 def replay(rec: dict, backend, make_drafter, gamma: int, rows: dict, head_cost: float) -> dict:
     """Decode rec's prompt again with the drafter make_drafter(target, stats) builds; -> its counts and price."""
     from heron.runtime.decoding import DecodeStats, GenerationOptions, drafted
@@ -166,34 +148,21 @@ def policies(head_bundle, opts_factory) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output (padded int8)")
-    ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
-    a = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TOKENS, call_costs, probe_setup, write_report
 
-    import heron
     from heron.runtime.decoding import GenerationOptions
-    from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead
     from heron.runtime.metrics import machine
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_smollm2_spec import LOSSLESS_PROMPTS, PROMPTS
-
-    lm = heron.load_lm(a.bundle, threads=a.threads)
-    head = DraftHead(a.head or DEFAULT_HEAD, threads=a.threads, target=lm.backend)
-    prompts = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
-               "20 varied": LOSSLESS_PROMPTS}
-    tokens = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
-    recs = answers(lm, prompts, tokens)
+    a, lm, head = probe_setup(__doc__.split("\n\n")[0])
+    recs = answers(lm, PROBE_PROMPTS, PROBE_TOKENS)
     pols = policies(head, lambda: GenerationOptions(temperature=0.0))
-    rows, head_cost = costs(lm, head, max(g for g, _ in pols.values()) + 1)
-    report = {"machine": machine(), "bundle": a.bundle, "head": str(a.head or DEFAULT_HEAD), "threads": a.threads,
+    rows, head_cost = call_costs(lm, head, range(2, max(g for g, _ in pols.values()) + 2), 9)
+    report = {"machine": machine(), "bundle": a.bundle, "head": a.head, "threads": a.threads,
               "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),
               "overhead_per_round": OVERHEAD, "sets": {}}
     print(f"a call of T rows, in plain steps: {report['rows_in_steps']}; a head step {head_cost:.3f}", flush=True)
-    for name in prompts:
+    for name in PROBE_PROMPTS:
         row = {}
         for pname, (gamma, make) in pols.items():
             tot = {"tokens": 0, "cost": 0.0, "calls": 0, "rounds": 0, "drafted": 0, "accepted": 0}
@@ -205,9 +174,7 @@ def main() -> int:
                           "accepted_per_drafted": round(tot["accepted"] / max(tot["drafted"], 1), 3)}
         report["sets"][name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+    write_report(a.out, report)
     return 0
 
 
