@@ -98,14 +98,18 @@ PROBE_PROMPTS = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summa
 PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
 
 
-def probe_setup(description: str):
-    """The probes' command line (--bundle, --head, --threads, --out) -> (args, the target, the draft head)."""
+def probe_setup(description: str, costs: bool = False):
+    """The probes' command line (--bundle, --head, --threads, --out; costs: --costs) -> (args, the target, the draft
+    head)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output (heron lm export smollm2 "
                                                     "--compute int8 --out DIR)")
     ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    if costs:
+        ap.add_argument("--costs", default=None, help="price calls as an earlier --out report did (its rows_in_steps and "
+                                                      "head_step_in_steps) instead of measuring them: an A/B of heads")
     a = ap.parse_args()
     import heron
     from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead

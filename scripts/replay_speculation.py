@@ -154,10 +154,14 @@ def main() -> int:
     from heron.runtime.decoding import GenerationOptions
     from heron.runtime.metrics import machine
 
-    a, lm, head = probe_setup(__doc__.split("\n\n")[0])
+    a, lm, head = probe_setup(__doc__.split("\n\n")[0], costs=True)
     recs = answers(lm, PROBE_PROMPTS, PROBE_TOKENS)
     pols = policies(head, lambda: GenerationOptions(temperature=0.0))
-    rows, head_cost = call_costs(lm, head, range(2, max(g for g, _ in pols.values()) + 2), 9)
+    if a.costs:  # an earlier report's prices: heads compared at the same costs, free of this run's timing noise
+        old = json.loads(Path(a.costs).read_text())
+        rows, head_cost = {int(T): float(v) for T, v in old["rows_in_steps"].items()}, float(old["head_step_in_steps"])
+    else:
+        rows, head_cost = call_costs(lm, head, range(2, max(g for g, _ in pols.values()) + 2), 9)
     report = {"machine": machine(), "bundle": a.bundle, "head": a.head, "threads": a.threads,
               "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),
               "overhead_per_round": OVERHEAD, "sets": {}}

@@ -29,13 +29,14 @@ class BenchOptions:
     prompt_tokens: int = 32
     new_tokens: int = 48
     threads: int = 2
-    gamma: int = 4
+    gamma: int | None = None       # draft tokens per round (None: each method's own, runtime.decoding.DEFAULT_GAMMA)
     kappa: int = 2
     exit_layer: int = 2
     methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror", "lookup")
     target_device: str = "cpu"
     repeats: int = 3               # runs of every method, interleaved; tokens/s is their median (min and max kept)
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
+    compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
 
 
 def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:
@@ -155,7 +156,7 @@ def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
 def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None = None, log=print) -> dict:
     import torch
 
-    lm = load_lm(target_dir, device=o.target_device, threads=o.threads)
+    lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute)
     prompts = held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens)
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
@@ -188,7 +189,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         report["rows"].append(row)
     # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only)
     d = lm.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
-    costs = step_costs(lm, d, o.gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1))
+    gamma = o.gamma or sp.SpeculativeOptions().gamma  # beta, c and the predictions: the draft methods' window
+    costs = dict(step_costs(lm, d, gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1)), gamma=gamma)
     report["costs"] = costs
     base = report["rows"][0]["tokens_per_s"]
     vanilla = next((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), None)
@@ -197,7 +199,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         if vanilla:
             r["speedup_vs_draft_sd"] = r["tokens_per_s"] / vanilla
         if "alpha" in r and r["method"] in ("draft", "mirror"):
-            pred = predicted(r["alpha"], o.gamma, costs["beta"], costs["c"])
+            pred = predicted(r["alpha"], gamma, costs["beta"], costs["c"])
             r["predicted_speedup"] = pred["serial"] if r["method"] == "draft" else pred["overlapped"]
             r["E"] = pred["E"]
     report["decode_speed"] = decode_speed(o.decode_preset)
@@ -221,7 +223,7 @@ def markdown(report: dict) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in report["rows"]]
     c = report["costs"]
-    lines.append(f"\nbeta (verify {report['options']['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; "
+    lines.append(f"\nbeta (verify {c['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; "
                  f"c (draft step / target step) = {c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
     ds = report["decode_speed"]
     lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "

@@ -480,10 +480,14 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
-    q.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    q.add_argument("--gamma", type=int, default=None,
+                   help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise)")
     q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
+    q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
+                   help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
+                        "int8x2; int8 with --methods none lookup head: the fastest lossless path, as heron lm chat)")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.set_defaults(func=_bench)
 
@@ -496,7 +500,7 @@ def _bench(args) -> int:
 
     o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
-                           target_device=args.target_device, repeats=args.repeats)
+                           target_device=args.target_device, repeats=args.repeats, compute=args.compute)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -253,3 +253,17 @@ def test_the_sdks_default_head_drafts_for_smollm2(compute):
     got = [t.id for t in lm.generate(prompt, opts, sp.SpeculativeOptions(method="head"), stats)]
     assert got == [t.id for t in lm.generate(prompt, opts)]
     assert sum(stats.windows) > 0
+
+
+def test_lm_bench_runs_smollm2s_fastest_lossless_path():
+    """`heron lm bench --model smollm2 --compute int8 --methods none head`: the padded int8 graph built at load, the
+    shipped head with its default window (8), every method's tokens plain decoding's, drafts accepted."""
+    from heron.bench_lm import BenchOptions, run
+
+    smollm2_gguf()
+    o = BenchOptions(prompts=1, new_tokens=24, threads=1, methods=("none", "head"), repeats=1, decode_preset="tiny",
+                     compute="int8")
+    report = run("smollm2", o, log=lambda s: None)
+    head = next(r for r in report["rows"] if r["method"] == "head")
+    assert head["lossless"] and head["tokens_per_target_forward"] > 1.0
+    assert report["costs"]["gamma"] == 4  # beta and c are priced for the draft methods' window, not the head's
