@@ -59,8 +59,8 @@ class GenerationOptions:
 METHODS = ("none", "draft", "mtp", "mirror", "lookup", "head")  # none: plain decoding (as the CLI's --speculative none)
 # draft tokens per round where the caller does not say: the head's rounds start with prompt lookup, whose windows
 # copy long runs of the context (code edits), and its own windows are cut by best_window to the 1-3 words that pay;
-# 8 against 4: 2.49x against 2.26x tokens per plain step on the code edit, level elsewhere (scripts/replay_speculation.py,
-# BENCHMARKS.md)
+# 8 against 4: 2.49x against 2.26x tokens per plain step on the code edit, the summary 1% lower, chat level
+# (scripts/replay_speculation.py; measured 2.40x against 2.09x on decoding: BENCHMARKS.md)
 DEFAULT_GAMMA = {"head": 8}
 
 
