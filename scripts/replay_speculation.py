@@ -119,7 +119,7 @@ def replay(rec: dict, backend, make_drafter, gamma: int, rows: dict, head_cost: 
     got = [t.id for t in drafted(target, drafter, rec["prompt"], GenerationOptions(max_new_tokens=n, stop_at_eot=False),
                                  gamma, stats)]
     if got != rec["answer"]:
-        raise AssertionError("the replayed decoding parted from the target's answer: the policy is not lossless")
+        raise RuntimeError("the replayed decoding parted from the target's answer: the policy is not lossless")
     calls = target.calls[1:]  # the prompt's prefill is the same for every method
     cost = sum(rows[min(T, max(rows))] for T in calls) + head_cost * (head.steps if head else 0) + OVERHEAD * stats.rounds
     # plain decoding: the prefill's call gives the first word, then one step per word
