@@ -73,6 +73,11 @@ def write_identity(root: str | Path) -> str:
     return digest
 
 
+# how each kind of bundle is made (read_manifest's hint when a folder holds none)
+HOW_TO_MAKE = {"keyword-spotting": "`heron kws export`", "language-model": "`heron lm export`",
+               "draft-head": "`scripts/train_draft_head.py --export DIR --out OUT`"}
+
+
 def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
     """manifest.json of a bundle folder, checked against manifest.sha256 -> (manifest, identity)."""
     root = Path(root)
@@ -85,7 +90,8 @@ def read_manifest(root: str | Path, kind: str) -> tuple[dict, str]:
         if p.is_symlink() or (p.exists() and not p.is_file()):
             raise BundleError(f"{p} is not a regular file")
     if not mpath.is_file():
-        raise BundleError(f"no {MANIFEST} in {root}: not a heron {kind} bundle (export one with `heron kws export`)")
+        raise BundleError(f"no {MANIFEST} in {root}: not a heron {kind} bundle (make one with "
+                          f"{HOW_TO_MAKE.get(kind, '`heron kws export`')})")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath} is over {MAX_MANIFEST_BYTES} bytes: not a heron manifest")
     raw = mpath.read_bytes()

@@ -38,6 +38,11 @@ class BenchOptions:
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
     compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
 
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in sp.METHODS]
+        if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
+            raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
+
 
 def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:
     from heron.models.lm import corpus

@@ -474,7 +474,8 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
     q.add_argument("--mtp", default=None, help="MTP adapter (default: the model's own)")
-    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror", "lookup"], help="methods to run")
+    q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror", "lookup"],
+                   choices=["none", "draft", "mtp", "mirror", "lookup", "head"], help="methods to run")
     q.add_argument("--repeats", type=int, default=3,
                    help="runs of every method, interleaved; tokens/s is their median, with min and max")
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")

@@ -58,6 +58,7 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "train", "--preset", "huge", "--out", "/tmp/heron-x"], "unknown preset"),
     (["lm", "generate", "x", "--model", "/nonexistent"], "no model"),
     (["lm", "generate", "x", "--compute", "int8"], "compute applies to a GGUF file"),
+    (["lm", "bench", "--methods", "none", "bogus"], "invalid choice: 'bogus'"),
 ])
 def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)
@@ -107,6 +108,15 @@ def test_bench_without_draft_methods_needs_no_draft(tmp_path):
               "--threads", "1", "--draft", str(tmp_path / "no-such-draft"), check=False)
     assert p.returncode == 0, p.stderr[-400:]
     assert "| lookup |" in p.stdout
+
+
+def test_bench_options_refuse_an_unknown_method_before_running_any():
+    from heron.bench_lm import BenchOptions
+
+    with pytest.raises(ValueError, match="methods must be among none, draft, mtp, mirror, lookup, head, got .'none', 'bogus'."):
+        BenchOptions(methods=("none", "bogus"))
+    with pytest.raises(ValueError, match="methods must be among"):
+        BenchOptions(methods=())
 
 
 def test_export_listing_gives_a_core_ml_package_its_size(tmp_path, capsys):

@@ -223,6 +223,9 @@ def test_edited_bundles_are_one_line_errors(trained, tmp_path):
         DraftHead(c, target=trained["target"])
     with pytest.raises(BundleError, match="no manifest.json|no such folder"):
         DraftHead(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()  # a folder without a manifest: the hint says how a draft head is made
+    with pytest.raises(BundleError, match="not a heron draft-head bundle .make one with `scripts/train_draft_head.py"):
+        DraftHead(tmp_path / "empty")
     with pytest.raises(ValueError, match="vocabulary of 65 words; this model has 64"):
         DraftHead(edit_manifest(copy("e"), lambda m: m.update(vocab_size=65)), target=trained["target"])
 

@@ -102,6 +102,9 @@ def test_tampered_or_bad_bundles_are_refused(model, bundle, tmp_path):
         OnnxLM(bundle, providers=("NoSuchExecutionProvider",))
     with pytest.raises(ValueError, match="no such folder"):
         OnnxLM(tmp_path / "nothing")
+    (tmp_path / "no-manifest").mkdir()
+    with pytest.raises(ValueError, match="not a heron language-model bundle .make one with `heron lm export`"):
+        OnnxLM(tmp_path / "no-manifest")
     lm = OnnxLM(bundle)
     with pytest.raises(ValueError, match="empty"):
         lm.forward([])
