@@ -72,7 +72,8 @@ class SpeculativeOptions:
                                     # lookup: prompt lookup (the tokens that followed the context's last n-gram before)
                                     # head: a draft head on the target's own hidden state (heron.runtime.draft_head)
     gamma: int | None = None        # draft tokens per round, at most (None: the method's DEFAULT_GAMMA)
-    kappa: int = 2                  # Mirror-SD: early-exit candidates per window position
+    kappa: int = 2                  # Mirror-SD: early-exit candidates per window position (0: none, only the
+                                    # draft's own continuation is built beside the target: no early exit needed)
     exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
     draft: str | None = None        # ONNX draft bundle folder (None: the shipped lm-draft)
     draft_device: str = "cpu"       # onnxruntime provider for the draft: cpu, coreml, qnn, cuda, ... or a full name
@@ -90,9 +91,11 @@ class SpeculativeOptions:
             raise ValueError(f"speculative method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.gamma is None:
             object.__setattr__(self, "gamma", DEFAULT_GAMMA.get(self.method, 4))
-        for name in ("gamma", "kappa", "draft_threads"):
+        for name in ("gamma", "draft_threads"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not _is_int(self.kappa) or self.kappa < 0:
+            raise ValueError(f"kappa must be an integer >= 0 (0: no early-exit candidates), got {self.kappa!r}")
         if not _is_int(self.exit_layer) or self.exit_layer < 1:
             raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
         for name in ("adaptive", "head_lookup"):
@@ -649,15 +652,25 @@ def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int, alpha
 def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window: list[int],
                     order, gamma: int, opts: GenerationOptions, seeds: DraftSeeds, cancel: threading.Event,
                     out: dict, budget: int) -> None:
-    """Draft thread: expand candidate corrections into rollouts until cancelled or out of budget."""
+    """Draft thread: expand candidate corrections into rollouts until cancelled or out of budget. A root of
+    None (depth gamma only) is the draft's own likeliest word after the whole window: its guess of the target's
+    bonus word, so that a round that accepts everything finds its next window built (no early exit needed)."""
     for depth, root, _ in order[:budget]:
         if cancel.is_set():
             return
+        if (depth, root) in out:
+            continue
         rng = seeds.at(seq_len + depth + 1)  # the window continues prefix + window[:depth] + root
         keep = seq_len + depth  # positions of prefix + window[:depth]; the base state holds prefix + window[:-1]
         draft.restore(base_state)
         if keep > len(base_ids):  # window[:depth] is not all cached (depth == gamma)
-            draft.forward(window[len(base_ids) - seq_len:depth], last=1)
+            tail = draft.forward(window[len(base_ids) - seq_len:depth], last=1)
+            if root is None:
+                root = int(np.argmax(tail[-1]))  # a guess, not a draw: the seeded draws stay the window's
+                if (depth, root) in out:
+                    continue
+        elif root is None:
+            continue
         else:
             draft.trim(len(base_ids) - keep)
         ids = (base_ids[:seq_len] + window)[:keep]
@@ -684,14 +697,19 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     draft, on its own thread and device, builds rollouts for the most likely (rejection depth,
     correction token) pairs. After verification, a rollout whose depth and root equal the accepted
     length and the correction token becomes the next window at no further draft cost; otherwise the
-    draft computes the window serially, as in classic speculative decoding.
+    draft computes the window serially, as in classic speculative decoding. Before the target's lower layers
+    start, the draft thread builds the branch of a round that accepts everything: the window's own
+    continuation after the draft's likeliest next word (its guess of the target's bonus word), the likeliest
+    branch when the draft agrees with the target, and one that needs no early exit. kappa 0 builds only that
+    one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split).
     """
     gamma, kappa, exit_layer = spec.gamma, spec.kappa, spec.exit_layer
     if not getattr(draft, "branchable", False):
         raise ValueError(f"the Mirror-SD draft must keep independent branch states (an onnxruntime bundle whose "
                          f"states grow, such as the shipped draft); {draft.name} cannot")
-    if not hasattr(target, "prefix"):
-        raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix); {target.name} has none")
+    if kappa and not hasattr(target, "prefix"):
+        raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix) for kappa {kappa}; "
+                         f"{target.name} has none (kappa 0 needs none)")
     stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "mirror")
     alpha = 0.5  # running estimate of the per-token acceptance, to rank branches
     window = qs = None
@@ -705,22 +723,32 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
                 if res is None:
                     break
                 window, qs = res
-            # target prefix on [last, window]; early-exit candidates go to the draft thread
+            # the draft thread starts at once on the branch "every draft word accepted, then the draft's own
+            # next word" (its window's own continuation: no early exit needed, so it overlaps the target's
+            # lower layers too); then the target's prefix on [last, window] ranks the early-exit candidates
             feed = tc.sync(seq, len(seq)) + list(window)
-            t0 = time.perf_counter()
-            early = target.prefix(feed, exit_layer)[-(g + 1):]
-            order = _branch_order(early, window, kappa, alpha)
             cancel, built = threading.Event(), {}
             base_state, base_ids, seq_len = draft.snapshot(), list(dc.ids), len(seq)
-            fut = runner.submit(_build_branches, draft, base_state, base_ids, seq_len, window, order, g, opts,
-                                draft_rng, cancel, built, kappa * (g + 1))
-            logits = target.suffix()[-(g + 1):]  # the target's upper layers run while the draft works
+            own = runner.submit(_build_branches, draft, base_state, base_ids, seq_len, window, [(g, None, 1.0)], g,
+                                opts, draft_rng, cancel, built, 1)
+            t0 = time.perf_counter()
+            fut = None
+            if kappa:
+                early = target.prefix(feed, exit_layer)[-(g + 1):]
+                order = _branch_order(early, window, kappa, alpha)
+                fut = runner.submit(_build_branches, draft, base_state, base_ids, seq_len, window, order, g, opts,
+                                    draft_rng, cancel, built, kappa * (g + 1))
+                logits = target.suffix()[-(g + 1):]  # the target's upper layers run while the draft works
+            else:  # no early exit: one forward of the target, the draft's own continuation beside it
+                logits = target.forward(feed, last=g + 1)[-(g + 1):]
             tc.ids.extend(feed)
             stats.target_time_s += time.perf_counter() - t0
             stats.target_calls += 1
             cancel.set()
             t1 = time.perf_counter()
-            runner.result(fut)
+            runner.result(own)
+            if fut is not None:
+                runner.result(fut)
             stats.draft_time_s += time.perf_counter() - t1
             if runner.failed:
                 stats.fallback = runner.failed

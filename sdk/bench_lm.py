@@ -37,6 +37,7 @@ class BenchOptions:
     repeats: int = 3               # runs of every method, interleaved; tokens/s is their median (min and max kept)
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
     compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
+    engine: str = "auto"           # GGUF files and named models: load_lm's engine (torch: the fp32 target Mirror-SD needs)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in sp.METHODS]
@@ -161,7 +162,10 @@ def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
 def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None = None, log=print) -> dict:
     import torch
 
-    lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute)
+    engine = o.engine
+    if engine == "auto" and {"mtp", "mirror"} & set(o.methods):  # they need the torch target: every method gets it
+        engine = "torch"
+    lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
     prompts = held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens)
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",

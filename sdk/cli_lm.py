@@ -289,7 +289,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per round (lookup, head: at most; each window is cut to the length that pays; "
                         "default 8 for head, whose prompt-lookup windows copy long runs, 4 otherwise)")
-    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position (0: none; "
+                                                        "the draft builds only its own continuation)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
     q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
     q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
@@ -413,15 +414,18 @@ def _export_lm(args) -> int:
     from heron.paths import NAMED_LMS, named_lm_path
     gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
     if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
-        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute applies to GGUF only)
+        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute, --growing-states: GGUF only)
             raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
                              "--target coreml/all, --k and --int8 do not apply")
         if not gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {gguf}")
         from heron.export.gguf_onnx import export_gguf_bundle
-        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute)
+        out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute,
+                                 shared_cache=not args.growing_states)
         print_files(out)
         return 0
+    if args.growing_states:
+        raise ValueError("--growing-states applies to a GGUF file's export (a checkpoint's bundle has growing states)")
     base = check_out_folder(args.out, "lm")
     outs = []
     if args.target in ("onnx", "all"):
@@ -463,6 +467,9 @@ def add_lm_export(sub, formatter) -> None:
                         "remainder (fp32's answers, fast), int8 = as llama.cpp (~1.1x int8x2; fp32's answers on 3-7 of 8 "
                         "prompts by CPU; one-token calls run as two rows, so speculation returns plain decoding's tokens "
                         "and its first draft token verifies free: the fastest with --speculative), fp32 (exact, slow)")
+    p.add_argument("--growing-states", action="store_true",
+                   help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
+                        "step; forks cheaply: what a Mirror-SD draft needs, --speculative mirror --draft DIR)")
     p.set_defaults(func=_export_lm)
 
 
@@ -483,12 +490,16 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
     q.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise)")
-    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position")
+    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position (0: none; "
+                                                        "the draft builds only its own continuation)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
                         "int8x2; int8 with --methods none lookup head: the fastest lossless path, as heron lm chat)")
+    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+                   help="GGUF files and named models: onnx (onnxruntime) or torch (fp32; what mtp and mirror need); "
+                        "auto: torch when --methods has mtp or mirror, else onnx; every method runs on that one target")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.set_defaults(func=_bench)
 
@@ -501,7 +512,8 @@ def _bench(args) -> int:
 
     o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
-                           target_device=args.target_device, repeats=args.repeats, compute=args.compute)
+                           target_device=args.target_device, repeats=args.repeats, compute=args.compute,
+                           engine=args.engine)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

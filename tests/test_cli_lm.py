@@ -59,6 +59,8 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "generate", "x", "--model", "/nonexistent"], "no model"),
     (["lm", "generate", "x", "--compute", "int8"], "compute applies to a GGUF file"),
     (["lm", "bench", "--methods", "none", "bogus"], "invalid choice: 'bogus'"),
+    (["lm", "bench", "--engine", "gpu"], "invalid choice: 'gpu'"),
+    (["lm", "generate", "x", "--kappa", "-1"], "--kappa: must be in [0, 1024]"),
 ])
 def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)

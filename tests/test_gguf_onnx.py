@@ -3,6 +3,7 @@ Q4_0 / Q4_1 / Q8_0 blocks (MatMulNBits). With fp32 compute (compute fp32) its lo
 model of the same file, dequantized, for a prompt and a cached continuation; SmolLM2's bundle loads
 torch-free, chats, stops at its end-of-turn tokens and keeps fp32's greedy tokens."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,26 @@ def test_blocks_are_repacked_not_requantized(tmp_path):
         b = read_blocks(reader, name)
         np.testing.assert_array_equal(dequantized(b), reader.tensor(name))
         assert b.bits in (4, 8) and b.packed.dtype == np.uint8
+
+
+def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch):
+    """`heron lm export FILE.gguf --growing-states` asks for states that grow per call (what a Mirror-SD draft forks:
+    such a graph is branchable, the in-place default is not: test_shared_state_buffers_equal_grown_states); a
+    checkpoint refuses the option before writing anything."""
+    from heron.cli import main
+    from heron.export import gguf_onnx
+
+    asked = []
+    monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
+                        lambda path, out, compute, shared_cache: asked.append(shared_cache) or Path(out))
+    monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q8_0"))
+    assert main(["lm", "export", str(path), "--growing-states", "--out", str(tmp_path / "grown")]) == 0
+    assert main(["lm", "export", str(path), "--out", str(tmp_path / "shared")]) == 0
+    assert asked == [False, True]
+    assert main(["lm", "export", str(tmp_path), "--growing-states", "--out", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "x").exists()
+    assert _backend(path, False).branchable and not _backend(path, True).branchable
 
 
 def test_bad_compute_is_refused(tmp_path):

@@ -332,6 +332,47 @@ class _Slow:
         return self.b.forward(tokens, last=last)
 
 
+class _SlowTarget:
+    """A target whose forward takes longer (a slow accelerator), so the draft thread can finish a branch beside it;
+    no early-exit split (prefix/suffix), as an onnxruntime target."""
+
+    def __init__(self, backend, sleep_s):
+        self.b, self.sleep_s = backend, sleep_s
+
+    def __getattr__(self, name):
+        if name in ("prefix", "suffix"):
+            raise AttributeError(name)
+        return getattr(self.b, name)
+
+    def forward(self, tokens, last=None):
+        import time
+        time.sleep(self.sleep_s)
+        return self.b.forward(tokens, last=last)
+
+
+def test_mirror_builds_the_drafts_own_continuation_beside_the_target(pair, tmp_path):
+    """A draft that agrees with the target (its own export): nearly every round accepts the whole window, and the
+    branch the draft thread builds while the target verifies (the window's own continuation after the draft's
+    likeliest next word, its guess of the bonus word) is the next window. kappa 0 builds only that branch, so the
+    target needs no early exit: an onnxruntime target runs it; kappa >= 1 still needs the split. Lossless."""
+    target = pair[0]
+    same = OnnxLM(write_bundle(target, tmp_path / "same"))
+    opts = sp.GenerationOptions(max_new_tokens=40)
+    hits = misses = 0
+    for prompt in PROMPTS[:4]:
+        ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
+        st = sp.DecodeStats()
+        got = [t.id for t in sp.mirror(_SlowTarget(OnnxLM(tmp_path / "same"), 0.02), same, prompt, opts,
+                                       Spec("mirror", gamma=4, kappa=0), stats=st)]
+        assert got == ref
+        hits, misses = hits + st.branch_hits, misses + st.branch_misses
+    assert hits > 3 * misses, (hits, misses)  # without the own branch kappa 0 builds nothing: no hits at all
+    with pytest.raises(ValueError, match="early-exit split .prefix/suffix. for kappa 2"):
+        list(sp.mirror(OnnxLM(tmp_path / "same"), same, [1], opts, Spec("mirror", gamma=4, kappa=2)))
+    with pytest.raises(ValueError, match="kappa must be an integer >= 0"):
+        Spec("mirror", kappa=-1)
+
+
 def test_a_draft_with_another_tokenizer_is_refused_naming_both():
     tokenizers = pytest.importorskip("tokenizers")
 
