@@ -346,11 +346,13 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
     return write_manifest(out, [MODEL_FILE, "tokenizer.json"], cfg, **fields)
 
 
-def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None):
+def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
+                     shared_cache: bool = True):
     """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, LMManifest, tokenizer).
     `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
-    path with nothing written to disk, a few seconds at load."""
-    model, cfg, tok, fields = _bundle_fields(path, compute, name)
+    path with nothing written to disk, a few seconds at load (shared_cache=False: states that grow and fork,
+    the default draft of a GGUF target)."""
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache)
     graph = model.SerializeToString()
     text = tok.to_str().encode("utf-8")
     manifest = lm_manifest(cfg, files={MODEL_FILE: FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph)),

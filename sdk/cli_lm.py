@@ -281,7 +281,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "head on the target's own hidden state, --draft-head)")
     q.add_argument("--draft-head", default=None, help="--speculative head: the draft-head bundle, from scripts/train_draft_head.py "
                         "(default: the shipped head for SmolLM2-135M-Instruct, runtime/assets/draft-head-smollm2)")
-    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: a GGUF target's own int8 graph, built in "
+                                                          "memory; else the shipped lm-draft)")
     q.add_argument("--draft-device", default="cpu", help="onnxruntime provider of the draft: cpu, coreml, qnn, cuda, ...")
     q.add_argument("--target-device", default="cpu", help="torch device of the target: cpu, cuda, mps, auto")
     q.add_argument("--exit-head", default=None,
@@ -479,7 +480,8 @@ def add_lm_bench(sub, formatter) -> None:
                                      "(acceptance, beta, c, predicted vs measured speedup, latency)",
                        formatter_class=formatter)
     q.add_argument("--model", default=None, help="target checkpoint (default: the shipped lm-nano)")
-    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: the shipped lm-draft)")
+    q.add_argument("--draft", default=None, help="ONNX draft bundle (default: a GGUF target's own int8 graph, built in "
+                                                          "memory; else the shipped lm-draft)")
     q.add_argument("--mtp", default=None, help="MTP adapter (default: the model's own)")
     q.add_argument("--methods", nargs="+", default=["none", "draft", "mtp", "mirror", "lookup"],
                    choices=["none", "draft", "mtp", "mirror", "lookup", "head"], help="methods to run")

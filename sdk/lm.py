@@ -143,6 +143,14 @@ class LanguageModel:
     def draft_backend(self, spec: SpeculativeOptions) -> OnnxLM:
         """The draft model of these options (loaded once), on its onnxruntime provider."""
         key = (spec.draft, spec.draft_device, spec.draft_threads)
+        if key not in self._drafts and not spec.draft and self.path.suffix.lower() == ".gguf" and self.path.is_file():
+            # a GGUF file's default draft: its own blocks on onnxruntime's int8 kernel (built in memory, ~5 s), with
+            # states that fork (Mirror-SD's branches); the one-row kernel, as every draft (see below)
+            from heron.export.gguf_onnx import bundle_in_memory
+
+            graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=False)
+            self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(spec.draft_device),),
+                                                   threads=spec.draft_threads, min_rows=1, source_file=self.path)
         if key not in self._drafts:
             folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
             if not (folder / "manifest.json").is_file():

@@ -201,3 +201,21 @@ def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_pa
         heron.load_lm("smollm2", engine="onnx", experts=2)
     with pytest.raises(ValueError, match="engine must be one of"):
         heron.load_lm("smollm2", engine="gpu")
+
+
+def test_mirror_on_smollm2_drafts_with_its_own_int8_graph(smol):
+    """`--speculative mirror` on SmolLM2's torch target with no --draft: the file's own int8 graph (built in memory,
+    states that fork) drafts beside it; greedy output is plain decoding's, and the draft's own continuation is
+    reused as the next window (kappa 0: no early exit; kappa 2 as well, with the exit after layer 2)."""
+    from heron.runtime import decoding as sp
+
+    lm = smol[0]
+    prompt = lm.chat_prompt([{"role": "user", "content": "Write a Python function that reverses a string."}])
+    opts = sp.GenerationOptions(max_new_tokens=24)
+    ref = [t.id for t in lm.generate(prompt, opts)]
+    for kappa in (0, 2):
+        st = sp.DecodeStats()
+        got = [t.id for t in lm.generate(prompt, opts, sp.SpeculativeOptions(method="mirror", kappa=kappa), st)]
+        assert got == ref, kappa
+        assert st.branch_hits > 0 and max(st.accepted) >= 3, (kappa, st.branch_hits, st.accepted)
+    assert lm.draft_backend(sp.SpeculativeOptions(method="mirror")).branchable
