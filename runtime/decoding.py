@@ -56,6 +56,10 @@ class GenerationOptions:
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
 
+# Mirror-SD's early-exit candidates per position where the target has an exit head trained for the exit layer
+# (without one, a low layer guesses SmolLM2's next word 3-16% of the time: the draft's own continuation alone
+# gave 1.40x draft SD on SmolLM2, two exit candidates 1.09x; BENCHMARKS.md "Mirror-SD on SmolLM2")
+DEFAULT_KAPPA = 2
 METHODS = ("none", "draft", "mtp", "mirror", "lookup", "head")  # none: plain decoding (as the CLI's --speculative none)
 # draft tokens per round where the caller does not say: the head's rounds start with prompt lookup, whose windows
 # copy long runs of the context (code edits), and its own windows are cut by best_window to the 1-3 words that pay;
@@ -72,10 +76,11 @@ class SpeculativeOptions:
                                     # lookup: prompt lookup (the tokens that followed the context's last n-gram before)
                                     # head: a draft head on the target's own hidden state (heron.runtime.draft_head)
     gamma: int | None = None        # draft tokens per round, at most (None: the method's DEFAULT_GAMMA)
-    kappa: int = 2                  # Mirror-SD: early-exit candidates per window position (0: none, only the
-                                    # draft's own continuation is built beside the target: no early exit needed)
+    kappa: int | None = None        # Mirror-SD: early-exit candidates per window position (0: none, only the
+                                    # draft's own continuation is built beside the target: no early exit needed;
+                                    # None: DEFAULT_KAPPA with an exit head trained for exit_layer, else 0)
     exit_layer: int = 2             # Mirror-SD: the target layer whose early exit feeds the draft
-    draft: str | None = None        # ONNX draft bundle folder (None: the shipped lm-draft)
+    draft: str | None = None        # ONNX draft bundle folder (None: a GGUF target's own int8 graph, else lm-draft)
     draft_device: str = "cpu"       # onnxruntime provider for the draft: cpu, coreml, qnn, cuda, ... or a full name
     draft_threads: int = 1          # onnxruntime threads of the draft
     draft_timeout_s: float = 5.0    # a draft call slower than this counts as stalled: the target goes on alone
@@ -94,7 +99,7 @@ class SpeculativeOptions:
         for name in ("gamma", "draft_threads"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not _is_int(self.kappa) or self.kappa < 0:
+        if self.kappa is not None and (not _is_int(self.kappa) or self.kappa < 0):
             raise ValueError(f"kappa must be an integer >= 0 (0: no early-exit candidates), got {self.kappa!r}")
         if not _is_int(self.exit_layer) or self.exit_layer < 1:
             raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
@@ -704,6 +709,12 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split).
     """
     gamma, kappa, exit_layer = spec.gamma, spec.kappa, spec.exit_layer
+    n_layers = getattr(getattr(getattr(target, "model", None), "cfg", None), "n_layers", None)
+    if n_layers is not None and not 1 <= exit_layer < n_layers:  # refused whatever kappa: a bad option is bad input
+        raise ValueError(f"--exit-layer must be in [1, {n_layers - 1}], got {exit_layer}")
+    if kappa is None:  # an early exit names the target's words well only from a head trained for that layer
+        head = getattr(target, "exit_head", None)
+        kappa = DEFAULT_KAPPA if head is not None and getattr(head, "layer", None) == exit_layer else 0
     if not getattr(draft, "branchable", False):
         raise ValueError(f"the Mirror-SD draft must keep independent branch states (an onnxruntime bundle whose "
                          f"states grow, such as the shipped draft); {draft.name} cannot")

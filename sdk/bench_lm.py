@@ -30,7 +30,7 @@ class BenchOptions:
     new_tokens: int = 48
     threads: int = 2
     gamma: int | None = None       # draft tokens per round (None: each method's own, runtime.decoding.DEFAULT_GAMMA)
-    kappa: int = 2
+    kappa: int | None = None       # Mirror-SD: None: 2 with an exit head trained for exit_layer, else 0
     exit_layer: int = 2
     methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror", "lookup")
     target_device: str = "cpu"

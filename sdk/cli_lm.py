@@ -290,8 +290,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per round (lookup, head: at most; each window is cut to the length that pays; "
                         "default 8 for head, whose prompt-lookup windows copy long runs, 4 otherwise)")
-    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position (0: none; "
-                                                        "the draft builds only its own continuation)")
+    q.add_argument("--kappa", type=int, default=None,
+                   help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
+                        "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
     q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
     q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
@@ -492,8 +493,9 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
     q.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise)")
-    q.add_argument("--kappa", type=int, default=2, help="Mirror-SD: early-exit candidates per position (0: none; "
-                                                        "the draft builds only its own continuation)")
+    q.add_argument("--kappa", type=int, default=None,
+                   help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
+                        "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],

@@ -369,6 +369,9 @@ def test_mirror_builds_the_drafts_own_continuation_beside_the_target(pair, tmp_p
     assert hits > 3 * misses, (hits, misses)  # without the own branch kappa 0 builds nothing: no hits at all
     with pytest.raises(ValueError, match="early-exit split .prefix/suffix. for kappa 2"):
         list(sp.mirror(OnnxLM(tmp_path / "same"), same, [1], opts, Spec("mirror", gamma=4, kappa=2)))
+    # the default (kappa None): no exit head trained for the exit layer -> 0, so this target needs no split either
+    assert [t.id for t in sp.mirror(OnnxLM(tmp_path / "same"), same, PROMPTS[1], opts, Spec("mirror", gamma=4))] == \
+        [t.id for t in sp.plain(TorchLM(target), PROMPTS[1], opts)]
     with pytest.raises(ValueError, match="kappa must be an integer >= 0"):
         Spec("mirror", kappa=-1)
 
