@@ -19,8 +19,8 @@ METHODS = ("none", "draft", "mtp", "mirror")
 
 
 def run_once(lm, method: str, prompt: str, args, colour: bool) -> list[int]:
-    spec = None if method == "none" else heron.SpeculativeOptions(method=method, gamma=args.gamma, kappa=args.kappa,
-                                                                 exit_layer=args.exit_layer)
+    mirror = dict(kappa=args.kappa, exit_layer=args.exit_layer) if method == "mirror" else {}  # its options alone
+    spec = None if method == "none" else heron.SpeculativeOptions(method=method, gamma=args.gamma, **mirror)
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     stats = heron.DecodeStats(method=method)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import concurrent.futures as cf
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Collection, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -66,6 +66,12 @@ METHODS = ("none", "draft", "mtp", "mirror", "lookup", "head")  # none: plain de
 # 8 against 4: 2.49x against 2.26x tokens per plain step on the code edit, the summary 1% lower, chat level
 # (scripts/replay_speculation.py; measured 2.40x against 2.09x on decoding: BENCHMARKS.md)
 DEFAULT_GAMMA = {"head": 8}
+# the options only some methods read (field -> those methods): any other method given a value other than the
+# field's default is refused rather than silently ignored (a --draft-head without --speculative head, say)
+METHOD_OPTIONS = {"kappa": ("mirror",), "exit_layer": ("mirror",), "exit_head": ("mirror",), "mtp": ("mtp",),
+                  "head": ("head",), "head_lookup": ("head",), "adaptive": ("lookup", "head"),
+                  "draft": ("draft", "mirror"), "draft_device": ("draft", "mirror"),
+                  "draft_threads": ("draft", "mirror"), "draft_timeout_s": ("draft", "mirror")}
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class SpeculativeOptions:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"speculative method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "none" and self.gamma is not None:
+            raise ValueError(f"gamma applies to a speculative method; the method is 'none', got gamma={self.gamma!r}")
         if self.gamma is None:
             object.__setattr__(self, "gamma", DEFAULT_GAMMA.get(self.method, 4))
         for name in ("gamma", "draft_threads"):
@@ -109,6 +117,17 @@ class SpeculativeOptions:
         if not isinstance(self.draft_timeout_s, (int, float)) or not math.isfinite(self.draft_timeout_s) \
                 or self.draft_timeout_s <= 0:
             raise ValueError(f"draft_timeout_s must be a positive number of seconds, got {self.draft_timeout_s!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, methods in METHOD_OPTIONS.items():
+            if self.method not in methods and getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} applies to method {' or '.join(map(repr, methods))} only; the method is "
+                                 f"{self.method!r}")
+
+
+def method_options(method: str, **options) -> dict:
+    """The options that `method` reads, out of SpeculativeOptions fields given for several methods at once (a
+    benchmark running each method with the same flags)."""
+    return {k: v for k, v in options.items() if method in METHOD_OPTIONS.get(k, (method,))}
 
 
 @dataclass

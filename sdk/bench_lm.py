@@ -179,8 +179,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         for method in methods:
             threads = o.threads if method in ("none", "mtp", "lookup") else max(1, o.threads - 1)
             torch.set_num_threads(threads)
-            spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, kappa=o.kappa,
-                                                                       exit_layer=o.exit_layer, draft=draft, mtp=mtp)
+            spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, **sp.method_options(
+                method, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp))
             row, outs = run_method(lm, spec, prompts, opts, method)
             row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
             if ref is None:

@@ -63,10 +63,34 @@ def _print_tokens(args, tokens) -> None:
     return n
 
 
+ROE_TAU = 0.3  # --roe-tau's default (heron.load_lm's)
+SPECULATIVE = ("draft", "mtp", "mirror", "lookup", "head")
+# the decoding flags only some --speculative methods read: (flag, its default, those methods)
+METHOD_FLAGS = {"gamma": ("--gamma", None, SPECULATIVE), "show_drafts": ("--show-drafts", None, SPECULATIVE),
+                "draft_head": ("--draft-head", None, ("head",)), "draft": ("--draft", None, ("draft", "mirror")),
+                "draft_device": ("--draft-device", "cpu", ("draft", "mirror")),
+                "exit_head": ("--exit-head", None, ("mirror",)), "kappa": ("--kappa", None, ("mirror",)),
+                "exit_layer": ("--exit-layer", 2, ("mirror",)), "mtp": ("--mtp", None, ("mtp",))}
+
+
+def check_flags(args, chosen: tuple[str, ...] | None = None) -> None:
+    """Refuse a flag that these options would silently ignore: heron lm generate / chat (the --speculative
+    method), heron lm bench (`chosen`: its --methods)."""
+    said = f"--methods {' '.join(chosen)}" if chosen else f"--speculative {args.speculative}"
+    for dest, (flag, default, methods) in METHOD_FLAGS.items():
+        if getattr(args, dest, default) != default and not set(chosen or (args.speculative,)) & set(methods):
+            need = ("a speculative method" if methods == SPECULATIVE
+                    else ("method " if chosen else "--speculative ") + " or ".join(methods))
+            raise ValueError(f"{flag} applies to {need} only ({said})")
+    if chosen is None and args.roe_tau != ROE_TAU and args.roe_samples == 1:
+        raise ValueError("--roe-tau applies with --roe-samples > 1 (Roster of Experts)")
+
+
 def _load(args):
     """-> (model, speculative options or None, generation options) from the generate/chat flags."""
     import heron
 
+    check_flags(args)
     spec = None
     if args.speculative != "none":
         spec = heron.SpeculativeOptions(method=args.speculative, gamma=args.gamma, kappa=args.kappa,
@@ -261,7 +285,7 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, nondeterministic)")
     q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
     q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
-    q.add_argument("--roe-tau", type=float, default=0.3, help="Gumbel temperature of the noisy (upper) layers")
+    q.add_argument("--roe-tau", type=float, default=ROE_TAU, help="Gumbel temperature of the noisy (upper) layers")
     q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     q.add_argument("--threads", type=int, default=1, help="threads of the target (torch or onnxruntime)")
     q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
@@ -514,6 +538,7 @@ def _bench(args) -> int:
 
     from heron import bench_lm as bench
 
+    check_flags(args, tuple(args.methods))
     o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
                            kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,

@@ -269,6 +269,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
     if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
                                                                               weights) == "onnx":
+        if weights == "int8":  # would be ignored: the graph holds the file's own blocks
+            raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
+                             "own 4-bit blocks (weights int4); compute='int8' runs them with int8 activations, "
+                             "engine='torch' quantizes the dequantized model to int8 in memory")
         return _load_gguf_onnx(folder, device, threads, compute or "int8x2")
     if compute is not None:
         raise ValueError(f"compute applies to a GGUF file or a named model run on the onnx engine; {folder} is not "

@@ -61,6 +61,12 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "bench", "--methods", "none", "bogus"], "invalid choice: 'bogus'"),
     (["lm", "bench", "--engine", "gpu"], "invalid choice: 'gpu'"),
     (["lm", "generate", "x", "--kappa", "-1"], "--kappa: must be in [0, 1024]"),
+    # a flag that the chosen method would ignore is refused, not dropped
+    (["lm", "generate", "x", "--draft-head", "/tmp"], "--draft-head applies to --speculative head only"),
+    (["lm", "generate", "x", "--speculative", "draft", "--kappa", "0"], "--kappa applies to --speculative mirror only"),
+    (["lm", "generate", "x", "--gamma", "3"], "--gamma applies to a speculative method only"),
+    (["lm", "generate", "x", "--roe-tau", "0.5"], "--roe-tau applies with --roe-samples > 1"),
+    (["lm", "bench", "--methods", "none", "lookup", "--kappa", "1"], "--kappa applies to method mirror only"),
 ])
 def test_bad_input_gets_a_clear_error(args, message):
     p = heron(*args, check=False)
@@ -105,11 +111,15 @@ def test_export_with_an_impossible_k_is_refused_before_writing(tmp_path):
 @needs_shipped
 def test_bench_without_draft_methods_needs_no_draft(tmp_path):
     """lm bench loaded the draft model for its cost table even when no method used it, so SmolLM2 (no
-    draft of its vocabulary) could not be benchmarked with lookup: a missing --draft must not matter."""
-    p = heron("lm", "bench", "--methods", "none", "lookup", "--prompts", "1", "--new-tokens", "8", "--repeats", "1",
-              "--threads", "1", "--draft", str(tmp_path / "no-such-draft"), check=False)
-    assert p.returncode == 0, p.stderr[-400:]
-    assert "| lookup |" in p.stdout
+    draft of its vocabulary) could not be benchmarked with lookup: a missing draft must not matter. (The CLI now
+    refuses --draft without a method that reads it, so the API is asked.)"""
+    from heron.bench_lm import BenchOptions, markdown, run
+
+    o = BenchOptions(prompts=1, new_tokens=8, repeats=1, threads=1, methods=("none", "lookup"))
+    report = run(None, o, draft=str(tmp_path / "no-such-draft"), log=lambda *a: None)
+    assert "| lookup |" in markdown(report)
+    p = heron("lm", "bench", "--methods", "none", "lookup", "--draft", str(tmp_path / "no-such-draft"), check=False)
+    assert p.returncode == 1 and "--draft applies to method draft or mirror only" in p.stderr
 
 
 def test_bench_options_refuse_an_unknown_method_before_running_any():

@@ -186,6 +186,16 @@ def test_bad_compute_is_refused(tmp_path):
         build_graph(path, compute="int4")
 
 
+def test_int8_weights_are_refused_for_a_gguf_file_on_the_onnx_engine(tmp_path):
+    """The graph runs the file's own 4-bit blocks: weights='int8' would be ignored, so it is refused before the
+    graph is built."""
+    import heron
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q4_1"))
+    with pytest.raises(ValueError, match="weights='int8' does not apply to a GGUF file on the onnx engine"):
+        heron.load_lm(path, engine="onnx", weights="int8")
+
+
 def _smol(tmp_path_factory, compute):
     from heron.paths import named_lm_path
 

@@ -186,6 +186,15 @@ def test_prompts_and_options_are_checked_not_coerced(tmp_path):
     for bad in (0, True, 2.5):
         with pytest.raises(ValueError, match="gamma"):
             heron.SpeculativeOptions("head", gamma=bad)
+    # an option that only another method reads is refused, not silently ignored
+    for method, bad in (("lookup", {"head": "x"}), ("draft", {"adaptive": False}), ("head", {"kappa": 1}),
+                        ("none", {"gamma": 3}), ("mirror", {"mtp": "x"}), ("mtp", {"draft": "x"})):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} applies to .*; the method is '{method}'"):
+            heron.SpeculativeOptions(method, **bad)
+    assert heron.SpeculativeOptions("mirror", kappa=0, draft="d", exit_layer=3).kappa == 0
+    from heron.runtime.decoding import method_options
+    assert method_options("lookup", kappa=1, draft="d", adaptive=False) == {"adaptive": False}
+    assert method_options("mirror", kappa=1, draft="d", mtp=None) == {"kappa": 1, "draft": "d"}
     spec = heron.SpeculativeOptions("mirror", exit_head=str(tmp_path / "typo"))
     with pytest.raises(FileNotFoundError, match="no exit head"):
         list(lm.generate("def f", G(max_new_tokens=2), speculative=spec))

@@ -125,7 +125,8 @@ def _pvalue(fn, prompt, p1, given) -> float:
 def test_speculative_sampling_keeps_smollm2s_distribution(smol, method, monkeypatch):
     target, drafts, prompt, p1, given = smol
     assert 0.05 < p1.max() < 0.9  # spread out: the test has power
-    spec = sp.SpeculativeOptions(method="lookup" if method == "lookup" else "draft", gamma=2, adaptive=False)
+    spec = (sp.SpeculativeOptions(method="lookup", gamma=2, adaptive=False) if method == "lookup"
+            else sp.SpeculativeOptions(method="draft", gamma=2))
 
     def fn(prompt, opts, stats=None):
         if method == "lookup":

@@ -174,7 +174,8 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
         for seed in range(n):
             out = [t.id for t in fn(T, D, prompt, sp.GenerationOptions(max_new_tokens=2, temperature=temperature,
                                                                        seed=seed),
-                                 Spec(method, gamma=2, adaptive=False))]  # lookup: both draft tokens verified
+                                 Spec(method, gamma=2, **sp.method_options(method, adaptive=False)))]
+            # (lookup: both draft tokens verified)
             c1[out[0]] += 1
             c2[out[1]] += 1
         return c1, c2
