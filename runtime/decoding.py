@@ -757,10 +757,10 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
             # next word" (its window's own continuation: no early exit needed, so it overlaps the target's
             # lower layers too); then the target's prefix on [last, window] ranks the early-exit candidates
             feed = tc.sync(seq, len(seq)) + list(window)
-            cancel, built = threading.Event(), {}
+            cancel, own_cancel, built = threading.Event(), threading.Event(), {}
             base_state, base_ids, seq_len = draft.snapshot(), list(dc.ids), len(seq)
             own = runner.submit(_build_branches, draft, base_state, base_ids, seq_len, window, [(g, None, 1.0)], g,
-                                opts, draft_rng, cancel, built, 1)
+                                opts, draft_rng, own_cancel, built, 1)
             t0 = time.perf_counter()
             fut = None
             if kappa:
@@ -774,20 +774,21 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
             tc.ids.extend(feed)
             stats.target_time_s += time.perf_counter() - t0
             stats.target_calls += 1
-            cancel.set()
-            t1 = time.perf_counter()
-            runner.result(own)
+            cancel.set()  # the early-exit candidates' rollouts stop with the target
+            n_before = len(seq)
+            yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em, logits)
+            n_acc = stats.accepted[-1]
+            if n_acc < g or em.done:  # the own continuation assumed every draft word accepted: not needed now
+                own_cancel.set()
+            t1 = time.perf_counter()  # else it is finished, not dropped: what is left of it costs less than
+            runner.result(own)  # building the next window from scratch, and it is the likeliest next window
             if fut is not None:
                 runner.result(fut)
             stats.draft_time_s += time.perf_counter() - t1
             if runner.failed:
                 stats.fallback = runner.failed
-                yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em, logits)
                 break
             stats.branches_built += len(built)
-            n_before = len(seq)
-            yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em, logits)
-            n_acc = stats.accepted[-1]
             alpha = 0.9 * alpha + 0.1 * (n_acc / g)
             hit = built.get((n_acc, seq[n_before + n_acc])) if len(seq) > n_before + n_acc else None
             if hit is not None:

@@ -170,18 +170,23 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": []}
-    for _ in lm.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of the timings
-        pass
+    split = None  # an onnxruntime target's threads are fixed at load: one with a thread left for the draft
+    if lm.model is None and o.threads > 1 and {"draft", "mirror"} & set(o.methods):
+        split = load_lm(target_dir, device=o.target_device, threads=o.threads - 1, compute=o.compute, engine=engine)
+    for model in (lm, split) if split is not None else (lm,):
+        for _ in model.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of timings
+            pass
     ref = None
     methods = ("none",) + tuple(m for m in o.methods if m != "none")
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for rep in range(o.repeats):  # interleaved, so that a slow spell of the machine hits every method alike
         for method in methods:
-            threads = o.threads if method in ("none", "mtp", "lookup") else max(1, o.threads - 1)
+            threads = o.threads if method in ("none", "mtp", "lookup", "head") else max(1, o.threads - 1)
             torch.set_num_threads(threads)
             spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, **sp.method_options(
                 method, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp))
-            row, outs = run_method(lm, spec, prompts, opts, method)
+            row, outs = run_method(split if threads < o.threads and split is not None else lm, spec, prompts, opts,
+                                   method)
             row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
             if ref is None:
                 ref = outs
@@ -197,9 +202,10 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
                    repeats=len(speeds))
         report["rows"].append(row)
     # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only)
-    d = lm.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
+    verifier = split if split is not None else lm  # the target as the draft methods ran it
+    d = verifier.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
     gamma = o.gamma or sp.SpeculativeOptions().gamma  # beta, c and the predictions: the draft methods' window
-    costs = dict(step_costs(lm, d, gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1)), gamma=gamma)
+    costs = dict(step_costs(verifier, d, gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1)), gamma=gamma)
     report["costs"] = costs
     base = report["rows"][0]["tokens_per_s"]
     vanilla = next((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), None)

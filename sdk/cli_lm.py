@@ -294,8 +294,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "(less memory, slower on a CPU)")
     q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
                    help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
-                        "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD, --k, --roe-samples "
-                        "need it); auto: onnx unless the options need torch")
+                        "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD's early exit, --k, "
+                        "--roe-samples need it; Mirror-SD with --kappa 0 runs on either); auto: torch for mtp and "
+                        "mirror, else onnx unless the options need torch")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
                         "int8x2: fp32's greedy answers; int8: faster, and with --speculative head the fastest lossless "

@@ -24,6 +24,7 @@ engine in heron.runtime.decoding.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -183,9 +184,16 @@ class LanguageModel:
         return self._drafts[key]
 
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
+        if self.model is None and spec.method == "mirror":
+            # an onnxruntime target (on any provider) with kappa 0: the draft builds its own continuation beside the
+            # target's one forward; early-exit candidates (kappa >= 1) come from inside the torch model
+            if spec.kappa or spec.exit_head or spec.exit_layer != SpeculativeOptions.exit_layer:
+                raise ValueError("Mirror-SD's early exit (--kappa >= 1, --exit-head, --exit-layer) runs inside the "
+                                 "torch target (--engine torch); an onnxruntime target runs --kappa 0")
+            return mirror(self.backend, self.draft_backend(spec), ids, options, replace(spec, kappa=0), stats, detok)
         if self.model is None and spec.method not in ("draft", "lookup", "head"):
             raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft, "
-                             "lookup and head)")
+                             "mirror with kappa 0, lookup and head)")
         if spec.method == "lookup":
             return lookup(self.backend, ids, options, spec, stats, detok)
         if spec.method == "head":

@@ -87,17 +87,20 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
 @needs_shipped
 def test_onnx_target_path_runs_without_torch():
-    """An exported bundle as the target: plain and draft decoding on onnxruntime, torch blocked."""
+    """An exported bundle as the target: plain, draft and Mirror-SD decoding on onnxruntime (Mirror with kappa 0:
+    the draft's own continuation beside the target's forward; its early exit needs the torch model), torch blocked."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "from heron.cli import main\n"
             f"raise SystemExit(main(['lm', 'generate', 'Return the', '--model', r'{DRAFT}', "
-            "'--max-new-tokens', '16', '--speculative', sys.argv[1]]))")
+            "'--max-new-tokens', '16', '--speculative', *sys.argv[1:]]))")
     outs = []
-    for method in ("none", "draft"):
+    for method in ("none", "draft", "mirror"):
         p = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         outs.append(p.stdout)
-    assert outs[0] == outs[1] and outs[0].startswith("Return the")
+    assert outs[0] == outs[1] == outs[2] and outs[0].startswith("Return the")
+    p = subprocess.run([sys.executable, "-c", code, "mirror", "--kappa", "2"], capture_output=True, text=True)
+    assert p.returncode == 1 and "runs inside the torch target (--engine torch)" in p.stderr, p.stderr
 
 
 @needs_shipped
