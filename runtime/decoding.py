@@ -711,6 +711,15 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         out[(depth, root)] = _Branch(depth, root, toks, np.stack(qs), draft.snapshot(), ids)
 
 
+def mirror_kappa(target, spec: SpeculativeOptions) -> int:
+    """Mirror-SD's early-exit candidates per position: spec.kappa, or where it is None DEFAULT_KAPPA if the target
+    has an exit head trained for spec.exit_layer (only such a head names the target's words well), else 0."""
+    if spec.kappa is not None:
+        return spec.kappa
+    head = getattr(target, "exit_head", None)
+    return DEFAULT_KAPPA if head is not None and getattr(head, "layer", None) == spec.exit_layer else 0
+
+
 def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
            spec: SpeculativeOptions = SpeculativeOptions(method="mirror"), stats: DecodeStats | None = None,
            detok: Callable | None = None) -> Iterator[Token]:
@@ -727,16 +736,15 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     branch when the draft agrees with the target, and one that needs no early exit. kappa 0 builds only that
     one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split).
     """
-    gamma, kappa, exit_layer = spec.gamma, spec.kappa, spec.exit_layer
+    gamma, exit_layer = spec.gamma, spec.exit_layer
     n_layers = getattr(getattr(getattr(target, "model", None), "cfg", None), "n_layers", None)
     if n_layers is not None and not 1 <= exit_layer < n_layers:  # refused whatever kappa: a bad option is bad input
         raise ValueError(f"--exit-layer must be in [1, {n_layers - 1}], got {exit_layer}")
-    if kappa is None:  # an early exit names the target's words well only from a head trained for that layer
-        head = getattr(target, "exit_head", None)
-        kappa = DEFAULT_KAPPA if head is not None and getattr(head, "layer", None) == exit_layer else 0
-    if not getattr(draft, "branchable", False):
-        raise ValueError(f"the Mirror-SD draft must keep independent branch states (an onnxruntime bundle whose "
-                         f"states grow, such as the shipped draft); {draft.name} cannot")
+    kappa = mirror_kappa(target, spec)
+    if kappa and not getattr(draft, "branchable", False):  # kappa 0: one branch at a time, a rewind suffices
+        raise ValueError(f"Mirror-SD's early-exit branches (kappa {kappa}) need a draft that keeps independent branch "
+                         f"states (an onnxruntime bundle whose states grow, such as the shipped draft); {draft.name} "
+                         "cannot (kappa 0 needs none)")
     if kappa and not hasattr(target, "prefix"):
         raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix) for kappa {kappa}; "
                          f"{target.name} has none (kappa 0 needs none)")

@@ -496,7 +496,8 @@ def add_lm_export(sub, formatter) -> None:
                         "and its first draft token verifies free: the fastest with --speculative), fp32 (exact, slow)")
     p.add_argument("--growing-states", action="store_true",
                    help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
-                        "step; forks cheaply: what a Mirror-SD draft needs, --speculative mirror --draft DIR)")
+                        "step; forks cheaply: what a Mirror-SD draft needs for --kappa >= 1, --speculative mirror "
+                        "--draft DIR)")
     p.set_defaults(func=_export_lm)
 
 

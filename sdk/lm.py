@@ -24,14 +24,13 @@ engine in heron.runtime.decoding.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
-from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror, plain,
-                                    speculative)
+from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror,
+                                    mirror_kappa, plain, speculative)
 from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead, head_generate
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.manifest import BundleError
@@ -141,15 +140,18 @@ class LanguageModel:
         return self.generate(self.chat_prompt(messages), options, speculative, stats)
 
     # --- speculative decoders, built once per option set -------------------------------------------
-    def draft_backend(self, spec: SpeculativeOptions) -> OnnxLM:
-        """The draft model of these options (loaded once), on its onnxruntime provider."""
-        key = (spec.draft, spec.draft_device, spec.draft_threads)
-        if key not in self._drafts and not spec.draft and self.path.suffix.lower() == ".gguf" and self.path.is_file():
-            # a GGUF file's default draft: its own blocks on onnxruntime's int8 kernel (built in memory, ~5 s), with
-            # states that fork (Mirror-SD's branches); the one-row kernel, as every draft (see below)
+    def draft_backend(self, spec: SpeculativeOptions, forks: bool = False) -> OnnxLM:
+        """The draft model of these options (loaded once), on its onnxruntime provider. forks: its states must fork
+        (Mirror-SD's early-exit branches, kappa >= 1); a GGUF file's own draft then has states that grow by a copy
+        per step, else state buffers extended in place (faster: no copy of the cache per step)."""
+        gguf = not spec.draft and self.path.suffix.lower() == ".gguf" and self.path.is_file()
+        key = (spec.draft, spec.draft_device, spec.draft_threads, forks and gguf)
+        if key not in self._drafts and gguf:
+            # a GGUF file's default draft: its own blocks on onnxruntime's int8 kernel (built in memory, ~5 s); the
+            # one-row kernel, as every draft (see below)
             from heron.export.gguf_onnx import bundle_in_memory
 
-            graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=False)
+            graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=not forks)
             self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(spec.draft_device),),
                                                    threads=spec.draft_threads, min_rows=1, source_file=self.path)
         if key not in self._drafts:
@@ -190,7 +192,7 @@ class LanguageModel:
             if spec.kappa or spec.exit_head or spec.exit_layer != SpeculativeOptions.exit_layer:
                 raise ValueError("Mirror-SD's early exit (--kappa >= 1, --exit-head, --exit-layer) runs inside the "
                                  "torch target (--engine torch); an onnxruntime target runs --kappa 0")
-            return mirror(self.backend, self.draft_backend(spec), ids, options, replace(spec, kappa=0), stats, detok)
+            return mirror(self.backend, self.draft_backend(spec), ids, options, spec, stats, detok)  # kappa 0
         if self.model is None and spec.method not in ("draft", "lookup", "head"):
             raise ValueError(f"--speculative {spec.method} needs the torch target (an ONNX target supports draft, "
                              "mirror with kappa 0, lookup and head)")
@@ -224,7 +226,9 @@ class LanguageModel:
             self._mirror_targets[folder] = TorchLM(self.model, device=self.device, routing=b.route, end_ids=b.end_ids,
                                                    exit_head=early_exit.load(folder, self.model, self.vocabulary,
                                                                              self._target_name))
-        return mirror(self._mirror_targets[folder], self.draft_backend(spec), ids, options, spec, stats, detok)
+        target = self._mirror_targets[folder]
+        return mirror(target, self.draft_backend(spec, forks=mirror_kappa(target, spec) > 0), ids, options, spec, stats,
+                      detok)
 
 
 ENGINES = ("auto", "onnx", "torch")

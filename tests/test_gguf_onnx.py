@@ -160,6 +160,25 @@ def test_blocks_are_repacked_not_requantized(tmp_path):
         assert b.bits in (4, 8) and b.packed.dtype == np.uint8
 
 
+def test_mirror_with_kappa_0_drafts_with_in_place_states(tmp_path):
+    """Mirror-SD with kappa 0 builds one branch at a time, so a draft whose state buffers are extended in place
+    (rewound, never forked: no copy of the cache per step) serves: plain decoding's tokens, windows accepted (the
+    draft is the target's own graph). Early-exit branches (kappa >= 1) still need states that fork."""
+    from heron.runtime import decoding as sp
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"))
+    target, draft = _backend(path, True), _backend(path, True)
+    assert not draft.branchable
+    opts = sp.GenerationOptions(max_new_tokens=20, stop_at_eot=False)
+    ref = [t.id for t in sp.plain(target, [3, 1, 4, 1, 5], opts)]
+    st = sp.DecodeStats()
+    got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, sp.SpeculativeOptions("mirror", kappa=0), st)]
+    # every round's next window is the branch built beside the target, but the last (it ends the generation)
+    assert got == ref and max(st.accepted) == 4 and st.branch_hits >= 3 and st.branch_misses <= 1, st
+    with pytest.raises(ValueError, match=r"early-exit branches \(kappa 2\) need a draft that keeps independent"):
+        list(sp.mirror(target, draft, [3, 1], opts, sp.SpeculativeOptions("mirror", kappa=2)))
+
+
 def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch):
     """`heron lm export FILE.gguf --growing-states` asks for states that grow per call (what a Mirror-SD draft forks:
     such a graph is branchable, the in-place default is not: test_shared_state_buffers_equal_grown_states); a
