@@ -734,7 +734,8 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     start, the draft thread builds the branch of a round that accepts everything: the window's own
     continuation after the draft's likeliest next word (its guess of the target's bonus word), the likeliest
     branch when the draft agrees with the target, and one that needs no early exit. kappa 0 builds only that
-    one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split).
+    one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split), and since it
+    builds one branch at a time its draft need only rewind (kappa >= 1 needs a draft whose states fork).
     """
     gamma, exit_layer = spec.gamma, spec.exit_layer
     n_layers = getattr(getattr(getattr(target, "model", None), "cfg", None), "n_layers", None)

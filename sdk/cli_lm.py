@@ -65,21 +65,27 @@ def _print_tokens(args, tokens) -> None:
 
 ROE_TAU = 0.3  # --roe-tau's default (heron.load_lm's)
 SPECULATIVE = ("draft", "mtp", "mirror", "lookup", "head")
-# the decoding flags only some --speculative methods read: (flag, its default, those methods)
-METHOD_FLAGS = {"gamma": ("--gamma", None, SPECULATIVE), "show_drafts": ("--show-drafts", None, SPECULATIVE),
-                "draft_head": ("--draft-head", None, ("head",)), "draft": ("--draft", None, ("draft", "mirror")),
-                "draft_device": ("--draft-device", "cpu", ("draft", "mirror")),
-                "exit_head": ("--exit-head", None, ("mirror",)), "kappa": ("--kappa", None, ("mirror",)),
-                "exit_layer": ("--exit-layer", 2, ("mirror",)), "mtp": ("--mtp", None, ("mtp",))}
+# the decoding flags only some --speculative methods read: flag -> the SpeculativeOptions field it sets (its default
+# and the methods that read it: heron.runtime.decoding.METHOD_OPTIONS), or None: every speculative method reads it
+METHOD_FLAGS = {"--gamma": None, "--show-drafts": None, "--draft-head": "head", "--draft": "draft",
+                "--draft-device": "draft_device", "--exit-head": "exit_head", "--kappa": "kappa",
+                "--exit-layer": "exit_layer", "--mtp": "mtp"}
 
 
 def check_flags(args, chosen: tuple[str, ...] | None = None) -> None:
     """Refuse a flag that these options would silently ignore: heron lm generate / chat (the --speculative
     method), heron lm bench (`chosen`: its --methods)."""
+    from dataclasses import fields
+
+    from heron.runtime.decoding import METHOD_OPTIONS, SpeculativeOptions
+
+    defaults = {f.name: f.default for f in fields(SpeculativeOptions)}
     said = f"--methods {' '.join(chosen)}" if chosen else f"--speculative {args.speculative}"
-    for dest, (flag, default, methods) in METHOD_FLAGS.items():
-        if getattr(args, dest, default) != default and not set(chosen or (args.speculative,)) & set(methods):
-            need = ("a speculative method" if methods == SPECULATIVE
+    for flag, name in METHOD_FLAGS.items():
+        default, methods = (defaults[name], METHOD_OPTIONS[name]) if name else (None, SPECULATIVE)
+        given = getattr(args, flag[2:].replace("-", "_"), default) != default
+        if given and not set(chosen or (args.speculative,)) & set(methods):
+            need = ("a speculative method" if name is None
                     else ("method " if chosen else "--speculative ") + " or ".join(methods))
             raise ValueError(f"{flag} applies to {need} only ({said})")
     if chosen is None and args.roe_tau != ROE_TAU and args.roe_samples == 1:
