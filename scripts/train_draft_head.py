@@ -3,6 +3,7 @@
     .venv/bin/python scripts/draft_head_data.py --out runs/draft-head-data           # SmolLM2's answers
     .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --out runs/draft-head
 
+    .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data runs/head-data-b --out runs/draft-head-more
     .venv/bin/python scripts/train_draft_head.py --data runs/draft-head-data --files 'q*.npz' --out - --evaluate DIR
     HERON_WRITE_PACKAGE=1 .venv/bin/python scripts/train_draft_head.py --export DIR --out runtime/assets/draft-head-smollm2
 
@@ -31,7 +32,8 @@ def _stream_layers(gguf) -> tuple[int, ...]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=None, help="folder of scripts/draft_head_data.py (required unless --export)")
+    ap.add_argument("--data", nargs="+", default=None,
+                    help="folders of scripts/draft_head_data.py or draft_head_data_batched.py (required unless --export)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--files", default="*.npz", help="which answers of --data (p*.npz: prompt set 1, q*.npz: set 2)")
     ap.add_argument("--words", type=int, default=8192, help="N: the words the head proposes among")
@@ -74,16 +76,17 @@ def main() -> int:
     if not a.data:
         ap.error("--data is required (or --export DIR)")
     table = dequantized(read_blocks(open_reader(gguf), "token_embd.weight"))  # (V, D): the target's own rows
-    data = dh.load_data(a.data, a.files)
+    head = dh.load(Path(a.evaluate) / "torch") if a.evaluate else None
+    data = dh.load_data(a.data, a.files, streams=a.streams or bool(head and head.cfg.n_features))
     if a.evaluate:
         import numpy as np
-        report = dh.agreement(dh.load(Path(a.evaluate) / "torch"), data, np.arange(len(data.x)))
+        report = dh.agreement(head, data, np.arange(len(data.x)))
         print(json.dumps({"head": a.evaluate, "files": a.files, "positions": len(data.x), **report}))
         return 0
     print(f"{len(data.x)} positions from {len(set(data.answer.tolist()))} answers ({time.time() - t0:.0f} s)", flush=True)
     n_features = data.streams.shape[1] // table.shape[1] if a.streams else 0
     if a.streams and not n_features:
-        ap.error(f"--streams: the answers in {a.data} were recorded without --features")
+        ap.error(f"--streams: the answers in {' '.join(a.data)} were recorded without --features")
     cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words, n_features=n_features)
     opts = dh.TrainOptions(steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, seed=a.seed)
     model, report = dh.train(data, table, cfg, opts, log=lambda s: print(s, flush=True))

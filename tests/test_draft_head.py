@@ -331,6 +331,72 @@ def test_the_heads_training_prompts_are_not_the_benchmarks():
         prompts = mod.prompt_set(which=which)
         assert len(prompts) > 200 and not bench & set(prompts), which
         assert not [p for p in prompts if "hash table" in p.lower() or "job interview" in p.lower()], which
+    batched = _script("draft_head_data_batched")  # set 5: the templates x topics sets 1-4 do not ask
+    five = batched.prompts_set5()
+    assert len(five) > 5000 and len(set(five)) == len(five) and not bench & set(five)
+    assert not set(five) & set().union(*(mod.prompt_set(which=k) for k in (1, 2, 3, 4)))
+    assert not [p for p in five if "hash table" in p.lower() or "job interview" in p.lower()]
+
+
+def _script(name):
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))  # the script imports draft_head_data beside it
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return mod
+
+
+def test_batched_answers_are_recorded_as_one_answer_alone_would_be():
+    """scripts/draft_head_data_batched.py records a left-padded batch of answers of different lengths in one call:
+    each record (hidden states, top-K ids and log-probs at the positions that chose its words) is the one that
+    answer gets alone, and the top-K are the model's own next-word log-probs there."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    batched = _script("draft_head_data_batched")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    rng = np.random.default_rng(0)
+    answers = [(rng.integers(0, 96, n).tolist(), rng.integers(0, 96, m).tolist()) for n, m in ((5, 9), (12, 3), (7, 1))]
+    together = batched.record_batch(model, answers, 8)
+    for (prompt, ans), rec in zip(answers, together):
+        alone = batched.record_batch(model, [(prompt, ans)], 8)[0]
+        assert rec["tokens"].tolist() == ans and rec["prompt"].tolist() == prompt
+        assert rec["hidden"].shape == (len(ans), 64) and rec["top_ids"].shape == (len(ans), 8)
+        np.testing.assert_allclose(rec["hidden"].astype(np.float32), alone["hidden"].astype(np.float32), atol=2e-3)
+        np.testing.assert_array_equal(rec["top_ids"], alone["top_ids"])
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ans[:-1]])).logits[0, len(prompt) - 1:]
+        lp = torch.log_softmax(logits.double(), -1)
+        np.testing.assert_allclose(rec["top_logprobs"].astype(np.float64),
+                                   np.take_along_axis(lp.numpy(), rec["top_ids"].astype(np.int64), -1), atol=2e-2)
+        assert (rec["top_ids"][:, 0] == lp.argmax(-1).numpy()).all()
+
+
+def test_answers_with_and_without_streams_load_together(tmp_path):
+    """load_data over several folders: answers recorded with the middle layers' streams and without them mix when
+    the streams are left out (streams=False), and are refused in one line otherwise."""
+    from heron.models.lm import draft_head as dh
+
+    a = _synthetic_answers(tmp_path / "a", n_answers=5)
+    b = _stream_answers(tmp_path / "b", np.zeros((64, 64), np.float32), n_answers=4)
+    both = dh.load_data([a, b], streams=False)
+    assert len(both.x) == 9 * 23 and both.streams.shape == (9 * 23, 0) and len(np.unique(both.answer)) == 9
+    assert dh.load_data(b).streams.shape == (4 * 23, 64)
+    with pytest.raises(ValueError, match="different --features"):
+        dh.load_data([a, b])
+    with pytest.raises(FileNotFoundError, match="no answers"):
+        dh.load_data([a, tmp_path / "empty"])
 
 
 def test_the_graph_outputs_the_middle_layers_streams(trained):

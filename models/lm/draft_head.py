@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -191,16 +192,22 @@ class HeadData:
     streams: np.ndarray    # (P, k D) float16: the middle layers' streams at p (k = 0: answers recorded without)
 
 
-def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
-    """The answers under `folder` (files matching `pattern`: p*.npz = prompt set 1, q*.npz = set 2)."""
-    files = sorted(f for f in Path(folder).glob(pattern) if not f.name.endswith(".tmp.npz"))
-    if not files:
-        raise FileNotFoundError(f"no answers (*.npz) in {folder}: run scripts/draft_head_data.py --out {folder}")
+def load_data(folder: str | Path | Sequence[str | Path], pattern: str = "*.npz", streams: bool = True) -> HeadData:
+    """The answers under `folder` (or under each of several folders), files matching `pattern` (p*.npz = prompt
+    set 1, q*.npz = set 2, t*.npz = scripts/draft_head_data_batched.py's set 5). streams=False leaves out the
+    middle layers' streams (answers recorded with and without them may then be mixed)."""
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    files = []
+    for d in folders:
+        found = sorted(f for f in Path(d).glob(pattern) if not f.name.endswith(".tmp.npz"))
+        if not found:
+            raise FileNotFoundError(f"no answers ({pattern}) in {d}: run scripts/draft_head_data.py --out {d}")
+        files += found
     parts = {k: [] for k in HeadData.__dataclass_fields__}
     for i, f in enumerate(files):
         with np.load(f, allow_pickle=False) as z:
             hid, tok, ti, tl = z["hidden"], z["tokens"].astype(np.int64), z["top_ids"], z["top_logprobs"]
-            streams = z["features"] if "features" in z.files else np.zeros((len(tok), 0), np.float16)
+            streams_f = z["features"] if streams and "features" in z.files else np.zeros((len(tok), 0), np.float16)
         L = len(tok)
         if L < 2:
             continue
@@ -210,9 +217,10 @@ def load_data(folder: str | Path, pattern: str = "*.npz") -> HeadData:
         parts["top_ids"].append(ti[p + 1]), parts["top_lp"].append(tl[p + 1])
         parts["x2"].append(np.where(p + 2 < L, tok[p + 1], -1)), parts["top_ids2"].append(ti[q])
         parts["top_lp2"].append(tl[q]), parts["answer"].append(np.full(len(p), i))
-        parts["streams"].append(streams[p])
+        parts["streams"].append(streams_f[p])
     if len({a.shape[1] for a in parts["streams"]}) > 1:
-        raise ValueError(f"the answers under {folder} ({pattern}) were recorded with different --features")
+        raise ValueError(f"the answers under {', '.join(map(str, folders))} ({pattern}) were recorded with different "
+                         "--features (load them with streams=False)")
     return HeadData(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
