@@ -9,7 +9,7 @@ N words it proposes among (the target's ids); the head only ever proposes those,
 The head's output layer is the target's own embedding rows of those words (int8 blocks of 32): a bundle with
 `rows` in its manifest does not store them (head.onnx marks them external) and takes them from the target at
 load (its graph file, or the GGUF file it was built from in memory), checked against the sha256 recorded at
-export; that keeps SmolLM2's head at 4.2 MB instead of 10.1.
+export; that keeps SmolLM2's head at 7.2 MB instead of 11.9.
 """
 from __future__ import annotations
 

@@ -9,5 +9,5 @@ that the shipped bundles match it. Other bundles can be pinned by their users:
 SHIPPED = {
     "kws": "d88a6530c842a1f2826b825e516abe753b4d3673c5e89bbef814d7eba2fd2779",
     "lm-draft": "66da2f604be16bea2691e6fa875abc09ee96cc2c0a37130b35b8684a70c1c83a",
-    "draft-head-smollm2": "2f43edfec25d30c82784473f568e5730a09cb1c4f52dd6f9caa3964586a9bdd0",
+    "draft-head-smollm2": "6d6c40ad72f0bc8cc8c38b96c8e18d3047e5378e6412230a0b391bf7bcf3d079",
 }

@@ -7,8 +7,8 @@ next-word log-probabilities, the same records as scripts/draft_head_data.py writ
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/draft_head_data_batched.py --out runs/head-data-b --shard 1/2
 
 The model is `transformers`' Llama on the dequantized GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf, the one heron's
-graphs are built from): answers in bfloat16 (about 4x the answers per core-hour of the int8 graph's one-sequence
-decoding on machine B's AMX; half greedy, half sampled at temperature 0.7, batch by batch), records in float32 (the
+graphs are built from): answers in bfloat16 (107-142 tokens per second per core on machine B with the recording,
+2-3x draft_head_data.py's one answer at a time on the int8 graph; half greedy, half sampled at temperature 0.7, batch by batch), records in float32 (the
 features and distributions the head learns from are the target's own to float32 precision; heron's default int8x2
 graph keeps fp32's answers). Token ids come from heron's own tokenizer and chat template, so the contexts are those
 the head meets in use. Prompts: every template of draft_head_data.py's sets 1-4 crossed with every topic of those
