@@ -374,13 +374,14 @@ def test_batched_answers_are_recorded_as_one_answer_alone_would_be():
         assert rec["tokens"].tolist() == ans and rec["prompt"].tolist() == prompt
         assert rec["hidden"].shape == (len(ans), 64) and rec["top_ids"].shape == (len(ans), 8)
         np.testing.assert_allclose(rec["hidden"].astype(np.float32), alone["hidden"].astype(np.float32), atol=2e-3)
-        np.testing.assert_array_equal(rec["top_ids"], alone["top_ids"])
         with torch.no_grad():
             logits = model(torch.tensor([prompt + ans[:-1]])).logits[0, len(prompt) - 1:]
         lp = torch.log_softmax(logits.double(), -1)
-        np.testing.assert_allclose(rec["top_logprobs"].astype(np.float64),
-                                   np.take_along_axis(lp.numpy(), rec["top_ids"].astype(np.int64), -1), atol=2e-2)
-        assert (rec["top_ids"][:, 0] == lp.argmax(-1).numpy()).all()
+        # values, not ids: near-tied words may swap places between kernels, their log-probs may not
+        best = lp.topk(8, -1).values.numpy()
+        for r in (rec, alone):
+            np.testing.assert_allclose(r["top_logprobs"].astype(np.float64), best, atol=2e-2)
+            np.testing.assert_allclose(np.take_along_axis(lp.numpy(), r["top_ids"].astype(np.int64), -1), best, atol=2e-2)
 
 
 def test_answers_with_and_without_streams_load_together(tmp_path):
