@@ -23,7 +23,10 @@ A bundle whose graph pads one-token calls to two rows (`--compute int8`: runtime
 "plain, one-row kernel": plain decoding with the faster one-row kernel, whose tokens may part from the padded
 path's at a near-tie (the speed-ups stay relative to the padded plain decoding that speculation reproduces).
 `--prompt-set varied` times the 20 varied prompts of --lossless (64 new tokens each, summed per method) instead
-of the three prompts above.
+of the three prompts above. Those two sets decode a fixed number of words past the end of the answer (SmolLM2 then
+writes a new turn of its own), as issue 24's decode speed is measured; `--prompt-set chat` times what a user of
+`heron lm chat` receives: 8 chat questions, each answer up to its end-of-turn word (at most --new-tokens words),
+summed per method. `--methods plain "head+lookup adaptive g<=8"` times only the named methods.
 """
 from __future__ import annotations
 
@@ -58,6 +61,16 @@ LOSSLESS_PROMPTS = [
     f"Repeat this text exactly: {TEXT[:300]}", f"Add type hints to this function:\n\n{CODE}",
     "Write a JSON object describing a book with a title, an author and a year.",
     "Continue the sequence: 1, 2, 3, 4, 5, 6,", "Explain what a hash table is in a few sentences.",
+]
+
+# --prompt-set chat: everyday questions answered up to the end of the turn (none in the head's training prompts:
+# tests/test_draft_head.py)
+CHAT_PROMPTS = [
+    "How do noise-cancelling headphones work?", "What should I pack for a weekend in the mountains?",
+    "Why do cats purr?", "Suggest a name for a small bakery and explain your choice.",
+    "How can I get better at remembering people's names?", "Why do onions make people cry?",
+    "Write a short message congratulating a friend on a new baby.",
+    "What are good ways to stay warm in winter without raising the heating bill?",
 ]
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
@@ -150,8 +163,11 @@ def main() -> int:
                     help="also draft-model speculation with this bundle as the draft (e.g. heron lm export smollm2 "
                          "--compute int8 --out DIR: the target's weights with one int8 row per token)")
     ap.add_argument("--head", default=None, help="also speculation with this draft-head bundle (scripts/train_draft_head.py)")
-    ap.add_argument("--prompt-set", default="three", choices=["three", "varied"],
-                    help="three: code edit, summary, chat (128 tokens); varied: the 20 prompts of --lossless (64 tokens)")
+    ap.add_argument("--prompt-set", default="three", choices=["three", "varied", "chat"],
+                    help="three: code edit, summary, chat (128 tokens); varied: the 20 prompts of --lossless (64 tokens); "
+                         "chat: 8 chat questions, each answer to its end of turn (at most --new-tokens)")
+    ap.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                    help="time only these methods (plain always runs first), e.g. plain 'head+lookup adaptive g<=8'")
     ap.add_argument("--lossless", action="store_true",
                     help="only check that lookup (fixed and adaptive windows; and the draft with --draft) gives plain "
                          "decoding's greedy tokens on 20 varied prompts (64 new tokens each)")
@@ -174,6 +190,10 @@ def main() -> int:
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
+    if a.methods:
+        unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel"}
+        if unknown:
+            ap.error(f"--methods: unknown {sorted(unknown)}; these run here: {[m for m, _, _ in methods]}")
 
     def spec_for(m: str, g: int | None, adaptive: bool):
         if g is None:
@@ -191,6 +211,8 @@ def main() -> int:
         b = lm.backend
         padded = getattr(b, "min_rows", 1) > 1
         bundle_methods = methods[:1] + ([(one_row, None, False)] if padded else []) + methods[1:]
+        if a.methods:
+            bundle_methods = bundle_methods[:1] + [x for x in bundle_methods[1:] if x[0] in a.methods]
         if a.lossless:
             opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
             same = {m: 0 for m, g, _ in methods if g}  # lookup, and the draft's windows with --draft
@@ -227,6 +249,9 @@ def main() -> int:
         if a.prompt_set == "varied":  # all 20 in one row per method: each run decodes every prompt once
             opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
             prompt_set = {"20 varied prompts": LOSSLESS_PROMPTS}
+        elif a.prompt_set == "chat":  # each answer to its end of turn: what a chat user receives
+            opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=True)
+            prompt_set = {f"{len(CHAT_PROMPTS)} chat questions": CHAT_PROMPTS}
         for name, prompt in prompt_set.items():
             texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
             times: dict[str, list[float]] = {m: [] for m, _, _ in bundle_methods}
@@ -244,11 +269,15 @@ def main() -> int:
                     if m == one_row:
                         b.min_rows = 1
                     t0 = time.perf_counter()
-                    toks = [t.id for text in texts for t in lm.generate(text, opts, spec, stats)]
+                    toks, lengths = [], []
+                    for text in texts:
+                        toks += [t.id for t in lm.generate(text, opts, spec, stats)]
+                        lengths.append(len(toks) - sum(lengths))
                     times[m].append(time.perf_counter() - t0)
-                    per = opts.max_new_tokens  # stop_at_eot=False: every prompt gives exactly this many words
                     tt = stats.token_times
-                    decode[m].append(sum(tt[i + per - 1] - tt[i] for i in range(0, len(tt), per)))
+                    assert len(tt) == len(toks), (len(tt), len(toks))
+                    starts = np.cumsum([0] + lengths[:-1])
+                    decode[m].append(sum(tt[i + n - 1] - tt[i] for i, n in zip(starts, lengths)))
                     if m == priced:
                         b.verify_cost = None
                     if m == one_row:

@@ -171,7 +171,7 @@ def held_out() -> set[str]:
         spec = importlib.util.spec_from_file_location(script[:-3], Path(__file__).with_name(script))
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        for name in ("PROMPTS", "LOSSLESS_PROMPTS", "QUESTIONS"):
+        for name in ("PROMPTS", "LOSSLESS_PROMPTS", "QUESTIONS", "CHAT_PROMPTS"):
             v = getattr(mod, name, None)
             out.update(v.values() if isinstance(v, dict) else (v or []))
     return out

@@ -13,7 +13,7 @@ features and distributions the head learns from are the target's own to float32 
 graph keeps fp32's answers). Token ids come from heron's own tokenizer and chat template, so the contexts are those
 the head meets in use. Prompts: every template of draft_head_data.py's sets 1-4 crossed with every topic of those
 sets and more (set 5: only the pairs those sets do not already ask), none of the speculation benchmarks' prompts
-(checked at start); each prompt answered once. One .npz per answer (t*.npz; resumable: a batch whose files exist
+(checked at start); each prompt answered once. One .npz per answer (t*.npz for set 5, u*.npz for set 6: --set; resumable: a batch whose files exist
 is skipped); nothing is pickled. Train on it with the other answers: scripts/train_draft_head.py --data DIR DIR2.
 """
 from __future__ import annotations
@@ -62,6 +62,100 @@ def prompts_set5() -> list[str]:
     return prompts
 
 
+# set 6: what sets 1-5 ask least: code to write (Python, JavaScript, SQL, shell), code to edit and return whole (the
+# standard library's functions from modules sets 1-2 do not use; prompt lookup and the head share those rounds),
+# and short answers and explanations over new topics (no benchmark topic: no hash table, no job interview)
+CODE_TASKS_6 = [
+    "splits a list into chunks of n items", "checks whether a number is prime", "returns the second largest number",
+    "counts the words in a sentence", "converts a string to title case", "sums the digits of an integer",
+    "checks whether a year is a leap year", "returns the median of three numbers", "rotates a list by k places",
+    "finds the common items of two lists", "removes vowels from a string", "converts a Roman numeral to an integer",
+    "converts an integer to binary without bin()", "finds the longest word in a sentence",
+    "checks whether brackets in a string are balanced", "returns the running total of a list",
+    "zips two lists into a dictionary", "swaps the keys and values of a dictionary", "computes a power by squaring",
+    "finds the index of the minimum", "pads a string on the left with zeros", "parses a date like 2024-03-01",
+    "shuffles a list in place", "returns every pair of items of a list", "computes the dot product of two vectors",
+    "checks whether a list is sorted", "counts the lines of a file", "truncates a string to n characters with an ellipsis",
+    "converts kilometres to miles", "returns the n largest items of a list", "merges two dictionaries",
+    "finds duplicate items in a list", "reverses the words of a sentence", "computes the area of a circle",
+]
+CODE_TEMPLATES_6 = [
+    "Write a Python function that {t}.", "Write a JavaScript function that {t}.", "Write a one-line Python expression that {t}.",
+    "Write a Python function that {t} and show an example call.", "Write a TypeScript function that {t}.",
+    "In Python, what is the simplest way to write code that {t}?",
+]
+SQL_TASKS_6 = [
+    "selects the ten most recent orders", "counts the customers per country", "finds the products that were never ordered",
+    "returns the average salary per department", "deletes the rows older than a year", "adds a column named email",
+    "joins the orders and customers tables", "finds duplicate email addresses", "updates the price of one product",
+    "creates a table of books with a title, an author and a year",
+]
+SHELL_TASKS_6 = [
+    "finds every file larger than 100 MB", "counts the lines of every Python file in a folder",
+    "renames every .txt file to .md", "shows the ten biggest folders", "replaces a word in every file of a folder",
+    "lists the processes that use the most memory", "compresses a folder into a tar.gz file",
+    "downloads a file and checks its sha256",
+]
+EDIT_TEMPLATES_6 = [
+    "Add type hints to this function and return the whole function:\n\n{c}",
+    "Rename the arguments of this function to clearer names and return the whole function:\n\n{c}",
+    "Add comments to this function and return the whole function:\n\n{c}",
+    "Rewrite this function in JavaScript:\n\n{c}",
+]
+STDLIB_MODULES_6 = ["urllib.parse", "email.utils", "gettext", "mimetypes", "quopri", "tokenize", "shutil", "tempfile",
+                    "filecmp", "inspect", "ast", "functools", "re", "tarfile", "logging", "uuid", "secrets", "dataclasses",
+                    "enum", "warnings", "traceback", "linecache", "sysconfig", "platform", "getpass", "locale", "types",
+                    "typing", "gzip", "bz2", "pstats", "doctest", "webbrowser", "fileinput", "pkgutil"]
+TOPICS_6 = [
+    "a binary tree", "a stack", "a queue", "a priority queue", "a graph in computer science", "a cache",
+    "a pointer", "a thread", "a process", "a deadlock", "a race condition", "garbage collection", "a compiler warning",
+    "an integer overflow", "floating-point numbers", "Unicode", "a regular expression", "a REST API", "JSON", "XML",
+    "a checksum", "a load balancer", "a container", "a virtual environment", "a package manager",
+    "a unit of measurement", "the metric system", "a leap year", "time zones", "daylight saving time", "a calendar",
+    "a thunderstorm", "snow", "fog", "a rainbow's colours", "the northern lights", "a solar eclipse", "a tsunami",
+    "a river delta", "a mountain range", "a cave", "an island", "a lake", "a swamp", "a savanna", "the Arctic",
+    "an octopus", "a whale", "a penguin", "an eagle", "a spider", "an ant colony", "a honeybee dance", "a chameleon",
+    "a sunflower", "an oak tree", "a mushroom", "moss", "a cactus", "seaweed", "a seed", "pollination",
+    "the heart rate", "blood types", "the skeleton", "the lungs", "the kidneys", "vitamins", "hydration", "a fever",
+    "a headache", "a sprained ankle", "stretching", "posture", "a nap", "a balanced diet", "sugar", "caffeine",
+    "a loan", "interest rates", "a pension", "a credit card", "a receipt scanner", "an invoice", "a currency",
+    "exchange rates", "a small business plan", "a marketing email", "a product launch", "a customer complaint",
+    "a meeting agenda", "a project deadline", "feedback at work", "a performance review", "a resignation letter",
+    "a lighthouse", "a bridge", "a skyscraper", "a dam", "a windmill", "a steam engine", "a jet engine", "a submarine",
+    "a satellite", "a telescope", "a microscope", "a thermometer", "a compass", "a map", "GPS", "a clock",
+    "poetry", "a novel", "a short film", "a comic book", "a symphony", "a guitar", "a piano", "drawing",
+    "photography", "knitting", "woodworking", "pottery", "origami", "a puzzle", "a crossword", "chess openings",
+    "football", "tennis", "swimming", "yoga", "cycling", "hiking", "skiing", "a marathon training plan",
+    "a birthday gift", "a holiday tradition", "a dinner recipe", "a pancake recipe", "a salad", "soup", "tea",
+    "a sourdough starter", "leftovers", "a grocery list", "a kitchen knife", "a frying pan", "a slow cooker",
+]
+TEMPLATES_6 = [
+    "What is {t}?", "In one sentence, what is {t}?", "Briefly explain {t}.", "What is {t} used for?",
+    "Can you explain {t} simply?", "Tell me one surprising fact about {t}.", "How would you describe {t} to a friend?",
+    "Give me a quick overview of {t}.", "What are two things everyone should know about {t}?",
+    "Write three sentences about {t}.", "What is the most important thing about {t}?", "Define {t}.",
+]
+
+
+def prompts_set6() -> list[str]:
+    """Code to write and to edit, and short answers over new topics (TOPICS_6), less the prompts sets 1-5 ask."""
+    before = set(prompts_set5())
+    for k in (1, 2, 3, 4):
+        before |= set(hd.prompt_set(which=k))
+    prompts = [t.format(t=x) for t, x in itertools.product(CODE_TEMPLATES_6, CODE_TASKS_6 + hd.CODE_TASKS)]
+    prompts += [f"Write a SQL query that {x}." for x in SQL_TASKS_6]
+    prompts += [f"Write a shell command that {x}." for x in SHELL_TASKS_6]
+    functions = hd.stdlib_functions(40, STDLIB_MODULES_6)
+    prompts += [t.format(c=c) for i, c in enumerate(functions) for t in (EDIT_TEMPLATES_6[i % 4], EDIT_TEMPLATES_6[(i + 1) % 4])]
+    prompts += [t.format(t=x) for t, x in itertools.product(TEMPLATES_6, TOPICS_6)]
+    prompts = [p for p in dict.fromkeys(prompts) if p not in before]
+    random.Random(6).shuffle(prompts)
+    return prompts
+
+
+PROMPT_SETS = {5: ("t", prompts_set5), 6: ("u", prompts_set6)}  # set -> (file prefix, prompts)
+
+
 def record_batch(model, answers: list[tuple[list[int], list[int]]], top_k: int) -> list[dict]:
     """One teacher-forced float32 call over the batch (left-padded): per answer, the final norm's output and the
     top-K next-word log-probs at every position that chose a word."""
@@ -97,6 +191,8 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=160)
     ap.add_argument("--minutes", type=float, default=60.0, help="stop starting new batches after this long")
     ap.add_argument("--limit", type=int, default=None, help="answer only the first N prompts (a quick check)")
+    ap.add_argument("--set", type=int, default=5, choices=sorted(PROMPT_SETS),
+                    help="5: sets 1-4's templates x all their topics (t*.npz); 6: code to write and edit, short answers (u*.npz)")
     a = ap.parse_args()
     if a.batch < 1 or a.new_tokens < 2 or a.minutes <= 0:
         ap.error("--batch >= 1, --new-tokens >= 2 and --minutes > 0")
@@ -108,7 +204,8 @@ def main() -> int:
     from heron.paths import named_lm_path
 
     i, n = (int(v) for v in a.shard.split("/"))
-    prompts = prompts_set5()[:a.limit]
+    prefix, prompt_fn = PROMPT_SETS[a.set]
+    prompts = prompt_fn()[:a.limit]
     clash = hd.held_out() & set(prompts)
     if clash:
         raise SystemExit(f"benchmark prompts in the training set: {sorted(clash)[:3]}")
@@ -127,7 +224,7 @@ def main() -> int:
     print(f"{len(prompts)} prompts, {len(batches)} batches; this shard: {len(batches[i::n])}", flush=True)
     for b in range(i, len(batches), n):
         idx = batches[b]
-        files = [out / f"t{j:05d}.npz" for j in idx]
+        files = [out / f"{prefix}{j:05d}.npz" for j in idx]
         if all(f.exists() for f in files):
             continue
         if time.time() - t0 > a.minutes * 60:

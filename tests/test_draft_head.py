@@ -315,9 +315,9 @@ def test_edited_rows_are_refused(trained, tmp_path):
 
 
 def test_the_heads_training_prompts_are_not_the_benchmarks():
-    """scripts/draft_head_data.py's prompt sets hold none of the speculation benchmarks' prompts, nor their
-    topics (the chat prompt's hash table, the varied set's job interview): the head is measured on text it
-    was not trained on."""
+    """scripts/draft_head_data.py's and draft_head_data_batched.py's prompt sets hold none of the speculation
+    benchmarks' prompts (the chat set's too), nor their topics (the chat prompt's hash table, the varied set's job
+    interview): the head is measured on text it was not trained on."""
     import importlib.util
 
     from conftest import REPO
@@ -326,7 +326,7 @@ def test_the_heads_training_prompts_are_not_the_benchmarks():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     bench = mod.held_out()
-    assert len(bench) >= 20
+    assert len(bench) >= 20 and "Why do cats purr?" in bench  # the chat set of bench_smollm2_spec.py too
     for which in (1, 2, 3, 4):
         prompts = mod.prompt_set(which=which)
         assert len(prompts) > 200 and not bench & set(prompts), which
@@ -336,6 +336,11 @@ def test_the_heads_training_prompts_are_not_the_benchmarks():
     assert len(five) > 5000 and len(set(five)) == len(five) and not bench & set(five)
     assert not set(five) & set().union(*(mod.prompt_set(which=k) for k in (1, 2, 3, 4)))
     assert not [p for p in five if "hash table" in p.lower() or "job interview" in p.lower()]
+    six = batched.prompts_set6()  # set 6: code to write and edit, short answers; none asked before
+    assert len(six) > 2000 and len(set(six)) == len(six) and not bench & set(six)
+    assert not set(six) & (set(five) | set().union(*(mod.prompt_set(which=k) for k in (1, 2, 3, 4))))
+    assert not [p for p in six if "hash table" in p.lower() or "job interview" in p.lower()]
+    assert batched.PROMPT_SETS[5][0] != batched.PROMPT_SETS[6][0]  # their answers' files never collide
 
 
 def _script(name):
