@@ -109,6 +109,9 @@ def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator)
 PROBE_PROMPTS = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
                  "20 varied": LOSSLESS_PROMPTS}
 PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
+PROBE_PROMPTS[f"{len(CHAT_PROMPTS)} chat questions"] = CHAT_PROMPTS  # answered to the end of the turn (at most 160)
+PROBE_TOKENS[f"{len(CHAT_PROMPTS)} chat questions"] = 160
+PROBE_TO_EOT = {f"{len(CHAT_PROMPTS)} chat questions"}
 
 
 def probe_setup(description: str, costs: bool = False):

@@ -42,7 +42,7 @@ def _rank(order: np.ndarray, want: int) -> int:
     return int(hit[0]) if len(hit) else 99
 
 
-def record(lm, head, prompts: dict, tokens: dict) -> list[dict]:
+def record(lm, head, prompts: dict, tokens: dict, to_eot=frozenset()) -> list[dict]:
     from heron.runtime.decoding import GenerationOptions
 
     b = lm.backend
@@ -51,7 +51,7 @@ def record(lm, head, prompts: dict, tokens: dict) -> list[dict]:
     for name, qs in prompts.items():
         for q in qs:
             ids = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
-            answer = [t.id for t in lm.generate(ids, GenerationOptions(max_new_tokens=tokens[name], stop_at_eot=False))]
+            answer = [t.id for t in lm.generate(ids, GenerationOptions(max_new_tokens=tokens[name], stop_at_eot=name in to_eot))]
             b.reset()
             b.forward(ids + answer, last=len(answer) + 1)
             hs = [b.hidden_at(len(ids) - 1 + i) for i in range(len(answer))]  # hs[i] chose answer[i]
@@ -113,13 +113,13 @@ def main() -> int:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TOKENS, call_costs, probe_setup, write_report
+    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TO_EOT, PROBE_TOKENS, call_costs, probe_setup, write_report
 
     from heron.runtime.metrics import machine
 
     a, lm, head = probe_setup(__doc__.split("\n\n")[0])
     prompts = PROBE_PROMPTS
-    recs = record(lm, head, prompts, PROBE_TOKENS)
+    recs = record(lm, head, prompts, PROBE_TOKENS, PROBE_TO_EOT)
     rows, head_cost = call_costs(lm, head, range(2, 8), 15)
     report = {"machine": machine(), "bundle": a.bundle, "head": a.head, "threads": a.threads,
               "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),

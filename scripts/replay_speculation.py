@@ -84,15 +84,16 @@ class CountingHead:
         return self.head.step(*args, **kw)
 
 
-def answers(lm, prompts: dict, tokens: dict) -> list[dict]:
-    """The target's greedy answers and, from one teacher-forced call, its hidden states (and streams) along them."""
+def answers(lm, prompts: dict, tokens: dict, to_eot=frozenset()) -> list[dict]:
+    """The target's greedy answers (those of the sets in to_eot up to their end of turn) and, from one
+    teacher-forced call, its hidden states (and streams) along them."""
     from heron.runtime.decoding import GenerationOptions
 
     b, out = lm.backend, []
     for name, qs in prompts.items():
         for q in qs:
             ids = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
-            answer = [t.id for t in lm.generate(ids, GenerationOptions(max_new_tokens=tokens[name], stop_at_eot=False))]
+            answer = [t.id for t in lm.generate(ids, GenerationOptions(max_new_tokens=tokens[name], stop_at_eot=name in to_eot))]
             out.append({"set": name, **teacher_forced(b, ids, answer)})
     return out
 
@@ -149,13 +150,13 @@ def policies(head_bundle, opts_factory) -> dict:
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TOKENS, call_costs, probe_setup, write_report
+    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TO_EOT, PROBE_TOKENS, call_costs, probe_setup, write_report
 
     from heron.runtime.decoding import GenerationOptions
     from heron.runtime.metrics import machine
 
     a, lm, head = probe_setup(__doc__.split("\n\n")[0], costs=True)
-    recs = answers(lm, PROBE_PROMPTS, PROBE_TOKENS)
+    recs = answers(lm, PROBE_PROMPTS, PROBE_TOKENS, PROBE_TO_EOT)
     pols = policies(head, lambda: GenerationOptions(temperature=0.0))
     if a.costs:  # an earlier report's prices: heads compared at the same costs, free of this run's timing noise
         old = json.loads(Path(a.costs).read_text())

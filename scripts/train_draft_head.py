@@ -47,6 +47,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None, metavar="DIR",
+                    help="go on from the head trained in DIR (DIR/torch; its blocks and words are kept): its training "
+                         "answers may fall in this run's held-out split, so that figure flatters it")
     ap.add_argument("--evaluate", default=None, metavar="DIR",
                     help="only measure a trained head (DIR from an earlier run) on every answer of --data / --files")
     ap.add_argument("--export", default=None, metavar="DIR",
@@ -89,7 +92,12 @@ def main() -> int:
         ap.error(f"--streams: the answers in {' '.join(a.data)} were recorded without --features")
     cfg = dh.DraftHeadConfig(dim=table.shape[1], n_blocks=a.blocks, n_words=a.words, n_features=n_features)
     opts = dh.TrainOptions(steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, seed=a.seed)
-    model, report = dh.train(data, table, cfg, opts, log=lambda s: print(s, flush=True))
+    init = dh.load(Path(a.init) / "torch") if a.init else None
+    if init is not None and (init.cfg.n_features != n_features):
+        ap.error(f"--init {a.init}: its head fuses {init.cfg.n_features} streams, this run {n_features}")
+    model, report = dh.train(data, table, cfg, opts, log=lambda s: print(s, flush=True), init=init)
+    if init is not None:
+        report["init"] = a.init
     command = "scripts/train_draft_head.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     meta = {"report": report, "command": command, "train_seconds": round(time.time() - t0)}
     dh.save(model, Path(a.out) / "torch", meta)

@@ -97,6 +97,26 @@ def test_training_learns_the_targets_next_word(trained):
     assert r["val_answers"] == 10 and r["val_positions"] + r["train_positions"] == len(trained["data"].x)
 
 
+def test_training_goes_on_from_an_earlier_head(trained):
+    """--init: a briefly trained head goes on learning from where it stopped (its words kept); a head made for
+    another target's rows is refused."""
+    from heron.export.gguf_onnx import dequantized, read_blocks
+    from heron.models.lm import draft_head as dh
+    from heron.runtime.gguf import GGUFFile
+
+    table = dequantized(read_blocks(GGUFFile(trained["path"]), "token_embd.weight"))
+    cfg = dh.DraftHeadConfig(dim=64, hidden=128, n_blocks=1, n_words=48)
+    short, before = dh.train(trained["data"], table, cfg, dh.TrainOptions(steps=8, batch=128, lr=5e-3, threads=1),
+                             log=lambda s: None)
+    words = short.words.clone()
+    cont, after = dh.train(trained["data"], table, dh.DraftHeadConfig(dim=64, n_words=48, n_blocks=3),
+                           dh.TrainOptions(steps=400, batch=128, lr=5e-3, threads=1), log=lambda s: None, init=short)
+    assert after["top1_step1"] > before["top1_step1"] + 0.1, (before, after)
+    assert torch.equal(cont.words, words) and cont.cfg.n_blocks == 1  # the earlier head's words and blocks
+    with pytest.raises(ValueError, match="another target"):
+        dh.train(trained["data"], table + 1, cfg, dh.TrainOptions(steps=1, threads=1), log=lambda s: None, init=cont)
+
+
 def test_the_models_own_answers_are_recorded_with_its_features(trained):
     """record_answer: the chosen words are the target's greedy words, each position's top-K starts with it, and
     the hidden state is the one that chose it (the tied table times it gives the target's logits)."""

@@ -296,8 +296,11 @@ class TrainOptions:
     threads: int = 2
 
 
-def train(data: HeadData, table: np.ndarray, cfg: DraftHeadConfig, opts: TrainOptions, log=print) -> tuple[DraftHead, dict]:
-    """table (V, D): the target's embedding (dequantized). -> (the head, its validation report)."""
+def train(data: HeadData, table: np.ndarray, cfg: DraftHeadConfig, opts: TrainOptions, log=print,
+          init: DraftHead | None = None) -> tuple[DraftHead, dict]:
+    """table (V, D): the target's embedding (dequantized). -> (the head, its validation report). init: a head trained
+    before to go on from (its config and words are kept; cfg is ignored). Its own training answers may be among this
+    run's held-out ones: the report then flatters it (in-use figures come from the benchmarks' prompts)."""
     torch.manual_seed(opts.seed)
     torch.set_num_threads(opts.threads)
     rng = np.random.default_rng(opts.seed)
@@ -305,8 +308,14 @@ def train(data: HeadData, table: np.ndarray, cfg: DraftHeadConfig, opts: TrainOp
     val_answers = rng.choice(answers, max(1, int(len(answers) * opts.val_fraction)), replace=False)
     is_val = np.isin(data.answer, val_answers)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    words = head_words(HeadData(**{k: (getattr(data, k)[train_idx]) for k in HeadData.__dataclass_fields__}), cfg.n_words)
-    model = DraftHead(cfg, torch.from_numpy(words), torch.from_numpy(table[words]), len(table))
+    if init is not None:
+        if init.vocab_size != len(table) or not torch.equal(init.table, torch.from_numpy(table[init.words.numpy()]).float()):
+            raise ValueError("init: a head of another target (its output rows are not this table's)")
+        model = init.train()
+    else:
+        words = head_words(HeadData(**{k: (getattr(data, k)[train_idx]) for k in HeadData.__dataclass_fields__}),
+                           cfg.n_words)
+        model = DraftHead(cfg, torch.from_numpy(words), torch.from_numpy(table[words]), len(table))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=opts.steps, pct_start=0.05)
