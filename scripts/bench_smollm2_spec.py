@@ -158,7 +158,8 @@ def call_costs(lm, head, sizes, repeats: int) -> tuple[dict, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundles", nargs="+", required=True, help="folders of heron lm export smollm2")
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help="words per prompt (default 128; --prompt-set chat: at most 160, each answer to its end of turn)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
@@ -184,6 +185,8 @@ def main() -> int:
     from heron.runtime.metrics import machine
     from heron.runtime.decoding import DecodeStats, GenerationOptions, SpeculativeOptions
 
+    if a.new_tokens is None:
+        a.new_tokens = 160 if a.prompt_set == "chat" else 128
     report = {"machine": machine(), "threads": a.threads, "new_tokens": a.new_tokens, "draft": a.draft, "bundles": {}}
     methods = METHODS + ([(f"draft g={g}", g, False) for g in (1, 3)] if a.draft else [])
     if a.head:
