@@ -106,12 +106,11 @@ def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator)
 
 
 # what the probes (scripts/probe_draft_head.py, scripts/replay_speculation.py) decode: the three prompts and the 20 varied
+CHAT_SET = f"{len(CHAT_PROMPTS)} chat questions"  # answered to the end of the turn (at most 160 words)
 PROBE_PROMPTS = {"code edit": [PROMPTS["code edit"]], "summary": [PROMPTS["summary"]], "chat": [PROMPTS["chat"]],
-                 "20 varied": LOSSLESS_PROMPTS}
-PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64}
-PROBE_PROMPTS[f"{len(CHAT_PROMPTS)} chat questions"] = CHAT_PROMPTS  # answered to the end of the turn (at most 160)
-PROBE_TOKENS[f"{len(CHAT_PROMPTS)} chat questions"] = 160
-PROBE_TO_EOT = {f"{len(CHAT_PROMPTS)} chat questions"}
+                 "20 varied": LOSSLESS_PROMPTS, CHAT_SET: CHAT_PROMPTS}
+PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64, CHAT_SET: 160}
+PROBE_TO_EOT = {CHAT_SET}
 
 
 def probe_setup(description: str, costs: bool = False):
@@ -257,7 +256,7 @@ def main() -> int:
             prompt_set = {"20 varied prompts": LOSSLESS_PROMPTS}
         elif a.prompt_set == "chat":  # each answer to its end of turn: what a chat user receives
             opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=True)
-            prompt_set = {f"{len(CHAT_PROMPTS)} chat questions": CHAT_PROMPTS}
+            prompt_set = {CHAT_SET: CHAT_PROMPTS}
         for name, prompt in prompt_set.items():
             texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
             times: dict[str, list[float]] = {m: [] for m, _, _ in bundle_methods}
@@ -275,10 +274,8 @@ def main() -> int:
                     if m == one_row:
                         b.min_rows = 1
                     t0 = time.perf_counter()
-                    toks, lengths = [], []
-                    for text in texts:
-                        toks += [t.id for t in lm.generate(text, opts, spec, stats)]
-                        lengths.append(len(toks) - sum(lengths))
+                    answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
+                    toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)
                     tt = stats.token_times
                     assert len(tt) == len(toks), (len(tt), len(toks))
