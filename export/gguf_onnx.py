@@ -33,9 +33,16 @@ and scaled for the input tokens (one copy of it in memory).
   int8    activations rounded to int8 per block of 32, as llama.cpp's own Q4_1 x Q8_1 dot products do:
           fastest; the rounding error meets only the centred weights d (q - 8) (the block offsets go
           through the exact fp32 term), so SmolLM2 keeps fp32's greedy answers on 7 of 8 chat prompts
-          (perplexity +0.8%), but a block of several tokens rounds differently from single steps
+          (perplexity +0.8%; machine B, whose int8 kernels round otherwise: 3 of 8)
   fp32    the dequantized file up to summation order (greedy equals the torch model's); onnxruntime's
           fp32 path for 4/8-bit blocks is slow on CPUs (a few tokens/s for SmolLM2 here)
+Attention sees at least two query rows (int8, int8x2; ATTENTION_ROWS): onnxruntime's GroupQueryAttention runs a
+one-token call on a path of its own that rounds differently from a block of tokens (SmolLM2, machine B: the
+int8 graph's logits up to 0.6 apart, int8x2's 0.003), while its int8 MatMulNBits kernels give a row the same
+bits in a call of any size. So a one-token call appends a copy of its query/key/value row to attention's input
+and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
+fraction of the cost of a second token through every layer. The copy's key and value land one position past
+the call's end, where the next call writes its own (the runtime keeps room for it); no real row attends to it.
 """
 from __future__ import annotations
 
@@ -54,6 +61,15 @@ MODEL_FILE = "model.int4.onnx"
 # how the quantized MatMuls compute -> MatMulNBits' accuracy_level (0: fp32, 4: int8 activations per block)
 COMPUTE = {"fp32": 0, "int8": 4, "int8x2": 4}
 DEFAULT_COMPUTE = "int8x2"
+# the fewest query rows GroupQueryAttention is given, by compute (module docstring): 2 makes one-token steps equal
+# blocks on the int8 kernels; fp32's MatMulNBits path differs across row counts itself, so it gains nothing
+ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
+
+
+def attention_rows(compute: str, shared_cache: bool = True) -> int:
+    """The query rows a graph of this compute pads attention to (1: none). Only graphs with shared state buffers
+    pad: the padded row's key and value are written past the call's end, which grown states would keep."""
+    return ATTENTION_ROWS.get(compute, 1) if shared_cache else 1
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
@@ -196,14 +212,16 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
 
 
 def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
-                feature_layers: tuple[int, ...] = ()):
+                feature_layers: tuple[int, ...] = (), pad_attention: bool = True):
     """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
     grow by T every call (the interface of the torch-exported bundles, a copy of the whole cache per step).
     feature_layers: also output FEATURES_OUTPUT (1, n, k D): the residual stream after each of these k layers
     (0-based, before the last) at the last n positions, what a draft head reading several depths is trained on
-    (scripts/draft_head_data.py --features); the runtime's bundles have no such output."""
+    (scripts/draft_head_data.py --features); the runtime's bundles have no such output. pad_attention: attention
+    sees at least attention_rows(compute, shared_cache) query rows (False: one-token calls run attention's
+    one-row path, as graphs before this option did)."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -230,8 +248,18 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
     seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
     total_scalar = g.one("Squeeze", [total, g.const(np.array([0], np.int64), "axes")])
+    attn_rows = attention_rows(compute, shared_cache) if pad_attention else 1
+    assert attn_rows in (1, 2), attn_rows  # a one-token block's row is copied once
+    pad_len = None
+    if attn_rows > 1:  # T = 1: a copy of the block's row joins attention's input (module docstring)
+        pad_len = g.one("Max", [g.one("Sub", [g.const(np.array([attn_rows], np.int64), "attention_rows"), new_len]),
+                                g.const(np.array([0], np.int64), "zero_i64")])  # (1,) int64
+        padded_total = g.one("Add", [total, g.one("Cast", [pad_len], to=TensorProto.INT32)])
+        seqlens_k = g.one("Sub", [padded_total, g.const(np.array([1], np.int32), "one")])
+        total_scalar = g.one("Squeeze", [padded_total, g.const(np.array([0], np.int64), "axes")])
+        start0, seq_axis = g.const(np.array([0], np.int64), "start0"), g.const(np.array([1], np.int64), "seq_axis")
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
-    angles = np.outer(np.arange(cfg.max_seq_len, dtype=np.float64), inv)  # (max_len, S/2)
+    angles = np.outer(np.arange(cfg.max_seq_len + attn_rows - 1, dtype=np.float64), inv)  # (max_len + padding, S/2)
     cos, sin = g.const(np.cos(angles).astype(np.float32), "cos"), g.const(np.sin(angles).astype(np.float32), "sin")
 
     # embedding: the head's int8 blocks gathered for the tokens, then scaled
@@ -265,10 +293,14 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
         qkv = linear(g, h, qkv_w, p + "qkv", compute, memo)  # (1, T, (H + 2G) S)
+        if pad_len is not None:  # (1, max(T, rows), (H + 2G) S)
+            qkv = g.one("Concat", [qkv, g.one("Slice", [qkv, start0, pad_len, seq_axis])], axis=1)
         attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
                                                   cos, sin], n_out=3, domain="com.microsoft",
                           outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
                           num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
+        if pad_len is not None:  # the block's own T rows
+            attn = g.one("Slice", [attn, start0, new_len, seq_axis])
         delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", compute, {})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
@@ -321,7 +353,7 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
-              "feature_layers": list(layers),
+              "feature_layers": list(layers), "attention_rows": attention_rows(compute, shared_cache),
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),

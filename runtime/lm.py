@@ -81,12 +81,14 @@ FEATURES_OUTPUT = "features"
 # blocks", past the draft token that rides free); machine C measured ~0.5 for int8x2 less steadily. Prompt lookup
 # and the draft head size their windows with it.
 VERIFY_COSTS = {("int8x2", 1): 0.34, ("int8", 1): 0.25, ("int8", 2): 0.16}
-# the fewest activation rows every call gives the graph's matrix kernels, by its compute: onnxruntime's int8
-# MatMulNBits kernel rounds a one-row call differently from a call of several rows (up to 0.6 logits apart on
-# SmolLM2), while any two or more rows give every row bit-identical results. So an int8 graph pads a one-token
-# call with a scratch token (its row is computed, then dropped and trimmed) and asks the head for at least two
-# rows: a plain step then computes what a verify block computes, and speculation returns plain decoding's tokens
-# exactly (greedy) at the price of one more row per plain step. int8x2 (two rows per token already) needs none.
+# the fewest token rows every call gives the graph, by its compute, for graphs that do not pad attention
+# themselves: onnxruntime's GroupQueryAttention rounds a one-token call differently from a block (up to 0.6 logits
+# apart on SmolLM2's int8 graph), so such an int8 graph pads a one-token call with a scratch token (its row is
+# computed through every layer, then dropped and trimmed) and asks the head for at least two rows: a plain step
+# then computes what a verify block computes, and speculation returns plain decoding's tokens exactly (greedy).
+# Graphs exported since session 27 pad attention alone (manifest source "attention_rows": 2, heron.export.gguf_onnx)
+# and run one-token calls as one row wherever this CPU's kernels then give steps the bits of blocks
+# (OnnxLM.one_row_exact, checked at load); elsewhere they fall back to MIN_ROWS.
 MIN_ROWS = {"int8": 2}
 PAD_TOKEN = 0  # the scratch token a padded call appends; its position is trimmed before anything reads it
 
@@ -121,8 +123,9 @@ class OnnxLM:
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
         sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned.
-        min_rows: the fewest rows every call gives the matrix kernels (1 or 2; None: MIN_ROWS by the graph's
-        compute): 2 makes single steps compute what blocks compute, 1 is the faster one-row kernel."""
+        min_rows: the fewest token rows every call gives the graph (1 or 2; None: 1 where the graph pads attention
+        and one_row_exact holds, else MIN_ROWS by the graph's compute): 2 makes single steps compute what blocks
+        compute on any graph, 1 is the faster one-row call."""
 
         from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.sessions import open_session
@@ -148,9 +151,7 @@ class OnnxLM:
         self.weights = weights
         self.folder, self.source_file = folder, None
         self._tokenizer_source: object = folder / "tokenizer.json"
-        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where)
-        if min_rows is not None:
-            self.min_rows = min_rows
+        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where, min_rows)
 
     @classmethod
     def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -166,12 +167,10 @@ class OnnxLM:
         self.source_file = Path(source_file) if source_file is not None else None
         self.weights = manifest.default_weights or "int4"
         self._tokenizer_source = tokenizer
-        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where)
-        if min_rows is not None:
-            self.min_rows = min_rows
+        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where, min_rows)
         return self
 
-    def _setup(self, session, providers: Sequence[str], where: str) -> None:
+    def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None) -> None:
         self.session = session
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
@@ -184,6 +183,13 @@ class OnnxLM:
         self._min_rows = MIN_ROWS.get(self._compute, 1)
         self.state_in, self.state_out = list(m.state_inputs), list(m.state_outputs)
         self._check_graph(where)
+        # the query rows the graph pads attention to (heron.export.gguf_onnx; _SharedCache keeps room for the
+        # padded row's key and value past a one-token call)
+        rows = m.source.get("attention_rows", 1)
+        if isinstance(rows, bool) or rows not in (1, 2):
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: source.attention_rows must be 1 or 2, got {rows!r}")
+        self.attention_rows = rows if self._shared else 1
         self._output_names = [o.name for o in session.get_outputs()]
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
         self._cache = _SharedCache(session, self.state_in, self.state_out, m, self._has_hidden,
@@ -191,6 +197,30 @@ class OnnxLM:
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
         self.reset()
+        if min_rows is not None:
+            self.min_rows = min_rows
+        elif self.attention_rows > 1:  # one-row calls where they are exact on this CPU, else MIN_ROWS' padding
+            self._min_rows = 1 if self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
+
+    def one_row_exact(self) -> bool:
+        """Whether this graph's one-token calls compute, bit for bit, what the same positions compute inside a
+        block, on this CPU's kernels: three single steps against one 3-token block after a 2-token context (a
+        few calls; the cache is left empty). A graph that pads attention passes on CPUs whose int8 matrix
+        kernels give a row the same bits in calls of any size (machine B); elsewhere it is run padded."""
+        if self.max_len < 6:
+            return False
+        ids = [(7919 * i + 11) % self.vocab_size for i in range(5)]
+        saved, self._min_rows = self._min_rows, 1
+        try:
+            self.reset()
+            self.forward(ids[:2], last=1)
+            steps = np.stack([self.forward([t], last=1)[0] for t in ids[2:]])
+            self.reset()
+            self.forward(ids[:2], last=1)
+            return bool(np.array_equal(steps, self.forward(ids[2:], last=3)))
+        finally:
+            self._min_rows = saved
+            self.reset()
 
     def _check_graph(self, where: str) -> None:
         """The manifest's shapes must be the graph's own (an edited n_kv_heads fails here, not mid-decode)."""
@@ -244,7 +274,7 @@ class OnnxLM:
 
     @property
     def min_rows(self) -> int:
-        """The fewest activation rows each call gives the matrix kernels (MIN_ROWS); 2 pads one-token calls."""
+        """The fewest token rows each call gives the graph (MIN_ROWS, one_row_exact); 2 pads one-token calls."""
         return self._min_rows
 
     @min_rows.setter
@@ -371,9 +401,11 @@ class _SharedCache:
     """The state buffers of a graph with a `past_length` input: (1, G, capacity, S) per key and value,
     bound as both input and output of the session, so that GroupQueryAttention writes each block's keys
     and values in place (no copy of the cache per step, no new arrays). The capacity grows in steps of
-    STEP positions (or to a reserved size) up to the model's context; growing copies the valid prefix."""
+    STEP positions (or to a reserved size) up to the model's context; growing copies the valid prefix. SPARE
+    positions past a call's end stay free: a graph that pads attention writes its padded row's key and value
+    there (heron.export.gguf_onnx), then the next call writes its own."""
 
-    STEP = 256
+    STEP, SPARE = 256, 1
 
     def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest, hidden: bool = False,
                  streams: bool = False):
@@ -389,7 +421,7 @@ class _SharedCache:
     def reserve(self, positions: int) -> None:
         if positions <= self.capacity:
             return
-        capacity = min(self.max_len, max(positions, 2 * self.capacity, self.STEP))
+        capacity = min(self.max_len + self.SPARE, max(positions, 2 * self.capacity, self.STEP))
         arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
         for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
             new[:, :, :self.length] = old[:, :, :self.length]
@@ -410,7 +442,7 @@ class _SharedCache:
         """ids (1, T) -> the logits (n, V) of the block's last n positions, their hidden states (n, D) and
         streams (n, k D) (None where the graph has no such output); the cache holds T more."""
         T = ids.shape[1]
-        self.reserve(self.length + T)
+        self.reserve(self.length + T + self.SPARE)
         b = self.binding
         b.bind_cpu_input("tokens", ids)
         b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))

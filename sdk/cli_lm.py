@@ -498,8 +498,8 @@ def add_lm_export(sub, formatter) -> None:
     p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
                    help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
                         "remainder (fp32's answers, fast), int8 = as llama.cpp (~1.1x int8x2; fp32's answers on 3-7 of 8 "
-                        "prompts by CPU; one-token calls run as two rows, so speculation returns plain decoding's tokens "
-                        "and its first draft token verifies free: the fastest with --speculative), fp32 (exact, slow)")
+                        "prompts by CPU; steps compute what blocks compute, so speculation returns plain decoding's tokens: "
+                        "the fastest with --speculative), fp32 (exact, slow)")
     p.add_argument("--growing-states", action="store_true",
                    help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
                         "step; forks cheaply: what a Mirror-SD draft needs for --kappa >= 1, --speculative mirror "

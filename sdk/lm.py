@@ -255,8 +255,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     times faster), "torch" the dequantized fp32 model (needed for MTP, Mirror-SD, dial-k and Roster of
     Experts); "auto" (default): onnx on the CPU when the `onnx` package is installed, else torch.
     compute: for a GGUF file or a named model on the onnx engine, how the graph built at load computes (heron lm
-    export's --compute): "int8x2" (default: fp32's greedy answers), "int8" (faster; one-token calls run as two rows,
-    so speculation returns plain decoding's tokens exactly: the fastest lossless path with method="head"), "fp32".
+    export's --compute): "int8x2" (default: fp32's greedy answers), "int8" (faster; its steps compute what its blocks
+    compute, so speculation returns plain decoding's tokens exactly: the fastest lossless path with method="head"),
+    "fp32".
     An ONNX bundle keeps the compute it was exported with.
     """
     import math

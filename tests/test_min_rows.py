@@ -1,7 +1,9 @@
-"""One kernel for single steps and verify blocks (runtime.lm MIN_ROWS): onnxruntime's int8 MatMulNBits rounds a
-one-row call differently from a call of several rows, so an int8 graph pads one-token calls with a scratch token
-and asks the head for at least two rows. Then a plain step computes bit for bit what a verify block computes, and
-speculation returns plain decoding's tokens exactly; the scratch position never shows (length, hidden states)."""
+"""One computation for single steps and verify blocks: onnxruntime's GroupQueryAttention rounds a one-token call
+differently from a block, so a GGUF graph of int8 / int8x2 compute pads attention to two query rows
+(heron.export.gguf_onnx.ATTENTION_ROWS) and runs one-token calls as one row where the load check finds them exact
+on this CPU (OnnxLM.one_row_exact); an int8 graph without it pads one-token calls with a scratch token
+(runtime.lm MIN_ROWS). Either way a plain step computes bit for bit what a verify block computes, and
+speculation returns plain decoding's tokens exactly; the padded positions never show (length, hidden states)."""
 import numpy as np
 import pytest
 
@@ -12,16 +14,17 @@ from conftest import write_tiny_llama  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 
 
-def _lm(path, compute, min_rows=None):
-    from heron.export.gguf_onnx import build_graph
+def _lm(path, compute, min_rows=None, pad_attention=True):
+    from heron.export.gguf_onnx import attention_rows, build_graph
     from heron.runtime.lm import OnnxLM, lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
-    model, cfg, _, _ = build_graph(path, compute=compute)
+    model, cfg, _, _ = build_graph(path, compute=compute, pad_attention=pad_attention)
     graph = model.SerializeToString()
     manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
         "model.int4.onnx", sha256_bytes(graph), len(graph))},
-        source={"gguf": path.name, "gguf_sha256": sha256_path(path), "compute": compute})
+        source={"gguf": path.name, "gguf_sha256": sha256_path(path), "compute": compute,
+                "attention_rows": attention_rows(compute) if pad_attention else 1})
     return OnnxLM.from_memory(graph, manifest, min_rows=min_rows)
 
 
@@ -44,67 +47,135 @@ def _steps(lm, prompt, nxt):
     return np.stack(out), np.stack(hid)
 
 
-def test_int8_steps_compute_what_blocks_compute(gguf):
-    """int8 pads by default: logits and hidden states of single steps equal those of blocks of 2, 3 and 5 and of
-    a prefill that carries a window, bit for bit; the cache holds exactly the tokens fed."""
-    lm = _lm(gguf, "int8")
-    assert lm.min_rows == 2 and lm.free_draft_tokens == 1
+def _blocks(lm, prompt, nxt, T):
+    lm.reset()
+    rows = [lm.forward(prompt, last=1)[0]]
+    hid = [lm.hidden_at(len(prompt) - 1)]
+    for i in range(0, len(nxt), T):
+        block = nxt[i:i + T]
+        rows.extend(lm.forward(block, last=len(block)))
+        hid.extend(lm.hidden_at(lm.length - len(block) + j) for j in range(len(block)))
+    return np.stack(rows), np.stack(hid)
+
+
+@pytest.mark.parametrize("compute", ["int8", "int8x2"])
+@pytest.mark.parametrize("pad_attention", [True, False])
+def test_steps_compute_what_blocks_compute(gguf, compute, pad_attention):
+    """Whatever rows the runtime chose for a graph on this CPU (one row where the graph pads attention and its
+    one-row calls are exact here; else int8's scratch token), the logits and hidden states of single steps equal
+    those of blocks of 2, 3 and 5 and of a prefill that carries a window, bit for bit (int8x2 without padded
+    attention: close, its documented rounding); the cache holds exactly the tokens fed."""
+    lm = _lm(gguf, compute, pad_attention=pad_attention)
+    assert lm.attention_rows == (2 if pad_attention else 1)
+    exact = pad_attention or compute == "int8"  # int8 without padded attention pads its tokens instead
+    if pad_attention:
+        assert lm.min_rows == (1 if lm.one_row_exact() else {"int8": 2, "int8x2": 1}[compute])
+    else:
+        assert lm.min_rows == {"int8": 2, "int8x2": 1}[compute]
+    assert lm.free_draft_tokens == lm.min_rows - 1
     steps, hidden = _steps(lm, PROMPT, NEXT)
     assert lm.length == len(PROMPT) + len(NEXT)
     for T in (2, 3, 5):
-        lm.reset()
-        rows = [lm.forward(PROMPT, last=1)[0]]
-        hid = [lm.hidden_at(len(PROMPT) - 1)]
-        for i in range(0, len(NEXT), T):
-            block = NEXT[i:i + T]
-            rows.extend(lm.forward(block, last=len(block)))
-            hid.extend(lm.hidden_at(lm.length - len(block) + j) for j in range(len(block)))
-        assert np.array_equal(np.stack(rows), steps), T
-        assert np.array_equal(np.stack(hid), hidden), T
+        rows, hid = _blocks(lm, PROMPT, NEXT, T)
+        if exact and (pad_attention is False or lm.min_rows == 2 or lm.one_row_exact()):
+            assert np.array_equal(rows, steps), T
+            assert np.array_equal(hid, hidden), T
+        else:
+            assert np.corrcoef(rows.ravel(), steps.ravel())[0, 1] > 0.99
     lm.reset()
     both = lm.forward(PROMPT + NEXT[:3], last=4)  # the first round of a speculative run: prefill and a window
-    assert np.array_equal(both, steps[:4])
-    # the one-row kernel on request: the same model, the faster call, rounding of its own (close, not exact)
-    fast = _lm(gguf, "int8", min_rows=1)
-    assert fast.min_rows == 1 and fast.free_draft_tokens == 0
-    one, _ = _steps(fast, PROMPT, NEXT)
-    assert np.corrcoef(one.ravel(), steps.ravel())[0, 1] > 0.99
+    if exact:
+        assert np.array_equal(both, steps[:4])
 
 
-def test_int8x2_and_fp32_use_one_row(gguf):
-    """Graphs whose kernels agree across row counts closely enough (int8x2: two rows per token already; fp32)
-    run one-token calls as they are."""
-    for compute in ("int8x2", "fp32"):
-        lm = _lm(gguf, compute)
-        assert lm.min_rows == 1 and lm.free_draft_tokens == 0
+def test_the_load_check_says_what_steps_do(gguf):
+    """one_row_exact (run at load) agrees with a longer comparison of one-row steps and blocks, on graphs with and
+    without padded attention; on the padded int8 graph the one-row calls (where chosen) and the scratch-token calls
+    give the same tokens' logits: the choice changes the cost, never the answer."""
+    for compute in ("int8", "int8x2"):
+        for pad in (True, False):
+            lm = _lm(gguf, compute, min_rows=1, pad_attention=pad)
+            steps, _ = _steps(lm, PROMPT, NEXT)
+            blocks, _ = _blocks(lm, PROMPT, NEXT, 3)
+            assert lm.length == len(PROMPT) + len(NEXT)
+            assert lm.one_row_exact() == np.array_equal(steps, blocks), (compute, pad)
+            assert lm.length == 0 and lm.min_rows == 1  # the check leaves an empty cache and the rows as they were
+    one = _lm(gguf, "int8", min_rows=1)
+    if one.one_row_exact():
+        padded = _lm(gguf, "int8", min_rows=2)
+        assert np.array_equal(_steps(one, PROMPT, NEXT)[0], _steps(padded, PROMPT, NEXT)[0])
+    # the one-row call without padded attention: the same model, rounding of its own (close)
+    plain_rows, _ = _steps(_lm(gguf, "int8", min_rows=1, pad_attention=False), PROMPT, NEXT)
+    assert np.corrcoef(plain_rows.ravel(), _steps(one, PROMPT, NEXT)[0].ravel())[0, 1] > 0.99
+
+
+def test_a_manifest_cannot_claim_padding_its_graph_lacks(gguf):
+    """A manifest that says attention is padded on a graph that does not pad it: the load check finds one-row
+    steps inexact and int8 keeps its scratch token (steps still equal blocks); a value other than 1 or 2 is
+    refused."""
+    from heron.export.gguf_onnx import build_graph
+    from heron.runtime.bundle import BundleError
+    from heron.runtime.lm import OnnxLM, lm_manifest
+    from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
+
+    model, cfg, _, _ = build_graph(gguf, compute="int8", pad_attention=False)
+    graph = model.SerializeToString()
+
+    def load(rows):
+        manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
+            "model.int4.onnx", sha256_bytes(graph), len(graph))},
+            source={"gguf": gguf.name, "gguf_sha256": sha256_path(gguf), "compute": "int8", "attention_rows": rows})
+        return OnnxLM.from_memory(graph, manifest)
+
+    lm = load(2)
+    assert lm.min_rows == 2
+    steps, _ = _steps(lm, PROMPT, NEXT)
+    assert np.array_equal(_blocks(lm, PROMPT, NEXT, 3)[0], steps)
+    for bad in (0, 3, True, "2", 1.5):
+        with pytest.raises(BundleError, match="attention_rows must be 1 or 2"):
+            load(bad)
+
+
+def test_fp32_uses_one_row(gguf):
+    """fp32's kernels differ across row counts themselves: its graph pads nothing and runs one-token calls as
+    they are; verify costs follow the rows chosen."""
+    lm = _lm(gguf, "fp32")
+    assert lm.attention_rows == 1 and lm.min_rows == 1 and lm.free_draft_tokens == 0
     from heron.runtime.lm import VERIFY_COSTS
-    assert _lm(gguf, "int8").verify_cost == VERIFY_COSTS[("int8", 2)] < VERIFY_COSTS[("int8", 1)]
+    for pad in (True, False):
+        int8 = _lm(gguf, "int8", pad_attention=pad)
+        assert int8.verify_cost == VERIFY_COSTS[("int8", int8.min_rows)]
+    assert VERIFY_COSTS[("int8", 2)] < VERIFY_COSTS[("int8", 1)]
 
 
-def test_padding_stops_at_the_context_end(gguf):
-    """Where the context has no room for the scratch token the last call runs one row (plain decoding and
-    speculation both do: a draft window never fits there either); nothing is left in the cache past its end."""
-    lm = _lm(gguf, "int8")
-    lm.reset()
-    lm.forward(list(np.arange(lm.max_len - 1) % 64), last=1)
-    out = lm.forward([7], last=1)
-    assert out.shape == (1, 64) and np.isfinite(out).all() and lm.length == lm.max_len
-    with pytest.raises(ValueError, match="exceed the context"):
-        lm.forward([7])
+@pytest.mark.parametrize("pad_attention", [True, False])
+def test_the_last_position_of_the_context(gguf, pad_attention):
+    """The context's last position decodes on either graph (the padded attention row and the scratch token
+    have room there, or the call runs one row); nothing is left in the cache past its end."""
+    lm = _lm(gguf, "int8", pad_attention=pad_attention)
+    for min_rows in (1, 2):
+        lm.min_rows = min_rows
+        lm.reset()
+        lm.forward(list(np.arange(lm.max_len - 1) % 64), last=1)
+        out = lm.forward([7], last=1)
+        assert out.shape == (1, 64) and np.isfinite(out).all() and lm.length == lm.max_len
+        with pytest.raises(ValueError, match="exceed the context"):
+            lm.forward([7])
 
 
 @pytest.mark.parametrize("bad", [0, 3, -1, True, 1.5, "2", None])
 def test_min_rows_refuses_bad_values(gguf, bad):
-    lm = _lm(gguf, "int8")
+    lm = _lm(gguf, "int8", pad_attention=False)
     with pytest.raises(ValueError, match="min_rows must be 1 or 2"):
         lm.min_rows = bad
     assert lm.min_rows == 2
 
 
-def test_speculation_on_int8_returns_plain_decodings_tokens(gguf):
-    """Greedy prompt lookup (adaptive and fixed windows) on the padded int8 graph: plain decoding's tokens,
-    with windows verified (not a plain run in disguise)."""
-    lm = _lm(gguf, "int8")
+@pytest.mark.parametrize("pad_attention", [True, False])
+def test_speculation_on_int8_returns_plain_decodings_tokens(gguf, pad_attention):
+    """Greedy prompt lookup (adaptive and fixed windows) on the int8 graph (padded attention, or the scratch
+    token): plain decoding's tokens, with windows verified (not a plain run in disguise)."""
+    lm = _lm(gguf, "int8", pad_attention=pad_attention)
     opts = sp.GenerationOptions(max_new_tokens=40, temperature=0.0, stop_at_eot=False)
     verified = 0
     for prompt in ([3, 1, 4, 1, 5, 3, 1, 4, 1, 5, 3, 1], [7, 7, 7, 7, 7, 7], [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]):
