@@ -342,18 +342,20 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     return model, cfg, meta, reader
 
 
-def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True):
+def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True,
+                   pad_attention: bool = True):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
     default_feature_layers beside `hidden`)."""
     from heron.models.lm.gguf_file import config_from_gguf, open_reader
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
     layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
-    model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers)
+    model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
-              "feature_layers": list(layers), "attention_rows": attention_rows(compute, shared_cache),
+              "feature_layers": list(layers),
+              "attention_rows": attention_rows(compute, shared_cache) if pad_attention else 1,
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
@@ -362,13 +364,14 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
 
 def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                       shared_cache: bool = True) -> Path:
+                       shared_cache: bool = True, pad_attention: bool = True) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids.
-    shared_cache=False: the grown-state interface instead (benchmarks compare the two)."""
+    shared_cache=False: the grown-state interface instead (benchmarks compare the two); pad_attention=False: a
+    graph whose one-token calls run attention's one-row path (build_graph; benchmarks compare it)."""
     import onnx
 
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):

@@ -4,9 +4,11 @@
 
 Backends: heron's onnxruntime bundle exported from the GGUF's own blocks with --compute int8x2 and int8
 (onnx:fp32 on request: ~3 tokens/s, onnxruntime's fp32 path for 4/8-bit blocks is slow; onnx:int8x2-grown: the
-same graph with states that grow by a copy per step instead of shared buffers extended in place; onnx:int8-1row:
-the int8 graph with one-token calls left at one row, onnxruntime's faster one-row kernel, whose rounding differs
-from a block's, where onnx:int8 pads them to two rows as heron does by default for int8), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+same graph with states that grow by a copy per step instead of shared buffers extended in place; onnx:int8-1row /
+onnx:int8-2row: the int8 graph with one-token calls at one row / padded with a scratch token to two (what heron
+chooses itself at load: one row where its steps then equal its blocks, OnnxLM.one_row_exact; two rows was every
+int8 graph's default before session 27); onnx:COMPUTE-nopad: a graph whose attention is not padded to two query
+rows, as before session 27), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
 its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
@@ -33,6 +35,7 @@ DECODE_PROMPT = "Write a Python function that checks whether a number is prime, 
 NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
 PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
+ROWS = {"1row": 1, "2row": 2}  # onnx:int8-1row / -2row: the int8 bundle with its one-token calls at this many rows
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 PEERS_PYTHON = RUNS / "lm-peers-venv" / "bin" / "python"  # scripts/peers/lm_peers.sh (llama.cpp)
 GENAI_PYTHON, GENAI_MODEL = RUNS / "genai-venv" / "bin" / "python", RUNS / "smol-genai"  # scripts/peers/genai_peers.sh
@@ -75,9 +78,9 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         return run_transformers(threads)
     if backend.startswith("onnx:"):
         compute, _, variant = backend.split(":")[1].partition("-")
-        lm = heron.load_lm(bundles / (compute if variant == "1row" else backend.split(":")[1]), threads=threads)
-        if variant == "1row":
-            lm.backend.min_rows = 1
+        lm = heron.load_lm(bundles / (compute if variant in ROWS else backend.split(":")[1]), threads=threads)
+        if variant in ROWS:
+            lm.backend.min_rows = ROWS[variant]
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
         lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend
@@ -175,14 +178,15 @@ def main() -> int:
     from heron.paths import named_lm_path
     backends = args.backends.split(",")
     for b in backends:  # onnx:COMPUTE, onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs),
-        variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row: one-row calls
-        compute, _, cache = (variant or "").partition("-")
-        if variant and (compute not in COMPUTES or cache not in ("", "grown", "1row")
-                        or (cache == "1row" and compute != "int8")):
-            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown], onnx:int8-1row")
-        folder = out / (compute if cache == "1row" else variant or "")
+        variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row / -2row: rows per call
+        compute, _, cache = (variant or "").partition("-")  # onnx:COMPUTE-nopad: attention not padded
+        if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", *ROWS)
+                        or (cache in ROWS and compute != "int8")):
+            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad], onnx:int8-1row|-2row")
+        folder = out / (compute if cache in ROWS else variant or "")
         if variant and not (folder / "manifest.json").is_file():
-            export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown")
+            export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown",
+                               pad_attention=cache != "nopad")
     if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")

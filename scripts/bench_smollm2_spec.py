@@ -19,9 +19,12 @@ tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
 target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window, and
 the adaptive window with prompt lookup asked first: --speculative head's default).
-A bundle whose graph pads one-token calls to two rows (`--compute int8`: runtime.lm.MIN_ROWS) gets one more row,
-"plain, one-row kernel": plain decoding with the faster one-row kernel, whose tokens may part from the padded
-path's at a near-tie (the speed-ups stay relative to the padded plain decoding that speculation reproduces).
+An int8 bundle whose one-token calls are padded with a scratch token (runtime.lm.MIN_ROWS: graphs before session 27,
+or a CPU where OnnxLM.one_row_exact fails) gets one more row, "plain, one-row kernel": plain decoding with the
+faster one-row call, whose tokens may part from the padded path's at a near-tie (the speed-ups stay relative to the
+padded plain decoding that speculation reproduces); an int8 bundle that runs one row (its attention padded) gets
+"plain, scratch-token rows": the two-row steps every int8 graph took before session 27 (the speed-ups stay
+relative to its own one-row plain decoding).
 `--prompt-set varied` times the 20 varied prompts of --lossless (64 new tokens each, summed per method) instead
 of the three prompts above. Those two sets decode a fixed number of words past the end of the answer (SmolLM2 then
 writes a new turn of its own), as issue 24's decode speed is measured; `--prompt-set chat` times what a user of
@@ -196,7 +199,7 @@ def main() -> int:
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
     if a.methods:
-        unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel"}
+        unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel", "plain, scratch-token rows"}
         if unknown:
             ap.error(f"--methods: unknown {sorted(unknown)}; these run here: {[m for m, _, _ in methods]}")
 
@@ -210,12 +213,14 @@ def main() -> int:
         return SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
 
     print(report["machine"])
-    one_row = "plain, one-row kernel"
+    one_row, two_rows = "plain, one-row kernel", "plain, scratch-token rows"
+    row_methods = {one_row: 1, two_rows: 2}
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
-        padded = getattr(b, "min_rows", 1) > 1
-        bundle_methods = methods[:1] + ([(one_row, None, False)] if padded else []) + methods[1:]
+        own_rows = getattr(b, "min_rows", 1)
+        other = one_row if own_rows > 1 else (two_rows if b.manifest.source.get("compute") == "int8" else None)
+        bundle_methods = methods[:1] + ([(other, None, False)] if other else []) + methods[1:]
         if a.methods:
             bundle_methods = bundle_methods[:1] + [x for x in bundle_methods[1:] if x[0] in a.methods]
         if a.lossless:
@@ -271,8 +276,8 @@ def main() -> int:
                     spec = spec_for(m, g, adaptive)
                     if m == priced:  # the A/B row prices windows differently; None: the graph's own price again
                         b.verify_cost = a.compare_cost
-                    if m == one_row:
-                        b.min_rows = 1
+                    if m in row_methods:
+                        b.min_rows = row_methods[m]
                     t0 = time.perf_counter()
                     answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
@@ -283,8 +288,8 @@ def main() -> int:
                     decode[m].append(sum(tt[i + n - 1] - tt[i] for i, n in zip(starts, lengths)))
                     if m == priced:
                         b.verify_cost = None
-                    if m == one_row:
-                        b.min_rows = 2
+                    if m in row_methods:
+                        b.min_rows = own_rows
                     ref = toks if ref is None else ref  # plain decoding runs first
                     agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
                     calls[m] = stats.tokens_per_target_call
