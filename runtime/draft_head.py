@@ -271,8 +271,8 @@ class HeadDrafter:
                 self.hits *= HEAD_DECAY
                 return [], None
         t0 = time.perf_counter()
-        rng = self.seeds.at(len(seq))  # a window's draws depend on where it starts only
         greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
+        rng = None if greedy else self.seeds.at(len(seq))  # a window's draws depend on where it starts only
         window, qs, token = [], [], seq[-1]
         full = None if greedy else np.full(self.vocab_size, -np.inf, np.float32)
         streams = self.target.streams_at(len(seq) - 2) if self.head.stream_layers else None

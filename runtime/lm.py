@@ -454,7 +454,10 @@ class _SharedCache:
             b.bind_output(FEATURES_OUTPUT)
         self.session.run_with_iobinding(b)
         self.length += T
-        outs = b.get_outputs()
+        # the outputs as onnxruntime's own vector: IOBinding.get_outputs would wrap every bound state buffer in a
+        # Python OrtValue each call (1-2% of a SmolLM2 step) to read the first one to three
+        raw = getattr(b, "_iobinding", None)
+        outs = raw.get_outputs() if raw is not None and hasattr(raw, "get_outputs") else b.get_outputs()
         return (outs[0].numpy()[0], outs[1].numpy()[0] if self.hidden else None,
                 outs[2].numpy()[0] if self.streams else None)
 
