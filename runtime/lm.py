@@ -148,7 +148,7 @@ class OnnxLM:
             listed = [w for w, f in LM_WEIGHTS.items() if self.manifest.has(f)]
             raise BundleError(f"{folder}: the manifest lists no {name} (this bundle has {', '.join(listed) or 'none'}; "
                               "int8 variants come from heron lm export --int8, int4 from a GGUF file)")
-        self.weights = weights
+        self.weights, self.threads = weights, threads
         self.folder, self.source_file = folder, None
         self._tokenizer_source: object = folder / "tokenizer.json"
         self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where, min_rows)
@@ -165,7 +165,7 @@ class OnnxLM:
         self = cls.__new__(cls)
         self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
         self.source_file = Path(source_file) if source_file is not None else None
-        self.weights = manifest.default_weights or "int4"
+        self.weights, self.threads = manifest.default_weights or "int4", threads
         self._tokenizer_source = tokenizer
         self._setup(open_session(graph, threads, _check_providers(providers)), providers, where, min_rows)
         return self

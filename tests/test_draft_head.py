@@ -264,6 +264,12 @@ def test_the_sdk_runs_the_head_on_an_onnxruntime_target(trained):
     assert stats.rounds > 0
     with pytest.raises(ValueError, match="shipped draft head is for SmolLM2.*--draft-head DIR"):
         lm.generate(PROMPTS[2], opts, heron.SpeculativeOptions(method="head"))  # the default: SmolLM2's head
+    # the head runs on one thread beside a target of two: no second thread pool to contend with the target's
+    from heron.runtime.lm import OnnxLM
+    two = _onnx_model(OnnxLM.from_memory(*_graph_and_manifest(trained["path"], True, True), threads=2,
+                                         source_file=trained["path"]), trained["path"])
+    assert two.backend.threads == 2 and two.draft_head(spec).session.get_session_options().intra_op_num_threads == 1
+    assert [t.id for t in two.generate(PROMPTS[2], opts, spec)] == [t.id for t in two.generate(PROMPTS[2], opts)]
 
 
 def _folder_target(path, out):
