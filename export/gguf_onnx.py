@@ -38,8 +38,8 @@ and scaled for the input tokens (one copy of it in memory).
           fp32 path for 4/8-bit blocks is slow on CPUs (a few tokens/s for SmolLM2 here)
 Attention sees at least two query rows (int8, int8x2; ATTENTION_ROWS): onnxruntime's GroupQueryAttention runs a
 one-token call on a path of its own that rounds differently from a block of tokens (SmolLM2, machine B: the
-int8 graph's logits up to 0.6 apart, int8x2's 0.003), while its int8 MatMulNBits kernels give a row the same
-bits in a call of any size. So a one-token call appends a copy of its query/key/value row to attention's input
+int8 graph's logits up to 0.6 apart, int8x2's thousandths), while its int8 MatMulNBits kernels give a row the same
+bits in a call of any size (on B; on other CPUs the runtime checks at load, heron.runtime.lm.OnnxLM.one_row_exact). So a one-token call appends a copy of its query/key/value row to attention's input
 and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
 fraction of the cost of a second token through every layer. The copy's key and value land one position past
 the call's end, where the next call writes its own (the runtime keeps room for it); no real row attends to it.

@@ -417,6 +417,10 @@ class _SharedCache:
         self.length, self.capacity, self.hidden, self.streams = 0, 0, hidden, streams
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
+        # the outputs as onnxruntime's own vector: IOBinding.get_outputs would wrap every bound state buffer in a
+        # Python OrtValue each call (1-2% of a SmolLM2 step) to read the first one to three
+        raw = getattr(self.binding, "_iobinding", None)
+        self._outputs = raw.get_outputs if raw is not None and hasattr(raw, "get_outputs") else self.binding.get_outputs
 
     def reserve(self, positions: int) -> None:
         if positions <= self.capacity:
@@ -454,10 +458,7 @@ class _SharedCache:
             b.bind_output(FEATURES_OUTPUT)
         self.session.run_with_iobinding(b)
         self.length += T
-        # the outputs as onnxruntime's own vector: IOBinding.get_outputs would wrap every bound state buffer in a
-        # Python OrtValue each call (1-2% of a SmolLM2 step) to read the first one to three
-        raw = getattr(b, "_iobinding", None)
-        outs = raw.get_outputs() if raw is not None and hasattr(raw, "get_outputs") else b.get_outputs()
+        outs = self._outputs()
         return (outs[0].numpy()[0], outs[1].numpy()[0] if self.hidden else None,
                 outs[2].numpy()[0] if self.streams else None)
 
