@@ -39,8 +39,8 @@ and scaled for the input tokens (one copy of it in memory).
 Attention sees at least two query rows (int8, int8x2; ATTENTION_ROWS): onnxruntime's GroupQueryAttention runs a
 one-token call on a path of its own that rounds differently from a block of tokens (SmolLM2, machine B: the
 int8 graph's logits up to 0.6 apart, int8x2's thousandths), while its int8 MatMulNBits kernels give a row the same
-bits in a call of any size (on B; on other CPUs the runtime checks at load, heron.runtime.lm.OnnxLM.one_row_exact). So a one-token call appends a copy of its query/key/value row to attention's input
-and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
+bits in a call of any size (on B; elsewhere the runtime checks at load: heron.runtime.lm.OnnxLM.one_row_exact). So
+a one-token call appends a copy of its query/key/value row to attention's input and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
 fraction of the cost of a second token through every layer. The copy's key and value land one position past
 the call's end, where the next call writes its own (the runtime keeps room for it); no real row attends to it.
 """
@@ -66,10 +66,13 @@ DEFAULT_COMPUTE = "int8x2"
 ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
 
 
-def attention_rows(compute: str, shared_cache: bool = True) -> int:
-    """The query rows a graph of this compute pads attention to (1: none). Only graphs with shared state buffers
-    pad: the padded row's key and value are written past the call's end, which grown states would keep."""
-    return ATTENTION_ROWS.get(compute, 1) if shared_cache else 1
+def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True) -> int:
+    """The query rows a graph of this compute pads attention to (1: none; pad_attention=False: none). Only graphs
+    with shared state buffers pad: the padded row's key and value are written past the call's end, which grown
+    states would keep."""
+    return ATTENTION_ROWS.get(compute, 1) if shared_cache and pad_attention else 1
+
+
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
@@ -248,7 +251,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
     seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
     total_scalar = g.one("Squeeze", [total, g.const(np.array([0], np.int64), "axes")])
-    attn_rows = attention_rows(compute, shared_cache) if pad_attention else 1
+    attn_rows = attention_rows(compute, shared_cache, pad_attention)
     assert attn_rows in (1, 2), attn_rows  # a one-token block's row is copied once
     pad_len = None
     if attn_rows > 1:  # T = 1: a copy of the block's row joins attention's input (module docstring)
@@ -355,7 +358,7 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
               "feature_layers": list(layers),
-              "attention_rows": attention_rows(compute, shared_cache) if pad_attention else 1,
+              "attention_rows": attention_rows(compute, shared_cache, pad_attention),
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),

@@ -418,7 +418,7 @@ class _SharedCache:
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
         # the outputs as onnxruntime's own vector: IOBinding.get_outputs would wrap every bound state buffer in a
-        # Python OrtValue each call (1-2% of a SmolLM2 step) to read the first one to three
+        # Python OrtValue each call, to read the first one to three
         raw = getattr(self.binding, "_iobinding", None)
         self._outputs = raw.get_outputs if raw is not None and hasattr(raw, "get_outputs") else self.binding.get_outputs
 

@@ -24,7 +24,7 @@ def _lm(path, compute, min_rows=None, pad_attention=True):
     manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
         "model.int4.onnx", sha256_bytes(graph), len(graph))},
         source={"gguf": path.name, "gguf_sha256": sha256_path(path), "compute": compute,
-                "attention_rows": attention_rows(compute) if pad_attention else 1})
+                "attention_rows": attention_rows(compute, pad_attention=pad_attention)})
     return OnnxLM.from_memory(graph, manifest, min_rows=min_rows)
 
 
