@@ -26,6 +26,14 @@ GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay 
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
 and scaled for the input tokens (one copy of it in memory).
 
+The head of an int8 / int8x2 graph is ranked (HEAD_RANK, ranked_head): reading the 49152 x 576 Q8_0 table for
+every word is a third of a decoding step's bytes, so a 4-bit copy of it (Q4_0's rounding of the file's rows, half
+the bytes) scores every word, and the 32 it ranks first are scored again in fp32 with the file's own 8-bit rows,
+their exact values written over the copy's. The greedy word is then the 8-bit head's own whenever it ranks in the
+copy's top 32 (its rounding moves a score by a fraction of the gap to the 33rd), and the top words' scores are
+closer to the file's than the int8-activation head's were; the other words keep the copy's scores (sampling's
+tail). A graph without ranking (rank=0; fp32 compute) scores every word with the 8-bit head.
+
 `compute` says how the quantized MatMuls run (MatMulNBits' accuracy_level):
   int8x2  (default) activations split into an int8 part and an int8 remainder, both through the int8
           kernel in one call (2 rows instead of 1: weights are read once): ~1/127 of int8's rounding
@@ -64,6 +72,9 @@ DEFAULT_COMPUTE = "int8x2"
 # the fewest query rows GroupQueryAttention is given, by compute (module docstring): 2 makes one-token steps equal
 # blocks on the int8 kernels; fp32's MatMulNBits path differs across row counts itself, so it gains nothing
 ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
+# the words a quantized graph's 8-bit head scores exactly (ranked_head: a 4-bit copy ranks every word first; 0: the
+# 8-bit head scores every word); fp32 compute keeps the file's head alone (its reference)
+HEAD_RANK = {"int8": 32, "int8x2": 32}
 
 
 def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True) -> int:
@@ -76,6 +87,17 @@ def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool 
 OPSET = 18
 OPSET_MS = 1
 QUANTIZED = ("Q4_0", "Q4_1", "Q8_0")
+
+
+def head_rank(reader, cfg, compute: str, rank: int | None = None) -> int:
+    """The words a graph's head scores exactly after a 4-bit copy of it ranked every word (ranked_head; 0: the head
+    scores every word itself): `rank`, None: HEAD_RANK's for the compute. Only a Q8_0 head is ranked; a
+    vocabulary no larger than the rank needs no ranking."""
+    rank = HEAD_RANK.get(compute, 0) if rank is None else rank
+    if not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"head rank must be an integer >= 0, got {rank!r}")
+    head = reader.tensors["token_embd.weight" if cfg.tie_embeddings else "output.weight"]
+    return rank if head.type_name == "Q8_0" and rank < cfg.vocab_size else 0
 
 
 def default_feature_layers(n_layers: int) -> tuple[int, ...]:
@@ -214,8 +236,35 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
     return g.one("Add", [y, share], hint=hint)
 
 
+def rank_blocks(w: Blocks) -> Blocks:
+    """An 8-bit head's rows in 4-bit blocks (Q4_0's rounding: scale = the block's signed extreme / -8), used only
+    to rank the words; the top ones are scored again with the 8-bit rows themselves (ranked_head)."""
+    x = dequantized(w).reshape(w.n, w.k // BLOCK, BLOCK)
+    idx = np.abs(x).argmax(-1)[..., None]
+    d = (np.take_along_axis(x, idx, -1) / -8.0)[..., 0]  # (N, K/32)
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    q = np.clip(np.round(x * inv[..., None]) + 8, 0, 15).astype(np.uint8)  # (N, K/32, 32)
+    return Blocks(w.n, w.k, 4, (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), d.astype(np.float32))
+
+
+def ranked_head(g: Graph, h: str, w: Blocks, packed: str, k: int) -> str:
+    """h (1, n, D) -> logits (1, n, V): every word scored by a 4-bit copy of the 8-bit head (half its bytes), the
+    k best of them scored again in fp32 with the 8-bit rows themselves, their values written over the copy's."""
+    from onnx import TensorProto
+    rough = linear(g, h, rank_blocks(w), "head_rank", "int8", {})
+    _, top = g.op("TopK", [rough, g.const(np.array([k], np.int64), "k")], n_out=2, axis=-1, largest=1, sorted=0)
+    rows = g.one("Sub", [g.one("Cast", [g.one("Gather", [packed, top])], to=TensorProto.FLOAT),
+                         g.const(np.array(128, np.float32), "zp8")])  # (1, n, k, D/32, 32)
+    scales = g.one("Unsqueeze", [g.one("Gather", [g.const(w.scales, "head.scales"), top]),
+                                 g.const(np.array([-1], np.int64), "axes")])  # (1, n, k, D/32, 1)
+    rows = g.one("Reshape", [g.one("Mul", [rows, scales]), g.const(np.array([0, 0, 0, w.k], np.int64), "shape")])
+    exact = g.one("MatMul", [rows, g.one("Unsqueeze", [h, g.const(np.array([-1], np.int64), "axes")])])  # (1,n,k,1)
+    exact = g.one("Squeeze", [exact, g.const(np.array([-1], np.int64), "axes")])
+    return g.one("ScatterElements", [rough, top, exact], axis=-1)
+
+
 def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
-                feature_layers: tuple[int, ...] = (), pad_attention: bool = True):
+                feature_layers: tuple[int, ...] = (), pad_attention: bool = True, rank: int | None = None):
     """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
@@ -224,7 +273,9 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     (0-based, before the last) at the last n positions, what a draft head reading several depths is trained on
     (scripts/draft_head_data.py --features); the runtime's bundles have no such output. pad_attention: attention
     sees at least attention_rows(compute, shared_cache) query rows (False: one-token calls run attention's
-    one-row path, as graphs before this option did)."""
+    one-row path, as graphs before this option did). rank: the words the 8-bit head scores exactly after a 4-bit
+    copy of it ranked every word (ranked_head; head_rank(): 32 for the int8 computes; 0: the head scores every
+    word)."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -320,7 +371,11 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     end, axis = g.const(np.array([1 << 62], np.int64), "end"), g.const(np.array([1], np.int64), "axis")
     h = g.one("Slice", [h, last_rows, end, axis])  # (1, n, D)
     tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
-    g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
+    rank = head_rank(reader, cfg, compute, rank)
+    if rank:
+        g.op("Identity", [ranked_head(g, h, head, tied or g.const(head.packed, "head.q"), rank)], outputs=["logits"])
+    else:
+        g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
     g.op("Identity", [h], outputs=[HIDDEN_OUTPUT])  # the head's input: what a draft head on the target reads
     if feature_layers:
         parts = [g.one("Slice", [streams[j], last_rows, end, axis]) for j in feature_layers]
@@ -346,19 +401,21 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
 
 def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True,
-                   pad_attention: bool = True):
+                   pad_attention: bool = True, rank: int | None = None):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
     default_feature_layers beside `hidden`)."""
     from heron.models.lm.gguf_file import config_from_gguf, open_reader
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
     layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
-    model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention)
+    model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention,
+                                           rank=rank)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
               "feature_layers": list(layers),
               "attention_rows": attention_rows(compute, shared_cache, pad_attention),
+              "head_rank": head_rank(reader, cfg, compute, rank),
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
@@ -367,14 +424,15 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
 
 def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                       shared_cache: bool = True, pad_attention: bool = True) -> Path:
+                       shared_cache: bool = True, pad_attention: bool = True, rank: int | None = None) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids.
     shared_cache=False: the grown-state interface instead (benchmarks compare the two); pad_attention=False: a
-    graph whose one-token calls run attention's one-row path (build_graph; benchmarks compare it)."""
+    graph whose one-token calls run attention's one-row path (build_graph; benchmarks compare it); rank: the words the
+    8-bit head scores exactly (build_graph; 0: every word, benchmarks compare it)."""
     import onnx
 
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention, rank)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):
@@ -385,12 +443,12 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
 
 
 def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                     shared_cache: bool = True):
+                     shared_cache: bool = True, rank: int | None = None):
     """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, LMManifest, tokenizer).
     `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
     path with nothing written to disk, a few seconds at load (shared_cache=False: states that grow and fork,
-    the default draft of a GGUF target)."""
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache)
+    the default draft of a GGUF target; rank: build_graph's)."""
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, rank=rank)
     graph = model.SerializeToString()
     text = tok.to_str().encode("utf-8")
     manifest = lm_manifest(cfg, files={MODEL_FILE: FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph)),

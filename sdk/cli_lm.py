@@ -447,18 +447,20 @@ def _export_lm(args) -> int:
     from heron.paths import NAMED_LMS, named_lm_path
     gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
     if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
-        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute, --growing-states: GGUF only)
+        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute, --head-rank, --growing-states)
             raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
                              "--target coreml/all, --k and --int8 do not apply")
         if not gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {gguf}")
         from heron.export.gguf_onnx import export_gguf_bundle
         out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute,
-                                 shared_cache=not args.growing_states)
+                                 shared_cache=not args.growing_states, rank=args.head_rank)
         print_files(out)
         return 0
     if args.growing_states:
         raise ValueError("--growing-states applies to a GGUF file's export (a checkpoint's bundle has growing states)")
+    if args.head_rank is not None:
+        raise ValueError("--head-rank applies to a GGUF file's export (its Q8_0 head)")
     base = check_out_folder(args.out, "lm")
     outs = []
     if args.target in ("onnx", "all"):
@@ -500,6 +502,10 @@ def add_lm_export(sub, formatter) -> None:
                         "remainder (fp32's answers, fast), int8 = as llama.cpp (~1.1x int8x2; fp32's answers on 3-7 of 8 "
                         "prompts by CPU; steps compute what blocks compute, so speculation returns plain decoding's tokens: "
                         "the fastest with --speculative), fp32 (exact, slow)")
+    p.add_argument("--head-rank", type=int, default=None, metavar="N",
+                   help="GGUF export, int8 / int8x2: a 4-bit copy of the 8-bit head ranks every word and the N best are "
+                        "scored again with the file's own rows (default 32: the greedy word is the 8-bit head's, "
+                        "half the head's bytes); 0: the 8-bit head scores every word (sampling's tail exact too)")
     p.add_argument("--growing-states", action="store_true",
                    help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
                         "step; forks cheaply: what a Mirror-SD draft needs for --kappa >= 1, --speculative mirror "

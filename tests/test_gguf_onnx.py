@@ -49,7 +49,7 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     # (a CPU whose onnxruntime computes accuracy level 4 in fp32 has both errors near zero: still passes)
     err = {}
     for compute in ("int8", "int8x2"):
-        fast, _, _, _ = build_graph(path, compute=compute, shared_cache=False)
+        fast, _, _, _ = build_graph(path, compute=compute, shared_cache=False, rank=0)  # the head on every word
         s4 = ort.InferenceSession(fast.SerializeToString(), providers=["CPUExecutionProvider"])
         approx, _ = _run(s4, cfg.n_layers, [tokens[:6], tokens[6:]])
         err[compute] = np.abs(approx - theirs).max()
@@ -150,6 +150,66 @@ def test_hidden_output_is_the_heads_input(tmp_path):
     np.testing.assert_allclose(hidden @ table.T, logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("compute", ["int8", "int8x2"])
+def test_ranked_head_scores_its_top_words_with_the_files_rows(tmp_path, compute):
+    """A quantized graph's head: a 4-bit copy of the Q8_0 table ranks every word, and the `rank` best are scored
+    again in fp32 with the file's own 8-bit rows (hidden . row, to fp32 rounding). The greedy word is the 8-bit
+    head's own; the other words keep the copy's scores, near theirs; rank 0 scores every word with the head."""
+    from heron.export.gguf_onnx import HEAD_RANK, head_rank
+    from heron.runtime.lm import HIDDEN_OUTPUT
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(7), ("Q4_1", "Q8_0"))
+    reader = GGUFFile(path)
+    table = dequantized(read_blocks(reader, "token_embd.weight")).astype(np.float64)  # (V, D): the tied head
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
+    runs = {}
+    for rank in (None, 8, 0):
+        model, cfg, _, _ = build_graph(path, compute=compute, shared_cache=False, rank=rank)
+        ops = [n.op_type for n in model.graph.node]
+        assert ("TopK" in ops) == (rank != 0)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ins, _ = state_names(cfg.n_layers)
+        out = session.run(["logits", HIDDEN_OUTPUT], {
+            "tokens": np.array([tokens], np.int64), "last": np.array([len(tokens)], np.int64),
+            **dict(zip(ins, [np.zeros((1, 1, 0, 32), np.float32)] * len(ins)))})
+        runs[rank] = (out[0][0], out[1][0] @ table.T)  # the graph's logits, the exact 8-bit head on its input
+    assert head_rank(reader, cfg, compute) == HEAD_RANK[compute] == 32 < cfg.vocab_size
+    for rank, k in ((None, 32), (8, 8)):
+        logits, exact = runs[rank]
+        same = np.isclose(logits, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+        assert (same.sum(-1) >= k).all()  # the k ranked words (others may agree by chance)
+        assert (logits.argmax(-1) == exact.argmax(-1)).all()
+        top = np.argsort(-exact, -1)[:, :3]  # the exact head's best words are among the ranked ones
+        assert np.take_along_axis(same, top, -1).all()
+        tail = np.abs(logits - exact)[~same]  # the 4-bit copy's scores: near, not equal
+        assert tail.size and tail.max() < 0.25 * np.abs(exact).max() and tail.mean() < 0.05 * np.abs(exact).max()
+    full, exact = runs[0]  # the head on every word: its int8 activations, not fp32
+    assert np.abs(full - exact).max() < 0.1 * np.abs(exact).max()
+    assert not np.allclose(runs[8][0], full, rtol=0, atol=1e-6)
+
+
+def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path):
+    """The ranking copy: each block's signed extreme maps to -8, every value within one step of its own; bad ranks
+    are refused; fp32 compute, a non-Q8_0 head or a vocabulary no larger than the rank rank nothing."""
+    from heron.export.gguf_onnx import head_rank, rank_blocks
+    from heron.models.lm.gguf_file import config_from_gguf
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(8), ("Q4_1", "Q4_1"))
+    reader = GGUFFile(path)
+    w = read_blocks(reader, "token_embd.weight")
+    r = rank_blocks(w)
+    assert (r.bits, r.n, r.k, r.offsets) == (4, w.n, w.k, None)
+    exact, rough = dequantized(w).reshape(w.n, -1, 32), dequantized(r).reshape(w.n, -1, 32)
+    step = np.abs(r.scales)[..., None]
+    assert (np.abs(rough - exact) <= step * 1.0001).all() and np.abs(rough - exact).mean() < 0.3 * step.mean()
+    cfg = config_from_gguf(reader)
+    assert head_rank(reader, cfg, "fp32") == 0 and head_rank(reader, cfg, "int8", 5) == 5
+    assert head_rank(reader, cfg, "int8", cfg.vocab_size) == 0
+    for bad in (-1, 2.5, "8"):
+        with pytest.raises(ValueError, match="head rank must be an integer >= 0"):
+            head_rank(reader, cfg, "int8", bad)
+
+
 def test_blocks_are_repacked_not_requantized(tmp_path):
     """Every stored block type dequantizes, through the MatMulNBits layout, to the file's own values."""
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q4_0"))
@@ -188,7 +248,7 @@ def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch
 
     asked = []
     monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
-                        lambda path, out, compute, shared_cache: asked.append(shared_cache) or Path(out))
+                        lambda path, out, compute, shared_cache, rank: asked.append(shared_cache) or Path(out))
     monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q8_0"))
     assert main(["lm", "export", str(path), "--growing-states", "--out", str(tmp_path / "grown")]) == 0
@@ -197,6 +257,26 @@ def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch
     assert main(["lm", "export", str(tmp_path), "--growing-states", "--out", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
     assert _backend(path, False).branchable and not _backend(path, True).branchable
+
+
+def test_the_cli_exports_a_head_ranked_or_not(tmp_path, monkeypatch):
+    """`heron lm export FILE.gguf --head-rank N` reaches the export (None: HEAD_RANK's default; 0: the 8-bit head
+    scores every word); a bad rank or a checkpoint refuses the option with one line before writing anything."""
+    from heron.cli import main
+    from heron.export import gguf_onnx
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q8_0"))
+    with pytest.raises(SystemExit):  # a usage error: one line, exit status 2
+        main(["lm", "export", str(path), "--head-rank", "-2", "--out", str(tmp_path / "bad")])
+    assert main(["lm", "export", str(tmp_path), "--head-rank", "4", "--out", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
+    asked = []
+    monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
+                        lambda path, out, compute, shared_cache, rank: asked.append(rank) or Path(out))
+    monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
+    for args in ([], ["--head-rank", "0"], ["--head-rank", "5"]):
+        assert main(["lm", "export", str(path), "--compute", "int8", *args, "--out", str(tmp_path / "b")]) == 0
+    assert asked == [None, 0, 5]
 
 
 def test_bad_compute_is_refused(tmp_path):
@@ -240,6 +320,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["default_weights"] == "int4" and set(m["files"]) == {"model.int4.onnx", "tokenizer.json"}
     assert m["source"]["feature_layers"] == [2, 14]  # the streams a draft head may fuse (default_feature_layers)
+    assert m["source"]["head_rank"] == 32  # the Q8_0 head's best 32 words scored exactly (HEAD_RANK)
     lm = heron.load_lm(folder)
     assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
     ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}
