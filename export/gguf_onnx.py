@@ -26,7 +26,7 @@ GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay 
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
 and scaled for the input tokens (one copy of it in memory).
 
-The head of an int8 / int8x2 graph is ranked (HEAD_RANK, ranked_head): reading the 49152 x 576 Q8_0 table for
+The head of an int8 graph is ranked (HEAD_RANK, ranked_head; int8x2 on request): reading the 49152 x 576 Q8_0 table for
 every word is a third of a decoding step's bytes, so a 4-bit copy of it (Q4_0's rounding of the file's rows, half
 the bytes) scores every word, and the 32 it ranks first are scored again in fp32 with the file's own 8-bit rows,
 their exact values written over the copy's. The greedy word is then the 8-bit head's own whenever it ranks in the
@@ -72,9 +72,10 @@ DEFAULT_COMPUTE = "int8x2"
 # the fewest query rows GroupQueryAttention is given, by compute (module docstring): 2 makes one-token steps equal
 # blocks on the int8 kernels; fp32's MatMulNBits path differs across row counts itself, so it gains nothing
 ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
-# the words a quantized graph's 8-bit head scores exactly (ranked_head: a 4-bit copy ranks every word first; 0: the
-# 8-bit head scores every word); fp32 compute keeps the file's head alone (its reference)
-HEAD_RANK = {"int8": 32, "int8x2": 32}
+# the words a graph's 8-bit head scores exactly after a 4-bit copy of it ranked every word (ranked_head), by compute:
+# int8, the fast path, ranks (1.08x on B, perplexity +1.4%); int8x2 (fp32's answers and perplexity) and fp32 keep the
+# 8-bit head on every word unless asked (rank=32: int8x2 1.08x, perplexity +1.6%; BENCHMARKS.md "A ranked head")
+HEAD_RANK = {"int8": 32}
 
 
 def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True) -> int:
@@ -274,7 +275,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     (scripts/draft_head_data.py --features); the runtime's bundles have no such output. pad_attention: attention
     sees at least attention_rows(compute, shared_cache) query rows (False: one-token calls run attention's
     one-row path, as graphs before this option did). rank: the words the 8-bit head scores exactly after a 4-bit
-    copy of it ranked every word (ranked_head; head_rank(): 32 for the int8 computes; 0: the head scores every
+    copy of it ranked every word (ranked_head; head_rank(): HEAD_RANK, 32 for int8 compute; 0: the head scores every
     word)."""
     from onnx import TensorProto, helper
 

@@ -154,7 +154,8 @@ def test_hidden_output_is_the_heads_input(tmp_path):
 def test_ranked_head_scores_its_top_words_with_the_files_rows(tmp_path, compute):
     """A quantized graph's head: a 4-bit copy of the Q8_0 table ranks every word, and the `rank` best are scored
     again in fp32 with the file's own 8-bit rows (hidden . row, to fp32 rounding). The greedy word is the 8-bit
-    head's own; the other words keep the copy's scores, near theirs; rank 0 scores every word with the head."""
+    head's own; the other words keep the copy's scores, near theirs; rank 0 scores every word with the head. By
+    default int8 ranks 32 words and int8x2 none (HEAD_RANK)."""
     from heron.export.gguf_onnx import HEAD_RANK, head_rank
     from heron.runtime.lm import HIDDEN_OUTPUT
 
@@ -163,7 +164,9 @@ def test_ranked_head_scores_its_top_words_with_the_files_rows(tmp_path, compute)
     table = dequantized(read_blocks(reader, "token_embd.weight")).astype(np.float64)  # (V, D): the tied head
     tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
     runs = {}
-    for rank in (None, 8, 0):
+    default, _, _, _ = build_graph(path, compute=compute, shared_cache=False)
+    assert ("TopK" in [n.op_type for n in default.graph.node]) == (compute == "int8")
+    for rank in (32, 8, 0):
         model, cfg, _, _ = build_graph(path, compute=compute, shared_cache=False, rank=rank)
         ops = [n.op_type for n in model.graph.node]
         assert ("TopK" in ops) == (rank != 0)
@@ -173,8 +176,8 @@ def test_ranked_head_scores_its_top_words_with_the_files_rows(tmp_path, compute)
             "tokens": np.array([tokens], np.int64), "last": np.array([len(tokens)], np.int64),
             **dict(zip(ins, [np.zeros((1, 1, 0, 32), np.float32)] * len(ins)))})
         runs[rank] = (out[0][0], out[1][0] @ table.T)  # the graph's logits, the exact 8-bit head on its input
-    assert head_rank(reader, cfg, compute) == HEAD_RANK[compute] == 32 < cfg.vocab_size
-    for rank, k in ((None, 32), (8, 8)):
+    assert head_rank(reader, cfg, compute) == HEAD_RANK.get(compute, 0) == (32 if compute == "int8" else 0)
+    for rank, k in ((32, 32), (8, 8)):
         logits, exact = runs[rank]
         same = np.isclose(logits, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
         assert (same.sum(-1) >= k).all()  # the k ranked words (others may agree by chance)
@@ -320,7 +323,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["default_weights"] == "int4" and set(m["files"]) == {"model.int4.onnx", "tokenizer.json"}
     assert m["source"]["feature_layers"] == [2, 14]  # the streams a draft head may fuse (default_feature_layers)
-    assert m["source"]["head_rank"] == 32  # the Q8_0 head's best 32 words scored exactly (HEAD_RANK)
+    assert m["source"]["head_rank"] == 0  # int8x2: the Q8_0 head on every word (HEAD_RANK; int8 ranks)
     lm = heron.load_lm(folder)
     assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
     ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}

@@ -175,9 +175,8 @@ def test_cli_chat_answers(tmp_path):
 
 def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_path):
     """load_lm("smollm2") runs the file's own blocks on onnxruntime (int8x2, built in memory: nothing
-    written) and stays with the fp32 torch model: its next-token logits after chat prompts within 0.05 on fp32's best
-    words (int8x2 is ~0.005 from fp32; plain int8 ~2; the other words carry the ranked head's 4-bit scores:
-    heron.export.gguf_onnx.ranked_head) and the same next token. Logits with a tolerance, not long greedy
+    written) and stays with the fp32 torch model: its next-token logits after chat prompts within 0.05 (int8x2
+    is ~0.005 from fp32; plain int8 ~2) and the same next token. Logits with a tolerance, not long greedy
     runs: a near-tie may resolve differently with another CPU's int8 kernels."""
     import os
 
@@ -196,9 +195,7 @@ def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_pa
         ours = fast.backend.forward(ids, last=1)[-1]
         with torch.no_grad():
             ref = torch_lm.model(torch.tensor([ids])).logits[0, -1].numpy()
-        top = np.argsort(-ref)[:8]  # fp32's best words: among the 32 the ranked head scores with the 8-bit rows
-        assert np.abs(ours[top] - ref[top]).max() < 0.05 and ours.argmax() == ref.argmax(), q
-        assert np.abs(ours - ref).mean() < 0.5, q  # every other word: the head's 4-bit copy's score, near fp32's
+        assert np.abs(ours - ref).max() < 0.05 and ours.argmax() == ref.argmax(), q
     assert set(os.listdir(tmp_path)) == before
     with pytest.raises(ValueError, match="need engine='torch'"):
         heron.load_lm("smollm2", engine="onnx", experts=2)
