@@ -28,8 +28,8 @@ and scaled for the input tokens (one copy of it in memory).
 
 The head of an int8 graph is ranked (HEAD_RANK, ranked_head; int8x2 on request): reading the 49152 x 576 Q8_0
 table for every word is more than a quarter of a decoding step's bytes, so a 4-bit copy of it (Q4_0's rounding of
-the file's rows, half the bytes) scores every word, and the 32 it ranks first are scored again in fp32 with the file's own 8-bit rows,
-their exact values written over the copy's. The greedy word is then the 8-bit head's own whenever it ranks in the
+the file's rows, half the bytes) scores every word, and the 32 it ranks first are scored again in fp32 with the
+file's own 8-bit rows, their exact values written over the copy's. The greedy word is then the 8-bit head's own whenever it ranks in the
 copy's top 32: measured, not guaranteed (no useful bound proves it; on SmolLM2 the best word ranked 8th at worst
 over 1,321 positions: scripts/probe_ranked_head.py), and the top words' scores are closer to the file's than the
 int8-activation head's were; the other words keep the copy's scores (sampling's tail, perplexity +1.4%). A graph
@@ -249,17 +249,18 @@ def rank_blocks(w: Blocks) -> Blocks:
     return Blocks(w.n, w.k, 4, (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), d.astype(np.float32))
 
 
-def ranked_head(g: Graph, h: str, w: Blocks, packed: str, k: int) -> str:
-    """h (1, n, D) -> logits (1, n, V): every word scored by a 4-bit copy of the 8-bit head (half its bytes), the
-    k best of them scored again in fp32 with the 8-bit rows themselves, their values written over the copy's."""
+def ranked_head(g: Graph, h: str, w: Blocks, packed: str, scales: str, k: int) -> str:
+    """h (1, n, D) -> logits (1, n, V): every word scored by a 4-bit copy of the 8-bit head `w` (half its bytes), the
+    k best of them scored again in fp32 with the 8-bit rows themselves (`packed` (V, D/32, 32) and `scales` (V, D/32):
+    the graph's initializers holding w's blocks), their values written over the copy's."""
     from onnx import TensorProto
     rough = linear(g, h, rank_blocks(w), "head_rank", "int8", {})
     _, top = g.op("TopK", [rough, g.const(np.array([k], np.int64), "k")], n_out=2, axis=-1, largest=1, sorted=0)
     rows = g.one("Sub", [g.one("Cast", [g.one("Gather", [packed, top])], to=TensorProto.FLOAT),
                          g.const(np.array(128, np.float32), "zp8")])  # (1, n, k, D/32, 32)
-    scales = g.one("Unsqueeze", [g.one("Gather", [g.const(w.scales, "head.scales"), top]),
-                                 g.const(np.array([-1], np.int64), "axes")])  # (1, n, k, D/32, 1)
-    rows = g.one("Reshape", [g.one("Mul", [rows, scales]), g.const(np.array([0, 0, 0, w.k], np.int64), "shape")])
+    row_scales = g.one("Unsqueeze", [g.one("Gather", [scales, top]),
+                                     g.const(np.array([-1], np.int64), "axes")])  # (1, n, k, D/32, 1)
+    rows = g.one("Reshape", [g.one("Mul", [rows, row_scales]), g.const(np.array([0, 0, 0, w.k], np.int64), "shape")])
     exact = g.one("MatMul", [rows, g.one("Unsqueeze", [h, g.const(np.array([-1], np.int64), "axes")])])  # (1,n,k,1)
     exact = g.one("Squeeze", [exact, g.const(np.array([-1], np.int64), "axes")])
     return g.one("ScatterElements", [rough, top, exact], axis=-1)
@@ -324,9 +325,10 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     ids = g.one("Reshape", ["tokens", g.const(np.array([-1], np.int64), "shape")])  # (T,)
     if emb.bits == 8:
         emb_q = g.const(emb.packed, "token_embd.q")  # (V, D/32, 32) uint8, shared with the head when tied
+        emb_scales = g.const(emb.scales, "token_embd.scales")  # (V, D/32), shared with a ranked head when tied
         rows = g.one("Sub", [g.one("Cast", [g.one("Gather", [emb_q, ids])], to=TensorProto.FLOAT),
                              g.const(np.array(128, np.float32), "zp8")])  # (T, D/32, 32)
-        scales = g.one("Unsqueeze", [g.one("Gather", [g.const(emb.scales, "token_embd.scales"), ids]),
+        scales = g.one("Unsqueeze", [g.one("Gather", [emb_scales, ids]),
                                      g.const(np.array([-1], np.int64), "axes")])  # (T, D/32, 1)
         x = g.one("Reshape", [g.one("Mul", [rows, scales]), g.const(np.array([1, -1, D], np.int64), "shape")])
     else:
@@ -374,8 +376,9 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     h = g.one("Slice", [h, last_rows, end, axis])  # (1, n, D)
     tied = emb_q if head is emb and emb.bits == 8 else None  # the head reads the embedding's int8 table
     rank = head_rank(reader, cfg, compute, rank)
-    if rank:
-        g.op("Identity", [ranked_head(g, h, head, tied or g.const(head.packed, "head.q"), rank)], outputs=["logits"])
+    if rank:  # the tied table's blocks and scales in memory once
+        table = (emb_q, emb_scales) if tied else (g.const(head.packed, "head.q"), g.const(head.scales, "head.scales"))
+        g.op("Identity", [ranked_head(g, h, head, *table, rank)], outputs=["logits"])
     else:
         g.op("Identity", [linear(g, h, head, "head", compute, {}, packed=tied)], outputs=["logits"])
     g.op("Identity", [h], outputs=[HIDDEN_OUTPUT])  # the head's input: what a draft head on the target reads
