@@ -21,6 +21,11 @@ How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in 
                                  onnxruntime runs them on a much slower kernel; an explicit zero
                                  point 0 costs its one-row int8 kernel 16-20%:
                                  scripts/bench_matmulnbits.py)
+        int8 compute folds that term into the same MatMulNBits call instead (fold_offsets, OFFSET_LEVELS):
+        x's block sums join x as extra columns and the offsets, rounded to two 4-bit levels (the second rounds
+        the first's remainder: error ~1/150 of the block's own step on SmolLM2, 0.3 at worst), join the
+        weights as extra blocks. One call per linear instead of three nodes (a 13 MB fp32 MatMul per step
+        gone); perplexity as the exact term's (one level: +6%).
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
@@ -77,6 +82,10 @@ ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
 # int8, the fast path, ranks (1.08x on B, perplexity +1.4%); int8x2 (fp32's answers and perplexity) and fp32 keep the
 # 8-bit head on every word unless asked (rank=32: int8x2 1.08x, perplexity +1.6%; BENCHMARKS.md "A ranked head")
 HEAD_RANK = {"int8": 32}
+# the levels of 4-bit blocks that carry a Q4_1 matrix's block offsets inside its MatMulNBits call (fold_offsets), by
+# compute: int8 folds them (one node fewer per linear, and no fp32 MatMul reading 13 MB per step; perplexity as the
+# exact term's), int8x2 and fp32 keep the exact fp32 term; one level would cost perplexity +6% on SmolLM2
+OFFSET_LEVELS = {"int8": 2}
 
 
 def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True) -> int:
@@ -100,6 +109,16 @@ def head_rank(reader, cfg, compute: str, rank: int | None = None) -> int:
         raise ValueError(f"head rank must be an integer >= 0, got {rank!r}")
     head = reader.tensors["token_embd.weight" if cfg.tie_embeddings else "output.weight"]
     return rank if head.type_name == "Q8_0" and rank < cfg.vocab_size else 0
+
+
+def offset_levels(compute: str, levels: int | None = None) -> int:
+    """The levels of 4-bit blocks that carry Q4_1's block offsets (fold_offsets): `levels` when given, else
+    OFFSET_LEVELS' default for `compute`; 0: the exact fp32 term."""
+    if levels is None:
+        return OFFSET_LEVELS.get(compute, 0)
+    if not isinstance(levels, int) or isinstance(levels, bool) or not 0 <= levels <= 4:
+        raise ValueError(f"offset levels must be an integer in 0..4, got {levels!r}")
+    return levels
 
 
 def default_feature_layers(n_layers: int) -> tuple[int, ...]:
@@ -214,11 +233,51 @@ def split_int8(g: Graph, blocks: str, k: int) -> str:
     return g.one("Reshape", [both, c(np.array([0, 0, k], np.int64), "shape")])  # (2, T, K)
 
 
+def offset_blocks(w: Blocks, levels: int) -> Blocks:
+    """A Q4_1 matrix's block offsets as `levels` extra 4-bit blocks per row group (fold_offsets): the offsets (N, K/32)
+    zero-padded to a multiple of 32 columns, rounded Q4_0's way (scale = the block's signed extreme / -8), each
+    further level rounding what the levels before it left over (error <= 1/16 of the level before's step)."""
+    nb = w.k // BLOCK
+    width = -(-nb // BLOCK) * BLOCK
+    rest = np.zeros((w.n, width), np.float64)
+    rest[:, :nb] = w.offsets
+    packed, scales = [], []
+    for _ in range(levels):
+        r = rest.reshape(w.n, width // BLOCK, BLOCK)
+        d = (np.take_along_axis(r, np.abs(r).argmax(-1)[..., None], -1) / -8.0)[..., 0].astype(np.float32)
+        inv = np.divide(1.0, d, out=np.zeros(d.shape, np.float64), where=d != 0)
+        q = np.clip(np.round(r * inv[..., None]) + 8, 0, 15)
+        rest = (r - (q - 8) * d[..., None]).reshape(w.n, width)
+        q = q.astype(np.uint8)
+        packed.append((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8))
+        scales.append(d)
+    return Blocks(w.n, width * levels, 4, np.concatenate(packed, 1), np.concatenate(scales, 1))
+
+
+def fold_offsets(g: Graph, x: str, w: Blocks, memo: dict, levels: int) -> tuple[str, Blocks]:
+    """x (1, T, K), a Q4_1 w -> (x' (1, T, K'), w' without offsets) with x' w'^T = x (d (q - 8))^T + the offsets'
+    share: x' is x followed by `levels` copies of x's block sums (zero-padded to a block) and w' is w's own blocks
+    followed by the offsets' (offset_blocks), so one MatMulNBits call computes both (no fp32 MatMul per linear)."""
+    if ("fold", x) not in memo:
+        nb = w.k // BLOCK
+        width = -(-nb // BLOCK) * BLOCK
+        ones = np.zeros((w.k, levels, width), np.float32)  # x @ ones: the block sums, zero-padded, `levels` times
+        ones[np.arange(w.k), :, np.arange(w.k) // BLOCK] = 1
+        sums = g.one("MatMul", [x, g.const(ones.reshape(w.k, levels * width), "block_sums")])
+        memo[("fold", x)] = g.one("Concat", [x, sums], axis=-1)
+    extra = offset_blocks(w, levels)
+    return memo[("fold", x)], Blocks(w.n, w.k + extra.k, 4, np.concatenate([w.packed, extra.packed], 1),
+                                     np.concatenate([w.scales, extra.scales], 1))
+
+
 def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, packed: str | None = None) -> str:
     """x (1, T, K) -> (1, T, N). `memo` caches per-input work (blocks, block sums, the int8 split) across the
-    linears that read the same x; `packed`: an initializer already holding w's blocks (the tied embedding)."""
+    linears that read the same x, and memo["levels"] > 0 folds a Q4_1 matrix's offsets into its call (fold_offsets;
+    else the exact fp32 term); `packed`: an initializer already holding w's blocks (the tied embedding)."""
     if w.bits == 0:
         return g.one("MatMul", [x, g.const(w.dense.T, hint + ".wT")], hint=hint)
+    if w.offsets is not None and memo.get("levels"):
+        x, w = fold_offsets(g, x, w, memo, memo["levels"])
     ins = [packed or g.const(w.packed, hint + ".q"), g.const(w.scales.reshape(-1), hint + ".scales")]
     attrs = dict(domain="com.microsoft", K=w.k, N=w.n, bits=w.bits, block_size=BLOCK,
                  accuracy_level=COMPUTE[compute])
@@ -267,7 +326,8 @@ def ranked_head(g: Graph, h: str, w: Blocks, packed: str, scales: str, k: int) -
 
 
 def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
-                feature_layers: tuple[int, ...] = (), pad_attention: bool = True, rank: int | None = None):
+                feature_layers: tuple[int, ...] = (), pad_attention: bool = True, rank: int | None = None,
+                offsets: int | None = None):
     """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
@@ -278,7 +338,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     sees at least attention_rows(compute, shared_cache) query rows (False: one-token calls run attention's
     one-row path, as graphs before this option did). rank: the words the 8-bit head scores exactly after a 4-bit
     copy of it ranked every word (ranked_head; head_rank(): HEAD_RANK, 32 for int8 compute; 0: the head scores every
-    word)."""
+    word). offsets: the levels of 4-bit blocks that carry Q4_1's block offsets inside each MatMulNBits call
+    (fold_offsets; offset_levels(): OFFSET_LEVELS, 2 for int8 compute; 0: the exact fp32 term)."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -295,6 +356,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         raise ValueError(f"feature_layers must be distinct layers in 0..{cfg.n_layers - 2}, got {feature_layers}")
     g = Graph()
     ins, outs = state_names(cfg.n_layers)
+    levels = offset_levels(compute, offsets)
 
     # positions: P (cached) and T (new) from the shapes; GroupQueryAttention wants int32 lengths
     if shared_cache:  # valid positions of the state buffers (their length is their capacity)
@@ -347,7 +409,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
                               outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
             if i - 1 in feature_layers:
                 streams[i - 1] = x
-        memo: dict = {}
+        memo: dict = {"levels": levels}
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
         qkv = linear(g, h, qkv_w, p + "qkv", compute, memo)  # (1, T, (H + 2G) S)
@@ -359,15 +421,15 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
                           num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
         if pad_len is not None:  # the block's own T rows
             attn = g.one("Slice", [attn, start0, new_len, seq_axis])
-        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", compute, {})
+        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", compute, {"levels": levels})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                           outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
         gate_up = linear(g, h, read_blocks(reader, p + "ffn_gate.weight").rows(read_blocks(reader, p + "ffn_up.weight")),
-                         p + "gate_up", compute, {})
+                         p + "gate_up", compute, {"levels": levels})
         gate, up = g.op("Split", [gate_up], n_out=2, axis=-1, num_outputs=2)
         act = g.one("Mul", [g.one("Mul", [gate, g.one("Sigmoid", [gate])]), up])  # SwiGLU
-        delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", compute, {})
+        delta = linear(g, act, read_blocks(reader, p + "ffn_down.weight"), p + "down", compute, {"levels": levels})
     gamma = g.const(reader.tensor("output_norm.weight").astype(np.float32), "output_norm")
     h = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], n_out=1, domain="com.microsoft", epsilon=eps)[0]
     # the head (a third of a decoding step) only for the positions the caller asked for: the last n
@@ -406,7 +468,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
 
 def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True,
-                   pad_attention: bool = True, rank: int | None = None):
+                   pad_attention: bool = True, rank: int | None = None, offsets: int | None = None):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
     default_feature_layers beside `hidden`)."""
     from heron.models.lm.gguf_file import config_from_gguf, open_reader
@@ -414,14 +476,16 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
     layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
     model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention,
-                                           rank=rank)
+                                           rank=rank, offsets=offsets)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
               "feature_layers": list(layers),
               "attention_rows": attention_rows(compute, shared_cache, pad_attention),
               "head_rank": head_rank(reader, cfg, compute, rank),
-              "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again)"}
+              "offset_levels": offset_levels(compute, offsets) if "Q4_1" in types else 0,
+              "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again; offset_levels > 0: "
+                      "Q4_1's block offsets carried by that many 4-bit levels)"}
     fields = dict(name=name or meta.name or Path(path).stem, eot_id=meta.eos_id, source=source,
                   end_ids=sorted(Tokenizer(tok, meta.eos_id, meta.end_ids).end_ids),
                   chat_template=meta.chat_template, default_weights="int4")
@@ -429,15 +493,17 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
 
 def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                       shared_cache: bool = True, pad_attention: bool = True, rank: int | None = None) -> Path:
+                       shared_cache: bool = True, pad_attention: bool = True, rank: int | None = None,
+                       offsets: int | None = None) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids.
     shared_cache=False: the grown-state interface instead (benchmarks compare the two); pad_attention=False: a
     graph whose one-token calls run attention's one-row path (build_graph; benchmarks compare it); rank: the words the
-    8-bit head scores exactly (build_graph; 0: every word, benchmarks compare it)."""
+    8-bit head scores exactly (build_graph; 0: every word, benchmarks compare it); offsets: the levels of 4-bit blocks
+    carrying Q4_1's offsets (build_graph; 0: the exact fp32 term, benchmarks compare it)."""
     import onnx
 
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention, rank)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention, rank, offsets)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):

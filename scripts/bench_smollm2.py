@@ -10,7 +10,9 @@ chooses itself at load: one row where its steps then equal its blocks, OnnxLM.on
 int8 graph's default before session 27); onnx:COMPUTE-nopad: a graph whose attention is not padded to two query
 rows, as before session 27; onnx:COMPUTE-fullhead / onnx:COMPUTE-ranked: a graph whose 8-bit head scores every
 word / only the 32 words a 4-bit copy of it ranks first (heron.export.gguf_onnx.HEAD_RANK: int8 ranks by default,
-int8x2 does not)), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block offsets as an exact fp32 term
+/ folded into the MatMulNBits calls as two 4-bit levels (heron.export.gguf_onnx.OFFSET_LEVELS: int8 folds by
+default)), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
 its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
@@ -39,6 +41,7 @@ PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
 ROWS = {"1row": 1, "2row": 2}  # onnx:int8-1row / -2row: the int8 bundle with its one-token calls at this many rows
 HEADS = {"fullhead": 0, "ranked": 32}  # onnx:COMPUTE-fullhead / -ranked: the words its 8-bit head scores (rank)
+OFFSETS = {"exactoffsets": 0, "folded": 2}  # onnx:COMPUTE-exactoffsets / -folded: Q4_1's offsets as an fp32 term / folded
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 PEERS_PYTHON = RUNS / "lm-peers-venv" / "bin" / "python"  # scripts/peers/lm_peers.sh (llama.cpp)
 GENAI_PYTHON, GENAI_MODEL = RUNS / "genai-venv" / "bin" / "python", RUNS / "smol-genai"  # scripts/peers/genai_peers.sh
@@ -183,14 +186,15 @@ def main() -> int:
     for b in backends:  # onnx:COMPUTE, onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs),
         variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row / -2row: rows per call
         compute, _, cache = (variant or "").partition("-")  # onnx:COMPUTE-nopad: attention not padded
-        if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", *HEADS, *ROWS)
+        if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", *HEADS, *OFFSETS, *ROWS)
                         or (cache in ROWS and compute != "int8")):
-            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-fullhead|-ranked], "
+            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-fullhead|-ranked|-exactoffsets|-folded], "
                              "onnx:int8-1row|-2row")
         folder = out / (compute if cache in ROWS else variant or "")
         if variant and not (folder / "manifest.json").is_file():
             export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown",
-                               pad_attention=cache != "nopad", rank=HEADS.get(cache))
+                               pad_attention=cache != "nopad", rank=HEADS.get(cache),
+                               offsets=OFFSETS.get(cache))
     if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")

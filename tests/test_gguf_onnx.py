@@ -219,6 +219,50 @@ def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path):
             head_rank(reader, cfg, "int8", bad)
 
 
+def test_q4_1_offsets_fold_into_the_matmulnbits_call(tmp_path):
+    """int8 compute carries Q4_1's block offsets as two extra 4-bit levels inside each MatMulNBits call (x's block
+    sums join x as extra columns): the offsets come back within 1/64 of their largest per row group, the graph has
+    no fp32 offsets MatMul left, and with fp32 arithmetic (compute fp32, offsets=2) its logits are the exact term's
+    up to that rounding, nearer than one level's. int8x2 and fp32 keep the exact term; bad levels are refused."""
+    from heron.export.gguf_onnx import offset_blocks, offset_levels
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(11), ("Q4_1", "Q4_1"))
+    reader = GGUFFile(path)
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight"):
+        w = read_blocks(reader, name)
+        nb = w.k // 32
+        for levels in (1, 2):
+            e = offset_blocks(w, levels)
+            assert (e.bits, e.n, e.k, e.offsets) == (4, w.n, 32 * levels, None)
+            q = np.stack([e.packed & 15, e.packed >> 4], -1).reshape(w.n, levels, 32).astype(np.float64) - 8
+            back = (q * e.scales.reshape(w.n, levels, 1)).sum(1)
+            assert (back[:, nb:] == 0).all()  # the padding columns carry nothing
+            err = np.abs(back[:, :nb] - w.offsets).max(-1)
+            bound = np.abs(w.offsets).max(-1) / (8 if levels == 1 else 64)
+            assert (err <= bound * 1.0001 + 1e-12).all()
+    assert (offset_levels("int8"), offset_levels("int8x2"), offset_levels("fp32"), offset_levels("int8", 0)) == (2, 0, 0, 0)
+    for bad in (-1, 5, 1.5, True):
+        with pytest.raises(ValueError, match="offset levels must be an integer in 0..4"):
+            offset_levels("int8", bad)
+    tokens = [1, 5, 9, 33, 2, 60, 7, 7, 40, 3]
+    logits = {}
+    for levels in (0, 1, 2):
+        model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False, offsets=levels)
+        inits = {i.name for i in model.graph.initializer}
+        assert any(".offsetsT" in n for n in inits) == (levels == 0)
+        ks = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "K"}
+        assert ks == ({64, 96} if levels == 0 else {64 + 32 * levels, 96 + 32 * levels, 64})  # the Q8_0 head keeps 64
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits[levels] = _run(session, cfg.n_layers, [tokens[:6], tokens[6:]])[0]
+    scale = np.abs(logits[0]).max()
+    err1, err2 = np.abs(logits[1] - logits[0]).max(), np.abs(logits[2] - logits[0]).max()
+    assert err2 < 2e-3 * scale and err2 < err1 / 4
+    int8, _, _, _ = build_graph(path, compute="int8", shared_cache=False)
+    int8x2, _, _, _ = build_graph(path, compute="int8x2", shared_cache=False)
+    assert not any(".offsetsT" in i.name for i in int8.graph.initializer)
+    assert any(".offsetsT" in i.name for i in int8x2.graph.initializer)
+
+
 def test_blocks_are_repacked_not_requantized(tmp_path):
     """Every stored block type dequantizes, through the MatMulNBits layout, to the file's own values."""
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q4_0"))
