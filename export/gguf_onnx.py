@@ -377,6 +377,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         seqlens_k = g.one("Sub", [padded_total, g.const(np.array([1], np.int32), "one")])
         total_scalar = g.one("Squeeze", [padded_total, g.const(np.array([0], np.int64), "axes")])
         start0, seq_axis = g.const(np.array([0], np.int64), "start0"), g.const(np.array([1], np.int64), "seq_axis")
+        zeros = g.const(np.zeros(4, np.int64), "zeros4")  # Pad's (begin 3 axes, end 3 axes): pad_len rows at the end
+        row_pads = g.one("Concat", [zeros, pad_len, g.const(np.zeros(1, np.int64), "zero1")], axis=0)
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
     angles = np.outer(np.arange(cfg.max_seq_len + attn_rows - 1, dtype=np.float64), inv)  # (max_len + padding, S/2)
     cos, sin = g.const(np.cos(angles).astype(np.float32), "cos"), g.const(np.sin(angles).astype(np.float32), "sin")
@@ -413,8 +415,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
         qkv = linear(g, h, qkv_w, p + "qkv", compute, memo)  # (1, T, (H + 2G) S)
-        if pad_len is not None:  # (1, max(T, rows), (H + 2G) S)
-            qkv = g.one("Concat", [qkv, g.one("Slice", [qkv, start0, pad_len, seq_axis])], axis=1)
+        if pad_len is not None:  # (1, max(T, rows), (H + 2G) S): a one-token call's row copied (Pad's edge mode)
+            qkv = g.one("Pad", [qkv, row_pads], mode="edge")
         attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
                                                   cos, sin], n_out=3, domain="com.microsoft",
                           outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
