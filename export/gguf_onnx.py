@@ -190,6 +190,7 @@ class Graph:
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
     count: int = 0
+    shared: dict = field(default_factory=dict)  # initializers that many nodes read (one copy in the graph)
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -261,10 +262,12 @@ def fold_offsets(g: Graph, x: str, w: Blocks, memo: dict, levels: int) -> tuple[
     if ("fold", x) not in memo:
         nb = w.k // BLOCK
         width = -(-nb // BLOCK) * BLOCK
-        ones = np.zeros((w.k, levels, width), np.float32)  # x @ ones: the block sums, zero-padded, `levels` times
-        ones[np.arange(w.k), :, np.arange(w.k) // BLOCK] = 1
-        sums = g.one("MatMul", [x, g.const(ones.reshape(w.k, levels * width), "block_sums")])
-        memo[("fold", x)] = g.one("Concat", [x, sums], axis=-1)
+        if ("block_sums", w.k) not in g.shared:  # x @ ones: the block sums, zero-padded (one table per K, kept hot)
+            ones = np.zeros((w.k, width), np.float32)
+            ones[np.arange(w.k), np.arange(w.k) // BLOCK] = 1
+            g.shared[("block_sums", w.k)] = g.const(ones, "block_sums")
+        sums = g.one("MatMul", [x, g.shared[("block_sums", w.k)]])
+        memo[("fold", x)] = g.one("Concat", [x] + [sums] * levels, axis=-1)
     extra = offset_blocks(w, levels)
     return memo[("fold", x)], Blocks(w.n, w.k + extra.k, 4, np.concatenate([w.packed, extra.packed], 1),
                                      np.concatenate([w.scales, extra.scales], 1))

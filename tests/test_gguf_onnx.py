@@ -250,6 +250,7 @@ def test_q4_1_offsets_fold_into_the_matmulnbits_call(tmp_path):
         model, cfg, _, _ = build_graph(path, compute="fp32", shared_cache=False, offsets=levels)
         inits = {i.name for i in model.graph.initializer}
         assert any(".offsetsT" in n for n in inits) == (levels == 0)
+        assert sum(n.startswith("block_sums") for n in inits) == (0 if levels == 0 else 2)  # one table per K, shared
         ks = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "K"}
         assert ks == ({64, 96} if levels == 0 else {64 + 32 * levels, 96 + 32 * levels, 64})  # the Q8_0 head keeps 64
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
