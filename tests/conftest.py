@@ -173,8 +173,9 @@ def smollm2_gguf() -> Path:
         pytest.skip(str(e))
 
 
-def write_tiny_llama(path, rng, types):
-    """(test_gguf_onnx, test_draft_head) A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer."""
+def write_tiny_llama(path, rng, types, untied: bool = False):
+    """(test_gguf_onnx, test_draft_head) A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer;
+    untied: an output.weight of its own (Q8_0) instead of the embedding's table."""
     import gguf
 
     Q = gguf.GGMLQuantizationType
@@ -189,6 +190,8 @@ def write_tiny_llama(path, rng, types):
 
     add("token_embd.weight", (64, 64), Q.Q8_0, 1.0)
     add("output_norm.weight", (64,), Q.F32, 1.0)
+    if untied:
+        add("output.weight", (64, 64), Q.Q8_0, 1.0)
     for i, t in enumerate(types):
         q = getattr(Q, t)
         add(f"blk.{i}.attn_norm.weight", (64,), Q.F32, 1.0)

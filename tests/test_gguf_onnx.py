@@ -197,6 +197,30 @@ def test_ranked_head_scores_its_top_words_with_the_files_rows(tmp_path, compute)
     assert not np.allclose(runs[16][0], full, rtol=0, atol=1e-6)
 
 
+def test_ranked_head_of_an_untied_file_scores_with_its_own_output_rows(tmp_path):
+    """A GGUF with an output.weight of its own (Q8_0): the ranked head reads those rows, not the embedding's table
+    (its 4-bit copy and its exact rescoring both), and its greedy word is that head's."""
+    from heron.runtime.lm import HIDDEN_OUTPUT
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(9), ("Q4_1", "Q4_0"), untied=True)
+    reader = GGUFFile(path)
+    head = dequantized(read_blocks(reader, "output.weight")).astype(np.float64)
+    table = dequantized(read_blocks(reader, "token_embd.weight")).astype(np.float64)
+    assert not np.allclose(head, table)
+    model, cfg, _, _ = build_graph(path, compute="int8", shared_cache=False, rank=16)
+    assert not cfg.tie_embeddings and "TopK" in [n.op_type for n in model.graph.node]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ins, _ = state_names(cfg.n_layers)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    logits, hidden = session.run(["logits", HIDDEN_OUTPUT], {
+        "tokens": np.array([tokens], np.int64), "last": np.array([len(tokens)], np.int64),
+        **dict(zip(ins, [np.zeros((1, 1, 0, 32), np.float32)] * len(ins)))})
+    exact = hidden[0] @ head.T
+    same = np.isclose(logits[0], exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+    assert (same.sum(-1) >= 16).all() and (logits[0].argmax(-1) == exact.argmax(-1)).all()
+    assert not np.isclose(logits[0], hidden[0] @ table.T, rtol=1e-3, atol=1e-3).all(-1).any()
+
+
 def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path):
     """The ranking copy: each block's signed extreme maps to -8, every value within one step of its own; bad ranks
     are refused; fp32 compute, a non-Q8_0 head or a vocabulary no larger than the rank rank nothing."""

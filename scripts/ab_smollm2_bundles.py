@@ -1,0 +1,70 @@
+"""Several SmolLM2 bundles' plain decoding speed, alternated in one process: an A/B of graph changes.
+
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/ab_smollm2_bundles.py runs/a runs/b --rounds 14 \
+        --out runs/ab.json                                  # writes only --out
+
+Each round decodes 128 greedy tokens after the same chat prompt with every bundle in turn (the order rotates each
+round), so a drift of this machine's speed hits each bundle alike; bench_smollm2.py runs each backend in its own
+process, minutes apart, where a virtualized CPU's speed can move by 20%. Prints decode tokens/s (median, min, max
+over the rounds) per bundle, and the median of each bundle's per-round ratio to the first bundle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("bundles", nargs="+", help="folders of heron lm export smollm2 (the first is the reference)")
+    ap.add_argument("--rounds", type=int, default=14, help="rounds of one decode per bundle")
+    ap.add_argument("--new-tokens", type=int, default=128, help="greedy tokens per decode")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    ap.add_argument("--out", default=None, help="also write the figures (JSON) here")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.new_tokens < 2 or args.threads < 1:
+        raise SystemExit("--rounds and --threads must be >= 1, --new-tokens >= 2")
+    import numpy as np
+
+    import heron
+    from heron.runtime.metrics import machine
+
+    lms = {b: heron.load_lm(b, threads=args.threads) for b in args.bundles}
+    first = lms[args.bundles[0]]
+    prompt = first.encode(first.chat_prompt([{"role": "user", "content": PROMPT}]))
+
+    def decode(lm) -> float:
+        b = lm.backend
+        b.reset()
+        out = [int(np.argmax(b.forward(prompt, last=1)[-1]))]
+        t0 = time.perf_counter()
+        for _ in range(args.new_tokens - 1):
+            out.append(int(np.argmax(b.forward([out[-1]], last=1)[-1])))
+        return (args.new_tokens - 1) / (time.perf_counter() - t0)
+
+    speeds: dict[str, list[float]] = {b: [] for b in args.bundles}
+    for r in range(args.rounds):
+        order = args.bundles[r % len(args.bundles):] + args.bundles[:r % len(args.bundles)]
+        for b in order:
+            speeds[b].append(decode(lms[b]))
+    ref = speeds[args.bundles[0]]
+    report = {"cpu": machine(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+              "rounds": args.rounds, "new_tokens": args.new_tokens, "bundles": {}}
+    for b, s in speeds.items():
+        ratio = statistics.median(x / y for x, y in zip(s, ref))
+        report["bundles"][b] = {"decode_tok_s": s, "median": statistics.median(s), "ratio_to_first": ratio}
+        print(f"{b}: median {statistics.median(s):.1f} tok/s (min {min(s):.1f}, max {max(s):.1f}); "
+              f"per-round ratio to {args.bundles[0]}: median {ratio:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
