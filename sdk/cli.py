@@ -32,7 +32,8 @@ _INT_RANGES = {"seed": (0, 2**63 - 1, False), "limit": (0, 10**9, False), "gate_
                "roe_samples": (1, MAX_ROE_SAMPLES, False), "threads": (1, MAX_THREADS, False),
                "draft_threads": (1, MAX_THREADS, False), "tts": (0, 10**7, False),  # --tts 0: none
                "kappa": (0, 1024, False),  # --kappa 0: Mirror-SD without early-exit candidates
-               "head_rank": (0, 10**6, False)}  # --head-rank 0: the 8-bit head scores every word
+               "head_rank": (0, 10**6, False),  # --head-rank 0: the 8-bit head scores every word
+               "offset_levels": (0, 4, False)}  # --offset-levels 0: Q4_1's offsets as an exact fp32 term
 _FLOAT_RANGES = {"hold_out_fraction": (0.0, 0.9, False), "sensitivity": (0.0, 1.0, False),
                  "threshold": (0.0, 1.0, True), "top_p": (0.0, 1.0, True), "anchor_frac": (0.0, 1.0, False),
                  "anchor_prob": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "tolerance": (0.0, 100.0, True),

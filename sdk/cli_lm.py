@@ -447,20 +447,23 @@ def _export_lm(args) -> int:
     from heron.paths import NAMED_LMS, named_lm_path
     gguf = named_lm_path(args.lm) if args.lm in NAMED_LMS else Path(args.lm)
     if gguf.suffix.lower() == ".gguf" or args.lm in NAMED_LMS:  # the file's own quantized blocks
-        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute, --head-rank, --growing-states)
+        if args.target != "onnx" or args.k is not None or args.lm_int8:  # (--compute, --head-rank, --offset-levels, ...)
             raise ValueError("a GGUF file exports to ONNX only, as its own blocks (model.int4.onnx): "
                              "--target coreml/all, --k and --int8 do not apply")
         if not gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {gguf}")
         from heron.export.gguf_onnx import export_gguf_bundle
         out = export_gguf_bundle(gguf, check_out_folder(args.out, "lm"), compute=args.compute,
-                                 shared_cache=not args.growing_states, rank=args.head_rank)
+                                 shared_cache=not args.growing_states, rank=args.head_rank,
+                                 offsets=args.offset_levels)
         print_files(out)
         return 0
     if args.growing_states:
         raise ValueError("--growing-states applies to a GGUF file's export (a checkpoint's bundle has growing states)")
     if args.head_rank is not None:
         raise ValueError("--head-rank applies to a GGUF file's export (its Q8_0 head)")
+    if args.offset_levels is not None:
+        raise ValueError("--offset-levels applies to a GGUF file's export (its Q4_1 blocks)")
     base = check_out_folder(args.out, "lm")
     outs = []
     if args.target in ("onnx", "all"):
@@ -507,6 +510,10 @@ def add_lm_export(sub, formatter) -> None:
                         "with the file's own rows (the greedy word stays the 8-bit head's; half the head's bytes, "
                         "~1.08x; the other words' scores are the copy's: perplexity +1.4-1.6%%); 0: the 8-bit head "
                         "scores every word. By default 32 for --compute int8, 0 for int8x2 and fp32")
+    p.add_argument("--offset-levels", type=int, default=None, metavar="N",
+                   help="GGUF export: Q4_1's block offsets ride inside each MatMulNBits call as N extra 4-bit levels "
+                        "(2: error ~1/150 of a block's step, perplexity unchanged, 1.04-1.07x); 0: an exact fp32 term "
+                        "beside the call. By default 2 for --compute int8, 0 for int8x2 and fp32")
     p.add_argument("--growing-states", action="store_true",
                    help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
                         "step; forks cheaply: what a Mirror-SD draft needs for --kappa >= 1, --speculative mirror "

@@ -326,7 +326,7 @@ def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch
 
     asked = []
     monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
-                        lambda path, out, compute, shared_cache, rank: asked.append(shared_cache) or Path(out))
+                        lambda path, out, compute, shared_cache, rank, offsets: asked.append(shared_cache) or Path(out))
     monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q8_0"))
     assert main(["lm", "export", str(path), "--growing-states", "--out", str(tmp_path / "grown")]) == 0
@@ -350,11 +350,31 @@ def test_the_cli_exports_a_head_ranked_or_not(tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
     asked = []
     monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
-                        lambda path, out, compute, shared_cache, rank: asked.append(rank) or Path(out))
+                        lambda path, out, compute, shared_cache, rank, offsets: asked.append(rank) or Path(out))
     monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
     for args in ([], ["--head-rank", "0"], ["--head-rank", "5"]):
         assert main(["lm", "export", str(path), "--compute", "int8", *args, "--out", str(tmp_path / "b")]) == 0
     assert asked == [None, 0, 5]
+
+
+def test_the_cli_exports_q4_1_offsets_folded_or_exact(tmp_path, monkeypatch):
+    """`heron lm export FILE.gguf --offset-levels N` reaches the export (None: OFFSET_LEVELS' default; 0: the exact
+    fp32 term); a bad level or a checkpoint refuses the option with one line before writing anything."""
+    from heron.cli import main
+    from heron.export import gguf_onnx
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q4_0"))
+    with pytest.raises(SystemExit):  # a usage error: one line, exit status 2
+        main(["lm", "export", str(path), "--offset-levels", "5", "--out", str(tmp_path / "bad")])
+    assert main(["lm", "export", str(tmp_path), "--offset-levels", "1", "--out", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
+    asked = []
+    monkeypatch.setattr(gguf_onnx, "export_gguf_bundle",
+                        lambda path, out, compute, shared_cache, rank, offsets: asked.append(offsets) or Path(out))
+    monkeypatch.setattr("heron.cli_lm.print_files", lambda out: None, raising=False)
+    for args in ([], ["--offset-levels", "0"], ["--offset-levels", "2"]):
+        assert main(["lm", "export", str(path), "--compute", "int8", *args, "--out", str(tmp_path / "b")]) == 0
+    assert asked == [None, 0, 2]
 
 
 def test_bad_compute_is_refused(tmp_path):
@@ -399,6 +419,7 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
     assert m["default_weights"] == "int4" and set(m["files"]) == {"model.int4.onnx", "tokenizer.json"}
     assert m["source"]["feature_layers"] == [2, 14]  # the streams a draft head may fuse (default_feature_layers)
     assert m["source"]["head_rank"] == 0  # int8x2: the Q8_0 head on every word (HEAD_RANK; int8 ranks)
+    assert m["source"]["offset_levels"] == 0  # int8x2: Q4_1's offsets as the exact fp32 term (OFFSET_LEVELS; int8 folds)
     lm = heron.load_lm(folder)
     assert type(lm.backend).__name__ == "OnnxLM" and lm.backend.weights == "int4"
     ends = {lm.tokenizer._tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}
