@@ -25,7 +25,7 @@ How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in 
         x's block sums join x as extra columns and the offsets, rounded to two 4-bit levels (the second rounds
         the first's remainder: error ~1/150 of the block's own step on SmolLM2, 0.3 at worst), join the
         weights as extra blocks. Per linear a block-sums MatMul and a Concat instead of four nodes (Reshape,
-        ReduceSum, a MatMul reading 13 MB of fp32 offsets per step over all, Add); perplexity as the exact
+        ReduceSum, a MatMul reading 13 MB of fp32 offsets per step over all, Add); perplexity 0.03% above the exact
         term's (one level: +6%), 1.04-1.07x faster on machine Z (BENCHMARKS.md "Q4_1's block offsets").
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
@@ -84,8 +84,8 @@ ATTENTION_ROWS = {"int8": 2, "int8x2": 2}
 # 8-bit head on every word unless asked (rank=32: int8x2 1.08x, perplexity +1.6%; BENCHMARKS.md "A ranked head")
 HEAD_RANK = {"int8": 32}
 # the levels of 4-bit blocks that carry a Q4_1 matrix's block offsets inside its MatMulNBits call (fold_offsets), by
-# compute: int8 folds them (two nodes fewer per linear, and no fp32 MatMul reading 13 MB per step; perplexity as the
-# exact term's), int8x2 and fp32 keep the exact fp32 term; one level would cost perplexity +6% on SmolLM2
+# compute: int8 folds them (two nodes fewer per linear, and no fp32 MatMul reading 13 MB per step; perplexity 0.03%
+# above the exact term's), int8x2 and fp32 keep the exact fp32 term; one level would cost perplexity +6% on SmolLM2
 OFFSET_LEVELS = {"int8": 2}
 
 
