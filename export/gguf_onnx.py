@@ -23,10 +23,11 @@ How each GGUF block type maps onto MatMulNBits (com.microsoft; weight (N, K) in 
                                  scripts/bench_matmulnbits.py)
         int8 compute folds that term into the same MatMulNBits call instead (fold_offsets, OFFSET_LEVELS):
         x's block sums join x as extra columns and the offsets, rounded to two 4-bit levels (the second rounds
-        the first's remainder: error ~1/150 of the block's own step on SmolLM2, 0.3 at worst), join the
-        weights as extra blocks. Per linear a block-sums MatMul and a Concat instead of four nodes (Reshape,
-        ReduceSum, a MatMul reading 13 MB of fp32 offsets per step over all, Add); perplexity 0.03% above the exact
-        term's (one level: +6%), 1.04-1.07x faster on machine Z (BENCHMARKS.md "Q4_1's block offsets").
+        the first's remainder: median error 1/185 of the block's own step on SmolLM2, 0.48 at worst;
+        scripts/probe_offset_levels.py), join the weights as extra blocks. Per linear a block-sums MatMul and a
+        Concat instead of four nodes (Reshape, ReduceSum, a MatMul reading 13 MB of fp32 offsets per step over all,
+        Add); perplexity 0.03% above the exact term's (one level: +6%), 1.04-1.07x faster on machine Z
+        (BENCHMARKS.md "Q4_1's block offsets").
 Q, K and V are one MatMulNBits (N = (H + 2G) S), gate and up another; attention is
 GroupQueryAttention with llama.cpp's interleaved RoPE (the file's Q/K rows stay as they are), norms are
 (Skip)SimplifiedLayerNormalization. The tied embedding is the Q8_0 head's own int8 table, gathered
@@ -151,6 +152,19 @@ class Blocks:
                       cat(self.scales, other.scales), cat(self.offsets, other.offsets), cat(self.dense, other.dense))
 
 
+def pack4(q: np.ndarray) -> np.ndarray:
+    """4-bit values (..., 32) in element order -> MatMulNBits' bytes (..., 16): element 2i low nibble, 2i + 1 high."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def round_q4_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, B, 32) -> (q (N, B, 32) uint8 in 0..15, d (N, B) fp32) with x ~ d (q - 8): Q4_0's rounding (d = the
+    block's signed extreme / -8, so the extreme maps to -8 exactly)."""
+    d = (np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1) / -8.0)[..., 0].astype(np.float32)
+    inv = np.divide(1.0, d, out=np.zeros(d.shape, x.dtype), where=d != 0)
+    return np.clip(np.round(x * inv[..., None]) + 8, 0, 15).astype(np.uint8), d
+
+
 def read_blocks(reader, name: str) -> Blocks:
     """A GGUF 2-D tensor as Blocks, its quantized bytes repacked (not re-quantized)."""
     info = reader.tensors[name]
@@ -164,7 +178,7 @@ def read_blocks(reader, name: str) -> Blocks:
     d = raw[..., :2].copy().view("<f2")[..., 0].astype(np.float32)  # (N, K/32)
     qs = raw[..., 4:] if kind == "Q4_1" else raw[..., 2:]  # (N, K/32, 16): element j low nibble, j + 16 high
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # (N, K/32, 32) in element order
-    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)  # MatMulNBits: 2i low, 2i + 1 high
+    packed = pack4(q)
     if kind == "Q4_0":  # w = d (q - 8): the default zero point
         return Blocks(n, k, 4, packed, d)
     m = raw[..., 2:4].copy().view("<f2")[..., 0].astype(np.float32)  # Q4_1: w = d q + m = d (q - 8) + (m + 8 d)
@@ -247,12 +261,9 @@ def offset_blocks(w: Blocks, levels: int) -> Blocks:
     packed, scales = [], []
     for _ in range(levels):
         r = rest.reshape(w.n, width // BLOCK, BLOCK)
-        d = (np.take_along_axis(r, np.abs(r).argmax(-1)[..., None], -1) / -8.0)[..., 0].astype(np.float32)
-        inv = np.divide(1.0, d, out=np.zeros(d.shape, np.float64), where=d != 0)
-        q = np.clip(np.round(r * inv[..., None]) + 8, 0, 15)
-        rest = (r - (q - 8) * d[..., None]).reshape(w.n, width)
-        q = q.astype(np.uint8)
-        packed.append((q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8))
+        q, d = round_q4_0(r)
+        rest = (r - (q.astype(np.float64) - 8) * d[..., None]).reshape(w.n, width)  # what the graph's blocks miss
+        packed.append(pack4(q))
         scales.append(d)
     return Blocks(w.n, width * levels, 4, np.concatenate(packed, 1), np.concatenate(scales, 1))
 
@@ -305,12 +316,8 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
 def rank_blocks(w: Blocks) -> Blocks:
     """An 8-bit head's rows in 4-bit blocks (Q4_0's rounding: scale = the block's signed extreme / -8), used only
     to rank the words; the top ones are scored again with the 8-bit rows themselves (ranked_head)."""
-    x = dequantized(w).reshape(w.n, w.k // BLOCK, BLOCK)
-    idx = np.abs(x).argmax(-1)[..., None]
-    d = (np.take_along_axis(x, idx, -1) / -8.0)[..., 0]  # (N, K/32)
-    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
-    q = np.clip(np.round(x * inv[..., None]) + 8, 0, 15).astype(np.uint8)  # (N, K/32, 32)
-    return Blocks(w.n, w.k, 4, (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), d.astype(np.float32))
+    q, d = round_q4_0(dequantized(w).reshape(w.n, w.k // BLOCK, BLOCK))
+    return Blocks(w.n, w.k, 4, pack4(q), d)
 
 
 def ranked_head(g: Graph, h: str, w: Blocks, packed: str, scales: str, k: int) -> str:
