@@ -579,18 +579,52 @@ LOOKUP_DECAY = 0.9     # older rounds count less: the text may turn from copying
 LOOKUP_RECOVER = 0.05  # per skipped window, the estimate moves this far back to the prior (so it can recover)
 
 
-def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0) -> int:
-    """The k in 0..n maximising (1 + p + ... + p^k) / (1 + draft * k + cost * max(0, k - free)): expected tokens
-    per plain-step cost, where the first `free` draft tokens ride in a call that computes that many rows anyway
-    (a backend's free_draft_tokens) and each draft token costs `draft` steps to propose."""
+def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0,
+                later: float | None = None) -> int:
+    """The k in 0..n maximising (1 + p + p q + ... + p q^(k-1)) / (1 + draft * k + cost * max(0, k - free)):
+    expected tokens per plain-step cost, with p the acceptance of a window's first token and q = `later` that of
+    each further one once the tokens before it were accepted (None: p, one rate), where the first `free` draft
+    tokens ride in a call that computes that many rows anyway (a backend's free_draft_tokens) and each draft token
+    costs `draft` steps to propose."""
+    q = p if later is None else later
     best, best_k, gain, term = 1.0, 0, 1.0, 1.0
     for k in range(1, n + 1):
-        term *= p
+        term *= p if k == 1 else q
         gain += term
         rate = gain / (1 + draft * k + cost * max(0, k - free))
         if rate > best + 1e-12:
             best, best_k = rate, k
     return best_k
+
+
+class Acceptance:
+    """How often a drafter's tokens are accepted, counted apart at a window's first position and past it (decayed
+    counts, each starting from `prior` weighted as PRIOR_WEIGHT tries): once a window's first token holds, the next
+    ones hold more often where the draft copies a run of the context (prompt lookup on a code edit: ~0.7 then
+    ~0.9 on SmolLM2) or follows the target's own features, and one pooled rate would cut such windows short."""
+
+    def __init__(self, prior: float, decay: float):
+        self.prior, self.decay = prior, decay
+        self.counts = [0.0, 0.0, 0.0, 0.0]  # first position: hits, tries; later positions: hits, tries
+
+    def observe(self, proposed: int, accepted: int) -> None:
+        """After a verified window: `accepted` of its `proposed` tokens were kept (a position is tried only when
+        every earlier one was accepted)."""
+        if proposed < 1:
+            return
+        h1, t1, h2, t2 = (c * self.decay for c in self.counts)
+        later_tries = min(accepted + 1, proposed) - 1
+        self.counts = [h1 + (accepted >= 1), t1 + 1, h2 + max(0, accepted - 1), t2 + later_tries]
+
+    def recover(self, keep: float) -> None:
+        """A skipped window: the counts shrink by `keep`, so the rates drift back to the prior and drafting can resume."""
+        self.counts = [c * keep for c in self.counts]
+
+    def rates(self) -> tuple[float, float]:
+        """(acceptance of a window's first token, acceptance of each later one after the ones before it held)."""
+        h1, t1, h2, t2 = self.counts
+        return ((h1 + self.prior * PRIOR_WEIGHT) / (t1 + PRIOR_WEIGHT),
+                (h2 + self.prior * PRIOR_WEIGHT) / (t2 + PRIOR_WEIGHT))
 
 
 def verify_cost(backend) -> float:
@@ -618,25 +652,19 @@ class LookupDrafter:
     def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
                  cost: float = VERIFY_COST, free: int = 0):
         self.vocab_size, self.stats, self.adaptive, self.cost, self.free = vocab_size, stats, adaptive, cost, free
-        self.hits, self.tries = 0.0, 0.0  # decayed counts of accepted / verified draft tokens
-
-    @property
-    def acceptance(self) -> float:
-        return (self.hits + LOOKUP_PRIOR * PRIOR_WEIGHT) / (self.tries + PRIOR_WEIGHT)
+        self.accepted = Acceptance(LOOKUP_PRIOR, LOOKUP_DECAY)
 
     def observe(self, proposed: int, accepted: int) -> None:
-        """After a verified window: `accepted` of its `proposed` tokens were kept (a position is tried
-        only when every earlier one was accepted)."""
-        self.hits = LOOKUP_DECAY * self.hits + accepted
-        self.tries = LOOKUP_DECAY * self.tries + min(accepted + 1, proposed)
+        """After a verified window: `accepted` of its `proposed` tokens were kept."""
+        self.accepted.observe(proposed, accepted)
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         window = lookup_window(seq, g)
         if window and self.adaptive:
-            k = best_window(len(window), self.acceptance, self.cost, self.free)
+            first, later = self.accepted.rates()
+            k = best_window(len(window), first, self.cost, self.free, later=later)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
-                self.hits *= 1 - LOOKUP_RECOVER
-                self.tries *= 1 - LOOKUP_RECOVER
+                self.accepted.recover(1 - LOOKUP_RECOVER)
             window = window[:k]
         if not window:
             return [], None

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from heron.runtime.decoding import (DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter, best_window, draw,
-                                    drafted, free_draft_tokens, probs, verify_cost)
+from heron.runtime.decoding import (Acceptance, DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter,
+                                    best_window, draw, drafted, free_draft_tokens, probs, verify_cost)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
 
 HEAD_FORMAT = "heron-draft-head/1"
@@ -30,9 +30,9 @@ HEAD_FILE = "head.onnx"
 # the shipped head, for SmolLM2-135M-Instruct (Q4_1 GGUF); its identity is pinned (heron.runtime.pinned)
 DEFAULT_HEAD = Path(__file__).resolve().parent / "assets" / "draft-head-smollm2"
 MAX_WORDS = 1 << 17
-# per-position acceptance assumed before any round (with PRIOR_WEIGHT tries), and the decay of older rounds:
+# per-position acceptance assumed before any round (weighted as decoding.PRIOR_WEIGHT tries), and the decay of older rounds:
 # the window is cut to the length that pays for its verification (best_window), as prompt lookup does
-HEAD_PRIOR, PRIOR_WEIGHT, HEAD_DECAY = 0.6, 2.0, 0.9
+HEAD_PRIOR, HEAD_DECAY = 0.6, 0.9
 # the target's int8 embedding blocks (heron.export.gguf_onnx): (V, D/32, 32) uint8 (q + 128) and (V, D/32) scales
 TARGET_ROWS = ("token_embd.q", "token_embd.scales")
 ROWS_FROM = "target"
@@ -240,20 +240,15 @@ class HeadDrafter:
                  lookup: LookupDrafter | None = None, free: int = 0):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
         self.adaptive, self.cost, self.lookup, self.free = adaptive, cost, lookup, free
-        self.hits, self.tries = 0.0, 0.0
+        self.accepted = Acceptance(HEAD_PRIOR, HEAD_DECAY)
         self.vocab_size = target.vocab_size
         self._last_from_lookup = False
-
-    @property
-    def acceptance(self) -> float:
-        return (self.hits + HEAD_PRIOR * PRIOR_WEIGHT) / (self.tries + PRIOR_WEIGHT)
 
     def observe(self, proposed: int, accepted: int) -> None:
         if self._last_from_lookup:
             self.lookup.observe(proposed, accepted)
             return
-        self.hits = HEAD_DECAY * self.hits + accepted
-        self.tries = HEAD_DECAY * self.tries + min(accepted + 1, proposed)
+        self.accepted.observe(proposed, accepted)
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
         if self.lookup is not None:
@@ -265,10 +260,10 @@ class HeadDrafter:
         if hidden is None:
             return [], None
         if self.adaptive:
-            g = best_window(g, self.acceptance, self.cost, self.free, HEAD_STEP_COST)
+            first, later = self.accepted.rates()
+            g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later)
             if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
-                self.tries *= HEAD_DECAY
-                self.hits *= HEAD_DECAY
+                self.accepted.recover(HEAD_DECAY)
                 return [], None
         t0 = time.perf_counter()
         greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept

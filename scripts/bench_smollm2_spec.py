@@ -18,7 +18,9 @@ set to X (its windows sized for that price). `--draft DIR` adds draft-model spec
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
 target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window, and
-the adaptive window with prompt lookup asked first: --speculative head's default).
+the adaptive window with prompt lookup asked first: --speculative head's default, and that method again with its
+windows sized from one acceptance rate pooled over every draft position, as before session 30: an A/B of
+decoding.Acceptance).
 An int8 bundle whose one-token calls are padded with a scratch token (runtime.lm.MIN_ROWS: graphs before session 27,
 or a CPU where OnnxLM.one_row_exact fails) gets one more row, "plain, one-row kernel": plain decoding with the
 faster one-row call, whose tokens may part from the padded path's at a near-tie (the speed-ups stay relative to the
@@ -34,6 +36,7 @@ summed per method. `--methods plain "head+lookup adaptive g<=8"` times only the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import statistics
@@ -77,6 +80,27 @@ CHAT_PROMPTS = [
 ]
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
+POOLED = "head+lookup adaptive g<=8, one pooled rate"
+
+
+@contextlib.contextmanager
+def pooled_rates(on: bool):
+    """Windows sized from one acceptance rate pooled over every position (how the drafters counted before session
+    30) instead of decoding.Acceptance's first-position and later-position rates: an A/B of the estimator."""
+    from heron.runtime.decoding import PRIOR_WEIGHT, Acceptance
+    two = Acceptance.rates
+
+    def pooled(self):
+        h1, t1, h2, t2 = self.counts
+        p = (h1 + h2 + self.prior * PRIOR_WEIGHT) / (t1 + t2 + PRIOR_WEIGHT)
+        return p, p
+    Acceptance.rates = pooled if on else two
+    try:
+        yield
+    finally:
+        Acceptance.rates = two
+
+
 METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, False),
            ("lookup adaptive g<=4", 4, True)]
 
@@ -194,7 +218,8 @@ def main() -> int:
     if a.head:
         methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True),
                     ("head+lookup adaptive g<=4", 4, True),  # --speculative head's default before session 22
-                    ("head+lookup adaptive g<=8", 8, True)]  # the last: --speculative head's default
+                    ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
+                    (POOLED, 8, True)]  # the same with one acceptance rate for every position (before session 30)
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
@@ -279,7 +304,8 @@ def main() -> int:
                     if m in row_methods:
                         b.min_rows = row_methods[m]
                     t0 = time.perf_counter()
-                    answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
+                    with pooled_rates(m == POOLED):
+                        answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)
                     tt = stats.token_times

@@ -236,6 +236,33 @@ def test_lookup_windows_are_cut_to_the_length_that_pays():
         Spec("lookup", adaptive="yes")
 
 
+def test_acceptance_is_counted_apart_at_a_windows_first_token_and_past_it():
+    """A drafter whose windows fail at the first token half the time but, once started, hold (prompt lookup
+    copying a run of code) keeps windows that one pooled rate would cut short: Acceptance counts the first position
+    and the later ones apart (a later position is tried only after the ones before it held), and best_window
+    prices each later token at the later rate."""
+    a = sp.Acceptance(prior=0.6, decay=1.0)
+    assert a.rates() == (0.6, 0.6)  # the prior alone
+    a.observe(5, 0)  # rejected at the first token: no later position tried
+    a.observe(5, 5)  # all five held: first + four later tries, all hits
+    a.observe(4, 2)  # two held, the third failed: first hit, later 2 tries 1 hit
+    a.observe(0, 0)  # nothing proposed: nothing counted
+    first, later = a.rates()
+    assert first == pytest.approx((2 + 1.2) / (3 + 2)) and later == pytest.approx((4 + 1 + 1.2) / (4 + 2 + 2))
+    a.recover(0.5)
+    assert a.counts == pytest.approx([1.0, 1.5, 2.5, 3.0])
+    assert sp.best_window(8, 0.5, cost=0.25, later=0.5) == 1  # one rate: the first token alone pays
+    assert sp.best_window(8, 0.5, cost=0.25, later=0.95) >= 6  # once started, copied text keeps going
+    assert sp.best_window(8, 0.5, cost=0.25, later=None) == sp.best_window(8, 0.5, cost=0.25, later=0.5)
+    seq = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    pooled, split = sp.LookupDrafter(64, cost=0.25), sp.LookupDrafter(64, cost=0.25)
+    for _ in range(10):  # half the windows fail at once, the others hold to the end
+        split.observe(6, 0), split.observe(6, 6)
+    h = 10 * 6  # the same rounds pooled into one rate: 60 hits of 10 + 10 * 6 tries
+    pooled.accepted.rates = lambda: ((h + 1.2) / (10 + 60 + 2),) * 2
+    assert len(split.propose(seq, 6)[0]) == 6 > len(pooled.propose(seq, 6)[0])
+
+
 def test_lookup_windows_follow_the_targets_own_verify_cost(soft_pair):
     """A backend that declares what verifying a draft token costs it (verify_cost, in plain steps) gets windows
     sized for that price: free verification drafts every time a suffix recurs, a prohibitive one never (plain
