@@ -617,7 +617,8 @@ class Acceptance:
         self.counts = [h1 + (accepted >= 1), t1 + 1, h2 + max(0, accepted - 1), t2 + later_tries]
 
     def recover(self, keep: float) -> None:
-        """A skipped window: the counts shrink by `keep`, so the rates drift back to the prior and drafting can resume."""
+        """A skipped window: the counts shrink by `keep`, so the rates drift back to the prior and drafting can
+        resume."""
         self.counts = [c * keep for c in self.counts]
 
     def rates(self) -> tuple[float, float]:

@@ -30,8 +30,8 @@ HEAD_FILE = "head.onnx"
 # the shipped head, for SmolLM2-135M-Instruct (Q4_1 GGUF); its identity is pinned (heron.runtime.pinned)
 DEFAULT_HEAD = Path(__file__).resolve().parent / "assets" / "draft-head-smollm2"
 MAX_WORDS = 1 << 17
-# per-position acceptance assumed before any round (weighted as decoding.PRIOR_WEIGHT tries), and the decay of older rounds:
-# the window is cut to the length that pays for its verification (best_window), as prompt lookup does
+# per-position acceptance assumed before any round (weighted as decoding.PRIOR_WEIGHT tries), and the decay of older
+# rounds: the window is cut to the length that pays for its verification (best_window), as prompt lookup does
 HEAD_PRIOR, HEAD_DECAY = 0.6, 0.9
 # the target's int8 embedding blocks (heron.export.gguf_onnx): (V, D/32, 32) uint8 (q + 128) and (V, D/32) scales
 TARGET_ROWS = ("token_embd.q", "token_embd.scales")

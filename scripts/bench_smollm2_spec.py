@@ -79,7 +79,6 @@ CHAT_PROMPTS = [
     "What are good ways to stay warm in winter without raising the heating bill?",
 ]
 
-# (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
 POOLED = "head+lookup adaptive g<=8, one pooled rate"
 
 
@@ -101,6 +100,7 @@ def pooled_rates(on: bool):
         Acceptance.rates = two
 
 
+# (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
 METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, False),
            ("lookup adaptive g<=4", 4, True)]
 
