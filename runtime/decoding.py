@@ -621,6 +621,11 @@ class Acceptance:
         resume."""
         self.counts = [c * keep for c in self.counts]
 
+    def pooled(self) -> float:
+        """One rate over every position, as the drafters counted before session 30 (benchmarks compare the two)."""
+        h1, t1, h2, t2 = self.counts
+        return (h1 + h2 + self.prior * PRIOR_WEIGHT) / (t1 + t2 + PRIOR_WEIGHT)
+
     def rates(self) -> tuple[float, float]:
         """(acceptance of a window's first token, acceptance of each later one after the ones before it held)."""
         h1, t1, h2, t2 = self.counts

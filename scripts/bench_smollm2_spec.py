@@ -86,14 +86,9 @@ POOLED = "head+lookup adaptive g<=8, one pooled rate"
 def pooled_rates(on: bool):
     """Windows sized from one acceptance rate pooled over every position (how the drafters counted before session
     30) instead of decoding.Acceptance's first-position and later-position rates: an A/B of the estimator."""
-    from heron.runtime.decoding import PRIOR_WEIGHT, Acceptance
+    from heron.runtime.decoding import Acceptance
     two = Acceptance.rates
-
-    def pooled(self):
-        h1, t1, h2, t2 = self.counts
-        p = (h1 + h2 + self.prior * PRIOR_WEIGHT) / (t1 + t2 + PRIOR_WEIGHT)
-        return p, p
-    Acceptance.rates = pooled if on else two
+    Acceptance.rates = (lambda self: (self.pooled(),) * 2) if on else two
     try:
         yield
     finally:

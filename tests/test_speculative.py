@@ -258,8 +258,9 @@ def test_acceptance_is_counted_apart_at_a_windows_first_token_and_past_it():
     pooled, split = sp.LookupDrafter(64, cost=0.25), sp.LookupDrafter(64, cost=0.25)
     for _ in range(10):  # half the windows fail at once, the others hold to the end
         split.observe(6, 0), split.observe(6, 6)
-    h = 10 * 6  # the same rounds pooled into one rate: 60 hits of 10 + 10 * 6 tries
-    pooled.accepted.rates = lambda: ((h + 1.2) / (10 + 60 + 2),) * 2
+    assert split.accepted.pooled() == pytest.approx(sum(split.accepted.counts[::2] + [1.2])
+                                                     / sum(split.accepted.counts[1::2] + [2]))
+    pooled.accepted.rates = lambda: (split.accepted.pooled(),) * 2  # the same rounds counted as one rate
     assert len(split.propose(seq, 6)[0]) == 6 > len(pooled.propose(seq, 6)[0])
 
 
