@@ -1,8 +1,10 @@
 """`heron lm bench`: speed and acceptance of every decoding method on held-out prompts.
 
-All methods get the same thread budget: plain decoding and MTP run the target with `threads` torch
-threads; draft and Mirror speculative decoding give the target threads - 1 and the draft (onnxruntime)
-one thread of its own. Greedy decoding, so every method's output is also checked against plain
+All methods get the same thread budget, each used as well as the method can: plain decoding, MTP, lookup,
+the head and classic draft SD run the target with all `threads` (draft SD is serial: its draft, one
+onnxruntime thread, runs between the target's calls, so the target verifies on the whole budget; a draft on
+two threads ran slower here, its pool contending with torch's); Mirror-SD runs the draft beside the target,
+so the target gets threads - 1 and the draft one thread of its own. Greedy decoding, so every method's output is also checked against plain
 decoding token for token (lossless), and the run fails loudly if one differs.
 
 Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
@@ -29,7 +31,9 @@ class BenchOptions:
     prompt_tokens: int = 32
     new_tokens: int = 48
     threads: int = 2
-    gamma: int | None = None       # draft tokens per round (None: each method's own, runtime.decoding.DEFAULT_GAMMA)
+    gamma: int | tuple[int, ...] | None = None  # draft tokens per round (None: each method's own,
+    # runtime.decoding.DEFAULT_GAMMA); several: draft SD and Mirror-SD run at each, a row per window (the other methods
+    # at their own), and each is compared with the fastest draft SD row (each method at its best window)
     kappa: int | None = None       # Mirror-SD: None: 2 with an exit head trained for exit_layer, else 0
     exit_layer: int = 2
     methods: tuple[str, ...] = ("none", "draft", "mtp", "mirror", "lookup")
@@ -43,6 +47,18 @@ class BenchOptions:
         unknown = [m for m in self.methods if m not in sp.METHODS]
         if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
             raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
+        if isinstance(self.gamma, (list, tuple)):
+            if not self.gamma or len(set(self.gamma)) != len(self.gamma) or not all(
+                    isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in self.gamma):
+                raise ValueError(f"gamma must be distinct integers >= 1, got {list(self.gamma)}")
+            self.gamma = self.gamma[0] if len(self.gamma) == 1 else tuple(self.gamma)
+
+    def windows(self, method: str) -> tuple[int | None, ...]:
+        """The windows `method` runs at: every one of several gammas for draft SD and Mirror-SD, else the one gamma
+        (None: the method's own)."""
+        if isinstance(self.gamma, tuple):
+            return self.gamma if method in ("draft", "mirror") else (None,)
+        return (self.gamma,)
 
 
 def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:
@@ -65,6 +81,13 @@ def _time_call(fn, reps: int = 20) -> float:
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t0) / reps
+
+
+def method_threads(method: str, budget: int) -> int:
+    """The target's threads for `method` out of a budget of `budget` CPU threads: Mirror-SD leaves one to the draft
+    running beside the target; every other method (draft SD included: its draft runs between the target's calls)
+    gives the target the whole budget."""
+    return max(1, budget - 1) if method == "mirror" else budget
 
 
 def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int) -> dict:
@@ -170,51 +193,68 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": []}
-    split = None  # an onnxruntime target's threads are fixed at load: one with a thread left for the draft
-    if lm.model is None and o.threads > 1 and {"draft", "mirror"} & set(o.methods):
+    split = None  # an onnxruntime target's threads are fixed at load: one with a thread left for Mirror-SD's draft
+    if lm.model is None and o.threads > 1 and "mirror" in o.methods:
         split = load_lm(target_dir, device=o.target_device, threads=o.threads - 1, compute=o.compute, engine=engine)
     for model in (lm, split) if split is not None else (lm,):
         for _ in model.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of timings
             pass
     ref = None
     methods = ("none",) + tuple(m for m in o.methods if m != "none")
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    variants = [(m, g) for m in methods for g in o.windows(m)]
+    several = len(variants) > len(methods)
+
+    def label(method, g):
+        return f"{method} g={g}" if several and method in ("draft", "mirror") else method
+    runs: dict[tuple, list[dict]] = {v: [] for v in variants}
     for rep in range(o.repeats):  # interleaved, so that a slow spell of the machine hits every method alike
-        for method in methods:
-            threads = o.threads if method in ("none", "mtp", "lookup", "head") else max(1, o.threads - 1)
+        for method, g in variants:
+            threads = method_threads(method, o.threads)
             torch.set_num_threads(threads)
-            spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=o.gamma, **sp.method_options(
+            spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=g, **sp.method_options(
                 method, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp))
             row, outs = run_method(split if threads < o.threads and split is not None else lm, spec, prompts, opts,
                                    method)
             row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
+            row["gamma"] = None if spec is None else spec.gamma
             if ref is None:
                 ref = outs
             row["lossless"] = outs == ref
             if not row["lossless"]:
-                raise RuntimeError(f"{method}: output differs from plain decoding (lossless check failed)")
-            runs[method].append(row)
-            log(f"{method} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
-    for method in methods:
-        speeds = [r["tokens_per_s"] for r in runs[method]]
-        row = runs[method][int(np.argsort(speeds)[len(speeds) // 2])]  # the median run's own statistics
+                raise RuntimeError(f"{label(method, g)}: output differs from plain decoding (lossless check failed)")
+            runs[(method, g)].append(row)
+            log(f"{label(method, g)} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
+    for v in variants:
+        speeds = [r["tokens_per_s"] for r in runs[v]]
+        row = runs[v][int(np.argsort(speeds)[len(speeds) // 2])]  # the median run's own statistics
         row.update(tokens_per_s=float(np.median(speeds)), tokens_per_s_min=min(speeds), tokens_per_s_max=max(speeds),
                    repeats=len(speeds))
         report["rows"].append(row)
-    # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only)
-    verifier = split if split is not None else lm  # the target as the draft methods ran it
-    d = verifier.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
-    gamma = o.gamma or sp.SpeculativeOptions().gamma  # beta, c and the predictions: the draft methods' window
-    costs = dict(step_costs(verifier, d, gamma, o.prompt_tokens + o.new_tokens // 2, max(1, o.threads - 1)), gamma=gamma)
-    report["costs"] = costs
+    # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only), and
+    # the target's at the threads and window each draft method ran with: report["costs"] at the whole budget (draft
+    # SD), report["costs_beside"] at Mirror-SD's (one thread less) where that differs, both at the first window
+    context = o.prompt_tokens + o.new_tokens // 2
+    d = lm.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
+    memo = {}
+
+    def costs_at(threads: int, gamma: int) -> dict:
+        if (threads, gamma) not in memo:
+            verifier = split if threads < o.threads and split is not None else lm  # the target as the method ran it
+            memo[threads, gamma] = dict(step_costs(verifier, d, gamma, context, threads), gamma=gamma, threads=threads)
+        return memo[threads, gamma]
+    first = o.windows("draft")[0] or sp.SpeculativeOptions().gamma  # beta and c: the draft methods' window
+    report["costs"] = costs_at(o.threads, first)
+    if "mirror" in methods and method_threads("mirror", o.threads) != o.threads:
+        report["costs_beside"] = costs_at(method_threads("mirror", o.threads), first)
     base = report["rows"][0]["tokens_per_s"]
-    vanilla = next((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), None)
+    vanilla = max((r["tokens_per_s"] for r in report["rows"] if r["method"] == "draft"), default=None)  # its best
     for r in report["rows"]:
         r["speedup_vs_plain"] = r["tokens_per_s"] / base
         if vanilla:
             r["speedup_vs_draft_sd"] = r["tokens_per_s"] / vanilla
         if "alpha" in r and r["method"] in ("draft", "mirror"):
-            pred = predicted(r["alpha"], gamma, costs["beta"], costs["c"])
+            c = costs_at(method_threads(r["method"], o.threads), r["gamma"])
+            pred = predicted(r["alpha"], r["gamma"], c["beta"], c["c"])
             r["predicted_speedup"] = pred["serial"] if r["method"] == "draft" else pred["overlapped"]
             r["E"] = pred["E"]
     report["decode_speed"] = decode_speed(o.decode_preset)
@@ -222,7 +262,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 
 
 def markdown(report: dict) -> str:
-    cols = ["method", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
+    cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
             "speedup_vs_plain", "speedup_vs_draft_sd",
             "predicted_speedup", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
             "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
@@ -237,9 +277,13 @@ def markdown(report: dict) -> str:
         return str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in report["rows"]]
-    c = report["costs"]
-    lines.append(f"\nbeta (verify {c['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; "
-                 f"c (draft step / target step) = {c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
+    lines.append("")
+    for key in ("costs", "costs_beside"):
+        if key in report:
+            c = report[key]
+            lines.append(f"target on {c['threads']} thread(s): beta (verify {c['gamma'] + 1} tokens / 1 step) = "
+                         f"{c['beta']:.2f}; c (draft step / target step) = {c.get('c', float('nan')):.3f}; "
+                         f"target step {1e3 * c['target_step_s']:.2f} ms")
     ds = report["decode_speed"]
     lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "
                  f"{ds['active_params_m']:.1f} M active), 1 thread, batch 1: {ds['tokens_per_s']:.1f} tokens/s")

@@ -537,8 +537,10 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
     q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
-    q.add_argument("--gamma", type=int, default=None,
-                   help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise)")
+    q.add_argument("--gamma", type=int, nargs="+", default=None,
+                   help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise); several: "
+                        "draft and mirror run at each (other methods at their own), each compared with the fastest "
+                        "draft row")
     q.add_argument("--kappa", type=int, default=None,
                    help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
                         "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
@@ -561,8 +563,9 @@ def _bench(args) -> int:
     from heron import bench_lm as bench
 
     check_flags(args, tuple(args.methods))
-    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads, gamma=args.gamma,
-                           kappa=args.kappa, exit_layer=args.exit_layer, methods=tuple(args.methods),
+    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads,
+                           gamma=tuple(args.gamma) if args.gamma else None, kappa=args.kappa,
+                           exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
                            engine=args.engine)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)

@@ -125,6 +125,34 @@ def test_bench_without_draft_methods_needs_no_draft(tmp_path):
     assert p.returncode == 1 and "--draft applies to method draft or mirror only" in p.stderr
 
 
+@needs_shipped
+def test_bench_gives_serial_draft_sd_the_whole_budget_and_mirror_one_thread_less():
+    """Draft SD is serial (its draft runs between the target's calls), so on a 2-thread budget its target verifies on
+    both threads, as plain decoding's does; only Mirror-SD, whose draft runs beside the target, leaves it one thread.
+    (The bench gave draft SD's target one thread, which understated it next to Mirror-SD.) Several windows: draft SD
+    and Mirror-SD run at each, and every row is compared with the fastest draft SD row (each method at its best);
+    each prediction is priced with the target's costs at the threads and window it ran with."""
+    from heron.bench_lm import BenchOptions, markdown, method_threads, run
+
+    assert [method_threads(m, 2) for m in ("none", "draft", "lookup", "head", "mtp", "mirror")] == [2, 2, 2, 2, 2, 1]
+    assert method_threads("mirror", 1) == 1
+    o = BenchOptions(prompts=1, new_tokens=8, repeats=1, threads=2, methods=("none", "draft", "mirror", "lookup"),
+                     gamma=(2, 3), decode_preset="tiny")
+    log = []
+    report = run(None, o, log=log.append)
+    got = [(r["method"], r["gamma"], r["target_threads"], r["draft_threads"]) for r in report["rows"]]
+    assert got == [("none", None, 2, 0), ("draft", 2, 2, 1), ("draft", 3, 2, 1), ("mirror", 2, 1, 1),
+                   ("mirror", 3, 1, 1), ("lookup", 4, 2, 0)]
+    assert any(line.startswith("mirror g=3 (run 1 of 1)") for line in log)
+    drafts = [r["speedup_vs_draft_sd"] for r in report["rows"] if r["method"] == "draft"]
+    assert max(drafts) == 1.0 and min(drafts) <= 1.0
+    assert (report["costs"]["threads"], report["costs_beside"]["threads"], report["costs"]["gamma"]) == (2, 1, 2)
+    table = markdown(report)
+    assert "target on 2 thread(s): beta (verify 3 tokens" in table and "target on 1 thread(s): beta" in table
+    with pytest.raises(ValueError, match=r"gamma must be distinct integers >= 1, got \[3, 3\]"):
+        BenchOptions(gamma=(3, 3))
+
+
 def test_bench_options_refuse_an_unknown_method_before_running_any():
     from heron.bench_lm import BenchOptions
 
