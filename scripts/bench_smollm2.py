@@ -16,7 +16,8 @@ default)), heron's torch fp32 path (the GGUF dequantized), and `transformers` on
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
 its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
-prompt, min and median of 3; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
+prompt, min and median of 3, on each of three prompts: a code request, a chat question and a 404-token text to
+summarize; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
 prompt, peak RSS of the process, and greedy agreement with heron's torch fp32 path: how many of 8 chat
 prompts keep the same first 32 tokens.
 """
@@ -35,7 +36,11 @@ from pathlib import Path
 QUESTIONS = ["Write a Python function that reverses a string.", "What is the capital of France?",
              "Name three primary colours.", "Explain recursion in one sentence.", "What is 12 times 12?",
              "Say hello in Spanish.", "Give a synonym for 'happy'.", "What does CPU stand for?"]
-DECODE_PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
+# decode tokens/s on issue 24's three prompts: code, chat and a ~400-token summary (404 tokens with the template)
+CHAT_PROMPT = "Explain what a hash table is in a few sentences."
+DECODE_PROMPTS = {"code": "Write a Python function that checks whether a number is prime, with a docstring.",
+                  "chat": CHAT_PROMPT, "summary": None}  # None: summary_prompt(), built when asked
+SUMMARY_PARAGRAPHS = 12
 NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
 PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
@@ -55,6 +60,18 @@ def _held_out_text() -> str:
     tree = ast.parse(inspect.getsource(textwrap))
     docs = [ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))]
     return "\n\n".join(d for d in docs if d)
+
+
+def summary_prompt() -> str:
+    """The first paragraphs of configparser's module docstring to summarize (English prose, 404 tokens with the chat
+    template in SmolLM2's tokenizer)."""
+    import configparser
+    text = "\n\n".join(configparser.__doc__.strip().split("\n\n")[:SUMMARY_PARAGRAPHS])
+    return f"Summarize this text in a few sentences:\n\n{text}"
+
+
+def decode_prompts() -> dict[str, str]:
+    return {k: v if v is not None else summary_prompt() for k, v in DECODE_PROMPTS.items()}
 
 
 def _long_text() -> str:
@@ -99,8 +116,10 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
             out.append(int(np.argmax(b.forward([out[-1]], last=1)[-1])))
         return out, (n - 1) / (time.perf_counter() - t0)
 
-    prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}]))
-    speeds = [greedy(prompt, NEW_TOKENS)[1] for _ in range(REPEATS)]
+    speeds = {}
+    for name, q in decode_prompts().items():
+        prompt = lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))
+        speeds[name] = [greedy(prompt, NEW_TOKENS)[1] for _ in range(REPEATS)]
     long_ids = lm.encode(_long_text())[:PREFILL_TOKENS]
     prefill = []
     for _ in range(REPEATS):
@@ -151,7 +170,7 @@ def run_transformers(threads: int) -> dict:
             nxt.append(int(out.logits[0, -1].argmax()))
         return nxt, (n - 1) / (time.perf_counter() - t0)
 
-    speeds = [greedy(ids_of(DECODE_PROMPT), NEW_TOKENS)[1] for _ in range(REPEATS)]
+    speeds = {name: [greedy(ids_of(q), NEW_TOKENS)[1] for _ in range(REPEATS)] for name, q in decode_prompts().items()}
     long_ids = torch.tensor([tok(_long_text())["input_ids"][:PREFILL_TOKENS]])
     prefill = []
     with torch.no_grad():
@@ -200,7 +219,8 @@ def main() -> int:
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")
         chat = lambda q: lm.encode(lm.chat_prompt([{"role": "user", "content": q}]))  # noqa: E731
         (out / "prompts.json").write_text(json.dumps({
-            "decode": chat(DECODE_PROMPT), "long": lm.encode(_long_text())[:PREFILL_TOKENS],
+            "decode": {name: chat(q) for name, q in decode_prompts().items()},
+            "long": lm.encode(_long_text())[:PREFILL_TOKENS],
             "questions": [chat(q) for q in QUESTIONS], "new_tokens": NEW_TOKENS, "match_tokens": MATCH_TOKENS,
             "repeats": REPEATS}))
     results: dict[str, dict] = {}
@@ -228,27 +248,33 @@ def main() -> int:
         r = json.loads(p.stdout.strip().splitlines()[-1])
         print(name, threads, {k: v for k, v in r.items() if k != "answers"}, flush=True)
         if f"{name}@{threads}" in results:  # a later round: more speed samples, the rest as measured first
-            for k in ("decode_tok_s", "prefill_tok_s"):
-                results[f"{name}@{threads}"][k] += r[k]
+            results[f"{name}@{threads}"]["prefill_tok_s"] += r["prefill_tok_s"]
+            for prompt, speeds in r["decode_tok_s"].items():
+                results[f"{name}@{threads}"]["decode_tok_s"][prompt] += speeds
         else:
             results[f"{name}@{threads}"] = r
     ref = next((r["answers"] for k, r in results.items() if k.startswith("torch@") and "answers" in r), None)
     from heron.runtime.metrics import machine
-    lines = [f"{machine()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after a chat prompt, "
-             f"min / median of {REPEATS} x {args.rounds} round(s); prefill = {PREFILL_TOKENS}-token prompt, median; match = prompts of "
-             f"{len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch fp32's", "",
-             "| backend | threads | decode tok/s min / median | prefill tok/s | peak RSS MB | match | perplexity |",
-             "|---|---|---|---|---|---|---|"]
+    names = list(DECODE_PROMPTS)
+    lines = [f"{machine()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after each chat prompt "
+             f"({', '.join(names)}: {len(CHAT_PROMPT)}-character question, code request, {SUMMARY_PARAGRAPHS} paragraphs "
+             f"to summarize), min / median of {REPEATS} x {args.rounds} round(s); prefill = {PREFILL_TOKENS}-token "
+             f"prompt, median; match = prompts of {len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch "
+             "fp32's", "",
+             "| backend | threads | " + " | ".join(f"decode tok/s {n} min / median" for n in names)
+             + " | prefill tok/s | peak RSS MB | match | perplexity |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|---|"]
     for key, r in results.items():
         name, threads = key.rsplit("@", 1)
         if "error" in r:
-            lines.append(f"| {name} | {threads} | {r['error']} | | | |")
+            lines.append(f"| {name} | {threads} | {r['error']} |" + " |" * (len(names) + 3))
             continue
         match = sum(a == b for a, b in zip(r["answers"], ref)) if ref else "?"
         ppl = f"{r['ppl']:.3f}" if "ppl" in r else "-"
-        lines.append(f"| {name} | {threads} | {min(r['decode_tok_s']):.1f} / {statistics.median(r['decode_tok_s']):.1f} "
-                     f"| {statistics.median(r['prefill_tok_s']):.0f} | {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} "
-                     f"| {ppl} |")
+        decode = " | ".join(f"{min(r['decode_tok_s'][n]):.1f} / {statistics.median(r['decode_tok_s'][n]):.1f}"
+                            for n in names)
+        lines.append(f"| {name} | {threads} | {decode} | {statistics.median(r['prefill_tok_s']):.0f} "
+                     f"| {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} | {ppl} |")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

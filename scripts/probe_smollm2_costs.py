@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_smollm2 import DECODE_PROMPT, GENAI_MODEL, GENAI_PYTHON, NEW_TOKENS  # noqa: E402
+from bench_smollm2 import DECODE_PROMPTS, GENAI_MODEL, GENAI_PYTHON, NEW_TOKENS  # noqa: E402
 
 VARIANTS = ["int8", "int8-no-offsets", "int8-int4-head", "int8-sumrows", "int8x2", "int8x2-no-offsets",
             "int8x2-sumrows"]
@@ -80,7 +80,7 @@ def _load(variant: str):
     path = named_lm_path("smollm2")
     backend = OnnxLM.from_memory(*G.bundle_in_memory(path, compute=compute), threads=1)
     lm = _onnx_model(backend, path)  # its tokenizer and chat template, as heron.load_lm("smollm2") wraps it
-    return backend, lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}]))
+    return backend, lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPTS["code"]}]))
 
 
 def decode(variant: str) -> dict:
@@ -148,13 +148,14 @@ def main() -> int:
 
         _, prompt = _load("int8")
         prompts = Path(tempfile.mkdtemp()) / "prompts.json"  # genai_peers.py's input: the same token ids
-        prompts.write_text(json.dumps({"decode": prompt, "long": prompt, "questions": [], "new_tokens": NEW_TOKENS,
+        prompts.write_text(json.dumps({"decode": {"code": prompt}, "long": prompt, "questions": [], "new_tokens": NEW_TOKENS,
                                        "match_tokens": 1, "repeats": REPEATS}))
         names.append("ort-genai")
     speeds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names:
-            speeds[n] += (genai(prompts) if n == "ort-genai" else child("decode", n))["decode_tok_s"]
+            got = (genai(prompts) if n == "ort-genai" else child("decode", n))["decode_tok_s"]
+            speeds[n] += got["code"] if isinstance(got, dict) else got
             print(f"round {r + 1}: {n} {statistics.median(speeds[n]):.1f} tokens/s", flush=True)
     costs = {v: child("blocks", v) for v in ("int8", "int8x2")}
     from heron.runtime.metrics import machine

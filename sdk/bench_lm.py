@@ -4,8 +4,9 @@ All methods get the same thread budget, each used as well as the method can: pla
 the head and classic draft SD run the target with all `threads` (draft SD is serial: its draft, one
 onnxruntime thread, runs between the target's calls, so the target verifies on the whole budget; a draft on
 two threads ran slower here, its pool contending with torch's); Mirror-SD runs the draft beside the target,
-so the target gets threads - 1 and the draft one thread of its own. Greedy decoding, so every method's output is also checked against plain
-decoding token for token (lossless), and the run fails loudly if one differs.
+so the target gets threads - 1 and the draft one thread of its own. Greedy decoding, so every method's
+output is also checked against plain decoding token for token (lossless), and the run fails loudly if one
+differs.
 
 Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
 bonus/correction token not counted) and tokens per target forward (counted), per-position acceptance,
@@ -262,8 +263,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 
 
 def markdown(report: dict) -> str:
-    cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
-            "speedup_vs_plain", "speedup_vs_draft_sd",
+    cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min",
+            "tokens_per_s_max", "speedup_vs_plain", "speedup_vs_draft_sd",
             "predicted_speedup", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
             "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
 

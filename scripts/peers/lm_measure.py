@@ -15,9 +15,10 @@ def peak_rss_mb() -> float:
 
 
 def report(p: dict, greedy, prefill) -> None:
-    """p: bench_smollm2's prompts.json; greedy(ids, n) -> (n greedy token ids, decode tokens/s after the
-    first); prefill(ids) -> a callable that runs the prompt's prefill (timed here; set-up stays outside)."""
-    speeds = [greedy(p["decode"], p["new_tokens"])[1] for _ in range(p["repeats"])]
+    """p: bench_smollm2's prompts.json (decode: prompt name -> token ids); greedy(ids, n) -> (n greedy token ids,
+    decode tokens/s after the first); prefill(ids) -> a callable that runs the prompt's prefill (timed here; set-up
+    stays outside)."""
+    speeds = {name: [greedy(ids, p["new_tokens"])[1] for _ in range(p["repeats"])] for name, ids in p["decode"].items()}
     rates = []
     for _ in range(p["repeats"]):
         run = prefill(p["long"])
