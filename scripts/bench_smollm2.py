@@ -8,7 +8,9 @@ same graph with states that grow by a copy per step instead of shared buffers ex
 onnx:int8-2row: the int8 graph with one-token calls at one row / padded with a scratch token to two (what heron
 chooses itself at load: one row where its steps then equal its blocks, OnnxLM.one_row_exact; two rows was every
 int8 graph's default before session 27); onnx:COMPUTE-nopad: a graph whose attention is not padded to two query
-rows, as before session 27; onnx:COMPUTE-fullhead / onnx:COMPUTE-ranked: a graph whose 8-bit head scores every
+rows, as before session 27 (run padded with a scratch token where its one-row steps would not equal its blocks),
+onnx:COMPUTE-nopad1row: that graph at one row per step anyway (plain decoding only); onnx:COMPUTE-fullhead /
+onnx:COMPUTE-ranked: a graph whose 8-bit head scores every
 word / only the 32 words a 4-bit copy of it ranks first (heron.export.gguf_onnx.HEAD_RANK: int8 ranks by default,
 int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block offsets as an exact fp32 term
 / folded into the MatMulNBits calls as two 4-bit levels (heron.export.gguf_onnx.OFFSET_LEVELS: int8 folds by
@@ -45,6 +47,9 @@ NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
 PPL_TOKENS, PPL_CHUNK = 1024, 128
 COMPUTES = ("int8x2", "int8", "fp32")
 ROWS = {"1row": 1, "2row": 2}  # onnx:int8-1row / -2row: the int8 bundle with its one-token calls at this many rows
+# onnx:COMPUTE-nopad1row: the -nopad graph with its one-token calls at one row whatever one_row_exact says (attention's
+# one-row path: plain decoding only, its steps need not equal its blocks; what the padding costs as contexts grow)
+NOPAD_ONE_ROW = "nopad1row"
 HEADS = {"fullhead": 0, "ranked": 32}  # onnx:COMPUTE-fullhead / -ranked: the words its 8-bit head scores (rank)
 OFFSETS = {"exactoffsets": 0, "folded": 2}  # onnx:COMPUTE-exactoffsets / -folded: Q4_1's offsets as an fp32 term / folded
 RUNS = Path(__file__).resolve().parents[1] / "runs"
@@ -101,9 +106,10 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         return run_transformers(threads)
     if backend.startswith("onnx:"):
         compute, _, variant = backend.split(":")[1].partition("-")
-        lm = heron.load_lm(bundles / (compute if variant in ROWS else backend.split(":")[1]), threads=threads)
-        if variant in ROWS:
-            lm.backend.min_rows = ROWS[variant]
+        folder = compute if variant in ROWS else f"{compute}-nopad" if variant == NOPAD_ONE_ROW else backend.split(":")[1]
+        lm = heron.load_lm(bundles / folder, threads=threads)
+        if variant in ROWS or variant == NOPAD_ONE_ROW:
+            lm.backend.min_rows = ROWS.get(variant, 1)
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
         lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend
@@ -205,14 +211,15 @@ def main() -> int:
     for b in backends:  # onnx:COMPUTE, onnx:COMPUTE-grown: the states grow by a copy per step (the old graphs),
         variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row / -2row: rows per call
         compute, _, cache = (variant or "").partition("-")  # onnx:COMPUTE-nopad: attention not padded
-        if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", *HEADS, *OFFSETS, *ROWS)
-                        or (cache in ROWS and compute != "int8")):
-            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-fullhead|-ranked|-exactoffsets|-folded], "
-                             "onnx:int8-1row|-2row")
-        folder = out / (compute if cache in ROWS else variant or "")
+        if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", NOPAD_ONE_ROW, *HEADS, *OFFSETS,
+                                                                 *ROWS) or (cache in ROWS and compute != "int8")):
+            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-nopad1row|-fullhead|-ranked|"
+                             "-exactoffsets|-folded], onnx:int8-1row|-2row")
+        nopad = cache in ("nopad", NOPAD_ONE_ROW)
+        folder = out / (compute if cache in ROWS else f"{compute}-nopad" if nopad else variant or "")
         if variant and not (folder / "manifest.json").is_file():
             export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown",
-                               pad_attention=cache != "nopad", rank=HEADS.get(cache),
+                               pad_attention=not nopad, rank=HEADS.get(cache),
                                offsets=OFFSETS.get(cache))
     if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
