@@ -53,6 +53,9 @@ class BenchOptions:
                     isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in self.gamma):
                 raise ValueError(f"gamma must be distinct integers >= 1, got {list(self.gamma)}")
             self.gamma = self.gamma[0] if len(self.gamma) == 1 else tuple(self.gamma)
+            if isinstance(self.gamma, tuple) and not {"draft", "mirror"} & set(self.methods):
+                raise ValueError(f"several gamma values run draft and mirror at each; the methods are "
+                                 f"{', '.join(self.methods)} (give one gamma)")
 
     def windows(self, method: str) -> tuple[int | None, ...]:
         """The windows `method` runs at: every one of several gammas for draft SD and Mirror-SD, else the one gamma

@@ -151,6 +151,9 @@ def test_bench_gives_serial_draft_sd_the_whole_budget_and_mirror_one_thread_less
     assert "target on 2 thread(s): beta (verify 3 tokens" in table and "target on 1 thread(s): beta" in table
     with pytest.raises(ValueError, match=r"gamma must be distinct integers >= 1, got \[3, 3\]"):
         BenchOptions(gamma=(3, 3))
+    with pytest.raises(ValueError, match="several gamma values run draft and mirror at each; the methods are none, "
+                                         "lookup"):
+        BenchOptions(gamma=(2, 3), methods=("none", "lookup"))
 
 
 def test_bench_options_refuse_an_unknown_method_before_running_any():
