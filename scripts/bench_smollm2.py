@@ -38,10 +38,9 @@ from pathlib import Path
 QUESTIONS = ["Write a Python function that reverses a string.", "What is the capital of France?",
              "Name three primary colours.", "Explain recursion in one sentence.", "What is 12 times 12?",
              "Say hello in Spanish.", "Give a synonym for 'happy'.", "What does CPU stand for?"]
-# decode tokens/s on issue 24's three prompts: code, chat and a ~400-token summary (404 tokens with the template)
+# decode tokens/s on issue 24's three prompts (decode_prompts): a code request, a chat question, a text to summarize
+CODE_PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
 CHAT_PROMPT = "Explain what a hash table is in a few sentences."
-DECODE_PROMPTS = {"code": "Write a Python function that checks whether a number is prime, with a docstring.",
-                  "chat": CHAT_PROMPT, "summary": None}  # None: summary_prompt(), built when asked
 SUMMARY_PARAGRAPHS = 12
 NEW_TOKENS, MATCH_TOKENS, PREFILL_TOKENS, REPEATS = 128, 32, 400, 3
 PPL_TOKENS, PPL_CHUNK = 1024, 128
@@ -67,16 +66,12 @@ def _held_out_text() -> str:
     return "\n\n".join(d for d in docs if d)
 
 
-def summary_prompt() -> str:
-    """The first paragraphs of configparser's module docstring to summarize (English prose, 404 tokens with the chat
-    template in SmolLM2's tokenizer)."""
+def decode_prompts() -> dict[str, str]:
+    """Issue 24's three prompts by name: the code request, the chat question, and the first SUMMARY_PARAGRAPHS
+    paragraphs of configparser's module docstring to summarize (English prose: 404 tokens with SmolLM2's template)."""
     import configparser
     text = "\n\n".join(configparser.__doc__.strip().split("\n\n")[:SUMMARY_PARAGRAPHS])
-    return f"Summarize this text in a few sentences:\n\n{text}"
-
-
-def decode_prompts() -> dict[str, str]:
-    return {k: v if v is not None else summary_prompt() for k, v in DECODE_PROMPTS.items()}
+    return {"code": CODE_PROMPT, "chat": CHAT_PROMPT, "summary": f"Summarize this text in a few sentences:\n\n{text}"}
 
 
 def _long_text() -> str:
@@ -106,7 +101,8 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         return run_transformers(threads)
     if backend.startswith("onnx:"):
         compute, _, variant = backend.split(":")[1].partition("-")
-        folder = compute if variant in ROWS else f"{compute}-nopad" if variant == NOPAD_ONE_ROW else backend.split(":")[1]
+        folder = (compute if variant in ROWS else f"{compute}-nopad" if variant == NOPAD_ONE_ROW
+                  else backend.split(":")[1])
         lm = heron.load_lm(bundles / folder, threads=threads)
         if variant in ROWS or variant == NOPAD_ONE_ROW:
             lm.backend.min_rows = ROWS.get(variant, 1)
@@ -213,8 +209,8 @@ def main() -> int:
         compute, _, cache = (variant or "").partition("-")  # onnx:COMPUTE-nopad: attention not padded
         if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", NOPAD_ONE_ROW, *HEADS, *OFFSETS,
                                                                  *ROWS) or (cache in ROWS and compute != "int8")):
-            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-nopad1row|-fullhead|-ranked|"
-                             "-exactoffsets|-folded], onnx:int8-1row|-2row")
+            raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-nopad1row|-fullhead|"
+                             "-ranked|-exactoffsets|-folded], onnx:int8-1row|-2row")
         nopad = cache in ("nopad", NOPAD_ONE_ROW)
         folder = out / (compute if cache in ROWS else f"{compute}-nopad" if nopad else variant or "")
         if variant and not (folder / "manifest.json").is_file():
@@ -262,12 +258,12 @@ def main() -> int:
             results[f"{name}@{threads}"] = r
     ref = next((r["answers"] for k, r in results.items() if k.startswith("torch@") and "answers" in r), None)
     from heron.runtime.metrics import machine
-    names = list(DECODE_PROMPTS)
+    names = list(decode_prompts())
     lines = [f"{machine()}; {time.strftime('%Y-%m-%d')}; greedy; decode = {NEW_TOKENS} tokens after each chat prompt "
-             f"({', '.join(names)}: {len(CHAT_PROMPT)}-character question, code request, {SUMMARY_PARAGRAPHS} paragraphs "
-             f"to summarize), min / median of {REPEATS} x {args.rounds} round(s); prefill = {PREFILL_TOKENS}-token "
-             f"prompt, median; match = prompts of {len(QUESTIONS)} whose first {MATCH_TOKENS} tokens equal heron torch "
-             "fp32's", "",
+             f"({', '.join(names)}: a code request, a {len(CHAT_PROMPT)}-character question, {SUMMARY_PARAGRAPHS} "
+             f"paragraphs to summarize), min / median of {REPEATS} x {args.rounds} round(s); prefill = "
+             f"{PREFILL_TOKENS}-token prompt, median; match = prompts of {len(QUESTIONS)} whose first {MATCH_TOKENS} "
+             "tokens equal heron torch fp32's", "",
              "| backend | threads | " + " | ".join(f"decode tok/s {n} min / median" for n in names)
              + " | prefill tok/s | peak RSS MB | match | perplexity |",
              "|---|---|" + "---|" * len(names) + "---|---|---|---|"]

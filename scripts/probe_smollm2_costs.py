@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_smollm2 import DECODE_PROMPTS, GENAI_MODEL, GENAI_PYTHON, NEW_TOKENS  # noqa: E402
+from bench_smollm2 import CODE_PROMPT, GENAI_MODEL, GENAI_PYTHON, NEW_TOKENS  # noqa: E402
 
 VARIANTS = ["int8", "int8-no-offsets", "int8-int4-head", "int8-sumrows", "int8x2", "int8x2-no-offsets",
             "int8x2-sumrows"]
@@ -80,7 +80,7 @@ def _load(variant: str):
     path = named_lm_path("smollm2")
     backend = OnnxLM.from_memory(*G.bundle_in_memory(path, compute=compute), threads=1)
     lm = _onnx_model(backend, path)  # its tokenizer and chat template, as heron.load_lm("smollm2") wraps it
-    return backend, lm.encode(lm.chat_prompt([{"role": "user", "content": DECODE_PROMPTS["code"]}]))
+    return backend, lm.encode(lm.chat_prompt([{"role": "user", "content": CODE_PROMPT}]))
 
 
 def decode(variant: str) -> dict:
