@@ -512,8 +512,8 @@ def add_lm_export(sub, formatter) -> None:
                         "scores every word. By default 32 for --compute int8, 0 for int8x2 and fp32")
     p.add_argument("--offset-levels", type=int, default=None, metavar="N",
                    help="GGUF export: Q4_1's block offsets ride inside each MatMulNBits call as N extra 4-bit levels "
-                        "(2: error ~1/185 of a block's step, perplexity +0.03%% on SmolLM2, 1.04-1.07x); 0: an exact fp32 term "
-                        "beside the call. By default 2 for --compute int8, 0 for int8x2 and fp32")
+                        "(2: error ~1/185 of a block's step, perplexity +0.03%% on SmolLM2, 1.04-1.07x); 0: an exact "
+                        "fp32 term beside the call. By default 2 for --compute int8, 0 for int8x2 and fp32")
     p.add_argument("--growing-states", action="store_true",
                    help="GGUF export: KV states that grow per call instead of buffers written in place (slower per "
                         "step; forks cheaply: what a Mirror-SD draft needs for --kappa >= 1, --speculative mirror "
