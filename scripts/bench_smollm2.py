@@ -52,8 +52,16 @@ NOPAD_ONE_ROW = "nopad1row"
 HEADS = {"fullhead": 0, "ranked": 32}  # onnx:COMPUTE-fullhead / -ranked: the words its 8-bit head scores (rank)
 OFFSETS = {"exactoffsets": 0, "folded": 2}  # onnx:COMPUTE-exactoffsets / -folded: Q4_1's offsets as an fp32 term / folded
 RUNS = Path(__file__).resolve().parents[1] / "runs"
-PEERS_PYTHON = RUNS / "lm-peers-venv" / "bin" / "python"  # scripts/peers/lm_peers.sh (llama.cpp)
-GENAI_PYTHON, GENAI_MODEL = RUNS / "genai-venv" / "bin" / "python", RUNS / "smol-genai"  # scripts/peers/genai_peers.sh
+
+
+def peer_paths(folder: Path) -> dict[str, Path]:
+    """Where the peers' side builds live under `folder` (scripts/peers/*.sh with PEERS_DIR=folder): llama.cpp's
+    venv (lm_peers.sh), ONNX Runtime GenAI's venv and its int4 model of SmolLM2 (genai_peers.sh)."""
+    return {"llama.cpp": folder / "lm-peers-venv" / "bin" / "python", "genai": folder / "genai-venv" / "bin" / "python",
+            "genai_model": folder / "smol-genai"}
+
+
+GENAI_PYTHON, GENAI_MODEL = peer_paths(RUNS)["genai"], peer_paths(RUNS)["genai_model"]  # the default build (the probes')
 
 
 def _held_out_text() -> str:
@@ -194,8 +202,10 @@ def main() -> int:
                     help="comma-separated backends")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the backends this many times in turn (speed figures pool every round)")
+    ap.add_argument("--peers-dir", default=str(RUNS), help="where scripts/peers/*.sh built the peers (their PEERS_DIR)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one backend
     args = ap.parse_args()
+    peers = peer_paths(Path(args.peers_dir))
     out = Path(args.out)
     if args.one:
         print(json.dumps(run_one(args.one, args.threads[0], out)))
@@ -232,17 +242,17 @@ def main() -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         cmd = [sys.executable, __file__, "--out", str(out), "--threads", str(threads), "--one", name]
         if name == "llama.cpp":
-            if not PEERS_PYTHON.is_file():
+            if not peers["llama.cpp"].is_file():
                 results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/lm_peers.sh"}
                 continue
-            cmd = [str(PEERS_PYTHON), str(Path(__file__).parent / "peers" / "lm_peers.py"),
+            cmd = [str(peers["llama.cpp"]), str(Path(__file__).parent / "peers" / "lm_peers.py"),
                    str(named_lm_path("smollm2")), str(out / "prompts.json"), str(threads)]
         if name == "ort-genai":
-            if not (GENAI_MODEL / "genai_config.json").is_file():
+            if not (peers["genai_model"] / "genai_config.json").is_file():
                 results[f"{name}@{threads}"] = {"error": "not built: run scripts/peers/genai_peers.sh"}
                 continue
-            cmd = [str(GENAI_PYTHON), str(Path(__file__).parent / "peers" / "genai_peers.py"), str(GENAI_MODEL),
-                   str(out / "prompts.json"), str(threads)]
+            cmd = [str(peers["genai"]), str(Path(__file__).parent / "peers" / "genai_peers.py"),
+                   str(peers["genai_model"]), str(out / "prompts.json"), str(threads)]
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode:
             results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}

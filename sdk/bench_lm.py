@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +64,54 @@ class BenchOptions:
         if isinstance(self.gamma, tuple):
             return self.gamma if method in ("draft", "mirror") else (None,)
         return (self.gamma,)
+
+
+# heron lm bench --peers: heron's fast and exact onnxruntime graphs, its torch fp32 path, `transformers`, llama.cpp and
+# ONNX Runtime GenAI on SmolLM2 (scripts/bench_smollm2.py; issue 24's three prompts, prefill, peak RSS, agreement)
+PEER_BACKENDS = ("onnx:int8", "onnx:int8x2", "torch", "transformers", "llama.cpp", "ort-genai")
+PEER_BUILDS = {  # side build -> (script under scripts/peers, the file it leaves under PEERS_DIR when done)
+    "llama.cpp (llama-cpp-python compiled from source: 25-45 min on 2 cores, once)": (
+        "lm_peers.sh", "lm-peers-venv/bin/python"),
+    "ONNX Runtime GenAI (its venv and its int4 model of SmolLM2, built by its builder: a few minutes, once)": (
+        "genai_peers.sh", "smol-genai/genai_config.json")}
+
+
+def peers_plan(root: Path, out: Path, threads: tuple[int, ...], rounds: int, python: str) -> list[tuple[str, list[str], dict]]:
+    """`heron lm bench --peers` as the commands it runs, in order: -> [(what, argv, environment)]. The peers'
+    side builds missing under OUT/peers (scripts/peers/*.sh with PEERS_DIR there: nothing enters heron's venv,
+    and a later run with the same --out reuses them), then scripts/bench_smollm2.py for PEER_BACKENDS at each
+    thread count, interleaved `rounds` times, into OUT (results.json, table.md). Everything is written under OUT.
+    The scripts come with a source checkout of heron (`root`); an installed wheel has none."""
+    import os
+
+    bench = root / "scripts" / "bench_smollm2.py"
+    if not bench.is_file():
+        raise ValueError(f"heron lm bench --peers runs scripts/bench_smollm2.py from a source checkout of heron; "
+                         f"there is none at {root}")
+    out = out.resolve()
+    peers = out / "peers"
+    env = {**os.environ, "PEERS_DIR": str(peers), "HERON_PYTHON": python}
+    plan = [(f"building {what}", ["bash", str(root / "scripts" / "peers" / script)], env)
+            for what, (script, done) in PEER_BUILDS.items() if not (peers / done).is_file()]
+    plan.append((f"measuring {', '.join(PEER_BACKENDS)} at {' and '.join(map(str, threads))} thread(s)",
+                 [python, str(bench), "--out", str(out), "--threads", *map(str, threads), "--rounds", str(rounds),
+                  "--backends", ",".join(PEER_BACKENDS), "--peers-dir", str(peers)], env))
+    return plan
+
+
+def run_peers(plan: list[tuple[str, list[str], dict]], log=print) -> int:
+    """Run peers_plan's commands; a side build that fails is reported and the measurement goes on (its peer's row
+    then says "not built"); -> the measurement's exit status."""
+    import subprocess
+
+    code = 0
+    for what, argv, env in plan:
+        Path(env["PEERS_DIR"]).mkdir(parents=True, exist_ok=True)  # OUT/peers (OUT too)
+        log(f"heron lm bench --peers: {what}", flush=True)
+        code = subprocess.run(argv, env=env).returncode
+        if code and what.startswith("building"):
+            log(f"heron lm bench --peers: that build failed (exit {code}); its peer is left out", flush=True)
+    return code
 
 
 def held_out_prompts(tok, n: int, length: int) -> list[list[int]]:

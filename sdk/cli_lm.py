@@ -536,7 +536,8 @@ def add_lm_bench(sub, formatter) -> None:
                    help="runs of every method, interleaved; tokens/s is their median, with min and max")
     q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
-    q.add_argument("--threads", type=int, default=2, help="total CPU thread budget of every method")
+    q.add_argument("--threads", type=int, default=None,
+                   help="total CPU thread budget of every method (default 2; --peers: 1 and 2 unless given)")
     q.add_argument("--gamma", type=int, nargs="+", default=None,
                    help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise); several: "
                         "draft and mirror run at each (other methods at their own), each compared with the fastest "
@@ -553,7 +554,49 @@ def add_lm_bench(sub, formatter) -> None:
                    help="GGUF files and named models: onnx (onnxruntime) or torch (fp32; what mtp and mirror need); "
                         "auto: torch when --methods has mtp or mirror, else onnx; every method runs on that one target")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
-    q.set_defaults(func=_bench)
+    q.add_argument("--peers", action="store_true",
+                   help="instead: SmolLM2 against its peers on issue 24's three prompts (a code request, a chat "
+                        "question, a 404-token text to summarize): heron's int8 and int8x2 graphs and torch fp32 path, "
+                        "transformers, llama.cpp (llama-cpp-python on the same GGUF) and ONNX Runtime GenAI (its int4 "
+                        "model of the same weights); decode tokens/s (min, median), prefill, peak RSS, fp32 agreement, "
+                        "perplexity in one table. The peers are built once in side venvs under OUT/peers (llama.cpp "
+                        "compiles from source: 25-45 min on 2 cores). Runs scripts/bench_smollm2.py: needs a source "
+                        "checkout and --out")
+    q.add_argument("--out", default=None, help="--peers: folder for everything it writes (bundles, the peers' builds, "
+                                               "results.json, table.md; no default: --peers needs it); a later run with "
+                                               "the same --out reuses the builds")
+    q.add_argument("--rounds", type=int, default=None, help="--peers: rounds of every backend in turn (default 1; each "
+                                                            "round times every prompt 3 times)")
+    q.set_defaults(func=_bench, method_defaults={f: q.get_default(f[2:].replace("-", "_")) for f in PEERS_REFUSE})
+
+
+# heron lm bench's method options: --peers measures other things and refuses them (flags it would silently ignore)
+PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--new-tokens", "--gamma", "--kappa",
+                "--exit-layer", "--target-device", "--compute", "--engine", "--json")
+
+
+def _bench_peers(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from heron import bench_lm as bench
+
+    for flag, default in args.method_defaults.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value != default and not (flag == "--model" and value == "smollm2"):
+            raise ValueError(f"{flag} does not apply to --peers (SmolLM2 against its peers, scripts/bench_smollm2.py)")
+    if not args.out:
+        raise ValueError("--peers needs --out DIR (everything it writes goes there)")
+    if args.rounds is not None and args.rounds < 1 or args.threads is not None and args.threads < 1:
+        raise ValueError("--rounds and --threads must be >= 1")
+    threads = (args.threads,) if args.threads else (1, 2)
+    root = Path(bench.__file__).resolve().parents[1]  # sdk/ is the package heron: its parent, a checkout's root
+    plan = bench.peers_plan(root, Path(args.out), threads, args.rounds or 1, sys.executable)
+    code = bench.run_peers(plan)  # the script prints its table
+    if code == 0:
+        print(f"heron lm bench --peers: the table is in {Path(args.out) / 'table.md'}, every figure in "
+              f"{Path(args.out) / 'results.json'}")
+    return code
 
 
 def _bench(args) -> int:
@@ -562,8 +605,12 @@ def _bench(args) -> int:
 
     from heron import bench_lm as bench
 
+    if args.peers:
+        return _bench_peers(args)
+    if args.out is not None or args.rounds is not None:
+        raise ValueError("--out and --rounds apply to --peers only (--json writes the methods' report)")
     check_flags(args, tuple(args.methods))
-    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads,
+    o = bench.BenchOptions(prompts=args.prompts, new_tokens=args.new_tokens, threads=args.threads or 2,
                            gamma=tuple(args.gamma) if args.gamma else None, kappa=args.kappa,
                            exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
