@@ -17,7 +17,9 @@ int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block 
 default)), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
-its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Per backend and thread count (1 and 2): decode tokens/s (128 greedy steps after a chat
+its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Each backend runs in a process of its
+own, kept on the last N cores for N threads where there are more (`pinned`: taskset). Per backend and thread count
+(1 and 2): decode tokens/s (128 greedy steps after a chat
 prompt, min and median of 3, on each of three prompts: a code request, a chat question and a 404-token text to
 summarize; end tokens do not stop the timing loop), prefill tokens/s of a 400-token
 prompt, peak RSS of the process, and greedy agreement with heron's torch fp32 path: how many of 8 chat
@@ -62,6 +64,17 @@ def peer_paths(folder: Path) -> dict[str, Path]:
 
 
 GENAI_PYTHON, GENAI_MODEL = peer_paths(RUNS)["genai"], peer_paths(RUNS)["genai_model"]  # the default build (the probes')
+
+
+def pinned(threads: int) -> list[str]:
+    """The command prefix that keeps a backend's process on `threads` CPUs of this process's own (the last ones), so
+    that every backend and peer runs on the same cores and the OS does not move it mid-run; [] where taskset is
+    missing or there are no more CPUs than threads."""
+    import shutil
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not shutil.which("taskset") or len(cpus) <= threads:
+        return []
+    return ["taskset", "-c", ",".join(map(str, cpus[-threads:]))]
 
 
 def _held_out_text() -> str:
@@ -253,7 +266,7 @@ def main() -> int:
                 continue
             cmd = [str(peers["genai"]), str(Path(__file__).parent / "peers" / "genai_peers.py"),
                    str(peers["genai_model"]), str(out / "prompts.json"), str(threads)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        p = subprocess.run(pinned(threads) + cmd, capture_output=True, text=True, env=env)
         if p.returncode:
             results[f"{name}@{threads}"] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"}
             print(f"{name} @ {threads} thread(s): {results[f'{name}@{threads}']['error']}", flush=True)

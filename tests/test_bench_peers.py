@@ -96,3 +96,20 @@ def test_options_that_do_not_apply_are_refused_before_anything_runs(tmp_path, mo
     assert main(["lm", "bench", *argv]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_bench_keeps_each_backend_on_the_same_cores():
+    """Every backend's process is pinned to the last N of this process's CPUs for N threads (where taskset exists and
+    there are more CPUs than that), so heron and its peers run on the same cores."""
+    import importlib.util
+    import os
+    import shutil
+    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cpus = sorted(os.sched_getaffinity(0))
+    if not shutil.which("taskset") or len(cpus) < 2:
+        assert mod.pinned(1) == []
+        return
+    assert mod.pinned(1) == ["taskset", "-c", str(cpus[-1])]
+    assert mod.pinned(len(cpus)) == []  # all of them: nothing to choose
