@@ -27,6 +27,30 @@ from heron.runtime import decoding as sp
 from heron.runtime.metrics import machine
 
 
+PROMPT_SETS = ("held-out", "chat")
+# --prompt-set chat: what a chat user asks (code, explanations, advice, writing), none of them in a draft head's
+# training prompts or in another benchmark's set
+CHAT_QUESTIONS = (
+    "Write a Python function that counts the vowels in a string.",
+    "Explain what a linked list is in a few sentences.",
+    "How do I make a good cup of tea?",
+    "Why is the sky blue?",
+    "Give me three ideas for a rainy afternoon with kids.",
+    "What is the difference between weather and climate?",
+    "Write a short thank-you note to a colleague who helped me move.",
+    "How does a refrigerator keep food cold?",
+    "What are the benefits of learning a second language?",
+    "Explain recursion to a ten-year-old.",
+    "How should I prepare for a job interview?",
+    "Write a haiku about autumn leaves.",
+)
+
+
+def chat_prompts(lm: LanguageModel, n: int) -> list[list[int]]:
+    """The first n CHAT_QUESTIONS as token ids in the model's chat template (a one-line error for a model without one)."""
+    return [lm.encode(lm.chat_prompt([{"role": "user", "content": q}])) for q in CHAT_QUESTIONS[:n]]
+
+
 @dataclass
 class BenchOptions:
     prompts: int = 12
@@ -44,8 +68,15 @@ class BenchOptions:
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
     compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
     engine: str = "auto"           # GGUF files and named models: load_lm's engine (torch: the fp32 target Mirror-SD needs)
+    prompt_set: str = "held-out"   # held-out: the first prompt_tokens tokens of held-out standard-library docs, continued
+    # as plain text; chat: CHAT_QUESTIONS in the model's chat template, answered to the end of the turn (or new_tokens)
 
     def __post_init__(self):
+        if self.prompt_set not in PROMPT_SETS:
+            raise ValueError(f"prompt_set must be one of {', '.join(PROMPT_SETS)}, got {self.prompt_set!r}")
+        if self.prompt_set == "chat" and not 1 <= self.prompts <= len(CHAT_QUESTIONS):
+            raise ValueError(f"the chat prompt set has {len(CHAT_QUESTIONS)} questions; --prompts {self.prompts} asks "
+                             "for more")
         unknown = [m for m in self.methods if m not in sp.METHODS]
         if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
             raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
@@ -242,7 +273,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     if engine == "auto" and {"mtp", "mirror"} & set(o.methods):  # they need the torch target: every method gets it
         engine = "torch"
     lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
-    prompts = held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens)
+    prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
+               else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": []}
@@ -286,7 +318,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     # the draft model's step cost, when a method uses it (SmolLM2 has no draft of its vocabulary: lookup only), and
     # the target's at the threads and window each draft method ran with: report["costs"] at the whole budget (draft
     # SD), report["costs_beside"] at Mirror-SD's (one thread less) where that differs, both at the first window
-    context = o.prompt_tokens + o.new_tokens // 2
+    context = round(float(np.mean([len(p) for p in prompts]))) + o.new_tokens // 2
     d = lm.draft_backend(sp.SpeculativeOptions(draft=draft)) if {"draft", "mirror"} & set(methods) else None
     memo = {}
 

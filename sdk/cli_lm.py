@@ -534,7 +534,11 @@ def add_lm_bench(sub, formatter) -> None:
                    choices=["none", "draft", "mtp", "mirror", "lookup", "head"], help="methods to run")
     q.add_argument("--repeats", type=int, default=3,
                    help="runs of every method, interleaved; tokens/s is their median, with min and max")
-    q.add_argument("--prompts", type=int, default=12, help="held-out prompts")
+    q.add_argument("--prompts", type=int, default=12, help="prompts of the set")
+    q.add_argument("--prompt-set", default="held-out", choices=["held-out", "chat"],
+                   help="held-out: 32-token starts of held-out standard-library docs, continued as plain text; chat: "
+                        "questions in the model's chat template, answered to the end of the turn (models with a chat "
+                        "template, e.g. smollm2)")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
     q.add_argument("--threads", type=int, default=None,
                    help="total CPU thread budget of every method (default 2; --peers: 1 and 2 unless given)")
@@ -571,8 +575,8 @@ def add_lm_bench(sub, formatter) -> None:
 
 
 # heron lm bench's method options: --peers measures other things and refuses them (flags it would silently ignore)
-PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--new-tokens", "--gamma", "--kappa",
-                "--exit-layer", "--target-device", "--compute", "--engine", "--json")
+PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--prompt-set", "--new-tokens",
+                "--gamma", "--kappa", "--exit-layer", "--target-device", "--compute", "--engine", "--json")
 
 
 def _bench_peers(args) -> int:
@@ -614,7 +618,7 @@ def _bench(args) -> int:
                            gamma=tuple(args.gamma) if args.gamma else None, kappa=args.kappa,
                            exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
-                           engine=args.engine)
+                           engine=args.engine, prompt_set=args.prompt_set)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,7 @@ def test_the_cli_runs_the_plan_goes_on_past_a_failed_build_and_says_where_the_ta
     (["--peers", "--out", "OUT", "--methods", "none", "draft"], "--methods does not apply to --peers"),
     (["--peers", "--out", "OUT", "--json", "x.json"], "--json does not apply to --peers"),
     (["--peers", "--out", "OUT", "--model", "lm-nano"], "--model does not apply to --peers"),
+    (["--peers", "--out", "OUT", "--prompt-set", "chat"], "--prompt-set does not apply to --peers"),
     (["--out", "OUT"], "--out and --rounds apply to --peers only"),
     (["--rounds", "2"], "--out and --rounds apply to --peers only"),
 ])

@@ -165,6 +165,35 @@ def test_bench_options_refuse_an_unknown_method_before_running_any():
         BenchOptions(methods=())
 
 
+def test_bench_chat_prompt_set_is_the_questions_in_the_models_own_template():
+    """--prompt-set chat: the first n CHAT_QUESTIONS, each rendered by the model's chat template and encoded (the
+    answers end at the end of the turn); a bad set, or more prompts than questions, is refused before anything runs."""
+    from heron.bench_lm import CHAT_QUESTIONS, BenchOptions, chat_prompts
+
+    class Template:  # what chat_prompts needs of a LanguageModel
+        def chat_prompt(self, messages):
+            assert [m["role"] for m in messages] == ["user"]
+            return f"<user>{messages[0]['content']}<assistant>"
+
+        def encode(self, text):
+            return [len(text), ord(text[6])]
+
+    got = chat_prompts(Template(), 3)
+    assert got == [[len(f"<user>{q}<assistant>"), ord(q[0])] for q in CHAT_QUESTIONS[:3]]
+    assert len(set(CHAT_QUESTIONS)) == len(CHAT_QUESTIONS) >= 12
+    with pytest.raises(ValueError, match="prompt_set must be one of held-out, chat"):
+        BenchOptions(prompt_set="code")
+    with pytest.raises(ValueError, match=f"the chat prompt set has {len(CHAT_QUESTIONS)} questions"):
+        BenchOptions(prompt_set="chat", prompts=len(CHAT_QUESTIONS) + 1)
+
+
+@needs_shipped
+def test_bench_chat_prompt_set_needs_a_chat_template():
+    p = heron("lm", "bench", "--prompt-set", "chat", "--methods", "none", "--prompts", "1", "--repeats", "1",
+              check=False)
+    assert p.returncode == 1 and "has no chat template" in p.stderr
+
+
 def test_export_listing_gives_a_core_ml_package_its_size(tmp_path, capsys):
     """A .mlpackage is a folder: the export listing prints the size of its files, not 0.00 MB."""
     from heron.cli_lm import print_files
