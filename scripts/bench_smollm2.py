@@ -66,6 +66,14 @@ def peer_paths(folder: Path) -> dict[str, Path]:
 GENAI_PYTHON, GENAI_MODEL = peer_paths(RUNS)["genai"], peer_paths(RUNS)["genai_model"]  # the default build (the probes')
 
 
+COMMAND_ENV = "HERON_BENCH_COMMAND"  # the command a caller ran, for the table (heron lm bench --peers sets it)
+
+
+def command_line() -> str:
+    """What the table says was run: the caller's command where it gave one (COMMAND_ENV), else this script's own."""
+    return os.environ.get(COMMAND_ENV) or " ".join([Path(sys.executable).name, *sys.argv])
+
+
 def pinned(threads: int) -> list[str]:
     """The command prefix that keeps a backend's process on `threads` CPUs of this process's own (the last ones), so
     that every backend and peer runs on the same cores and the OS does not move it mid-run; [] where taskset is
@@ -286,7 +294,7 @@ def main() -> int:
              f"({', '.join(names)}: a code request, a {len(CHAT_PROMPT)}-character question, {SUMMARY_PARAGRAPHS} "
              f"paragraphs to summarize), min / median of {REPEATS} x {args.rounds} round(s); prefill = "
              f"{PREFILL_TOKENS}-token prompt, median; match = prompts of {len(QUESTIONS)} whose first {MATCH_TOKENS} "
-             "tokens equal heron torch fp32's", "",
+             "tokens equal heron torch fp32's", "", f"command: `{command_line()}`", "",
              "| backend | threads | " + " | ".join(f"decode tok/s {n} min / median" for n in names)
              + " | prefill tok/s | peak RSS MB | match | perplexity |",
              "|---|---|" + "---|" * len(names) + "---|---|---|---|"]

@@ -107,12 +107,14 @@ PEER_BUILDS = {  # side build -> (script under scripts/peers, the file it leaves
         "genai_peers.sh", "smol-genai/genai_config.json")}
 
 
-def peers_plan(root: Path, out: Path, threads: tuple[int, ...], rounds: int, python: str) -> list[tuple[str, list[str], dict]]:
+def peers_plan(root: Path, out: Path, threads: tuple[int, ...], rounds: int, python: str,
+               command: str | None = None) -> list[tuple[str, list[str], dict]]:
     """`heron lm bench --peers` as the commands it runs, in order: -> [(what, argv, environment)]. The peers'
     side builds missing under OUT/peers (scripts/peers/*.sh with PEERS_DIR there: nothing enters heron's venv,
     and a later run with the same --out reuses them), then scripts/bench_smollm2.py for PEER_BACKENDS at each
     thread count, interleaved `rounds` times, into OUT (results.json, table.md). Everything is written under OUT.
-    The scripts come with a source checkout of heron (`root`); an installed wheel has none."""
+    The scripts come with a source checkout of heron (`root`); an installed wheel has none. `command`: what the
+    user ran, which the table names (HERON_BENCH_COMMAND)."""
     import os
 
     bench = root / "scripts" / "bench_smollm2.py"
@@ -122,6 +124,8 @@ def peers_plan(root: Path, out: Path, threads: tuple[int, ...], rounds: int, pyt
     out = out.resolve()
     peers = out / "peers"
     env = {**os.environ, "PEERS_DIR": str(peers), "HERON_PYTHON": python}
+    if command:
+        env["HERON_BENCH_COMMAND"] = command
     plan = [(f"building {what}", ["bash", str(root / "scripts" / "peers" / script)], env)
             for what, (script, done) in PEER_BUILDS.items() if not (peers / done).is_file()]
     plan.append((f"measuring {', '.join(PEER_BACKENDS)} at {' and '.join(map(str, threads))} thread(s)",

@@ -595,7 +595,10 @@ def _bench_peers(args) -> int:
         raise ValueError("--rounds and --threads must be >= 1")
     threads = (args.threads,) if args.threads else (1, 2)
     root = Path(bench.__file__).resolve().parents[1]  # sdk/ is the package heron: its parent, a checkout's root
-    plan = bench.peers_plan(root, Path(args.out), threads, args.rounds or 1, sys.executable)
+    given = (["--threads", str(args.threads)] if args.threads else []) + (["--rounds", str(args.rounds)] if args.rounds
+                                                                          else [])
+    command = " ".join(["heron lm bench --peers --out", args.out, *given])  # named in the table
+    plan = bench.peers_plan(root, Path(args.out), threads, args.rounds or 1, sys.executable, command)
     code = bench.run_peers(plan)  # the script prints its table
     if code == 0:
         print(f"heron lm bench --peers: the table is in {Path(args.out) / 'table.md'}, every figure in "

@@ -67,8 +67,11 @@ def test_the_cli_runs_the_plan_goes_on_past_a_failed_build_and_says_where_the_ta
     out = tmp_path / "run"
     ran = []
 
+    envs = []
+
     def fake_run(argv, env=None, **kw):
         ran.append(argv)
+        envs.append(env)
         if argv[0] == "bash" and argv[1].endswith("lm_peers.sh"):
             return subprocess.CompletedProcess(argv, 1)  # llama.cpp's build fails: measured without it
         return subprocess.CompletedProcess(argv, 0)
@@ -78,6 +81,7 @@ def test_the_cli_runs_the_plan_goes_on_past_a_failed_build_and_says_where_the_ta
     printed = capsys.readouterr().out
     assert "that build failed (exit 1)" in printed and f"the table is in {out / 'table.md'}" in printed
     assert len(ran) == 3 and ran[-1][ran[-1].index("--threads") + 1:ran[-1].index("--rounds")] == ["1"]
+    assert envs[-1]["HERON_BENCH_COMMAND"] == f"heron lm bench --peers --out {out} --threads 1"  # the table names it
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -114,3 +118,15 @@ def test_the_bench_keeps_each_backend_on_the_same_cores():
         return
     assert mod.pinned(1) == ["taskset", "-c", str(cpus[-1])]
     assert mod.pinned(len(cpus)) == []  # all of them: nothing to choose
+
+
+def test_the_table_names_the_command_that_made_it(monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv(mod.COMMAND_ENV, "heron lm bench --peers --out runs/x")
+    assert mod.command_line() == "heron lm bench --peers --out runs/x"
+    monkeypatch.delenv(mod.COMMAND_ENV)
+    monkeypatch.setattr("sys.argv", ["scripts/bench_smollm2.py", "--out", "runs/y"])
+    assert mod.command_line().endswith("scripts/bench_smollm2.py --out runs/y")
