@@ -63,7 +63,8 @@ def peer_paths(folder: Path) -> dict[str, Path]:
             "genai_model": folder / "smol-genai"}
 
 
-GENAI_PYTHON, GENAI_MODEL = peer_paths(RUNS)["genai"], peer_paths(RUNS)["genai_model"]  # the default build (the probes')
+_DEFAULT_PEERS = peer_paths(RUNS)  # the default build, which the probes read
+GENAI_PYTHON, GENAI_MODEL = _DEFAULT_PEERS["genai"], _DEFAULT_PEERS["genai_model"]
 
 
 COMMAND_ENV = "HERON_BENCH_COMMAND"  # the command a caller ran, for the table (heron lm bench --peers sets it)

@@ -12,6 +12,15 @@ from heron import bench_lm
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench_script():
+    """scripts/bench_smollm2.py as a module (scripts/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _writes_under(out: Path, argv: list[str], env: dict) -> None:
     """Every place a command is told to write is inside `out`."""
     assert Path(env["PEERS_DIR"]).resolve().is_relative_to(out.resolve())
@@ -46,10 +55,7 @@ def test_the_build_scripts_and_the_bench_read_the_same_places():
     genai = (ROOT / "scripts" / "peers" / "genai_peers.sh").read_text()
     assert "V=${PEERS_DIR:-runs}/lm-peers-venv" in lm
     assert "P=${PEERS_DIR:-runs}" in genai and '-o "$P/smol-genai"' in genai
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script()
     paths = mod.peer_paths(Path("/x"))
     done = {script: Path("/x") / marker for script, marker in bench_lm.PEER_BUILDS.values()}
     assert paths["llama.cpp"] == done["lm_peers.sh"]
@@ -65,9 +71,7 @@ def test_the_cli_runs_the_plan_goes_on_past_a_failed_build_and_says_where_the_ta
     from heron.cli import main
 
     out = tmp_path / "run"
-    ran = []
-
-    envs = []
+    ran, envs = [], []
 
     def fake_run(argv, env=None, **kw):
         ran.append(argv)
@@ -106,12 +110,9 @@ def test_options_that_do_not_apply_are_refused_before_anything_runs(tmp_path, mo
 def test_the_bench_keeps_each_backend_on_the_same_cores():
     """Every backend's process is pinned to the last N of this process's CPUs for N threads (where taskset exists and
     there are more CPUs than that), so heron and its peers run on the same cores."""
-    import importlib.util
     import os
     import shutil
-    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script()
     cpus = sorted(os.sched_getaffinity(0))
     if not shutil.which("taskset") or len(cpus) < 2:
         assert mod.pinned(1) == []
@@ -121,10 +122,7 @@ def test_the_bench_keeps_each_backend_on_the_same_cores():
 
 
 def test_the_table_names_the_command_that_made_it(monkeypatch):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_smollm2", ROOT / "scripts" / "bench_smollm2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script()
     monkeypatch.setenv(mod.COMMAND_ENV, "heron lm bench --peers --out runs/x")
     assert mod.command_line() == "heron lm bench --peers --out runs/x"
     monkeypatch.delenv(mod.COMMAND_ENV)
