@@ -11,11 +11,14 @@ differs.
 Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
 bonus/correction token not counted) and tokens per target forward (counted), per-position acceptance,
 beta (cost of verifying a block of gamma + 1 tokens relative to one decoding step), c (one draft step
-relative to one target step), and the measured speedup against the predicted one from
-"what to measure": E = (1 - a^(g+1)) / (1 - a); serial E / (beta + g c); overlapped E / max(beta, g c).
+relative to one target step), and the measured speedup against the predicted one (`predicted`): E = (1 - a^(g+1))
+/ (1 - a) tokens per round; draft SD serial, E / (beta + g c) plain steps; Mirror-SD a round of
+max(verify, (g + 1) draft steps), both timed beside each other as they run, plus (1 - r) g draft steps alone for the
+rounds whose prepared branch is not reused (r: the measured branch reuse), over a plain step at the whole budget.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,8 +181,27 @@ def method_threads(method: str, budget: int) -> int:
     return max(1, budget - 1) if method == "mirror" else budget
 
 
-def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int) -> dict:
-    """Seconds of one target decoding step, one target verify of gamma + 1 tokens, one draft step."""
+def _beside(fn, other, reps: int = 20) -> float:
+    """Seconds of one call of fn while `other` runs in a loop on a thread of its own (as Mirror-SD runs its draft
+    beside its target: both compete for the memory bus and caches, so each is slower than alone)."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            other()
+    worker = threading.Thread(target=loop, name="heron-bench-beside", daemon=True)
+    worker.start()
+    try:
+        return _time_call(fn, reps)
+    finally:
+        stop.set()
+        worker.join()
+
+
+def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int, beside: bool = False) -> dict:
+    """Seconds of one target decoding step, one target verify of gamma + 1 tokens, one draft step; beside: the
+    target's timed while the draft decodes on another thread and the draft's while the target verifies (Mirror-SD),
+    else each alone."""
     import torch
 
     torch.set_num_threads(threads)
@@ -193,8 +215,7 @@ def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int)
         return f
     t.reset()
     t.forward(ctx)
-    one, block = _time_call(target_step(1)), _time_call(target_step(gamma + 1))
-    out = {"target_step_s": one, "verify_s": block, "beta": block / one}
+    d = None
     if draft is not None:
         draft.reset()
         draft.forward(ctx)
@@ -203,7 +224,13 @@ def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int)
         def d():
             draft.restore(base)
             draft.forward([5])
-        out["draft_step_s"] = _time_call(d)
+    if beside and d is not None:
+        one, block = _beside(target_step(1), d), _beside(target_step(gamma + 1), d)
+    else:
+        one, block = _time_call(target_step(1)), _time_call(target_step(gamma + 1))
+    out = {"target_step_s": one, "verify_s": block, "beta": block / one, "beside": bool(beside and d is not None)}
+    if d is not None:
+        out["draft_step_s"] = _beside(d, target_step(gamma + 1)) if beside else _time_call(d)
         out["c"] = out["draft_step_s"] / one
     return out
 
@@ -243,9 +270,24 @@ def run_method(lm: LanguageModel, spec, prompts, opts: sp.GenerationOptions, met
     return row, outs
 
 
-def predicted(alpha: float, gamma: int, beta: float, c: float) -> dict:
-    E = (1 - alpha ** (gamma + 1)) / (1 - alpha) if alpha < 1 else gamma + 1
-    return {"E": E, "serial": E / (beta + gamma * c), "overlapped": E / max(beta, gamma * c)}
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """Tokens a round of gamma draft tokens yields at a per-position acceptance alpha (the bonus/correction counted)."""
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha) if alpha < 1 else gamma + 1
+
+
+def predicted_serial(alpha: float, gamma: int, costs: dict) -> float:
+    """Draft SD's speed-up over plain decoding on the same threads: E tokens per gamma draft steps and one verify."""
+    return expected_tokens(alpha, gamma) * costs["target_step_s"] / (gamma * costs["draft_step_s"] + costs["verify_s"])
+
+
+def predicted_overlapped(alpha: float, gamma: int, costs: dict, beside: dict, reuse: float) -> float:
+    """Mirror-SD's (kappa 0) speed-up over plain decoding at the whole budget (costs: timed alone, the target on every
+    thread; beside: timed beside each other, the target one thread short). A round: the target verifies while the
+    draft builds the next window's branch (its last word and gamma more), so it lasts the longer of the two; a round
+    whose branch is not reused (1 - reuse of them) then waits for gamma draft steps computed alone."""
+    g = gamma
+    round_s = max(beside["verify_s"], (g + 1) * beside["draft_step_s"]) + (1 - reuse) * g * costs["draft_step_s"]
+    return expected_tokens(alpha, g) * costs["target_step_s"] / round_s
 
 
 def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
@@ -329,7 +371,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     def costs_at(threads: int, gamma: int) -> dict:
         if (threads, gamma) not in memo:
             verifier = split if threads < o.threads and split is not None else lm  # the target as the method ran it
-            memo[threads, gamma] = dict(step_costs(verifier, d, gamma, context, threads), gamma=gamma, threads=threads)
+            memo[threads, gamma] = dict(step_costs(verifier, d, gamma, context, threads, beside=threads < o.threads),
+                                        gamma=gamma, threads=threads)
         return memo[threads, gamma]
     first = o.windows("draft")[0] or sp.SpeculativeOptions().gamma  # beta and c: the draft methods' window
     report["costs"] = costs_at(o.threads, first)
@@ -342,10 +385,15 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         if vanilla:
             r["speedup_vs_draft_sd"] = r["tokens_per_s"] / vanilla
         if "alpha" in r and r["method"] in ("draft", "mirror"):
-            c = costs_at(method_threads(r["method"], o.threads), r["gamma"])
-            pred = predicted(r["alpha"], r["gamma"], c["beta"], c["c"])
-            r["predicted_speedup"] = pred["serial"] if r["method"] == "draft" else pred["overlapped"]
-            r["E"] = pred["E"]
+            alone = costs_at(o.threads, r["gamma"])
+            r["E"] = expected_tokens(r["alpha"], r["gamma"])
+            if r["method"] == "draft":
+                r["predicted_speedup"] = predicted_serial(r["alpha"], r["gamma"], alone)
+            else:  # Mirror-SD with the reuse it measured, and its ceiling: every prepared branch reused
+                near = costs_at(method_threads("mirror", o.threads), r["gamma"])
+                r["predicted_speedup"] = predicted_overlapped(r["alpha"], r["gamma"], alone, near,
+                                                              r["branch_reuse_rate"])
+                r["predicted_all_reused"] = predicted_overlapped(r["alpha"], r["gamma"], alone, near, 1.0)
     report["decode_speed"] = decode_speed(o.decode_preset)
     return report
 
@@ -353,7 +401,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 def markdown(report: dict) -> str:
     cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min",
             "tokens_per_s_max", "speedup_vs_plain", "speedup_vs_draft_sd",
-            "predicted_speedup", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
+            "predicted_speedup", "predicted_all_reused", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
             "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
 
     def f(v):
@@ -370,9 +418,9 @@ def markdown(report: dict) -> str:
     for key in ("costs", "costs_beside"):
         if key in report:
             c = report[key]
-            lines.append(f"target on {c['threads']} thread(s): beta (verify {c['gamma'] + 1} tokens / 1 step) = "
-                         f"{c['beta']:.2f}; c (draft step / target step) = {c.get('c', float('nan')):.3f}; "
-                         f"target step {1e3 * c['target_step_s']:.2f} ms")
+            lines.append(f"target on {c['threads']} thread(s){' beside the draft' if c.get('beside') else ''}: beta "
+                         f"(verify {c['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; c (draft step / target step) = "
+                         f"{c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
     ds = report["decode_speed"]
     lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "
                  f"{ds['active_params_m']:.1f} M active), 1 thread, batch 1: {ds['tokens_per_s']:.1f} tokens/s")

@@ -147,13 +147,38 @@ def test_bench_gives_serial_draft_sd_the_whole_budget_and_mirror_one_thread_less
     drafts = [r["speedup_vs_draft_sd"] for r in report["rows"] if r["method"] == "draft"]
     assert max(drafts) == 1.0 and min(drafts) <= 1.0
     assert (report["costs"]["threads"], report["costs_beside"]["threads"], report["costs"]["gamma"]) == (2, 1, 2)
+    assert (report["costs"]["beside"], report["costs_beside"]["beside"]) == (False, True)
+    mirrors = [r for r in report["rows"] if r["method"] == "mirror"]
+    assert all(0 < r["predicted_speedup"] <= r["predicted_all_reused"] for r in mirrors)
     table = markdown(report)
-    assert "target on 2 thread(s): beta (verify 3 tokens" in table and "target on 1 thread(s): beta" in table
+    assert "target on 2 thread(s): beta (verify 3 tokens" in table and "target on 1 thread(s) beside the draft: beta" \
+        in table
     with pytest.raises(ValueError, match=r"gamma must be distinct integers >= 1, got \[3, 3\]"):
         BenchOptions(gamma=(3, 3))
     with pytest.raises(ValueError, match="several gamma values run draft and mirror at each; the methods are none, "
                                          "lookup"):
         BenchOptions(gamma=(2, 3), methods=("none", "lookup"))
+
+
+def test_bench_predictions_price_mirror_rounds_by_the_slower_side_and_its_missed_branches():
+    """Draft SD: E tokens per gamma draft steps plus a verify, serial. Mirror-SD (kappa 0): the target's verify and the
+    draft's next branch (gamma + 1 steps) overlap, each timed beside the other, and every round whose branch is not
+    reused waits for a window drafted alone; both over a plain step at the whole budget. (Until session 33 Mirror-SD's
+    prediction was E / max(beta, g c) at the target's own threads: no missed branches, no contention, 4.2x predicted
+    for 2.9x measured on SmolLM2's chat questions.)"""
+    from heron.bench_lm import expected_tokens, predicted_overlapped, predicted_serial
+
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75) and expected_tokens(1.0, 3) == 4
+    alone = {"target_step_s": 0.040, "verify_s": 0.070, "draft_step_s": 0.005}
+    beside = {"target_step_s": 0.045, "verify_s": 0.090, "draft_step_s": 0.006}
+    e = expected_tokens(0.9, 8)
+    assert predicted_serial(0.9, 8, alone) == pytest.approx(e * 0.040 / (8 * 0.005 + 0.070))
+    # the target's verify is the longer side (90 ms against 9 x 6 ms); a quarter of the rounds miss: 8 x 5 ms alone
+    assert predicted_overlapped(0.9, 8, alone, beside, 0.75) == pytest.approx(e * 0.040 / (0.090 + 0.25 * 0.040))
+    assert predicted_overlapped(0.9, 8, alone, beside, 1.0) == pytest.approx(e * 0.040 / 0.090)
+    # a long window: the draft's branch is the longer side
+    assert predicted_overlapped(0.9, 16, alone, beside, 1.0) == pytest.approx(expected_tokens(0.9, 16) * 0.040 /
+                                                                             (17 * 0.006))
 
 
 def test_bench_options_refuse_an_unknown_method_before_running_any():
