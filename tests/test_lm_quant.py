@@ -186,3 +186,86 @@ def test_quantizing_while_loading_equals_quantizing_the_loaded_model():
     assert "embed.weight" in missing and unexpected == ["extra"]
     with pytest.raises(ValueError, match="tensor norm.weight is"):
         load_quantized(ref.cfg, [("norm.weight", torch.zeros(3))], 8)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+@needs_onednn
+def test_packed_linear_is_f_linear_up_to_summation_order_and_only_for_inference():
+    """PackedLinear: fp32 inference on a CPU through oneDNN's packed copy (the same products as F.linear up to
+    summation order, for one row and for blocks); with gradients on it is F.linear itself (training is untouched and
+    gradients reach the weight); a weight changed in place is copied again before the next call."""
+    from heron.models.lm.quant import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=True), torch.nn.Linear(96, 40, bias=False))
+    assert pack_linears(seq) == 2 and all(type(m) is PackedLinear for m in seq)
+    lin = seq[0]
+    for shape in ((1, 64), (1, 9, 64), (2, 3, 64)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            got, want = lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert lin._packed is not None  # inference used the packed copy
+    x = torch.randn(4, 64)
+    y = lin(x)  # gradients on: F.linear, bit for bit
+    assert torch.equal(y, torch.nn.functional.linear(x, lin.weight, lin.bias)) and y.requires_grad
+    y.sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        lin.weight.mul_(2.0)  # changed in place: the next inference call must see it
+        assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5)
+    with torch.no_grad():  # another dtype takes F.linear
+        wide = PackedLinear(64, 8).double()
+        assert torch.equal(wide(x.double()), torch.nn.functional.linear(x.double(), wide.weight, wide.bias))
+    assert pack_linears(seq) == 0  # already packed: nothing more to do
+    import copy
+
+    twin = copy.deepcopy(seq)  # a copy leaves the oneDNN copy behind and makes its own when used
+    assert twin[0]._packed is None
+    with torch.no_grad():
+        assert torch.allclose(twin(x), seq(x), atol=1e-5) and twin[0]._packed is not None
+
+
+@needs_onednn
+def test_pack_linears_leaves_large_models_and_traced_graphs_alone():
+    """Above max_bytes nothing is packed (the copy would double the linears' memory); a traced module records F.linear
+    (an export sees the ordinary graph, no oneDNN op)."""
+    from heron.models.lm.quant import PackedLinear, pack_linears
+
+    big = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    assert pack_linears(big, max_bytes=64 * 64 * 4 - 1) == 0 and type(big[0]) is torch.nn.Linear
+    assert pack_linears(big, max_bytes=64 * 64 * 4) == 1 and type(big[0]) is PackedLinear
+    with torch.no_grad():
+        traced = torch.jit.trace(big, torch.randn(2, 64))
+    graph = str(traced.inlined_graph)
+    assert "aten::linear" in graph and "mkldnn" not in graph
+
+
+@needs_onednn
+def test_torch_backend_runs_its_cpu_linears_packed_with_the_same_greedy_tokens():
+    """heron's torch backend packs its model's linears on a CPU; greedy decoding gives the tokens the model gave before
+    (a random model: the products differ only in summation order)."""
+    from heron.models.lm.backend import TorchLM
+    from heron.models.lm.model import KVCache
+    from heron.models.lm.quant import PackedLinear
+    from heron.runtime.decoding import GenerationOptions, plain
+
+    ref = _model(3, vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64)
+    prompt = [5, 17, 42, 7]
+
+    def greedy(model):
+        ids, cache = list(prompt), KVCache(model.cfg, batch=1, max_len=64)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), cache).logits[0, -1]
+            out = []
+            for _ in range(12):
+                out.append(int(logits.argmax()))
+                logits = model(torch.tensor([[out[-1]]]), cache).logits[0, -1]
+        return out
+    before = greedy(ref)
+    backend = TorchLM(ref)
+    assert any(type(m) is PackedLinear for m in ref.modules())
+    got = [t.id for t in plain(backend, prompt, GenerationOptions(max_new_tokens=12, stop_at_eot=False))]
+    assert got == before

@@ -41,7 +41,8 @@ def test_logits_equal_transformers_on_prompts_and_a_cached_decode(smol):
             ids = torch.tensor([reftok(p).input_ids])
             ours = model(ids).logits
             theirs = ref(ids, attention_mask=torch.ones_like(ids)).logits
-            assert (ours - theirs).abs().max().item() <= 1e-4, p
+            # 2e-4: fp32 up to summation order (heron's CPU linears run on oneDNN, transformers' on MKL)
+            assert (ours - theirs).abs().max().item() <= 2e-4, p
         # 32 decode steps, one token at a time through heron's KV cache, against a full recompute
         ids = reftok(PROMPTS[0]).input_ids
         cache = KVCache(model.cfg, max_len=len(ids) + 40)
@@ -52,7 +53,7 @@ def test_logits_equal_transformers_on_prompts_and_a_cached_decode(smol):
             seq.append(nxt)
             full = ref(torch.tensor([seq]), attention_mask=torch.ones(1, len(seq), dtype=torch.long)).logits[:, -1]
             step = model(torch.tensor([[nxt]]), cache).logits[:, -1]
-            assert (step - full).abs().max().item() <= 1e-4
+            assert (step - full).abs().max().item() <= 2e-4
 
 
 CORPUS = [

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from heron.models.lm.model import KVCache, Routing, Transformer
+from heron.models.lm.quant import pack_linears
 
 
 def pick_device(device: str) -> str:
@@ -36,6 +37,8 @@ class TorchLM:
                  end_ids: Collection[int] = ()):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        if self.device == "cpu":  # fp32 inference on oneDNN's kernels with packed weights (quant.pack_linears)
+            pack_linears(self.model)
         if threads:
             torch.set_num_threads(threads)
         route = routing or Routing()

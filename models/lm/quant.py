@@ -23,6 +23,15 @@ this project's CPUs (AVX2 without AVX-512) torch's own weight-only kernels (`_we
 `_weight_int4pack_mm_for_cpu`) measured 10-20x slower than an fp32 F.linear of the same shape, so they
 are not used; the torch path's gain is memory (SmolLM2's weights: 538 MB fp32 -> ~100 MB int4), while
 speed on a CPU comes from the onnxruntime path (heron.export.gguf_onnx).
+
+fp32 on a CPU (`pack_linears`, what heron's torch backend does with its model): torch's fp32 F.linear runs on MKL,
+which repacks the weight every call and runs the few-row products of decoding and verification slowly on AMD CPUs;
+a `PackedLinear` keeps a copy of its weight in oneDNN's layout, made at its first inference call, and runs inference
+on oneDNN's kernels (SmolLM2-135M on machine Z, AMD EPYC, 1 thread: a 9-token verify 81 -> 56 ms, a step 42 -> 36 ms;
+2 threads 58 -> 47 and 38 -> 30 ms; BENCHMARKS.md "The torch target's linears on oneDNN"). The same fp32 products up
+to summation order. Training (gradients on), tracing and export, other devices and dtypes take F.linear on the weight
+as before; the weight stays an ordinary parameter (readable, trainable, changed in place: the copy is remade), so the
+copy costs its bytes again in memory, which is why models whose linears hold more than PACK_MAX_BYTES keep F.linear.
 """
 from __future__ import annotations
 
@@ -78,6 +87,59 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """(N, K/2) uint8 -> (N, K) codes in [0, 15] (uint8)."""
     return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+PACK_MAX_BYTES = 1 << 30  # pack_linears leaves a model alone above this many bytes of fp32 linear weights
+
+
+def _packable() -> bool:
+    return torch.backends.mkldnn.is_available()
+
+
+class PackedLinear(nn.Linear):
+    """An `nn.Linear` whose fp32 inference on a CPU runs on oneDNN with a packed copy of the weight (module
+    docstring); anything else is F.linear on the weight itself."""
+
+    _packed = None  # (weight version, data pointer, oneDNN weight, oneDNN bias or None)
+
+    def _copy(self):
+        w = self.weight
+        key = (w._version, w.data_ptr())
+        if self._packed is None or self._packed[:2] != key:  # first call, or the weight changed since
+            bias = None if self.bias is None else self.bias.detach().to_mkldnn()
+            self._packed = key + (w.detach().to_mkldnn(), bias)
+        return self._packed
+
+    def __getstate__(self):  # copies and pickles leave the oneDNN copy behind (it has no storage to copy)
+        state = dict(self.__dict__)
+        state.pop("_packed", None)
+        return state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu"
+                or (self.bias is not None and self.bias.dtype != torch.float32)
+                or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling() or x.numel() == 0):
+            return F.linear(x, self.weight, self.bias)
+        *_, w, b = self._copy()
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        y = torch._C._nn.mkldnn_linear(rows.to_mkldnn(), w, b).to_dense()
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def pack_linears(model: nn.Module, max_bytes: int = PACK_MAX_BYTES) -> int:
+    """Make every plain fp32 `nn.Linear` of `model` a `PackedLinear` (in place: the same parameters, hooks and
+    names) if oneDNN is available and they hold at most `max_bytes` of weights together (a tied head counted
+    again: its copy is its own); -> how many were made. Nothing is copied until an inference call."""
+    if not _packable():
+        return 0
+    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32]
+    if sum(m.weight.numel() * 4 for m in linears) > max_bytes:
+        return 0
+    for m in linears:
+        m.__class__ = PackedLinear
+    return len(linears)
 
 
 class WeightOnlyLinear(nn.Module):
