@@ -24,11 +24,11 @@ this project's CPUs (AVX2 without AVX-512) torch's own weight-only kernels (`_we
 are not used; the torch path's gain is memory (SmolLM2's weights: 538 MB fp32 -> ~100 MB int4), while
 speed on a CPU comes from the onnxruntime path (heron.export.gguf_onnx).
 
-fp32 on a CPU (`pack_linears`, what heron's torch backend does with its model): torch's fp32 F.linear runs on MKL,
-which repacks the weight every call and runs the few-row products of decoding and verification slowly on AMD CPUs;
-a `PackedLinear` keeps a copy of its weight in oneDNN's layout, made at its first inference call, and runs inference
-on oneDNN's kernels (SmolLM2-135M on machine Z, AMD EPYC, 1 thread: a 9-token verify 81 -> 56 ms, a step 42 -> 36 ms;
-2 threads 58 -> 47 and 38 -> 30 ms; BENCHMARKS.md "The torch target's linears on oneDNN"). The same fp32 products up
+fp32 on a CPU (`pack_linears`, what heron's torch backend does with its model): torch's fp32 F.linear runs on MKL
+here, whose few-row products (a verify block) measured slow on an AMD CPU; a `PackedLinear` keeps a copy of its
+weight in oneDNN's layout, made at its first inference call, and runs inference on oneDNN's kernels (SmolLM2-135M on
+machine Z, AMD EPYC: a 9-token verify 1.32x faster on 1 thread, 1.52x on 2; a one-token step 1.00x / 1.18x;
+scripts/bench_torch_linears.py, BENCHMARKS.md "The torch target's linears on oneDNN"). The same fp32 products up
 to summation order. Training (gradients on), tracing and export, other devices and dtypes take F.linear on the weight
 as before; the weight stays an ordinary parameter (readable, trainable, changed in place: the copy is remade), so the
 copy costs its bytes again in memory, which is why models whose linears hold more than PACK_MAX_BYTES keep F.linear.
