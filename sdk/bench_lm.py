@@ -11,10 +11,11 @@ differs.
 Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
 bonus/correction token not counted) and tokens per target forward (counted), per-position acceptance,
 beta (cost of verifying a block of gamma + 1 tokens relative to one decoding step), c (one draft step
-relative to one target step), and the measured speedup against the predicted one (`predicted`): E = (1 - a^(g+1))
-/ (1 - a) tokens per round; draft SD serial, E / (beta + g c) plain steps; Mirror-SD a round of
-max(verify, (g + 1) draft steps), both timed beside each other as they run, plus (1 - r) g draft steps alone for the
-rounds whose prepared branch is not reused (r: the measured branch reuse), over a plain step at the whole budget.
+relative to one target step), and the measured speedup against the predicted one (`predicted_serial`,
+`predicted_overlapped`): E = (1 - a^(g+1)) / (1 - a) tokens per round; draft SD serial, E / (beta + g c) plain steps;
+Mirror-SD a round of max(verify, (g + 1) draft steps), both timed beside each other as they run, plus (1 - r) g draft
+steps alone for the rounds whose prepared branch is not reused (r: the measured branch reuse), over a plain step at
+the whole budget.
 """
 from __future__ import annotations
 
@@ -401,8 +402,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 def markdown(report: dict) -> str:
     cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min",
             "tokens_per_s_max", "speedup_vs_plain", "speedup_vs_draft_sd",
-            "predicted_speedup", "predicted_all_reused", "accepted_per_round", "tokens_per_target_forward", "alpha", "per_position_acceptance",
-            "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
+            "predicted_speedup", "predicted_all_reused", "accepted_per_round", "tokens_per_target_forward", "alpha",
+            "per_position_acceptance", "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]
 
     def f(v):
         if v is None:
