@@ -25,7 +25,7 @@ def main() -> int:
     import torch
 
     import heron
-    from heron.bench_lm import chat_prompts
+    from heron.bench_lm import _time_call, chat_prompts
     from heron.models.lm.quant import PackedLinear
     from heron.runtime.decoding import GenerationOptions
     from heron.runtime.metrics import machine
@@ -41,15 +41,11 @@ def main() -> int:
         for m in packed:
             m.__class__ = PackedLinear if on else torch.nn.Linear
 
-    def call_ms(n: int) -> float:
+    def call_ms(n: int) -> float:  # a call of n tokens after the cached context, then trimmed back
         def f():
             t.forward(ctx[:n], last=n)
             t.trim(n)
-        f()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            f()
-        return (time.perf_counter() - t0) / 10 * 1e3
+        return 1e3 * _time_call(f, 10)
 
     times: dict[str, list[float]] = {}
     for _ in range(a.rounds):

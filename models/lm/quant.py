@@ -92,10 +92,6 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 PACK_MAX_BYTES = 1 << 30  # pack_linears leaves a model alone above this many bytes of fp32 linear weights
 
 
-def _packable() -> bool:
-    return torch.backends.mkldnn.is_available()
-
-
 class PackedLinear(nn.Linear):
     """An `nn.Linear` whose fp32 inference on a CPU runs on oneDNN with a packed copy of the weight (module
     docstring); anything else is F.linear on the weight itself."""
@@ -132,7 +128,7 @@ def pack_linears(model: nn.Module, max_bytes: int = PACK_MAX_BYTES) -> int:
     """Make every plain fp32 `nn.Linear` of `model` a `PackedLinear` (in place: the same parameters, hooks and
     names) if oneDNN is available and they hold at most `max_bytes` of weights together (a tied head counted
     again: its copy is its own); -> how many were made. Nothing is copied until an inference call."""
-    if not _packable():
+    if not torch.backends.mkldnn.is_available():
         return 0
     linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32]
     if sum(m.weight.numel() * 4 for m in linears) > max_bytes:
