@@ -59,6 +59,9 @@ bits in a call of any size (on B; elsewhere the runtime checks at load: heron.ru
 a one-token call appends a copy of its query/key/value row to attention's input and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
 fraction of the cost of a second token through every layer. The copy's key and value land one position past
 the call's end, where the next call writes its own (the runtime keeps room for it); no real row attends to it.
+The rows come from the graph's input ROWS_INPUT (1,) int64: the runtime feeds 2 for such exact steps, or 1 for
+one-row steps, attention's own one-row kernels (OnnxLM.exact_steps False, `heron lm generate --fast-steps`: faster
+plain decoding, most on long contexts, rounding of its own; speculation keeps exact steps).
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ import numpy as np
 
 from heron.export.lm_bundle import write_manifest
 from heron.runtime.gguf import q8_0_blocks
-from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, lm_manifest, state_names
+from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, ROWS_INPUT, lm_manifest, state_names
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
 BLOCK = 32
@@ -383,8 +386,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     assert attn_rows in (1, 2), attn_rows  # a one-token block's row is copied once
     pad_len = None
     if attn_rows > 1:  # T = 1: a copy of the block's row joins attention's input (module docstring)
-        pad_len = g.one("Max", [g.one("Sub", [g.const(np.array([attn_rows], np.int64), "attention_rows"), new_len]),
-                                g.const(np.array([0], np.int64), "zero_i64")])  # (1,) int64
+        # ROWS_INPUT (1,) int64: the runtime feeds attn_rows for steps that equal blocks, 1 for one-row steps
+        pad_len = g.one("Max", [g.one("Sub", [ROWS_INPUT, new_len]), g.const(np.array([0], np.int64), "zero_i64")])
         padded_total = g.one("Add", [total, g.one("Cast", [pad_len], to=TensorProto.INT32)])
         seqlens_k = g.one("Sub", [padded_total, g.const(np.array([1], np.int32), "one")])
         total_scalar = g.one("Squeeze", [padded_total, g.const(np.array([0], np.int64), "axes")])
@@ -468,6 +471,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     if shared_cache:
         inputs.append(helper.make_tensor_value_info(PAST_INPUT, TensorProto.INT64, [1]))
     inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
+    if attn_rows > 1:
+        inputs.append(helper.make_tensor_value_info(ROWS_INPUT, TensorProto.INT64, [1]))  # query rows attention sees
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
     outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))

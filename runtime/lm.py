@@ -69,6 +69,11 @@ LAST_INPUT = "last"  # optional graph input (1,) int64: the head runs on the blo
 # optional graph input (1,) int64: the states are fixed-size buffers with this many valid positions, extended
 # in place (each new state bound to its input's buffer); without it the states grow by T every call
 PAST_INPUT = "past_length"
+# optional graph input (1,) int64 of a graph that pads attention (heron.export.gguf_onnx.ATTENTION_ROWS): the query
+# rows attention sees at least. The runtime feeds the manifest's source.attention_rows (2) where one-token steps
+# must compute what verify blocks compute (OnnxLM.exact_steps, the default: speculation then returns plain
+# decoding's tokens exactly), 1 for one-row steps (faster plain decoding; rounding of their own)
+ROWS_INPUT = "attention_rows"
 # optional graph output (1, n, D): the head's input at the positions whose logits were asked for (`last`); a
 # draft head that proposes from the target's own features reads it (OnnxLM.hidden_at)
 HIDDEN_OUTPUT = "hidden"
@@ -119,13 +124,14 @@ class OnnxLM:
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None,
-                 min_rows: int | None = None):
+                 min_rows: int | None = None, exact_steps: bool = True):
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
         sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned.
         min_rows: the fewest token rows every call gives the graph (1 or 2; None: 1 where the graph pads attention
         and one_row_exact holds, else MIN_ROWS by the graph's compute): 2 makes single steps compute what blocks
-        compute on any graph, 1 is the faster one-row call."""
+        compute on any graph, 1 is the faster one-row call. exact_steps: see the property (False: one-row steps,
+        min_rows 1)."""
 
         from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.sessions import open_session
@@ -151,11 +157,13 @@ class OnnxLM:
         self.weights, self.threads = weights, threads
         self.folder, self.source_file = folder, None
         self._tokenizer_source: object = folder / "tokenizer.json"
-        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where, min_rows)
+        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where, min_rows,
+                    exact_steps)
 
     @classmethod
     def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
-                    threads: int = 1, min_rows: int | None = None, source_file: str | Path | None = None) -> "OnnxLM":
+                    threads: int = 1, min_rows: int | None = None, source_file: str | Path | None = None,
+                    exact_steps: bool = True) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
         in seconds at load): nothing is written to disk. `tokenizer`: a tokenizers.Tokenizer. source_file: the
         GGUF file it was built from (a draft head reads its output rows there)."""
@@ -167,10 +175,12 @@ class OnnxLM:
         self.source_file = Path(source_file) if source_file is not None else None
         self.weights, self.threads = manifest.default_weights or "int4", threads
         self._tokenizer_source = tokenizer
-        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where, min_rows)
+        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where, min_rows,
+                    exact_steps)
         return self
 
-    def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None) -> None:
+    def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None,
+               exact_steps: bool = True) -> None:
         self.session = session
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
@@ -196,11 +206,48 @@ class OnnxLM:
                                    self._has_streams) if self._shared else None
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
+        if not _is_bool(exact_steps):
+            raise ValueError(f"exact_steps must be True or False, got {exact_steps!r}")
+        self._exact, self._exact_min_rows = True, None
+        self._feed_rows(self.attention_rows)
         self.reset()
+        if not exact_steps:
+            self.exact_steps = False
         if min_rows is not None:
             self.min_rows = min_rows
-        elif self.attention_rows > 1:  # one-row calls where they are exact on this CPU, else MIN_ROWS' padding
-            self._min_rows = 1 if self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
+        elif exact_steps and self.attention_rows > 1:  # one-row calls where exact on this CPU, else MIN_ROWS' padding
+            self._min_rows = self._exact_min_rows = 1 if self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
+
+    def _feed_rows(self, rows: int) -> None:
+        """Feed ROWS_INPUT = rows on every call (graphs that have it)."""
+        if self._cache is not None:
+            self._cache.rows = np.array([rows], np.int64) if self._has_rows else None
+
+    @property
+    def exact_steps(self) -> bool:
+        """Whether one-token calls compute, bit for bit, what a verify block computes at the same positions (True,
+        the default: a graph that pads attention is fed its attention_rows, and one_row_exact decides min_rows at
+        load), so that speculative decoding returns exactly the tokens plain decoding returns. False: one-token
+        calls run attention's one-row kernels (ROWS_INPUT 1, min_rows 1): plain decoding is faster (SmolLM2's int8
+        graph: BENCHMARKS.md "One-row steps"), its tokens the same model's up to rounding, which can part from a
+        speculative run's at a near-tie (heron refuses speculative methods on such a target). Graphs without
+        ROWS_INPUT just take min_rows 1."""
+        return self._exact
+
+    @exact_steps.setter
+    def exact_steps(self, exact: bool) -> None:
+        if not _is_bool(exact):
+            raise ValueError(f"exact_steps must be True or False, got {exact!r}")
+        self._exact = bool(exact)
+        if not exact:
+            self._feed_rows(1)
+            self._min_rows = 1
+            return
+        self._feed_rows(self.attention_rows)
+        if self._exact_min_rows is None:
+            self._exact_min_rows = (1 if self.attention_rows > 1 and self.one_row_exact()
+                                    else MIN_ROWS.get(self._compute, 1))
+        self._min_rows = self._exact_min_rows
 
     def one_row_exact(self) -> bool:
         """Whether this graph's one-token calls compute, bit for bit, what the same positions compute inside a
@@ -230,11 +277,14 @@ class OnnxLM:
         outs = {o.name: o.shape for o in self.session.get_outputs()}
         self._has_last = LAST_INPUT in ins  # optional: logits for the last n positions only
         self._shared = PAST_INPUT in ins  # optional: fixed-size state buffers extended in place
+        self._has_rows = ROWS_INPUT in ins  # optional: attention's query rows, fed every call (exact_steps)
         self._has_hidden = HIDDEN_OUTPUT in outs  # optional: the head's input, kept for hidden_at
         self._has_streams = self._has_hidden and FEATURES_OUTPUT in outs  # optional: kept for streams_at
         if self._shared and not self._has_last:
             raise BundleError(f"{where}: a graph with a {PAST_INPUT} input must have a {LAST_INPUT} input too")
-        if ([n for n in ins if n not in (LAST_INPUT, PAST_INPUT)] != ["tokens", *self.state_in]
+        if self._has_rows and not self._shared:  # padded attention writes its extra row into the buffers' spare room
+            raise BundleError(f"{where}: a graph with an {ROWS_INPUT} input must have a {PAST_INPUT} input too")
+        if ([n for n in ins if n not in (LAST_INPUT, PAST_INPUT, ROWS_INPUT)] != ["tokens", *self.state_in]
                 or [n for n in outs if n not in (HIDDEN_OUTPUT, FEATURES_OUTPUT)] != ["logits", *self.state_out]):
             raise BundleError(f"{where}: the state names are not the graph's ({list(ins)[:3]}...)")
         for name in self.state_in:
@@ -415,6 +465,7 @@ class _SharedCache:
         self.state_in, self.state_out = state_in, state_out
         self.kv_heads, self.head_dim, self.max_len = manifest.n_kv_heads, manifest.head_dim, manifest.max_seq_len
         self.length, self.capacity, self.hidden, self.streams = 0, 0, hidden, streams
+        self.rows: np.ndarray | None = None  # ROWS_INPUT's value (OnnxLM.exact_steps); None: the graph has none
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
         # the outputs as onnxruntime's own vector: IOBinding.get_outputs would wrap every bound state buffer in a
@@ -451,6 +502,8 @@ class _SharedCache:
         b.bind_cpu_input("tokens", ids)
         b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))
         b.bind_cpu_input(LAST_INPUT, np.array([n], np.int64))
+        if self.rows is not None:
+            b.bind_cpu_input(ROWS_INPUT, self.rows)
         b.bind_output("logits")  # unallocated each call: its shape follows n
         if self.hidden:
             b.bind_output(HIDDEN_OUTPUT)
@@ -513,3 +566,7 @@ class Detokenizer:
         self.ids = self.ids[keep:]
         self.prefix, self.read = 0, len(self.ids)
         return new
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))

@@ -2,27 +2,37 @@
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/ab_smollm2_bundles.py runs/a runs/b --rounds 14 \
         --out runs/ab.json                                  # writes only --out
+    ... scripts/ab_smollm2_bundles.py runs/a runs/a:fast --prompts code chat summary   # one bundle, both step kinds
 
-Each round decodes 128 greedy tokens after the same chat prompt with every bundle in turn (the order rotates each
-round), so a drift of this machine's speed hits each bundle alike; bench_smollm2.py runs each backend in its own
-process, minutes apart, where a virtualized CPU's speed can move by 20%. Prints decode tokens/s (median, min, max
-over the rounds) per bundle, and the median of each bundle's per-round ratio to the first bundle.
+A bundle given as DIR:fast runs one-row steps (heron lm generate --fast-steps, OnnxLM.exact_steps False). Each round
+decodes 128 greedy tokens after each prompt (--prompts: bench_smollm2.py's code request, chat question and 404-token
+text to summarize; default the code request) with every bundle in turn (the order rotates each round), so a drift of
+this machine's speed hits each bundle alike; bench_smollm2.py runs each backend in its own process, minutes apart,
+where a virtualized CPU's speed can move by 20%. Prints decode tokens/s (median, min, max over the rounds) per
+prompt and bundle, and the median of each bundle's per-round ratio to the first bundle.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-PROMPT = "Write a Python function that checks whether a number is prime, with a docstring."
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_smollm2 import decode_prompts  # noqa: E402
+
+FAST = ":fast"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("bundles", nargs="+", help="folders of heron lm export smollm2 (the first is the reference)")
+    ap.add_argument("bundles", nargs="+", help="folders of heron lm export smollm2, DIR:fast for one-row steps (the "
+                                               "first is the reference)")
+    ap.add_argument("--prompts", nargs="+", default=["code"], choices=list(decode_prompts()),
+                    help="bench_smollm2.py's prompts to decode after, each in every round")
     ap.add_argument("--rounds", type=int, default=14, help="rounds of one decode per bundle")
     ap.add_argument("--new-tokens", type=int, default=128, help="greedy tokens per decode")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
@@ -35,11 +45,13 @@ def main() -> int:
     import heron
     from heron.runtime.metrics import machine
 
-    lms = {b: heron.load_lm(b, threads=args.threads) for b in args.bundles}
+    lms = {b: heron.load_lm(b.removesuffix(FAST), threads=args.threads, exact_steps=not b.endswith(FAST))
+           for b in args.bundles}
     first = lms[args.bundles[0]]
-    prompt = first.encode(first.chat_prompt([{"role": "user", "content": PROMPT}]))
+    texts = decode_prompts()
+    prompts = {name: first.encode(first.chat_prompt([{"role": "user", "content": texts[name]}])) for name in args.prompts}
 
-    def decode(lm) -> float:
+    def decode(lm, prompt) -> float:
         b = lm.backend
         b.reset()
         out = [int(np.argmax(b.forward(prompt, last=1)[-1]))]
@@ -48,19 +60,22 @@ def main() -> int:
             out.append(int(np.argmax(b.forward([out[-1]], last=1)[-1])))
         return (args.new_tokens - 1) / (time.perf_counter() - t0)
 
-    speeds: dict[str, list[float]] = {b: [] for b in args.bundles}
+    speeds = {name: {b: [] for b in args.bundles} for name in prompts}
     for r in range(args.rounds):
         order = args.bundles[r % len(args.bundles):] + args.bundles[:r % len(args.bundles)]
-        for b in order:
-            speeds[b].append(decode(lms[b]))
-    ref = speeds[args.bundles[0]]
-    report = {"cpu": machine(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
-              "rounds": args.rounds, "new_tokens": args.new_tokens, "bundles": {}}
-    for b, s in speeds.items():
-        ratio = statistics.median(x / y for x, y in zip(s, ref))
-        report["bundles"][b] = {"decode_tok_s": s, "median": statistics.median(s), "ratio_to_first": ratio}
-        print(f"{b}: median {statistics.median(s):.1f} tok/s (min {min(s):.1f}, max {max(s):.1f}); "
-              f"per-round ratio to {args.bundles[0]}: median {ratio:.3f}")
+        for name, prompt in prompts.items():
+            for b in order:
+                speeds[name][b].append(decode(lms[b], prompt))
+    report = {"cpu": machine(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds,
+              "new_tokens": args.new_tokens, "command": " ".join(sys.argv), "prompts": {}}
+    for name, by_bundle in speeds.items():
+        ref = by_bundle[args.bundles[0]]
+        report["prompts"][name] = rows = {}
+        for b, s in by_bundle.items():
+            ratio = statistics.median(x / y for x, y in zip(s, ref))
+            rows[b] = {"decode_tok_s": s, "median": statistics.median(s), "ratio_to_first": ratio}
+            print(f"{name}, {b}: median {statistics.median(s):.1f} tok/s (min {min(s):.1f}, max {max(s):.1f}); "
+                  f"per-round ratio to {args.bundles[0]}: median {ratio:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0

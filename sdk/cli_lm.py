@@ -90,6 +90,9 @@ def check_flags(args, chosen: tuple[str, ...] | None = None) -> None:
             raise ValueError(f"{flag} applies to {need} only ({said})")
     if chosen is None and args.roe_tau != ROE_TAU and args.roe_samples == 1:
         raise ValueError("--roe-tau applies with --roe-samples > 1 (Roster of Experts)")
+    if chosen is None and getattr(args, "fast_steps", False) and args.speculative != "none":
+        raise ValueError(f"--fast-steps is for plain decoding: --speculative {args.speculative} needs steps that "
+                         "compute what its verify blocks compute (the default)")
 
 
 def _load(args):
@@ -109,7 +112,7 @@ def _load(args):
         engine = "torch"  # they run inside the torch model
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
-                       weights=args.weights, engine=engine, compute=args.compute)
+                       weights=args.weights, engine=engine, compute=args.compute, exact_steps=not args.fast_steps)
     gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
     if gguf and lm.model is not None:
         print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
@@ -307,6 +310,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
                         "int8x2: fp32's greedy answers; int8: faster, and with --speculative head the fastest lossless "
                         "path; as heron lm export --compute)")
+    q.add_argument("--fast-steps", action="store_true",
+                   help="onnxruntime targets, plain decoding: one-token steps run attention's one-row kernels instead "
+                        "of computing what a verify block computes (SmolLM2 --compute int8: faster, most on long "
+                        "contexts; the same model up to rounding, so its tokens can part from a speculative run's at "
+                        "a near-tie). Not with --speculative (default: off, exact steps)")
     q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup", "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
                         "head on the target's own hidden state, --draft-head)")

@@ -112,6 +112,10 @@ class LanguageModel:
         detok = Detokenizer(self.decode if self.tokenizer is not None else None, ids).push
         if speculative is None or speculative.method == "none":
             return plain(self.backend, ids, options, stats, detok)
+        if not getattr(self.backend, "exact_steps", True):
+            raise ValueError(f"--speculative {speculative.method} needs a target whose steps compute what its verify "
+                             "blocks compute (exact steps, the default); this one runs one-row steps (--fast-steps, "
+                             "exact_steps=False), which are for plain decoding")
         return self._speculative(speculative, ids, options, stats, detok)
 
     def _token_ids(self, prompt) -> list[int]:
@@ -153,16 +157,16 @@ class LanguageModel:
 
             graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=not forks)
             self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(spec.draft_device),),
-                                                   threads=spec.draft_threads, min_rows=1, source_file=self.path)
+                                                   threads=spec.draft_threads, source_file=self.path, exact_steps=False)
         if key not in self._drafts:
             folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
             if not (folder / "manifest.json").is_file():
                 raise FileNotFoundError(f"no draft bundle at {folder} (export one: heron lm export CHECKPOINT --out DIR)")
-            # nothing in the manifest is read before OnnxLM verifies it; min_rows=1: a draft's steps need not equal
-            # its blocks (the target verifies what it proposed, with the distributions it drew from), so an int8
-            # draft keeps the faster one-row kernel
+            # nothing in the manifest is read before OnnxLM verifies it; exact_steps=False: a draft's steps need not
+            # equal its blocks (the target verifies what it proposed, with the distributions it drew from), so a
+            # draft runs one-row calls, attention included (OnnxLM.exact_steps)
             draft = OnnxLM(folder, providers=(provider_name(spec.draft_device),), threads=spec.draft_threads,
-                           weights="auto", min_rows=1)
+                           weights="auto", exact_steps=False)
             draft_tok = draft.tokenizer() if draft.manifest.has("tokenizer.json") else None
             require_same_vocabulary(f"the draft ({folder})", vocabulary_record(draft.vocab_size, draft_tok),
                                     self._target_name, self.vocabulary)
@@ -241,7 +245,7 @@ TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.mode
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
             roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
-            engine: str = "auto", compute: str | None = None) -> LanguageModel:
+            engine: str = "auto", compute: str | None = None, exact_steps: bool = True) -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -262,6 +266,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     compute, so speculation returns plain decoding's tokens exactly: the fastest lossless path with method="head"),
     "fp32".
     An ONNX bundle keeps the compute it was exported with.
+    exact_steps: onnxruntime targets: one-token steps compute what verify blocks compute (True, the default;
+    speculative methods need it); False: one-row steps, faster plain decoding whose tokens can part from a
+    speculative run's at a near-tie (OnnxLM.exact_steps; generate() then refuses speculative methods).
     """
     import math
 
@@ -278,6 +285,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if compute is not None and compute not in COMPUTES:
         raise ValueError(f"compute must be one of {', '.join(COMPUTES)}, got {compute!r}")
+    if not isinstance(exact_steps, bool):
+        raise ValueError(f"exact_steps must be True or False, got {exact_steps!r}")
     if isinstance(path, str) and path in NAMED_LMS:
         path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
@@ -289,7 +298,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
                              "own 4-bit blocks (weights int4); compute='int8' runs them with int8 activations, "
                              "engine='torch' quantizes the dequantized model to int8 in memory")
-        return _load_gguf_onnx(folder, device, threads, compute or "int8x2")
+        return _load_gguf_onnx(folder, device, threads, compute or "int8x2", exact_steps)
     if compute is not None:
         raise ValueError(f"compute applies to a GGUF file or a named model run on the onnx engine; {folder} is not "
                          "(an ONNX bundle keeps the compute it was exported with: heron lm export ... --compute)")
@@ -299,8 +308,11 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
-        return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights),
-                           folder)
+        return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights,
+                                  exact_steps=exact_steps), folder)
+    if not exact_steps:
+        raise ValueError("exact_steps=False applies to onnxruntime targets (a GGUF file or named model on the onnx "
+                         "engine, or an ONNX bundle); a torch target's steps are what they are")
     if weights not in (None, *TORCH_WEIGHTS):
         raise ValueError(f"weights must be one of {', '.join(TORCH_WEIGHTS)} for a torch target, got {weights!r}")
     require_torch()
@@ -357,13 +369,13 @@ def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -
     return "onnx"
 
 
-def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str) -> LanguageModel:
+def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_steps: bool = True) -> LanguageModel:
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
     from heron.export.gguf_onnx import bundle_in_memory
 
     graph, manifest, tok = bundle_in_memory(path, compute=compute)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
-                                          source_file=path), path)
+                                          source_file=path, exact_steps=exact_steps), path)
 
 
 def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:

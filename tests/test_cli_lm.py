@@ -66,6 +66,9 @@ def test_generate_dial_k_roe_and_stream():
     (["lm", "generate", "x", "--speculative", "draft", "--kappa", "0"], "--kappa applies to --speculative mirror only"),
     (["lm", "generate", "x", "--gamma", "3"], "--gamma applies to a speculative method only"),
     (["lm", "generate", "x", "--roe-tau", "0.5"], "--roe-tau applies with --roe-samples > 1"),
+    (["lm", "generate", "x", "--fast-steps", "--speculative", "lookup"], "--fast-steps is for plain decoding"),
+    (["lm", "chat", "--prompt", "x", "--fast-steps", "--speculative", "head"], "--fast-steps is for plain decoding"),
+    (["lm", "generate", "x", "--fast-steps"], "exact_steps=False applies to onnxruntime targets"),
     (["lm", "bench", "--methods", "none", "lookup", "--kappa", "1"], "--kappa applies to method mirror only"),
 ])
 def test_bad_input_gets_a_clear_error(args, message):

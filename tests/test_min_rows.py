@@ -14,9 +14,10 @@ from conftest import write_tiny_llama  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 
 
-def _lm(path, compute, min_rows=None, pad_attention=True):
+def _bundle(path, compute, pad_attention=True):
+    """(graph bytes, manifest) of the tiny GGUF file, as heron.export.gguf_onnx.bundle_in_memory makes them."""
     from heron.export.gguf_onnx import attention_rows, build_graph
-    from heron.runtime.lm import OnnxLM, lm_manifest
+    from heron.runtime.lm import lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
     model, cfg, _, _ = build_graph(path, compute=compute, pad_attention=pad_attention)
@@ -25,7 +26,13 @@ def _lm(path, compute, min_rows=None, pad_attention=True):
         "model.int4.onnx", sha256_bytes(graph), len(graph))},
         source={"gguf": path.name, "gguf_sha256": sha256_path(path), "compute": compute,
                 "attention_rows": attention_rows(compute, pad_attention=pad_attention)})
-    return OnnxLM.from_memory(graph, manifest, min_rows=min_rows)
+    return graph, manifest
+
+
+def _lm(path, compute, min_rows=None, pad_attention=True, exact_steps=True):
+    from heron.runtime.lm import OnnxLM
+
+    return OnnxLM.from_memory(*_bundle(path, compute, pad_attention), min_rows=min_rows, exact_steps=exact_steps)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +215,76 @@ def test_windows_count_the_free_draft_token():
     seq = [1, 2, 3, 9, 8, 1, 2, 3]
     d = sp.LookupDrafter(64, cost=10.0, free=1)
     assert d.propose(seq, 5)[0] == [9]  # verification past the free token is priced out
+
+
+def _spare(lm):
+    """The first key buffer's position just past the cache (where a padded one-token call writes its copy row)."""
+    return lm._cache.arrays[0][0, :, lm.length].copy()
+
+
+@pytest.mark.parametrize("compute", ["int8", "int8x2"])
+def test_one_row_steps_on_request(gguf, compute):
+    """exact_steps=False (heron lm generate --fast-steps): a one-token call gives attention its own row only (the
+    graph's attention_rows input fed 1: no copy row is written past the cache, as the exact steps' is), min_rows 1,
+    the same model up to rounding; turned back on, steps compute what blocks compute bit for bit again."""
+    from heron.runtime.lm import ROWS_INPUT
+
+    exact = _lm(gguf, compute)
+    assert ROWS_INPUT in {i.name for i in exact.session.get_inputs()} and exact.exact_steps
+    exact.reset()
+    exact.forward(PROMPT, last=1)
+    exact.forward([NEXT[0]], last=1)
+    assert np.abs(_spare(exact)).max() > 0  # the padded row's key, one position past the call
+    ref, _ = _steps(exact, PROMPT, NEXT)
+
+    fast = _lm(gguf, compute, exact_steps=False)
+    assert not fast.exact_steps and fast.min_rows == 1 and fast.free_draft_tokens == 0
+    fast.reset()
+    fast.forward(PROMPT, last=1)
+    fast.forward([NEXT[0]], last=1)
+    assert not np.any(_spare(fast))  # one row: nothing written past the call (the fresh buffer's zeros)
+    steps, _ = _steps(fast, PROMPT, NEXT)
+    assert fast.length == len(PROMPT) + len(NEXT)
+    assert np.corrcoef(steps.ravel(), ref.ravel())[0, 1] > 0.99 and np.argmax(steps, -1).tolist() == \
+        np.argmax(ref, -1).tolist()
+    fast.exact_steps = True  # back to exact steps: the load check decides the rows, blocks equal steps again
+    assert fast.exact_steps and fast.min_rows == exact.min_rows
+    back, _ = _steps(fast, PROMPT, NEXT)
+    assert np.array_equal(back, ref)
+    assert np.array_equal(_blocks(fast, PROMPT, NEXT, 3)[0], ref)
+
+
+@pytest.mark.parametrize("bad", [0, 1, "no", None, 1.0])
+def test_exact_steps_refuses_non_booleans(gguf, bad):
+    with pytest.raises(ValueError, match="exact_steps must be True or False"):
+        _lm(gguf, "int8", exact_steps=bad)
+    lm = _lm(gguf, "int8")
+    with pytest.raises(ValueError, match="exact_steps must be True or False"):
+        lm.exact_steps = bad
+    assert lm.exact_steps
+
+
+def test_speculation_refuses_one_row_steps_and_drafts_use_them(gguf, monkeypatch):
+    """A target with one-row steps decodes plainly and refuses speculative methods (their tokens would not be plain
+    decoding's exactly); a GGUF target's own draft runs one-row steps (a draft's steps need not equal its blocks);
+    exact_steps=False is refused where it means nothing (a torch target)."""
+    import heron
+    from heron.lm import LanguageModel
+
+    opts = heron.GenerationOptions(max_new_tokens=8, stop_at_eot=False)
+    fast = LanguageModel(_lm(gguf, "int8", exact_steps=False), None, gguf)
+    assert len([t.id for t in fast.generate(PROMPT, opts)]) == 8
+    for method in ("lookup", "draft", "head", "mirror"):
+        with pytest.raises(ValueError, match="needs a target whose steps compute what its verify blocks compute"):
+            fast.generate(PROMPT, opts, heron.SpeculativeOptions(method=method))
+    exact = LanguageModel(_lm(gguf, "int8"), None, gguf)
+    # the target's own draft, built as from a real GGUF file (the tiny file has no tokenizer for bundle_in_memory)
+    monkeypatch.setattr("heron.export.gguf_onnx.bundle_in_memory",
+                        lambda path, compute, shared_cache: (*_bundle(gguf, compute), None))
+    assert exact.draft_backend(heron.SpeculativeOptions(method="draft")).exact_steps is False
+    want = [t.id for t in exact.generate(PROMPT, opts)]
+    assert [t.id for t in exact.generate(PROMPT, opts, heron.SpeculativeOptions(method="draft", gamma=3))] == want
+    with pytest.raises(ValueError, match="exact_steps=False applies to onnxruntime targets"):
+        heron.load_lm(gguf, engine="torch", exact_steps=False)
+    with pytest.raises(ValueError, match="exact_steps must be True or False"):
+        heron.load_lm(gguf, exact_steps="yes")
