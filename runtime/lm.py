@@ -199,6 +199,10 @@ class OnnxLM:
         if isinstance(rows, bool) or rows not in (1, 2):
             from heron.runtime.bundle import BundleError
             raise BundleError(f"{where}: source.attention_rows must be 1 or 2, got {rows!r}")
+        if self._has_rows and rows != 2:  # the exporter gives that input to the graphs that pad to two rows only
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: the graph takes {ROWS_INPUT} (it pads attention to two query rows), and "
+                              f"the manifest's source.attention_rows says {rows!r}")
         self.attention_rows = rows if self._shared else 1
         self._output_names = [o.name for o in session.get_outputs()]
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)

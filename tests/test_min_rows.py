@@ -142,6 +142,13 @@ def test_a_manifest_cannot_claim_padding_its_graph_lacks(gguf):
     for bad in (0, 3, True, "2", 1.5):
         with pytest.raises(BundleError, match="attention_rows must be 1 or 2"):
             load(bad)
+    # the other way round: a graph that pads (its attention_rows input) under a manifest that says it does not
+    padded = build_graph(gguf, compute="int8")[0].SerializeToString()
+    manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
+        "model.int4.onnx", sha256_bytes(padded), len(padded))},
+        source={"gguf": gguf.name, "gguf_sha256": sha256_path(gguf), "compute": "int8", "attention_rows": 1})
+    with pytest.raises(BundleError, match="the graph takes attention_rows .it pads attention to two query rows"):
+        OnnxLM.from_memory(padded, manifest)
 
 
 def test_fp32_uses_one_row(gguf):
