@@ -26,12 +26,16 @@ or a CPU where OnnxLM.one_row_exact fails) gets one more row, "plain, one-row ke
 faster one-row call, whose tokens may part from the padded path's at a near-tie (the speed-ups stay relative to the
 padded plain decoding that speculation reproduces); an int8 bundle that runs one row (its attention padded) gets
 "plain, scratch-token rows": the two-row steps every int8 graph took before session 27 (the speed-ups stay
-relative to its own one-row plain decoding).
+relative to its own one-row plain decoding). A bundle whose graph pads attention also gets "plain, fast steps": plain
+decoding with one-row attention (`heron lm generate --fast-steps`, OnnxLM.exact_steps False; its tokens may part from
+plain decoding's at a near-tie), and every method's decode speed-up over it as well (`decode_speedup_vs_fast`): what
+speculation gains over the fastest plain decoding of the same graph.
 `--prompt-set varied` times the 20 varied prompts of --lossless (64 new tokens each, summed per method) instead
 of the three prompts above. Those two sets decode a fixed number of words past the end of the answer (SmolLM2 then
 writes a new turn of its own), as issue 24's decode speed is measured; `--prompt-set chat` times what a user of
 `heron lm chat` receives: 8 chat questions, each answer up to its end-of-turn word (at most --new-tokens words),
-summed per method. `--methods plain "head+lookup adaptive g<=8"` times only the named methods.
+summed per method. `--methods plain "head+lookup adaptive g<=8"` times only the named methods (and "plain, fast
+steps", the second baseline, where the graph has it).
 """
 from __future__ import annotations
 
@@ -219,7 +223,8 @@ def main() -> int:
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
     if a.methods:
-        unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel", "plain, scratch-token rows"}
+        unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel", "plain, scratch-token rows",
+                                                                 "plain, fast steps"}
         if unknown:
             ap.error(f"--methods: unknown {sorted(unknown)}; these run here: {[m for m, _, _ in methods]}")
 
@@ -233,16 +238,17 @@ def main() -> int:
         return SpeculativeOptions(method="lookup", gamma=g, adaptive=adaptive)
 
     print(report["machine"])
-    one_row, two_rows = "plain, one-row kernel", "plain, scratch-token rows"
+    one_row, two_rows, fast = "plain, one-row kernel", "plain, scratch-token rows", "plain, fast steps"
     row_methods = {one_row: 1, two_rows: 2}
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
         own_rows = getattr(b, "min_rows", 1)
         other = one_row if own_rows > 1 else (two_rows if b.manifest.source.get("compute") == "int8" else None)
-        bundle_methods = methods[:1] + ([(other, None, False)] if other else []) + methods[1:]
+        fast_row = [(fast, None, False)] if getattr(b, "attention_rows", 1) > 1 else []  # graphs that pad attention
+        bundle_methods = methods[:1] + ([(other, None, False)] if other else []) + fast_row + methods[1:]
         if a.methods:
-            bundle_methods = bundle_methods[:1] + [x for x in bundle_methods[1:] if x[0] in a.methods]
+            bundle_methods = bundle_methods[:1] + [x for x in bundle_methods[1:] if x[0] in a.methods or x[0] == fast]
         if a.lossless:
             opts = GenerationOptions(max_new_tokens=64, stop_at_eot=False)
             same = {m: 0 for m, g, _ in methods if g}  # lookup, and the draft's windows with --draft
@@ -298,6 +304,8 @@ def main() -> int:
                         b.verify_cost = a.compare_cost
                     if m in row_methods:
                         b.min_rows = row_methods[m]
+                    if m == fast:
+                        b.exact_steps = False
                     t0 = time.perf_counter()
                     with pooled_rates(m == POOLED):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
@@ -311,6 +319,8 @@ def main() -> int:
                         b.verify_cost = None
                     if m in row_methods:
                         b.min_rows = own_rows
+                    if m == fast:
+                        b.exact_steps = True
                     ref = toks if ref is None else ref  # plain decoding runs first
                     agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
                     calls[m] = stats.tokens_per_target_call
@@ -324,17 +334,22 @@ def main() -> int:
                                                              zip(stats.position_hits, stats.position_tries) if t]}
             plain = statistics.median(times["plain"])
             plain_decode = statistics.median(decode["plain"])
+            fast_decode = statistics.median(decode[fast]) if fast in decode else None
             res = {m: {"tokens_per_s": round(len(ref) / statistics.median(v), 1),
                        "speedup": round(plain / statistics.median(v), 2),
                        # without the prompt's prefill (the same call in every method): from each prompt's first word
                        # to its last, as issue 24's decode tokens/s
                        "decode_tokens_per_s": round((len(ref) - len(texts)) / statistics.median(decode[m]), 1),
                        "decode_speedup": round(plain_decode / statistics.median(decode[m]), 2),
+                       **({"decode_speedup_vs_fast": round(fast_decode / statistics.median(decode[m]), 2)}
+                          if fast_decode else {}),
                        "tokens_per_target_call": round(calls[m], 2), "same_tokens_as_plain": agree[m], **detail[m]}
                    for m, v in times.items()}
             rows[name] = res
             print(f"  {name:9s} " + "  ".join(f"{m}: {r['tokens_per_s']} tok/s ({r['speedup']}x; decode "
-                                               f"{r['decode_tokens_per_s']} tok/s, {r['decode_speedup']}x; predicted "
+                                               f"{r['decode_tokens_per_s']} tok/s, {r['decode_speedup']}x"
+                                               + (f", {r['decode_speedup_vs_fast']}x fast steps" if
+                                                  "decode_speedup_vs_fast" in r else "") + "; predicted "
                                                f"{r['predicted_speedup']}x; {r['tokens_per_target_call']}/call, "
                                                f"window {r['mean_window']}, per position {r['per_position_acceptance']})"
                                                for m, r in res.items()))
