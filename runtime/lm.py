@@ -220,12 +220,17 @@ class OnnxLM:
         if min_rows is not None:
             self.min_rows = min_rows
         elif exact_steps and self.attention_rows > 1:  # one-row calls where exact on this CPU, else MIN_ROWS' padding
-            self._min_rows = self._exact_min_rows = 1 if self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
+            self._min_rows = self._exact_min_rows = self._exact_rows()
+
+    def _exact_rows(self) -> int:
+        """min_rows for exact steps: one row where this CPU's kernels then give steps the bits of blocks (the load
+        check, one_row_exact, on a graph that pads attention), else MIN_ROWS by the graph's compute."""
+        return 1 if self.attention_rows > 1 and self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
 
     def _feed_rows(self, rows: int) -> None:
-        """Feed ROWS_INPUT = rows on every call (graphs that have it)."""
-        if self._cache is not None:
-            self._cache.rows = np.array([rows], np.int64) if self._has_rows else None
+        """Feed ROWS_INPUT = rows from now on (graphs that have it)."""
+        if self._cache is not None and self._has_rows:
+            self._cache.set_rows(rows)
 
     @property
     def exact_steps(self) -> bool:
@@ -249,8 +254,7 @@ class OnnxLM:
             return
         self._feed_rows(self.attention_rows)
         if self._exact_min_rows is None:
-            self._exact_min_rows = (1 if self.attention_rows > 1 and self.one_row_exact()
-                                    else MIN_ROWS.get(self._compute, 1))
+            self._exact_min_rows = self._exact_rows()
         self._min_rows = self._exact_min_rows
 
     def one_row_exact(self) -> bool:
@@ -477,6 +481,12 @@ class _SharedCache:
         raw = getattr(self.binding, "_iobinding", None)
         self._outputs = raw.get_outputs if raw is not None and hasattr(raw, "get_outputs") else self.binding.get_outputs
 
+    def set_rows(self, rows: int) -> None:
+        """ROWS_INPUT's value, bound once (now, and again whenever reserve rebinds), not on every call."""
+        self.rows = np.array([rows], np.int64)
+        if self.capacity:
+            self.binding.bind_cpu_input(ROWS_INPUT, self.rows)
+
     def reserve(self, positions: int) -> None:
         if positions <= self.capacity:
             return
@@ -487,6 +497,8 @@ class _SharedCache:
         self.arrays, self.capacity = arrays, capacity
         b = self.binding
         b.clear_binding_inputs(), b.clear_binding_outputs()
+        if self.rows is not None:
+            b.bind_cpu_input(ROWS_INPUT, self.rows)
         b.bind_output("logits")  # first: read back, with the hidden state (and streams) where the graph has it
         if self.hidden:
             b.bind_output(HIDDEN_OUTPUT)
@@ -506,8 +518,6 @@ class _SharedCache:
         b.bind_cpu_input("tokens", ids)
         b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))
         b.bind_cpu_input(LAST_INPUT, np.array([n], np.int64))
-        if self.rows is not None:
-            b.bind_cpu_input(ROWS_INPUT, self.rows)
         b.bind_output("logits")  # unallocated each call: its shape follows n
         if self.hidden:
             b.bind_output(HIDDEN_OUTPUT)
