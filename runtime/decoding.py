@@ -70,6 +70,7 @@ DEFAULT_GAMMA = {"head": 8}
 # field's default is refused rather than silently ignored (a --draft-head without --speculative head, say)
 METHOD_OPTIONS = {"kappa": ("mirror",), "exit_layer": ("mirror",), "exit_head": ("mirror",), "mtp": ("mtp",),
                   "head": ("head",), "head_lookup": ("head",), "adaptive": ("lookup", "head"),
+                  "fixed_windows": ("mirror",),
                   "draft": ("draft", "mirror"), "draft_device": ("draft", "mirror"),
                   "draft_threads": ("draft", "mirror"), "draft_timeout_s": ("draft", "mirror")}
 
@@ -96,6 +97,10 @@ class SpeculativeOptions:
     head_lookup: bool = True        # head: prompt lookup's window first where the context repeats itself
     adaptive: bool = True           # lookup and head: cut each window to the length that pays for its verification
                                     # (best_window; up to gamma), or to none; False: always up to gamma tokens
+    fixed_windows: bool = False     # Mirror-SD: windows of gamma draft tokens, the next one built beside the target's
+                                    # verify; False (greedy, kappa 0): the draft keeps drafting while the target
+                                    # verifies and each window is what it has drafted by then (_mirror_ahead; sampling
+                                    # and kappa >= 1 always run fixed windows)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -111,7 +116,7 @@ class SpeculativeOptions:
             raise ValueError(f"kappa must be an integer >= 0 (0: no early-exit candidates), got {self.kappa!r}")
         if not _is_int(self.exit_layer) or self.exit_layer < 1:
             raise ValueError(f"exit_layer must be an integer >= 1, got {self.exit_layer!r}")
-        for name in ("adaptive", "head_lookup"):
+        for name in ("adaptive", "head_lookup", "fixed_windows"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.draft_timeout_s, (int, float)) or not math.isfinite(self.draft_timeout_s) \
@@ -145,6 +150,7 @@ class DecodeStats:
     branch_hits: int = 0
     branch_misses: int = 0
     branches_built: int = 0
+    drafted_ahead: bool = False    # Mirror-SD ran windows as the draft wrote them (_mirror_ahead), not fixed ones
     fallback: str | None = None    # why decoding continued on the target alone
     token_times: list[float] = field(default_factory=list)   # wall time at which each token was emitted
     generated: int = 0
@@ -407,9 +413,11 @@ class _DraftRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOptions, stats, detok, method: str):
+def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOptions, stats, detok, method: str,
+           draft_ahead: int | None = None):
     """Common start of the draft-based methods: checks, RNGs (the draft samples from its own stream),
-    fresh caches, the sequence and its emitter, the draft runner."""
+    fresh caches (the draft's with room for draft_ahead tokens past the end, spec.gamma where None), the sequence
+    and its emitter, the draft runner."""
     check_prompt(prompt, target.max_len)
     if draft.vocab_size != target.vocab_size:
         raise ValueError(f"draft vocabulary ({draft.vocab_size}) differs from the target's ({target.vocab_size})")
@@ -417,7 +425,7 @@ def _start(target, draft, prompt, opts: GenerationOptions, spec: SpeculativeOpti
     rng = np.random.default_rng(opts.seed)
     draft_rng = DraftSeeds(opts.seed)
     fresh(target, len(prompt) + opts.max_new_tokens + spec.gamma)
-    fresh(draft, len(prompt) + opts.max_new_tokens + spec.gamma)
+    fresh(draft, len(prompt) + opts.max_new_tokens + (spec.gamma if draft_ahead is None else draft_ahead))
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
     return (stats, rng, draft_rng, CachedBackend(target), CachedBackend(draft), seq, em,
@@ -745,6 +753,143 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         out[(depth, root)] = _Branch(depth, root, toks, np.stack(qs), draft.snapshot(), ids)
 
 
+# Mirror-SD with kappa 0 at temperature 0, windows as the draft makes them (PEARL's drafting beside verification, arXiv
+# 2408.11850, in Mirror-SD's setting): the draft writes its greedy continuation of the sequence on its own thread without
+# pausing, while the target verifies what it had written before. A window the target accepts whole, whose next word is the
+# draft's own next word, leaves that continuation valid: the next window is what the draft wrote meanwhile (up to
+# gamma), no wait. A rejected word ends it: the draft restarts from the correction and the target waits only for the
+# first AHEAD_LEAST-th of a window. With fixed windows a round whose prepared branch is not reused waits for gamma draft
+# steps, and a round never verifies more than the branch built beside the last one. SmolLM2 chat questions on Z
+# (2 cores, fp32 torch target, its int8 graph as draft; throw-away timings of windows 12 / 16): the target's first wait
+# a quarter of gamma drafted the most tokens per second (a twelfth or a half: 1-14% fewer), the draft running up to two
+# windows ahead (one: 17% fewer, the next window cut short while the current one is verified).
+AHEAD_LEAST = 4   # after a miss the target waits for ceil(gamma / AHEAD_LEAST) draft words (at least one)
+AHEAD_SPAN = 2    # the draft runs at most AHEAD_SPAN * gamma + 1 words past the verified sequence
+
+
+class _Ahead:
+    """The draft's greedy continuation of the sequence, written on the runner's thread without pause: tokens[i]
+    continues seq[:start] + tokens[:i]; tokens[:base] have been verified into the sequence. It pauses `span` tokens
+    past base, or when the draft's cache would pass `cap` positions, until the target moves base on (advance)."""
+
+    def __init__(self, runner: _DraftRunner, dc: CachedBackend, seq: list[int], span: int, cap: int,
+                 stats: DecodeStats):
+        self.cond = threading.Condition()
+        self.tokens: list[int] = []
+        self.start, self.base, self.span, self.cap = len(seq), 0, span, cap
+        self.cancel = threading.Event()
+        self.fut = runner.submit(self._run, dc, list(seq), stats)
+
+    def _full(self) -> bool:
+        return len(self.tokens) - self.base >= self.span or self.start + len(self.tokens) >= self.cap
+
+    def _run(self, dc: CachedBackend, seq: list[int], stats: DecodeStats) -> None:
+        feed = dc.sync(seq, len(seq))  # the draft's cache: trimmed to what it shares with the sequence
+        while True:
+            with self.cond:
+                while self._full() and not self.cancel.is_set():
+                    self.cond.wait()
+                if self.cancel.is_set():
+                    return
+            tok = int(np.argmax(dc.forward(feed, last=1)[-1]))
+            with self.cond:
+                self.tokens.append(tok)
+                self.cond.notify_all()
+            stats.draft_calls += 1
+            feed = [tok]
+
+    def wait(self, n: int, timeout_s: float) -> int:
+        """Blocks until n tokens past base are written, no more can come (the cap; the draft failed) or timeout_s
+        passed; -> the tokens past base."""
+        deadline = time.perf_counter() + timeout_s
+        with self.cond:
+            while len(self.tokens) - self.base < n and not self._full() and not self.fut.done():
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return len(self.tokens) - self.base
+
+    def advance(self, n: int) -> None:
+        with self.cond:
+            self.base += n
+            self.cond.notify_all()
+
+    def stop(self, runner: _DraftRunner) -> None:
+        """Cancels and joins the draft's thread (within the runner's timeout): the draft's cache is the caller's again,
+        or runner.failed says why not."""
+        self.cancel.set()
+        with self.cond:
+            self.cond.notify_all()
+        runner.result(self.fut)
+
+
+def _mirror_ahead(target, draft, prompt: Sequence[int], opts: GenerationOptions, spec: SpeculativeOptions,
+                  stats: DecodeStats | None, detok: Callable | None) -> Iterator[Token]:
+    """Mirror-SD, kappa 0, greedy, with windows as the draft writes them (the block comment above AHEAD_LEAST)."""
+    gamma = spec.gamma
+    span = AHEAD_SPAN * gamma + 1
+    stats, rng, _, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "mirror",
+                                                    draft_ahead=span + 1)
+    stats.drafted_ahead = True
+    max_len = min(target.max_len, draft.max_len)
+    # the draft's cache never passes the room fresh() reserved (nor the context): a window and its next word always fit
+    cap = min(max_len, len(prompt) + opts.max_new_tokens + span + 1)
+    least = -(-gamma // AHEAD_LEAST)
+    ahead = None
+
+    def waited(n: int) -> int:
+        t1 = time.perf_counter()
+        have = ahead.wait(n, spec.draft_timeout_s)
+        stats.draft_time_s += time.perf_counter() - t1
+        return have
+    try:
+        while not em.done:
+            g = _room(seq, max_len, gamma)
+            if g == 0:
+                break
+            if ahead is None:
+                ahead = _Ahead(runner, dc, seq, span, cap, stats)
+            have = waited(min(g, least))
+            if have < min(g, least):  # the draft failed or stalled: the target goes on alone (a stalled call is
+                if ahead.fut.done():  # left behind, as _DraftRunner leaves it)
+                    runner.result(ahead.fut)
+                stats.fallback = runner.failed or f"draft stalled (no answer in {spec.draft_timeout_s:.1f} s)"
+                ahead.cancel.set()
+                ahead = None
+                break
+            k = min(have, g)
+            window = ahead.tokens[ahead.base:ahead.base + k]
+            feed = tc.sync(seq, len(seq)) + window
+            t0 = time.perf_counter()
+            logits = tc.forward(feed, last=k + 1)[-(k + 1):]
+            stats.target_time_s += time.perf_counter() - t0
+            stats.target_calls += 1
+            n_before = len(seq)
+            yield from _verify_round(tc, seq, window, None, opts, stats, rng, em, logits)
+            if em.done:
+                break
+            if stats.accepted[-1] == k and waited(k + 1) > k and ahead.tokens[ahead.base + k] == seq[n_before + k]:
+                ahead.advance(k + 1)  # the whole window and the draft's next word: its continuation goes on
+                stats.branch_hits += 1
+                continue
+            stats.branch_misses += 1
+            ahead.stop(runner)
+            ahead = None
+            if runner.failed:
+                stats.fallback = runner.failed
+                break
+        if ahead is not None:
+            ahead.stop(runner)
+            ahead = None
+        if not em.done:
+            yield from _plain_loop(tc, seq, opts, stats, rng, em)
+    finally:
+        if ahead is not None:  # the caller stopped early: the draft's thread ends before its cache is used again
+            ahead.stop(runner)
+        runner.close()
+
+
 def mirror_kappa(target, spec: SpeculativeOptions) -> int:
     """Mirror-SD's early-exit candidates per position: spec.kappa, or where it is None DEFAULT_KAPPA if the target
     has an exit head trained for spec.exit_layer (only such a head names the target's words well), else 0."""
@@ -770,6 +915,11 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     branch when the draft agrees with the target, and one that needs no early exit. kappa 0 builds only that
     one and runs the target as one forward (no exit head over the vocabulary, no prefix/suffix split), and since it
     builds one branch at a time its draft need only rewind (kappa >= 1 needs a draft whose states fork).
+
+    Greedy with kappa 0 (unless spec.fixed_windows) the draft never pauses between rounds: it keeps writing its
+    continuation while the target verifies, and each window is what it has written by then, up to gamma
+    (_mirror_ahead). Sampling keeps windows of gamma: their draws are keyed by where each window starts (DraftSeeds),
+    which timing-dependent windows would make irreproducible for a seed.
     """
     gamma, exit_layer = spec.gamma, spec.exit_layer
     n_layers = getattr(getattr(getattr(target, "model", None), "cfg", None), "n_layers", None)
@@ -783,6 +933,9 @@ def mirror(target, draft, prompt: Sequence[int], opts: GenerationOptions = Gener
     if kappa and not hasattr(target, "prefix"):
         raise ValueError(f"the Mirror-SD target needs an early-exit split (prefix/suffix) for kappa {kappa}; "
                          f"{target.name} has none (kappa 0 needs none)")
+    if not kappa and opts.temperature == 0 and not spec.fixed_windows:
+        yield from _mirror_ahead(target, draft, prompt, opts, spec, stats, detok)
+        return
     stats, rng, draft_rng, tc, dc, seq, em, runner = _start(target, draft, prompt, opts, spec, stats, detok, "mirror")
     alpha = 0.5  # running estimate of the per-token acceptance, to rank branches
     window = qs = None

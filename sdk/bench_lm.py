@@ -32,6 +32,7 @@ from heron.runtime.metrics import machine
 
 
 PROMPT_SETS = ("held-out", "chat")
+MIRROR_WINDOWS = ("ahead", "fixed")  # BenchOptions.mirror_windows
 # --prompt-set chat: what a chat user asks (code, explanations, advice, writing), none of them in a draft head's
 # training prompts or in another benchmark's set
 CHAT_QUESTIONS = (
@@ -72,6 +73,8 @@ class BenchOptions:
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
     compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
     engine: str = "auto"           # GGUF files and named models: load_lm's engine (torch: the fp32 target Mirror-SD needs)
+    mirror_windows: tuple[str, ...] = ("ahead",)  # Mirror-SD rows: ahead (greedy, kappa 0: windows as the draft
+    # writes them beside the target's verify, SpeculativeOptions.fixed_windows False) and / or fixed (windows of gamma)
     prompt_set: str = "held-out"   # held-out: the first prompt_tokens tokens of held-out standard-library docs, continued
     # as plain text; chat: CHAT_QUESTIONS in the model's chat template, answered to the end of the turn (or new_tokens)
 
@@ -81,6 +84,10 @@ class BenchOptions:
         if self.prompt_set == "chat" and not 1 <= self.prompts <= len(CHAT_QUESTIONS):
             raise ValueError(f"the chat prompt set has {len(CHAT_QUESTIONS)} questions; --prompts {self.prompts} asks "
                              "for more")
+        if not self.mirror_windows or len(set(self.mirror_windows)) != len(self.mirror_windows) or \
+                not set(self.mirror_windows) <= set(MIRROR_WINDOWS):
+            raise ValueError(f"mirror_windows must be distinct values among {', '.join(MIRROR_WINDOWS)}, got "
+                             f"{list(self.mirror_windows)}")
         unknown = [m for m in self.methods if m not in sp.METHODS]
         if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
             raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
@@ -92,6 +99,10 @@ class BenchOptions:
             if isinstance(self.gamma, tuple) and not {"draft", "mirror"} & set(self.methods):
                 raise ValueError(f"several gamma values run draft and mirror at each; the methods are "
                                  f"{', '.join(self.methods)} (give one gamma)")
+
+    def variants(self, method: str) -> list[tuple[int | None, str | None]]:
+        """(window, Mirror-SD's windows or None) of every row `method` runs."""
+        return [(g, w) for g in self.windows(method) for w in (self.mirror_windows if method == "mirror" else (None,))]
 
     def windows(self, method: str) -> tuple[int | None, ...]:
         """The windows `method` runs at: every one of several gammas for draft SD and Mirror-SD, else the one gamma
@@ -266,6 +277,9 @@ def run_method(lm: LanguageModel, spec, prompts, opts: sp.GenerationOptions, met
         hits_b = sum(s.branch_hits for s in stats_all)
         miss_b = sum(s.branch_misses for s in stats_all)
         row["branch_reuse_rate"] = hits_b / max(1, hits_b + miss_b)
+        # what ran (sampling and kappa >= 1 run fixed windows whatever was asked); ahead: the windows' mean length
+        row["windows"] = "ahead" if all(s.drafted_ahead for s in stats_all) else "fixed"
+        row["mean_window"] = float(np.mean([w for s in stats_all for w in s.windows] or [0]))
     fb = [s.fallback for s in stats_all if s.fallback]
     if fb:
         row["fallbacks"] = fb
@@ -290,6 +304,52 @@ def predicted_overlapped(alpha: float, gamma: int, costs: dict, beside: dict, re
     g = gamma
     round_s = max(beside["verify_s"], (g + 1) * beside["draft_step_s"]) + (1 - reuse) * g * costs["draft_step_s"]
     return expected_tokens(alpha, g) * costs["target_step_s"] / round_s
+
+
+def predicted_ahead(alpha: float, gamma: int, costs: dict, beside: dict, rounds: int = 4000) -> float:
+    """Mirror-SD's speed-up over plain decoding at the whole budget with windows as the draft writes them
+    (heron.runtime.decoding._mirror_ahead), simulated over `rounds` rounds (seeded: the same figure every time): each
+    draft word accepted with probability alpha, the draft writing a word every beside["draft_step_s"] up to
+    AHEAD_SPAN * gamma + 1 words past the verified sequence, a verify of k words lasting beside["target_step_s"] *
+    (1 + (beta - 1) k / gamma) (from one step to the timed verify of gamma + 1 tokens), the target waiting for
+    ceil(gamma / AHEAD_LEAST) words before each verify, a round that accepts k words reusing the draft's continuation
+    when its next word holds too (alpha again), a miss restarting the draft half a draft step later (the join)."""
+    rng = np.random.default_rng(0)
+    d, step, beta = beside["draft_step_s"], beside["target_step_s"], beside["beta"]
+    least, span = -(-gamma // sp.AHEAD_LEAST), sp.AHEAD_SPAN * gamma + 1
+    t, tokens, base, written, next_at = 0.0, 0, 0, 0, d  # next_at: when the next word is written (None: paused)
+
+    def draft_until(when: float) -> None:
+        nonlocal written, next_at
+        while next_at is not None and next_at <= when:
+            written += 1
+            next_at = next_at + d if written - base < span else None
+
+    def wait_for(n: int) -> float:  # the time at which n words past base are written
+        draft_until(t)
+        return t if written - base >= n else next_at + (n - (written - base) - 1) * d
+    for _ in range(rounds):
+        t = wait_for(least)
+        draft_until(t)
+        k = min(written - base, gamma)
+        t += step * (1 + (beta - 1) * k / gamma)
+        draft_until(t)
+        n = 0
+        while n < k and rng.random() < alpha:
+            n += 1
+        if n == k:
+            t = max(t, wait_for(k + 1))
+            draft_until(t)
+            if rng.random() < alpha:  # the target's next word is the draft's: its continuation goes on
+                tokens += k + 1
+                base += k + 1
+                if next_at is None and written - base < span:
+                    next_at = t + d
+                continue
+        tokens += n + 1
+        t += d / 2
+        base, written, next_at = 0, 0, t + d
+    return tokens / t * costs["target_step_s"]
 
 
 def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
@@ -332,20 +392,23 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     for model in (lm, split) if split is not None else (lm,):
         for _ in model.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of timings
             pass
+        if {"draft", "mirror"} & set(o.methods):  # the draft too (a GGUF target's is built in memory: seconds)
+            model.draft_backend(sp.SpeculativeOptions(draft=draft))
     ref = None
     methods = ("none",) + tuple(m for m in o.methods if m != "none")
-    variants = [(m, g) for m in methods for g in o.windows(m)]
-    several = len(variants) > len(methods)
+    variants = [(m, g, w) for m in methods for g, w in o.variants(m)]
+    several = len({(m, g) for m, g, _ in variants}) > len(methods)
 
-    def label(method, g):
-        return f"{method} g={g}" if several and method in ("draft", "mirror") else method
+    def label(method, g, w):
+        return (f"{method} g={g}" if several and method in ("draft", "mirror") else method) + \
+            (f" {w}" if w and len(o.mirror_windows) > 1 else "")
     runs: dict[tuple, list[dict]] = {v: [] for v in variants}
     for rep in range(o.repeats):  # interleaved, so that a slow spell of the machine hits every method alike
-        for method, g in variants:
+        for method, g, w in variants:
             threads = method_threads(method, o.threads)
             torch.set_num_threads(threads)
             spec = None if method == "none" else sp.SpeculativeOptions(method=method, gamma=g, **sp.method_options(
-                method, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp))
+                method, kappa=o.kappa, exit_layer=o.exit_layer, draft=draft, mtp=mtp, fixed_windows=w == "fixed"))
             row, outs = run_method(split if threads < o.threads and split is not None else lm, spec, prompts, opts,
                                    method)
             row["target_threads"], row["draft_threads"] = threads, (1 if method in ("draft", "mirror") else 0)
@@ -354,9 +417,9 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
                 ref = outs
             row["lossless"] = outs == ref
             if not row["lossless"]:
-                raise RuntimeError(f"{label(method, g)}: output differs from plain decoding (lossless check failed)")
-            runs[(method, g)].append(row)
-            log(f"{label(method, g)} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
+                raise RuntimeError(f"{label(method, g, w)}: output differs from plain decoding (lossless check failed)")
+            runs[(method, g, w)].append(row)
+            log(f"{label(method, g, w)} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
     for v in variants:
         speeds = [r["tokens_per_s"] for r in runs[v]]
         row = runs[v][int(np.argsort(speeds)[len(speeds) // 2])]  # the median run's own statistics
@@ -391,6 +454,9 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
             r["E"] = expected_tokens(r["alpha"], r["gamma"])
             if r["method"] == "draft":
                 r["predicted_speedup"] = predicted_serial(r["alpha"], r["gamma"], alone)
+            elif r["windows"] == "ahead":
+                r["predicted_speedup"] = predicted_ahead(r["alpha"], r["gamma"], alone,
+                                                         costs_at(method_threads("mirror", o.threads), r["gamma"]))
             else:  # Mirror-SD with the reuse it measured, and its ceiling: every prepared branch reused
                 near = costs_at(method_threads("mirror", o.threads), r["gamma"])
                 r["predicted_speedup"] = predicted_overlapped(r["alpha"], r["gamma"], alone, near,
@@ -401,7 +467,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
 
 
 def markdown(report: dict) -> str:
-    cols = ["method", "gamma", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min",
+    cols = ["method", "gamma", "windows", "mean_window", "target_threads", "draft_threads", "tokens_per_s", "tokens_per_s_min",
             "tokens_per_s_max", "speedup_vs_plain", "speedup_vs_draft_sd",
             "predicted_speedup", "predicted_all_reused", "accepted_per_round", "tokens_per_target_forward", "alpha",
             "per_position_acceptance", "branch_reuse_rate", "p50_token_ms", "p95_token_ms", "lossless"]

@@ -69,7 +69,7 @@ SPECULATIVE = ("draft", "mtp", "mirror", "lookup", "head")
 # and the methods that read it: heron.runtime.decoding.METHOD_OPTIONS), or None: every speculative method reads it
 METHOD_FLAGS = {"--gamma": None, "--show-drafts": None, "--draft-head": "head", "--draft": "draft",
                 "--draft-device": "draft_device", "--exit-head": "exit_head", "--kappa": "kappa",
-                "--exit-layer": "exit_layer", "--mtp": "mtp"}
+                "--exit-layer": "exit_layer", "--mtp": "mtp", "--fixed-windows": "fixed_windows"}
 
 
 def check_flags(args, chosen: tuple[str, ...] | None = None) -> None:
@@ -104,7 +104,8 @@ def _load(args):
     if args.speculative != "none":
         spec = heron.SpeculativeOptions(method=args.speculative, gamma=args.gamma, kappa=args.kappa,
                                         exit_layer=args.exit_layer, draft=args.draft, draft_device=args.draft_device,
-                                        mtp=args.mtp, exit_head=args.exit_head, head=args.draft_head)
+                                        mtp=args.mtp, exit_head=args.exit_head, head=args.draft_head,
+                                        fixed_windows=args.fixed_windows)
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                    seed=args.seed)
     engine = args.engine
@@ -333,6 +334,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
                         "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: the target's early-exit layer")
+    q.add_argument("--fixed-windows", action="store_true",
+                   help="Mirror-SD: windows of --gamma draft tokens, the next one built beside the target's verify "
+                        "(default: at temperature 0 with --kappa 0 the draft keeps writing while the target verifies "
+                        "and each window is what it has written by then, at most --gamma; sampling and --kappa >= 1 "
+                        "always run fixed windows)")
     q.add_argument("--mtp", default=None, help="MTP adapter folder (default: the shipped one)")
     q.add_argument("--show-drafts", nargs="?", const="auto", default=None, choices=["auto", "always"],
                    help="colour the tokens that came from accepted drafts (auto: on a terminal; always: also when "
@@ -558,6 +564,10 @@ def add_lm_bench(sub, formatter) -> None:
                    help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
                         "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
     q.add_argument("--exit-layer", type=int, default=2, help="Mirror-SD: early-exit layer")
+    q.add_argument("--mirror-windows", nargs="+", default=["ahead"], choices=["ahead", "fixed"],
+                   help="Mirror-SD rows: ahead (kappa 0: windows as the draft writes them beside the target's verify, "
+                        "heron lm generate's default), fixed (windows of --gamma, --fixed-windows), or both, a row "
+                        "each (default: ahead)")
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
@@ -584,7 +594,8 @@ def add_lm_bench(sub, formatter) -> None:
 
 # heron lm bench's method options: --peers measures other things and refuses them (flags it would silently ignore)
 PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--prompt-set", "--new-tokens",
-                "--gamma", "--kappa", "--exit-layer", "--target-device", "--compute", "--engine", "--json")
+                "--gamma", "--kappa", "--exit-layer", "--mirror-windows", "--target-device", "--compute", "--engine",
+                "--json")
 
 
 def _bench_peers(args) -> int:
@@ -627,7 +638,8 @@ def _bench(args) -> int:
                            gamma=tuple(args.gamma) if args.gamma else None, kappa=args.kappa,
                            exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
-                           engine=args.engine, prompt_set=args.prompt_set)
+                           engine=args.engine, prompt_set=args.prompt_set,
+                           mirror_windows=tuple(args.mirror_windows))
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

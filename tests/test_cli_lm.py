@@ -64,6 +64,8 @@ def test_generate_dial_k_roe_and_stream():
     # a flag that the chosen method would ignore is refused, not dropped
     (["lm", "generate", "x", "--draft-head", "/tmp"], "--draft-head applies to --speculative head only"),
     (["lm", "generate", "x", "--speculative", "draft", "--kappa", "0"], "--kappa applies to --speculative mirror only"),
+    (["lm", "generate", "x", "--speculative", "lookup", "--fixed-windows"],
+     "--fixed-windows applies to --speculative mirror only"),
     (["lm", "generate", "x", "--gamma", "3"], "--gamma applies to a speculative method only"),
     (["lm", "generate", "x", "--roe-tau", "0.5"], "--roe-tau applies with --roe-samples > 1"),
     (["lm", "generate", "x", "--fast-steps", "--speculative", "lookup"], "--fast-steps is for plain decoding"),
@@ -140,27 +142,50 @@ def test_bench_gives_serial_draft_sd_the_whole_budget_and_mirror_one_thread_less
     assert [method_threads(m, 2) for m in ("none", "draft", "lookup", "head", "mtp", "mirror")] == [2, 2, 2, 2, 2, 1]
     assert method_threads("mirror", 1) == 1
     o = BenchOptions(prompts=1, new_tokens=8, repeats=1, threads=2, methods=("none", "draft", "mirror", "lookup"),
-                     gamma=(2, 3), decode_preset="tiny")
+                     gamma=(2, 3), decode_preset="tiny", kappa=0, mirror_windows=("ahead", "fixed"))
     log = []
     report = run(None, o, log=log.append)
-    got = [(r["method"], r["gamma"], r["target_threads"], r["draft_threads"]) for r in report["rows"]]
-    assert got == [("none", None, 2, 0), ("draft", 2, 2, 1), ("draft", 3, 2, 1), ("mirror", 2, 1, 1),
-                   ("mirror", 3, 1, 1), ("lookup", 4, 2, 0)]
-    assert any(line.startswith("mirror g=3 (run 1 of 1)") for line in log)
+    got = [(r["method"], r["gamma"], r.get("windows"), r["target_threads"], r["draft_threads"]) for r in report["rows"]]
+    assert got == [("none", None, None, 2, 0), ("draft", 2, None, 2, 1), ("draft", 3, None, 2, 1),
+                   ("mirror", 2, "ahead", 1, 1), ("mirror", 2, "fixed", 1, 1), ("mirror", 3, "ahead", 1, 1),
+                   ("mirror", 3, "fixed", 1, 1), ("lookup", 4, None, 2, 0)]
+    assert any(line.startswith("mirror g=3 fixed (run 1 of 1)") for line in log)
     drafts = [r["speedup_vs_draft_sd"] for r in report["rows"] if r["method"] == "draft"]
     assert max(drafts) == 1.0 and min(drafts) <= 1.0
     assert (report["costs"]["threads"], report["costs_beside"]["threads"], report["costs"]["gamma"]) == (2, 1, 2)
     assert (report["costs"]["beside"], report["costs_beside"]["beside"]) == (False, True)
     mirrors = [r for r in report["rows"] if r["method"] == "mirror"]
-    assert all(0 < r["predicted_speedup"] <= r["predicted_all_reused"] for r in mirrors)
+    assert all(0 < r["predicted_speedup"] <= r["predicted_all_reused"] for r in mirrors if r["windows"] == "fixed")
+    assert all(r["predicted_speedup"] > 0 and "predicted_all_reused" not in r and 1 <= r["mean_window"] <= r["gamma"]
+               for r in mirrors if r["windows"] == "ahead")
     table = markdown(report)
     assert "target on 2 thread(s): beta (verify 3 tokens" in table and "target on 1 thread(s) beside the draft: beta" \
         in table
     with pytest.raises(ValueError, match=r"gamma must be distinct integers >= 1, got \[3, 3\]"):
         BenchOptions(gamma=(3, 3))
+    with pytest.raises(ValueError, match=r"mirror_windows must be distinct values among ahead, fixed, got \['wide'\]"):
+        BenchOptions(mirror_windows=("wide",))
     with pytest.raises(ValueError, match="several gamma values run draft and mirror at each; the methods are none, "
                                          "lookup"):
         BenchOptions(gamma=(2, 3), methods=("none", "lookup"))
+
+
+def test_bench_prediction_of_windows_drafted_ahead():
+    """Mirror-SD with windows as the draft writes them, simulated: a draft that is always right and far faster than the
+    target fills every window (gamma words, gamma + 1 tokens per verify of gamma + 1); one that is never right yields
+    one token per round: its wait for ceil(gamma / 4) words, their verify and the restart's half draft step; a faster
+    draft never predicts less; the same figure every time (seeded)."""
+    from heron.bench_lm import predicted_ahead
+
+    alone = {"target_step_s": 0.040}
+    beside = {"target_step_s": 0.050, "beta": 1.5, "draft_step_s": 1e-6}
+    assert predicted_ahead(1.0, 8, alone, beside) == pytest.approx(9 / (0.050 * 1.5) * 0.040, rel=1e-3)
+    slow = dict(beside, draft_step_s=0.005)
+    never = 1 / (2 * 0.005 + 0.050 * (1 + 0.5 * 2 / 8) + 0.0025) * 0.040
+    assert predicted_ahead(0.0, 8, alone, slow) == pytest.approx(never, rel=1e-6)
+    speeds = [predicted_ahead(0.95, 12, alone, dict(beside, draft_step_s=d)) for d in (0.012, 0.006, 0.003)]
+    assert speeds == sorted(speeds) and speeds[0] < speeds[-1]
+    assert predicted_ahead(0.95, 12, alone, slow) == predicted_ahead(0.95, 12, alone, slow)
 
 
 def test_bench_predictions_price_mirror_rounds_by_the_slower_side_and_its_missed_branches():

@@ -381,17 +381,21 @@ class _SlowTarget:
         return self.b.forward(tokens, last=last)
 
 
-def _mirror_reuse(torch_target, make_target, draft, prompts, max_new_tokens: int) -> tuple[int, int]:
+def _mirror_reuse(torch_target, make_target, draft, prompts, max_new_tokens: int, fixed_windows: bool = True,
+                  windows: list | None = None) -> tuple[int, int]:
     """Mirror-SD with kappa 0 on each prompt (a fresh target from make_target), its tokens asserted to be plain
-    decoding's: -> (branches reused, rounds that built their next window again)."""
+    decoding's: -> (branches reused, rounds that built their next window again); `windows` collects the windows."""
     opts = sp.GenerationOptions(max_new_tokens=max_new_tokens)
     hits = misses = 0
     for prompt in prompts:
         ref = [t.id for t in sp.plain(TorchLM(torch_target), prompt, opts)]
         st = sp.DecodeStats()
-        got = [t.id for t in sp.mirror(make_target(), draft, prompt, opts, Spec("mirror", gamma=4, kappa=0), stats=st)]
+        spec = Spec("mirror", gamma=4, kappa=0, fixed_windows=fixed_windows)
+        got = [t.id for t in sp.mirror(make_target(), draft, prompt, opts, spec, stats=st)]
         assert got == ref
         hits, misses = hits + st.branch_hits, misses + st.branch_misses
+        if windows is not None:
+            windows += st.windows
     return hits, misses
 
 
@@ -412,6 +416,48 @@ def test_mirror_builds_the_drafts_own_continuation_beside_the_target(pair, tmp_p
         [t.id for t in sp.plain(TorchLM(target), PROMPTS[1], opts)]
     with pytest.raises(ValueError, match="kappa must be an integer >= 0"):
         Spec("mirror", kappa=-1)
+
+
+def test_mirror_windows_are_what_the_draft_wrote_while_the_target_verified(pair, tmp_path):
+    """Greedy with kappa 0 the draft never pauses: it keeps writing its continuation while the target verifies, and
+    each window is what it has written by then (at least a quarter of gamma, at most gamma). A draft much faster than
+    the target's verify: full windows, nearly always reused. A draft slower than it: the target does not wait for a
+    whole window, so windows shorter than gamma are verified. fixed_windows: every window is gamma. Lossless."""
+    target = pair[0]
+    same = OnnxLM(write_bundle(target, tmp_path / "same"))
+    fast_draft = []
+    hits, misses = _mirror_reuse(target, lambda: _SlowTarget(OnnxLM(tmp_path / "same"), 0.05), same, PROMPTS[:3], 30,
+                                 fixed_windows=False, windows=fast_draft)
+    assert hits > 3 * misses, (hits, misses)
+    assert fast_draft.count(4) > 0.6 * len(fast_draft), fast_draft
+    slow_draft = []
+    _mirror_reuse(target, lambda: OnnxLM(tmp_path / "same"), _Slow(same, 0.01), PROMPTS[:3], 30, fixed_windows=False,
+                  windows=slow_draft)
+    assert min(slow_draft) >= 1 and any(w < 4 for w in slow_draft), slow_draft  # ceil(4 / AHEAD_LEAST) = 1
+    fixed = []
+    _mirror_reuse(target, lambda: OnnxLM(tmp_path / "same"), _Slow(same, 0.01), PROMPTS[:3], 30, windows=fixed)
+    assert set(fixed) == {4}, fixed
+    with pytest.raises(ValueError, match="fixed_windows must be True or False"):
+        Spec("mirror", fixed_windows="yes")
+    with pytest.raises(ValueError, match="fixed_windows applies to method 'mirror' only"):
+        Spec("draft", fixed_windows=True)
+
+
+def test_mirror_stopped_early_ends_the_drafts_thread_before_its_cache_is_used_again(pair, tmp_path):
+    """A caller that stops reading (a chat UI's stop button) closes the generator while the draft is writing ahead:
+    the draft's thread ends before the next generation resets and uses the same draft, which then decodes exactly."""
+    target = pair[0]
+    same = OnnxLM(write_bundle(target, tmp_path / "same"))
+    opts = sp.GenerationOptions(max_new_tokens=30)
+    T = _SlowTarget(OnnxLM(tmp_path / "same"), 0.02)
+    gen = sp.mirror(T, same, PROMPTS[2], opts, Spec("mirror", gamma=4))
+    first = [next(gen).id for _ in range(5)]
+    gen.close()
+    ref = [t.id for t in sp.plain(TorchLM(target), PROMPTS[2], opts)]
+    assert first == ref[:5]
+    for prompt in PROMPTS[3:6]:
+        want = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
+        assert [t.id for t in sp.mirror(T, same, prompt, opts, Spec("mirror", gamma=4))] == want
 
 
 def test_mirror_finishes_the_own_continuation_when_the_whole_window_was_accepted(pair, tmp_path):
