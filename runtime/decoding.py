@@ -759,10 +759,11 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
 # draft's own next word, leaves that continuation valid: the next window is what the draft wrote meanwhile (up to
 # gamma), no wait. A rejected word ends it: the draft restarts from the correction and the target waits only for the
 # first AHEAD_LEAST-th of a window. With fixed windows a round whose prepared branch is not reused waits for gamma draft
-# steps, and a round never verifies more than the branch built beside the last one. SmolLM2 chat questions on Z
-# (2 cores, fp32 torch target, its int8 graph as draft; throw-away timings of windows 12 / 16): the target's first wait
-# a quarter of gamma drafted the most tokens per second (a twelfth or a half: 1-14% fewer), the draft running up to two
-# windows ahead (one: 17% fewer, the next window cut short while the current one is verified).
+# steps, and a round never verifies more than the branch built beside the last one. The two constants: SmolLM2's chat
+# questions on Z (2 cores, the fp32 torch target, its int8 graph as the draft), timed in a throw-away script at windows
+# 12 and 16 (no figure claimed, BENCHMARKS.md "Mirror-SD with windows as the draft writes them"): a first wait of a
+# twelfth or a half of gamma decoded no faster than a quarter, and a draft at most one window ahead slower (the next
+# window is cut short while the current one is verified).
 AHEAD_LEAST = 4   # after a miss the target waits for ceil(gamma / AHEAD_LEAST) draft words (at least one)
 AHEAD_SPAN = 2    # the draft runs at most AHEAD_SPAN * gamma + 1 words past the verified sequence
 
