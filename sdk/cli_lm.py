@@ -329,7 +329,7 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="Mirror-SD: folder with a trained exit_head.safetensors (default: the model's own, if any)")
     q.add_argument("--gamma", type=int, default=None,
                    help="draft tokens per round (lookup, head: at most; each window is cut to the length that pays; "
-                        "default 8 for head, whose prompt-lookup windows copy long runs, 4 otherwise)")
+                        "default 8 for head, whose prompt-lookup windows copy long runs, 12 for mirror, 4 otherwise)")
     q.add_argument("--kappa", type=int, default=None,
                    help="Mirror-SD: early-exit candidates per position (0: none, the draft builds only its own "
                         "continuation; default: 2 with an exit head trained for --exit-layer, else 0)")
@@ -557,7 +557,8 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--threads", type=int, default=None,
                    help="total CPU thread budget of every method (default 2; --peers: 1 and 2 unless given)")
     q.add_argument("--gamma", type=int, nargs="+", default=None,
-                   help="draft tokens per round (default: each method's own, 8 for head, 4 otherwise); several: "
+                   help="draft tokens per round (default: each method's own, 8 for head, 12 for mirror, 4 otherwise); "
+                        "several: "
                         "draft and mirror run at each (other methods at their own), each compared with the fastest "
                         "draft row")
     q.add_argument("--kappa", type=int, default=None,

@@ -316,13 +316,14 @@ def test_mirror_with_kappa_0_drafts_with_in_place_states(tmp_path):
     opts = sp.GenerationOptions(max_new_tokens=20, stop_at_eot=False)
     ref = [t.id for t in sp.plain(target, [3, 1, 4, 1, 5], opts)]
     st = sp.DecodeStats()
-    fixed = sp.SpeculativeOptions("mirror", kappa=0, fixed_windows=True)
+    fixed = sp.SpeculativeOptions("mirror", gamma=4, kappa=0, fixed_windows=True)
     got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, fixed, st)]
     # every round's next window is the branch built beside the target, but the last (it ends the generation)
     assert got == ref and max(st.accepted) == 4 and st.branch_hits >= 3 and st.branch_misses <= 1, st
     # windows as the draft writes them (the default at temperature 0) rewind the same in-place states
     st = sp.DecodeStats()
-    got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, sp.SpeculativeOptions("mirror", kappa=0), st)]
+    got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, sp.SpeculativeOptions("mirror", gamma=4,
+                                                                                                kappa=0), st)]
     assert got == ref and st.branch_hits >= 3, st
     with pytest.raises(ValueError, match=r"early-exit branches \(kappa 2\) need a draft that keeps independent"):
         list(sp.mirror(target, draft, [3, 1], opts, sp.SpeculativeOptions("mirror", kappa=2)))
