@@ -866,13 +866,8 @@ def _mirror_ahead(target, draft, prompt: Sequence[int], opts: GenerationOptions,
                 break
             k = min(have, g)
             window = ahead.tokens[ahead.base:ahead.base + k]
-            feed = tc.sync(seq, len(seq)) + window
-            t0 = time.perf_counter()
-            logits = tc.forward(feed, last=k + 1)[-(k + 1):]
-            stats.target_time_s += time.perf_counter() - t0
-            stats.target_calls += 1
             n_before = len(seq)
-            yield from _verify_round(tc, seq, window, None, opts, stats, rng, em, logits)
+            yield from _verify_round(tc, seq, window, None, opts, stats, rng, em)
             if em.done:
                 break
             if stats.accepted[-1] == k and waited(k + 1) > k and ahead.tokens[ahead.base + k] == seq[n_before + k]:
