@@ -52,16 +52,32 @@ without ranking (rank=0; int8x2 and fp32 compute by default) scores every word w
           (perplexity +0.8%; machine B, whose int8 kernels round otherwise: 3 of 8)
   fp32    the dequantized file up to summation order (greedy equals the torch model's); onnxruntime's
           fp32 path for 4/8-bit blocks is slow on CPUs (a few tokens/s for SmolLM2 here)
-Attention sees at least two query rows (int8, int8x2; ATTENTION_ROWS): onnxruntime's GroupQueryAttention runs a
-one-token call on a path of its own that rounds differently from a block of tokens (SmolLM2, machine B: the
-int8 graph's logits up to 0.6 apart, int8x2's thousandths), while its int8 MatMulNBits kernels give a row the same
-bits in a call of any size (on B; elsewhere the runtime checks at load: heron.runtime.lm.OnnxLM.one_row_exact). So
-a one-token call appends a copy of its query/key/value row to attention's input and drops that row's output: a single step then computes bit for bit what a verify block computes, at a
-fraction of the cost of a second token through every layer. The copy's key and value land one position past
-the call's end, where the next call writes its own (the runtime keeps room for it); no real row attends to it.
-The rows come from the graph's input ROWS_INPUT (1,) int64: the runtime feeds 2 for such exact steps, or 1 for
-one-row steps, attention's own one-row kernels (OnnxLM.exact_steps False, `heron lm generate --fast-steps`: faster
-plain decoding, most on long contexts, rounding of its own; speculation keeps exact steps).
+Attention runs one of three ways (build_graph's `attention`, ATTENTIONS). onnxruntime's GroupQueryAttention runs a
+one-token call on a path of its own that rounds differently from a block of tokens (SmolLM2, machine B: the int8
+graph's logits up to 0.6 apart, int8x2's thousandths), while its int8 MatMulNBits kernels give a row the same bits in
+a call of any size (on B; elsewhere the runtime checks at load: heron.runtime.lm.OnnxLM.one_row_exact).
+  rows     (the default of graphs with shared state buffers, where the heads allow it and onnxruntime's CPU kernel
+           takes an attention bias, onnxruntime >= 1.22; on other providers padded) each token's R = H / G query
+           heads that share a key head become R rows of a G-head query (the projection's rows reordered so that
+           this is a reshape, the output projection's inputs likewise: exact), so attention never sees one row and a
+           single step computes what a block computes. GroupQueryAttention needs as many key rows as query rows:
+           the token's key and value are repeated R times, the first T rows written at the call's positions and the
+           (R - 1) T copies past the call's end (manifest "attention_spill" R - 1 per token, also in the graph's
+           metadata; the runtime keeps the room and gives such a graph at most ROWS_CHUNK tokens per call, where the
+           next call writes its own); an attention bias lets row j see the cache and the call's tokens up to its own
+           (token j // R). RoPE is applied by RotaryEmbedding at each token's position. Each key head's keys are read
+           once per step instead of once per query head: SmolLM2's one-token attention costs about what the one-row
+           kernel costs (it is bound by reading the fp32 cache), and no row is padded (BENCHMARKS.md "Rows
+           attention").
+  padded   (int8, int8x2; ATTENTION_ROWS) a one-token call appends a copy of its query/key/value row to attention's
+           input and drops that row's output: a single step then computes bit for bit what a verify block computes,
+           at a fraction of the cost of a second token through every layer. The copy's key and value land one
+           position past the call's end, where the next call writes its own (the runtime keeps room for it); no real
+           row attends to it. The rows come from the graph's input ROWS_INPUT (1,) int64: the runtime feeds 2 for
+           such exact steps, or 1 for one-row steps, attention's own one-row kernels (OnnxLM.exact_steps False, `heron
+           lm generate --fast-steps`: faster plain decoding, most on long contexts, rounding of its own; speculation
+           keeps exact steps).
+  one-row  GroupQueryAttention as it is (pad_attention=False; graphs whose states grow by a copy per call).
 """
 from __future__ import annotations
 
@@ -72,7 +88,8 @@ import numpy as np
 
 from heron.export.lm_bundle import write_manifest
 from heron.runtime.gguf import q8_0_blocks
-from heron.runtime.lm import FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, ROWS_INPUT, lm_manifest, state_names
+from heron.runtime.lm import (FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, ROWS_INPUT, SPILL_PROP, lm_manifest,
+                              state_names)
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
 
 BLOCK = 32
@@ -93,11 +110,74 @@ HEAD_RANK = {"int8": 32}
 OFFSET_LEVELS = {"int8": 2}
 
 
-def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True) -> int:
-    """The query rows a graph of this compute pads attention to (1: none; pad_attention=False: none). Only graphs
+# how attention runs (build_graph's `attention`; the module docstring):
+#   rows     each token's query heads that share a key head as rows of one head (no one-row kernel, no copied row);
+#            the default of graphs with shared state buffers where onnxruntime's CPU GroupQueryAttention takes an
+#            attention bias (ROWS_MIN_ORT) and the heads allow it (rows_fit)
+#   padded   a one-token call's row copied so that attention sees ATTENTION_ROWS rows (the default before rows)
+#   one-row  GroupQueryAttention as it is (pad_attention=False; grown states)
+ATTENTIONS = ("rows", "padded", "one-row")
+ROWS_MIN_ORT = (1, 22)  # onnxruntime's CPU GroupQueryAttention reads an attention bias from 1.22 (its PR #23944)
+
+
+def rows_fit(n_heads: int, n_kv_heads: int, head_dim: int) -> bool:
+    """Whether the rows layout applies: several query heads per key head, and heads in whole blocks of 32 (the
+    output projection's columns move by heads)."""
+    return n_heads > n_kv_heads and n_heads % n_kv_heads == 0 and head_dim % BLOCK == 0
+
+
+def rows_supported() -> bool:
+    """Whether this onnxruntime's CPU GroupQueryAttention takes an attention bias (ROWS_MIN_ORT)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    parts = [int(p) for p in ort.__version__.split(".")[:2] if p.isdigit()]
+    return len(parts) == 2 and tuple(parts) >= ROWS_MIN_ORT
+
+
+def attention_for(provider: str) -> str | None:
+    """build_graph's attention for a graph that runs on this onnxruntime provider: None (rows where it fits and runs)
+    on the CPU provider, padded elsewhere (rows attention needs GroupQueryAttention's attention bias, which
+    onnxruntime's CPU kernel reads; other providers' kernels differ in what they take)."""
+    return None if provider == "CPUExecutionProvider" else "padded"
+
+
+def attention_layout(compute: str, shared_cache: bool = True, pad_attention: bool = True, attention: str | None = None,
+                     heads: tuple[int, int, int] | None = None) -> str:
+    """build_graph's attention (ATTENTIONS): `attention` where given (rows needs shared state buffers: its spill is
+    written past a call's end), else rows where it fits `heads` (n_heads, n_kv_heads, head_dim) and this onnxruntime
+    runs it, else padded for the computes of ATTENTION_ROWS, else one-row; pad_attention=False or grown states:
+    one-row."""
+    if attention is not None:
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if attention != "one-row" and not shared_cache:
+            raise ValueError(f"attention {attention!r} writes past a call's end: it needs shared state buffers")
+        if attention == "rows" and heads is not None and not rows_fit(*heads):
+            raise ValueError(f"attention 'rows' needs several query heads per key head and heads in blocks of "
+                             f"{BLOCK}; this model has {heads}")
+        return attention
+    if not shared_cache or not pad_attention:
+        return "one-row"
+    if heads is not None and rows_fit(*heads) and rows_supported():
+        return "rows"
+    return "padded" if ATTENTION_ROWS.get(compute, 1) > 1 else "one-row"
+
+
+def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool = True,
+                   attention: str | None = None, heads: tuple[int, int, int] | None = None) -> int:
+    """The query rows a graph of this compute pads attention to (padded: ATTENTION_ROWS; else 1). Only graphs
     with shared state buffers pad: the padded row's key and value are written past the call's end, which grown
     states would keep."""
-    return ATTENTION_ROWS.get(compute, 1) if shared_cache and pad_attention else 1
+    layout = attention_layout(compute, shared_cache, pad_attention, attention, heads)
+    return ATTENTION_ROWS.get(compute, 1) if layout == "padded" else 1
+
+
+def attention_spill(layout: str, heads: tuple[int, int, int]) -> int:
+    """Positions a rows graph writes past a call's end per token of the call (heads: n_heads, n_kv_heads, head_dim):
+    its key and value rows beyond the real ones (0 for other layouts)."""
+    return heads[0] // heads[1] - 1 if layout == "rows" else 0
 
 
 OPSET = 18
@@ -153,6 +233,22 @@ class Blocks:
         cat = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
         return Blocks(self.n + other.n, self.k, self.bits, cat(self.packed, other.packed),
                       cat(self.scales, other.scales), cat(self.offsets, other.offsets), cat(self.dense, other.dense))
+
+    def take_rows(self, order: np.ndarray) -> "Blocks":
+        """The rows in `order` (a permutation of 0..N-1): the same blocks, reordered (exact)."""
+        pick = lambda a: None if a is None else a[order]  # noqa: E731
+        return Blocks(self.n, self.k, self.bits, pick(self.packed), pick(self.scales), pick(self.offsets),
+                      pick(self.dense))
+
+    def take_columns(self, order: np.ndarray) -> "Blocks":
+        """The columns (inputs) in `order`, a permutation of 0..K-1 that moves whole blocks of 32 (exact)."""
+        blocks = order.reshape(-1, BLOCK)
+        if self.bits and not (np.all(blocks[:, 0] % BLOCK == 0) and np.all(np.diff(blocks, axis=1) == 1)):
+            raise ValueError("a quantized matrix's columns move in whole blocks of 32")
+        b = blocks[:, 0] // BLOCK
+        pick = lambda a: None if a is None else a[:, b]  # noqa: E731
+        return Blocks(self.n, self.k, self.bits, pick(self.packed), pick(self.scales), pick(self.offsets),
+                      None if self.dense is None else self.dense[:, order])
 
 
 def pack4(q: np.ndarray) -> np.ndarray:
@@ -340,9 +436,36 @@ def ranked_head(g: Graph, h: str, w: Blocks, packed: str, scales: str, k: int) -
     return g.one("ScatterElements", [rough, top, exact], axis=-1)
 
 
+def rows_attention(g: Graph, qkv: str, heads: tuple[int, int, int], past_k: str, past_v: str, new_k: str, new_v: str,
+                   prep: tuple, hint: str, kv16: bool = False) -> str:
+    """Attention with each token's query heads that share a key head as rows of one head (the module docstring):
+    qkv (1, T, (H + 2G) S) with its query in rows order (build_graph's q_order) -> (1, T, H S) in the same order.
+    The G-head query rows (1, T R, G S) and the keys get llama.cpp's interleaved RoPE at their tokens' positions, the
+    keys and values are repeated R times (rows past the first T are written past the call's end and masked), and
+    the bias lets row j (token j // R) see the cache and the call's tokens up to its own."""
+    H, G, S = heads
+    R = H // G
+    pos_q, pos_k, seqlens_k, total, bias, cos, sin = prep
+    q, k, v = g.op("Split", [qkv, g.const(np.array([H * S, G * S, G * S], np.int64), "split")], n_out=3, axis=-1)
+    q = g.one("Reshape", [q, g.const(np.array([1, -1, G * S], np.int64), "shape")])  # (1, T R, G S)
+    q = g.one("RotaryEmbedding", [q, pos_q, cos, sin], domain="com.microsoft", interleaved=1, num_heads=G)
+    k = g.one("RotaryEmbedding", [k, pos_k, cos, sin], domain="com.microsoft", interleaved=1, num_heads=G)
+    if kv16:
+        from onnx import TensorProto
+        q, k, v, bias = [g.one("Cast", [t], to=TensorProto.FLOAT16) for t in (q, k, v, bias)]
+    keys, values = g.one("Concat", [k] * R, axis=1), g.one("Concat", [v] * R, axis=1)  # (1, T R, G S)
+    attn = g.op("GroupQueryAttention", [q, keys, values, past_k, past_v, seqlens_k, total, "", "", "", bias], n_out=3,
+                domain="com.microsoft", outputs=[g.name(hint + "attn"), new_k, new_v], num_heads=G, kv_num_heads=G,
+                do_rotary=0)[0]
+    if kv16:
+        from onnx import TensorProto
+        attn = g.one("Cast", [attn], to=TensorProto.FLOAT)
+    return g.one("Reshape", [attn, g.const(np.array([1, -1, H * S], np.int64), "shape")])  # (1, T, H S)
+
+
 def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
                 feature_layers: tuple[int, ...] = (), pad_attention: bool = True, rank: int | None = None,
-                offsets: int | None = None):
+                offsets: int | None = None, attention: str | None = None):
     """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
@@ -354,7 +477,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     one-row path, as graphs before this option did). rank: the words the 8-bit head scores exactly after a 4-bit
     copy of it ranked every word (ranked_head; head_rank(): HEAD_RANK, 32 for int8 compute; 0: the head scores every
     word). offsets: the levels of 4-bit blocks that carry Q4_1's block offsets inside each MatMulNBits call
-    (fold_offsets; offset_levels(): OFFSET_LEVELS, 2 for int8 compute; 0: the exact fp32 term)."""
+    (fold_offsets; offset_levels(): OFFSET_LEVELS, 2 for int8 compute; 0: the exact fp32 term). attention: how
+    attention runs (ATTENTIONS; None: attention_layout's choice, rows where it fits and runs)."""
     from onnx import TensorProto, helper
 
     from heron.models.lm.gguf_file import config_from_gguf, info, open_reader
@@ -382,7 +506,8 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
     seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
     total_scalar = g.one("Squeeze", [total, g.const(np.array([0], np.int64), "axes")])
-    attn_rows = attention_rows(compute, shared_cache, pad_attention)
+    layout = attention_layout(compute, shared_cache, pad_attention, attention, (H, G, S))
+    attn_rows = ATTENTION_ROWS.get(compute, 1) if layout == "padded" else 1
     assert attn_rows in (1, 2), attn_rows  # a one-token block's row is copied once
     pad_len = None
     if attn_rows > 1:  # T = 1: a copy of the block's row joins attention's input (module docstring)
@@ -394,9 +519,34 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         start0, seq_axis = g.const(np.array([0], np.int64), "start0"), g.const(np.array([1], np.int64), "seq_axis")
         zeros = g.const(np.zeros(4, np.int64), "zeros4")  # Pad's (begin 3 axes, end 3 axes): pad_len rows at the end
         row_pads = g.one("Concat", [zeros, pad_len, g.const(np.zeros(1, np.int64), "zero1")], axis=0)
+    q_order = None
+    if layout == "rows":  # positions, lengths and the bias of rows attention (rows_attention), once per call
+        R = H // G
+        # the query heads sharing key head k are k R .. k R + R - 1 (GroupQueryAttention's grouping); a token's query
+        # comes out of the projection as R rows of G heads, row r holding head k R + r for every k
+        q_order = np.concatenate([np.arange((k * R + r) * S, (k * R + r + 1) * S) for r in range(R) for k in range(G)])
+        c64 = lambda v, hint: g.const(np.array(v, np.int64), hint)  # noqa: E731
+        new_scalar = g.one("Squeeze", [new_len, c64([0], "axes")])
+        pos = g.one("Add", [g.one("Range", [c64(0, "zero"), new_scalar, c64(1, "one")]),
+                            g.one("Squeeze", [past_len, c64([0], "axes")])])  # (T,) the tokens' positions
+        pos_k = g.one("Unsqueeze", [pos, c64([0], "axes")])  # (1, T)
+        rows_shape = g.one("Concat", [new_len, c64([R], "rows")], axis=0)
+        pos_q = g.one("Reshape", [g.one("Expand", [g.one("Unsqueeze", [pos, c64([-1], "axes")]), rows_shape]),
+                                  c64([1, -1], "shape")])  # (1, T R): each token's position, once per row
+        total64 = g.one("Add", [past_len, g.one("Mul", [new_len, c64([R], "rows")])])  # P + T R: keys written
+        total = g.one("Cast", [total64], to=TensorProto.INT32)
+        seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])
+        total_scalar = g.one("Squeeze", [total, c64([0], "axes")])
+        cols = g.one("Range", [c64(0, "zero"), g.one("Squeeze", [total64, c64([0], "axes")]), c64(1, "one")])
+        masked = g.one("Greater", [cols, g.one("Unsqueeze", [pos_q, c64([-1], "axes")])])  # (1, T R, P + T R)
+        bias = g.one("Unsqueeze", [g.one("Where", [masked, g.const(np.array(-np.inf, np.float32), "ninf"),
+                                                   g.const(np.array(0, np.float32), "zero_f")]), c64([0], "axes")])
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
     angles = np.outer(np.arange(cfg.max_seq_len + attn_rows - 1, dtype=np.float64), inv)  # (max_len + padding, S/2)
     cos, sin = g.const(np.cos(angles).astype(np.float32), "cos"), g.const(np.sin(angles).astype(np.float32), "sin")
+    import os
+    kv16 = os.environ.get("HERON_KV16") == "1"
+    cos16, sin16 = g.const(np.cos(angles).astype(np.float16), "cos16"), g.const(np.sin(angles).astype(np.float16), "sin16")
 
     # embedding: the head's int8 blocks gathered for the tokens, then scaled
     emb = read_blocks(reader, "token_embd.weight")
@@ -429,16 +579,28 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         memo: dict = {"levels": levels}
         qkv_w = read_blocks(reader, p + "attn_q.weight").rows(read_blocks(reader, p + "attn_k.weight")).rows(
             read_blocks(reader, p + "attn_v.weight"))
+        if q_order is not None:  # the query's rows come out of the projection as rows attention reads them
+            qkv_w = qkv_w.take_rows(np.concatenate([q_order, np.arange(H * S, (H + 2 * G) * S)]))
         qkv = linear(g, h, qkv_w, p + "qkv", compute, memo)  # (1, T, (H + 2G) S)
-        if pad_len is not None:  # (1, max(T, rows), (H + 2G) S): a one-token call's row copied (Pad's edge mode)
-            qkv = g.one("Pad", [qkv, row_pads], mode="edge")
-        attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
-                                                  cos, sin], n_out=3, domain="com.microsoft",
-                          outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
-                          num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
-        if pad_len is not None:  # the block's own T rows
-            attn = g.one("Slice", [attn, start0, new_len, seq_axis])
-        delta = linear(g, attn, read_blocks(reader, p + "attn_output.weight"), p + "o", compute, {"levels": levels})
+        o_w = read_blocks(reader, p + "attn_output.weight")
+        if q_order is not None:
+            attn = rows_attention(g, qkv, (H, G, S), ins[2 * i], ins[2 * i + 1], outs[2 * i], outs[2 * i + 1],
+                                  (pos_q, pos_k, seqlens_k, total_scalar, bias, cos, sin), p, kv16)
+            o_w = o_w.take_columns(q_order)  # its inputs in the rows' order
+        else:
+            if pad_len is not None:  # (1, max(T, rows), (H + 2G) S): a one-token call's row copied (Pad's edge mode)
+                qkv = g.one("Pad", [qkv, row_pads], mode="edge")
+            if kv16:
+                qkv = g.one("Cast", [qkv], to=TensorProto.FLOAT16)
+            attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
+                                                      cos16 if kv16 else cos, sin16 if kv16 else sin], n_out=3, domain="com.microsoft",
+                              outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
+                              num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
+            if pad_len is not None:  # the block's own T rows
+                attn = g.one("Slice", [attn, start0, new_len, seq_axis])
+            if kv16:
+                attn = g.one("Cast", [attn], to=TensorProto.FLOAT)
+        delta = linear(g, attn, o_w, p + "o", compute, {"levels": levels})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
                           outputs=[g.name(p + "h"), "", "", g.name(p + "x")], epsilon=eps)
@@ -467,14 +629,14 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
-    inputs += [helper.make_tensor_value_info(n, f32, [1, G, "P", S]) for n in ins]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT16 if kv16 else f32, [1, G, "P", S]) for n in ins]
     if shared_cache:
         inputs.append(helper.make_tensor_value_info(PAST_INPUT, TensorProto.INT64, [1]))
     inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
     if attn_rows > 1:
         inputs.append(helper.make_tensor_value_info(ROWS_INPUT, TensorProto.INT64, [1]))  # query rows attention sees
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
-    outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT16 if kv16 else f32, [1, G, "P_T", S]) for n in outs]
     outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))
     if feature_layers:
         outputs.append(helper.make_tensor_value_info(FEATURES_OUTPUT, f32, [1, "n", len(feature_layers) * D]))
@@ -483,11 +645,14 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
                                                     helper.make_opsetid("com.microsoft", OPSET_MS)],
                               producer_name="heron")
     model.ir_version = 10
+    # the graph's own word on what it writes past a call's end (the runtime checks the manifest against it)
+    helper.set_model_props(model, {SPILL_PROP: str(attention_spill(layout, (H, G, S)))})
     return model, cfg, meta, reader
 
 
 def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True,
-                   pad_attention: bool = True, rank: int | None = None, offsets: int | None = None):
+                   pad_attention: bool = True, rank: int | None = None, offsets: int | None = None,
+                   attention: str | None = None):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
     default_feature_layers beside `hidden`)."""
     from heron.models.lm.gguf_file import config_from_gguf, open_reader
@@ -495,12 +660,15 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
     layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
     model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention,
-                                           rank=rank, offsets=offsets)
+                                           rank=rank, offsets=offsets, attention=attention)
+    heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+    layout = attention_layout(compute, shared_cache, pad_attention, attention, heads)
     tok = tokenizer_from_gguf(reader)
     types = sorted({t.type_name for t in reader.tensors.values() if len(t.shape) == 2})
     source = {"gguf": Path(path).name, "gguf_sha256": sha256_path(Path(path)), "tensor_types": types, "compute": compute,
               "feature_layers": list(layers),
-              "attention_rows": attention_rows(compute, shared_cache, pad_attention),
+              "attention_rows": attention_rows(compute, shared_cache, pad_attention, attention, heads),
+              "attention": layout, "attention_spill": attention_spill(layout, heads),
               "head_rank": head_rank(reader, cfg, compute, rank),
               "offset_levels": offset_levels(compute, offsets) if "Q4_1" in types else 0,
               "note": "the file's quantized blocks, repacked for MatMulNBits (not quantized again; offset_levels > 0: "
@@ -513,16 +681,17 @@ def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cach
 
 def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
                        shared_cache: bool = True, pad_attention: bool = True, rank: int | None = None,
-                       offsets: int | None = None) -> Path:
+                       offsets: int | None = None, attention: str | None = None) -> Path:
     """A self-describing runtime folder from a GGUF file: model.int4.onnx (the file's own blocks),
     tokenizer.json (from the metadata), manifest.json with the chat template and end-of-turn ids.
     shared_cache=False: the grown-state interface instead (benchmarks compare the two); pad_attention=False: a
     graph whose one-token calls run attention's one-row path (build_graph; benchmarks compare it); rank: the words the
     8-bit head scores exactly (build_graph; 0: every word, benchmarks compare it); offsets: the levels of 4-bit blocks
-    carrying Q4_1's offsets (build_graph; 0: the exact fp32 term, benchmarks compare it)."""
+    carrying Q4_1's offsets (build_graph; 0: the exact fp32 term, benchmarks compare it); attention: build_graph's
+    (ATTENTIONS; None: rows where it fits and runs)."""
     import onnx
 
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention, rank, offsets)
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, pad_attention, rank, offsets, attention)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, "manifest.sha256", "model.onnx", "model.int8.onnx", MODEL_FILE, "tokenizer.json"):
@@ -533,12 +702,12 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
 
 
 def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                     shared_cache: bool = True, rank: int | None = None):
+                     shared_cache: bool = True, rank: int | None = None, attention: str | None = None):
     """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, LMManifest, tokenizer).
     `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
     path with nothing written to disk, a few seconds at load (shared_cache=False: states that grow and fork,
-    the default draft of a GGUF target; rank: build_graph's)."""
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, rank=rank)
+    the default draft of a GGUF target; rank, attention: build_graph's)."""
+    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, rank=rank, attention=attention)
     graph = model.SerializeToString()
     text = tok.to_str().encode("utf-8")
     manifest = lm_manifest(cfg, files={MODEL_FILE: FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph)),

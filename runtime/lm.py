@@ -74,6 +74,13 @@ PAST_INPUT = "past_length"
 # must compute what verify blocks compute (OnnxLM.exact_steps, the default: speculation then returns plain
 # decoding's tokens exactly), 1 for one-row steps (faster plain decoding; rounding of their own)
 ROWS_INPUT = "attention_rows"
+# a graph whose attention writes key and value rows past a call's end (manifest source "attention_spill": that many
+# positions per token of the call; heron.export.gguf_onnx's rows attention, where a token's query heads that share a
+# key head are rows of one head): the runtime keeps that room past every call and gives such a graph blocks of at
+# most ROWS_CHUNK tokens (a longer prompt goes in several calls), so the room stays within spill * ROWS_CHUNK
+ROWS_CHUNK = 64
+MAX_SPILL = 16
+SPILL_PROP = "heron.attention_spill"  # the graph's own metadata entry for its spill (the manifest must agree)
 # optional graph output (1, n, D): the head's input at the positions whose logits were asked for (`last`); a
 # draft head that proposes from the target's own features reads it (OnnxLM.hidden_at)
 HIDDEN_OUTPUT = "hidden"
@@ -204,10 +211,26 @@ class OnnxLM:
             raise BundleError(f"{where}: the graph takes {ROWS_INPUT} (it pads attention to two query rows), and "
                               f"the manifest's source.attention_rows says {rows!r}")
         self.attention_rows = rows if self._shared else 1
+        # the room a graph writes into past each call is the graph's own word (its metadata, inside the verified
+        # file); a manifest that states it must agree
+        spill, own = m.source.get("attention_spill"), self._graph_spill(where)
+        if spill is None:
+            spill = own
+        if isinstance(spill, bool) or not isinstance(spill, int) or not 0 <= spill <= MAX_SPILL:
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: source.attention_spill must be an integer in 0..{MAX_SPILL}, got {spill!r}")
+        if spill and (not self._shared or self._has_rows):
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: source.attention_spill is for graphs with shared state buffers that do not "
+                              f"pad attention ({PAST_INPUT} without {ROWS_INPUT})")
+        if own != spill:
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: source.attention_spill says {spill}, the graph's metadata {own}")
+        self.spill = spill  # positions written past a call's end per token (ROWS_CHUNK)
         self._output_names = [o.name for o in session.get_outputs()]
         self._empty = np.zeros((1, m.n_kv_heads, 0, m.head_dim), np.float32)
         self._cache = _SharedCache(session, self.state_in, self.state_out, m, self._has_hidden,
-                                   self._has_streams) if self._shared else None
+                                   self._has_streams, spill) if self._shared else None
         if self._shared:  # rewinds only: a branch's positions are overwritten by the next one
             self.branchable = False
         if not _is_bool(exact_steps):
@@ -219,13 +242,22 @@ class OnnxLM:
             self.exact_steps = False
         if min_rows is not None:
             self.min_rows = min_rows
-        elif exact_steps and self.attention_rows > 1:  # one-row calls where exact on this CPU, else MIN_ROWS' padding
+        elif exact_steps and (self.attention_rows > 1 or self.spill):  # one-row calls where exact here, else MIN_ROWS
             self._min_rows = self._exact_min_rows = self._exact_rows()
+
+    def _graph_spill(self, where: str) -> int:
+        """The graph's own SPILL_PROP metadata (0 where it has none)."""
+        value = self.session.get_modelmeta().custom_metadata_map.get(SPILL_PROP, "0")
+        if not value.isdigit() or int(value) > MAX_SPILL:
+            from heron.runtime.bundle import BundleError
+            raise BundleError(f"{where}: the graph's {SPILL_PROP} must be an integer in 0..{MAX_SPILL}, got {value[:20]!r}")
+        return int(value)
 
     def _exact_rows(self) -> int:
         """min_rows for exact steps: one row where this CPU's kernels then give steps the bits of blocks (the load
-        check, one_row_exact, on a graph that pads attention), else MIN_ROWS by the graph's compute."""
-        return 1 if self.attention_rows > 1 and self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
+        check, one_row_exact, on a graph that pads attention or runs it as rows), else MIN_ROWS by the graph's
+        compute."""
+        return 1 if (self.attention_rows > 1 or self.spill) and self.one_row_exact() else MIN_ROWS.get(self._compute, 1)
 
     def _feed_rows(self, rows: int) -> None:
         """Feed ROWS_INPUT = rows from now on (graphs that have it)."""
@@ -406,6 +438,29 @@ class OnnxLM:
         n = len(tokens) if last is None else min(int(last), len(tokens))
         if n < 1:
             raise ValueError(f"last must be >= 1, got {last}")
+        if self.spill and len(tokens) > ROWS_CHUNK:
+            return self._forward_chunks(tokens, n)
+        return self._forward_block(tokens, n)
+
+    def _forward_chunks(self, tokens: Sequence[int], n: int) -> np.ndarray:
+        """forward() of a block longer than ROWS_CHUNK on a graph that spills: calls of ROWS_CHUNK tokens, each asked
+        for the rows it holds among the block's last n (at least one), the hidden states and streams joined."""
+        start = self.length + len(tokens) - n
+        logits, hidden, streams = [], [], []
+        for i in range(0, len(tokens), ROWS_CHUNK):
+            piece = tokens[i:i + ROWS_CHUNK]
+            need = n - (len(tokens) - i - len(piece))  # this call's rows among the last n
+            out = self._forward_block(piece, max(1, min(need, len(piece))))
+            if need > 0:
+                logits.append(out[-need:])
+                hidden.append(self._hidden[-need:] if self._hidden is not None else None)
+                streams.append(self._streams[-need:] if self._streams is not None else None)
+        join = lambda parts: None if parts[0] is None else np.concatenate(parts)  # noqa: E731
+        self._hidden, self._hidden_start, self._streams = join(hidden), start, join(streams)
+        return np.concatenate(logits)
+
+    def _forward_block(self, tokens: Sequence[int], n: int) -> np.ndarray:
+        """forward() of one call: the logits of the block's last n positions."""
         start = self.length + len(tokens) - n  # the first position whose logits (and hidden state) come back
         # min_rows: pad a short block with scratch tokens (where the context has room) and ask for enough rows
         pad = max(0, min(self._min_rows - len(tokens), self.max_len - self.length - len(tokens)))
@@ -461,18 +516,20 @@ class _SharedCache:
     and values in place (no copy of the cache per step, no new arrays). The capacity grows in steps of
     STEP positions (or to a reserved size) up to the model's context; growing copies the valid prefix. SPARE
     positions past a call's end stay free: a graph that pads attention writes its padded row's key and value
-    there (heron.export.gguf_onnx), then the next call writes its own."""
+    there (heron.export.gguf_onnx), then the next call writes its own; a graph that spills (rows attention) writes
+    `spill` positions per token of the call there, so a call of T tokens keeps spill * T free (T <= ROWS_CHUNK)."""
 
     STEP, SPARE = 256, 1
 
     def __init__(self, session, state_in: list[str], state_out: list[str], manifest: LMManifest, hidden: bool = False,
-                 streams: bool = False):
+                 streams: bool = False, spill: int = 0):
         import onnxruntime as ort
 
         self._ort, self.session = ort, session
         self.state_in, self.state_out = state_in, state_out
         self.kv_heads, self.head_dim, self.max_len = manifest.n_kv_heads, manifest.head_dim, manifest.max_seq_len
         self.length, self.capacity, self.hidden, self.streams = 0, 0, hidden, streams
+        self.spill = spill
         self.rows: np.ndarray | None = None  # ROWS_INPUT's value (OnnxLM.exact_steps); None: the graph has none
         self.arrays: list[np.ndarray] = []  # the buffers' memory, which onnxruntime writes through `binding`
         self.binding = session.io_binding()
@@ -490,8 +547,9 @@ class _SharedCache:
     def reserve(self, positions: int) -> None:
         if positions <= self.capacity:
             return
-        capacity = min(self.max_len + self.SPARE, max(positions, 2 * self.capacity, self.STEP))
-        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
+        capacity = min(self.max_len + self.room(ROWS_CHUNK), max(positions, 2 * self.capacity, self.STEP))
+        dt = np.float16 if self.session.get_inputs()[1].type == "tensor(float16)" else np.float32
+        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), dt) for _ in self.state_in]
         for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
             new[:, :, :self.length] = old[:, :, :self.length]
         self.arrays, self.capacity = arrays, capacity
@@ -509,11 +567,15 @@ class _SharedCache:
             b.bind_ortvalue_input(name_in, buf)
             b.bind_ortvalue_output(name_out, buf)  # the same buffer: extended in place
 
+    def room(self, tokens: int) -> int:
+        """Free positions a call of `tokens` tokens needs past its end."""
+        return max(self.SPARE, self.spill * tokens)
+
     def run(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """ids (1, T) -> the logits (n, V) of the block's last n positions, their hidden states (n, D) and
         streams (n, k D) (None where the graph has no such output); the cache holds T more."""
         T = ids.shape[1]
-        self.reserve(self.length + T + self.SPARE)
+        self.reserve(self.length + T + self.room(T))
         b = self.binding
         b.bind_cpu_input("tokens", ids)
         b.bind_cpu_input(PAST_INPUT, np.array([self.length], np.int64))

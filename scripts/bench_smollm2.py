@@ -16,7 +16,9 @@ onnx:COMPUTE-ranked: a graph whose 8-bit head scores every
 word / only the 32 words a 4-bit copy of it ranks first (heron.export.gguf_onnx.HEAD_RANK: int8 ranks by default,
 int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block offsets as an exact fp32 term
 / folded into the MatMulNBits calls as two 4-bit levels (heron.export.gguf_onnx.OFFSET_LEVELS: int8 folds by
-default)), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
+default); onnx:COMPUTE-padded / onnx:COMPUTE-paddedfast: a graph whose attention is padded to two query rows
+(exact steps; -paddedfast: its one-row steps), every graph's attention before rows attention became the default in
+session 36), heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
 its builder from the same weights) once scripts/peers/genai_peers.sh has built it. Each backend runs in a process of its
@@ -56,6 +58,9 @@ NOPAD_ONE_ROW = "nopad1row"
 FAST = "fast"  # onnx:COMPUTE-fast: the COMPUTE bundle run with exact_steps=False (one-row steps: plain decoding only)
 HEADS = {"fullhead": 0, "ranked": 32}  # onnx:COMPUTE-fullhead / -ranked: the words its 8-bit head scores (rank)
 OFFSETS = {"exactoffsets": 0, "folded": 2}  # onnx:COMPUTE-exactoffsets / -folded: Q4_1's offsets as an fp32 term / folded
+# onnx:COMPUTE-padded / -paddedfast: the graph with padded attention (heron.export.gguf_onnx ATTENTIONS), run with exact
+# steps / one-row steps (exact_steps False)
+PADDED, PADDED_FAST = "padded", "paddedfast"
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 
@@ -135,8 +140,8 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
     if backend.startswith("onnx:"):
         compute, _, variant = backend.split(":")[1].partition("-")
         folder = (compute if variant in (*ROWS, FAST) else f"{compute}-nopad" if variant == NOPAD_ONE_ROW
-                  else backend.split(":")[1])
-        lm = heron.load_lm(bundles / folder, threads=threads, exact_steps=variant != FAST)
+                  else f"{compute}-{PADDED}" if variant == PADDED_FAST else backend.split(":")[1])
+        lm = heron.load_lm(bundles / folder, threads=threads, exact_steps=variant not in (FAST, PADDED_FAST))
         if variant in ROWS or variant == NOPAD_ONE_ROW:
             lm.backend.min_rows = ROWS.get(variant, 1)
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
@@ -243,15 +248,18 @@ def main() -> int:
         variant = b.split(":", 1)[1] if b.startswith("onnx:") else None  # onnx:int8-1row / -2row: rows per call
         compute, _, cache = (variant or "").partition("-")  # onnx:COMPUTE-nopad: attention not padded
         if variant and (compute not in COMPUTES or cache not in ("", "grown", "nopad", NOPAD_ONE_ROW, FAST, *HEADS,
-                                                                 *OFFSETS, *ROWS) or (cache in ROWS and compute != "int8")):
+                                                                 *OFFSETS, *ROWS, PADDED, PADDED_FAST)
+                        or (cache in ROWS and compute != "int8")):
             raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-nopad1row|-fast|"
-                             "-fullhead|-ranked|-exactoffsets|-folded], onnx:int8-1row|-2row")
+                             "-fullhead|-ranked|-exactoffsets|-folded|-padded|-paddedfast], onnx:int8-1row|-2row")
         nopad = cache in ("nopad", NOPAD_ONE_ROW)
-        folder = out / (compute if cache in (*ROWS, FAST) else f"{compute}-nopad" if nopad else variant or "")
+        padded = cache in (PADDED, PADDED_FAST)
+        folder = out / (compute if cache in (*ROWS, FAST) else f"{compute}-nopad" if nopad
+                        else f"{compute}-{PADDED}" if padded else variant or "")
         if variant and not (folder / "manifest.json").is_file():
             export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown",
                                pad_attention=not nopad, rank=HEADS.get(cache),
-                               offsets=OFFSETS.get(cache))
+                               offsets=OFFSETS.get(cache), attention="padded" if padded else None)
     if {"llama.cpp", "ort-genai"} & set(backends):  # the same token ids for the peers: heron's tokenizer and template
         import heron
         lm = heron.load_lm(out / "int8x2") if (out / "int8x2" / "manifest.json").is_file() else heron.load_lm("smollm2")

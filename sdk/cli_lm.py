@@ -313,9 +313,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "path; as heron lm export --compute)")
     q.add_argument("--fast-steps", action="store_true",
                    help="onnxruntime targets, plain decoding: one-token steps run attention's one-row kernels instead "
-                        "of computing what a verify block computes (SmolLM2 --compute int8: faster, most on long "
-                        "contexts; the same model up to rounding, so its tokens can part from a speculative run's at "
-                        "a near-tie). Not with --speculative (default: off, exact steps)")
+                        "of computing what a verify block computes, on graphs that pad attention (exported before "
+                        "session 36 or built for a provider other than the CPU: faster, most on long contexts; the "
+                        "same model up to rounding, so its tokens can part from a speculative run's at a near-tie; "
+                        "graphs with rows attention compute exact steps at that speed and run as before). Not with "
+                        "--speculative (default: off, exact steps)")
     q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup", "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
                         "head on the target's own hidden state, --draft-head)")

@@ -153,10 +153,12 @@ class LanguageModel:
         if key not in self._drafts and gguf:
             # a GGUF file's default draft: its own blocks on onnxruntime's int8 kernel (built in memory, ~5 s); the
             # one-row kernel, as every draft (see below)
-            from heron.export.gguf_onnx import bundle_in_memory
+            from heron.export.gguf_onnx import attention_for, bundle_in_memory
 
-            graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=not forks)
-            self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(spec.draft_device),),
+            provider = provider_name(spec.draft_device)
+            graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=not forks,
+                                                    attention=attention_for(provider) if not forks else None)
+            self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider,),
                                                    threads=spec.draft_threads, source_file=self.path, exact_steps=False)
         if key not in self._drafts:
             folder = Path(spec.draft) if spec.draft else DEFAULT_DRAFT
@@ -371,9 +373,9 @@ def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -
 
 def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_steps: bool = True) -> LanguageModel:
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
-    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.export.gguf_onnx import attention_for, bundle_in_memory
 
-    graph, manifest, tok = bundle_in_memory(path, compute=compute)
+    graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention_for(provider_name(device)))
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path, exact_steps=exact_steps), path)
 

@@ -1,9 +1,11 @@
 """One computation for single steps and verify blocks: onnxruntime's GroupQueryAttention rounds a one-token call
-differently from a block, so a GGUF graph of int8 / int8x2 compute pads attention to two query rows
-(heron.export.gguf_onnx.ATTENTION_ROWS) and runs one-token calls as one row where the load check finds them exact
-on this CPU (OnnxLM.one_row_exact); an int8 graph without it pads one-token calls with a scratch token
-(runtime.lm MIN_ROWS). Either way a plain step computes bit for bit what a verify block computes, and
-speculation returns plain decoding's tokens exactly; the padded positions never show (length, hidden states)."""
+differently from a block, so a GGUF graph with shared state buffers runs a token's query heads that share a key
+head as rows of one head (rows attention, heron.export.gguf_onnx; no one-row call ever), or pads attention to two
+query rows (padded, ATTENTION_ROWS), and runs one-token calls as one row where the load check finds them exact on
+this CPU (OnnxLM.one_row_exact); an int8 graph with attention's one-row path pads one-token calls with a scratch
+token (runtime.lm MIN_ROWS). Either way a plain step computes bit for bit what a verify block computes, and
+speculation returns plain decoding's tokens exactly; the padded and spilled positions never show (length, hidden
+states)."""
 import numpy as np
 import pytest
 
@@ -14,25 +16,30 @@ from conftest import write_tiny_llama  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 
 
-def _bundle(path, compute, pad_attention=True):
+LAYOUTS = ("rows", "padded", "one-row")
+
+
+def _bundle(path, compute, attention="padded"):
     """(graph bytes, manifest) of the tiny GGUF file, as heron.export.gguf_onnx.bundle_in_memory makes them."""
-    from heron.export.gguf_onnx import attention_rows, build_graph
+    from heron.export.gguf_onnx import attention_rows, attention_spill, build_graph
     from heron.runtime.lm import lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
-    model, cfg, _, _ = build_graph(path, compute=compute, pad_attention=pad_attention)
+    model, cfg, _, _ = build_graph(path, compute=compute, attention=attention)
     graph = model.SerializeToString()
+    heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
     manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
         "model.int4.onnx", sha256_bytes(graph), len(graph))},
         source={"gguf": path.name, "gguf_sha256": sha256_path(path), "compute": compute,
-                "attention_rows": attention_rows(compute, pad_attention=pad_attention)})
+                "attention_rows": attention_rows(compute, attention=attention),
+                "attention_spill": attention_spill(attention, heads)})
     return graph, manifest
 
 
-def _lm(path, compute, min_rows=None, pad_attention=True, exact_steps=True):
+def _lm(path, compute, min_rows=None, attention="padded", exact_steps=True):
     from heron.runtime.lm import OnnxLM
 
-    return OnnxLM.from_memory(*_bundle(path, compute, pad_attention), min_rows=min_rows, exact_steps=exact_steps)
+    return OnnxLM.from_memory(*_bundle(path, compute, attention), min_rows=min_rows, exact_steps=exact_steps)
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +73,22 @@ def _blocks(lm, prompt, nxt, T):
 
 
 @pytest.mark.parametrize("compute", ["int8", "int8x2"])
-@pytest.mark.parametrize("pad_attention", [True, False])
-def test_steps_compute_what_blocks_compute(gguf, compute, pad_attention):
-    """Whatever rows the runtime chose for a graph on this CPU (one row where the graph pads attention and its
-    one-row calls are exact here; else int8's scratch token), the logits and hidden states of single steps equal
-    those of blocks of 2, 3 and 5 and of a prefill that carries a window, bit for bit (int8x2 without padded
-    attention: close, its documented rounding); the cache holds exactly the tokens fed."""
-    lm = _lm(gguf, compute, pad_attention=pad_attention)
-    assert lm.attention_rows == (2 if pad_attention else 1)
-    if pad_attention:
+@pytest.mark.parametrize("attention", LAYOUTS)
+def test_steps_compute_what_blocks_compute(gguf, compute, attention):
+    """Whatever rows the runtime chose for a graph on this CPU (one row where the graph runs attention as rows or
+    pads it and its one-row calls are exact here; else int8's scratch token), the logits and hidden states of
+    single steps equal those of blocks of 2, 3 and 5 and of a prefill that carries a window, bit for bit (int8x2 on
+    attention's one-row path: close, its documented rounding); the cache holds exactly the tokens fed."""
+    lm = _lm(gguf, compute, attention=attention)
+    assert lm.attention_rows == (2 if attention == "padded" else 1)
+    assert lm.spill == (1 if attention == "rows" else 0)  # the tiny model: 2 query heads per key head
+    if attention != "one-row":
         assert lm.min_rows == (1 if lm.one_row_exact() else {"int8": 2, "int8x2": 1}[compute])
     else:
         assert lm.min_rows == {"int8": 2, "int8x2": 1}[compute]
     assert lm.free_draft_tokens == lm.min_rows - 1
-    exact = lm.min_rows == 2 or lm.one_row_exact()  # int8x2 without padded attention: as this CPU's kernels round
-    assert exact or not pad_attention or compute == "int8x2"
+    exact = lm.min_rows == 2 or lm.one_row_exact()  # int8x2 on the one-row path: as this CPU's kernels round
+    assert exact or attention == "one-row" or compute == "int8x2"
     steps, hidden = _steps(lm, PROMPT, NEXT)
     assert lm.length == len(PROMPT) + len(NEXT)
     for T in (2, 3, 5):
@@ -101,19 +109,19 @@ def test_the_load_check_says_what_steps_do(gguf):
     without padded attention; on the padded int8 graph the one-row calls (where chosen) and the scratch-token calls
     give the same tokens' logits: the choice changes the cost, never the answer."""
     for compute in ("int8", "int8x2"):
-        for pad in (True, False):
-            lm = _lm(gguf, compute, min_rows=1, pad_attention=pad)
+        for attention in LAYOUTS:
+            lm = _lm(gguf, compute, min_rows=1, attention=attention)
             steps, _ = _steps(lm, PROMPT, NEXT)
             blocks, _ = _blocks(lm, PROMPT, NEXT, 3)
             assert lm.length == len(PROMPT) + len(NEXT)
-            assert lm.one_row_exact() == np.array_equal(steps, blocks), (compute, pad)
+            assert lm.one_row_exact() == np.array_equal(steps, blocks), (compute, attention)
             assert lm.length == 0 and lm.min_rows == 1  # the check leaves an empty cache and the rows as they were
     one = _lm(gguf, "int8", min_rows=1)
     if one.one_row_exact():
         padded = _lm(gguf, "int8", min_rows=2)
         assert np.array_equal(_steps(one, PROMPT, NEXT)[0], _steps(padded, PROMPT, NEXT)[0])
     # the one-row call without padded attention: the same model, rounding of its own (close)
-    plain_rows, _ = _steps(_lm(gguf, "int8", min_rows=1, pad_attention=False), PROMPT, NEXT)
+    plain_rows, _ = _steps(_lm(gguf, "int8", min_rows=1, attention="one-row"), PROMPT, NEXT)
     assert np.corrcoef(plain_rows.ravel(), _steps(one, PROMPT, NEXT)[0].ravel())[0, 1] > 0.99
 
 
@@ -126,7 +134,7 @@ def test_a_manifest_cannot_claim_padding_its_graph_lacks(gguf):
     from heron.runtime.lm import OnnxLM, lm_manifest
     from heron.runtime.manifest import FileEntry, sha256_bytes, sha256_path
 
-    model, cfg, _, _ = build_graph(gguf, compute="int8", pad_attention=False)
+    model, cfg, _, _ = build_graph(gguf, compute="int8", attention="one-row")
     graph = model.SerializeToString()
 
     def load(rows):
@@ -143,7 +151,7 @@ def test_a_manifest_cannot_claim_padding_its_graph_lacks(gguf):
         with pytest.raises(BundleError, match="attention_rows must be 1 or 2"):
             load(bad)
     # the other way round: a graph that pads (its attention_rows input) under a manifest that says it does not
-    padded = build_graph(gguf, compute="int8")[0].SerializeToString()
+    padded = build_graph(gguf, compute="int8", attention="padded")[0].SerializeToString()
     manifest = lm_manifest(cfg, name="t", eot_id=None, files={"model.int4.onnx": FileEntry(
         "model.int4.onnx", sha256_bytes(padded), len(padded))},
         source={"gguf": gguf.name, "gguf_sha256": sha256_path(gguf), "compute": "int8", "attention_rows": 1})
@@ -157,17 +165,17 @@ def test_fp32_uses_one_row(gguf):
     lm = _lm(gguf, "fp32")
     assert lm.attention_rows == 1 and lm.min_rows == 1 and lm.free_draft_tokens == 0
     from heron.runtime.lm import VERIFY_COSTS
-    for pad in (True, False):
-        int8 = _lm(gguf, "int8", pad_attention=pad)
+    for attention in LAYOUTS:
+        int8 = _lm(gguf, "int8", attention=attention)
         assert int8.verify_cost == VERIFY_COSTS[("int8", int8.min_rows)]
     assert VERIFY_COSTS[("int8", 2)] < VERIFY_COSTS[("int8", 1)]
 
 
-@pytest.mark.parametrize("pad_attention", [True, False])
-def test_the_last_position_of_the_context(gguf, pad_attention):
-    """The context's last position decodes on either graph (the padded attention row and the scratch token
-    have room there, or the call runs one row); nothing is left in the cache past its end."""
-    lm = _lm(gguf, "int8", pad_attention=pad_attention)
+@pytest.mark.parametrize("attention", LAYOUTS)
+def test_the_last_position_of_the_context(gguf, attention):
+    """The context's last position decodes on every graph (the padded attention row, rows attention's spill and the
+    scratch token have room there, or the call runs one row); nothing is left in the cache past its end."""
+    lm = _lm(gguf, "int8", attention=attention)
     for min_rows in (1, 2):
         lm.min_rows = min_rows
         lm.reset()
@@ -180,17 +188,17 @@ def test_the_last_position_of_the_context(gguf, pad_attention):
 
 @pytest.mark.parametrize("bad", [0, 3, -1, True, 1.5, "2", None])
 def test_min_rows_refuses_bad_values(gguf, bad):
-    lm = _lm(gguf, "int8", pad_attention=False)
+    lm = _lm(gguf, "int8", attention="one-row")
     with pytest.raises(ValueError, match="min_rows must be 1 or 2"):
         lm.min_rows = bad
     assert lm.min_rows == 2
 
 
-@pytest.mark.parametrize("pad_attention", [True, False])
-def test_speculation_on_int8_returns_plain_decodings_tokens(gguf, pad_attention):
-    """Greedy prompt lookup (adaptive and fixed windows) on the int8 graph (padded attention, or the scratch
-    token): plain decoding's tokens, with windows verified (not a plain run in disguise)."""
-    lm = _lm(gguf, "int8", pad_attention=pad_attention)
+@pytest.mark.parametrize("attention", LAYOUTS)
+def test_speculation_on_int8_returns_plain_decodings_tokens(gguf, attention):
+    """Greedy prompt lookup (adaptive and fixed windows) on the int8 graph (rows attention, padded attention, or the
+    scratch token): plain decoding's tokens, with windows verified (not a plain run in disguise)."""
+    lm = _lm(gguf, "int8", attention=attention)
     opts = sp.GenerationOptions(max_new_tokens=40, temperature=0.0, stop_at_eot=False)
     verified = 0
     for prompt in ([3, 1, 4, 1, 5, 3, 1, 4, 1, 5, 3, 1], [7, 7, 7, 7, 7, 7], [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]):
@@ -286,7 +294,8 @@ def test_speculation_refuses_one_row_steps_and_drafts_use_them(gguf, monkeypatch
     exact = LanguageModel(_lm(gguf, "int8"), None, gguf)
     # the target's own draft, built as from a real GGUF file (the tiny file has no tokenizer for bundle_in_memory)
     monkeypatch.setattr("heron.export.gguf_onnx.bundle_in_memory",
-                        lambda path, compute, shared_cache: (*_bundle(gguf, compute), None))
+                        lambda path, compute, shared_cache, attention: (*_bundle(gguf, compute, attention or "rows"),
+                                                                        None))
     assert exact.draft_backend(heron.SpeculativeOptions(method="draft")).exact_steps is False
     want = [t.id for t in exact.generate(PROMPT, opts)]
     assert [t.id for t in exact.generate(PROMPT, opts, heron.SpeculativeOptions(method="draft", gamma=3))] == want
@@ -294,3 +303,93 @@ def test_speculation_refuses_one_row_steps_and_drafts_use_them(gguf, monkeypatch
         heron.load_lm(gguf, engine="torch", exact_steps=False)
     with pytest.raises(ValueError, match="exact_steps must be True or False"):
         heron.load_lm(gguf, exact_steps="yes")
+
+
+def test_rows_attention_is_attention(gguf, monkeypatch):
+    """Rows attention (a token's query heads that share a key head as rows of one head, keys and values repeated and
+    masked) computes what GroupQueryAttention's own layout computes: on fp32 compute (no int8 rounding between them)
+    the logits and hidden states agree to fp32 rounding for a prefill, single steps and a block; a block longer than
+    ROWS_CHUNK goes in several calls, its `last` rows (spanning calls) and hidden states the same as in one call."""
+    import heron.runtime.lm as runtime_lm
+
+    rows, plain = _lm(gguf, "fp32", attention="rows"), _lm(gguf, "fp32", attention="one-row")
+    assert rows.spill == 1 and plain.spill == 0
+    a, ha = _steps(rows, PROMPT, NEXT)
+    b, hb = _steps(plain, PROMPT, NEXT)
+    assert np.allclose(a, b, atol=1e-4) and np.allclose(ha, hb, atol=1e-4)
+    assert np.allclose(_blocks(rows, PROMPT, NEXT, 5)[0], b, atol=1e-4)
+    long = [(7 * i + 3) % 64 for i in range(100)]
+    rows.reset()
+    whole = rows.forward(long, last=12)
+    whole_hidden = [rows.hidden_at(p) for p in range(88, 100)]
+    assert rows.length == 100 and rows.hidden_at(87) is None
+    monkeypatch.setattr(runtime_lm, "ROWS_CHUNK", 8)  # 13 calls; the last 12 rows span the last two
+    rows.reset()
+    chunked = rows.forward(long, last=12)
+    assert rows.length == 100 and chunked.shape == whole.shape == (12, 64)
+    assert np.allclose(chunked, whole, atol=1e-4)
+    assert all(np.allclose(rows.hidden_at(p), h, atol=1e-4) for p, h in zip(range(88, 100), whole_hidden))
+    assert rows.hidden_at(87) is None
+    plain.reset()
+    assert np.allclose(plain.forward(long, last=12), whole, atol=1e-4)
+
+
+def test_rows_attention_spills_past_the_call_only(gguf):
+    """A rows graph writes its repeated keys past the call's end (spill positions per token), where the next call
+    writes its own: the cache's valid positions are exactly the tokens fed, whatever was spilled."""
+    lm = _lm(gguf, "int8", attention="rows")
+    lm.reset()
+    lm.forward(PROMPT, last=1)
+    lm.forward(NEXT[:1], last=1)
+    assert lm.length == len(PROMPT) + 1 and np.abs(_spare(lm)).max() > 0  # the spilled copy of the new key
+    lm.forward(NEXT[1:4], last=3)
+    assert lm.length == len(PROMPT) + 4 and lm._cache.capacity >= lm.length + 3 * lm.spill
+    # a step after a spilling step and a spilling block: what steps alone compute, bit for bit (min_rows keeps steps
+    # and blocks equal on this CPU), so nothing spilled was read as a key
+    steps, _ = _steps(_lm(gguf, "int8", attention="rows"), PROMPT, NEXT[:5])
+    assert np.array_equal(lm.forward(NEXT[4:5], last=1)[0], steps[-1])
+
+
+@pytest.mark.parametrize("bad", [True, -1, 17, "1", 1.0])
+def test_a_manifest_cannot_misstate_the_spill(gguf, bad):
+    """The room a rows graph needs past each call is the graph's own word (its metadata): a manifest that says
+    otherwise, or says it on a graph that pads attention, or says nonsense, is refused in one line."""
+    from heron.runtime.bundle import BundleError
+    from heron.runtime.lm import OnnxLM
+
+    graph, manifest = _bundle(gguf, "int8", "rows")
+    for claim, message in ((0, "attention_spill says 0, the graph's metadata 1"),
+                           (bad, "attention_spill must be an integer in 0..16")):
+        manifest.source["attention_spill"] = claim
+        with pytest.raises(BundleError, match=message):
+            OnnxLM.from_memory(graph, manifest)
+    graph, manifest = _bundle(gguf, "int8", "padded")
+    manifest.source["attention_spill"] = 1
+    with pytest.raises(BundleError, match="for graphs with shared state buffers that do not pad attention"):
+        OnnxLM.from_memory(graph, manifest)
+
+
+def test_the_attention_layout_is_chosen_and_checked():
+    """Rows attention is the default where it fits (several query heads per key head, heads in whole blocks) and
+    this onnxruntime runs it on the CPU provider; other providers, grown states and pad_attention=False get the
+    layouts before it; a layout that cannot work is refused in one line."""
+    from heron.export.gguf_onnx import Blocks, attention_for, attention_layout, rows_supported
+
+    smol = (9, 3, 64)
+    assert attention_layout("int8", heads=smol) == ("rows" if rows_supported() else "padded")
+    assert attention_layout("int8x2", heads=(4, 4, 64)) == "padded"  # one query head per key head: nothing to group
+    assert attention_layout("fp32", heads=(4, 4, 64)) == "one-row"
+    assert attention_layout("int8", shared_cache=False, heads=smol) == "one-row"
+    assert attention_layout("int8", pad_attention=False, heads=smol) == "one-row"
+    assert attention_for("CPUExecutionProvider") is None and attention_for("CUDAExecutionProvider") == "padded"
+    for kwargs, message in ((dict(attention="row"), "attention must be one of rows, padded, one-row"),
+                            (dict(attention="rows", shared_cache=False), "needs shared state buffers"),
+                            (dict(attention="padded", shared_cache=False), "needs shared state buffers"),
+                            (dict(attention="rows", heads=(9, 3, 48)), "heads in blocks of 32"),
+                            (dict(attention="rows", heads=(4, 4, 64)), "several query heads per key head")):
+        with pytest.raises(ValueError, match=message):
+            attention_layout("int8", **kwargs)
+    w = Blocks(2, 64, 4, np.zeros((2, 2, 16), np.uint8), np.ones((2, 2), np.float32))
+    assert w.take_columns(np.r_[32:64, 0:32]).scales.shape == (2, 2)
+    with pytest.raises(ValueError, match="whole blocks of 32"):
+        w.take_columns(np.r_[16:64, 0:16])

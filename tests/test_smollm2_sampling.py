@@ -199,13 +199,13 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
 
 
 def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
-    """--compute int8 pads attention to two query rows (heron.export.gguf_onnx.ATTENTION_ROWS; or one-token calls
-    to two rows where its one-row calls are not exact on this CPU), so its single steps compute what its verify
-    blocks compute bit for bit: prompt lookup and the shipped draft head return plain decoding's tokens on SmolLM2
+    """--compute int8 runs attention as rows (heron.export.gguf_onnx's rows attention; padded to two query rows with
+    an onnxruntime before 1.22; or one-token calls to two rows where its one-row calls are not exact on this CPU),
+    so its single steps compute what its verify blocks compute bit for bit: prompt lookup and the shipped draft head return plain decoding's tokens on SmolLM2
     itself, and a 4-token block equals four steps exactly (a graph without the padding would differ by tenths of
     a logit)."""
     import heron
-    from heron.export.gguf_onnx import bundle_in_memory
+    from heron.export.gguf_onnx import bundle_in_memory, rows_supported
     from heron.runtime.draft_head import DraftHead, head_generate
     from heron.runtime.lm import OnnxLM
 
@@ -213,7 +213,8 @@ def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
     lm = heron.load_lm("smollm2")  # the tokenizer and chat template
     target = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), source_file=path)
     head = DraftHead(target=target)
-    assert target.attention_rows == 2 and target.min_rows == (1 if target.one_row_exact() else 2)
+    assert (target.spill, target.attention_rows) == ((2, 1) if rows_supported() else (0, 2))
+    assert target.min_rows == (1 if target.one_row_exact() else 2)
     assert target.free_draft_tokens == target.min_rows - 1
     opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
     drafted, by_head = 0, 0
@@ -242,14 +243,16 @@ def test_the_sdks_default_head_drafts_for_smollm2(compute):
     """`heron.load_lm("smollm2")` with SpeculativeOptions(method="head") and no bundle named: the shipped head,
     its rows read from the GGUF file the in-memory graph was built from; plain decoding's tokens, drafted. With
     compute="int8" (`heron lm chat --model smollm2 --compute int8 --speculative head`: the fastest lossless path
-    without an export) the graph built at load pads attention to two query rows."""
+    without an export) the graph built at load runs attention as rows (padded to two query rows with an onnxruntime
+    before 1.22)."""
     import heron
+    from heron.export.gguf_onnx import rows_supported
 
     smollm2_gguf()
     lm = heron.load_lm("smollm2", compute=compute)
     assert lm.backend.source_file == smollm2_gguf()
     assert lm.backend.manifest.source["compute"] == (compute or "int8x2")
-    assert lm.backend.attention_rows == 2
+    assert (lm.backend.spill, lm.backend.attention_rows) == ((2, 1) if rows_supported() else (0, 2))
     assert lm.backend.min_rows == (1 if compute is None or lm.backend.one_row_exact() else 2)
     prompt = lm.chat_prompt([{"role": "user", "content": "Write a Python function that reverses a string."}])
     opts = sp.GenerationOptions(max_new_tokens=24, stop_at_eot=False)
