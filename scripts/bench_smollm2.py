@@ -9,9 +9,9 @@ onnx:int8-2row: the int8 graph with one-token calls at one row / padded with a s
 chooses itself at load: one row where its steps then equal its blocks, OnnxLM.one_row_exact; two rows was every
 int8 graph's default before session 27); onnx:COMPUTE-nopad: a graph whose attention is not padded to two query
 rows, as before session 27 (run padded with a scratch token where its one-row steps would not equal its blocks),
-onnx:COMPUTE-nopad1row: that graph at one row per step anyway (plain decoding only); onnx:COMPUTE-fast: the
-COMPUTE bundle with one-row steps, attention included (OnnxLM.exact_steps False, `heron lm generate --fast-steps`:
-plain decoding only); onnx:COMPUTE-fullhead /
+onnx:COMPUTE-nopad1row: that graph at one row per step anyway (plain decoding only); onnx:COMPUTE-fast: one-row
+steps, attention included, as `heron lm generate --model smollm2 --fast-steps` builds them (the -nopad graph with
+OnnxLM.exact_steps False: plain decoding only); onnx:COMPUTE-fullhead /
 onnx:COMPUTE-ranked: a graph whose 8-bit head scores every
 word / only the 32 words a 4-bit copy of it ranks first (heron.export.gguf_onnx.HEAD_RANK: int8 ranks by default,
 int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block offsets as an exact fp32 term
@@ -55,7 +55,9 @@ ROWS = {"1row": 1, "2row": 2}  # onnx:int8-1row / -2row: the int8 bundle with it
 # onnx:COMPUTE-nopad1row: the -nopad graph with its one-token calls at one row whatever one_row_exact says (attention's
 # one-row path: plain decoding only, its steps need not equal its blocks; what the padding costs as contexts grow)
 NOPAD_ONE_ROW = "nopad1row"
-FAST = "fast"  # onnx:COMPUTE-fast: the COMPUTE bundle run with exact_steps=False (one-row steps: plain decoding only)
+# onnx:COMPUTE-fast: one-row steps (plain decoding only), as `heron lm generate --model smollm2 --fast-steps` builds
+# them: the graph with attention's one-row path (the -nopad bundle) run with exact_steps=False
+FAST = "fast"
 HEADS = {"fullhead": 0, "ranked": 32}  # onnx:COMPUTE-fullhead / -ranked: the words its 8-bit head scores (rank)
 OFFSETS = {"exactoffsets": 0, "folded": 2}  # onnx:COMPUTE-exactoffsets / -folded: Q4_1's offsets as an fp32 term / folded
 # onnx:COMPUTE-padded / -paddedfast: the graph with padded attention (heron.export.gguf_onnx ATTENTIONS), run with exact
@@ -139,7 +141,7 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         return run_transformers(threads)
     if backend.startswith("onnx:"):
         compute, _, variant = backend.split(":")[1].partition("-")
-        folder = (compute if variant in (*ROWS, FAST) else f"{compute}-nopad" if variant == NOPAD_ONE_ROW
+        folder = (compute if variant in ROWS else f"{compute}-nopad" if variant in (NOPAD_ONE_ROW, FAST)
                   else f"{compute}-{PADDED}" if variant == PADDED_FAST else backend.split(":")[1])
         lm = heron.load_lm(bundles / folder, threads=threads, exact_steps=variant not in (FAST, PADDED_FAST))
         if variant in ROWS or variant == NOPAD_ONE_ROW:
@@ -252,9 +254,9 @@ def main() -> int:
                         or (cache in ROWS and compute != "int8")):
             raise SystemExit(f"unknown backend {b}: onnx:{{{','.join(COMPUTES)}}}[-grown|-nopad|-nopad1row|-fast|"
                              "-fullhead|-ranked|-exactoffsets|-folded|-padded|-paddedfast], onnx:int8-1row|-2row")
-        nopad = cache in ("nopad", NOPAD_ONE_ROW)
+        nopad = cache in ("nopad", NOPAD_ONE_ROW, FAST)
         padded = cache in (PADDED, PADDED_FAST)
-        folder = out / (compute if cache in (*ROWS, FAST) else f"{compute}-nopad" if nopad
+        folder = out / (compute if cache in ROWS else f"{compute}-nopad" if nopad
                         else f"{compute}-{PADDED}" if padded else variant or "")
         if variant and not (folder / "manifest.json").is_file():
             export_gguf_bundle(named_lm_path("smollm2"), folder, compute=compute, shared_cache=cache != "grown",

@@ -375,7 +375,10 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
     from heron.export.gguf_onnx import attention_for, bundle_in_memory
 
-    graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention_for(provider_name(device)))
+    # exact steps: rows attention where it runs (steps equal blocks, nothing padded); one-row steps (plain decoding
+    # only): attention's own one-row kernels, with no node around them (the fastest plain path)
+    attention = attention_for(provider_name(device)) if exact_steps else "one-row"
+    graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path, exact_steps=exact_steps), path)
 

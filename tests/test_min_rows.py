@@ -393,3 +393,22 @@ def test_the_attention_layout_is_chosen_and_checked():
     assert w.take_columns(np.r_[32:64, 0:32]).scales.shape == (2, 2)
     with pytest.raises(ValueError, match="whole blocks of 32"):
         w.take_columns(np.r_[16:64, 0:16])
+
+
+def test_a_gguf_target_builds_its_graph_for_its_steps(gguf, monkeypatch):
+    """heron.load_lm on a GGUF file builds rows attention for exact steps (the default; padded on another provider)
+    and the one-row graph for one-row steps (--fast-steps: plain decoding's fastest graph, nothing around attention)."""
+    import heron
+
+    asked = []
+
+    def build(path, compute, attention):
+        asked.append(attention)
+        return (*_bundle(gguf, compute, attention or "rows"), None)
+    monkeypatch.setattr("heron.export.gguf_onnx.bundle_in_memory", build)
+    monkeypatch.setattr("heron.lm._onnx_model", lambda backend, path: backend)
+    exact = heron.load_lm(gguf, compute="int8")
+    fast = heron.load_lm(gguf, compute="int8", exact_steps=False)
+    assert asked == [None, "one-row"]
+    assert exact.spill == 1 and exact.exact_steps and fast.spill == 0 and fast.attention_rows == 1
+    assert not fast.exact_steps and fast.min_rows == 1
