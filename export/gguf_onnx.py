@@ -437,7 +437,7 @@ def ranked_head(g: Graph, h: str, w: Blocks, packed: str, scales: str, k: int) -
 
 
 def rows_attention(g: Graph, qkv: str, heads: tuple[int, int, int], past_k: str, past_v: str, new_k: str, new_v: str,
-                   prep: tuple, hint: str, kv16: bool = False) -> str:
+                   prep: tuple, hint: str) -> str:
     """Attention with each token's query heads that share a key head as rows of one head (the module docstring):
     qkv (1, T, (H + 2G) S) with its query in rows order (build_graph's q_order) -> (1, T, H S) in the same order.
     The G-head query rows (1, T R, G S) and the keys get llama.cpp's interleaved RoPE at their tokens' positions, the
@@ -450,16 +450,10 @@ def rows_attention(g: Graph, qkv: str, heads: tuple[int, int, int], past_k: str,
     q = g.one("Reshape", [q, g.const(np.array([1, -1, G * S], np.int64), "shape")])  # (1, T R, G S)
     q = g.one("RotaryEmbedding", [q, pos_q, cos, sin], domain="com.microsoft", interleaved=1, num_heads=G)
     k = g.one("RotaryEmbedding", [k, pos_k, cos, sin], domain="com.microsoft", interleaved=1, num_heads=G)
-    if kv16:
-        from onnx import TensorProto
-        q, k, v, bias = [g.one("Cast", [t], to=TensorProto.FLOAT16) for t in (q, k, v, bias)]
     keys, values = g.one("Concat", [k] * R, axis=1), g.one("Concat", [v] * R, axis=1)  # (1, T R, G S)
     attn = g.op("GroupQueryAttention", [q, keys, values, past_k, past_v, seqlens_k, total, "", "", "", bias], n_out=3,
                 domain="com.microsoft", outputs=[g.name(hint + "attn"), new_k, new_v], num_heads=G, kv_num_heads=G,
                 do_rotary=0)[0]
-    if kv16:
-        from onnx import TensorProto
-        attn = g.one("Cast", [attn], to=TensorProto.FLOAT)
     return g.one("Reshape", [attn, g.const(np.array([1, -1, H * S], np.int64), "shape")])  # (1, T, H S)
 
 
@@ -544,9 +538,6 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
     angles = np.outer(np.arange(cfg.max_seq_len + attn_rows - 1, dtype=np.float64), inv)  # (max_len + padding, S/2)
     cos, sin = g.const(np.cos(angles).astype(np.float32), "cos"), g.const(np.sin(angles).astype(np.float32), "sin")
-    import os
-    kv16 = os.environ.get("HERON_KV16") == "1"
-    cos16, sin16 = g.const(np.cos(angles).astype(np.float16), "cos16"), g.const(np.sin(angles).astype(np.float16), "sin16")
 
     # embedding: the head's int8 blocks gathered for the tokens, then scaled
     emb = read_blocks(reader, "token_embd.weight")
@@ -585,21 +576,17 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         o_w = read_blocks(reader, p + "attn_output.weight")
         if q_order is not None:
             attn = rows_attention(g, qkv, (H, G, S), ins[2 * i], ins[2 * i + 1], outs[2 * i], outs[2 * i + 1],
-                                  (pos_q, pos_k, seqlens_k, total_scalar, bias, cos, sin), p, kv16)
+                                  (pos_q, pos_k, seqlens_k, total_scalar, bias, cos, sin), p)
             o_w = o_w.take_columns(q_order)  # its inputs in the rows' order
         else:
             if pad_len is not None:  # (1, max(T, rows), (H + 2G) S): a one-token call's row copied (Pad's edge mode)
                 qkv = g.one("Pad", [qkv, row_pads], mode="edge")
-            if kv16:
-                qkv = g.one("Cast", [qkv], to=TensorProto.FLOAT16)
             attn, _, _ = g.op("GroupQueryAttention", [qkv, "", "", ins[2 * i], ins[2 * i + 1], seqlens_k, total_scalar,
-                                                      cos16 if kv16 else cos, sin16 if kv16 else sin], n_out=3, domain="com.microsoft",
+                                                      cos, sin], n_out=3, domain="com.microsoft",
                               outputs=[g.name(p + "attn"), outs[2 * i], outs[2 * i + 1]],
                               num_heads=H, kv_num_heads=G, do_rotary=1, rotary_interleaved=1)
             if pad_len is not None:  # the block's own T rows
                 attn = g.one("Slice", [attn, start0, new_len, seq_axis])
-            if kv16:
-                attn = g.one("Cast", [attn], to=TensorProto.FLOAT)
         delta = linear(g, attn, o_w, p + "o", compute, {"levels": levels})
         gamma = g.const(reader.tensor(p + "ffn_norm.weight").astype(np.float32), p + "ffn_norm")
         h, _, _, x = g.op("SkipSimplifiedLayerNormalization", [x, delta, gamma], domain="com.microsoft",
@@ -629,14 +616,14 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])]
-    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT16 if kv16 else f32, [1, G, "P", S]) for n in ins]
+    inputs += [helper.make_tensor_value_info(n, f32, [1, G, "P", S]) for n in ins]
     if shared_cache:
         inputs.append(helper.make_tensor_value_info(PAST_INPUT, TensorProto.INT64, [1]))
     inputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [1]))  # logits for the last n positions
     if attn_rows > 1:
         inputs.append(helper.make_tensor_value_info(ROWS_INPUT, TensorProto.INT64, [1]))  # query rows attention sees
     outputs = [helper.make_tensor_value_info("logits", f32, [1, "n", cfg.vocab_size])]
-    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT16 if kv16 else f32, [1, G, "P_T", S]) for n in outs]
+    outputs += [helper.make_tensor_value_info(n, f32, [1, G, "P_T", S]) for n in outs]
     outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))
     if feature_layers:
         outputs.append(helper.make_tensor_value_info(FEATURES_OUTPUT, f32, [1, "n", len(feature_layers) * D]))

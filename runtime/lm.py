@@ -548,8 +548,7 @@ class _SharedCache:
         if positions <= self.capacity:
             return
         capacity = min(self.max_len + self.room(ROWS_CHUNK), max(positions, 2 * self.capacity, self.STEP))
-        dt = np.float16 if self.session.get_inputs()[1].type == "tensor(float16)" else np.float32
-        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), dt) for _ in self.state_in]
+        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
         for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
             new[:, :, :self.length] = old[:, :, :self.length]
         self.arrays, self.capacity = arrays, capacity

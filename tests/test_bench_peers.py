@@ -2,6 +2,7 @@
 scripts/bench_smollm2.py, with the peers' side builds made once under --out. The commands are checked here, not run
 (the builds take up to 45 minutes and the measurement ten): what runs, in which order, and that everything it writes
 lands under --out."""
+import json
 import subprocess
 from pathlib import Path
 
@@ -128,3 +129,28 @@ def test_the_table_names_the_command_that_made_it(monkeypatch):
     monkeypatch.delenv(mod.COMMAND_ENV)
     monkeypatch.setattr("sys.argv", ["scripts/bench_smollm2.py", "--out", "runs/y"])
     assert mod.command_line().endswith("scripts/bench_smollm2.py --out runs/y")
+
+
+def test_mirror_whatif_prices_one_change_at_a_time(tmp_path, capsys):
+    """scripts/mirror_whatif.py: a bench report's costs and acceptance through heron.bench_lm's predictions, one
+    change per line; a faster draft lifts both methods, a free verify only draft SD; a file that is no report: exit 2."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mirror_whatif", ROOT / "scripts" / "mirror_whatif.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    costs = {"target_step_s": 0.032, "verify_s": 0.042, "beta": 1.31, "draft_step_s": 0.0055, "c": 0.17, "gamma": 8}
+    beside = {"target_step_s": 0.043, "verify_s": 0.062, "beta": 1.43, "draft_step_s": 0.0066, "c": 0.15, "gamma": 8,
+              "beside": True}
+    sd, mirror = mod.predictions(costs, beside, 0.967)
+    fast_sd, fast_mirror = mod.predictions(costs, beside, 0.967, draft=0.5)
+    free_sd, free_mirror = mod.predictions(costs, beside, 0.967, verify=0.0)
+    assert 1 < sd < mirror and fast_sd > sd and fast_mirror > mirror and free_sd > sd
+    assert free_mirror / free_sd < mirror / sd  # a cheaper verify helps the serial method more
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"costs": costs, "costs_beside": beside, "rows": [{"method": "draft", "alpha": 0.967}]}))
+    mod.sys.argv = ["mirror_whatif.py", str(report)]
+    assert mod.main() == 0
+    assert capsys.readouterr().out.count("ratio") == 8
+    report.write_text("{}")
+    assert mod.main() == 2
