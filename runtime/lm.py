@@ -445,16 +445,22 @@ class OnnxLM:
     def _forward_chunks(self, tokens: Sequence[int], n: int) -> np.ndarray:
         """forward() of a block longer than ROWS_CHUNK on a graph that spills: calls of ROWS_CHUNK tokens, each asked
         for the rows it holds among the block's last n (at least one), the hidden states and streams joined."""
-        start = self.length + len(tokens) - n
+        before = self.length
+        start = before + len(tokens) - n
         logits, hidden, streams = [], [], []
-        for i in range(0, len(tokens), ROWS_CHUNK):
-            piece = tokens[i:i + ROWS_CHUNK]
-            need = n - (len(tokens) - i - len(piece))  # this call's rows among the last n
-            out = self._forward_block(piece, max(1, min(need, len(piece))))
-            if need > 0:
-                logits.append(out[-need:])
-                hidden.append(self._hidden[-need:] if self._hidden is not None else None)
-                streams.append(self._streams[-need:] if self._streams is not None else None)
+        try:
+            for i in range(0, len(tokens), ROWS_CHUNK):
+                piece = tokens[i:i + ROWS_CHUNK]
+                need = n - (len(tokens) - i - len(piece))  # this call's rows among the last n
+                out = self._forward_block(piece, max(1, min(need, len(piece))))
+                if need > 0:
+                    logits.append(out[-need:])
+                    hidden.append(self._hidden[-need:] if self._hidden is not None else None)
+                    streams.append(self._streams[-need:] if self._streams is not None else None)
+        except BaseException:  # a call that fails part way: the cache holds what it held before the block
+            self.trim(self.length - before)
+            self._hidden, self._streams = None, None
+            raise
         join = lambda parts: None if parts[0] is None else np.concatenate(parts)  # noqa: E731
         self._hidden, self._hidden_start, self._streams = join(hidden), start, join(streams)
         return np.concatenate(logits)

@@ -1,7 +1,7 @@
 """What would move Mirror-SD against draft SD: heron lm bench's own predictions, fed a run's measured costs with one
 thing changed at a time.
 
-    .venv/bin/python scripts/mirror_whatif.py runs/chat-s35.json        # a `heron lm bench --json` report; prints only
+    .venv/bin/python scripts/mirror_whatif.py runs/chat-s35.json        # a heron lm bench report (--json FILE); prints only
 
 The report's costs (the target on every thread, its verify and the draft's step; `costs_beside`: both timed beside
 each other, the target one thread short) and its acceptance (the draft SD rows' alpha) go through

@@ -412,3 +412,28 @@ def test_a_gguf_target_builds_its_graph_for_its_steps(gguf, monkeypatch):
     assert asked == [None, "one-row"]
     assert exact.spill == 1 and exact.exact_steps and fast.spill == 0 and fast.attention_rows == 1
     assert not fast.exact_steps and fast.min_rows == 1
+
+
+def test_a_block_in_several_calls_that_fails_leaves_the_cache_as_it_was(gguf, monkeypatch):
+    """A long block on a rows graph goes in several calls; one failing part way (here the third) leaves the cache
+    holding what it held before the block, and the next call decodes as if the block had never been tried."""
+    import heron.runtime.lm as runtime_lm
+
+    monkeypatch.setattr(runtime_lm, "ROWS_CHUNK", 4)
+    lm = _lm(gguf, "int8", attention="rows")
+    lm.reset()
+    lm.forward(PROMPT, last=1)  # two calls
+    calls, block = [0], runtime_lm.OnnxLM._forward_block
+
+    def flaky(self, tokens, n):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("onnxruntime failed")
+        return block(self, tokens, n)
+    monkeypatch.setattr(runtime_lm.OnnxLM, "_forward_block", flaky)
+    with pytest.raises(RuntimeError, match="onnxruntime failed"):
+        lm.forward(NEXT, last=2)
+    assert lm.length == len(PROMPT) and lm.hidden_at(len(PROMPT) - 1) is None
+    monkeypatch.setattr(runtime_lm.OnnxLM, "_forward_block", block)
+    got = lm.forward(NEXT[:1], last=1)
+    assert np.array_equal(got, _steps(_lm(gguf, "int8", attention="rows"), PROMPT, NEXT[:1])[0][-1:])
