@@ -131,7 +131,7 @@ def test_the_table_names_the_command_that_made_it(monkeypatch):
     assert mod.command_line().endswith("scripts/bench_smollm2.py --out runs/y")
 
 
-def test_mirror_whatif_prices_one_change_at_a_time(tmp_path, capsys):
+def test_mirror_whatif_prices_one_change_at_a_time(tmp_path, capsys, monkeypatch):
     """scripts/mirror_whatif.py: a bench report's costs and acceptance through heron.bench_lm's predictions, one
     change per line; a faster draft lifts both methods, a free verify only draft SD; a file that is no report: exit 2."""
     import importlib.util
@@ -149,7 +149,7 @@ def test_mirror_whatif_prices_one_change_at_a_time(tmp_path, capsys):
     assert free_mirror / free_sd < mirror / sd  # a cheaper verify helps the serial method more
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"costs": costs, "costs_beside": beside, "rows": [{"method": "draft", "alpha": 0.967}]}))
-    mod.sys.argv = ["mirror_whatif.py", str(report)]
+    monkeypatch.setattr("sys.argv", ["mirror_whatif.py", str(report)])
     assert mod.main() == 0
     assert capsys.readouterr().out.count("ratio") == 8
     report.write_text("{}")
