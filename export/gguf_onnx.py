@@ -170,7 +170,11 @@ def attention_rows(compute: str, shared_cache: bool = True, pad_attention: bool 
     """The query rows a graph of this compute pads attention to (padded: ATTENTION_ROWS; else 1). Only graphs
     with shared state buffers pad: the padded row's key and value are written past the call's end, which grown
     states would keep."""
-    layout = attention_layout(compute, shared_cache, pad_attention, attention, heads)
+    return padded_rows(compute, attention_layout(compute, shared_cache, pad_attention, attention, heads))
+
+
+def padded_rows(compute: str, layout: str) -> int:
+    """The query rows a graph of this compute and attention layout pads attention to (1: none)."""
     return ATTENTION_ROWS.get(compute, 1) if layout == "padded" else 1
 
 
@@ -497,11 +501,14 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     else:
         past_len = g.one("Shape", [ins[0]], start=2, end=3)  # (1,) int64
     new_len = g.one("Shape", ["tokens"], start=1, end=2)
-    total = g.one("Cast", [g.one("Add", [past_len, new_len])], to=TensorProto.INT32)  # (1,)
+    layout = attention_layout(compute, shared_cache, pad_attention, attention, (H, G, S))
+    attn_rows = padded_rows(compute, layout)
+    R = H // G if layout == "rows" else 1  # key rows attention writes per token (rows: the token's repeated R times)
+    written = new_len if R == 1 else g.one("Mul", [new_len, g.const(np.array([R], np.int64), "rows")])
+    total64 = g.one("Add", [past_len, written])  # (1,) int64: the positions attention's keys reach
+    total = g.one("Cast", [total64], to=TensorProto.INT32)
     seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])  # (B,) = total - 1
     total_scalar = g.one("Squeeze", [total, g.const(np.array([0], np.int64), "axes")])
-    layout = attention_layout(compute, shared_cache, pad_attention, attention, (H, G, S))
-    attn_rows = ATTENTION_ROWS.get(compute, 1) if layout == "padded" else 1
     assert attn_rows in (1, 2), attn_rows  # a one-token block's row is copied once
     pad_len = None
     if attn_rows > 1:  # T = 1: a copy of the block's row joins attention's input (module docstring)
@@ -514,8 +521,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         zeros = g.const(np.zeros(4, np.int64), "zeros4")  # Pad's (begin 3 axes, end 3 axes): pad_len rows at the end
         row_pads = g.one("Concat", [zeros, pad_len, g.const(np.zeros(1, np.int64), "zero1")], axis=0)
     q_order = None
-    if layout == "rows":  # positions, lengths and the bias of rows attention (rows_attention), once per call
-        R = H // G
+    if layout == "rows":  # positions and the bias of rows attention (rows_attention), once per call
         # the query heads sharing key head k are k R .. k R + R - 1 (GroupQueryAttention's grouping); a token's query
         # comes out of the projection as R rows of G heads, row r holding head k R + r for every k
         q_order = np.concatenate([np.arange((k * R + r) * S, (k * R + r + 1) * S) for r in range(R) for k in range(G)])
@@ -527,10 +533,6 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
         rows_shape = g.one("Concat", [new_len, c64([R], "rows")], axis=0)
         pos_q = g.one("Reshape", [g.one("Expand", [g.one("Unsqueeze", [pos, c64([-1], "axes")]), rows_shape]),
                                   c64([1, -1], "shape")])  # (1, T R): each token's position, once per row
-        total64 = g.one("Add", [past_len, g.one("Mul", [new_len, c64([R], "rows")])])  # P + T R: keys written
-        total = g.one("Cast", [total64], to=TensorProto.INT32)
-        seqlens_k = g.one("Sub", [total, g.const(np.array([1], np.int32), "one")])
-        total_scalar = g.one("Squeeze", [total, c64([0], "axes")])
         cols = g.one("Range", [c64(0, "zero"), g.one("Squeeze", [total64, c64([0], "axes")]), c64(1, "one")])
         masked = g.one("Greater", [cols, g.one("Unsqueeze", [pos_q, c64([-1], "axes")])])  # (1, T R, P + T R)
         bias = g.one("Unsqueeze", [g.one("Where", [masked, g.const(np.array(-np.inf, np.float32), "ninf"),
