@@ -131,14 +131,15 @@ class OnnxLM:
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None,
-                 min_rows: int | None = None, exact_steps: bool = True):
+                 min_rows: int | None = None, exact_steps: bool = True, huge_pages: bool = True):
         """weights: fp32, int8 or int4 (a listed variant); "auto": int8 where listed, else the default;
         None: the manifest's default_weights, else fp32 (int8=True is weights="int8").
         sha256: the identity (manifest.sha256) the bundle must have; the shipped draft's is pinned.
         min_rows: the fewest token rows every call gives the graph (1 or 2; None: 1 where the graph pads attention
         and one_row_exact holds, else MIN_ROWS by the graph's compute): 2 makes single steps compute what blocks
         compute on any graph, 1 is the faster one-row call. exact_steps: see the property (False: one-row steps,
-        min_rows 1)."""
+        min_rows 1). huge_pages: the weights in huge pages where the system allows (heron.runtime.pages; each step
+        reads them all); `huge_pages_bytes` says how many bytes."""
 
         from heron.runtime.bundle import BundleError, check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.sessions import open_session
@@ -164,13 +165,13 @@ class OnnxLM:
         self.weights, self.threads = weights, threads
         self.folder, self.source_file = folder, None
         self._tokenizer_source: object = folder / "tokenizer.json"
-        self._setup(open_session(folder / name, threads, _check_providers(providers)), providers, where, min_rows,
-                    exact_steps)
+        self._setup(open_session(folder / name, threads, _check_providers(providers), huge_pages=huge_pages),
+                    providers, where, min_rows, exact_steps)
 
     @classmethod
     def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
                     threads: int = 1, min_rows: int | None = None, source_file: str | Path | None = None,
-                    exact_steps: bool = True) -> "OnnxLM":
+                    exact_steps: bool = True, huge_pages: bool = True) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
         in seconds at load): nothing is written to disk. `tokenizer`: a tokenizers.Tokenizer. source_file: the
         GGUF file it was built from (a draft head reads its output rows there)."""
@@ -182,13 +183,14 @@ class OnnxLM:
         self.source_file = Path(source_file) if source_file is not None else None
         self.weights, self.threads = manifest.default_weights or "int4", threads
         self._tokenizer_source = tokenizer
-        self._setup(open_session(graph, threads, _check_providers(providers)), providers, where, min_rows,
-                    exact_steps)
+        self._setup(open_session(graph, threads, _check_providers(providers), huge_pages=huge_pages), providers,
+                    where, min_rows, exact_steps)
         return self
 
     def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None,
                exact_steps: bool = True) -> None:
         self.session = session
+        self.huge_pages_bytes = getattr(session, "heron_huge_pages", 0)
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
         self.vocab_size, self.max_len = m.vocab_size, m.max_seq_len
@@ -554,7 +556,8 @@ class _SharedCache:
         if positions <= self.capacity:
             return
         capacity = min(self.max_len + self.room(ROWS_CHUNK), max(positions, 2 * self.capacity, self.STEP))
-        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
+        # one allocation for every state: numpy asks for huge pages for it (>= 4 MiB), and a step reads all of it
+        arrays = list(np.zeros((len(self.state_in), 1, self.kv_heads, capacity, self.head_dim), np.float32))
         for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
             new[:, :, :self.length] = old[:, :, :self.length]
         self.arrays, self.capacity = arrays, capacity

@@ -45,15 +45,19 @@ def session_options(threads: int = 1):
 
 
 def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None,
-                 initializers: dict | None = None):
+                 initializers: dict | None = None, huge_pages: bool = False):
     """An onnxruntime session for a verified bundle file (or a graph built in memory, as bytes), or one
     BundleError line for a graph onnxruntime cannot load. initializers: name -> numpy array for the graph's
     initializers marked external (a draft head's rows, taken from its target): onnxruntime uses them as
-    constants (weights prepacked as for any other), their shapes checked against the graph's."""
+    constants (weights prepacked as for any other), their shapes checked against the graph's. huge_pages: the
+    memory the session's weights were loaded into is backed by huge pages where the system allows
+    (heron.runtime.pages; a language model streams its weights every token); session.heron_huge_pages says how
+    many bytes."""
     import numpy as np
     import onnxruntime as ort
 
     from heron.runtime.bundle import BundleError
+    from heron.runtime.pages import HugePages
 
     where = "the graph built in memory" if isinstance(path, bytes) else str(path)
     opts = session_options(threads)
@@ -62,11 +66,13 @@ def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
         opts.add_external_initializers(list(initializers), values)
     try:
-        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
-                                       providers=list(providers or ["CPUExecutionProvider"]))
+        with HugePages(huge_pages) as pages:
+            session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                           providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
         raise BundleError(f"{where}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
     session.heron_initializers = values  # onnxruntime may read their buffers for the session's whole life
+    session.heron_huge_pages = pages.collapsed
     return session
 
 

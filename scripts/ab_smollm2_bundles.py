@@ -3,8 +3,11 @@
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/ab_smollm2_bundles.py runs/a runs/b --rounds 14 \
         --out runs/ab.json                                  # writes only --out
     ... scripts/ab_smollm2_bundles.py runs/a runs/a:fast --prompts code chat summary   # one bundle, both step kinds
+    ... scripts/ab_smollm2_bundles.py runs/a:fast runs/a:fast:small-pages            # huge pages or not
 
-A bundle given as DIR:fast runs one-row steps (heron lm generate --fast-steps, OnnxLM.exact_steps False). Each round
+A bundle given as DIR:fast runs one-row steps (heron lm generate --fast-steps, OnnxLM.exact_steps False); DIR:small-pages
+(after :fast where both) leaves its weights in the pages onnxruntime gave them (load_lm's huge_pages False: the
+memory a session loads into is its own, so both kinds run side by side in one process). Each round
 decodes 128 greedy tokens after each prompt (--prompts: bench_smollm2.py's code request, chat question and 404-token
 text to summarize; default the code request) with every bundle in turn (the order rotates each round), so a drift of
 this machine's speed hits each bundle alike; bench_smollm2.py runs each backend in its own process, minutes apart,
@@ -23,14 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_smollm2 import decode_prompts  # noqa: E402
 
-FAST = ":fast"
+FAST, SMALL_PAGES = ":fast", ":small-pages"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("bundles", nargs="+", help="folders of heron lm export smollm2, DIR:fast for one-row steps (the "
-                                               "first is the reference)")
+    ap.add_argument("bundles", nargs="+", help="folders of heron lm export smollm2, DIR:fast for one-row steps, "
+                                               "DIR[:fast]:small-pages without huge pages (the first is the reference)")
     ap.add_argument("--prompts", nargs="+", default=["code"], choices=list(decode_prompts()),
                     help="bench_smollm2.py's prompts to decode after, each in every round")
     ap.add_argument("--rounds", type=int, default=14, help="rounds of one decode per bundle")
@@ -45,8 +48,15 @@ def main() -> int:
     import heron
     from heron.runtime.metrics import machine
 
-    lms = {b: heron.load_lm(b.removesuffix(FAST), threads=args.threads, exact_steps=not b.endswith(FAST))
-           for b in args.bundles}
+    def load(spec: str):
+        small = spec.endswith(SMALL_PAGES)
+        spec = spec.removesuffix(SMALL_PAGES)
+        return heron.load_lm(spec.removesuffix(FAST), threads=args.threads, exact_steps=not spec.endswith(FAST),
+                             huge_pages=not small)
+
+    lms = {b: load(b) for b in args.bundles}
+    for b, lm in lms.items():
+        print(f"{b}: {lm.backend.huge_pages_bytes / 2 ** 20:.0f} MB of its session in huge pages", flush=True)
     first = lms[args.bundles[0]]
     texts = decode_prompts()
     prompts = {name: first.encode(first.chat_prompt([{"role": "user", "content": texts[name]}])) for name in args.prompts}

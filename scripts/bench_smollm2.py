@@ -182,7 +182,8 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         nll += float((lse - logits[np.arange(len(targets)), targets]).sum())
     return {"decode_tok_s": speeds, "prefill_tok_s": prefill, "answers": answers, "peak_rss_mb": rss,
-            "ppl": float(np.exp(nll / (len(ids) - 1)))}
+            "ppl": float(np.exp(nll / (len(ids) - 1))),
+            "huge_pages_mb": getattr(b, "huge_pages_bytes", 0) / 2 ** 20}  # heron.runtime.pages (onnx backends)
 
 
 def run_transformers(threads: int) -> dict:
@@ -323,6 +324,9 @@ def main() -> int:
                             for n in names)
         lines.append(f"| {name} | {threads} | {decode} | {statistics.median(r['prefill_tok_s']):.0f} "
                      f"| {r['peak_rss_mb']:.0f} | {match}/{len(QUESTIONS)} | {ppl} |")
+    huge = [f"{key} {r['huge_pages_mb']:.0f}" for key, r in results.items() if r.get("huge_pages_mb")]
+    if huge:
+        lines += ["", f"heron's weights in huge pages (MB; heron.runtime.pages): {', '.join(huge)}"]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -385,7 +385,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
-              "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": []}
+              "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": [],
+              "huge_pages_mb": getattr(lm.backend, "huge_pages_bytes", 0) / 2 ** 20}  # heron.runtime.pages
     split = None  # an onnxruntime target's threads are fixed at load: one with a thread left for Mirror-SD's draft
     if lm.model is None and o.threads > 1 and "mirror" in o.methods:
         split = load_lm(target_dir, device=o.target_device, threads=o.threads - 1, compute=o.compute, engine=engine)

@@ -648,6 +648,8 @@ def _bench(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(bench.markdown(report))
-    print(f"\nmachine: {report['machine']}; date {report['date']}" + (f"; full report: {args.json}" if args.json else ""))
+    print(f"\nmachine: {report['machine']}; date {report['date']}"
+          + (f"; the target's weights in huge pages: {report['huge_pages_mb']:.0f} MB" if report.get("huge_pages_mb")
+             else "") + (f"; full report: {args.json}" if args.json else ""))
     return 0
 

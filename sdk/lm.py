@@ -247,7 +247,8 @@ TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.mode
 
 def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
             roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
-            engine: str = "auto", compute: str | None = None, exact_steps: bool = True) -> LanguageModel:
+            engine: str = "auto", compute: str | None = None, exact_steps: bool = True,
+            huge_pages: bool = True) -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -271,6 +272,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     exact_steps: onnxruntime targets: one-token steps compute what verify blocks compute (True, the default;
     speculative methods need it); False: one-row steps, faster plain decoding whose tokens can part from a
     speculative run's at a near-tie (OnnxLM.exact_steps; generate() then refuses speculative methods).
+    huge_pages: onnxruntime targets: the weights in huge pages where the system allows (heron.runtime.pages: each
+    decoding step reads them all, fewer TLB misses); False leaves memory as onnxruntime allocates it.
     """
     import math
 
@@ -289,6 +292,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise ValueError(f"compute must be one of {', '.join(COMPUTES)}, got {compute!r}")
     if not isinstance(exact_steps, bool):
         raise ValueError(f"exact_steps must be True or False, got {exact_steps!r}")
+    if not isinstance(huge_pages, bool):
+        raise ValueError(f"huge_pages must be True or False, got {huge_pages!r}")
     if isinstance(path, str) and path in NAMED_LMS:
         path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
@@ -300,7 +305,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
                              "own 4-bit blocks (weights int4); compute='int8' runs them with int8 activations, "
                              "engine='torch' quantizes the dequantized model to int8 in memory")
-        return _load_gguf_onnx(folder, device, threads, compute or "int8x2", exact_steps)
+        return _load_gguf_onnx(folder, device, threads, compute or "int8x2", exact_steps, huge_pages)
     if compute is not None:
         raise ValueError(f"compute applies to a GGUF file or a named model run on the onnx engine; {folder} is not "
                          "(an ONNX bundle keeps the compute it was exported with: heron lm export ... --compute)")
@@ -311,7 +316,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
         return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights,
-                                  exact_steps=exact_steps), folder)
+                                  exact_steps=exact_steps, huge_pages=huge_pages), folder)
     if not exact_steps:
         raise ValueError("exact_steps=False applies to onnxruntime targets (a GGUF file or named model on the onnx "
                          "engine, or an ONNX bundle); a torch target's steps are what they are")
@@ -371,7 +376,8 @@ def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -
     return "onnx"
 
 
-def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_steps: bool = True) -> LanguageModel:
+def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_steps: bool = True,
+                    huge_pages: bool = True) -> LanguageModel:
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
     from heron.export.gguf_onnx import attention_for, bundle_in_memory
 
@@ -380,7 +386,7 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     attention = attention_for(provider_name(device)) if exact_steps else "one-row"
     graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
-                                          source_file=path, exact_steps=exact_steps), path)
+                                          source_file=path, exact_steps=exact_steps, huge_pages=huge_pages), path)
 
 
 def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:

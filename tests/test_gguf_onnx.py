@@ -429,6 +429,29 @@ def test_smollm2_bundle_chats_torch_free_and_keeps_its_end_tokens(smol_bundle):
     assert m["source"]["compute"] == "int8x2" and lm.backend.verify_cost == VERIFY_COSTS[("int8x2", 1)] < 0.5
 
 
+def test_smollm2_weights_in_huge_pages_compute_the_same_logits(smol_bundle, monkeypatch):
+    """load_lm's huge_pages reaches the session's load (heron.runtime.pages, tested there: the memory the load added,
+    collapsed into huge pages where the system allows), and the graph computes the same bits either way."""
+    import heron
+    from heron.runtime import pages
+
+    asked = []
+
+    class Recorded(pages.HugePages):
+        def __init__(self, enabled: bool = True):
+            super().__init__(enabled)
+            asked.append(enabled)
+
+    monkeypatch.setattr(pages, "HugePages", Recorded)
+    folder, _ = smol_bundle
+    big, small = heron.load_lm(folder), heron.load_lm(folder, huge_pages=False)
+    assert asked == [True, False] and small.backend.huge_pages_bytes == 0
+    ids = big.encode("Huge pages hold the same weights.")
+    np.testing.assert_array_equal(big.backend.forward(ids), small.backend.forward(ids))
+    with pytest.raises(ValueError, match="huge_pages must be True or False"):
+        heron.load_lm(folder, huge_pages="yes")
+
+
 def test_smollm2_int4_keeps_fp32_greedy_tokens(tmp_path_factory):
     """The GGUF's blocks, not new ones: with fp32 compute (compute fp32) greedy decoding equals the
     dequantized torch model's for 24 tokens (the int8 kernels need not)."""
