@@ -556,8 +556,9 @@ class _SharedCache:
         if positions <= self.capacity:
             return
         capacity = min(self.max_len + self.room(ROWS_CHUNK), max(positions, 2 * self.capacity, self.STEP))
-        # one allocation for every state: numpy asks for huge pages for it (>= 4 MiB), and a step reads all of it
-        arrays = list(np.zeros((len(self.state_in), 1, self.kv_heads, capacity, self.head_dim), np.float32))
+        # one array per state: a block of all of them (>= 4 MiB) would get huge pages from numpy, which made the first
+        # decode that grows the cache slower (each 2 MiB page faulted in and zeroed whole) and kept all of it resident
+        arrays = [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32) for _ in self.state_in]
         for new, old in zip(arrays, self.arrays):  # the valid prefix moves over
             new[:, :, :self.length] = old[:, :, :self.length]
         self.arrays, self.capacity = arrays, capacity
