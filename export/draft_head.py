@@ -81,14 +81,12 @@ def build_head_graph(model, rows: Blocks):
     logits = g.one("Add", [_linear(g, f, rows, "words", packed=table_q, scales=scales_flat), c(sd["bias"], "bias")])
     g.op("Identity", [logits], outputs=["logits"])
     f32 = TensorProto.FLOAT
-    graph = helper.make_graph(
-        g.nodes, "heron_draft_head",
+    m = g.model(
+        "heron_draft_head",
         [helper.make_tensor_value_info("hidden", f32, ["B", D]), helper.make_tensor_value_info("token", TensorProto.INT64, ["B"])]
         + ([helper.make_tensor_value_info("streams", f32, ["B", cfg.n_features * D])] if cfg.n_features else []),
         [helper.make_tensor_value_info("logits", f32, ["B", N]), helper.make_tensor_value_info("feature", f32, ["B", D])],
-        g.inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", OPSET_MS)],
-                          producer_name="heron")
+        {"": OPSET, "com.microsoft": OPSET_MS})
     m.ir_version = 10
     return m, {"packed": table_q, "scales": scales, "scales_flat": scales_flat}
 

@@ -331,6 +331,19 @@ class Graph:
     def one(self, *args, **kw) -> str:
         return self.op(*args, **kw)[0]
 
+    def model(self, name: str, inputs: list, outputs: list, opsets: dict[str, int]):
+        """-> the onnx.ModelProto of the graph, its initializers moved in one at a time (helper.make_graph and
+        make_model copy them whole: three copies of a model's weights at once) and dropped from `inits`."""
+        from onnx import helper
+        model = helper.make_model(helper.make_graph(self.nodes, name, inputs, outputs),
+                                  opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                                  producer_name="heron")
+        for i, tensor in enumerate(self.inits):
+            model.graph.initializer.append(tensor)  # a copy: the original goes at once
+            self.inits[i] = None
+        self.inits = []
+        return model
+
 
 def _blocks(g: Graph, x: str, k: int, memo: dict) -> str:
     """x (1, T, K) -> (1, T, K/32, 32), once per input."""
@@ -416,10 +429,19 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
     return g.one("Add", [y, share], hint=hint)
 
 
+RANK_CHUNK = 4096  # head rows rounded at a time (rank_blocks): SmolLM2's whole head in fp32 is 113 MB, with temporaries
+
+
 def rank_blocks(w: Blocks) -> Blocks:
     """An 8-bit head's rows in 4-bit blocks (Q4_0's rounding: scale = the block's signed extreme / -8), used only
-    to rank the words; the top ones are scored again with the 8-bit rows themselves (ranked_head)."""
-    q, d = round_q4_0(dequantized(w).reshape(w.n, w.k // BLOCK, BLOCK))
+    to rank the words; the top ones are scored again with the 8-bit rows themselves (ranked_head). Rounded
+    RANK_CHUNK rows at a time (the same values), so building the graph never holds the head in fp32."""
+    q = np.empty((w.n, w.k // BLOCK, BLOCK), np.uint8)
+    d = np.empty((w.n, w.k // BLOCK), np.float32)
+    for i in range(0, w.n, RANK_CHUNK):
+        j = min(i + RANK_CHUNK, w.n)
+        part = Blocks(j - i, w.k, w.bits, w.packed[i:j], w.scales[i:j], None if w.offsets is None else w.offsets[i:j])
+        q[i:j], d[i:j] = round_q4_0(dequantized(part).reshape(j - i, w.k // BLOCK, BLOCK))
     return Blocks(w.n, w.k, 4, pack4(q), d)
 
 
@@ -629,10 +651,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     outputs.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, f32, [1, "n", D]))
     if feature_layers:
         outputs.append(helper.make_tensor_value_info(FEATURES_OUTPUT, f32, [1, "n", len(feature_layers) * D]))
-    graph = helper.make_graph(g.nodes, "heron_lm_gguf", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", OPSET_MS)],
-                              producer_name="heron")
+    model = g.model("heron_lm_gguf", inputs, outputs, {"": OPSET, "com.microsoft": OPSET_MS})
     model.ir_version = 10
     # the graph's own word on what it writes past a call's end (the runtime checks the manifest against it)
     helper.set_model_props(model, {SPILL_PROP: str(attention_spill(layout, (H, G, S)))})

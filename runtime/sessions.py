@@ -72,6 +72,10 @@ def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence
     except Exception as e:  # onnxruntime raises its own (pybind) exception types
         raise BundleError(f"{where}: onnxruntime cannot load this graph: {str(e).splitlines()[0][:300]}") from None
     session.heron_initializers = values  # onnxruntime may read their buffers for the session's whole life
+    if isinstance(path, bytes) and list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]:
+        # onnxruntime's Python session keeps the serialized graph (a model's whole weights, again) to build itself
+        # anew if another provider fails; a CPU-only session never does
+        session._model_bytes = None
     session.heron_huge_pages = pages.collapsed
     return session
 

@@ -76,3 +76,36 @@ def test_memory_allocated_inside_is_collapsed_into_huge_pages_and_keeps_its_valu
     assert not any(s < o_hi and e > o_lo for s, e in hp.stretches)
     np.testing.assert_array_equal(new, want)
     assert hp.collapsed == hp.advised >= inside
+
+
+def _private_map(size: int):
+    """An anonymous private mapping (nothing present until written) and its address."""
+    import ctypes
+    import mmap
+
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+
+def _covered(stretches, lo: int, hi: int) -> int:
+    return sum(min(e, hi) - max(s, lo) for s, e in stretches if s < hi and e > lo)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or thp_mode() not in ("always", "madvise"),
+                    reason="needs Linux with transparent huge pages (madvise or always)")
+def test_memory_mapped_before_but_filled_inside_counts_and_memory_in_use_before_does_not():
+    size = 8 * HUGE_PAGE
+    empty, empty_at = _private_map(size)  # mapped before the load, nothing in it: what a freed heap looks like
+    used, used_at = _private_map(size)
+    used[:] = b"\1" * size  # in use before the load
+    if pages.with_presence([(used_at, used_at + size)])[0][2] is None:
+        pytest.skip("/proc/self/pagemap cannot be read here")
+    with HugePages() as hp:
+        empty[:] = b"\2" * size  # the load fills it
+        used[:] = b"\3" * size  # and writes over memory the application had
+    if hp.advised and not hp.collapsed:
+        pytest.skip("this kernel advises but cannot collapse (MADV_COLLAPSE needs Linux 6.1)")
+    assert _covered(hp.stretches, empty_at, empty_at + size) >= size - HUGE_PAGE  # the whole pages inside it
+    assert _covered(hp.stretches, used_at, used_at + size) == 0
+    assert empty[:size] == b"\2" * size and used[:size] == b"\3" * size
+    empty.close(), used.close()

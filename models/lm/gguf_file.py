@@ -52,7 +52,7 @@ class GGUFInfo:
 
 def config_from_gguf(reader):
     """The heron LMConfig a GGUF file's metadata describes (before any tensor is read)."""
-    from heron.models.lm.model import LMConfig
+    from heron.models.lm.config import LMConfig
 
     arch = _field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
