@@ -57,6 +57,19 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     assert err["int8"] < 0.1 * scale and err["int8x2"] <= max(err["int8"] / 10, 1e-4 * scale)
 
 
+def test_building_the_graph_does_not_import_torch(tmp_path):
+    """The onnxruntime path of a GGUF file (load_lm by name builds this graph at load) reads the file's config
+    without torch (heron.models.lm.config): torch would cost the process ~190 MB and seconds."""
+    import subprocess
+    import sys
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), ("Q4_1", "Q8_0"))
+    code = ("import sys; from heron.export.gguf_onnx import build_graph; "
+            f"build_graph({str(path)!r}, compute='int8'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == "False"
+
+
 def test_logits_of_the_last_positions_only(tmp_path):
     """`last` = n: the head runs on the block's last n positions; their logits are those of a full block,
     and the cache grows by the whole block (torch's forward takes the same argument)."""
@@ -227,7 +240,7 @@ def test_ranked_head_of_an_untied_file_scores_with_its_own_output_rows(tmp_path)
     assert not np.isclose(logits[0], hidden[0] @ table.T, rtol=1e-3, atol=1e-3).all(-1).any()
 
 
-def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path):
+def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path, monkeypatch):
     """The ranking copy: each block's signed extreme maps to -8, every value within one step of its own; bad ranks
     are refused; fp32 compute, a non-Q8_0 head or a vocabulary no larger than the rank rank nothing."""
     from heron.export.gguf_onnx import head_rank, rank_blocks
@@ -241,6 +254,10 @@ def test_rank_blocks_round_like_q4_0_and_head_rank_is_checked(tmp_path):
     exact, rough = dequantized(w).reshape(w.n, -1, 32), dequantized(r).reshape(w.n, -1, 32)
     step = np.abs(r.scales)[..., None]
     assert (np.abs(rough - exact) <= step * 1.0001).all() and np.abs(rough - exact).mean() < 0.3 * step.mean()
+    from heron.export import gguf_onnx
+    monkeypatch.setattr(gguf_onnx, "RANK_CHUNK", 7)  # rounded in pieces (a short last one): the same blocks
+    pieces = rank_blocks(w)
+    np.testing.assert_array_equal(pieces.packed, r.packed), np.testing.assert_array_equal(pieces.scales, r.scales)
     cfg = config_from_gguf(reader)
     assert head_rank(reader, cfg, "fp32") == 0 and head_rank(reader, cfg, "int8", 5) == 5
     assert head_rank(reader, cfg, "int8", cfg.vocab_size) == 0
