@@ -91,9 +91,12 @@ from heron.runtime.gguf import q8_0_blocks
 from heron.runtime.lm import (FEATURES_OUTPUT, HIDDEN_OUTPUT, PAST_INPUT, ROWS_INPUT, SPILL_PROP, lm_manifest,
                               state_names)
 from heron.runtime.manifest import MANIFEST, FileEntry, sha256_bytes, sha256_path
+from heron.runtime.sessions import MemoryFile
 
 BLOCK = 32
 MODEL_FILE = "model.int4.onnx"
+# initializers of at least this many bytes go straight to a graph's sink when it has one (Graph.const)
+SINK_BYTES = 1 << 16
 # how the quantized MatMuls compute -> MatMulNBits' accuracy_level (0: fp32, 4: int8 activations per block)
 COMPUTE = {"fp32": 0, "int8": 4, "int8x2": 4}
 DEFAULT_COMPUTE = "int8x2"
@@ -309,6 +312,9 @@ class Graph:
     inits: list = field(default_factory=list)
     count: int = 0
     shared: dict = field(default_factory=dict)  # initializers that many nodes read (one copy in the graph)
+    # where the large initializers go as they are made, serialized (a heron.runtime.sessions.MemoryFile), so that the
+    # weights never sit in memory as protobuf messages: the ModelProto written after them completes the file
+    sink: object | None = None
 
     def name(self, hint: str) -> str:
         self.count += 1
@@ -317,7 +323,16 @@ class Graph:
     def const(self, array: np.ndarray, hint: str) -> str:
         from onnx import numpy_helper
         name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        if self.sink is None or tensor.ByteSize() < SINK_BYTES:
+            self.inits.append(tensor)
+            return name
+        # a ModelProto field `graph` (7) holding one GraphProto field `initializer` (5): protobuf merges a message
+        # field that appears several times, so the model written at the end gets every such initializer in its graph
+        data = tensor.SerializeToString()
+        inner = _key(5) + _varint(len(data))
+        self.sink.write(_key(7) + _varint(len(inner) + len(data)) + inner)
+        self.sink.write(data)
         return name
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", hint: str | None = None,
@@ -343,6 +358,20 @@ class Graph:
             self.inits[i] = None
         self.inits = []
         return model
+
+
+def _key(field_number: int) -> bytes:
+    """A protobuf key for a length-delimited field (wire type 2); heron's field numbers are < 16: one byte."""
+    return bytes([field_number << 3 | 2])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
 
 
 def _blocks(g: Graph, x: str, k: int, memo: dict) -> str:
@@ -485,8 +514,9 @@ def rows_attention(g: Graph, qkv: str, heads: tuple[int, int, int], past_k: str,
 
 def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: bool = True,
                 feature_layers: tuple[int, ...] = (), pad_attention: bool = True, rank: int | None = None,
-                offsets: int | None = None, attention: str | None = None):
-    """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. shared_cache: the states
+                offsets: int | None = None, attention: str | None = None, sink=None):
+    """-> (onnx.ModelProto, LMConfig, GGUFInfo, reader) for the GGUF file at `path`. sink: where the large
+    initializers go as they are made (Graph.sink; the model returned lacks them and completes the sink's file). shared_cache: the states
     are fixed-size buffers holding `past_length` valid positions, which GroupQueryAttention extends in place
     when the caller binds each new state to its input's buffer (heron.runtime.lm does); False: the states
     grow by T every call (the interface of the torch-exported bundles, a copy of the whole cache per step).
@@ -513,7 +543,7 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
     H, G, S, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
     if any(not 0 <= j < cfg.n_layers - 1 for j in feature_layers) or len(set(feature_layers)) != len(feature_layers):
         raise ValueError(f"feature_layers must be distinct layers in 0..{cfg.n_layers - 2}, got {feature_layers}")
-    g = Graph()
+    g = Graph(sink=sink)
     ins, outs = state_names(cfg.n_layers)
     levels = offset_levels(compute, offsets)
 
@@ -660,15 +690,15 @@ def build_graph(path: str | Path, compute: str = DEFAULT_COMPUTE, shared_cache: 
 
 def _bundle_fields(path: str | Path, compute: str, name: str | None, shared_cache: bool = True,
                    pad_attention: bool = True, rank: int | None = None, offsets: int | None = None,
-                   attention: str | None = None):
+                   attention: str | None = None, sink=None):
     """-> (graph, config, tokenizer, manifest fields) of a GGUF file's bundle (its graph returns the streams of
-    default_feature_layers beside `hidden`)."""
+    default_feature_layers beside `hidden`; sink: build_graph's)."""
     from heron.models.lm.gguf_file import config_from_gguf, open_reader
     from heron.runtime.tokenizer import Tokenizer, tokenizer_from_gguf
 
     layers = default_feature_layers(config_from_gguf(open_reader(path)).n_layers)
     model, cfg, meta, reader = build_graph(path, compute, shared_cache, feature_layers=layers, pad_attention=pad_attention,
-                                           rank=rank, offsets=offsets, attention=attention)
+                                           rank=rank, offsets=offsets, attention=attention, sink=sink)
     heads = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
     layout = attention_layout(compute, shared_cache, pad_attention, attention, heads)
     tok = tokenizer_from_gguf(reader)
@@ -710,15 +740,30 @@ def export_gguf_bundle(path: str | Path, out: str | Path, compute: str = DEFAULT
 
 
 def bundle_in_memory(path: str | Path, compute: str = DEFAULT_COMPUTE, name: str | None = None,
-                     shared_cache: bool = True, rank: int | None = None, attention: str | None = None):
-    """The bundle export_gguf_bundle writes, kept in memory: -> (graph bytes, LMManifest, tokenizer).
+                     shared_cache: bool = True, rank: int | None = None, attention: str | None = None,
+                     memory_file: bool = False):
+    """The bundle export_gguf_bundle writes, kept in memory: -> (graph, LMManifest, tokenizer), the graph as bytes
+    or, with memory_file where the system has them, as a heron.runtime.sessions.MemoryFile its initializers were
+    streamed into as they were made (far less memory at load; OnnxLM.from_memory takes either and closes the file).
     `heron.load_lm("smollm2")` runs it with onnxruntime (heron.runtime.lm.OnnxLM.from_memory): the fast
     path with nothing written to disk, a few seconds at load (shared_cache=False: states that grow and fork,
     the default draft of a GGUF target; rank, attention: build_graph's)."""
-    model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, rank=rank, attention=attention)
-    graph = model.SerializeToString()
+    sink = MemoryFile() if memory_file and MemoryFile.supported() else None
+    try:
+        model, cfg, tok, fields = _bundle_fields(path, compute, name, shared_cache, rank=rank, attention=attention,
+                                                 sink=sink)
+        if sink is None:
+            graph = model.SerializeToString()
+            entry = FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph))
+        else:
+            sink.write(model.SerializeToString())
+            graph, entry = sink, FileEntry(MODEL_FILE, sink.sha256(), sink.size)
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
     text = tok.to_str().encode("utf-8")
-    manifest = lm_manifest(cfg, files={MODEL_FILE: FileEntry(MODEL_FILE, sha256_bytes(graph), len(graph)),
+    manifest = lm_manifest(cfg, files={MODEL_FILE: entry,
                                        "tokenizer.json": FileEntry("tokenizer.json", sha256_bytes(text), len(text))},
                            **fields)
     return graph, manifest, tok

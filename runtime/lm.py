@@ -169,22 +169,29 @@ class OnnxLM:
                     providers, where, min_rows, exact_steps)
 
     @classmethod
-    def from_memory(cls, graph: bytes, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
+    def from_memory(cls, graph, manifest: LMManifest, tokenizer=None, providers: Sequence[str] = ("CPUExecutionProvider",),
                     threads: int = 1, min_rows: int | None = None, source_file: str | Path | None = None,
                     exact_steps: bool = True, huge_pages: bool = True) -> "OnnxLM":
         """A bundle built in memory (heron.export.gguf_onnx.bundle_in_memory: a GGUF file's own blocks, made
-        in seconds at load): nothing is written to disk. `tokenizer`: a tokenizers.Tokenizer. source_file: the
-        GGUF file it was built from (a draft head reads its output rows there)."""
+        in seconds at load): nothing is written to disk. `graph`: its bytes, or a heron.runtime.sessions.MemoryFile
+        holding them (far less memory while onnxruntime loads it; closed once loaded). `tokenizer`: a
+        tokenizers.Tokenizer. source_file: the GGUF file it was built from (a draft head reads its output rows
+        there)."""
         from heron.runtime.sessions import open_session
 
         where = f"{manifest.name} (built in memory)"
         self = cls.__new__(cls)
-        self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
+        try:
+            self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
+            session = open_session(getattr(graph, "path", graph), threads, _check_providers(providers),
+                                   huge_pages=huge_pages)
+        finally:  # a memory file is read once
+            if hasattr(graph, "close"):
+                graph.close()
         self.source_file = Path(source_file) if source_file is not None else None
         self.weights, self.threads = manifest.default_weights or "int4", threads
         self._tokenizer_source = tokenizer
-        self._setup(open_session(graph, threads, _check_providers(providers), huge_pages=huge_pages), providers,
-                    where, min_rows, exact_steps)
+        self._setup(session, providers, where, min_rows, exact_steps)
         return self
 
     def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None,

@@ -44,6 +44,51 @@ def session_options(threads: int = 1):
     return opts
 
 
+class MemoryFile:
+    """A graph serialized into anonymous memory (Linux memfd_create), which onnxruntime opens as a file
+    (/proc/self/fd/N): its Python binding copies a graph handed over as bytes several times while it loads it (a
+    string, a stream, its own ModelProto: SmolLM2's 119 MB graph took the load near 500 MB), a file it reads once.
+    Nothing is written to any file system; close() frees the memory (OnnxLM.from_memory does once loaded).
+    write() keeps the sha256 and size of what was written."""
+
+    def __init__(self, name: str = "heron-graph"):
+        import hashlib
+        import os
+
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.size, self._sha = 0, hashlib.sha256()
+
+    @staticmethod
+    def supported() -> bool:
+        import os
+        import sys
+
+        return sys.platform.startswith("linux") and hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir()
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def write(self, data) -> None:
+        import os
+
+        view = memoryview(data).cast("B")
+        self._sha.update(view)
+        self.size += view.nbytes
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        import os
+
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None,
                  initializers: dict | None = None, huge_pages: bool = False):
     """An onnxruntime session for a verified bundle file (or a graph built in memory, as bytes), or one

@@ -157,7 +157,8 @@ class LanguageModel:
 
             provider = provider_name(spec.draft_device)
             graph, manifest, tok = bundle_in_memory(self.path, compute="int8", shared_cache=not forks,
-                                                    attention=attention_for(provider) if not forks else None)
+                                                    attention=attention_for(provider) if not forks else None,
+                                                    memory_file=True)
             self._drafts[key] = OnnxLM.from_memory(graph, manifest, tok, providers=(provider,),
                                                    threads=spec.draft_threads, source_file=self.path, exact_steps=False)
         if key not in self._drafts:
@@ -384,7 +385,7 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     # exact steps: rows attention where it runs (steps equal blocks, nothing padded); one-row steps (plain decoding
     # only): attention's own one-row kernels, with no node around them (the fastest plain path)
     attention = attention_for(provider_name(device)) if exact_steps else "one-row"
-    graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention)
+    graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention, memory_file=True)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path, exact_steps=exact_steps, huge_pages=huge_pages), path)
 

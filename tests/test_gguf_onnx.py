@@ -104,6 +104,49 @@ def _backend(path, shared: bool):
     return OnnxLM.from_memory(graph, manifest)
 
 
+@pytest.mark.skipif(not __import__("heron.runtime.sessions", fromlist=["MemoryFile"]).MemoryFile.supported(),
+                    reason="needs Linux memfd_create and /proc/self/fd")
+def test_a_graph_streamed_into_a_memory_file_computes_what_its_bytes_compute(tmp_path, monkeypatch):
+    """Graph.sink: the initializers serialized as they are made, each as its own `graph` field (protobuf merges
+    them), the model written after them; onnxruntime opens the file and computes the same bits, and
+    OnnxLM.from_memory closes it once loaded. The manifest's entry is the file's sha256 and size."""
+    import os
+
+    from heron.export import gguf_onnx
+    from heron.runtime.lm import OnnxLM, lm_manifest
+    from heron.runtime.manifest import FileEntry, sha256_bytes
+    from heron.runtime.sessions import MemoryFile
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(4), ("Q4_1", "Q8_0"))
+    plain, cfg, _, _ = build_graph(path, compute="int8")
+    graph = plain.SerializeToString()
+    monkeypatch.setattr(gguf_onnx, "SINK_BYTES", 0)  # every initializer through the sink
+    sink = MemoryFile()
+    model, _, _, _ = build_graph(path, compute="int8", sink=sink)
+    assert len(model.graph.initializer) == 0 and len(plain.graph.initializer) > 10
+    sink.write(model.SerializeToString())
+    with open(sink.path, "rb") as f:
+        written = f.read()
+    assert (sink.size, sink.sha256()) == (len(written), sha256_bytes(written)) and len(written) > len(graph) // 2
+    manifest = lambda e: lm_manifest(cfg, name="t", eot_id=None, source=None, files={"model.int4.onnx": e})  # noqa
+    a = OnnxLM.from_memory(graph, manifest(FileEntry("model.int4.onnx", sha256_bytes(graph), len(graph))))
+    b = OnnxLM.from_memory(sink, manifest(FileEntry("model.int4.onnx", sink.sha256(), sink.size)))
+
+    def open_memory_files() -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own descriptor, gone by now
+                pass
+        return sum("memfd:heron-graph" in link for link in links)
+
+    assert sink.fd == -1 and open_memory_files() == 0
+    tokens = [1, 5, 9, 33, 2, 60, 7]
+    np.testing.assert_array_equal(a.forward(tokens), b.forward(tokens))
+    np.testing.assert_array_equal(a.forward([11]), b.forward([11]))
+
+
 def test_shared_state_buffers_equal_grown_states(tmp_path, monkeypatch):
     """The shared-buffer graph (states extended in place through IO binding) gives the grown-state graph's
     logits through a prompt, single steps, a verified block, trims, snapshots and rewinds, and buffer

@@ -294,8 +294,8 @@ def test_speculation_refuses_one_row_steps_and_drafts_use_them(gguf, monkeypatch
     exact = LanguageModel(_lm(gguf, "int8"), None, gguf)
     # the target's own draft, built as from a real GGUF file (the tiny file has no tokenizer for bundle_in_memory)
     monkeypatch.setattr("heron.export.gguf_onnx.bundle_in_memory",
-                        lambda path, compute, shared_cache, attention: (*_bundle(gguf, compute, attention or "rows"),
-                                                                        None))
+                        lambda path, compute, shared_cache, attention, memory_file: (
+                            *_bundle(gguf, compute, attention or "rows"), None))
     assert exact.draft_backend(heron.SpeculativeOptions(method="draft")).exact_steps is False
     want = [t.id for t in exact.generate(PROMPT, opts)]
     assert [t.id for t in exact.generate(PROMPT, opts, heron.SpeculativeOptions(method="draft", gamma=3))] == want
@@ -402,14 +402,14 @@ def test_a_gguf_target_builds_its_graph_for_its_steps(gguf, monkeypatch):
 
     asked = []
 
-    def build(path, compute, attention):
-        asked.append(attention)
+    def build(path, compute, attention, memory_file):
+        asked.append((attention, memory_file))  # the target streamed into a memory file (bundle_in_memory)
         return (*_bundle(gguf, compute, attention or "rows"), None)
     monkeypatch.setattr("heron.export.gguf_onnx.bundle_in_memory", build)
     monkeypatch.setattr("heron.lm._onnx_model", lambda backend, path: backend)
     exact = heron.load_lm(gguf, compute="int8")
     fast = heron.load_lm(gguf, compute="int8", exact_steps=False)
-    assert asked == [None, "one-row"]
+    assert asked == [(None, True), ("one-row", True)]
     assert exact.spill == 1 and exact.exact_steps and fast.spill == 0 and fast.attention_rows == 1
     assert not fast.exact_steps and fast.min_rows == 1
 
