@@ -138,14 +138,15 @@ class HugePages:
         self.advised = self.collapsed = 0
         self.stretches: list[tuple[int, int]] = []
         self._before: list[Range] | None = None
+        self._madvise = None
 
     def __enter__(self) -> "HugePages":
         if self.enabled:
-            madvise, trim = _libc()
+            self._madvise, trim = _libc()
             if trim is not None:
                 trim(0)  # freed heap pages leave: what the load reuses of them becomes present again, as its own
             try:
-                self._before = with_presence(anonymous_ranges()) if madvise is not None else None
+                self._before = with_presence(anonymous_ranges()) if self._madvise is not None else None
             except (OSError, ValueError):
                 self._before = None
         return self
@@ -156,7 +157,7 @@ class HugePages:
 
     def apply(self, before: list[Range]) -> int:
         """Advise and collapse the stretches filled since `before`; -> bytes collapsed."""
-        madvise, _ = _libc()
+        madvise = self._madvise or _libc()[0]
         if madvise is None:
             return 0
         try:

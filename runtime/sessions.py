@@ -104,7 +104,8 @@ def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence
     from heron.runtime.bundle import BundleError
     from heron.runtime.pages import HugePages
 
-    where = "the graph built in memory" if isinstance(path, bytes) else str(path)
+    built = isinstance(path, bytes) or str(path).startswith("/proc/self/fd/")  # bytes, or a MemoryFile
+    where = "the graph built in memory" if built else str(path)
     opts = session_options(threads)
     values = []
     if initializers:
