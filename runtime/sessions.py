@@ -88,6 +88,12 @@ class MemoryFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:  # one dropped unread still frees its memory
+        try:
+            self.close()
+        except (OSError, AttributeError):
+            pass
+
 
 def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None,
                  initializers: dict | None = None, huge_pages: bool = False):

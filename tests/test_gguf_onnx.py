@@ -142,6 +142,11 @@ def test_a_graph_streamed_into_a_memory_file_computes_what_its_bytes_compute(tmp
         return sum("memfd:heron-graph" in link for link in links)
 
     assert sink.fd == -1 and open_memory_files() == 0
+    dropped = MemoryFile()
+    dropped.write(b"never read")
+    assert open_memory_files() == 1
+    del dropped  # a memory file nobody loads is freed with it
+    assert open_memory_files() == 0
     tokens = [1, 5, 9, 33, 2, 60, 7]
     np.testing.assert_array_equal(a.forward(tokens), b.forward(tokens))
     np.testing.assert_array_equal(a.forward([11]), b.forward([11]))
