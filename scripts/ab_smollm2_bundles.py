@@ -46,6 +46,7 @@ def main() -> int:
     import numpy as np
 
     import heron
+    from heron.runtime.decoding import fresh
     from heron.runtime.metrics import machine
 
     def load(spec: str):
@@ -63,7 +64,7 @@ def main() -> int:
 
     def decode(lm, prompt) -> float:
         b = lm.backend
-        b.reset()
+        fresh(b, len(prompt) + args.new_tokens)  # the cache sized up front, as heron lm generate sizes it
         out = [int(np.argmax(b.forward(prompt, last=1)[-1]))]
         t0 = time.perf_counter()
         for _ in range(args.new_tokens - 1):

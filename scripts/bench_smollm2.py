@@ -137,6 +137,7 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
     import numpy as np
 
     import heron
+    from heron.runtime.decoding import fresh
     if backend == "transformers":
         return run_transformers(threads)
     if backend.startswith("onnx:"):
@@ -151,7 +152,7 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
     b = lm.backend
 
     def greedy(ids: list[int], n: int) -> tuple[list[int], float]:
-        b.reset()
+        fresh(b, len(ids) + n)  # the cache sized up front, as heron lm generate sizes it (no regrowth mid-decode)
         logits = b.forward(ids, last=1)
         out, t0 = [int(np.argmax(logits[-1]))], time.perf_counter()
         for _ in range(n - 1):
