@@ -184,7 +184,7 @@ class OnnxLM:
         try:
             self.manifest, self.identity, self.folder = LMManifest.from_dict(manifest.to_dict(), where), "", None
             session = open_session(getattr(graph, "path", graph), threads, _check_providers(providers),
-                                   huge_pages=huge_pages)
+                                   huge_pages=huge_pages, where=where)
         finally:  # a memory file is read once
             if hasattr(graph, "close"):
                 graph.close()

@@ -96,22 +96,21 @@ class MemoryFile:
 
 
 def open_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None,
-                 initializers: dict | None = None, huge_pages: bool = False):
+                 initializers: dict | None = None, huge_pages: bool = False, where: str | None = None):
     """An onnxruntime session for a verified bundle file (or a graph built in memory, as bytes), or one
     BundleError line for a graph onnxruntime cannot load. initializers: name -> numpy array for the graph's
     initializers marked external (a draft head's rows, taken from its target): onnxruntime uses them as
     constants (weights prepacked as for any other), their shapes checked against the graph's. huge_pages: the
     memory the session's weights were loaded into is backed by huge pages where the system allows
     (heron.runtime.pages; a language model streams its weights every token); session.heron_huge_pages says how
-    many bytes."""
+    many bytes. where: what load errors call the graph (default: its path, or "the graph built in memory")."""
     import numpy as np
     import onnxruntime as ort
 
     from heron.runtime.bundle import BundleError
     from heron.runtime.pages import HugePages
 
-    built = isinstance(path, bytes) or str(path).startswith("/proc/self/fd/")  # bytes, or a MemoryFile
-    where = "the graph built in memory" if built else str(path)
+    where = where or ("the graph built in memory" if isinstance(path, bytes) else str(path))
     opts = session_options(threads)
     values = []
     if initializers:
