@@ -382,16 +382,21 @@ def _blocks(g: Graph, x: str, k: int, memo: dict) -> str:
 
 
 def split_int8(g: Graph, blocks: str, k: int) -> str:
-    """x as blocks (1, T, K/32, 32) -> (2, T, K): [x_hi, x - x_hi], x_hi = x rounded to int8 per block of 32
-    (absmax / 127). MatMulNBits at accuracy level 4 quantizes each row to int8 per block: x_hi passes through
-    exactly and the remainder with 1/127 of x's step, so W x_hi + W x_lo carries ~1/127 of one pass's
-    rounding error."""
-    c = lambda a, hint: g.const(np.asarray(a), hint)  # noqa: E731
-    amax = g.one("ReduceMax", [g.one("Abs", [blocks]), c(np.array([-1], np.int64), "axes")], keepdims=1)
-    step = g.one("Mul", [g.one("Add", [amax, c(np.float32(1e-30), "tiny")]), c(np.float32(1 / 127), "inv127")])
-    hi = g.one("Mul", [g.one("Round", [g.one("Div", [blocks, step])]), step])  # (1, T, K/32, 32)
-    both = g.one("Concat", [hi, g.one("Sub", [blocks, hi])], axis=0)  # (2, T, K/32, 32)
-    return g.one("Reshape", [both, c(np.array([0, 0, k], np.int64), "shape")])  # (2, T, K)
+    """x as blocks (1, T, K/32, 32) -> (2, T, K): [x, x - x_hi], x_hi = x rounded to int8 per block of 32 as
+    MatMulNBits at accuracy level 4 rounds it (absmax / 127), read back through that kernel itself: each block one row
+    of a call with a 32 x 32 identity in 4-bit blocks (x_hi within ~1e-3 of a step of the rounding's own values).
+    The linear's MatMulNBits then rounds row 1 to x_hi's integers and row 2, the remainder, with 1/127 of x's step,
+    so W x_hi + W (x - x_hi) carries ~1/127 of one pass's rounding error. Three nodes (and a Reshape) instead of the
+    ten that computed x_hi elementwise before session 38 (1.1-1.15x int8x2's decoding on machine Z)."""
+    if "identity32" not in g.shared:  # one 32-column block per row: q - 8 = 1 on the diagonal, 0 elsewhere; scale 1
+        q = np.full((BLOCK, 1, BLOCK), 8, np.uint8)
+        q[np.arange(BLOCK), 0, np.arange(BLOCK)] = 9
+        g.shared["identity32"] = (g.const(pack4(q), "identity32.q"), g.const(np.ones(BLOCK, np.float32), "identity32.s"))
+    q, scales = g.shared["identity32"]
+    hi = g.one("MatMulNBits", [blocks, q, scales], domain="com.microsoft", K=BLOCK, N=BLOCK, bits=4, block_size=BLOCK,
+               accuracy_level=COMPUTE["int8"])  # (1, T, K/32, 32)
+    both = g.one("Concat", [blocks, g.one("Sub", [blocks, hi])], axis=0)  # (2, T, K/32, 32)
+    return g.one("Reshape", [both, g.const(np.array([0, 0, k], np.int64), "shape")])
 
 
 def offset_blocks(w: Blocks, levels: int) -> Blocks:
@@ -446,7 +451,7 @@ def linear(g: Graph, x: str, w: Blocks, hint: str, compute: str, memo: dict, pac
         if ("split", x) not in memo:
             memo[("split", x)] = split_int8(g, _blocks(g, x, w.k, memo), w.k)
         y2 = g.one("MatMulNBits", [memo[("split", x)], *ins], hint=hint, **attrs)  # (2, T, N)
-        y = g.one("ReduceSum", [y2, g.const(np.array([0], np.int64), "axes")], keepdims=1)
+        y = g.one("Add", g.op("Split", [y2], n_out=2, axis=0, num_outputs=2))  # cheaper than a ReduceSum here
     else:
         y = g.one("MatMulNBits", [x, *ins], hint=hint, **attrs)
     if w.offsets is None:
