@@ -44,8 +44,8 @@ without ranking (rank=0; int8x2 and fp32 compute by default) scores every word w
 
 `compute` says how the quantized MatMuls run (MatMulNBits' accuracy_level):
   int8x2  (default) activations split into an int8 part and an int8 remainder, both through the int8
-          kernel in one call (2 rows instead of 1: weights are read once): ~1/127 of int8's rounding
-          error, most of its speed
+          kernel in one call (2 rows instead of 1: weights are read once; the int8 part read back through the
+          kernel's own rounding, split_int8): ~1/127 of int8's rounding error, most of its speed
   int8    activations rounded to int8 per block of 32, as llama.cpp's own Q4_1 x Q8_1 dot products do:
           fastest; the rounding error meets only the centred weights d (q - 8) (the block offsets go
           through the exact fp32 term), so SmolLM2 keeps fp32's greedy answers on 7 of 8 chat prompts

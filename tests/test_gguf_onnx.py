@@ -57,6 +57,36 @@ def test_graph_equals_the_dequantized_model(tmp_path, types):
     assert err["int8"] < 0.1 * scale and err["int8x2"] <= max(err["int8"] / 10, 1e-4 * scale)
 
 
+def test_int8_split_reads_back_the_kernels_own_rounding():
+    """split_int8 gives MatMulNBits [x, x - x_hi] with x_hi what the kernel's int8 rounding makes of x (per block of
+    32, absmax / 127, read back through a 32 x 32 identity): x_hi within a thousandth of a step of that rounding,
+    whatever the blocks' scales (one large, one all zeros); the second row, the remainder, within half a step."""
+    from onnx import TensorProto, helper
+
+    from heron.export.gguf_onnx import OPSET, OPSET_MS, Graph, split_int8
+
+    K, T = 128, 3
+    g = Graph()
+    blocks = g.one("Reshape", ["x", g.const(np.array([0, 0, K // 32, 32], np.int64), "shape")])
+    g.op("Identity", [split_int8(g, blocks, K)], outputs=["y"])
+    model = g.model("split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, K])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"": OPSET, "com.microsoft": OPSET_MS})
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, T, K)).astype(np.float32)
+    x[..., 32:64] *= 50
+    x[..., 96:] = 0
+    y = session.run(None, {"x": x})[0]
+    assert y.shape == (2, T, K)
+    np.testing.assert_array_equal(y[0], x[0])
+    b = x[0].reshape(T, K // 32, 32).astype(np.float64)
+    step = np.abs(b).max(-1, keepdims=True) / 127
+    rounded = np.round(np.divide(b, step, out=np.zeros_like(b), where=step > 0)) * step
+    hi = (x[0] - y[1]).reshape(T, K // 32, 32)
+    assert np.all(np.abs(hi - rounded) <= 1e-3 * np.maximum(step, 1e-30))
+    assert np.all(hi[:, 3] == 0)
+    assert np.all(np.abs(y[1].reshape(T, K // 32, 32)) <= 0.501 * step)  # the remainder: at most half a step
+
+
 def test_building_the_graph_does_not_import_torch(tmp_path):
     """The onnxruntime path of a GGUF file (load_lm by name builds this graph at load) reads the file's config
     without torch (heron.models.lm.config): torch would cost the process ~190 MB and seconds."""
