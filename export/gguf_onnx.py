@@ -387,7 +387,8 @@ def split_int8(g: Graph, blocks: str, k: int) -> str:
     of a call with a 32 x 32 identity in 4-bit blocks (x_hi within ~1e-3 of a step of the rounding's own values).
     The linear's MatMulNBits then rounds row 1 to x_hi's integers and row 2, the remainder, with 1/127 of x's step,
     so W x_hi + W (x - x_hi) carries ~1/127 of one pass's rounding error. Three nodes (and a Reshape) instead of the
-    ten that computed x_hi elementwise before session 38 (1.1-1.15x int8x2's decoding on machine Z)."""
+    ten that computed x_hi elementwise before session 38 (int8x2 decodes 1.06-1.07x faster on machine Z:
+    BENCHMARKS.md "The int8 split through the kernel itself")."""
     if "identity32" not in g.shared:  # one 32-column block per row: q - 8 = 1 on the diagonal, 0 elsewhere; scale 1
         q = np.full((BLOCK, 1, BLOCK), 8, np.uint8)
         q[np.arange(BLOCK), 0, np.arange(BLOCK)] = 9
