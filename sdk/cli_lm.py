@@ -518,7 +518,7 @@ def add_lm_export(sub, formatter) -> None:
     p.add_argument("--lm-int8", "--int8", action="store_true", help="also write model.int8.onnx (int8 MatMul weights and MoE expert stacks)")
     p.add_argument("--compute", default="int8x2", choices=["int8x2", "int8", "fp32"],
                    help="GGUF export: how the quantized MatMuls compute: int8x2 = int8 activations plus their int8 "
-                        "remainder (fp32's answers, fast), int8 = as llama.cpp (1.1-1.5x int8x2 by CPU; fp32's answers on 3-7 of 8 "
+                        "remainder (fp32's answers, fast), int8 = as llama.cpp (1.1-1.7x int8x2 by CPU; fp32's answers on 3-7 of 8 "
                         "prompts by CPU; steps compute what blocks compute, so speculation returns plain decoding's tokens: "
                         "the fastest with --speculative), fp32 (exact, slow)")
     p.add_argument("--head-rank", type=int, default=None, metavar="N",
