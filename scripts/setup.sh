@@ -57,6 +57,11 @@ if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]; then
     || say "could not install openwakeword (no package index?): the speech_embedding tests will skip"
   echo "$want" > "$STAMP_DIR/pip"
 fi
+# --- heron's native decoder (runtime/native/heron_lm.c), compiled for this CPU where a C compiler exists -----
+# (the library's name carries a digest of its source and flags: an unchanged build returns at once)
+"$VENV/bin/python" -m heron.runtime.native build >/dev/null \
+  || say "heron's native decoder not built (see above); the onnxruntime engine needs no compiler"
+
 # --- the JavaScript runtime's test dependency (runtime/js): onnxruntime-node, CPU library only -------
 # --ignore-scripts: its install script would download GPU parts from another host; the CPU build is in
 # the package. Without node/npm the JS tests skip (tests/test_js_runtime.py says why).

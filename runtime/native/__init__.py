@@ -1,0 +1,299 @@
+"""heron's native decoder: a Llama-family GGUF file decoded by a small C library (heron_lm.c), no onnxruntime.
+
+The library runs the file's own Q4_1 / Q4_0 / Q8_0 blocks (memory-mapped, never copied or re-quantized) with
+activations rounded per block of 32 to int16, not int8: greedy decoding keeps fp32's answers at int8's cost
+in memory traffic. It is compiled once on the machine that runs it (`python -m heron.runtime.native build`,
+which `make setup` calls where a C compiler exists) with that CPU's instruction set; a file name carries a
+digest of the source and the flags, so a stale build is never loaded.
+
+    lm = NativeLM("SmolLM2-135M-Instruct.Q4_1.gguf")
+    logits = lm.forward([1, 2, 3], last=1)   # (1, V); the cache grows by 3
+    lm.trim(1)                                # speculation rewinds
+
+The backend protocol is heron.runtime.lm.LMBackend's; the KV cache is numpy arrays this object owns. numpy and
+ctypes only: no torch, no onnxruntime.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from heron.runtime.gguf import GGUFFile
+
+SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
+BUILD_DIR = Path(__file__).resolve().with_name("_build")
+ABI = 1  # heron_lm.c's HL_ABI: the struct layout below
+# -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
+CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
+LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+TYPES = {"F32": 0, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}  # ggml types the library's linears read
+BLOCK = 32
+CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
+MAX_THREADS = 64
+
+
+class NativeError(RuntimeError):
+    """The native library cannot be built or loaded here: says why and what to do."""
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("type", ctypes.c_int32), ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
+                ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
+                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear),
+                ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
+                ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
+                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def library_path(cc: str | None = None) -> Path:
+    """Where the library for this source, compiler and flags lives (built or not)."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join((cc or _compiler() or "cc", *CFLAGS)).encode())
+    return BUILD_DIR / f"libheron_lm-{h.hexdigest()[:12]}.so"
+
+
+def build(out: Path | None = None) -> Path:
+    """Compile heron_lm.c for this CPU -> the library's path (an existing build is kept). out: the file to write
+    (default: library_path(), inside the installed package)."""
+    cc = _compiler()
+    if cc is None:
+        raise NativeError("no C compiler (cc, gcc or clang) on PATH: heron's native decoder cannot be built here; "
+                          "the onnxruntime engine needs none")
+    out = Path(out) if out is not None else library_path(cc)
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # compiled beside, renamed: never half a library
+        part = Path(tmp) / out.name
+        run = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(part), "-lm"], capture_output=True, text=True)
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise NativeError(f"{cc} could not build heron's native decoder: {last}")
+        os.replace(part, out)
+    return out
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def load(path: Path | None = None) -> ctypes.CDLL:
+    """The built library (path: default library_path()); NativeError with the build command if it is missing."""
+    global _LIB
+    if path is None and _LIB is not None:
+        return _LIB
+    p = Path(path) if path is not None else library_path()
+    if not p.is_file():
+        raise NativeError(f"heron's native decoder is not built for this source ({p.name}): run "
+                          f"`{Path(sys.executable).name} -m heron.runtime.native build` (or `make setup`)")
+    lib = ctypes.CDLL(str(p))
+    lib.hl_abi.restype = ctypes.c_int
+    if lib.hl_abi() != ABI:
+        raise NativeError(f"{p} speaks ABI {lib.hl_abi()}, this module {ABI}: rebuild it")
+    lib.hl_simd.restype = ctypes.c_int
+    lib.hl_scratch_floats.restype = ctypes.c_size_t
+    lib.hl_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int]
+    lib.hl_forward.restype = ctypes.c_int
+    vp = ctypes.c_void_p
+    lib.hl_forward.argtypes = [ctypes.POINTER(_Model), vp, ctypes.c_int, ctypes.c_int, vp, vp, ctypes.c_int, vp, vp,
+                               ctypes.c_int, vp]
+    if path is None:
+        _LIB = lib
+    return lib
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+class NativeLM:
+    """A Llama-family GGUF file run by the native library: heron.runtime.lm.LMBackend's protocol.
+
+    path: the .gguf file. threads: OpenMP threads for each linear. max_len: the longest sequence (default: the
+    file's context length). library: a built library to load (default: this source's build)."""
+
+    name = "native"
+    branchable = False  # snapshots are rewind points into the one cache
+    exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
+
+    def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
+                 library: Path | None = None):
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        self._lib = load(library)
+        self.path = Path(path)
+        self.file = GGUFFile(self.path)
+        md = self.file.metadata
+        arch = md.get("general.architecture")
+        if arch != "llama":
+            raise ValueError(f"{self.path}: the native decoder runs Llama-family GGUF files; this one is {arch!r}")
+
+        def need(key):
+            v = md.get(f"llama.{key}")
+            if v is None:
+                raise ValueError(f"{self.path}: GGUF metadata lacks llama.{key}")
+            return v
+
+        H, D = int(need("attention.head_count")), int(need("embedding_length"))
+        G = int(md.get("llama.attention.head_count_kv", H))
+        S = D // H
+        if md.get("llama.rope.dimension_count", S) != S or H % G or D % H or S % 2:
+            raise ValueError(f"{self.path}: the native decoder needs full RoPE and whole key-head groups")
+        if md.get("llama.rope.scaling.type", "none") not in ("none", None):
+            raise ValueError(f"{self.path}: RoPE scaling is not supported by the native decoder")
+        L, F = int(need("block_count")), int(need("feed_forward_length"))
+        ctx = int(md.get("llama.context_length", 2048))
+        self.max_len = int(max_len) if max_len is not None else ctx
+        if not 1 <= self.max_len <= ctx:
+            raise ValueError(f"max_len must be in [1, {ctx}] (the file's context length), got {max_len!r}")
+        self.n_layers, self.n_kv_heads, self.head_dim = L, G, S
+        self._keep = []  # every array the library points into
+
+        def linear(name, shape=None):
+            t = self.file.tensors.get(name)
+            if t is None:
+                raise ValueError(f"{self.path}: no tensor {name!r}")
+            if t.type_name not in TYPES or (t.type_name == "F32" and not name.startswith("token_embd")):
+                raise ValueError(f"{self.path}: tensor {name!r} is {t.type_name}; the native decoder's linears read "
+                                 "Q4_0, Q4_1 and Q8_0 blocks")
+            if len(t.shape) != 2 or t.shape[1] % BLOCK or (shape is not None and tuple(t.shape) != shape):
+                raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
+            raw = np.ascontiguousarray(self.file.raw(name))
+            self._keep.append(raw)
+            return _Linear(_ptr(raw), TYPES[t.type_name], t.shape[0], t.shape[1])
+
+        def vector(name, n):
+            t = self.file.tensors.get(name)
+            if t is None or t.type_name != "F32" or t.shape != (n,):
+                raise ValueError(f"{self.path}: tensor {name!r} must be F32 of shape ({n},)")
+            a = np.ascontiguousarray(self.file.tensor(name), np.float32)
+            self._keep.append(a)
+            return a
+
+        emb = linear("token_embd.weight")
+        V = emb.n
+        if emb.k != D:
+            raise ValueError(f"{self.path}: token_embd.weight is {V} x {emb.k}, expected width {D}")
+        head = linear("output.weight", (V, D)) if "output.weight" in self.file.tensors else emb
+        if head.type not in (TYPES["Q4_0"], TYPES["Q4_1"], TYPES["Q8_0"]):
+            raise ValueError(f"{self.path}: the output head must be Q4_0, Q4_1 or Q8_0 blocks")
+        shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
+                  "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
+        layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k]) for i in range(L)
+                                       for k in LAYER_LINEARS])
+        norms = [vector(f"blk.{i}.{k}.weight", D) for i in range(L) for k in ("attn_norm", "ffn_norm")]
+        norm_ptrs = (ctypes.c_void_p * len(norms))(*[_ptr(a) for a in norms])
+        out_norm = vector("output_norm.weight", D)
+        theta = float(md.get("llama.rope.freq_base", 10000.0))
+        inv = 1.0 / theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
+        angles = np.outer(np.arange(self.max_len, dtype=np.float64), inv)  # (max_len, S/2)
+        self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        self._layers, self._norm_ptrs = layers, norm_ptrs
+        self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
+                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads)
+        self.vocab_size, self.threads = V, threads
+        self.dim, self.n_heads, self.ffn_dim = D, H, F
+        self._scratch = np.zeros(self._lib.hl_scratch_floats(ctypes.byref(self._m), CHUNK), np.float32)
+        self._scores = np.zeros(H * self.max_len, np.float32)
+        self._n = 0
+        self._cap = 0
+        self._k = self._v = np.zeros((L, G, 0, S), np.float32)
+
+    # ---- the cache -------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self._n
+
+    def reserve(self, n: int) -> None:
+        """Room for n positions (capped at max_len) without regrowing."""
+        n = min(int(n), self.max_len)
+        if n <= self._cap:
+            return
+        L, G, S = self.n_layers, self.n_kv_heads, self.head_dim
+        k, v = np.zeros((L, G, n, S), np.float32), np.zeros((L, G, n, S), np.float32)
+        k[:, :, :self._n], v[:, :, :self._n] = self._k[:, :, :self._n], self._v[:, :, :self._n]
+        self._k, self._v, self._cap = k, v, n
+
+    def trim(self, n: int) -> None:
+        if not 0 <= n <= self._n:
+            raise ValueError(f"cannot trim {n} of {self._n} cached positions")
+        self._n -= n
+
+    def reset(self) -> None:
+        self._n = 0
+
+    def snapshot(self) -> int:
+        return self._n
+
+    def restore(self, state: int) -> None:
+        if not 0 <= state <= self._n:
+            raise ValueError(f"a snapshot at {state} cannot be restored over {self._n} cached positions")
+        self._n = state
+
+    # ---- the forward ---------------------------------------------------------------------------------
+    def forward(self, tokens: Sequence[int], last: int | None = None) -> np.ndarray:
+        """Append tokens to the cache -> logits (n, V) float32 at the last n positions (last; default all)."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        T = len(ids)
+        if T == 0:
+            raise ValueError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        n_out = T if last is None else int(last)
+        if not 1 <= n_out <= T:
+            raise ValueError(f"last must be in [1, {T}], got {last!r}")
+        if self._n + T > self.max_len:
+            raise ValueError(f"{self._n} cached + {T} new positions exceed max_len {self.max_len}")
+        if self._n + T > self._cap:
+            self.reserve(max(self._n + T, min(self.max_len, 2 * self._cap, self._n + T + 256)))
+        ids = ids.astype(np.int32)
+        out = np.empty((n_out, self.vocab_size), np.float32)
+        done = 0
+        for a in range(0, T, CHUNK):
+            chunk = ids[a:a + CHUNK]
+            t = len(chunk)
+            want = max(0, min(t, n_out - (T - a - t)))  # the chunk's rows among the last n_out
+            dst = out[done:done + want]
+            rc = self._lib.hl_forward(ctypes.byref(self._m), _ptr(chunk), t, self._n, _ptr(self._k), _ptr(self._v),
+                                      self._cap, _ptr(self._scratch), _ptr(self._scores), want,
+                                      _ptr(dst) if want else None)
+            if rc != 0:
+                raise RuntimeError(f"heron's native decoder refused the call (code {rc})")
+            self._n += t
+            done += want
+        return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m heron.runtime.native", description="heron's native decoder")
+    ap.add_argument("command", choices=("build", "path"), help="build: compile for this CPU; path: print the "
+                    "library's path")
+    args = ap.parse_args(argv)
+    try:
+        p = build() if args.command == "build" else library_path()
+    except NativeError as e:
+        print(f"heron native: {e}", file=sys.stderr)
+        return 1
+    print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

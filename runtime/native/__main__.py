@@ -1,0 +1,3 @@
+from heron.runtime.native import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""heron.runtime.native: the C decoder on a GGUF file's own blocks. Its logits equal the dequantized torch model's
+within int16 rounding, a one-token step computes what the same token computes inside a block (bit for bit, so
+speculation stays exact), the cache rewinds, and bad input is one line. Skips where no C compiler exists."""
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import smollm2_gguf, write_tiny_llama
+
+gguf = pytest.importorskip("gguf")
+
+from heron.runtime import native  # noqa: E402
+
+if native._compiler() is None:
+    pytest.skip("no C compiler here: heron's native decoder cannot be built", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def library():
+    return native.build()
+
+
+@pytest.mark.parametrize("types,untied", [(("Q4_1", "Q4_0"), False), (("Q8_0", "Q4_1"), True)])
+def test_logits_equal_the_dequantized_model(tmp_path, library, types, untied):
+    torch = pytest.importorskip("torch")
+    from heron.models.lm.gguf_file import load_gguf
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), types, untied=untied)
+    tokens = [1, 5, 9, 33, 2, 60, 7, 7, 40, 3]
+    lm = native.NativeLM(path)
+    ours = np.concatenate([lm.forward(tokens[:6]), lm.forward(tokens[6:9]), lm.forward(tokens[9:])])
+    ref, _ = load_gguf(path)
+    with torch.no_grad():
+        theirs = ref(torch.tensor([tokens])).logits[0].numpy()
+    assert ours.shape == theirs.shape == (10, 64) and lm.length == 10
+    err = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert err < 1e-3, err  # int16 activations: ~1e-5 of a block's largest value per product
+
+
+def test_steps_equal_blocks_and_the_cache_rewinds(tmp_path, library):
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q8_0"))
+    lm = native.NativeLM(path, max_len=64)
+    block = lm.forward([3, 1, 4, 1, 5, 9, 2, 6])
+    lm.reset()
+    lm.forward([3, 1, 4])
+    steps = [lm.forward([t], last=1)[0] for t in (1, 5, 9, 2, 6)]
+    assert all(np.array_equal(s, b) for s, b in zip(steps, block[3:]))
+    mark = lm.snapshot()
+    sevens = lm.forward([7, 7, 7])
+    lm.restore(mark)
+    assert lm.length == 8 and np.array_equal(lm.forward([7], last=1)[0], sevens[0])
+    lm.trim(1)
+    again = lm.forward([8, 8], last=1)
+    lm.trim(2)
+    assert np.array_equal(lm.forward([8, 8], last=1), again)
+    assert lm.forward([8, 8, 8, 8], last=2).shape == (2, 64)
+
+
+def test_threads_compute_the_same_logits(tmp_path, library):
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q4_1"))
+    one = native.NativeLM(path).forward([1, 2, 3, 4])
+    two = native.NativeLM(path, threads=2).forward([1, 2, 3, 4])
+    assert np.array_equal(one, two)  # rows split between threads; each row's sum in the same order
+
+
+def test_bad_input_is_one_line(tmp_path, library):
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q4_1"))
+    lm = native.NativeLM(path, max_len=8)
+    for bad, match in [([], "at least one token"), ([64], "token ids"), ([-1], "token ids"), (list(range(9)), "max_len")]:
+        with pytest.raises(ValueError, match=match):
+            lm.forward(bad)
+    assert lm.length == 0  # nothing half-appended
+    with pytest.raises(ValueError, match="last"):
+        lm.forward([1, 2], last=3)
+    with pytest.raises(ValueError, match="trim"):
+        lm.trim(1)
+    for kw, match in [({"threads": 0}, "threads"), ({"threads": True}, "threads"), ({"max_len": 10**6}, "max_len")]:
+        with pytest.raises(ValueError, match=match):
+            native.NativeLM(path, **kw)
+    f32 = write_tiny_llama(tmp_path / "f.gguf", np.random.default_rng(3), ("F32", "Q4_1"))
+    with pytest.raises(ValueError, match="F32; the native decoder"):
+        native.NativeLM(f32)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError):
+        native.NativeLM(cut)
+
+
+def test_a_missing_build_says_how_to_build(tmp_path):
+    with pytest.raises(native.NativeError, match="native build"):
+        native.load(tmp_path / "libheron_lm-none.so")
+
+
+def test_build_refuses_without_a_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(native.NativeError, match="no C compiler"):
+        native.build(tmp_path / "lib.so")
+    assert not (tmp_path / "lib.so").exists()
+
+
+def test_smollm2_keeps_the_dequantized_models_greedy_tokens(library):
+    torch = pytest.importorskip("torch")
+    from heron.models.lm.gguf_file import load_gguf_with_tokenizer
+
+    path = smollm2_gguf()
+    model, tok, _ = load_gguf_with_tokenizer(path)
+    ids = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").ids
+    lm = native.NativeLM(path, max_len=256)
+    seq, logits = list(ids), lm.forward(ids, last=1)
+    for _ in range(16):
+        seq.append(int(logits[-1].argmax()))
+        logits = lm.forward(seq[-1:], last=1)
+    with torch.no_grad():
+        ref = model(torch.tensor([seq])).logits[0].numpy()
+    assert seq[len(ids):] == [int(t) for t in ref[len(ids) - 1:-1].argmax(-1)]
+    assert np.abs(logits[-1] - ref[-1]).max() < 0.05 * np.abs(ref[-1]).max()
