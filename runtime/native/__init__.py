@@ -31,11 +31,11 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 1  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 2  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-TYPES = {"F32": 0, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}  # ggml types the library's linears read
+TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # ggml types the library's linears read -> its kinds (nibbles, int8)
 BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
@@ -46,16 +46,31 @@ class NativeError(RuntimeError):
 
 
 class _Linear(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("type", ctypes.c_int32), ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
+    _fields_ = [("qs", ctypes.c_void_p), ("d", ctypes.c_void_p), ("m", ctypes.c_void_p), ("type", ctypes.c_int32),
+                ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
 
 
 class _Model(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
-                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear),
-                ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
+                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", ctypes.c_void_p), ("emb_q", _Linear),
+                ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
                 ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
+
+
+def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A tensor's ggml blocks -> (values, fp16 scales, fp16 offsets or None), the arrays the library reads: Q4_1's
+    and Q4_0's nibbles (n, k/32, 16) with offsets (Q4_0's -8 d, exact in fp16), Q8_0's int8 values (n, k/32, 32)."""
+    nb = k // BLOCK
+    size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[type_name]
+    b = np.asarray(raw, np.uint8).reshape(n, nb, size)
+    d = np.ascontiguousarray(b[:, :, 0:2]).view(np.float16).reshape(n, nb)
+    if type_name == "Q8_0":
+        return np.ascontiguousarray(b[:, :, 2:]), d, None
+    if type_name == "Q4_1":
+        return np.ascontiguousarray(b[:, :, 4:]), d, np.ascontiguousarray(b[:, :, 2:4]).view(np.float16).reshape(n, nb)
+    return np.ascontiguousarray(b[:, :, 2:]), d, (d.astype(np.float32) * -8).astype(np.float16)
 
 
 def _compiler() -> str | None:
@@ -169,14 +184,15 @@ class NativeLM:
             t = self.file.tensors.get(name)
             if t is None:
                 raise ValueError(f"{self.path}: no tensor {name!r}")
-            if t.type_name not in TYPES or (t.type_name == "F32" and not name.startswith("token_embd")):
+            if t.type_name not in TYPES:
                 raise ValueError(f"{self.path}: tensor {name!r} is {t.type_name}; the native decoder's linears read "
                                  "Q4_0, Q4_1 and Q8_0 blocks")
             if len(t.shape) != 2 or t.shape[1] % BLOCK or (shape is not None and tuple(t.shape) != shape):
                 raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
-            raw = np.ascontiguousarray(self.file.raw(name))
-            self._keep.append(raw)
-            return _Linear(_ptr(raw), TYPES[t.type_name], t.shape[0], t.shape[1])
+            arrays = split_blocks(self.file.raw(name), t.type_name, *t.shape)
+            self._keep.extend(a for a in arrays if a is not None)
+            qs, d, m = arrays
+            return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, TYPES[t.type_name], *t.shape)
 
         def vector(name, n):
             t = self.file.tensors.get(name)
@@ -191,8 +207,6 @@ class NativeLM:
         if emb.k != D:
             raise ValueError(f"{self.path}: token_embd.weight is {V} x {emb.k}, expected width {D}")
         head = linear("output.weight", (V, D)) if "output.weight" in self.file.tensors else emb
-        if head.type not in (TYPES["Q4_0"], TYPES["Q4_1"], TYPES["Q8_0"]):
-            raise ValueError(f"{self.path}: the output head must be Q4_0, Q4_1 or Q8_0 blocks")
         shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
                   "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
         layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k]) for i in range(L)
@@ -205,7 +219,7 @@ class NativeLM:
         angles = np.outer(np.arange(self.max_len, dtype=np.float64), inv)  # (max_len, S/2)
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
-        self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
+        self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), None, emb, head,
                          _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads)
         self.vocab_size, self.threads = V, threads
         self.dim, self.n_heads, self.ffn_dim = D, H, F

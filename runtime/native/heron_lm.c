@@ -28,21 +28,28 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 1
+#define HL_ABI 2
 #define QK 32
 #define TILE 4 /* token rows a weight block is unpacked for at once */
+#define MAX_BLOCKS 512 /* blocks of 32 in a linear's input (k <= 16384) */
 
-enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8 };
+/* A linear's blocks, split by heron.runtime.native at load: nibbles or int8 values, scales and offsets
+ * as separate arrays (the same bytes as the file's blocks), so that a kernel reads four blocks' scales
+ * in one load. Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
+enum { W_Q4 = 4, W_Q8 = 8 };
 
 typedef struct {
-  const uint8_t* data;
-  int32_t type, n, k; /* n output rows of k inputs, ggml order */
+  const uint8_t* qs;  /* (n, k / 32, 16) nibbles (element i low, i + 16 high) or (n, k / 32, 32) int8 */
+  const uint16_t* d;  /* (n, k / 32) fp16 scales */
+  const uint16_t* m;  /* (n, k / 32) fp16 offsets (W_Q4), else NULL */
+  int32_t type, n, k; /* n output rows of k inputs */
 } hl_linear;
 
 typedef struct {
   int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
   float eps;
-  hl_linear emb, head;
+  const float* emb; /* (vocab, dim) fp32 rows, or NULL: rows from emb_q */
+  hl_linear emb_q, head;
   const float* out_norm;
   const hl_linear* layers; /* n_layers * 7: q, k, v, o, gate, up, down */
   const float* const* norms; /* n_layers * 2: attention, ffn */
@@ -55,9 +62,7 @@ typedef struct {
 int hl_abi(void) { return HL_ABI; }
 
 int hl_simd(void) {
-#if defined(HL_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  return 2;
-#elif defined(HL_AVX2)
+#if defined(HL_AVX2)
   return 1;
 #else
   return 0;
@@ -82,48 +87,32 @@ static float f16_to_f32(uint16_t h) {
 #endif
 }
 
-static uint16_t rd16(const uint8_t* p) { uint16_t v; memcpy(&v, p, 2); return v; }
-
 /* ---- activations: int16 per block of 32 ------------------------------------------------------- */
 static void quant_rows(const float* x, int T, int K, int16_t* xq, float* xs, float* xsum) {
   const int nb = K / QK;
   for (int t = 0; t < T; t++)
     for (int b = 0; b < nb; b++) {
       const float* p = x + (size_t)t * K + QK * b;
+      int16_t* q = xq + (size_t)t * K + QK * b;
       float amax = 0.f, s = 0.f;
       for (int i = 0; i < QK; i++) { float a = fabsf(p[i]); if (a > amax) amax = a; s += p[i]; }
-      float sc = amax / 32767.f, inv = amax > 0.f ? 32767.f / amax : 0.f;
-      int16_t* q = xq + (size_t)t * K + QK * b;
+      float inv = amax > 0.f ? 32767.f / amax : 0.f;
+#ifdef HL_AVX2
+      const __m256 iv = _mm256_set1_ps(inv);
+      for (int i = 0; i < QK; i += 16) { /* round to nearest even, as lrintf */
+        __m256i a0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + i), iv));
+        __m256i a1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + i + 8), iv));
+        _mm256_storeu_si256((__m256i*)(q + i), _mm256_permute4x64_epi64(_mm256_packs_epi32(a0, a1), 0xD8));
+      }
+#else
       for (int i = 0; i < QK; i++) q[i] = (int16_t)lrintf(p[i] * inv);
-      xs[t * nb + b] = sc;
+#endif
+      xs[t * nb + b] = amax / 32767.f;
       xsum[t * nb + b] = s;
     }
 }
 
-/* ---- one block's weights as int16 pairs, its scale and offset --------------------------------- */
-static int block_bytes(int type) { return type == T_Q4_1 ? 20 : type == T_Q4_0 ? 18 : 34; }
-
 #ifdef HL_AVX2
-static inline void unpack(const uint8_t* blk, int type, __m256i* w0, __m256i* w1, float* d, float* m) {
-  if (type == T_Q8_0) {
-    *d = _cvtsh_ss(rd16(blk)); *m = 0.f;
-    *w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 2)));
-    *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 18)));
-    return;
-  }
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const uint8_t* qs = blk + (type == T_Q4_1 ? 4 : 2);
-  __m128i v = _mm_loadu_si128((const __m128i*)qs);
-  __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(v, mask));
-  __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), mask));
-  *d = _cvtsh_ss(rd16(blk));
-  if (type == T_Q4_1) { *m = _cvtsh_ss(rd16(blk + 2)); *w0 = lo; *w1 = hi; }
-  else { /* Q4_0: q - 8 */
-    const __m256i eight = _mm256_set1_epi16(8);
-    *m = 0.f; *w0 = _mm256_sub_epi16(lo, eight); *w1 = _mm256_sub_epi16(hi, eight);
-  }
-}
-
 static inline float hsum8(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
@@ -131,55 +120,111 @@ static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-/* rows n0..n1 of y (T x N, row stride N) = W x for T <= TILE token rows */
-static void lin_tile(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs, const float* xsum,
-                     float* y, int ldy) {
-  const int K = w->k, nb = K / QK, bb = block_bytes(w->type);
+/* one block's 32 weights as int16 (two halves of 16) */
+static inline void unpack(const hl_linear* w, const uint8_t* qs, __m256i* w0, __m256i* w1) {
+  if (w->type == W_Q8) {
+    *w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)qs));
+    *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs + 16)));
+  } else {
+    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)qs)); /* byte = lo | hi << 4 */
+    *w0 = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
+    *w1 = _mm256_srli_epi16(v, 4);
+  }
+}
+
+/* int32 dot of one block with one token's int16 block (8 partial sums) */
+static inline __m256i bdot(__m256i w0, __m256i w1, const int16_t* xb) {
+  return _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xb)),
+                          _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xb + 16))));
+}
+
+/* rows n0..n1 of y = W x for TT (a constant: accumulators stay in registers) token rows from xq row t0. A row's
+ * block scales times the tokens' scales are computed first (eight at a time); each block's eight int32 partial
+ * sums then go into the row's float accumulators with one FMA, alternating two accumulators. The order of every
+ * sum is the same for every TT, so one token alone and inside a block gets the same bits. */
+static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int n0, int n1, const int TT, int t0,
+                                                           const int16_t* xq, const float* xs, const float* xsum,
+                                                           float* y, int ldy) {
+  const int K = w->k, nb = K / QK, qb = w->type == W_Q8 ? 32 : 16, nb8 = nb & ~7;
+  float ds[TILE][MAX_BLOCKS] __attribute__((aligned(32)));
   for (int n = n0; n < n1; n++) {
-    const uint8_t* row = w->data + (size_t)n * nb * bb;
-    __m256 acc[TILE];
-    float accm[TILE];
-    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); accm[t] = 0.f; }
-    for (int b = 0; b < nb; b++) {
-      __m256i w0, w1; float d, m;
-      unpack(row + (size_t)b * bb, w->type, &w0, &w1, &d, &m);
-      for (int t = 0; t < T; t++) {
-        const int16_t* xb = xq + (size_t)t * K + QK * b;
-        __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xb)),
-                                     _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xb + 16))));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[t * nb + b]), acc[t]);
-        accm[t] += m * xsum[t * nb + b];
+    const uint8_t* qs = w->qs + (size_t)n * nb * qb;
+    const uint16_t* dr = w->d + (size_t)n * nb;
+    const uint16_t* mr = w->m ? w->m + (size_t)n * nb : NULL;
+    float off[TILE];
+    for (int t = 0; t < TT; t++) {
+      const float* xst = xs + (t0 + t) * nb;
+      const float* xmt = xsum + (t0 + t) * nb;
+      __m256 am = _mm256_setzero_ps();
+      int b = 0;
+      for (; b < nb8; b += 8) {
+        _mm256_store_ps(ds[t] + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(dr + b))),
+                                                 _mm256_loadu_ps(xst + b)));
+        if (mr) am = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mr + b))),
+                                     _mm256_loadu_ps(xmt + b), am);
+      }
+      float o = hsum8(am);
+      for (; b < nb; b++) {
+        ds[t][b] = _cvtsh_ss(dr[b]) * xst[b];
+        if (mr) o += _cvtsh_ss(mr[b]) * xmt[b];
+      }
+      off[t] = o;
+    }
+    __m256 a0[TILE], a1[TILE];
+    for (int t = 0; t < TT; t++) { a0[t] = _mm256_setzero_ps(); a1[t] = _mm256_setzero_ps(); }
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      __m256i w0, w1, v0, v1;
+      unpack(w, qs + (size_t)b * qb, &w0, &w1);
+      unpack(w, qs + (size_t)(b + 1) * qb, &v0, &v1);
+      for (int t = 0; t < TT; t++) {
+        const int16_t* xb = xq + (size_t)(t0 + t) * K + QK * b;
+        a0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(w0, w1, xb)), _mm256_broadcast_ss(ds[t] + b), a0[t]);
+        a1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(v0, v1, xb + QK)), _mm256_broadcast_ss(ds[t] + b + 1), a1[t]);
       }
     }
-    for (int t = 0; t < T; t++) y[(size_t)t * ldy + n] = hsum8(acc[t]) + accm[t];
+    if (b < nb) {
+      __m256i w0, w1;
+      unpack(w, qs + (size_t)b * qb, &w0, &w1);
+      for (int t = 0; t < TT; t++)
+        a0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(w0, w1, xq + (size_t)(t0 + t) * K + QK * b)),
+                                _mm256_broadcast_ss(ds[t] + b), a0[t]);
+    }
+    for (int t = 0; t < TT; t++) y[(size_t)(t0 + t) * ldy + n] = hsum8(_mm256_add_ps(a0[t], a1[t])) + off[t];
+  }
+}
+
+static void lin_rows(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs,
+                     const float* xsum, float* y, int ldy) {
+  for (int t0 = 0; t0 < T; t0 += TILE) {
+    switch (T - t0 < TILE ? T - t0 : TILE) {
+      case 1: lin_tile(w, n0, n1, 1, t0, xq, xs, xsum, y, ldy); break;
+      case 2: lin_tile(w, n0, n1, 2, t0, xq, xs, xsum, y, ldy); break;
+      case 3: lin_tile(w, n0, n1, 3, t0, xq, xs, xsum, y, ldy); break;
+      default: lin_tile(w, n0, n1, 4, t0, xq, xs, xsum, y, ldy); break;
+    }
   }
 }
 #else
-static void lin_tile(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs, const float* xsum,
-                     float* y, int ldy) {
-  const int K = w->k, nb = K / QK, bb = block_bytes(w->type);
+static void lin_rows(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs,
+                     const float* xsum, float* y, int ldy) {
+  const int K = w->k, nb = K / QK, qb = w->type == W_Q8 ? 32 : 16;
   for (int n = n0; n < n1; n++) {
-    const uint8_t* row = w->data + (size_t)n * nb * bb;
-    float acc[TILE] = {0}, accm[TILE] = {0};
-    for (int b = 0; b < nb; b++) {
-      const uint8_t* blk = row + (size_t)b * bb;
-      int16_t q[QK]; float d = f16_to_f32(rd16(blk)), m = 0.f;
-      if (w->type == T_Q8_0) for (int i = 0; i < QK; i++) q[i] = (int8_t)blk[2 + i];
-      else {
-        const uint8_t* qs = blk + (w->type == T_Q4_1 ? 4 : 2);
-        int off = w->type == T_Q4_1 ? 0 : 8;
-        if (w->type == T_Q4_1) m = f16_to_f32(rd16(blk + 2));
-        for (int i = 0; i < 16; i++) { q[i] = (qs[i] & 15) - off; q[i + 16] = (qs[i] >> 4) - off; }
-      }
-      for (int t = 0; t < T; t++) {
+    const uint8_t* qs = w->qs + (size_t)n * nb * qb;
+    for (int t = 0; t < T; t++) {
+      float acc = 0.f;
+      for (int b = 0; b < nb; b++) {
+        const uint8_t* bq = qs + (size_t)b * qb;
         const int16_t* xb = xq + (size_t)t * K + QK * b;
         int32_t s = 0;
-        for (int i = 0; i < QK; i++) s += (int32_t)q[i] * xb[i];
-        acc[t] += (float)s * (d * xs[t * nb + b]);
-        accm[t] += m * xsum[t * nb + b];
+        if (w->type == W_Q8) for (int i = 0; i < QK; i++) s += (int32_t)(int8_t)bq[i] * xb[i];
+        else for (int i = 0; i < 16; i++) s += (int32_t)(bq[i] & 15) * xb[i] + (int32_t)(bq[i] >> 4) * xb[i + 16];
+        const int r = t * nb + b;
+        acc += (float)s * (f16_to_f32(w->d[(size_t)n * nb + b]) * xs[r]);
+        if (w->m) acc += f16_to_f32(w->m[(size_t)n * nb + b]) * xsum[r];
       }
+      y[(size_t)t * ldy + n] = acc;
     }
-    for (int t = 0; t < T; t++) y[(size_t)t * ldy + n] = acc[t] + accm[t];
   }
 }
 #endif
@@ -187,25 +232,18 @@ static void lin_tile(const hl_linear* w, int n0, int n1, int T, const int16_t* x
 /* y (T x N) = x (T x K) W^T; x already rounded (xq, xs, xsum) */
 static void linear(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
                    int threads) {
-  const int nb = w->k / QK;
-  for (int t0 = 0; t0 < T; t0 += TILE) {
-    int tt = T - t0 < TILE ? T - t0 : TILE;
-    const int16_t* q = xq + (size_t)t0 * w->k;
-    const float *s = xs + t0 * nb, *sm = xsum + t0 * nb;
-    float* yy = y + (size_t)t0 * w->n;
 #ifdef _OPENMP
-    if (threads > 1) {
+  if (threads > 1) {
 #pragma omp parallel num_threads(threads)
-      {
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        int chunk = (w->n + nt - 1) / nt, a = id * chunk, e = a + chunk < w->n ? a + chunk : w->n;
-        if (a < e) lin_tile(w, a, e, tt, q, s, sm, yy, w->n);
-      }
-      continue;
+    {
+      int nt = omp_get_num_threads(), id = omp_get_thread_num();
+      int chunk = (w->n + nt - 1) / nt, a = id * chunk, e = a + chunk < w->n ? a + chunk : w->n;
+      if (a < e) lin_rows(w, a, e, T, xq, xs, xsum, y, w->n);
     }
-#endif
-    lin_tile(w, 0, w->n, tt, q, s, sm, yy, w->n);
+    return;
   }
+#endif
+  lin_rows(w, 0, w->n, T, xq, xs, xsum, y, w->n);
 }
 
 static void rmsnorm(const float* x, const float* g, int T, int D, float eps, float* out) {
@@ -218,20 +256,17 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
   }
 }
 
-static void embed_row(const hl_linear* e, int tok, float* out) {
-  const int nb = e->k / QK, bb = block_bytes(e->type);
-  if (e->type == T_F32) { memcpy(out, e->data + (size_t)tok * e->k * 4, (size_t)e->k * 4); return; }
-  const uint8_t* row = e->data + (size_t)tok * nb * bb;
+static void embed_row(const hl_model* m, int tok, float* out) {
+  const int D = m->dim;
+  if (m->emb) { memcpy(out, m->emb + (size_t)tok * D, (size_t)D * sizeof(float)); return; }
+  const hl_linear* e = &m->emb_q;
+  const int nb = D / QK, qb = e->type == W_Q8 ? 32 : 16;
   for (int b = 0; b < nb; b++) {
-    const uint8_t* blk = row + (size_t)b * bb;
-    float d = f16_to_f32(rd16(blk));
+    const uint8_t* q = e->qs + ((size_t)tok * nb + b) * qb;
+    float d = f16_to_f32(e->d[(size_t)tok * nb + b]), off = e->m ? f16_to_f32(e->m[(size_t)tok * nb + b]) : 0.f;
     float* o = out + QK * b;
-    if (e->type == T_Q8_0) for (int i = 0; i < QK; i++) o[i] = d * (int8_t)blk[2 + i];
-    else {
-      const uint8_t* qs = blk + (e->type == T_Q4_1 ? 4 : 2);
-      float m = e->type == T_Q4_1 ? f16_to_f32(rd16(blk + 2)) : -8.f * d;
-      for (int i = 0; i < 16; i++) { o[i] = d * (qs[i] & 15) + m; o[i + 16] = d * (qs[i] >> 4) + m; }
-    }
+    if (e->type == W_Q8) for (int i = 0; i < QK; i++) o[i] = d * (int8_t)q[i];
+    else for (int i = 0; i < 16; i++) { o[i] = d * (q[i] & 15) + off; o[i + 16] = d * (q[i] >> 4) + off; }
   }
 }
 
@@ -287,7 +322,7 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* 
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim;
   const int R = H / G, Q = H * S, KV = G * S, W0 = D > F ? D : F, W = Q > W0 ? Q : W0;
   if (T <= 0 || pos < 0 || pos + T > cap || pos + T > m->rope_len || n_out < 0 || n_out > T) return -1;
-  for (int t = 0; t < T; t++) if (tokens[t] < 0 || tokens[t] >= m->emb.n) return -2;
+  for (int t = 0; t < T; t++) if (tokens[t] < 0 || tokens[t] >= m->vocab) return -2;
   float* x = scratch;
   float* h = x + (size_t)T * D;
   float* q = h + (size_t)T * D;
@@ -301,7 +336,7 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* 
   float* xsum = xs + (size_t)T * (W / QK);
   const float scale = 1.f / sqrtf((float)S);
 
-  for (int t = 0; t < T; t++) embed_row(&m->emb, tokens[t], x + (size_t)t * D);
+  for (int t = 0; t < T; t++) embed_row(m, tokens[t], x + (size_t)t * D);
   for (int l = 0; l < m->n_layers; l++) {
     const hl_linear* L = m->layers + 7 * l;
     float* kc = kcache + (size_t)l * G * cap * S;
