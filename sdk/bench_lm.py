@@ -112,10 +112,12 @@ class BenchOptions:
         return (self.gamma,)
 
 
-# heron lm bench --peers: heron's onnxruntime graphs (int8 with exact steps and with one-row steps, int8x2), its torch
+# heron lm bench --peers: heron's onnxruntime graphs (int8 with exact steps and with one-row steps, int8x2), its native
+# decoder (heron.runtime.native), its torch
 # fp32 path, `transformers`, llama.cpp and ONNX Runtime GenAI on SmolLM2 (scripts/bench_smollm2.py; issue 24's three
 # prompts, prefill, peak RSS, agreement)
-PEER_BACKENDS = ("onnx:int8", "onnx:int8-fast", "onnx:int8x2", "torch", "transformers", "llama.cpp", "ort-genai")
+PEER_BACKENDS = ("onnx:int8", "onnx:int8-fast", "onnx:int8x2", "native", "torch", "transformers", "llama.cpp",
+                 "ort-genai")
 PEER_BUILDS = {  # side build -> (script under scripts/peers, the file it leaves under PEERS_DIR when done)
     "llama.cpp (llama-cpp-python compiled from source: 25-45 min on 2 cores, once)": (
         "lm_peers.sh", "lm-peers-venv/bin/python"),

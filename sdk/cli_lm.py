@@ -302,9 +302,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
                         "export, else fp32); torch targets: int8 / int4 keep the weights quantized in memory "
                         "(less memory, slower on a CPU)")
-    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch", "native"],
                    help="GGUF files and named models: onnx runs the file's own 4-bit blocks on onnxruntime (built in "
-                        "memory at load, ~5 s), torch the dequantized fp32 model (MTP, Mirror-SD's early exit, --k, "
+                        "memory at load, ~5 s), native the same blocks on heron's C decoder (int16 activations: "
+                        "fp32's greedy answers; built by make setup), torch the dequantized fp32 model (MTP, "
+                        "Mirror-SD's early exit, --k, "
                         "--roe-samples need it; Mirror-SD with --kappa 0 runs on either); auto: torch for mtp and "
                         "mirror, else onnx unless the options need torch")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
@@ -575,8 +577,9 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
                         "int8x2; int8 with --methods none lookup head: the fastest lossless path, as heron lm chat)")
-    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
-                   help="GGUF files and named models: onnx (onnxruntime) or torch (fp32; what mtp and mirror need); "
+    q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch", "native"],
+                   help="GGUF files and named models: onnx (onnxruntime), native (heron's C decoder) or torch (fp32; "
+                        "what mtp and mirror need); "
                         "auto: torch when --methods has mtp or mirror, else onnx; every method runs on that one target")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.add_argument("--peers", action="store_true",

@@ -77,6 +77,14 @@ def report() -> list[tuple[str, str, str]]:
         rows.append(("onnxruntime", "providers", ", ".join(ort.get_available_providers())))
     except ImportError:
         rows.append(("onnxruntime", "version", "missing: pip install onnxruntime"))
+    # heron's native decoder (heron lm ... --engine native): built for this CPU by make setup
+    from heron.runtime import native
+    try:
+        lib = native.load()
+        kernels = {0: "portable C", 1: "AVX2", 2: "AVX2 + VNNI"}.get(lib.hl_simd(), "?")
+        rows.append(("native", "decoder", f"built ({kernels} kernels)"))
+    except native.NativeError as e:
+        rows.append(("native", "decoder", f"missing: {e}"))
     # optional extras
     for mod, (extra, why) in _EXTRAS.items():
         ok = importlib.util.find_spec(mod) is not None

@@ -241,7 +241,7 @@ class LanguageModel:
                       detok)
 
 
-ENGINES = ("auto", "onnx", "torch")
+ENGINES = ("auto", "onnx", "torch", "native")
 COMPUTES = ("int8x2", "int8", "fp32")  # heron.export.gguf_onnx.COMPUTE: how a GGUF file's graph computes
 TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.models.lm.quant)
 
@@ -300,6 +300,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     folder = Path(path) if path is not None else default_lm_path()
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
+    if engine == "native":
+        return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
     if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
                                                                               weights) == "onnx":
         if weights == "int8":  # would be ignored: the graph holds the file's own blocks
@@ -388,6 +390,29 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention, memory_file=True)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path, exact_steps=exact_steps, huge_pages=huge_pages), path)
+
+
+def _load_gguf_native(path: Path, device: str, threads: int, experts, roe_samples: int, weights,
+                      compute) -> LanguageModel:
+    """A GGUF file on heron's native decoder (heron.runtime.native), with the file's tokenizer and chat template."""
+    from heron.runtime.gguf import GGUFFile
+    from heron.runtime.native import NativeLM
+    from heron.runtime.tokenizer import tokenizer_from_gguf
+
+    if not (path.is_file() and path.suffix.lower() == ".gguf"):
+        raise ValueError(f"engine='native' runs GGUF files and named models; {path} is neither")
+    extra = [what for what, on in (("experts", experts is not None), ("roe_samples", roe_samples != 1),
+                                   ("weights", weights is not None), ("compute", compute is not None),
+                                   (f"device={device!r}", device != "cpu")) if on]
+    if extra:
+        raise ValueError(f"engine='native' runs the file's own blocks on this CPU with int16 activations; "
+                         f"{', '.join(extra)} do not apply to it")
+    backend = NativeLM(path, threads=threads)
+    meta = backend.metadata
+    tok = Tokenizer(tokenizer_from_gguf(GGUFFile(path)), backend.eot_id, tuple(sorted(backend.end_ids)))
+    backend.end_ids = tok.end_ids
+    template = meta.get("tokenizer.chat_template")
+    return LanguageModel(backend, tok, path, chat_template=ChatTemplate(template) if template else None)
 
 
 def _onnx_model(backend: OnnxLM, path: Path) -> LanguageModel:

@@ -116,3 +116,53 @@ def test_smollm2_keeps_the_dequantized_models_greedy_tokens(library):
         ref = model(torch.tensor([seq])).logits[0].numpy()
     assert seq[len(ids):] == [int(t) for t in ref[len(ids) - 1:-1].argmax(-1)]
     assert np.abs(logits[-1] - ref[-1]).max() < 0.05 * np.abs(ref[-1]).max()
+
+
+def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
+    """heron.load_lm(..., engine="native"): the file's tokenizer, greedy generation through the one plain loop,
+    speculation exact (prompt lookup returns plain decoding's tokens), and options that do not apply refused."""
+    import heron
+
+    path = smollm2_gguf()
+    lm = heron.load_lm(path, engine="native")
+    assert isinstance(lm.backend, native.NativeLM) and lm.model is None and lm.chat_template is not None
+    ids = lm.encode(lm.chat_prompt([{"role": "user", "content": "Name three colors, then repeat them."}]))
+    opts = heron.GenerationOptions(max_new_tokens=24)
+    plain = [t.id for t in lm.generate(ids, opts)]
+    assert len(plain) >= 3 and lm.decode(plain).strip()
+    looked = [t.id for t in lm.generate(ids, opts, speculative=heron.SpeculativeOptions(method="lookup"))]
+    assert looked == plain
+    for kw, match in [({"compute": "int8"}, "compute"), ({"experts": 2}, "experts"), ({"weights": "int8"}, "weights"),
+                      ({"device": "cuda"}, "device")]:
+        with pytest.raises(ValueError, match=match):
+            heron.load_lm(path, engine="native", **kw)
+    with pytest.raises(ValueError, match="runs GGUF files"):
+        heron.load_lm(tmp_path, engine="native")
+
+
+def test_the_cli_chats_on_the_native_engine():
+    import subprocess
+    import sys
+
+    smollm2_gguf()
+    p = subprocess.run([sys.executable, "-m", "heron", "lm", "chat", "--model", "smollm2", "--engine", "native",
+                        "--prompt", "What is the capital of France?", "--max-new-tokens", "16"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert "Paris" in p.stdout
+
+
+def test_a_ranked_head_scores_its_best_words_with_the_heads_own_blocks(tmp_path, library):
+    """head_rank=k: a 4-bit copy ranks every word, the k best get the head's exact scores (so the argmax is the
+    exact head's wherever it ranks among k); the other words keep the copy's rough scores."""
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(4), ("Q4_1", "Q8_0"), untied=True)
+    tokens = [5, 9, 33, 2, 60, 7, 40, 3]
+    exact = native.NativeLM(path).forward(tokens)
+    ranked = native.NativeLM(path, head_rank=8).forward(tokens)
+    for e, r in zip(exact, ranked):
+        same = r == e  # the ranked words: the head's own scores, bit for bit
+        assert 8 <= same.sum() < 64 and same[np.argsort(e)[-3:]].all() and r.argmax() == e.argmax()
+        assert np.abs(r[~same] - e[~same]).max() < 0.5 * np.abs(e).max()  # the others rough, not garbage
+    for bad in (-1, 65, True, 2.0):
+        with pytest.raises(ValueError, match="head_rank"):
+            native.NativeLM(path, head_rank=bad)

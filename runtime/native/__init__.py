@@ -31,7 +31,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 2  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 3  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -39,6 +39,7 @@ TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # ggml types the library's linears re
 BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
+MAX_RANK = 64  # heron_lm.c's MAX_RANK
 
 
 class NativeError(RuntimeError):
@@ -56,7 +57,8 @@ class _Model(ctypes.Structure):
                 ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", ctypes.c_void_p), ("emb_q", _Linear),
                 ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
-                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
+                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32),
+                ("rank", _Linear), ("rank_k", ctypes.c_int32)]
 
 
 def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -71,6 +73,31 @@ def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.nd
     if type_name == "Q4_1":
         return np.ascontiguousarray(b[:, :, 4:]), d, np.ascontiguousarray(b[:, :, 2:4]).view(np.float16).reshape(n, nb)
     return np.ascontiguousarray(b[:, :, 2:]), d, (d.astype(np.float32) * -8).astype(np.float16)
+
+
+def rank_copy(values: np.ndarray, d: np.ndarray, m: np.ndarray | None, chunk: int = 4096):
+    """A head's blocks (split_blocks' arrays) -> the same words in 4-bit blocks for ranking only: Q4_0's rounding
+    (scale = a block's signed extreme / -8, offset -8 scale), as split_blocks' (nibbles, scales, offsets)."""
+    n, nb = d.shape
+    qs = np.empty((n, nb, 16), np.uint8)
+    d4 = np.empty((n, nb), np.float16)
+    for i in range(0, n, chunk):  # a chunk of rows in fp32 at a time
+        j = min(i + chunk, n)
+        v = values[i:j]
+        if v.shape[-1] == 32:  # int8 values
+            x = v.view(np.int8).astype(np.float32) * d[i:j, :, None].astype(np.float32)
+        else:
+            x = np.concatenate([v & 15, v >> 4], -1).astype(np.float32) * d[i:j, :, None].astype(np.float32)
+        if m is not None:
+            x += m[i:j, :, None].astype(np.float32)
+        ext = np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1)[..., 0] / -8.0
+        scale = ext.astype(np.float16)
+        sf = scale.astype(np.float32)
+        inv = np.divide(1.0, sf, out=np.zeros_like(sf), where=sf != 0)
+        q = np.clip(np.round(x * inv[..., None]) + 8, 0, 15).astype(np.uint8)
+        qs[i:j] = q[..., :16] | (q[..., 16:] << 4)
+        d4[i:j] = scale
+    return qs, d4, (d4.astype(np.float32) * -8).astype(np.float16)
 
 
 def _compiler() -> str | None:
@@ -141,16 +168,24 @@ class NativeLM:
     """A Llama-family GGUF file run by the native library: heron.runtime.lm.LMBackend's protocol.
 
     path: the .gguf file. threads: OpenMP threads for each linear. max_len: the longest sequence (default: the
-    file's context length). library: a built library to load (default: this source's build)."""
+    file's context length). library: a built library to load (default: this source's build). head_rank: 0 (default)
+    scores every word with the head's own blocks; k (1..64) ranks every word with a 4-bit copy of the head (rank_copy,
+    half an 8-bit head's bytes) and scores the k best again with its own blocks: greedy decoding keeps its words
+    while the best one ranks among k, the other words' logits are the copy's (heron lm export --head-rank, as
+    the int8 graph's head)."""
 
     name = "native"
     branchable = False  # snapshots are rewind points into the one cache
     exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
-                 library: Path | None = None):
+                 library: Path | None = None, head_rank: int = 0):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        if isinstance(head_rank, bool) or not isinstance(head_rank, int) or not 0 <= head_rank <= MAX_RANK:
+            raise ValueError(f"head_rank must be an integer in [0, {MAX_RANK}], got {head_rank!r}")
         self._lib = load(library)
         self.path = Path(path)
         self.file = GGUFFile(self.path)
@@ -179,6 +214,7 @@ class NativeLM:
             raise ValueError(f"max_len must be in [1, {ctx}] (the file's context length), got {max_len!r}")
         self.n_layers, self.n_kv_heads, self.head_dim = L, G, S
         self._keep = []  # every array the library points into
+        blocks = {}  # tensor name -> split_blocks' arrays
 
         def linear(name, shape=None):
             t = self.file.tensors.get(name)
@@ -191,6 +227,7 @@ class NativeLM:
                 raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
             arrays = split_blocks(self.file.raw(name), t.type_name, *t.shape)
             self._keep.extend(a for a in arrays if a is not None)
+            blocks[name] = arrays
             qs, d, m = arrays
             return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, TYPES[t.type_name], *t.shape)
 
@@ -206,7 +243,14 @@ class NativeLM:
         V = emb.n
         if emb.k != D:
             raise ValueError(f"{self.path}: token_embd.weight is {V} x {emb.k}, expected width {D}")
-        head = linear("output.weight", (V, D)) if "output.weight" in self.file.tensors else emb
+        head_name = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
+        head = linear(head_name, (V, D)) if head_name == "output.weight" else emb
+        rank = _Linear()
+        if head_rank:
+            copy = rank_copy(*blocks[head_name])
+            self._keep.extend(copy)
+            rank = _Linear(_ptr(copy[0]), _ptr(copy[1]), _ptr(copy[2]), TYPES["Q4_0"], V, D)
+        self.head_rank = head_rank
         shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
                   "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
         layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k]) for i in range(L)
@@ -220,8 +264,14 @@ class NativeLM:
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
         self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), None, emb, head,
-                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads)
+                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads,
+                         rank, head_rank)
         self.vocab_size, self.threads = V, threads
+        self.metadata = md
+        self.eot_id = md.get("tokenizer.ggml.eos_token_id")
+        self.end_ids = frozenset(int(md[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                                                      "tokenizer.ggml.eom_token_id") if isinstance(md.get(k), int))
+        self.file = None  # every array the library reads is a copy: the file's pages can go
         self.dim, self.n_heads, self.ffn_dim = D, H, F
         self._scratch = np.zeros(self._lib.hl_scratch_floats(ctypes.byref(self._m), CHUNK), np.float32)
         self._scores = np.zeros(H * self.max_len, np.float32)

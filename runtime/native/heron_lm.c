@@ -28,9 +28,10 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 2
+#define HL_ABI 3
 #define QK 32
 #define TILE 4 /* token rows a weight block is unpacked for at once */
+#define MAX_RANK 64 /* words a ranked head scores again, at most */
 #define MAX_BLOCKS 512 /* blocks of 32 in a linear's input (k <= 16384) */
 
 /* A linear's blocks, split by heron.runtime.native at load: nibbles or int8 values, scales and offsets
@@ -57,12 +58,16 @@ typedef struct {
   const float* rope_sin;
   int32_t rope_len;
   int32_t threads;
+  hl_linear rank; /* rank_k > 0: a 4-bit copy of the head ranks every word; its rank_k best get the head's own score */
+  int32_t rank_k;
 } hl_model;
 
 int hl_abi(void) { return HL_ABI; }
 
 int hl_simd(void) {
-#if defined(HL_AVX2)
+#if defined(HL_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+  return 2;
+#elif defined(HL_AVX2)
   return 1;
 #else
   return 0;
@@ -134,8 +139,14 @@ static inline void unpack(const hl_linear* w, const uint8_t* qs, __m256i* w0, __
 
 /* int32 dot of one block with one token's int16 block (8 partial sums) */
 static inline __m256i bdot(__m256i w0, __m256i w1, const int16_t* xb) {
-  return _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xb)),
-                          _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xb + 16))));
+  __m256i p = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xb));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(p, w1, _mm256_loadu_si256((const __m256i*)(xb + 16))); /* multiply-add in one */
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(p, w1, _mm256_loadu_si256((const __m256i*)(xb + 16)));
+#else
+  return _mm256_add_epi32(p, _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xb + 16))));
+#endif
 }
 
 /* rows n0..n1 of y = W x for TT (a constant: accumulators stay in registers) token rows from xq row t0. A row's
@@ -244,6 +255,21 @@ static void linear(const hl_linear* w, int T, const int16_t* xq, const float* xs
   }
 #endif
   lin_rows(w, 0, w->n, T, xq, xs, xsum, y, w->n);
+}
+
+/* the k largest of s (k <= MAX_RANK) -> idx, by insertion into a sorted list (k is small); NaN never enters */
+static void topk(const float* s, int V, int k, int32_t* idx) {
+  float val[MAX_RANK];
+  int n = 0;
+  for (int i = 0; i < V; i++) {
+    float x = s[i];
+    if (n == k ? !(x > val[k - 1]) : !(x == x)) continue;
+    int j = n < k ? n++ : k - 1;
+    while (j > 0 && val[j - 1] < x) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; j--; }
+    val[j] = x;
+    idx[j] = i;
+  }
+  for (int j = n; j < k; j++) idx[j] = idx[0]; /* fewer than k numbers: score the best again */
 }
 
 static void rmsnorm(const float* x, const float* g, int T, int D, float eps, float* out) {
@@ -389,6 +415,18 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* 
   float* last = x + (size_t)(T - n_out) * D;
   rmsnorm(last, m->out_norm, n_out, D, m->eps, h);
   quant_rows(h, n_out, D, xq, xs, xsum);
-  linear(&m->head, n_out, xq, xs, xsum, out, m->threads);
+  if (m->rank_k <= 0) {
+    linear(&m->head, n_out, xq, xs, xsum, out, m->threads);
+    return 0;
+  }
+  linear(&m->rank, n_out, xq, xs, xsum, out, m->threads); /* every word, roughly */
+  const int nb = D / QK;
+  for (int t = 0; t < n_out; t++) {
+    int32_t idx[MAX_RANK];
+    float* row = out + (size_t)t * m->vocab;
+    topk(row, m->vocab, m->rank_k, idx);
+    for (int j = 0; j < m->rank_k; j++) /* the best words again, with the head's own rows */
+      lin_rows(&m->head, idx[j], idx[j] + 1, 1, xq + (size_t)t * D, xs + t * nb, xsum + t * nb, row, m->vocab);
+  }
   return 0;
 }
