@@ -376,12 +376,20 @@ def decode_speed(preset_name: str, tokens: int = 64, context: int = 32) -> dict:
             "tokens_per_s": tokens / dt, "threads": 1, "batch": 1}
 
 
+def _is_gguf(target) -> bool:
+    """A named model or a .gguf file (what engine="auto" may put on the native decoder)."""
+    from heron.paths import NAMED_LMS
+    return target is not None and (str(target) in NAMED_LMS or str(target).lower().endswith(".gguf"))
+
+
 def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None = None, log=print) -> dict:
     import torch
 
     engine = o.engine
     if engine == "auto" and {"mtp", "mirror"} & set(o.methods):  # they need the torch target: every method gets it
         engine = "torch"
+    elif engine == "auto" and {"head", "draft"} & set(o.methods) and _is_gguf(target_dir):
+        engine = "onnx"  # the head reads onnxruntime's hidden states; the native decoder has none
     lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
     prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))

@@ -111,10 +111,12 @@ def _load(args):
     engine = args.engine
     if engine == "auto" and args.speculative in ("mtp", "mirror"):
         engine = "torch"  # they run inside the torch model
+    gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
+    if engine == "auto" and gguf and args.speculative in ("head", "draft"):
+        engine = "onnx"  # the head reads the onnxruntime graph's hidden states; the native decoder has none
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
                        weights=args.weights, engine=engine, compute=args.compute, exact_steps=not args.fast_steps)
-    gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
     if gguf and lm.model is not None:
         print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
               f"{'these options rule out' if args.engine == 'auto' else 'you can choose'}); "
@@ -308,7 +310,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "fp32's greedy answers; built by make setup), torch the dequantized fp32 model (MTP, "
                         "Mirror-SD's early exit, --k, "
                         "--roe-samples need it; Mirror-SD with --kappa 0 runs on either); auto: torch for mtp and "
-                        "mirror, else onnx unless the options need torch")
+                        "mirror, onnx for head and draft or with --compute, else native where it is built (plain "
+                        "decoding and lookup), else onnx unless the options need torch")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
                         "int8x2: fp32's greedy answers; int8: faster, and with --speculative head the fastest lossless "
@@ -580,7 +583,8 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch", "native"],
                    help="GGUF files and named models: onnx (onnxruntime), native (heron's C decoder) or torch (fp32; "
                         "what mtp and mirror need); "
-                        "auto: torch when --methods has mtp or mirror, else onnx; every method runs on that one target")
+                        "auto: torch when --methods has mtp or mirror, onnx when it has head or draft or with "
+                        "--compute, else native where it is built; every method runs on that one target")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.add_argument("--peers", action="store_true",
                    help="instead: SmolLM2 against its peers on issue 24's three prompts (a code request, a chat "

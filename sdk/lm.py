@@ -196,6 +196,9 @@ class LanguageModel:
         return self._drafts[key]
 
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
+        if getattr(self.backend, "name", None) == "native" and spec.method != "lookup":
+            raise ValueError(f"--speculative {spec.method} needs an onnxruntime or torch target (--engine onnx or "
+                             "torch); heron's native decoder runs plain decoding and prompt lookup")
         if self.model is None and spec.method == "mirror":
             # an onnxruntime target (on any provider) with kappa 0: the draft builds its own continuation beside the
             # target's one forward; early-exit candidates (kappa >= 1) come from inside the torch model
@@ -300,7 +303,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     folder = Path(path) if path is not None else default_lm_path()
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
-    if engine == "native":
+    gguf = folder.is_file() and folder.suffix.lower() == ".gguf"
+    if engine == "native" or (engine == "auto" and gguf and _native_by_default(device, experts, roe_samples, weights,
+                                                                                 compute)):
         return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
     if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
                                                                               weights) == "onnx":
@@ -356,6 +361,15 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     backend = TorchLM(model, device=device, threads=threads, routing=route,
                       end_ids=tok.end_ids if tok is not None else ())
     return LanguageModel(backend, tok, folder, model=model, device=backend.device, chat_template=template)
+
+
+def _native_by_default(device: str, experts, roe_samples: int, weights, compute) -> bool:
+    """engine="auto" on a GGUF file: heron's native decoder where it is built and nothing asked for another engine
+    (the fastest plain path with fp32's greedy answers: BENCHMARKS.md "The native decoder")."""
+    from heron.runtime import native
+
+    return (device == "cpu" and experts is None and roe_samples == 1 and weights is None and compute is None
+            and native.available())
 
 
 def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -> str:

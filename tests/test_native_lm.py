@@ -81,6 +81,10 @@ def test_bad_input_is_one_line(tmp_path, library):
     f32 = write_tiny_llama(tmp_path / "f.gguf", np.random.default_rng(3), ("F32", "Q4_1"))
     with pytest.raises(ValueError, match="F32; the native decoder"):
         native.NativeLM(f32)
+    with pytest.MonkeyPatch.context() as mp:  # wider inputs than the kernels' per-row scratch holds
+        mp.setattr(native, "MAX_INPUTS", 32)
+        with pytest.raises(ValueError, match="inputs; the native decoder"):
+            native.NativeLM(path)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(ValueError):
@@ -166,3 +170,20 @@ def test_a_ranked_head_scores_its_best_words_with_the_heads_own_blocks(tmp_path,
     for bad in (-1, 65, True, 2.0):
         with pytest.raises(ValueError, match="head_rank"):
             native.NativeLM(path, head_rank=bad)
+
+
+def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
+    """engine="auto" on a GGUF file: the native decoder where it is built and nothing asks for another engine
+    (compute, experts, a device); otherwise onnxruntime. A native target refuses speculative methods other than
+    prompt lookup in one line, naming the engines that run them."""
+    import heron
+    from heron.runtime.lm import OnnxLM
+
+    lm = heron.load_lm("smollm2")
+    assert isinstance(lm.backend, native.NativeLM)
+    assert isinstance(heron.load_lm("smollm2", compute="int8x2").backend, OnnxLM)
+    with pytest.raises(ValueError, match="--engine onnx or torch"):
+        list(lm.generate("Hello", heron.GenerationOptions(max_new_tokens=2),
+                         speculative=heron.SpeculativeOptions(method="head")))
+    monkeypatch.setattr(native, "available", lambda: False)  # not built here: onnxruntime, as before
+    assert isinstance(heron.load_lm("smollm2").backend, OnnxLM)

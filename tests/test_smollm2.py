@@ -171,11 +171,11 @@ def test_cli_chat_answers(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-500:]
     assert "def " in p.stdout and ("[::-1]" in p.stdout or "reverse" in p.stdout)
-    assert "torch fp32 path" not in p.stderr  # the default is the onnxruntime path, built in memory
+    assert "torch fp32 path" not in p.stderr  # the default: the native decoder where built, else onnxruntime
 
 
-def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_path):
-    """load_lm("smollm2") runs the file's own blocks on onnxruntime (int8x2, built in memory: nothing
+def test_onnx_engine_keeps_the_models_answers(smol, tmp_path):
+    """load_lm("smollm2", engine="onnx") runs the file's own blocks on onnxruntime (int8x2, built in memory: nothing
     written) and stays with the fp32 torch model: its next-token logits after chat prompts within 0.05 (int8x2
     is ~0.005 from fp32; plain int8 ~2) and the same next token. Logits with a tolerance, not long greedy
     runs: a near-tie may resolve differently with another CPU's int8 kernels."""
@@ -188,7 +188,7 @@ def test_default_engine_is_onnxruntime_and_keeps_the_models_answers(smol, tmp_pa
 
     torch_lm = smol[0]
     before = set(os.listdir(tmp_path))
-    fast = heron.load_lm("smollm2")
+    fast = heron.load_lm("smollm2", engine="onnx")
     assert isinstance(fast.backend, OnnxLM) and fast.backend.folder is None and fast.model is None
     for q in ("What is the capital of France?", "Write a Python function that reverses a string."):
         ids = fast.encode(fast.chat_prompt([{"role": "user", "content": q}]))

@@ -70,7 +70,7 @@ def smol():
     from heron.runtime.lm import OnnxLM
 
     path = smollm2_gguf()
-    lm = heron.load_lm("smollm2")  # the default graph (int8x2): blocks compute what single steps do
+    lm = heron.load_lm("smollm2", engine="onnx")  # the onnx engine's graph (int8x2): blocks compute what steps do
     prompt = lm.encode(lm.chat_prompt(CHAT))
     assert sp.lookup_window(prompt, 2), "the prompt must let prompt lookup propose"
     target = PrefixCached(lm.backend, prompt)
@@ -179,7 +179,7 @@ def test_greedy_speculation_returns_plain_decodings_tokens_on_smollm2():
     from heron.runtime.lm import OnnxLM
 
     path = smollm2_gguf()
-    lm = heron.load_lm("smollm2")  # its own target and draft: the sampling tests' caches hold their prompt
+    lm = heron.load_lm("smollm2", engine="onnx")  # its own target and draft: the sampling tests' caches hold their prompt
     draft = OnnxLM.from_memory(*bundle_in_memory(path, compute="int8"), min_rows=1)
     opts = sp.GenerationOptions(max_new_tokens=48, stop_at_eot=False)
     specs = [sp.SpeculativeOptions(method="lookup"), sp.SpeculativeOptions(method="lookup", gamma=3, adaptive=False)]
@@ -240,7 +240,7 @@ def test_greedy_speculation_on_the_int8_graph_returns_plain_decodings_tokens():
 
 @pytest.mark.parametrize("compute", [None, "int8"])
 def test_the_sdks_default_head_drafts_for_smollm2(compute):
-    """`heron.load_lm("smollm2")` with SpeculativeOptions(method="head") and no bundle named: the shipped head,
+    """`heron.load_lm("smollm2", engine="onnx")` with SpeculativeOptions(method="head") and no bundle named: the shipped head,
     its rows read from the GGUF file the in-memory graph was built from; plain decoding's tokens, drafted. With
     compute="int8" (`heron lm chat --model smollm2 --compute int8 --speculative head`: the fastest lossless path
     without an export) the graph built at load runs attention as rows (padded to two query rows with an onnxruntime
@@ -249,7 +249,7 @@ def test_the_sdks_default_head_drafts_for_smollm2(compute):
     from heron.export.gguf_onnx import rows_supported
 
     smollm2_gguf()
-    lm = heron.load_lm("smollm2", compute=compute)
+    lm = heron.load_lm("smollm2", compute=compute, engine="onnx")
     assert lm.backend.source_file == smollm2_gguf()
     assert lm.backend.manifest.source["compute"] == (compute or "int8x2")
     assert (lm.backend.spill, lm.backend.attention_rows) == ((2, 1) if rows_supported() else (0, 2))

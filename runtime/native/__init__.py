@@ -40,6 +40,7 @@ BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
 MAX_RANK = 64  # heron_lm.c's MAX_RANK
+MAX_INPUTS = 512 * BLOCK  # heron_lm.c's MAX_BLOCKS blocks of 32: a linear's widest input
 
 
 class NativeError(RuntimeError):
@@ -104,11 +105,16 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def library_path(cc: str | None = None) -> Path:
-    """Where the library for this source, compiler and flags lives (built or not)."""
+def library_path() -> Path:
+    """Where the library for this source and these flags lives (built or not)."""
     h = hashlib.sha256(SOURCE.read_bytes())
-    h.update(" ".join((cc or _compiler() or "cc", *CFLAGS)).encode())
+    h.update(" ".join(CFLAGS).encode())
     return BUILD_DIR / f"libheron_lm-{h.hexdigest()[:12]}.so"
+
+
+def available() -> bool:
+    """Whether this source's library is built here (load() would find it)."""
+    return library_path().is_file()
 
 
 def build(out: Path | None = None) -> Path:
@@ -118,7 +124,7 @@ def build(out: Path | None = None) -> Path:
     if cc is None:
         raise NativeError("no C compiler (cc, gcc or clang) on PATH: heron's native decoder cannot be built here; "
                           "the onnxruntime engine needs none")
-    out = Path(out) if out is not None else library_path(cc)
+    out = Path(out) if out is not None else library_path()
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,10 @@ def build(out: Path | None = None) -> Path:
             last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise NativeError(f"{cc} could not build heron's native decoder: {last}")
         os.replace(part, out)
+    if out.parent == BUILD_DIR:  # builds of older sources or flags are never loaded again
+        for old in BUILD_DIR.glob("libheron_lm-*.so"):
+            if old != out:
+                old.unlink(missing_ok=True)
     return out
 
 
@@ -225,6 +235,9 @@ class NativeLM:
                                  "Q4_0, Q4_1 and Q8_0 blocks")
             if len(t.shape) != 2 or t.shape[1] % BLOCK or (shape is not None and tuple(t.shape) != shape):
                 raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
+            if t.shape[1] > MAX_INPUTS:
+                raise ValueError(f"{self.path}: tensor {name!r} has {t.shape[1]} inputs; the native decoder's linears "
+                                 f"take at most {MAX_INPUTS}")
             arrays = split_blocks(self.file.raw(name), t.type_name, *t.shape)
             self._keep.extend(a for a in arrays if a is not None)
             blocks[name] = arrays

@@ -205,14 +205,21 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   }
 }
 
+/* rows in groups of ROWS_AT_ONCE, each group for every tile of TILE tokens: a group's weights are read from memory
+ * once per call, however many tokens (a prompt's chunk, a verify block) */
+#define ROWS_AT_ONCE 16
 static void lin_rows(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs,
                      const float* xsum, float* y, int ldy) {
-  for (int t0 = 0; t0 < T; t0 += TILE) {
-    switch (T - t0 < TILE ? T - t0 : TILE) {
-      case 1: lin_tile(w, n0, n1, 1, t0, xq, xs, xsum, y, ldy); break;
-      case 2: lin_tile(w, n0, n1, 2, t0, xq, xs, xsum, y, ldy); break;
-      case 3: lin_tile(w, n0, n1, 3, t0, xq, xs, xsum, y, ldy); break;
-      default: lin_tile(w, n0, n1, 4, t0, xq, xs, xsum, y, ldy); break;
+  if (T == 1) { lin_tile(w, n0, n1, 1, 0, xq, xs, xsum, y, ldy); return; }
+  for (int a = n0; a < n1; a += ROWS_AT_ONCE) {
+    const int e = a + ROWS_AT_ONCE < n1 ? a + ROWS_AT_ONCE : n1;
+    for (int t0 = 0; t0 < T; t0 += TILE) {
+      switch (T - t0 < TILE ? T - t0 : TILE) {
+        case 1: lin_tile(w, a, e, 1, t0, xq, xs, xsum, y, ldy); break;
+        case 2: lin_tile(w, a, e, 2, t0, xq, xs, xsum, y, ldy); break;
+        case 3: lin_tile(w, a, e, 3, t0, xq, xs, xsum, y, ldy); break;
+        default: lin_tile(w, a, e, 4, t0, xq, xs, xsum, y, ldy); break;
+      }
     }
   }
 }
