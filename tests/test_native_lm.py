@@ -187,3 +187,32 @@ def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
                          speculative=heron.SpeculativeOptions(method="head")))
     monkeypatch.setattr(native, "available", lambda: False)  # not built here: onnxruntime, as before
     assert isinstance(heron.load_lm("smollm2").backend, OnnxLM)
+
+
+@pytest.mark.parametrize("march,simd", [("x86-64-v3", 1), ("x86-64", 0)])
+def test_the_avx2_and_portable_kernels_compute_the_same_model(tmp_path, library, march, simd):
+    """The kernels another CPU gets: AVX2 without VNNI (multiply-add then add: the same integers, so the same bits as
+    VNNI's fused multiply-add) and the portable C (another order of float sums: close), each with steps equal to
+    blocks. x86-64 only (the -march names)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the variants' -march names are x86-64's")
+    flags = tuple(f"-march={march}" if f == "-march=native" else f for f in native.CFLAGS)
+    try:
+        lib = native.build(tmp_path / f"lib-{march}.so", flags)
+    except native.NativeError as e:
+        pytest.skip(f"this compiler cannot build -march={march}: {e}")
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"), untied=True)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    ours = native.NativeLM(path, library=lib)
+    assert native.load(lib).hl_simd() == simd
+    variant = ours.forward(tokens)
+    default = native.NativeLM(path).forward(tokens)
+    if simd and native.load().hl_simd() >= 1:
+        assert np.array_equal(variant, default)
+    else:
+        np.testing.assert_allclose(variant, default, atol=1e-3 * np.abs(default).max())  # as close as to torch
+    ours.reset()
+    ours.forward(tokens[:5])
+    assert all(np.array_equal(ours.forward([t], last=1)[0], variant[i]) for i, t in zip(range(5, 8), tokens[5:]))

@@ -117,9 +117,10 @@ def available() -> bool:
     return library_path().is_file()
 
 
-def build(out: Path | None = None) -> Path:
+def build(out: Path | None = None, cflags: Sequence[str] = CFLAGS) -> Path:
     """Compile heron_lm.c for this CPU -> the library's path (an existing build is kept). out: the file to write
-    (default: library_path(), inside the installed package)."""
+    (default: library_path(), inside the installed package). cflags: the compiler's flags (tests build the AVX2-only
+    and portable variants with another -march and an out of their own)."""
     cc = _compiler()
     if cc is None:
         raise NativeError("no C compiler (cc, gcc or clang) on PATH: heron's native decoder cannot be built here; "
@@ -130,7 +131,7 @@ def build(out: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # compiled beside, renamed: never half a library
         part = Path(tmp) / out.name
-        run = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(part), "-lm"], capture_output=True, text=True)
+        run = subprocess.run([cc, *cflags, str(SOURCE), "-o", str(part), "-lm"], capture_output=True, text=True)
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise NativeError(f"{cc} could not build heron's native decoder: {last}")
