@@ -304,9 +304,13 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
     gguf = folder.is_file() and folder.suffix.lower() == ".gguf"
-    if engine == "native" or (engine == "auto" and gguf and _native_by_default(device, experts, roe_samples, weights,
-                                                                                 compute)):
+    if engine == "native":
         return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
+    if engine == "auto" and gguf and _native_by_default(device, experts, roe_samples, weights, compute):
+        try:
+            return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
+        except ValueError:  # a file the native decoder does not read (another architecture, F16 linears): onnx's
+            pass
     if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
                                                                               weights) == "onnx":
         if weights == "int8":  # would be ignored: the graph holds the file's own blocks

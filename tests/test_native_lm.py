@@ -185,6 +185,13 @@ def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
     with pytest.raises(ValueError, match="--engine onnx or torch"):
         list(lm.generate("Hello", heron.GenerationOptions(max_new_tokens=2),
                          speculative=heron.SpeculativeOptions(method="head")))
+    with pytest.MonkeyPatch.context() as mp:  # a file the native decoder refuses (another architecture, F16
+        def refuse(*a, **k):                   # linears): onnxruntime's engine takes it
+            raise ValueError("not a file for the native decoder")
+        mp.setattr(native, "NativeLM", refuse)
+        assert isinstance(heron.load_lm("smollm2").backend, OnnxLM)
+        with pytest.raises(ValueError, match="not a file for the native decoder"):
+            heron.load_lm("smollm2", engine="native")  # asked for by name: its own error
     monkeypatch.setattr(native, "available", lambda: False)  # not built here: onnxruntime, as before
     assert isinstance(heron.load_lm("smollm2").backend, OnnxLM)
 

@@ -1,8 +1,8 @@
 """heron's native decoder: a Llama-family GGUF file decoded by a small C library (heron_lm.c), no onnxruntime.
 
-The library runs the file's own Q4_1 / Q4_0 / Q8_0 blocks (memory-mapped, never copied or re-quantized) with
-activations rounded per block of 32 to int16, not int8: greedy decoding keeps fp32's answers at int8's cost
-in memory traffic. It is compiled once on the machine that runs it (`python -m heron.runtime.native build`,
+The library runs the file's own Q4_1 / Q4_0 / Q8_0 blocks (split at load into value, scale and offset arrays: the
+same bytes, never quantized again; the file's pages are let go) with activations rounded per block of 32 to int16,
+not int8: greedy decoding keeps fp32's answers at the memory traffic of 4-bit weights. It is compiled once on the machine that runs it (`python -m heron.runtime.native build`,
 which `make setup` calls where a C compiler exists) with that CPU's instruction set; a file name carries a
 digest of the source and the flags, so a stale build is never loaded.
 
@@ -31,7 +31,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 3  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 4  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -55,8 +55,7 @@ class _Linear(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
-                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", ctypes.c_void_p), ("emb_q", _Linear),
-                ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
+                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
                 ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32),
                 ("rank", _Linear), ("rank_k", ctypes.c_int32)]
@@ -277,7 +276,7 @@ class NativeLM:
         angles = np.outer(np.arange(self.max_len, dtype=np.float64), inv)  # (max_len, S/2)
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
-        self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), None, emb, head,
+        self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
                          _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads,
                          rank, head_rank)
         self.vocab_size, self.threads = V, threads

@@ -1,6 +1,7 @@
 /* heron's native decoder: a Llama-family forward pass straight on a GGUF file's blocks.
  *
- * Linears read the file's Q4_1 / Q4_0 / Q8_0 blocks as they are (no copy, no re-quantization). Each
+ * Linears read the file's Q4_1 / Q4_0 / Q8_0 blocks (split into value, scale and offset arrays at load:
+ * the same bytes, nothing quantized again). Each
  * activation row is rounded per block of 32 to int16 (scale absmax / 32767): the integer dot products
  * then err by ~1e-5 of a block's largest value, 256x less than int8 rounding, so greedy decoding keeps
  * what an fp32 computation on the same blocks keeps. Norms, RoPE (llama.cpp's interleaved pairs, the
@@ -8,12 +9,11 @@
  *
  * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp32,
  * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T
- * tokens reads each weight block once for all T rows (verify blocks cost little more than a step).
- * The same code path computes a token alone or inside a block, row by row in the same order: a step
+ * tokens reads each weight once per call; its integer and float arithmetic grows with T. The same code path computes a token alone or inside a block, row by row in the same order: a step
  * and a block give the same bits (speculation stays exact).
  *
- * x86-64 with AVX2 + FMA + F16C: vector kernels (AVX-512 VNNI where compiled for it); elsewhere the
- * portable C below, same arithmetic. Threads: OpenMP over a linear's output rows.
+ * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
+ * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order. Threads: OpenMP over a linear's output rows.
  * No Python here: heron.runtime.native loads it with ctypes.
  */
 #include <math.h>
@@ -28,14 +28,14 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 3
+#define HL_ABI 4
 #define QK 32
 #define TILE 4 /* token rows a weight block is unpacked for at once */
 #define MAX_RANK 64 /* words a ranked head scores again, at most */
 #define MAX_BLOCKS 512 /* blocks of 32 in a linear's input (k <= 16384) */
 
 /* A linear's blocks, split by heron.runtime.native at load: nibbles or int8 values, scales and offsets
- * as separate arrays (the same bytes as the file's blocks), so that a kernel reads four blocks' scales
+ * as separate arrays (the same bytes as the file's blocks), so that a kernel reads eight blocks' scales
  * in one load. Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
 enum { W_Q4 = 4, W_Q8 = 8 };
 
@@ -49,8 +49,7 @@ typedef struct {
 typedef struct {
   int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
   float eps;
-  const float* emb; /* (vocab, dim) fp32 rows, or NULL: rows from emb_q */
-  hl_linear emb_q, head;
+  hl_linear emb, head; /* the token embedding's blocks; the output head's (the same when tied) */
   const float* out_norm;
   const hl_linear* layers; /* n_layers * 7: q, k, v, o, gate, up, down */
   const float* const* norms; /* n_layers * 2: attention, ffn */
@@ -290,10 +289,8 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
 }
 
 static void embed_row(const hl_model* m, int tok, float* out) {
-  const int D = m->dim;
-  if (m->emb) { memcpy(out, m->emb + (size_t)tok * D, (size_t)D * sizeof(float)); return; }
-  const hl_linear* e = &m->emb_q;
-  const int nb = D / QK, qb = e->type == W_Q8 ? 32 : 16;
+  const hl_linear* e = &m->emb;
+  const int nb = m->dim / QK, qb = e->type == W_Q8 ? 32 : 16;
   for (int b = 0; b < nb; b++) {
     const uint8_t* q = e->qs + ((size_t)tok * nb + b) * qb;
     float d = f16_to_f32(e->d[(size_t)tok * nb + b]), off = e->m ? f16_to_f32(e->m[(size_t)tok * nb + b]) : 0.f;
