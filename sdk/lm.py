@@ -311,8 +311,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
         except ValueError:  # a file the native decoder does not read (another architecture, F16 linears): onnx's
             pass
-    if folder.is_file() and folder.suffix.lower() == ".gguf" and _gguf_engine(engine, device, experts, roe_samples,
-                                                                              weights) == "onnx":
+    if gguf and _gguf_engine(engine, device, experts, roe_samples, weights) == "onnx":
         if weights == "int8":  # would be ignored: the graph holds the file's own blocks
             raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
                              "own 4-bit blocks (weights int4); compute='int8' runs them with int8 activations, "
@@ -377,8 +376,8 @@ def _native_by_default(device: str, experts, roe_samples: int, weights, compute)
 
 
 def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -> str:
-    """Which engine runs a GGUF file: what was asked, or for "auto" onnx where it can (CPU, the `onnx`
-    package installed, nothing that needs the torch model)."""
+    """Which engine runs a GGUF file the native decoder did not take: what was asked, or for "auto" onnx where it
+    can (CPU, the `onnx` package installed, nothing that needs the torch model)."""
     import importlib.util
 
     torch_only = [what for what, on in (("experts", experts is not None), ("roe_samples", roe_samples != 1),
