@@ -588,8 +588,8 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.add_argument("--peers", action="store_true",
                    help="instead: SmolLM2 against its peers on issue 24's three prompts (a code request, a chat "
-                        "question, a 404-token text to summarize): heron's int8 and int8x2 graphs and torch fp32 path, "
-                        "transformers, llama.cpp (llama-cpp-python on the same GGUF) and ONNX Runtime GenAI (its int4 "
+                        "question, a 404-token text to summarize): heron's native decoder, int8 and int8x2 graphs "
+                        "and torch fp32 path, transformers, llama.cpp (llama-cpp-python on the same GGUF) and ONNX Runtime GenAI (its int4 "
                         "model of the same weights); decode tokens/s (min, median), prefill, peak RSS, fp32 agreement, "
                         "perplexity in one table. The peers are built once in side venvs under OUT/peers (llama.cpp "
                         "compiles from source: 25-45 min on 2 cores). Runs scripts/bench_smollm2.py: needs a source "
