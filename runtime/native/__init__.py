@@ -285,7 +285,6 @@ class NativeLM:
         self.end_ids = frozenset(int(md[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                                       "tokenizer.ggml.eom_token_id") if isinstance(md.get(k), int))
         self.file = None  # every array the library reads is a copy: the file's pages can go
-        self.dim, self.n_heads, self.ffn_dim = D, H, F
         self._scratch = np.zeros(self._lib.hl_scratch_floats(ctypes.byref(self._m), CHUNK), np.float32)
         self._scores = np.zeros(H * self.max_len, np.float32)
         self._n = 0
