@@ -208,8 +208,9 @@ class DraftHead:
         return logits[0], feature[0]
 
     def check_target(self, backend) -> None:
-        """The head reads this target's features: same GGUF file (sha256), and a graph with a hidden output."""
-        src = getattr(getattr(backend, "manifest", None), "source", {}) or {}
+        """The head reads this target's features: same GGUF file (sha256: a bundle's manifest.source, a native
+        target's own `source`), and a backend that returns its hidden states (has_hidden)."""
+        src = getattr(getattr(backend, "manifest", None), "source", None) or getattr(backend, "source", None) or {}
         want = self.manifest.target.get("gguf_sha256")
         if src.get("gguf_sha256") != want:
             raise ValueError(f"the draft head {self.folder} was trained for {self.manifest.target.get('gguf')} "

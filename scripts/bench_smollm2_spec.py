@@ -3,7 +3,8 @@ onnxruntime bundles, in one run on this CPU.
 
     .venv/bin/python scripts/bench_smollm2_spec.py --bundles runs/smol-x2 runs/smol-i8 --out runs/bench-spec.json
 
-Each bundle comes from `heron lm export smollm2 --out DIR [--compute int8|int8x2]`. Prompts: a code edit
+Each bundle comes from `heron lm export smollm2 --out DIR [--compute int8|int8x2]`; `--bundles smollm2` runs the
+model by name on heron.load_lm's default engine (the native decoder where it is built). Prompts: a code edit
 (the model rewrites code it was given), a summary of a given text and a short chat question; greedy,
 128 new tokens after the chat template, 1 thread. Per bundle, prompt and method: tokens/s (median of 3
 interleaved runs; the prompt's prefill included), decode tokens/s (from each prompt's first word to its last: the
@@ -244,7 +245,8 @@ def main() -> int:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
         own_rows = getattr(b, "min_rows", 1)
-        other = one_row if own_rows > 1 else (two_rows if b.manifest.source.get("compute") == "int8" else None)
+        compute = getattr(getattr(b, "manifest", None), "source", {}).get("compute")  # none: the native decoder
+        other = one_row if own_rows > 1 else (two_rows if compute == "int8" else None)
         fast_row = [(fast, None, False)] if getattr(b, "attention_rows", 1) > 1 else []  # graphs that pad attention
         bundle_methods = methods[:1] + ([(other, None, False)] if other else []) + fast_row + methods[1:]
         if a.methods:

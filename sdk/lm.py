@@ -179,7 +179,8 @@ class LanguageModel:
     def draft_head(self, spec: SpeculativeOptions) -> DraftHead:
         """The draft head of these options (loaded and checked against this target once)."""
         if not hasattr(self.backend, "hidden_at"):
-            raise ValueError("--speculative head runs on an onnxruntime target (--engine onnx)")
+            raise ValueError("--speculative head runs on a target that returns its hidden states (--engine native or "
+                             "onnx)")
         key = ("head", spec.head or DEFAULT_HEAD)
         if key not in self._drafts:
             try:
@@ -196,9 +197,9 @@ class LanguageModel:
         return self._drafts[key]
 
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
-        if getattr(self.backend, "name", None) == "native" and spec.method != "lookup":
+        if getattr(self.backend, "name", None) == "native" and spec.method not in ("lookup", "head"):
             raise ValueError(f"--speculative {spec.method} needs an onnxruntime or torch target (--engine onnx or "
-                             "torch); heron's native decoder runs plain decoding and prompt lookup")
+                             "torch); heron's native decoder runs plain decoding, prompt lookup and the draft head")
         if self.model is None and spec.method == "mirror":
             # an onnxruntime target (on any provider) with kappa 0: the draft builds its own continuation beside the
             # target's one forward; early-exit candidates (kappa >= 1) come from inside the torch model

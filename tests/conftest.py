@@ -173,25 +173,25 @@ def smollm2_gguf() -> Path:
         pytest.skip(str(e))
 
 
-def write_tiny_llama(path, rng, types, untied: bool = False):
+def write_tiny_llama(path, rng, types, untied: bool = False, vocab: int = 64):
     """(test_gguf_onnx, test_draft_head) A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer;
-    untied: an output.weight of its own (Q8_0) instead of the embedding's table."""
+    untied: an output.weight of its own (Q8_0) instead of the embedding's table; vocab: another vocabulary size."""
     import gguf
 
     Q = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(2), w.add_context_length(128), w.add_embedding_length(64), w.add_feed_forward_length(96)
     w.add_head_count(2), w.add_head_count_kv(1), w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(64), w.add_rope_dimension_count(32)
+    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(vocab), w.add_rope_dimension_count(32)
 
     def add(name, shape, qtype, scale=0.2):
         x = (rng.standard_normal(shape) * scale).astype(np.float32)
         w.add_tensor(name, x if qtype == Q.F32 else gguf.quants.quantize(x, qtype), raw_dtype=qtype)
 
-    add("token_embd.weight", (64, 64), Q.Q8_0, 1.0)
+    add("token_embd.weight", (vocab, 64), Q.Q8_0, 1.0)
     add("output_norm.weight", (64,), Q.F32, 1.0)
     if untied:
-        add("output.weight", (64, 64), Q.Q8_0, 1.0)
+        add("output.weight", (vocab, 64), Q.Q8_0, 1.0)
     for i, t in enumerate(types):
         q = getattr(Q, t)
         add(f"blk.{i}.attn_norm.weight", (64,), Q.F32, 1.0)

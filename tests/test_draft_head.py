@@ -272,6 +272,44 @@ def test_the_sdk_runs_the_head_on_an_onnxruntime_target(trained):
     assert [t.id for t in two.generate(PROMPTS[2], opts, spec)] == [t.id for t in two.generate(PROMPTS[2], opts)]
 
 
+def test_the_head_drafts_for_the_native_decoder(trained):
+    """heron's native decoder as the head's target: its hidden states are the onnx graph's (the head's input, after
+    the output norm), the head takes its rows from the GGUF file and checks the file's sha256, and speculation
+    yields plain decoding's tokens."""
+    from heron.runtime import native
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: heron's native decoder cannot be built")
+    native.build()
+    target = native.NativeLM(trained["path"])
+    assert target.hidden_at(0) is None  # nothing computed yet
+    tokens = PROMPTS[1]
+    target.forward(tokens)
+    graph = trained["target"]
+    graph.reset()
+    graph.forward(tokens)
+    for i in range(len(tokens)):
+        want = graph.hidden_at(i)
+        np.testing.assert_allclose(target.hidden_at(i), want, atol=0.05 * np.abs(want).max())
+    target.trim(2)
+    assert target.hidden_at(len(tokens) - 1) is None and target.hidden_at(len(tokens) - 3) is not None
+    target.reset()
+    head = DraftHead(trained["bundle"], target=target)
+    opts = GenerationOptions(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
+    drafted = 0
+    for prompt in PROMPTS:
+        ref = [t.id for t in plain(target, prompt, opts)]
+        stats = DecodeStats()
+        assert [t.id for t in head_generate(target, head, prompt, opts, 3, stats, adaptive=False)] == ref, prompt
+        drafted += sum(stats.windows)
+    assert drafted > 20
+    other = native.NativeLM(write_tiny_llama(trained["path"].parent / "other-native.gguf",
+                                             np.random.default_rng(12), ("Q4_1", "Q8_0")))
+    with pytest.raises(ValueError, match="was trained for"):
+        DraftHead(trained["bundle"], target=other)
+
+
 def _folder_target(path, out):
     """The tiny GGUF's graph as a bundle folder (heron lm export writes the same files)."""
     from heron.export.gguf_onnx import build_graph

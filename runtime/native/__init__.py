@@ -31,7 +31,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 4  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 5  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -39,8 +39,7 @@ TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # ggml types the library's linears re
 BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
-MAX_RANK = 64  # heron_lm.c's MAX_RANK
-MAX_INPUTS = 512 * BLOCK  # heron_lm.c's MAX_BLOCKS blocks of 32: a linear's widest input
+GROUP = 8  # rows interleaved in heron_lm.c's layout: one vector lane each
 
 
 class NativeError(RuntimeError):
@@ -57,13 +56,13 @@ class _Model(ctypes.Structure):
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
                 ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
-                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32),
-                ("rank", _Linear), ("rank_k", ctypes.c_int32)]
+                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
 
 
 def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A tensor's ggml blocks -> (values, fp16 scales, fp16 offsets or None), the arrays the library reads: Q4_1's
-    and Q4_0's nibbles (n, k/32, 16) with offsets (Q4_0's -8 d, exact in fp16), Q8_0's int8 values (n, k/32, 32)."""
+    """A tensor's ggml blocks -> (values, fp16 scales, fp16 offsets or None), row by row: Q4_1's and Q4_0's nibbles
+    (n, k/32, 16) with offsets (Q4_0's -8 d, exact in fp16), Q8_0's int8 values (n, k/32, 32). group_rows
+    interleaves them as the library reads them."""
     nb = k // BLOCK
     size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[type_name]
     b = np.asarray(raw, np.uint8).reshape(n, nb, size)
@@ -75,29 +74,22 @@ def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.nd
     return np.ascontiguousarray(b[:, :, 2:]), d, (d.astype(np.float32) * -8).astype(np.float16)
 
 
-def rank_copy(values: np.ndarray, d: np.ndarray, m: np.ndarray | None, chunk: int = 4096):
-    """A head's blocks (split_blocks' arrays) -> the same words in 4-bit blocks for ranking only: Q4_0's rounding
-    (scale = a block's signed extreme / -8, offset -8 scale), as split_blocks' (nibbles, scales, offsets)."""
-    n, nb = d.shape
-    qs = np.empty((n, nb, 16), np.uint8)
-    d4 = np.empty((n, nb), np.float16)
-    for i in range(0, n, chunk):  # a chunk of rows in fp32 at a time
-        j = min(i + chunk, n)
-        v = values[i:j]
-        if v.shape[-1] == 32:  # int8 values
-            x = v.view(np.int8).astype(np.float32) * d[i:j, :, None].astype(np.float32)
-        else:
-            x = np.concatenate([v & 15, v >> 4], -1).astype(np.float32) * d[i:j, :, None].astype(np.float32)
-        if m is not None:
-            x += m[i:j, :, None].astype(np.float32)
-        ext = np.take_along_axis(x, np.abs(x).argmax(-1)[..., None], -1)[..., 0] / -8.0
-        scale = ext.astype(np.float16)
-        sf = scale.astype(np.float32)
-        inv = np.divide(1.0, sf, out=np.zeros_like(sf), where=sf != 0)
-        q = np.clip(np.round(x * inv[..., None]) + 8, 0, 15).astype(np.uint8)
-        qs[i:j] = q[..., :16] | (q[..., 16:] << 4)
-        d4[i:j] = scale
-    return qs, d4, (d4.astype(np.float32) * -8).astype(np.float16)
+def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray | None]:
+    """split_blocks' row-by-row arrays -> the library's layout: rows in groups of GROUP (the last padded with zero
+    rows), a block's GROUP rows side by side, one row per vector lane. Nibbles (groups, nb, 8 j, 8 rows, 2): row r's
+    bytes 2j, 2j + 1 (elements 2j + u low, 16 + 2j + u high); int8 (groups, nb, 16 i, 8 rows, 2): row r's elements
+    2i, 2i + 1; scales and offsets (groups, nb, 8 rows)."""
+    n, nb, width = values.shape
+    pad = -n % GROUP
+    if pad:
+        values = np.concatenate([values, np.zeros((pad, nb, width), values.dtype)])
+        d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
+        m = None if m is None else np.concatenate([m, np.zeros((pad, nb), m.dtype)])
+    g = (n + pad) // GROUP
+    v = values.reshape(g, GROUP, nb, width // 2, 2).transpose(0, 2, 3, 1, 4)  # (g, nb, pairs, rows, 2)
+    side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(g, GROUP, nb).transpose(0, 2, 1))
+    return np.ascontiguousarray(v), side(d), side(m)
 
 
 def _compiler() -> str | None:
@@ -164,7 +156,7 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_forward.restype = ctypes.c_int
     vp = ctypes.c_void_p
     lib.hl_forward.argtypes = [ctypes.POINTER(_Model), vp, ctypes.c_int, ctypes.c_int, vp, vp, ctypes.c_int, vp, vp,
-                               ctypes.c_int, vp]
+                               ctypes.c_int, vp, vp]
     if path is None:
         _LIB = lib
     return lib
@@ -178,24 +170,20 @@ class NativeLM:
     """A Llama-family GGUF file run by the native library: heron.runtime.lm.LMBackend's protocol.
 
     path: the .gguf file. threads: OpenMP threads for each linear. max_len: the longest sequence (default: the
-    file's context length). library: a built library to load (default: this source's build). head_rank: 0 (default)
-    scores every word with the head's own blocks; k (1..64) ranks every word with a 4-bit copy of the head (rank_copy,
-    half an 8-bit head's bytes) and scores the k best again with its own blocks: greedy decoding keeps its words
-    while the best one ranks among k, the other words' logits are the copy's (heron lm export --head-rank, as
-    the int8 graph's head)."""
+    file's context length). library: a built library to load (default: this source's build)."""
 
     name = "native"
     branchable = False  # snapshots are rewind points into the one cache
     exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
+    has_hidden = True  # hidden_at: the final hidden states of the last call's positions (a draft head's input)
+    feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
-                 library: Path | None = None, head_rank: int = 0):
+                 library: Path | None = None):
         if not Path(path).is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
-        if isinstance(head_rank, bool) or not isinstance(head_rank, int) or not 0 <= head_rank <= MAX_RANK:
-            raise ValueError(f"head_rank must be an integer in [0, {MAX_RANK}], got {head_rank!r}")
         self._lib = load(library)
         self.path = Path(path)
         self.file = GGUFFile(self.path)
@@ -224,7 +212,6 @@ class NativeLM:
             raise ValueError(f"max_len must be in [1, {ctx}] (the file's context length), got {max_len!r}")
         self.n_layers, self.n_kv_heads, self.head_dim = L, G, S
         self._keep = []  # every array the library points into
-        blocks = {}  # tensor name -> split_blocks' arrays
 
         def linear(name, shape=None):
             t = self.file.tensors.get(name)
@@ -235,12 +222,8 @@ class NativeLM:
                                  "Q4_0, Q4_1 and Q8_0 blocks")
             if len(t.shape) != 2 or t.shape[1] % BLOCK or (shape is not None and tuple(t.shape) != shape):
                 raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
-            if t.shape[1] > MAX_INPUTS:
-                raise ValueError(f"{self.path}: tensor {name!r} has {t.shape[1]} inputs; the native decoder's linears "
-                                 f"take at most {MAX_INPUTS}")
-            arrays = split_blocks(self.file.raw(name), t.type_name, *t.shape)
+            arrays = group_rows(*split_blocks(self.file.raw(name), t.type_name, *t.shape))
             self._keep.extend(a for a in arrays if a is not None)
-            blocks[name] = arrays
             qs, d, m = arrays
             return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, TYPES[t.type_name], *t.shape)
 
@@ -258,12 +241,6 @@ class NativeLM:
             raise ValueError(f"{self.path}: token_embd.weight is {V} x {emb.k}, expected width {D}")
         head_name = "output.weight" if "output.weight" in self.file.tensors else "token_embd.weight"
         head = linear(head_name, (V, D)) if head_name == "output.weight" else emb
-        rank = _Linear()
-        if head_rank:
-            copy = rank_copy(*blocks[head_name])
-            self._keep.extend(copy)
-            rank = _Linear(_ptr(copy[0]), _ptr(copy[1]), _ptr(copy[2]), TYPES["Q4_0"], V, D)
-        self.head_rank = head_rank
         shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
                   "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
         layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k]) for i in range(L)
@@ -277,8 +254,7 @@ class NativeLM:
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
         self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
-                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads,
-                         rank, head_rank)
+                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads)
         self.vocab_size, self.threads = V, threads
         self.metadata = md
         self.eot_id = md.get("tokenizer.ggml.eos_token_id")
@@ -290,6 +266,30 @@ class NativeLM:
         self._n = 0
         self._cap = 0
         self._k = self._v = np.zeros((L, G, 0, S), np.float32)
+        self.dim = D
+        self.source_file = self.path  # a draft head takes its output rows from the file (draft_head.target_rows)
+        self._source = None
+        self._hidden, self._hidden_start = None, 0
+
+    @property
+    def source(self) -> dict:
+        """The file this runs, as a bundle's manifest names its source: {"gguf": name, "gguf_sha256": ...} (a draft
+        head checks it was trained for this file; the sha256 is computed once, when first asked)."""
+        if self._source is None:
+            from heron.runtime.manifest import sha256_path
+
+            self._source = {"gguf": self.path.name, "gguf_sha256": sha256_path(self.path)}
+        return self._source
+
+    def hidden_at(self, position: int) -> np.ndarray | None:
+        """The final hidden state (D,) at a position the last forward returned logits for; else None."""
+        if self._hidden is None or not 0 <= position < self._n:
+            return None
+        i = position - self._hidden_start
+        return self._hidden[i] if 0 <= i < len(self._hidden) else None
+
+    def streams_at(self, position: int) -> None:
+        return None
 
     # ---- the cache -------------------------------------------------------------------------------
     @property
@@ -340,19 +340,22 @@ class NativeLM:
             self.reserve(max(self._n + T, min(self.max_len, 2 * self._cap, self._n + T + 256)))
         ids = ids.astype(np.int32)
         out = np.empty((n_out, self.vocab_size), np.float32)
+        hidden = np.empty((n_out, self.dim), np.float32)
+        self._hidden = None
         done = 0
         for a in range(0, T, CHUNK):
             chunk = ids[a:a + CHUNK]
             t = len(chunk)
             want = max(0, min(t, n_out - (T - a - t)))  # the chunk's rows among the last n_out
-            dst = out[done:done + want]
+            dst, hid = out[done:done + want], hidden[done:done + want]
             rc = self._lib.hl_forward(ctypes.byref(self._m), _ptr(chunk), t, self._n, _ptr(self._k), _ptr(self._v),
                                       self._cap, _ptr(self._scratch), _ptr(self._scores), want,
-                                      _ptr(dst) if want else None)
+                                      _ptr(dst) if want else None, _ptr(hid) if want else None)
             if rc != 0:
                 raise RuntimeError(f"heron's native decoder refused the call (code {rc})")
             self._n += t
             done += want
+        self._hidden, self._hidden_start = hidden, self._n - n_out
         return out
 
 

@@ -1,19 +1,20 @@
 /* heron's native decoder: a Llama-family forward pass straight on a GGUF file's blocks.
  *
- * Linears read the file's Q4_1 / Q4_0 / Q8_0 blocks (split into value, scale and offset arrays at load:
- * the same bytes, nothing quantized again). Each
- * activation row is rounded per block of 32 to int16 (scale absmax / 32767): the integer dot products
+ * Linears read the file's Q4_1 / Q4_0 / Q8_0 blocks (split into value, scale and offset arrays at load and
+ * interleaved eight rows at a time: the same bytes, nothing quantized again). Each activation row is rounded per block of 32 to int16 (scale absmax / 32767): the integer dot products
  * then err by ~1e-5 of a block's largest value, 256x less than int8 rounding, so greedy decoding keeps
  * what an fp32 computation on the same blocks keeps. Norms, RoPE (llama.cpp's interleaved pairs, the
  * file's Q/K rows as stored), attention and the residual stream are fp32.
  *
  * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp32,
  * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T
- * tokens reads each weight once per call; its integer and float arithmetic grows with T. The same code path computes a token alone or inside a block, row by row in the same order: a step
- * and a block give the same bits (speculation stays exact).
+ * tokens reads each weight once per call; its integer and float arithmetic grows with T (about half a step's
+ * cost per extra token on a VNNI CPU). The same code path computes a token alone or inside a block, each row's
+ * sums in the same order: a step and a block give the same bits (speculation stays exact).
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
- * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order. Threads: OpenMP over a linear's output rows.
+ * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
+ * Threads: OpenMP over a linear's groups of eight output rows.
  * No Python here: heron.runtime.native loads it with ctypes.
  */
 #include <math.h>
@@ -28,21 +29,22 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 4
+#define HL_ABI 5
 #define QK 32
-#define TILE 4 /* token rows a weight block is unpacked for at once */
-#define MAX_RANK 64 /* words a ranked head scores again, at most */
-#define MAX_BLOCKS 512 /* blocks of 32 in a linear's input (k <= 16384) */
+#define TILE 2 /* token rows a weight block is unpacked for at once (more spill AVX2's 16 registers) */
 
-/* A linear's blocks, split by heron.runtime.native at load: nibbles or int8 values, scales and offsets
- * as separate arrays (the same bytes as the file's blocks), so that a kernel reads eight blocks' scales
- * in one load. Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
+/* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
+ * the file's blocks) and interleaved in groups of 8 rows (the last group padded with zero rows), so that one
+ * vector lane is one row: a block's 8 rows' scales come in one load, and no sum is ever reduced across lanes.
+ * Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
 enum { W_Q4 = 4, W_Q8 = 8 };
 
 typedef struct {
-  const uint8_t* qs;  /* (n, k / 32, 16) nibbles (element i low, i + 16 high) or (n, k / 32, 32) int8 */
-  const uint16_t* d;  /* (n, k / 32) fp16 scales */
-  const uint16_t* m;  /* (n, k / 32) fp16 offsets (W_Q4), else NULL */
+  /* nibbles (groups, k / 32, 8 j, 8 rows, 2): row r's byte 2j + u of the block (element 2j + u low, 16 + 2j + u
+   * high); or int8 (groups, k / 32, 16 i, 8 rows, 2): row r's element 2i + u */
+  const uint8_t* qs;
+  const uint16_t* d;  /* (groups, k / 32, 8 rows) fp16 scales */
+  const uint16_t* m;  /* (groups, k / 32, 8 rows) fp16 offsets (W_Q4), else NULL */
   int32_t type, n, k; /* n output rows of k inputs */
 } hl_linear;
 
@@ -57,8 +59,6 @@ typedef struct {
   const float* rope_sin;
   int32_t rope_len;
   int32_t threads;
-  hl_linear rank; /* rank_k > 0: a 4-bit copy of the head ranks every word; its rank_k best get the head's own score */
-  int32_t rank_k;
 } hl_model;
 
 int hl_abi(void) { return HL_ABI; }
@@ -124,158 +124,148 @@ static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-/* one block's 32 weights as int16 (two halves of 16) */
-static inline void unpack(const hl_linear* w, const uint8_t* qs, __m256i* w0, __m256i* w1) {
-  if (w->type == W_Q8) {
-    *w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)qs));
-    *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs + 16)));
-  } else {
-    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)qs)); /* byte = lo | hi << 4 */
-    *w0 = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
-    *w1 = _mm256_srli_epi16(v, 4);
-  }
-}
-
-/* int32 dot of one block with one token's int16 block (8 partial sums) */
-static inline __m256i bdot(__m256i w0, __m256i w1, const int16_t* xb) {
-  __m256i p = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xb));
+/* int32 partial sums of 8 rows += those rows' weights for one pair of elements (w: 8 rows x 2 int16) times one
+ * token's pair (x2: 2 int16, broadcast) */
+static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
+  int32_t v;
+  memcpy(&v, x2, 4);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpwssd_epi32(p, w1, _mm256_loadu_si256((const __m256i*)(xb + 16))); /* multiply-add in one */
+  return _mm256_dpwssd_epi32(acc, w, _mm256_set1_epi32(v)); /* multiply-add in one */
 #elif defined(__AVXVNNI__)
-  return _mm256_dpwssd_avx_epi32(p, w1, _mm256_loadu_si256((const __m256i*)(xb + 16)));
+  return _mm256_dpwssd_avx_epi32(acc, w, _mm256_set1_epi32(v));
 #else
-  return _mm256_add_epi32(p, _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xb + 16))));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, _mm256_set1_epi32(v)));
 #endif
 }
 
-/* rows n0..n1 of y = W x for TT (a constant: accumulators stay in registers) token rows from xq row t0. A row's
- * block scales times the tokens' scales are computed first (eight at a time); each block's eight int32 partial
- * sums then go into the row's float accumulators with one FMA, alternating two accumulators. The order of every
- * sum is the same for every TT, so one token alone and inside a block gets the same bits. */
-static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int n0, int n1, const int TT, int t0,
-                                                           const int16_t* xq, const float* xs, const float* xsum,
-                                                           float* y, int ldy) {
-  const int K = w->k, nb = K / QK, qb = w->type == W_Q8 ? 32 : 16, nb8 = nb & ~7;
-  float ds[TILE][MAX_BLOCKS] __attribute__((aligned(32)));
-  for (int n = n0; n < n1; n++) {
-    const uint8_t* qs = w->qs + (size_t)n * nb * qb;
-    const uint16_t* dr = w->d + (size_t)n * nb;
-    const uint16_t* mr = w->m ? w->m + (size_t)n * nb : NULL;
-    float off[TILE];
-    for (int t = 0; t < TT; t++) {
-      const float* xst = xs + (t0 + t) * nb;
-      const float* xmt = xsum + (t0 + t) * nb;
-      __m256 am = _mm256_setzero_ps();
-      int b = 0;
-      for (; b < nb8; b += 8) {
-        _mm256_store_ps(ds[t] + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(dr + b))),
-                                                 _mm256_loadu_ps(xst + b)));
-        if (mr) am = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mr + b))),
-                                     _mm256_loadu_ps(xmt + b), am);
+/* groups g0..g1 (8 rows each) of y = W x for TT (a constant: accumulators stay in registers) token rows from xq
+ * row t0. Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any order), then
+ * into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's), then the
+ * offsets' term with another. The order of every float sum is the same for every TT, so one token alone and inside
+ * a block gets the same bits. */
+static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int g0, int g1, const int TT,
+                                                           const int q8, int t0, const int16_t* xq, const float* xs,
+                                                           const float* xsum, float* y, int ldy) {
+  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128;
+  for (int g = g0; g < g1; g++) {
+    const uint8_t* qs = w->qs + (size_t)g * nb * gb;
+    const uint16_t* d = w->d + (size_t)g * nb * 8;
+    const uint16_t* m = q8 ? NULL : w->m + (size_t)g * nb * 8; /* 4-bit linears always have offsets */
+    __m256 f[TILE];
+    for (int t = 0; t < TT; t++) f[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+      __m256i acc[TILE][2];
+      for (int t = 0; t < TT; t++) { acc[t][0] = _mm256_setzero_si256(); acc[t][1] = _mm256_setzero_si256(); }
+      const uint8_t* q = qs + (size_t)b * gb;
+      const int16_t* xb = xq + (size_t)t0 * K + QK * b;
+      if (q8) { /* 16 loads: pair i of the 8 rows, int8 -> int16 */
+        for (int i = 0; i < 16; i++) {
+          __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(q + 16 * i)));
+          for (int t = 0; t < TT; t++) acc[t][i & 1] = pair_dot(acc[t][i & 1], v, xb + (size_t)t * K + 2 * i);
+        }
+      } else { /* 8 loads: pair j's nibbles low, pair 8 + j's high */
+        for (int j = 0; j < 8; j++) {
+          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + 16 * j)));
+          __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0F)), hi = _mm256_srli_epi16(v, 4);
+          for (int t = 0; t < TT; t++) {
+            acc[t][j & 1] = pair_dot(acc[t][j & 1], lo, xb + (size_t)t * K + 2 * j);
+            acc[t][j & 1] = pair_dot(acc[t][j & 1], hi, xb + (size_t)t * K + 16 + 2 * j);
+          }
+        }
       }
-      float o = hsum8(am);
-      for (; b < nb; b++) {
-        ds[t][b] = _cvtsh_ss(dr[b]) * xst[b];
-        if (mr) o += _cvtsh_ss(mr[b]) * xmt[b];
-      }
-      off[t] = o;
-    }
-    __m256 a0[TILE], a1[TILE];
-    for (int t = 0; t < TT; t++) { a0[t] = _mm256_setzero_ps(); a1[t] = _mm256_setzero_ps(); }
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
-      __m256i w0, w1, v0, v1;
-      unpack(w, qs + (size_t)b * qb, &w0, &w1);
-      unpack(w, qs + (size_t)(b + 1) * qb, &v0, &v1);
+      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d + 8 * b)));
       for (int t = 0; t < TT; t++) {
-        const int16_t* xb = xq + (size_t)(t0 + t) * K + QK * b;
-        a0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(w0, w1, xb)), _mm256_broadcast_ss(ds[t] + b), a0[t]);
-        a1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(v0, v1, xb + QK)), _mm256_broadcast_ss(ds[t] + b + 1), a1[t]);
+        const int r = (t0 + t) * nb + b;
+        f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[t][0], acc[t][1])),
+                               _mm256_mul_ps(dv, _mm256_broadcast_ss(xs + r)), f[t]);
+      }
+      if (m) {
+        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m + 8 * b)));
+        for (int t = 0; t < TT; t++) f[t] = _mm256_fmadd_ps(mv, _mm256_broadcast_ss(xsum + (t0 + t) * nb + b), f[t]);
       }
     }
-    if (b < nb) {
-      __m256i w0, w1;
-      unpack(w, qs + (size_t)b * qb, &w0, &w1);
-      for (int t = 0; t < TT; t++)
-        a0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bdot(w0, w1, xq + (size_t)(t0 + t) * K + QK * b)),
-                                _mm256_broadcast_ss(ds[t] + b), a0[t]);
+    const int rows = w->n - 8 * g < 8 ? w->n - 8 * g : 8;
+    for (int t = 0; t < TT; t++) {
+      float* o = y + (size_t)(t0 + t) * ldy + 8 * g;
+      if (rows == 8) _mm256_storeu_ps(o, f[t]);
+      else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, f[t]);
+        memcpy(o, tmp, rows * sizeof(float));
+      }
     }
-    for (int t = 0; t < TT; t++) y[(size_t)(t0 + t) * ldy + n] = hsum8(_mm256_add_ps(a0[t], a1[t])) + off[t];
   }
 }
 
-/* rows in groups of ROWS_AT_ONCE, each group for every tile of TILE tokens: a group's weights are read from memory
+/* groups in sets of GROUPS_AT_ONCE, each set for every tile of TILE tokens: a set's weights are read from memory
  * once per call, however many tokens (a prompt's chunk, a verify block) */
-#define ROWS_AT_ONCE 16
-static void lin_rows(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs,
-                     const float* xsum, float* y, int ldy) {
-  if (T == 1) { lin_tile(w, n0, n1, 1, 0, xq, xs, xsum, y, ldy); return; }
-  for (int a = n0; a < n1; a += ROWS_AT_ONCE) {
-    const int e = a + ROWS_AT_ONCE < n1 ? a + ROWS_AT_ONCE : n1;
+#define GROUPS_AT_ONCE 2
+static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t* xq, const float* xs,
+                       const float* xsum, float* y, int ldy) {
+  const int q8 = w->type == W_Q8;
+  if (T == 1) {
+    if (q8) lin_tile(w, g0, g1, 1, 1, 0, xq, xs, xsum, y, ldy);
+    else lin_tile(w, g0, g1, 1, 0, 0, xq, xs, xsum, y, ldy);
+    return;
+  }
+  for (int a = g0; a < g1; a += GROUPS_AT_ONCE) {
+    const int e = a + GROUPS_AT_ONCE < g1 ? a + GROUPS_AT_ONCE : g1;
     for (int t0 = 0; t0 < T; t0 += TILE) {
-      switch (T - t0 < TILE ? T - t0 : TILE) {
-        case 1: lin_tile(w, a, e, 1, t0, xq, xs, xsum, y, ldy); break;
-        case 2: lin_tile(w, a, e, 2, t0, xq, xs, xsum, y, ldy); break;
-        case 3: lin_tile(w, a, e, 3, t0, xq, xs, xsum, y, ldy); break;
-        default: lin_tile(w, a, e, 4, t0, xq, xs, xsum, y, ldy); break;
-      }
+      const int two = T - t0 >= 2; /* constants below: every variant compiled for itself */
+      if (two && q8) lin_tile(w, a, e, 2, 1, t0, xq, xs, xsum, y, ldy);
+      else if (two) lin_tile(w, a, e, 2, 0, t0, xq, xs, xsum, y, ldy);
+      else if (q8) lin_tile(w, a, e, 1, 1, t0, xq, xs, xsum, y, ldy);
+      else lin_tile(w, a, e, 1, 0, t0, xq, xs, xsum, y, ldy);
     }
   }
 }
 #else
-static void lin_rows(const hl_linear* w, int n0, int n1, int T, const int16_t* xq, const float* xs,
-                     const float* xsum, float* y, int ldy) {
-  const int K = w->k, nb = K / QK, qb = w->type == W_Q8 ? 32 : 16;
-  for (int n = n0; n < n1; n++) {
-    const uint8_t* qs = w->qs + (size_t)n * nb * qb;
-    for (int t = 0; t < T; t++) {
-      float acc = 0.f;
-      for (int b = 0; b < nb; b++) {
-        const uint8_t* bq = qs + (size_t)b * qb;
-        const int16_t* xb = xq + (size_t)t * K + QK * b;
-        int32_t s = 0;
-        if (w->type == W_Q8) for (int i = 0; i < QK; i++) s += (int32_t)(int8_t)bq[i] * xb[i];
-        else for (int i = 0; i < 16; i++) s += (int32_t)(bq[i] & 15) * xb[i] + (int32_t)(bq[i] >> 4) * xb[i + 16];
-        const int r = t * nb + b;
-        acc += (float)s * (f16_to_f32(w->d[(size_t)n * nb + b]) * xs[r]);
-        if (w->m) acc += f16_to_f32(w->m[(size_t)n * nb + b]) * xsum[r];
+/* the same sums in portable C: per row, per block an exact int32 dot, then the float terms in the same order */
+static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t* xq, const float* xs,
+                       const float* xsum, float* y, int ldy) {
+  const int K = w->k, nb = K / QK, q8 = w->type == W_Q8, gb = q8 ? 256 : 128;
+  for (int g = g0; g < g1; g++)
+    for (int r = 0; r < 8 && 8 * g + r < w->n; r++)
+      for (int t = 0; t < T; t++) {
+        float acc = 0.f;
+        for (int b = 0; b < nb; b++) {
+          const uint8_t* q = w->qs + ((size_t)g * nb + b) * gb;
+          const int16_t* xb = xq + (size_t)t * K + QK * b;
+          int32_t s = 0;
+          if (q8)
+            for (int i = 0; i < 16; i++)
+              s += (int32_t)(int8_t)q[16 * i + 2 * r] * xb[2 * i] + (int32_t)(int8_t)q[16 * i + 2 * r + 1] * xb[2 * i + 1];
+          else
+            for (int j = 0; j < 8; j++)
+              for (int u = 0; u < 2; u++) {
+                const uint8_t byte = q[16 * j + 2 * r + u];
+                s += (int32_t)(byte & 15) * xb[2 * j + u] + (int32_t)(byte >> 4) * xb[16 + 2 * j + u];
+              }
+          const size_t gi = ((size_t)g * nb + b) * 8 + r;
+          acc += (float)s * (f16_to_f32(w->d[gi]) * xs[t * nb + b]);
+          if (w->m) acc += f16_to_f32(w->m[gi]) * xsum[t * nb + b];
+        }
+        y[(size_t)t * ldy + 8 * g + r] = acc;
       }
-      y[(size_t)t * ldy + n] = acc;
-    }
-  }
 }
 #endif
 
-/* y (T x N) = x (T x K) W^T; x already rounded (xq, xs, xsum) */
+/* y (T x N) = x (T x K) W^T; x already rounded (xq, xs, xsum); threads take whole groups of 8 rows */
 static void linear(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
                    int threads) {
+  const int G = (w->n + 7) / 8;
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(threads)
     {
       int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      int chunk = (w->n + nt - 1) / nt, a = id * chunk, e = a + chunk < w->n ? a + chunk : w->n;
-      if (a < e) lin_rows(w, a, e, T, xq, xs, xsum, y, w->n);
+      int chunk = (G + nt - 1) / nt, a = id * chunk, e = a + chunk < G ? a + chunk : G;
+      if (a < e) lin_groups(w, a, e, T, xq, xs, xsum, y, w->n);
     }
     return;
   }
 #endif
-  lin_rows(w, 0, w->n, T, xq, xs, xsum, y, w->n);
-}
-
-/* the k largest of s (k <= MAX_RANK) -> idx, by insertion into a sorted list (k is small); NaN never enters */
-static void topk(const float* s, int V, int k, int32_t* idx) {
-  float val[MAX_RANK];
-  int n = 0;
-  for (int i = 0; i < V; i++) {
-    float x = s[i];
-    if (n == k ? !(x > val[k - 1]) : !(x == x)) continue;
-    int j = n < k ? n++ : k - 1;
-    while (j > 0 && val[j - 1] < x) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; j--; }
-    val[j] = x;
-    idx[j] = i;
-  }
-  for (int j = n; j < k; j++) idx[j] = idx[0]; /* fewer than k numbers: score the best again */
+  lin_groups(w, 0, G, T, xq, xs, xsum, y, w->n);
 }
 
 static void rmsnorm(const float* x, const float* g, int T, int D, float eps, float* out) {
@@ -290,13 +280,21 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
 
 static void embed_row(const hl_model* m, int tok, float* out) {
   const hl_linear* e = &m->emb;
-  const int nb = m->dim / QK, qb = e->type == W_Q8 ? 32 : 16;
+  const int nb = m->dim / QK, q8 = e->type == W_Q8, gb = q8 ? 256 : 128, g = tok / 8, r = tok % 8;
   for (int b = 0; b < nb; b++) {
-    const uint8_t* q = e->qs + ((size_t)tok * nb + b) * qb;
-    float d = f16_to_f32(e->d[(size_t)tok * nb + b]), off = e->m ? f16_to_f32(e->m[(size_t)tok * nb + b]) : 0.f;
+    const uint8_t* q = e->qs + ((size_t)g * nb + b) * gb;
+    const size_t gi = ((size_t)g * nb + b) * 8 + r;
+    float d = f16_to_f32(e->d[gi]), off = e->m ? f16_to_f32(e->m[gi]) : 0.f;
     float* o = out + QK * b;
-    if (e->type == W_Q8) for (int i = 0; i < QK; i++) o[i] = d * (int8_t)q[i];
-    else for (int i = 0; i < 16; i++) { o[i] = d * (q[i] & 15) + off; o[i + 16] = d * (q[i] >> 4) + off; }
+    for (int i = 0; i < 16; i++) { /* element pair i: bytes 2r, 2r + 1 of the group's 16-byte row i (j, low / high) */
+      if (q8) { o[2 * i] = d * (int8_t)q[16 * i + 2 * r]; o[2 * i + 1] = d * (int8_t)q[16 * i + 2 * r + 1]; }
+      else {
+        const uint8_t* p = q + 16 * (i & 7) + 2 * r;
+        const int sh = i < 8 ? 0 : 4;
+        o[2 * i] = d * ((p[0] >> sh) & 15) + off;
+        o[2 * i + 1] = d * ((p[1] >> sh) & 15) + off;
+      }
+    }
   }
 }
 
@@ -345,10 +343,12 @@ size_t hl_scratch_floats(const hl_model* m, int T) {
   return (size_t)T * (2 * D + 2 * Q + 2 * KV + 2 * F) + ((size_t)T * Q2 + 1) / 2 + 1 + 2 * (size_t)T * (Q2 / QK);
 }
 
-/* Append T tokens at pos; logits of the last n_out into out (n_out x vocab). kcache/vcache: fp32
- * [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. Returns 0, or a negative code. */
+/* Append T tokens at pos; logits of the last n_out into out (n_out x vocab) and, where hidden is not NULL, their
+ * final hidden states (after the output norm: the head's input, what a draft head reads) into hidden (n_out x dim).
+ * kcache/vcache: fp32 [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. Returns 0, or a
+ * negative code. */
 int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* kcache, float* vcache, int cap,
-               float* scratch, float* scores, int n_out, float* out) {
+               float* scratch, float* scores, int n_out, float* out, float* hidden) {
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim;
   const int R = H / G, Q = H * S, KV = G * S, W0 = D > F ? D : F, W = Q > W0 ? Q : W0;
   if (T <= 0 || pos < 0 || pos + T > cap || pos + T > m->rope_len || n_out < 0 || n_out > T) return -1;
@@ -418,19 +418,8 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* 
   if (n_out == 0) return 0;
   float* last = x + (size_t)(T - n_out) * D;
   rmsnorm(last, m->out_norm, n_out, D, m->eps, h);
+  if (hidden) memcpy(hidden, h, (size_t)n_out * D * sizeof(float));
   quant_rows(h, n_out, D, xq, xs, xsum);
-  if (m->rank_k <= 0) {
-    linear(&m->head, n_out, xq, xs, xsum, out, m->threads);
-    return 0;
-  }
-  linear(&m->rank, n_out, xq, xs, xsum, out, m->threads); /* every word, roughly */
-  const int nb = D / QK;
-  for (int t = 0; t < n_out; t++) {
-    int32_t idx[MAX_RANK];
-    float* row = out + (size_t)t * m->vocab;
-    topk(row, m->vocab, m->rank_k, idx);
-    for (int j = 0; j < m->rank_k; j++) /* the best words again, with the head's own rows */
-      lin_rows(&m->head, idx[j], idx[j] + 1, 1, xq + (size_t)t * D, xs + t * nb, xsum + t * nb, row, m->vocab);
-  }
+  linear(&m->head, n_out, xq, xs, xsum, out, m->threads);
   return 0;
 }
