@@ -388,8 +388,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     engine = o.engine
     if engine == "auto" and {"mtp", "mirror"} & set(o.methods):  # they need the torch target: every method gets it
         engine = "torch"
-    elif engine == "auto" and {"head", "draft"} & set(o.methods) and _is_gguf(target_dir):
-        engine = "onnx"  # the head reads onnxruntime's hidden states; the native decoder has none
+    elif engine == "auto" and "draft" in o.methods and _is_gguf(target_dir):
+        engine = "onnx"  # draft SD verifies on the onnxruntime graph; the native decoder runs lookup and head
     lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
     prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))

@@ -112,8 +112,8 @@ def _load(args):
     if engine == "auto" and args.speculative in ("mtp", "mirror"):
         engine = "torch"  # they run inside the torch model
     gguf = args.model is not None and (str(args.model).lower().endswith(".gguf") or args.model in NAMED_LMS)
-    if engine == "auto" and gguf and args.speculative in ("head", "draft"):
-        engine = "onnx"  # the head reads the onnxruntime graph's hidden states; the native decoder has none
+    if engine == "auto" and gguf and args.speculative == "draft":
+        engine = "onnx"  # draft SD verifies on the onnxruntime graph (its draft: the file's own int8 graph)
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
                        weights=args.weights, engine=engine, compute=args.compute, exact_steps=not args.fast_steps)
@@ -310,12 +310,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "fp32's greedy answers; built by make setup), torch the dequantized fp32 model (MTP, "
                         "Mirror-SD's early exit, --k, "
                         "--roe-samples need it; Mirror-SD with --kappa 0 runs on either); auto: torch for mtp and "
-                        "mirror, onnx for head and draft or with --compute, else native where it is built (plain "
-                        "decoding and lookup), else onnx unless the options need torch")
+                        "mirror, onnx for draft or with --compute, else native where it is built (plain "
+                        "decoding, lookup and head), else onnx unless the options need torch")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
-                        "int8x2: fp32's greedy answers; int8: faster, and with --speculative head the fastest lossless "
-                        "path; as heron lm export --compute)")
+                        "int8x2: fp32's greedy answers; int8: faster; as heron lm export --compute)")
     q.add_argument("--fast-steps", action="store_true",
                    help="onnxruntime targets, plain decoding: one-token steps run attention's one-row kernels instead "
                         "of computing what a verify block computes, on graphs that pad attention (exported before "

@@ -124,7 +124,8 @@ def test_smollm2_keeps_the_dequantized_models_greedy_tokens(library):
 
 def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
     """heron.load_lm(..., engine="native"): the file's tokenizer, greedy generation through the one plain loop,
-    speculation exact (prompt lookup returns plain decoding's tokens), and options that do not apply refused."""
+    speculation exact (prompt lookup and the draft head return plain decoding's tokens), and options that do not
+    apply refused."""
     import heron
 
     path = smollm2_gguf()
@@ -136,6 +137,9 @@ def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
     assert len(plain) >= 3 and lm.decode(plain).strip()
     looked = [t.id for t in lm.generate(ids, opts, speculative=heron.SpeculativeOptions(method="lookup"))]
     assert looked == plain
+    stats = heron.DecodeStats()  # the shipped draft head on the native decoder's hidden states: plain's tokens
+    headed = [t.id for t in lm.generate(ids, opts, heron.SpeculativeOptions(method="head", adaptive=False), stats)]
+    assert headed == plain and stats.rounds > 0 and sum(stats.windows) > 0
     for kw, match in [({"compute": "int8"}, "compute"), ({"experts": 2}, "experts"), ({"weights": "int8"}, "weights"),
                       ({"device": "cuda"}, "device")]:
         with pytest.raises(ValueError, match=match):
@@ -152,6 +156,11 @@ def test_the_cli_chats_on_the_native_engine():
     p = subprocess.run([sys.executable, "-m", "heron", "lm", "chat", "--model", "smollm2", "--engine", "native",
                         "--prompt", "What is the capital of France?", "--max-new-tokens", "16"],
                        capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-500:]
+    assert "Paris" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "heron", "lm", "chat", "--model", "smollm2", "--speculative", "head",
+                        "--prompt", "What is the capital of France?", "--max-new-tokens", "16"],
+                       capture_output=True, text=True, timeout=300)  # engine auto: the head drafts for the native decoder
     assert p.returncode == 0, p.stderr[-500:]
     assert "Paris" in p.stdout
 
@@ -218,6 +227,7 @@ def test_the_avx2_and_portable_kernels_compute_the_same_model(tmp_path, library,
     tokens = [3, 1, 4, 1, 5, 9, 2, 6]
     ours = native.NativeLM(path, library=lib)
     assert native.load(lib).hl_simd() == simd
+    assert ours.verify_cost == native.NativeLM.VERIFY_COSTS[simd] > native.NativeLM.VERIFY_COSTS[2]  # dearer blocks
     variant = ours.forward(tokens)
     default = native.NativeLM(path).forward(tokens)
     if simd and native.load().hl_simd() >= 1:

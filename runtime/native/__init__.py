@@ -176,6 +176,11 @@ class NativeLM:
     branchable = False  # snapshots are rewind points into the one cache
     exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
     has_hidden = True  # hidden_at: the final hidden states of the last call's positions (a draft head's input)
+    # what verifying one more draft token costs, in plain steps, by the library's kernels (hl_simd: portable C, AVX2,
+    # AVX2 + VNNI): SmolLM2's calls of 2 / 3 / 4 tokens cost 1.16 / 1.46 / 1.85 steps with VNNI's kernels, 1.41 / 1.87
+    # / 2.62 with AVX2's, on machine Z (scripts/ab_native.py; BENCHMARKS.md "Rows eight to a vector"); the portable C
+    # is bound by arithmetic
+    VERIFY_COSTS = {0: 0.9, 1: 0.45, 2: 0.3}
     feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
@@ -270,6 +275,7 @@ class NativeLM:
         self.source_file = self.path  # a draft head takes its output rows from the file (draft_head.target_rows)
         self._source = None
         self._hidden, self._hidden_start = None, 0
+        self.verify_cost = self.VERIFY_COSTS.get(self._lib.hl_simd(), 0.9)  # decoding.verify_cost reads it
 
     @property
     def source(self) -> dict:

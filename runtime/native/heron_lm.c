@@ -31,7 +31,7 @@
 
 #define HL_ABI 5
 #define QK 32
-#define TILE 2 /* token rows a weight block is unpacked for at once (more spill AVX2's 16 registers) */
+#define TILE 3 /* token rows a weight block is unpacked for at once, at most (more spill AVX2's 16 registers) */
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
  * the file's blocks) and interleaved in groups of 8 rows (the last group padded with zero rows), so that one
@@ -210,11 +210,13 @@ static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t*
   }
   for (int a = g0; a < g1; a += GROUPS_AT_ONCE) {
     const int e = a + GROUPS_AT_ONCE < g1 ? a + GROUPS_AT_ONCE : g1;
-    for (int t0 = 0; t0 < T; t0 += TILE) {
-      const int two = T - t0 >= 2; /* constants below: every variant compiled for itself */
-      if (two && q8) lin_tile(w, a, e, 2, 1, t0, xq, xs, xsum, y, ldy);
-      else if (two) lin_tile(w, a, e, 2, 0, t0, xq, xs, xsum, y, ldy);
+    for (int t0 = 0, tt; t0 < T; t0 += tt) {
+      const int rest = T - t0; /* 4-bit rows: tiles of 3 (4 as 2 + 2); 8-bit rows: of 2 (3 spills there) */
+      tt = q8 ? (rest >= 2 ? 2 : 1) : rest == 4 ? 2 : rest < TILE ? rest : TILE;
+      if (q8 && tt == 2) lin_tile(w, a, e, 2, 1, t0, xq, xs, xsum, y, ldy); /* constants: each variant its own code */
       else if (q8) lin_tile(w, a, e, 1, 1, t0, xq, xs, xsum, y, ldy);
+      else if (tt == 3) lin_tile(w, a, e, 3, 0, t0, xq, xs, xsum, y, ldy);
+      else if (tt == 2) lin_tile(w, a, e, 2, 0, t0, xq, xs, xsum, y, ldy);
       else lin_tile(w, a, e, 1, 0, t0, xq, xs, xsum, y, ldy);
     }
   }
