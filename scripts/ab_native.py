@@ -5,7 +5,8 @@ alternated processes (issue 24 / 25 A/Bs of heron_lm.c).
 
 Each variant is runtime/native (heron_lm.c and its loader) as committed at REV (`work`: this tree's), copied to
 runs/ab-native/REV/ and built there with its own flags; every round starts one process per variant, in the order
-given. Per process: decode tokens/s (3 x 128 greedy one-token steps after a 100-token prompt, the best), the cost
+given. Per process: decode tokens/s (3 x 128 greedy one-token steps after a 100-token prompt, the best; and 64 steps
+after a 400-token prompt, the best of 2), the cost
 of one call of 2 / 3 / 4 / 8 tokens in one-token steps (the best of 15 each, over the best step), prefill tokens/s
 (256 tokens in one call, the best of 2). Prints each round and the median per variant; --out writes them (JSON).
 --march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets.
@@ -71,6 +72,14 @@ def measure(rev: str, gguf: str, march: str | None = None) -> dict:
             best = min(best, time.perf_counter() - t)
             lm.trim(n)
         blocks[n] = round(best / step, 3)
+    late = []  # decoding past a 400-token context, where attention's share grows
+    for _ in range(2):
+        lm.reset()
+        logits = lm.forward((prompt * 4)[:400], last=1)
+        t = time.perf_counter()
+        for _ in range(64):
+            logits = lm.forward([int(logits[-1].argmax())], last=1)
+        late.append(64 / (time.perf_counter() - t))
     prefill = []
     for _ in range(2):
         lm.reset()
@@ -78,7 +87,7 @@ def measure(rev: str, gguf: str, march: str | None = None) -> dict:
         lm.forward((prompt * 3)[:256], last=1)
         prefill.append(256 / (time.perf_counter() - t))
     return {"rev": rev, "simd": ["portable", "avx2", "avx2+vnni"][simd], "decode": round(max(decode), 1),
-            "blocks": blocks, "prefill": round(max(prefill), 1)}
+            "decode_at_400": round(max(late), 1), "blocks": blocks, "prefill": round(max(prefill), 1)}
 
 
 def main(argv=None) -> int:
@@ -108,15 +117,16 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{rev}: {(p.stderr.strip().splitlines() or ['failed'])[-1]}")
             r = json.loads(p.stdout.strip().splitlines()[-1])
             rows[rev].append(r)
-            print(f"round {i + 1} {rev} ({r['simd']}): decode {r['decode']} tok/s | blocks (steps) "
+            print(f"round {i + 1} {rev} ({r['simd']}): decode {r['decode']} tok/s, at 400 {r['decode_at_400']} | blocks (steps) "
                   + " ".join(f"{k}:{v}" for k, v in r["blocks"].items()) + f" | prefill {r['prefill']} tok/s")
     summary = {}
     for rev, rs in rows.items():
         summary[rev] = {"decode": round(statistics.median(r["decode"] for r in rs), 1),
+                        "decode_at_400": round(statistics.median(r.get("decode_at_400", 0) for r in rs), 1),
                         "blocks": {k: round(statistics.median(r["blocks"][k] for r in rs), 3) for k in rs[0]["blocks"]},
                         "prefill": round(statistics.median(r["prefill"] for r in rs), 1)}
         s = summary[rev]
-        print(f"median {rev}: decode {s['decode']} tok/s | blocks (steps) "
+        print(f"median {rev}: decode {s['decode']} tok/s, at 400 {s['decode_at_400']} | blocks (steps) "
               + " ".join(f"{k}:{v}" for k, v in s["blocks"].items()) + f" | prefill {s['prefill']} tok/s")
     if a.out:
         Path(a.out).write_text(json.dumps({"rounds": rows, "median": summary}, indent=1))

@@ -338,6 +338,90 @@ static void axpy(float a, const float* x, float* y, int n) {
   for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+#ifdef HL_AVX2
+/* e^x for x <= 0 (a softmax's shifted scores), eight at a time: x = k ln 2 + r, e^r by its degree-6 Taylor polynomial
+ * on |r| <= ln 2 / 2 (relative error ~2e-7, as expf's float), 2^k into the exponent; below -87, 0 */
+static inline __m256 exp_neg(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), r); /* ln 2 in two parts */
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
+}
+
+/* eight keys' dot products with one query (S floats, S % 8 == 0): eight accumulators, reduced together */
+static inline __m256 dot8(const float* qh, const float* k, int S) {
+  __m256 a[8];
+  for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
+  for (int i = 0; i < S; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(qh + i);
+    for (int u = 0; u < 8; u++) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (size_t)u * S + i), a[u]);
+  }
+  __m256 b0 = _mm256_hadd_ps(a[0], a[1]), b1 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 b2 = _mm256_hadd_ps(a[4], a[5]), b3 = _mm256_hadd_ps(a[6], a[7]);
+  b0 = _mm256_hadd_ps(b0, b1);
+  b2 = _mm256_hadd_ps(b2, b3); /* lanes: keys 0-3 low half + high half, then 4-7 */
+  return _mm256_add_ps(_mm256_permute2f128_ps(b0, b2, 0x20), _mm256_permute2f128_ps(b0, b2, 0x31));
+}
+#endif
+
+/* one query head's attention over n cached positions: scores (n floats of scratch), softmax, the values' weighted
+ * sum into o (S floats). The same arithmetic for a token alone or inside a block. */
+static void attend(const float* qh, const float* kh, const float* vh, int n, int S, float scale, float* sc, float* o) {
+#ifdef HL_AVX2
+  if (S % 8 == 0) {
+    int j = 0;
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(dot8(qh, kh + (size_t)j * S, S), sv));
+    for (; j < n; j++) sc[j] = dot(qh, kh + (size_t)j * S, S) * scale;
+    float mx = -INFINITY;
+    for (j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+    const __m256 mv = _mm256_set1_ps(mx);
+    __m256 sum8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+      __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
+      _mm256_storeu_ps(sc + j, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    float sum = hsum8(sum8);
+    for (; j < n; j++) {
+      float tail[8] = {sc[j] - mx, 0, 0, 0, 0, 0, 0, 0}, e[8];
+      _mm256_storeu_ps(e, exp_neg(_mm256_loadu_ps(tail)));
+      sc[j] = e[0];
+      sum += e[0];
+    }
+    const float inv = 1.f / sum;
+    for (int c = 0; c < S; c += 64) { /* 64 columns at a time, summed in registers */
+      const int w = S - c < 64 ? (S - c) / 8 : 8;
+      __m256 acc[8];
+      for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+      for (j = 0; j < n; j++) {
+        const __m256 p = _mm256_set1_ps(sc[j] * inv);
+        const float* v = vh + (size_t)j * S + c;
+        for (int i = 0; i < w; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+      }
+      for (int i = 0; i < w; i++) _mm256_storeu_ps(o + c + 8 * i, acc[i]);
+    }
+    return;
+  }
+#endif
+  float mx = -INFINITY;
+  for (int j = 0; j < n; j++) { sc[j] = dot(qh, kh + (size_t)j * S, S) * scale; if (sc[j] > mx) mx = sc[j]; }
+  double sum = 0.0;
+  for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+  float inv = (float)(1.0 / sum);
+  memset(o, 0, S * sizeof(float));
+  for (int j = 0; j < n; j++) axpy(sc[j] * inv, vh + (size_t)j * S, o, S);
+}
+
 /* the scratch hl_forward needs for T tokens, in floats */
 size_t hl_scratch_floats(const hl_model* m, int T) {
   size_t D = m->dim, F = m->ffn_dim, Q = (size_t)m->n_heads * m->head_dim, KV = (size_t)m->n_kv_heads * m->head_dim;
@@ -394,15 +478,7 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* 
         const float* qh = q + (size_t)t * Q + hd * S;
         const float* kh = kc + (size_t)(hd / R) * cap * S;
         const float* vh = vc + (size_t)(hd / R) * cap * S;
-        float* sc = scores + (size_t)hd * n;
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) { sc[j] = dot(qh, kh + (size_t)j * S, S) * scale; if (sc[j] > mx) mx = sc[j]; }
-        double sum = 0.0;
-        for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-        float inv = (float)(1.0 / sum);
-        float* o = att + (size_t)t * Q + hd * S;
-        memset(o, 0, S * sizeof(float));
-        for (int j = 0; j < n; j++) axpy(sc[j] * inv, vh + (size_t)j * S, o, S);
+        attend(qh, kh, vh, n, S, scale, scores + (size_t)hd * n, att + (size_t)t * Q + hd * S);
       }
     }
     quant_rows(att, T, Q, xq, xs, xsum);
