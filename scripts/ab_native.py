@@ -50,8 +50,8 @@ def measure(rev: str, gguf: str, march: str | None = None) -> dict:
     if march:  # the same source for another CPU's instruction set, e.g. x86-64-v3: AVX2 without VNNI
         flags = tuple(f"-march={march}" if f == "-march=native" else f for f in native.CFLAGS)
         library = native.build(ROOT / "runs" / "ab-native" / f"{rev}-{march}" / native.library_path().name, flags)
-    lm = native.NativeLM(gguf, max_len=2048, **({"library": library} if library else {}))
-    simd = lm._lib.hl_simd()
+    lm = native.NativeLM(gguf, max_len=2048, library=library)
+    simd = native.load(library).hl_simd()
     lm.reserve(800)
     prompt = [(i * 7919) % 40000 + 100 for i in range(100)]  # fixed ids, no tokenizer needed
     decode = []

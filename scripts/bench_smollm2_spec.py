@@ -245,7 +245,7 @@ def main() -> int:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
         own_rows = getattr(b, "min_rows", 1)
-        compute = getattr(getattr(b, "manifest", None), "source", {}).get("compute")  # none: the native decoder
+        compute = (getattr(getattr(b, "manifest", None), "source", None) or {}).get("compute")  # native: none
         other = one_row if own_rows > 1 else (two_rows if compute == "int8" else None)
         fast_row = [(fast, None, False)] if getattr(b, "attention_rows", 1) > 1 else []  # graphs that pad attention
         bundle_methods = methods[:1] + ([(other, None, False)] if other else []) + fast_row + methods[1:]

@@ -1,16 +1,17 @@
 /* heron's native decoder: a Llama-family forward pass straight on a GGUF file's blocks.
  *
  * Linears read the file's Q4_1 / Q4_0 / Q8_0 blocks (split into value, scale and offset arrays at load and
- * interleaved eight rows at a time: the same bytes, nothing quantized again). Each activation row is rounded per block of 32 to int16 (scale absmax / 32767): the integer dot products
- * then err by ~1e-5 of a block's largest value, 256x less than int8 rounding, so greedy decoding keeps
- * what an fp32 computation on the same blocks keeps. Norms, RoPE (llama.cpp's interleaved pairs, the
- * file's Q/K rows as stored), attention and the residual stream are fp32.
+ * interleaved eight rows at a time: the same bytes, nothing quantized again). Each activation row is rounded per
+ * block of 32 to int16 (scale absmax / 32767): the integer dot products then err by ~1e-5 of a block's largest
+ * value, 256x less than int8 rounding, so greedy decoding keeps what an fp32 computation on the same blocks keeps.
+ * Norms, RoPE (llama.cpp's interleaved pairs, the file's Q/K rows as stored), attention and the residual stream are
+ * fp32.
  *
  * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp32,
- * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T
- * tokens reads each weight once per call; its integer and float arithmetic grows with T (about half a step's
- * cost per extra token on a VNNI CPU). The same code path computes a token alone or inside a block, each row's
- * sums in the same order: a step and a block give the same bits (speculation stays exact).
+ * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T tokens reads each
+ * weight once per call; its integer and float arithmetic grows with T (about 0.3 of a step per extra token for
+ * SmolLM2 on a VNNI CPU, more on AVX2 alone: scripts/ab_native.py). The same code path computes a token alone or
+ * inside a block, each row's sums in the same order: a step and a block give the same bits (speculation stays exact).
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
  * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
