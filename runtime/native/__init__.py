@@ -169,7 +169,8 @@ def _ptr(a: np.ndarray) -> int:
 class NativeLM:
     """A Llama-family GGUF file run by the native library: heron.runtime.lm.LMBackend's protocol.
 
-    path: the .gguf file. threads: OpenMP threads for each linear. max_len: the longest sequence (default: the
+    path: the .gguf file. threads: the OpenMP team that runs each call (linears split by rows, attention by heads;
+    any count computes the same bits). max_len: the longest sequence (default: the
     file's context length). library: a built library to load (default: this source's build)."""
 
     name = "native"

@@ -15,7 +15,7 @@
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
  * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
- * Threads: OpenMP over a linear's groups of eight output rows.
+ * Threads: one OpenMP team per call; linears split by groups of eight output rows, attention by heads.
  * No Python here: heron.runtime.native loads it with ctypes.
  */
 #include <math.h>
@@ -253,22 +253,23 @@ static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t*
 }
 #endif
 
-/* y (T x N) = x (T x K) W^T; x already rounded (xq, xs, xsum); threads take whole groups of 8 rows */
-static void linear(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
-                   int threads) {
-  const int G = (w->n + 7) / 8;
+/* thread id of nt's share of y (T x N) = x (T x K) W^T (x already rounded: xq, xs, xsum): whole groups of 8 rows,
+ * each row computed by one thread in the same order, so any split gives the same bits */
+static void linear_part(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
+                        int nt, int id) {
+  const int G = (w->n + 7) / 8, chunk = (G + nt - 1) / nt, a = id * chunk, e = a + chunk < G ? a + chunk : G;
+  if (a < e) lin_groups(w, a, e, T, xq, xs, xsum, y, w->n);
+}
+
+/* every thread of the team waits here (nothing to wait for with one) */
+static inline void sync_team(int nt) {
 #ifdef _OPENMP
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-    {
-      int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      int chunk = (G + nt - 1) / nt, a = id * chunk, e = a + chunk < G ? a + chunk : G;
-      if (a < e) lin_groups(w, a, e, T, xq, xs, xsum, y, w->n);
-    }
-    return;
+  if (nt > 1) {
+#pragma omp barrier
   }
+#else
+  (void)nt;
 #endif
-  lin_groups(w, 0, G, T, xq, xs, xsum, y, w->n);
 }
 
 static void rmsnorm(const float* x, const float* g, int T, int D, float eps, float* out) {
@@ -358,6 +359,15 @@ static inline __m256 exp_neg(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
 }
 
+/* g * sigmoid(g) * u, eight at a time: sigmoid from e = e^-|g| (1 / (1 + e) for g >= 0, e / (1 + e) below) */
+static inline __m256 silu_mul8(__m256 g, __m256 u) {
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), g);
+  const __m256 e = exp_neg(_mm256_sub_ps(_mm256_setzero_ps(), a));
+  const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  const __m256 sg = _mm256_blendv_ps(_mm256_mul_ps(e, r), r, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GE_OQ));
+  return _mm256_mul_ps(_mm256_mul_ps(g, sg), u);
+}
+
 /* eight keys' dot products with one query (S floats, S % 8 == 0): eight accumulators, reduced together */
 static inline __m256 dot8(const float* qh, const float* k, int S) {
   __m256 a[8];
@@ -423,6 +433,24 @@ static void attend(const float* qh, const float* kh, const float* vh, int n, int
   for (int j = 0; j < n; j++) axpy(sc[j] * inv, vh + (size_t)j * S, o, S);
 }
 
+/* g[i] = silu(g[i]) * u[i] for i in [a, b); each element the same arithmetic wherever the range starts (the
+ * vector path's tail goes through the same vector code), so any split between threads gives the same bits */
+static void silu_mul(float* g, const float* u, size_t a, size_t b) {
+#ifdef HL_AVX2
+  size_t i = a;
+  for (; i + 8 <= b; i += 8) _mm256_storeu_ps(g + i, silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+  if (i < b) {
+    float gt[8] = {0}, ut[8] = {0};
+    memcpy(gt, g + i, (b - i) * sizeof(float));
+    memcpy(ut, u + i, (b - i) * sizeof(float));
+    _mm256_storeu_ps(gt, silu_mul8(_mm256_loadu_ps(gt), _mm256_loadu_ps(ut)));
+    memcpy(g + i, gt, (b - i) * sizeof(float));
+  }
+#else
+  for (size_t i = a; i < b; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+#endif
+}
+
 /* the scratch hl_forward needs for T tokens, in floats */
 size_t hl_scratch_floats(const hl_model* m, int T) {
   size_t D = m->dim, F = m->ffn_dim, Q = (size_t)m->n_heads * m->head_dim, KV = (size_t)m->n_kv_heads * m->head_dim;
@@ -430,75 +458,150 @@ size_t hl_scratch_floats(const hl_model* m, int T) {
   return (size_t)T * (2 * D + 2 * Q + 2 * KV + 2 * F) + ((size_t)T * Q2 + 1) / 2 + 1 + 2 * (size_t)T * (Q2 / QK);
 }
 
+typedef struct { /* one call's buffers, shared by the team */
+  float *x, *h, *q, *k, *v, *att, *g, *u, *xs, *xsum, *scores, *kcache, *vcache, *out, *hidden;
+  int16_t* xq;
+  const int32_t* tokens;
+  int T, pos, cap, n_out;
+} hl_call;
+
+/* [*a, *b): thread id's share of n items split in nt contiguous parts */
+static inline void share(size_t n, int nt, int id, size_t* a, size_t* b) {
+  const size_t chunk = (n + nt - 1) / nt, s = (size_t)id * chunk;
+  *a = s < n ? s : n;
+  *b = s + chunk < n ? s + chunk : n;
+}
+
+/* rows t0..t1 of x (T x K) normed (g: the norm's weights; NULL: taken as they are) and rounded into xq, xs, xsum */
+static void norm_round(const float* x, const float* g, int K, float eps, float* h, size_t t0, size_t t1,
+                       int16_t* xq, float* xs, float* xsum) {
+  if (t0 >= t1) return;
+  const int nb = K / QK, n = (int)(t1 - t0);
+  if (g) {
+    rmsnorm(x + t0 * K, g, n, K, eps, h + t0 * K);
+    x = h;
+  }
+  quant_rows(x + t0 * K, n, K, xq + t0 * K, xs + t0 * nb, xsum + t0 * nb);
+}
+
+/* the forward as thread id of nt runs it: the linears split by rows, attention by heads, the norms, the rounding
+ * and RoPE by tokens, the elementwise work by elements; a barrier wherever a thread reads what another wrote. Each
+ * value is computed by one thread with the same arithmetic for any nt: one thread and two give the same bits. */
+static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
+  const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim, T = c->T, pos = c->pos;
+  const int R = H / G, Q = H * S, KV = G * S, cap = c->cap;
+  float *x = c->x, *h = c->h, *q = c->q, *k = c->k, *v = c->v, *att = c->att, *g = c->g, *u = c->u;
+  int16_t* xq = c->xq;
+  float *xs = c->xs, *xsum = c->xsum;
+  const float scale = 1.f / sqrtf((float)S);
+  size_t t0, t1, f0, f1, d0, d1;
+  share(T, nt, id, &t0, &t1);
+  share((size_t)T * F, nt, id, &f0, &f1);
+  share((size_t)T * D, nt, id, &d0, &d1);
+
+  for (size_t t = t0; t < t1; t++) embed_row(m, c->tokens[t], x + t * D);
+  for (int l = 0; l < m->n_layers; l++) {
+    const hl_linear* L = m->layers + 7 * l;
+    float* kc = c->kcache + (size_t)l * G * cap * S;
+    float* vc = c->vcache + (size_t)l * G * cap * S;
+    norm_round(x, m->norms[2 * l], D, m->eps, h, t0, t1, xq, xs, xsum); /* rows whose residual this thread wrote */
+    sync_team(nt);
+    linear_part(&L[0], T, xq, xs, xsum, q, nt, id);
+    linear_part(&L[1], T, xq, xs, xsum, k, nt, id);
+    linear_part(&L[2], T, xq, xs, xsum, v, nt, id);
+    sync_team(nt);
+    for (size_t t = t0; t < t1; t++) {
+      const size_t p = pos + t;
+      const float *cs = m->rope_cos + p * (S / 2), *sn = m->rope_sin + p * (S / 2);
+      rope(q + t * Q, H, S, cs, sn);
+      rope(k + t * KV, G, S, cs, sn);
+      for (int j = 0; j < G; j++) {
+        memcpy(kc + ((size_t)j * cap + p) * S, k + t * KV + j * S, S * sizeof(float));
+        memcpy(vc + ((size_t)j * cap + p) * S, v + t * KV + j * S, S * sizeof(float));
+      }
+    }
+    sync_team(nt);
+    for (int hd = id; hd < H; hd += nt) { /* a head's queries on one thread: its scores' scratch is its own */
+      const float* kh = kc + (size_t)(hd / R) * cap * S;
+      const float* vh = vc + (size_t)(hd / R) * cap * S;
+      for (int t = 0; t < T; t++) {
+        int n = pos + t + 1; /* keys this token sees */
+        attend(q + (size_t)t * Q + hd * S, kh, vh, n, S, scale, c->scores + (size_t)hd * (pos + T),
+               att + (size_t)t * Q + hd * S);
+      }
+    }
+    sync_team(nt);
+    norm_round(att, NULL, Q, 0.f, NULL, t0, t1, xq, xs, xsum);
+    sync_team(nt);
+    linear_part(&L[3], T, xq, xs, xsum, h, nt, id);
+    sync_team(nt);
+    for (size_t i = d0; i < d1; i++) x[i] += h[i];
+    sync_team(nt);
+    norm_round(x, m->norms[2 * l + 1], D, m->eps, h, t0, t1, xq, xs, xsum);
+    sync_team(nt);
+    linear_part(&L[4], T, xq, xs, xsum, g, nt, id);
+    linear_part(&L[5], T, xq, xs, xsum, u, nt, id);
+    sync_team(nt);
+    silu_mul(g, u, f0, f1);
+    sync_team(nt);
+    norm_round(g, NULL, F, 0.f, NULL, t0, t1, xq, xs, xsum);
+    sync_team(nt);
+    linear_part(&L[6], T, xq, xs, xsum, h, nt, id);
+    sync_team(nt);
+    for (size_t i = d0; i < d1; i++) x[i] += h[i];
+    sync_team(nt); /* the next layer's norm reads whole rows */
+  }
+  const int n_out = c->n_out;
+  if (n_out == 0) return;
+  const size_t first = (size_t)(T - n_out);
+  size_t o0, o1;
+  share(n_out, nt, id, &o0, &o1);
+  norm_round(x + first * D, m->out_norm, D, m->eps, h, o0, o1, xq, xs, xsum);
+  if (c->hidden && o0 < o1) memcpy(c->hidden + o0 * D, h + o0 * D, (o1 - o0) * D * sizeof(float));
+  sync_team(nt);
+  linear_part(&m->head, n_out, xq, xs, xsum, c->out, nt, id);
+}
+
 /* Append T tokens at pos; logits of the last n_out into out (n_out x vocab) and, where hidden is not NULL, their
  * final hidden states (after the output norm: the head's input, what a draft head reads) into hidden (n_out x dim).
- * kcache/vcache: fp32 [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. Returns 0, or a
- * negative code. */
+ * kcache/vcache: fp32 [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. With
+ * m->threads > 1 one OpenMP team runs the whole call (barriers between its stages, no team per linear). Returns 0,
+ * or a negative code. */
 int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* kcache, float* vcache, int cap,
                float* scratch, float* scores, int n_out, float* out, float* hidden) {
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim;
-  const int R = H / G, Q = H * S, KV = G * S, W0 = D > F ? D : F, W = Q > W0 ? Q : W0;
+  const int Q = H * S, KV = G * S, W0 = D > F ? D : F, W = Q > W0 ? Q : W0;
   if (T <= 0 || pos < 0 || pos + T > cap || pos + T > m->rope_len || n_out < 0 || n_out > T) return -1;
   for (int t = 0; t < T; t++) if (tokens[t] < 0 || tokens[t] >= m->vocab) return -2;
-  float* x = scratch;
-  float* h = x + (size_t)T * D;
-  float* q = h + (size_t)T * D;
-  float* k = q + (size_t)T * Q;
-  float* v = k + (size_t)T * KV;
-  float* att = v + (size_t)T * KV;
-  float* g = att + (size_t)T * Q;
-  float* u = g + (size_t)T * F;
-  int16_t* xq = (int16_t*)(u + (size_t)T * F);
-  float* xs = (float*)(u + (size_t)T * F) + ((size_t)T * W + 1) / 2;
-  float* xsum = xs + (size_t)T * (W / QK);
-  const float scale = 1.f / sqrtf((float)S);
-
-  for (int t = 0; t < T; t++) embed_row(m, tokens[t], x + (size_t)t * D);
-  for (int l = 0; l < m->n_layers; l++) {
-    const hl_linear* L = m->layers + 7 * l;
-    float* kc = kcache + (size_t)l * G * cap * S;
-    float* vc = vcache + (size_t)l * G * cap * S;
-    rmsnorm(x, m->norms[2 * l], T, D, m->eps, h);
-    quant_rows(h, T, D, xq, xs, xsum);
-    linear(&L[0], T, xq, xs, xsum, q, m->threads);
-    linear(&L[1], T, xq, xs, xsum, k, m->threads);
-    linear(&L[2], T, xq, xs, xsum, v, m->threads);
-    for (int t = 0; t < T; t++) {
-      int p = pos + t;
-      const float *cs = m->rope_cos + (size_t)p * (S / 2), *sn = m->rope_sin + (size_t)p * (S / 2);
-      rope(q + (size_t)t * Q, H, S, cs, sn);
-      rope(k + (size_t)t * KV, G, S, cs, sn);
-      for (int j = 0; j < G; j++) {
-        memcpy(kc + ((size_t)j * cap + p) * S, k + (size_t)t * KV + j * S, S * sizeof(float));
-        memcpy(vc + ((size_t)j * cap + p) * S, v + (size_t)t * KV + j * S, S * sizeof(float));
-      }
-    }
-    for (int t = 0; t < T; t++) {
-      int n = pos + t + 1; /* keys this token sees */
-      for (int hd = 0; hd < H; hd++) {
-        const float* qh = q + (size_t)t * Q + hd * S;
-        const float* kh = kc + (size_t)(hd / R) * cap * S;
-        const float* vh = vc + (size_t)(hd / R) * cap * S;
-        attend(qh, kh, vh, n, S, scale, scores + (size_t)hd * n, att + (size_t)t * Q + hd * S);
-      }
-    }
-    quant_rows(att, T, Q, xq, xs, xsum);
-    linear(&L[3], T, xq, xs, xsum, h, m->threads);
-    for (size_t i = 0; i < (size_t)T * D; i++) x[i] += h[i];
-    rmsnorm(x, m->norms[2 * l + 1], T, D, m->eps, h);
-    quant_rows(h, T, D, xq, xs, xsum);
-    linear(&L[4], T, xq, xs, xsum, g, m->threads);
-    linear(&L[5], T, xq, xs, xsum, u, m->threads);
-    for (size_t i = 0; i < (size_t)T * F; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
-    quant_rows(g, T, F, xq, xs, xsum);
-    linear(&L[6], T, xq, xs, xsum, h, m->threads);
-    for (size_t i = 0; i < (size_t)T * D; i++) x[i] += h[i];
+  hl_call c;
+  c.x = scratch;
+  c.h = c.x + (size_t)T * D;
+  c.q = c.h + (size_t)T * D;
+  c.k = c.q + (size_t)T * Q;
+  c.v = c.k + (size_t)T * KV;
+  c.att = c.v + (size_t)T * KV;
+  c.g = c.att + (size_t)T * Q;
+  c.u = c.g + (size_t)T * F;
+  c.xq = (int16_t*)(c.u + (size_t)T * F);
+  c.xs = (float*)(c.u + (size_t)T * F) + ((size_t)T * W + 1) / 2;
+  c.xsum = c.xs + (size_t)T * (W / QK);
+  c.scores = scores;
+  c.kcache = kcache;
+  c.vcache = vcache;
+  c.out = out;
+  c.hidden = hidden;
+  c.tokens = tokens;
+  c.T = T;
+  c.pos = pos;
+  c.cap = cap;
+  c.n_out = n_out;
+#ifdef _OPENMP
+  if (m->threads > 1) {
+#pragma omp parallel num_threads(m->threads)
+    forward_team(m, &c, omp_get_num_threads(), omp_get_thread_num());
+    return 0;
   }
-  if (n_out == 0) return 0;
-  float* last = x + (size_t)(T - n_out) * D;
-  rmsnorm(last, m->out_norm, n_out, D, m->eps, h);
-  if (hidden) memcpy(hidden, h, (size_t)n_out * D * sizeof(float));
-  quant_rows(h, n_out, D, xq, xs, xsum);
-  linear(&m->head, n_out, xq, xs, xsum, out, m->threads);
+#endif
+  forward_team(m, &c, 1, 0);
   return 0;
 }
