@@ -498,6 +498,8 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   share(T, nt, id, &t0, &t1);
   share((size_t)T * F, nt, id, &f0, &f1);
   share((size_t)T * D, nt, id, &d0, &d1);
+  size_t h0, h1;
+  share(H, nt, id, &h0, &h1);
 
   for (size_t t = t0; t < t1; t++) embed_row(m, c->tokens[t], x + t * D);
   for (int l = 0; l < m->n_layers; l++) {
@@ -521,7 +523,9 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
       }
     }
     sync_team(nt);
-    for (int hd = id; hd < H; hd += nt) { /* a head's queries on one thread: its scores' scratch is its own */
+    /* a head's queries on one thread (its scores' scratch its own); heads in contiguous runs, so the query heads
+     * that share a KV head mostly share a thread and its cache reads */
+    for (int hd = (int)h0; hd < (int)h1; hd++) {
       const float* kh = kc + (size_t)(hd / R) * cap * S;
       const float* vh = vc + (size_t)(hd / R) * cap * S;
       for (int t = 0; t < T; t++) {
