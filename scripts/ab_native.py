@@ -10,7 +10,8 @@ after a 400-token prompt, the best of 2), the cost
 of one call of 2 / 3 / 4 / 8 tokens in one-token steps (the best of 15 each, over the best step), prefill tokens/s
 (256 tokens in one call, the best of 2). Prints each round and the median per variant; --out writes them (JSON).
 --march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets; --threads 2 runs the
-decoder on two threads (run it on two cores: `OMP_NUM_THREADS=2 ... --threads 2`).
+decoder on two threads (run it on two cores: `OMP_NUM_THREADS=2 ... --threads 2`); --long 1500 also decodes 48 tokens
+past a 1500-token context (the best of 2).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def module(rev: str):
     return mod
 
 
-def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1) -> dict:
+def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1, long: int = 0) -> dict:
     native = module(rev)
     library = None
     if march:  # the same source for another CPU's instruction set, e.g. x86-64-v3: AVX2 without VNNI
@@ -53,7 +54,7 @@ def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1) -> 
         library = native.build(ROOT / "runs" / "ab-native" / f"{rev}-{march}" / native.library_path().name, flags)
     lm = native.NativeLM(gguf, max_len=2048, library=library, threads=threads)
     simd = native.load(library).hl_simd()
-    lm.reserve(800)
+    lm.reserve(max(800, long + 100))
     prompt = [(i * 7919) % 40000 + 100 for i in range(100)]  # fixed ids, no tokenizer needed
     decode = []
     for _ in range(3):
@@ -81,6 +82,14 @@ def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1) -> 
         for _ in range(64):
             logits = lm.forward([int(logits[-1].argmax())], last=1)
         late.append(64 / (time.perf_counter() - t))
+    far = []  # --long N: decoding past an N-token context, where reading the KV cache dominates attention
+    for _ in range(2 if long else 0):
+        lm.reset()
+        logits = lm.forward((prompt * (long // len(prompt) + 1))[:long], last=1)
+        t = time.perf_counter()
+        for _ in range(48):
+            logits = lm.forward([int(logits[-1].argmax())], last=1)
+        far.append(48 / (time.perf_counter() - t))
     prefill = []
     for _ in range(2):
         lm.reset()
@@ -88,7 +97,8 @@ def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1) -> 
         lm.forward((prompt * 3)[:256], last=1)
         prefill.append(256 / (time.perf_counter() - t))
     return {"rev": rev, "simd": ["portable", "avx2", "avx2+vnni"][simd], "decode": round(max(decode), 1),
-            "decode_at_400": round(max(late), 1), "blocks": blocks, "prefill": round(max(prefill), 1)}
+            "decode_at_400": round(max(late), 1), "blocks": blocks, "prefill": round(max(prefill), 1),
+            **({"decode_at_long": round(max(far), 1), "long": long} if long else {})}
 
 
 def main(argv=None) -> int:
@@ -99,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--march", default=None, help="build every variant for this -march instead of native "
                                                   "(x86-64-v3: the AVX2 kernels without VNNI)")
     ap.add_argument("--threads", type=int, default=1, help="the decoder's OpenMP threads (run on as many cores)")
+    ap.add_argument("--long", type=int, default=0, help="also decode past a context of this many tokens (max 1900)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -106,7 +117,7 @@ def main(argv=None) -> int:
         from heron.paths import named_lm_path
         a.gguf = str(named_lm_path("smollm2"))
     if a.child:
-        print(json.dumps(measure(a.child, a.gguf, a.march, a.threads)))
+        print(json.dumps(measure(a.child, a.gguf, a.march, a.threads, a.long)))
         return 0
     if not a.revs:
         ap.error("name at least one revision (or work)")
@@ -114,22 +125,26 @@ def main(argv=None) -> int:
     for i in range(a.rounds):
         for rev in a.revs:
             p = subprocess.run([sys.executable, __file__, "--child", rev, "--gguf", a.gguf,
-                                *(["--march", a.march] if a.march else []), "--threads", str(a.threads)], capture_output=True, text=True)
+                                *(["--march", a.march] if a.march else []), "--threads", str(a.threads), "--long", str(a.long)], capture_output=True, text=True)
             if p.returncode != 0:
                 raise SystemExit(f"{rev}: {(p.stderr.strip().splitlines() or ['failed'])[-1]}")
             r = json.loads(p.stdout.strip().splitlines()[-1])
             rows[rev].append(r)
             print(f"round {i + 1} {rev} ({r['simd']}): decode {r['decode']} tok/s, at 400 {r['decode_at_400']} | blocks (steps) "
-                  + " ".join(f"{k}:{v}" for k, v in r["blocks"].items()) + f" | prefill {r['prefill']} tok/s")
+                  + " ".join(f"{k}:{v}" for k, v in r["blocks"].items()) + f" | prefill {r['prefill']} tok/s"
+                  + (f" | at {a.long} {r['decode_at_long']} tok/s" if a.long else ""))
     summary = {}
     for rev, rs in rows.items():
         summary[rev] = {"decode": round(statistics.median(r["decode"] for r in rs), 1),
                         "decode_at_400": round(statistics.median(r.get("decode_at_400", 0) for r in rs), 1),
                         "blocks": {k: round(statistics.median(r["blocks"][k] for r in rs), 3) for k in rs[0]["blocks"]},
                         "prefill": round(statistics.median(r["prefill"] for r in rs), 1)}
+        if a.long:
+            summary[rev]["decode_at_long"] = round(statistics.median(r["decode_at_long"] for r in rs), 1)
         s = summary[rev]
         print(f"median {rev}: decode {s['decode']} tok/s, at 400 {s['decode_at_400']} | blocks (steps) "
-              + " ".join(f"{k}:{v}" for k, v in s["blocks"].items()) + f" | prefill {s['prefill']} tok/s")
+              + " ".join(f"{k}:{v}" for k, v in s["blocks"].items()) + f" | prefill {s['prefill']} tok/s"
+              + (f" | at {a.long} {s['decode_at_long']} tok/s" if a.long else ""))
     if a.out:
         Path(a.out).write_text(json.dumps({"rounds": rows, "median": summary}, indent=1))
     return 0

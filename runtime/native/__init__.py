@@ -10,7 +10,8 @@ digest of the source and the flags, so a stale build is never loaded.
     logits = lm.forward([1, 2, 3], last=1)   # (1, V); the cache grows by 3
     lm.trim(1)                                # speculation rewinds
 
-The backend protocol is heron.runtime.lm.LMBackend's; the KV cache is numpy arrays this object owns. numpy and
+The backend protocol is heron.runtime.lm.LMBackend's; the KV cache is numpy arrays this object owns (fp16: keys and
+values rounded once as they are cached, half fp32's bytes). numpy and
 ctypes only: no torch, no onnxruntime.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 5  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 6  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -271,7 +272,7 @@ class NativeLM:
         self._scores = np.zeros(H * self.max_len, np.float32)
         self._n = 0
         self._cap = 0
-        self._k = self._v = np.zeros((L, G, 0, S), np.float32)
+        self._k = self._v = np.zeros((L, G, 0, S), np.float16)  # the KV cache in fp16
         self.dim = D
         self.source_file = self.path  # a draft head takes its output rows from the file (draft_head.target_rows)
         self._source = None
@@ -303,13 +304,18 @@ class NativeLM:
     def length(self) -> int:
         return self._n
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds now (keys and values in fp16, for every reserved position)."""
+        return self._k.nbytes + self._v.nbytes
+
     def reserve(self, n: int) -> None:
         """Room for n positions (capped at max_len) without regrowing."""
         n = min(int(n), self.max_len)
         if n <= self._cap:
             return
         L, G, S = self.n_layers, self.n_kv_heads, self.head_dim
-        k, v = np.zeros((L, G, n, S), np.float32), np.zeros((L, G, n, S), np.float32)
+        k, v = np.zeros((L, G, n, S), np.float16), np.zeros((L, G, n, S), np.float16)
         k[:, :, :self._n], v[:, :, :self._n] = self._k[:, :, :self._n], self._v[:, :, :self._n]
         self._k, self._v, self._cap = k, v, n
 

@@ -5,9 +5,10 @@
  * block of 32 to int16 (scale absmax / 32767): the integer dot products then err by ~1e-5 of a block's largest
  * value, 256x less than int8 rounding, so greedy decoding keeps what an fp32 computation on the same blocks keeps.
  * Norms, RoPE (llama.cpp's interleaved pairs, the file's Q/K rows as stored), attention and the residual stream are
- * fp32.
+ * fp32; the KV cache holds keys and values in fp16 (half the bytes: past a few hundred positions attention is bound
+ * by reading the cache; SmolLM2 keeps fp32's answers).
  *
- * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp32,
+ * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp16,
  * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T tokens reads each
  * weight once per call; its integer and float arithmetic grows with T (about 0.3 of a step per extra token for
  * SmolLM2 on a VNNI CPU, more on AVX2 alone: scripts/ab_native.py). The same code path computes a token alone or
@@ -15,7 +16,7 @@
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
  * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
- * Threads: one OpenMP team per call; linears split by groups of eight output rows, attention by heads.
+ * Threads: one OpenMP team per call; linears split by groups of eight output rows, attention by runs of heads.
  * No Python here: heron.runtime.native loads it with ctypes.
  */
 #include <math.h>
@@ -30,7 +31,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 5
+#define HL_ABI 6
 #define QK 32
 #define TILE 3 /* token rows a weight block is unpacked for at once, at most (more spill AVX2's 16 registers) */
 
@@ -89,6 +90,26 @@ static float f16_to_f32(uint16_t h) {
   } else if (e == 31) u = s | 0x7f800000u | (m << 13);
   else u = s | ((e + 127 - 15) << 23) | (m << 13);
   float f; memcpy(&f, &u, 4); return f;
+#endif
+}
+
+static uint16_t f32_to_f16(float f) {
+#ifdef HL_AVX2
+  return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  const uint32_t s = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a >= 0x7f800000u) return (uint16_t)(s | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u)); /* inf, nan */
+  if (a >= 0x477ff000u) return (uint16_t)(s | 0x7c00u); /* rounds past 65504: inf */
+  if (a < 0x38800000u) { /* subnormal or zero: a / 2^-24 rounded to nearest even */
+    if (a < 0x33000000u) return (uint16_t)s;
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - (a >> 23); /* |f| = m 2^(e - 150); units of 2^-24 */
+    const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    return (uint16_t)(s | (q + (rem > half || (rem == half && (q & 1u)))));
+  }
+  const uint32_t q = (a >> 13) - (112u << 10), rem = a & 0x1fffu;
+  return (uint16_t)(s | (q + (rem > 0x1000u || (rem == 0x1000u && (q & 1u)))));
 #endif
 }
 
@@ -329,6 +350,31 @@ static float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+/* a . b with b in fp16 (a cached key) */
+static float dot_h(const float* a, const uint16_t* b, int n) {
+#ifdef HL_AVX2
+  if (n % 8 == 0) {
+    __m256 s0 = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8)
+      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(b + i))), s0);
+    return hsum8(s0);
+  }
+#endif
+  float s = 0.f;
+  for (int i = 0; i < n; i++) s += a[i] * f16_to_f32(b[i]);
+  return s;
+}
+
+/* n floats rounded to fp16 (a key or value row into the cache) */
+static void to_f16(const float* x, uint16_t* y, int n) {
+  int i = 0;
+#ifdef HL_AVX2
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; i++) y[i] = f32_to_f16(x[i]);
+}
+
 static void axpy(float a, const float* x, float* y, int n) {
 #ifdef HL_AVX2
   if (n % 8 == 0) {
@@ -369,12 +415,13 @@ static inline __m256 silu_mul8(__m256 g, __m256 u) {
 }
 
 /* eight keys' dot products with one query (S floats, S % 8 == 0): eight accumulators, reduced together */
-static inline __m256 dot8(const float* qh, const float* k, int S) {
+static inline __m256 dot8(const float* qh, const uint16_t* k, int S) {
   __m256 a[8];
   for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
   for (int i = 0; i < S; i += 8) {
     const __m256 qv = _mm256_loadu_ps(qh + i);
-    for (int u = 0; u < 8; u++) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (size_t)u * S + i), a[u]);
+    for (int u = 0; u < 8; u++)
+      a[u] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(k + (size_t)u * S + i))), a[u]);
   }
   __m256 b0 = _mm256_hadd_ps(a[0], a[1]), b1 = _mm256_hadd_ps(a[2], a[3]);
   __m256 b2 = _mm256_hadd_ps(a[4], a[5]), b3 = _mm256_hadd_ps(a[6], a[7]);
@@ -386,13 +433,14 @@ static inline __m256 dot8(const float* qh, const float* k, int S) {
 
 /* one query head's attention over n cached positions: scores (n floats of scratch), softmax, the values' weighted
  * sum into o (S floats). The same arithmetic for a token alone or inside a block. */
-static void attend(const float* qh, const float* kh, const float* vh, int n, int S, float scale, float* sc, float* o) {
+static void attend(const float* qh, const uint16_t* kh, const uint16_t* vh, int n, int S, float scale, float* sc,
+                   float* o) {
 #ifdef HL_AVX2
   if (S % 8 == 0) {
     int j = 0;
     const __m256 sv = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(dot8(qh, kh + (size_t)j * S, S), sv));
-    for (; j < n; j++) sc[j] = dot(qh, kh + (size_t)j * S, S) * scale;
+    for (; j < n; j++) sc[j] = dot_h(qh, kh + (size_t)j * S, S) * scale;
     float mx = -INFINITY;
     for (j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
     const __m256 mv = _mm256_set1_ps(mx);
@@ -416,8 +464,9 @@ static void attend(const float* qh, const float* kh, const float* vh, int n, int
       for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
       for (j = 0; j < n; j++) {
         const __m256 p = _mm256_set1_ps(sc[j] * inv);
-        const float* v = vh + (size_t)j * S + c;
-        for (int i = 0; i < w; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+        const uint16_t* v = vh + (size_t)j * S + c;
+        for (int i = 0; i < w; i++)
+          acc[i] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(v + 8 * i))), acc[i]);
       }
       for (int i = 0; i < w; i++) _mm256_storeu_ps(o + c + 8 * i, acc[i]);
     }
@@ -425,12 +474,16 @@ static void attend(const float* qh, const float* kh, const float* vh, int n, int
   }
 #endif
   float mx = -INFINITY;
-  for (int j = 0; j < n; j++) { sc[j] = dot(qh, kh + (size_t)j * S, S) * scale; if (sc[j] > mx) mx = sc[j]; }
+  for (int j = 0; j < n; j++) { sc[j] = dot_h(qh, kh + (size_t)j * S, S) * scale; if (sc[j] > mx) mx = sc[j]; }
   double sum = 0.0;
   for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
   float inv = (float)(1.0 / sum);
   memset(o, 0, S * sizeof(float));
-  for (int j = 0; j < n; j++) axpy(sc[j] * inv, vh + (size_t)j * S, o, S);
+  for (int j = 0; j < n; j++) {
+    const float a = sc[j] * inv;
+    const uint16_t* v = vh + (size_t)j * S;
+    for (int i = 0; i < S; i++) o[i] += a * f16_to_f32(v[i]);
+  }
 }
 
 /* g[i] = silu(g[i]) * u[i] for i in [a, b); each element the same arithmetic wherever the range starts (the
@@ -459,7 +512,8 @@ size_t hl_scratch_floats(const hl_model* m, int T) {
 }
 
 typedef struct { /* one call's buffers, shared by the team */
-  float *x, *h, *q, *k, *v, *att, *g, *u, *xs, *xsum, *scores, *kcache, *vcache, *out, *hidden;
+  float *x, *h, *q, *k, *v, *att, *g, *u, *xs, *xsum, *scores, *out, *hidden;
+  uint16_t *kcache, *vcache; /* fp16 */
   int16_t* xq;
   const int32_t* tokens;
   int T, pos, cap, n_out;
@@ -504,8 +558,8 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   for (size_t t = t0; t < t1; t++) embed_row(m, c->tokens[t], x + t * D);
   for (int l = 0; l < m->n_layers; l++) {
     const hl_linear* L = m->layers + 7 * l;
-    float* kc = c->kcache + (size_t)l * G * cap * S;
-    float* vc = c->vcache + (size_t)l * G * cap * S;
+    uint16_t* kc = c->kcache + (size_t)l * G * cap * S;
+    uint16_t* vc = c->vcache + (size_t)l * G * cap * S;
     norm_round(x, m->norms[2 * l], D, m->eps, h, t0, t1, xq, xs, xsum); /* rows whose residual this thread wrote */
     sync_team(nt);
     linear_part(&L[0], T, xq, xs, xsum, q, nt, id);
@@ -518,16 +572,16 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
       rope(q + t * Q, H, S, cs, sn);
       rope(k + t * KV, G, S, cs, sn);
       for (int j = 0; j < G; j++) {
-        memcpy(kc + ((size_t)j * cap + p) * S, k + t * KV + j * S, S * sizeof(float));
-        memcpy(vc + ((size_t)j * cap + p) * S, v + t * KV + j * S, S * sizeof(float));
+        to_f16(k + t * KV + j * S, kc + ((size_t)j * cap + p) * S, S);
+        to_f16(v + t * KV + j * S, vc + ((size_t)j * cap + p) * S, S);
       }
     }
     sync_team(nt);
     /* a head's queries on one thread (its scores' scratch its own); heads in contiguous runs, so the query heads
      * that share a KV head mostly share a thread and its cache reads */
     for (int hd = (int)h0; hd < (int)h1; hd++) {
-      const float* kh = kc + (size_t)(hd / R) * cap * S;
-      const float* vh = vc + (size_t)(hd / R) * cap * S;
+      const uint16_t* kh = kc + (size_t)(hd / R) * cap * S;
+      const uint16_t* vh = vc + (size_t)(hd / R) * cap * S;
       for (int t = 0; t < T; t++) {
         int n = pos + t + 1; /* keys this token sees */
         attend(q + (size_t)t * Q + hd * S, kh, vh, n, S, scale, c->scores + (size_t)hd * (pos + T),
@@ -568,10 +622,10 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
 
 /* Append T tokens at pos; logits of the last n_out into out (n_out x vocab) and, where hidden is not NULL, their
  * final hidden states (after the output norm: the head's input, what a draft head reads) into hidden (n_out x dim).
- * kcache/vcache: fp32 [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. With
+ * kcache/vcache: fp16 [n_layers][n_kv_heads][cap][head_dim]. scores: >= n_heads * (pos + T) floats. With
  * m->threads > 1 one OpenMP team runs the whole call (barriers between its stages, no team per linear). Returns 0,
  * or a negative code. */
-int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, float* kcache, float* vcache, int cap,
+int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, uint16_t* kcache, uint16_t* vcache, int cap,
                float* scratch, float* scores, int n_out, float* out, float* hidden) {
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim;
   const int Q = H * S, KV = G * S, W0 = D > F ? D : F, W = Q > W0 ? Q : W0;
