@@ -65,11 +65,12 @@ def test_steps_equal_blocks_and_the_cache_rewinds(tmp_path, library):
     assert lm.cache_bytes == 2 * (2 * 1 * 40 * 32) * 2
 
 
-@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("threads", [2, 3, 5])
 def test_threads_compute_the_same_bits(tmp_path, library, threads):
-    """One team per call: linears split by rows, attention by heads (3 threads: more than the 2 heads, one idle),
-    norms and rounding by tokens, elementwise work by elements; every value the same bits as one thread's, in a
-    prompt, a verify block with some logits, and one-token steps, with the hidden states."""
+    """One team per call: linears split by rows, attention by heads (3 and 5 threads: more than the 2 heads, some
+    idle), norms and rounding by tokens, elementwise work by elements (5 threads: shares of 96 x T elements that end
+    inside a vector, SiLU's tail path); every value the same bits as one thread's, in a prompt, a verify block with
+    some logits, and one-token steps, with the hidden states."""
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q8_0"), vocab=59)
     runs = []
     for n in (1, threads):
