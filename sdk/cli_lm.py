@@ -299,7 +299,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
     q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
     q.add_argument("--roe-tau", type=float, default=ROE_TAU, help="Gumbel temperature of the noisy (upper) layers")
     q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    q.add_argument("--threads", type=int, default=1, help="threads of the target (torch or onnxruntime)")
+    q.add_argument("--threads", type=int, default=None,
+                   help="threads of the target (default: the native decoder this machine's cores, at most 4; "
+                        "torch and onnxruntime 1)")
     q.add_argument("--weights", default=None, choices=["fp32", "int8", "int4"],
                    help="ONNX bundles: which exported weights to run (default: the bundle's, int4 for a GGUF "
                         "export, else fp32); torch targets: int8 / int4 keep the weights quantized in memory "

@@ -24,6 +24,7 @@ engine in heron.runtime.decoding.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -37,6 +38,7 @@ from heron.runtime.manifest import BundleError
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
 MAX_THREADS = 256  # CPU threads a target or draft may ask for
+NATIVE_THREADS = 4  # the native decoder's default team, at most (native_default_threads)
 MAX_ROE_SAMPLES = 64  # Roster-of-Experts samples per token (each is one more full set of activations)
 
 __all__ = ["LanguageModel", "load_lm", "default_lm_path", "GenerationOptions", "SpeculativeOptions", "DecodeStats",
@@ -250,7 +252,8 @@ COMPUTES = ("int8x2", "int8", "fp32")  # heron.export.gguf_onnx.COMPUTE: how a G
 TORCH_WEIGHTS = ("fp32", "int8", "int4")  # a torch target's weights (heron.models.lm.quant)
 
 
-def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int = 1, experts: int | None = None,
+def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int | None = None,
+            experts: int | None = None,
             roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
             engine: str = "auto", compute: str | None = None, exact_steps: bool = True,
             huge_pages: bool = True) -> LanguageModel:
@@ -260,6 +263,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     ONNX bundle (default: the shipped lm-nano).
     device: torch device of a torch target (cpu, cuda, mps, auto); for an ONNX bundle, the onnxruntime
     provider (cpu, coreml, qnn, cuda, ... or a full provider name).
+    threads: CPU threads of the target (default: on the native decoder this machine's usable cores, at most
+    NATIVE_THREADS: a call runs as one team and any count computes the same bits; on the other engines 1).
     experts: dial-k, the active experts per token of an MoE model (default: the model's top-k).
     roe_samples, roe_tau, roe_seed: Roster of Experts (R Gumbel-perturbed routing samples averaged).
     weights: for an ONNX bundle, which exported weights run: fp32, int8 or int4 (default: the bundle's own
@@ -282,8 +287,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     """
     import math
 
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}] or None (the engine's default), "
+                         f"got {threads!r}")
     if experts is not None and (isinstance(experts, bool) or not isinstance(experts, int) or experts < 1):
         raise ValueError(f"experts must be an integer >= 1 (active experts per token) or None, got {experts!r}")
     if isinstance(roe_samples, bool) or not isinstance(roe_samples, int) or not 1 <= roe_samples <= MAX_ROE_SAMPLES:
@@ -305,13 +312,15 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     if not folder.exists():
         raise FileNotFoundError(f"no model at {folder}" + ("" if path else " (the shipped default LM is missing)"))
     gguf = folder.is_file() and folder.suffix.lower() == ".gguf"
+    native_threads = threads if threads is not None else native_default_threads()
     if engine == "native":
-        return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
+        return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute)
     if engine == "auto" and gguf and _native_by_default(device, experts, roe_samples, weights, compute):
         try:
-            return _load_gguf_native(folder, device, threads, experts, roe_samples, weights, compute)
+            return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute)
         except ValueError:  # a file the native decoder does not read (another architecture, F16 linears): onnx's
             pass
+    threads = threads if threads is not None else 1
     if gguf and _gguf_engine(engine, device, experts, roe_samples, weights) == "onnx":
         if weights == "int8":  # would be ignored: the graph holds the file's own blocks
             raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
@@ -408,6 +417,16 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention, memory_file=True)
     return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
                                           source_file=path, exact_steps=exact_steps, huge_pages=huge_pages), path)
+
+
+def native_default_threads() -> int:
+    """The native decoder's threads when none are asked for: the CPUs this process may run on, at most
+    NATIVE_THREADS (a SmolLM2-sized model gains little past four: its steps are bound by memory)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, NATIVE_THREADS))
 
 
 def _load_gguf_native(path: Path, device: str, threads: int, experts, roe_samples: int, weights,

@@ -165,6 +165,22 @@ def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
         heron.load_lm(tmp_path, engine="native")
 
 
+def test_the_native_engine_takes_the_usable_cores_by_default(tmp_path, library, monkeypatch):
+    """threads=None (load_lm's and the CLI's default): the native decoder runs on the CPUs this process may use, at
+    most NATIVE_THREADS; a number given is kept; the other engines keep 1."""
+    import heron
+    from heron import lm as sdk_lm
+
+    for usable, want in [({0}, 1), (set(range(12)), sdk_lm.NATIVE_THREADS), ({0, 1}, 2)]:
+        monkeypatch.setattr(sdk_lm.os, "sched_getaffinity", lambda pid, u=usable: u)
+        assert sdk_lm.native_default_threads() == want
+    path = smollm2_gguf()
+    assert heron.load_lm(path, engine="native").backend.threads == 2  # two usable CPUs (the last patch)
+    assert heron.load_lm(path, engine="native", threads=3).backend.threads == 3
+    with pytest.raises(ValueError, match="threads"):
+        heron.load_lm(path, engine="native", threads=0)
+
+
 def test_the_cli_chats_on_the_native_engine():
     import subprocess
     import sys
