@@ -165,7 +165,7 @@ def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
         heron.load_lm(tmp_path, engine="native")
 
 
-def test_the_native_engine_takes_the_usable_cores_by_default(tmp_path, library, monkeypatch):
+def test_the_native_engine_takes_the_usable_cores_by_default(library, monkeypatch):
     """threads=None (load_lm's and the CLI's default): the native decoder runs on the CPUs this process may use, at
     most NATIVE_THREADS; a number given is kept; the other engines keep 1."""
     import heron

@@ -274,12 +274,20 @@ static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t*
 }
 #endif
 
+/* [*a, *b): thread id's share of n items split in nt contiguous parts */
+static inline void share(size_t n, int nt, int id, size_t* a, size_t* b) {
+  const size_t chunk = (n + nt - 1) / nt, s = (size_t)id * chunk;
+  *a = s < n ? s : n;
+  *b = s + chunk < n ? s + chunk : n;
+}
+
 /* thread id of nt's share of y (T x N) = x (T x K) W^T (x already rounded: xq, xs, xsum): whole groups of 8 rows,
  * each row computed by one thread in the same order, so any split gives the same bits */
 static void linear_part(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
                         int nt, int id) {
-  const int G = (w->n + 7) / 8, chunk = (G + nt - 1) / nt, a = id * chunk, e = a + chunk < G ? a + chunk : G;
-  if (a < e) lin_groups(w, a, e, T, xq, xs, xsum, y, w->n);
+  size_t a, e;
+  share((size_t)(w->n + 7) / 8, nt, id, &a, &e);
+  if (a < e) lin_groups(w, (int)a, (int)e, T, xq, xs, xsum, y, w->n);
 }
 
 /* every thread of the team waits here (nothing to wait for with one) */
@@ -518,13 +526,6 @@ typedef struct { /* one call's buffers, shared by the team */
   const int32_t* tokens;
   int T, pos, cap, n_out;
 } hl_call;
-
-/* [*a, *b): thread id's share of n items split in nt contiguous parts */
-static inline void share(size_t n, int nt, int id, size_t* a, size_t* b) {
-  const size_t chunk = (n + nt - 1) / nt, s = (size_t)id * chunk;
-  *a = s < n ? s : n;
-  *b = s + chunk < n ? s + chunk : n;
-}
 
 /* rows t0..t1 of x (T x K) normed (g: the norm's weights; NULL: taken as they are) and rounded into xq, xs, xsum */
 static void norm_round(const float* x, const float* g, int K, float eps, float* h, size_t t0, size_t t1,
