@@ -37,6 +37,8 @@ HEAD_PRIOR, HEAD_DECAY = 0.6, 0.9
 TARGET_ROWS = ("token_embd.q", "token_embd.scales")
 ROWS_FROM = "target"
 ROW_KEYS = ("packed", "scales", "scales_flat")  # manifest `rows`: the head.onnx initializers the rows fill
+ENGINES = ("auto", "native", "onnxruntime")
+HEAD_NORM_EPS = 1e-5  # heron.models.lm.draft_head.DraftHeadConfig.norm_eps: every exported head's norms
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,20 @@ def target_rows(backend, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DraftHead:
-    """A verified draft-head bundle and its onnxruntime session: step(hidden, token) -> (logits over its
-    words, its own feature). target: the backend it drafts for; checked here (check_target) when given, and
-    required by a bundle whose output rows come from the target. sha256: the identity (manifest.sha256) the
-    bundle must have; the shipped head's is pinned."""
+    """A verified draft-head bundle and what runs it: step(hidden, token) -> (logits over its words, its own
+    feature); greedy(hidden, token, g) -> g chained first choices. target: the backend it drafts for; checked here
+    (check_target) when given, and required by a bundle whose output rows come from the target. sha256: the
+    identity (manifest.sha256) the bundle must have; the shipped head's is pinned.
 
-    def __init__(self, folder: str | Path = DEFAULT_HEAD, threads: int = 1, target=None, sha256: str | None = None):
+    engine: "onnxruntime" (head.onnx in a session of `threads`), "native" (its weights in heron's native library,
+    run in the native target's own OpenMP team: the target's threads, no session between its steps; a head that
+    fuses middle-layer streams has no native form), or "auto": native for a native target where it can, else
+    onnxruntime. Both compute the graph's head; the native one rounds activations as the native decoder does
+    (int16 per block, fp16 block scales), so their logits differ by a rounding's worth (the drafts may, the
+    output never: the target verifies every word)."""
+
+    def __init__(self, folder: str | Path = DEFAULT_HEAD, threads: int = 1, target=None, sha256: str | None = None,
+                 engine: str = "auto"):
         from heron.runtime.bundle import check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.onnx_file import external_initializers
         from heron.runtime.sessions import open_session
@@ -180,6 +190,20 @@ class DraftHead:
         elif outside:
             raise BundleError(f"{where}: {HEAD_FILE} keeps initializers outside the file ({sorted(outside)[:3]}) "
                               "and the manifest names no source for them")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.words = words
+        self.native, self.session = None, None
+        native_target = getattr(target, "name", None) == "native" and hasattr(target, "_lib")
+        if engine == "native" or (engine == "auto" and native_target and not m.stream_layers):
+            if not native_target or m.stream_layers:
+                raise ValueError("the native head runs beside a native target (load_lm(..., engine='native')) and "
+                                 "reads the final feature only" + (" (this head fuses middle-layer streams)"
+                                                                     if m.stream_layers else ""))
+            self.native = _native_head(graph, where, m, target, initializers)
+            self.engine = "native"
+            return
+        self.engine = "onnxruntime"
         self.session = open_session(graph, threads, ["CPUExecutionProvider"], initializers=initializers)
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
@@ -189,7 +213,6 @@ class DraftHead:
                 or (k and ins["streams"][-1] != k * m.dim):
             raise BundleError(f"{where}: {HEAD_FILE} is not a draft head of dim {m.dim} over {m.n_words} words"
                               + (f" fusing {k} streams" if k else ""))
-        self.words = words
         self._no_streams = np.zeros((1, k * m.dim), np.float32) if k else None
 
     @property
@@ -201,11 +224,26 @@ class DraftHead:
         """hidden (D,), the word that followed it -> logits (N,) over self.words, the head's feature (D,).
         streams (k D,): the target's middle layers at hidden's position, for a head that fuses them (its first
         step; None, or a chained step from its own feature: zeros, which the fusion maps to nothing)."""
+        if self.native is not None:
+            return self.native.step(hidden, token)
         feed = {"hidden": np.asarray(hidden, np.float32)[None], "token": np.array([token], np.int64)}
         if self._no_streams is not None:
             feed["streams"] = self._no_streams if streams is None else np.asarray(streams, np.float32)[None]
         logits, feature = self.session.run(None, feed)
         return logits[0], feature[0]
+
+    def greedy(self, hidden: np.ndarray, token: int, g: int, streams: np.ndarray | None = None) -> list[int]:
+        """g words chained from hidden and token, each the head's first choice (the target's ids): a greedy window.
+        The native head runs the g steps in one call."""
+        if self.native is not None:
+            return self.words[self.native.greedy(hidden, token, g)].tolist()
+        window = []
+        for _ in range(g):
+            logits, hidden = self.step(hidden, token, streams)
+            streams = None  # chained steps start from the head's own feature
+            token = int(self.words[int(np.argmax(logits))])
+            window.append(token)
+        return window
 
     def check_target(self, backend) -> None:
         """The head reads this target's features: same GGUF file (sha256: a bundle's manifest.source, a native
@@ -225,6 +263,34 @@ class DraftHead:
             raise ValueError(f"the draft head {self.folder} fuses the streams of the target's layers "
                              f"{list(self.stream_layers)}; this graph returns {list(getattr(backend, 'feature_layers', ()))}"
                              " (re-export it with this heron: heron lm export smollm2 --out DIR)")
+
+
+def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: dict | None):
+    """head.onnx's weights (heron.export.draft_head's initializers) as a native head in the target's library. rows:
+    the output rows supplied from the target (the external initializers), or None (stored in the graph)."""
+    from heron.runtime.native import NativeHead
+    from heron.runtime.onnx_file import initializer_names, initializers_in
+
+    names = initializer_names(graph, where)
+    n_blocks = 0
+    while f"blocks.{n_blocks}.norm" in names:
+        n_blocks += 1
+    linears = ["proj"] + [f"blocks.{i}.{k}" for i in range(n_blocks) for k in ("gate", "up", "down")]
+    want = [f"{n}.{p}" for n in linears for p in ("q", "scales")] + [f"blocks.{i}.norm" for i in range(n_blocks)]
+    want += ["emb_norm", "bias", "oov", "row_of_word"] + ([] if rows else ["words.q", "words.scales_2d"])
+    try:
+        t = initializers_in(graph, want, where)
+        if rows:
+            packed, scales = rows[m.rows["packed"]], rows[m.rows["scales"]]
+        else:
+            packed, scales = t["words.q"], t["words.scales_2d"]
+        head = NativeHead(target._lib, {n: (t[f"{n}.q"], t[f"{n}.scales"]) for n in linears}, (packed, scales),
+                          t, t["row_of_word"], n_blocks, HEAD_NORM_EPS, threads=target.threads)
+    except (ValueError, KeyError) as e:
+        raise BundleError(f"{where}: {HEAD_FILE} has no native form here ({e})") from None
+    if (head.dim, head.n_words, head.vocab_size) != (m.dim, m.n_words, m.vocab_size):
+        raise BundleError(f"{where}: {HEAD_FILE}'s weights are not a head of dim {m.dim} over {m.n_words} words")
+    return head
 
 
 class HeadDrafter:
@@ -269,20 +335,20 @@ class HeadDrafter:
         t0 = time.perf_counter()
         greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
         rng = None if greedy else self.seeds.at(len(seq))  # a window's draws depend on where it starts only
-        window, qs, token = [], [], seq[-1]
-        full = None if greedy else np.full(self.vocab_size, -np.inf, np.float32)
         streams = self.target.streams_at(len(seq) - 2) if self.head.stream_layers else None
-        for _ in range(g):
-            logits, hidden = self.head.step(hidden, token, streams)
-            streams = None  # chained steps start from the head's own feature
-            if greedy:
-                token = int(self.head.words[int(np.argmax(logits))])
-            else:
+        if greedy:
+            window, qs = self.head.greedy(hidden, seq[-1], g, streams), []
+        else:
+            window, qs, token = [], [], seq[-1]
+            full = np.full(self.vocab_size, -np.inf, np.float32)
+            for _ in range(g):
+                logits, hidden = self.head.step(hidden, token, streams)
+                streams = None  # chained steps start from the head's own feature
                 full[self.head.words] = logits
                 q = probs(full, self.opts.temperature, self.opts.top_p)
                 token = draw(q, rng)
                 qs.append(q)
-            window.append(token)
+                window.append(token)
         if self.stats is not None:
             self.stats.draft_calls += g
             self.stats.draft_time_s += time.perf_counter() - t0

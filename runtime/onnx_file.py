@@ -104,25 +104,39 @@ def read_initializers(path: str | Path, names: set[str] | list[str]) -> dict[str
     twice, data in another file, a size that disagrees with the shape, a malformed file."""
     path, want = Path(path), set(names)
     where = str(path)
-    found: dict[str, np.ndarray] = {}
     if path.stat().st_size == 0:
         raise OnnxFileError(f"{where}: an empty file")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         buf = memoryview(mm)
         try:
-            for name, dims, dtype, raw, location in _initializers(buf, where):
-                key = name if name in want else base_name(name)
-                if key not in want:
-                    continue
-                if key in found:
-                    raise OnnxFileError(f"{where}: more than one initializer is named {key}")
-                found[key] = _array(buf, name, dims, dtype, raw, location, where)
+            return _find(buf, want, where)
         finally:
             buf.release()
+
+
+def initializers_in(graph: bytes, names: set[str] | list[str], where: str) -> dict[str, np.ndarray]:
+    """read_initializers over a serialized ModelProto already in memory (the bytes a bundle check verified)."""
+    return _find(memoryview(graph), set(names), where)
+
+
+def _find(buf, want: set[str], where: str) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    for name, dims, dtype, raw, location in _initializers(buf, where):
+        key = name if name in want else base_name(name)
+        if key not in want:
+            continue
+        if key in found:
+            raise OnnxFileError(f"{where}: more than one initializer is named {key}")
+        found[key] = _array(buf, name, dims, dtype, raw, location, where)
     missing = sorted(want - set(found))
     if missing:
         raise OnnxFileError(f"{where}: no initializer {', '.join(missing)} in this graph")
     return found
+
+
+def initializer_names(graph: bytes, where: str) -> set[str]:
+    """The names of a serialized ModelProto's initializers, numbering dropped (base_name)."""
+    return {base_name(name) for name, *_ in _initializers(memoryview(graph), where)}
 
 
 def external_initializers(graph: bytes, where: str) -> dict[str, tuple[int, ...]]:

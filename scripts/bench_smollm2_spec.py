@@ -85,6 +85,7 @@ CHAT_PROMPTS = [
 ]
 
 POOLED = "head+lookup adaptive g<=8, one pooled rate"
+ORT_HEAD = "head+lookup adaptive g<=8, onnxruntime head"  # the head on onnxruntime beside a native target (A/B)
 
 
 @contextlib.contextmanager
@@ -103,6 +104,29 @@ def pooled_rates(on: bool):
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
 METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, False),
            ("lookup adaptive g<=4", 4, True)]
+
+
+_ORT_HEADS: dict = {}
+
+
+@contextlib.contextmanager
+def onnxruntime_head(lm, spec, on: bool):
+    """While on: the LanguageModel's draft head for spec is the same bundle in an onnxruntime session (one thread),
+    where the default beside a native target runs it in the native library."""
+    if not on:
+        yield
+        return
+    from heron.runtime.draft_head import DraftHead
+
+    native = lm.draft_head(spec)
+    key = next(k for k, v in lm._drafts.items() if v is native)
+    if ("onnxruntime", key) not in _ORT_HEADS:  # loaded once, outside the timing's first run
+        _ORT_HEADS[("onnxruntime", key)] = DraftHead(native.folder, threads=1, target=lm.backend, engine="onnxruntime")
+    lm._drafts[key] = _ORT_HEADS[("onnxruntime", key)]
+    try:
+        yield
+    finally:
+        lm._drafts[key] = native
 
 
 def _cost(cost: dict, T: int) -> float:
@@ -219,7 +243,8 @@ def main() -> int:
         methods += [("head g=1", 1, False), ("head g=2", 2, False), ("head adaptive g<=3", 3, True),
                     ("head+lookup adaptive g<=4", 4, True),  # --speculative head's default before session 22
                     ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
-                    (POOLED, 8, True)]  # the same with one acceptance rate for every position (before session 30)
+                    (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
+                    (ORT_HEAD, 8, True)]  # beside a native target: the head in onnxruntime, as before session 42
     priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
     if a.compare_cost is not None:
         methods.append((priced, 4, True))
@@ -290,6 +315,9 @@ def main() -> int:
         elif a.prompt_set == "chat":  # each answer to its end of turn: what a chat user receives
             opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=True)
             prompt_set = {CHAT_SET: CHAT_PROMPTS}
+        if any(m == ORT_HEAD for m, _, _ in bundle_methods):  # both heads loaded before any timing
+            with onnxruntime_head(lm, spec_for(ORT_HEAD, 8, True), True):
+                pass
         for name, prompt in prompt_set.items():
             texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
             times: dict[str, list[float]] = {m: [] for m, _, _ in bundle_methods}
@@ -309,7 +337,7 @@ def main() -> int:
                     if m == fast:
                         b.exact_steps = False
                     t0 = time.perf_counter()
-                    with pooled_rates(m == POOLED):
+                    with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)

@@ -4,8 +4,10 @@ measured speed-up trails the predicted one).
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/probe_head_cost.py --threads 2 [--rounds 3]
 
-The target is SmolLM2 on the default engine (the native decoder where built), the head the shipped one on
-onnxruntime (1 thread, as `--speculative head` runs it). Per round: the head's step repeated 200 times alone (its
+The target is SmolLM2 on the default engine (the native decoder where built), the head the shipped one as
+`--speculative head` runs it (`--engine auto`: in the native library, in the target's team, beside a native target;
+else on onnxruntime, 1 thread); `--engine onnxruntime` times the onnxruntime head beside a native target (session
+41's setting). Per round: the head's step repeated 200 times alone (its
 weights warm), then 100 pairs of one target step and one head step (the head cold, as in a speculative round);
 milliseconds per step, the median over rounds. Nothing is written but --out.
 """
@@ -24,6 +26,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="the target's threads")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--engine", default="auto", choices=["auto", "native", "onnxruntime"], help="the head's engine")
     ap.add_argument("--out", default=None, help="also write the figures (JSON) here")
     a = ap.parse_args(argv)
     import heron
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
 
     lm = heron.load_lm("smollm2", threads=a.threads)
     b = lm.backend
-    head = DraftHead(DEFAULT_HEAD, threads=1, target=b)
+    head = DraftHead(DEFAULT_HEAD, threads=1, target=b, engine=a.engine)
     h = np.random.default_rng(0).standard_normal(b.dim if hasattr(b, "dim") else 576).astype(np.float32)
     rows = []
     for _ in range(a.rounds):
@@ -59,9 +62,10 @@ def main(argv=None) -> int:
     med = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
     print(f"median: head alone {med['warm_ms']} ms, after a target step {med['cold_ms']} ms "
           f"({med['cold_ms'] / med['target_ms']:.2f} of a target step of {med['target_ms']} ms; engine "
-          f"{getattr(b, 'name', type(b).__name__)}, {a.threads} thread(s))")
+          f"{getattr(b, 'name', type(b).__name__)}, {a.threads} thread(s); the head on {head.engine})")
     if a.out:
-        Path(a.out).write_text(json.dumps({"threads": a.threads, "rounds": rows, "median": med}, indent=1))
+        Path(a.out).write_text(json.dumps({"threads": a.threads, "head_engine": head.engine, "rounds": rows,
+                                           "median": med}, indent=1))
     return 0
 
 

@@ -83,6 +83,10 @@ class CountingHead:
         self.steps += 1
         return self.head.step(*args, **kw)
 
+    def greedy(self, hidden, token, g, streams=None):
+        self.steps += g
+        return self.head.greedy(hidden, token, g, streams)
+
 
 def answers(lm, prompts: dict, tokens: dict, to_eot=frozenset()) -> list[dict]:
     """The target's greedy answers (those of the sets in to_eot up to their end of turn) and, from one

@@ -186,9 +186,10 @@ class LanguageModel:
         key = ("head", spec.head or DEFAULT_HEAD)
         if key not in self._drafts:
             try:
-                # one thread whatever the target's: a second onnxruntime thread pool contends with the target's pool
-                # spinning after each call (SmolLM2 on 2 threads with a 2-thread head decoded far slower than plain
-                # decoding: BENCHMARKS.md "One-token steps at the one-row price")
+                # beside the native decoder the head runs in its library, in the target's own team of threads; on
+                # onnxruntime one thread whatever the target's: a second thread pool contends with the target's
+                # pool spinning after each call (SmolLM2 on 2 threads with a 2-thread head decoded far slower than
+                # plain decoding: BENCHMARKS.md "One-token steps at the one-row price")
                 head = DraftHead(spec.head or DEFAULT_HEAD, threads=1, target=self.backend)
             except ValueError as e:
                 if spec.head or isinstance(e, BundleError):

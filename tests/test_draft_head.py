@@ -310,6 +310,110 @@ def test_the_head_drafts_for_the_native_decoder(trained):
         DraftHead(trained["bundle"], target=other)
 
 
+def _native_target(path, threads=1):
+    from heron.runtime import native
+
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: heron's native decoder cannot be built")
+    native.build()
+    return native.NativeLM(path, threads=threads)
+
+
+def _reference_head(bundle, target):
+    """The exported head in float64 numpy from head.onnx's own initializers (its int8 blocks dequantized) and the
+    target's rows: what both engines approximate (onnxruntime rounds activations to int8, the native one to int16)."""
+    from heron.runtime.draft_head import HEAD_FILE, DraftHead, target_rows
+    from heron.runtime.onnx_file import initializer_names, read_initializers
+
+    words = np.asarray(DraftHead(bundle, target=target, engine="onnxruntime").words)
+    graph = bundle / HEAD_FILE
+    names = [n for n in initializer_names(graph.read_bytes(), "") if n.startswith(("proj", "blocks", "emb_norm",
+                                                                                     "bias", "oov", "row_of_word"))]
+    t = read_initializers(graph, names)
+
+    def deq(q, s):
+        n, nb, _ = q.shape
+        return ((q.astype(np.float64) - 128) * np.asarray(s, np.float64).reshape(n, nb, 1)).reshape(n, nb * 32)
+
+    W = {k[:-2]: deq(t[k], t[k[:-2] + ".scales"]) for k in t if k.endswith(".q")}
+    E = deq(*target_rows(target, words))
+    rms = lambda x, g: x / np.sqrt((x * x).mean() + 1e-5) * g  # noqa: E731
+    n_blocks = sum(1 for k in t if k.endswith(".norm") and k.startswith("blocks."))
+
+    def step(h, tok):
+        r = int(t["row_of_word"][tok])
+        e = E[r] if r < len(E) else t["oov"][0]
+        f = h + W["proj"] @ np.concatenate([h, rms(e, t["emb_norm"])])
+        for i in range(n_blocks):
+            n = rms(f, t[f"blocks.{i}.norm"])
+            g, u = W[f"blocks.{i}.gate"] @ n, W[f"blocks.{i}.up"] @ n
+            f = f + W[f"blocks.{i}.down"] @ (g / (1 + np.exp(-g)) * u)
+        return E @ f + t["bias"], f
+    return step
+
+
+def test_the_native_head_computes_the_exported_head(trained):
+    """Beside a native target the head runs in heron's library (engine auto): its logits and feature are the
+    float64 head's within int16 activation rounding and fp16 block scales (onnxruntime's int8 activations err ~100x
+    more); a greedy window of g chained steps in one call is the argmax chain of single steps; 1, 2 and 3 threads
+    give the same bits; a head storing its own rows computes what one reading the target's computes."""
+    from heron.runtime.draft_head import DraftHead
+
+    target = _native_target(trained["path"])
+    head = DraftHead(trained["bundle"], target=target)
+    assert head.engine == "native" and head.session is None
+    ref = _reference_head(trained["bundle"], target)
+    rng = np.random.default_rng(4)
+    dim = trained["model"].cfg.dim
+    cases = [(rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))) for _ in range(8)]
+    for h, tok in cases:
+        logits, feature = head.step(h, tok)
+        lr, fr = ref(h.astype(np.float64), tok)
+        np.testing.assert_allclose(logits, lr, atol=2e-3 * np.abs(lr).max())
+        np.testing.assert_allclose(feature, fr, atol=2e-3 * np.abs(fr).max())
+    others = [DraftHead(trained["bundle"], target=_native_target(trained["path"], threads=k)) for k in (2, 3)]
+    others.append(DraftHead(trained["inline"], target=target))  # its rows stored in head.onnx
+    for h, tok in cases[:4]:
+        chain, hh, t = [], h, tok
+        for _ in range(5):
+            logits, hh = head.step(hh, t)
+            t = int(head.words[int(np.argmax(logits))])
+            chain.append(t)
+        assert head.greedy(h, tok, 5) == chain
+        for other in others:
+            got, want = other.step(h, tok), head.step(h, tok)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert other.greedy(h, tok, 5) == chain
+
+
+def test_the_head_engine_is_checked(trained):
+    """engine='native' needs a native target; an unknown engine is one line; onnxruntime can be asked for beside a
+    native target (the A/B of benchmarks), and drafts the same tokens' output."""
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    with pytest.raises(ValueError, match="native head runs beside a native target"):
+        DraftHead(trained["bundle"], target=trained["target"], engine="native")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        DraftHead(trained["bundle"], target=trained["target"], engine="gpu")
+    target = _native_target(trained["path"])
+    head = DraftHead(trained["bundle"], target=target, engine="onnxruntime")
+    assert head.engine == "onnxruntime" and head.native is None
+    opts = GenerationOptions(max_new_tokens=16, temperature=0.0, stop_at_eot=False)
+    ref = [t.id for t in plain(target, PROMPTS[0], opts)]
+    assert [t.id for t in head_generate(target, head, PROMPTS[0], opts, 3, adaptive=False)] == ref
+
+
+def test_sampling_with_the_native_head_is_seeded(trained):
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    target = _native_target(trained["path"], threads=2)
+    head = DraftHead(trained["bundle"], target=target)
+    opts = GenerationOptions(max_new_tokens=16, temperature=0.8, seed=5, stop_at_eot=False)
+    runs = [[t.id for t in head_generate(target, head, PROMPTS[0], opts, 2)] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 16
+
+
 def _folder_target(path, out):
     """The tiny GGUF's graph as a bundle folder (heron lm export writes the same files)."""
     from heron.export.gguf_onnx import build_graph

@@ -32,7 +32,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 6  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 7  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -58,6 +58,14 @@ class _Model(ctypes.Structure):
                 ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
                 ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
+
+
+class _Head(ctypes.Structure):
+    _fields_ = [("dim", ctypes.c_int32), ("ffn", ctypes.c_int32), ("n_blocks", ctypes.c_int32),
+                ("n_words", ctypes.c_int32), ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("proj", _Linear),
+                ("words", _Linear), ("blocks", ctypes.POINTER(_Linear)), ("norms", ctypes.POINTER(ctypes.c_void_p)),
+                ("emb_norm", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("oov", ctypes.c_void_p),
+                ("row_of_word", ctypes.c_void_p), ("threads", ctypes.c_int32)]
 
 
 def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -158,6 +166,10 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     vp = ctypes.c_void_p
     lib.hl_forward.argtypes = [ctypes.POINTER(_Model), vp, ctypes.c_int, ctypes.c_int, vp, vp, ctypes.c_int, vp, vp,
                                ctypes.c_int, vp, vp]
+    lib.hl_head_scratch_floats.restype = ctypes.c_size_t
+    lib.hl_head_scratch_floats.argtypes = [ctypes.POINTER(_Head)]
+    lib.hl_head_run.restype = ctypes.c_int
+    lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp]
     if path is None:
         _LIB = lib
     return lib
@@ -370,6 +382,93 @@ class NativeLM:
             done += want
         self._hidden, self._hidden_start = hidden, self._n - n_out
         return out
+
+
+def int8_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
+    """An int8 linear in blocks of 32 (packed (n, k/32, 32) uint8 = value + 128, as onnxruntime's 8-bit MatMulNBits
+    and heron's Q8 rows store them; scales n x k/32 float32) -> the library's Q8 linear (fp16 scales: every scale must
+    be zero or in fp16's normal range, else ValueError). keep: the list that keeps its arrays alive."""
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 3 or packed.shape[2] != BLOCK:
+        raise ValueError(f"int8 blocks must be (n, k/32, 32) uint8, got {packed.dtype} {packed.shape}")
+    n, nb, _ = packed.shape
+    s32 = np.asarray(scales, np.float32).reshape(-1)
+    if s32.size != n * nb:
+        raise ValueError(f"{n} x {nb} blocks need {n * nb} scales, got {s32.size}")
+    a = np.abs(s32)
+    if not np.isfinite(s32).all() or ((a > 0) & ((a < np.finfo(np.float16).tiny) | (a > 65504))).any():
+        raise ValueError("a block scale outside fp16's normal range")
+    arrays = group_rows(packed ^ np.uint8(0x80), s32.reshape(n, nb).astype(np.float16), None)  # value + 128 -> int8
+    keep.extend(x for x in arrays if x is not None)
+    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), None, TYPES["Q8_0"], n, nb * BLOCK)
+
+
+class NativeHead:
+    """A draft head (heron.runtime.draft_head's architecture) run by the native library, in the target's own OpenMP
+    team: no onnxruntime session between the target's steps, two threads reading its weights.
+
+    linears: name -> (packed (n, k/32, 32) uint8, scales) for "proj" and "blocks.{i}.gate|up|down"; words: the
+    head's output rows, the same form (n_words, dim); vectors: "emb_norm", "blocks.{i}.norm", "bias", "oov" float32;
+    row_of_word (vocab,): each target word's row among the head's words (n_words or more: none). lib: the target's
+    loaded library (NativeLM._lib); threads: its team's size."""
+
+    def __init__(self, lib: ctypes.CDLL, linears: dict, words: tuple, vectors: dict, row_of_word: np.ndarray,
+                 n_blocks: int, eps: float, threads: int = 1):
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        self._lib, self._keep = lib, []
+        keep = self._keep
+        out = int8_linear(*words, keep)
+        N, D = out.n, out.k
+        proj = int8_linear(*linears["proj"], keep)
+        blocks = [int8_linear(*linears[f"blocks.{i}.{k}"], keep) for i in range(n_blocks) for k in ("gate", "up", "down")]
+        F = blocks[0].n if blocks else D
+        if (proj.n, proj.k) != (D, 2 * D) or any((b.n, b.k) != ((D, F) if j % 3 == 2 else (F, D))
+                                                    for j, b in enumerate(blocks)) or F % BLOCK:
+            raise ValueError(f"the head's linears do not fit a head of width {D}")
+
+        def vector(name, n):
+            a = np.ascontiguousarray(vectors[name], np.float32).reshape(-1)
+            if a.shape != (n,):
+                raise ValueError(f"the head's {name} has {a.size} values, expected {n}")
+            keep.append(a)
+            return a
+
+        norms = [vector(f"blocks.{i}.norm", D) for i in range(n_blocks)]
+        rows = np.asarray(row_of_word, np.int64).reshape(-1)
+        rows = np.where((rows >= 0) & (rows < N), rows, -1).astype(np.int32)
+        keep.append(rows)
+        self._blocks = (_Linear * max(1, len(blocks)))(*blocks)
+        self._norms = (ctypes.c_void_p * max(1, n_blocks))(*[_ptr(a) for a in norms])
+        self._h = _Head(D, F, n_blocks, N, len(rows), float(eps), proj, out, self._blocks, self._norms,
+                        _ptr(vector("emb_norm", D)), _ptr(vector("bias", N)), _ptr(vector("oov", D)), _ptr(rows),
+                        threads)
+        self.dim, self.n_words, self.vocab_size, self.threads = D, N, len(rows), threads
+        self._scratch = np.zeros(lib.hl_head_scratch_floats(ctypes.byref(self._h)), np.float32)
+
+    def _run(self, hidden, token: int, g: int, rows, logits, feature) -> None:
+        h = np.ascontiguousarray(hidden, np.float32).reshape(-1)
+        if h.shape != (self.dim,):
+            raise ValueError(f"the head reads a hidden state of {self.dim} floats, got {h.size}")
+        rc = self._lib.hl_head_run(ctypes.byref(self._h), _ptr(h), int(token), g,
+                                   None if rows is None else _ptr(rows), None if logits is None else _ptr(logits),
+                                   None if feature is None else _ptr(feature), _ptr(self._scratch))
+        if rc != 0:
+            raise RuntimeError(f"heron's native decoder refused the head's call (code {rc})")
+
+    def step(self, hidden, token: int) -> tuple[np.ndarray, np.ndarray]:
+        """hidden (D,), the word that followed it (a target id) -> logits (N,), the head's feature (D,)."""
+        logits, feature = np.empty(self.n_words, np.float32), np.empty(self.dim, np.float32)
+        self._run(hidden, token, 1, None, logits, feature)
+        return logits, feature
+
+    def greedy(self, hidden, token: int, g: int) -> np.ndarray:
+        """g chained steps, each from the last one's first choice, in one call -> the g rows chosen (int32)."""
+        if not 1 <= g <= 1 << 10:
+            raise ValueError(f"a window of 1 to 1024 words, got {g}")
+        rows = np.empty(g, np.int32)
+        self._run(hidden, token, g, rows, None, None)
+        return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 6
+#define HL_ABI 7
 #define QK 32
 #define TILE 3 /* token rows a weight block is unpacked for at once, at most (more spill AVX2's 16 registers) */
 
@@ -311,9 +311,9 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
   }
 }
 
-static void embed_row(const hl_model* m, int tok, float* out) {
-  const hl_linear* e = &m->emb;
-  const int nb = m->dim / QK, q8 = e->type == W_Q8, gb = q8 ? 256 : 128, g = tok / 8, r = tok % 8;
+/* row tok of a linear's blocks, dequantized (an embedding's row: e->k floats) */
+static void embed_row(const hl_linear* e, int tok, float* out) {
+  const int nb = e->k / QK, q8 = e->type == W_Q8, gb = q8 ? 256 : 128, g = tok / 8, r = tok % 8;
   for (int b = 0; b < nb; b++) {
     const uint8_t* q = e->qs + ((size_t)g * nb + b) * gb;
     const size_t gi = ((size_t)g * nb + b) * 8 + r;
@@ -556,7 +556,7 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   size_t h0, h1;
   share(H, nt, id, &h0, &h1);
 
-  for (size_t t = t0; t < t1; t++) embed_row(m, c->tokens[t], x + t * D);
+  for (size_t t = t0; t < t1; t++) embed_row(&m->emb, c->tokens[t], x + t * D);
   for (int l = 0; l < m->n_layers; l++) {
     const hl_linear* L = m->layers + 7 * l;
     uint16_t* kc = c->kcache + (size_t)l * G * cap * S;
@@ -662,5 +662,113 @@ int hl_forward(const hl_model* m, const int32_t* tokens, int T, int pos, uint16_
   }
 #endif
   forward_team(m, &c, 1, 0);
+  return 0;
+}
+
+/* ---- a draft head on the target's features (heron.runtime.draft_head's architecture) ------------------------
+ * f = h + proj [h ; rmsnorm(e(x))], then n_blocks pre-norm SwiGLU blocks f += down(silu(gate n) * up n), n =
+ * rmsnorm(f); logits = words f + bias over the head's N words. e(x): the word's own row of `words` (the target's
+ * int8 embedding rows of those words), or the learned `oov` row for a word outside them. Chained: the next step
+ * starts from f and the word chosen. The linears are int8 blocks of 32 (W_Q8); activations rounded as the
+ * decoder's. Run by one OpenMP team like hl_forward (the same split: any thread count gives the same bits). */
+typedef struct {
+  int32_t dim, ffn, n_blocks, n_words, vocab;
+  float eps;
+  hl_linear proj, words;       /* dim x 2 dim; n_words x dim */
+  const hl_linear* blocks;     /* n_blocks * 3: gate, up, down */
+  const float* const* norms;   /* n_blocks: each block's norm */
+  const float *emb_norm, *bias, *oov;
+  const int32_t* row_of_word;  /* vocab: the word's row among the head's words, or -1 */
+  int32_t threads;
+} hl_head;
+
+size_t hl_head_scratch_floats(const hl_head* hd) {
+  const size_t D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
+  return 4 * D + 2 * F + N + (W + 1) / 2 + 2 * (W / QK) + 16;
+}
+
+static void head_team(const hl_head* hd, const float* hidden, int token, int g, int32_t* rows_out, float* logits_out,
+                      float* feature_out, float* scratch, int nt, int id) {
+  const int D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
+  float *cat = scratch, *f = cat + 2 * D, *h = f + D, *gb = h + D, *ub = gb + F, *lg = ub + F;
+  int16_t* xq = (int16_t*)(lg + N);
+  float *xs = lg + N + (W + 1) / 2, *xsum = xs + W / QK;
+  volatile int32_t* row = (volatile int32_t*)(xsum + W / QK); /* the word the next step starts from (team-shared) */
+  size_t d0, d1, f0, f1, n0, n1;
+  share(D, nt, id, &d0, &d1);
+  share(F, nt, id, &f0, &f1);
+  share((size_t)(N + 7) / 8, nt, id, &n0, &n1); /* the output's groups of 8 rows, as linear_part splits them */
+  n0 *= 8;
+  n1 = 8 * n1 < (size_t)N ? 8 * n1 : (size_t)N;
+  if (id == 0) {
+    memcpy(f, hidden, D * sizeof(float));
+    *row = token >= 0 && token < hd->vocab ? hd->row_of_word[token] : -1;
+  }
+  sync_team(nt);
+  for (int s = 0; s < g; s++) {
+    if (id == 0) {
+      const int r = *row;
+      if (r >= 0 && r < N) embed_row(&hd->words, r, cat + D);
+      else memcpy(cat + D, hd->oov, D * sizeof(float));
+      rmsnorm(cat + D, hd->emb_norm, 1, D, hd->eps, cat + D);
+      memcpy(cat, f, D * sizeof(float));
+      quant_rows(cat, 1, 2 * D, xq, xs, xsum);
+    }
+    sync_team(nt);
+    linear_part(&hd->proj, 1, xq, xs, xsum, h, nt, id);
+    sync_team(nt);
+    for (size_t i = d0; i < d1; i++) f[i] += h[i];
+    sync_team(nt);
+    for (int b = 0; b < hd->n_blocks; b++) {
+      const hl_linear* B = hd->blocks + 3 * b;
+      if (id == 0) norm_round(f, hd->norms[b], D, hd->eps, cat, 0, 1, xq, xs, xsum);
+      sync_team(nt);
+      linear_part(&B[0], 1, xq, xs, xsum, gb, nt, id);
+      linear_part(&B[1], 1, xq, xs, xsum, ub, nt, id);
+      sync_team(nt);
+      silu_mul(gb, ub, f0, f1);
+      sync_team(nt);
+      if (id == 0) quant_rows(gb, 1, F, xq, xs, xsum);
+      sync_team(nt);
+      linear_part(&B[2], 1, xq, xs, xsum, h, nt, id);
+      sync_team(nt);
+      for (size_t i = d0; i < d1; i++) f[i] += h[i];
+      sync_team(nt);
+    }
+    if (id == 0) quant_rows(f, 1, D, xq, xs, xsum);
+    sync_team(nt);
+    linear_part(&hd->words, 1, xq, xs, xsum, lg, nt, id);
+    for (size_t i = n0; i < n1; i++) lg[i] += hd->bias[i];
+    sync_team(nt);
+    if (id == 0) {
+      if (logits_out) memcpy(logits_out + (size_t)s * N, lg, N * sizeof(float));
+      if (rows_out) { /* the first choice; ties to the lowest row, as numpy's argmax */
+        int best = 0;
+        for (int i = 1; i < N; i++) if (lg[i] > lg[best]) best = i;
+        rows_out[s] = best;
+        *row = best;
+      }
+    }
+    sync_team(nt);
+  }
+  if (id == 0 && feature_out) memcpy(feature_out, f, D * sizeof(float));
+}
+
+/* g chained steps of the head from the target's hidden state (dim floats) and the word that followed it (a target
+ * id). rows_out (g): each step's first choice (a row of the head's words), the next step's word; NULL: one step
+ * (g = 1), its logits only (a sampled window draws its word outside). logits_out: g x n_words, or NULL.
+ * feature_out: the last step's feature (dim), or NULL. Returns 0, or a negative code. */
+int hl_head_run(const hl_head* hd, const float* hidden, int token, int g, int32_t* rows_out, float* logits_out,
+                float* feature_out, float* scratch) {
+  if (g < 1 || (!rows_out && g != 1)) return -1;
+#ifdef _OPENMP
+  if (hd->threads > 1) {
+#pragma omp parallel num_threads(hd->threads)
+    head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, omp_get_num_threads(),
+              omp_get_thread_num());
+    return 0;
+  }
+#endif
+  head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, 1, 0);
   return 0;
 }
