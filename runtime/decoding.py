@@ -552,6 +552,39 @@ def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] = LOOKU
     return []
 
 
+class LookupIndex:
+    """lookup_window over a sequence that only grows (a generation's context), kept as it grows: each n-gram's latest
+    start, so a window costs the tokens added since the last one instead of a scan of the whole context. The same
+    windows as lookup_window(seq, gamma, ngram); a sequence that is not the one indexed (another list, or a shorter
+    one) is indexed again from its start."""
+
+    def __init__(self, ngram: tuple[int, int] = LOOKUP_NGRAM):
+        self.ngram = ngram
+        self._seq: list | None = None
+        self._len = 0
+        self._latest: dict[int, dict[tuple, int]] = {}
+        self._upto: dict[int, int] = {}
+
+    def window(self, seq: list[int], gamma: int) -> list[int]:
+        L = len(seq)
+        if seq is not self._seq or L < self._len:
+            self._seq, self._len = seq, 0
+            self._latest = {n: {} for n in range(self.ngram[1], self.ngram[0] + 1)}
+            self._upto = {n: 0 for n in self._latest}
+        self._len = L
+        for n in range(self.ngram[0], self.ngram[1] - 1, -1):
+            if L <= n:
+                continue
+            latest, end = self._latest[n], L - n  # starts before the suffix's own
+            for s in range(self._upto[n], end):
+                latest[tuple(seq[s:s + n])] = s
+            self._upto[n] = max(self._upto[n], end)
+            s = latest.get(tuple(seq[end:]))
+            if s is not None:
+                return [int(t) for t in seq[s + n:s + n + gamma]]
+        return []
+
+
 def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
            spec: SpeculativeOptions = SpeculativeOptions(method="lookup"), stats: DecodeStats | None = None,
            detok: Callable | None = None) -> Iterator[Token]:
@@ -672,13 +705,14 @@ class LookupDrafter:
                  cost: float = VERIFY_COST, free: int = 0):
         self.vocab_size, self.stats, self.adaptive, self.cost, self.free = vocab_size, stats, adaptive, cost, free
         self.accepted = Acceptance(LOOKUP_PRIOR, LOOKUP_DECAY)
+        self.index = LookupIndex()
 
     def observe(self, proposed: int, accepted: int) -> None:
         """After a verified window: `accepted` of its `proposed` tokens were kept."""
         self.accepted.observe(proposed, accepted)
 
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
-        window = lookup_window(seq, g)
+        window = self.index.window(seq, g)
         if window and self.adaptive:
             first, later = self.accepted.rates()
             k = best_window(len(window), first, self.cost, self.free, later=later)

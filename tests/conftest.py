@@ -173,16 +173,18 @@ def smollm2_gguf() -> Path:
         pytest.skip(str(e))
 
 
-def write_tiny_llama(path, rng, types, untied: bool = False, vocab: int = 64):
+def write_tiny_llama(path, rng, types, untied: bool = False, vocab: int = 64, heads: int = 2):
     """(test_gguf_onnx, test_draft_head) A 2-layer Llama GGUF: dim 64, 2 heads of 32, 1 KV head, FFN 96, vocab 64; `types` per layer;
-    untied: an output.weight of its own (Q8_0) instead of the embedding's table; vocab: another vocabulary size."""
+    untied: an output.weight of its own (Q8_0) instead of the embedding's table; vocab: another vocabulary size;
+    heads: another number of query heads (64 / heads wide; the one KV head as wide)."""
     import gguf
 
     Q = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(2), w.add_context_length(128), w.add_embedding_length(64), w.add_feed_forward_length(96)
-    w.add_head_count(2), w.add_head_count_kv(1), w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(vocab), w.add_rope_dimension_count(32)
+    hd = 64 // heads
+    w.add_head_count(heads), w.add_head_count_kv(1), w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5), w.add_vocab_size(vocab), w.add_rope_dimension_count(hd)
 
     def add(name, shape, qtype, scale=0.2):
         x = (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -196,7 +198,7 @@ def write_tiny_llama(path, rng, types, untied: bool = False, vocab: int = 64):
         q = getattr(Q, t)
         add(f"blk.{i}.attn_norm.weight", (64,), Q.F32, 1.0)
         add(f"blk.{i}.ffn_norm.weight", (64,), Q.F32, 1.0)
-        for name, shape in [("attn_q", (64, 64)), ("attn_k", (32, 64)), ("attn_v", (32, 64)), ("attn_output", (64, 64)),
+        for name, shape in [("attn_q", (64, 64)), ("attn_k", (hd, 64)), ("attn_v", (hd, 64)), ("attn_output", (64, 64)),
                             ("ffn_gate", (96, 64)), ("ffn_up", (96, 64)), ("ffn_down", (64, 96))]:
             add(f"blk.{i}.{name}.weight", shape, q)
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()

@@ -21,14 +21,17 @@ def library():
     return native.build()
 
 
-@pytest.mark.parametrize("types,untied,vocab", [(("Q4_1", "Q4_0"), False, 64), (("Q8_0", "Q4_1"), True, 64),
-                                                (("Q4_1", "Q8_0"), False, 59), (("Q4_0", "Q4_1"), True, 61)])
-def test_logits_equal_the_dequantized_model(tmp_path, library, types, untied, vocab):
-    """vocab 59 / 61: the head's and the embedding's last group of eight rows is partly padding."""
+@pytest.mark.parametrize("types,untied,vocab,heads", [(("Q4_1", "Q4_0"), False, 64, 2), (("Q8_0", "Q4_1"), True, 64, 2),
+                                                      (("Q4_1", "Q8_0"), False, 59, 2), (("Q4_0", "Q4_1"), True, 61, 2),
+                                                      (("Q4_1", "Q8_0"), False, 64, 4)])
+def test_logits_equal_the_dequantized_model(tmp_path, library, types, untied, vocab, heads):
+    """vocab 59 / 61: the head's and the embedding's last group of eight rows is partly padding; 4 heads of 16: a
+    head's outputs are half a block of 32."""
     torch = pytest.importorskip("torch")
     from heron.models.lm.gguf_file import load_gguf
 
-    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), types, untied=untied, vocab=vocab)
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(0), types, untied=untied, vocab=vocab,
+                            heads=heads)
     tokens = [1, 5, 9, 33, 2, 58, 7, 7, 40, 3]
     lm = native.NativeLM(path)
     ours = np.concatenate([lm.forward(tokens[:6]), lm.forward(tokens[6:9]), lm.forward(tokens[9:])])
@@ -65,13 +68,13 @@ def test_steps_equal_blocks_and_the_cache_rewinds(tmp_path, library):
     assert lm.cache_bytes == 2 * (2 * 1 * 40 * 32) * 2
 
 
-@pytest.mark.parametrize("threads", [2, 3, 5])
-def test_threads_compute_the_same_bits(tmp_path, library, threads):
-    """One team per call: linears split by rows, attention by heads (3 and 5 threads: more than the 2 heads, some
-    idle), norms and rounding by tokens, elementwise work by elements (5 threads: shares of 96 x T elements that end
-    inside a vector, SiLU's tail path); every value the same bits as one thread's, in a prompt, a verify block with
-    some logits, and one-token steps, with the hidden states."""
-    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q8_0"), vocab=59)
+@pytest.mark.parametrize("threads,heads", [(2, 2), (3, 2), (5, 2), (2, 4)])
+def test_threads_compute_the_same_bits(tmp_path, library, threads, heads):
+    """One team per call: linears split by rows, attention and the rounding of its outputs by heads (3 and 5 threads:
+    more than the 2 heads, some idle; 4 heads of 16: outputs that are not whole blocks, rounded by tokens after a
+    barrier), SiLU and its rounding by blocks of 32, residuals and norms by tokens; every value the same bits as one
+    thread's, in a prompt, a verify block with some logits, and one-token steps, with the hidden states."""
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q8_0"), vocab=59, heads=heads)
     runs = []
     for n in (1, threads):
         lm = native.NativeLM(path, threads=n)

@@ -108,6 +108,26 @@ def smol_int8():
     return (target, head, prompt, *_exact(target, prompt))
 
 
+@pytest.fixture(scope="module")
+def smol_native():
+    """heron's native decoder on the GGUF file and the shipped draft head in its library (engine auto)."""
+    import heron
+    from heron.runtime import native
+    from heron.runtime.draft_head import DraftHead
+
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: heron's native decoder cannot be built")
+    native.build()
+    path = smollm2_gguf()
+    lm = heron.load_lm("smollm2", engine="onnx")  # the tokenizer and chat template
+    prompt = lm.encode(lm.chat_prompt(CHAT))
+    inner = native.NativeLM(path, threads=2)
+    head = DraftHead(target=inner)
+    assert head.engine == "native"
+    target = PrefixCached(inner, prompt)
+    return (target, head, prompt, *_exact(target, prompt))
+
+
 def _pvalue(fn, prompt, p1, given) -> float:
     """The smallest chi-square p-value of SAMPLES two-token samples: the first token against p1, the second
     against its exact distribution given each first token in `given`."""
@@ -144,13 +164,15 @@ def test_speculative_sampling_keeps_smollm2s_distribution(smol, method, monkeypa
     assert _pvalue(fn, prompt, p1, given) < 1e-3
 
 
-def test_sampling_with_the_draft_head_keeps_smollm2s_distribution(smol_int8, monkeypatch):
-    """The shipped draft head on the padded int8 graph at temperature 0.8: the first token comes from a plain step
-    (the head needs the hidden state of the position before the last), the second from a verified window of the
-    head's draws; both follow the target's exact distributions, and a sampler that keeps every head token fails."""
+@pytest.mark.parametrize("engine", ["smol_int8", "smol_native"])
+def test_sampling_with_the_draft_head_keeps_smollm2s_distribution(engine, request, monkeypatch):
+    """The shipped draft head at temperature 0.8, on the padded int8 graph (the head on onnxruntime) and on the native
+    decoder (the head in its library): the first token comes from a plain step (the head needs the hidden state of
+    the position before the last), the second from a verified window of the head's draws; both follow the target's
+    exact distributions, and a sampler that keeps every head token fails."""
     from heron.runtime.draft_head import head_generate
 
-    target, head, prompt, p1, given = smol_int8
+    target, head, prompt, p1, given = request.getfixturevalue(engine)
     assert 0.05 < p1.max() < 0.9
 
     def fn(prompt, opts, stats=None):

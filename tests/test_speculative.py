@@ -204,6 +204,24 @@ def test_lookup_window_copies_what_followed_the_latest_match():
     assert sp.lookup_window([4, 4, 4, 4], 2) == [4]  # the match ending right before the suffix
 
 
+@pytest.mark.parametrize("ngram", [(3, 2), (3, 1), (4, 2)])
+def test_the_lookup_index_proposes_what_lookup_window_proposes(ngram):
+    """LookupIndex keeps each n-gram's latest start as the context grows: at every length, for any window size, the
+    window lookup_window computes from scratch; a context that is not the one indexed (another list, a shorter one)
+    starts again."""
+    rng = np.random.default_rng(5)
+    for alphabet in (3, 6):
+        index, seq = sp.LookupIndex(ngram), []
+        for _ in range(120):
+            seq.extend(int(t) for t in rng.integers(0, alphabet, int(rng.integers(1, 4))))
+            g = int(rng.integers(1, 9))
+            assert index.window(seq, g) == sp.lookup_window(seq, g, ngram), (seq, g)
+        other = list(seq[:40])
+        assert index.window(other, 5) == sp.lookup_window(other, 5, ngram)
+        del seq[30:]
+        assert index.window(seq, 5) == sp.lookup_window(seq, 5, ngram)
+
+
 def test_lookup_windows_are_cut_to_the_length_that_pays():
     """best_window: none when acceptance is too low to pay for verification, longer as it rises, every
     available token when verification is free; the drafter learns acceptance from its rounds, skips

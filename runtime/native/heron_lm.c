@@ -539,9 +539,10 @@ static void norm_round(const float* x, const float* g, int K, float eps, float* 
   quant_rows(x + t0 * K, n, K, xq + t0 * K, xs + t0 * nb, xsum + t0 * nb);
 }
 
-/* the forward as thread id of nt runs it: the linears split by rows, attention by heads, the norms, the rounding
- * and RoPE by tokens, the elementwise work by elements; a barrier wherever a thread reads what another wrote. Each
- * value is computed by one thread with the same arithmetic for any nt: one thread and two give the same bits. */
+/* the forward as thread id of nt runs it: the linears split by rows, attention and the rounding of its outputs by
+ * heads, SiLU and its rounding by blocks of 32, the residual adds, norms and RoPE by tokens; a barrier wherever a
+ * thread reads what another wrote (nine per layer). Each value is computed by one thread with the same arithmetic for
+ * any nt: one thread and two give the same bits. */
 static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim, T = c->T, pos = c->pos;
   const int R = H / G, Q = H * S, KV = G * S, cap = c->cap;
@@ -549,20 +550,20 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   int16_t* xq = c->xq;
   float *xs = c->xs, *xsum = c->xsum;
   const float scale = 1.f / sqrtf((float)S);
-  size_t t0, t1, f0, f1, d0, d1;
+  size_t t0, t1, b0, b1, h0, h1;
   share(T, nt, id, &t0, &t1);
-  share((size_t)T * F, nt, id, &f0, &f1);
-  share((size_t)T * D, nt, id, &d0, &d1);
-  size_t h0, h1;
+  share((size_t)T * (F / QK), nt, id, &b0, &b1); /* the FFN's hidden blocks of 32 (SiLU and its rounding) */
   share(H, nt, id, &h0, &h1);
+  const int heads_in_blocks = S % QK == 0; /* a head's outputs are whole blocks: its thread rounds them */
+  const size_t hb = (size_t)S / QK, qb = (size_t)Q / QK;
 
   for (size_t t = t0; t < t1; t++) embed_row(&m->emb, c->tokens[t], x + t * D);
+  norm_round(x, m->norms[0], D, m->eps, h, t0, t1, xq, xs, xsum);
   for (int l = 0; l < m->n_layers; l++) {
     const hl_linear* L = m->layers + 7 * l;
     uint16_t* kc = c->kcache + (size_t)l * G * cap * S;
     uint16_t* vc = c->vcache + (size_t)l * G * cap * S;
-    norm_round(x, m->norms[2 * l], D, m->eps, h, t0, t1, xq, xs, xsum); /* rows whose residual this thread wrote */
-    sync_team(nt);
+    sync_team(nt); /* the layer's input rows, normed and rounded */
     linear_part(&L[0], T, xq, xs, xsum, q, nt, id);
     linear_part(&L[1], T, xq, xs, xsum, k, nt, id);
     linear_part(&L[2], T, xq, xs, xsum, v, nt, id);
@@ -579,7 +580,7 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
     }
     sync_team(nt);
     /* a head's queries on one thread (its scores' scratch its own); heads in contiguous runs, so the query heads
-     * that share a KV head mostly share a thread and its cache reads */
+     * that share a KV head mostly share a thread and its cache reads; then the thread rounds its heads' outputs */
     for (int hd = (int)h0; hd < (int)h1; hd++) {
       const uint16_t* kh = kc + (size_t)(hd / R) * cap * S;
       const uint16_t* vh = vc + (size_t)(hd / R) * cap * S;
@@ -589,27 +590,37 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
                att + (size_t)t * Q + hd * S);
       }
     }
+    if (heads_in_blocks && h0 < h1)
+      for (size_t t = 0; t < (size_t)T; t++) {
+        const size_t a = t * qb + h0 * hb, n = (h1 - h0) * hb;
+        quant_rows(att + QK * a, 1, (int)(QK * n), xq + QK * a, xs + a, xsum + a);
+      }
     sync_team(nt);
-    norm_round(att, NULL, Q, 0.f, NULL, t0, t1, xq, xs, xsum);
-    sync_team(nt);
+    if (!heads_in_blocks) {
+      norm_round(att, NULL, Q, 0.f, NULL, t0, t1, xq, xs, xsum);
+      sync_team(nt);
+    }
     linear_part(&L[3], T, xq, xs, xsum, h, nt, id);
     sync_team(nt);
-    for (size_t i = d0; i < d1; i++) x[i] += h[i];
-    sync_team(nt);
+    for (size_t t = t0; t < t1; t++) /* the residual, then its norm: rows by tokens */
+      for (int i = 0; i < D; i++) x[t * D + i] += h[t * D + i];
     norm_round(x, m->norms[2 * l + 1], D, m->eps, h, t0, t1, xq, xs, xsum);
     sync_team(nt);
     linear_part(&L[4], T, xq, xs, xsum, g, nt, id);
     linear_part(&L[5], T, xq, xs, xsum, u, nt, id);
     sync_team(nt);
-    silu_mul(g, u, f0, f1);
-    sync_team(nt);
-    norm_round(g, NULL, F, 0.f, NULL, t0, t1, xq, xs, xsum);
+    if (b0 < b1) { /* SiLU and the rounding of the same blocks */
+      silu_mul(g, u, QK * b0, QK * b1);
+      quant_rows(g + QK * b0, 1, (int)(QK * (b1 - b0)), xq + QK * b0, xs + b0, xsum + b0);
+    }
     sync_team(nt);
     linear_part(&L[6], T, xq, xs, xsum, h, nt, id);
     sync_team(nt);
-    for (size_t i = d0; i < d1; i++) x[i] += h[i];
-    sync_team(nt); /* the next layer's norm reads whole rows */
+    for (size_t t = t0; t < t1; t++)
+      for (int i = 0; i < D; i++) x[t * D + i] += h[t * D + i];
+    if (l + 1 < m->n_layers) norm_round(x, m->norms[2 * l + 2], D, m->eps, h, t0, t1, xq, xs, xsum);
   }
+  sync_team(nt); /* the output norm's rows are split otherwise */
   const int n_out = c->n_out;
   if (n_out == 0) return;
   const size_t first = (size_t)(T - n_out);
