@@ -200,9 +200,13 @@ class DraftHead:
                 raise ValueError("the native head runs beside a native target (load_lm(..., engine='native')) and "
                                  "reads the final feature only" + (" (this head fuses middle-layer streams)"
                                                                      if m.stream_layers else ""))
-            self.native = _native_head(graph, where, m, target, initializers)
-            self.engine = "native"
-            return
+            try:
+                self.native = _native_head(graph, where, m, target, initializers)
+                self.engine = "native"
+                return
+            except BundleError:
+                if engine == "native":
+                    raise  # auto: the graph's weights have no native form (e.g. a scale fp16 cannot hold): onnxruntime
         self.engine = "onnxruntime"
         self.session = open_session(graph, threads, ["CPUExecutionProvider"], initializers=initializers)
         ins = {i.name: i.shape for i in self.session.get_inputs()}

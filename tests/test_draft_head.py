@@ -404,6 +404,25 @@ def test_the_head_engine_is_checked(trained):
     assert [t.id for t in head_generate(target, head, PROMPTS[0], opts, 3, adaptive=False)] == ref
 
 
+def test_a_head_without_a_native_form_runs_on_onnxruntime(trained, tmp_path):
+    """A head whose int8 blocks fp16 cannot scale (a block of weights near 1e-7): engine auto runs it on onnxruntime
+    beside the native target, engine native says why in one line."""
+    import copy
+
+    from heron.export.draft_head import export_draft_head
+    from heron.runtime.draft_head import DraftHead
+
+    model = copy.deepcopy(trained["model"])
+    with torch.no_grad():
+        model.proj.weight[0, :32] = 1e-7  # one block's scale: 1e-7 / 127, below fp16's smallest normal
+    bundle = export_draft_head(model, trained["path"], tmp_path / "tiny-scale", name="tiny-head")
+    target = _native_target(trained["path"])
+    head = DraftHead(bundle, target=target)
+    assert head.engine == "onnxruntime" and head.native is None
+    with pytest.raises(BundleError, match="no native form here .a block scale outside fp16's normal range"):
+        DraftHead(bundle, target=target, engine="native")
+
+
 def test_sampling_with_the_native_head_is_seeded(trained):
     from heron.runtime.draft_head import DraftHead, head_generate
 
