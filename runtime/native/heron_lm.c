@@ -342,22 +342,6 @@ static void rope(float* v, int heads, int S, const float* cs, const float* sn) {
   }
 }
 
-static float dot(const float* a, const float* b, int n) {
-#ifdef HL_AVX2
-  if (n % 16 == 0) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    return hsum8(_mm256_add_ps(s0, s1));
-  }
-#endif
-  float s = 0.f;
-  for (int i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
 /* a . b with b in fp16 (a cached key) */
 static float dot_h(const float* a, const uint16_t* b, int n) {
 #ifdef HL_AVX2
@@ -381,17 +365,6 @@ static void to_f16(const float* x, uint16_t* y, int n) {
     _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #endif
   for (; i < n; i++) y[i] = f32_to_f16(x[i]);
-}
-
-static void axpy(float a, const float* x, float* y, int n) {
-#ifdef HL_AVX2
-  if (n % 8 == 0) {
-    __m256 av = _mm256_set1_ps(a);
-    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    return;
-  }
-#endif
-  for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 #ifdef HL_AVX2
