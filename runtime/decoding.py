@@ -578,7 +578,7 @@ class LookupIndex:
             latest, end = self._latest[n], L - n  # starts before the suffix's own
             for s in range(self._upto[n], end):
                 latest[tuple(seq[s:s + n])] = s
-            self._upto[n] = max(self._upto[n], end)
+            self._upto[n] = end
             s = latest.get(tuple(seq[end:]))
             if s is not None:
                 return [int(t) for t in seq[s + n:s + n + gamma]]

@@ -120,9 +120,9 @@ def onnxruntime_head(lm, spec, on: bool):
 
     native = lm.draft_head(spec)
     key = next(k for k, v in lm._drafts.items() if v is native)
-    if ("onnxruntime", key) not in _ORT_HEADS:  # loaded once, outside the timing's first run
-        _ORT_HEADS[("onnxruntime", key)] = DraftHead(native.folder, threads=1, target=lm.backend, engine="onnxruntime")
-    lm._drafts[key] = _ORT_HEADS[("onnxruntime", key)]
+    if key not in _ORT_HEADS:  # loaded once, outside the timing's first run
+        _ORT_HEADS[key] = DraftHead(native.folder, threads=1, target=lm.backend, engine="onnxruntime")
+    lm._drafts[key] = _ORT_HEADS[key]
     try:
         yield
     finally:

@@ -319,13 +319,13 @@ def _native_target(path, threads=1):
     return native.NativeLM(path, threads=threads)
 
 
-def _reference_head(bundle, target):
+def _reference_head(bundle, target, words):
     """The exported head in float64 numpy from head.onnx's own initializers (its int8 blocks dequantized) and the
-    target's rows: what both engines approximate (onnxruntime rounds activations to int8, the native one to int16)."""
-    from heron.runtime.draft_head import HEAD_FILE, DraftHead, target_rows
+    target's rows of `words`: what both engines approximate (onnxruntime rounds activations to int8, the native one
+    to int16)."""
+    from heron.runtime.draft_head import HEAD_FILE, target_rows
     from heron.runtime.onnx_file import initializer_names, read_initializers
 
-    words = np.asarray(DraftHead(bundle, target=target, engine="onnxruntime").words)
     graph = bundle / HEAD_FILE
     names = [n for n in initializer_names(graph.read_bytes(), "") if n.startswith(("proj", "blocks", "emb_norm",
                                                                                      "bias", "oov", "row_of_word"))]
@@ -362,7 +362,7 @@ def test_the_native_head_computes_the_exported_head(trained):
     target = _native_target(trained["path"])
     head = DraftHead(trained["bundle"], target=target)
     assert head.engine == "native" and head.session is None
-    ref = _reference_head(trained["bundle"], target)
+    ref = _reference_head(trained["bundle"], target, head.words)
     rng = np.random.default_rng(4)
     dim = trained["model"].cfg.dim
     cases = [(rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))) for _ in range(8)]
