@@ -33,7 +33,7 @@
 
 #define HL_ABI 7
 #define QK 32
-#define TILE 3 /* token rows a weight block is unpacked for at once, at most (more spill AVX2's 16 registers) */
+#define TILE 4 /* token rows a weight block is unpacked for at once, at most */
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
  * the file's blocks) and interleaved in groups of 8 rows (the last group padded with zero rows), so that one
@@ -160,86 +160,126 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 #endif
 }
 
-/* groups g0..g1 (8 rows each) of y = W x for TT (a constant: accumulators stay in registers) token rows from xq
- * row t0. Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any order), then
- * into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's), then the
- * offsets' term with another. The order of every float sum is the same for every TT, so one token alone and inside
- * a block gets the same bits. */
-static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int g0, int g1, const int TT,
+/* Register tiles: RR groups of 8 rows (1 or 2) x TT tokens, each with NA int32 partial sums in flight. VNNI's
+ * multiply-add has a latency of four cycles and issues two a cycle (AMD Zen 4), so a tile keeps about eight
+ * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
+ * 32 registers hold tiles of 2 x 3 tokens (4-bit rows) or 2 x 4 (8-bit rows); AVX2's 16 hold 2 x 2. Integer sums are
+ * exact in any order, so the tile's shape changes no bit. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define TT_OF(q8, rest) ((rest) >= ((q8) ? 4 : 3) ? ((q8) ? 4 : 3) : (rest))
+#define CHAINS(RR, TT) ((RR) * (TT) >= 8 ? 1 : (RR) * (TT) >= 4 ? 2 : 4)
+#else
+#define TT_OF(q8, rest) ((void)(q8), (rest) >= 2 ? 2 : 1)
+#define CHAINS(RR, TT) ((RR) * (TT) >= 4 ? 1 : 2)
+#endif
+
+/* RR groups (8 rows each, RR = 1 or 2) from g of y = W x for TT token rows from t0 (constants: the accumulators
+ * stay in registers). Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any
+ * order), then into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's),
+ * then the offsets' term with another. Two groups at once share each token's broadcast pair (half the loads per
+ * product). The order of every float sum is the same for every RR and TT, so one token alone and inside a block
+ * gets the same bits. */
+static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int g, const int RR, const int TT,
                                                            const int q8, int t0, const int16_t* xq, const float* xs,
                                                            const float* xsum, float* y, int ldy) {
-  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128;
-  for (int g = g0; g < g1; g++) {
-    const uint8_t* qs = w->qs + (size_t)g * nb * gb;
-    const uint16_t* d = w->d + (size_t)g * nb * 8;
-    const uint16_t* m = q8 ? NULL : w->m + (size_t)g * nb * 8; /* 4-bit linears always have offsets */
-    __m256 f[TILE];
-    for (int t = 0; t < TT; t++) f[t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-      __m256i acc[TILE][2];
-      for (int t = 0; t < TT; t++) { acc[t][0] = _mm256_setzero_si256(); acc[t][1] = _mm256_setzero_si256(); }
-      const uint8_t* q = qs + (size_t)b * gb;
-      const int16_t* xb = xq + (size_t)t0 * K + QK * b;
-      if (q8) { /* 16 loads: pair i of the 8 rows, int8 -> int16 */
-        for (int i = 0; i < 16; i++) {
-          __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(q + 16 * i)));
-          for (int t = 0; t < TT; t++) acc[t][i & 1] = pair_dot(acc[t][i & 1], v, xb + (size_t)t * K + 2 * i);
+  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128, NA = CHAINS(RR, TT);
+  const int16_t* xt[TILE]; /* each token's row: one pointer per token keeps the addressing in registers */
+  for (int t = 0; t < TT; t++) xt[t] = xq + (size_t)(t0 + t) * K;
+  const uint8_t* qs[2];
+  const uint16_t *d[2], *m[2];
+  for (int r = 0; r < RR; r++) {
+    qs[r] = w->qs + (size_t)(g + r) * nb * gb;
+    d[r] = w->d + (size_t)(g + r) * nb * 8;
+    m[r] = q8 ? NULL : w->m + (size_t)(g + r) * nb * 8; /* 4-bit linears always have offsets */
+  }
+  __m256 f[2][TILE];
+  for (int r = 0; r < RR; r++)
+    for (int t = 0; t < TT; t++) f[r][t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    __m256i acc[2][TILE][4];
+    for (int r = 0; r < RR; r++)
+      for (int t = 0; t < TT; t++)
+        for (int a = 0; a < NA; a++) acc[r][t][a] = _mm256_setzero_si256();
+    if (q8) { /* 16 loads per group: pair i of the 8 rows, int8 -> int16 */
+#pragma GCC unroll 16 /* unrolled whole: acc[..][i % NA] must name registers, not a stack array */
+      for (int i = 0; i < 16; i++) {
+        __m256i v[2];
+        for (int r = 0; r < RR; r++)
+          v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)b * gb + 16 * i)));
+        for (int t = 0; t < TT; t++)
+          for (int r = 0; r < RR; r++) acc[r][t][i % NA] = pair_dot(acc[r][t][i % NA], v[r], xt[t] + QK * b + 2 * i);
+      }
+    } else { /* 8 loads per group: pair j's nibbles low, pair 8 + j's high */
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) {
+        __m256i lo[2], hi[2];
+        for (int r = 0; r < RR; r++) {
+          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)b * gb + 16 * j)));
+          lo[r] = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
+          hi[r] = _mm256_srli_epi16(v, 4);
         }
-      } else { /* 8 loads: pair j's nibbles low, pair 8 + j's high */
-        for (int j = 0; j < 8; j++) {
-          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + 16 * j)));
-          __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0F)), hi = _mm256_srli_epi16(v, 4);
-          for (int t = 0; t < TT; t++) {
-            acc[t][j & 1] = pair_dot(acc[t][j & 1], lo, xb + (size_t)t * K + 2 * j);
-            acc[t][j & 1] = pair_dot(acc[t][j & 1], hi, xb + (size_t)t * K + 16 + 2 * j);
+        for (int t = 0; t < TT; t++)
+          for (int r = 0; r < RR; r++) {
+            acc[r][t][(2 * j) % NA] = pair_dot(acc[r][t][(2 * j) % NA], lo[r], xt[t] + QK * b + 2 * j);
+            acc[r][t][(2 * j + 1) % NA] = pair_dot(acc[r][t][(2 * j + 1) % NA], hi[r], xt[t] + QK * b + 16 + 2 * j);
           }
-        }
-      }
-      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d + 8 * b)));
-      for (int t = 0; t < TT; t++) {
-        const int r = (t0 + t) * nb + b;
-        f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[t][0], acc[t][1])),
-                               _mm256_mul_ps(dv, _mm256_broadcast_ss(xs + r)), f[t]);
-      }
-      if (m) {
-        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m + 8 * b)));
-        for (int t = 0; t < TT; t++) f[t] = _mm256_fmadd_ps(mv, _mm256_broadcast_ss(xsum + (t0 + t) * nb + b), f[t]);
       }
     }
-    const int rows = w->n - 8 * g < 8 ? w->n - 8 * g : 8;
+    for (int r = 0; r < RR; r++) {
+      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d[r] + 8 * b)));
+      for (int t = 0; t < TT; t++) {
+        __m256i sum = acc[r][t][0];
+        for (int a = 1; a < NA; a++) sum = _mm256_add_epi32(sum, acc[r][t][a]);
+        f[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dv, _mm256_broadcast_ss(xs + (t0 + t) * nb + b)),
+                                  f[r][t]);
+      }
+      if (!q8) {
+        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m[r] + 8 * b)));
+        for (int t = 0; t < TT; t++)
+          f[r][t] = _mm256_fmadd_ps(mv, _mm256_broadcast_ss(xsum + (t0 + t) * nb + b), f[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < RR; r++) {
+    const int rows = w->n - 8 * (g + r) < 8 ? w->n - 8 * (g + r) : 8;
     for (int t = 0; t < TT; t++) {
-      float* o = y + (size_t)(t0 + t) * ldy + 8 * g;
-      if (rows == 8) _mm256_storeu_ps(o, f[t]);
+      float* o = y + (size_t)(t0 + t) * ldy + 8 * (g + r);
+      if (rows == 8) _mm256_storeu_ps(o, f[r][t]);
       else {
         float tmp[8];
-        _mm256_storeu_ps(tmp, f[t]);
+        _mm256_storeu_ps(tmp, f[r][t]);
         memcpy(o, tmp, rows * sizeof(float));
       }
     }
   }
 }
 
-/* groups in sets of GROUPS_AT_ONCE, each set for every tile of TILE tokens: a set's weights are read from memory
- * once per call, however many tokens (a prompt's chunk, a verify block) */
-#define GROUPS_AT_ONCE 2
+/* one tile: RR groups from g, TT tokens from t0 (each combination its own code) */
+static void tile(const hl_linear* w, int g, int RR, int TT, int t0, const int16_t* xq, const float* xs,
+                 const float* xsum, float* y, int ldy) {
+  const int q8 = w->type == W_Q8;
+#define TILE_CASE(R, T)                                                                                             \
+  if (RR == R && TT == T) {                                                                                        \
+    if (q8) lin_tile(w, g, R, T, 1, t0, xq, xs, xsum, y, ldy);                                                     \
+    else lin_tile(w, g, R, T, 0, t0, xq, xs, xsum, y, ldy);                                                        \
+    return;                                                                                                        \
+  }
+  TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4) TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3)
+  TILE_CASE(2, 4)
+#undef TILE_CASE
+}
+
+/* groups in pairs, each pair for every tile of up to TILE tokens: a pair's weights are read from memory once per
+ * call, however many tokens (a prompt's chunk, a verify block) */
 static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t* xq, const float* xs,
                        const float* xsum, float* y, int ldy) {
   const int q8 = w->type == W_Q8;
-  if (T == 1) {
-    if (q8) lin_tile(w, g0, g1, 1, 1, 0, xq, xs, xsum, y, ldy);
-    else lin_tile(w, g0, g1, 1, 0, 0, xq, xs, xsum, y, ldy);
-    return;
-  }
-  for (int a = g0; a < g1; a += GROUPS_AT_ONCE) {
-    const int e = a + GROUPS_AT_ONCE < g1 ? a + GROUPS_AT_ONCE : g1;
+  for (int a = g0; a < g1; a += 2) {
+    const int rr = a + 1 < g1 ? 2 : 1;
     for (int t0 = 0, tt; t0 < T; t0 += tt) {
-      const int rest = T - t0; /* 4-bit rows: tiles of 3 (4 as 2 + 2); 8-bit rows: of 2 (3 spills there) */
-      tt = q8 ? (rest >= 2 ? 2 : 1) : rest == 4 ? 2 : rest < TILE ? rest : TILE;
-      if (q8 && tt == 2) lin_tile(w, a, e, 2, 1, t0, xq, xs, xsum, y, ldy); /* constants: each variant its own code */
-      else if (q8) lin_tile(w, a, e, 1, 1, t0, xq, xs, xsum, y, ldy);
-      else if (tt == 3) lin_tile(w, a, e, 3, 0, t0, xq, xs, xsum, y, ldy);
-      else if (tt == 2) lin_tile(w, a, e, 2, 0, t0, xq, xs, xsum, y, ldy);
-      else lin_tile(w, a, e, 1, 0, t0, xq, xs, xsum, y, ldy);
+      const int rest = T - t0;
+      tt = TT_OF(q8, rest);
+      tile(w, a, rr, tt, t0, xq, xs, xsum, y, ldy);
     }
   }
 }
