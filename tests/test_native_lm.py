@@ -202,22 +202,24 @@ def test_the_cli_chats_on_the_native_engine():
 
 
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
-    """group_rows: rows in groups of eight (the last padded with zeros), a block's eight rows side by side; every
-    value, scale and offset lands where heron_lm.c's layout comment says."""
+    """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
+    padded with zero rows), a unit's two groups' blocks side by side; every value, scale and offset lands where
+    heron_lm.c's layout comment says."""
     rng = np.random.default_rng(5)
-    n, nb = 13, 3
+    n, nb = 21, 3
     for width in (16, 32):  # nibbles, int8
         values = rng.integers(0, 256, (n, nb, width), dtype=np.uint8)
         d = rng.standard_normal((n, nb)).astype(np.float16)
         m = rng.standard_normal((n, nb)).astype(np.float16)
         qs, gd, gm = native.group_rows(values, d, m)
-        assert qs.shape == (2, nb, width // 2, 8, 2) and gd.shape == gm.shape == (2, nb, 8)
-        for r in range(16):
-            g, lane = divmod(r, 8)
+        assert qs.shape == (2, nb, 2, width // 2, 8, 2) and gd.shape == gm.shape == (2, nb, 2, 8)
+        for r in range(32):
+            u, rest = divmod(r, 16)
+            g, lane = divmod(rest, 8)
             for b in range(nb):
                 want = values[r, b] if r < n else np.zeros(width, np.uint8)
-                assert np.array_equal(qs[g, b, :, lane, :].reshape(-1), want)  # pair i: bytes 2i, 2i + 1
-                assert gd[g, b, lane] == (d[r, b] if r < n else 0) and gm[g, b, lane] == (m[r, b] if r < n else 0)
+                assert np.array_equal(qs[u, b, g, :, lane, :].reshape(-1), want)  # pair i: bytes 2i, 2i + 1
+                assert gd[u, b, g, lane] == (d[r, b] if r < n else 0) and gm[u, b, g, lane] == (m[r, b] if r < n else 0)
     assert native.group_rows(values[:8], d[:8], None)[2] is None
 
 

@@ -32,7 +32,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 7  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 8  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -41,6 +41,7 @@ BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
 GROUP = 8  # rows interleaved in heron_lm.c's layout: one vector lane each
+UNIT = 2 * GROUP  # rows whose two groups' blocks lie side by side (one stream for the kernels)
 
 
 class NativeError(RuntimeError):
@@ -85,19 +86,20 @@ def split_blocks(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.nd
 
 def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
                                                                                    np.ndarray | None]:
-    """split_blocks' row-by-row arrays -> the library's layout: rows in groups of GROUP (the last padded with zero
-    rows), a block's GROUP rows side by side, one row per vector lane. Nibbles (groups, nb, 8 j, 8 rows, 2): row r's
-    bytes 2j, 2j + 1 (elements 2j + u low, 16 + 2j + u high); int8 (groups, nb, 16 i, 8 rows, 2): row r's elements
-    2i, 2i + 1; scales and offsets (groups, nb, 8 rows)."""
+    """split_blocks' row-by-row arrays -> the library's layout: rows in groups of GROUP, a block's GROUP rows side by
+    side, one row per vector lane; groups in units of two (UNIT rows, the last padded with zero rows), a unit's two
+    groups' blocks side by side. Nibbles (units, nb, 2 groups, 8 j, 8 rows, 2): row r's bytes 2j, 2j + 1 (elements
+    2j + u low, 16 + 2j + u high); int8 (units, nb, 2 groups, 16 i, 8 rows, 2): row r's elements 2i, 2i + 1; scales
+    and offsets (units, nb, 2 groups, 8 rows)."""
     n, nb, width = values.shape
-    pad = -n % GROUP
+    pad = -n % UNIT
     if pad:
         values = np.concatenate([values, np.zeros((pad, nb, width), values.dtype)])
         d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
         m = None if m is None else np.concatenate([m, np.zeros((pad, nb), m.dtype)])
-    g = (n + pad) // GROUP
-    v = values.reshape(g, GROUP, nb, width // 2, 2).transpose(0, 2, 3, 1, 4)  # (g, nb, pairs, rows, 2)
-    side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(g, GROUP, nb).transpose(0, 2, 1))
+    u = (n + pad) // UNIT
+    v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 1, 4, 2, 5)  # (u, nb, 2, pairs, rows, 2)
+    side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
     return np.ascontiguousarray(v), side(d), side(m)
 
 

@@ -16,7 +16,7 @@
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
  * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
- * Threads: one OpenMP team per call; linears split by groups of eight output rows, attention by runs of heads.
+ * Threads: one OpenMP team per call; linears split by units of sixteen output rows, attention by runs of heads.
  * No Python here: heron.runtime.native loads it with ctypes.
  */
 #include <math.h>
@@ -31,24 +31,29 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 7
+#define HL_ABI 8
 #define QK 32
-#define TILE 4 /* token rows a weight block is unpacked for at once, at most */
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
- * the file's blocks) and interleaved in groups of 8 rows (the last group padded with zero rows), so that one
- * vector lane is one row: a block's 8 rows' scales come in one load, and no sum is ever reduced across lanes.
- * Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
+ * the file's blocks) and interleaved in groups of 8 rows, so that one vector lane is one row: a block's 8 rows'
+ * scales come in one load, and no sum is ever reduced across lanes. Groups go in units of two (16 rows, the last
+ * unit padded with zero rows), their blocks side by side: the kernels read both groups of a unit at once from one
+ * sequential stream. Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
 enum { W_Q4 = 4, W_Q8 = 8 };
+#define UNIT 16 /* rows per unit: two groups of 8 */
 
 typedef struct {
-  /* nibbles (groups, k / 32, 8 j, 8 rows, 2): row r's byte 2j + u of the block (element 2j + u low, 16 + 2j + u
-   * high); or int8 (groups, k / 32, 16 i, 8 rows, 2): row r's element 2i + u */
+  /* nibbles (units, k / 32, 2 groups, 8 j, 8 rows, 2): row r's byte 2j + u of the block (element 2j + u low,
+   * 16 + 2j + u high); or int8 (units, k / 32, 2 groups, 16 i, 8 rows, 2): row r's element 2i + u */
   const uint8_t* qs;
-  const uint16_t* d;  /* (groups, k / 32, 8 rows) fp16 scales */
-  const uint16_t* m;  /* (groups, k / 32, 8 rows) fp16 offsets (W_Q4), else NULL */
+  const uint16_t* d;  /* (units, k / 32, 2 groups, 8 rows) fp16 scales */
+  const uint16_t* m;  /* (units, k / 32, 2 groups, 8 rows) fp16 offsets (W_Q4), else NULL */
   int32_t type, n, k; /* n output rows of k inputs */
 } hl_linear;
+
+/* group g's (8 rows) block b, counted in group-blocks from the linear's start (x 8 for its scales, x the block's
+ * bytes for its values) */
+static inline size_t group_block(int g, int nb, int b) { return ((size_t)(g >> 1) * nb + b) * 2 + (g & 1); }
 
 typedef struct {
   int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
@@ -160,43 +165,43 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 #endif
 }
 
-/* Register tiles: RR groups of 8 rows (1 or 2) x TT tokens, each with NA int32 partial sums in flight. VNNI's
+/* Register tiles: a unit's RR = 2 groups of 8 rows x TT tokens, each with NA int32 partial sums in flight. VNNI's
  * multiply-add has a latency of four cycles and issues two a cycle (AMD Zen 4), so a tile keeps about eight
  * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
- * 32 registers hold tiles of 2 x 3 tokens (4-bit rows) or 2 x 4 (8-bit rows); AVX2's 16 hold 2 x 2. Integer sums are
+ * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py). Integer sums are
  * exact in any order, so the tile's shape changes no bit. */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define TT_OF(q8, rest) ((rest) >= ((q8) ? 4 : 3) ? ((q8) ? 4 : 3) : (rest))
+#define TT_MAX 4 /* tokens per tile */
 #define CHAINS(RR, TT) ((RR) * (TT) >= 8 ? 1 : (RR) * (TT) >= 4 ? 2 : 4)
 #else
-#define TT_OF(q8, rest) ((void)(q8), (rest) >= 2 ? 2 : 1)
+#define TT_MAX 2
 #define CHAINS(RR, TT) ((RR) * (TT) >= 4 ? 1 : 2)
 #endif
 
-/* RR groups (8 rows each, RR = 1 or 2) from g of y = W x for TT token rows from t0 (constants: the accumulators
- * stay in registers). Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any
- * order), then into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's),
- * then the offsets' term with another. Two groups at once share each token's broadcast pair (half the loads per
- * product). The order of every float sum is the same for every RR and TT, so one token alone and inside a block
- * gets the same bits. */
-static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int g, const int RR, const int TT,
-                                                           const int q8, int t0, const int16_t* xq, const float* xs,
+/* unit u (16 rows: RR = 2 groups of 8) of y = W x for TT token rows from t0 (constants: the accumulators stay in
+ * registers). Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any order),
+ * then into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's), then
+ * the offsets' term with another. The order of every float sum is the same for every TT, so one token alone and
+ * inside a block gets the same bits. */
+#define RR 2
+static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, int u, const int TT, const int q8,
+                                                           int t0, const int16_t* xq, const float* xs,
                                                            const float* xsum, float* y, int ldy) {
-  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128, NA = CHAINS(RR, TT);
-  const int16_t* xt[TILE]; /* each token's row: one pointer per token keeps the addressing in registers */
+  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128, NA = CHAINS(RR, TT), g = 2 * u;
+  const int16_t* xt[TT_MAX]; /* each token's row: one pointer per token keeps the addressing in registers */
   for (int t = 0; t < TT; t++) xt[t] = xq + (size_t)(t0 + t) * K;
   const uint8_t* qs[2];
   const uint16_t *d[2], *m[2];
-  for (int r = 0; r < RR; r++) {
-    qs[r] = w->qs + (size_t)(g + r) * nb * gb;
-    d[r] = w->d + (size_t)(g + r) * nb * 8;
-    m[r] = q8 ? NULL : w->m + (size_t)(g + r) * nb * 8; /* 4-bit linears always have offsets */
+  for (int r = 0; r < RR; r++) { /* block b of group g + r: + 2 b blocks */
+    qs[r] = w->qs + group_block(g + r, nb, 0) * gb;
+    d[r] = w->d + group_block(g + r, nb, 0) * 8;
+    m[r] = q8 ? NULL : w->m + group_block(g + r, nb, 0) * 8; /* 4-bit linears always have offsets */
   }
-  __m256 f[2][TILE];
+  __m256 f[2][TT_MAX];
   for (int r = 0; r < RR; r++)
     for (int t = 0; t < TT; t++) f[r][t] = _mm256_setzero_ps();
   for (int b = 0; b < nb; b++) {
-    __m256i acc[2][TILE][4];
+    __m256i acc[2][TT_MAX][4];
     for (int r = 0; r < RR; r++)
       for (int t = 0; t < TT; t++)
         for (int a = 0; a < NA; a++) acc[r][t][a] = _mm256_setzero_si256();
@@ -205,7 +210,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
       for (int i = 0; i < 16; i++) {
         __m256i v[2];
         for (int r = 0; r < RR; r++)
-          v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)b * gb + 16 * i)));
+          v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + 16 * i)));
         for (int t = 0; t < TT; t++)
           for (int r = 0; r < RR; r++) acc[r][t][i % NA] = pair_dot(acc[r][t][i % NA], v[r], xt[t] + QK * b + 2 * i);
       }
@@ -214,7 +219,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
       for (int j = 0; j < 8; j++) {
         __m256i lo[2], hi[2];
         for (int r = 0; r < RR; r++) {
-          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)b * gb + 16 * j)));
+          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + 16 * j)));
           lo[r] = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
           hi[r] = _mm256_srli_epi16(v, 4);
         }
@@ -226,7 +231,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
       }
     }
     for (int r = 0; r < RR; r++) {
-      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d[r] + 8 * b)));
+      const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d[r] + 16 * b)));
       for (int t = 0; t < TT; t++) {
         __m256i sum = acc[r][t][0];
         for (int a = 1; a < NA; a++) sum = _mm256_add_epi32(sum, acc[r][t][a]);
@@ -234,15 +239,15 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
                                   f[r][t]);
       }
       if (!q8) {
-        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m[r] + 8 * b)));
+        const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m[r] + 16 * b)));
         for (int t = 0; t < TT; t++)
           f[r][t] = _mm256_fmadd_ps(mv, _mm256_broadcast_ss(xsum + (t0 + t) * nb + b), f[r][t]);
       }
     }
   }
   for (int r = 0; r < RR; r++) {
-    const int rows = w->n - 8 * (g + r) < 8 ? w->n - 8 * (g + r) : 8;
-    for (int t = 0; t < TT; t++) {
+    const int rows = w->n - 8 * (g + r) < 8 ? w->n - 8 * (g + r) : 8; /* the padding's rows are not written */
+    for (int t = 0; t < TT && rows > 0; t++) {
       float* o = y + (size_t)(t0 + t) * ldy + 8 * (g + r);
       if (rows == 8) _mm256_storeu_ps(o, f[r][t]);
       else {
@@ -254,46 +259,45 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   }
 }
 
-/* one tile: RR groups from g, TT tokens from t0 (each combination its own code) */
-static void tile(const hl_linear* w, int g, int RR, int TT, int t0, const int16_t* xq, const float* xs,
-                 const float* xsum, float* y, int ldy) {
+/* one tile: unit u, TT tokens from t0 (each TT its own code) */
+static void tile(const hl_linear* w, int u, int TT, int t0, const int16_t* xq, const float* xs, const float* xsum,
+                 float* y, int ldy) {
   const int q8 = w->type == W_Q8;
-#define TILE_CASE(R, T)                                                                                             \
-  if (RR == R && TT == T) {                                                                                        \
-    if (q8) lin_tile(w, g, R, T, 1, t0, xq, xs, xsum, y, ldy);                                                     \
-    else lin_tile(w, g, R, T, 0, t0, xq, xs, xsum, y, ldy);                                                        \
+#define TILE_CASE(T)                                                                                                \
+  if (TT == T) {                                                                                                   \
+    if (q8) lin_tile(w, u, T, 1, t0, xq, xs, xsum, y, ldy);                                                        \
+    else lin_tile(w, u, T, 0, t0, xq, xs, xsum, y, ldy);                                                           \
     return;                                                                                                        \
   }
-  TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4) TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3)
-  TILE_CASE(2, 4)
+  TILE_CASE(1) TILE_CASE(2)
+#if TT_MAX > 2
+  TILE_CASE(3) TILE_CASE(4)
+#endif
 #undef TILE_CASE
 }
 
-/* groups in pairs, each pair for every tile of up to TILE tokens: a pair's weights are read from memory once per
- * call, however many tokens (a prompt's chunk, a verify block) */
-static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t* xq, const float* xs,
-                       const float* xsum, float* y, int ldy) {
-  const int q8 = w->type == W_Q8;
-  for (int a = g0; a < g1; a += 2) {
-    const int rr = a + 1 < g1 ? 2 : 1;
+/* units u0..u1, each for every tile of up to TT_MAX tokens: a unit's weights are read from memory once per call,
+ * however many tokens (a prompt's chunk, a verify block) */
+static void lin_units(const hl_linear* w, int u0, int u1, int T, const int16_t* xq, const float* xs,
+                      const float* xsum, float* y, int ldy) {
+  for (int u = u0; u < u1; u++)
     for (int t0 = 0, tt; t0 < T; t0 += tt) {
-      const int rest = T - t0;
-      tt = TT_OF(q8, rest);
-      tile(w, a, rr, tt, t0, xq, xs, xsum, y, ldy);
+      tt = T - t0 < TT_MAX ? T - t0 : TT_MAX;
+      tile(w, u, tt, t0, xq, xs, xsum, y, ldy);
     }
-  }
 }
+#undef RR
 #else
 /* the same sums in portable C: per row, per block an exact int32 dot, then the float terms in the same order */
-static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t* xq, const float* xs,
-                       const float* xsum, float* y, int ldy) {
+static void lin_units(const hl_linear* w, int u0, int u1, int T, const int16_t* xq, const float* xs,
+                      const float* xsum, float* y, int ldy) {
   const int K = w->k, nb = K / QK, q8 = w->type == W_Q8, gb = q8 ? 256 : 128;
-  for (int g = g0; g < g1; g++)
+  for (int g = 2 * u0; g < 2 * u1; g++)
     for (int r = 0; r < 8 && 8 * g + r < w->n; r++)
       for (int t = 0; t < T; t++) {
         float acc = 0.f;
         for (int b = 0; b < nb; b++) {
-          const uint8_t* q = w->qs + ((size_t)g * nb + b) * gb;
+          const uint8_t* q = w->qs + group_block(g, nb, b) * gb;
           const int16_t* xb = xq + (size_t)t * K + QK * b;
           int32_t s = 0;
           if (q8)
@@ -305,7 +309,7 @@ static void lin_groups(const hl_linear* w, int g0, int g1, int T, const int16_t*
                 const uint8_t byte = q[16 * j + 2 * r + u];
                 s += (int32_t)(byte & 15) * xb[2 * j + u] + (int32_t)(byte >> 4) * xb[16 + 2 * j + u];
               }
-          const size_t gi = ((size_t)g * nb + b) * 8 + r;
+          const size_t gi = group_block(g, nb, b) * 8 + r;
           acc += (float)s * (f16_to_f32(w->d[gi]) * xs[t * nb + b]);
           if (w->m) acc += f16_to_f32(w->m[gi]) * xsum[t * nb + b];
         }
@@ -321,13 +325,13 @@ static inline void share(size_t n, int nt, int id, size_t* a, size_t* b) {
   *b = s + chunk < n ? s + chunk : n;
 }
 
-/* thread id of nt's share of y (T x N) = x (T x K) W^T (x already rounded: xq, xs, xsum): whole groups of 8 rows,
+/* thread id of nt's share of y (T x N) = x (T x K) W^T (x already rounded: xq, xs, xsum): whole units of 16 rows,
  * each row computed by one thread in the same order, so any split gives the same bits */
 static void linear_part(const hl_linear* w, int T, const int16_t* xq, const float* xs, const float* xsum, float* y,
                         int nt, int id) {
   size_t a, e;
-  share((size_t)(w->n + 7) / 8, nt, id, &a, &e);
-  if (a < e) lin_groups(w, (int)a, (int)e, T, xq, xs, xsum, y, w->n);
+  share((size_t)(w->n + UNIT - 1) / UNIT, nt, id, &a, &e);
+  if (a < e) lin_units(w, (int)a, (int)e, T, xq, xs, xsum, y, w->n);
 }
 
 /* every thread of the team waits here (nothing to wait for with one) */
@@ -355,8 +359,8 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
 static void embed_row(const hl_linear* e, int tok, float* out) {
   const int nb = e->k / QK, q8 = e->type == W_Q8, gb = q8 ? 256 : 128, g = tok / 8, r = tok % 8;
   for (int b = 0; b < nb; b++) {
-    const uint8_t* q = e->qs + ((size_t)g * nb + b) * gb;
-    const size_t gi = ((size_t)g * nb + b) * 8 + r;
+    const uint8_t* q = e->qs + group_block(g, nb, b) * gb;
+    const size_t gi = group_block(g, nb, b) * 8 + r;
     float d = f16_to_f32(e->d[gi]), off = e->m ? f16_to_f32(e->m[gi]) : 0.f;
     float* o = out + QK * b;
     for (int i = 0; i < 16; i++) { /* element pair i: bytes 2r, 2r + 1 of the group's 16-byte row i (j, low / high) */
@@ -721,9 +725,9 @@ static void head_team(const hl_head* hd, const float* hidden, int token, int g, 
   size_t d0, d1, f0, f1, n0, n1;
   share(D, nt, id, &d0, &d1);
   share(F, nt, id, &f0, &f1);
-  share((size_t)(N + 7) / 8, nt, id, &n0, &n1); /* the output's groups of 8 rows, as linear_part splits them */
-  n0 *= 8;
-  n1 = 8 * n1 < (size_t)N ? 8 * n1 : (size_t)N;
+  share((size_t)(N + UNIT - 1) / UNIT, nt, id, &n0, &n1); /* the output's units of 16 rows, as linear_part splits */
+  n0 *= UNIT;
+  n1 = UNIT * n1 < (size_t)N ? UNIT * n1 : (size_t)N;
   if (id == 0) {
     memcpy(f, hidden, D * sizeof(float));
     *row = token >= 0 && token < hd->vocab ? hd->row_of_word[token] : -1;
