@@ -14,8 +14,8 @@ quantizes activations differently for one row and for several (int8: logits diff
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
 decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
 costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
-acceptance per draft position. `--compare-cost X` adds the adaptive lookup with the target's verify_cost
-set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
+acceptance per draft position. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
 target's own hidden state (scripts/train_draft_head.py; windows of 1, 2 and the cost-aware adaptive window, and
@@ -226,8 +226,9 @@ def main() -> int:
                     help="only check that lookup (fixed and adaptive windows; and the draft with --draft) gives plain "
                          "decoding's greedy tokens on 20 varied prompts (64 new tokens each)")
     ap.add_argument("--compare-cost", type=float, default=None,
-                    help="also the adaptive lookup with the target's verify_cost set to this value (an A/B of the "
-                         "window sizing: the bundle's own cost against e.g. the engine's default 0.5)")
+                    help="also the adaptive lookup (and with --head the head + lookup at g<=8) with the target's "
+                         "verify_cost set to this value (an A/B of the window sizing: the target's own cost against "
+                         "another)")
     ap.add_argument("--consistency-only", action="store_true",
                     help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
     a = ap.parse_args()
@@ -245,9 +246,11 @@ def main() -> int:
                     ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
                     (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
                     (ORT_HEAD, 8, True)]  # beside a native target: the head in onnxruntime, as before session 42
-    priced = f"lookup adaptive g<=4, verify_cost {a.compare_cost}"
+    priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
+    if a.head:
+        priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
     if a.compare_cost is not None:
-        methods.append((priced, 4, True))
+        methods += [(m, 8 if m.startswith("head") else 4, True) for m in sorted(priced)]
     if a.methods:
         unknown = set(a.methods) - {m for m, _, _ in methods} - {"plain, one-row kernel", "plain, scratch-token rows",
                                                                  "plain, fast steps"}
@@ -330,8 +333,9 @@ def main() -> int:
                 for m, g, adaptive in bundle_methods:
                     stats = DecodeStats(method=m)
                     spec = spec_for(m, g, adaptive)
-                    if m == priced:  # the A/B row prices windows differently; None: the graph's own price again
-                        b.verify_cost = a.compare_cost
+                    if m in priced:  # the A/B rows price windows differently
+                        # restored after: a native target's own price (an attribute), a graph's table (None)
+                        own_cost, b.verify_cost = vars(b).get("verify_cost"), a.compare_cost
                     if m in row_methods:
                         b.min_rows = row_methods[m]
                     if m == fast:
@@ -345,8 +349,8 @@ def main() -> int:
                     assert len(tt) == len(toks), (len(tt), len(toks))
                     starts = np.cumsum([0] + lengths[:-1])
                     decode[m].append(sum(tt[i + n - 1] - tt[i] for i, n in zip(starts, lengths)))
-                    if m == priced:
-                        b.verify_cost = None
+                    if m in priced:
+                        b.verify_cost = own_cost
                     if m in row_methods:
                         b.min_rows = own_rows
                     if m == fast:

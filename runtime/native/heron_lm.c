@@ -511,6 +511,87 @@ static void attend(const float* qh, const uint16_t* kh, const uint16_t* vh, int 
   }
 }
 
+#define MQ_MAX 3 /* queries sharing a key head that one pass serves (their accumulators fill AVX-512VL's registers) */
+#if defined(HL_AVX2) && defined(__AVX512VL__)
+/* attend() for C query heads that share a key head, at one token: each key and value row is read and converted
+ * from fp16 once for all C. Every query's sums take attend()'s order, so each output is attend()'s bit for bit. */
+static inline __attribute__((always_inline)) void attend_c(const int C, const float* const* qh, const uint16_t* kh,
+                                                           const uint16_t* vh, int n, int S, float scale,
+                                                           float* const* sc, float* const* o) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) { /* dot8 for C queries */
+    __m256 a[MQ_MAX][8];
+    for (int c = 0; c < C; c++)
+      for (int u = 0; u < 8; u++) a[c][u] = _mm256_setzero_ps();
+    const uint16_t* k = kh + (size_t)j * S;
+    for (int i = 0; i < S; i += 8)
+      for (int u = 0; u < 8; u++) {
+        const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(k + (size_t)u * S + i)));
+        for (int c = 0; c < C; c++) a[c][u] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[c] + i), kv, a[c][u]);
+      }
+    for (int c = 0; c < C; c++) {
+      __m256 b0 = _mm256_hadd_ps(a[c][0], a[c][1]), b1 = _mm256_hadd_ps(a[c][2], a[c][3]);
+      __m256 b2 = _mm256_hadd_ps(a[c][4], a[c][5]), b3 = _mm256_hadd_ps(a[c][6], a[c][7]);
+      b0 = _mm256_hadd_ps(b0, b1);
+      b2 = _mm256_hadd_ps(b2, b3);
+      const __m256 d = _mm256_add_ps(_mm256_permute2f128_ps(b0, b2, 0x20), _mm256_permute2f128_ps(b0, b2, 0x31));
+      _mm256_storeu_ps(sc[c] + j, _mm256_mul_ps(d, sv));
+    }
+  }
+  for (; j < n; j++)
+    for (int c = 0; c < C; c++) sc[c][j] = dot_h(qh[c], kh + (size_t)j * S, S) * scale;
+  float inv[MQ_MAX];
+  for (int c = 0; c < C; c++) { /* attend()'s softmax, per query */
+    float* p = sc[c];
+    float mx = -INFINITY;
+    for (j = 0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
+    const __m256 mv = _mm256_set1_ps(mx);
+    __m256 sum8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+      __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p + j), mv));
+      _mm256_storeu_ps(p + j, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    float sum = hsum8(sum8);
+    for (; j < n; j++) {
+      float tail[8] = {p[j] - mx, 0, 0, 0, 0, 0, 0, 0}, e[8];
+      _mm256_storeu_ps(e, exp_neg(_mm256_loadu_ps(tail)));
+      p[j] = e[0];
+      sum += e[0];
+    }
+    inv[c] = 1.f / sum;
+  }
+  for (int col = 0; col < S; col += 64) { /* 64 columns at a time, summed in registers, for C queries */
+    const int w = S - col < 64 ? (S - col) / 8 : 8;
+    __m256 acc[MQ_MAX][8];
+    for (int c = 0; c < C; c++)
+      for (int i = 0; i < 8; i++) acc[c][i] = _mm256_setzero_ps();
+    for (j = 0; j < n; j++) {
+      const uint16_t* v = vh + (size_t)j * S + col;
+      __m256 pc[MQ_MAX];
+      for (int c = 0; c < C; c++) pc[c] = _mm256_set1_ps(sc[c][j] * inv[c]);
+      for (int i = 0; i < w; i++) {
+        const __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(v + 8 * i)));
+        for (int c = 0; c < C; c++) acc[c][i] = _mm256_fmadd_ps(pc[c], vv, acc[c][i]);
+      }
+    }
+    for (int c = 0; c < C; c++)
+      for (int i = 0; i < w; i++) _mm256_storeu_ps(o[c] + col + 8 * i, acc[c][i]);
+  }
+}
+#endif
+
+/* C (1 .. MQ_MAX) query heads that share a key head, at one token: attend() for each, in one pass where it can */
+static void attend_heads(int C, const float* const* qh, const uint16_t* kh, const uint16_t* vh, int n, int S,
+                         float scale, float* const* sc, float* const* o) {
+#if defined(HL_AVX2) && defined(__AVX512VL__)
+  if (S % 8 == 0 && C == 3) { attend_c(3, qh, kh, vh, n, S, scale, sc, o); return; }
+  if (S % 8 == 0 && C == 2) { attend_c(2, qh, kh, vh, n, S, scale, sc, o); return; }
+#endif
+  for (int c = 0; c < C; c++) attend(qh[c], kh, vh, n, S, scale, sc[c], o[c]);
+}
+
 /* g[i] = silu(g[i]) * u[i] for i in [a, b); each element the same arithmetic wherever the range starts (the
  * vector path's tail goes through the same vector code), so any split between threads gives the same bits */
 static void silu_mul(float* g, const float* u, size_t a, size_t b) {
@@ -598,13 +679,20 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
     sync_team(nt);
     /* a head's queries on one thread (its scores' scratch its own); heads in contiguous runs, so the query heads
      * that share a KV head mostly share a thread and its cache reads; then the thread rounds its heads' outputs */
-    for (int hd = (int)h0; hd < (int)h1; hd++) {
-      const uint16_t* kh = kc + (size_t)(hd / R) * cap * S;
-      const uint16_t* vh = vc + (size_t)(hd / R) * cap * S;
+    for (int a = (int)h0, e; a < (int)h1; a = e) { /* up to MQ_MAX of this thread's heads of one key head at once */
+      e = (a / R + 1) * R < (int)h1 ? (a / R + 1) * R : (int)h1;
+      e = e - a > MQ_MAX ? a + MQ_MAX : e;
+      const uint16_t* kh = kc + (size_t)(a / R) * cap * S;
+      const uint16_t* vh = vc + (size_t)(a / R) * cap * S;
       for (int t = 0; t < T; t++) {
-        int n = pos + t + 1; /* keys this token sees */
-        attend(q + (size_t)t * Q + hd * S, kh, vh, n, S, scale, c->scores + (size_t)hd * (pos + T),
-               att + (size_t)t * Q + hd * S);
+        const float* qs[MQ_MAX];
+        float *sc[MQ_MAX], *os[MQ_MAX];
+        for (int hd = a; hd < e; hd++) {
+          qs[hd - a] = q + (size_t)t * Q + hd * S;
+          sc[hd - a] = c->scores + (size_t)hd * (pos + T);
+          os[hd - a] = att + (size_t)t * Q + hd * S;
+        }
+        attend_heads(e - a, qs, kh, vh, pos + t + 1, S, scale, sc, os); /* pos + t + 1: the keys this token sees */
       }
     }
     if (heads_in_blocks && h0 < h1)
