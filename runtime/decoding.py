@@ -592,7 +592,8 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     verified by the target in one forward; a deterministic draft (q one-hot), so the usual rejection
     rule keeps the target's distribution. No match: a plain step."""
     stats = stats if stats is not None else DecodeStats(method="lookup")
-    drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target), free_draft_tokens(target))
+    drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target), free_draft_tokens(target),
+                            verify_costs(target))
     yield from drafted(target, drafter, prompt, opts, spec.gamma, stats, detok)
 
 
@@ -626,18 +627,24 @@ LOOKUP_RECOVER = 0.05  # per skipped window, the estimate moves this far back to
 
 
 def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0,
-                later: float | None = None) -> int:
-    """The k in 0..n maximising (1 + p + p q + ... + p q^(k-1)) / (1 + draft * k + cost * max(0, k - free)):
-    expected tokens per plain-step cost, with p the acceptance of a window's first token and q = `later` that of
-    each further one once the tokens before it were accepted (None: p, one rate), where the first `free` draft
-    tokens ride in a call that computes that many rows anyway (a backend's free_draft_tokens) and each draft token
-    costs `draft` steps to propose."""
+                later: float | None = None, costs: Sequence[float] | None = None) -> int:
+    """The k in 0..n maximising (1 + p + p q + ... + p q^(k-1)) / (1 + draft * k + price(k)): expected tokens per
+    plain-step cost, with p the acceptance of a window's first token and q = `later` that of each further one once
+    the tokens before it were accepted (None: p, one rate), and each draft token costing `draft` steps to propose.
+    price(k), what verifying k draft tokens adds to a plain step: costs[k - 1] where a backend tables it (its
+    verify_costs: a call's price is not linear where its kernels compute tokens in tiles), `cost` per token past the
+    table; without a table cost * max(0, k - free), the first `free` draft tokens riding in a call that computes
+    that many rows anyway (a backend's free_draft_tokens)."""
     q = p if later is None else later
     best, best_k, gain, term = 1.0, 0, 1.0, 1.0
     for k in range(1, n + 1):
         term *= p if k == 1 else q
         gain += term
-        rate = gain / (1 + draft * k + cost * max(0, k - free))
+        if costs:
+            price = costs[k - 1] if k <= len(costs) else costs[-1] + cost * (k - len(costs))
+        else:
+            price = cost * max(0, k - free)
+        rate = gain / (1 + draft * k + price)
         if rate > best + 1e-12:
             best, best_k = rate, k
     return best_k
@@ -688,6 +695,20 @@ def verify_cost(backend) -> float:
     return VERIFY_COST
 
 
+def verify_costs(backend) -> tuple[float, ...] | None:
+    """What verifying k = 1, 2, ... draft tokens adds to a plain step for `backend`, where it tables it (its
+    `verify_costs`: up to 16 non-decreasing prices in [0, 10], constants of its kernels, never timings); else None
+    (best_window prices each token at verify_cost)."""
+    costs = getattr(backend, "verify_costs", None)
+    if not isinstance(costs, tuple) or not 1 <= len(costs) <= 16:
+        return None
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 10.0 for c in costs):
+        return None
+    if any(b < a for a, b in zip(costs, costs[1:])):
+        return None
+    return tuple(float(c) for c in costs)
+
+
 def free_draft_tokens(backend) -> int:
     """Draft tokens a verify call of `backend` carries at a plain step's cost (its `free_draft_tokens`, 0-8:
     a graph that pads one-token calls to two rows verifies one draft token for nothing), else 0."""
@@ -702,8 +723,9 @@ class LookupDrafter:
     `free` ones (the target's free_draft_tokens)."""
 
     def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
-                 cost: float = VERIFY_COST, free: int = 0):
+                 cost: float = VERIFY_COST, free: int = 0, costs: Sequence[float] | None = None):
         self.vocab_size, self.stats, self.adaptive, self.cost, self.free = vocab_size, stats, adaptive, cost, free
+        self.costs = costs
         self.accepted = Acceptance(LOOKUP_PRIOR, LOOKUP_DECAY)
         self.index = LookupIndex()
 
@@ -715,7 +737,7 @@ class LookupDrafter:
         window = self.index.window(seq, g)
         if window and self.adaptive:
             first, later = self.accepted.rates()
-            k = best_window(len(window), first, self.cost, self.free, later=later)
+            k = best_window(len(window), first, self.cost, self.free, later=later, costs=self.costs)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
                 self.accepted.recover(1 - LOOKUP_RECOVER)
             window = window[:k]

@@ -14,7 +14,9 @@ quantizes activations differently for one row and for several (int8: logits diff
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
 decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
 costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
-acceptance per draft position. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
+windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
+verify_costs, since session 43): an A/B of the table. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
 g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
@@ -86,6 +88,9 @@ CHAT_PROMPTS = [
 
 POOLED = "head+lookup adaptive g<=8, one pooled rate"
 ORT_HEAD = "head+lookup adaptive g<=8, onnxruntime head"  # the head on onnxruntime beside a native target (A/B)
+# beside a target whose calls are priced by a table (NativeLM.verify_costs, since session 43): the same windows sized
+# with one price per verified token (its verify_cost), as before
+LINEAR = "head+lookup adaptive g<=8, one price per token"
 
 
 @contextlib.contextmanager
@@ -245,7 +250,8 @@ def main() -> int:
                     ("head+lookup adaptive g<=4", 4, True),  # --speculative head's default before session 22
                     ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
                     (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
-                    (ORT_HEAD, 8, True)]  # beside a native target: the head in onnxruntime, as before session 42
+                    (ORT_HEAD, 8, True),  # beside a native target: the head in onnxruntime, as before session 42
+                    (LINEAR, 8, True)]  # beside a target with a verify_costs table: windows priced without it
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -333,6 +339,8 @@ def main() -> int:
                 for m, g, adaptive in bundle_methods:
                     stats = DecodeStats(method=m)
                     spec = spec_for(m, g, adaptive)
+                    if m == LINEAR:  # restored after: the target's table (None where it has none)
+                        own_table, b.verify_costs = vars(b).get("verify_costs"), None
                     if m in priced:  # the A/B rows price windows differently
                         # restored after: a native target's own price (an attribute), a graph's table (None)
                         own_cost, b.verify_cost = vars(b).get("verify_cost"), a.compare_cost
@@ -351,6 +359,8 @@ def main() -> int:
                     decode[m].append(sum(tt[i + n - 1] - tt[i] for i, n in zip(starts, lengths)))
                     if m in priced:
                         b.verify_cost = own_cost
+                    if m == LINEAR:
+                        b.verify_costs = own_table
                     if m in row_methods:
                         b.min_rows = own_rows
                     if m == fast:

@@ -35,11 +35,12 @@ class Replay:
     length is recorded for pricing."""
 
     def __init__(self, backend, seq: list[int], hidden: np.ndarray, streams: np.ndarray | None):
-        from heron.runtime.decoding import free_draft_tokens, verify_cost
+        from heron.runtime.decoding import free_draft_tokens, verify_cost, verify_costs
 
         self.seq, self.hidden, self.streams_all = seq, hidden, streams
         self.vocab_size, self.max_len, self.end_ids = backend.vocab_size, backend.max_len, ()
         self.verify_cost, self.free_draft_tokens = verify_cost(backend), free_draft_tokens(backend)
+        self.verify_costs = verify_costs(backend)  # the native decoder's table (None: one price per token)
         self.has_hidden, self.feature_layers = True, tuple(backend.feature_layers)
         self.length, self.calls, self._rows = 0, [], range(0)
 
@@ -134,19 +135,20 @@ def replay(rec: dict, backend, make_drafter, gamma: int, rows: dict, head_cost: 
 
 def policies(head_bundle, opts_factory) -> dict:
     """name -> (gamma, make_drafter(target, stats) -> (drafter, CountingHead or None))."""
-    from heron.runtime.decoding import LookupDrafter, free_draft_tokens, verify_cost
+    from heron.runtime.decoding import LookupDrafter, free_draft_tokens, verify_cost, verify_costs
     from heron.runtime.draft_head import DraftSeeds, HeadDrafter
 
     def head_lookup(lookup=True):
         def make(target, stats):
             head = CountingHead(head_bundle)
-            cost, free = verify_cost(target), free_draft_tokens(target)
-            first = LookupDrafter(target.vocab_size, stats, True, cost, free) if lookup else None
-            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free), head
+            cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
+            first = LookupDrafter(target.vocab_size, stats, True, cost, free, costs) if lookup else None
+            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free, costs), head
         return make
 
     def lookup_only(target, stats):
-        return LookupDrafter(target.vocab_size, stats, True, verify_cost(target), free_draft_tokens(target)), None
+        return LookupDrafter(target.vocab_size, stats, True, verify_cost(target), free_draft_tokens(target),
+                             verify_costs(target)), None
 
     return {"lookup adaptive g<=4": (4, lookup_only), "head adaptive g<=3": (3, head_lookup(lookup=False)),
             **{f"head+lookup adaptive g<={g}": (g, head_lookup()) for g in (4, 6, 8, 12)}}

@@ -223,6 +223,22 @@ def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     assert native.group_rows(values[:8], d[:8], None)[2] is None
 
 
+def test_a_native_target_prices_its_verify_calls_by_its_kernels_table(tmp_path, library):
+    """Every table of what k draft tokens add to a step (NativeLM.VERIFY_TABLES, by SIMD level and one thread or
+    more) is one decoding.verify_costs accepts (a malformed one would silently fall back to one price per token), and
+    a native target carries the table of its own kernels and team."""
+    from heron.runtime import decoding
+
+    for key, table in native.NativeLM.VERIFY_TABLES.items():
+        assert decoding.verify_costs(type("T", (), {"verify_costs": table})()) == table, key
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0"))
+    simd = native.load().hl_simd()
+    for threads in (1, 2, 3):
+        lm = native.NativeLM(path, threads=threads)
+        assert decoding.verify_costs(lm) == native.NativeLM.VERIFY_TABLES.get((simd, min(threads, 2)))
+        assert decoding.verify_cost(lm) == native.NativeLM.VERIFY_COSTS[simd]
+
+
 def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
     """engine="auto" on a GGUF file: the native decoder where it is built and nothing asks for another engine
     (compute, experts, a device); otherwise onnxruntime. A native target refuses speculative methods other than

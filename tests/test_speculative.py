@@ -310,6 +310,43 @@ def test_lookup_windows_follow_the_targets_own_verify_cost(soft_pair):
     assert drafted[0.0] > 0 and drafted[10.0] == 0
 
 
+def test_windows_are_priced_by_the_targets_table_where_it_has_one(soft_pair):
+    """A target whose calls cost what their tiles cost (verify_costs: what k = 1, 2, ... draft tokens add to a step)
+    gets windows sized by that table: a window that fills a tile is cheap and the token after it dear, so the best
+    window is longer than one price per token allows while the tile has room and stops at its edge where that price
+    would go past it; past the table each token costs verify_cost. A malformed table is ignored (one price per
+    token), and the output never changes."""
+    tiles = (0.1, 0.2, 0.35, 0.85, 1.1)  # tokens 1-3 ride in one tile, the 4th starts another
+    assert sp.best_window(8, 0.6, cost=0.3, later=0.6) == 1  # a chat-like draft, one price per token
+    assert sp.best_window(8, 0.6, cost=0.3, later=0.6, costs=tiles) == 2  # the tile makes a second token cheap
+    assert sp.best_window(8, 0.7, cost=0.3, later=0.9) == 4
+    assert sp.best_window(8, 0.7, cost=0.3, later=0.9, costs=tiles) == 3  # stops at the tile's edge
+    assert sp.best_window(8, 0.7, cost=0.3, later=0.9, costs=(0.1, 0.2, 0.3, 0.4, 0.5)) == 5  # no edge there
+    assert sp.best_window(8, 0.7, cost=0.0, later=0.9, costs=(0.1,)) == 8  # past the table: verify_cost each
+    assert sp.best_window(8, 0.7, cost=5.0, later=0.99, costs=(0.1, 0.1, 0.1)) == 3
+    assert sp.best_window(8, 0.05, cost=0.3, costs=tiles) == 0  # nothing pays for a hopeless draft
+
+    class Tabled:
+        def __init__(self, costs):
+            self.verify_costs = costs
+
+    assert sp.verify_costs(Tabled(tiles)) == tiles and sp.verify_costs(object()) is None
+    for bad in ([0.1, 0.2], (), (0.3, 0.2), (0.1, float("nan")), (0.1, 11.0), (True,), ("0.1",), tuple([0.1] * 17)):
+        assert sp.verify_costs(Tabled(bad)) is None
+    seq = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]  # lookup proposes [4, 5, 6, 7, 1]
+    tabled, linear = sp.LookupDrafter(64, cost=0.3, costs=tiles), sp.LookupDrafter(64, cost=0.3)
+    for _ in range(10):  # copied text: every window held
+        tabled.observe(5, 5), linear.observe(5, 5)
+    assert tabled.propose(seq, 5)[0] == [4, 5, 6] and linear.propose(seq, 5)[0] == [4, 5, 6, 7, 1]
+    target, _, _ = soft_pair
+    T = TorchLM(target)
+    prompt, opts = [3, 9, 27, 3, 9, 27, 3], sp.GenerationOptions(max_new_tokens=30)
+    plain = [t.id for t in sp.plain(T, prompt, opts)]
+    T.verify_costs = tiles
+    assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=4))] == plain
+    del T.verify_costs
+
+
 def test_adaptive_lookup_is_reproducible_for_a_seed(soft_pair):
     """Window lengths depend on acceptances, never on timings: a seeded sampling run repeats exactly."""
     target, _, _ = soft_pair

@@ -197,6 +197,15 @@ class NativeLM:
     # / 2.62 with AVX2's, on machine Z (scripts/ab_native.py; BENCHMARKS.md "Rows eight to a vector"); the portable C
     # is bound by arithmetic
     VERIFY_COSTS = {0: 0.9, 1: 0.45, 2: 0.3}
+    # ... and k = 1, 2, ... 8 draft tokens together (decoding.best_window's table: the kernels compute tokens in tiles
+    # of 4 with VNNI on AVX-512VL, of 2 on AVX2, so a window that fills a tile costs little more than a step and the
+    # next token starts a tile), by (hl_simd, one thread or more); past the table each token costs VERIFY_COSTS'. SmolLM2
+    # on machine Z, session 43, medians of 15 alternated calls after a 300-token context, two to three runs each (the
+    # VM moved them by up to 0.4; BENCHMARKS.md "Register tiles of two row groups")
+    VERIFY_TABLES = {(2, 1): (0.15, 0.34, 0.63, 1.3, 1.64, 2.0, 2.32, 2.82),
+                     (2, 2): (0.11, 0.2, 0.36, 0.84, 1.09, 1.36, 1.59, 2.04),
+                     (1, 1): (0.33, 0.93, 1.47, 2.07, 2.68, 3.29, 3.82, 4.4),
+                     (1, 2): (0.18, 0.76, 1.17, 1.55, 1.87, 2.28, 2.67, 3.1)}
     feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
@@ -291,7 +300,9 @@ class NativeLM:
         self.source_file = self.path  # a draft head takes its output rows from the file (draft_head.target_rows)
         self._source = None
         self._hidden, self._hidden_start = None, 0
-        self.verify_cost = self.VERIFY_COSTS.get(self._lib.hl_simd(), 0.9)  # decoding.verify_cost reads it
+        simd = self._lib.hl_simd()
+        self.verify_cost = self.VERIFY_COSTS.get(simd, 0.9)  # decoding.verify_cost reads it
+        self.verify_costs = self.VERIFY_TABLES.get((simd, min(threads, 2)))  # decoding.verify_costs reads it
 
     @property
     def source(self) -> dict:
