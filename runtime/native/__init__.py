@@ -193,9 +193,9 @@ class NativeLM:
     exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
     has_hidden = True  # hidden_at: the final hidden states of the last call's positions (a draft head's input)
     # what verifying one more draft token costs, in plain steps, by the library's kernels (hl_simd: portable C, AVX2,
-    # AVX2 + VNNI): SmolLM2's calls of 2 / 3 / 4 tokens cost 1.16 / 1.46 / 1.85 steps with VNNI's kernels, 1.41 / 1.87
-    # / 2.62 with AVX2's, on machine Z (scripts/ab_native.py; BENCHMARKS.md "Rows eight to a vector"); the portable C
-    # is bound by arithmetic
+    # AVX2 + VNNI), past VERIFY_TABLES' windows: SmolLM2's calls of 5 to 9 tokens add ~0.25-0.45 of a step per token
+    # with VNNI's kernels at two threads, ~0.4 with AVX2's, on machine Z (session 43); the portable C is bound by
+    # arithmetic
     VERIFY_COSTS = {0: 0.9, 1: 0.45, 2: 0.3}
     # ... and k = 1, 2, ... 8 draft tokens together (decoding.best_window's table: the kernels compute tokens in tiles
     # of 4 with VNNI on AVX-512VL, of 2 on AVX2, so a window that fills a tile costs little more than a step and the

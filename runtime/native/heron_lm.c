@@ -10,9 +10,10 @@
  *
  * A call appends T tokens at positions pos .. pos + T - 1 to the caller's KV cache (fp16,
  * [layer][kv head][capacity][head dim]) and writes logits for the last n_out of them. A block of T tokens reads each
- * weight once per call; its integer and float arithmetic grows with T (about 0.3 of a step per extra token for
- * SmolLM2 on a VNNI CPU, more on AVX2 alone: scripts/ab_native.py). The same code path computes a token alone or
- * inside a block, each row's sums in the same order: a step and a block give the same bits (speculation stays exact).
+ * weight once per call; its integer and float arithmetic grows with T, tile by tile (SmolLM2 on a VNNI CPU at two
+ * threads: a call of 4 tokens, one tile, ~1.3 plain steps, of 5 ~1.8; heron.runtime.native.NativeLM.VERIFY_TABLES).
+ * The same code path computes a token alone or inside a block, each row's sums in the same order: a step and a block
+ * give the same bits (speculation stays exact).
  *
  * x86-64 with AVX2 + FMA + F16C: vector kernels (VNNI's fused multiply-add where the CPU has it: the
  * same integers); elsewhere the portable C below, the same arithmetic with float sums in another order.
