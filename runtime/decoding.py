@@ -686,13 +686,16 @@ class Acceptance:
                 (h2 + self.prior * PRIOR_WEIGHT) / (t2 + PRIOR_WEIGHT))
 
 
+def _price(c) -> bool:
+    """A price in plain steps: a number in [0, 10] (not a bool, not NaN)."""
+    return isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 10.0
+
+
 def verify_cost(backend) -> float:
     """What verifying one more draft token costs `backend`, in plain steps: its own `verify_cost` where it
     declares one (a number in [0, 10]), else VERIFY_COST."""
     cost = getattr(backend, "verify_cost", None)
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and 0.0 <= cost <= 10.0:
-        return float(cost)
-    return VERIFY_COST
+    return float(cost) if _price(cost) else VERIFY_COST
 
 
 def verify_costs(backend) -> tuple[float, ...] | None:
@@ -700,9 +703,7 @@ def verify_costs(backend) -> tuple[float, ...] | None:
     `verify_costs`: up to 16 non-decreasing prices in [0, 10], constants of its kernels, never timings); else None
     (best_window prices each token at verify_cost)."""
     costs = getattr(backend, "verify_costs", None)
-    if not isinstance(costs, tuple) or not 1 <= len(costs) <= 16:
-        return None
-    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 10.0 for c in costs):
+    if not isinstance(costs, tuple) or not 1 <= len(costs) <= 16 or not all(_price(c) for c in costs):
         return None
     if any(b < a for a, b in zip(costs, costs[1:])):
         return None

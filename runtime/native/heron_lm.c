@@ -167,7 +167,7 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 }
 
 /* Register tiles: a unit's RR = 2 groups of 8 rows x TT tokens, each with NA int32 partial sums in flight. VNNI's
- * multiply-add has a latency of four cycles and issues two a cycle (AMD Zen 4), so a tile keeps about eight
+ * multiply-add has a latency of several cycles and issues more than one a cycle, so a tile keeps about eight
  * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
  * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py). Integer sums are
  * exact in any order, so the tile's shape changes no bit. */
@@ -457,6 +457,30 @@ static inline __m256 dot8(const float* qh, const uint16_t* k, int S) {
 }
 #endif
 
+#ifdef HL_AVX2
+/* p[0..n) <- exp(p - max p), eight at a time (the tail through the same vector code); -> 1 / their sum */
+static inline float softmax8(float* p, int n) {
+  float mx = -INFINITY;
+  int j;
+  for (j = 0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p + j), mv));
+    _mm256_storeu_ps(p + j, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = hsum8(sum8);
+  for (; j < n; j++) {
+    float tail[8] = {p[j] - mx, 0, 0, 0, 0, 0, 0, 0}, e[8];
+    _mm256_storeu_ps(e, exp_neg(_mm256_loadu_ps(tail)));
+    p[j] = e[0];
+    sum += e[0];
+  }
+  return 1.f / sum;
+}
+#endif
+
 /* one query head's attention over n cached positions: scores (n floats of scratch), softmax, the values' weighted
  * sum into o (S floats). The same arithmetic for a token alone or inside a block. */
 static void attend(const float* qh, const uint16_t* kh, const uint16_t* vh, int n, int S, float scale, float* sc,
@@ -467,23 +491,7 @@ static void attend(const float* qh, const uint16_t* kh, const uint16_t* vh, int 
     const __m256 sv = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(dot8(qh, kh + (size_t)j * S, S), sv));
     for (; j < n; j++) sc[j] = dot_h(qh, kh + (size_t)j * S, S) * scale;
-    float mx = -INFINITY;
-    for (j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-    const __m256 mv = _mm256_set1_ps(mx);
-    __m256 sum8 = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-      __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
-      _mm256_storeu_ps(sc + j, e);
-      sum8 = _mm256_add_ps(sum8, e);
-    }
-    float sum = hsum8(sum8);
-    for (; j < n; j++) {
-      float tail[8] = {sc[j] - mx, 0, 0, 0, 0, 0, 0, 0}, e[8];
-      _mm256_storeu_ps(e, exp_neg(_mm256_loadu_ps(tail)));
-      sc[j] = e[0];
-      sum += e[0];
-    }
-    const float inv = 1.f / sum;
+    const float inv = softmax8(sc, n);
     for (int c = 0; c < S; c += 64) { /* 64 columns at a time, summed in registers */
       const int w = S - c < 64 ? (S - c) / 8 : 8;
       __m256 acc[8];
@@ -543,26 +551,7 @@ static inline __attribute__((always_inline)) void attend_c(const int C, const fl
   for (; j < n; j++)
     for (int c = 0; c < C; c++) sc[c][j] = dot_h(qh[c], kh + (size_t)j * S, S) * scale;
   float inv[MQ_MAX];
-  for (int c = 0; c < C; c++) { /* attend()'s softmax, per query */
-    float* p = sc[c];
-    float mx = -INFINITY;
-    for (j = 0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
-    const __m256 mv = _mm256_set1_ps(mx);
-    __m256 sum8 = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-      __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p + j), mv));
-      _mm256_storeu_ps(p + j, e);
-      sum8 = _mm256_add_ps(sum8, e);
-    }
-    float sum = hsum8(sum8);
-    for (; j < n; j++) {
-      float tail[8] = {p[j] - mx, 0, 0, 0, 0, 0, 0, 0}, e[8];
-      _mm256_storeu_ps(e, exp_neg(_mm256_loadu_ps(tail)));
-      p[j] = e[0];
-      sum += e[0];
-    }
-    inv[c] = 1.f / sum;
-  }
+  for (int c = 0; c < C; c++) inv[c] = softmax8(sc[c], n); /* attend()'s softmax, per query */
   for (int col = 0; col < S; col += 64) { /* 64 columns at a time, summed in registers, for C queries */
     const int w = S - col < 64 ? (S - col) / 8 : 8;
     __m256 acc[MQ_MAX][8];
