@@ -303,16 +303,17 @@ class HeadDrafter:
     position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
     has not computed that state (before the first target call). adaptive: the window is cut to the length
     that pays for its verification given the acceptance seen so far, `cost` (the target's verify_cost, in plain
-    steps, past its `free` draft tokens; `costs`: its verify_costs table where it has one) and the head's own step
-    (HEAD_STEP_COST per drafted word). lookup: a
+    steps, past its `free` draft tokens) and the head's own step (HEAD_STEP_COST per drafted word): one price per
+    token even where the target tables its calls (the lookup drafter's windows use the table), since the head's
+    later words cost head steps and hold less than copied text (replayed and measured: session 43). lookup: a
     prompt-lookup drafter asked first: where the context repeats itself (code edits, quotes) its free windows go
     first, the head drafts everywhere else."""
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
-                 lookup: LookupDrafter | None = None, free: int = 0, costs: Sequence[float] | None = None):
+                 lookup: LookupDrafter | None = None, free: int = 0):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
-        self.adaptive, self.cost, self.lookup, self.free, self.costs = adaptive, cost, lookup, free, costs
+        self.adaptive, self.cost, self.lookup, self.free = adaptive, cost, lookup, free
         self.accepted = Acceptance(HEAD_PRIOR, HEAD_DECAY)
         self.vocab_size = target.vocab_size
         self._last_from_lookup = False
@@ -334,7 +335,7 @@ class HeadDrafter:
             return [], None
         if self.adaptive:
             first, later = self.accepted.rates()
-            g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later, costs=self.costs)
+            g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later)
             if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
                 self.accepted.recover(HEAD_DECAY)
                 return [], None
@@ -369,7 +370,7 @@ def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: Generati
     stats = stats if stats is not None else DecodeStats(method="head")
     cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
     first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free, costs) if lookup else None
-    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free, costs)
+    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 

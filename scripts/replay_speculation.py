@@ -143,7 +143,7 @@ def policies(head_bundle, opts_factory) -> dict:
             head = CountingHead(head_bundle)
             cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
             first = LookupDrafter(target.vocab_size, stats, True, cost, free, costs) if lookup else None
-            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free, costs), head
+            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free), head
         return make
 
     def lookup_only(target, stats):
