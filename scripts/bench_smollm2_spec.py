@@ -300,7 +300,7 @@ def main() -> int:
         # the cost of one call verifying T tokens, in plain steps (after a 300-token context)
         rng = np.random.default_rng(0)
         ctx = rng.integers(100, 20000, 300).tolist()
-        cost = call_times(b, ctx, (1, 2, 3, 5), 9, rng)
+        cost = call_times(b, ctx, tuple(range(1, 10)), 9, rng)  # 1-9 tokens: NativeLM.VERIFY_TABLES' windows
         # the same 4 positions as 4 one-token calls and as one 4-token call: how far apart their logits are
         nxt = rng.integers(100, 20000, 4).tolist()
         b.reset()

@@ -200,8 +200,9 @@ class NativeLM:
     # ... and k = 1, 2, ... 8 draft tokens together (decoding.best_window's table: the kernels compute tokens in tiles
     # of 4 with VNNI on AVX-512VL, of 2 on AVX2, so a window that fills a tile costs little more than a step and the
     # next token starts a tile), by (hl_simd, one thread or more); past the table each token costs VERIFY_COSTS'. SmolLM2
-    # on machine Z, session 43, medians of 15 alternated calls after a 300-token context, two to three runs each (the
-    # VM moved them by up to 0.4; BENCHMARKS.md "Register tiles of two row groups")
+    # on machine Z, session 43, calls after a 300-token context, two to three runs each (the VM moved them by up to 0.4;
+    # BENCHMARKS.md "Register tiles of two row groups"); `OMP_NUM_THREADS=2 python scripts/bench_smollm2_spec.py
+    # --bundles smollm2 --threads 2 --consistency-only` prints a T-token call's price, T = 1..9 (the table + 1)
     VERIFY_TABLES = {(2, 1): (0.15, 0.34, 0.63, 1.3, 1.64, 2.0, 2.32, 2.82),
                      (2, 2): (0.11, 0.2, 0.36, 0.84, 1.09, 1.36, 1.59, 2.04),
                      (1, 1): (0.33, 0.93, 1.47, 2.07, 2.68, 3.29, 3.82, 4.4),
