@@ -96,7 +96,7 @@ def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1, lon
         t = time.perf_counter()
         lm.forward((prompt * 3)[:256], last=1)
         prefill.append(256 / (time.perf_counter() - t))
-    return {"rev": rev, "simd": ["portable", "avx2", "avx2+vnni"][simd], "decode": round(max(decode), 1),
+    return {"rev": rev, "simd": ["portable", "avx2", "avx2+vnni", "avx512+vnni"][simd], "decode": round(max(decode), 1),
             "decode_at_400": round(max(late), 1), "blocks": blocks, "prefill": round(max(prefill), 1),
             **({"decode_at_long": round(max(far), 1), "long": long} if long else {})}
 

@@ -4,7 +4,7 @@
     taskset -c 1 .venv/bin/python scripts/bench_native_linear.py 7073fe4 work --rounds 3
 
 Each revision's heron_lm.c (`work`: this tree's) is compiled into a small C harness (runs/bench-native-linear/) that
-calls its `linear_part` on one thread for T = 1, 2, 3, 4, 8, 16 token rows (the best of --repeats calls each) on
+calls its `linear_part` on one thread for T = 1, 2, 3, 4, 5, 8, 9, 16 token rows (the best of --repeats calls each) on
 three weight matrices of SmolLM2-135M's shapes, random blocks: an FFN's 1536 x 576 Q4_1 rows (0.4 MB: read from the
 L2 cache, the kernel's arithmetic), its 49152 x 576 Q8_0 output head and a 24576 x 1536 Q4_1 stack of FFN rows
 (28 and 20 MB: read from memory, as a decode step reads them). Rounds alternate the revisions; the median of the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench-native-linear"
-TOKENS = (1, 2, 3, 4, 8, 16)
+TOKENS = (1, 2, 3, 4, 5, 8, 9, 16)
 MATRICES = (("ffn 1536x576 Q4 (L2)", 4, 1536, 576), ("head 49152x576 Q8 (memory)", 8, 49152, 576),
             ("ffn x16 24576x1536 Q4 (memory)", 4, 24576, 1536))
 
@@ -45,16 +45,16 @@ int main(int argc, char** argv) {
   int16_t* xq = malloc(sizeof(int16_t) * TM * K);
   float *xs = malloc(sizeof(float) * TM * nb), *xsum = malloc(sizeof(float) * TM * nb), *y = malloc(sizeof(float) * TM * N);
   quant_rows(x, TM, K, xq, xs, xsum);
-  const int Ts[] = {1, 2, 3, 4, 8, 16};
-  for (int k = 0; k < 6; k++) {
+  for (int k = 5; k < argc; k++) { /* the token counts to time */
+    const int T = atoi(argv[k]);
     double best = 1e9;
     for (int r = 0; r < reps; r++) {
       double t = now();
-      linear_part(&w, Ts[k], xq, xs, xsum, y, 1, 0);
+      linear_part(&w, T, xq, xs, xsum, y, 1, 0);
       t = now() - t;
       if (t < best) best = t;
     }
-    printf("%d %.9f %.6f\n", Ts[k], best, y[0]);
+    printf("%d %.9f %.6f\n", T, best, y[0]);
   }
   return 0;
 }
@@ -75,8 +75,8 @@ def build(rev: str, march: str) -> Path:
 
 
 def run(exe: Path, q8: int, n: int, k: int, repeats: int) -> dict:
-    out = subprocess.run([str(exe), str(q8), str(n), str(k), str(repeats)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([str(exe), str(q8), str(n), str(k), str(repeats), *map(str, TOKENS)], capture_output=True,
+                         text=True, check=True).stdout
     res = {}
     for line in out.split("\n"):
         if line.strip():

@@ -147,18 +147,17 @@ def _cost(cost: dict, T: int) -> float:
 
 
 def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator) -> dict:
-    """Median seconds of one call of `b` verifying T random tokens (logits at each) after the context `ctx`, per T."""
-    out = {}
-    for T in sizes:
-        ts = []
-        for _ in range(repeats):
+    """Median seconds of one call of `b` verifying T random tokens (logits at each) after the context `ctx`, per T
+    (each repeat times every T in turn: a VM's drift moves them together)."""
+    ts = {T: [] for T in sizes}
+    for _ in range(repeats):
+        for T in sizes:
             b.reset()
             b.forward(ctx, last=1)
             t0 = time.perf_counter()
             b.forward(rng.integers(100, 20000, T).tolist(), last=T)
-            ts.append(time.perf_counter() - t0)
-        out[T] = statistics.median(ts)
-    return out
+            ts[T].append(time.perf_counter() - t0)
+    return {T: statistics.median(v) for T, v in ts.items()}
 
 
 # what the probes (scripts/probe_draft_head.py, scripts/replay_speculation.py) decode: the three prompts and the 20 varied
@@ -236,6 +235,9 @@ def main() -> int:
                          "another)")
     ap.add_argument("--consistency-only", action="store_true",
                     help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
+    ap.add_argument("--march", default=None,
+                    help="a native target runs heron_lm.c built with this -march instead of this CPU's (x86-64-v3: "
+                         "AVX2's kernels without VNNI; built into runs/bench-spec-native/)")
     a = ap.parse_args()
     import heron
     from heron.runtime.metrics import machine
@@ -278,6 +280,13 @@ def main() -> int:
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads)
         b = lm.backend
+        if a.march and getattr(b, "name", "") == "native":  # the same file on another build of the library
+            from heron.runtime import native
+
+            flags = tuple(f"-march={a.march}" if f == "-march=native" else f for f in native.CFLAGS)
+            out = Path(__file__).resolve().parents[1] / "runs" / "bench-spec-native"
+            lib = native.build(out / f"{native.library_path().stem}-{a.march}.so", flags)
+            lm.backend = b = native.NativeLM(b.path, threads=a.threads, library=lib)
         own_rows = getattr(b, "min_rows", 1)
         compute = (getattr(getattr(b, "manifest", None), "source", None) or {}).get("compute")  # native: none
         other = one_row if own_rows > 1 else (two_rows if compute == "int8" else None)

@@ -81,7 +81,7 @@ def report() -> list[tuple[str, str, str]]:
     from heron.runtime import native
     try:
         lib = native.load()
-        kernels = {0: "portable C", 1: "AVX2", 2: "AVX2 + VNNI"}.get(lib.hl_simd(), "?")
+        kernels = {0: "portable C", 1: "AVX2", 2: "AVX2 + VNNI", 3: "AVX-512 + VNNI"}.get(lib.hl_simd(), "?")
         rows.append(("native", "decoder", f"built ({kernels} kernels)"))
     except native.NativeError as e:
         rows.append(("native", "decoder", f"missing: {e}"))

@@ -32,7 +32,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 8  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 9  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -88,9 +88,9 @@ def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple
                                                                                    np.ndarray | None]:
     """split_blocks' row-by-row arrays -> the library's layout: rows in groups of GROUP, a block's GROUP rows side by
     side, one row per vector lane; groups in units of two (UNIT rows, the last padded with zero rows), a unit's two
-    groups' blocks side by side. Nibbles (units, nb, 2 groups, 8 j, 8 rows, 2): row r's bytes 2j, 2j + 1 (elements
-    2j + u low, 16 + 2j + u high); int8 (units, nb, 2 groups, 16 i, 8 rows, 2): row r's elements 2i, 2i + 1; scales
-    and offsets (units, nb, 2 groups, 8 rows)."""
+    groups side by side pair by pair (a pair's 16 rows: one 512-bit vector). Nibbles (units, nb, 8 j, 2 groups, 8 rows,
+    2): row r's bytes 2j, 2j + 1 (elements 2j + u low, 16 + 2j + u high); int8 (units, nb, 16 i, 2 groups, 8 rows,
+    2): row r's elements 2i, 2i + 1; scales and offsets (units, nb, 2 groups, 8 rows)."""
     n, nb, width = values.shape
     pad = -n % UNIT
     if pad:
@@ -98,7 +98,7 @@ def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple
         d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
         m = None if m is None else np.concatenate([m, np.zeros((pad, nb), m.dtype)])
     u = (n + pad) // UNIT
-    v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 1, 4, 2, 5)  # (u, nb, 2, pairs, rows, 2)
+    v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 4, 1, 2, 5)  # (u, nb, pairs, 2, rows, 2)
     side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
     return np.ascontiguousarray(v), side(d), side(m)
 
@@ -193,20 +193,24 @@ class NativeLM:
     exact_steps = True  # a step computes what the same token computes inside a block, bit for bit
     has_hidden = True  # hidden_at: the final hidden states of the last call's positions (a draft head's input)
     # what verifying one more draft token costs, in plain steps, by the library's kernels (hl_simd: portable C, AVX2,
-    # AVX2 + VNNI), past VERIFY_TABLES' windows: SmolLM2's calls of 5 to 9 tokens add ~0.25-0.45 of a step per token
-    # with VNNI's kernels at two threads, ~0.4 with AVX2's, on machine Z (session 43); the portable C is bound by
-    # arithmetic
-    VERIFY_COSTS = {0: 0.9, 1: 0.45, 2: 0.3}
+    # AVX2 + VNNI on 256-bit vectors, AVX-512 + VNNI), past VERIFY_TABLES' windows and for the draft head's windows:
+    # SmolLM2's calls of 5 to 9 tokens add ~0.25-0.35 of a step per token with AVX-512's kernels, ~0.6-0.8 with AVX2's
+    # (its steps read memory ahead of the kernels since session 44: a step got faster than the arithmetic of a block),
+    # on machine Z; the portable C is bound by arithmetic
+    VERIFY_COSTS = {0: 0.9, 1: 0.6, 2: 0.3, 3: 0.3}
     # ... and k = 1, 2, ... 8 draft tokens together (decoding.best_window's table: the kernels compute tokens in tiles
-    # of 4 with VNNI on AVX-512VL, of 2 on AVX2, so a window that fills a tile costs little more than a step and the
-    # next token starts a tile), by (hl_simd, one thread or more); past the table each token costs VERIFY_COSTS'. SmolLM2
-    # on machine Z, session 43, calls after a 300-token context, two to three runs each (the VM moved them by up to 0.4;
-    # BENCHMARKS.md "Register tiles of two row groups"); `OMP_NUM_THREADS=2 python scripts/bench_smollm2_spec.py
-    # --bundles smollm2 --threads 2 --consistency-only` prints a T-token call's price, T = 1..9 (the table + 1)
-    VERIFY_TABLES = {(2, 1): (0.15, 0.34, 0.63, 1.3, 1.64, 2.0, 2.32, 2.82),
+    # of up to 9 with AVX-512, 4 with VNNI on AVX-512VL's 256-bit vectors, 2 on AVX2), by (hl_simd, one thread or
+    # more); past the table each token costs VERIFY_COSTS'. SmolLM2 on machine Z, calls after a 300-token context, the
+    # mean of two runs (they differed by up to 0.1 at k <= 4, 0.4 past it): `OMP_NUM_THREADS=2 python
+    # scripts/bench_smollm2_spec.py --bundles smollm2 --threads 2 --consistency-only [--march x86-64-v3]` prints a
+    # T-token call's price, T = 1..9 (the table + 1). Levels 1 and 3: session 44; level 2: session 43, before the
+    # prefetch (Z's 256-bit tiles, -mno-avx512bw)
+    VERIFY_TABLES = {(3, 1): (0.16, 0.39, 0.85, 1.13, 1.49, 1.87, 2.26, 2.58),
+                     (3, 2): (0.12, 0.3, 0.71, 0.96, 1.18, 1.5, 1.8, 2.04),
+                     (2, 1): (0.15, 0.34, 0.63, 1.3, 1.64, 2.0, 2.32, 2.82),
                      (2, 2): (0.11, 0.2, 0.36, 0.84, 1.09, 1.36, 1.59, 2.04),
-                     (1, 1): (0.33, 0.93, 1.47, 2.07, 2.68, 3.29, 3.82, 4.4),
-                     (1, 2): (0.18, 0.76, 1.17, 1.55, 1.87, 2.28, 2.67, 3.1)}
+                     (1, 1): (0.44, 1.13, 1.72, 2.38, 2.94, 3.59, 4.38, 5.04),
+                     (1, 2): (0.38, 0.94, 1.38, 1.94, 2.4, 2.97, 3.77, 4.11)}
     feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,

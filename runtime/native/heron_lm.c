@@ -32,29 +32,34 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 8
+#define HL_ABI 9
 #define QK 32
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
  * the file's blocks) and interleaved in groups of 8 rows, so that one vector lane is one row: a block's 8 rows'
  * scales come in one load, and no sum is ever reduced across lanes. Groups go in units of two (16 rows, the last
- * unit padded with zero rows), their blocks side by side: the kernels read both groups of a unit at once from one
- * sequential stream. Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
+ * unit padded with zero rows), side by side pair by pair: the kernels read both groups of a unit at once from one
+ * sequential stream (AVX-512's in one 512-bit vector). Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
 enum { W_Q4 = 4, W_Q8 = 8 };
 #define UNIT 16 /* rows per unit: two groups of 8 */
 
 typedef struct {
-  /* nibbles (units, k / 32, 2 groups, 8 j, 8 rows, 2): row r's byte 2j + u of the block (element 2j + u low,
-   * 16 + 2j + u high); or int8 (units, k / 32, 2 groups, 16 i, 8 rows, 2): row r's element 2i + u */
+  /* nibbles (units, k / 32, 8 j, 2 groups, 8 rows, 2): row r's byte 2j + u of the block (element 2j + u low,
+   * 16 + 2j + u high); or int8 (units, k / 32, 16 i, 2 groups, 8 rows, 2): row r's element 2i + u. A unit's block
+   * is 32-byte chunks, one per pair (j or i), each the unit's 16 rows side by side (one 512-bit vector's lanes) */
   const uint8_t* qs;
   const uint16_t* d;  /* (units, k / 32, 2 groups, 8 rows) fp16 scales */
   const uint16_t* m;  /* (units, k / 32, 2 groups, 8 rows) fp16 offsets (W_Q4), else NULL */
   int32_t type, n, k; /* n output rows of k inputs */
 } hl_linear;
 
-/* group g's (8 rows) block b, counted in group-blocks from the linear's start (x 8 for its scales, x the block's
- * bytes for its values) */
+/* group g's (8 rows) block b, counted in group-blocks from the linear's start (x 8 for its scales) */
 static inline size_t group_block(int g, int nb, int b) { return ((size_t)(g >> 1) * nb + b) * 2 + (g & 1); }
+/* byte offset of group g's block b, pair 0 (gb bytes per group and block; pair c at + PAIR_BYTES c) */
+#define PAIR_BYTES 32
+static inline size_t group_qs(int g, int nb, int b, int gb) {
+  return ((size_t)(g >> 1) * nb + b) * 2 * gb + 16 * (g & 1);
+}
 
 typedef struct {
   int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
@@ -72,7 +77,9 @@ typedef struct {
 int hl_abi(void) { return HL_ABI; }
 
 int hl_simd(void) {
-#if defined(HL_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+#if defined(HL_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  return 3;
+#elif defined(HL_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
   return 2;
 #elif defined(HL_AVX2)
   return 1;
@@ -169,9 +176,20 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 /* Register tiles: a unit's RR = 2 groups of 8 rows x TT tokens, each with NA int32 partial sums in flight. VNNI's
  * multiply-add has a latency of several cycles and issues more than one a cycle, so a tile keeps about eight
  * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
- * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py). Integer sums are
- * exact in any order, so the tile's shape changes no bit. */
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+ * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py); with AVX-512BW a
+ * 512-bit vector holds both groups, and tiles of up to 9 tokens (lin_tile16). Integer sums are exact in any order,
+ * so the tile's shape changes no bit. */
+/* Software prefetch: each block of a tile asks for the bytes HL_PF ahead in its linear's stream of units. The
+ * hardware's prefetcher alone left the kernels waiting on memory, most where a call is bound by arithmetic too (a
+ * verify block) or by memory alone (a decode step) (scripts/bench_native_linear.py; 2-16 KB ahead did alike on Zen 4).
+ * -DHL_PF=0 turns it off. */
+#ifndef HL_PF
+#define HL_PF 4096
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define HL_ZMM 1 /* lin_tile16 (scripts/bench_native_linear.py: faster than lin_tile's at every T on Zen 4) */
+#define TT_MAX 9
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define TT_MAX 4 /* tokens per tile */
 #define CHAINS(RR, TT) ((RR) * (TT) >= 8 ? 1 : (RR) * (TT) >= 4 ? 2 : 4)
 #else
@@ -179,6 +197,81 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 #define CHAINS(RR, TT) ((RR) * (TT) >= 4 ? 1 : 2)
 #endif
 
+#ifdef HL_ZMM
+/* lin_tile's sums with 512-bit vectors: lane i is the unit's row i (a pair's 32 bytes hold its 16 rows), so a tile
+ * of TT tokens keeps TT sums, and 32 registers hold tiles of up to 9 tokens: a verify call of up to 8 draft tokens
+ * reads and widens each weight once. Each lane's float terms come in lin_tile's order: the same bits. */
+static inline __attribute__((always_inline)) void lin_tile16(const hl_linear* w, int u, const int TT, const int q8,
+                                                             int t0, const int16_t* xq, const float* xs,
+                                                             const float* xsum, float* y, int ldy) {
+  const int K = w->k, nb = K / QK, gb = q8 ? 256 : 128, NA = TT >= 4 ? 1 : TT >= 2 ? 2 : 4;
+  const int16_t* xt[TT_MAX];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; t++) xt[t] = xq + (size_t)(t0 + t) * K;
+  const uint8_t* qs = w->qs + group_qs(2 * u, nb, 0, gb);
+  const uint16_t* d = w->d + group_block(2 * u, nb, 0) * 8;
+  const uint16_t* m = q8 ? NULL : w->m + group_block(2 * u, nb, 0) * 8;
+  __m512 f[TT_MAX];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; t++) f[t] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    __m512i acc[TT_MAX][4];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; t++)
+#pragma GCC unroll 16
+      for (int a = 0; a < NA; a++) acc[t][a] = _mm512_setzero_si512();
+    const uint8_t* q = qs + (size_t)2 * b * gb;
+#if HL_PF
+#pragma GCC unroll 8
+    for (int c = 0; c < 2 * gb; c += 64) _mm_prefetch((const char*)q + HL_PF + c, _MM_HINT_T0);
+#endif
+    if (q8) {
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) {
+        const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(q + PAIR_BYTES * i)));
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; t++) {
+          int32_t x2;
+          memcpy(&x2, xt[t] + QK * b + 2 * i, 4);
+          acc[t][i % NA] = _mm512_dpwssd_epi32(acc[t][i % NA], v, _mm512_set1_epi32(x2));
+        }
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) {
+        const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(q + PAIR_BYTES * j)));
+        const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi16(0x0F)), hi = _mm512_srli_epi16(v, 4);
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; t++) {
+          int32_t xl, xh;
+          memcpy(&xl, xt[t] + QK * b + 2 * j, 4);
+          memcpy(&xh, xt[t] + QK * b + 16 + 2 * j, 4);
+          acc[t][(2 * j) % NA] = _mm512_dpwssd_epi32(acc[t][(2 * j) % NA], lo, _mm512_set1_epi32(xl));
+          acc[t][(2 * j + 1) % NA] = _mm512_dpwssd_epi32(acc[t][(2 * j + 1) % NA], hi, _mm512_set1_epi32(xh));
+        }
+      }
+    }
+    const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(d + 16 * b)));
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; t++) {
+      __m512i sum = acc[t][0];
+#pragma GCC unroll 16
+      for (int a = 1; a < NA; a++) sum = _mm512_add_epi32(sum, acc[t][a]);
+      f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dv, _mm512_set1_ps(xs[(t0 + t) * nb + b])), f[t]);
+    }
+    if (!q8) {
+      const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(m + 16 * b)));
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; t++) f[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xsum[(t0 + t) * nb + b]), f[t]);
+    }
+  }
+  const int rows = w->n - UNIT * u < UNIT ? w->n - UNIT * u : UNIT; /* the padding's rows are not written */
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; t++)
+    _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + UNIT * u, (__mmask16)((1u << rows) - 1), f[t]);
+}
+#define LIN_TILE lin_tile16
+#else
 /* unit u (16 rows: RR = 2 groups of 8) of y = W x for TT token rows from t0 (constants: the accumulators stay in
  * registers). Each lane of a vector is one row: a block's 32 products go into int32 lanes (exact, in any order),
  * then into the row's float sum with one FMA for the eight rows (the rows' block scales times the token's), then
@@ -194,7 +287,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   const uint8_t* qs[2];
   const uint16_t *d[2], *m[2];
   for (int r = 0; r < RR; r++) { /* block b of group g + r: + 2 b blocks */
-    qs[r] = w->qs + group_block(g + r, nb, 0) * gb;
+    qs[r] = w->qs + group_qs(g + r, nb, 0, gb);
     d[r] = w->d + group_block(g + r, nb, 0) * 8;
     m[r] = q8 ? NULL : w->m + group_block(g + r, nb, 0) * 8; /* 4-bit linears always have offsets */
   }
@@ -202,6 +295,10 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   for (int r = 0; r < RR; r++)
     for (int t = 0; t < TT; t++) f[r][t] = _mm256_setzero_ps();
   for (int b = 0; b < nb; b++) {
+#if HL_PF
+#pragma GCC unroll 8
+    for (int c = 0; c < 2 * gb; c += 64) _mm_prefetch((const char*)qs[0] + (size_t)2 * b * gb + HL_PF + c, _MM_HINT_T0);
+#endif
     __m256i acc[2][TT_MAX][4];
     for (int r = 0; r < RR; r++)
       for (int t = 0; t < TT; t++)
@@ -211,7 +308,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
       for (int i = 0; i < 16; i++) {
         __m256i v[2];
         for (int r = 0; r < RR; r++)
-          v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + 16 * i)));
+          v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + PAIR_BYTES * i)));
         for (int t = 0; t < TT; t++)
           for (int r = 0; r < RR; r++) acc[r][t][i % NA] = pair_dot(acc[r][t][i % NA], v[r], xt[t] + QK * b + 2 * i);
       }
@@ -220,7 +317,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
       for (int j = 0; j < 8; j++) {
         __m256i lo[2], hi[2];
         for (int r = 0; r < RR; r++) {
-          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + 16 * j)));
+          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qs[r] + (size_t)2 * b * gb + PAIR_BYTES * j)));
           lo[r] = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
           hi[r] = _mm256_srli_epi16(v, 4);
         }
@@ -260,19 +357,25 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   }
 }
 
+#define LIN_TILE lin_tile
+#endif
+
 /* one tile: unit u, TT tokens from t0 (each TT its own code) */
 static void tile(const hl_linear* w, int u, int TT, int t0, const int16_t* xq, const float* xs, const float* xsum,
                  float* y, int ldy) {
   const int q8 = w->type == W_Q8;
 #define TILE_CASE(T)                                                                                                \
   if (TT == T) {                                                                                                   \
-    if (q8) lin_tile(w, u, T, 1, t0, xq, xs, xsum, y, ldy);                                                        \
-    else lin_tile(w, u, T, 0, t0, xq, xs, xsum, y, ldy);                                                           \
+    if (q8) LIN_TILE(w, u, T, 1, t0, xq, xs, xsum, y, ldy);                                                        \
+    else LIN_TILE(w, u, T, 0, t0, xq, xs, xsum, y, ldy);                                                           \
     return;                                                                                                        \
   }
   TILE_CASE(1) TILE_CASE(2)
 #if TT_MAX > 2
   TILE_CASE(3) TILE_CASE(4)
+#endif
+#if TT_MAX > 4
+  TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8) TILE_CASE(9)
 #endif
 #undef TILE_CASE
 }
@@ -298,16 +401,16 @@ static void lin_units(const hl_linear* w, int u0, int u1, int T, const int16_t* 
       for (int t = 0; t < T; t++) {
         float acc = 0.f;
         for (int b = 0; b < nb; b++) {
-          const uint8_t* q = w->qs + group_block(g, nb, b) * gb;
+          const uint8_t* q = w->qs + group_qs(g, nb, b, gb) + 2 * r;
           const int16_t* xb = xq + (size_t)t * K + QK * b;
           int32_t s = 0;
           if (q8)
             for (int i = 0; i < 16; i++)
-              s += (int32_t)(int8_t)q[16 * i + 2 * r] * xb[2 * i] + (int32_t)(int8_t)q[16 * i + 2 * r + 1] * xb[2 * i + 1];
+              s += (int32_t)(int8_t)q[PAIR_BYTES * i] * xb[2 * i] + (int32_t)(int8_t)q[PAIR_BYTES * i + 1] * xb[2 * i + 1];
           else
             for (int j = 0; j < 8; j++)
               for (int u = 0; u < 2; u++) {
-                const uint8_t byte = q[16 * j + 2 * r + u];
+                const uint8_t byte = q[PAIR_BYTES * j + u];
                 s += (int32_t)(byte & 15) * xb[2 * j + u] + (int32_t)(byte >> 4) * xb[16 + 2 * j + u];
               }
           const size_t gi = group_block(g, nb, b) * 8 + r;
@@ -360,14 +463,14 @@ static void rmsnorm(const float* x, const float* g, int T, int D, float eps, flo
 static void embed_row(const hl_linear* e, int tok, float* out) {
   const int nb = e->k / QK, q8 = e->type == W_Q8, gb = q8 ? 256 : 128, g = tok / 8, r = tok % 8;
   for (int b = 0; b < nb; b++) {
-    const uint8_t* q = e->qs + group_block(g, nb, b) * gb;
+    const uint8_t* q = e->qs + group_qs(g, nb, b, gb) + 2 * r;
     const size_t gi = group_block(g, nb, b) * 8 + r;
     float d = f16_to_f32(e->d[gi]), off = e->m ? f16_to_f32(e->m[gi]) : 0.f;
     float* o = out + QK * b;
-    for (int i = 0; i < 16; i++) { /* element pair i: bytes 2r, 2r + 1 of the group's 16-byte row i (j, low / high) */
-      if (q8) { o[2 * i] = d * (int8_t)q[16 * i + 2 * r]; o[2 * i + 1] = d * (int8_t)q[16 * i + 2 * r + 1]; }
+    for (int i = 0; i < 16; i++) { /* element pair i: bytes 2r, 2r + 1 of the group's 16 bytes of pair i (j, low / high) */
+      if (q8) { o[2 * i] = d * (int8_t)q[PAIR_BYTES * i]; o[2 * i + 1] = d * (int8_t)q[PAIR_BYTES * i + 1]; }
       else {
-        const uint8_t* p = q + 16 * (i & 7) + 2 * r;
+        const uint8_t* p = q + PAIR_BYTES * (i & 7);
         const int sh = i < 8 ? 0 : 4;
         o[2 * i] = d * ((p[0] >> sh) & 15) + off;
         o[2 * i + 1] = d * ((p[1] >> sh) & 15) + off;
