@@ -16,7 +16,8 @@ decoding. Also the cost of verifying T tokens in one call, in plain steps, and p
 costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
 acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
 windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
-verify_costs, since session 43): an A/B of the table. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+verify_costs, since session 43): an A/B of the table; "head+lookup adaptive g<=8, head priced by the table" sizes
+the head's windows with that table too (by default only prompt lookup's). `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
 g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
@@ -91,6 +92,8 @@ ORT_HEAD = "head+lookup adaptive g<=8, onnxruntime head"  # the head on onnxrunt
 # beside a target whose calls are priced by a table (NativeLM.verify_costs, since session 43): the same windows sized
 # with one price per verified token (its verify_cost), as before
 LINEAR = "head+lookup adaptive g<=8, one price per token"
+# ... and the head's windows priced by that table too (by default only prompt lookup's are: session 43)
+HEAD_TABLE = "head+lookup adaptive g<=8, head priced by the table"
 
 
 @contextlib.contextmanager
@@ -104,6 +107,21 @@ def pooled_rates(on: bool):
         yield
     finally:
         Acceptance.rates = two
+
+
+@contextlib.contextmanager
+def head_priced_by_table(target, on: bool):
+    """While on: the draft head's windows are sized with the target's verify_costs table (decoding.best_window's
+    costs), as prompt lookup's are, instead of one price per token: an A/B of that choice."""
+    from heron.runtime import decoding, draft_head
+    own = draft_head.best_window
+    if on:
+        table = decoding.verify_costs(target)
+        draft_head.best_window = lambda *args, **kw: own(*args, **kw, costs=table)
+    try:
+        yield
+    finally:
+        draft_head.best_window = own
 
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
@@ -253,7 +271,8 @@ def main() -> int:
                     ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
                     (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
                     (ORT_HEAD, 8, True),  # beside a native target: the head in onnxruntime, as before session 42
-                    (LINEAR, 8, True)]  # beside a target with a verify_costs table: windows priced without it
+                    (LINEAR, 8, True),  # beside a target with a verify_costs table: windows priced without it
+                    (HEAD_TABLE, 8, True)]  # ... and the head's windows priced with it too
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -358,7 +377,8 @@ def main() -> int:
                     if m == fast:
                         b.exact_steps = False
                     t0 = time.perf_counter()
-                    with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD):
+                    with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
+                            head_priced_by_table(b, m == HEAD_TABLE):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)
