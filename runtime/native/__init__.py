@@ -201,10 +201,10 @@ class NativeLM:
     # ... and k = 1, 2, ... 8 draft tokens together (decoding.best_window's table: the kernels compute tokens in tiles
     # of up to 9 with AVX-512, 4 with VNNI on AVX-512VL's 256-bit vectors, 2 on AVX2), by (hl_simd, one thread or
     # more); past the table each token costs VERIFY_COSTS'. SmolLM2 on machine Z, calls after a 300-token context, the
-    # mean of two runs (they differed by up to 0.1 at k <= 4, 0.4 past it): `OMP_NUM_THREADS=2 python
+    # mean of two runs (they differed by up to 0.2, AVX2's by up to 0.4): `OMP_NUM_THREADS=2 python
     # scripts/bench_smollm2_spec.py --bundles smollm2 --threads 2 --consistency-only [--march x86-64-v3]` prints a
-    # T-token call's price, T = 1..9 (the table + 1). Levels 1 and 3: session 44; level 2: session 43, before the
-    # prefetch (Z's 256-bit tiles, -mno-avx512bw)
+    # T-token call's price, T = 1..9 (the table + 1). Levels 1 and 3: session 44; level 2: session 43's, measured
+    # when Z's build had 256-bit tiles and no prefetch
     VERIFY_TABLES = {(3, 1): (0.16, 0.39, 0.85, 1.13, 1.49, 1.87, 2.26, 2.58),
                      (3, 2): (0.12, 0.3, 0.71, 0.96, 1.18, 1.5, 1.8, 2.04),
                      (2, 1): (0.15, 0.34, 0.63, 1.3, 1.64, 2.0, 2.32, 2.82),

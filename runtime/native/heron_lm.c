@@ -173,12 +173,6 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 #endif
 }
 
-/* Register tiles: a unit's RR = 2 groups of 8 rows x TT tokens, each with NA int32 partial sums in flight. VNNI's
- * multiply-add has a latency of several cycles and issues more than one a cycle, so a tile keeps about eight
- * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
- * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py); with AVX-512BW a
- * 512-bit vector holds both groups, and tiles of up to 9 tokens (lin_tile16). Integer sums are exact in any order,
- * so the tile's shape changes no bit. */
 /* Software prefetch: each block of a tile asks for the bytes HL_PF ahead in its linear's stream of units. The
  * hardware's prefetcher alone left the kernels waiting on memory, most where a call is bound by arithmetic too (a
  * verify block) or by memory alone (a decode step) (scripts/bench_native_linear.py; 2-16 KB ahead did alike on Zen 4).
@@ -186,6 +180,22 @@ static inline __m256i pair_dot(__m256i acc, __m256i w, const int16_t* x2) {
 #ifndef HL_PF
 #define HL_PF 4096
 #endif
+/* the bytes HL_PF past p .. p + bytes */
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t* p, int bytes) {
+#if HL_PF
+#pragma GCC unroll 8
+  for (int c = 0; c < bytes; c += 64) _mm_prefetch((const char*)p + HL_PF + c, _MM_HINT_T0);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
+/* Register tiles: a unit's RR = 2 groups of 8 rows x TT tokens, each with NA int32 partial sums in flight. VNNI's
+ * multiply-add has a latency of several cycles and issues more than one a cycle, so a tile keeps about eight
+ * independent sums; two groups at once share each token's broadcast pair (half the loads per product). AVX-512VL's
+ * 32 registers hold tiles of 2 x 4 tokens, AVX2's 16 of 2 x 2 (scripts/bench_native_linear.py); with AVX-512BW a
+ * 512-bit vector holds both groups, and tiles of up to 9 tokens (lin_tile16). Integer sums are exact in any order,
+ * so the tile's shape changes no bit. */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define HL_ZMM 1 /* lin_tile16 (scripts/bench_native_linear.py: faster than lin_tile's at every T on Zen 4) */
 #define TT_MAX 9
@@ -221,10 +231,7 @@ static inline __attribute__((always_inline)) void lin_tile16(const hl_linear* w,
 #pragma GCC unroll 16
       for (int a = 0; a < NA; a++) acc[t][a] = _mm512_setzero_si512();
     const uint8_t* q = qs + (size_t)2 * b * gb;
-#if HL_PF
-#pragma GCC unroll 8
-    for (int c = 0; c < 2 * gb; c += 64) _mm_prefetch((const char*)q + HL_PF + c, _MM_HINT_T0);
-#endif
+    prefetch_ahead(q, 2 * gb);
     if (q8) {
 #pragma GCC unroll 16
       for (int i = 0; i < 16; i++) {
@@ -295,10 +302,7 @@ static inline __attribute__((always_inline)) void lin_tile(const hl_linear* w, i
   for (int r = 0; r < RR; r++)
     for (int t = 0; t < TT; t++) f[r][t] = _mm256_setzero_ps();
   for (int b = 0; b < nb; b++) {
-#if HL_PF
-#pragma GCC unroll 8
-    for (int c = 0; c < 2 * gb; c += 64) _mm_prefetch((const char*)qs[0] + (size_t)2 * b * gb + HL_PF + c, _MM_HINT_T0);
-#endif
+    prefetch_ahead(qs[0] + (size_t)2 * b * gb, 2 * gb);
     __m256i acc[2][TT_MAX][4];
     for (int r = 0; r < RR; r++)
       for (int t = 0; t < TT; t++)
