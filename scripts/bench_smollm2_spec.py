@@ -198,6 +198,9 @@ def probe_setup(description: str, costs: bool = False):
     if costs:
         ap.add_argument("--costs", default=None, help="price calls as an earlier --out report did (its rows_in_steps and "
                                                       "head_step_in_steps) instead of measuring them: an A/B of heads")
+        ap.add_argument("--free-verify", action="store_true",
+                        help="price every call as one plain step whatever its length (the draft's own ceiling: what "
+                             "speculation would give if verifying more words cost nothing)")
     a = ap.parse_args()
     import heron
     from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead

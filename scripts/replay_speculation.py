@@ -6,13 +6,15 @@ priced at the target's measured call costs.
         --out runs/replay.json
 
 --bundle: a SmolLM2 export with a hidden output on the padded int8 graph (`heron lm export smollm2 --compute int8
---out DIR`), whose blocks compute exactly what its single steps do, so a greedy answer replayed is the answer any
-lossless method returns. For the three prompts and the 20 varied prompts of scripts/bench_smollm2_spec.py the
-target answers greedily (128 / 64 tokens) and its hidden states along that answer come from one teacher-forced
-call; then every policy decodes again against `Replay`, which answers each verify call with the real next
-words and the real hidden states, while the draft head (the shipped one, or --head) drafts for real. Priced: a
-call of T tokens costs what the target's T-row call costs in plain steps (measured here, after a 300-token
-context), a head step its measured share, and each verify round OVERHEAD for Python's work around it.
+--out DIR`), or `smollm2` (the native decoder where it is built, its windows priced by its table), whose blocks
+compute exactly what its single steps do, so a greedy answer replayed is the answer any lossless method returns. For
+the three prompts and the 20 varied prompts of scripts/bench_smollm2_spec.py the target answers greedily (128 / 64
+tokens) and its hidden states along that answer come from one teacher-forced call; then every policy decodes again
+against `Replay`, which answers each verify call with the real next words and the real hidden states, while the
+draft head (the shipped one, or --head) drafts for real. Priced: a call of T tokens costs what the target's T-row
+call costs in plain steps (measured here, after a 300-token context), a head step its measured share, and each
+verify round OVERHEAD for Python's work around it; --free-verify prices every call as one step (the draft's own
+ceiling).
 
 Reported per prompt set and policy: tokens per plain step (the predicted speed-up over plain decoding), tokens
 per target call, and the share of rounds that each draft source proposed.
@@ -169,9 +171,11 @@ def main() -> int:
         rows, head_cost = {int(T): float(v) for T, v in old["rows_in_steps"].items()}, float(old["head_step_in_steps"])
     else:
         rows, head_cost = call_costs(lm, head, range(2, max(g for g, _ in pols.values()) + 2), 9)
+    if a.free_verify:
+        rows = {T: 1.0 for T in rows}
     report = {"machine": machine(), "bundle": a.bundle, "head": a.head, "threads": a.threads,
-              "rows_in_steps": {T: round(v, 3) for T, v in rows.items()}, "head_step_in_steps": round(head_cost, 4),
-              "overhead_per_round": OVERHEAD, "sets": {}}
+              "free_verify": a.free_verify, "rows_in_steps": {T: round(v, 3) for T, v in rows.items()},
+              "head_step_in_steps": round(head_cost, 4), "overhead_per_round": OVERHEAD, "sets": {}}
     print(f"a call of T rows, in plain steps: {report['rows_in_steps']}; a head step {head_cost:.3f}", flush=True)
     for name in PROBE_PROMPTS:
         row = {}
