@@ -282,6 +282,26 @@ def test_acceptance_is_counted_apart_at_a_windows_first_token_and_past_it():
     assert len(split.propose(seq, 6)[0]) == 6 > len(pooled.propose(seq, 6)[0])
 
 
+def test_lookup_assumes_copied_words_hold_once_a_window_started():
+    """Prompt lookup's later words start from their own prior (LOOKUP_LATER_PRIOR, above the first word's): once a
+    copied run held, its windows grow after one or two rounds instead of staying at two words while the evidence
+    builds up (a code edit decoded two words a call before: scripts/replay_lookup_policy.py)."""
+    a = sp.Acceptance(prior=0.6, decay=1.0, later_prior=0.9)
+    assert a.rates() == (0.6, 0.9)
+    a.observe(3, 3)
+    assert a.rates() == (pytest.approx(1.2 / 3 + 1 / 3), pytest.approx((2 + 1.8) / 4))
+    assert sp.LOOKUP_LATER_PRIOR > sp.LOOKUP_PRIOR
+    table = (0.12, 0.3, 0.71, 0.96, 1.18, 1.5, 1.8, 2.04)  # SmolLM2's native calls at two threads (AVX-512)
+    seq = list(range(1, 20)) + [1, 2, 3]
+    lengths = []
+    for later in (sp.LOOKUP_PRIOR, sp.LOOKUP_LATER_PRIOR):
+        d = sp.LookupDrafter(64, cost=0.3, costs=table)
+        d.accepted.later_prior = later
+        d.observe(2, 2)  # one short window held whole
+        lengths.append(len(d.propose(seq, 8)[0]))
+    assert lengths[0] == 2 < lengths[1]
+
+
 def test_lookup_windows_follow_the_targets_own_verify_cost(soft_pair):
     """A backend that declares what verifying a draft token costs it (verify_cost, in plain steps) gets windows
     sized for that price: free verification drafts every time a suffix recurs, a prohibitive one never (plain
