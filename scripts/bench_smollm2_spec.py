@@ -94,6 +94,8 @@ ORT_HEAD = "head+lookup adaptive g<=8, onnxruntime head"  # the head on onnxrunt
 LINEAR = "head+lookup adaptive g<=8, one price per token"
 # ... and the head's windows priced by that table too (by default only prompt lookup's are: session 43)
 HEAD_TABLE = "head+lookup adaptive g<=8, head priced by the table"
+# prompt lookup's later words from the first word's prior, as before session 45 (decoding.LOOKUP_LATER_PRIOR)
+ONE_PRIOR = "head+lookup adaptive g<=8, lookup's later words at the first's prior"
 
 
 @contextlib.contextmanager
@@ -122,6 +124,20 @@ def head_priced_by_table(target, on: bool):
         yield
     finally:
         draft_head.best_window = own
+
+
+@contextlib.contextmanager
+def lookup_one_prior(on: bool):
+    """While on: prompt lookup's later words start from the first word's prior (before session 45) instead of
+    decoding.LOOKUP_LATER_PRIOR: an A/B of that prior."""
+    from heron.runtime import decoding
+    own = decoding.LOOKUP_LATER_PRIOR
+    if on:
+        decoding.LOOKUP_LATER_PRIOR = decoding.LOOKUP_PRIOR
+    try:
+        yield
+    finally:
+        decoding.LOOKUP_LATER_PRIOR = own
 
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
@@ -275,7 +291,8 @@ def main() -> int:
                     (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
                     (ORT_HEAD, 8, True),  # beside a native target: the head in onnxruntime, as before session 42
                     (LINEAR, 8, True),  # beside a target with a verify_costs table: windows priced without it
-                    (HEAD_TABLE, 8, True)]  # ... and the head's windows priced with it too
+                    (HEAD_TABLE, 8, True),  # ... and the head's windows priced with it too
+                    (ONE_PRIOR, 8, True)]  # prompt lookup's later words at its first word's prior (before session 45)
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -381,7 +398,7 @@ def main() -> int:
                         b.exact_steps = False
                     t0 = time.perf_counter()
                     with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
-                            head_priced_by_table(b, m == HEAD_TABLE):
+                            head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)
