@@ -202,10 +202,12 @@ PROBE_TOKENS = {"code edit": 128, "summary": 128, "chat": 128, "20 varied": 64, 
 PROBE_TO_EOT = {CHAT_SET}
 
 
-def probe_setup(description: str, costs: bool = False):
-    """The probes' command line (--bundle, --head, --threads, --out; costs: --costs) -> (args, the target, the draft
-    head)."""
+def probe_setup(description: str, costs: bool = False, extra=None):
+    """The probes' command line (--bundle, --head, --threads, --out; costs: --costs; extra(parser): a probe's own
+    options) -> (args, the target, the draft head)."""
     ap = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--bundle", required=True, help="a SmolLM2 export with a hidden output (heron lm export smollm2 "
                                                     "--compute int8 --out DIR)")
     ap.add_argument("--head", default=None, help="a draft-head bundle (default: the shipped head)")

@@ -187,24 +187,22 @@ def main() -> int:
 
     from heron.runtime.metrics import machine
 
-    ap_args = [a for a in sys.argv[1:]]
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--corpus", nargs="+", required=True)
-    extra.add_argument("--min-total", type=int, default=2)
-    ex, rest = extra.parse_known_args(ap_args)
-    sys.argv = [sys.argv[0], *rest]
-    a, lm, head = probe_setup(__doc__.split("\n\n")[0])
+    def options(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--corpus", nargs="+", required=True, help="folders of answers (.npz with prompt, tokens)")
+        ap.add_argument("--min-total", type=int, default=2, help="drop contexts seen fewer times")
+
+    a, lm, head = probe_setup(__doc__.split("\n\n")[0], extra=options)
     t0 = time.perf_counter()
-    seqs = list(corpus(ex.corpus))
-    tables = count(seqs, min_total=ex.min_total, vocab_size=lm.backend.vocab_size)
+    seqs = list(corpus(a.corpus))
+    tables = count(seqs, min_total=a.min_total, vocab_size=lm.backend.vocab_size)
     draft = NgramDraft(tables)
     built = time.perf_counter() - t0
     n_words = sum(len(t) - s for t, s in seqs)
     print(f"corpus: {len(seqs)} answers, {n_words} words; tables {[(t.n, len(t.keys)) for t in draft.tables]} "
           f"in {built:.1f} s", flush=True)
     recs = answers(lm, PROBE_PROMPTS, PROBE_TOKENS, PROBE_TO_EOT)
-    report = {"machine": machine(), "corpus": ex.corpus, "answers": len(seqs), "words": n_words,
-              "tables": {t.n: len(t.keys) for t in draft.tables}, "min_total": ex.min_total, "G": G, "sets": {}}
+    report = {"machine": machine(), "corpus": a.corpus, "answers": len(seqs), "words": n_words,
+              "tables": {t.n: len(t.keys) for t in draft.tables}, "min_total": a.min_total, "G": G, "sets": {}}
     for name in PROBE_PROMPTS:
         rows = []
         for rec in (r for r in recs if r["set"] == name):
