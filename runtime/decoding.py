@@ -530,8 +530,11 @@ def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> It
 # prompt lookup: a training-free draft from the context itself
 
 # the longest, then shorter, suffix n-grams searched for in the context; a single recurring token is too
-# weak a hint (on SmolLM2, 1-gram drafts were mostly rejected and made chat slower: BENCHMARKS.md)
-LOOKUP_NGRAM = (3, 2)
+# weak a hint (on SmolLM2, 1-gram drafts were mostly rejected and made chat slower: BENCHMARKS.md). Six words first:
+# a longer match finds the place being copied where three words also occur later by chance (replayed on edits that
+# are not the benchmarks', scripts/replay_lookup_policy.py --sweep ngram: 1.89x -> 1.98x with the draft head, 1.67x ->
+# 1.81x lookup alone; five to eight words first within 1% of each other)
+LOOKUP_NGRAM = (6, 2)
 
 
 def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] = LOOKUP_NGRAM) -> list[int]:

@@ -96,6 +96,8 @@ LINEAR = "head+lookup adaptive g<=8, one price per token"
 HEAD_TABLE = "head+lookup adaptive g<=8, head priced by the table"
 # prompt lookup's later words from the first word's prior, as before session 45 (decoding.LOOKUP_LATER_PRIOR)
 ONE_PRIOR = "head+lookup adaptive g<=8, lookup's later words at the first's prior"
+# prompt lookup's suffixes of three words down to two, as before session 45 (decoding.LOOKUP_NGRAM)
+SHORT_SUFFIX = "head+lookup adaptive g<=8, lookup from 3-word suffixes"
 
 
 @contextlib.contextmanager
@@ -138,6 +140,20 @@ def lookup_one_prior(on: bool):
         yield
     finally:
         decoding.LOOKUP_LATER_PRIOR = own
+
+
+@contextlib.contextmanager
+def lookup_short_suffix(on: bool):
+    """While on: prompt lookup searches suffixes of three words down to two (before session 45) instead of
+    decoding.LOOKUP_NGRAM's: an A/B of the longer suffixes."""
+    from heron.runtime import decoding
+    own = decoding.LookupIndex.__init__.__defaults__
+    if on:
+        decoding.LookupIndex.__init__.__defaults__ = ((3, 2),)
+    try:
+        yield
+    finally:
+        decoding.LookupIndex.__init__.__defaults__ = own
 
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
@@ -294,7 +310,8 @@ def main() -> int:
                     (ORT_HEAD, 8, True),  # beside a native target: the head in onnxruntime, as before session 42
                     (LINEAR, 8, True),  # beside a target with a verify_costs table: windows priced without it
                     (HEAD_TABLE, 8, True),  # ... and the head's windows priced with it too
-                    (ONE_PRIOR, 8, True)]  # prompt lookup's later words at its first word's prior (before session 45)
+                    (ONE_PRIOR, 8, True),  # prompt lookup's later words at its first word's prior (before session 45)
+                    (SHORT_SUFFIX, 8, True)]  # prompt lookup from suffixes of three words down (before session 45)
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -400,7 +417,8 @@ def main() -> int:
                         b.exact_steps = False
                     t0 = time.perf_counter()
                     with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
-                            head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR):
+                            head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR), \
+                            lookup_short_suffix(m == SHORT_SUFFIX):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)

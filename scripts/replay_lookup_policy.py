@@ -1,17 +1,21 @@
-"""Prompt lookup's window policy (heron.runtime.decoding: LOOKUP_PRIOR, LOOKUP_LATER_PRIOR, LOOKUP_DECAY) replayed
-on copy-heavy prompts that are not the speculation benchmarks' (issue 25): standard-library functions to edit and
-return whole, and module docstrings to summarize reusing their wording, then the benchmarks' own sets as the check.
+"""Prompt lookup's window policy replayed on copy-heavy prompts that are not the speculation benchmarks' (issue 25):
+standard-library functions to edit and return whole, and module docstrings to summarize reusing their wording, then
+the benchmarks' own sets as the check. The tune set chooses; the benchmarks' sets only check.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/replay_lookup_policy.py --bundle smollm2 --threads 2 \\
-        --costs runs/replay.json --out runs/replay-lookup.json
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/replay_lookup_policy.py --bundle smollm2 --threads 2 \
+        --costs runs/replay.json [--sweep prior|ngram] [--ngram 3 2] --out runs/replay-lookup.json
 
-Each (prior, decay) setting decodes every prompt again with head + prompt lookup (g <= 8) against
-replay_speculation.py's Replay (the target's real answer and states), priced at --costs' call prices (a
-replay_speculation.py report; without it, measured here). Reported: predicted speed-up over plain decoding and tokens
-per target call, per prompt group. The tune set chooses; the benchmarks' sets only check.
+--sweep prior (the default): heron.runtime.decoding's LOOKUP_PRIOR / LOOKUP_LATER_PRIOR / LOOKUP_DECAY (PRIORS), head +
+prompt lookup (g <= 8), at the suffix lengths --ngram (longest, shortest; default: decoding.LOOKUP_NGRAM). --sweep ngram:
+the suffix lengths searched (NGRAMS), head + lookup and lookup alone (g <= 4), at the current priors. Every setting
+decodes every prompt again against replay_speculation.py's Replay (the target's real answer and states), priced at
+--costs' call prices (a replay_speculation.py report; without it, measured here). Reported: predicted speed-up over
+plain decoding and tokens per target call, per prompt group.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,8 +28,10 @@ EDIT_TEMPLATES = ("Add type hints to this function and return the whole function
                   "Rename the arguments of this function to clearer names and return the whole function:\n\n{c}")
 SUMMARY_MODULES = ("difflib", "random", "heapq", "json")
 SUMMARY_TEMPLATE = "Summarize this text in three sentences, reusing its wording:\n\n{t}"
-SETTINGS = [(0.6, 0.6, 0.9), (0.8, 0.8, 0.9), (0.9, 0.9, 0.9), (0.6, 0.8, 0.9), (0.6, 0.9, 0.9), (0.6, 0.95, 0.9),
-            (0.7, 0.9, 0.9), (0.6, 0.9, 0.95)]  # (prior, later prior, decay); the first: before
+PRIORS = [(0.6, 0.6, 0.9), (0.8, 0.8, 0.9), (0.9, 0.9, 0.9), (0.6, 0.8, 0.9), (0.6, 0.9, 0.9), (0.6, 0.95, 0.9),
+          (0.7, 0.9, 0.9), (0.6, 0.9, 0.95)]  # (prior, later prior, decay); the first: before session 45
+NGRAMS = [(3, 2), (3, 3), (4, 3), (4, 2), (5, 2), (6, 2), (8, 2)]  # (longest, shortest); the first: before session 45
+POLICIES = {"prior": ("head+lookup adaptive g<=8",), "ngram": ("head+lookup adaptive g<=8", "lookup adaptive g<=4")}
 
 
 def tune_prompts() -> dict[str, list[str]]:
@@ -44,15 +50,39 @@ def tune_prompts() -> dict[str, list[str]]:
     return {"tune: edits": edits, "tune: summaries": texts}
 
 
+@contextlib.contextmanager
+def lookup_settings(prior: tuple[float, float, float] | None = None, ngram: tuple[int, int] | None = None):
+    """While in: prompt lookup with these priors (prior, later prior, decay) and suffix lengths (longest, shortest)."""
+    from heron.runtime import decoding
+
+    before = (decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY)
+    index = decoding.LookupIndex.__init__.__defaults__
+    if prior is not None:
+        decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = prior
+    if ngram is not None:
+        decoding.LookupIndex.__init__.__defaults__ = (tuple(ngram),)
+    try:
+        yield
+    finally:
+        decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = before
+        decoding.LookupIndex.__init__.__defaults__ = index
+
+
 def main() -> int:
     from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TO_EOT, PROBE_TOKENS, call_costs, probe_setup, write_report
     from replay_speculation import answers, policies, replay
 
-    import heron.runtime.decoding as decoding
     from heron.runtime.decoding import GenerationOptions
     from heron.runtime.metrics import machine
 
-    a, lm, head = probe_setup(__doc__.split("\n\n")[0], costs=True)
+    def options(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--sweep", choices=sorted(POLICIES), default="prior", help="what to vary")
+        ap.add_argument("--ngram", type=int, nargs=2, default=None, metavar=("LONGEST", "SHORTEST"),
+                        help="--sweep prior: the suffix lengths searched (default: decoding.LOOKUP_NGRAM)")
+
+    a, lm, head = probe_setup(__doc__.split("\n\n")[0], costs=True, extra=options)
+    if a.ngram is not None and not 1 <= a.ngram[1] <= a.ngram[0]:
+        raise SystemExit(f"--ngram: LONGEST >= SHORTEST >= 1, got {a.ngram}")
     tune = tune_prompts()
     check = {k: PROBE_PROMPTS[k] for k in ("code edit", "summary", "chat", "20 varied")}
     prompts = {**tune, **check}
@@ -63,28 +93,29 @@ def main() -> int:
         rows, head_cost = {int(T): float(v) for T, v in old["rows_in_steps"].items()}, float(old["head_step_in_steps"])
     else:
         rows, head_cost = call_costs(lm, head, range(2, 10), 9)
-    report = {"machine": machine(), "bundle": a.bundle, "threads": a.threads, "costs": a.costs,
-              "rows_in_steps": rows, "settings": {}}
-    before = (decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY)
-    try:
-        for prior, later, decay in SETTINGS:
-            decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = prior, later, decay
-            gamma, make = policies(head, lambda: GenerationOptions(temperature=0.0))["head+lookup adaptive g<=8"]
-            row = {}
-            for name in prompts:
-                tot = {"tokens": 0, "cost": 0.0, "calls": 0}
-                for rec in (r for r in recs if r["set"] == name):
-                    got = replay(rec, lm.backend, make, gamma, rows, head_cost)
-                    for k in tot:
-                        tot[k] += got[k]
-                row[name] = {"speedup": round(tot["tokens"] / tot["cost"], 3),
-                             "tokens_per_call": round(tot["tokens"] / tot["calls"], 3)}
-            label = f"prior {prior} / {later}, decay {decay}"
-            report["settings"][label] = row
-            print(f"{label}: " + ", ".join(f"{k} {v['speedup']}x ({v['tokens_per_call']})" for k, v in row.items()),
-                  flush=True)
-    finally:
-        decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = before
+    report = {"machine": machine(), "bundle": a.bundle, "threads": a.threads, "costs": a.costs, "sweep": a.sweep,
+              "ngram": a.ngram, "rows_in_steps": rows, "settings": {}}
+    if a.sweep == "prior":
+        settings = [(f"prior {p} / {later}, decay {d}", {"prior": (p, later, d), "ngram": a.ngram})
+                    for p, later, d in PRIORS]
+    else:
+        settings = [(f"suffixes of {n} down to {m} words", {"ngram": (n, m)}) for n, m in NGRAMS]
+    for label, setting in settings:
+        for policy in POLICIES[a.sweep]:
+            with lookup_settings(**setting):
+                gamma, make = policies(head, lambda: GenerationOptions(temperature=0.0))[policy]
+                row = {}
+                for name in prompts:
+                    tot = {"tokens": 0, "cost": 0.0, "calls": 0}
+                    for rec in (r for r in recs if r["set"] == name):
+                        got = replay(rec, lm.backend, make, gamma, rows, head_cost)
+                        for k in tot:
+                            tot[k] += got[k]
+                    row[name] = {"speedup": round(tot["tokens"] / tot["cost"], 3),
+                                 "tokens_per_call": round(tot["tokens"] / tot["calls"], 3)}
+            report["settings"][f"{label}, {policy}"] = row
+            print(f"{label}, {policy}: " + ", ".join(f"{k} {v['speedup']}x ({v['tokens_per_call']})"
+                                                     for k, v in row.items()), flush=True)
     write_report(a.out, report)
     return 0
 

@@ -204,7 +204,18 @@ def test_lookup_window_copies_what_followed_the_latest_match():
     assert sp.lookup_window([4, 4, 4, 4], 2) == [4]  # the match ending right before the suffix
 
 
-@pytest.mark.parametrize("ngram", [(3, 2), (3, 1), (4, 2)])
+def test_lookup_prefers_the_source_a_longer_suffix_matches():
+    """The longest recurring suffix (up to LOOKUP_NGRAM[0] words) picks where the text is being copied from, over a
+    later place where only its last three words occur (a copy's next words are the source's, not the coincidence's)."""
+    source, elsewhere = [10, 11, 1, 2, 3, 20, 21, 22], [1, 2, 3, 30, 31]
+    seq = source + elsewhere + [10, 11, 1, 2, 3]
+    assert sp.LOOKUP_NGRAM[0] >= 5
+    assert sp.lookup_window(seq, 3) == [20, 21, 22]
+    assert sp.lookup_window(seq, 3, ngram=(3, 2)) == [30, 31, 10]  # three words alone: the latest coincidence
+    assert sp.LookupIndex().window(seq, 3) == [20, 21, 22]
+
+
+@pytest.mark.parametrize("ngram", [(3, 2), (3, 1), (4, 2), (6, 2)])
 def test_the_lookup_index_proposes_what_lookup_window_proposes(ngram):
     """LookupIndex keeps each n-gram's latest start as the context grows: at every length, for any window size, the
     window lookup_window computes from scratch; a context that is not the one indexed (another list, a shorter one)
