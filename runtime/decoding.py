@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Callable, Collection, Iterator, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -532,7 +532,7 @@ def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> It
 # the longest, then shorter, suffix n-grams searched for in the context; a single recurring token is too
 # weak a hint (on SmolLM2, 1-gram drafts were mostly rejected and made chat slower: BENCHMARKS.md). Six words first:
 # a longer match finds the place being copied where three words also occur later by chance (replayed on edits that
-# are not the benchmarks', scripts/replay_lookup_policy.py --sweep ngram: 1.89x -> 1.98x with the draft head, 1.67x ->
+# are not the benchmarks', scripts/replay_window_policy.py --sweep ngram: 1.89x -> 1.98x with the draft head, 1.67x ->
 # 1.81x lookup alone; five to eight words first within 1% of each other)
 LOOKUP_NGRAM = (6, 2)
 
@@ -626,7 +626,7 @@ VERIFY_COST = 0.5
 LOOKUP_PRIOR = 0.6     # acceptance assumed before any round, weighted as PRIOR_WEIGHT tries
 # ... and for a window's later words: once a window's first word holds, copied text goes on (~0.9 on SmolLM2's code
 # edits). With the first word's prior here too, a copy's windows stayed at two words for rounds after a rejection
-# (scripts/replay_lookup_policy.py, on edits and summaries that are not the benchmarks': 1.79x -> 1.89x on its edits)
+# (scripts/replay_window_policy.py, on edits and summaries that are not the benchmarks': 1.79x -> 1.89x on its edits)
 LOOKUP_LATER_PRIOR = 0.9
 PRIOR_WEIGHT = 2.0
 LOOKUP_DECAY = 0.9     # older rounds count less: the text may turn from copying to free writing and back
@@ -655,6 +655,42 @@ def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draf
         if rate > best + 1e-12:
             best, best_k = rate, k
     return best_k
+
+
+def window_prices(n: int, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0,
+                  costs: Sequence[float] | None = None) -> np.ndarray:
+    """(n,) float32: what a window of k = 1..n draft words costs past a plain step, in plain steps: k * draft to
+    propose it plus its verification, priced as best_window prices it (the table `costs`, else `cost` per word past
+    `free`)."""
+    out = np.empty(n, np.float32)
+    for k in range(1, n + 1):
+        if costs:
+            price = costs[k - 1] if k <= len(costs) else costs[-1] + cost * (k - len(costs))
+        else:
+            price = cost * max(0, k - free)
+        out[k - 1] = draft * k + price
+    return out
+
+
+def confidence_window(probs: Iterable[float], prices: Sequence[float]) -> int:
+    """How many words of a greedy draft to verify from the draft's own probability of each of its words (EAGLE-2's
+    dynamic window, for a chain): word k is kept while (1 + p1 + p1 p2 + ... + p1..pk) / (1 + prices[k - 1]), the
+    expected words per plain-step cost, grows past the best so far (a plain step's 1 to start); the first word that
+    does not raise it ends the window. A calibrated draft (heron's head is: BENCHMARKS.md "The head knows when it is
+    right") sizes each window for the text at hand, not for the rounds before it. float32 arithmetic, as the native
+    library's copy of the rule (heron_lm.c, hl_head_run), so both cut the same windows."""
+    one = np.float32(1.0)
+    gain, chance, best = one, one, one
+    n = 0
+    for price, p in zip(prices, probs):  # prices first: a lazy `probs` is not asked for a word past the prices
+        chance = np.float32(chance * np.float32(p))
+        gain = np.float32(gain + chance)
+        rate = np.float32(gain / np.float32(one + np.float32(price)))
+        if not rate > best:
+            break
+        best = rate
+        n += 1
+    return n
 
 
 class Acceptance:

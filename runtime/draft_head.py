@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from heron.runtime.decoding import (Acceptance, DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter,
-                                    best_window, draw, drafted, free_draft_tokens, probs, verify_cost,
-                                    verify_costs)
+                                    best_window, confidence_window, draw, drafted, free_draft_tokens, probs,
+                                    verify_cost, verify_costs, window_prices)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
 
 HEAD_FORMAT = "heron-draft-head/1"
@@ -237,18 +237,30 @@ class DraftHead:
         logits, feature = self.session.run(None, feed)
         return logits[0], feature[0]
 
-    def greedy(self, hidden: np.ndarray, token: int, g: int, streams: np.ndarray | None = None) -> list[int]:
-        """g words chained from hidden and token, each the head's first choice (the target's ids): a greedy window.
-        The native head runs the g steps in one call."""
+    def greedy(self, hidden: np.ndarray, token: int, g: int, streams: np.ndarray | None = None,
+               prices: np.ndarray | None = None) -> list[int]:
+        """Up to g words chained from hidden and token, each the head's first choice (the target's ids): a greedy
+        window; g of them, or with prices (g,) (decoding.window_prices) as many as decoding.confidence_window keeps
+        from the head's own probabilities. The native head runs the steps in one call."""
         if self.native is not None:
-            return self.words[self.native.greedy(hidden, token, g)].tolist()
+            return self.words[self.native.greedy(hidden, token, g, prices)].tolist()
         window = []
-        for _ in range(g):
-            logits, hidden = self.step(hidden, token, streams)
-            streams = None  # chained steps start from the head's own feature
-            token = int(self.words[int(np.argmax(logits))])
-            window.append(token)
-        return window
+
+        def first_choice_probs():
+            nonlocal hidden, token, streams
+            for _ in range(g):
+                logits, hidden = self.step(hidden, token, streams)
+                streams = None  # chained steps start from the head's own feature
+                k = int(np.argmax(logits))
+                token = int(self.words[k])
+                window.append(token)
+                yield 1.0 / float(np.exp(logits.astype(np.float64) - logits[k]).sum())
+
+        if prices is None:
+            for _ in first_choice_probs():
+                pass
+            return window
+        return window[:confidence_window(first_choice_probs(), prices)]
 
     def check_target(self, backend) -> None:
         """The head reads this target's features: same GGUF file (sha256: a bundle's manifest.source, a native
@@ -301,19 +313,22 @@ def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: d
 class HeadDrafter:
     """The head as a Drafter: up to g words proposed from the target's hidden state at len(seq) - 2 (the
     position whose logits chose seq[-1]), chained through the head's own features; ([], None) when the target
-    has not computed that state (before the first target call). adaptive: the window is cut to the length
-    that pays for its verification given the acceptance seen so far, `cost` (the target's verify_cost, in plain
-    steps, past its `free` draft tokens) and the head's own step (HEAD_STEP_COST per drafted word): one price per
-    token even where the target tables its calls (the lookup drafter's windows use the table), since the head's
-    later words cost head steps and hold less than copied text (replayed and measured: session 43). lookup: a
-    prompt-lookup drafter asked first: where the context repeats itself (code edits, quotes) its free windows go
-    first, the head drafts everywhere else."""
+    has not computed that state (before the first target call). adaptive: the window is cut to the length that pays
+    for its verification: greedy, from the head's own probability of each word it drafts (confident=True:
+    decoding.confidence_window, each window sized for the text at hand; in the native library, inside the head's
+    one call), else from the acceptance seen so far (best_window: one price per token, since the head's later words
+    cost head steps and hold less than copied text, replayed and measured in session 43); both price a drafted word
+    at HEAD_STEP_COST and its verification at the target's `cost` per word past its `free` draft tokens, or by its
+    table `costs` where it has one and the window follows the head's probabilities. lookup: a prompt-lookup drafter
+    asked first: where the context repeats itself (code edits, quotes) its free windows go first, the head drafts
+    everywhere else."""
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
-                 lookup: LookupDrafter | None = None, free: int = 0):
+                 lookup: LookupDrafter | None = None, free: int = 0, costs=None, confident: bool = True):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
-        self.adaptive, self.cost, self.lookup, self.free = adaptive, cost, lookup, free
+        self.adaptive, self.cost, self.lookup, self.free, self.costs = adaptive, cost, lookup, free, costs
+        self.confident = confident
         self.accepted = Acceptance(HEAD_PRIOR, HEAD_DECAY)
         self.vocab_size = target.vocab_size
         self._last_from_lookup = False
@@ -333,18 +348,23 @@ class HeadDrafter:
         hidden = self.target.hidden_at(len(seq) - 2)
         if hidden is None:
             return [], None
-        if self.adaptive:
+        greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
+        prices = None
+        if self.adaptive and greedy and self.confident:
+            prices = window_prices(g, self.cost, self.free, HEAD_STEP_COST, self.costs)
+        elif self.adaptive:
             first, later = self.accepted.rates()
             g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later)
             if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
                 self.accepted.recover(HEAD_DECAY)
                 return [], None
         t0 = time.perf_counter()
-        greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
         rng = None if greedy else self.seeds.at(len(seq))  # a window's draws depend on where it starts only
         streams = self.target.streams_at(len(seq) - 2) if self.head.stream_layers else None
+        steps = g
         if greedy:
-            window, qs = self.head.greedy(hidden, seq[-1], g, streams), []
+            window, qs = self.head.greedy(hidden, seq[-1], g, streams, prices), []
+            steps = g if prices is None else min(len(window) + 1, g)  # the step that ended the window ran too
         else:
             window, qs, token = [], [], seq[-1]
             full = np.full(self.vocab_size, -np.inf, np.float32)
@@ -357,8 +377,10 @@ class HeadDrafter:
                 qs.append(q)
                 window.append(token)
         if self.stats is not None:
-            self.stats.draft_calls += g
+            self.stats.draft_calls += steps
             self.stats.draft_time_s += time.perf_counter() - t0
+        if not window:
+            return [], None
         return window, (None if greedy else np.stack(qs))
 
 
@@ -370,9 +392,13 @@ def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: Generati
     stats = stats if stats is not None else DecodeStats(method="head")
     cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
     first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free, costs) if lookup else None
-    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free)
+    drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free, costs,
+                          CONFIDENT_WINDOWS)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 
+# greedy windows sized by the head's own probabilities (decoding.confidence_window; session 45) rather than by the
+# acceptance of the rounds before (scripts/bench_smollm2_spec.py's A/B row flips it)
+CONFIDENT_WINDOWS = True
 # the head's own step in target steps (SmolLM2 int8x2, machine B; scripts/bench_smollm2_spec.py measures it)
 HEAD_STEP_COST = 0.05

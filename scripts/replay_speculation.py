@@ -86,9 +86,10 @@ class CountingHead:
         self.steps += 1
         return self.head.step(*args, **kw)
 
-    def greedy(self, hidden, token, g, streams=None):
-        self.steps += g
-        return self.head.greedy(hidden, token, g, streams)
+    def greedy(self, hidden, token, g, streams=None, prices=None):
+        window = self.head.greedy(hidden, token, g, streams, prices)
+        self.steps += g if prices is None else min(len(window) + 1, g)  # the step that ended the window ran too
+        return window
 
 
 def answers(lm, prompts: dict, tokens: dict, to_eot=frozenset()) -> list[dict]:
@@ -140,12 +141,13 @@ def policies(head_bundle, opts_factory) -> dict:
     from heron.runtime.decoding import LookupDrafter, free_draft_tokens, verify_cost, verify_costs
     from heron.runtime.draft_head import DraftSeeds, HeadDrafter
 
-    def head_lookup(lookup=True):
+    def head_lookup(lookup=True, confident=True):
         def make(target, stats):
             head = CountingHead(head_bundle)
             cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
             first = LookupDrafter(target.vocab_size, stats, True, cost, free, costs) if lookup else None
-            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free), head
+            return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free, costs,
+                               confident), head
         return make
 
     def lookup_only(target, stats):
@@ -153,7 +155,8 @@ def policies(head_bundle, opts_factory) -> dict:
                              verify_costs(target)), None
 
     return {"lookup adaptive g<=4": (4, lookup_only), "head adaptive g<=3": (3, head_lookup(lookup=False)),
-            **{f"head+lookup adaptive g<={g}": (g, head_lookup()) for g in (4, 6, 8, 12)}}
+            **{f"head+lookup adaptive g<={g}": (g, head_lookup()) for g in (4, 6, 8, 12)},
+            "head+lookup adaptive g<=8, head windows from the acceptance so far": (8, head_lookup(confident=False))}
 
 
 def main() -> int:

@@ -387,6 +387,65 @@ def test_the_native_head_computes_the_exported_head(trained):
             assert other.greedy(h, tok, 5) == chain
 
 
+def test_the_heads_windows_follow_its_own_probabilities(trained):
+    """Greedy windows sized by the head's confidence (decoding.confidence_window): a word is kept while the window's
+    expected words per cost grow. The native library runs the same rule inside the head's one call: its window is
+    the chain's prefix that the rule keeps from the probabilities it reports (those of the float64 softmax of its
+    logits), for cheap, dear and tabled prices; free verification keeps every word, a prohibitive price none;
+    onnxruntime's head keeps the same prefix of its own chain; speculation stays plain decoding's."""
+    from heron.runtime.decoding import confidence_window, window_prices
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    assert confidence_window([0.9] * 4, window_prices(4, cost=0.0)) == 4  # free: every word pays
+    assert confidence_window([0.9] * 4, window_prices(4, cost=10.0)) == 0
+    assert confidence_window([0.2, 0.99], window_prices(2, cost=0.3)) == 0  # (1 + 0.2) / 1.3 < a plain step
+    assert confidence_window([0.9, 0.9, 0.9], window_prices(3, cost=0.1, costs=(0.05, 0.1, 2.0))) == 2  # T = 4 dear
+    assert confidence_window(iter([0.9, 0.9]), window_prices(1, cost=0.1)) == 1 and confidence_window([], [0.1]) == 0
+    np.testing.assert_allclose(window_prices(3, cost=0.5, free=1, draft=0.1), [0.1, 0.7, 1.3], rtol=1e-6)
+
+    target = _native_target(trained["path"], threads=2)
+    head = DraftHead(trained["bundle"], target=target)
+    ort = DraftHead(trained["bundle"], target=target, engine="onnxruntime")
+    rng = np.random.default_rng(7)
+    dim = trained["model"].cfg.dim
+    tables = [window_prices(6, cost=c, draft=d) for c, d in ((0.0, 0.0), (0.05, 0.02), (0.3, 0.05), (10.0, 0.0))]
+    tables.append(window_prices(6, cost=0.3, draft=0.05, costs=(0.1, 0.15, 0.6, 0.8)))
+    lengths = set()
+    for _ in range(12):
+        h, tok = rng.standard_normal(dim).astype(np.float32) * 3, int(rng.integers(0, 64))
+        chain, ps, hh, t = [], [], h, tok
+        for _ in range(6):
+            logits, hh = head.step(hh, t)
+            k = int(np.argmax(logits))
+            ps.append(1 / np.exp(logits.astype(np.float64) - logits[k]).sum())
+            t = int(head.words[k])
+            chain.append(t)
+        o_chain, o_ps, hh, t = [], [], h, tok  # onnxruntime's head: its own chain and probabilities
+        for _ in range(6):
+            logits, hh = ort.step(hh, t)
+            k = int(np.argmax(logits))
+            o_ps.append(1 / np.exp(logits.astype(np.float64) - logits[k]).sum())
+            t = int(ort.words[k])
+            o_chain.append(t)
+        for prices in tables:
+            probs = np.full(6, np.nan, np.float32)
+            rows = head.native.greedy(h, tok, 6, prices, probs)
+            n = len(rows)
+            assert head.words[rows].tolist() == chain[:n] and head.greedy(h, tok, 6, None, prices) == chain[:n]
+            assert n == confidence_window(probs, prices)
+            ran = min(n + 1, 6)  # the step that ended the window reported its probability too
+            np.testing.assert_allclose(probs[:ran], ps[:ran], rtol=1e-4)
+            lengths.add(n)
+            got = ort.greedy(h, tok, 6, None, prices)
+            assert got == o_chain[:len(got)] and len(got) == confidence_window(o_ps, prices)
+        assert len(head.greedy(h, tok, 6, None, tables[0])) == 6 and head.greedy(h, tok, 6, None, tables[3]) == []
+    assert len(lengths) >= 3  # the windows' lengths vary with the head's confidence
+    opts = GenerationOptions(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
+    for prompt in PROMPTS:
+        ref = [t.id for t in plain(target, prompt, opts)]
+        assert [t.id for t in head_generate(target, head, prompt, opts, 6, adaptive=True)] == ref, prompt
+
+
 def test_the_head_engine_is_checked(trained):
     """engine='native' needs a native target; an unknown engine is one line; onnxruntime can be asked for beside a
     native target (the A/B of benchmarks), and drafts the same tokens' output."""

@@ -296,7 +296,7 @@ def test_acceptance_is_counted_apart_at_a_windows_first_token_and_past_it():
 def test_lookup_assumes_copied_words_hold_once_a_window_started():
     """Prompt lookup's later words start from their own prior (LOOKUP_LATER_PRIOR, above the first word's): once a
     copied run held, its windows grow after one or two rounds instead of staying at two words while the evidence
-    builds up (a code edit decoded two words a call before: scripts/replay_lookup_policy.py)."""
+    builds up (a code edit decoded two words a call before: scripts/replay_window_policy.py)."""
     a = sp.Acceptance(prior=0.6, decay=1.0, later_prior=0.9)
     assert a.rates() == (0.6, 0.9)
     a.observe(3, 3)

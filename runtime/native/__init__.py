@@ -32,7 +32,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 9  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 10  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -171,7 +171,7 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_head_scratch_floats.restype = ctypes.c_size_t
     lib.hl_head_scratch_floats.argtypes = [ctypes.POINTER(_Head)]
     lib.hl_head_run.restype = ctypes.c_int
-    lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp]
+    lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp]
     if path is None:
         _LIB = lib
     return lib
@@ -464,15 +464,17 @@ class NativeHead:
         self.dim, self.n_words, self.vocab_size, self.threads = D, N, len(rows), threads
         self._scratch = np.zeros(lib.hl_head_scratch_floats(ctypes.byref(self._h)), np.float32)
 
-    def _run(self, hidden, token: int, g: int, rows, logits, feature) -> None:
+    def _run(self, hidden, token: int, g: int, rows, logits, feature, prices=None, probs=None) -> int:
         h = np.ascontiguousarray(hidden, np.float32).reshape(-1)
         if h.shape != (self.dim,):
             raise ValueError(f"the head reads a hidden state of {self.dim} floats, got {h.size}")
         rc = self._lib.hl_head_run(ctypes.byref(self._h), _ptr(h), int(token), g,
                                    None if rows is None else _ptr(rows), None if logits is None else _ptr(logits),
-                                   None if feature is None else _ptr(feature), _ptr(self._scratch))
-        if rc != 0:
+                                   None if feature is None else _ptr(feature), _ptr(self._scratch),
+                                   None if prices is None else _ptr(prices), None if probs is None else _ptr(probs))
+        if rc < 0:
             raise RuntimeError(f"heron's native decoder refused the head's call (code {rc})")
+        return rc
 
     def step(self, hidden, token: int) -> tuple[np.ndarray, np.ndarray]:
         """hidden (D,), the word that followed it (a target id) -> logits (N,), the head's feature (D,)."""
@@ -480,13 +482,22 @@ class NativeHead:
         self._run(hidden, token, 1, None, logits, feature)
         return logits, feature
 
-    def greedy(self, hidden, token: int, g: int) -> np.ndarray:
-        """g chained steps, each from the last one's first choice, in one call -> the g rows chosen (int32)."""
+    def greedy(self, hidden, token: int, g: int, prices=None, probs: np.ndarray | None = None) -> np.ndarray:
+        """Up to g chained steps, each from the last one's first choice, in one call -> the rows chosen (int32).
+        prices (g,): a window of k words costs prices[k - 1] past a plain step; the window stops where the head's
+        own probabilities say a longer one would not pay (decoding.confidence_window's rule, in the library).
+        probs: a float32 array of g that receives each step's probability of its first choice."""
         if not 1 <= g <= 1 << 10:
             raise ValueError(f"a window of 1 to 1024 words, got {g}")
         rows = np.empty(g, np.int32)
-        self._run(hidden, token, g, rows, None, None)
-        return rows
+        if prices is not None:
+            prices = np.ascontiguousarray(prices, np.float32).reshape(-1)
+            if prices.shape != (g,) or not np.all(np.isfinite(prices)):
+                raise ValueError(f"prices must be {g} finite numbers, one per window length")
+        if probs is not None and (probs.dtype != np.float32 or probs.shape != (g,) or not probs.flags.c_contiguous):
+            raise ValueError(f"probs must be a contiguous float32 array of {g}")
+        n = self._run(hidden, token, g, rows, None, None, prices, probs)
+        return rows[:n]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 9
+#define HL_ABI 10
 #define QK 32
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
@@ -900,13 +900,32 @@ size_t hl_head_scratch_floats(const hl_head* hd) {
   return 4 * D + 2 * F + N + (W + 1) / 2 + 2 * (W / QK) + 16;
 }
 
+/* the probability of row `best` (the largest of lg[0..n)) in the softmax of lg */
+static float top_prob(const float* lg, int n, int best) {
+  const float mx = lg[best];
+#ifdef HL_AVX2
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum8 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) sum8 = _mm256_add_ps(sum8, exp_neg(_mm256_sub_ps(_mm256_loadu_ps(lg + i), mv)));
+  double sum = hsum8(sum8);
+  for (; i < n; i++) sum += expf(lg[i] - mx);
+#else
+  double sum = 0.0;
+  for (int i = 0; i < n; i++) sum += expf(lg[i] - mx);
+#endif
+  return (float)(1.0 / sum);
+}
+
 static void head_team(const hl_head* hd, const float* hidden, int token, int g, int32_t* rows_out, float* logits_out,
-                      float* feature_out, float* scratch, int nt, int id) {
+                      float* feature_out, float* scratch, const float* prices, float* probs_out, int nt, int id) {
   const int D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
   float *cat = scratch, *f = cat + 2 * D, *h = f + D, *gb = h + D, *ub = gb + F, *lg = ub + F;
   int16_t* xq = (int16_t*)(lg + N);
   float *xs = lg + N + (W + 1) / 2, *xsum = xs + W / QK;
-  volatile int32_t* row = (volatile int32_t*)(xsum + W / QK); /* the word the next step starts from (team-shared) */
+  /* team-shared: row[0] the word the next step starts from, row[1] the words kept so far (the window's length) */
+  volatile int32_t* row = (volatile int32_t*)(xsum + W / QK);
+  float gain = 1.f, chance = 1.f, best_rate = 1.f; /* thread 0's: expected words of the window so far, and per cost */
   size_t d0, d1, f0, f1, n0, n1;
   share(D, nt, id, &d0, &d1);
   share(F, nt, id, &f0, &f1);
@@ -915,12 +934,13 @@ static void head_team(const hl_head* hd, const float* hidden, int token, int g, 
   n1 = UNIT * n1 < (size_t)N ? UNIT * n1 : (size_t)N;
   if (id == 0) {
     memcpy(f, hidden, D * sizeof(float));
-    *row = token >= 0 && token < hd->vocab ? hd->row_of_word[token] : -1;
+    row[0] = token >= 0 && token < hd->vocab ? hd->row_of_word[token] : -1;
+    row[1] = 0;
   }
   sync_team(nt);
-  for (int s = 0; s < g; s++) {
+  for (int s = 0; s < g && row[1] == s; s++) {
     if (id == 0) {
-      const int r = *row;
+      const int r = row[0];
       if (r >= 0 && r < N) embed_row(&hd->words, r, cat + D);
       else memcpy(cat + D, hd->oov, D * sizeof(float));
       rmsnorm(cat + D, hd->emb_norm, 1, D, hd->eps, cat + D);
@@ -958,8 +978,23 @@ static void head_team(const hl_head* hd, const float* hidden, int token, int g, 
       if (rows_out) { /* the first choice; ties to the lowest row, as numpy's argmax */
         int best = 0;
         for (int i = 1; i < N; i++) if (lg[i] > lg[best]) best = i;
+        int keep = 1;
+        if (prices || probs_out) {
+          const float p = top_prob(lg, N, best);
+          if (probs_out) probs_out[s] = p;
+          if (prices) { /* kept while the window's expected words per cost grow (decoding.confidence_window) */
+            chance *= p;
+            gain += chance;
+            const float rate = gain / (1.f + prices[s]);
+            keep = rate > best_rate;
+            if (keep) best_rate = rate;
+          }
+        }
         rows_out[s] = best;
-        *row = best;
+        row[0] = best;
+        row[1] = s + keep;
+      } else {
+        row[1] = s + 1;
       }
     }
     sync_team(nt);
@@ -967,21 +1002,26 @@ static void head_team(const hl_head* hd, const float* hidden, int token, int g, 
   if (id == 0 && feature_out) memcpy(feature_out, f, D * sizeof(float));
 }
 
-/* g chained steps of the head from the target's hidden state (dim floats) and the word that followed it (a target
- * id). rows_out (g): each step's first choice (a row of the head's words), the next step's word; NULL: one step
- * (g = 1), its logits only (a sampled window draws its word outside). logits_out: g x n_words, or NULL.
- * feature_out: the last step's feature (dim), or NULL. Returns 0, or a negative code. */
+/* Up to g chained steps of the head from the target's hidden state (dim floats) and the word that followed it (a
+ * target id). rows_out (g): each step's first choice (a row of the head's words), the next step's word; NULL: one
+ * step (g = 1), its logits only (a sampled window draws its word outside). logits_out: g x n_words, or NULL.
+ * feature_out: the last step's feature (dim), or NULL. probs_out (g), or NULL: each step's probability of its first
+ * choice (the softmax over the head's words). prices (g), or NULL: what a window of s + 1 words costs past a plain
+ * step (its head steps and its verification), in plain steps; the window stops before the first word whose step
+ * does not raise its expected words per cost, (1 + p1 + p1 p2 + ...) / (1 + prices[s]), above the best so far (a
+ * plain step's 1 to start): decoding.confidence_window's rule. Returns the words kept (g without prices; 0 to g with
+ * them), or a negative code. */
 int hl_head_run(const hl_head* hd, const float* hidden, int token, int g, int32_t* rows_out, float* logits_out,
-                float* feature_out, float* scratch) {
-  if (g < 1 || (!rows_out && g != 1)) return -1;
+                float* feature_out, float* scratch, const float* prices, float* probs_out) {
+  if (g < 1 || (!rows_out && (g != 1 || prices || probs_out))) return -1;
 #ifdef _OPENMP
   if (hd->threads > 1) {
 #pragma omp parallel num_threads(hd->threads)
-    head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, omp_get_num_threads(),
-              omp_get_thread_num());
-    return 0;
-  }
+    head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, prices, probs_out,
+              omp_get_num_threads(), omp_get_thread_num());
+  } else
 #endif
-  head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, 1, 0);
-  return 0;
+    head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, prices, probs_out, 1, 0);
+  const size_t D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
+  return ((const int32_t*)(scratch + 4 * D + 2 * F + N + (W + 1) / 2 + 2 * (W / QK)))[1];
 }

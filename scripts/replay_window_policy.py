@@ -1,16 +1,18 @@
-"""Prompt lookup's window policy replayed on copy-heavy prompts that are not the speculation benchmarks' (issue 25):
-standard-library functions to edit and return whole, and module docstrings to summarize reusing their wording, then
-the benchmarks' own sets as the check. The tune set chooses; the benchmarks' sets only check.
+"""Speculation's window policies replayed on prompts that are not the speculation benchmarks' (issue 25): standard-
+library functions to edit and return whole, module docstrings to summarize reusing their wording, and everyday chat
+questions, then the benchmarks' own sets as the check. The tune sets choose; the benchmarks' sets only check.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/replay_lookup_policy.py --bundle smollm2 --threads 2 \
-        --costs runs/replay.json [--sweep prior|ngram] [--ngram 3 2] --out runs/replay-lookup.json
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/replay_window_policy.py --bundle smollm2 --threads 2 \
+        --costs runs/replay.json [--sweep prior|ngram|head] [--ngram 3 2] --out runs/replay-windows.json
 
---sweep prior (the default): heron.runtime.decoding's LOOKUP_PRIOR / LOOKUP_LATER_PRIOR / LOOKUP_DECAY (PRIORS), head +
-prompt lookup (g <= 8), at the suffix lengths --ngram (longest, shortest; default: decoding.LOOKUP_NGRAM). --sweep ngram:
-the suffix lengths searched (NGRAMS), head + lookup and lookup alone (g <= 4), at the current priors. Every setting
-decodes every prompt again against replay_speculation.py's Replay (the target's real answer and states), priced at
---costs' call prices (a replay_speculation.py report; without it, measured here). Reported: predicted speed-up over
-plain decoding and tokens per target call, per prompt group.
+--sweep prior (the default): prompt lookup's LOOKUP_PRIOR / LOOKUP_LATER_PRIOR / LOOKUP_DECAY (heron.runtime.decoding;
+PRIORS), head + prompt lookup (g <= 8), at the suffix lengths --ngram (longest, shortest; default:
+decoding.LOOKUP_NGRAM). --sweep ngram: the suffix lengths prompt lookup searches (NGRAMS), head + lookup and lookup
+alone (g <= 4). --sweep head: the head's greedy windows from its own probabilities (draft_head.CONFIDENT_WINDOWS)
+against windows from the acceptance so far. Every setting decodes every prompt again against replay_speculation.py's
+Replay (the target's real answer and states; the rest of the policy as the working tree has it), priced at --costs'
+call prices (a replay_speculation.py report; without it, measured here). Reported: predicted speed-up over plain
+decoding and tokens per target call, per prompt group.
 """
 from __future__ import annotations
 
@@ -28,15 +30,21 @@ EDIT_TEMPLATES = ("Add type hints to this function and return the whole function
                   "Rename the arguments of this function to clearer names and return the whole function:\n\n{c}")
 SUMMARY_MODULES = ("difflib", "random", "heapq", "json")
 SUMMARY_TEMPLATE = "Summarize this text in three sentences, reusing its wording:\n\n{t}"
+TUNE_CHAT = ["How do I keep a basil plant alive indoors?", "What is a good routine for a lazy Sunday morning?",
+             "Why do leaves change colour in autumn?", "Write a short thank-you note to a neighbour who watered my plants.",
+             "How can I make my morning coffee taste better?", "What should I consider before adopting a dog?",
+             "Why do we get goosebumps?", "Suggest three easy dinners for a busy weeknight."]  # answered to their end
 PRIORS = [(0.6, 0.6, 0.9), (0.8, 0.8, 0.9), (0.9, 0.9, 0.9), (0.6, 0.8, 0.9), (0.6, 0.9, 0.9), (0.6, 0.95, 0.9),
           (0.7, 0.9, 0.9), (0.6, 0.9, 0.95)]  # (prior, later prior, decay); the first: before session 45
 NGRAMS = [(3, 2), (3, 3), (4, 3), (4, 2), (5, 2), (6, 2), (8, 2)]  # (longest, shortest); the first: before session 45
-POLICIES = {"prior": ("head+lookup adaptive g<=8",), "ngram": ("head+lookup adaptive g<=8", "lookup adaptive g<=4")}
+HISTORY = "head+lookup adaptive g<=8, head windows from the acceptance so far"  # replay_speculation.policies' A/B row
+POLICIES = {"prior": ("head+lookup adaptive g<=8",), "ngram": ("head+lookup adaptive g<=8", "lookup adaptive g<=4"),
+            "head": ("head+lookup adaptive g<=8", HISTORY)}
 
 
 def tune_prompts() -> dict[str, list[str]]:
-    """Eight edits (every other function of EDIT_FUNCTIONS, templates in turn) and four summaries (each module
-    docstring's first 900 characters, cut at a sentence)."""
+    """Eight edits (every other function of EDIT_FUNCTIONS, templates in turn), four summaries (each module
+    docstring's first 900 characters, cut at a sentence) and eight chat questions (TUNE_CHAT)."""
     import importlib
 
     import draft_head_data as hd
@@ -47,7 +55,7 @@ def tune_prompts() -> dict[str, list[str]]:
     for name in SUMMARY_MODULES:
         doc = " ".join(importlib.import_module(name).__doc__.split())[:900]
         texts.append(SUMMARY_TEMPLATE.format(t=doc[:doc.rfind(". ") + 1] or doc))
-    return {"tune: edits": edits, "tune: summaries": texts}
+    return {"tune: edits": edits, "tune: summaries": texts, "tune: chat": TUNE_CHAT}
 
 
 @contextlib.contextmanager
@@ -69,7 +77,8 @@ def lookup_settings(prior: tuple[float, float, float] | None = None, ngram: tupl
 
 
 def main() -> int:
-    from bench_smollm2_spec import PROBE_PROMPTS, PROBE_TO_EOT, PROBE_TOKENS, call_costs, probe_setup, write_report
+    from bench_smollm2_spec import (CHAT_SET, PROBE_PROMPTS, PROBE_TO_EOT, PROBE_TOKENS, call_costs, probe_setup,
+                                    write_report)
     from replay_speculation import answers, policies, replay
 
     from heron.runtime.decoding import GenerationOptions
@@ -84,10 +93,10 @@ def main() -> int:
     if a.ngram is not None and not 1 <= a.ngram[1] <= a.ngram[0]:
         raise SystemExit(f"--ngram: LONGEST >= SHORTEST >= 1, got {a.ngram}")
     tune = tune_prompts()
-    check = {k: PROBE_PROMPTS[k] for k in ("code edit", "summary", "chat", "20 varied")}
+    check = {k: PROBE_PROMPTS[k] for k in ("code edit", "summary", "chat", "20 varied", CHAT_SET)}
     prompts = {**tune, **check}
-    tokens = {**PROBE_TOKENS, **{k: 128 for k in tune}}
-    recs = answers(lm, prompts, tokens, PROBE_TO_EOT)
+    tokens = {**PROBE_TOKENS, **{k: 128 for k in tune}, "tune: chat": 160}
+    recs = answers(lm, prompts, tokens, PROBE_TO_EOT | {"tune: chat"})  # chat answered to its end, as CHAT_SET
     if a.costs:
         old = json.loads(Path(a.costs).read_text())
         rows, head_cost = {int(T): float(v) for T, v in old["rows_in_steps"].items()}, float(old["head_step_in_steps"])
@@ -98,8 +107,10 @@ def main() -> int:
     if a.sweep == "prior":
         settings = [(f"prior {p} / {later}, decay {d}", {"prior": (p, later, d), "ngram": a.ngram})
                     for p, later, d in PRIORS]
-    else:
+    elif a.sweep == "ngram":
         settings = [(f"suffixes of {n} down to {m} words", {"ngram": (n, m)}) for n, m in NGRAMS]
+    else:
+        settings = [("the working tree's lookup", {})]
     for label, setting in settings:
         for policy in POLICIES[a.sweep]:
             with lookup_settings(**setting):
