@@ -325,7 +325,7 @@ class HeadDrafter:
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
-                 lookup: LookupDrafter | None = None, free: int = 0, costs=None, confident: bool = True):
+                 lookup: LookupDrafter | None = None, free: int = 0, costs=None, confident: bool = False):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
         self.adaptive, self.cost, self.lookup, self.free, self.costs = adaptive, cost, lookup, free, costs
         self.confident = confident
@@ -385,20 +385,25 @@ class HeadDrafter:
 
 
 def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: GenerationOptions, gamma: int,
-                  stats: DecodeStats | None = None, detok=None, adaptive: bool = True, lookup: bool = True):
+                  stats: DecodeStats | None = None, detok=None, adaptive: bool = True, lookup: bool = True,
+                  confident: bool | None = None):
     """Speculative decoding with the draft head (and prompt lookup first, lookup=True): the engine's one verify
-    loop (decoding.drafted)."""
+    loop (decoding.drafted). confident: greedy windows sized by the head's own probabilities (HeadDrafter); None:
+    CONFIDENT_WINDOWS."""
     head.check_target(target)  # the same check DraftHead(folder, target=...) made, for a head loaded without one
     stats = stats if stats is not None else DecodeStats(method="head")
     cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
     first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free, costs) if lookup else None
     drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free, costs,
-                          CONFIDENT_WINDOWS)
+                          CONFIDENT_WINDOWS if confident is None else confident)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 
 # greedy windows sized by the head's own probabilities (decoding.confidence_window; session 45) rather than by the
-# acceptance of the rounds before (scripts/bench_smollm2_spec.py's A/B row flips it)
-CONFIDENT_WINDOWS = True
+# acceptance of the rounds before: more words per target call (1.68 against 1.58 on the 8 chat questions), but each
+# window costs the head step that ends it, and in use the two measured within the VM's noise of each other (chat
+# questions -6% and -1%, the single chat +5%, the summary +6%, the code edit -4%: BENCHMARKS.md "Prompt lookup's later
+# words from their own prior, six-word suffixes first"); off by default, an A/B row of scripts/bench_smollm2_spec.py
+CONFIDENT_WINDOWS = False
 # the head's own step in target steps (SmolLM2 int8x2, machine B; scripts/bench_smollm2_spec.py measures it)
 HEAD_STEP_COST = 0.05

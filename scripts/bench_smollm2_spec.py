@@ -98,9 +98,9 @@ HEAD_TABLE = "head+lookup adaptive g<=8, head priced by the table"
 ONE_PRIOR = "head+lookup adaptive g<=8, lookup's later words at the first's prior"
 # prompt lookup's suffixes of three words down to two, as before session 45 (decoding.LOOKUP_NGRAM)
 SHORT_SUFFIX = "head+lookup adaptive g<=8, lookup from 3-word suffixes"
-# the head's greedy windows sized from the acceptance of the rounds before, as before session 45
-# (draft_head.CONFIDENT_WINDOWS: from the head's own probabilities)
-HISTORY = "head+lookup adaptive g<=8, head windows from the acceptance so far"
+# the head's greedy windows sized by its own probabilities (draft_head.CONFIDENT_WINDOWS; by default from the
+# acceptance of the rounds before)
+CONFIDENT = "head+lookup adaptive g<=8, head windows from its own probabilities"
 
 
 @contextlib.contextmanager
@@ -160,13 +160,13 @@ def lookup_short_suffix(on: bool):
 
 
 @contextlib.contextmanager
-def head_windows_from_history(on: bool):
-    """While on: the head's greedy windows are sized from the acceptance of the rounds before (best_window), as
-    before session 45, instead of from its own probabilities: an A/B of draft_head.CONFIDENT_WINDOWS."""
+def head_windows_from_confidence(on: bool):
+    """While on: the head's greedy windows are sized by its own probabilities (decoding.confidence_window) instead of
+    the acceptance of the rounds before: an A/B of draft_head.CONFIDENT_WINDOWS."""
     from heron.runtime import draft_head
     own = draft_head.CONFIDENT_WINDOWS
     if on:
-        draft_head.CONFIDENT_WINDOWS = False
+        draft_head.CONFIDENT_WINDOWS = True
     try:
         yield
     finally:
@@ -329,7 +329,7 @@ def main() -> int:
                     (HEAD_TABLE, 8, True),  # ... and the head's windows priced with it too
                     (ONE_PRIOR, 8, True),  # prompt lookup's later words at its first word's prior (before session 45)
                     (SHORT_SUFFIX, 8, True),  # prompt lookup from suffixes of three words down (before session 45)
-                    (HISTORY, 8, True)]  # the head's windows from the acceptance so far (before session 45)
+                    (CONFIDENT, 8, True)]  # the head's windows from its own probabilities
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -436,7 +436,7 @@ def main() -> int:
                     t0 = time.perf_counter()
                     with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
                             head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR), \
-                            lookup_short_suffix(m == SHORT_SUFFIX), head_windows_from_history(m == HISTORY):
+                            lookup_short_suffix(m == SHORT_SUFFIX), head_windows_from_confidence(m == CONFIDENT):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)

@@ -139,15 +139,16 @@ def replay(rec: dict, backend, make_drafter, gamma: int, rows: dict, head_cost: 
 def policies(head_bundle, opts_factory) -> dict:
     """name -> (gamma, make_drafter(target, stats) -> (drafter, CountingHead or None))."""
     from heron.runtime.decoding import LookupDrafter, free_draft_tokens, verify_cost, verify_costs
+    from heron.runtime import draft_head
     from heron.runtime.draft_head import DraftSeeds, HeadDrafter
 
-    def head_lookup(lookup=True, confident=True):
+    def head_lookup(lookup=True, confident=None):
         def make(target, stats):
             head = CountingHead(head_bundle)
             cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
             first = LookupDrafter(target.vocab_size, stats, True, cost, free, costs) if lookup else None
             return HeadDrafter(target, head, opts_factory(), DraftSeeds(0), stats, True, cost, first, free, costs,
-                               confident), head
+                               draft_head.CONFIDENT_WINDOWS if confident is None else confident), head
         return make
 
     def lookup_only(target, stats):
@@ -156,7 +157,7 @@ def policies(head_bundle, opts_factory) -> dict:
 
     return {"lookup adaptive g<=4": (4, lookup_only), "head adaptive g<=3": (3, head_lookup(lookup=False)),
             **{f"head+lookup adaptive g<={g}": (g, head_lookup()) for g in (4, 6, 8, 12)},
-            "head+lookup adaptive g<=8, head windows from the acceptance so far": (8, head_lookup(confident=False))}
+            "head+lookup adaptive g<=8, head windows from its own probabilities": (8, head_lookup(confident=True))}
 
 
 def main() -> int:

@@ -8,11 +8,11 @@ questions, then the benchmarks' own sets as the check. The tune sets choose; the
 --sweep prior (the default): prompt lookup's LOOKUP_PRIOR / LOOKUP_LATER_PRIOR / LOOKUP_DECAY (heron.runtime.decoding;
 PRIORS), head + prompt lookup (g <= 8), at the suffix lengths --ngram (longest, shortest; default:
 decoding.LOOKUP_NGRAM). --sweep ngram: the suffix lengths prompt lookup searches (NGRAMS), head + lookup and lookup
-alone (g <= 4). --sweep head: the head's greedy windows from its own probabilities (draft_head.CONFIDENT_WINDOWS)
-against windows from the acceptance so far. Every setting decodes every prompt again against replay_speculation.py's
-Replay (the target's real answer and states; the rest of the policy as the working tree has it), priced at --costs'
-call prices (a replay_speculation.py report; without it, measured here). Reported: predicted speed-up over plain
-decoding and tokens per target call, per prompt group.
+alone (g <= 4). --sweep head: the head's greedy windows from the acceptance so far (the default) against windows from
+its own probabilities (draft_head.CONFIDENT_WINDOWS). Every setting decodes every prompt again against
+replay_speculation.py's Replay (the target's real answer and states; the rest of the policy as the working tree has
+it), priced at --costs' call prices (a replay_speculation.py report; without it, measured here). Reported: predicted
+speed-up over plain decoding and tokens per target call, per prompt group.
 """
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ EDIT_TEMPLATES = ("Add type hints to this function and return the whole function
 SUMMARY_MODULES = ("difflib", "random", "heapq", "json")
 SUMMARY_TEMPLATE = "Summarize this text in three sentences, reusing its wording:\n\n{t}"
 TUNE_CHAT = ["How do I keep a basil plant alive indoors?", "What is a good routine for a lazy Sunday morning?",
-             "Why do leaves change colour in autumn?", "Write a short thank-you note to a neighbour who watered my plants.",
+             "Why do leaves change colour in autumn?",
+             "Write a short thank-you note to a neighbour who watered my plants.",
              "How can I make my morning coffee taste better?", "What should I consider before adopting a dog?",
              "Why do we get goosebumps?", "Suggest three easy dinners for a busy weeknight."]  # answered to their end
 PRIORS = [(0.6, 0.6, 0.9), (0.8, 0.8, 0.9), (0.9, 0.9, 0.9), (0.6, 0.8, 0.9), (0.6, 0.9, 0.9), (0.6, 0.95, 0.9),
           (0.7, 0.9, 0.9), (0.6, 0.9, 0.95)]  # (prior, later prior, decay); the first: before session 45
 NGRAMS = [(3, 2), (3, 3), (4, 3), (4, 2), (5, 2), (6, 2), (8, 2)]  # (longest, shortest); the first: before session 45
-HISTORY = "head+lookup adaptive g<=8, head windows from the acceptance so far"  # replay_speculation.policies' A/B row
+CONFIDENT = "head+lookup adaptive g<=8, head windows from its own probabilities"  # replay_speculation.policies' A/B
 POLICIES = {"prior": ("head+lookup adaptive g<=8",), "ngram": ("head+lookup adaptive g<=8", "lookup adaptive g<=4"),
-            "head": ("head+lookup adaptive g<=8", HISTORY)}
+            "head": ("head+lookup adaptive g<=8", CONFIDENT)}
 
 
 def tune_prompts() -> dict[str, list[str]]:
