@@ -633,6 +633,14 @@ LOOKUP_DECAY = 0.9     # older rounds count less: the text may turn from copying
 LOOKUP_RECOVER = 0.05  # per skipped window, the estimate moves this far back to the prior (so it can recover)
 
 
+def verify_price(k: int, cost: float = VERIFY_COST, free: int = 0, costs: Sequence[float] | None = None) -> float:
+    """What verifying k draft words adds to a plain step, in plain steps: costs[k - 1] where a backend tables it,
+    `cost` per word past the table; without a table `cost` per word past the first `free`."""
+    if costs:
+        return costs[k - 1] if k <= len(costs) else costs[-1] + cost * (k - len(costs))
+    return cost * max(0, k - free)
+
+
 def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0,
                 later: float | None = None, costs: Sequence[float] | None = None) -> int:
     """The k in 0..n maximising (1 + p + p q + ... + p q^(k-1)) / (1 + draft * k + price(k)): expected tokens per
@@ -647,11 +655,7 @@ def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draf
     for k in range(1, n + 1):
         term *= p if k == 1 else q
         gain += term
-        if costs:
-            price = costs[k - 1] if k <= len(costs) else costs[-1] + cost * (k - len(costs))
-        else:
-            price = cost * max(0, k - free)
-        rate = gain / (1 + draft * k + price)
+        rate = gain / (1 + draft * k + verify_price(k, cost, free, costs))
         if rate > best + 1e-12:
             best, best_k = rate, k
     return best_k
@@ -660,16 +664,8 @@ def best_window(n: int, p: float, cost: float = VERIFY_COST, free: int = 0, draf
 def window_prices(n: int, cost: float = VERIFY_COST, free: int = 0, draft: float = 0.0,
                   costs: Sequence[float] | None = None) -> np.ndarray:
     """(n,) float32: what a window of k = 1..n draft words costs past a plain step, in plain steps: k * draft to
-    propose it plus its verification, priced as best_window prices it (the table `costs`, else `cost` per word past
-    `free`)."""
-    out = np.empty(n, np.float32)
-    for k in range(1, n + 1):
-        if costs:
-            price = costs[k - 1] if k <= len(costs) else costs[-1] + cost * (k - len(costs))
-        else:
-            price = cost * max(0, k - free)
-        out[k - 1] = draft * k + price
-    return out
+    propose it plus its verification (verify_price, as best_window prices it)."""
+    return np.array([draft * k + verify_price(k, cost, free, costs) for k in range(1, n + 1)], np.float32)
 
 
 def confidence_window(probs: Iterable[float], prices: Sequence[float]) -> int:

@@ -387,6 +387,19 @@ def test_the_native_head_computes_the_exported_head(trained):
             assert other.greedy(h, tok, 5) == chain
 
 
+def _first_choices(head, h, tok, g):
+    """g single steps chained from each one's first choice -> (the words, each one's probability in the float64
+    softmax of the step's logits)."""
+    words, ps = [], []
+    for _ in range(g):
+        logits, h = head.step(h, tok)
+        k = int(np.argmax(logits))
+        ps.append(1 / np.exp(logits.astype(np.float64) - logits[k]).sum())
+        tok = int(head.words[k])
+        words.append(tok)
+    return words, ps
+
+
 def test_the_heads_windows_follow_its_own_probabilities(trained):
     """Greedy windows sized by the head's confidence (decoding.confidence_window): a word is kept while the window's
     expected words per cost grow. The native library runs the same rule inside the head's one call: its window is
@@ -413,20 +426,8 @@ def test_the_heads_windows_follow_its_own_probabilities(trained):
     lengths = set()
     for _ in range(12):
         h, tok = rng.standard_normal(dim).astype(np.float32) * 3, int(rng.integers(0, 64))
-        chain, ps, hh, t = [], [], h, tok
-        for _ in range(6):
-            logits, hh = head.step(hh, t)
-            k = int(np.argmax(logits))
-            ps.append(1 / np.exp(logits.astype(np.float64) - logits[k]).sum())
-            t = int(head.words[k])
-            chain.append(t)
-        o_chain, o_ps, hh, t = [], [], h, tok  # onnxruntime's head: its own chain and probabilities
-        for _ in range(6):
-            logits, hh = ort.step(hh, t)
-            k = int(np.argmax(logits))
-            o_ps.append(1 / np.exp(logits.astype(np.float64) - logits[k]).sum())
-            t = int(ort.words[k])
-            o_chain.append(t)
+        chain, ps = _first_choices(head, h, tok, 6)
+        o_chain, o_ps = _first_choices(ort, h, tok, 6)  # onnxruntime's head: its own chain and probabilities
         for prices in tables:
             probs = np.full(6, np.nan, np.float32)
             rows = head.native.greedy(h, tok, 6, prices, probs)

@@ -486,7 +486,8 @@ class NativeHead:
         """Up to g chained steps, each from the last one's first choice, in one call -> the rows chosen (int32).
         prices (g,): a window of k words costs prices[k - 1] past a plain step; the window stops where the head's
         own probabilities say a longer one would not pay (decoding.confidence_window's rule, in the library).
-        probs: a float32 array of g that receives each step's probability of its first choice."""
+        probs: a float32 array of g that receives the probability of each step's first choice, for the steps run
+        (the window's words and, where it stopped short of g, the one that ended it); the rest is left as it was."""
         if not 1 <= g <= 1 << 10:
             raise ValueError(f"a window of 1 to 1024 words, got {g}")
         rows = np.empty(g, np.int32)
