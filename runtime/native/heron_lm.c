@@ -917,14 +917,20 @@ static float top_prob(const float* lg, int n, int best) {
   return (float)(1.0 / sum);
 }
 
+/* the head's team-shared words past its buffers in scratch: [0] the word the next step starts from, [1] the words
+ * kept so far (the window's length) */
+static volatile int32_t* head_shared(const hl_head* hd, float* scratch) {
+  const size_t D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
+  return (volatile int32_t*)(scratch + 4 * D + 2 * F + N + (W + 1) / 2 + 2 * (W / QK));
+}
+
 static void head_team(const hl_head* hd, const float* hidden, int token, int g, int32_t* rows_out, float* logits_out,
                       float* feature_out, float* scratch, const float* prices, float* probs_out, int nt, int id) {
   const int D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
   float *cat = scratch, *f = cat + 2 * D, *h = f + D, *gb = h + D, *ub = gb + F, *lg = ub + F;
   int16_t* xq = (int16_t*)(lg + N);
   float *xs = lg + N + (W + 1) / 2, *xsum = xs + W / QK;
-  /* team-shared: row[0] the word the next step starts from, row[1] the words kept so far (the window's length) */
-  volatile int32_t* row = (volatile int32_t*)(xsum + W / QK);
+  volatile int32_t* row = head_shared(hd, scratch); /* right past xsum's W / QK floats */
   float gain = 1.f, chance = 1.f, best_rate = 1.f; /* thread 0's: expected words of the window so far, and per cost */
   size_t d0, d1, f0, f1, n0, n1;
   share(D, nt, id, &d0, &d1);
@@ -1022,6 +1028,5 @@ int hl_head_run(const hl_head* hd, const float* hidden, int token, int g, int32_
   } else
 #endif
     head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, prices, probs_out, 1, 0);
-  const size_t D = hd->dim, F = hd->ffn, N = hd->n_words, W = 2 * D > F ? 2 * D : F;
-  return ((const int32_t*)(scratch + 4 * D + 2 * F + N + (W + 1) / 2 + 2 * (W / QK)))[1];
+  return head_shared(hd, scratch)[1];
 }
