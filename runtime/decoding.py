@@ -537,10 +537,11 @@ def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> It
 LOOKUP_NGRAM = (6, 2)
 
 
-def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] = LOOKUP_NGRAM) -> list[int]:
+def lookup_window(seq: Sequence[int], gamma: int, ngram: tuple[int, int] | None = None) -> list[int]:
     """Up to gamma tokens that followed the latest earlier occurrence of the sequence's last n tokens
     (n from ngram[0] down to ngram[1]); [] when no suffix recurs. Code edits, summaries and quoted
     answers repeat their context, and there this draft is often right for free."""
+    ngram = LOOKUP_NGRAM if ngram is None else ngram
     arr = np.asarray(seq, dtype=np.int64)
     for n in range(ngram[0], ngram[1] - 1, -1):
         if len(arr) <= n:
@@ -561,8 +562,8 @@ class LookupIndex:
     windows as lookup_window(seq, gamma, ngram); a sequence that is not the one indexed (another list, or a shorter
     one) is indexed again from its start."""
 
-    def __init__(self, ngram: tuple[int, int] = LOOKUP_NGRAM):
-        self.ngram = ngram
+    def __init__(self, ngram: tuple[int, int] | None = None):
+        self.ngram = LOOKUP_NGRAM if ngram is None else ngram  # None: the module's, when the index is made
         self._seq: list | None = None
         self._len = 0
         self._latest: dict[int, dict[tuple, int]] = {}

@@ -364,7 +364,7 @@ class HeadDrafter:
         steps = g
         if greedy:
             window, qs = self.head.greedy(hidden, seq[-1], g, streams, prices), []
-            steps = g if prices is None else min(len(window) + 1, g)  # the step that ended the window ran too
+            steps = greedy_steps(len(window), g, prices)
         else:
             window, qs, token = [], [], seq[-1]
             full = np.full(self.vocab_size, -np.inf, np.float32)
@@ -382,6 +382,12 @@ class HeadDrafter:
         if not window:
             return [], None
         return window, (None if greedy else np.stack(qs))
+
+
+def greedy_steps(kept: int, g: int, prices) -> int:
+    """The head steps a greedy window of up to g words ran to keep `kept`: g without prices; with them the step that
+    ended the window ran too."""
+    return g if prices is None else min(kept + 1, g)
 
 
 def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: GenerationOptions, gamma: int,

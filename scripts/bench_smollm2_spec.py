@@ -150,13 +150,13 @@ def lookup_short_suffix(on: bool):
     """While on: prompt lookup searches suffixes of three words down to two (before session 45) instead of
     decoding.LOOKUP_NGRAM's: an A/B of the longer suffixes."""
     from heron.runtime import decoding
-    own = decoding.LookupIndex.__init__.__defaults__
+    own = decoding.LOOKUP_NGRAM
     if on:
-        decoding.LookupIndex.__init__.__defaults__ = ((3, 2),)
+        decoding.LOOKUP_NGRAM = (3, 2)
     try:
         yield
     finally:
-        decoding.LookupIndex.__init__.__defaults__ = own
+        decoding.LOOKUP_NGRAM = own
 
 
 @contextlib.contextmanager

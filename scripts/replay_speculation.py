@@ -87,8 +87,10 @@ class CountingHead:
         return self.head.step(*args, **kw)
 
     def greedy(self, hidden, token, g, streams=None, prices=None):
+        from heron.runtime.draft_head import greedy_steps
+
         window = self.head.greedy(hidden, token, g, streams, prices)
-        self.steps += g if prices is None else min(len(window) + 1, g)  # the step that ended the window ran too
+        self.steps += greedy_steps(len(window), g, prices)
         return window
 
 

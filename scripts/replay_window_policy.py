@@ -64,17 +64,15 @@ def lookup_settings(prior: tuple[float, float, float] | None = None, ngram: tupl
     """While in: prompt lookup with these priors (prior, later prior, decay) and suffix lengths (longest, shortest)."""
     from heron.runtime import decoding
 
-    before = (decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY)
-    index = decoding.LookupIndex.__init__.__defaults__
+    before = (decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY, decoding.LOOKUP_NGRAM)
     if prior is not None:
         decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = prior
     if ngram is not None:
-        decoding.LookupIndex.__init__.__defaults__ = (tuple(ngram),)
+        decoding.LOOKUP_NGRAM = tuple(ngram)
     try:
         yield
     finally:
-        decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY = before
-        decoding.LookupIndex.__init__.__defaults__ = index
+        decoding.LOOKUP_PRIOR, decoding.LOOKUP_LATER_PRIOR, decoding.LOOKUP_DECAY, decoding.LOOKUP_NGRAM = before
 
 
 def main() -> int:
