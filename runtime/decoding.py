@@ -198,20 +198,44 @@ def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     if top_p < 1.0:
-        order = np.argsort(-p, axis=-1)
-        sp = np.take_along_axis(p, order, -1)
-        keep = np.cumsum(sp, -1) - sp < top_p
-        mask = np.zeros_like(p, dtype=bool)
-        np.put_along_axis(mask, order, keep, axis=-1)
-        p = np.where(mask, p, 0.0)
-        p /= p.sum(-1, keepdims=True)
+        rows = p.reshape(-1, p.shape[-1])
+        out = np.zeros_like(rows)
+        for row, o in zip(rows, out):
+            keep = nucleus(row, top_p)
+            o[keep] = row[keep] / row[keep].sum()
+        p = out.reshape(p.shape)
     return p
 
 
+NUCLEUS_STEP = 64.0  # nucleus(): candidates are the tokens within this factor of the likeliest, then 64x further
+
+
+def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """The ids top-p keeps of one distribution p (V,), in order of falling probability (ties: the lower id first):
+    each token whose predecessors hold less than top_p of the mass. Sorts only the candidates at least
+    1/NUCLEUS_STEP as likely as the likeliest (or 1/64 of that, ...) until the nucleus ends inside them: every token
+    left out is less likely than every candidate, so the ids are those a full stable sort gives, without sorting
+    SmolLM2's 49,152 words per token (3 ms; a chat answer's nucleus at top-p 0.9 holds a few words)."""
+    V, top = p.shape[-1], float(p.max())
+    thr = top
+    while True:
+        thr /= NUCLEUS_STEP
+        cand = np.flatnonzero(p >= thr) if thr > top * 1e-12 else np.arange(V)  # at last every token
+        cand = cand[np.argsort(-p[cand], kind="stable")]  # falling probability, ties by id
+        sp = p[cand]
+        n = int(np.count_nonzero(np.cumsum(sp) - sp < top_p))  # the prefix kept (the sums rise: a prefix)
+        if n < len(cand) or len(cand) == V:
+            return cand[:n]
+
+
 def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """One id drawn from p (V,): the id rng.choice(len(p), p=p) draws, from the same uniform (its inverse CDF),
+    without choice()'s checks of p (~0.4 ms a token for SmolLM2's vocabulary)."""
     if p.max() == 1.0:
         return int(p.argmax())
-    return int(rng.choice(len(p), p=p))
+    cdf = np.cumsum(p, dtype=np.float64)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
 
 
 def verify_greedy(logits: np.ndarray, draft: Sequence[int], stats: DecodeStats | None = None) -> tuple[int, int]:

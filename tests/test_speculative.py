@@ -607,3 +607,46 @@ def test_greedy_verification_from_the_logits_alone_is_the_rejection_rule_at_temp
         want = sp.verify(sp.probs(logits, 0.0, 1.0), sp.one_hot(draft, V), draft, np.random.default_rng(trial), a)
         assert sp.verify_greedy(logits, draft, b) == want
         assert (a.position_hits, a.position_tries) == (b.position_hits, b.position_tries)
+
+
+def test_draw_is_what_choice_draws_from_the_same_uniform():
+    """draw() skips rng.choice's checks, not its draw: the same id from the same seed, zeros and all."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(2, 400))
+        p = rng.random(n) ** rng.uniform(0.5, 8)
+        if trial % 3 == 0:
+            p[rng.integers(0, n, n // 2)] = 0.0
+        p /= p.sum()
+        seed = int(rng.integers(0, 1 << 30))
+        assert sp.draw(p, np.random.default_rng(seed)) == int(np.random.default_rng(seed).choice(n, p=p))
+    one = np.zeros(5)
+    one[3] = 1.0
+    assert sp.draw(one, np.random.default_rng(0)) == 3
+
+
+def test_top_p_keeps_what_a_full_sort_keeps():
+    """nucleus() sorts only the likeliest candidates, yet keeps the ids, in the order, that a full stable sort of
+    every token keeps, ties included (ties broken by the lower id); probs() then renormalizes over them, row by row."""
+    rng = np.random.default_rng(3)
+
+    def full_sort(p, top_p):
+        order = np.argsort(-p, kind="stable")
+        sp_ = p[order]
+        return order[np.cumsum(sp_) - sp_ < top_p]
+
+    for trial in range(600):
+        n = int(rng.integers(1, 3000))
+        logits = rng.standard_normal(n) * rng.uniform(0.1, 30)
+        if trial % 2:
+            logits = np.round(logits, 1)  # many exact ties
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top_p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999, 1 - 1e-12]))
+        np.testing.assert_array_equal(sp.nucleus(p, top_p), full_sort(p, top_p))
+    logits = rng.standard_normal((3, 500)) * 4
+    q = sp.probs(logits, 0.8, 0.9)
+    for row, lg in zip(q, logits):
+        keep = full_sort(sp.probs(lg, 0.8, 1.0), 0.9)
+        assert set(np.flatnonzero(row)) == set(keep.tolist())
+        assert row.sum() == pytest.approx(1.0)

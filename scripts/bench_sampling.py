@@ -1,0 +1,142 @@
+"""Sampled decoding on SmolLM2 (issue 25): what temperature and top-p cost plain decoding and speculation, against
+the sampler heron had before session 46 (numpy's Generator.choice, a full sort of the vocabulary for top-p) in the
+same run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_sampling.py --threads 2 [--rounds 3] [--out runs/sampling.json]
+
+The 8 chat questions of scripts/bench_smollm2_spec.py, each answered to its end of turn (at most 160 words), by
+SmolLM2 by name (the native decoder where it is built). Settings: greedy, temperature 0.8, temperature 0.8 with
+top-p 0.9 (the seed of each answer is the question's index: every method draws from the same seeds). Methods: plain
+decoding and `--speculative head` (the shipped head with prompt lookup first, windows of up to 8), each with the
+sampler as shipped and with the old one ("old sampler"). Each round decodes every question once with every
+(setting, method) in turn; decode tokens/s = the words after each answer's first / the time from its first word to
+its last (the prefill left out), summed over the questions; the median over rounds. Also per row: words per target
+call, and whether the old sampler's answers were the same words (it draws from the same uniforms: they are, unless a
+top-p cut falls between two equally likely words, which the old sort ordered at random). Nothing is written but --out.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_smollm2_spec import CHAT_PROMPTS  # noqa: E402
+
+SETTINGS = {"greedy": (0.0, 1.0), "temperature 0.8": (0.8, 1.0), "temperature 0.8, top-p 0.9": (0.8, 0.9)}
+NEW_TOKENS = 160
+
+
+def old_probs(logits, temperature: float, top_p: float):
+    """decoding.probs before session 46: top-p by a full argsort of every row."""
+    if temperature == 0:
+        logits = np.asarray(logits)
+        out = np.zeros(logits.shape, np.float32)
+        np.put_along_axis(out, logits.argmax(-1)[..., None], 1.0, axis=-1)
+        return out
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(-p, axis=-1)
+        sp = np.take_along_axis(p, order, -1)
+        keep = np.cumsum(sp, -1) - sp < top_p
+        mask = np.zeros_like(p, dtype=bool)
+        np.put_along_axis(mask, order, keep, axis=-1)
+        p = np.where(mask, p, 0.0)
+        p /= p.sum(-1, keepdims=True)
+    return p
+
+
+def old_draw(p, rng) -> int:
+    """decoding.draw before session 46: numpy's Generator.choice."""
+    if p.max() == 1.0:
+        return int(p.argmax())
+    return int(rng.choice(len(p), p=p))
+
+
+@contextlib.contextmanager
+def old_sampler(on: bool):
+    """While on: probs and draw as before session 46, wherever the decoding loops and the draft head call them."""
+    from heron.runtime import decoding, draft_head
+
+    saved = [(m, n, getattr(m, n)) for m in (decoding, draft_head) for n in ("probs", "draw")]
+    if on:
+        for m, n, _ in saved:
+            setattr(m, n, old_probs if n == "probs" else old_draw)
+    try:
+        yield
+    finally:
+        for m, n, f in saved:
+            setattr(m, n, f)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--questions", type=int, default=len(CHAT_PROMPTS), help="the first N of the 8 chat questions")
+    ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    a = ap.parse_args(argv)
+    import heron
+    from heron.runtime.metrics import machine
+
+    lm = heron.load_lm("smollm2", threads=a.threads)
+    head = heron.SpeculativeOptions(method="head", gamma=8, adaptive=True, head_lookup=True)
+    questions = CHAT_PROMPTS[:a.questions]
+    texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    methods = {"plain": (None, False), "plain, old sampler": (None, True), "head+lookup": (head, False),
+               "head+lookup, old sampler": (head, True)}
+    rows = {(s, m): {"rate": [], "calls": [], "answers": None} for s in SETTINGS for m in methods}
+    for rnd in range(a.rounds):
+        for s, (temperature, top_p) in SETTINGS.items():
+            for m, (spec, old) in methods.items():
+                if temperature == 0 and old:
+                    continue  # greedy draws nothing
+                words = seconds = calls = 0
+                answers = []
+                with old_sampler(old):
+                    for i, text in enumerate(texts):
+                        opts = heron.GenerationOptions(max_new_tokens=NEW_TOKENS, temperature=temperature,
+                                                       top_p=top_p, seed=i)
+                        stats = heron.DecodeStats(method=m)
+                        answers.append([t.id for t in lm.generate(text, opts, spec, stats)])
+                        words += len(answers[-1]) - 1
+                        seconds += stats.token_times[-1] - stats.token_times[0]
+                        calls += stats.target_calls
+                r = rows[s, m]
+                r["rate"].append(words / seconds)
+                r["calls"].append((words + 1 * len(texts)) / calls)
+                r["answers"] = r["answers"] or answers
+        print(f"round {rnd + 1} of {a.rounds} done", file=sys.stderr, flush=True)
+    report = {"machine": machine(), "threads": a.threads, "questions": len(texts), "rounds": a.rounds, "rows": {}}
+    print(f"{report['machine']}; {a.threads} thread(s); {len(texts)} chat questions to their end of turn; decode "
+          f"tokens/s, median of {a.rounds} rounds")
+    for s in SETTINGS:
+        base = statistics.median(rows[s, "plain"]["rate"])
+        for m in methods:
+            r = rows[s, m]
+            if not r["rate"]:
+                continue
+            rate = statistics.median(r["rate"])
+            same = None
+            if m.endswith("old sampler"):
+                same = r["answers"] == rows[s, m.removesuffix(", old sampler")]["answers"]
+            report["rows"][f"{s} | {m}"] = {"tokens_per_s": round(rate, 1), "vs_plain": round(rate / base, 3),
+                                           "words_per_call": round(statistics.median(r["calls"]), 2),
+                                           "same_words_as_new_sampler": same}
+            print(f"{s:28} {m:26} {rate:7.1f} tokens/s  {rate / base:.2f}x plain  "
+                  f"{statistics.median(r['calls']):.2f} words/call" + ("" if same is None else f"  same words: {same}"))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
