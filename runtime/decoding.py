@@ -259,21 +259,35 @@ def one_hot(window: Sequence[int], vocab_size: int) -> np.ndarray:
     return qs
 
 
-def verify(p: np.ndarray, q: np.ndarray, draft: Sequence[int], rng: np.random.Generator,
+def verify(p, q: np.ndarray, draft: Sequence[int], rng: np.random.Generator,
            stats: DecodeStats | None = None) -> tuple[int, int]:
     """Rejection sampling of `draft` (gamma tokens) against target p (gamma+1, V) and draft q (gamma, V).
-    -> (number accepted, the correction or bonus token)."""
+    -> (number accepted, the correction or bonus token). p: an array, or TargetRows (each row computed when read)."""
     for i, d in enumerate(draft):
-        ok = rng.random() < min(1.0, p[i, d] / max(q[i, d], 1e-30)) if q[i, d] > 0 else False
-        if p[i].max() == 1.0 and q[i].max() == 1.0:  # greedy: exact comparison, no randomness
-            ok = p[i, d] == 1.0
+        pi, qi = p[i], q[i]
+        ok = rng.random() < min(1.0, pi[d] / max(qi[d], 1e-30)) if qi[d] > 0 else False
+        if qi.max() == 1.0 and pi.max() == 1.0:  # greedy: exact comparison, no randomness
+            ok = pi[d] == 1.0
         if stats is not None:
             stats.record_position(i, ok)
         if not ok:
-            residual = np.maximum(p[i] - q[i], 0.0)
+            residual = np.maximum(pi - qi, 0.0)
             total = residual.sum()
-            return i, draw(residual / total if total > 0 else p[i], rng)
+            return i, draw(residual / total if total > 0 else pi, rng)
     return len(draft), draw(p[len(draft)], rng)
+
+
+class TargetRows:
+    """The target's distributions (probs) at a verify call's positions, each row computed when verify() first reads
+    it: a round whose first draft word is rejected needs one row of SmolLM2's 49,152 words, not gamma + 1."""
+
+    def __init__(self, logits: np.ndarray, temperature: float, top_p: float):
+        self.logits, self.temperature, self.top_p, self._rows = logits, temperature, top_p, {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self._rows:
+            self._rows[i] = probs(self.logits[i], self.temperature, self.top_p)
+        return self._rows[i]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,7 +548,7 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
         n_acc, extra = verify_greedy(logits, window, stats)
     else:
         qs = one_hot(window, logits.shape[-1]) if qs is None else qs
-        n_acc, extra = verify(probs(logits, opts.temperature, opts.top_p), qs, window, rng, stats)
+        n_acc, extra = verify(TargetRows(logits, opts.temperature, opts.top_p), qs, window, rng, stats)
     stats.rounds += 1
     stats.accepted.append(n_acc)
     stats.windows.append(len(window))

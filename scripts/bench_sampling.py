@@ -1,6 +1,6 @@
 """Sampled decoding on SmolLM2 (issue 25): what temperature and top-p cost plain decoding and speculation, against
-the sampler heron had before session 46 (numpy's Generator.choice, a full sort of the vocabulary for top-p) in the
-same run.
+sampling as heron did it before session 46 in the same run (numpy's Generator.choice, a full sort of the vocabulary
+for top-p, the draft head's draws over the whole vocabulary, every row of a verify call's distributions computed).
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_sampling.py --threads 2 [--rounds 3] [--out runs/sampling.json]
 
@@ -60,15 +60,36 @@ def old_draw(p, rng) -> int:
     return int(rng.choice(len(p), p=p))
 
 
+def old_sampled(self, hidden, token: int, g: int, streams, rng):
+    """HeadDrafter._sampled before session 46: each word drawn from the head's distribution spread over the whole
+    vocabulary."""
+    window, qs = [], []
+    full = np.full(self.vocab_size, -np.inf, np.float32)
+    for _ in range(g):
+        logits, hidden = self.head.step(hidden, token, streams)
+        streams = None
+        full[self.head.words] = logits
+        q = old_probs(full, self.opts.temperature, self.opts.top_p)
+        token = old_draw(q, rng)
+        qs.append(q)
+        window.append(token)
+    return window, np.stack(qs)
+
+
 @contextlib.contextmanager
 def old_sampler(on: bool):
-    """While on: probs and draw as before session 46, wherever the decoding loops and the draft head call them."""
+    """While on: sampling as before session 46: probs and draw wherever the decoding loops and the draft head call
+    them, the head's draws over the whole vocabulary, and every row of a verify call's distributions computed."""
     from heron.runtime import decoding, draft_head
 
     saved = [(m, n, getattr(m, n)) for m in (decoding, draft_head) for n in ("probs", "draw")]
+    saved += [(decoding, "TargetRows", decoding.TargetRows), (draft_head.HeadDrafter, "_sampled",
+                                                                draft_head.HeadDrafter._sampled)]
     if on:
-        for m, n, _ in saved:
+        for m, n, _ in saved[:4]:
             setattr(m, n, old_probs if n == "probs" else old_draw)
+        decoding.TargetRows = old_probs  # (logits, temperature, top_p) -> every row at once
+        draft_head.HeadDrafter._sampled = old_sampled
     try:
         yield
     finally:

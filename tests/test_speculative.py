@@ -650,3 +650,54 @@ def test_top_p_keeps_what_a_full_sort_keeps():
         keep = full_sort(sp.probs(lg, 0.8, 1.0), 0.9)
         assert set(np.flatnonzero(row)) == set(keep.tolist())
         assert row.sum() == pytest.approx(1.0)
+
+
+def test_the_heads_sampled_words_are_those_drawn_over_the_whole_vocabulary():
+    """The draft head draws each word over its own rows taken in id order: the word and the distribution that a draw
+    over the whole vocabulary (its other words at probability 0) gives from the same uniforms, top-p or not."""
+    from heron.runtime.draft_head import HeadDrafter
+
+    V, g = 300, 5
+    words = np.random.default_rng(5).permutation(V)[:40]  # the head's rows: part of the vocabulary, not in id order
+
+    class Head:
+        stream_layers = ()
+
+        def __init__(self):
+            self.words = words
+
+        def step(self, hidden, token, streams=None):
+            logits = np.sin(np.arange(len(words)) * (token + 1) + hidden[0]) * 4
+            return logits.astype(np.float32), hidden + 1.0
+
+    class Target:
+        vocab_size = V
+
+    for top_p in (1.0, 0.9):
+        opts = sp.GenerationOptions(temperature=0.8, top_p=top_p)
+        drafter = HeadDrafter(Target(), Head(), opts, sp.DraftSeeds(0))
+        for seed in range(20):
+            got, qs = drafter._sampled(np.zeros(4), 7, g, None, np.random.default_rng(seed))
+            rng, hidden, token = np.random.default_rng(seed), np.zeros(4), 7
+            for i in range(g):
+                logits, hidden = Head().step(hidden, token)
+                full = np.full(V, -np.inf)
+                full[words] = logits
+                q = sp.probs(full, 0.8, top_p)
+                token = int(rng.choice(V, p=q))
+                assert got[i] == token
+                np.testing.assert_allclose(qs[i], q, rtol=1e-12, atol=1e-15)
+
+
+def test_verify_reads_only_the_target_rows_it_needs():
+    """TargetRows computes a verify call's distributions row by row as verify() reads them: the same outcome as every
+    row computed at once, and a window rejected at its first word computes one row."""
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((5, 50)) * 3
+    for seed in range(30):
+        draft = [int(x) for x in rng.integers(0, 50, 4)]
+        q = sp.probs(rng.standard_normal((4, 50)) * 3, 0.8, 1.0)
+        rows = sp.TargetRows(logits, 0.8, 0.95)
+        lazy = sp.verify(rows, q, draft, np.random.default_rng(seed))
+        assert lazy == sp.verify(sp.probs(logits, 0.8, 0.95), q, draft, np.random.default_rng(seed))
+        assert len(rows._rows) == min(lazy[0] + 1, len(draft) + 1)
