@@ -4,9 +4,11 @@ All methods get the same thread budget, each used as well as the method can: pla
 the head and classic draft SD run the target with all `threads` (draft SD is serial: its draft, one
 onnxruntime thread, runs between the target's calls, so the target verifies on the whole budget; a draft on
 two threads ran slower here, its pool contending with torch's); Mirror-SD runs the draft beside the target,
-so the target gets threads - 1 and the draft one thread of its own. Greedy decoding, so every method's
+so the target gets threads - 1 and the draft one thread of its own. Greedy decoding by default, so every method's
 output is also checked against plain decoding token for token (lossless), and the run fails loudly if one
-differs.
+differs; with a temperature (and top-p) every method samples, each prompt from its own seed (its index), and the
+rows say "-" for lossless: sampled speculation keeps the target's distribution, not plain decoding's draws
+(tests/test_speculative.py and tests/test_smollm2_sampling.py test that distribution).
 
 Reported per method: tokens/s, p50/p95 inter-token latency, accepted draft tokens per round (the
 bonus/correction token not counted) and tokens per target forward (counted), per-position acceptance,
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,8 @@ class BenchOptions:
     # writes them beside the target's verify, SpeculativeOptions.fixed_windows False) and / or fixed (windows of gamma)
     prompt_set: str = "held-out"   # held-out: the first prompt_tokens tokens of held-out standard-library docs, continued
     # as plain text; chat: CHAT_QUESTIONS in the model's chat template, answered to the end of the turn (or new_tokens)
+    temperature: float = 0.0       # 0: greedy, every method's tokens checked against plain decoding's; else sampled
+    top_p: float = 1.0             # nucleus sampling (with a temperature)
 
     def __post_init__(self):
         if self.prompt_set not in PROMPT_SETS:
@@ -88,6 +92,7 @@ class BenchOptions:
                 not set(self.mirror_windows) <= set(MIRROR_WINDOWS):
             raise ValueError(f"mirror_windows must be distinct values among {', '.join(MIRROR_WINDOWS)}, got "
                              f"{list(self.mirror_windows)}")
+        sp.GenerationOptions(temperature=self.temperature, top_p=self.top_p)  # refuses bad values in one line
         unknown = [m for m in self.methods if m not in sp.METHODS]
         if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
             raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
@@ -253,10 +258,11 @@ def step_costs(lm: LanguageModel, draft, gamma: int, context: int, threads: int,
 def run_method(lm: LanguageModel, spec, prompts, opts: sp.GenerationOptions, method: str) -> tuple[dict, list[list[int]]]:
     outs, lat, stats_all = [], [], []
     t_total, n_total = 0.0, 0
-    for p in prompts:
+    for i, p in enumerate(prompts):
         st = sp.DecodeStats(method=method)
+        seeded = replace(opts, seed=i) if opts.temperature > 0 else opts  # every method draws from the same seeds
         t0 = time.perf_counter()
-        ids = [t.id for t in lm.generate(p, opts, spec, st)]
+        ids = [t.id for t in lm.generate(p, seeded, spec, st)]
         dt = time.perf_counter() - t0
         t_total += dt
         n_total += len(ids)
@@ -393,7 +399,7 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
     prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))
-    opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=0.0)
+    opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=o.temperature, top_p=o.top_p)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": [],
               "huge_pages_mb": getattr(lm.backend, "huge_pages_bytes", 0) / 2 ** 20}  # heron.runtime.pages
@@ -426,8 +432,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
             row["gamma"] = None if spec is None else spec.gamma
             if ref is None:
                 ref = outs
-            row["lossless"] = outs == ref
-            if not row["lossless"]:
+            row["lossless"] = outs == ref if opts.temperature == 0 else None  # sampled: a distribution, not draws
+            if row["lossless"] is False:
                 raise RuntimeError(f"{label(method, g, w)}: output differs from plain decoding (lossless check failed)")
             runs[(method, g, w)].append(row)
             log(f"{label(method, g, w)} (run {rep + 1} of {o.repeats}): {row['tokens_per_s']:.1f} tok/s")
@@ -500,6 +506,10 @@ def markdown(report: dict) -> str:
             lines.append(f"target on {c['threads']} thread(s){' beside the draft' if c.get('beside') else ''}: beta "
                          f"(verify {c['gamma'] + 1} tokens / 1 step) = {c['beta']:.2f}; c (draft step / target step) = "
                          f"{c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
+    o = report.get("options", {})
+    if o.get("temperature"):
+        lines.append(f"sampled at temperature {o['temperature']}, top-p {o.get('top_p', 1.0)}, each prompt from the seed "
+                     "of its index: lossless in distribution, so no row's tokens are compared with plain decoding's")
     ds = report["decode_speed"]
     lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "
                  f"{ds['active_params_m']:.1f} M active), 1 thread, batch 1: {ds['tokens_per_s']:.1f} tokens/s")

@@ -562,6 +562,10 @@ def add_lm_bench(sub, formatter) -> None:
                         "questions in the model's chat template, answered to the end of the turn (models with a chat "
                         "template, e.g. smollm2)")
     q.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt")
+    q.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy, every method's tokens checked against plain decoding's; else every method samples "
+                        "(each prompt from the seed of its index), lossless in distribution")
+    q.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature")
     q.add_argument("--threads", type=int, default=None,
                    help="total CPU thread budget of every method (default 2; --peers: 1 and 2 unless given)")
     q.add_argument("--gamma", type=int, nargs="+", default=None,
@@ -606,7 +610,7 @@ def add_lm_bench(sub, formatter) -> None:
 # heron lm bench's method options: --peers measures other things and refuses them (flags it would silently ignore)
 PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--prompt-set", "--new-tokens",
                 "--gamma", "--kappa", "--exit-layer", "--mirror-windows", "--target-device", "--compute", "--engine",
-                "--json")
+                "--json", "--temperature", "--top-p")
 
 
 def _bench_peers(args) -> int:
@@ -650,7 +654,7 @@ def _bench(args) -> int:
                            exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
                            engine=args.engine, prompt_set=args.prompt_set,
-                           mirror_windows=tuple(args.mirror_windows))
+                           mirror_windows=tuple(args.mirror_windows), temperature=args.temperature, top_p=args.top_p)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

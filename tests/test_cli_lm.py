@@ -131,6 +131,32 @@ def test_bench_without_draft_methods_needs_no_draft(tmp_path):
 
 
 @needs_shipped
+def test_bench_samples_when_given_a_temperature():
+    """heron lm bench --temperature: every method samples, each prompt from the seed of its index (two plain runs draw
+    the same tokens), and no row claims token-for-token losslessness, which sampled speculation does not give; bad
+    sampling options are refused before anything runs."""
+    from heron.bench_lm import BenchOptions, held_out_prompts, markdown, run, run_method
+    from heron.lm import load_lm
+    from heron.runtime.decoding import GenerationOptions
+
+    lm = load_lm(None, threads=1)
+    prompts, opts = held_out_prompts(lm.tokenizer, 2, 32), GenerationOptions(max_new_tokens=8, temperature=0.8)
+    first, again = (run_method(lm, None, prompts, opts, "none")[1] for _ in range(2))
+    assert first == again
+    o = BenchOptions(prompts=2, new_tokens=8, repeats=2, threads=1, methods=("none", "lookup"), temperature=0.8,
+                     top_p=0.9)
+    report = run(None, o, log=lambda *a: None)
+    assert [(r["method"], r["lossless"]) for r in report["rows"]] == [("none", None), ("lookup", None)]
+    assert "sampled at temperature 0.8, top-p 0.9" in markdown(report)
+    with pytest.raises(ValueError, match="temperature must be 0"):
+        BenchOptions(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        BenchOptions(temperature=0.5, top_p=0.0)
+    p = heron("lm", "bench", "--peers", "--temperature", "0.5", check=False)
+    assert p.returncode != 0 and "--temperature does not apply to --peers" in p.stderr
+
+
+@needs_shipped
 def test_bench_gives_serial_draft_sd_the_whole_budget_and_mirror_one_thread_less():
     """Draft SD is serial (its draft runs between the target's calls), so on a 2-thread budget its target verifies on
     both threads, as plain decoding's does; only Mirror-SD, whose draft runs beside the target, leaves it one thread.
