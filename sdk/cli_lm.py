@@ -588,7 +588,7 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch", "native"],
                    help="GGUF files and named models: onnx (onnxruntime), native (heron's C decoder) or torch (fp32; "
                         "what mtp and mirror need); "
-                        "auto: torch when --methods has mtp or mirror, onnx when it has head or draft or with "
+                        "auto: torch when --methods has mtp or mirror, onnx when it has draft (a GGUF target) or with "
                         "--compute, else native where it is built; every method runs on that one target")
     q.add_argument("--json", default=None, help="also write the full report to this file (default: print only)")
     q.add_argument("--peers", action="store_true",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import sys
@@ -83,6 +84,10 @@ def report() -> list[tuple[str, str, str]]:
         lib = native.load()
         kernels = {0: "portable C", 1: "AVX2", 2: "AVX2 + VNNI", 3: "AVX-512 + VNNI"}.get(lib.hl_simd(), "?")
         rows.append(("native", "decoder", f"built ({kernels} kernels)"))
+        if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":  # read by OpenMP once, at load
+            rows.append(("native", "threads", "slow: OMP_WAIT_POLICY=PASSIVE puts the decoder's threads to sleep at "
+                                              "each of its barriers (2.4x slower at two threads on machine Z): unset it "
+                                              "for heron"))
     except native.NativeError as e:
         rows.append(("native", "decoder", f"missing: {e}"))
     # optional extras

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
 
 from conftest import needs_espeak
@@ -27,6 +28,20 @@ def test_doctor_lists_engines_and_extras():
     out = heron("doctor").stdout
     for word in ("espeak", "flite", "festival", "pico", "mbrola", "onnxruntime", "providers", "torch"):
         assert word in out
+
+
+def test_doctor_warns_of_openmp_threads_that_sleep(monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE makes the native decoder's threads sleep at every barrier (several times slower):
+    heron doctor says so where the decoder is built, and says nothing of it otherwise."""
+    from heron import doctor
+    from heron.runtime import native
+
+    if not native.available():
+        pytest.skip("the native decoder is not built here (make setup builds it)")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert not [r for r in doctor.report() if r[:2] == ("native", "threads")]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert [r for r in doctor.report() if r[:2] == ("native", "threads")][0][2].startswith("slow: OMP_WAIT_POLICY")
 
 
 @needs_espeak
