@@ -233,7 +233,7 @@ def draw(p: np.ndarray, rng: np.random.Generator) -> int:
     without choice()'s checks of p (~0.4 ms a token for SmolLM2's vocabulary)."""
     if p.max() == 1.0:
         return int(p.argmax())
-    if top_p_cut(p):  # a nucleus: the sums over its words alone are the same numbers (adding 0 is exact)
+    if _mostly_zeros(p):  # a nucleus: the sums over its words alone are the same numbers (adding 0 is exact)
         ids = np.flatnonzero(p)
         cdf = np.cumsum(p[ids], dtype=np.float64)
         cdf /= cdf[-1]
@@ -243,8 +243,8 @@ def draw(p: np.ndarray, rng: np.random.Generator) -> int:
     return int(cdf.searchsorted(rng.random(), side="right"))
 
 
-def top_p_cut(p: np.ndarray) -> bool:
-    """Whether most of p's words are 0 (a top-p nucleus, a draft head's rows): then draw() sums only the others."""
+def _mostly_zeros(p: np.ndarray) -> bool:
+    """Whether most of p's words are 0 (a top-p nucleus, a residual): then draw() sums only the others."""
     return 4 * np.count_nonzero(p) < p.shape[-1]
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_smollm2_spec import CHAT_PROMPTS  # noqa: E402
+from bench_smollm2_spec import CHAT_PROMPTS, write_report  # noqa: E402
 
 SETTINGS = {"greedy": (0.0, 1.0), "temperature 0.8": (0.8, 1.0), "temperature 0.8, top-p 0.9": (0.8, 0.9)}
 NEW_TOKENS = 160
@@ -153,9 +152,7 @@ def main(argv=None) -> int:
                                            "same_words_as_new_sampler": same}
             print(f"{s:28} {m:26} {rate:7.1f} tokens/s  {rate / base:.2f}x plain  "
                   f"{statistics.median(r['calls']):.2f} words/call" + ("" if same is None else f"  same words: {same}"))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+    write_report(a.out, report)
     return 0
 
 

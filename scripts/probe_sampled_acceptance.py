@@ -13,14 +13,13 @@ from the real hidden state and word. Prints the mean over positions per alpha; n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_smollm2_spec import CHAT_PROMPTS  # noqa: E402
+from bench_smollm2_spec import CHAT_PROMPTS, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -63,9 +62,7 @@ def main(argv=None) -> int:
     for x in a.alphas:
         print(f"  head logits x {x:<5} first word {report['held']['first'][str(x)]:.4f}  second word "
               f"{report['held']['second'][str(x)]:.4f}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+    write_report(a.out, report)
     return 0
 
 

@@ -610,13 +610,15 @@ def test_greedy_verification_from_the_logits_alone_is_the_rejection_rule_at_temp
 
 
 def test_draw_is_what_choice_draws_from_the_same_uniform():
-    """draw() skips rng.choice's checks, not its draw: the same id from the same seed, zeros and all."""
+    """draw() skips rng.choice's checks, not its draw: the same id from the same seed, zeros and all (a distribution
+    of mostly zeros, as a top-p nucleus, summed over its other words only)."""
     rng = np.random.default_rng(7)
     for trial in range(300):
         n = int(rng.integers(2, 400))
         p = rng.random(n) ** rng.uniform(0.5, 8)
-        if trial % 3 == 0:
-            p[rng.integers(0, n, n // 2)] = 0.0
+        if trial % 3:
+            p[rng.random(n) < (0.5 if trial % 3 == 1 else 0.97)] = 0.0
+            p[rng.integers(0, n)] += 0.01  # not all zero
         p /= p.sum()
         seed = int(rng.integers(0, 1 << 30))
         assert sp.draw(p, np.random.default_rng(seed)) == int(np.random.default_rng(seed).choice(n, p=p))
