@@ -378,7 +378,7 @@ class HeadDrafter:
     def _sampled(self, hidden, token: int, g: int, streams, rng) -> tuple[list[int], np.ndarray]:
         """g words chained from hidden, each drawn from the head's distribution at the options' temperature and top-p
         -> (the words, their distributions (g, V) over the target's vocabulary). Drawn over the head's own words in
-        the order of their ids: the same draws (a uniform's inverse CDF) and the same top-p cut as over the whole
+        the order of their ids: the draws (a uniform's inverse CDF; up to rounding) and the top-p cut of the whole
         vocabulary, whose other words have probability 0, at a sixth of the work."""
         window, order = [], self._id_order
         ids = self.head.words[order]
