@@ -12,12 +12,15 @@ sampler as shipped and with the old one ("old sampler"). Each round decodes ever
 (setting, method) in turn; decode tokens/s = the words after each answer's first / the time from its first word to
 its last (the prefill left out), summed over the questions; the median over rounds. Also per row: words per target
 call, and whether the old sampler's answers were the same words (it draws from the same uniforms: they are, unless a
-top-p cut falls between two equally likely words, which the old sort ordered at random). Nothing is written but --out.
+top-p cut falls between two equally likely words, which the old sort ordered at random). First, and alone with
+--sampler-only: the sampler's own milliseconds per row, old against new, on the logits along one answer. Nothing is
+written but --out.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -96,12 +99,48 @@ def old_sampler(on: bool):
             setattr(m, n, f)
 
 
+def sampler_costs(lm, text: str, repeats: int = 5) -> dict:
+    """Milliseconds a row of the sampler's own work takes, old against new, on SmolLM2's logits along one answer (100
+    words sampled at temperature 0.8, seed 0; the best of `repeats` passes over its rows): the distribution at top-p 1
+    and 0.9, one draw from each; and the median nucleus size at top-p 0.9."""
+    import time
+
+    import heron
+    from heron.runtime.decoding import draw, nucleus, probs
+
+    prompt = lm.encode(text)
+    answer = [t.id for t in lm.generate(prompt, heron.GenerationOptions(max_new_tokens=100, temperature=0.8, seed=0))]
+    lm.backend.reset()
+    logits = lm.backend.forward(prompt + answer, last=len(answer))
+    rng = np.random.default_rng(0)
+
+    def ms(fn, rows) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for r in rows:
+                fn(r)
+            best = min(best, time.perf_counter() - t0)
+        return round(1e3 * best / len(rows), 3)
+
+    out = {"nucleus_words_at_top_p_0.9": int(np.median([len(nucleus(probs(r, 0.8, 1.0), 0.9)) for r in logits]))}
+    for top_p in (1.0, 0.9):
+        dists = [probs(r, 0.8, top_p) for r in logits]
+        out[f"top_p {top_p}"] = {"probs_old": ms(lambda r: old_probs(r, 0.8, top_p), logits),
+                                 "probs_new": ms(lambda r: probs(r, 0.8, top_p), logits),
+                                 "draw_old": ms(lambda p: old_draw(p, rng), dists),
+                                 "draw_new": ms(lambda p: draw(p, rng), dists)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--questions", type=int, default=len(CHAT_PROMPTS), help="the first N of the 8 chat questions")
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
+    ap.add_argument("--sampler-only", action="store_true",
+                    help="only the sampler's own cost per row, old against new (seconds, not minutes)")
     a = ap.parse_args(argv)
     import heron
     from heron.runtime.metrics import machine
@@ -110,6 +149,11 @@ def main(argv=None) -> int:
     head = heron.SpeculativeOptions(method="head", gamma=8, adaptive=True, head_lookup=True)
     questions = CHAT_PROMPTS[:a.questions]
     texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    costs = sampler_costs(lm, texts[0])
+    print(f"the sampler's own work per row on SmolLM2's logits, ms (old / new): {json.dumps(costs)}", flush=True)
+    if a.sampler_only:
+        write_report(a.out, {"machine": machine(), "sampler_ms_per_row": costs})
+        return 0
     methods = {"plain": (None, False), "plain, old sampler": (None, True), "head+lookup": (head, False),
                "head+lookup, old sampler": (head, True)}
     rows = {(s, m): {"rate": [], "calls": [], "answers": None} for s in SETTINGS for m in methods}
@@ -131,10 +175,11 @@ def main(argv=None) -> int:
                         calls += stats.target_calls
                 r = rows[s, m]
                 r["rate"].append(words / seconds)
-                r["calls"].append((words + 1 * len(texts)) / calls)
+                r["calls"].append((words + len(texts)) / calls)  # every word, the first included
                 r["answers"] = r["answers"] or answers
         print(f"round {rnd + 1} of {a.rounds} done", file=sys.stderr, flush=True)
-    report = {"machine": machine(), "threads": a.threads, "questions": len(texts), "rounds": a.rounds, "rows": {}}
+    report = {"machine": machine(), "threads": a.threads, "questions": len(texts), "rounds": a.rounds,
+              "sampler_ms_per_row": costs, "rows": {}}
     print(f"{report['machine']}; {a.threads} thread(s); {len(texts)} chat questions to their end of turn; decode "
           f"tokens/s, median of {a.rounds} rounds")
     for s in SETTINGS:
