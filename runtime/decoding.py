@@ -186,13 +186,33 @@ class DecodeStats:
 # distributions
 
 
+SAMPLER = "auto"  # "auto": the native library's sampler where it is built (heron.runtime.native.Sampler); "numpy"
+
+
+def _native_sampler():
+    if SAMPLER == "numpy":
+        return None
+    from heron.runtime import native
+    return native.sampler()
+
+
 def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
-    """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy)."""
+    """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy). float32 logits go to the
+    native library's sampler where it is built (the same distributions to ~2e-7 of each probability, a fraction of
+    numpy's work: scripts/bench_sampling.py --sampler-only); numpy_probs otherwise."""
     if temperature == 0:  # float32 holds a one-hot exactly, and the logits need no float64 copy (a verify block's
         logits = np.asarray(logits)  # (T, V) in float64 cost a SmolLM2 round ~1 ms, several % of it)
         out = np.zeros(logits.shape, np.float32)
         np.put_along_axis(out, logits.argmax(-1)[..., None], 1.0, axis=-1)
         return out
+    fast = _native_sampler()
+    if fast is not None and getattr(logits, "dtype", None) == np.float32:
+        return fast.probs(logits, temperature, top_p)
+    return numpy_probs(logits, temperature, top_p)
+
+
+def numpy_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """probs() in numpy (float64) at a temperature > 0: where the native library is not built, and its reference."""
     p = np.divide(logits, temperature, dtype=np.float64)  # in place from here: the bits of the expression
     p -= p.max(-1, keepdims=True)  # exp(z - z.max()) with z = float64(logits) / temperature, without its temporaries
     np.exp(p, out=p)
@@ -231,7 +251,16 @@ def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
 
 def draw(p: np.ndarray, rng: np.random.Generator) -> int:
     """One id drawn from p (V,): the id rng.choice(len(p), p=p) draws, from the same uniform (its inverse CDF),
-    without choice()'s checks of p (SmolLM2: 0.39 -> 0.23 ms a row, scripts/bench_sampling.py --sampler-only)."""
+    without choice()'s checks of p; no uniform where a word is certain (p exactly 1). In the native library where it
+    is built (numpy's arithmetic, the same ids), numpy_draw otherwise."""
+    fast = _native_sampler()
+    if fast is not None:
+        return fast.draw(p, rng)
+    return numpy_draw(p, rng)
+
+
+def numpy_draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """draw() in numpy (SmolLM2: 0.39 -> 0.23 ms a row against choice(), scripts/bench_sampling.py --sampler-only)."""
     if p.max() == 1.0:
         return int(p.argmax())
     if _mostly_zeros(p):  # a nucleus: the sums over its words alone are the same numbers (adding 0 is exact)

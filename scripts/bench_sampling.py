@@ -1,20 +1,23 @@
 """Sampled decoding on SmolLM2 (issue 25): what temperature and top-p cost plain decoding and speculation, against
 sampling as heron did it before session 46 in the same run (numpy's Generator.choice, a full sort of the vocabulary
-for top-p, the draft head's draws over the whole vocabulary, every row of a verify call's distributions computed).
+for top-p, the draft head's draws over the whole vocabulary, every row of a verify call's distributions computed), or
+with --against numpy against session 46's numpy sampler (decoding.numpy_probs / numpy_draw, what runs where the
+native library is not built) instead of the native library's (session 47).
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_sampling.py --threads 2 [--rounds 3] [--out runs/sampling.json]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_sampling.py --threads 2 [--rounds 3] [--against numpy]
+        [--out runs/sampling.json]
 
 The 8 chat questions of scripts/bench_smollm2_spec.py, each answered to its end of turn (at most 160 words), by
 SmolLM2 by name (the native decoder where it is built). Settings: greedy, temperature 0.8, temperature 0.8 with
 top-p 0.9 (the seed of each answer is the question's index: every method draws from the same seeds). Methods: plain
 decoding and `--speculative head` (the shipped head with prompt lookup first, windows of up to 8), each with the
-sampler as shipped and with the old one ("old sampler"). Each round decodes every question once with every
-(setting, method) in turn; decode tokens/s = the words after each answer's first / the time from its first word to
+sampler as shipped and with the reference ("old sampler" / "numpy sampler"). Each round decodes every question once
+with every (setting, method) in turn; decode tokens/s = the words after each answer's first / the time from its first word to
 its last (the prefill left out), summed over the questions; the median over rounds. Also per row: words per target
-call, and whether the old sampler's answers were the same words (it draws from the same uniforms: they are, unless a
-top-p cut falls between two equally likely words, which the old sort ordered at random). First, and alone with
---sampler-only: the sampler's own milliseconds per row, old against new, on the logits along one answer. Nothing is
-written but --out.
+call, and whether the reference's answers were the same words (it draws from the same uniforms: they are, unless a
+top-p cut falls between two equally likely words, which the old sort ordered at random, or a uniform falls within
+rounding of a word's edge). First, and alone with --sampler-only: the sampler's own milliseconds per row (the old
+sampler, session 46's numpy one, the native library's) on the logits along one answer. Nothing is written but --out.
 """
 from __future__ import annotations
 
@@ -79,6 +82,19 @@ def old_sampled(self, hidden, token: int, g: int, streams, rng):
 
 
 @contextlib.contextmanager
+def numpy_sampler(on: bool):
+    """While on: session 46's numpy sampler (decoding.numpy_probs / numpy_draw) where the native library's would run."""
+    from heron.runtime import decoding
+
+    saved = decoding.SAMPLER
+    decoding.SAMPLER = "numpy" if on else saved
+    try:
+        yield
+    finally:
+        decoding.SAMPLER = saved
+
+
+@contextlib.contextmanager
 def old_sampler(on: bool):
     """While on: sampling as before session 46: probs and draw wherever the decoding loops and the draft head call
     them, the head's draws over the whole vocabulary, and every row of a verify call's distributions computed."""
@@ -100,13 +116,15 @@ def old_sampler(on: bool):
 
 
 def sampler_costs(lm, text: str, repeats: int = 5) -> dict:
-    """Milliseconds a row of the sampler's own work takes, old against new, on SmolLM2's logits along one answer (100
-    words sampled at temperature 0.8, seed 0; the best of `repeats` passes over its rows): the distribution at top-p 1
-    and 0.9, one draw from each; and the median nucleus size at top-p 0.9."""
+    """Milliseconds a row of the sampler's own work takes on SmolLM2's logits along one answer (100 words sampled at
+    temperature 0.8, seed 0; the best of `repeats` passes over its rows): the distribution at top-p 1 and 0.9, one
+    draw from each, by the sampler before session 46 ("old"), session 46's numpy code ("numpy", "new" in session 46's
+    reports) and the native library's ("native", where it is built); and the median nucleus size at top-p 0.9."""
     import time
 
     import heron
-    from heron.runtime.decoding import draw, nucleus, probs
+    from heron.runtime import native
+    from heron.runtime.decoding import nucleus, numpy_draw, numpy_probs
 
     prompt = lm.encode(text)
     answer = [t.id for t in lm.generate(prompt, heron.GenerationOptions(max_new_tokens=100, temperature=0.8, seed=0))]
@@ -123,13 +141,18 @@ def sampler_costs(lm, text: str, repeats: int = 5) -> dict:
             best = min(best, time.perf_counter() - t0)
         return round(1e3 * best / len(rows), 3)
 
-    out = {"nucleus_words_at_top_p_0.9": int(np.median([len(nucleus(probs(r, 0.8, 1.0), 0.9)) for r in logits]))}
+    fast = native.sampler()
+    out = {"nucleus_words_at_top_p_0.9": int(np.median([len(nucleus(numpy_probs(r, 0.8, 1.0), 0.9))
+                                                           for r in logits]))}
     for top_p in (1.0, 0.9):
-        dists = [probs(r, 0.8, top_p) for r in logits]
-        out[f"top_p {top_p}"] = {"probs_old": ms(lambda r: old_probs(r, 0.8, top_p), logits),
-                                 "probs_new": ms(lambda r: probs(r, 0.8, top_p), logits),
-                                 "draw_old": ms(lambda p: old_draw(p, rng), dists),
-                                 "draw_new": ms(lambda p: draw(p, rng), dists)}
+        dists = [numpy_probs(r, 0.8, top_p) for r in logits]
+        row = out[f"top_p {top_p}"] = {"probs_old": ms(lambda r: old_probs(r, 0.8, top_p), logits),
+                                       "probs_numpy": ms(lambda r: numpy_probs(r, 0.8, top_p), logits),
+                                       "draw_old": ms(lambda p: old_draw(p, rng), dists),
+                                       "draw_numpy": ms(lambda p: numpy_draw(p, rng), dists)}
+        if fast is not None:
+            row["probs_native"] = ms(lambda r: fast.probs(r, 0.8, top_p), logits)
+            row["draw_native"] = ms(lambda p: fast.draw(p, rng), dists)
     return out
 
 
@@ -140,7 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("--questions", type=int, default=len(CHAT_PROMPTS), help="the first N of the 8 chat questions")
     ap.add_argument("--out", default=None, help="also write the report (JSON) here")
     ap.add_argument("--sampler-only", action="store_true",
-                    help="only the sampler's own cost per row, old against new (seconds, not minutes)")
+                    help="only the sampler's own cost per row: old, numpy, native (seconds, not minutes)")
+    ap.add_argument("--against", choices=("old", "numpy"), default="old",
+                    help="the reference sampler run beside the shipped one: before session 46 (old), or session 46's "
+                         "numpy code where the native library's runs (numpy)")
     a = ap.parse_args(argv)
     import heron
     from heron.runtime.metrics import machine
@@ -150,12 +176,14 @@ def main(argv=None) -> int:
     questions = CHAT_PROMPTS[:a.questions]
     texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in questions]
     costs = sampler_costs(lm, texts[0])
-    print(f"the sampler's own work per row on SmolLM2's logits, ms (old / new): {json.dumps(costs)}", flush=True)
+    print(f"the sampler's own work per row on SmolLM2's logits, ms: {json.dumps(costs)}", flush=True)
     if a.sampler_only:
         write_report(a.out, {"machine": machine(), "sampler_ms_per_row": costs})
         return 0
-    methods = {"plain": (None, False), "plain, old sampler": (None, True), "head+lookup": (head, False),
-               "head+lookup, old sampler": (head, True)}
+    ref = f", {a.against} sampler"
+    reference = old_sampler if a.against == "old" else numpy_sampler
+    methods = {"plain": (None, False), f"plain{ref}": (None, True), "head+lookup": (head, False),
+               f"head+lookup{ref}": (head, True)}
     rows = {(s, m): {"rate": [], "calls": [], "answers": None} for s in SETTINGS for m in methods}
     for rnd in range(a.rounds):
         for s, (temperature, top_p) in SETTINGS.items():
@@ -164,7 +192,7 @@ def main(argv=None) -> int:
                     continue  # greedy draws nothing
                 words = seconds = calls = 0
                 answers = []
-                with old_sampler(old):
+                with reference(old):
                     for i, text in enumerate(texts):
                         opts = heron.GenerationOptions(max_new_tokens=NEW_TOKENS, temperature=temperature,
                                                        top_p=top_p, seed=i)
@@ -179,6 +207,7 @@ def main(argv=None) -> int:
                 r["answers"] = r["answers"] or answers
         print(f"round {rnd + 1} of {a.rounds} done", file=sys.stderr, flush=True)
     report = {"machine": machine(), "threads": a.threads, "questions": len(texts), "rounds": a.rounds,
+              "against": a.against,
               "sampler_ms_per_row": costs, "rows": {}}
     print(f"{report['machine']}; {a.threads} thread(s); {len(texts)} chat questions to their end of turn; decode "
           f"tokens/s, median of {a.rounds} rounds")
@@ -190,8 +219,8 @@ def main(argv=None) -> int:
                 continue
             rate = statistics.median(r["rate"])
             same = None
-            if m.endswith("old sampler"):
-                same = r["answers"] == rows[s, m.removesuffix(", old sampler")]["answers"]
+            if m.endswith(ref):
+                same = r["answers"] == rows[s, m.removesuffix(ref)]["answers"]
             report["rows"][f"{s} | {m}"] = {"tokens_per_s": round(rate, 1), "vs_plain": round(rate / base, 3),
                                            "words_per_call": round(statistics.median(r["calls"]), 2),
                                            "same_words_as_new_sampler": same}

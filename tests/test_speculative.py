@@ -654,10 +654,14 @@ def test_top_p_keeps_what_a_full_sort_keeps():
         assert row.sum() == pytest.approx(1.0)
 
 
-def test_the_heads_sampled_words_are_those_drawn_over_the_whole_vocabulary():
+@pytest.mark.parametrize("sampler", ["numpy", "auto"])
+def test_the_heads_sampled_words_are_those_drawn_over_the_whole_vocabulary(sampler, monkeypatch):
     """The draft head draws each word over its own rows taken in id order: the word and the distribution that a draw
-    over the whole vocabulary (its other words at probability 0) gives from the same uniforms, top-p or not."""
+    over the whole vocabulary (its other words at probability 0) gives from the same uniforms, top-p or not; with
+    numpy's sampler and with the native library's where it is built (float32 logits)."""
     from heron.runtime.draft_head import HeadDrafter
+
+    monkeypatch.setattr(sp, "SAMPLER", sampler)
 
     V, g = 300, 5
     words = np.random.default_rng(5).permutation(V)[:40]  # the head's rows: part of the vocabulary, not in id order
@@ -683,7 +687,7 @@ def test_the_heads_sampled_words_are_those_drawn_over_the_whole_vocabulary():
             rng, hidden, token = np.random.default_rng(seed), np.zeros(4), 7
             for i in range(g):
                 logits, hidden = Head().step(hidden, token)
-                full = np.full(V, -np.inf)
+                full = np.full(V, -np.inf, np.float32)
                 full[words] = logits
                 q = sp.probs(full, 0.8, top_p)
                 token = int(rng.choice(V, p=q))

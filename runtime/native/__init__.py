@@ -10,6 +10,8 @@ digest of the source and the flags, so a stale build is never loaded.
     logits = lm.forward([1, 2, 3], last=1)   # (1, V); the cache grows by 3
     lm.trim(1)                                # speculation rewinds
 
+The library also samples (Sampler: heron.runtime.decoding.probs and draw for any engine's logits, where it is built).
+
 The backend protocol is heron.runtime.lm.LMBackend's; the KV cache is numpy arrays this object owns (fp16: keys and
 values rounded once as they are cached, half fp32's bytes). numpy and
 ctypes only: no torch, no onnxruntime.
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +35,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 10  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 11  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -172,6 +175,12 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_head_scratch_floats.argtypes = [ctypes.POINTER(_Head)]
     lib.hl_head_run.restype = ctypes.c_int
     lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp]
+    lib.hl_probs.restype = ctypes.c_int
+    lib.hl_probs.argtypes = [vp, ctypes.c_int, ctypes.c_float, ctypes.c_float, vp, vp, vp, vp]
+    lib.hl_draw.restype = ctypes.c_int
+    lib.hl_draw.argtypes = [vp, ctypes.c_int, ctypes.c_double]
+    lib.hl_certain.restype = ctypes.c_int
+    lib.hl_certain.argtypes = [vp, ctypes.c_int]
     if path is None:
         _LIB = lib
     return lib
@@ -400,6 +409,66 @@ class NativeLM:
             done += want
         self._hidden, self._hidden_start = hidden, self._n - n_out
         return out
+
+
+class Sampler:
+    """The library's sampler: heron.runtime.decoding.probs and draw where the library is built (any engine's logits).
+
+    probs: softmax(logits / temperature) in one pass (float exponentials, ~2e-7 of each probability, as attention's
+    softmax; their sum in double), top-p sorting only the likeliest words (decoding.nucleus's words and order); a
+    float64 row as decoding's numpy code returns. draw: the id numpy's Generator.choice draws from the same uniform
+    (its arithmetic: the same running sums), one uniform per draw and none where a word is certain (p exactly 1), as
+    decoding.draw. Safe across threads (scratch per call; the library's calls release the GIL)."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._lib, self._local = lib, threading.local()
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's scratch for rows of n words (kept between calls: fresh pages cost more than the kernel)."""
+        s = getattr(self._local, "scratch", None)
+        if s is None or s[0].shape[0] != n:
+            s = self._local.scratch = (np.empty(n, np.float32), np.empty(2 * n, np.int32), np.zeros(1, np.int32))
+        return s
+
+    def probs(self, logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+        """float32 logits (V,) or (T, V) -> their distributions (same shape, float64)."""
+        x = np.ascontiguousarray(logits, np.float32)
+        rows = x.reshape(-1, x.shape[-1])
+        n = rows.shape[1]
+        out = np.empty(rows.shape, np.float64)
+        e, cand, kept = self._scratch(n)
+        for r, o in zip(rows, out):
+            rc = self._lib.hl_probs(_ptr(r), n, float(temperature), float(top_p), _ptr(o), _ptr(e), _ptr(cand),
+                                    _ptr(kept))
+            if rc < -1:
+                raise ValueError("logits must be finite numbers" if rc == -3 else
+                                 f"temperature must be > 0 and top_p in (0, 1], got {temperature!r}, {top_p!r}")
+        return out.reshape(x.shape)
+
+    def draw(self, p: np.ndarray, rng: np.random.Generator) -> int:
+        """One id drawn from the distribution p (V,) float64."""
+        p = np.ascontiguousarray(p, np.float64)
+        n = p.shape[-1]
+        k = self._lib.hl_certain(_ptr(p), n)
+        if k >= 0:
+            return k
+        k = self._lib.hl_draw(_ptr(p), n, rng.random())
+        if k < 0:
+            raise ValueError("a distribution to draw from needs finite, non-negative mass")
+        return k
+
+
+_SAMPLER: list = []
+
+
+def sampler() -> Sampler | None:
+    """The built library's Sampler, or None where this source's library is not built (decoding's numpy code then)."""
+    if not _SAMPLER:
+        try:
+            _SAMPLER.append(Sampler(load()) if available() else None)
+        except (NativeError, OSError):
+            _SAMPLER.append(None)
+    return _SAMPLER[0]
 
 
 def int8_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:

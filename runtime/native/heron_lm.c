@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 10
+#define HL_ABI 11
 #define QK 32
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
@@ -1029,4 +1029,211 @@ int hl_head_run(const hl_head* hd, const float* hidden, int token, int g, int32_
 #endif
     head_team(hd, hidden, token, g, rows_out, logits_out, feature_out, scratch, prices, probs_out, 1, 0);
   return head_shared(hd, scratch)[1];
+}
+
+/* ---- the sampler (heron.runtime.decoding.probs and draw): a row of logits -> the distribution a sampled token is
+ * drawn from, and the draw. numpy's float64 softmax costs ~0.2 ms a SmolLM2 row and its draw ~0.2 ms, a tenth of a
+ * step at two threads; here one pass computes the shifted exponentials (float, as attention's softmax; their sum in
+ * double), top-p sorts only the likeliest words, and the draw is numpy's own arithmetic (the same running sums). */
+typedef struct {
+  float e;
+  int32_t id;
+} hl_cand;
+
+/* falling probability, ties by id: decoding.nucleus's order (a stable sort of -p) */
+static int cand_cmp(const void* a, const void* b) {
+  const hl_cand *x = (const hl_cand*)a, *y = (const hl_cand*)b;
+  if (x->e != y->e) return x->e > y->e ? -1 : 1;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+/* e[i] <- exp((x[i] - mx) * inv_t) (the likeliest word's 1 exactly) -> their sum, in double */
+static double exp_shifted(const float* x, int n, float mx, float inv_t, float* e) {
+  double sum = 0.0;
+  int j = 0;
+#ifdef HL_AVX2
+  const __m256 mv = _mm256_set1_ps(mx), iv = _mm256_set1_ps(inv_t);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 v = exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv), iv));
+    _mm256_storeu_ps(e + j, v);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  double lanes[4];
+  _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+  sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  if (j < n) { /* the tail through the same vector code: equal logits, equal exponentials, wherever they are */
+    float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ex[8];
+    for (int i = j; i < n; i++) tail[i - j] = x[i];
+    _mm256_storeu_ps(ex, exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(tail), mv), iv)));
+    for (int i = j; i < n; i++) sum += e[i] = ex[i - j];
+  }
+  return sum;
+#endif
+  for (; j < n; j++) {
+    e[j] = expf((x[j] - mx) * inv_t);
+    sum += e[j];
+  }
+  return sum;
+}
+
+/* the first index of x's largest value (numpy's argmax), or -1 where x holds a NaN */
+static int first_max(const float* x, int n) {
+  int i = 0;
+  float mx = x[0];
+#ifdef HL_AVX2
+  if (n >= 8) {
+    __m256 m8 = _mm256_loadu_ps(x), nan8 = _mm256_cmp_ps(m8, m8, _CMP_UNORD_Q);
+    for (i = 8; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      m8 = _mm256_max_ps(m8, v);
+      nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    if (_mm256_movemask_ps(nan8)) return -1;
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m8);
+    for (int j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
+    for (; i < n; i++) {
+      if (isnan(x[i])) return -1;
+      mx = x[i] > mx ? x[i] : mx;
+    }
+    const __m256 mv = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), mv, _CMP_EQ_OQ));
+      if (hit) return i + __builtin_ctz(hit);
+    }
+    for (; i < n; i++) if (x[i] == mx) return i;
+    return 0;
+  }
+#endif
+  int best = 0;
+  for (i = 0; i < n; i++) {
+    if (isnan(x[i])) return -1;
+    if (x[i] > mx) mx = x[i], best = i;
+  }
+  return best;
+}
+
+/* cand <- the words whose e is at least thr, in id order -> their count */
+static int gather_at_least(const float* e, int n, float thr, hl_cand* cand) {
+  int m = 0, i = 0;
+#ifdef HL_AVX2
+  const __m256 tv = _mm256_set1_ps(thr);
+  for (; i + 8 <= n; i += 8) {
+    int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(e + i), tv, _CMP_GE_OQ));
+    while (hit) {
+      const int j = i + __builtin_ctz(hit);
+      cand[m].e = e[j], cand[m++].id = j;
+      hit &= hit - 1;
+    }
+  }
+#endif
+  for (; i < n; i++) if (e[i] >= thr) cand[m].e = e[i], cand[m++].id = i;
+  return m;
+}
+
+/* p (n doubles) <- the distribution of logits x (n words) at temperature t > 0 and top_p in (0, 1]: softmax(x / t);
+ * where top_p < 1 only the likeliest words whose predecessors (falling probability, ties by id) hold less than top_p
+ * of it, renormalized, the others 0. Candidates for top-p are the words at least 1/64 as likely as the likeliest,
+ * widening 64x while the nucleus ends past them (every word left out is less likely than every candidate: the
+ * words a sort of all n keeps). e: n floats of scratch; cand: n of scratch. *kept: the words with p > 0.
+ * Returns the id of a certain word (its p exactly 1: a draw needs no uniform), -1 otherwise; -2 on bad arguments,
+ * -3 where x is not finite. */
+int hl_probs(const float* x, int n, float t, float top_p, double* p, float* e, hl_cand* cand, int32_t* kept) {
+  if (n < 1 || !(t > 0.f) || !(top_p > 0.f) || !(top_p <= 1.f)) return -2;
+  const int best = first_max(x, n);
+  if (best < 0 || !isfinite(x[best])) return -3; /* a NaN, an infinity on top, or nothing but -inf */
+  const float mx = x[best];
+  const double total = exp_shifted(x, n, mx, 1.f / t, e);
+  if (!isfinite(total)) return -3;
+  if (top_p >= 1.f) {
+    const double inv = 1.0 / total;
+    int nz = 0, i = 0;
+#ifdef HL_AVX2
+    const __m256d iv = _mm256_set1_pd(inv);
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(e + i);
+      _mm256_storeu_pd(p + i, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), iv));
+      _mm256_storeu_pd(p + i + 4, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), iv));
+      nz += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+    }
+#endif
+    for (; i < n; i++) {
+      p[i] = (double)e[i] * inv;
+      nz += e[i] != 0.f;
+    }
+    *kept = nz;
+    return p[best] == 1.0 ? best : -1;
+  }
+  int m = 0, k = 0;
+  for (float thr = 1.f;;) {
+    thr /= 64.f;
+    if (thr > 1e-12f) {
+      m = gather_at_least(e, n, thr, cand);
+    } else {
+      m = 0;
+      for (int i = 0; i < n; i++) cand[m].e = e[i], cand[m++].id = i;
+    }
+    qsort(cand, (size_t)m, sizeof(hl_cand), cand_cmp);
+    double before = 0.0;
+    for (k = 0; k < m && before / total < top_p; k++) before += cand[k].e;
+    if (k < m || m == n) break;
+  }
+  double mass = 0.0;
+  for (int i = 0; i < k; i++) mass += cand[i].e;
+  memset(p, 0, (size_t)n * sizeof(double));
+  for (int i = 0; i < k; i++) p[cand[i].id] = cand[i].e / mass;
+  *kept = k;
+  return p[cand[0].id] == 1.0 ? cand[0].id : -1;
+}
+
+/* whether p[i .. i + 4) are all 0 (runs of a nucleus' or a residual's zeros skipped four at a time) */
+static inline int zeros4(const double* p, int i) {
+#ifdef HL_AVX2
+  return _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(p + i), _mm256_setzero_pd(), _CMP_NEQ_UQ)) == 0;
+#else
+  return p[i] == 0.0 && p[i + 1] == 0.0 && p[i + 2] == 0.0 && p[i + 3] == 0.0;
+#endif
+}
+
+/* The id numpy's Generator.choice(n, p=p) draws from its uniform u in [0, 1): the first i whose running sum of p,
+ * divided by the whole sum, exceeds u (numpy's cumsum: the same additions in the same order; a 0 adds nothing, so
+ * runs of zeros are skipped). -1 where p holds no positive mass or is not finite. */
+int hl_draw(const double* p, int n, double u) {
+  double total = 0.0;
+  int i = 0;
+  for (; i + 4 <= n; i += 4)
+    if (!zeros4(p, i)) total = (((total + p[i]) + p[i + 1]) + p[i + 2]) + p[i + 3];
+  for (; i < n; i++) total += p[i];
+  if (!(total > 0.0) || !isfinite(total)) return -1;
+  double cum = 0.0;
+  int last = -1;
+  for (i = 0; i < n; i++) {
+    if ((i & 3) == 0 && i + 4 <= n && zeros4(p, i)) {
+      i += 3;
+      continue;
+    }
+    if (p[i] != 0.0) {
+      cum += p[i];
+      last = i;
+      if (cum / total > u) return i;
+    }
+  }
+  return last;
+}
+
+/* The id of the first value of p that is exactly 1 (a certain word: numpy's draw returns it without a uniform), -1
+ * where none is */
+int hl_certain(const double* p, int n) {
+  int i = 0;
+#ifdef HL_AVX2
+  const __m256d one = _mm256_set1_pd(1.0);
+  for (; i + 4 <= n; i += 4) {
+    const int hit = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(p + i), one, _CMP_EQ_OQ));
+    if (hit) return i + __builtin_ctz(hit);
+  }
+#endif
+  for (; i < n; i++) if (p[i] == 1.0) return i;
+  return -1;
 }
