@@ -40,6 +40,8 @@ class GenerationOptions:
     max_new_tokens: int = 64        # stop after this many new tokens (or earlier: end of text, full context)
     temperature: float = 0.0        # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
     top_p: float = 1.0              # nucleus sampling: keep the smallest set of tokens holding this much mass
+    top_k: int = 0                  # keep only the k likeliest tokens (0: all); top-p then holds their mass
+    min_p: float = 0.0              # keep only tokens at least this fraction as likely as the likeliest (0: all)
     seed: int | None = None         # sampling seed: the same seed and method give the same output (greedy: every method)
     stop_at_eot: bool = True        # stop after any of the model's end-of-turn tokens (LanguageModel.end_ids)
 
@@ -52,8 +54,18 @@ class GenerationOptions:
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not math.isfinite(self.top_p) \
                 or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0: every token), got {self.top_k!r}")
+        m = self.min_p
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 <= m < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {m!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+
+    @property
+    def sampling(self) -> tuple[float, float, int, float]:
+        """(temperature, top_p, top_k, min_p): probs()'s arguments after the logits."""
+        return self.temperature, self.top_p, self.top_k, self.min_p
 
 
 # Mirror-SD's early-exit candidates per position where the target has an exit head trained for the exit layer
@@ -196,10 +208,13 @@ def _native_sampler():
     return native.sampler()
 
 
-def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
-    """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy). float32 logits go to the
-    native library's sampler where it is built (the same distributions to ~2e-7 of each probability, a fraction of
-    numpy's work: scripts/bench_sampling.py --sampler-only); numpy_probs otherwise."""
+def probs(logits: np.ndarray, temperature: float, top_p: float = 1.0, top_k: int = 0,
+          min_p: float = 0.0) -> np.ndarray:
+    """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy). At a temperature:
+    softmax(logits / temperature), then only the words top-k, top-p and min-p all keep (nucleus()), renormalized.
+    float32 logits go to the native library's sampler where it is built (the same words kept, probabilities to ~2e-7
+    of each likely word's, a fraction of numpy's work: scripts/bench_sampling.py --sampler-only); numpy_probs
+    otherwise."""
     if temperature == 0:  # float32 holds a one-hot exactly, and the logits need no float64 copy (a verify block's
         logits = np.asarray(logits)  # (T, V) in float64 cost a SmolLM2 round ~1 ms, several % of it)
         out = np.zeros(logits.shape, np.float32)
@@ -207,21 +222,22 @@ def probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
         return out
     fast = _native_sampler()
     if fast is not None and getattr(logits, "dtype", None) == np.float32:
-        return fast.probs(logits, temperature, top_p)
-    return numpy_probs(logits, temperature, top_p)
+        return fast.probs(logits, temperature, top_p, top_k, min_p)
+    return numpy_probs(logits, temperature, top_p, top_k, min_p)
 
 
-def numpy_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+def numpy_probs(logits: np.ndarray, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                min_p: float = 0.0) -> np.ndarray:
     """probs() in numpy (float64) at a temperature > 0: where the native library is not built, and its reference."""
     p = np.divide(logits, temperature, dtype=np.float64)  # in place from here: the bits of the expression
     p -= p.max(-1, keepdims=True)  # exp(z - z.max()) with z = float64(logits) / temperature, without its temporaries
     np.exp(p, out=p)
     p /= p.sum(-1, keepdims=True)
-    if top_p < 1.0:
+    if top_p < 1.0 or 0 < top_k < p.shape[-1] or min_p > 0:
         rows = p.reshape(-1, p.shape[-1])
         out = np.zeros_like(rows)
         for row, o in zip(rows, out):
-            keep = nucleus(row, top_p)
+            keep = nucleus(row, top_p, top_k, min_p)
             o[keep] = row[keep] / row[keep].sum()
         p = out.reshape(p.shape)
     return p
@@ -230,22 +246,32 @@ def numpy_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndar
 NUCLEUS_STEP = 64.0  # nucleus(): candidates are the tokens within this factor of the likeliest, then 64x further
 
 
-def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
-    """The ids top-p keeps of one distribution p (V,), in order of falling probability (ties: the lower id first):
-    each token whose predecessors hold less than top_p of the mass. Sorts only the candidates at least
-    1/NUCLEUS_STEP as likely as the likeliest (or 1/64 of that, ...) until the nucleus ends inside them: every token
-    left out is less likely than every candidate, so the ids are those a full stable sort gives, without sorting
-    SmolLM2's 49,152 words per token (2.8 -> 0.17 ms a row; a chat answer's nucleus at top-p 0.9 holds a few words:
+def nucleus(p: np.ndarray, top_p: float, top_k: int = 0, min_p: float = 0.0) -> np.ndarray:
+    """The ids one distribution p (V,) keeps, in order of falling probability (ties: the lower id first): a prefix of
+    that order, the shortest of three: top-k's k words (0: all); top-p's, each token whose predecessors hold less than
+    top_p of the mass (of top-k's words' mass where top_k is set, as transformers' top-p after top-k); min-p's, each
+    token at least min_p times as likely as the likeliest. Sorts only the candidates at least 1/NUCLEUS_STEP as
+    likely as the likeliest (or 1/64 of that, ...) until the prefix ends inside them: every token left out is less
+    likely than every candidate, so the ids are those a full stable sort gives, without sorting SmolLM2's 49,152 words
+    per token (2.8 -> 0.17 ms a row; a chat answer's nucleus at top-p 0.9 holds a few words:
     scripts/bench_sampling.py --sampler-only)."""
     V, top = p.shape[-1], float(p.max())
+    k = top_k if 0 < top_k < V else V
     thr = top
     while True:
         thr /= NUCLEUS_STEP
-        cand = np.flatnonzero(p >= thr) if thr > top * 1e-12 else np.arange(V)  # at last every token
+        every = not thr > top * 1e-12
+        cand = np.arange(V) if every else np.flatnonzero(p >= thr)  # at last every token
+        if len(cand) < k < V and not every:
+            continue  # top-k's words first: top-p reads their mass
         cand = cand[np.argsort(-p[cand], kind="stable")]  # falling probability, ties by id
         sp = p[cand]
-        n = int(np.count_nonzero(np.cumsum(sp) - sp < top_p))  # the prefix kept (the sums rise: a prefix)
-        if n < len(cand) or len(cand) == V:
+        limit = top_p if k == V else top_p * float(sp[:k].sum())
+        n = int(np.count_nonzero(np.cumsum(sp) - sp < limit))  # the prefix kept (the sums rise: a prefix)
+        n = min(n, k)
+        if min_p > 0:
+            n = min(n, int(np.count_nonzero(sp >= min_p * top)))
+        if n < len(cand) or n == k or len(cand) == V:
             return cand[:n]
 
 
@@ -321,12 +347,12 @@ class TargetRows:
     """The target's distributions (probs) at a verify call's positions, each row computed when verify() first reads
     it: a round whose first draft word is rejected needs one row of SmolLM2's 49,152 words, not gamma + 1."""
 
-    def __init__(self, logits: np.ndarray, temperature: float, top_p: float):
-        self.logits, self.temperature, self.top_p, self._rows = logits, temperature, top_p, {}
+    def __init__(self, logits: np.ndarray, sampling: tuple):
+        self.logits, self.sampling, self._rows = logits, tuple(sampling), {}
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self._rows:
-            self._rows[i] = probs(self.logits[i], self.temperature, self.top_p)
+            self._rows[i] = probs(self.logits[i], *self.sampling)
         return self._rows[i]
 
 
@@ -425,7 +451,7 @@ def _plain_step(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Token:
     stats.target_calls += 1
     if opts.temperature == 0:  # greedy: the argmax, as draw(probs(...)) would give it, without the one-hot row
         return em.emit(int(np.asarray(logits).argmax()), False)
-    return em.emit(draw(probs(logits, opts.temperature, opts.top_p), rng), False)
+    return em.emit(draw(probs(logits, *opts.sampling), rng), False)
 
 
 def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterator[Token]:
@@ -537,7 +563,7 @@ def _draft_window(dc: CachedBackend, seq: list[int], gamma: int, opts: Generatio
     feed = dc.sync(seq, len(seq))
     toks, qs = [], []
     for _ in range(gamma):
-        q = probs(dc.forward(feed, last=1)[-1], opts.temperature, opts.top_p)
+        q = probs(dc.forward(feed, last=1)[-1], *opts.sampling)
         t = draw(q, rng)
         toks.append(t)
         qs.append(q)
@@ -588,7 +614,7 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
         n_acc, extra = verify_greedy(logits, window, stats)
     else:
         qs = one_hot(window, logits.shape[-1]) if qs is None else qs
-        n_acc, extra = verify(TargetRows(logits, opts.temperature, opts.top_p), qs, window, rng, stats)
+        n_acc, extra = verify(TargetRows(logits, opts.sampling), qs, window, rng, stats)
     stats.rounds += 1
     stats.accepted.append(n_acc)
     stats.windows.append(len(window))
@@ -925,7 +951,7 @@ def _build_branches(draft, base_state, base_ids: list[int], seq_len: int, window
         for _ in range(gamma):
             if cancel.is_set():
                 return
-            q = probs(draft.forward(feed, last=1)[-1], opts.temperature, opts.top_p)
+            q = probs(draft.forward(feed, last=1)[-1], *opts.sampling)
             ids += feed
             t = draw(q, rng)
             toks.append(t)

@@ -386,7 +386,7 @@ class HeadDrafter:
         for i in range(g):
             logits, hidden = self.head.step(hidden, token, streams)
             streams = None  # chained steps start from the head's own feature
-            q = probs(logits[order], self.opts.temperature, self.opts.top_p)
+            q = probs(logits[order], *self.opts.sampling)
             token = int(ids[draw(q, rng)])
             qs[i, ids] = q
             window.append(token)

@@ -12,8 +12,9 @@ SmolLM2 by name (the native decoder where it is built). Settings: greedy, temper
 top-p 0.9 (the seed of each answer is the question's index: every method draws from the same seeds). Methods: plain
 decoding and `--speculative head` (the shipped head with prompt lookup first, windows of up to 8), each with the
 sampler as shipped and with the reference ("old sampler" / "numpy sampler"). Each round decodes every question once
-with every (setting, method) in turn; decode tokens/s = the words after each answer's first / the time from its first word to
-its last (the prefill left out), summed over the questions; the median over rounds. Also per row: words per target
+with every (setting, method) in turn, each method beside its reference, which of the two first alternating by round;
+decode tokens/s = the words after each answer's first / the time from its first word to its last (the prefill left
+out), summed over the questions; the median over rounds. Also per row: words per target
 call, and whether the reference's answers were the same words (it draws from the same uniforms: they are, unless a
 top-p cut falls between two equally likely words, which the old sort ordered at random, or a uniform falls within
 rounding of a word's edge). First, and alone with --sampler-only: the sampler's own milliseconds per row (the old
@@ -37,8 +38,9 @@ SETTINGS = {"greedy": (0.0, 1.0), "temperature 0.8": (0.8, 1.0), "temperature 0.
 NEW_TOKENS = 160
 
 
-def old_probs(logits, temperature: float, top_p: float):
-    """decoding.probs before session 46: top-p by a full argsort of every row."""
+def old_probs(logits, temperature: float, top_p: float, top_k: int = 0, min_p: float = 0.0):
+    """decoding.probs before session 46: top-p by a full argsort of every row (it had no top-k or min-p: the bench
+    leaves them off)."""
     if temperature == 0:
         logits = np.asarray(logits)
         out = np.zeros(logits.shape, np.float32)
@@ -106,7 +108,7 @@ def old_sampler(on: bool):
     if on:
         for m, n, _ in saved[:4]:
             setattr(m, n, old_probs if n == "probs" else old_draw)
-        decoding.TargetRows = old_probs  # (logits, temperature, top_p) -> every row at once
+        decoding.TargetRows = lambda logits, sampling: old_probs(logits, *sampling)  # every row at once
         draft_head.HeadDrafter._sampled = old_sampled
     try:
         yield
@@ -187,7 +189,10 @@ def main(argv=None) -> int:
     rows = {(s, m): {"rate": [], "calls": [], "answers": None} for s in SETTINGS for m in methods}
     for rnd in range(a.rounds):
         for s, (temperature, top_p) in SETTINGS.items():
-            for m, (spec, old) in methods.items():
+            order = list(methods.items())
+            if rnd % 2:  # each method beside its reference: which runs first alternates round by round (VM drift)
+                order = [order[1], order[0], order[3], order[2]]
+            for m, (spec, old) in order:
                 if temperature == 0 and old:
                     continue  # greedy draws nothing
                 words = seconds = calls = 0

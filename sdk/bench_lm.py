@@ -81,6 +81,8 @@ class BenchOptions:
     # as plain text; chat: CHAT_QUESTIONS in the model's chat template, answered to the end of the turn (or new_tokens)
     temperature: float = 0.0       # 0: greedy, every method's tokens checked against plain decoding's; else sampled
     top_p: float = 1.0             # nucleus sampling (with a temperature)
+    top_k: int = 0                 # the k likeliest tokens only (with a temperature; 0: all)
+    min_p: float = 0.0             # min-p sampling (with a temperature; 0: off)
 
     def __post_init__(self):
         if self.prompt_set not in PROMPT_SETS:
@@ -92,7 +94,8 @@ class BenchOptions:
                 not set(self.mirror_windows) <= set(MIRROR_WINDOWS):
             raise ValueError(f"mirror_windows must be distinct values among {', '.join(MIRROR_WINDOWS)}, got "
                              f"{list(self.mirror_windows)}")
-        sp.GenerationOptions(temperature=self.temperature, top_p=self.top_p)  # refuses bad values in one line
+        sp.GenerationOptions(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                             min_p=self.min_p)  # refuses bad values in one line
         unknown = [m for m in self.methods if m not in sp.METHODS]
         if unknown or not self.methods:  # checked before any method runs, not after the first ones took minutes
             raise ValueError(f"methods must be among {', '.join(sp.METHODS)}, got {list(self.methods) or 'none'}")
@@ -399,7 +402,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
     lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
     prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))
-    opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=o.temperature, top_p=o.top_p)
+    opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
+                                min_p=o.min_p)
     report = {"machine": f"{machine()}, {torch.get_num_threads()} torch threads max",
               "date": time.strftime("%Y-%m-%d"), "target": str(lm.path), "options": o.__dict__, "rows": [],
               "huge_pages_mb": getattr(lm.backend, "huge_pages_bytes", 0) / 2 ** 20}  # heron.runtime.pages
@@ -508,8 +512,10 @@ def markdown(report: dict) -> str:
                          f"{c.get('c', float('nan')):.3f}; target step {1e3 * c['target_step_s']:.2f} ms")
     o = report.get("options", {})
     if o.get("temperature"):
-        lines.append(f"sampled at temperature {o['temperature']}, top-p {o.get('top_p', 1.0)}, each prompt from the seed "
-                     "of its index: lossless in distribution, so no row's tokens are compared with plain decoding's")
+        cuts = "".join(f", {name} {o[key]}" for key, name in (("top_k", "top-k"), ("min_p", "min-p")) if o.get(key))
+        lines.append(f"sampled at temperature {o['temperature']}, top-p {o.get('top_p', 1.0)}{cuts}, each prompt from "
+                     "the seed of its index: lossless in distribution, so no row's tokens are compared with plain "
+                     "decoding's")
     ds = report["decode_speed"]
     lines.append(f"decode-speed baseline: preset {ds['preset']} ({ds['params_m']:.1f} M params, "
                  f"{ds['active_params_m']:.1f} M active), 1 thread, batch 1: {ds['tokens_per_s']:.1f} tokens/s")

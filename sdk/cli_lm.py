@@ -107,7 +107,7 @@ def _load(args):
                                         mtp=args.mtp, exit_head=args.exit_head, head=args.draft_head,
                                         fixed_windows=args.fixed_windows)
     opts = heron.GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                   seed=args.seed)
+                                   top_k=args.top_k, min_p=args.min_p, seed=args.seed)
     engine = args.engine
     if engine == "auto" and args.speculative in ("mtp", "mirror"):
         engine = "torch"  # they run inside the torch model
@@ -294,6 +294,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                    help="stop after this many new tokens (or at the end of the turn)")
     q.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     q.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the smallest set of tokens with this mass")
+    q.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens only (0: all)")
+    q.add_argument("--min-p", type=float, default=0.0,
+                   help="sample among the tokens at least this fraction as likely as the likeliest only (0: all)")
     q.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, nondeterministic)")
     q.add_argument("--k", type=int, default=None, help="active experts per token (dial-k); default: the model's")
     q.add_argument("--roe-samples", type=int, default=1, help="Roster-of-Experts routing samples per token")
@@ -566,6 +569,8 @@ def add_lm_bench(sub, formatter) -> None:
                    help="0: greedy, every method's tokens checked against plain decoding's; else every method samples "
                         "(each prompt from the seed of its index), lossless in distribution")
     q.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature")
+    q.add_argument("--top-k", type=int, default=0, help="the k likeliest tokens only, with --temperature (0: all)")
+    q.add_argument("--min-p", type=float, default=0.0, help="min-p sampling, with --temperature (0: off)")
     q.add_argument("--threads", type=int, default=None,
                    help="total CPU thread budget of every method (default 2; --peers: 1 and 2 unless given)")
     q.add_argument("--gamma", type=int, nargs="+", default=None,
@@ -610,7 +615,7 @@ def add_lm_bench(sub, formatter) -> None:
 # heron lm bench's method options: --peers measures other things and refuses them (flags it would silently ignore)
 PEERS_REFUSE = ("--model", "--draft", "--mtp", "--methods", "--repeats", "--prompts", "--prompt-set", "--new-tokens",
                 "--gamma", "--kappa", "--exit-layer", "--mirror-windows", "--target-device", "--compute", "--engine",
-                "--json", "--temperature", "--top-p")
+                "--json", "--temperature", "--top-p", "--top-k", "--min-p")
 
 
 def _bench_peers(args) -> int:
@@ -654,7 +659,8 @@ def _bench(args) -> int:
                            exit_layer=args.exit_layer, methods=tuple(args.methods),
                            target_device=args.target_device, repeats=args.repeats, compute=args.compute,
                            engine=args.engine, prompt_set=args.prompt_set,
-                           mirror_windows=tuple(args.mirror_windows), temperature=args.temperature, top_p=args.top_p)
+                           mirror_windows=tuple(args.mirror_windows), temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, min_p=args.min_p)
     report = bench.run(args.model, o, draft=args.draft, mtp=args.mtp)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,28 @@ def test_generate_every_method_gives_the_same_text():
 
 
 @needs_shipped
+def test_top_k_1_and_a_min_p_near_1_sample_the_greedy_answer():
+    """Sampling among the likeliest word only (top-k 1, or min-p 0.999 where no two words tie) draws the greedy
+    answer at any temperature, from plain decoding and from speculation (rejection sampling against the cut
+    distribution: lossless), through the API and `heron lm generate --top-k / --min-p`; bad values are one line."""
+    from heron.lm import load_lm
+    from heron.runtime.decoding import GenerationOptions, SpeculativeOptions
+
+    lm = load_lm(None, threads=1)
+    prompt = lm.encode("Return a new list of")
+    greedy = [t.id for t in lm.generate(prompt, GenerationOptions(max_new_tokens=16))]
+    for spec in (None, SpeculativeOptions(method="lookup")):
+        for cut in ({"top_k": 1}, {"min_p": 0.999}, {"top_k": 1, "top_p": 0.5}):
+            opts = GenerationOptions(max_new_tokens=16, temperature=1.3, seed=4, **cut)
+            assert [t.id for t in lm.generate(prompt, opts, spec)] == greedy, (spec, cut)
+    plain = heron("lm", "generate", "Return a new list of", "--max-new-tokens", "12").stdout
+    assert heron("lm", "generate", "Return a new list of", "--max-new-tokens", "12", "--temperature", "0.9",
+                 "--top-k", "1").stdout == plain
+    p = heron("lm", "generate", "The", "--temperature", "0.9", "--min-p", "1.5", check=False)
+    assert p.returncode != 0 and "min_p must be in [0, 1)" in p.stderr and "Traceback" not in p.stderr
+
+
+@needs_shipped
 def test_generate_dial_k_roe_and_stream():
     assert heron("lm", "generate", "The", "--k", "2", "--max-new-tokens", "8").stdout.startswith("The")
     assert heron("lm", "generate", "The", "--roe-samples", "3", "--max-new-tokens", "8").stdout.startswith("The")

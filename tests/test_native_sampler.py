@@ -18,8 +18,10 @@ def sampler():
     return native.Sampler(native.load(native.build()))
 
 
-def _close_to_numpy(fast: native.Sampler, logits: np.ndarray, temperature: float, top_p: float) -> None:
-    got, want = fast.probs(logits, temperature, top_p), decoding.numpy_probs(logits, temperature, top_p)
+def _close_to_numpy(fast: native.Sampler, logits: np.ndarray, temperature: float, top_p: float, top_k: int = 0,
+                    min_p: float = 0.0) -> None:
+    got = fast.probs(logits, temperature, top_p, top_k, min_p)
+    want = decoding.numpy_probs(logits, temperature, top_p, top_k, min_p)
     assert got.shape == want.shape and got.dtype == np.float64
     # float exponentials: the likeliest words within 1e-6, words e^-40 down within 1e-5 (the shifted logit's float
     # rounding), and 0 for what float cannot hold (below 1e-38 of the likeliest)
@@ -34,7 +36,8 @@ def _close_to_numpy(fast: native.Sampler, logits: np.ndarray, temperature: float
 
 
 def test_distributions_are_numpys_to_float_rounding(sampler):
-    """Temperatures, top-p cuts and spreads of logits, one row and blocks of rows; top-p keeps numpy's words."""
+    """Temperatures, top-p / top-k / min-p cuts and spreads of logits, one row and blocks of rows; the cuts keep
+    numpy's words."""
     rng = np.random.default_rng(0)
     for trial in range(120):
         V = int(rng.choice([7, 50, 1000, 49152]))
@@ -42,10 +45,13 @@ def test_distributions_are_numpys_to_float_rounding(sampler):
         logits = (rng.standard_normal(shape) * rng.uniform(0.5, 8)).astype(np.float32)
         temperature = float(rng.choice([0.2, 0.7, 1.0, 1.6]))
         top_p = float(rng.choice([1.0, 0.95, 0.9, 0.5, 0.1]))
-        _close_to_numpy(sampler, logits, temperature, top_p)
-        if top_p < 1.0:
-            got = sampler.probs(logits, temperature, top_p).reshape(-1, V)
-            want = decoding.numpy_probs(logits, temperature, top_p).reshape(-1, V)
+        top_k = int(rng.choice([0, 0, 1, 5, 50, 100000]))
+        min_p = float(rng.choice([0.0, 0.0, 0.02, 0.2]))
+        cut = (top_p, top_k, min_p)
+        _close_to_numpy(sampler, logits, temperature, *cut)
+        if top_p < 1.0 or 0 < top_k < V or min_p > 0:  # a cut (else words below 1e-38 differ: float's 0)
+            got = sampler.probs(logits, temperature, *cut).reshape(-1, V)
+            want = decoding.numpy_probs(logits, temperature, *cut).reshape(-1, V)
             for g, w in zip(got, want):
                 assert set(np.flatnonzero(g)) == set(np.flatnonzero(w))
 
@@ -58,9 +64,11 @@ def test_top_p_keeps_numpys_words_in_its_order_when_words_tie(sampler):
     for trial in range(200):
         V = int(rng.integers(2, 3000))
         logits = (np.round(rng.standard_normal(V) * rng.uniform(0.5, 6) * 2) / 2).astype(np.float32)
-        top_p = float(rng.choice([0.3, 0.5, 0.8, 0.9, 0.99]))
-        got = sampler.probs(logits, 1.0, top_p)
-        want = decoding.numpy_probs(logits, 1.0, top_p)
+        top_p = float(rng.choice([0.3, 0.5, 0.8, 0.9, 0.99, 1.0]))
+        top_k = int(rng.choice([0, 1, 2, 7, 100])) if trial % 2 else 0
+        min_p = float(rng.choice([0.0, 0.1, 0.5])) if trial % 3 == 1 else 0.0
+        got = sampler.probs(logits, 1.0, top_p, top_k, min_p)
+        want = decoding.numpy_probs(logits, 1.0, top_p, top_k, min_p)
         assert set(np.flatnonzero(got)) == set(np.flatnonzero(want)), trial
     flat = np.zeros(5000, np.float32)
     flat[:10] = 0.01
@@ -114,9 +122,10 @@ def test_bad_input_is_one_line(sampler):
     for bad in (nan, np.full(10, np.inf, np.float32)):
         with pytest.raises(ValueError, match="finite"):
             sampler.probs(bad, 0.8, 1.0)
-    for t, p in ((0.0, 1.0), (-1.0, 1.0), (0.8, 0.0), (0.8, 1.5), (float("nan"), 1.0)):
-        with pytest.raises(ValueError, match="temperature must be > 0 and top_p in"):
-            sampler.probs(np.zeros(10, np.float32), t, p)
+    for bad in ((0.0, 1.0), (-1.0, 1.0), (0.8, 0.0), (0.8, 1.5), (float("nan"), 1.0), (0.8, 1.0, -1),
+                (0.8, 1.0, 0, 1.0), (0.8, 1.0, 0, -0.1)):
+        with pytest.raises(ValueError, match="temperature must be > 0, top_p in"):
+            sampler.probs(np.zeros(10, np.float32), *bad)
     for p in (np.zeros(10), np.full(10, np.nan)):
         with pytest.raises(ValueError, match="finite, non-negative mass"):
             sampler.draw(p, np.random.default_rng(0))

@@ -140,13 +140,32 @@ def test_draft_fault_falls_back_without_changing_output(pair, mode, method):
 
 # --- sampling: the distribution of the output equals the target's -------------------------------
 
-def _target_marginals(target, prompt, temperature):
-    """Exact distributions of the first and second generated token under the target."""
+def _target_marginals(target, prompt, temperature, *cuts):
+    """Exact distributions of the first and second generated token under the target (cuts: top_p, top_k, min_p)."""
     with torch.no_grad():
-        p1 = sp.probs(target(torch.tensor([prompt])).logits[0, -1].numpy(), temperature, 1.0)
+        p1 = sp.probs(target(torch.tensor([prompt])).logits[0, -1].numpy(), temperature, *(cuts or (1.0,)))
         ctx = torch.tensor([prompt + [t] for t in range(V)])
-        p2c = sp.probs(target(ctx).logits[:, -1].numpy(), temperature, 1.0)
+        p2c = sp.probs(target(ctx).logits[:, -1].numpy(), temperature, *(cuts or (1.0,)))
     return p1, p1 @ p2c
+
+
+def test_sampling_with_top_k_and_min_p_matches_the_cut_distribution(soft_pair):
+    """Speculative sampling with top-k, top-p and min-p cuts draws from the target's cut distribution (the chi-square
+    test on the first and second token), the draft's q cut the same way."""
+    target, _, folder = soft_pair
+    prompt, cuts, n = [3, 9, 27], (0.95, 6, 0.02), 1000
+    p1, p2 = _target_marginals(target, prompt, 1.0, *cuts)
+    assert 2 <= np.count_nonzero(p1) <= 6 and p1.max() < 0.9  # the cuts bite, and the test has power
+    T, D = TorchLM(target), OnnxLM(folder)
+    c1, c2 = np.zeros(V), np.zeros(V)
+    for seed in range(n):
+        opts = sp.GenerationOptions(max_new_tokens=2, temperature=1.0, top_p=cuts[0], top_k=cuts[1], min_p=cuts[2],
+                                    seed=seed)
+        out = [t.id for t in sp.speculative(T, D, prompt, opts, Spec("draft", gamma=2))]
+        c1[out[0]] += 1
+        c2[out[1]] += 1
+    assert c1[p1 == 0].sum() == 0 and c2[p2 == 0].sum() == 0  # nothing the cuts leave out
+    assert min(_chi2_pvalue(c1, p1), _chi2_pvalue(c2, p2)) > 1e-3
 
 
 @pytest.mark.parametrize("method", ["draft", "mirror", "mtp", "lookup"])
@@ -627,31 +646,43 @@ def test_draw_is_what_choice_draws_from_the_same_uniform():
     assert sp.draw(one, np.random.default_rng(0)) == 3
 
 
+def full_sort_keeps(p, top_p, top_k=0, min_p=0.0):
+    """The words top-k, top-p (over top-k's mass where set) and min-p keep, by a full stable sort of every word."""
+    order = np.argsort(-p, kind="stable")
+    sp_ = p[order]
+    k = top_k if 0 < top_k < len(p) else len(p)
+    limit = top_p if k == len(p) else top_p * sp_[:k].sum()
+    n = min(int(np.count_nonzero(np.cumsum(sp_) - sp_ < limit)), k, int(np.count_nonzero(sp_ >= min_p * p.max())))
+    return order[:n]
+
+
 def test_top_p_keeps_what_a_full_sort_keeps():
     """nucleus() sorts only the likeliest candidates, yet keeps the ids, in the order, that a full stable sort of
-    every token keeps, ties included (ties broken by the lower id); probs() then renormalizes over them, row by row."""
+    every token keeps, ties included (ties broken by the lower id), with top-k and min-p beside top-p; probs() then
+    renormalizes over them, row by row."""
     rng = np.random.default_rng(3)
-
-    def full_sort(p, top_p):
-        order = np.argsort(-p, kind="stable")
-        sp_ = p[order]
-        return order[np.cumsum(sp_) - sp_ < top_p]
-
-    for trial in range(600):
+    for trial in range(900):
         n = int(rng.integers(1, 3000))
         logits = rng.standard_normal(n) * rng.uniform(0.1, 30)
         if trial % 2:
             logits = np.round(logits, 1)  # many exact ties
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        top_p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999, 1 - 1e-12]))
-        np.testing.assert_array_equal(sp.nucleus(p, top_p), full_sort(p, top_p))
+        top_p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.999, 1 - 1e-12, 1.0]))
+        top_k = int(rng.choice([0, 0, 1, 3, 40, 500, 5000])) if trial % 3 else 0
+        min_p = float(rng.choice([0.0, 0.0, 0.01, 0.05, 0.3, 1e-6])) if trial % 3 else 0.0
+        np.testing.assert_array_equal(sp.nucleus(p, top_p, top_k, min_p), full_sort_keeps(p, top_p, top_k, min_p))
     logits = rng.standard_normal((3, 500)) * 4
-    q = sp.probs(logits, 0.8, 0.9)
-    for row, lg in zip(q, logits):
-        keep = full_sort(sp.probs(lg, 0.8, 1.0), 0.9)
-        assert set(np.flatnonzero(row)) == set(keep.tolist())
-        assert row.sum() == pytest.approx(1.0)
+    for filters in ((0.9, 0, 0.0), (1.0, 20, 0.0), (1.0, 0, 0.05), (0.9, 20, 0.05)):
+        q = sp.probs(logits, 0.8, *filters)
+        for row, lg in zip(q, logits):
+            keep = full_sort_keeps(sp.probs(lg, 0.8), *filters)
+            assert set(np.flatnonzero(row)) == set(keep.tolist())
+            assert row.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="top_k must be an integer >= 0"):
+        sp.GenerationOptions(temperature=0.8, top_k=-1)
+    with pytest.raises(ValueError, match="min_p must be in"):
+        sp.GenerationOptions(temperature=0.8, min_p=1.0)
 
 
 @pytest.mark.parametrize("sampler", ["numpy", "auto"])
@@ -703,7 +734,7 @@ def test_verify_reads_only_the_target_rows_it_needs():
     for seed in range(30):
         draft = [int(x) for x in rng.integers(0, 50, 4)]
         q = sp.probs(rng.standard_normal((4, 50)) * 3, 0.8, 1.0)
-        rows = sp.TargetRows(logits, 0.8, 0.95)
+        rows = sp.TargetRows(logits, (0.8, 0.95))
         lazy = sp.verify(rows, q, draft, np.random.default_rng(seed))
         assert lazy == sp.verify(sp.probs(logits, 0.8, 0.95), q, draft, np.random.default_rng(seed))
         assert len(rows._rows) == min(lazy[0] + 1, len(draft) + 1)

@@ -330,7 +330,7 @@ class MTPDrafter:
         prev, window, qs = seq[-1], [], []
         for i in range(min(g, len(h))):
             logits = self.b.mtp.sample_logits(torch.tensor([prev], device=h.device), h[i:i + 1])[0]
-            q = sp.probs(logits.float().cpu().numpy(), self.opts.temperature, self.opts.top_p)
+            q = sp.probs(logits.float().cpu().numpy(), *self.opts.sampling)
             prev = sp.draw(q, rng)
             window.append(prev)
             qs.append(q)

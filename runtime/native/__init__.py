@@ -35,7 +35,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 11  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 12  # heron_lm.c's HL_ABI: the struct layout below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -176,7 +176,8 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_head_run.restype = ctypes.c_int
     lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp]
     lib.hl_probs.restype = ctypes.c_int
-    lib.hl_probs.argtypes = [vp, ctypes.c_int, ctypes.c_float, ctypes.c_float, vp, vp, vp, vp]
+    lib.hl_probs.argtypes = [vp, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_float, vp, vp,
+                             vp, vp]
     lib.hl_draw.restype = ctypes.c_int
     lib.hl_draw.argtypes = [vp, ctypes.c_int, ctypes.c_double]
     lib.hl_certain.restype = ctypes.c_int
@@ -430,19 +431,21 @@ class Sampler:
             s = self._local.scratch = (np.empty(n, np.float32), np.empty(2 * n, np.int32), np.zeros(1, np.int32))
         return s
 
-    def probs(self, logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
-        """float32 logits (V,) or (T, V) -> their distributions (same shape, float64)."""
+    def probs(self, logits: np.ndarray, temperature: float, top_p: float = 1.0, top_k: int = 0,
+              min_p: float = 0.0) -> np.ndarray:
+        """float32 logits (V,) or (T, V) -> their distributions (same shape, float64), decoding.probs' filters."""
         x = np.ascontiguousarray(logits, np.float32)
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[1]
         out = np.empty(rows.shape, np.float64)
         e, cand, kept = self._scratch(n)
         for r, o in zip(rows, out):
-            rc = self._lib.hl_probs(_ptr(r), n, float(temperature), float(top_p), _ptr(o), _ptr(e), _ptr(cand),
-                                    _ptr(kept))
+            rc = self._lib.hl_probs(_ptr(r), n, float(temperature), float(top_p), int(top_k), float(min_p), _ptr(o),
+                                    _ptr(e), _ptr(cand), _ptr(kept))
             if rc < -1:
                 raise ValueError("logits must be finite numbers" if rc == -3 else
-                                 f"temperature must be > 0 and top_p in (0, 1], got {temperature!r}, {top_p!r}")
+                                 "temperature must be > 0, top_p in (0, 1], top_k >= 0 and min_p in [0, 1), got "
+                                 f"{temperature!r}, {top_p!r}, {top_k!r}, {min_p!r}")
         return out.reshape(x.shape)
 
     def draw(self, p: np.ndarray, rng: np.random.Generator) -> int:

@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 11
+#define HL_ABI 12
 #define QK 32
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
@@ -1133,21 +1133,25 @@ static int gather_at_least(const float* e, int n, float thr, hl_cand* cand) {
   return m;
 }
 
-/* p (n doubles) <- the distribution of logits x (n words) at temperature t > 0 and top_p in (0, 1]: softmax(x / t);
- * where top_p < 1 only the likeliest words whose predecessors (falling probability, ties by id) hold less than top_p
- * of it, renormalized, the others 0. Candidates for top-p are the words at least 1/64 as likely as the likeliest,
- * widening 64x while the nucleus ends past them (every word left out is less likely than every candidate: the
- * words a sort of all n keeps). e: n floats of scratch; cand: n of scratch. *kept: the words with p > 0.
- * Returns the id of a certain word (its p exactly 1: a draw needs no uniform), -1 otherwise; -2 on bad arguments,
- * -3 where x is not finite. */
-int hl_probs(const float* x, int n, float t, float top_p, double* p, float* e, hl_cand* cand, int32_t* kept) {
-  if (n < 1 || !(t > 0.f) || !(top_p > 0.f) || !(top_p <= 1.f)) return -2;
+/* p (n doubles) <- the distribution of logits x (n words) at temperature t > 0: softmax(x / t), then only the words
+ * that top-k, top-p and min-p all keep, renormalized (decoding.nucleus): in order of falling probability, ties by id,
+ * the shortest of three prefixes: the top_k likeliest (0 or >= n: all); each word whose predecessors hold less than
+ * top_p in (0, 1] of the mass (of the top-k words' mass where top_k is set); each word at least min_p in [0, 1) times
+ * as likely as the likeliest. Candidates are the words at least 1/64 as likely as the likeliest, widening 64x while
+ * the prefix ends past them (every word left out is less likely than every candidate: the words a sort of all n
+ * keeps). e: n floats of scratch; cand: n of scratch. *kept: the words with p > 0. Returns the id of a certain word
+ * (its p exactly 1: a draw needs no uniform), -1 otherwise; -2 on bad arguments, -3 where x is not finite. */
+int hl_probs(const float* x, int n, float t, float top_p, int top_k, float min_p, double* p, float* e,
+             hl_cand* cand, int32_t* kept) {
+  if (n < 1 || !(t > 0.f) || !(top_p > 0.f) || !(top_p <= 1.f) || top_k < 0 || !(min_p >= 0.f) || !(min_p < 1.f))
+    return -2;
   const int best = first_max(x, n);
   if (best < 0 || !isfinite(x[best])) return -3; /* a NaN, an infinity on top, or nothing but -inf */
   const float mx = x[best];
   const double total = exp_shifted(x, n, mx, 1.f / t, e);
   if (!isfinite(total)) return -3;
-  if (top_p >= 1.f) {
+  const int k_all = top_k > 0 && top_k < n ? top_k : n;
+  if (top_p >= 1.f && k_all == n && min_p == 0.f) {
     const double inv = 1.0 / total;
     int nz = 0, i = 0;
 #ifdef HL_AVX2
@@ -1167,18 +1171,32 @@ int hl_probs(const float* x, int n, float t, float top_p, double* p, float* e, h
     return p[best] == 1.0 ? best : -1;
   }
   int m = 0, k = 0;
-  for (float thr = 1.f;;) {
+  for (float thr = 1.f;;) { /* e of the likeliest is exactly 1 */
     thr /= 64.f;
-    if (thr > 1e-12f) {
-      m = gather_at_least(e, n, thr, cand);
-    } else {
+    const int every = !(thr > 1e-12f);
+    if (every) {
       m = 0;
       for (int i = 0; i < n; i++) cand[m].e = e[i], cand[m++].id = i;
+    } else {
+      m = gather_at_least(e, n, thr, cand);
+      if (m < k_all && k_all < n) continue; /* top-k's words first: top-p reads their mass */
     }
     qsort(cand, (size_t)m, sizeof(hl_cand), cand_cmp);
+    double limit = top_p * total; /* where top_k is off: predecessors / total < top_p, as numpy's sums */
+    if (k_all < n) {
+      double mass = 0.0;
+      for (int i = 0; i < k_all; i++) mass += cand[i].e;
+      limit = top_p * mass;
+    }
     double before = 0.0;
-    for (k = 0; k < m && before / total < top_p; k++) before += cand[k].e;
-    if (k < m || m == n) break;
+    const int cap = m < k_all ? m : k_all;
+    if (k_all == n)
+      for (k = 0; k < cap && before / total < top_p; k++) before += cand[k].e;
+    else
+      for (k = 0; k < cap && before < limit; k++) before += cand[k].e;
+    if (min_p > 0.f)
+      while (k > 1 && cand[k - 1].e < min_p) k--; /* e is p / p_max */
+    if (k < m || k == k_all || m == n) break;
   }
   double mass = 0.0;
   for (int i = 0; i < k; i++) mass += cand[i].e;
