@@ -1,7 +1,8 @@
 """heron.runtime.native.Sampler: decoding.probs and decoding.draw in the native library. Its distributions are numpy's
-to float rounding (the same words kept by top-p, in the same order, ties included), its draws are numpy's own
-arithmetic (the same ids from the same uniforms, none drawn for a certain word), bad input is one line, threads share
-nothing, and decoding picks it where the library is built. Skips where no C compiler exists."""
+to float rounding (the same words kept by top-p, top-k and min-p, ties included), its draws are numpy's own arithmetic
+(tests/test_speculative.py::test_draw_is_what_choice_draws_from_the_same_uniform runs both samplers), a certain word
+spends no uniform, bad input is one line, threads share nothing, and decoding picks it where the library is built.
+Skips where no C compiler exists."""
 import threading
 
 import numpy as np
@@ -77,31 +78,6 @@ def test_top_p_keeps_numpys_words_in_its_order_when_words_tie(sampler):
     steep = np.arange(3000, dtype=np.float32) * -0.01  # a slow slope: the nucleus reaches past the first candidates
     assert set(np.flatnonzero(sampler.probs(steep, 1.0, 0.995))) == set(
         np.flatnonzero(decoding.numpy_probs(steep, 1.0, 0.995)))
-
-
-def test_draws_are_numpys_from_the_same_uniform(sampler):
-    """The same id as decoding.numpy_draw and as Generator.choice from the same seed: dense rows, rows of mostly
-    zeros (a nucleus, a residual), zeros at the edges; a certain word is returned without drawing a uniform."""
-    rng = np.random.default_rng(7)
-    for trial in range(400):
-        n = int(rng.integers(2, 3000))
-        p = rng.random(n) ** rng.uniform(0.5, 8)
-        if trial % 3:
-            p[rng.random(n) < (0.5 if trial % 3 == 1 else 0.99)] = 0.0
-            p[rng.integers(0, n)] += 0.01
-        if trial % 5 == 0:
-            p[:3] = p[-3:] = 0.0
-            p[n // 2] += 0.01
-        p /= p.sum()
-        seed = int(rng.integers(0, 1 << 30))
-        want = int(np.random.default_rng(seed).choice(n, p=p))
-        assert sampler.draw(p, np.random.default_rng(seed)) == want
-        assert decoding.numpy_draw(p, np.random.default_rng(seed)) == want
-    one = np.zeros(9)
-    one[4] = 1.0
-    r = np.random.default_rng(3)
-    assert sampler.draw(one, r) == 4
-    assert r.random() == np.random.default_rng(3).random()  # no uniform spent on a certain word
 
 
 def test_a_certain_word_from_logits_spends_no_uniform(sampler):

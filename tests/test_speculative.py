@@ -628,22 +628,30 @@ def test_greedy_verification_from_the_logits_alone_is_the_rejection_rule_at_temp
         assert (a.position_hits, a.position_tries) == (b.position_hits, b.position_tries)
 
 
-def test_draw_is_what_choice_draws_from_the_same_uniform():
+@pytest.mark.parametrize("sampler", ["numpy", "auto"])
+def test_draw_is_what_choice_draws_from_the_same_uniform(sampler, monkeypatch):
     """draw() skips rng.choice's checks, not its draw: the same id from the same seed, zeros and all (a distribution
-    of mostly zeros, as a top-p nucleus, summed over its other words only)."""
+    of mostly zeros, as a top-p nucleus or a residual, summed over its other words only; zeros at the edges), with
+    numpy's sampler and with the native library's where it is built; a certain word spends no uniform."""
+    monkeypatch.setattr(sp, "SAMPLER", sampler)
     rng = np.random.default_rng(7)
-    for trial in range(300):
-        n = int(rng.integers(2, 400))
+    for trial in range(400):
+        n = int(rng.integers(2, 3000))
         p = rng.random(n) ** rng.uniform(0.5, 8)
         if trial % 3:
-            p[rng.random(n) < (0.5 if trial % 3 == 1 else 0.97)] = 0.0
+            p[rng.random(n) < (0.5 if trial % 3 == 1 else 0.99)] = 0.0
             p[rng.integers(0, n)] += 0.01  # not all zero
+        if trial % 5 == 0:
+            p[:3] = p[-3:] = 0.0
+            p[n // 2] += 0.01
         p /= p.sum()
         seed = int(rng.integers(0, 1 << 30))
         assert sp.draw(p, np.random.default_rng(seed)) == int(np.random.default_rng(seed).choice(n, p=p))
-    one = np.zeros(5)
-    one[3] = 1.0
-    assert sp.draw(one, np.random.default_rng(0)) == 3
+    one = np.zeros(9)
+    one[4] = 1.0
+    r = np.random.default_rng(3)
+    assert sp.draw(one, r) == 4
+    assert r.random() == np.random.default_rng(3).random()  # no uniform spent on a certain word
 
 
 def full_sort_keeps(p, top_p, top_k=0, min_p=0.0):
