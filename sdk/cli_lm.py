@@ -81,16 +81,18 @@ def check_flags(args, chosen: tuple[str, ...] | None = None) -> None:
 
     defaults = {f.name: f.default for f in fields(SpeculativeOptions)}
     said = f"--methods {' '.join(chosen)}" if chosen else f"--speculative {args.speculative}"
+    method = None if chosen else args.speculative
+    method = "head" if method == "auto" else method  # auto: the head's flags (refused later where it does not draft)
     for flag, name in METHOD_FLAGS.items():
         default, methods = (defaults[name], METHOD_OPTIONS[name]) if name else (None, SPECULATIVE)
         given = getattr(args, flag[2:].replace("-", "_"), default) != default
-        if given and not set(chosen or (args.speculative,)) & set(methods):
+        if given and not set(chosen or (method,)) & set(methods):
             need = ("a speculative method" if name is None
                     else ("method " if chosen else "--speculative ") + " or ".join(methods))
             raise ValueError(f"{flag} applies to {need} only ({said})")
     if chosen is None and args.roe_tau != ROE_TAU and args.roe_samples == 1:
         raise ValueError("--roe-tau applies with --roe-samples > 1 (Roster of Experts)")
-    if chosen is None and getattr(args, "fast_steps", False) and args.speculative != "none":
+    if chosen is None and getattr(args, "fast_steps", False) and args.speculative not in ("none", "auto"):
         raise ValueError(f"--fast-steps is for plain decoding: --speculative {args.speculative} needs steps that "
                          "compute what its verify blocks compute (the default)")
 
@@ -101,7 +103,7 @@ def _load(args):
 
     check_flags(args)
     spec = None
-    if args.speculative != "none":
+    if args.speculative not in ("none", "auto"):
         spec = heron.SpeculativeOptions(method=args.speculative, gamma=args.gamma, kappa=args.kappa,
                                         exit_layer=args.exit_layer, draft=args.draft, draft_device=args.draft_device,
                                         mtp=args.mtp, exit_head=args.exit_head, head=args.draft_head,
@@ -121,11 +123,39 @@ def _load(args):
         print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
               f"{'these options rule out' if args.engine == 'auto' else 'you can choose'}); "
               f"heron lm export {args.model} --out DIR saves the onnxruntime bundle once", file=sys.stderr)
+    if args.speculative == "auto":
+        spec = auto_speculation(lm, args)
     return lm, spec, opts
 
 
+def auto_speculation(lm, args):
+    """--speculative auto (the default): the draft head with prompt lookup first where one fits the model on heron's
+    native decoder (the shipped head for SmolLM2, or --draft-head), plain decoding elsewhere and with --fast-steps.
+    Lossless either way: greedy decoding returns plain decoding's tokens, sampling draws from the model's own
+    distribution. The head pays there (SmolLM2's chat questions 1.2-1.4x greedy, 1.05-1.2x sampled, code edits ~2x:
+    BENCHMARKS.md); on onnxruntime's default int8x2 graph it is about even on chat, so that engine decodes plainly."""
+    import heron
+
+    spec = None
+    if getattr(lm.backend, "name", None) == "native" and not getattr(args, "fast_steps", False):
+        spec = heron.SpeculativeOptions(method="head", gamma=args.gamma, head=args.draft_head)
+        try:
+            lm.draft_head(spec)  # loaded and checked against this model once (the SDK keeps it)
+        except ValueError:
+            if args.draft_head:
+                raise  # a head asked for by name that does not fit: its own error
+            spec = None  # no head for this model: plain decoding
+    if spec is None:
+        given = [f for f, v in (("--draft-head", args.draft_head), ("--gamma", args.gamma),
+                                ("--show-drafts", args.show_drafts)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} applies where --speculative auto drafts (a draft head on heron's native "
+                             "decoder); here it decodes plainly: choose --speculative head or lookup")
+    return spec
+
+
 def _report(args, stats) -> None:
-    if args.speculative != "none":
+    if args.speculative not in ("none", "auto"):  # auto stays quiet: the user asked for no method
         print(f"[{args.speculative}] {stats.generated} tokens in {stats.target_calls} target forwards "
               f"({stats.tokens_per_target_call:.2f} per forward); accepted drafts {stats.mean_accepted:.2f} per round"
               + (f"; branch reuse {stats.reuse_rate:.0%}" if args.speculative == "mirror" else "")
@@ -327,9 +357,11 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "same model up to rounding, so its tokens can part from a speculative run's at a near-tie; "
                         "graphs with rows attention compute exact steps at that speed and run as before). Not with "
                         "--speculative (default: off, exact steps)")
-    q.add_argument("--speculative", default="none", choices=["none", "draft", "mtp", "mirror", "lookup", "head"],
+    q.add_argument("--speculative", default="auto", choices=["auto", "none", "draft", "mtp", "mirror", "lookup",
+                                                             "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "
-                        "head on the target's own hidden state, --draft-head)")
+                        "head on the target's own hidden state, --draft-head; auto, the default: head where a head "
+                        "fits the model on the native decoder, e.g. SmolLM2, else none)")
     q.add_argument("--draft-head", default=None, help="--speculative head: the draft-head bundle, from scripts/train_draft_head.py "
                         "(default: the shipped head for SmolLM2-135M-Instruct, runtime/assets/draft-head-smollm2)")
     q.add_argument("--draft", default=None, help="ONNX draft bundle (default: a GGUF target's own int8 graph, built in "

@@ -201,6 +201,35 @@ def test_the_cli_chats_on_the_native_engine():
     assert "Paris" in p.stdout
 
 
+def test_the_cli_drafts_with_the_head_by_default_where_it_fits(library):
+    """heron lm generate / chat's default --speculative auto: the shipped draft head (with prompt lookup) for SmolLM2
+    on the native decoder, the same greedy answer as plain decoding; plain decoding where no head fits (lm-nano, the
+    onnxruntime engine, --fast-steps); the head's flags refused in one line where it would not draft."""
+    import heron
+    from heron.cli import build_parser
+    from heron.cli_lm import _load
+
+    smollm2_gguf()
+
+    def load(*argv):
+        return _load(build_parser().parse_args(["lm", *argv]))
+
+    lm, spec, opts = load("chat", "--prompt", "x", "--max-new-tokens", "24")
+    assert isinstance(lm.backend, native.NativeLM) and spec.method == "head"
+    messages = [{"role": "user", "content": "Name three rivers in Europe."}]
+    stats = heron.DecodeStats()
+    drafted = [t.id for t in lm.chat(messages, opts, spec, stats)]
+    assert drafted == [t.id for t in lm.chat(messages, opts)] and stats.target_calls < len(drafted)
+    assert load("chat", "--prompt", "x", "--gamma", "3")[1].gamma == 3
+    for argv in (("chat", "--prompt", "x", "--speculative", "none"), ("chat", "--prompt", "x", "--engine", "onnx"),
+                 ("generate", "x")):
+        assert load(*argv)[1] is None, argv
+    with pytest.raises(ValueError, match="--gamma applies where --speculative auto drafts"):
+        load("generate", "x", "--gamma", "3")
+    with pytest.raises(ValueError, match="--kappa applies to --speculative mirror only"):
+        load("chat", "--prompt", "x", "--kappa", "1")
+
+
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
     padded with zero rows), a unit's two groups side by side pair by pair; every value, scale and offset lands where
