@@ -212,9 +212,9 @@ def probs(logits: np.ndarray, temperature: float, top_p: float = 1.0, top_k: int
           min_p: float = 0.0) -> np.ndarray:
     """Next-token distribution(s) the sampler draws from; one-hot at temperature 0 (greedy). At a temperature:
     softmax(logits / temperature), then only the words top-k, top-p and min-p all keep (nucleus()), renormalized.
-    float32 logits go to the native library's sampler where it is built (the same words kept, probabilities to ~2e-7
-    of each likely word's, a fraction of numpy's work: scripts/bench_sampling.py --sampler-only); numpy_probs
-    otherwise."""
+    float32 logits go to the native library's sampler where it is built (the same words kept, a likely word's
+    probability within ~1e-6 of numpy's, a fraction of numpy's work: scripts/bench_sampling.py --sampler-only);
+    numpy_probs otherwise."""
     if temperature == 0:  # float32 holds a one-hot exactly, and the logits need no float64 copy (a verify block's
         logits = np.asarray(logits)  # (T, V) in float64 cost a SmolLM2 round ~1 ms, several % of it)
         out = np.zeros(logits.shape, np.float32)

@@ -35,7 +35,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 12  # heron_lm.c's HL_ABI: the struct layout below
+ABI = 12  # heron_lm.c's HL_ABI: the struct layouts and signatures below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -415,11 +415,12 @@ class NativeLM:
 class Sampler:
     """The library's sampler: heron.runtime.decoding.probs and draw where the library is built (any engine's logits).
 
-    probs: softmax(logits / temperature) in one pass (float exponentials, ~2e-7 of each probability, as attention's
-    softmax; their sum in double), top-p sorting only the likeliest words (decoding.nucleus's words and order); a
-    float64 row as decoding's numpy code returns. draw: the id numpy's Generator.choice draws from the same uniform
-    (its arithmetic: the same running sums), one uniform per draw and none where a word is certain (p exactly 1), as
-    decoding.draw. Safe across threads (scratch per call; the library's calls release the GIL)."""
+    probs: softmax(logits / temperature) in one pass (float exponentials as attention's softmax, their sum in double:
+    a likely word's probability within ~1e-6 of numpy's float64 one, words below 1e-38 of the likeliest 0), then
+    top-k / top-p / min-p sorting only the likeliest words (decoding.nucleus's words and order); a float64 row as
+    decoding's numpy code returns. draw: the id numpy's Generator.choice draws from the same uniform (its arithmetic:
+    the same running sums), one uniform per draw and none where a word is certain (p exactly 1), as decoding.draw.
+    Safe across threads (scratch per thread; the library's calls release the GIL)."""
 
     def __init__(self, lib: ctypes.CDLL):
         self._lib, self._local = lib, threading.local()
