@@ -129,22 +129,10 @@ def _load(args):
 
 
 def auto_speculation(lm, args):
-    """--speculative auto (the default): the draft head with prompt lookup first where one fits the model on heron's
-    native decoder (the shipped head for SmolLM2, or --draft-head), plain decoding elsewhere and with --fast-steps.
-    Lossless either way: greedy decoding returns plain decoding's tokens, sampling draws from the model's own
-    distribution. The head pays there (SmolLM2's chat questions 1.2-1.4x greedy, 1.05-1.2x sampled, code edits ~2x:
-    BENCHMARKS.md); on onnxruntime's default int8x2 graph it is about even on chat, so that engine decodes plainly."""
-    import heron
-
-    spec = None
-    if getattr(lm.backend, "name", None) == "native" and not getattr(args, "fast_steps", False):
-        spec = heron.SpeculativeOptions(method="head", gamma=args.gamma, head=args.draft_head)
-        try:
-            lm.draft_head(spec)  # loaded and checked against this model once (the SDK keeps it)
-        except ValueError:
-            if args.draft_head:
-                raise  # a head asked for by name that does not fit: its own error
-            spec = None  # no head for this model: plain decoding
+    """--speculative auto (the default): LanguageModel.auto_speculation (the draft head with prompt lookup where one
+    fits the model on heron's native decoder, e.g. SmolLM2; plain decoding elsewhere), plain decoding with
+    --fast-steps; the head's flags refused where it does not draft."""
+    spec = None if getattr(args, "fast_steps", False) else lm.auto_speculation(args.gamma, args.draft_head)
     if spec is None:
         given = [f for f, v in (("--draft-head", args.draft_head), ("--gamma", args.gamma),
                                 ("--show-drafts", args.show_drafts)) if v is not None]

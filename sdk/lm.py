@@ -199,6 +199,23 @@ class LanguageModel:
             self._drafts[key] = head
         return self._drafts[key]
 
+    def auto_speculation(self, gamma: int | None = None, head: str | None = None) -> SpeculativeOptions | None:
+        """The speculation that pays for this model here, or None (plain decoding): the draft head (`head`, default
+        the shipped one) with prompt lookup first where it fits the model on heron's native decoder (SmolLM2:
+        its chat questions 1.2-1.4x greedy, code edits ~2x; BENCHMARKS.md), None elsewhere (on onnxruntime's default
+        int8x2 graph the head is about even on chat). Lossless either way. `heron lm chat / generate` use it by
+        default (--speculative auto). A `head` given that does not fit is its own error."""
+        if getattr(self.backend, "name", None) != "native":
+            return None
+        spec = SpeculativeOptions(method="head", gamma=gamma, head=head)
+        try:
+            self.draft_head(spec)  # loaded and checked against this model once (kept for generate)
+        except ValueError:
+            if head:
+                raise
+            return None  # no head for this model
+        return spec
+
     def _speculative(self, spec, ids, options, stats, detok) -> Iterator[Token]:
         if getattr(self.backend, "name", None) == "native" and spec.method not in ("lookup", "head"):
             raise ValueError(f"--speculative {spec.method} needs an onnxruntime or torch target (--engine onnx or "

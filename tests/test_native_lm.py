@@ -216,6 +216,7 @@ def test_the_cli_drafts_with_the_head_by_default_where_it_fits(library):
 
     lm, spec, opts = load("chat", "--prompt", "x", "--max-new-tokens", "24")
     assert isinstance(lm.backend, native.NativeLM) and spec.method == "head"
+    assert lm.auto_speculation() == spec  # the SDK's choice (LanguageModel.auto_speculation), which the CLI takes
     messages = [{"role": "user", "content": "Name three rivers in Europe."}]
     stats = heron.DecodeStats()
     drafted = [t.id for t in lm.chat(messages, opts, spec, stats)]
@@ -224,6 +225,7 @@ def test_the_cli_drafts_with_the_head_by_default_where_it_fits(library):
     for argv in (("chat", "--prompt", "x", "--speculative", "none"), ("chat", "--prompt", "x", "--engine", "onnx"),
                  ("generate", "x")):
         assert load(*argv)[1] is None, argv
+    assert heron.load_lm("smollm2", engine="onnx").auto_speculation() is None
     with pytest.raises(ValueError, match="--gamma applies where --speculative auto drafts"):
         load("generate", "x", "--gamma", "3")
     with pytest.raises(ValueError, match="--kappa applies to --speculative mirror only"):
