@@ -1182,18 +1182,14 @@ int hl_probs(const float* x, int n, float t, float top_p, int top_k, float min_p
       if (m < k_all && k_all < n) continue; /* top-k's words first: top-p reads their mass */
     }
     qsort(cand, (size_t)m, sizeof(hl_cand), cand_cmp);
-    double limit = top_p * total; /* where top_k is off: predecessors / total < top_p, as numpy's sums */
+    double whole = total; /* the mass top-p reads: all words', or the top-k words' */
     if (k_all < n) {
-      double mass = 0.0;
-      for (int i = 0; i < k_all; i++) mass += cand[i].e;
-      limit = top_p * mass;
+      whole = 0.0;
+      for (int i = 0; i < k_all; i++) whole += cand[i].e;
     }
     double before = 0.0;
     const int cap = m < k_all ? m : k_all;
-    if (k_all == n)
-      for (k = 0; k < cap && before / total < top_p; k++) before += cand[k].e;
-    else
-      for (k = 0; k < cap && before < limit; k++) before += cand[k].e;
+    for (k = 0; k < cap && before / whole < top_p; k++) before += cand[k].e;
     if (min_p > 0.f)
       while (k > 1 && cand[k - 1].e < min_p) k--; /* e is p / p_max */
     if (k < m || k == k_all || m == n) break;
