@@ -14,10 +14,10 @@ decoding and `--speculative head` (the shipped head with prompt lookup first, wi
 sampler as shipped and with the reference ("old sampler" / "numpy sampler"). Each round decodes every question once
 with every (setting, method) in turn, each method beside its reference, which of the two first alternating by round;
 decode tokens/s = the words after each answer's first / the time from its first word to its last (the prefill left
-out), summed over the questions; the median over rounds. Also per row: words per target
-call, and whether the reference's answers were the same words (it draws from the same uniforms: they are, unless a
-top-p cut falls between two equally likely words, which the old sort ordered at random, or a uniform falls within
-rounding of a word's edge). First, and alone with --sampler-only: the sampler's own milliseconds per row (the old
+out), summed over the questions; the median over rounds. Also per row: words per target call, and whether the
+reference's answers were the same words (it draws from the same uniforms: they are, unless a top-p cut falls
+between two equally likely words, which the old sort ordered at random, or a uniform falls within rounding of a
+word's edge). First, and alone with --sampler-only: the sampler's own milliseconds per row (the old
 sampler, session 46's numpy one, the native library's) on the logits along one answer. Nothing is written but --out.
 """
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                 same = r["answers"] == rows[s, m.removesuffix(ref)]["answers"]
             report["rows"][f"{s} | {m}"] = {"tokens_per_s": round(rate, 1), "vs_plain": round(rate / base, 3),
                                            "words_per_call": round(statistics.median(r["calls"]), 2),
-                                           "same_words_as_new_sampler": same}
+                                           "same_words_as_shipped_sampler": same}
             print(f"{s:28} {m:26} {rate:7.1f} tokens/s  {rate / base:.2f}x plain  "
                   f"{statistics.median(r['calls']):.2f} words/call" + ("" if same is None else f"  same words: {same}"))
     write_report(a.out, report)

@@ -204,7 +204,9 @@ class LanguageModel:
         the shipped one) with prompt lookup first where it fits the model on heron's native decoder (SmolLM2:
         its chat questions 1.2-1.4x greedy, code edits ~2x; BENCHMARKS.md), None elsewhere (on onnxruntime's default
         int8x2 graph the head is about even on chat). Lossless either way. `heron lm chat / generate` use it by
-        default (--speculative auto). A `head` given that does not fit is its own error."""
+        default (--speculative auto). On the native decoder a `head` given that does not fit is its own error;
+        elsewhere the answer is None whatever `head` says (SpeculativeOptions(method="head", head=...) drafts with
+        it on any engine; the CLI refuses --draft-head there)."""
         if getattr(self.backend, "name", None) != "native":
             return None
         spec = SpeculativeOptions(method="head", gamma=gamma, head=head)
