@@ -171,6 +171,7 @@ class DecodeStats:
     fallback: str | None = None    # why decoding continued on the target alone
     token_times: list[float] = field(default_factory=list)   # wall time at which each token was emitted
     generated: int = 0
+    prompt_cached: int = 0         # the prompt's leading tokens the prompt cache held (not computed again)
 
     def record_position(self, i: int, accepted: bool) -> None:
         while len(self.position_tries) <= i:
@@ -429,6 +430,35 @@ def fresh(backend, positions: int) -> None:
         reserve(positions)
 
 
+def start_cache(target, prompt: Sequence[int], positions: int, stats: DecodeStats | None = None) -> CachedBackend:
+    """The target's cache at the start of a generation continuing `prompt`, with room for `positions`. Where the
+    backend keeps its cache between generations (`reuse_prefix`: the prompt cache, e.g. the native decoder's) the
+    positions the prompt shares with what it holds (`cached_tokens()`) stay and only the rest of the prompt is
+    computed: the next turn of a conversation computes its new message, not the whole conversation again. The last
+    prompt token is always fed again (its logits choose the first word). Exact where a step computes what a block
+    computes (the backend's `exact_steps`): the same words as an empty cache's. Elsewhere: an empty cache (fresh).
+    stats.prompt_cached: how many prompt tokens were kept."""
+    tc = CachedBackend(target)
+    held = target.cached_tokens() if getattr(target, "reuse_prefix", False) and hasattr(target, "cached_tokens") \
+        else []
+    n = 0
+    for a, b in zip(held, prompt[:len(prompt) - 1]):
+        if a != b:
+            break
+        n += 1
+    if n == 0:
+        fresh(target, positions)
+        return tc
+    target.trim(len(held) - n)
+    tc.ids = list(prompt[:n])
+    reserve = getattr(target, "reserve", None)
+    if reserve is not None:
+        reserve(positions)
+    if stats is not None:
+        stats.prompt_cached = n
+    return tc
+
+
 def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOptions(),
           stats: DecodeStats | None = None, detok: Callable | None = None) -> Iterator[Token]:
     """The one plain decoding loop: one target forward per token."""
@@ -436,8 +466,7 @@ def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOpt
     stats = stats if stats is not None else DecodeStats()
     stats.method = stats.method or "plain"
     rng = np.random.default_rng(opts.seed)
-    tc = CachedBackend(target)
-    fresh(target, len(prompt) + opts.max_new_tokens)
+    tc = start_cache(target, prompt, len(prompt) + opts.max_new_tokens, stats)
     em = Emitter(list(prompt), opts, stats, detok, getattr(target, "end_ids", ()))
     yield from _plain_loop(tc, list(prompt), opts, stats, rng, em)
 
@@ -711,8 +740,7 @@ def drafted(target, drafter: Drafter, prompt: Sequence[int], opts: GenerationOpt
     drafts come from the target's own forward): the drafter proposes, the target verifies, one loop."""
     check_prompt(prompt, target.max_len)
     rng = np.random.default_rng(opts.seed)
-    tc = CachedBackend(target)
-    fresh(target, len(prompt) + opts.max_new_tokens + gamma)
+    tc = start_cache(target, prompt, len(prompt) + opts.max_new_tokens + gamma, stats)
     seq = list(prompt)
     em = Emitter(seq, opts, stats, detok, getattr(target, "end_ids", ()))
     yield from _draft_and_verify(tc, drafter, seq, target.max_len, gamma, opts, stats, rng, em)

@@ -53,7 +53,7 @@ def main() -> int:
         small = spec.endswith(SMALL_PAGES)
         spec = spec.removesuffix(SMALL_PAGES)
         return heron.load_lm(spec.removesuffix(FAST), threads=args.threads, exact_steps=not spec.endswith(FAST),
-                             huge_pages=not small)
+                             huge_pages=not small, prompt_cache=False)
 
     lms = {b: load(b) for b in args.bundles}
     for b, lm in lms.items():

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     import heron
     from heron.runtime.metrics import machine
 
-    lm = heron.load_lm("smollm2", threads=a.threads)
+    lm = heron.load_lm("smollm2", threads=a.threads, prompt_cache=False)
     head = heron.SpeculativeOptions(method="head", gamma=8, adaptive=True, head_lookup=True)
     questions = CHAT_PROMPTS[:a.questions]
     texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in questions]

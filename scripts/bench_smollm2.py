@@ -149,7 +149,7 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         if variant in ROWS or variant == NOPAD_ONE_ROW:
             lm.backend.min_rows = ROWS.get(variant, 1)
     elif backend == "native":  # heron's C decoder on the file's own blocks (heron.runtime.native)
-        lm = heron.load_lm("smollm2", threads=threads, engine="native")
+        lm = heron.load_lm("smollm2", threads=threads, engine="native", prompt_cache=False)
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
         lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend

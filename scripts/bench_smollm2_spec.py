@@ -256,7 +256,7 @@ def probe_setup(description: str, costs: bool = False, extra=None):
     import heron
     from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead
 
-    lm = heron.load_lm(a.bundle, threads=a.threads)
+    lm = heron.load_lm(a.bundle, threads=a.threads, prompt_cache=False)
     a.head = str(a.head or DEFAULT_HEAD)
     return a, lm, DraftHead(a.head, threads=a.threads, target=lm.backend)
 
@@ -354,7 +354,7 @@ def main() -> int:
     one_row, two_rows, fast = "plain, one-row kernel", "plain, scratch-token rows", "plain, fast steps"
     row_methods = {one_row: 1, two_rows: 2}
     for folder in a.bundles:
-        lm = heron.load_lm(folder, threads=a.threads)
+        lm = heron.load_lm(folder, threads=a.threads, prompt_cache=False)
         b = lm.backend
         if a.march and getattr(b, "name", "") == "native":  # the same file on another build of the library
             from heron.runtime import native

@@ -399,7 +399,9 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
         engine = "torch"
     elif engine == "auto" and "draft" in o.methods and _is_gguf(target_dir):
         engine = "onnx"  # draft SD verifies on the onnxruntime graph; the native decoder runs lookup and head
-    lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine)
+    # prompt_cache off: every method computes every prompt whole, as timed before the cache (the runs repeat prompts)
+    lm = load_lm(target_dir, device=o.target_device, threads=o.threads, compute=o.compute, engine=engine,
+                 prompt_cache=False)
     prompts = (chat_prompts(lm, o.prompts) if o.prompt_set == "chat"
                else held_out_prompts(lm.tokenizer, o.prompts, o.prompt_tokens))
     opts = sp.GenerationOptions(max_new_tokens=o.new_tokens, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
@@ -409,7 +411,8 @@ def run(target_dir, o: BenchOptions, draft: str | None = None, mtp: str | None =
               "huge_pages_mb": getattr(lm.backend, "huge_pages_bytes", 0) / 2 ** 20}  # heron.runtime.pages
     split = None  # an onnxruntime target's threads are fixed at load: one with a thread left for Mirror-SD's draft
     if lm.model is None and o.threads > 1 and "mirror" in o.methods:
-        split = load_lm(target_dir, device=o.target_device, threads=o.threads - 1, compute=o.compute, engine=engine)
+        split = load_lm(target_dir, device=o.target_device, threads=o.threads - 1, compute=o.compute, engine=engine,
+                        prompt_cache=False)
     for model in (lm, split) if split is not None else (lm,):
         for _ in model.generate(prompts[0], sp.GenerationOptions(max_new_tokens=4)):  # one-time costs out of timings
             pass

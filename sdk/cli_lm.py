@@ -118,7 +118,8 @@ def _load(args):
         engine = "onnx"  # draft SD verifies on the onnxruntime graph (its draft: the file's own int8 graph)
     lm = heron.load_lm(args.model, device=args.target_device, threads=args.threads, experts=args.k,
                        roe_samples=args.roe_samples, roe_tau=args.roe_tau, roe_seed=args.seed or 0,
-                       weights=args.weights, engine=engine, compute=args.compute, exact_steps=not args.fast_steps)
+                       weights=args.weights, engine=engine, compute=args.compute, exact_steps=not args.fast_steps,
+                       prompt_cache=not args.no_prompt_cache)
     if gguf and lm.model is not None:
         print(f"note: {args.model} runs on the torch fp32 path (~4x slower than --engine onnx, which "
               f"{'these options rule out' if args.engine == 'auto' else 'you can choose'}); "
@@ -345,6 +346,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "same model up to rounding, so its tokens can part from a speculative run's at a near-tie; "
                         "graphs with rows attention compute exact steps at that speed and run as before). Not with "
                         "--speculative (default: off, exact steps)")
+    q.add_argument("--no-prompt-cache", action="store_true",
+                   help="native decoder: compute every prompt whole (by default a chat turn keeps the cached positions "
+                        "its prompt shares with the turns before: the same words, its first word sooner)")
     q.add_argument("--speculative", default="auto", choices=["auto", "none", "draft", "mtp", "mirror", "lookup",
                                                              "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "

@@ -80,6 +80,24 @@ class LanguageModel:
         return self.backend.max_len
 
     @property
+    def prompt_cache(self) -> bool:
+        """Whether a generation keeps the cached positions its prompt shares with the last generation's text
+        (decoding.start_cache): on heron's native decoder, True unless load_lm(..., prompt_cache=False) or set False
+        here (then every prompt is computed whole, e.g. to time a prefill); always False on the other engines."""
+        return bool(getattr(self.backend, "reuse_prefix", False))
+
+    @prompt_cache.setter
+    def prompt_cache(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise ValueError(f"prompt_cache must be True or False, got {on!r}")
+        if not hasattr(self.backend, "cached_tokens"):
+            if on:
+                raise ValueError("the prompt cache runs on heron's native decoder (engine='native'); this model's "
+                                 "engine computes every prompt whole")
+            return
+        self.backend.reuse_prefix = on
+
+    @property
     def vocabulary(self) -> dict:
         """What this model's token ids mean (logit width, tokenizer size and hash): drafts, MTP adapters
         and exit heads must have been made for the same (heron.runtime.tokenizer.vocabulary_record)."""
@@ -276,7 +294,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             experts: int | None = None,
             roe_samples: int = 1, roe_tau: float = 0.3, roe_seed: int = 0, weights: str | None = None,
             engine: str = "auto", compute: str | None = None, exact_steps: bool = True,
-            huge_pages: bool = True) -> LanguageModel:
+            huge_pages: bool = True, prompt_cache: bool = True) -> LanguageModel:
     """Load a target for generation.
 
     path: a named model ("smollm2"), a GGUF file, a heron checkpoint folder, a Hugging Face folder or an
@@ -304,6 +322,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     speculative run's at a near-tie (OnnxLM.exact_steps; generate() then refuses speculative methods).
     huge_pages: onnxruntime targets: the weights in huge pages where the system allows (heron.runtime.pages: each
     decoding step reads them all, fewer TLB misses); False leaves memory as onnxruntime allocates it.
+    prompt_cache: on heron's native decoder, a generation keeps the cached positions its prompt shares with the last
+    one's text (LanguageModel.prompt_cache: a conversation's next turn computes its new message only; the same words
+    either way); False: every prompt computed whole. The other engines compute every prompt whole.
     """
     import math
 
@@ -326,6 +347,8 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
         raise ValueError(f"exact_steps must be True or False, got {exact_steps!r}")
     if not isinstance(huge_pages, bool):
         raise ValueError(f"huge_pages must be True or False, got {huge_pages!r}")
+    if not isinstance(prompt_cache, bool):
+        raise ValueError(f"prompt_cache must be True or False, got {prompt_cache!r}")
     if isinstance(path, str) and path in NAMED_LMS:
         path = named_lm_path(path)
     folder = Path(path) if path is not None else default_lm_path()
@@ -334,10 +357,11 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     gguf = folder.is_file() and folder.suffix.lower() == ".gguf"
     native_threads = threads if threads is not None else native_default_threads()
     if engine == "native":
-        return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute)
+        return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute, prompt_cache)
     if engine == "auto" and gguf and _native_by_default(device, experts, roe_samples, weights, compute):
         try:
-            return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute)
+            return _load_gguf_native(folder, device, native_threads, experts, roe_samples, weights, compute,
+                                     prompt_cache)
         except ValueError:  # a file the native decoder does not read (another architecture, F16 linears): onnx's
             pass
     threads = threads if threads is not None else 1
@@ -450,7 +474,7 @@ def native_default_threads() -> int:
 
 
 def _load_gguf_native(path: Path, device: str, threads: int, experts, roe_samples: int, weights,
-                      compute) -> LanguageModel:
+                      compute, prompt_cache: bool = True) -> LanguageModel:
     """A GGUF file on heron's native decoder (heron.runtime.native), with the file's tokenizer and chat template."""
     from heron.runtime.gguf import GGUFFile
     from heron.runtime.native import NativeLM
@@ -465,6 +489,7 @@ def _load_gguf_native(path: Path, device: str, threads: int, experts, roe_sample
         raise ValueError(f"engine='native' runs the file's own blocks on this CPU with int16 activations; "
                          f"{', '.join(extra)} do not apply to it")
     backend = NativeLM(path, threads=threads)
+    backend.reuse_prefix = prompt_cache
     meta = backend.metadata
     tok = Tokenizer(tokenizer_from_gguf(GGUFFile(path)), backend.eot_id, tuple(sorted(backend.end_ids)))
     backend.end_ids = tok.end_ids

@@ -232,6 +232,93 @@ def test_the_cli_drafts_with_the_head_by_default_where_it_fits(library):
         load("chat", "--prompt", "x", "--kappa", "1")
 
 
+def test_the_cache_says_which_tokens_it_holds(tmp_path, library):
+    """cached_tokens: the token at every cached position, through forward (in chunks too), trim, restore, reset and a
+    cache that grows."""
+    lm = native.NativeLM(write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(2), ("Q4_1", "Q8_0")))
+    lm.reserve(4)
+    lm.forward([5, 6, 7])
+    block = [(10 + 7 * i) % 64 for i in range(native.CHUNK + 3)]
+    lm.forward(block, last=1)  # past the room reserved, in two chunks
+    want = [5, 6, 7, *block]
+    assert lm.cached_tokens() == want
+    lm.trim(native.CHUNK)
+    mark = lm.snapshot()
+    lm.forward([1, 2])
+    assert lm.cached_tokens() == want[:-native.CHUNK] + [1, 2]
+    lm.restore(mark)
+    assert lm.cached_tokens() == want[:-native.CHUNK]
+    lm.reset()
+    assert lm.cached_tokens() == []
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_the_prompt_cache_keeps_the_shared_prefix_and_the_same_words(tmp_path, library, temperature):
+    """decoding.start_cache: with reuse_prefix a generation computes only the part of its prompt that the cache does
+    not hold (the prompt's last token always); the words are an empty cache's, greedy and sampled, plain and
+    drafted, also after calls made on the backend directly (the cache, not the engine, says what it holds)."""
+    from heron.runtime.decoding import DecodeStats, GenerationOptions, lookup, plain
+
+    lm = native.NativeLM(write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0")))
+    opts = GenerationOptions(max_new_tokens=12, temperature=temperature, seed=4)
+    turn1 = [1, 7, 9, 3, 12, 3, 12, 5]
+
+    def run(method, prompt, reuse):
+        lm.reuse_prefix = reuse
+        stats = DecodeStats()
+        return [t.id for t in method(lm, prompt, opts, stats=stats)], stats.prompt_cached
+
+    for method in (plain, lookup):
+        lm.reset()
+        first, kept = run(method, turn1, True)
+        assert kept == 0
+        turn2 = turn1 + first + [2, 8, 30]  # the conversation so far and a new message
+        cold, kept = run(method, turn2, False)
+        assert kept == 0
+        assert run(method, turn1, False)[0] == first  # the cache holds turn 1 and its answer (bar its last word)
+        kept_words, kept = run(method, turn2, True)
+        assert kept_words == cold and kept >= len(turn1) + len(first) - 1
+        again, kept = run(method, turn2, True)  # the same prompt again: only its last token is fed
+        assert again == kept_words and kept == len(turn2) - 1
+        lm.trim(lm.length - 5)
+        lm.forward([40, 41])  # made on the backend directly: positions 5 and 6 now hold other tokens
+        assert run(method, turn2, True) == (kept_words, 5)
+    lm.reuse_prefix = False
+
+
+def test_a_chat_turn_computes_its_new_message_only(library):
+    """LanguageModel.prompt_cache (on by default on the native decoder): the second turn of a SmolLM2 conversation
+    keeps the first turn's positions and answers what it answers with the cache off, with the draft head too; off
+    with --no-prompt-cache, and on the onnx engine (which refuses it)."""
+    import heron
+    from heron.cli import build_parser
+    from heron.cli_lm import _load
+
+    smollm2_gguf()
+    lm = heron.load_lm("smollm2")
+    assert lm.prompt_cache and isinstance(lm.backend, native.NativeLM)
+    opts = heron.GenerationOptions(max_new_tokens=16)
+    for spec in (None, lm.auto_speculation()):
+        answers, kept = {}, {}
+        for cache in (True, False):
+            lm.prompt_cache = cache
+            messages = [{"role": "user", "content": "Name a river in France."}]
+            first = "".join(t.text for t in lm.chat(messages, opts, spec))
+            messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And one in Spain?"}]
+            stats = heron.DecodeStats()
+            answers[cache] = [t.id for t in lm.chat(messages, opts, spec, stats)]
+            kept[cache] = stats.prompt_cached
+        assert answers[True] == answers[False] and kept[False] == 0
+        assert kept[True] > len(lm.encode(lm.chat_prompt(messages[:1]))), kept
+    assert not _load(build_parser().parse_args(["lm", "chat", "--prompt", "x", "--no-prompt-cache"]))[0].prompt_cache
+    onnx = heron.load_lm("smollm2", engine="onnx")
+    assert not onnx.prompt_cache
+    with pytest.raises(ValueError, match="the prompt cache runs on heron's native decoder"):
+        onnx.prompt_cache = True
+    with pytest.raises(ValueError, match="prompt_cache must be True or False"):
+        heron.load_lm("smollm2", prompt_cache="yes")
+
+
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
     padded with zero rows), a unit's two groups side by side pair by pair; every value, scale and offset lands where

@@ -222,6 +222,9 @@ class NativeLM:
                      (1, 1): (0.44, 1.13, 1.72, 2.38, 2.94, 3.59, 4.38, 5.04),
                      (1, 2): (0.38, 0.94, 1.38, 1.94, 2.4, 2.97, 3.77, 4.11)}
     feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
+    # the prompt cache (decoding.start_cache): a generation keeps the positions its prompt shares with what the cache
+    # holds (cached_tokens) instead of computing them again; heron.load_lm turns it on (prompt_cache=True)
+    reuse_prefix = False
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
                  library: Path | None = None):
@@ -311,6 +314,7 @@ class NativeLM:
         self._n = 0
         self._cap = 0
         self._k = self._v = np.zeros((L, G, 0, S), np.float16)  # the KV cache in fp16
+        self._ids = np.zeros(0, np.int32)  # the token at each cached position (cached_tokens)
         self.dim = D
         self.source_file = self.path  # a draft head takes its output rows from the file (draft_head.target_rows)
         self._source = None
@@ -339,6 +343,11 @@ class NativeLM:
     def streams_at(self, position: int) -> None:
         return None
 
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose keys and values the cache holds, position by position (whatever made the calls: the
+        decoding engine, or forward / trim / reset / restore directly)."""
+        return self._ids[:self._n].tolist()
+
     # ---- the cache -------------------------------------------------------------------------------
     @property
     def length(self) -> int:
@@ -357,7 +366,9 @@ class NativeLM:
         L, G, S = self.n_layers, self.n_kv_heads, self.head_dim
         k, v = np.zeros((L, G, n, S), np.float16), np.zeros((L, G, n, S), np.float16)
         k[:, :, :self._n], v[:, :, :self._n] = self._k[:, :, :self._n], self._v[:, :, :self._n]
-        self._k, self._v, self._cap = k, v, n
+        ids = np.zeros(n, np.int32)
+        ids[:self._n] = self._ids[:self._n]
+        self._k, self._v, self._ids, self._cap = k, v, ids, n
 
     def trim(self, n: int) -> None:
         if not 0 <= n <= self._n:
@@ -406,6 +417,7 @@ class NativeLM:
                                       _ptr(dst) if want else None, _ptr(hid) if want else None)
             if rc != 0:
                 raise RuntimeError(f"heron's native decoder refused the call (code {rc})")
+            self._ids[self._n:self._n + t] = chunk
             self._n += t
             done += want
         self._hidden, self._hidden_start = hidden, self._n - n_out
