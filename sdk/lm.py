@@ -157,6 +157,30 @@ class LanguageModel:
                              "heron.load_lm('smollm2')); use generate() to continue plain text")
         return self.chat_template.render(messages)
 
+    def fit_messages(self, messages: Sequence[dict], room: int) -> list[dict]:
+        """The latest part of a conversation whose prompt leaves `room` tokens of the context for the answer: its
+        oldest turns (a user message and the answer after it) left out, one after the other, until it fits. System
+        messages and the last turn always stay (a last message too long for the context is generate()'s error)."""
+        from heron.runtime.chat import check_messages
+
+        if isinstance(room, bool) or not isinstance(room, int) or room < 0:
+            raise ValueError(f"room must be an integer >= 0 (tokens left for the answer), got {room!r}")
+        msgs = check_messages(messages)
+        system = [m for m in msgs if m["role"] == "system"]
+        turns: list[list[dict]] = []
+        for m in msgs:
+            if m["role"] == "system":
+                continue
+            if m["role"] == "user" or not turns:
+                turns.append([])
+            turns[-1].append(m)
+        while len(turns) > 1:
+            kept = system + [m for t in turns for m in t]
+            if len(self.encode(self.chat_prompt(kept))) + room <= self.max_len:
+                return kept
+            turns.pop(0)
+        return system + [m for t in turns for m in t]
+
     def chat(self, messages: Sequence[dict], options: GenerationOptions = GenerationOptions(max_new_tokens=256),
              speculative: SpeculativeOptions | None = None, stats: DecodeStats | None = None) -> Iterator[Token]:
         """The assistant's answer to `messages` ([{"role": "user", "content": ...}, ...]), streamed; it

@@ -319,6 +319,44 @@ def test_a_chat_turn_computes_its_new_message_only(library):
         heron.load_lm("smollm2", prompt_cache="yes")
 
 
+def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(library, monkeypatch, capsys):
+    """LanguageModel.fit_messages: the latest turns that leave the answer its room (system messages and the last turn
+    kept, whole turns left out from the oldest); heron lm chat goes on past its context instead of failing."""
+    import io
+
+    import heron
+    from heron.cli import build_parser
+    from heron.cli_lm import _chat
+
+    smollm2_gguf()
+    lm = heron.load_lm("smollm2")
+    lm.backend.max_len = 160  # a short context, which the conversations below outgrow
+    msgs = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        msgs += [{"role": "user", "content": f"Question {i}: name a colour."},
+                 {"role": "assistant", "content": "Blue, like the sky on a clear day."}]
+    msgs.append({"role": "user", "content": "And a fruit?"})
+
+    def size(m):
+        return len(lm.encode(lm.chat_prompt(m)))
+
+    kept = lm.fit_messages(msgs, 40)
+    start = msgs.index(kept[1])
+    assert kept == msgs[:1] + msgs[start:] and kept[1]["role"] == "user" and 3 <= start < len(msgs) - 1
+    assert size(kept) + 40 <= 160 < size(msgs[:1] + msgs[start - 2:]) + 40  # one turn more would not fit
+    assert lm.fit_messages(msgs, 0) != kept and lm.fit_messages(msgs[:1] + msgs[start:], 40) == kept
+    assert lm.fit_messages(msgs, 10_000) == [msgs[0], msgs[-1]]  # no room anywhere: the last turn alone
+    with pytest.raises(ValueError, match="room must be an integer"):
+        lm.fit_messages(msgs, -1)
+    monkeypatch.setattr(heron, "load_lm", lambda *a, **k: lm)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\n" * 8))
+    args = build_parser().parse_args(["lm", "chat", "--model", "smollm2", "--max-new-tokens", "24",
+                                      "--speculative", "none"])
+    assert _chat(args) == 0
+    out, err = capsys.readouterr()
+    assert "outgrew the model's context of 160 tokens" in err and len(out.strip().splitlines()) >= 8
+
+
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
     padded with zero rows), a unit's two groups side by side pair by pair; every value, scale and offset lands where
