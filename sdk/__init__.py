@@ -17,9 +17,10 @@ imported lazily by the commands that need it; the runtime classes load on first 
 from heron.runtime import __version__  # one version, defined with the runtime
 
 __all__ = ["__version__", "KeywordSpotter", "Detection", "pronounce", "load_lm", "LanguageModel", "GenerationOptions",
-           "SpeculativeOptions", "DecodeStats", "Token"]
+           "SpeculativeOptions", "DecodeStats", "Token", "Conversation"]
 
-_LM_NAMES = ("load_lm", "LanguageModel", "GenerationOptions", "SpeculativeOptions", "DecodeStats", "Token")
+_LM_NAMES = ("load_lm", "LanguageModel", "GenerationOptions", "SpeculativeOptions", "DecodeStats", "Token",
+             "Conversation")
 
 
 def __getattr__(name):  # lazy: `import heron` stays instant and torch-free

@@ -168,7 +168,7 @@ def _chat(args) -> int:
     import heron
 
     lm, spec, opts = _load(args)
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    chat = lm.conversation(args.system, opts, spec)
     lines = [args.prompt] if args.prompt is not None else None
     interactive = lines is None and sys.stdin.isatty()
     while True:
@@ -185,28 +185,16 @@ def _chat(args) -> int:
             line = line.rstrip("\n")
             if not line.strip():
                 continue
-        messages.append({"role": "user", "content": line})
-        messages[:] = _fit_context(lm, messages, opts.max_new_tokens)
         stats = heron.DecodeStats(method=args.speculative)
-        answer = []
-        for t in lm.chat(messages, opts, spec, stats):
-            answer.append(t.text)
+        dropped = chat.dropped
+        answer = chat.say(line, stats)
+        if chat.dropped > dropped:
+            print(f"[the conversation outgrew the model's context of {lm.max_len} tokens: its "
+                  f"{chat.dropped - dropped} oldest messages are left out]", file=sys.stderr)
+        for t in answer:
             print(t.text, end="", flush=True)
         print()
-        messages.append({"role": "assistant", "content": "".join(answer)})
         _report(args, stats)
-
-
-def _fit_context(lm, messages: list[dict], max_new_tokens: int) -> list[dict]:
-    """A conversation that would leave less than --max-new-tokens of the model's context for the answer loses its
-    oldest turns (said on stderr), down to a quarter of the context spare besides, so that the turns after it fit
-    again and keep the prompt cache (a cut changes the conversation's start: the next turn computes it whole)."""
-    if lm.chat_template is None or len(lm.encode(lm.chat_prompt(messages))) + max_new_tokens <= lm.max_len:
-        return messages
-    kept = lm.fit_messages(messages, min(max_new_tokens, lm.max_len) + lm.max_len // 4)
-    print(f"[the conversation outgrew the model's context of {lm.max_len} tokens: its {len(messages) - len(kept)} "
-          "oldest messages are left out]", file=sys.stderr)
-    return kept
 
 
 def _checkpoint_and_corpus(path: str | None, text: list[str] | None, threads: int, what: str):

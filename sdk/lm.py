@@ -54,6 +54,8 @@ def require_torch():
 
 
 def _text_ok(prompt: str) -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f"the text must be a str, got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError("empty prompt: give some text to continue")
     try:
@@ -152,10 +154,13 @@ class LanguageModel:
 
     def chat_prompt(self, messages: Sequence[dict]) -> str:
         """The prompt text the model's chat template makes of `messages` (ending with the assistant's turn)."""
+        return self._template().render(messages)
+
+    def _template(self) -> ChatTemplate:
         if self.chat_template is None:
             raise ValueError(f"{self.path} has no chat template (chat needs an instruction-tuned model, e.g. "
                              "heron.load_lm('smollm2')); use generate() to continue plain text")
-        return self.chat_template.render(messages)
+        return self.chat_template
 
     def fit_messages(self, messages: Sequence[dict], room: int) -> list[dict]:
         """The latest part of a conversation whose prompt leaves `room` tokens of the context for the answer: its
@@ -186,6 +191,12 @@ class LanguageModel:
         """The assistant's answer to `messages` ([{"role": "user", "content": ...}, ...]), streamed; it
         ends at the model's end-of-turn token (not yielded as text)."""
         return self.generate(self.chat_prompt(messages), options, speculative, stats)
+
+    def conversation(self, system: str | None = None,
+                     options: GenerationOptions = GenerationOptions(max_new_tokens=256),
+                     speculative: SpeculativeOptions | None = None) -> "Conversation":
+        """A chat kept turn by turn (Conversation): `say()` answers a new message with the turns before it."""
+        return Conversation(self, system, options, speculative)
 
     # --- speculative decoders, built once per option set -------------------------------------------
     def draft_backend(self, spec: SpeculativeOptions, forks: bool = False) -> OnnxLM:
@@ -307,6 +318,48 @@ class LanguageModel:
         target = self._mirror_targets[folder]
         return mirror(target, self.draft_backend(spec, forks=mirror_kappa(target, spec) > 0), ids, options, spec, stats,
                       detok)
+
+
+class Conversation:
+    """A chat with the model kept turn by turn: say() streams the answer to a new user message, and `messages` holds
+    the conversation the next turn answers (system message, user messages, answers as they were streamed). A turn that
+    would leave its answer less than options.max_new_tokens of the context first loses the oldest turns
+    (LanguageModel.fit_messages), down to a quarter of the context spare besides, so that the turns after a cut fit
+    again; `dropped` counts the messages left out so far. On the native decoder the prompt cache computes each turn's
+    new message only."""
+
+    def __init__(self, lm: LanguageModel, system: str | None = None,
+                 options: GenerationOptions = GenerationOptions(max_new_tokens=256),
+                 speculative: SpeculativeOptions | None = None):
+        lm._template()  # a model without a chat template: its one-line error now
+        if not isinstance(options, GenerationOptions):
+            raise ValueError(f"options must be a GenerationOptions, got {type(options).__name__}")
+        self.lm, self.options, self.speculative = lm, options, speculative
+        self.messages: list[dict] = [{"role": "system", "content": _text_ok(system)}] if system else []
+        self.dropped = 0
+
+    def say(self, text: str, stats: DecodeStats | None = None) -> Iterator[Token]:
+        """The answer to `text`, streamed (checked before any word: a bad message or option raises here and leaves
+        the conversation as it was). The message and its answer join `messages` at once, the answer's text growing
+        as it streams (an answer closed early keeps what was said)."""
+        lm = self.lm
+        messages = self.messages + [{"role": "user", "content": _text_ok(text)}]
+        room = self.options.max_new_tokens
+        if len(lm.encode(lm.chat_prompt(messages))) + room > lm.max_len:
+            messages = lm.fit_messages(messages, min(room, lm.max_len) + lm.max_len // 4)
+        tokens = lm.chat(messages, self.options, self.speculative, stats)
+        reply = {"role": "assistant", "content": ""}
+        self.dropped += len(self.messages) + 1 - len(messages)
+        self.messages = messages + [reply]
+        return _streamed(tokens, reply)
+
+
+def _streamed(tokens: Iterator[Token], reply: dict) -> Iterator[Token]:
+    words = []
+    for t in tokens:
+        words.append(t.text)
+        reply["content"] = "".join(words)
+        yield t
 
 
 ENGINES = ("auto", "onnx", "torch", "native")

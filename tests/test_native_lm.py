@@ -357,6 +357,47 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(library, 
     assert "outgrew the model's context of 160 tokens" in err and len(out.strip().splitlines()) >= 8
 
 
+def test_a_conversation_keeps_its_turns(library):
+    """LanguageModel.conversation: say() answers with the turns before it (the words lm.chat gives for the same
+    messages, the prompt cache keeping the earlier turns), keeps each answer as it streams (closed early: what was
+    said), leaves the conversation as it was on bad input, and cuts its oldest turns where the context runs out."""
+    import heron
+
+    smollm2_gguf()
+    lm = heron.load_lm("smollm2")
+    opts = heron.GenerationOptions(max_new_tokens=12)
+    chat = lm.conversation("Be brief.", opts)
+    first = [t.text for t in chat.say("Name a river in France.")]
+    assert chat.messages == [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "Name a river in France."},
+                             {"role": "assistant", "content": "".join(first)}]
+    stats = heron.DecodeStats()
+    second = [t.id for t in chat.say("And one in Spain?", stats)]
+    assert stats.prompt_cached > 20 and chat.messages[-2]["content"] == "And one in Spain?"
+    lm.prompt_cache = False
+    assert second == [t.id for t in lm.chat(chat.messages[:-1], opts)]
+    lm.prompt_cache = True
+    before = [dict(m) for m in chat.messages]
+    for bad in ("", "  ", 3, None):
+        with pytest.raises(ValueError):
+            chat.say(bad)
+    assert chat.messages == before
+    answer = chat.say("Count from one to twenty.")
+    word = next(answer).text
+    answer.close()
+    assert chat.messages[-1] == {"role": "assistant", "content": word} and len(chat.messages) == len(before) + 2
+    with pytest.raises(ValueError, match="options must be a GenerationOptions"):
+        lm.conversation(options={"max_new_tokens": 4})
+    with pytest.raises(ValueError, match="has no chat template"):
+        heron.load_lm().conversation()
+    lm.backend.max_len = 120  # a short context: every few turns the oldest go
+    short = lm.conversation(options=opts)
+    for i in range(8):
+        assert [t.text for t in short.say(f"Question {i}: name a colour.")]
+    assert short.dropped >= 4 and short.messages[0]["role"] == "user" and len(short.messages) + short.dropped == 16
+    assert len(lm.encode(lm.chat_prompt(short.messages[:-1]))) + 12 <= 120  # the last turn had its room
+
+
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
     padded with zero rows), a unit's two groups side by side pair by pair; every value, scale and offset lands where
