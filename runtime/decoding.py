@@ -432,14 +432,15 @@ def fresh(backend, positions: int) -> None:
 
 def start_cache(target, prompt: Sequence[int], positions: int, stats: DecodeStats | None = None) -> CachedBackend:
     """The target's cache at the start of a generation continuing `prompt`, with room for `positions`. Where the
-    backend keeps its cache between generations (`reuse_prefix`: the prompt cache, e.g. the native decoder's) the
-    positions the prompt shares with what it holds (`cached_tokens()`) stay and only the rest of the prompt is
-    computed: the next turn of a conversation computes its new message, not the whole conversation again. The last
-    prompt token is always fed again (its logits choose the first word). Exact where a step computes what a block
-    computes (the backend's `exact_steps`): the same words as an empty cache's. Elsewhere: an empty cache (fresh).
+    backend keeps its cache between generations (`reuse_prefix`, the prompt cache, on a backend that `keeps_prefix`:
+    the native decoder, onnxruntime graphs with shared buffers and exact steps) the positions the prompt shares with
+    what it holds (`cached_tokens()`) stay and only the rest of the prompt is computed: the next turn of a
+    conversation computes its new message, not the whole conversation again. The last prompt token is always fed
+    again (its logits choose the first word). A kept position holds what computing it afresh gives (those backends'
+    steps compute what their blocks compute), so the words are an empty cache's. Elsewhere: an empty cache (fresh).
     stats.prompt_cached: how many prompt tokens were kept."""
     tc = CachedBackend(target)
-    held = target.cached_tokens() if getattr(target, "reuse_prefix", False) and hasattr(target, "cached_tokens") \
+    held = target.cached_tokens() if getattr(target, "reuse_prefix", False) and getattr(target, "keeps_prefix", False) \
         else []
     n = 0
     for a, b in zip(held, prompt[:len(prompt) - 1]):

@@ -128,6 +128,8 @@ class OnnxLM:
     """A heron LM exported by `heron lm export` run with onnxruntime."""
 
     branchable = True  # snapshots are independent (state arrays are never written in place)
+    # the prompt cache (decoding.start_cache), on graphs that keep_prefix; heron.load_lm turns it on (prompt_cache)
+    reuse_prefix = False
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  threads: int = 1, int8: bool = False, weights: str | None = None, sha256: str | None = None,
@@ -197,6 +199,7 @@ class OnnxLM:
     def _setup(self, session, providers: Sequence[str], where: str, min_rows: int | None = None,
                exact_steps: bool = True) -> None:
         self.session = session
+        self._ids: list[int] = []  # the token at each position of shared buffers (cached_tokens)
         self.huge_pages_bytes = getattr(session, "heron_huge_pages", 0)
         m = self.manifest
         self.name = f"onnxruntime[{','.join(p.replace('ExecutionProvider', '') for p in providers)}]"
@@ -424,6 +427,17 @@ class OnnxLM:
             return None
         return self._streams[position - self._hidden_start]
 
+    @property
+    def keeps_prefix(self) -> bool:
+        """Whether a generation can keep cached positions from the one before (decoding.start_cache): a graph with
+        shared state buffers (rewound, never forked) whose steps compute what its blocks compute (exact_steps), so
+        a kept position holds what computing the prompt whole would give it."""
+        return self._shared and self._exact
+
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose keys and values the cache holds, position by position, where it keeps_prefix; else []."""
+        return self._ids[:self.length] if self.keeps_prefix else []
+
     def reset(self) -> None:
         self._hidden, self._hidden_start, self._streams = None, 0, None
         if self._shared:
@@ -482,7 +496,9 @@ class OnnxLM:
         rows = min(max(n, self._min_rows), len(tokens) + pad)
         ids = np.asarray([list(tokens) + [PAD_TOKEN] * pad], dtype=np.int64)
         if self._shared:
+            del self._ids[self.length:]  # positions past the cache's length were trimmed
             logits, hidden, streams = self._cache.run(ids, rows)
+            self._ids.extend(ids[0].tolist())
         else:
             feed = {"tokens": ids, **dict(zip(self.state_in, self._state))}
             if self._has_last:

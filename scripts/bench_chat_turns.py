@@ -1,16 +1,17 @@
-"""A conversation with SmolLM2 on heron's native decoder, with the prompt cache and without: how long each turn waits
-for its first word, and the conversation's time (LanguageModel.prompt_cache; decoding.start_cache).
+"""A conversation with SmolLM2 on heron's native decoder (or onnxruntime's default graph, --engine onnx), with the
+prompt cache and without: how long each turn waits for its first word, and the conversation's time
+(LanguageModel.prompt_cache; decoding.start_cache).
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_chat_turns.py --threads 2 [--rounds 3] [--new-tokens 96]
-        [--out runs/chat-turns.json]
+        [--engine native|onnx] [--out runs/chat-turns.json]
 
 One conversation: the 8 chat questions of scripts/bench_smollm2_spec.py asked one after the other, each answered (at
 most --new-tokens words, greedy) with the turns before it in the prompt, as `heron lm chat` does. Each round holds it
 once per (method, cache) in turn, the cache on and off alternating which goes first, every conversation from an empty
-cache; methods: plain decoding and the CLI's default (--speculative auto: the draft head with prompt lookup). Per turn:
-the prompt's tokens, the tokens the cache kept, the time to the first word (median over rounds); per conversation: the
-sum of those waits and the whole time, and whether the cache's answers were the words without it (they must be).
-Nothing is written but --out.
+cache; methods: plain decoding and the CLI's default where it drafts (--speculative auto: the draft head with prompt
+lookup on the native decoder). Per turn: the prompt's tokens, the tokens the cache kept, the time to the first word
+(median over rounds); per conversation: the sum of those waits and the whole time, and whether the cache's answers were
+the words without it (they must be). Nothing is written but --out.
 """
 from __future__ import annotations
 
@@ -54,23 +55,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--engine", default="native", choices=["native", "onnx"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import heron
     from heron.runtime.metrics import machine
 
-    lm = heron.load_lm("smollm2", threads=a.threads, engine="native")
+    lm = heron.load_lm("smollm2", threads=a.threads, engine=a.engine)
     opts = heron.GenerationOptions(max_new_tokens=a.new_tokens)
-    methods = {"plain": None, "auto (head + lookup)": lm.auto_speculation()}
+    methods = {"plain": None}
+    auto = lm.auto_speculation()  # None where the CLI decodes plainly (onnxruntime)
+    if auto is not None:
+        methods["auto (head + lookup)"] = auto
     conversation(lm, None, heron.GenerationOptions(max_new_tokens=4), True)  # one-time costs out of the timings
     runs = {(m, c): [] for m in methods for c in (True, False)}
     for r in range(a.rounds):
         for m, spec in methods.items():
             for cache in ((True, False) if r % 2 == 0 else (False, True)):
                 runs[m, cache].append(conversation(lm, spec, opts, cache))
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "threads": a.threads, "rounds": a.rounds,
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "engine": lm.backend.name,
+              "threads": a.threads, "rounds": a.rounds,
               "new_tokens": a.new_tokens, "methods": {}}
-    print(f"{report['machine']}; {a.threads} thread(s); {len(CHAT_PROMPTS)} turns, answers of at most {a.new_tokens} "
+    print(f"{report['machine']}; {lm.backend.name}, {a.threads} thread(s); {len(CHAT_PROMPTS)} turns, answers of at most {a.new_tokens} "
           f"words; medians of {a.rounds} rounds")
     for m in methods:
         on, off = runs[m, True], runs[m, False]

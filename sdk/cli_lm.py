@@ -348,8 +348,9 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "graphs with rows attention compute exact steps at that speed and run as before). Not with "
                         "--speculative (default: off, exact steps)")
     q.add_argument("--no-prompt-cache", action="store_true",
-                   help="native decoder: compute every prompt whole (by default a chat turn keeps the cached positions "
-                        "its prompt shares with the turns before: the same words, its first word sooner)")
+                   help="compute every prompt whole (by default, on the native decoder and onnxruntime's exact-step "
+                        "graphs, a chat turn keeps the cached positions its prompt shares with the turns before: the "
+                        "same words, its first word sooner)")
     q.add_argument("--speculative", default="auto", choices=["auto", "none", "draft", "mtp", "mirror", "lookup",
                                                              "head"],
                    help="lossless speculative decoding method (lookup: prompt lookup, no draft model; head: a draft "

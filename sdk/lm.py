@@ -84,20 +84,22 @@ class LanguageModel:
     @property
     def prompt_cache(self) -> bool:
         """Whether a generation keeps the cached positions its prompt shares with the last generation's text
-        (decoding.start_cache): on heron's native decoder, True unless load_lm(..., prompt_cache=False) or set False
-        here (then every prompt is computed whole, e.g. to time a prefill); always False on the other engines."""
-        return bool(getattr(self.backend, "reuse_prefix", False))
+        (decoding.start_cache): on heron's native decoder and onnxruntime graphs with shared buffers and exact steps
+        (a GGUF file or named model on the onnx engine), True unless load_lm(..., prompt_cache=False) or set False here
+        (then every prompt is computed whole, e.g. to time a prefill); False on the other targets (torch, --fast-steps,
+        graphs without shared buffers)."""
+        b = self.backend
+        return bool(getattr(b, "reuse_prefix", False) and getattr(b, "keeps_prefix", False))
 
     @prompt_cache.setter
     def prompt_cache(self, on: bool) -> None:
         if not isinstance(on, bool):
             raise ValueError(f"prompt_cache must be True or False, got {on!r}")
-        if not hasattr(self.backend, "cached_tokens"):
-            if on:
-                raise ValueError("the prompt cache runs on heron's native decoder (engine='native'); this model's "
-                                 "engine computes every prompt whole")
-            return
-        self.backend.reuse_prefix = on
+        if on and not getattr(self.backend, "keeps_prefix", False):
+            raise ValueError("the prompt cache runs on heron's native decoder and on onnxruntime graphs with shared "
+                             "buffers and exact steps; this target computes every prompt whole")
+        if hasattr(self.backend, "reuse_prefix"):
+            self.backend.reuse_prefix = on
 
     @property
     def vocabulary(self) -> dict:
@@ -399,9 +401,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     speculative run's at a near-tie (OnnxLM.exact_steps; generate() then refuses speculative methods).
     huge_pages: onnxruntime targets: the weights in huge pages where the system allows (heron.runtime.pages: each
     decoding step reads them all, fewer TLB misses); False leaves memory as onnxruntime allocates it.
-    prompt_cache: on heron's native decoder, a generation keeps the cached positions its prompt shares with the last
-    one's text (LanguageModel.prompt_cache: a conversation's next turn computes its new message only; the same words
-    either way); False: every prompt computed whole. The other engines compute every prompt whole.
+    prompt_cache: a generation keeps the cached positions its prompt shares with the last one's text
+    (LanguageModel.prompt_cache: a conversation's next turn computes its new message only; the same words either way),
+    on heron's native decoder and onnxruntime graphs with shared buffers and exact steps; False: every prompt computed
+    whole. Torch targets compute every prompt whole.
     """
     import math
 
@@ -447,7 +450,7 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
             raise ValueError("weights='int8' does not apply to a GGUF file on the onnx engine, which runs the file's "
                              "own 4-bit blocks (weights int4); compute='int8' runs them with int8 activations, "
                              "engine='torch' quantizes the dequantized model to int8 in memory")
-        return _load_gguf_onnx(folder, device, threads, compute or "int8x2", exact_steps, huge_pages)
+        return _load_gguf_onnx(folder, device, threads, compute or "int8x2", exact_steps, huge_pages, prompt_cache)
     if compute is not None:
         raise ValueError(f"compute applies to a GGUF file or a named model run on the onnx engine; {folder} is not "
                          "(an ONNX bundle keeps the compute it was exported with: heron lm export ... --compute)")
@@ -457,8 +460,10 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     if (folder / "manifest.json").is_file():  # an exported bundle: torch-free
         if experts is not None or roe_samples != 1:
             raise ValueError("experts and roe_samples are fixed at export for an ONNX target (heron lm export --k)")
-        return _onnx_model(OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights,
-                                  exact_steps=exact_steps, huge_pages=huge_pages), folder)
+        backend = OnnxLM(folder, providers=(provider_name(device),), threads=threads, weights=weights,
+                         exact_steps=exact_steps, huge_pages=huge_pages)
+        backend.reuse_prefix = prompt_cache  # the prompt cache where its graph keeps prefixes (OnnxLM.keeps_prefix)
+        return _onnx_model(backend, folder)
     if not exact_steps:
         raise ValueError("exact_steps=False applies to onnxruntime targets (a GGUF file or named model on the onnx "
                          "engine, or an ONNX bundle); a torch target's steps are what they are")
@@ -528,7 +533,7 @@ def _gguf_engine(engine: str, device: str, experts, roe_samples: int, weights) -
 
 
 def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_steps: bool = True,
-                    huge_pages: bool = True) -> LanguageModel:
+                    huge_pages: bool = True, prompt_cache: bool = True) -> LanguageModel:
     """A GGUF file on onnxruntime: its own blocks as heron lm export would write them, built in memory."""
     from heron.export.gguf_onnx import attention_for, bundle_in_memory
 
@@ -536,8 +541,10 @@ def _load_gguf_onnx(path: Path, device: str, threads: int, compute: str, exact_s
     # only): attention's own one-row kernels, with no node around them (the fastest plain path)
     attention = attention_for(provider_name(device)) if exact_steps else "one-row"
     graph, manifest, tok = bundle_in_memory(path, compute=compute, attention=attention, memory_file=True)
-    return _onnx_model(OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
-                                          source_file=path, exact_steps=exact_steps, huge_pages=huge_pages), path)
+    backend = OnnxLM.from_memory(graph, manifest, tok, providers=(provider_name(device),), threads=threads,
+                                 source_file=path, exact_steps=exact_steps, huge_pages=huge_pages)
+    backend.reuse_prefix = prompt_cache  # the prompt cache where its graph keeps prefixes (OnnxLM.keeps_prefix)
+    return _onnx_model(backend, path)
 
 
 def native_default_threads() -> int:

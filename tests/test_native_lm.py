@@ -286,19 +286,21 @@ def test_the_prompt_cache_keeps_the_shared_prefix_and_the_same_words(tmp_path, l
     lm.reuse_prefix = False
 
 
-def test_a_chat_turn_computes_its_new_message_only(library):
-    """LanguageModel.prompt_cache (on by default on the native decoder): the second turn of a SmolLM2 conversation
-    keeps the first turn's positions and answers what it answers with the cache off, with the draft head too; off
-    with --no-prompt-cache, and on the onnx engine (which refuses it)."""
+@pytest.mark.parametrize("engine", ["native", "onnx"])
+def test_a_chat_turn_computes_its_new_message_only(library, engine):
+    """LanguageModel.prompt_cache (on by default on the native decoder and on onnxruntime's graphs with shared buffers
+    and exact steps): the second turn of a SmolLM2 conversation keeps the first turn's positions and answers what it
+    answers with the cache off, plain and with the draft head (and prompt lookup); off with --no-prompt-cache, and
+    refused where steps are not exact (--fast-steps) or the target is torch."""
     import heron
     from heron.cli import build_parser
     from heron.cli_lm import _load
 
     smollm2_gguf()
-    lm = heron.load_lm("smollm2")
-    assert lm.prompt_cache and isinstance(lm.backend, native.NativeLM)
+    lm = heron.load_lm("smollm2", engine=engine, **({"compute": "int8"} if engine == "onnx" else {}))
+    assert lm.prompt_cache
     opts = heron.GenerationOptions(max_new_tokens=16)
-    for spec in (None, lm.auto_speculation()):
+    for spec in (None, heron.SpeculativeOptions(method="head")):
         answers, kept = {}, {}
         for cache in (True, False):
             lm.prompt_cache = cache
@@ -310,13 +312,19 @@ def test_a_chat_turn_computes_its_new_message_only(library):
             kept[cache] = stats.prompt_cached
         assert answers[True] == answers[False] and kept[False] == 0
         assert kept[True] > len(lm.encode(lm.chat_prompt(messages[:1]))), kept
-    assert not _load(build_parser().parse_args(["lm", "chat", "--prompt", "x", "--no-prompt-cache"]))[0].prompt_cache
-    onnx = heron.load_lm("smollm2", engine="onnx")
-    assert not onnx.prompt_cache
-    with pytest.raises(ValueError, match="the prompt cache runs on heron's native decoder"):
-        onnx.prompt_cache = True
-    with pytest.raises(ValueError, match="prompt_cache must be True or False"):
-        heron.load_lm("smollm2", prompt_cache="yes")
+    argv = ["lm", "chat", "--prompt", "x", "--engine", engine, "--no-prompt-cache"]
+    assert not _load(build_parser().parse_args(argv))[0].prompt_cache
+    if engine == "onnx":
+        fast = heron.load_lm("smollm2", engine="onnx", compute="int8", exact_steps=False)
+        assert not fast.prompt_cache
+        with pytest.raises(ValueError, match="the prompt cache runs on heron's native decoder and on onnxruntime"):
+            fast.prompt_cache = True
+        with pytest.raises(ValueError, match="prompt_cache must be True or False"):
+            heron.load_lm("smollm2", prompt_cache="yes")
+        nano = heron.load_lm()  # lm-nano on torch
+        assert not nano.prompt_cache
+        with pytest.raises(ValueError, match="this target computes every prompt whole"):
+            nano.prompt_cache = True
 
 
 def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(library, monkeypatch, capsys):

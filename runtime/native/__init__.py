@@ -225,6 +225,7 @@ class NativeLM:
     # the prompt cache (decoding.start_cache): a generation keeps the positions its prompt shares with what the cache
     # holds (cached_tokens) instead of computing them again; heron.load_lm turns it on (prompt_cache=True)
     reuse_prefix = False
+    keeps_prefix = True  # its steps compute what its blocks compute, bit for bit: a kept position is a fresh one
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
                  library: Path | None = None):
