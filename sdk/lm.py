@@ -327,8 +327,8 @@ class Conversation:
     the conversation the next turn answers (system message, user messages, answers as they were streamed). A turn that
     would leave its answer less than options.max_new_tokens of the context first loses the oldest turns
     (LanguageModel.fit_messages), down to a quarter of the context spare besides, so that the turns after a cut fit
-    again; `dropped` counts the messages left out so far. On the native decoder the prompt cache computes each turn's
-    new message only."""
+    again; `dropped` counts the messages left out so far. Where the model keeps prefixes (LanguageModel.prompt_cache:
+    the native decoder, onnxruntime's exact-step graphs) each turn computes its new message only."""
 
     def __init__(self, lm: LanguageModel, system: str | None = None,
                  options: GenerationOptions = GenerationOptions(max_new_tokens=256),
