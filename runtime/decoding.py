@@ -366,6 +366,7 @@ class CachedBackend:
 
     def __init__(self, backend):
         self.b, self.ids = backend, []
+        self.last_fed = 0  # tokens the last forward computed
 
     def sync(self, seq: list[int], upto: int) -> list[int]:
         """Trim tokens that disagree with seq[:upto]; -> the tokens of seq[:upto] still to feed."""
@@ -382,6 +383,7 @@ class CachedBackend:
     def forward(self, tokens: list[int], last: int | None = None) -> np.ndarray:
         out = self.b.forward(tokens, last=last)
         self.ids.extend(tokens)
+        self.last_fed = len(tokens)
         return out
 
 
@@ -474,14 +476,19 @@ def plain(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOpt
 
 def _plain_step(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Token:
     """One target forward, one token."""
+    return em.emit(_plain_token(tc, seq, opts, stats, rng), False)
+
+
+def _plain_token(tc: CachedBackend, seq, opts, stats, rng) -> int:
+    """The next token from one target forward (not yet emitted)."""
     feed = tc.sync(seq, len(seq))
     t0 = time.perf_counter()
     logits = tc.forward(feed, last=1)[-1]
     stats.target_time_s += time.perf_counter() - t0
     stats.target_calls += 1
     if opts.temperature == 0:  # greedy: the argmax, as draw(probs(...)) would give it, without the one-hot row
-        return em.emit(int(np.asarray(logits).argmax()), False)
-    return em.emit(draw(probs(logits, *opts.sampling), rng), False)
+        return int(np.asarray(logits).argmax())
+    return draw(probs(logits, *opts.sampling), rng)
 
 
 def _plain_loop(tc: CachedBackend, seq, opts, stats, rng, em: Emitter) -> Iterator[Token]:
@@ -507,18 +514,29 @@ def _draft_and_verify(tc: CachedBackend, drafter: Drafter, seq, max_len: int, ga
                       em: Emitter) -> Iterator[Token]:
     """Propose, verify in one target forward, emit the accepted tokens and the correction; until done."""
     observe = getattr(drafter, "observe", None)  # a drafter that sizes its windows by how often they are accepted
+    prices = getattr(drafter, "prices", None)  # a drafter whose windows are priced by timing them (RoundPrices)
+    clock = prices.clock if prices is not None else None
     while not em.done:
         g = _room(seq, max_len, gamma)
+        t0 = clock() if clock else 0.0
         res = drafter.propose(seq, g) if g else None
         if res is None:
             break
         window, qs = res
         if not window:
-            yield _plain_step(tc, seq, opts, stats, rng, em)
+            tok = _plain_token(tc, seq, opts, stats, rng)
+            # the round's proposal, call and choice (not the caller's time with the token), where its call computed
+            # one token (not the prompt: the first round's call computes it too)
+            if clock and tc.last_fed == 1:
+                drafter.timed(0, clock() - t0)
+            yield em.emit(tok, False)
             continue
-        yield from _verify_round(tc, seq, window, qs, opts, stats, rng, em)
+        n_acc, extra = _check_round(tc, seq, window, qs, opts, stats, rng)
+        if clock and tc.last_fed == len(window) + 1:
+            drafter.timed(len(window), clock() - t0)
+        yield from emit_round(em, window, n_acc, extra)
         if observe is not None:
-            observe(len(window), stats.accepted[-1])
+            observe(len(window), n_acc)
     if not em.done:
         yield from _plain_loop(tc, seq, opts, stats, rng, em)
 
@@ -634,6 +652,13 @@ def speculative(target, draft, prompt: Sequence[int], opts: GenerationOptions = 
 
 def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logits=None) -> Iterator[Token]:
     """Target-verify `window`; emit the accepted tokens and the correction/bonus token."""
+    n_acc, extra = _check_round(tc, seq, window, qs, opts, stats, rng, logits)
+    yield from emit_round(em, window, n_acc, extra)
+
+
+def _check_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, logits=None) -> tuple[int, int]:
+    """Target-verify `window` (one call, unless its `logits` are given) -> (draft tokens accepted, the
+    correction/bonus token); nothing emitted yet."""
     if logits is None:
         feed = tc.sync(seq, len(seq)) + list(window)
         t0 = time.perf_counter()
@@ -648,7 +673,7 @@ def _verify_round(tc: CachedBackend, seq, window, qs, opts, stats, rng, em, logi
     stats.rounds += 1
     stats.accepted.append(n_acc)
     stats.windows.append(len(window))
-    yield from emit_round(em, window, n_acc, extra)
+    return n_acc, extra
 
 
 def emit_round(em: Emitter, window: Sequence[int], n_acc: int, extra: int) -> Iterator[Token]:
@@ -731,7 +756,7 @@ def lookup(target, prompt: Sequence[int], opts: GenerationOptions = GenerationOp
     rule keeps the target's distribution. No match: a plain step."""
     stats = stats if stats is not None else DecodeStats(method="lookup")
     drafter = LookupDrafter(target.vocab_size, stats, spec.adaptive, verify_cost(target), free_draft_tokens(target),
-                            verify_costs(target))
+                            verify_costs(target), round_prices(target, opts))
     yield from drafted(target, drafter, prompt, opts, spec.gamma, stats, detok)
 
 
@@ -860,6 +885,121 @@ class Acceptance:
                 (h2 + self.later_prior * PRIOR_WEIGHT) / (t2 + PRIOR_WEIGHT))
 
 
+# Windows priced as the rounds run (session 49; off by default: an A/B row of scripts/bench_smollm2_spec.py). A
+# backend's table (verify_costs) is its calls' prices measured once on one machine, each call alone; with
+# MEASURED_PRICES greedy decoding, whose words no window changes, prices each window by timing its rounds in use
+# (RoundPrices: the draft's proposal, the verify call and the Python between, over a plain step timed in the same
+# stream); sampling keeps the table, so that a seeded run draws the same words every time. On machine S (an Intel Xeon
+# whose 480 MB L3 holds SmolLM2 whole) it did not pay: a head round there costs ~1.5 plain steps of plain decoding
+# because whatever runs between two calls slows the next (BENCHMARKS.md "What a round costs in use on S"), and a plain
+# step timed between rounds is slowed alike, so the measured prices stayed near the table's and, pooled over prompts of
+# different lengths, cut the code edit's windows (1.46-1.58x against the table's 1.65-1.74x)
+MEASURED_PRICES = False
+PRICE_DECAY = 0.98       # per timed round of a source: older rounds count less (the context grows, the load moves)
+PRICE_PRIOR_WEIGHT = 4.0  # the table's price of a window weighs as this many timed rounds of that window
+# plain steps timed before a measured price is used, and rounds after which one more is timed: where a draft always
+# proposes (the head) they are made in place of its windows, which, where a plain step is what they are compared
+# with, pay little more than one (SmolLM2's chat on machine S: 1.1 plain steps' words for one's time); a plain step
+# 32 rounds apart gives its price ~1% noise (a step varies by ~8% on S), and the first steps of a model's first
+# answer run slow (the first step after a prefill ~15%), so eight come first
+PRICE_PLAIN_STEPS = 8
+PRICE_REFRESH = 32
+PRICE_SPIKE = 1.5        # a timed round counts as at most this many times its mean so far (a pause is not a price)
+
+
+class RoundPrices:
+    """What a speculative round with a window of k draft words costs on this machine, in plain steps, measured as
+    decoding runs: a round's seconds (the draft's proposal, the target's verify call, the check, the Python between)
+    over a plain step's (its proposal that found nothing, its call, its choice), each a decayed mean, per draft
+    source ("lookup", "head": their proposals cost differently). A window length seldom timed keeps the prior
+    (the table's price) weighted as PRICE_PRIOR_WEIGHT rounds, and one not timed lately drifts back to it, so a
+    window that measured badly once is tried again. Until PRICE_PLAIN_STEPS plain steps are timed (and once every
+    PRICE_REFRESH rounds, where a drafter always proposes: the head, not prompt lookup's copies, which pay too much to
+    give up) `wants_plain` asks the drafter for a plain step. Kept on the target backend
+    (`round_prices`), so a model's later answers start from what its earlier ones measured. `clock`: seconds
+    (tests give a fake one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, n: int = 16):
+        self.clock, self.n = clock, n
+        self.plain = [0.0, 0.0]  # decayed sum of a plain step's seconds, its weight
+        self.rounds: dict[str, np.ndarray] = {}  # source -> (n, 2): decayed sum of seconds, weight, per window k
+        self.plain_steps, self.since_plain = 0, 0
+
+    def record(self, source: str | None, k: int, seconds: float) -> None:
+        """A timed round of source `source` with a window of k draft words (k = 0: a plain step). A round longer than
+        PRICE_SPIKE times its mean so far (the first of a window: than 1.5 + k / 2 plain steps) counts as that long: a
+        VM's pause or a first call's set-up is not the window's price."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            return
+        if k == 0:
+            if self.plain[1] > 0:
+                seconds = min(seconds, PRICE_SPIKE * self.plain[0] / self.plain[1])
+            self.plain = [self.plain[0] * PRICE_DECAY + seconds, self.plain[1] * PRICE_DECAY + 1.0]
+            self.plain_steps += 1
+            self.since_plain = 0
+            for table in self.rounds.values():  # windows no longer drafted drift back to the prior, to be tried again
+                table *= PRICE_DECAY
+            return
+        if not 1 <= k <= self.n or source is None:
+            return
+        table = self.rounds.setdefault(source, np.zeros((self.n, 2)))
+        t, w = table[k - 1]
+        if w >= 0.5:
+            seconds = min(seconds, PRICE_SPIKE * t / w)
+        elif self.plain[1] > 0:
+            seconds = min(seconds, (1.5 + k / 2) * self.plain[0] / self.plain[1])
+        table *= PRICE_DECAY
+        table[k - 1] += (seconds, 1.0)
+        self.since_plain += 1
+
+    def wants_plain(self, refresh: bool = True) -> bool:
+        """Whether the next round should be a plain step, to time one: one of the first PRICE_PLAIN_STEPS, or
+        (refresh) PRICE_REFRESH rounds after the last."""
+        return self.plain_steps < PRICE_PLAIN_STEPS or (refresh and self.since_plain >= PRICE_REFRESH)
+
+    def prices(self, source: str, prior: Sequence[float]) -> np.ndarray:
+        """(len(prior),) what a window of k = 1, 2, ... words of `source` adds to a plain step, in plain steps: the
+        measured rounds' mean over the plain step's, less one, mixed with `prior` (the table's prices: what its
+        proposal and verification add) weighted as PRICE_PRIOR_WEIGHT rounds; `prior` itself before
+        PRICE_PLAIN_STEPS plain steps are timed."""
+        prior = np.asarray(prior, np.float64)
+        table = self.rounds.get(source)
+        if table is None or self.plain_steps < PRICE_PLAIN_STEPS:
+            return prior
+        step = self.plain[0] / self.plain[1]
+        m = min(len(prior), self.n)
+        seconds, weight = table[:m, 0], table[:m, 1]
+        measured = np.where(weight > 0, seconds / np.maximum(weight, 1e-12) / step - 1.0, 0.0)
+        out = prior.copy()
+        out[:m] = (weight * measured + PRICE_PRIOR_WEIGHT * prior[:m]) / (weight + PRICE_PRIOR_WEIGHT)
+        return np.maximum(out, 0.0)
+
+
+    def measured(self, source: str, least: float = 1.0) -> dict[int, float]:
+        """{k: what a round of `source` with k draft words measured, in plain steps (not mixed with the prior)} for the
+        windows timed at least `least` times (decayed); {} before PRICE_PLAIN_STEPS plain steps."""
+        table = self.rounds.get(source)
+        if table is None or self.plain_steps < PRICE_PLAIN_STEPS:
+            return {}
+        step = self.plain[0] / self.plain[1]
+        return {k + 1: float(t / w / step) for k, (t, w) in enumerate(table) if w >= least}
+
+
+def round_prices(target, opts: "GenerationOptions") -> RoundPrices | None:
+    """The target's measured round prices (created on first use, kept on it as `round_prices`), where windows are
+    priced by measurement: greedy decoding with MEASURED_PRICES; else None (the table's prices)."""
+    if not MEASURED_PRICES or opts.temperature != 0:
+        return None
+    prices = getattr(target, "round_prices", None)
+    if not isinstance(prices, RoundPrices):
+        prices = RoundPrices()
+        try:
+            target.round_prices = prices
+        except AttributeError:  # a backend that takes no attributes: this generation's own prices
+            pass
+    return prices
+
+
 def _price(c) -> bool:
     """A price in plain steps: a number in [0, 10] (not a bool, not NaN)."""
     return isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 10.0
@@ -898,26 +1038,46 @@ class LookupDrafter:
     `free` ones (the target's free_draft_tokens)."""
 
     def __init__(self, vocab_size: int, stats: DecodeStats | None = None, adaptive: bool = True,
-                 cost: float = VERIFY_COST, free: int = 0, costs: Sequence[float] | None = None):
+                 cost: float = VERIFY_COST, free: int = 0, costs: Sequence[float] | None = None,
+                 prices: RoundPrices | None = None):
         self.vocab_size, self.stats, self.adaptive, self.cost, self.free = vocab_size, stats, adaptive, cost, free
         self.costs = costs
+        self.prices = prices if adaptive else None  # windows priced by timing their rounds (greedy; RoundPrices)
         self.accepted = Acceptance(LOOKUP_PRIOR, LOOKUP_DECAY, LOOKUP_LATER_PRIOR)
         self.index = LookupIndex()
+        self._source: str | None = None
 
     def observe(self, proposed: int, accepted: int) -> None:
         """After a verified window: `accepted` of its `proposed` tokens were kept."""
         self.accepted.observe(proposed, accepted)
 
+    def timed(self, proposed: int, seconds: float) -> None:
+        """After a round: it took `seconds` with a window of `proposed` words (0: a plain step)."""
+        self.prices.record(self._source if proposed else None, proposed, seconds)
+
+    def table(self, n: int) -> tuple[float, ...]:
+        """What windows of 1..n words add to a plain step, in plain steps: measured (RoundPrices) where they are,
+        the target's table elsewhere."""
+        prior = [verify_price(k, self.cost, self.free, self.costs) for k in range(1, n + 1)]
+        return tuple(self.prices.prices("lookup", prior)) if self.prices is not None else tuple(prior)
+
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
-        window = self.index.window(seq, g)
+        self._source = None
+        window = self.index.window(seq, g)  # (the index kept up to date in every round: its work is no window's)
+        # the first plain steps a model times; later ones come where the context has no match (none forced: copies
+        # pay too much to give up)
+        if self.prices is not None and self.prices.wants_plain(refresh=False):
+            return [], None
         if window and self.adaptive:
             first, later = self.accepted.rates()
-            k = best_window(len(window), first, self.cost, self.free, later=later, costs=self.costs)
+            costs = self.table(len(window)) if self.prices is not None else self.costs
+            k = best_window(len(window), first, self.cost, self.free, later=later, costs=costs)
             if k == 0:  # not worth verifying now; drift back towards the prior so lookup can resume
                 self.accepted.recover(1 - LOOKUP_RECOVER)
             window = window[:k]
         if not window:
             return [], None
+        self._source = "lookup"
         if self.stats is not None:
             self.stats.draft_calls += len(window)
         return window, None  # a deterministic draft: one-hot distributions, built only where sampling needs them

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from heron.runtime.decoding import (Acceptance, DecodeStats, DraftSeeds, GenerationOptions, LookupDrafter,
-                                    best_window, confidence_window, draw, drafted, free_draft_tokens, probs,
-                                    verify_cost, verify_costs, window_prices)
+                                    RoundPrices, best_window, confidence_window, draw, drafted, free_draft_tokens,
+                                    probs, round_prices, verify_cost, verify_costs, window_prices)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
 
 HEAD_FORMAT = "heron-draft-head/1"
@@ -325,13 +325,17 @@ class HeadDrafter:
 
     def __init__(self, target, head: DraftHead, opts: GenerationOptions, seeds: DraftSeeds,
                  stats: DecodeStats | None = None, adaptive: bool = True, cost: float = 0.5,
-                 lookup: LookupDrafter | None = None, free: int = 0, costs=None, confident: bool = False):
+                 lookup: LookupDrafter | None = None, free: int = 0, costs=None, confident: bool = False,
+                 prices: RoundPrices | None = None):
         self.target, self.head, self.opts, self.seeds, self.stats = target, head, opts, seeds, stats
         self.adaptive, self.cost, self.lookup, self.free, self.costs = adaptive, cost, lookup, free, costs
         self.confident = confident
+        # windows priced by timing their rounds (greedy, adaptive: decoding.RoundPrices), per source
+        self.prices = prices if adaptive and opts.temperature == 0 else None
         self.accepted = Acceptance(HEAD_PRIOR, HEAD_DECAY)
         self.vocab_size = target.vocab_size
         self._last_from_lookup = False
+        self._source: str | None = None
         self._id_order = np.argsort(head.words, kind="stable")  # the head's rows in the order of their word ids
 
     def observe(self, proposed: int, accepted: int) -> None:
@@ -340,22 +344,40 @@ class HeadDrafter:
             return
         self.accepted.observe(proposed, accepted)
 
+    def timed(self, proposed: int, seconds: float) -> None:
+        """After a round: it took `seconds` with a window of `proposed` words (0: a plain step)."""
+        self.prices.record(self._source if proposed else None, proposed, seconds)
+
+    def _prices(self, g: int, table: bool):
+        """What head windows of 1..g words add to a plain step, in plain steps: HEAD_STEP_COST a word to propose
+        and the target's price to verify (its table where `table`, else one price per word), or, where rounds are
+        timed, what they measured (RoundPrices: the head's steps and the Python between as they run)."""
+        prior = window_prices(g, self.cost, self.free, HEAD_STEP_COST, self.costs if table else None)
+        return prior if self.prices is None else self.prices.prices("head", prior).astype(np.float32)
+
     def propose(self, seq: list[int], g: int) -> tuple[list[int], np.ndarray | None]:
+        self._source = None
         if self.lookup is not None:
             window, qs = self.lookup.propose(seq, g)
             self._last_from_lookup = bool(window)
             if window:
+                self._source = "lookup"
                 return window, qs
+        if self.prices is not None and self.prices.wants_plain():  # a plain step to time, in place of a head window
+            return [], None
         hidden = self.target.hidden_at(len(seq) - 2)
         if hidden is None:
             return [], None
         greedy = self.opts.temperature == 0  # its first choices, a deterministic draft: no distributions kept
         prices = None
         if self.adaptive and greedy and self.confident:
-            prices = window_prices(g, self.cost, self.free, HEAD_STEP_COST, self.costs)
+            prices = self._prices(g, True)
         elif self.adaptive:
             first, later = self.accepted.rates()
-            g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later)
+            if self.prices is None:
+                g = best_window(g, first, self.cost, self.free, HEAD_STEP_COST, later=later)
+            else:
+                g = best_window(g, first, later=later, costs=tuple(float(c) for c in self._prices(g, False)))
             if g == 0:  # not worth it now: drift back towards the prior so drafting can resume
                 self.accepted.recover(HEAD_DECAY)
                 return [], None
@@ -373,6 +395,7 @@ class HeadDrafter:
             self.stats.draft_time_s += time.perf_counter() - t0
         if not window:
             return [], None
+        self._source = "head"
         return window, (None if greedy else qs)
 
     def _sampled(self, hidden, token: int, g: int, streams, rng) -> tuple[list[int], np.ndarray]:
@@ -408,9 +431,10 @@ def head_generate(target, head: DraftHead, prompt: Sequence[int], opts: Generati
     head.check_target(target)  # the same check DraftHead(folder, target=...) made, for a head loaded without one
     stats = stats if stats is not None else DecodeStats(method="head")
     cost, free, costs = verify_cost(target), free_draft_tokens(target), verify_costs(target)
-    first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free, costs) if lookup else None
+    prices = round_prices(target, opts)  # greedy: windows priced by timing their rounds (None: the table's prices)
+    first = LookupDrafter(target.vocab_size, stats, adaptive, cost, free, costs, prices) if lookup else None
     drafter = HeadDrafter(target, head, opts, DraftSeeds(opts.seed), stats, adaptive, cost, first, free, costs,
-                          CONFIDENT_WINDOWS if confident is None else confident)
+                          CONFIDENT_WINDOWS if confident is None else confident, prices)
     yield from drafted(target, drafter, prompt, opts, gamma, stats, detok)
 
 

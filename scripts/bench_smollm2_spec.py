@@ -17,7 +17,9 @@ costs predict (tokens / (plain steps + the cost of each verified window)), the m
 acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
 windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
 verify_costs, since session 43): an A/B of the table; "head+lookup adaptive g<=8, head priced by the table" sizes
-the head's windows with that table too (by default only prompt lookup's). `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+the head's windows with that table too (by default only prompt lookup's); "head+lookup adaptive g<=8, timed prices"
+prices greedy windows by timing their rounds in use (decoding.RoundPrices, off by default: session 49) and prints
+what a round of k draft words cost in use, in plain steps. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
 g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
@@ -101,6 +103,9 @@ SHORT_SUFFIX = "head+lookup adaptive g<=8, lookup from 3-word suffixes"
 # the head's greedy windows sized by its own probabilities (draft_head.CONFIDENT_WINDOWS; by default from the
 # acceptance of the rounds before)
 CONFIDENT = "head+lookup adaptive g<=8, head windows from its own probabilities"
+# greedy windows priced by timing their rounds in use (decoding.MEASURED_PRICES on; session 49, off by default); the
+# run then prints what a round of each window cost in use, in plain steps
+TIMED_PRICES = "head+lookup adaptive g<=8, timed prices"
 
 
 @contextlib.contextmanager
@@ -171,6 +176,19 @@ def head_windows_from_confidence(on: bool):
         yield
     finally:
         draft_head.CONFIDENT_WINDOWS = own
+
+
+@contextlib.contextmanager
+def timed_prices(on: bool):
+    """While on: greedy windows are priced by timing their rounds (decoding.MEASURED_PRICES), not by the target's table
+    alone: an A/B of RoundPrices."""
+    from heron.runtime import decoding
+    own = decoding.MEASURED_PRICES
+    decoding.MEASURED_PRICES = on
+    try:
+        yield
+    finally:
+        decoding.MEASURED_PRICES = own
 
 
 # (name, gamma, adaptive): fixed windows of up to g tokens, and the default cost-aware windows (best_window)
@@ -329,7 +347,8 @@ def main() -> int:
                     (HEAD_TABLE, 8, True),  # ... and the head's windows priced with it too
                     (ONE_PRIOR, 8, True),  # prompt lookup's later words at its first word's prior (before session 45)
                     (SHORT_SUFFIX, 8, True),  # prompt lookup from suffixes of three words down (before session 45)
-                    (CONFIDENT, 8, True)]  # the head's windows from its own probabilities
+                    (CONFIDENT, 8, True),  # the head's windows from its own probabilities
+                    (TIMED_PRICES, 8, True)]  # windows priced by timing their rounds (session 49, off by default)
     priced = {f"lookup adaptive g<=4, verify_cost {a.compare_cost}"}
     if a.head:
         priced.add(f"head+lookup adaptive g<=8, verify_cost {a.compare_cost}")
@@ -436,7 +455,8 @@ def main() -> int:
                     t0 = time.perf_counter()
                     with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
                             head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR), \
-                            lookup_short_suffix(m == SHORT_SUFFIX), head_windows_from_confidence(m == CONFIDENT):
+                            lookup_short_suffix(m == SHORT_SUFFIX), head_windows_from_confidence(m == CONFIDENT), \
+                            timed_prices(m == TIMED_PRICES):
                         answers = [[t.id for t in lm.generate(text, opts, spec, stats)] for text in texts]
                     toks, lengths = [t for x in answers for t in x], [len(x) for x in answers]
                     times[m].append(time.perf_counter() - t0)
@@ -484,6 +504,12 @@ def main() -> int:
                                                f"{r['predicted_speedup']}x; {r['tokens_per_target_call']}/call, "
                                                f"window {r['mean_window']}, per position {r['per_position_acceptance']})"
                                                for m, r in res.items()))
+        timed = getattr(b, "round_prices", None)  # what the timed-prices row's rounds measured in use
+        if timed is not None and timed.plain_steps:
+            rows["round_in_plain_steps"] = {src: {k: round(v, 2) for k, v in timed.measured(src, 3.0).items()}
+                                            for src in sorted(timed.rounds)}
+            print(f"  a round with k draft words, in plain steps as timed in use (the draft's proposal, the call, "
+                  f"Python): {rows['round_in_plain_steps']}")
         report["bundles"][folder] = rows
     if a.out:
         with open(a.out, "w") as f:

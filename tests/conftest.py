@@ -109,6 +109,24 @@ def edit_keyword_file(src: Path, dst: Path, change, resign: bool = True) -> Path
     return dst
 
 
+class Clocked:
+    """A target whose calls advance a fake clock: a call of T tokens lasts 1 + extra * (T - 1) (a plain step 1); its
+    rounds are timed by that clock (its own round_prices: decoding.RoundPrices)."""
+
+    def __init__(self, backend, extra: float):
+        from heron.runtime.decoding import RoundPrices
+
+        self.b, self.extra, self.now = backend, extra, 0.0
+        self.round_prices = RoundPrices(clock=lambda: self.now)
+
+    def __getattr__(self, name):
+        return getattr(self.b, name)
+
+    def forward(self, tokens, last=None):
+        self.now += 1.0 + self.extra * (len(tokens) - 1)
+        return self.b.forward(tokens, last=last)
+
+
 class InjectFault:
     """Wraps an LM backend so that its `after_calls`-th forward raises ("raise") or hangs ("stall"):
     a failing draft must never change the output."""

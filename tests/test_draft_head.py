@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
-from conftest import edit_manifest, write_tiny_llama  # noqa: E402
+from conftest import Clocked, edit_manifest, write_tiny_llama  # noqa: E402
 from heron.runtime.decoding import DecodeStats, GenerationOptions, plain  # noqa: E402
 from heron.runtime.manifest import BundleError  # noqa: E402
 
@@ -196,6 +196,34 @@ def test_prompt_lookup_first_then_the_head(trained, monkeypatch):
     got = [t.id for t in head_generate(target, head, prompt, opts, 3, adaptive=False, lookup=True)]
     assert got == ref
     assert "lookup" in sources and "head" in sources, sources
+
+
+@pytest.mark.parametrize("confident", [False, True])
+def test_the_heads_windows_can_be_priced_by_timing_their_rounds(trained, confident, monkeypatch):
+    """With decoding.MEASURED_PRICES, greedy head windows (sized by the acceptance of the rounds before, or by the
+    head's own probabilities) follow what their rounds measure: on a target where each verified word costs three
+    steps the head nearly stops drafting, where it costs little it goes on; the words are plain decoding's either
+    way."""
+    from heron.runtime import decoding
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    monkeypatch.setattr(decoding, "MEASURED_PRICES", True)
+    head, target = DraftHead(trained["bundle"], target=trained["target"]), trained["target"]
+    opts = GenerationOptions(max_new_tokens=20, temperature=0.0, stop_at_eot=False)
+    drafted = {}
+    for extra in (0.02, 3.0):
+        t = Clocked(target, extra)
+        t.verify_cost = 0.0  # its table: verification free
+        n = 0
+        for _ in range(2):  # the second pass starts from the prices the first measured
+            for prompt in PROMPTS:
+                stats = DecodeStats()
+                got = [x.id for x in head_generate(t, head, prompt, opts, 4, stats, lookup=False, confident=confident)]
+                assert got == [x.id for x in plain(target, prompt, opts)], prompt
+                n += sum(stats.windows)
+        drafted[extra] = n
+        assert t.round_prices.rounds["head"][:, 1].sum() > 0  # head rounds were timed
+    assert drafted[0.02] >= 30 and drafted[3.0] <= drafted[0.02] // 3, drafted
 
 
 def test_sampling_with_the_head_is_seeded(trained):

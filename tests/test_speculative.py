@@ -13,7 +13,7 @@ from heron.models.lm.model import Transformer, preset  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
 from heron.runtime.decoding import SpeculativeOptions as Spec  # noqa: E402
 
-from conftest import InjectFault, chi2_pvalue as _chi2_pvalue  # noqa: E402
+from conftest import Clocked, InjectFault, chi2_pvalue as _chi2_pvalue  # noqa: E402
 from heron.runtime.lm import OnnxLM  # noqa: E402
 from heron.runtime.tokenizer import require_same_vocabulary, vocabulary_record  # noqa: E402
 
@@ -451,6 +451,88 @@ def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
     other = tuple(t.id for t in sp.mirror(T, D, [3, 4], sp.GenerationOptions(max_new_tokens=40, temperature=0.9, seed=8),
                                           Spec("mirror", gamma=4, kappa=2, exit_layer=1)))
     assert other not in runs  # the seed matters
+
+
+def test_round_prices_are_measured_rounds_over_a_plain_step_mixed_with_the_table():
+    """RoundPrices: a window's price is its rounds' mean time over a plain step's, less one, weighed against the
+    table's prior; nothing is measured before PRICE_PLAIN_STEPS plain steps (it asks for them), a window length not
+    timed lately drifts back to the prior, a plain step is asked for again every PRICE_REFRESH rounds, and times
+    that are not positive finite numbers are ignored."""
+    r = sp.RoundPrices(clock=lambda: 0.0, n=4)
+    prior = [0.1, 0.2, 0.3, 0.4]
+    assert r.wants_plain()
+    r.record("head", 2, 2.0)
+    np.testing.assert_allclose(r.prices("head", prior), prior)  # no plain step timed yet: the table
+    for _ in range(sp.PRICE_PLAIN_STEPS):
+        r.record(None, 0, 1.0)
+    assert not r.wants_plain()
+    for _ in range(300):
+        r.record("head", 2, 2.0)  # a two-word window costs two plain steps: it adds 1.0
+    got = r.prices("head", prior)
+    assert 0.9 < got[1] < 1.0  # the measurement, its decayed weight (~50 rounds) against the prior's 4
+    np.testing.assert_allclose(got[[0, 2, 3]], [0.1, 0.3, 0.4])  # never timed: the prior
+    np.testing.assert_allclose(r.prices("lookup", prior), prior)  # another source: its own rounds
+    assert r.wants_plain() and not r.wants_plain(refresh=False)  # PRICE_REFRESH rounds without a plain step
+    for _ in range(100):
+        r.record(None, 0, 1.0)
+    assert 0.25 < r.prices("head", prior)[1] < 0.85  # not timed for 100 plain steps: on its way back to the prior
+    for _ in range(300):
+        r.record(None, 0, 1.0)
+    assert abs(r.prices("head", prior)[1] - 0.2) < 0.01  # ... and back
+    before = r.prices("head", prior)
+    for bad in (float("nan"), float("inf"), -1.0, 0.0):
+        r.record("head", 2, bad), r.record(None, 0, bad)
+    np.testing.assert_allclose(r.prices("head", prior), before)
+    r.record("head", 9, 5.0)  # past its table: ignored
+    np.testing.assert_allclose(r.prices("head", prior), before)
+    spiky = sp.RoundPrices(n=4)
+    for _ in range(sp.PRICE_PLAIN_STEPS):
+        spiky.record(None, 0, 1.0)
+    spiky.record(None, 0, 100.0)  # a pause: counts as PRICE_SPIKE times the mean so far
+    assert spiky.plain[0] / spiky.plain[1] < 1.1
+    spiky.record("head", 1, 50.0)  # the first round of a window: at most 1.5 + k / 2 plain steps
+    assert 1.9 < spiky.measured("head", 0.5)[1] < 2.1
+
+
+def test_greedy_windows_can_be_priced_by_timing_their_rounds(soft_pair, monkeypatch):
+    """With MEASURED_PRICES greedy decoding prices its windows by what their rounds take: on a target whose table
+    says verification is free, lookup drafts where verifying costs little in use and nearly stops where each verified
+    word costs three steps (with the table alone, the default, it drafts as much there), the output plain decoding's
+    either way; the prices stay on the target for its later answers. The prompt's own call is not timed as a plain
+    step."""
+    target, _, _ = soft_pair
+    prompt, opts = [3, 9, 27, 3, 9, 27, 3, 9, 27, 3], sp.GenerationOptions(max_new_tokens=40, stop_at_eot=False)
+    ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
+    drafted = {}
+    for extra, measured in ((0.02, True), (3.0, True), (3.0, False)):
+        monkeypatch.setattr(sp, "MEASURED_PRICES", measured)
+        T = Clocked(TorchLM(target), extra)
+        T.verify_cost = 0.0
+        for _ in range(3):
+            stats = sp.DecodeStats()
+            assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=4), stats)] == ref
+        drafted[extra, measured] = stats.draft_calls  # the third answer's
+        if measured:
+            assert T.round_prices.plain_steps >= sp.PRICE_PLAIN_STEPS
+            assert T.round_prices.plain[0] / T.round_prices.plain[1] == pytest.approx(1.0)  # one-token calls, no prompt
+        else:
+            assert T.round_prices.plain_steps == 0
+    assert drafted[0.02, True] >= 20, drafted
+    assert drafted[3.0, False] >= 20 and drafted[3.0, True] <= drafted[3.0, False] // 3, drafted
+
+
+def test_sampling_keeps_the_tables_prices_and_its_seeded_words(soft_pair, monkeypatch):
+    """Sampling never times its rounds, even with MEASURED_PRICES: a seeded run draws the same words on a target whose
+    verification is cheap and on one where it is dear."""
+    monkeypatch.setattr(sp, "MEASURED_PRICES", True)
+    target, _, _ = soft_pair
+    opts = sp.GenerationOptions(max_new_tokens=30, temperature=1.0, seed=3, stop_at_eot=False)
+    runs = []
+    for extra in (0.02, 3.0):
+        T = Clocked(TorchLM(target), extra)
+        runs.append([t.id for t in sp.lookup(T, [3, 9, 27, 3, 9, 27, 3], opts, Spec("lookup", gamma=4))])
+        assert T.round_prices.plain_steps == 0 and not T.round_prices.rounds
+    assert runs[0] == runs[1] and len(runs[0]) == 30
 
 
 class _Slow:
