@@ -181,12 +181,19 @@ class LanguageModel:
             if m["role"] == "user" or not turns:
                 turns.append([])
             turns[-1].append(m)
-        while len(turns) > 1:
-            kept = system + [m for t in turns for m in t]
-            if len(self.encode(self.chat_prompt(kept))) + room <= self.max_len:
-                return kept
-            turns.pop(0)
-        return system + [m for t in turns for m in t]
+        def kept(first: int) -> list[dict]:
+            return system + [m for t in turns[first:] for m in t]
+
+        # the fewest oldest turns to leave out: a prompt only shortens as turns go, so a bisection finds it with
+        # log2(turns) encodings of the conversation, not one per turn left out
+        lo, hi = 0, len(turns) - 1  # leaving out hi turns (all but the last) is the most there is to do
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.encode(self.chat_prompt(kept(mid)))) + room <= self.max_len:
+                hi = mid
+            else:
+                lo = mid + 1
+        return kept(lo)
 
     def chat(self, messages: Sequence[dict], options: GenerationOptions = GenerationOptions(max_new_tokens=256),
              speculative: SpeculativeOptions | None = None, stats: DecodeStats | None = None) -> Iterator[Token]:
@@ -357,10 +364,9 @@ class Conversation:
 
 
 def _streamed(tokens: Iterator[Token], reply: dict) -> Iterator[Token]:
-    words = []
+    """The tokens, each added to reply["content"] as it streams (an answer closed early keeps what was said)."""
     for t in tokens:
-        words.append(t.text)
-        reply["content"] = "".join(words)
+        reply["content"] += t.text
         yield t
 
 

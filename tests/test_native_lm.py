@@ -354,6 +354,10 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(library, 
     assert size(kept) + 40 <= 160 < size(msgs[:1] + msgs[start - 2:]) + 40  # one turn more would not fit
     assert lm.fit_messages(msgs, 0) != kept and lm.fit_messages(msgs[:1] + msgs[start:], 40) == kept
     assert lm.fit_messages(msgs, 10_000) == [msgs[0], msgs[-1]]  # no room anywhere: the last turn alone
+    encode, calls = lm.encode, []
+    monkeypatch.setattr(lm, "encode", lambda text: calls.append(text) or encode(text))
+    assert lm.fit_messages(msgs, 40) == kept and len(calls) <= 3  # 7 turns: a bisection, not one encoding per turn
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="room must be an integer"):
         lm.fit_messages(msgs, -1)
     monkeypatch.setattr(heron, "load_lm", lambda *a, **k: lm)
