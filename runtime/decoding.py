@@ -890,18 +890,16 @@ class Acceptance:
 # MEASURED_PRICES greedy decoding, whose words no window changes, prices each window by timing its rounds in use
 # (RoundPrices: the draft's proposal, the verify call and the Python between, over a plain step timed in the same
 # stream); sampling keeps the table, so that a seeded run draws the same words every time. On machine S (an Intel Xeon
-# whose 480 MB L3 holds SmolLM2 whole) it did not pay: a head round there costs ~1.5 plain steps of plain decoding
-# because whatever runs between two calls slows the next (BENCHMARKS.md "What a round costs in use on S"), and a plain
-# step timed between rounds is slowed alike, so the measured prices stayed near the table's and, pooled over prompts of
-# different lengths, cut the code edit's windows (1.46-1.58x against the table's 1.65-1.74x)
+# whose 480 MB L3 holds SmolLM2) it did not pay: whatever runs between two calls slows the next there, a plain step
+# timed between rounds as much as a verify call, so the measured prices stayed near the table's and, pooled over
+# prompts of different lengths, cut the code edit's windows (1.42x against the table's 1.52x; BENCHMARKS.md "What a
+# round costs in use on S")
 MEASURED_PRICES = False
 PRICE_DECAY = 0.98       # per timed round of a source: older rounds count less (the context grows, the load moves)
 PRICE_PRIOR_WEIGHT = 4.0  # the table's price of a window weighs as this many timed rounds of that window
-# plain steps timed before a measured price is used, and rounds after which one more is timed: where a draft always
-# proposes (the head) they are made in place of its windows, which, where a plain step is what they are compared
-# with, pay little more than one (SmolLM2's chat on machine S: 1.1 plain steps' words for one's time); a plain step
-# 32 rounds apart gives its price ~1% noise (a step varies by ~8% on S), and the first steps of a model's first
-# answer run slow (the first step after a prefill ~15%), so eight come first
+# plain steps timed before a measured price is used (the first steps of a model's first answer run slow, so several),
+# and rounds after which one more is timed where a draft always proposes (the head): made in place of a head window,
+# which where a plain step is the alternative pays little more than one
 PRICE_PLAIN_STEPS = 8
 PRICE_REFRESH = 32
 PRICE_SPIKE = 1.5        # a timed round counts as at most this many times its mean so far (a pause is not a price)
@@ -973,7 +971,6 @@ class RoundPrices:
         out = prior.copy()
         out[:m] = (weight * measured + PRICE_PRIOR_WEIGHT * prior[:m]) / (weight + PRICE_PRIOR_WEIGHT)
         return np.maximum(out, 0.0)
-
 
     def measured(self, source: str, least: float = 1.0) -> dict[int, float]:
         """{k: what a round of `source` with k draft words measured, in plain steps (not mixed with the prior)} for the
