@@ -955,16 +955,23 @@ class RoundPrices:
         (refresh) PRICE_REFRESH rounds after the last."""
         return self.plain_steps < PRICE_PLAIN_STEPS or (refresh and self.since_plain >= PRICE_REFRESH)
 
+    def _timed(self, source: str) -> tuple[np.ndarray | None, float]:
+        """(source's table of timed rounds, a plain step's mean seconds); (None, 0) before PRICE_PLAIN_STEPS plain
+        steps are timed or where `source` never ran a round."""
+        table = self.rounds.get(source)
+        if table is None or self.plain_steps < PRICE_PLAIN_STEPS:
+            return None, 0.0
+        return table, self.plain[0] / self.plain[1]
+
     def prices(self, source: str, prior: Sequence[float]) -> np.ndarray:
         """(len(prior),) what a window of k = 1, 2, ... words of `source` adds to a plain step, in plain steps: the
         measured rounds' mean over the plain step's, less one, mixed with `prior` (the table's prices: what its
         proposal and verification add) weighted as PRICE_PRIOR_WEIGHT rounds; `prior` itself before
         PRICE_PLAIN_STEPS plain steps are timed."""
         prior = np.asarray(prior, np.float64)
-        table = self.rounds.get(source)
-        if table is None or self.plain_steps < PRICE_PLAIN_STEPS:
+        table, step = self._timed(source)
+        if table is None:
             return prior
-        step = self.plain[0] / self.plain[1]
         m = min(len(prior), self.n)
         seconds, weight = table[:m, 0], table[:m, 1]
         measured = np.where(weight > 0, seconds / np.maximum(weight, 1e-12) / step - 1.0, 0.0)
@@ -975,10 +982,9 @@ class RoundPrices:
     def measured(self, source: str, least: float = 1.0) -> dict[int, float]:
         """{k: what a round of `source` with k draft words measured, in plain steps (not mixed with the prior)} for the
         windows timed at least `least` times (decayed); {} before PRICE_PLAIN_STEPS plain steps."""
-        table = self.rounds.get(source)
-        if table is None or self.plain_steps < PRICE_PLAIN_STEPS:
+        table, step = self._timed(source)
+        if table is None:
             return {}
-        step = self.plain[0] / self.plain[1]
         return {k + 1: float(t / w / step) for k, (t, w) in enumerate(table) if w >= least}
 
 

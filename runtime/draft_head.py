@@ -334,12 +334,11 @@ class HeadDrafter:
         self.prices = prices if adaptive and opts.temperature == 0 else None
         self.accepted = Acceptance(HEAD_PRIOR, HEAD_DECAY)
         self.vocab_size = target.vocab_size
-        self._last_from_lookup = False
-        self._source: str | None = None
+        self._source: str | None = None  # the last window's: "lookup", "head" or None (a plain step)
         self._id_order = np.argsort(head.words, kind="stable")  # the head's rows in the order of their word ids
 
     def observe(self, proposed: int, accepted: int) -> None:
-        if self._last_from_lookup:
+        if self._source == "lookup":
             self.lookup.observe(proposed, accepted)
             return
         self.accepted.observe(proposed, accepted)
@@ -359,7 +358,6 @@ class HeadDrafter:
         self._source = None
         if self.lookup is not None:
             window, qs = self.lookup.propose(seq, g)
-            self._last_from_lookup = bool(window)
             if window:
                 self._source = "lookup"
                 return window, qs

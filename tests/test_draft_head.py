@@ -189,7 +189,7 @@ def test_prompt_lookup_first_then_the_head(trained, monkeypatch):
 
     def spy(self, seq, g):
         out = propose(self, seq, g)
-        sources.append("lookup" if self._last_from_lookup else "head" if out[0] else "none")
+        sources.append("lookup" if self._source == "lookup" else "head" if out[0] else "none")
         return out
 
     monkeypatch.setattr(HeadDrafter, "propose", spy)
