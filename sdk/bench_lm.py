@@ -73,7 +73,7 @@ class BenchOptions:
     target_device: str = "cpu"
     repeats: int = 3               # runs of every method, interleaved; tokens/s is their median (min and max kept)
     decode_preset: str = "small"   # the 1-thread decode-speed baseline model (random weights: speed only)
-    compute: str | None = None     # GGUF files and named models on onnxruntime: load_lm's compute (int8: the fastest)
+    compute: str | None = None     # GGUF files and named models: load_lm's compute (onnxruntime: int8 the fastest graph; engine native: int8 activations)
     engine: str = "auto"           # GGUF files and named models: load_lm's engine (torch: the fp32 target Mirror-SD needs)
     mirror_windows: tuple[str, ...] = ("ahead",)  # Mirror-SD rows: ahead (greedy, kappa 0: windows as the draft
     # writes them beside the target's verify, SpeculativeOptions.fixed_windows False) and / or fixed (windows of gamma)

@@ -339,7 +339,8 @@ def _add_decoding_flags(q, max_new_tokens: int) -> None:
                         "decoding, lookup and head), else onnx unless the options need torch")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
-                        "int8x2: fp32's greedy answers; int8: faster; as heron lm export --compute)")
+                        "int8x2: fp32's greedy answers; int8: faster; as heron lm export --compute); with --engine "
+                        "native, int8 rounds the layers' inputs to int8 (faster where arithmetic binds: AVX2)")
     q.add_argument("--fast-steps", action="store_true",
                    help="onnxruntime targets, plain decoding: one-token steps run attention's one-row kernels instead "
                         "of computing what a verify block computes, on graphs that pad attention (exported before "
@@ -615,7 +616,8 @@ def add_lm_bench(sub, formatter) -> None:
     q.add_argument("--target-device", default="cpu", help="torch device of the target (cpu, cuda, mps)")
     q.add_argument("--compute", default=None, choices=["int8x2", "int8", "fp32"],
                    help="GGUF files and named models on onnxruntime: how the graph built at load computes (default "
-                        "int8x2; int8 with --methods none lookup head: the fastest lossless path, as heron lm chat)")
+                        "int8x2; int8 with --methods none lookup head: the fastest lossless path, as heron lm chat); "
+                        "with --engine native, int8 rounds the layers' inputs to int8")
     q.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch", "native"],
                    help="GGUF files and named models: onnx (onnxruntime), native (heron's C decoder) or torch (fp32; "
                         "what mtp and mirror need); "

@@ -400,7 +400,9 @@ def load_lm(path: str | Path | None = None, *, device: str = "cpu", threads: int
     compute: for a GGUF file or a named model on the onnx engine, how the graph built at load computes (heron lm
     export's --compute): "int8x2" (default: fp32's greedy answers), "int8" (faster; its steps compute what its blocks
     compute, so speculation returns plain decoding's tokens exactly: the fastest lossless path with method="head"),
-    "fp32".
+    "fp32". On engine="native": None (int16 activations: fp32's greedy answers) or "int8" (the layers' inputs
+    rounded to int8: ~1.8x the int16 kernels' arithmetic on AVX2 without VNNI; greedy answers part from fp32's
+    sooner; steps still compute what blocks compute: BENCHMARKS.md "int8 activations on the native decoder").
     An ONNX bundle keeps the compute it was exported with.
     exact_steps: onnxruntime targets: one-token steps compute what verify blocks compute (True, the default;
     speculative methods need it); False: one-row steps, faster plain decoding whose tokens can part from a
@@ -573,12 +575,12 @@ def _load_gguf_native(path: Path, device: str, threads: int, experts, roe_sample
     if not (path.is_file() and path.suffix.lower() == ".gguf"):
         raise ValueError(f"engine='native' runs GGUF files and named models; {path} is neither")
     extra = [what for what, on in (("experts", experts is not None), ("roe_samples", roe_samples != 1),
-                                   ("weights", weights is not None), ("compute", compute is not None),
+                                   ("weights", weights is not None), (f"compute={compute!r}", compute not in (None, "int8")),
                                    (f"device={device!r}", device != "cpu")) if on]
     if extra:
-        raise ValueError(f"engine='native' runs the file's own blocks on this CPU with int16 activations; "
-                         f"{', '.join(extra)} do not apply to it")
-    backend = NativeLM(path, threads=threads)
+        raise ValueError(f"engine='native' runs the file's own blocks on this CPU with int16 activations (or int8: "
+                         f"compute='int8'); {', '.join(extra)} do not apply to it")
+    backend = NativeLM(path, threads=threads, activations="int8" if compute == "int8" else "int16")
     backend.reuse_prefix = prompt_cache
     meta = backend.metadata
     tok = Tokenizer(tokenizer_from_gguf(GGUFFile(path)), backend.eot_id, tuple(sorted(backend.end_ids)))

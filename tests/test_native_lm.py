@@ -45,6 +45,80 @@ def test_logits_equal_the_dequantized_model(tmp_path, library, types, untied, vo
     assert err < 2e-3, err
 
 
+def _reference_linear(path, name: str, x: np.ndarray, top: int) -> np.ndarray:
+    """float64 y = x W^T as heron_lm.c computes a 4-bit linear: x rounded per block of 32 to +-top (127: int8, 32767:
+    int16; float32 arithmetic as the C's), integer sums per block, then the blocks' scale and offset terms (the
+    offsets' term from the rounded values' sum for int8, from x's own for int16)."""
+    from heron.runtime.gguf import GGUFFile
+
+    f = GGUFFile(path)
+    t = f.tensors[name]
+    values, d, m = native.split_blocks(f.raw(name), t.type_name, *t.shape)
+    nib = np.concatenate([values & 15, values >> 4], axis=-1).astype(np.int64)  # (n, nb, 32): elements 0..31
+    xb = x.astype(np.float32).reshape(len(x), -1, 32)
+    amax = np.abs(xb).max(-1)
+    inv = np.where(amax > 0, np.float32(top) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(xb * inv[..., None]).astype(np.int64)
+    xs = (amax / np.float32(top)).astype(np.float64)
+    xsum = q.sum(-1) * xs if top == 127 else xb.astype(np.float64).sum(-1)
+    s = np.einsum("tbi,rbi->trb", q, nib).astype(np.float64)
+    return (s * d.astype(np.float64)[None] * xs[:, None]).sum(-1) + (m.astype(np.float64)[None] * xsum[:, None]).sum(-1)
+
+
+@pytest.mark.parametrize("activations", ["int8", "int16"])
+def test_a_4bit_linear_computes_its_rounded_input_exactly(tmp_path, library, activations):
+    """Each layer linear alone (native.linear_apply), Q4_1 and Q4_0, 16 to 96 rows, 64 or 96 inputs, calls of 1 to 9
+    tokens (tiles of every size): the integers of the rounded input's products exactly, the float terms to float32
+    rounding, int8 (vpmaddubsw / vpdpbusd on the int8 layout) as int16."""
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(9), ("Q4_1", "Q4_0"), heads=4)
+    lm = native.NativeLM(path, activations=activations)
+    rng = np.random.default_rng(10)
+    top = 127 if activations == "int8" else 32767
+    for i, name in enumerate(native.LAYER_LINEARS * 2):
+        lin = lm._layers[i]
+        assert lin.type == (native.W_Q4A8 if activations == "int8" else 4)
+        for T in (1, 4, 5, 9):
+            x = rng.standard_normal((T, lin.k)).astype(np.float32)
+            x[:, :32] = 0.0  # a block of zeros: scale 0
+            ref = _reference_linear(path, f"blk.{i // 7}.{name}.weight", x, top)
+            ours = native.linear_apply(lm._lib, lin, x)
+            assert ours.shape == ref.shape
+            assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max(), (name, T)
+
+
+def test_int8_activations_run_the_model_as_exactly_as_int16(tmp_path, library):
+    """activations="int8" on the whole model: near the dequantized model (within int8 rounding: every linear's
+    input errs by up to 1/254 of its block's largest value), not int16's logits, a step the same bits as a block, two
+    threads as one, the hidden states beside."""
+    torch = pytest.importorskip("torch")
+    from heron.models.lm.gguf_file import load_gguf
+
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(7), ("Q4_1", "Q4_0"), untied=True, heads=4)
+    tokens = [1, 5, 9, 33, 2, 58, 7, 7, 40, 3]
+    lm = native.NativeLM(path, activations="int8")
+    assert lm.activations == "int8"
+    ours = lm.forward(tokens)
+    ref, _ = load_gguf(path)
+    with torch.no_grad():
+        exact = ref(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(ours - exact).max() < 0.1 * np.abs(exact).max()
+    assert (ours.argmax(-1) == exact.argmax(-1)).mean() >= 0.8
+    assert not np.array_equal(native.NativeLM(path).forward(tokens), ours)
+    lm.reset()
+    lm.forward(tokens[:6])
+    assert all(np.array_equal(lm.forward([t], last=1)[0], ours[i]) for i, t in zip(range(6, 10), tokens[6:]))
+    two = native.NativeLM(path, activations="int8", threads=2)
+    assert np.array_equal(two.forward(tokens), ours)
+
+
+def test_int8_activations_need_4bit_layers(tmp_path, library):
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(8), ("Q4_1", "Q8_0"))
+    with pytest.raises(ValueError, match="4-bit blocks; 'blk.1.attn_q.weight' is Q8_0"):
+        native.NativeLM(path, activations="int8")
+    with pytest.raises(ValueError, match="activations must be one of"):
+        native.NativeLM(path, activations="int4")
+
+
 def test_steps_equal_blocks_and_the_cache_rewinds(tmp_path, library):
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(1), ("Q4_1", "Q8_0"))
     lm = native.NativeLM(path, max_len=64)
@@ -160,12 +234,29 @@ def test_load_lm_runs_a_gguf_file_on_the_native_engine(tmp_path, library):
     stats = heron.DecodeStats()  # the shipped draft head on the native decoder's hidden states: plain's tokens
     headed = [t.id for t in lm.generate(ids, opts, heron.SpeculativeOptions(method="head", adaptive=False), stats)]
     assert headed == plain and stats.rounds > 0 and sum(stats.windows) > 0
-    for kw, match in [({"compute": "int8"}, "compute"), ({"experts": 2}, "experts"), ({"weights": "int8"}, "weights"),
+    for kw, match in [({"compute": "int8x2"}, "compute"), ({"experts": 2}, "experts"), ({"weights": "int8"}, "weights"),
                       ({"device": "cuda"}, "device")]:
         with pytest.raises(ValueError, match=match):
             heron.load_lm(path, engine="native", **kw)
     with pytest.raises(ValueError, match="runs GGUF files"):
         heron.load_lm(tmp_path, engine="native")
+
+
+def test_int8_activations_speculate_exactly(library):
+    """heron.load_lm(..., engine="native", compute="int8"): the layers' inputs rounded to int8; prompt lookup and the
+    draft head return its own plain decoding's tokens (its steps compute what its blocks compute)."""
+    import heron
+
+    lm = heron.load_lm(smollm2_gguf(), engine="native", compute="int8")
+    assert lm.backend.activations == "int8"
+    ids = lm.encode(lm.chat_prompt([{"role": "user", "content": "Write a haiku about rain, then repeat it."}]))
+    opts = heron.GenerationOptions(max_new_tokens=32)
+    plain = [t.id for t in lm.generate(ids, opts)]
+    assert len(plain) >= 3
+    for method in ("lookup", "head"):
+        stats = heron.DecodeStats()
+        got = [t.id for t in lm.generate(ids, opts, heron.SpeculativeOptions(method=method, adaptive=False), stats)]
+        assert got == plain and stats.rounds > 0, method
 
 
 def test_the_native_engine_takes_the_usable_cores_by_default(library, monkeypatch):
@@ -503,3 +594,15 @@ def test_the_avx2_and_portable_kernels_compute_the_same_model(tmp_path, library,
     ours.reset()
     ours.forward(tokens[:5])
     assert all(np.array_equal(ours.forward([t], last=1)[0], variant[i]) for i, t in zip(range(5, 8), tokens[5:]))
+    # int8 activations (vpmaddubsw's int16 sums on AVX2, vpdpbusd with VNNI): the same integers, the same bits
+    path4 = write_tiny_llama(tmp_path / "t4.gguf", np.random.default_rng(6), ("Q4_1", "Q4_0"), untied=True)
+    ours8 = native.NativeLM(path4, library=lib, activations="int8")
+    variant8 = ours8.forward(tokens)
+    default8 = native.NativeLM(path4, activations="int8").forward(tokens)
+    if simd and native.load().hl_simd() >= 1:
+        assert np.array_equal(variant8, default8)
+    else:
+        np.testing.assert_allclose(variant8, default8, atol=1e-3 * np.abs(default8).max())
+    ours8.reset()
+    ours8.forward(tokens[:5])
+    assert all(np.array_equal(ours8.forward([t], last=1)[0], variant8[i]) for i, t in zip(range(5, 8), tokens[5:]))

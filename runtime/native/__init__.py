@@ -35,7 +35,7 @@ from heron.runtime.gguf import GGUFFile
 
 SOURCE = Path(__file__).resolve().with_name("heron_lm.c")
 BUILD_DIR = Path(__file__).resolve().with_name("_build")
-ABI = 12  # heron_lm.c's HL_ABI: the struct layouts and signatures below
+ABI = 13  # heron_lm.c's HL_ABI: the struct layouts and signatures below
 # -march=native: the CPU that builds it runs it (AVX2 / AVX-512 kernels as it has them); OpenMP for threads
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fopenmp")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -43,6 +43,8 @@ TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # ggml types the library's linears re
 BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
+ACTIVATIONS = ("int16", "int8")  # how a layer's linears round their inputs per block of 32 (heron_lm.c's act8)
+W_Q4A8 = 5  # heron_lm.c's kind for 4-bit blocks read with int8 activations (group_rows_a8's layout)
 GROUP = 8  # rows interleaved in heron_lm.c's layout: one vector lane each
 UNIT = 2 * GROUP  # rows whose two groups' blocks lie side by side (one stream for the kernels)
 
@@ -61,7 +63,8 @@ class _Model(ctypes.Structure):
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
                 ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
-                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32)]
+                ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32),
+                ("act8", ctypes.c_int32)]
 
 
 class _Head(ctypes.Structure):
@@ -103,6 +106,25 @@ def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple
     u = (n + pad) // UNIT
     v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 4, 1, 2, 5)  # (u, nb, pairs, 2, rows, 2)
     side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(v), side(d), side(m)
+
+
+def group_rows_a8(values: np.ndarray, d: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4-bit blocks (split_blocks' nibbles, (n, nb, 16)) -> heron_lm.c's W_Q4A8 layout, read with int8 activations:
+    groups of GROUP rows one after the other (padded to whole units of UNIT rows, as group_rows'), each group's
+    blocks in turn, a block in 4 chunks v, row r's 4 bytes the row's block bytes 4v .. 4v + 3 as the file stores
+    them: (groups, nb, 4 v, 8 rows, 4); scales and offsets as group_rows'."""
+    n, nb, width = values.shape
+    if width != 16:
+        raise ValueError("int8 activations read 4-bit blocks only")
+    pad = -n % UNIT
+    if pad:
+        values = np.concatenate([values, np.zeros((pad, nb, width), values.dtype)])
+        d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
+        m = np.concatenate([m, np.zeros((pad, nb), m.dtype)])
+    u = (n + pad) // UNIT
+    v = values.reshape(2 * u, GROUP, nb, 4, 4).transpose(0, 2, 3, 1, 4)  # (groups, nb, v, rows, 4)
+    side = lambda a: np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
     return np.ascontiguousarray(v), side(d), side(m)
 
 
@@ -182,6 +204,8 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_draw.argtypes = [vp, ctypes.c_int, ctypes.c_double]
     lib.hl_certain.restype = ctypes.c_int
     lib.hl_certain.argtypes = [vp, ctypes.c_int]
+    lib.hl_linear_apply.restype = ctypes.c_int
+    lib.hl_linear_apply.argtypes = [ctypes.POINTER(_Linear), ctypes.c_int, vp, vp, ctypes.c_int]
     if path is None:
         _LIB = lib
     return lib
@@ -189,6 +213,18 @@ def load(path: Path | None = None) -> ctypes.CDLL:
 
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
+
+
+def linear_apply(lib: ctypes.CDLL, linear: _Linear, x: np.ndarray) -> np.ndarray:
+    """x (T, k) through one of a model's linears alone, its input rounded as a forward rounds it (int8 for W_Q4A8,
+    else int16), on one thread: (T, n). For tests and probes."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or x.shape[1] != linear.k or not len(x):
+        raise ValueError(f"x must be (T >= 1, {linear.k}), got {x.shape}")
+    y = np.zeros((len(x), linear.n), np.float32)
+    if lib.hl_linear_apply(ctypes.byref(linear), len(x), _ptr(x), _ptr(y), int(linear.type == W_Q4A8)):
+        raise ValueError("hl_linear_apply refused its arguments")
+    return y
 
 
 class NativeLM:
@@ -228,7 +264,9 @@ class NativeLM:
     keeps_prefix = True  # its steps compute what its blocks compute, bit for bit: a kept position is a fresh one
 
     def __init__(self, path: str | Path, *, threads: int = 1, max_len: int | None = None,
-                 library: Path | None = None):
+                 library: Path | None = None, activations: str = "int16"):
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
@@ -262,7 +300,9 @@ class NativeLM:
         self.n_layers, self.n_kv_heads, self.head_dim = L, G, S
         self._keep = []  # every array the library points into
 
-        def linear(name, shape=None):
+        act8 = activations == "int8"
+
+        def linear(name, shape=None, layer=False):
             t = self.file.tensors.get(name)
             if t is None:
                 raise ValueError(f"{self.path}: no tensor {name!r}")
@@ -271,10 +311,16 @@ class NativeLM:
                                  "Q4_0, Q4_1 and Q8_0 blocks")
             if len(t.shape) != 2 or t.shape[1] % BLOCK or (shape is not None and tuple(t.shape) != shape):
                 raise ValueError(f"{self.path}: tensor {name!r} has shape {t.shape}, expected {shape}")
-            arrays = group_rows(*split_blocks(self.file.raw(name), t.type_name, *t.shape))
+            blocks = split_blocks(self.file.raw(name), t.type_name, *t.shape)
+            a8 = act8 and layer
+            if a8 and TYPES[t.type_name] != 4:
+                raise ValueError(f"{self.path}: int8 activations need every layer's linears in 4-bit blocks; "
+                                 f"{name!r} is {t.type_name}")
+            arrays = group_rows_a8(*blocks) if a8 else group_rows(*blocks)
             self._keep.extend(a for a in arrays if a is not None)
             qs, d, m = arrays
-            return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, TYPES[t.type_name], *t.shape)
+            kind = W_Q4A8 if a8 else TYPES[t.type_name]
+            return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, kind, *t.shape)
 
         def vector(name, n):
             t = self.file.tensors.get(name)
@@ -292,7 +338,7 @@ class NativeLM:
         head = linear(head_name, (V, D)) if head_name == "output.weight" else emb
         shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
                   "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
-        layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k]) for i in range(L)
+        layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k], layer=True) for i in range(L)
                                        for k in LAYER_LINEARS])
         norms = [vector(f"blk.{i}.{k}.weight", D) for i in range(L) for k in ("attn_norm", "ffn_norm")]
         norm_ptrs = (ctypes.c_void_p * len(norms))(*[_ptr(a) for a in norms])
@@ -303,7 +349,9 @@ class NativeLM:
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
         self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
-                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads)
+                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads,
+                         int(act8))
+        self.activations = activations
         self.vocab_size, self.threads = V, threads
         self.metadata = md
         self.eot_id = md.get("tokenizer.ggml.eos_token_id")

@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-#define HL_ABI 12
+#define HL_ABI 13
 #define QK 32
 
 /* A linear's blocks, split by heron.runtime.native at load into values, scales and offsets (the same bytes as
@@ -40,7 +40,7 @@
  * scales come in one load, and no sum is ever reduced across lanes. Groups go in units of two (16 rows, the last
  * unit padded with zero rows), side by side pair by pair: the kernels read both groups of a unit at once from one
  * sequential stream (AVX-512's in one 512-bit vector). Q4_0 arrives as Q4_1 with offset -8 d (exact in fp16). */
-enum { W_Q4 = 4, W_Q8 = 8 };
+enum { W_Q4 = 4, W_Q4A8 = 5, W_Q8 = 8 }; /* W_Q4A8: 4-bit blocks that read int8 activations (below) */
 #define UNIT 16 /* rows per unit: two groups of 8 */
 
 typedef struct {
@@ -72,6 +72,7 @@ typedef struct {
   const float* rope_sin;
   int32_t rope_len;
   int32_t threads;
+  int32_t act8; /* the layers' linears are W_Q4A8: their inputs rounded to int8 (quant_rows8) */
 } hl_model;
 
 int hl_abi(void) { return HL_ABI; }
@@ -149,6 +150,49 @@ static void quant_rows(const float* x, int T, int K, int16_t* xq, float* xs, flo
       xs[t * nb + b] = amax / 32767.f;
       xsum[t * nb + b] = s;
     }
+}
+
+/* ---- int8 activations per block of 32 (hl_model.act8) ---------------------------------------------------------
+ * A model loaded with int8 activations rounds the inputs of its layers' 4-bit linears (W_Q4A8) to int8 per block of
+ * 32 (scale absmax / 127; llama.cpp's Q8 activations): its kernels multiply four nibbles by four int8 values per
+ * 32-bit lane (AVX2's vpmaddubsw: 32 products per instruction against vpmaddwd's 16; VNNI's vpdpbusd), ~1.8x the
+ * int16 kernels' arithmetic on AVX2 (scripts/probe_int8_activations.py). The offsets' term takes the sum of the
+ * rounded values, not of the exact ones: Q4_1's weights are d n + m with n in 0..15 and m ~ -8 d, and only with the
+ * same values in both terms do the rounding errors meet centred weights (llama.cpp's Q8_1 sums likewise). The dot
+ * products err by ~0.4% of the outputs' RMS instead of ~1e-5: greedy answers part from fp32's sooner. The
+ * output head's input stays int16. The rounding, the integer sums and the order of the float terms are the same for
+ * every kernel, so a step and a block, one thread and two, give the same bits here too. */
+static void quant_rows8(const float* x, int T, int K, int8_t* xq, float* xs, float* xsum) {
+  const int nb = K / QK;
+  for (int t = 0; t < T; t++)
+    for (int b = 0; b < nb; b++) {
+      const float* p = x + (size_t)t * K + QK * b;
+      int8_t* q = xq + (size_t)t * K + QK * b;
+      float amax = 0.f;
+      for (int i = 0; i < QK; i++) { float a = fabsf(p[i]); if (a > amax) amax = a; }
+      float inv = amax > 0.f ? 127.f / amax : 0.f;
+#ifdef HL_AVX2
+      const __m256 iv = _mm256_set1_ps(inv);
+      __m256i a0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), iv));
+      __m256i a1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + 8), iv));
+      __m256i a2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + 16), iv));
+      __m256i a3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + 24), iv));
+      __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(a0, a1), _mm256_packs_epi32(a2, a3));
+      _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+      for (int i = 0; i < QK; i++) q[i] = (int8_t)lrintf(p[i] * inv);
+#endif
+      int32_t s = 0; /* the rounded values' sum: the 4-bit offsets' term m sum(x) from what the products used */
+      for (int i = 0; i < QK; i++) s += q[i];
+      xs[t * nb + b] = amax / 127.f;
+      xsum[t * nb + b] = (float)s * (amax / 127.f);
+    }
+}
+
+/* rows of x rounded into the activation buffer at element `at`: int8 (act8) or int16 */
+static inline void round_rows(int act8, const float* x, int T, int K, int16_t* xq, size_t at, float* xs, float* xsum) {
+  if (act8) quant_rows8(x, T, K, (int8_t*)xq + at, xs, xsum);
+  else quant_rows(x, T, K, xq + at, xs, xsum);
 }
 
 #ifdef HL_AVX2
@@ -426,6 +470,187 @@ static void lin_units(const hl_linear* w, int u0, int u1, int T, const int16_t* 
 }
 #endif
 
+/* W_Q4A8's layout (heron.runtime.native.group_rows_a8): groups of 8 rows one after the other (units of two, the last
+ * padded, as W_Q4's), a group's blocks in turn, a block in four 32-byte chunks v, row r's 4 bytes at + 4 r: the row's
+ * block bytes 4v .. 4v + 3 as the file stores them (byte i: element i low, 16 + i high), so a 32-bit lane is one
+ * row's four elements 4v + i (low nibbles) or 16 + 4v + i (high). Each group is one sequential stream (AVX2's tiles
+ * take a group at a time: with a unit's two groups interleaved, a one-token call read its memory at half speed,
+ * scripts/probe_int8_activations.py); AVX-512 joins a block's two groups in one vector. Scales and offsets as W_Q4's. Per row and block: the int32
+ * sum s of its 32 products, then y += fma(s, d xs, m xsum): one add on the row's running sum per block (W_Q4's two
+ * chained FMAs bound a one-token call of one group by their latency). */
+#if defined(HL_ZMM)
+#define TT8_MAX 9
+/* unit u (16 rows, one 512-bit vector) x TT tokens from t0: VNNI's vpdpbusd, four products per lane */
+static inline __attribute__((always_inline)) void a8_tile(const hl_linear* w, int u, const int TT, int t0,
+                                                          const int8_t* xq, const float* xs, const float* xsum,
+                                                          float* y, int ldy) {
+  const int K = w->k, nb = K / QK, NA = TT >= 4 ? 1 : 2;
+  const uint8_t* qs = w->qs + (size_t)u * nb * 256; /* group 2u; group 2u + 1 at + nb 128 */
+  const uint16_t* d = w->d + (size_t)u * nb * 16;
+  const uint16_t* m = w->m + (size_t)u * nb * 16;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 f[TT8_MAX];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; t++) f[t] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    const uint8_t *q = qs + (size_t)b * 128, *q1 = q + (size_t)nb * 128;
+    prefetch_ahead(q, 128);
+    prefetch_ahead(q1, 128);
+    __m512i acc[TT8_MAX][2];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; t++)
+#pragma GCC unroll 2
+      for (int a = 0; a < NA; a++) acc[t][a] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+      const __m512i p = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(q + 32 * v))),
+                                           _mm256_loadu_si256((const __m256i*)(q1 + 32 * v)), 1);
+      const __m512i lo = _mm512_and_si512(p, low), hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; t++) {
+        const int8_t* xb = xq + (size_t)(t0 + t) * K + QK * b;
+        int32_t xl, xh;
+        memcpy(&xl, xb + 4 * v, 4);
+        memcpy(&xh, xb + 16 + 4 * v, 4);
+        acc[t][v % NA] = _mm512_dpbusd_epi32(acc[t][v % NA], lo, _mm512_set1_epi32(xl));
+        acc[t][v % NA] = _mm512_dpbusd_epi32(acc[t][v % NA], hi, _mm512_set1_epi32(xh));
+      }
+    }
+    const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(d + 16 * b)));
+    const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(m + 16 * b)));
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; t++) {
+      const __m512i sum = NA == 1 ? acc[t][0] : _mm512_add_epi32(acc[t][0], acc[t][1]);
+      const __m512 off = _mm512_mul_ps(mv, _mm512_set1_ps(xsum[(t0 + t) * nb + b]));
+      f[t] = _mm512_add_ps(f[t], _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum),
+                                                 _mm512_mul_ps(dv, _mm512_set1_ps(xs[(t0 + t) * nb + b])), off));
+    }
+  }
+  const int rows = w->n - UNIT * u < UNIT ? w->n - UNIT * u : UNIT;
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; t++)
+    _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + UNIT * u, (__mmask16)((1u << rows) - 1), f[t]);
+}
+#define A8_GROUPS 1 /* a tile is the whole unit */
+#elif defined(HL_AVX2)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define A8_VNNI(acc, w, x) _mm256_dpbusd_epi32(acc, w, x)
+#elif defined(__AVXVNNI__)
+#define A8_VNNI(acc, w, x) _mm256_dpbusd_avx_epi32(acc, w, x)
+#endif
+#define TT8_MAX 4 /* AVX2: 4 sums and 4 float sums of a group + the weights' vectors fit 16 registers */
+/* group g (8 rows of unit g / 2) x TT tokens from t0. Without VNNI: vpmaddubsw's pair sums (at most 2 x 15 x 127)
+ * summed in int16 lanes over the block (8 x 3810 = 30,480: no saturation), then into int32 by vpmaddwd with ones */
+static inline __attribute__((always_inline)) void a8_tile(const hl_linear* w, int g, const int TT, int t0,
+                                                          const int8_t* xq, const float* xs, const float* xsum,
+                                                          float* y, int ldy) {
+  const int K = w->k, nb = K / QK;
+  const uint8_t* qs = w->qs + (size_t)g * nb * 128;
+  const uint16_t* d = w->d + group_block(g, nb, 0) * 8;
+  const uint16_t* m = w->m + group_block(g, nb, 0) * 8;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m256 f[TT8_MAX];
+  for (int t = 0; t < TT; t++) f[t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    const uint8_t* q = qs + (size_t)b * 128;
+    prefetch_ahead(q, 128);
+    __m256i acc[TT8_MAX];
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+      const __m256i p = _mm256_loadu_si256((const __m256i*)(q + 32 * v));
+      const __m256i lo = _mm256_and_si256(p, low), hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+#pragma GCC unroll 4
+      for (int t = 0; t < TT; t++) {
+        const int8_t* xb = xq + (size_t)(t0 + t) * K + QK * b;
+        int32_t xl, xh;
+        memcpy(&xl, xb + 4 * v, 4);
+        memcpy(&xh, xb + 16 + 4 * v, 4);
+#ifdef A8_VNNI
+        acc[t] = A8_VNNI(A8_VNNI(acc[t], lo, _mm256_set1_epi32(xl)), hi, _mm256_set1_epi32(xh));
+#else
+        acc[t] = _mm256_add_epi16(acc[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)),
+                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh))));
+#endif
+      }
+    }
+    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(d + 16 * b)));
+    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m + 16 * b)));
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; t++) {
+#ifdef A8_VNNI
+      const __m256i sum = acc[t];
+#else
+      const __m256i sum = _mm256_madd_epi16(acc[t], _mm256_set1_epi16(1));
+#endif
+      const __m256 off = _mm256_mul_ps(mv, _mm256_broadcast_ss(xsum + (t0 + t) * nb + b));
+      f[t] = _mm256_add_ps(f[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum),
+                                                 _mm256_mul_ps(dv, _mm256_broadcast_ss(xs + (t0 + t) * nb + b)), off));
+    }
+  }
+  const int rows = w->n - 8 * g < 8 ? w->n - 8 * g : 8;
+  for (int t = 0; t < TT && rows > 0; t++) {
+    float* o = y + (size_t)(t0 + t) * ldy + 8 * g;
+    if (rows == 8) _mm256_storeu_ps(o, f[t]);
+    else {
+      float tmp[8];
+      _mm256_storeu_ps(tmp, f[t]);
+      memcpy(o, tmp, rows * sizeof(float));
+    }
+  }
+}
+#define A8_GROUPS 2 /* a tile is one group of the unit */
+#endif
+
+#if defined(HL_AVX2)
+static void a8_tiles(const hl_linear* w, int i, int TT, int t0, const int8_t* xq, const float* xs, const float* xsum,
+                     float* y, int ldy) {
+#define A8_CASE(T)                                                                                                  \
+  if (TT == T) {                                                                                                   \
+    a8_tile(w, i, T, t0, xq, xs, xsum, y, ldy);                                                                    \
+    return;                                                                                                        \
+  }
+  A8_CASE(1) A8_CASE(2) A8_CASE(3) A8_CASE(4)
+#if TT8_MAX > 4
+  A8_CASE(5) A8_CASE(6) A8_CASE(7) A8_CASE(8) A8_CASE(9)
+#endif
+#undef A8_CASE
+}
+
+/* units u0..u1 of a W_Q4A8 linear for T tokens: each unit's (or group's) tiles of up to TT8_MAX tokens */
+static void a8_units(const hl_linear* w, int u0, int u1, int T, const int8_t* xq, const float* xs, const float* xsum,
+                     float* y, int ldy) {
+  for (int i = A8_GROUPS * u0; i < A8_GROUPS * u1; i++)
+    for (int t0 = 0, tt; t0 < T; t0 += tt) {
+      tt = T - t0 < TT8_MAX ? T - t0 : TT8_MAX;
+      a8_tiles(w, i, tt, t0, xq, xs, xsum, y, ldy);
+    }
+}
+#else
+/* the same sums in portable C */
+static void a8_units(const hl_linear* w, int u0, int u1, int T, const int8_t* xq, const float* xs, const float* xsum,
+                     float* y, int ldy) {
+  const int K = w->k, nb = K / QK;
+  for (int g = 2 * u0; g < 2 * u1; g++)
+    for (int r = 0; r < 8 && 8 * g + r < w->n; r++)
+      for (int t = 0; t < T; t++) {
+        float acc = 0.f;
+        for (int b = 0; b < nb; b++) {
+          const uint8_t* q = w->qs + ((size_t)g * nb + b) * 128 + 4 * r;
+          const int8_t* xb = xq + (size_t)t * K + QK * b;
+          int32_t s = 0;
+          for (int v = 0; v < 4; v++)
+            for (int i = 0; i < 4; i++)
+              s += (int32_t)(q[32 * v + i] & 15) * xb[4 * v + i] + (int32_t)(q[32 * v + i] >> 4) * xb[16 + 4 * v + i];
+          const size_t gi = group_block(g, nb, b) * 8 + r;
+          acc += fmaf((float)s, f16_to_f32(w->d[gi]) * xs[t * nb + b], f16_to_f32(w->m[gi]) * xsum[t * nb + b]);
+        }
+        y[(size_t)t * ldy + 8 * g + r] = acc;
+      }
+}
+#endif
+
 /* [*a, *b): thread id's share of n items split in nt contiguous parts */
 static inline void share(size_t n, int nt, int id, size_t* a, size_t* b) {
   const size_t chunk = (n + nt - 1) / nt, s = (size_t)id * chunk;
@@ -439,7 +664,27 @@ static void linear_part(const hl_linear* w, int T, const int16_t* xq, const floa
                         int nt, int id) {
   size_t a, e;
   share((size_t)(w->n + UNIT - 1) / UNIT, nt, id, &a, &e);
-  if (a < e) lin_units(w, (int)a, (int)e, T, xq, xs, xsum, y, w->n);
+  if (a < e) {
+    if (w->type == W_Q4A8) a8_units(w, (int)a, (int)e, T, (const int8_t*)xq, xs, xsum, y, w->n);
+    else lin_units(w, (int)a, (int)e, T, xq, xs, xsum, y, w->n);
+  }
+}
+
+/* y (T x w->n) = x (T x w->k) W^T, x rounded per block of 32 to int16 or (act8, W_Q4A8 only) int8 as a forward rounds
+ * a linear's input; one thread. For tests and probes: a linear alone. Returns 0, or -1 (bad arguments / memory). */
+int hl_linear_apply(const hl_linear* w, int T, const float* x, float* y, int act8) {
+  if (T <= 0 || w->k % QK || (act8 != 0) != (w->type == W_Q4A8)) return -1;
+  const size_t K = (size_t)w->k, nb = K / QK;
+  int16_t* xq = malloc(sizeof(int16_t) * T * K);
+  float *xs = malloc(sizeof(float) * T * nb), *xsum = malloc(sizeof(float) * T * nb);
+  int rc = -1;
+  if (xq && xs && xsum) {
+    round_rows(act8, x, T, (int)K, xq, 0, xs, xsum);
+    linear_part(w, T, xq, xs, xsum, y, 1, 0);
+    rc = 0;
+  }
+  free(xq), free(xs), free(xsum);
+  return rc;
 }
 
 /* every thread of the team waits here (nothing to wait for with one) */
@@ -724,14 +969,14 @@ typedef struct { /* one call's buffers, shared by the team */
 
 /* rows t0..t1 of x (T x K) normed (g: the norm's weights; NULL: taken as they are) and rounded into xq, xs, xsum */
 static void norm_round(const float* x, const float* g, int K, float eps, float* h, size_t t0, size_t t1,
-                       int16_t* xq, float* xs, float* xsum) {
+                       int16_t* xq, float* xs, float* xsum, int act8) {
   if (t0 >= t1) return;
   const int nb = K / QK, n = (int)(t1 - t0);
   if (g) {
     rmsnorm(x + t0 * K, g, n, K, eps, h + t0 * K);
     x = h;
   }
-  quant_rows(x + t0 * K, n, K, xq + t0 * K, xs + t0 * nb, xsum + t0 * nb);
+  round_rows(act8, x + t0 * K, n, K, xq, t0 * K, xs + t0 * nb, xsum + t0 * nb);
 }
 
 /* the forward as thread id of nt runs it: the linears split by rows, attention and the rounding of its outputs by
@@ -740,7 +985,7 @@ static void norm_round(const float* x, const float* g, int K, float eps, float* 
  * any nt: one thread and two give the same bits. */
 static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   const int D = m->dim, H = m->n_heads, G = m->n_kv_heads, S = m->head_dim, F = m->ffn_dim, T = c->T, pos = c->pos;
-  const int R = H / G, Q = H * S, KV = G * S, cap = c->cap;
+  const int R = H / G, Q = H * S, KV = G * S, cap = c->cap, a8 = m->act8;
   float *x = c->x, *h = c->h, *q = c->q, *k = c->k, *v = c->v, *att = c->att, *g = c->g, *u = c->u;
   int16_t* xq = c->xq;
   float *xs = c->xs, *xsum = c->xsum;
@@ -753,7 +998,7 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   const size_t hb = (size_t)S / QK, qb = (size_t)Q / QK;
 
   for (size_t t = t0; t < t1; t++) embed_row(&m->emb, c->tokens[t], x + t * D);
-  norm_round(x, m->norms[0], D, m->eps, h, t0, t1, xq, xs, xsum);
+  norm_round(x, m->norms[0], D, m->eps, h, t0, t1, xq, xs, xsum, a8);
   for (int l = 0; l < m->n_layers; l++) {
     const hl_linear* L = m->layers + 7 * l;
     uint16_t* kc = c->kcache + (size_t)l * G * cap * S;
@@ -795,32 +1040,32 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
     if (heads_in_blocks && h0 < h1)
       for (size_t t = 0; t < (size_t)T; t++) {
         const size_t a = t * qb + h0 * hb, n = (h1 - h0) * hb;
-        quant_rows(att + QK * a, 1, (int)(QK * n), xq + QK * a, xs + a, xsum + a);
+        round_rows(a8, att + QK * a, 1, (int)(QK * n), xq, QK * a, xs + a, xsum + a);
       }
     sync_team(nt);
     if (!heads_in_blocks) {
-      norm_round(att, NULL, Q, 0.f, NULL, t0, t1, xq, xs, xsum);
+      norm_round(att, NULL, Q, 0.f, NULL, t0, t1, xq, xs, xsum, a8);
       sync_team(nt);
     }
     linear_part(&L[3], T, xq, xs, xsum, h, nt, id);
     sync_team(nt);
     for (size_t t = t0; t < t1; t++) /* the residual, then its norm: rows by tokens */
       for (int i = 0; i < D; i++) x[t * D + i] += h[t * D + i];
-    norm_round(x, m->norms[2 * l + 1], D, m->eps, h, t0, t1, xq, xs, xsum);
+    norm_round(x, m->norms[2 * l + 1], D, m->eps, h, t0, t1, xq, xs, xsum, a8);
     sync_team(nt);
     linear_part(&L[4], T, xq, xs, xsum, g, nt, id);
     linear_part(&L[5], T, xq, xs, xsum, u, nt, id);
     sync_team(nt);
     if (b0 < b1) { /* SiLU and the rounding of the same blocks */
       silu_mul(g, u, QK * b0, QK * b1);
-      quant_rows(g + QK * b0, 1, (int)(QK * (b1 - b0)), xq + QK * b0, xs + b0, xsum + b0);
+      round_rows(a8, g + QK * b0, 1, (int)(QK * (b1 - b0)), xq, QK * b0, xs + b0, xsum + b0);
     }
     sync_team(nt);
     linear_part(&L[6], T, xq, xs, xsum, h, nt, id);
     sync_team(nt);
     for (size_t t = t0; t < t1; t++)
       for (int i = 0; i < D; i++) x[t * D + i] += h[t * D + i];
-    if (l + 1 < m->n_layers) norm_round(x, m->norms[2 * l + 2], D, m->eps, h, t0, t1, xq, xs, xsum);
+    if (l + 1 < m->n_layers) norm_round(x, m->norms[2 * l + 2], D, m->eps, h, t0, t1, xq, xs, xsum, a8);
   }
   sync_team(nt); /* the output norm's rows are split otherwise */
   const int n_out = c->n_out;
@@ -828,7 +1073,7 @@ static void forward_team(const hl_model* m, const hl_call* c, int nt, int id) {
   const size_t first = (size_t)(T - n_out);
   size_t o0, o1;
   share(n_out, nt, id, &o0, &o1);
-  norm_round(x + first * D, m->out_norm, D, m->eps, h, o0, o1, xq, xs, xsum);
+  norm_round(x + first * D, m->out_norm, D, m->eps, h, o0, o1, xq, xs, xsum, 0); /* the head reads int16 */
   if (c->hidden && o0 < o1) memcpy(c->hidden + o0 * D, h + o0 * D, (o1 - o0) * D * sizeof(float));
   sync_team(nt);
   linear_part(&m->head, n_out, xq, xs, xsum, c->out, nt, id);
@@ -960,7 +1205,7 @@ static void head_team(const hl_head* hd, const float* hidden, int token, int g, 
     sync_team(nt);
     for (int b = 0; b < hd->n_blocks; b++) {
       const hl_linear* B = hd->blocks + 3 * b;
-      if (id == 0) norm_round(f, hd->norms[b], D, hd->eps, cat, 0, 1, xq, xs, xsum);
+      if (id == 0) norm_round(f, hd->norms[b], D, hd->eps, cat, 0, 1, xq, xs, xsum, 0);
       sync_team(nt);
       linear_part(&B[0], 1, xq, xs, xsum, gb, nt, id);
       linear_part(&B[1], 1, xq, xs, xsum, ub, nt, id);
