@@ -529,14 +529,17 @@ def test_a_native_target_prices_its_verify_calls_by_its_kernels_table(tmp_path, 
     a native target carries the table of its own kernels and team."""
     from heron.runtime import decoding
 
-    for key, table in native.NativeLM.VERIFY_TABLES.items():
+    N = native.NativeLM
+    for key, table in N.VERIFY_TABLES.items():
         assert decoding.verify_costs(type("T", (), {"verify_costs": table})()) == table, key
-    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q8_0"))
+    path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(3), ("Q4_1", "Q4_0"))
     simd = native.load().hl_simd()
     for threads in (1, 2, 3):
         lm = native.NativeLM(path, threads=threads)
-        assert decoding.verify_costs(lm) == native.NativeLM.VERIFY_TABLES.get((simd, min(threads, 2)))
-        assert decoding.verify_cost(lm) == native.NativeLM.VERIFY_COSTS[simd]
+        assert decoding.verify_costs(lm) == N.VERIFY_TABLES.get((simd, min(threads, 2)))
+        assert decoding.verify_cost(lm) == N.VERIFY_COSTS[simd]
+        lm8 = native.NativeLM(path, threads=threads, activations="int8")  # the same prices (int8's own lost on S)
+        assert decoding.verify_costs(lm8) == decoding.verify_costs(lm) and decoding.verify_cost(lm8) == lm.verify_cost
 
 
 def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
@@ -563,11 +566,12 @@ def test_the_default_engine_is_native_where_it_is_built(monkeypatch, library):
     assert isinstance(heron.load_lm("smollm2").backend, OnnxLM)
 
 
-@pytest.mark.parametrize("march,simd", [("x86-64-v3", 1), ("x86-64", 0), ("native -mno-avx512bw", 2)])
+@pytest.mark.parametrize("march,simd", [("x86-64-v3", 1), ("x86-64", 0), ("native -mno-avx512bw", 2),
+                                        ("x86-64-v3 -mavxvnni", 2)])
 def test_the_avx2_and_portable_kernels_compute_the_same_model(tmp_path, library, march, simd):
     """The kernels another CPU gets: AVX2 without VNNI (multiply-add then add: the same integers, so the same bits as
     VNNI's fused multiply-add), VNNI on 256-bit vectors (this CPU without AVX-512BW: the tiles of 2 x 4 tokens, where
-    this CPU's build has 512-bit tiles) and the portable C (another order of float sums: close), each with steps equal
+    this CPU's build has 512-bit tiles; and AVX-VNNI's, on a CPU that has it) and the portable C (another order of float sums: close), each with steps equal
     to blocks. x86-64 only (the -march names)."""
     import platform
 
@@ -575,6 +579,11 @@ def test_the_avx2_and_portable_kernels_compute_the_same_model(tmp_path, library,
         pytest.skip("the variants' -march names are x86-64's")
     if simd == 2 and native.load().hl_simd() != 3:
         pytest.skip("256-bit VNNI tiles are built here from a CPU with AVX-512 VNNI; this one has none")
+    if "avxvnni" in march:
+        from pathlib import Path
+        cpuinfo = Path("/proc/cpuinfo")
+        if not (cpuinfo.is_file() and " avx_vnni" in cpuinfo.read_text()):
+            pytest.skip("this CPU has no AVX-VNNI (VNNI on 256-bit vectors without AVX-512)")
     flags = tuple(x for f in native.CFLAGS for x in ((f"-march={march}".split() if f == "-march=native" else [f])))
     try:
         lib = native.build(tmp_path / f"lib-{march.split()[0]}.so", flags)

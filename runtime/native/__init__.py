@@ -257,6 +257,10 @@ class NativeLM:
                      (2, 2): (0.11, 0.2, 0.36, 0.84, 1.09, 1.36, 1.59, 2.04),
                      (1, 1): (0.44, 1.13, 1.72, 2.38, 2.94, 3.59, 4.38, 5.04),
                      (1, 2): (0.38, 0.94, 1.38, 1.94, 2.4, 2.97, 3.77, 4.11)}
+    # int8 activations (activations="int8") price their calls by the same tables: on machine S their own (isolated
+    # calls' prices, lower on AVX2: `OMP_NUM_THREADS=2 python scripts/bench_smollm2_spec.py --bundles smollm2 --threads 2
+    # --consistency-only --activations int8 --march x86-64-v3`) made the head and prompt lookup draft more, and
+    # lose, where these did not (BENCHMARKS.md "int8 activations on the native decoder")
     feature_layers: tuple[int, ...] = ()  # no middle layers' streams (streams_at answers None)
     # the prompt cache (decoding.start_cache): a generation keeps the positions its prompt shares with what the cache
     # holds (cached_tokens) instead of computing them again; heron.load_lm turns it on (prompt_cache=True)
