@@ -97,6 +97,15 @@ def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple
     groups side by side pair by pair (a pair's 16 rows: one 512-bit vector). Nibbles (units, nb, 8 j, 2 groups, 8 rows,
     2): row r's bytes 2j, 2j + 1 (elements 2j + u low, 16 + 2j + u high); int8 (units, nb, 16 i, 2 groups, 8 rows,
     2): row r's elements 2i, 2i + 1; scales and offsets (units, nb, 2 groups, 8 rows)."""
+    values, sides, u = _padded_units(values, d, m)
+    nb, width = values.shape[1:]
+    v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 4, 1, 2, 5)  # (u, nb, pairs, 2, rows, 2)
+    return (np.ascontiguousarray(v), *sides)
+
+
+def _padded_units(values: np.ndarray, d: np.ndarray, m: np.ndarray | None):
+    """Rows padded with zero rows to whole units of UNIT -> (values, (scales, offsets) in their layout (units, nb,
+    2 groups, 8 rows), units)."""
     n, nb, width = values.shape
     pad = -n % UNIT
     if pad:
@@ -104,9 +113,8 @@ def group_rows(values: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> tuple
         d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
         m = None if m is None else np.concatenate([m, np.zeros((pad, nb), m.dtype)])
     u = (n + pad) // UNIT
-    v = values.reshape(u, 2, GROUP, nb, width // 2, 2).transpose(0, 3, 4, 1, 2, 5)  # (u, nb, pairs, 2, rows, 2)
     side = lambda a: None if a is None else np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
-    return np.ascontiguousarray(v), side(d), side(m)
+    return values, (side(d), side(m)), u
 
 
 def group_rows_a8(values: np.ndarray, d: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,18 +122,11 @@ def group_rows_a8(values: np.ndarray, d: np.ndarray, m: np.ndarray) -> tuple[np.
     groups of GROUP rows one after the other (padded to whole units of UNIT rows, as group_rows'), each group's
     blocks in turn, a block in 4 chunks v, row r's 4 bytes the row's block bytes 4v .. 4v + 3 as the file stores
     them: (groups, nb, 4 v, 8 rows, 4); scales and offsets as group_rows'."""
-    n, nb, width = values.shape
-    if width != 16:
+    if values.shape[2] != 16 or m is None:
         raise ValueError("int8 activations read 4-bit blocks only")
-    pad = -n % UNIT
-    if pad:
-        values = np.concatenate([values, np.zeros((pad, nb, width), values.dtype)])
-        d = np.concatenate([d, np.zeros((pad, nb), d.dtype)])
-        m = np.concatenate([m, np.zeros((pad, nb), m.dtype)])
-    u = (n + pad) // UNIT
-    v = values.reshape(2 * u, GROUP, nb, 4, 4).transpose(0, 2, 3, 1, 4)  # (groups, nb, v, rows, 4)
-    side = lambda a: np.ascontiguousarray(a.reshape(u, 2, GROUP, nb).transpose(0, 3, 1, 2))
-    return np.ascontiguousarray(v), side(d), side(m)
+    values, sides, u = _padded_units(values, d, m)
+    v = values.reshape(2 * u, GROUP, values.shape[1], 4, 4).transpose(0, 2, 3, 1, 4)  # (groups, nb, v, rows, 4)
+    return (np.ascontiguousarray(v), *sides)
 
 
 def _compiler() -> str | None:
