@@ -25,6 +25,7 @@ from heron.runtime.decoding import (Acceptance, DecodeStats, DraftSeeds, Generat
                                     RoundPrices, best_window, confidence_window, draw, drafted, free_draft_tokens,
                                     probs, round_prices, verify_cost, verify_costs, window_prices)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
+from heron.runtime.native import HEAD_BITS
 
 HEAD_FORMAT = "heron-draft-head/1"
 HEAD_FILE = "head.onnx"
@@ -151,10 +152,14 @@ class DraftHead:
     fuses middle-layer streams has no native form), or "auto": native for a native target where it can, else
     onnxruntime. Both compute the graph's head; the native one rounds activations as the native decoder does
     (int16 per block, fp16 block scales), so their logits differ by a rounding's worth (the drafts may, the
-    output never: the target verifies every word)."""
+    output never: the target verifies every word).
+
+    bits: the native head's input projection and blocks as head.onnx stores them (8: int8 blocks) or re-rounded at
+    load to 4-bit blocks (4: heron.runtime.native.round_q4_1; its output rows stay 8-bit): fewer bytes a step, first
+    choices a little apart from the 8-bit head's (BENCHMARKS.md "A 4-bit draft head"). The native engine only."""
 
     def __init__(self, folder: str | Path = DEFAULT_HEAD, threads: int = 1, target=None, sha256: str | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", bits: int = 8):
         from heron.runtime.bundle import check_identity, expected_identity, read_manifest, verify_files
         from heron.runtime.onnx_file import external_initializers
         from heron.runtime.sessions import open_session
@@ -193,16 +198,21 @@ class DraftHead:
                               "and the manifest names no source for them")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if bits not in HEAD_BITS or isinstance(bits, bool):
+            raise ValueError(f"bits must be one of {', '.join(map(str, HEAD_BITS))}, got {bits!r}")
         self.words = words
         self.native, self.session = None, None
         native_target = getattr(target, "name", None) == "native" and hasattr(target, "_lib")
+        if bits != 8 and (engine == "onnxruntime" or not native_target):
+            raise ValueError(f"a {bits}-bit head runs in the native library, beside a native target "
+                             "(load_lm(..., engine='native'))")
         if engine == "native" or (engine == "auto" and native_target and not m.stream_layers):
             if not native_target or m.stream_layers:
                 raise ValueError("the native head runs beside a native target (load_lm(..., engine='native')) and "
                                  "reads the final feature only" + (" (this head fuses middle-layer streams)"
                                                                      if m.stream_layers else ""))
             try:
-                self.native = _native_head(graph, where, m, target, initializers)
+                self.native = _native_head(graph, where, m, target, initializers, bits)
                 self.engine = "native"
                 return
             except BundleError:
@@ -282,9 +292,10 @@ class DraftHead:
                              " (re-export it with this heron: heron lm export smollm2 --out DIR)")
 
 
-def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: dict | None):
+def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: dict | None, bits: int = 8):
     """head.onnx's weights (heron.export.draft_head's initializers) as a native head in the target's library. rows:
-    the output rows supplied from the target (the external initializers), or None (stored in the graph)."""
+    the output rows supplied from the target (the external initializers), or None (stored in the graph). bits:
+    NativeHead's."""
     from heron.runtime.native import NativeHead
     from heron.runtime.onnx_file import initializer_names, initializers_in
 
@@ -302,7 +313,7 @@ def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: d
         else:
             packed, scales = t["words.q"], t["words.scales_2d"]
         head = NativeHead(target._lib, {n: (t[f"{n}.q"], t[f"{n}.scales"]) for n in linears}, (packed, scales),
-                          t, t["row_of_word"], n_blocks, HEAD_NORM_EPS, threads=target.threads)
+                          t, t["row_of_word"], n_blocks, HEAD_NORM_EPS, threads=target.threads, bits=bits)
     except (ValueError, KeyError) as e:
         raise BundleError(f"{where}: {HEAD_FILE} has no native form here ({e})") from None
     if (head.dim, head.n_words, head.vocab_size) != (m.dim, m.n_words, m.vocab_size):

@@ -12,14 +12,16 @@ prefill, the same call for every method, left out), tokens per target call, and 
 is lossless with respect to the logits the verifying call computes, but onnxruntime's int8 MatMulNBits
 quantizes activations differently for one row and for several (int8: logits differ by up to ~1 between
 the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve differently than in plain
-decoding. Also the cost of verifying T tokens in one call, in plain steps, and per method the speed-up those
-costs predict (tokens / (plain steps + the cost of each verified window)), the mean window and the
-acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
+decoding. Also the cost of verifying T tokens in one call, in plain steps (each call timed right after a 300-token
+prefill, as every session before 51 measured it, and after 3 one-token steps, as calls follow each other in decoding:
+"in a stream"), and per method the speed-up each table predicts (tokens / (plain steps + the cost of each verified
+window)), the mean window and the acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
 windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
 verify_costs, since session 43): an A/B of the table; "head+lookup adaptive g<=8, head priced by the table" sizes
 the head's windows with that table too (by default only prompt lookup's); "head+lookup adaptive g<=8, timed prices"
 prices greedy windows by timing their rounds in use (decoding.RoundPrices, off by default: session 49) and prints
-what a round of k draft words cost in use, in plain steps. `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+what a round of k draft words cost in use, in plain steps; "head+lookup adaptive g<=8, 4-bit head" runs the native head with
+its projection and blocks re-rounded to 4 bits (DraftHead(bits=4)). `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
 g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the
@@ -91,6 +93,7 @@ CHAT_PROMPTS = [
 
 POOLED = "head+lookup adaptive g<=8, one pooled rate"
 ORT_HEAD = "head+lookup adaptive g<=8, onnxruntime head"  # the head on onnxruntime beside a native target (A/B)
+HEAD_4BIT = "head+lookup adaptive g<=8, 4-bit head"  # the native head's inner linears re-rounded to 4 bits (A/B)
 # beside a target whose calls are priced by a table (NativeLM.verify_costs, since session 43): the same windows sized
 # with one price per verified token (its verify_cost), as before
 LINEAR = "head+lookup adaptive g<=8, one price per token"
@@ -196,27 +199,30 @@ METHODS = [("plain", None, False), ("lookup g=1", 1, False), ("lookup g=3", 3, F
            ("lookup adaptive g<=4", 4, True)]
 
 
-_ORT_HEADS: dict = {}
+_OTHER_HEADS: dict = {}
+# rows whose draft head is the same bundle loaded otherwise than the default's: DraftHead's keyword arguments
+OTHER_HEADS = {ORT_HEAD: {"engine": "onnxruntime"}, HEAD_4BIT: {"bits": 4}}
 
 
 @contextlib.contextmanager
-def onnxruntime_head(lm, spec, on: bool):
-    """While on: the LanguageModel's draft head for spec is the same bundle in an onnxruntime session (one thread),
-    where the default beside a native target runs it in the native library."""
-    if not on:
+def other_head(lm, spec, m: str):
+    """While the row m is one of OTHER_HEADS: the LanguageModel's draft head for spec is the same bundle loaded with
+    that row's arguments (ORT_HEAD: in an onnxruntime session, one thread, where the default beside a native target
+    runs it in the native library; HEAD_4BIT: its inner linears in 4 bits)."""
+    if m not in OTHER_HEADS:
         yield
         return
     from heron.runtime.draft_head import DraftHead
 
-    native = lm.draft_head(spec)
-    key = next(k for k, v in lm._drafts.items() if v is native)
-    if key not in _ORT_HEADS:  # loaded once, outside the timing's first run
-        _ORT_HEADS[key] = DraftHead(native.folder, threads=1, target=lm.backend, engine="onnxruntime")
-    lm._drafts[key] = _ORT_HEADS[key]
+    default = lm.draft_head(spec)
+    key = next(k for k, v in lm._drafts.items() if v is default)
+    if (key, m) not in _OTHER_HEADS:  # loaded once, outside the timing's first run
+        _OTHER_HEADS[key, m] = DraftHead(default.folder, threads=1, target=lm.backend, **OTHER_HEADS[m])
+    lm._drafts[key] = _OTHER_HEADS[key, m]
     try:
         yield
     finally:
-        lm._drafts[key] = native
+        lm._drafts[key] = default
 
 
 def _cost(cost: dict, T: int) -> float:
@@ -231,17 +237,28 @@ def _cost(cost: dict, T: int) -> float:
     return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
 
 
-def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator) -> dict:
+def call_times(b, ctx: list[int], sizes, repeats: int, rng: np.random.Generator, stream: int = 0) -> dict:
     """Median seconds of one call of `b` verifying T random tokens (logits at each) after the context `ctx`, per T
-    (each repeat times every T in turn: a VM's drift moves them together)."""
+    (each repeat times every T in turn: a VM's drift moves them together). stream 0: each call right after the
+    context's prefill; stream k: each call after k one-token steps, as calls follow each other in decoding (the call
+    then rewound; the context grows by k a call)."""
     ts = {T: [] for T in sizes}
     for _ in range(repeats):
-        for T in sizes:
+        if stream:
             b.reset()
             b.forward(ctx, last=1)
+        for T in sizes:
+            if stream:
+                for _ in range(stream):
+                    b.forward([int(rng.integers(100, 20000))], last=1)
+            else:
+                b.reset()
+                b.forward(ctx, last=1)
             t0 = time.perf_counter()
             b.forward(rng.integers(100, 20000, T).tolist(), last=T)
             ts[T].append(time.perf_counter() - t0)
+            if stream:
+                b.trim(T)
     return {T: statistics.median(v) for T, v in ts.items()}
 
 
@@ -345,6 +362,7 @@ def main() -> int:
                     ("head+lookup adaptive g<=8", 8, True),  # --speculative head's default
                     (POOLED, 8, True),  # the same with one acceptance rate for every position (before session 30)
                     (ORT_HEAD, 8, True),  # beside a native target: the head in onnxruntime, as before session 42
+                    (HEAD_4BIT, 8, True),  # beside a native target: its projection and blocks in 4 bits
                     (LINEAR, 8, True),  # beside a target with a verify_costs table: windows priced without it
                     (HEAD_TABLE, 8, True),  # ... and the head's windows priced with it too
                     (ONE_PRIOR, 8, True),  # prompt lookup's later words at its first word's prior (before session 45)
@@ -410,6 +428,9 @@ def main() -> int:
         rng = np.random.default_rng(0)
         ctx = rng.integers(100, 20000, 300).tolist()
         cost = call_times(b, ctx, tuple(range(1, 10)), 9, rng)  # 1-9 tokens: NativeLM.VERIFY_TABLES' windows
+        # ... and each call after 3 one-token steps, as it follows them in decoding (S: a step right after a prefill
+        # is slower than one in a stream of steps, so the first table understates the longer calls there)
+        streamed = call_times(b, ctx, tuple(range(1, 10)), 9, rng, stream=3)
         # the same 4 positions as 4 one-token calls and as one 4-token call: how far apart their logits are
         nxt = rng.integers(100, 20000, 4).tolist()
         b.reset()
@@ -419,8 +440,10 @@ def main() -> int:
         b.forward(ctx, last=1)
         block = b.forward(nxt, last=4)
         rows = {"verify_cost_in_steps": {T: round(cost[T] / cost[1], 2) for T in cost},
+                "verify_cost_in_steps_in_stream": {T: round(streamed[T] / streamed[1], 2) for T in streamed},
                 "max_logit_diff_block_vs_steps": float(np.abs(one - block).max())}
-        print(f"{folder}: verifying T tokens costs {rows['verify_cost_in_steps']} plain steps; logits of a 4-token "
+        print(f"{folder}: verifying T tokens costs {rows['verify_cost_in_steps']} plain steps (each call after a "
+              f"prefill), {rows['verify_cost_in_steps_in_stream']} (each after 3 steps); logits of a 4-token "
               f"call differ from 4 one-token calls by up to {rows['max_logit_diff_block_vs_steps']:.4f}")
         if a.consistency_only:
             report["bundles"][folder] = rows
@@ -433,8 +456,8 @@ def main() -> int:
         elif a.prompt_set == "chat":  # each answer to its end of turn: what a chat user receives
             opts = GenerationOptions(max_new_tokens=a.new_tokens, stop_at_eot=True)
             prompt_set = {CHAT_SET: CHAT_PROMPTS}
-        if any(m == ORT_HEAD for m, _, _ in bundle_methods):  # both heads loaded before any timing
-            with onnxruntime_head(lm, spec_for(ORT_HEAD, 8, True), True):
+        for m in {m for m, _, _ in bundle_methods} & set(OTHER_HEADS):  # every head loaded before any timing
+            with other_head(lm, spec_for(m, 8, True), m):
                 pass
         for name, prompt in prompt_set.items():
             texts = [lm.chat_prompt([{"role": "user", "content": q}]) for q in ([prompt] if isinstance(prompt, str) else prompt)]
@@ -458,7 +481,7 @@ def main() -> int:
                     if m == fast:
                         b.exact_steps = False
                     t0 = time.perf_counter()
-                    with pooled_rates(m == POOLED), onnxruntime_head(lm, spec, m == ORT_HEAD), \
+                    with pooled_rates(m == POOLED), other_head(lm, spec, m), \
                             head_priced_by_table(b, m == HEAD_TABLE), lookup_one_prior(m == ONE_PRIOR), \
                             lookup_short_suffix(m == SHORT_SUFFIX), head_windows_from_confidence(m == CONFIDENT), \
                             timed_prices(m == TIMED_PRICES):
@@ -481,8 +504,11 @@ def main() -> int:
                     agree[m] = next((i for i, (x, y) in enumerate(zip(ref, toks)) if x != y), len(ref))
                     calls[m] = stats.tokens_per_target_call
                     # predicted speed-up from the measured verify costs: tokens / (plain steps + sum of cost(k + 1))
-                    steps = (stats.target_calls - stats.rounds) + sum(_cost(cost, k + 1) / cost[1] for k in stats.windows)
-                    detail[m] = {"predicted_speedup": round(stats.generated / max(steps, 1e-9), 2),  # target calls only
+                    predicted = {}
+                    for key, c in (("predicted_speedup", cost), ("predicted_speedup_in_stream", streamed)):
+                        steps = (stats.target_calls - stats.rounds) + sum(_cost(c, k + 1) / c[1] for k in stats.windows)
+                        predicted[key] = round(stats.generated / max(steps, 1e-9), 2)  # target calls only
+                    detail[m] = {**predicted,
                                  "draft_time_share": round(stats.draft_time_s / max(times[m][-1], 1e-9), 2),
                                  "mean_window": round(float(np.mean(stats.windows)), 2) if stats.windows else 0.0,
                                  "rounds_per_call": round(stats.rounds / max(1, stats.target_calls), 2),
@@ -506,7 +532,8 @@ def main() -> int:
                                                f"{r['decode_tokens_per_s']} tok/s, {r['decode_speedup']}x"
                                                + (f", {r['decode_speedup_vs_fast']}x fast steps" if
                                                   "decode_speedup_vs_fast" in r else "") + "; predicted "
-                                               f"{r['predicted_speedup']}x; {r['tokens_per_target_call']}/call, "
+                                               f"{r['predicted_speedup']}x, in a stream {r['predicted_speedup_in_stream']}x; "
+                                               f"{r['tokens_per_target_call']}/call, "
                                                f"window {r['mean_window']}, per position {r['per_position_acceptance']})"
                                                for m, r in res.items()))
         timed = getattr(b, "round_prices", None)  # what the timed-prices row's rounds measured in use

@@ -2,7 +2,7 @@
 target's weights just streamed through the caches, against the same step repeated alone (issue 25: why the
 measured speed-up trails the predicted one).
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/probe_head_cost.py --threads 2 [--rounds 3]
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/probe_head_cost.py --threads 2 [--rounds 3] [--bits 4]
 
 The target is SmolLM2 on the default engine (the native decoder where built), the head the shipped one as
 `--speculative head` runs it (`--engine auto`: in the native library, in the target's team, beside a native target;
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="the target's threads")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--engine", default="auto", choices=["auto", "native", "onnxruntime"], help="the head's engine")
+    ap.add_argument("--bits", type=int, default=8, choices=[8, 4],
+                    help="the native head's projection and blocks as stored (8) or re-rounded to 4 bits")
     ap.add_argument("--out", default=None, help="also write the figures (JSON) here")
     a = ap.parse_args(argv)
     import heron
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
 
     lm = heron.load_lm("smollm2", threads=a.threads)
     b = lm.backend
-    head = DraftHead(DEFAULT_HEAD, threads=1, target=b, engine=a.engine)
+    head = DraftHead(DEFAULT_HEAD, threads=1, target=b, engine=a.engine, bits=a.bits)
     h = np.random.default_rng(0).standard_normal(b.dim if hasattr(b, "dim") else 576).astype(np.float32)
     rows = []
     for _ in range(a.rounds):
@@ -62,9 +64,9 @@ def main(argv=None) -> int:
     med = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
     print(f"median: head alone {med['warm_ms']} ms, after a target step {med['cold_ms']} ms "
           f"({med['cold_ms'] / med['target_ms']:.2f} of a target step of {med['target_ms']} ms; engine "
-          f"{getattr(b, 'name', type(b).__name__)}, {a.threads} thread(s); the head on {head.engine})")
+          f"{getattr(b, 'name', type(b).__name__)}, {a.threads} thread(s); the head on {head.engine}, {a.bits}-bit)")
     if a.out:
-        Path(a.out).write_text(json.dumps({"threads": a.threads, "head_engine": head.engine, "rounds": rows,
+        Path(a.out).write_text(json.dumps({"threads": a.threads, "head_engine": head.engine, "bits": a.bits, "rounds": rows,
                                            "median": med}, indent=1))
     return 0
 

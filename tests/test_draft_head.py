@@ -347,10 +347,11 @@ def _native_target(path, threads=1):
     return native.NativeLM(path, threads=threads)
 
 
-def _reference_head(bundle, target, words):
-    """The exported head in float64 numpy from head.onnx's own initializers (its int8 blocks dequantized) and the
-    target's rows of `words`: what both engines approximate (onnxruntime rounds activations to int8, the native one
-    to int16)."""
+def _reference_head(bundle, target, words, bits=8):
+    """The exported head in float64 numpy from head.onnx's own initializers (its int8 blocks dequantized; bits 4:
+    the projection's and the blocks' re-rounded by native.round_q4_1, dequantized) and the target's rows of `words`:
+    what both engines approximate (onnxruntime rounds activations to int8, the native one to int16)."""
+    from heron.runtime.native import round_q4_1
     from heron.runtime.draft_head import HEAD_FILE, target_rows
     from heron.runtime.onnx_file import initializer_names, read_initializers
 
@@ -363,7 +364,14 @@ def _reference_head(bundle, target, words):
         n, nb, _ = q.shape
         return ((q.astype(np.float64) - 128) * np.asarray(s, np.float64).reshape(n, nb, 1)).reshape(n, nb * 32)
 
+    def deq4(w):
+        nib, d, m = round_q4_1(w.astype(np.float32).reshape(w.shape[0], -1, 32))
+        q = np.concatenate([nib & 15, nib >> 4], -1).astype(np.float64)
+        return (q * d.astype(np.float64)[..., None] + m.astype(np.float64)[..., None]).reshape(w.shape)
+
     W = {k[:-2]: deq(t[k], t[k[:-2] + ".scales"]) for k in t if k.endswith(".q")}
+    if bits == 4:
+        W = {k: deq4(v) for k, v in W.items()}
     E = deq(*target_rows(target, words))
     rms = lambda x, g: x / np.sqrt((x * x).mean() + 1e-5) * g  # noqa: E731
     n_blocks = sum(1 for k in t if k.endswith(".norm") and k.startswith("blocks."))
@@ -413,6 +421,48 @@ def test_the_native_head_computes_the_exported_head(trained):
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
             assert other.greedy(h, tok, 5) == chain
+
+
+def test_a_4bit_native_head_computes_its_rounded_weights(trained):
+    """DraftHead(bits=4): the native head's projection and blocks re-rounded to 4-bit blocks, its words kept in 8:
+    its logits and feature are the float64 head on those rounded weights within the 8-bit head's tolerance; a
+    greedy window is the chain of its single steps; 1 and 2 threads give the same bits; speculation with it gives
+    plain decoding's tokens; bits other than 8 and 4, or 4 off the native engine, are one line."""
+    from heron.runtime.draft_head import DraftHead, head_generate
+
+    target = _native_target(trained["path"])
+    head = DraftHead(trained["bundle"], target=target, bits=4)
+    assert head.engine == "native" and head.native.bits == 4
+    ref = _reference_head(trained["bundle"], target, head.words, bits=4)
+    eight = _reference_head(trained["bundle"], target, head.words)
+    rng = np.random.default_rng(5)
+    dim = trained["model"].cfg.dim
+    apart = 0.0
+    for _ in range(6):
+        h, tok = rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))
+        logits, feature = head.step(h, tok)
+        lr, fr = ref(h.astype(np.float64), tok)
+        np.testing.assert_allclose(logits, lr, atol=2e-3 * np.abs(lr).max())
+        np.testing.assert_allclose(feature, fr, atol=2e-3 * np.abs(fr).max())
+        apart = max(apart, np.abs(eight(h.astype(np.float64), tok)[0] - lr).max() / np.abs(lr).max())
+        chain, hh, t = [], h, tok
+        for _ in range(4):
+            lg, hh = head.step(hh, t)
+            t = int(head.words[int(np.argmax(lg))])
+            chain.append(t)
+        assert head.greedy(h, tok, 4) == chain
+        two = DraftHead(trained["bundle"], target=_native_target(trained["path"], threads=2), bits=4)
+        np.testing.assert_array_equal(two.step(h, tok)[0], logits)
+    assert apart > 2e-3  # the 4-bit head is not the 8-bit one: the check above tells them apart
+    opts = GenerationOptions(max_new_tokens=16, temperature=0.0, stop_at_eot=False)
+    ref_ids = [t.id for t in plain(target, PROMPTS[0], opts)]
+    assert [t.id for t in head_generate(target, head, PROMPTS[0], opts, 3, adaptive=False)] == ref_ids
+    with pytest.raises(ValueError, match="bits must be one of 8, 4"):
+        DraftHead(trained["bundle"], target=target, bits=2)
+    with pytest.raises(ValueError, match="a 4-bit head runs in the native library"):
+        DraftHead(trained["bundle"], target=target, engine="onnxruntime", bits=4)
+    with pytest.raises(ValueError, match="a 4-bit head runs in the native library"):
+        DraftHead(trained["bundle"], target=trained["target"], bits=4)
 
 
 def _first_choices(head, h, tok, g):

@@ -503,6 +503,34 @@ def test_a_conversation_keeps_its_turns(library):
     assert len(lm.encode(lm.chat_prompt(short.messages[:-1]))) + 12 <= 120  # the last turn had its room
 
 
+def test_weights_are_rounded_to_ggml_q4_1_blocks():
+    """round_q4_1: its nibbles, scales and offsets as ggml's Q4_1 bytes dequantize (runtime.gguf's reference) to
+    d q + m; from the range alone every weight within half a step (and the fp16 scales' rounding); the least-squares
+    refits lower the error; a constant block is exact; bad input is one line."""
+    from heron.runtime.gguf import dequantize
+
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((5, 3, 32)).astype(np.float32) * np.array([1e-3, 1.0, 40.0], np.float32)[:, None]
+    w[0, 0] = 0.25  # a constant block
+    errs = {}
+    for refits in (0, 3):
+        nib, d, m = native.round_q4_1(w, refits)
+        assert nib.shape == (5, 3, 16) and nib.dtype == np.uint8 and d.dtype == m.dtype == np.float16
+        raw = np.concatenate([d[..., None].view(np.uint8), m[..., None].view(np.uint8), nib], -1)  # ggml's block
+        deq = dequantize(raw.reshape(-1), 3).reshape(w.shape)
+        q = np.concatenate([nib & 15, nib >> 4], -1).astype(np.float32)
+        np.testing.assert_array_equal(deq, q * d.astype(np.float32)[..., None] + m.astype(np.float32)[..., None])
+        assert np.array_equal(deq[0, 0], w[0, 0])
+        errs[refits] = ((deq - w) ** 2).sum()
+        if refits == 0:
+            step = (w.max(-1) - w.min(-1)) / 15
+            assert (np.abs(deq - w) <= (0.5 + 1e-2) * step[..., None] + 1e-3 * np.abs(w).max(-1, keepdims=True)).all()
+    assert errs[3] < errs[0]
+    for bad in (w[..., :16], w[0], np.full((1, 1, 32), np.nan, np.float32)):
+        with pytest.raises(ValueError, match="finite blocks of 32"):
+            native.round_q4_1(bad)
+
+
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():
     """group_rows: rows in groups of eight, a block's eight rows side by side; groups in units of two (the last unit
     padded with zero rows), a unit's two groups side by side pair by pair; every value, scale and offset lands where

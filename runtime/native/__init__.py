@@ -44,6 +44,7 @@ BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
 ACTIVATIONS = ("int16", "int8")  # how a layer's linears round their inputs per block of 32 (heron_lm.c's act8)
+HEAD_BITS = (8, 4)  # a native draft head's inner linears: as stored (int8 blocks), or re-rounded to 4 bits
 W_Q4A8 = 5  # heron_lm.c's kind for 4-bit blocks read with int8 activations (group_rows_a8's layout)
 GROUP = 8  # rows interleaved in heron_lm.c's layout: one vector lane each
 UNIT = 2 * GROUP  # rows whose two groups' blocks lie side by side (one stream for the kernels)
@@ -545,6 +546,15 @@ def int8_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
     """An int8 linear in blocks of 32 (packed (n, k/32, 32) uint8 = value + 128, as onnxruntime's 8-bit MatMulNBits
     and heron's Q8 rows store them; scales n x k/32 float32) -> the library's Q8 linear (fp16 scales: every scale must
     be zero or in fp16's normal range, else ValueError). keep: the list that keeps its arrays alive."""
+    packed, s32 = _int8_blocks(packed, scales)
+    n, nb, _ = packed.shape
+    arrays = group_rows(packed ^ np.uint8(0x80), s32.astype(np.float16), None)  # value + 128 -> int8
+    keep.extend(x for x in arrays if x is not None)
+    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), None, TYPES["Q8_0"], n, nb * BLOCK)
+
+
+def _int8_blocks(packed, scales) -> tuple[np.ndarray, np.ndarray]:
+    """int8_linear's arguments checked -> (packed (n, nb, 32) uint8, scales (n, nb) float32)."""
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 3 or packed.shape[2] != BLOCK:
         raise ValueError(f"int8 blocks must be (n, k/32, 32) uint8, got {packed.dtype} {packed.shape}")
@@ -555,9 +565,44 @@ def int8_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
     a = np.abs(s32)
     if not np.isfinite(s32).all() or ((a > 0) & ((a < np.finfo(np.float16).tiny) | (a > 65504))).any():
         raise ValueError("a block scale outside fp16's normal range")
-    arrays = group_rows(packed ^ np.uint8(0x80), s32.reshape(n, nb).astype(np.float16), None)  # value + 128 -> int8
-    keep.extend(x for x in arrays if x is not None)
-    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), None, TYPES["Q8_0"], n, nb * BLOCK)
+    return packed, s32.reshape(n, nb)
+
+
+def round_q4_1(w: np.ndarray, refits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights in blocks of 32, (n, nb, 32) float32 -> Q4_1 blocks as split_blocks gives them: (nibbles (n, nb, 16),
+    element j in byte j's low nibble and element 16 + j in its high one; scales d, offsets m fp16 (n, nb)), w ~ d q + m
+    with q in 0..15. From the block's range, then `refits` least-squares fits of d and m to the rounded q (the
+    error falls ~10% from the range's alone); q rounded last with the fp16 d and m the library reads."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 3 or w.shape[2] != BLOCK or not np.isfinite(w).all():
+        raise ValueError(f"weights must be finite blocks of {BLOCK}, (n, nb, {BLOCK}); got {w.shape}")
+
+    def rounded(d, m):
+        return np.clip(np.rint((w - m[..., None]) / np.where(d > 0, d, 1)[..., None]), 0, 15)
+
+    lo, hi = w.min(-1), w.max(-1)
+    d, m = (hi - lo) / 15, lo
+    for _ in range(refits):
+        q = rounded(d, m)
+        qc = q - q.mean(-1, keepdims=True)
+        var = (qc * qc).sum(-1)
+        fit = np.divide((qc * w).sum(-1), var, out=np.zeros_like(var), where=var > 0)
+        keep = fit > 0  # a block whose q came out constant keeps its range's scale
+        d = np.where(keep, fit, d)
+        m = np.where(keep, w.mean(-1) - d * q.mean(-1), m)
+    d16, m16 = d.astype(np.float16), m.astype(np.float16)
+    q = rounded(d16.astype(np.float32), m16.astype(np.float32)).astype(np.uint8)
+    return q[..., :16] | (q[..., 16:] << 4), d16, m16
+
+
+def int8_as_q4_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
+    """int8_linear's blocks re-rounded to 4 bits (round_q4_1): the library's Q4_1 linear, about half the bytes
+    (20 a block of 32 against 34). keep: the list that keeps its arrays alive."""
+    packed, s32 = _int8_blocks(packed, scales)
+    n, nb, _ = packed.shape
+    arrays = group_rows(*round_q4_1((packed.astype(np.int16) - 128).astype(np.float32) * s32[..., None]))
+    keep.extend(arrays)
+    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), _ptr(arrays[2]), TYPES["Q4_1"], n, nb * BLOCK)
 
 
 class NativeHead:
@@ -567,18 +612,22 @@ class NativeHead:
     linears: name -> (packed (n, k/32, 32) uint8, scales) for "proj" and "blocks.{i}.gate|up|down"; words: the
     head's output rows, the same form (n_words, dim); vectors: "emb_norm", "blocks.{i}.norm", "bias", "oov" float32;
     row_of_word (vocab,): each target word's row among the head's words (n_words or more: none). lib: the target's
-    loaded library (NativeLM._lib); threads: its team's size."""
+    loaded library (NativeLM._lib); threads: its team's size. bits: 8, every linear as given; 4, the input projection
+    and the blocks re-rounded to 4-bit blocks (int8_as_q4_linear), the words kept in 8 bits."""
 
     def __init__(self, lib: ctypes.CDLL, linears: dict, words: tuple, vectors: dict, row_of_word: np.ndarray,
-                 n_blocks: int, eps: float, threads: int = 1):
+                 n_blocks: int, eps: float, threads: int = 1, bits: int = 8):
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        if bits not in HEAD_BITS or isinstance(bits, bool):
+            raise ValueError(f"bits must be one of {HEAD_BITS}, got {bits!r}")
         self._lib, self._keep = lib, []
         keep = self._keep
         out = int8_linear(*words, keep)
         N, D = out.n, out.k
-        proj = int8_linear(*linears["proj"], keep)
-        blocks = [int8_linear(*linears[f"blocks.{i}.{k}"], keep) for i in range(n_blocks) for k in ("gate", "up", "down")]
+        inner = int8_linear if bits == 8 else int8_as_q4_linear
+        proj = inner(*linears["proj"], keep)
+        blocks = [inner(*linears[f"blocks.{i}.{k}"], keep) for i in range(n_blocks) for k in ("gate", "up", "down")]
         F = blocks[0].n if blocks else D
         if (proj.n, proj.k) != (D, 2 * D) or any((b.n, b.k) != ((D, F) if j % 3 == 2 else (F, D))
                                                     for j, b in enumerate(blocks)) or F % BLOCK:
@@ -600,7 +649,7 @@ class NativeHead:
         self._h = _Head(D, F, n_blocks, N, len(rows), float(eps), proj, out, self._blocks, self._norms,
                         _ptr(vector("emb_norm", D)), _ptr(vector("bias", N)), _ptr(vector("oov", D)), _ptr(rows),
                         threads)
-        self.dim, self.n_words, self.vocab_size, self.threads = D, N, len(rows), threads
+        self.dim, self.n_words, self.vocab_size, self.threads, self.bits = D, N, len(rows), threads, bits
         self._scratch = np.zeros(lib.hl_head_scratch_floats(ctypes.byref(self._h)), np.float32)
 
     def _run(self, hidden, token: int, g: int, rows, logits, feature, prices=None, probs=None) -> int:
