@@ -388,6 +388,16 @@ def _reference_head(bundle, target, words, bits=8):
     return step
 
 
+def _near_reference(head, ref, h, tok):
+    """head's step from (h, tok) against the float64 reference's, within int16 activations' and fp16 scales'
+    rounding -> (its logits, the reference's)."""
+    logits, feature = head.step(h, tok)
+    lr, fr = ref(h.astype(np.float64), tok)
+    np.testing.assert_allclose(logits, lr, atol=2e-3 * np.abs(lr).max())
+    np.testing.assert_allclose(feature, fr, atol=2e-3 * np.abs(fr).max())
+    return logits, lr
+
+
 def test_the_native_head_computes_the_exported_head(trained):
     """Beside a native target the head runs in heron's library (engine auto): its logits and feature are the
     float64 head's within int16 activation rounding and fp16 block scales (onnxruntime's int8 activations err ~100x
@@ -403,18 +413,11 @@ def test_the_native_head_computes_the_exported_head(trained):
     dim = trained["model"].cfg.dim
     cases = [(rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))) for _ in range(8)]
     for h, tok in cases:
-        logits, feature = head.step(h, tok)
-        lr, fr = ref(h.astype(np.float64), tok)
-        np.testing.assert_allclose(logits, lr, atol=2e-3 * np.abs(lr).max())
-        np.testing.assert_allclose(feature, fr, atol=2e-3 * np.abs(fr).max())
+        _near_reference(head, ref, h, tok)
     others = [DraftHead(trained["bundle"], target=_native_target(trained["path"], threads=k)) for k in (2, 3)]
     others.append(DraftHead(trained["inline"], target=target))  # its rows stored in head.onnx
     for h, tok in cases[:4]:
-        chain, hh, t = [], h, tok
-        for _ in range(5):
-            logits, hh = head.step(hh, t)
-            t = int(head.words[int(np.argmax(logits))])
-            chain.append(t)
+        chain = _first_choices(head, h, tok, 5)[0]
         assert head.greedy(h, tok, 5) == chain
         for other in others:
             got, want = other.step(h, tok), head.step(h, tok)
@@ -437,21 +440,13 @@ def test_a_4bit_native_head_computes_its_rounded_weights(trained):
     eight = _reference_head(trained["bundle"], target, head.words)
     rng = np.random.default_rng(5)
     dim = trained["model"].cfg.dim
+    two = DraftHead(trained["bundle"], target=_native_target(trained["path"], threads=2), bits=4)
     apart = 0.0
     for _ in range(6):
         h, tok = rng.standard_normal(dim).astype(np.float32), int(rng.integers(0, 64))
-        logits, feature = head.step(h, tok)
-        lr, fr = ref(h.astype(np.float64), tok)
-        np.testing.assert_allclose(logits, lr, atol=2e-3 * np.abs(lr).max())
-        np.testing.assert_allclose(feature, fr, atol=2e-3 * np.abs(fr).max())
+        logits, lr = _near_reference(head, ref, h, tok)
         apart = max(apart, np.abs(eight(h.astype(np.float64), tok)[0] - lr).max() / np.abs(lr).max())
-        chain, hh, t = [], h, tok
-        for _ in range(4):
-            lg, hh = head.step(hh, t)
-            t = int(head.words[int(np.argmax(lg))])
-            chain.append(t)
-        assert head.greedy(h, tok, 4) == chain
-        two = DraftHead(trained["bundle"], target=_native_target(trained["path"], threads=2), bits=4)
+        assert head.greedy(h, tok, 4) == _first_choices(head, h, tok, 4)[0]
         np.testing.assert_array_equal(two.step(h, tok)[0], logits)
     assert apart > 2e-3  # the 4-bit head is not the 8-bit one: the check above tells them apart
     opts = GenerationOptions(max_new_tokens=16, temperature=0.0, stop_at_eot=False)

@@ -571,8 +571,8 @@ def _int8_blocks(packed, scales) -> tuple[np.ndarray, np.ndarray]:
 def round_q4_1(w: np.ndarray, refits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weights in blocks of 32, (n, nb, 32) float32 -> Q4_1 blocks as split_blocks gives them: (nibbles (n, nb, 16),
     element j in byte j's low nibble and element 16 + j in its high one; scales d, offsets m fp16 (n, nb)), w ~ d q + m
-    with q in 0..15. From the block's range, then `refits` least-squares fits of d and m to the rounded q (the
-    error falls ~10% from the range's alone); q rounded last with the fp16 d and m the library reads."""
+    with q in 0..15. From the block's range, then `refits` least-squares fits of d and m to the rounded q (each fit
+    lowers the block's squared error for its q); q rounded last with the fp16 d and m the library reads."""
     w = np.asarray(w, np.float32)
     if w.ndim != 3 or w.shape[2] != BLOCK or not np.isfinite(w).all():
         raise ValueError(f"weights must be finite blocks of {BLOCK}, (n, nb, {BLOCK}); got {w.shape}")
