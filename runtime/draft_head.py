@@ -216,7 +216,7 @@ class DraftHead:
                 self.engine = "native"
                 return
             except BundleError:
-                if engine == "native":
+                if engine == "native" or bits != 8:
                     raise  # auto: the graph's weights have no native form (e.g. a scale fp16 cannot hold): onnxruntime
         self.engine = "onnxruntime"
         self.session = open_session(graph, threads, ["CPUExecutionProvider"], initializers=initializers)

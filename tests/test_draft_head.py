@@ -539,7 +539,8 @@ def test_the_head_engine_is_checked(trained):
 
 def test_a_head_without_a_native_form_runs_on_onnxruntime(trained, tmp_path):
     """A head whose int8 blocks fp16 cannot scale (a block of weights near 1e-7): engine auto runs it on onnxruntime
-    beside the native target, engine native says why in one line."""
+    beside the native target, engine native says why in one line, and so does a 4-bit head (never 8 bits on
+    onnxruntime in its place)."""
     import copy
 
     from heron.export.draft_head import export_draft_head
@@ -552,8 +553,9 @@ def test_a_head_without_a_native_form_runs_on_onnxruntime(trained, tmp_path):
     target = _native_target(trained["path"])
     head = DraftHead(bundle, target=target)
     assert head.engine == "onnxruntime" and head.native is None
-    with pytest.raises(BundleError, match="no native form here .a block scale outside fp16's normal range"):
-        DraftHead(bundle, target=target, engine="native")
+    for kw in ({"engine": "native"}, {"bits": 4}):
+        with pytest.raises(BundleError, match="no native form here .a block scale outside fp16's normal range"):
+            DraftHead(bundle, target=target, **kw)
 
 
 def test_sampling_with_the_native_head_is_seeded(trained):
