@@ -25,7 +25,7 @@ from heron.runtime.decoding import (Acceptance, DecodeStats, DraftSeeds, Generat
                                     RoundPrices, best_window, confidence_window, draw, drafted, free_draft_tokens,
                                     probs, round_prices, verify_cost, verify_costs, window_prices)
 from heron.runtime.manifest import BundleError, FileEntry, document_fields, files_dict, read_files, sha256_bytes
-from heron.runtime.native import HEAD_BITS
+from heron.runtime.native.head import HEAD_BITS
 
 HEAD_FORMAT = "heron-draft-head/1"
 HEAD_FILE = "head.onnx"
@@ -155,8 +155,9 @@ class DraftHead:
     output never: the target verifies every word).
 
     bits: the native head's input projection and blocks as head.onnx stores them (8: int8 blocks) or re-rounded at
-    load to 4-bit blocks (4: heron.runtime.native.round_q4_1; its output rows stay 8-bit): fewer bytes a step, first
-    choices a little apart from the 8-bit head's (BENCHMARKS.md "A 4-bit draft head"). The native engine only."""
+    load to 4-bit blocks (4: heron.runtime.native.head.round_q4_1; its output rows stay 8-bit): fewer bytes a step,
+    first choices a little apart from the 8-bit head's (BENCHMARKS.md "A 4-bit draft head"). The native engine
+    only."""
 
     def __init__(self, folder: str | Path = DEFAULT_HEAD, threads: int = 1, target=None, sha256: str | None = None,
                  engine: str = "auto", bits: int = 8):
@@ -296,7 +297,7 @@ def _native_head(graph: bytes, where: str, m: DraftHeadManifest, target, rows: d
     """head.onnx's weights (heron.export.draft_head's initializers) as a native head in the target's library. rows:
     the output rows supplied from the target (the external initializers), or None (stored in the graph). bits:
     NativeHead's."""
-    from heron.runtime.native import NativeHead
+    from heron.runtime.native.head import NativeHead
     from heron.runtime.onnx_file import initializer_names, initializers_in
 
     names = initializer_names(graph, where)

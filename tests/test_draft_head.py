@@ -349,9 +349,9 @@ def _native_target(path, threads=1):
 
 def _reference_head(bundle, target, words, bits=8):
     """The exported head in float64 numpy from head.onnx's own initializers (its int8 blocks dequantized; bits 4:
-    the projection's and the blocks' re-rounded by native.round_q4_1, dequantized) and the target's rows of `words`:
+    the projection's and the blocks' re-rounded by native.head.round_q4_1, dequantized) and the target's rows of `words`:
     what both engines approximate (onnxruntime rounds activations to int8, the native one to int16)."""
-    from heron.runtime.native import round_q4_1
+    from heron.runtime.native.head import round_q4_1
     from heron.runtime.draft_head import HEAD_FILE, target_rows
     from heron.runtime.onnx_file import initializer_names, read_initializers
 

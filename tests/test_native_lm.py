@@ -508,13 +508,14 @@ def test_weights_are_rounded_to_ggml_q4_1_blocks():
     d q + m; from the range alone every weight within half a step (and the fp16 scales' rounding); the least-squares
     refits lower the error; a constant block is exact; bad input is one line."""
     from heron.runtime.gguf import dequantize
+    from heron.runtime.native.head import round_q4_1
 
     rng = np.random.default_rng(12)
     w = rng.standard_normal((5, 3, 32)).astype(np.float32) * np.array([1e-3, 1.0, 40.0], np.float32)[:, None]
     w[0, 0] = 0.25  # a constant block
     errs = {}
     for refits in (0, 3):
-        nib, d, m = native.round_q4_1(w, refits)
+        nib, d, m = round_q4_1(w, refits)
         assert nib.shape == (5, 3, 16) and nib.dtype == np.uint8 and d.dtype == m.dtype == np.float16
         raw = np.concatenate([d[..., None].view(np.uint8), m[..., None].view(np.uint8), nib], -1)  # ggml's block
         deq = dequantize(raw.reshape(-1), 3).reshape(w.shape)
@@ -528,7 +529,7 @@ def test_weights_are_rounded_to_ggml_q4_1_blocks():
     assert errs[3] < errs[0]
     for bad in (w[..., :16], w[0], np.full((1, 1, 32), np.nan, np.float32)):
         with pytest.raises(ValueError, match="finite blocks of 32"):
-            native.round_q4_1(bad)
+            round_q4_1(bad)
 
 
 def test_rows_are_grouped_eight_to_a_vector_as_the_library_reads_them():

@@ -10,7 +10,8 @@ digest of the source and the flags, so a stale build is never loaded.
     logits = lm.forward([1, 2, 3], last=1)   # (1, V); the cache grows by 3
     lm.trim(1)                                # speculation rewinds
 
-The library also samples (Sampler: heron.runtime.decoding.probs and draw for any engine's logits, where it is built).
+The library also samples (Sampler: heron.runtime.decoding.probs and draw for any engine's logits, where it is built)
+and runs a draft head beside the decoder (heron.runtime.native.head).
 
 The backend protocol is heron.runtime.lm.LMBackend's; the KV cache is numpy arrays this object owns (fp16: keys and
 values rounded once as they are cached, half fp32's bytes). numpy and
@@ -44,7 +45,6 @@ BLOCK = 32
 CHUNK = 64  # tokens per library call in a long prompt (bounds the scratch)
 MAX_THREADS = 64
 ACTIVATIONS = ("int16", "int8")  # how a layer's linears round their inputs per block of 32 (heron_lm.c's act8)
-HEAD_BITS = (8, 4)  # a native draft head's inner linears: as stored (int8 blocks), or re-rounded to 4 bits
 W_Q4A8 = 5  # heron_lm.c's kind for 4-bit blocks read with int8 activations (group_rows_a8's layout)
 GROUP = 8  # rows interleaved in heron_lm.c's layout: one vector lane each
 UNIT = 2 * GROUP  # rows whose two groups' blocks lie side by side (one stream for the kernels)
@@ -54,7 +54,8 @@ class NativeError(RuntimeError):
     """The native library cannot be built or loaded here: says why and what to do."""
 
 
-class _Linear(ctypes.Structure):
+class HlLinear(ctypes.Structure):
+    """heron_lm.c's hl_linear: one linear's blocks in the library's layout (group_rows / group_rows_a8) and its kind."""
     _fields_ = [("qs", ctypes.c_void_p), ("d", ctypes.c_void_p), ("m", ctypes.c_void_p), ("type", ctypes.c_int32),
                 ("n", ctypes.c_int32), ("k", ctypes.c_int32)]
 
@@ -62,16 +63,17 @@ class _Linear(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("ffn_dim", ctypes.c_int32),
-                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", _Linear), ("head", _Linear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_Linear)),
+                ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("emb", HlLinear), ("head", HlLinear), ("out_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(HlLinear)),
                 ("norms", ctypes.POINTER(ctypes.c_void_p)), ("rope_cos", ctypes.c_void_p),
                 ("rope_sin", ctypes.c_void_p), ("rope_len", ctypes.c_int32), ("threads", ctypes.c_int32),
                 ("act8", ctypes.c_int32)]
 
 
-class _Head(ctypes.Structure):
+class HlHead(ctypes.Structure):
+    """heron_lm.c's hl_head: a draft head's linears and vectors (heron.runtime.native.head.NativeHead builds it)."""
     _fields_ = [("dim", ctypes.c_int32), ("ffn", ctypes.c_int32), ("n_blocks", ctypes.c_int32),
-                ("n_words", ctypes.c_int32), ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("proj", _Linear),
-                ("words", _Linear), ("blocks", ctypes.POINTER(_Linear)), ("norms", ctypes.POINTER(ctypes.c_void_p)),
+                ("n_words", ctypes.c_int32), ("vocab", ctypes.c_int32), ("eps", ctypes.c_float), ("proj", HlLinear),
+                ("words", HlLinear), ("blocks", ctypes.POINTER(HlLinear)), ("norms", ctypes.POINTER(ctypes.c_void_p)),
                 ("emb_norm", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("oov", ctypes.c_void_p),
                 ("row_of_word", ctypes.c_void_p), ("threads", ctypes.c_int32)]
 
@@ -196,9 +198,9 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_forward.argtypes = [ctypes.POINTER(_Model), vp, ctypes.c_int, ctypes.c_int, vp, vp, ctypes.c_int, vp, vp,
                                ctypes.c_int, vp, vp]
     lib.hl_head_scratch_floats.restype = ctypes.c_size_t
-    lib.hl_head_scratch_floats.argtypes = [ctypes.POINTER(_Head)]
+    lib.hl_head_scratch_floats.argtypes = [ctypes.POINTER(HlHead)]
     lib.hl_head_run.restype = ctypes.c_int
-    lib.hl_head_run.argtypes = [ctypes.POINTER(_Head), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp]
+    lib.hl_head_run.argtypes = [ctypes.POINTER(HlHead), vp, ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp]
     lib.hl_probs.restype = ctypes.c_int
     lib.hl_probs.argtypes = [vp, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_float, vp, vp,
                              vp, vp]
@@ -207,24 +209,25 @@ def load(path: Path | None = None) -> ctypes.CDLL:
     lib.hl_certain.restype = ctypes.c_int
     lib.hl_certain.argtypes = [vp, ctypes.c_int]
     lib.hl_linear_apply.restype = ctypes.c_int
-    lib.hl_linear_apply.argtypes = [ctypes.POINTER(_Linear), ctypes.c_int, vp, vp, ctypes.c_int]
+    lib.hl_linear_apply.argtypes = [ctypes.POINTER(HlLinear), ctypes.c_int, vp, vp, ctypes.c_int]
     if path is None:
         _LIB = lib
     return lib
 
 
-def _ptr(a: np.ndarray) -> int:
+def address(a: np.ndarray) -> int:
+    """An array's data address for the library (its owner keeps the array alive while the library reads it)."""
     return a.ctypes.data
 
 
-def linear_apply(lib: ctypes.CDLL, linear: _Linear, x: np.ndarray) -> np.ndarray:
+def linear_apply(lib: ctypes.CDLL, linear: HlLinear, x: np.ndarray) -> np.ndarray:
     """x (T, k) through one of a model's linears alone, its input rounded as a forward rounds it (int8 for W_Q4A8,
     else int16), on one thread: (T, n). For tests and probes."""
     x = np.ascontiguousarray(x, np.float32)
     if x.ndim != 2 or x.shape[1] != linear.k or not len(x):
         raise ValueError(f"x must be (T >= 1, {linear.k}), got {x.shape}")
     y = np.zeros((len(x), linear.n), np.float32)
-    if lib.hl_linear_apply(ctypes.byref(linear), len(x), _ptr(x), _ptr(y), int(linear.type == W_Q4A8)):
+    if lib.hl_linear_apply(ctypes.byref(linear), len(x), address(x), address(y), int(linear.type == W_Q4A8)):
         raise ValueError("hl_linear_apply refused its arguments")
     return y
 
@@ -326,7 +329,7 @@ class NativeLM:
             self._keep.extend(a for a in arrays if a is not None)
             qs, d, m = arrays
             kind = W_Q4A8 if a8 else TYPES[t.type_name]
-            return _Linear(_ptr(qs), _ptr(d), _ptr(m) if m is not None else None, kind, *t.shape)
+            return HlLinear(address(qs), address(d), address(m) if m is not None else None, kind, *t.shape)
 
         def vector(name, n):
             t = self.file.tensors.get(name)
@@ -344,10 +347,10 @@ class NativeLM:
         head = linear(head_name, (V, D)) if head_name == "output.weight" else emb
         shapes = {"attn_q": (H * S, D), "attn_k": (G * S, D), "attn_v": (G * S, D), "attn_output": (D, H * S),
                   "ffn_gate": (F, D), "ffn_up": (F, D), "ffn_down": (D, F)}
-        layers = (_Linear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k], layer=True) for i in range(L)
+        layers = (HlLinear * (7 * L))(*[linear(f"blk.{i}.{k}.weight", shapes[k], layer=True) for i in range(L)
                                        for k in LAYER_LINEARS])
         norms = [vector(f"blk.{i}.{k}.weight", D) for i in range(L) for k in ("attn_norm", "ffn_norm")]
-        norm_ptrs = (ctypes.c_void_p * len(norms))(*[_ptr(a) for a in norms])
+        norm_ptrs = (ctypes.c_void_p * len(norms))(*[address(a) for a in norms])
         out_norm = vector("output_norm.weight", D)
         theta = float(md.get("llama.rope.freq_base", 10000.0))
         inv = 1.0 / theta ** (np.arange(0, S, 2, dtype=np.float64) / S)
@@ -355,7 +358,7 @@ class NativeLM:
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
         self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
-                         _ptr(out_norm), layers, norm_ptrs, _ptr(self._cos), _ptr(self._sin), self.max_len, threads,
+                         address(out_norm), layers, norm_ptrs, address(self._cos), address(self._sin), self.max_len, threads,
                          int(act8))
         self.activations = activations
         self.vocab_size, self.threads = V, threads
@@ -467,9 +470,9 @@ class NativeLM:
             t = len(chunk)
             want = max(0, min(t, n_out - (T - a - t)))  # the chunk's rows among the last n_out
             dst, hid = out[done:done + want], hidden[done:done + want]
-            rc = self._lib.hl_forward(ctypes.byref(self._m), _ptr(chunk), t, self._n, _ptr(self._k), _ptr(self._v),
-                                      self._cap, _ptr(self._scratch), _ptr(self._scores), want,
-                                      _ptr(dst) if want else None, _ptr(hid) if want else None)
+            rc = self._lib.hl_forward(ctypes.byref(self._m), address(chunk), t, self._n, address(self._k), address(self._v),
+                                      self._cap, address(self._scratch), address(self._scores), want,
+                                      address(dst) if want else None, address(hid) if want else None)
             if rc != 0:
                 raise RuntimeError(f"heron's native decoder refused the call (code {rc})")
             self._ids[self._n:self._n + t] = chunk
@@ -508,8 +511,8 @@ class Sampler:
         out = np.empty(rows.shape, np.float64)
         e, cand, kept = self._scratch(n)
         for r, o in zip(rows, out):
-            rc = self._lib.hl_probs(_ptr(r), n, float(temperature), float(top_p), int(top_k), float(min_p), _ptr(o),
-                                    _ptr(e), _ptr(cand), _ptr(kept))
+            rc = self._lib.hl_probs(address(r), n, float(temperature), float(top_p), int(top_k), float(min_p), address(o),
+                                    address(e), address(cand), address(kept))
             if rc < -1:
                 raise ValueError("logits must be finite numbers" if rc == -3 else
                                  "temperature must be > 0, top_p in (0, 1], top_k >= 0 and min_p in [0, 1), got "
@@ -520,10 +523,10 @@ class Sampler:
         """One id drawn from the distribution p (V,) float64."""
         p = np.ascontiguousarray(p, np.float64)
         n = p.shape[-1]
-        k = self._lib.hl_certain(_ptr(p), n)
+        k = self._lib.hl_certain(address(p), n)
         if k >= 0:
             return k
-        k = self._lib.hl_draw(_ptr(p), n, rng.random())
+        k = self._lib.hl_draw(address(p), n, rng.random())
         if k < 0:
             raise ValueError("a distribution to draw from needs finite, non-negative mass")
         return k
@@ -540,153 +543,6 @@ def sampler() -> Sampler | None:
         except (NativeError, OSError):
             _SAMPLER.append(None)
     return _SAMPLER[0]
-
-
-def int8_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
-    """An int8 linear in blocks of 32 (packed (n, k/32, 32) uint8 = value + 128, as onnxruntime's 8-bit MatMulNBits
-    and heron's Q8 rows store them; scales n x k/32 float32) -> the library's Q8 linear (fp16 scales: every scale must
-    be zero or in fp16's normal range, else ValueError). keep: the list that keeps its arrays alive."""
-    packed, s32 = _int8_blocks(packed, scales)
-    n, nb, _ = packed.shape
-    arrays = group_rows(packed ^ np.uint8(0x80), s32.astype(np.float16), None)  # value + 128 -> int8
-    keep.extend(x for x in arrays if x is not None)
-    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), None, TYPES["Q8_0"], n, nb * BLOCK)
-
-
-def _int8_blocks(packed, scales) -> tuple[np.ndarray, np.ndarray]:
-    """int8_linear's arguments checked -> (packed (n, nb, 32) uint8, scales (n, nb) float32)."""
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8 or packed.ndim != 3 or packed.shape[2] != BLOCK:
-        raise ValueError(f"int8 blocks must be (n, k/32, 32) uint8, got {packed.dtype} {packed.shape}")
-    n, nb, _ = packed.shape
-    s32 = np.asarray(scales, np.float32).reshape(-1)
-    if s32.size != n * nb:
-        raise ValueError(f"{n} x {nb} blocks need {n * nb} scales, got {s32.size}")
-    a = np.abs(s32)
-    if not np.isfinite(s32).all() or ((a > 0) & ((a < np.finfo(np.float16).tiny) | (a > 65504))).any():
-        raise ValueError("a block scale outside fp16's normal range")
-    return packed, s32.reshape(n, nb)
-
-
-def round_q4_1(w: np.ndarray, refits: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights in blocks of 32, (n, nb, 32) float32 -> Q4_1 blocks as split_blocks gives them: (nibbles (n, nb, 16),
-    element j in byte j's low nibble and element 16 + j in its high one; scales d, offsets m fp16 (n, nb)), w ~ d q + m
-    with q in 0..15. From the block's range, then `refits` least-squares fits of d and m to the rounded q (each fit
-    lowers the block's squared error for its q); q rounded last with the fp16 d and m the library reads."""
-    w = np.asarray(w, np.float32)
-    if w.ndim != 3 or w.shape[2] != BLOCK or not np.isfinite(w).all():
-        raise ValueError(f"weights must be finite blocks of {BLOCK}, (n, nb, {BLOCK}); got {w.shape}")
-
-    def rounded(d, m):
-        return np.clip(np.rint((w - m[..., None]) / np.where(d > 0, d, 1)[..., None]), 0, 15)
-
-    lo, hi = w.min(-1), w.max(-1)
-    d, m = (hi - lo) / 15, lo
-    for _ in range(refits):
-        q = rounded(d, m)
-        qc = q - q.mean(-1, keepdims=True)
-        var = (qc * qc).sum(-1)
-        fit = np.divide((qc * w).sum(-1), var, out=np.zeros_like(var), where=var > 0)
-        keep = fit > 0  # a block whose q came out constant keeps its range's scale
-        d = np.where(keep, fit, d)
-        m = np.where(keep, w.mean(-1) - d * q.mean(-1), m)
-    d16, m16 = d.astype(np.float16), m.astype(np.float16)
-    q = rounded(d16.astype(np.float32), m16.astype(np.float32)).astype(np.uint8)
-    return q[..., :16] | (q[..., 16:] << 4), d16, m16
-
-
-def int8_as_q4_linear(packed: np.ndarray, scales: np.ndarray, keep: list) -> _Linear:
-    """int8_linear's blocks re-rounded to 4 bits (round_q4_1): the library's Q4_1 linear, about half the bytes
-    (20 a block of 32 against 34). keep: the list that keeps its arrays alive."""
-    packed, s32 = _int8_blocks(packed, scales)
-    n, nb, _ = packed.shape
-    arrays = group_rows(*round_q4_1((packed.astype(np.int16) - 128).astype(np.float32) * s32[..., None]))
-    keep.extend(arrays)
-    return _Linear(_ptr(arrays[0]), _ptr(arrays[1]), _ptr(arrays[2]), TYPES["Q4_1"], n, nb * BLOCK)
-
-
-class NativeHead:
-    """A draft head (heron.runtime.draft_head's architecture) run by the native library, in the target's own OpenMP
-    team: no onnxruntime session between the target's steps, two threads reading its weights.
-
-    linears: name -> (packed (n, k/32, 32) uint8, scales) for "proj" and "blocks.{i}.gate|up|down"; words: the
-    head's output rows, the same form (n_words, dim); vectors: "emb_norm", "blocks.{i}.norm", "bias", "oov" float32;
-    row_of_word (vocab,): each target word's row among the head's words (n_words or more: none). lib: the target's
-    loaded library (NativeLM._lib); threads: its team's size. bits: 8, every linear as given; 4, the input projection
-    and the blocks re-rounded to 4-bit blocks (int8_as_q4_linear), the words kept in 8 bits."""
-
-    def __init__(self, lib: ctypes.CDLL, linears: dict, words: tuple, vectors: dict, row_of_word: np.ndarray,
-                 n_blocks: int, eps: float, threads: int = 1, bits: int = 8):
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-            raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
-        if bits not in HEAD_BITS or isinstance(bits, bool):
-            raise ValueError(f"bits must be one of {HEAD_BITS}, got {bits!r}")
-        self._lib, self._keep = lib, []
-        keep = self._keep
-        out = int8_linear(*words, keep)
-        N, D = out.n, out.k
-        inner = int8_linear if bits == 8 else int8_as_q4_linear
-        proj = inner(*linears["proj"], keep)
-        blocks = [inner(*linears[f"blocks.{i}.{k}"], keep) for i in range(n_blocks) for k in ("gate", "up", "down")]
-        F = blocks[0].n if blocks else D
-        if (proj.n, proj.k) != (D, 2 * D) or any((b.n, b.k) != ((D, F) if j % 3 == 2 else (F, D))
-                                                    for j, b in enumerate(blocks)) or F % BLOCK:
-            raise ValueError(f"the head's linears do not fit a head of width {D}")
-
-        def vector(name, n):
-            a = np.ascontiguousarray(vectors[name], np.float32).reshape(-1)
-            if a.shape != (n,):
-                raise ValueError(f"the head's {name} has {a.size} values, expected {n}")
-            keep.append(a)
-            return a
-
-        norms = [vector(f"blocks.{i}.norm", D) for i in range(n_blocks)]
-        rows = np.asarray(row_of_word, np.int64).reshape(-1)
-        rows = np.where((rows >= 0) & (rows < N), rows, -1).astype(np.int32)
-        keep.append(rows)
-        self._blocks = (_Linear * max(1, len(blocks)))(*blocks)
-        self._norms = (ctypes.c_void_p * max(1, n_blocks))(*[_ptr(a) for a in norms])
-        self._h = _Head(D, F, n_blocks, N, len(rows), float(eps), proj, out, self._blocks, self._norms,
-                        _ptr(vector("emb_norm", D)), _ptr(vector("bias", N)), _ptr(vector("oov", D)), _ptr(rows),
-                        threads)
-        self.dim, self.n_words, self.vocab_size, self.threads, self.bits = D, N, len(rows), threads, bits
-        self._scratch = np.zeros(lib.hl_head_scratch_floats(ctypes.byref(self._h)), np.float32)
-
-    def _run(self, hidden, token: int, g: int, rows, logits, feature, prices=None, probs=None) -> int:
-        h = np.ascontiguousarray(hidden, np.float32).reshape(-1)
-        if h.shape != (self.dim,):
-            raise ValueError(f"the head reads a hidden state of {self.dim} floats, got {h.size}")
-        rc = self._lib.hl_head_run(ctypes.byref(self._h), _ptr(h), int(token), g,
-                                   None if rows is None else _ptr(rows), None if logits is None else _ptr(logits),
-                                   None if feature is None else _ptr(feature), _ptr(self._scratch),
-                                   None if prices is None else _ptr(prices), None if probs is None else _ptr(probs))
-        if rc < 0:
-            raise RuntimeError(f"heron's native decoder refused the head's call (code {rc})")
-        return rc
-
-    def step(self, hidden, token: int) -> tuple[np.ndarray, np.ndarray]:
-        """hidden (D,), the word that followed it (a target id) -> logits (N,), the head's feature (D,)."""
-        logits, feature = np.empty(self.n_words, np.float32), np.empty(self.dim, np.float32)
-        self._run(hidden, token, 1, None, logits, feature)
-        return logits, feature
-
-    def greedy(self, hidden, token: int, g: int, prices=None, probs: np.ndarray | None = None) -> np.ndarray:
-        """Up to g chained steps, each from the last one's first choice, in one call -> the rows chosen (int32).
-        prices (g,): a window of k words costs prices[k - 1] past a plain step; the window stops where the head's
-        own probabilities say a longer one would not pay (decoding.confidence_window's rule, in the library).
-        probs: a float32 array of g that receives the probability of each step's first choice, for the steps run
-        (the window's words and, where it stopped short of g, the one that ended it); the rest is left as it was."""
-        if not 1 <= g <= 1 << 10:
-            raise ValueError(f"a window of 1 to 1024 words, got {g}")
-        rows = np.empty(g, np.int32)
-        if prices is not None:
-            prices = np.ascontiguousarray(prices, np.float32).reshape(-1)
-            if prices.shape != (g,) or not np.all(np.isfinite(prices)):
-                raise ValueError(f"prices must be {g} finite numbers, one per window length")
-        if probs is not None and (probs.dtype != np.float32 or probs.shape != (g,) or not probs.flags.c_contiguous):
-            raise ValueError(f"probs must be a contiguous float32 array of {g}")
-        n = self._run(hidden, token, g, rows, None, None, prices, probs)
-        return rows[:n]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
