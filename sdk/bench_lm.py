@@ -30,6 +30,7 @@ import numpy as np
 
 from heron.lm import LanguageModel, load_lm
 from heron.runtime import decoding as sp
+from heron.runtime import mirror as ms
 from heron.runtime.metrics import machine
 
 
@@ -319,7 +320,7 @@ def predicted_overlapped(alpha: float, gamma: int, costs: dict, beside: dict, re
 
 def predicted_ahead(alpha: float, gamma: int, costs: dict, beside: dict, rounds: int = 4000) -> float:
     """Mirror-SD's speed-up over plain decoding at the whole budget with windows as the draft writes them
-    (heron.runtime.decoding._mirror_ahead), simulated over `rounds` rounds (seeded: the same figure every time): each
+    (heron.runtime.mirror._mirror_ahead), simulated over `rounds` rounds (seeded: the same figure every time): each
     draft word accepted with probability alpha, the draft writing a word every beside["draft_step_s"] up to
     AHEAD_SPAN * gamma + 1 words past the verified sequence, a verify of k words lasting beside["target_step_s"] *
     (1 + (beta - 1) k / gamma) (from one step to the timed verify of gamma + 1 tokens), the target waiting for
@@ -327,7 +328,7 @@ def predicted_ahead(alpha: float, gamma: int, costs: dict, beside: dict, rounds:
     when its next word holds too (alpha again), a miss restarting the draft half a draft step later (the join)."""
     rng = np.random.default_rng(0)
     d, step, beta = beside["draft_step_s"], beside["target_step_s"], beside["beta"]
-    least, span = -(-gamma // sp.AHEAD_LEAST), sp.AHEAD_SPAN * gamma + 1
+    least, span = -(-gamma // ms.AHEAD_LEAST), ms.AHEAD_SPAN * gamma + 1
     t, tokens, base, written, next_at = 0.0, 0, 0, 0, d  # next_at: when the next word is written (None: paused)
 
     def draft_until(when: float) -> None:

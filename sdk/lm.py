@@ -30,11 +30,12 @@ from typing import Iterator, Sequence
 
 from heron.paths import NAMED_LMS, default_lm_path, named_lm_path
 from heron.runtime.chat import ChatTemplate
-from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, mirror,
-                                    mirror_kappa, plain, speculative)
+from heron.runtime.decoding import (DecodeStats, GenerationOptions, SpeculativeOptions, check_prompt, lookup, plain,
+                                    speculative)
 from heron.runtime.draft_head import DEFAULT_HEAD, DraftHead, head_generate
 from heron.runtime.lm import DEFAULT_DRAFT, Detokenizer, OnnxLM, Token, provider_name
 from heron.runtime.manifest import BundleError
+from heron.runtime.mirror import mirror, mirror_kappa
 from heron.runtime.tokenizer import Tokenizer, require_same_vocabulary, vocabulary_record
 
 MAX_THREADS = 256  # CPU threads a target or draft may ask for

@@ -406,6 +406,7 @@ def test_mirror_with_kappa_0_drafts_with_in_place_states(tmp_path):
     (rewound, never forked: no copy of the cache per step) serves: plain decoding's tokens, windows accepted (the
     draft is the target's own graph). Early-exit branches (kappa >= 1) still need states that fork."""
     from heron.runtime import decoding as sp
+    from heron.runtime import mirror as ms
 
     path = write_tiny_llama(tmp_path / "t.gguf", np.random.default_rng(5), ("Q4_1", "Q8_0"))
     target, draft = _backend(path, True), _backend(path, True)
@@ -414,16 +415,16 @@ def test_mirror_with_kappa_0_drafts_with_in_place_states(tmp_path):
     ref = [t.id for t in sp.plain(target, [3, 1, 4, 1, 5], opts)]
     st = sp.DecodeStats()
     fixed = sp.SpeculativeOptions("mirror", gamma=4, kappa=0, fixed_windows=True)
-    got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, fixed, st)]
+    got = [t.id for t in ms.mirror(target, draft, [3, 1, 4, 1, 5], opts, fixed, st)]
     # every round's next window is the branch built beside the target, but the last (it ends the generation)
     assert got == ref and max(st.accepted) == 4 and st.branch_hits >= 3 and st.branch_misses <= 1, st
     # windows as the draft writes them (the default at temperature 0) rewind the same in-place states
     st = sp.DecodeStats()
-    got = [t.id for t in sp.mirror(target, draft, [3, 1, 4, 1, 5], opts, sp.SpeculativeOptions("mirror", gamma=4,
+    got = [t.id for t in ms.mirror(target, draft, [3, 1, 4, 1, 5], opts, sp.SpeculativeOptions("mirror", gamma=4,
                                                                                                 kappa=0), st)]
     assert got == ref and st.branch_hits >= 3, st
     with pytest.raises(ValueError, match=r"early-exit branches \(kappa 2\) need a draft that keeps independent"):
-        list(sp.mirror(target, draft, [3, 1], opts, sp.SpeculativeOptions("mirror", kappa=2)))
+        list(ms.mirror(target, draft, [3, 1], opts, sp.SpeculativeOptions("mirror", kappa=2)))
 
 
 def test_the_cli_exports_growing_states_for_a_mirror_draft(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from heron.export.onnx_lm import write_bundle  # noqa: E402
 from heron.models.lm.backend import TorchLM  # noqa: E402
 from heron.models.lm.model import Transformer, preset  # noqa: E402
 from heron.runtime import decoding as sp  # noqa: E402
+from heron.runtime import mirror as ms  # noqa: E402
 from heron.runtime.decoding import SpeculativeOptions as Spec  # noqa: E402
 
 from conftest import Clocked, InjectFault, chi2_pvalue as _chi2_pvalue  # noqa: E402
@@ -75,7 +76,7 @@ def test_greedy_equals_plain_for_every_method(pair):
                 assert [t.id for t in sp.lookup(T, prompt, opts, Spec("lookup", gamma=gamma, adaptive=adaptive))] == ref
         for exit_layer, kappa in ((1, 1), (2, 3)):
             st = sp.DecodeStats()
-            assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, kappa=kappa,
+            assert [t.id for t in ms.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, kappa=kappa,
                                                                         exit_layer=exit_layer), stats=st)] == ref
             hits += st.branch_hits
     assert hits > 0  # branches were really reused somewhere
@@ -92,7 +93,7 @@ def test_every_method_stops_at_any_end_id(soft_pair):
         opts = sp.GenerationOptions(max_new_tokens=60, temperature=1.0, seed=seed)
         runs = {"plain": sp.plain(T, [5, 6, 7, 9], opts),
                 "draft": sp.speculative(T, D, [5, 6, 7, 9], opts, Spec(gamma=5)),
-                "mirror": sp.mirror(T, D, [5, 6, 7, 9], opts, Spec("mirror", gamma=4, exit_layer=1))}
+                "mirror": ms.mirror(T, D, [5, 6, 7, 9], opts, Spec("mirror", gamma=4, exit_layer=1))}
         for method, run in runs.items():
             ids = [t.id for t in run]
             assert not ends & set(ids[:-1]), method  # nothing after an end id
@@ -110,17 +111,17 @@ def test_context_end_and_bad_input(pair):
     opts = sp.GenerationOptions(max_new_tokens=200)
     ref = [t.id for t in sp.plain(T, [1, 2], opts)]
     assert len(ref) == 94  # stops at the 96-token context without an error
-    assert [t.id for t in sp.mirror(T, D, [1, 2], opts, Spec("mirror", gamma=4))] == ref
+    assert [t.id for t in ms.mirror(T, D, [1, 2], opts, Spec("mirror", gamma=4))] == ref
     with pytest.raises(ValueError, match="empty prompt"):
         list(sp.speculative(T, D, [], opts))
     with pytest.raises(ValueError, match="gamma"):
         list(sp.speculative(T, D, [1], opts, Spec(gamma=0)))
     with pytest.raises(ValueError, match="exit-layer"):
-        list(sp.mirror(T, D, [1], opts, Spec("mirror", exit_layer=3)))
+        list(ms.mirror(T, D, [1], opts, Spec("mirror", exit_layer=3)))
     with pytest.raises(ValueError, match="branch"):  # early-exit branches need a draft whose states fork
-        list(sp.mirror(T, TorchLM(target), [1], opts, Spec("mirror", kappa=2)))
+        list(ms.mirror(T, TorchLM(target), [1], opts, Spec("mirror", kappa=2)))
     # kappa 0 builds one branch at a time: a draft that can only rewind (a torch cache) serves
-    assert [t.id for t in sp.mirror(T, TorchLM(target), [1, 2], opts, Spec("mirror", kappa=0))] == ref
+    assert [t.id for t in ms.mirror(T, TorchLM(target), [1, 2], opts, Spec("mirror", kappa=0))] == ref
 
 
 @pytest.mark.parametrize("mode", ["raise", "stall"])
@@ -132,7 +133,7 @@ def test_draft_fault_falls_back_without_changing_output(pair, mode, method):
     ref = [t.id for t in sp.plain(T, [4, 5, 6], opts)]
     D = InjectFault(OnnxLM(folder), after_calls=7, mode=mode, stall_s=3.0)
     st = sp.DecodeStats()
-    fn = sp.speculative if method == "draft" else sp.mirror
+    fn = sp.speculative if method == "draft" else ms.mirror
     out = [t.id for t in fn(T, D, [4, 5, 6], opts, Spec(method, gamma=3, draft_timeout_s=0.5), stats=st)]
     assert out == ref
     assert st.fallback and ("stalled" if mode == "stall" else "injected") in st.fallback
@@ -188,7 +189,7 @@ def test_sampling_matches_target_distribution(soft_pair, method, monkeypatch):
         def fn(T, D, prompt, opts, spec):
             return sp.lookup(T, prompt, opts, spec)
     else:
-        fn = sp.speculative if method == "draft" else sp.mirror
+        fn = sp.speculative if method == "draft" else ms.mirror
 
     def histograms():
         c1, c2 = np.zeros(V), np.zeros(V)
@@ -434,7 +435,7 @@ def test_mirror_with_a_trained_exit_head_is_lossless(pair, tmp_path):
     opts = sp.GenerationOptions(max_new_tokens=24)
     for prompt in PROMPTS[:4]:
         ref = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
-        assert [t.id for t in sp.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, exit_layer=2))] == ref
+        assert [t.id for t in ms.mirror(T, D, prompt, opts, Spec("mirror", gamma=4, exit_layer=2))] == ref
 
 
 def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
@@ -446,9 +447,9 @@ def test_mirror_is_reproducible_for_a_seed_at_any_temperature(soft_pair):
     runs = set()
     for budget_sleep in (0.0, 0.002, 0.0, 0.004, 0.0):
         slow = D if budget_sleep == 0 else _Slow(D, budget_sleep)
-        runs.add(tuple(t.id for t in sp.mirror(T, slow, [3, 4], opts, Spec("mirror", gamma=4, kappa=2, exit_layer=1))))
+        runs.add(tuple(t.id for t in ms.mirror(T, slow, [3, 4], opts, Spec("mirror", gamma=4, kappa=2, exit_layer=1))))
     assert len(runs) == 1
-    other = tuple(t.id for t in sp.mirror(T, D, [3, 4], sp.GenerationOptions(max_new_tokens=40, temperature=0.9, seed=8),
+    other = tuple(t.id for t in ms.mirror(T, D, [3, 4], sp.GenerationOptions(max_new_tokens=40, temperature=0.9, seed=8),
                                           Spec("mirror", gamma=4, kappa=2, exit_layer=1)))
     assert other not in runs  # the seed matters
 
@@ -578,7 +579,7 @@ def _mirror_reuse(torch_target, make_target, draft, prompts, max_new_tokens: int
         ref = [t.id for t in sp.plain(TorchLM(torch_target), prompt, opts)]
         st = sp.DecodeStats()
         spec = Spec("mirror", gamma=4, kappa=0, fixed_windows=fixed_windows)
-        got = [t.id for t in sp.mirror(make_target(), draft, prompt, opts, spec, stats=st)]
+        got = [t.id for t in ms.mirror(make_target(), draft, prompt, opts, spec, stats=st)]
         assert got == ref
         hits, misses = hits + st.branch_hits, misses + st.branch_misses
         if windows is not None:
@@ -597,9 +598,9 @@ def test_mirror_builds_the_drafts_own_continuation_beside_the_target(pair, tmp_p
     hits, misses = _mirror_reuse(target, lambda: _SlowTarget(OnnxLM(tmp_path / "same"), 0.02), same, PROMPTS[:4], 40)
     assert hits > 3 * misses, (hits, misses)  # without the own branch kappa 0 builds nothing: no hits at all
     with pytest.raises(ValueError, match="early-exit split .prefix/suffix. for kappa 2"):
-        list(sp.mirror(OnnxLM(tmp_path / "same"), same, [1], opts, Spec("mirror", gamma=4, kappa=2)))
+        list(ms.mirror(OnnxLM(tmp_path / "same"), same, [1], opts, Spec("mirror", gamma=4, kappa=2)))
     # the default (kappa None): no exit head trained for the exit layer -> 0, so this target needs no split either
-    assert [t.id for t in sp.mirror(OnnxLM(tmp_path / "same"), same, PROMPTS[1], opts, Spec("mirror", gamma=4))] == \
+    assert [t.id for t in ms.mirror(OnnxLM(tmp_path / "same"), same, PROMPTS[1], opts, Spec("mirror", gamma=4))] == \
         [t.id for t in sp.plain(TorchLM(target), PROMPTS[1], opts)]
     with pytest.raises(ValueError, match="kappa must be an integer >= 0"):
         Spec("mirror", kappa=-1)
@@ -637,14 +638,14 @@ def test_mirror_stopped_early_ends_the_drafts_thread_before_its_cache_is_used_ag
     same = OnnxLM(write_bundle(target, tmp_path / "same"))
     opts = sp.GenerationOptions(max_new_tokens=30)
     T = _SlowTarget(OnnxLM(tmp_path / "same"), 0.02)
-    gen = sp.mirror(T, same, PROMPTS[2], opts, Spec("mirror", gamma=4))
+    gen = ms.mirror(T, same, PROMPTS[2], opts, Spec("mirror", gamma=4))
     first = [next(gen).id for _ in range(5)]
     gen.close()
     ref = [t.id for t in sp.plain(TorchLM(target), PROMPTS[2], opts)]
     assert first == ref[:5]
     for prompt in PROMPTS[3:6]:
         want = [t.id for t in sp.plain(TorchLM(target), prompt, opts)]
-        assert [t.id for t in sp.mirror(T, same, prompt, opts, Spec("mirror", gamma=4))] == want
+        assert [t.id for t in ms.mirror(T, same, prompt, opts, Spec("mirror", gamma=4))] == want
 
 
 def test_mirror_finishes_the_own_continuation_when_the_whole_window_was_accepted(pair, tmp_path):
