@@ -27,7 +27,8 @@ class _Branch:
     ids: list[int]             # the token ids of that state
 
 
-def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int, alpha: float) -> list[tuple[int, int, float]]:
+def _branch_order(early_logits: np.ndarray, window: list[int], kappa: int,
+                  alpha: float) -> list[tuple[int, int, float]]:
     """(depth, candidate, score) ranked by P(depth) x P_exit(candidate): the draft builds the most likely
     correction paths first. Depth j < gamma means "rejected at j" (the candidate must differ from the
     draft token there); depth gamma means "all accepted" (the candidate is the bonus token)."""

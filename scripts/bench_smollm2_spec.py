@@ -15,13 +15,13 @@ the two, both ~2 from fp32; int8x2: ~0.005), so a near-tie can resolve different
 decoding. Also the cost of verifying T tokens in one call, in plain steps (each call timed right after a 300-token
 prefill, as every session before 51 measured it, and after 3 one-token steps, as calls follow each other in decoding:
 "in a stream"), and per method the speed-up each table predicts (tokens / (plain steps + the cost of each verified
-window)), the mean window and the acceptance per draft position. With --head, the row "head+lookup adaptive g<=8, one price per token" sizes the
-windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
+window)), the mean window and the acceptance per draft position. With --head, the row "head+lookup adaptive g<=8,
+one price per token" sizes the windows with the target's one price per verified token where it tables its calls' prices (the native decoder's
 verify_costs, since session 43): an A/B of the table; "head+lookup adaptive g<=8, head priced by the table" sizes
 the head's windows with that table too (by default only prompt lookup's); "head+lookup adaptive g<=8, timed prices"
 prices greedy windows by timing their rounds in use (decoding.RoundPrices, off by default: session 49) and prints
-what a round of k draft words cost in use, in plain steps; "head+lookup adaptive g<=8, 4-bit head" runs the native head with
-its projection and blocks re-rounded to 4 bits (DraftHead(bits=4)). `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
+what a round of k draft words cost in use, in plain steps; "head+lookup adaptive g<=8, 4-bit head" runs the native
+head with its projection and blocks re-rounded to 4 bits (DraftHead(bits=4)). `--compare-cost X` adds the adaptive lookup (and with --head the head + lookup at
 g<=8) with the target's verify_cost set to X (its windows sized for that price). `--draft DIR` adds draft-model speculation (a draft bundle with SmolLM2's
 tokenizer, e.g. the target's own weights exported with `--compute int8`: a self-draft that needs no training),
 serial on the same thread budget, windows of 1 and 3. `--head DIR` adds speculation with a draft head on the

@@ -358,8 +358,8 @@ class NativeLM:
         self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self._layers, self._norm_ptrs = layers, norm_ptrs
         self._m = _Model(L, D, H, G, S, F, V, float(need("attention.layer_norm_rms_epsilon")), emb, head,
-                         address(out_norm), layers, norm_ptrs, address(self._cos), address(self._sin), self.max_len, threads,
-                         int(act8))
+                         address(out_norm), layers, norm_ptrs, address(self._cos), address(self._sin), self.max_len,
+                         threads, int(act8))
         self.activations = activations
         self.vocab_size, self.threads = V, threads
         self.metadata = md
@@ -470,8 +470,8 @@ class NativeLM:
             t = len(chunk)
             want = max(0, min(t, n_out - (T - a - t)))  # the chunk's rows among the last n_out
             dst, hid = out[done:done + want], hidden[done:done + want]
-            rc = self._lib.hl_forward(ctypes.byref(self._m), address(chunk), t, self._n, address(self._k), address(self._v),
-                                      self._cap, address(self._scratch), address(self._scores), want,
+            rc = self._lib.hl_forward(ctypes.byref(self._m), address(chunk), t, self._n, address(self._k),
+                                      address(self._v), self._cap, address(self._scratch), address(self._scores), want,
                                       address(dst) if want else None, address(hid) if want else None)
             if rc != 0:
                 raise RuntimeError(f"heron's native decoder refused the call (code {rc})")
@@ -511,8 +511,8 @@ class Sampler:
         out = np.empty(rows.shape, np.float64)
         e, cand, kept = self._scratch(n)
         for r, o in zip(rows, out):
-            rc = self._lib.hl_probs(address(r), n, float(temperature), float(top_p), int(top_k), float(min_p), address(o),
-                                    address(e), address(cand), address(kept))
+            rc = self._lib.hl_probs(address(r), n, float(temperature), float(top_p), int(top_k), float(min_p),
+                                    address(o), address(e), address(cand), address(kept))
             if rc < -1:
                 raise ValueError("logits must be finite numbers" if rc == -3 else
                                  "temperature must be > 0, top_p in (0, 1], top_k >= 0 and min_p in [0, 1), got "

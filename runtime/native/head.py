@@ -117,8 +117,8 @@ class NativeHead:
         self._blocks = (HlLinear * max(1, len(blocks)))(*blocks)
         self._norms = (ctypes.c_void_p * max(1, n_blocks))(*[address(a) for a in norms])
         self._h = HlHead(D, F, n_blocks, N, len(rows), float(eps), proj, out, self._blocks, self._norms,
-                        address(vector("emb_norm", D)), address(vector("bias", N)), address(vector("oov", D)), address(rows),
-                        threads)
+                        address(vector("emb_norm", D)), address(vector("bias", N)), address(vector("oov", D)),
+                        address(rows), threads)
         self.dim, self.n_words, self.vocab_size, self.threads, self.bits = D, N, len(rows), threads, bits
         self._scratch = np.zeros(lib.hl_head_scratch_floats(ctypes.byref(self._h)), np.float32)
 
@@ -129,7 +129,8 @@ class NativeHead:
         rc = self._lib.hl_head_run(ctypes.byref(self._h), address(h), int(token), g,
                                    None if rows is None else address(rows), None if logits is None else address(logits),
                                    None if feature is None else address(feature), address(self._scratch),
-                                   None if prices is None else address(prices), None if probs is None else address(probs))
+                                   None if prices is None else address(prices),
+                                   None if probs is None else address(probs))
         if rc < 0:
             raise RuntimeError(f"heron's native decoder refused the head's call (code {rc})")
         return rc
